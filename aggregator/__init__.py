@@ -1,0 +1,1 @@
+"""The aggregator: Pyroscope-compatible ingest, 30 s windows, storage, queries."""

@@ -1,0 +1,58 @@
+"""The storage Protocol every backend (SQLite, ClickHouse) implements.
+
+Writes are *additive*: writing a profile for a (series, window) that already
+has data adds the counts. That lets the aggregator write every acknowledged
+push straight through (durable before the 2xx) and lets several stateless
+aggregators share one ClickHouse without coordination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from stacks.model import Labels, Profile, StackTable
+from stacks.selector import Selector
+
+
+@dataclass(frozen=True)
+class SeriesWindow:
+    """One series' profile in one window ``[start, start + window_seconds)``."""
+
+    labels: Labels
+    start: int  # unix seconds, a multiple of the window size
+    profile: Profile
+
+
+class StoreError(RuntimeError):
+    """The backend failed (disk full, read-only, server down). Maps to a 5xx."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A profile store. All methods are coroutines; errors raise StoreError."""
+
+    async def open(self) -> None:
+        """Create schema if needed and connect."""
+
+    async def close(self) -> None:
+        """Flush and release resources."""
+
+    async def write(self, windows: Sequence[SeriesWindow]) -> None:
+        """Add these profiles. Durable when this returns."""
+
+    async def read(
+        self, selector: Selector, start: int, end: int, table: StackTable
+    ) -> list[SeriesWindow]:
+        """Every stored window with ``start <= window.start < end`` whose labels match,
+        one entry per (series, window) with counts summed, profiles on ``table``."""
+
+    async def label_names(self, start: int, end: int) -> list[str]:
+        """Sorted label names seen in windows overlapping [start, end)."""
+
+    async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
+        """Sorted values of label ``name`` among matching series in [start, end)."""
+
+    async def delete_before(self, t: int) -> int:
+        """Delete windows with start < t (retention). Returns windows deleted, if known."""

@@ -1,0 +1,81 @@
+"""Folded text <-> Profile.
+
+``a;b;c 42``: one stack per line, root first, split at the last space.
+Kernel frames are read from the FlameGraph ``_[k]`` suffix or the Pixie
+``[k] `` prefix and always written with ``_[k]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from stacks.errors import FoldedError
+from stacks.model import Frame, Kind, Profile, StackTable
+
+KERNEL_SUFFIX = "_[k]"
+KERNEL_PREFIX = "[k] "
+
+
+def parse_frame(text: str) -> Frame:
+    """One folded frame: strip a kernel marker and set the kind."""
+    if text.endswith(KERNEL_SUFFIX):
+        return Frame(text[: -len(KERNEL_SUFFIX)], Kind.KERNEL)
+    if text.startswith(KERNEL_PREFIX):
+        return Frame(text[len(KERNEL_PREFIX) :], Kind.KERNEL)
+    return Frame(text, Kind.USER)
+
+
+def format_frame(frame: Frame) -> str:
+    """One frame as folded text (kernel frames get ``_[k]``)."""
+    return frame.name + KERNEL_SUFFIX if frame.kind is Kind.KERNEL else frame.name
+
+
+def parse(text: str | Iterable[str], table: StackTable | None = None) -> Profile:
+    """Parse folded text into a profile. Blank lines are skipped.
+
+    Raises :class:`FoldedError` naming the 1-based line number and the line.
+    """
+    lines = text.splitlines() if isinstance(text, str) else text
+    table = table if table is not None else StackTable()
+    intern = table.intern
+    frame_cache: dict[str, Frame] = {}
+    ids: list[int] = []
+    counts: list[int] = []
+    for lineno, raw in enumerate(lines, 1):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            continue
+        stack_text, sep, count_text = line.rpartition(" ")
+        if not sep or not stack_text.strip():
+            raise FoldedError(lineno, line, "no stack before the count")
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise FoldedError(lineno, line, f"count {count_text!r} is not an integer") from None
+        if count < 0:
+            raise FoldedError(lineno, line, "count is negative")
+        frames = []
+        for part in stack_text.split(";"):
+            f = frame_cache.get(part)
+            if f is None:
+                f = frame_cache[part] = parse_frame(part)
+            frames.append(f)
+        ids.append(intern(tuple(frames)))
+        counts.append(count)
+
+    return Profile.from_arrays(table, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64))
+
+
+def format_lines(profile: Profile) -> list[str]:
+    """Folded lines, sorted, without trailing newlines."""
+    out = [";".join(format_frame(f) for f in stack) + f" {count}" for stack, count in profile.items()]
+    out.sort()
+    return out
+
+
+def dumps(profile: Profile) -> str:
+    """Folded text for a profile, one line per stack, sorted."""
+    lines = format_lines(profile)
+    return "\n".join(lines) + ("\n" if lines else "")
