@@ -15,7 +15,8 @@ from collections.abc import Sequence
 # Modules that provide `register(subparsers)`. A missing optional module is skipped,
 # so a partial install still runs the tools it has.
 COMMAND_MODULES = (
-    "flamewatch.tools",  # collapse, render, diff
+    "flamewatch.collapse_cmd",  # collapse
+    "flamewatch.render_cmd",  # render, diff
     "aggregator.cli",  # serve
     "profiler.cli",  # agent
     "flamewatch.demo",  # demo
