@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up flamewatch on a fresh Debian machine: system packages (perf, chromium,
+# clickhouse-server, bpftrace) and a virtualenv at .venv with the package and its
+# test extras. Safe to run again. Set FLAMEWATCH_SKIP_APT=1 to skip apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "${FLAMEWATCH_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  pkgs=(linux-perf chromium clickhouse-server clickhouse-client bpftrace gcc)
+  command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
+  missing=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "Debian packages already installed"
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating virtualenv .venv"
+  "$PY" -m venv .venv
+fi
+log "installing flamewatch and its test extras into .venv"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test,clickhouse]'
+log "done: activate with '. .venv/bin/activate'"

@@ -1,0 +1,57 @@
+"""Repository-wide checks: ruff is clean and the README documents every setting."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flamewatch.settings import Setting
+
+REPO = Path(__file__).resolve().parent.parent
+SETTINGS_MODULES = ("aggregator.settings", "profiler.settings", "flamewatch.demo.settings")
+
+
+def _tables() -> list[tuple[str, list[Setting]]]:
+    out = []
+    for name in SETTINGS_MODULES:
+        mod = importlib.import_module(name)
+        out.append((name, list(mod.SETTINGS)))
+    return out
+
+
+@pytest.mark.parametrize("module", SETTINGS_MODULES)
+def test_readme_lists_every_setting(module: str) -> None:
+    readme = (REPO / "README.md").read_text()
+    table = list(importlib.import_module(module).SETTINGS)
+    assert table, f"{module}.SETTINGS is empty"
+    missing = [s.flag for s in table if f"`{s.flag}`" not in readme or f"`{s.env}`" not in readme]
+    assert not missing, f"README.md does not document these {module} settings: {missing}"
+
+
+def test_settings_names_unique_per_table() -> None:
+    for name, table in _tables():
+        names = [s.name for s in table]
+        assert len(names) == len(set(names)), f"duplicate setting in {name}"
+
+
+def test_ruff_clean() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+    proc = subprocess.run([ruff, "check", "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_settings_tables_current() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import readme_settings
+    finally:
+        sys.path.pop(0)
+    text = (REPO / "README.md").read_text()
+    assert readme_settings.render(text) == text, "README settings tables are stale: run python scripts/readme_settings.py"
