@@ -1,15 +1,28 @@
 """Prometheus/Pyroscope label selectors: ``{namespace="default",pod=~"admin-.*"}``.
 
-Placeholder contract; the aggregator work replaces the body with a full parser.
+Grammar: ``{`` [matcher (``,`` matcher)* [``,``]] ``}`` where a matcher is
+``name op "value"``, ``op`` one of ``=``, ``!=``, ``=~``, ``!~``. Values are
+double-quoted (single quotes and backticks are accepted too) with the usual
+backslash escapes. Regexes are fully anchored. ``""`` and ``{}`` match
+everything. A bare name such as ``myapp`` (Pyroscope's application name) is
+read as ``{service_name="myapp"}``. Errors raise :class:`InputError` naming the
+position and the fix.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from stacks.errors import InputError
 
 OPS = ("=", "!=", "=~", "!~")
+
+_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.\-]*")
+_BARE_APP = re.compile(r"[A-Za-z0-9_.\-/:]+")
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "`": "`"}
+_EXAMPLE = 'e.g. {namespace="default",pod=~"admin-.*"}'
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,10 @@ class Matcher:
         hit = rx.fullmatch(v) is not None
         return hit if self.op == "=~" else not hit
 
+    def __str__(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'{self.name}{self.op}"{escaped}"'
+
 
 @dataclass(frozen=True)
 class Selector:
@@ -41,7 +58,129 @@ class Selector:
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(m.matches(labels) for m in self.matchers)
 
+    def __str__(self) -> str:
+        return "{" + ",".join(str(m) for m in self.matchers) + "}"
+
+
+def matcher(name: str, op: str, value: str) -> Matcher:
+    """Build a matcher, compiling (and checking) regexes once."""
+    if op not in OPS:
+        raise InputError(f"selector operator {op!r} is not one of {', '.join(OPS)}")
+    rx = None
+    if op in ("=~", "!~"):
+        try:
+            rx = re.compile(value)
+        except re.error as e:
+            raise InputError(f"selector regex {value!r} for {name!r} is invalid: {e}") from None
+    return Matcher(name, op, value, rx)
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def fail(self, why: str) -> InputError:
+        return InputError(
+            f"bad selector {self.text!r} at position {self.pos}: {why} ({_EXAMPLE})"
+        )
+
+    def skip_ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def name(self) -> str:
+        m = _NAME.match(self.text, self.pos)
+        if not m:
+            found = self.peek() or "end of input"
+            raise self.fail(f"expected a label name, found {found!r}")
+        self.pos = m.end()
+        return m.group(0)
+
+    def op(self) -> str:
+        for op in ("=~", "!~", "!=", "="):
+            if self.text.startswith(op, self.pos):
+                self.pos += len(op)
+                return op
+        raise self.fail(f"expected one of = != =~ !~, found {self.peek() or 'end of input'!r}")
+
+    def string(self) -> str:
+        quote = self.peek()
+        if quote not in ('"', "'", "`"):
+            raise self.fail(f"expected a quoted value, found {quote or 'end of input'!r}")
+        start = self.pos
+        self.pos += 1
+        out: list[str] = []
+        while True:
+            if self.pos >= len(self.text):
+                self.pos = start
+                raise self.fail("unterminated quoted value")
+            c = self.text[self.pos]
+            if c == quote:
+                self.pos += 1
+                return "".join(out)
+            if c == "\\" and quote != "`":
+                nxt = self.text[self.pos + 1 : self.pos + 2]
+                if nxt not in _ESCAPES:
+                    raise self.fail(f"unknown escape \\{nxt}")
+                out.append(_ESCAPES[nxt])
+                self.pos += 2
+                continue
+            out.append(c)
+            self.pos += 1
+
 
 def parse_selector(text: str) -> Selector:
     """Parse a selector; raises stacks.errors.InputError naming the problem."""
-    raise NotImplementedError("replaced by the aggregator work")
+    if text is None:
+        return Selector()
+    stripped = text.strip()
+    if not stripped or stripped == "{}":
+        return Selector()
+    if _BARE_APP.fullmatch(stripped):
+        return Selector((matcher("service_name", "=", stripped),))
+    p = _Parser(text)
+    p.skip_ws()
+    app = None
+    if p.peek() != "{":
+        # Pyroscope style: app{labels}
+        m = _BARE_APP.match(text, p.pos)
+        if not m:
+            raise p.fail("a selector starts with '{'")
+        app = m.group(0)
+        p.pos = m.end()
+        if p.peek() != "{":
+            raise p.fail("expected '{' after the application name")
+    p.pos += 1
+    matchers: list[Matcher] = []
+    if app is not None:
+        matchers.append(matcher("service_name", "=", app))
+    p.skip_ws()
+    while p.peek() != "}":
+        if not p.peek():
+            raise p.fail("missing closing '}'")
+        name = p.name()
+        p.skip_ws()
+        op = p.op()
+        p.skip_ws()
+        vpos = p.pos
+        value = p.string()
+        try:
+            matchers.append(matcher(name, op, value))
+        except InputError as e:
+            p.pos = vpos
+            raise p.fail(str(e)) from None
+        p.skip_ws()
+        if p.peek() == ",":
+            p.pos += 1
+            p.skip_ws()
+        elif p.peek() != "}":
+            raise p.fail(f"expected ',' or '}}', found {p.peek() or 'end of input'!r}")
+    p.pos += 1
+    p.skip_ws()
+    if p.pos != len(text):
+        raise p.fail(f"unexpected text after '}}': {text[p.pos:]!r}")
+    return Selector(tuple(matchers))

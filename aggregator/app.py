@@ -1,0 +1,334 @@
+"""The aiohttp application: routes, auth, limits and error mapping. Handlers are thin.
+
+``create_app(settings, store=None)`` returns an application whose startup opens
+the store and starts the window committer and the maintenance loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aggregator import ingest, query
+from aggregator.metrics import Metrics
+from aggregator.store import Store, StoreError, open_store
+from aggregator.windows import WindowWriter
+from flamewatch.settings import Settings, resolve
+from stacks.errors import InputError
+
+log = logging.getLogger("flamewatch.aggregator")
+
+STORE = web.AppKey("store", Store)
+WRITER = web.AppKey("writer", WindowWriter)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+TABLES = web.AppKey("tables", ingest.IngestTables)
+CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
+
+PUSH_PREFIXES = ("/push.v1.", "/ingest")
+READ_PREFIXES = ("/api/",)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    """A JSON error body ``{"error": message}``."""
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _check_token(request: web.Request, token: str, what: str) -> web.Response | None:
+    if not token:
+        return None
+    auth = request.headers.get("Authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        return web.json_response(
+            {"error": f"{what} needs 'Authorization: Bearer <token>' matching the server's "
+                      f"--{what}-token; the one given is {'wrong' if given else 'missing'}"},
+            status=401, headers={"WWW-Authenticate": "Bearer"},
+        )
+    return None
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Auth per route family, JSON errors, and no exception ever escapes to kill anything."""
+    app = request.app
+    s = app[SETTINGS]
+    m = app[METRICS]
+    path = request.path
+    denied = None
+    if path.startswith(PUSH_PREFIXES):
+        denied = _check_token(request, s.push_token, "push")
+    elif path.startswith(READ_PREFIXES):
+        denied = _check_token(request, s.read_token, "read")
+    if denied is not None:
+        m.errors.labels("401").inc()
+        return denied
+    try:
+        return await handler(request)
+    except InputError as e:
+        m.errors.labels("400").inc()
+        return error(400, str(e))
+    except StoreError as e:
+        m.errors.labels("503").inc()
+        log.error("storage failure on %s %s: %s", request.method, path, e)
+        return error(503, f"storage unavailable: {e}")
+    except web.HTTPRequestEntityTooLarge:
+        m.errors.labels("413").inc()
+        return error(413, f"request body is larger than --max-body-bytes={s.max_body_bytes}")
+    except web.HTTPException as e:
+        if e.status >= 400:
+            m.errors.labels(str(e.status)).inc()
+            return error(e.status, e.text or e.reason)
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as e:
+        m.errors.labels("500").inc()
+        log.exception("internal error on %s %s", request.method, path)
+        return error(500, f"internal error: {type(e).__name__}: {e}")
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, refusing more than --max-body-bytes with a 413 before reading it."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    body = await request.read()  # client_max_size enforces the limit for chunked bodies
+    return body
+
+
+def _decompress_limit_error(e: InputError, limit: int) -> web.Response | None:
+    msg = str(e)
+    if "past the limit" in msg or "max-decompressed" in msg:
+        return error(413, msg, limit=limit)
+    return None
+
+
+async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
+    app = request.app
+    m = app[METRICS]
+    placed = await app[WRITER].add(decoded.items)
+    m.pushes.labels(route).inc()
+    m.samples.inc(placed.samples)
+    m.lines.inc(decoded.lines)
+    for reason, n in {**decoded.skipped, **placed.dropped}.items():
+        m.dropped.labels(reason).inc(n)
+    return {"samples": placed.samples, "series": len({i[0] for i in decoded.items}),
+            "windows": sorted(placed.windows), "dropped": placed.dropped, "skipped": decoded.skipped}
+
+
+async def handle_push(request: web.Request) -> web.Response:
+    """Connect unary ``push.v1.PusherService/Push``: gzip (or plain) protobuf, or Connect JSON."""
+    s = request.app[SETTINGS]
+    body = await read_body(request)
+    ctype = request.content_type
+    try:
+        if ctype == "application/json":
+            decoded = await asyncio.to_thread(
+                ingest.decode_push_json, body, request.app[TABLES], s.max_decompressed_bytes
+            )
+        else:
+            decoded = ingest.decode_push(body, request.app[TABLES], s.max_decompressed_bytes)
+    except InputError as e:
+        too_big = _decompress_limit_error(e, s.max_decompressed_bytes)
+        if too_big is not None:
+            request.app[METRICS].errors.labels("413").inc()
+            return too_big
+        raise
+    await _store_items(request, decoded, "push")
+    if ctype == "application/json":
+        return web.json_response({})
+    # An empty PushResponse message.
+    return web.Response(body=b"", content_type="application/proto")
+
+
+async def handle_ingest(request: web.Request) -> web.Response:
+    """Legacy ``/ingest?name=app{k=v}&from=&until=&format=folded|pprof&sampleRate=``."""
+    s = request.app[SETTINGS]
+    body = await read_body(request)
+    if request.headers.get("Content-Encoding", "").lower() == "gzip" and body[:2] != b"\x1f\x8b":
+        raise InputError("Content-Encoding: gzip, but the body is not gzip (no 1f8b magic)")
+    params = dict(request.query)
+    binary = ("application/x-protobuf", "application/octet-stream")
+    if "format" not in params and request.content_type in binary:
+        params["format"] = "pprof"
+    try:
+        decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
+    except InputError as e:
+        too_big = _decompress_limit_error(e, s.max_decompressed_bytes)
+        if too_big is not None:
+            request.app[METRICS].errors.labels("413").inc()
+            return too_big
+        raise
+    return web.json_response(await _store_items(request, decoded, "ingest"))
+
+
+def _now(request: web.Request) -> float:
+    return request.app[CLOCK]()
+
+
+async def _timed(request: web.Request, op: str, coro: Awaitable[Any]) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return await coro
+    finally:
+        request.app[METRICS].store_seconds.labels(op).observe(time.perf_counter() - t0)
+
+
+async def handle_render(request: web.Request) -> web.StreamResponse:
+    s = request.app[SETTINGS]
+    ctype, body, _ = await _timed(request, "render", query.render(
+        request.app[STORE], request.query, _now(request), s.window_seconds, s.max_nodes))
+    return _respond(ctype, body)
+
+
+def _respond(ctype: str, body: Any) -> web.Response:
+    if ctype == "application/json":
+        return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json")
+    if isinstance(body, bytes):
+        return web.Response(body=body, content_type=ctype.split(";")[0])
+    return web.Response(text=body, content_type=ctype.split(";")[0])
+
+
+async def handle_diff(request: web.Request) -> web.StreamResponse:
+    s = request.app[SETTINGS]
+    ctype, body = await _timed(request, "diff", query.diff(
+        request.app[STORE], request.query, _now(request), s.window_seconds, s.max_nodes))
+    return _respond(ctype, body)
+
+
+async def handle_labels(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response(await query.labels(request.app[STORE], request.query, _now(request),
+                                                s.window_seconds))
+
+
+async def handle_label_values(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response(await query.label_values(
+        request.app[STORE], request.match_info["name"], request.query, _now(request), s.window_seconds))
+
+
+async def handle_timeline(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response(await _timed(request, "timeline", query.timeline(
+        request.app[STORE], request.query, _now(request), s.window_seconds)))
+
+
+async def handle_top(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response(await query.top(request.app[STORE], request.query, _now(request),
+                                             s.window_seconds))
+
+
+async def handle_sandwich(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response(await query.sandwich(request.app[STORE], request.query, _now(request),
+                                                  s.window_seconds, s.max_nodes))
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    ow = getattr(request.app[STORE], "open_windows", None)
+    if ow is not None:
+        m.open_windows.set(ow())
+    resp = web.Response(body=generate_latest(m.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "storage": request.app[SETTINGS].storage,
+                              "window_seconds": request.app[SETTINGS].window_seconds})
+
+
+async def _maintenance(app: web.Application) -> None:
+    writer = app[WRITER]
+    interval = app[SETTINGS].compact_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            done = await writer.maintain()
+            if any(done.values()):
+                log.info("maintenance: %s", done)
+        except StoreError as e:
+            log.error("maintenance failed (will retry in %ss): %s", interval, e)
+        except Exception:
+            log.exception("maintenance failed")
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: Store | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    mount_viewer: bool = True,
+) -> web.Application:
+    """The aggregator application (plus the viewer's routes when viewer.app exists)."""
+    from aggregator.settings import SETTINGS as TABLE
+
+    settings = settings if settings is not None else resolve(TABLE, {}, environ={})
+    # Bodies up to the limit are read; beyond it aiohttp raises 413 (mapped to JSON by guard).
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard])
+    st = store if store is not None else open_store(settings.storage, settings.data_dir)
+    metrics = Metrics()
+    app[SETTINGS] = settings
+    app[STORE] = st
+    app[METRICS] = metrics
+    app[TABLES] = ingest.IngestTables()
+    app[CLOCK] = clock
+
+    def on_commit(n: int, seconds: float) -> None:
+        metrics.committed_windows.inc(n)
+        metrics.store_seconds.labels("write").observe(seconds)
+
+    app[WRITER] = WindowWriter(
+        st, window_seconds=settings.window_seconds, late_grace_seconds=settings.late_grace_seconds,
+        retention_seconds=settings.retention_seconds, commit_interval=settings.commit_interval_ms / 1000,
+        clock=clock, on_commit=on_commit,
+    )
+
+    app.router.add_post("/push.v1.PusherService/Push", handle_push)
+    app.router.add_post("/ingest", handle_ingest)
+    app.router.add_get("/api/v1/render", handle_render)
+    app.router.add_get("/api/v1/diff", handle_diff)
+    app.router.add_get("/api/v1/labels", handle_labels)
+    app.router.add_get("/api/v1/label/{name}/values", handle_label_values)
+    app.router.add_get("/api/v1/timeline", handle_timeline)
+    app.router.add_get("/api/v1/top", handle_top)
+    app.router.add_get("/api/v1/sandwich", handle_sandwich)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/healthz", handle_healthz)
+
+    async def lifecycle(app: web.Application) -> Any:
+        await app[STORE].open()
+        app[WRITER].start()
+        task = asyncio.get_running_loop().create_task(_maintenance(app), name="maintenance")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await app[WRITER].close()
+        await app[STORE].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    if mount_viewer:
+        try:
+            from viewer.app import add_routes
+        except ModuleNotFoundError as e:
+            if e.name not in ("viewer.app", "viewer"):
+                raise
+        else:
+            add_routes(app)
+    return app

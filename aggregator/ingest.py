@@ -1,0 +1,263 @@
+"""Decoding pushes into (labels, time, profile) items for the window writer.
+
+Pure apart from the shared :class:`IngestTables` cache; handlers in app.py
+only read the body and call these. Every bad input raises
+:class:`stacks.errors.InputError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stacks import folded
+from stacks.errors import FoldedError, InputError
+from stacks.gz import maybe_gunzip
+from stacks.model import Labels, Profile, StackTable
+from stacks.pprof import decode_pprof
+from stacks.push import decode_push_request
+
+# Labels that are not dimensions of a CPU series: the profile type marker and
+# per-request ids that would make every push its own series.
+DROPPED_LABELS = frozenset({"__name__", "__delta__", "span_id", "profile_id", "__session_id__"})
+CPU_NAMES = frozenset({"process_cpu", "cpu", ""})
+_APP_SUFFIXES = (".cpu", ".itimer")
+_LABEL_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.\-]*")
+
+Item = tuple[Labels, float | None, Profile]
+
+
+@dataclass
+class IngestTables:
+    """The interning table shared by all ingests, plus a folded-line cache.
+
+    Profiles of concurrent pushes on one table merge without rebasing. The
+    table is swapped for a fresh one when it grows past ``limit`` stacks, so a
+    long-running aggregator's memory stays bounded.
+    """
+
+    limit: int = 500_000
+    table: StackTable = field(default_factory=StackTable)
+    lines: dict[str, int] = field(default_factory=dict)
+
+    def current(self) -> StackTable:
+        if len(self.table) > self.limit:
+            self.table = StackTable()
+            self.lines = {}
+        return self.table
+
+
+@dataclass
+class Decoded:
+    """What one request carried."""
+
+    items: list[Item]
+    lines: int = 0  # stack lines / pprof samples merged
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+# -- folded ----------------------------------------------------------------------------------
+def parse_folded(text: str, tables: IngestTables) -> tuple[Profile, int]:
+    """Folded text -> (profile on the shared table, lines read).
+
+    Same grammar and errors as :func:`stacks.folded.parse`, with a cache from
+    the stack text to its id so repeated stacks cost one dict lookup.
+    """
+    table = tables.current()
+    cache = tables.lines
+    intern = table.intern
+    ids: list[int] = []
+    counts: list[int] = []
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip("\r")
+        stack_text, sep, count_text = line.rpartition(" ")
+        sid = cache.get(stack_text)
+        if sid is None:
+            if not line.strip():
+                continue
+            if not sep or not stack_text.strip():
+                raise FoldedError(lineno, line, "no stack before the count")
+            sid = intern(tuple(folded.parse_frame(p) for p in stack_text.split(";")))
+            if len(cache) < tables.limit:
+                cache[stack_text] = sid
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise FoldedError(lineno, line, f"count {count_text!r} is not an integer") from None
+        if count < 0:
+            raise FoldedError(lineno, line, "count is negative")
+        ids.append(sid)
+        counts.append(count)
+    profile = Profile.from_arrays(table, np.array(ids, dtype=np.int64), np.array(counts, dtype=np.int64))
+    return profile, len(ids)
+
+
+# -- legacy /ingest ----------------------------------------------------------------------------
+def parse_app_name(name: str) -> Labels:
+    """``app.cpu{k=v,k2=v2}`` -> labels with service_name=app. Raises InputError."""
+    if not name:
+        raise InputError("missing ?name=: give the application name, e.g. name=myapp{env=prod}")
+    app, brace, rest = name.partition("{")
+    app = app.strip()
+    for suffix in _APP_SUFFIXES:
+        if app.endswith(suffix):
+            app = app[: -len(suffix)]
+    if not app:
+        raise InputError(f"name={name!r} has no application name before '{{': use e.g. myapp{{env=prod}}")
+    labels: dict[str, str] = {}
+    if brace:
+        if not rest.endswith("}"):
+            raise InputError(f"name={name!r} is missing the closing '}}': use e.g. myapp{{env=prod}}")
+        body = rest[:-1].strip()
+        for part in filter(None, (p.strip() for p in body.split(","))):
+            k, eq, v = part.partition("=")
+            k, v = k.strip(), v.strip().strip('"')
+            if not eq or not _LABEL_NAME.fullmatch(k):
+                raise InputError(f"name={name!r}: tag {part!r} is not key=value (use e.g. myapp{{env=prod}})")
+            labels[k] = v
+    for k in DROPPED_LABELS:
+        labels.pop(k, None)
+    labels["service_name"] = app
+    return Labels.of(labels)
+
+
+def _float_param(params: Mapping[str, str], key: str) -> float | None:
+    raw = params.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise InputError(f"{key}={raw!r} is not a number: give unix seconds") from None
+    if v > 1e15:  # nanoseconds
+        v /= 1e9
+    elif v > 1e12:  # milliseconds
+        v /= 1e3
+    return v
+
+
+def _midpoint(start: float | None, end: float | None) -> float | None:
+    if start and end:
+        if end < start:
+            raise InputError(f"until={end} is before from={start}")
+        return (start + end) / 2
+    return start or end
+
+
+def decode_ingest(
+    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int
+) -> Decoded:
+    """The legacy ``/ingest`` route: folded (default) or pprof body."""
+    base = parse_app_name(params.get("name", ""))
+    t = _midpoint(_float_param(params, "from"), _float_param(params, "until"))
+    rate = params.get("sampleRate")
+    if rate not in (None, ""):
+        try:
+            if float(rate) <= 0:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"sampleRate={rate!r} must be a positive number (Hz)") from None
+    fmt = (params.get("format") or "folded").lower()
+    raw = maybe_gunzip(body, max_decompressed)
+    if fmt in ("folded", "lines", "collapsed", "trie"):
+        if fmt == "trie":
+            raise InputError("format=trie is not supported: send format=folded or format=pprof")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines"
+            ) from None
+        profile, n = parse_folded(text, tables)
+        return Decoded([(base, t, profile)], n)
+    if fmt == "pprof":
+        return _from_pprof(base, raw, t, tables, max_decompressed)
+    raise InputError(f"format={fmt!r} is not supported: use format=folded or format=pprof")
+
+
+# -- pprof / push ------------------------------------------------------------------------------
+def _from_pprof(
+    base: Labels, raw: bytes, t: float | None, tables: IngestTables, max_decompressed: int
+) -> Decoded:
+    d = decode_pprof(raw, tables.current(), max_decompressed=max_decompressed)
+    out = Decoded([])
+    if d.sample_type and d.sample_type not in ("cpu", "samples", "sample", "itimer", "wall"):
+        out.skipped["not_cpu"] = 1
+        return out
+    if d.time_nanos:
+        t = (d.time_nanos + d.duration_nanos / 2) / 1e9
+    for sample_labels, profile in d.series:
+        labels = base
+        if sample_labels:
+            extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
+            labels = Labels.of({**extra, **dict(base.items_)}) if extra else base
+        out.items.append((labels, t, profile))
+        out.lines += len(profile)
+    return out
+
+
+def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str]:
+    d = dict(pairs)
+    name = d.get("__name__", "")
+    for k in DROPPED_LABELS:
+        d.pop(k, None)
+    return Labels.of(d), name
+
+
+def decode_push(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
+    """A Connect ``PushRequest`` (gzip or plain protobuf)."""
+    raw = maybe_gunzip(body, max_decompressed)
+    series = decode_push_request(raw)
+    return _decode_series([(s.labels, [r.raw_profile for r in s.samples]) for s in series],
+                          tables, max_decompressed)
+
+
+def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
+    """The Connect JSON form: ``{"series": [{"labels": [...], "samples": [{"rawProfile": b64}]}]}``."""
+    raw = maybe_gunzip(body, max_decompressed)
+    try:
+        doc = json.loads(raw)
+        series = []
+        for s in doc.get("series", []):
+            labels = tuple((str(lp["name"]), str(lp.get("value", ""))) for lp in s.get("labels", []))
+            profiles = [
+                base64.b64decode(x.get("rawProfile", ""), validate=True) for x in s.get("samples", [])
+            ]
+            series.append((labels, profiles))
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as e:
+        raise InputError(
+            f"push JSON is not a Connect PushRequest ({type(e).__name__}: {e}); expected "
+            '{"series": [{"labels": [{"name": ..., "value": ...}], "samples": [{"rawProfile": BASE64}]}]}'
+        ) from None
+    return _decode_series(series, tables, max_decompressed)
+
+
+def _decode_series(
+    series: list[tuple[tuple[tuple[str, str], ...], list[bytes]]], tables: IngestTables, max_decompressed: int
+) -> Decoded:
+    out = Decoded([])
+    for i, (pairs, profiles) in enumerate(series):
+        labels, name = _series_labels(pairs)
+        if name not in CPU_NAMES:
+            out.skipped["not_cpu"] = out.skipped.get("not_cpu", 0) + len(profiles)
+            continue
+        if "service_name" not in labels:
+            raise InputError(
+                f"push series {i} has no service_name label: set the application name in the SDK"
+            )
+        for j, rawp in enumerate(profiles):
+            try:
+                d = _from_pprof(labels, rawp, None, tables, max_decompressed)
+            except InputError as e:
+                raise InputError(f"push series {i} sample {j}: {e}") from None
+            out.items.extend(d.items)
+            out.lines += d.lines
+            for k, v in d.skipped.items():
+                out.skipped[k] = out.skipped.get(k, 0) + v
+    return out

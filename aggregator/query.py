@@ -1,0 +1,262 @@
+"""Query logic behind /api/v1/*: parameters in, data out (handlers only adapt it).
+
+Times are ``[from, until)``: every window whose start lies in
+``[window_start(from), until)`` is included, so a query for the last minute
+also sees the open window being filled right now.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator.store.base import Store
+from aggregator.windows import window_start
+from stacks import folded
+from stacks.errors import InputError
+from stacks.model import Labels, Profile, StackTable, merge
+from stacks.selector import Selector, parse_selector
+from stacks.timeexpr import parse_time
+
+FORMATS = ("json", "folded", "pprof", "speedscope", "html")
+DIFF_FORMATS = ("json", "folded")
+MODES = ("share", "absolute")
+MAX_NODES_LIMIT = 200_000
+_LABEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A query time range and the window size it is read with."""
+
+    start: int
+    end: int
+    window: int
+
+    @property
+    def first_window(self) -> int:
+        return window_start(self.start, self.window)
+
+
+def time_range(params: Mapping[str, str], now: float, window: int, prefix: str = "") -> Range:
+    """``from``/``until`` (default ``now-1h``/``now``) -> Range; InputError when bad or reversed."""
+    f_key, u_key = f"{prefix}from", f"{prefix}until"
+    start = parse_time(params.get(f_key) or "now-1h", now)
+    end = parse_time(params.get(u_key) or "now", now)
+    if end <= start:
+        raise InputError(f"{u_key}={end} is not after {f_key}={start}: give an increasing time range")
+    return Range(start, end, window)
+
+
+def selector(params: Mapping[str, str], key: str = "query") -> Selector:
+    try:
+        return parse_selector(params.get(key, "") or "")
+    except InputError as e:
+        raise InputError(f"{key}: {e}") from None
+
+
+def int_param(
+    params: Mapping[str, str], key: str, default: int, lo: int = 1, hi: int = MAX_NODES_LIMIT
+) -> int:
+    raw = params.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise InputError(f"{key}={raw!r} is not an integer") from None
+    if not lo <= v <= hi:
+        raise InputError(f"{key}={v} is out of range: use {lo}..{hi}")
+    return v
+
+
+def choice(params: Mapping[str, str], key: str, options: Sequence[str], default: str) -> str:
+    v = params.get(key) or default
+    if v not in options:
+        raise InputError(f"{key}={v!r} is not supported: use one of {', '.join(options)}")
+    return v
+
+
+def flag(params: Mapping[str, str], key: str) -> bool:
+    v = (params.get(key) or "0").lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{key}={v!r}: use 0 or 1")
+
+
+def label_name(name: str) -> str:
+    if not name or not set(name) <= _LABEL_NAME_CHARS:
+        raise InputError(f"label name {name!r} is invalid: use letters, digits, '_', '.', '-'")
+    return name
+
+
+async def series_profiles(
+    store: Store, sel: Selector, rng: Range, table: StackTable
+) -> list[tuple[Labels, Profile]]:
+    """One merged profile per matching series over the range (store fast path when it has one)."""
+    fast = getattr(store, "read_merged", None)
+    if fast is not None:
+        got = await fast(sel, rng.first_window, rng.end, table)
+        return sorted(got.items(), key=lambda kv: kv[0].items_)
+    by: dict[Labels, list[Profile]] = {}
+    for w in await store.read(sel, rng.first_window, rng.end, table):
+        by.setdefault(w.labels, []).append(w.profile)
+    return sorted(((k, merge(v, table)) for k, v in by.items()), key=lambda kv: kv[0].items_)
+
+
+async def profile_for(
+    store: Store, sel: Selector, rng: Range, table: StackTable, metadata: bool
+) -> tuple[Profile, dict[tuple[str, ...], str] | None]:
+    """The merged profile of a query, with metadata root frames when asked."""
+    from stacks.tree import metadata_labels, with_metadata
+
+    series = await series_profiles(store, sel, rng, table)
+    if metadata:
+        return with_metadata(series, table), metadata_labels(series)
+    if not series:
+        return Profile.empty(table), None
+    return merge([p for _, p in series], table), None
+
+
+def _title(sel: Selector, rng: Range) -> str:
+    return f"flamewatch {sel} {rng.start}..{rng.end}"
+
+
+async def render(store: Store, params: Mapping[str, str], now: float, window: int,
+                 default_max_nodes: int) -> tuple[str, Any, str]:
+    """(content type, body, filename suffix) for /api/v1/render."""
+    sel = selector(params)
+    rng = time_range(params, now, window)
+    fmt = choice(params, "format", FORMATS, "json")
+    max_nodes = int_param(params, "max_nodes", default_max_nodes)
+    metadata = flag(params, "metadata")
+    table = StackTable()
+    profile, labels = await profile_for(store, sel, rng, table, metadata)
+    if fmt == "folded":
+        return "text/plain; charset=utf-8", folded.dumps(profile), "txt"
+    if fmt == "pprof":
+        from stacks.pprof import encode_pprof
+
+        return "application/octet-stream", gzip.compress(encode_pprof(profile), 6), "pb.gz"
+    if fmt == "speedscope":
+        from stacks.export import to_speedscope
+
+        return "application/json", to_speedscope(profile, _title(sel, rng)), "speedscope.json"
+    doc = flame_json(profile, labels, max_nodes)
+    doc["from"], doc["until"], doc["query"] = rng.start, rng.end, str(sel)
+    if fmt == "html":
+        from viewer.standalone import standalone_html
+
+        return "text/html; charset=utf-8", standalone_html(doc, _title(sel, rng)), "html"
+    return "application/json", doc, "json"
+
+
+def flame_json(
+    profile: Profile, labels: Mapping[tuple[str, ...], str] | None, max_nodes: int
+) -> dict[str, Any]:
+    """Flame JSON of a profile, pruned to ``max_nodes``."""
+    from stacks.tree import build_tree, prune, to_json
+
+    tree = build_tree(profile, labels=labels)
+    return to_json(prune(tree, max_nodes=max_nodes))
+
+
+async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
+               default_max_nodes: int) -> tuple[str, Any]:
+    """(content type, body) for /api/v1/diff."""
+    from stacks.diff import diff_folded, diff_json, diff_table
+
+    base_sel = selector(params, "base")
+    cmp_sel = selector(params, "compare") if params.get("compare") is not None else base_sel
+    base_rng = time_range(params, now, window, "base_")
+    cmp_rng = time_range(params, now, window, "compare_")
+    mode = choice(params, "mode", MODES, "share")
+    fmt = choice(params, "format", DIFF_FORMATS, "json")
+    max_nodes = int_param(params, "max_nodes", default_max_nodes)
+    metadata = flag(params, "metadata")
+    table = StackTable()
+    base, bl = await profile_for(store, base_sel, base_rng, table, metadata)
+    compare, cl = await profile_for(store, cmp_sel, cmp_rng, table, metadata)
+    if fmt == "folded":
+        return "text/plain; charset=utf-8", diff_folded(base, compare)
+    labels = {**(bl or {}), **(cl or {})} or None
+    doc = diff_json(base, compare, mode=mode, max_nodes=max_nodes, labels=labels)
+    doc["table"] = diff_table(base, compare, mode=mode)
+    doc["base_query"], doc["compare_query"] = str(base_sel), str(cmp_sel)
+    doc["base_from"], doc["base_until"] = base_rng.start, base_rng.end
+    doc["compare_from"], doc["compare_until"] = cmp_rng.start, cmp_rng.end
+    return "application/json", doc
+
+
+async def labels(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+    rng = time_range(params, now, window)
+    return {"names": await store.label_names(rng.first_window, rng.end)}
+
+
+async def label_values(store: Store, name: str, params: Mapping[str, str], now: float,
+                       window: int) -> dict[str, Any]:
+    name = label_name(name)
+    sel = selector(params)
+    rng = time_range(params, now, window)
+    return {"name": name, "values": await store.label_values(name, sel, rng.first_window, rng.end)}
+
+
+async def timeline(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+    """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
+    sel = selector(params)
+    rng = time_range(params, now, window)
+    group_by = params.get("group_by") or ""
+    if group_by:
+        label_name(group_by)
+    fast = getattr(store, "totals", None)
+    if fast is not None:
+        rows = await fast(sel, rng.first_window, rng.end)
+    else:
+        rows = [(w.labels, w.start, w.profile.total)
+                for w in await store.read(sel, rng.first_window, rng.end, StackTable())]
+    groups: dict[str, dict[int, int]] = {}
+    for lab, t, n in rows:
+        g = lab.get(group_by, "") if group_by else "all"
+        pts = groups.setdefault(g, {})
+        pts[t] = pts.get(t, 0) + n
+    starts = range(rng.first_window, rng.end, window)
+    dense = len(starts) <= 2880  # fill empty windows with 0 up to a day of points
+    series = []
+    for g in sorted(groups):
+        pts = groups[g]
+        points = [[t, pts.get(t, 0)] for t in starts] if dense else sorted([t, n] for t, n in pts.items())
+        series.append({"group": g, "points": points})
+    return {"window": window, "from": rng.start, "until": rng.end, "group_by": group_by, "series": series}
+
+
+async def top(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+    from stacks.tree import top_table
+
+    sel = selector(params)
+    rng = time_range(params, now, window)
+    limit = int_param(params, "limit", 100, 1, 100_000)
+    profile, _ = await profile_for(store, sel, rng, StackTable(), False)
+    return {"query": str(sel), "from": rng.start, "until": rng.end, "total": profile.total,
+            "rows": top_table(profile, limit)}
+
+
+async def sandwich(store: Store, params: Mapping[str, str], now: float, window: int,
+                   default_max_nodes: int) -> dict[str, Any]:
+    from stacks.tree import prune, to_json
+    from stacks.tree import sandwich as sw
+
+    sel = selector(params)
+    rng = time_range(params, now, window)
+    fn = params.get("function") or ""
+    if not fn:
+        raise InputError("missing ?function=NAME: the function to centre the sandwich view on")
+    max_nodes = int_param(params, "max_nodes", default_max_nodes)
+    profile, _ = await profile_for(store, sel, rng, StackTable(), False)
+    callers, callees = sw(profile, fn)
+    return {"function": fn, "query": str(sel), "from": rng.start, "until": rng.end,
+            "callers": to_json(prune(callers, max_nodes=max_nodes)),
+            "callees": to_json(prune(callees, max_nodes=max_nodes))}

@@ -1,0 +1,530 @@
+"""Scale-out store: ClickHouse (18.16 and later) over its HTTP interface.
+
+Several stateless aggregators can share one database: every id is a content
+hash computed client-side (no id allocation, no coordination), and a write is
+a plain additive INSERT. Schema (see docs/clickhouse.md):
+
+- ``stacks(hash, names, kinds)``: ReplacingMergeTree keyed by the 64-bit
+  stack hash; frames root first, kinds as ``Array(Enum8)``.
+- ``series(hash, names, values)``: ReplacingMergeTree keyed by the 64-bit
+  label-set hash; label names/values as parallel ``Array(String)``.
+- ``series_windows(window, series)``: which series have data in which window
+  (label queries scan this small table, not the samples).
+- ``samples(window, series, stack, count)``: SummingMergeTree, partitioned
+  by hour of ``window`` so retention drops whole partitions.
+
+A write inserts, in this order, new stacks, new series, series_windows and
+finally samples: a reader that sees a sample can always resolve its stack and
+labels, and a write that fails before the last INSERT has added no counts, so
+the client's retry does not double count. Reads always ``sum(count) GROUP BY``,
+so unmerged parts never show as duplicates. Only plain SQL that 18.16 accepts
+is used; selectors are applied in Python on the (small) series table, which
+gives exactly the regex semantics of :mod:`stacks.selector` (ClickHouse's RE2
+differs in corner cases).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiohttp
+import numpy as np
+
+from aggregator.store.base import SeriesWindow, StoreError
+from stacks.errors import InputError
+from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
+from stacks.selector import Selector
+
+log = logging.getLogger("flamewatch.store.clickhouse")
+
+DEFAULT_PORT = 8123
+DEFAULT_DATABASE = "flamewatch"
+DEFAULT_TIMEOUT = 30.0
+PARTITION_SECONDS = 3600  # retention granularity of DROP PARTITION; finer cuts use a mutation
+_CHUNK = 5000  # hashes per IN (...) list: ~110 KB, under the default max_query_size of 256 KiB
+_MAX_CACHED = 2_000_000
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KIND_NAMES = {Kind.USER: "user", Kind.KERNEL: "kernel", Kind.METADATA: "metadata"}
+_KIND_CODE = {Kind.USER: b"u", Kind.KERNEL: b"k", Kind.METADATA: b"m"}
+_CH_UNKNOWN_TABLE, _CH_UNKNOWN_DATABASE = 60, 81
+
+# RowBinary layouts (little-endian, fixed width): parsed/built with numpy, no per-row Python.
+_SAMPLE_IN = np.dtype([("window", "<u4"), ("series", "<u8"), ("stack", "<u8"), ("count", "<u8")])
+_SAMPLE_OUT = np.dtype([("series", "<u8"), ("window", "<u4"), ("stack", "<u8"), ("count", "<u8")])
+_SW = np.dtype([("window", "<u4"), ("series", "<u8")])
+_MERGED_OUT = np.dtype([("series", "<u8"), ("stack", "<u8"), ("count", "<u8")])
+_TOTALS_OUT = np.dtype([("series", "<u8"), ("window", "<u4"), ("count", "<u8")])
+
+
+def _schema(db: str) -> list[str]:
+    kinds = "Enum8('user' = 1, 'kernel' = 2, 'metadata' = 3)"
+    part = f"intDiv(window, {PARTITION_SECONDS})"
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE TABLE IF NOT EXISTS {db}.stacks (hash UInt64, names Array(String), kinds Array({kinds})) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.series (hash UInt64, names Array(String), values Array(String)) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.series_windows (window UInt32, series UInt64) "
+        f"ENGINE = ReplacingMergeTree() PARTITION BY {part} ORDER BY (window, series)",
+        f"CREATE TABLE IF NOT EXISTS {db}.samples (window UInt32, series UInt64, stack UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY {part} ORDER BY (series, window, stack)",
+    ]
+
+
+def stack_hash(stack: Stack) -> int:
+    """Stable 64-bit hash of a stack (same in every process and host)."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in stack:
+        name = f.name.encode("utf-8", "surrogatepass")
+        h.update(_KIND_CODE[Kind(f.kind)])
+        h.update(len(name).to_bytes(4, "little"))
+        h.update(name)
+    return int.from_bytes(h.digest(), "little")
+
+
+def series_hash(labels: Labels) -> int:
+    """Stable 64-bit hash of a label set."""
+    h = hashlib.blake2b(digest_size=8, person=b"fw-series")
+    for k, v in labels.items_:
+        for s in (k, v):
+            b = s.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(4, "little"))
+            h.update(b)
+    return int.from_bytes(h.digest(), "little")
+
+
+def parse_url(url: str) -> tuple[str, str, dict[str, str], float]:
+    """``clickhouse://[user[:pw]@]host[:port]/db[?timeout=S&secure=1]`` -> (base, db, headers, timeout).
+
+    ``http://`` and ``https://`` URLs are accepted too. Raises InputError naming the fix.
+    """
+    fix = "use clickhouse://HOST:PORT/DATABASE, e.g. clickhouse://127.0.0.1:8123/flamewatch"
+    parts = urlsplit(url)
+    if parts.scheme not in ("clickhouse", "http", "https"):
+        raise InputError(f"ClickHouse URL {url!r}: unknown scheme {parts.scheme!r}; {fix}")
+    if not parts.hostname:
+        raise InputError(f"ClickHouse URL {url!r}: no host; {fix}")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as e:
+        raise InputError(f"ClickHouse URL {url!r}: bad port ({e}); {fix}") from None
+    db = parts.path.strip("/") or DEFAULT_DATABASE
+    if not _IDENT.match(db):
+        raise InputError(f"ClickHouse URL {url!r}: database {db!r} must match [A-Za-z_][A-Za-z0-9_]*; {fix}")
+    q = parse_qs(parts.query)
+    try:
+        timeout = float(q.get("timeout", [DEFAULT_TIMEOUT])[0])
+        if timeout <= 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"ClickHouse URL {url!r}: timeout must be a positive number of seconds") from None
+    secure = parts.scheme == "https" or q.get("secure", ["0"])[0] in ("1", "true")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    base = f"{'https' if secure else 'http'}://{host}:{port}/"
+    headers = {}
+    if parts.username:
+        cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(cred).decode("ascii")
+    return base, db, headers, timeout
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def _in_list(hashes: Iterable[int]) -> str:
+    return ",".join(str(int(h)) for h in hashes)
+
+
+class ClickHouseError(StoreError):
+    """ClickHouse answered with an error; ``code`` is its exception code (0 if unknown)."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ClickHouseStore:
+    """A :class:`aggregator.store.base.Store` on a ClickHouse server (HTTP interface)."""
+
+    def __init__(self, url: str, *, timeout: float | None = None) -> None:
+        self.url = url
+        self._base, self.database, self._headers, url_timeout = parse_url(url)
+        self.timeout = timeout if timeout is not None else url_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._schema_ready = False
+        # Pure memos of content hashes (valid forever) plus "already inserted" sets, which only
+        # save re-sending rows: a ReplacingMergeTree would collapse duplicates anyway.
+        self._stack_hashes: dict[Stack, int] = {}
+        self._stacks: dict[int, Stack] = {}
+        self._sent_stacks: set[int] = set()
+        self._sent_series: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"ClickHouseStore({self._base}{self.database})"
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _where(self) -> str:
+        return f"ClickHouse at {self._base} (database {self.database})"
+
+    async def _post(self, sql: str, body: bytes | None = None) -> bytes:
+        """Run one statement. With ``body``, ``sql`` goes in the URL and the body is the data."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(5.0, self.timeout)),
+                headers=self._headers,
+            )
+        # wait_end_of_query: buffer the result so an error mid-query is an HTTP error, not a
+        # truncated 200 body.
+        params = {"wait_end_of_query": "1"}
+        if body is None:
+            data = sql.encode()
+        else:
+            params["query"] = sql
+            data = body
+        try:
+            async with self._session.post(self._base, params=params, data=data) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    text = payload.decode("utf-8", "replace").strip()
+                    m = re.match(r"Code: (\d+)", text)
+                    short = text.split(", e.what()")[0][:500]
+                    raise ClickHouseError(
+                        f"{self._where()} failed (HTTP {resp.status}): {short}", int(m.group(1)) if m else 0
+                    )
+                return payload
+        except ClickHouseError:
+            raise
+        except TimeoutError as e:
+            raise StoreError(f"{self._where()} timed out after {self.timeout:g}s "
+                             "(raise it with ?timeout=SECONDS in the storage URL)") from e
+        except aiohttp.ClientError as e:
+            raise StoreError(f"{self._where()} is unreachable: {e}; is clickhouse-server running "
+                             "and the --storage URL right?") from e
+
+    async def _run(self, sql: str, body: bytes | None = None) -> bytes:
+        """``_post``, re-creating the schema once if the database or a table vanished."""
+        if not self._schema_ready:
+            await self._create_schema()
+        try:
+            return await self._post(sql, body)
+        except ClickHouseError as e:
+            if e.code not in (_CH_UNKNOWN_TABLE, _CH_UNKNOWN_DATABASE):
+                raise
+            log.warning("%s: schema missing (%s); creating it again", self._where(), e)
+            await self._create_schema()
+            return await self._post(sql, body)
+
+    async def _json_rows(self, sql: str) -> list[dict[str, Any]]:
+        raw = await self._run(sql + " FORMAT JSONEachRow")
+        try:
+            return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line]
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"{self._where()} sent a malformed JSONEachRow answer: {e}") from e
+
+    async def _binary_rows(self, sql: str, dtype: np.dtype) -> np.ndarray:
+        raw = await self._run(sql + " FORMAT RowBinary")
+        if len(raw) % dtype.itemsize:
+            raise StoreError(f"{self._where()} sent {len(raw)} bytes, not a whole number of "
+                             f"{dtype.itemsize}-byte rows")
+        return np.frombuffer(raw, dtype=dtype)
+
+    async def _create_schema(self) -> None:
+        for stmt in _schema(self.database):
+            await self._post(stmt)
+        # A recreated database lost what the caches say was sent.
+        self._sent_stacks.clear()
+        self._sent_series.clear()
+        self._schema_ready = True
+
+    async def open(self) -> None:
+        """Create the database and tables if missing. Raises StoreError if the server is down."""
+        await self._create_schema()
+
+    async def close(self) -> None:
+        """Close the HTTP session. Nothing is buffered: every write is already stored."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- writing --------------------------------------------------------------------------
+    def _hash_of(self, stack: Stack) -> int:
+        h = self._stack_hashes.get(stack)
+        if h is None:
+            if len(self._stack_hashes) >= _MAX_CACHED:
+                self._stack_hashes.clear()
+            h = self._stack_hashes[stack] = stack_hash(stack)
+        return h
+
+    async def write(self, windows: Sequence[SeriesWindow]) -> None:
+        """Insert the windows' counts (additive). Durable in ClickHouse when this returns."""
+        parts: list[np.ndarray] = []
+        stacks: dict[int, Stack] = {}
+        series: dict[int, Labels] = {}
+        sw: set[tuple[int, int]] = set()
+        table_maps: dict[int, dict[int, int]] = {}  # id(table) -> {table sid: hash}, for this call
+        for w in windows:
+            if len(w.profile) == 0:
+                continue
+            if not 0 <= int(w.start) < 2**32:
+                raise StoreError(f"window start {w.start} is outside the UInt32 range ClickHouse stores")
+            sh = series_hash(w.labels)
+            series[sh] = w.labels
+            sw.add((int(w.start), sh))
+            table = w.profile.table
+            tmap = table_maps.setdefault(id(table), {})
+            hashes = np.empty(len(w.profile), dtype=np.uint64)
+            for i, sid in enumerate(w.profile.ids.tolist()):
+                h = tmap.get(sid)
+                if h is None:
+                    stack = table.stack(sid)
+                    h = tmap[sid] = self._hash_of(stack)
+                    stacks[h] = stack
+                hashes[i] = h
+            rows = np.empty(len(w.profile), dtype=_SAMPLE_IN)
+            rows["window"] = int(w.start)
+            rows["series"] = sh
+            rows["stack"] = hashes
+            rows["count"] = w.profile.counts
+            parts.append(rows)
+        if not parts:
+            return
+        samples = np.concatenate(parts).tobytes()
+        windows_rows = np.array(sorted(sw), dtype=_SW).tobytes()
+        if not self._schema_ready:
+            await self._create_schema()
+        try:
+            await self._send(stacks, series, windows_rows, samples)
+        except ClickHouseError as e:
+            if e.code not in (_CH_UNKNOWN_TABLE, _CH_UNKNOWN_DATABASE):
+                raise
+            # The database vanished under us: recreate it and send everything again (the
+            # caches of what was sent were cleared with it). No samples went in before.
+            log.warning("%s: schema missing (%s); creating it again", self._where(), e)
+            await self._create_schema()
+            await self._send(stacks, series, windows_rows, samples)
+
+    async def _send(self, stacks: dict[int, Stack], series: dict[int, Labels], windows_rows: bytes,
+                    samples: bytes) -> None:
+        db = self.database
+        new_stacks = {h: s for h, s in stacks.items() if h not in self._sent_stacks}
+        new_series = {h: lab for h, lab in series.items() if h not in self._sent_series}
+        if new_stacks:
+            lines = (
+                json.dumps({"hash": str(h), "names": [f.name for f in s],
+                            "kinds": [_KIND_NAMES[Kind(f.kind)] for f in s]}, ensure_ascii=False)
+                for h, s in new_stacks.items()
+            )
+            await self._post(f"INSERT INTO {db}.stacks FORMAT JSONEachRow",
+                             "\n".join(lines).encode("utf-8", "surrogatepass"))
+        if new_series:
+            lines = (
+                json.dumps({"hash": str(h), "names": [k for k, _ in lab.items_],
+                            "values": [v for _, v in lab.items_]}, ensure_ascii=False)
+                for h, lab in new_series.items()
+            )
+            await self._post(f"INSERT INTO {db}.series FORMAT JSONEachRow",
+                             "\n".join(lines).encode("utf-8", "surrogatepass"))
+        await self._post(f"INSERT INTO {db}.series_windows FORMAT RowBinary", windows_rows)
+        # Last: only now do the counts become visible (see module docstring).
+        await self._post(f"INSERT INTO {db}.samples FORMAT RowBinary", samples)
+        if len(self._sent_stacks) + len(new_stacks) > _MAX_CACHED:
+            self._sent_stacks.clear()
+        self._sent_stacks.update(new_stacks)
+        self._sent_series.update(new_series)
+        for h, s in new_stacks.items():
+            self._remember_stack(h, s)
+
+    def _remember_stack(self, h: int, stack: Stack) -> None:
+        if len(self._stacks) >= _MAX_CACHED:
+            self._stacks.clear()
+        self._stacks[h] = stack
+
+    # -- reading --------------------------------------------------------------------------
+    async def _series_in_range(self, start: int, end: int) -> dict[int, Labels]:
+        """Every series with a window in [start, end), hash -> labels."""
+        db = self.database
+        rows = await self._json_rows(
+            f"SELECT hash, names, values FROM {db}.series WHERE hash IN "
+            f"(SELECT series FROM {db}.series_windows WHERE window >= {int(start)} AND window < {int(end)})"
+        )
+        out: dict[int, Labels] = {}
+        for r in rows:
+            out[int(r["hash"])] = Labels.of(zip(r["names"], r["values"], strict=True))
+        return out
+
+    async def _matching(self, selector: Selector, start: int, end: int) -> tuple[dict[int, Labels], bool]:
+        """(matching series, whether that is every series in range)."""
+        series = await self._series_in_range(start, end)
+        if not selector.matchers:
+            return series, True
+        hit = {h: lab for h, lab in series.items() if selector.matches(lab)}
+        return hit, len(hit) == len(series)
+
+    async def _samples(self, cols: str, group: str, order: str, dtype: np.dtype,
+                       series: dict[int, Labels], everything: bool, start: int, end: int) -> np.ndarray:
+        db = self.database
+        base = f"SELECT {cols} FROM {db}.samples WHERE window >= {int(start)} AND window < {int(end)}"
+        tail = f" GROUP BY {group} ORDER BY {order}"
+        if everything:
+            return await self._binary_rows(base + tail, dtype)
+        keys = sorted(series)
+        parts = [await self._binary_rows(f"{base} AND series IN ({_in_list(c)}){tail}", dtype)
+                 for c in _chunks(keys)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    async def _resolve(self, hashes: np.ndarray, table: StackTable) -> np.ndarray:
+        """Ids on ``table`` for unique sorted stack ``hashes`` (fetching unknown stacks)."""
+        want = [h for h in hashes.tolist() if h not in self._stacks]
+        for chunk in _chunks(want):
+            rows = await self._json_rows(
+                f"SELECT hash, any(names) AS names, any(kinds) AS kinds FROM {self.database}.stacks "
+                f"WHERE hash IN ({_in_list(chunk)}) GROUP BY hash"
+            )
+            for r in rows:
+                stack = tuple(Frame(n, Kind(k)) for n, k in zip(r["names"], r["kinds"], strict=True))
+                self._remember_stack(int(r["hash"]), stack)
+        missing = [h for h in hashes.tolist() if h not in self._stacks]
+        if missing:
+            raise StoreError(f"{self._where()}: {len(missing)} stacks referenced by samples are missing "
+                             f"from {self.database}.stacks (e.g. hash {missing[0]}); "
+                             "was the table truncated?")
+        intern = table.intern
+        stacks = self._stacks
+        return np.fromiter((intern(stacks[h]) for h in hashes.tolist()), dtype=np.int64, count=len(hashes))
+
+    async def read(self, selector: Selector, start: int, end: int, table: StackTable) -> list[SeriesWindow]:
+        """Matching windows with ``start <= window.start < end``, counts summed per stack."""
+        series, everything = await self._matching(selector, start, end)
+        if not series:
+            return []
+        rows = await self._samples("series, window, stack, sum(count) AS c", "series, window, stack",
+                                   "series, window, stack", _SAMPLE_OUT, series, everything, start, end)
+        if rows.size == 0:
+            return []
+        uniq, inverse = np.unique(rows["stack"], return_inverse=True)
+        tids = (await self._resolve(uniq, table))[inverse]
+        counts = rows["count"].astype(np.int64)
+        key_change = (rows["series"][1:] != rows["series"][:-1]) | (rows["window"][1:] != rows["window"][:-1])
+        bounds = np.r_[0, np.flatnonzero(key_change) + 1, rows.size]
+        out = []
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            labels = series.get(int(rows["series"][a]))
+            if labels is None:  # a series first written after the label lookup: next read has it
+                continue
+            out.append(SeriesWindow(labels, int(rows["window"][a]),
+                                    Profile.from_arrays(table, tids[a:b], counts[a:b])))
+        out.sort(key=lambda w: (w.start, w.labels.items_))
+        return out
+
+    async def read_merged(
+        self, selector: Selector, start: int, end: int, table: StackTable, group_by: Sequence[str] = ()
+    ) -> dict[Labels, Profile]:
+        """One profile per series (or per ``group_by`` label values), summed in ClickHouse."""
+        series, everything = await self._matching(selector, start, end)
+        if not series:
+            return {}
+        rows = await self._samples("series, stack, sum(count) AS c", "series, stack", "series, stack",
+                                   _MERGED_OUT, series, everything, start, end)
+        if rows.size == 0:
+            return {}
+        uniq, inverse = np.unique(rows["stack"], return_inverse=True)
+        tids = (await self._resolve(uniq, table))[inverse]
+        counts = rows["count"].astype(np.int64)
+        bounds = np.r_[0, np.flatnonzero(rows["series"][1:] != rows["series"][:-1]) + 1, rows.size]
+        groups: dict[Labels, list[tuple[int, int]]] = {}
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            labels = series.get(int(rows["series"][a]))
+            if labels is None:
+                continue
+            key = Labels.of({k: labels.get(k, "") for k in group_by}) if group_by else labels
+            groups.setdefault(key, []).append((a, b))
+        out = {}
+        for key, spans in groups.items():
+            idx = np.concatenate([np.arange(a, b) for a, b in spans])
+            out[key] = Profile.from_arrays(table, tids[idx], counts[idx])
+        return out
+
+    async def totals(self, selector: Selector, start: int, end: int) -> list[tuple[Labels, int, int]]:
+        """(labels, window start, samples) for matching windows; used by the timeline."""
+        series, everything = await self._matching(selector, start, end)
+        if not series:
+            return []
+        rows = await self._samples("series, window, sum(count) AS c", "series, window", "series, window",
+                                   _TOTALS_OUT, series, everything, start, end)
+        return [(series[s], int(w), int(c))
+                for s, w, c in zip(rows["series"].tolist(), rows["window"].tolist(), rows["count"].tolist(),
+                                   strict=True)
+                if s in series]
+
+    async def label_names(self, start: int, end: int) -> list[str]:
+        """Sorted label names of series with windows in [start, end)."""
+        series = await self._series_in_range(start, end)
+        return sorted({k for labels in series.values() for k in labels})
+
+    async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
+        """Sorted values of ``name`` among matching series with windows in [start, end)."""
+        series, _ = await self._matching(selector, start, end)
+        return sorted({labels[name] for labels in series.values() if name in labels})
+
+    # -- retention ------------------------------------------------------------------------
+    async def delete_before(self, t: int) -> int:
+        """Delete windows starting before ``t``; returns how many (series, window) pairs went.
+
+        Whole hour partitions are dropped (cheap, instant); the one partition cut by ``t``
+        is trimmed with an ``ALTER TABLE ... DELETE`` mutation (18.16 has them), awaited.
+        Stacks and series rows are kept: they are small and shared with newer windows.
+        """
+        t = int(t)
+        db = self.database
+        n_rows = await self._json_rows(
+            f"SELECT count() AS n FROM (SELECT DISTINCT window, series FROM {db}.series_windows "
+            f"WHERE window < {t})"
+        )
+        n = int(n_rows[0]["n"]) if n_rows else 0
+        parts = await self._json_rows(
+            f"SELECT DISTINCT table, partition FROM system.parts WHERE database = '{db}' "
+            "AND table IN ('samples', 'series_windows') AND active"
+        )
+        mutated = []
+        for p in parts:
+            pid = int(p["partition"])
+            lo, hi = pid * PARTITION_SECONDS, (pid + 1) * PARTITION_SECONDS
+            if hi <= t:
+                await self._run(f"ALTER TABLE {db}.{p['table']} DROP PARTITION {pid}")
+            elif lo < t:
+                left = await self._json_rows(
+                    f"SELECT count() AS n FROM {db}.{p['table']} WHERE window >= {lo} AND window < {t}"
+                )
+                if left and int(left[0]["n"]):
+                    await self._run(f"ALTER TABLE {db}.{p['table']} DELETE WHERE window < {t}")
+                    mutated.append(p["table"])
+        if mutated:
+            await self._await_mutations(sorted(set(mutated)))
+        return n
+
+    async def _await_mutations(self, tables: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        names = ",".join(f"'{t}'" for t in tables)
+        while True:
+            rows = await self._json_rows(
+                f"SELECT count() AS n FROM system.mutations WHERE database = '{self.database}' "
+                f"AND table IN ({names}) AND is_done = 0"
+            )
+            if not rows or int(rows[0]["n"]) == 0:
+                return
+            if loop.time() > deadline:
+                raise StoreError(f"{self._where()}: retention DELETE on {tables} still running after "
+                                 f"{self.timeout:g}s")
+            await asyncio.sleep(0.05)

@@ -1,0 +1,497 @@
+"""The embedded default store: one SQLite file in WAL mode, no setup.
+
+Schema (compact by design, see docs/aggregator.md):
+
+- ``frames(id, kind, name)``: every distinct frame once;
+- ``stacks(id, hash, frames)``: every distinct stack once, as packed uint32
+  frame ids, found again through a 64-bit hash of those ids;
+- ``series(id, labels)``: every label set once (JSON);
+- ``windows(series_id, start, total, data)``: one row per write fragment of a
+  (series, window); ``data`` is :mod:`aggregator.store.codec` (zlib'd
+  delta-coded dense stack ids + counts). Writes are additive: a write appends
+  a fragment, reads sum fragments, and :meth:`SQLiteStore.compact` merges the
+  fragments of closed windows into one row in the background.
+
+All sqlite calls run on two dedicated threads (one writer connection, one
+reader connection; WAL lets them run concurrently) so the event loop never
+blocks. ``synchronous=NORMAL`` in WAL mode: a commit survives ``kill -9`` of
+the process (the OS holds the written pages); only a power loss may drop the
+last commits. Pass ``synchronous="FULL"`` to survive that too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from aggregator.store import codec
+from aggregator.store.base import SeriesWindow, StoreError
+from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
+from stacks.selector import Selector
+
+log = logging.getLogger("flamewatch.store.sqlite")
+T = TypeVar("T")
+
+_KIND_CODE = {Kind.USER: 0, Kind.KERNEL: 1, Kind.METADATA: 2}
+_CODE_KIND = {v: k for k, v in _KIND_CODE.items()}
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
+_MAX_CACHED_STACKS = 2_000_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
+                                   UNIQUE (name, kind));
+CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL UNIQUE,
+                                   frames BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NOT NULL,
+                                    total INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start, series_id);
+"""
+
+
+def _labels_json(labels: Labels) -> str:
+    return json.dumps(list(labels.items_), separators=(",", ":"), ensure_ascii=False)
+
+
+def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+class SQLiteStore:
+    """A :class:`aggregator.store.base.Store` on one SQLite file."""
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "NORMAL", max_pages: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.max_pages = max_pages  # tests use it to simulate a full disk
+        self._wexec: ThreadPoolExecutor | None = None
+        self._rexec: ThreadPoolExecutor | None = None
+        self._w: sqlite3.Connection | None = None
+        self._r: sqlite3.Connection | None = None
+        # writer-side caches
+        self._frame_ids: dict[Frame, int] = {}
+        self._stack_ids: dict[Stack, int] = {}
+        self._series_ids: dict[Labels, int] = {}
+        self._tmap: tuple[StackTable, np.ndarray] | None = None
+        self._dirty: set[tuple[int, int]] = set()  # (series_id, start) with >1 fragment
+        self._seen: set[tuple[int, int]] = set()  # (series_id, start) written since last compaction
+        # reader-side caches
+        self._frames: dict[int, Frame] = {}
+        self._max_frame = 0
+        self._stacks: dict[int, Stack] = {}
+        self._series: dict[int, Labels] = {}
+        self._max_series = 0
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        if self.max_pages:
+            conn.execute(f"PRAGMA max_page_count={int(self.max_pages)}")
+        return conn
+
+    async def _run(self, executor: ThreadPoolExecutor | None, fn: Callable[..., T], *args: Any) -> T:
+        if executor is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, fn, *args)
+        except sqlite3.Error as e:
+            raise StoreError(f"SQLite store {self.path}: {e}") from e
+        except OSError as e:
+            raise StoreError(f"SQLite store {self.path}: {e}") from e
+
+    async def open(self) -> None:
+        """Create the file and schema if needed; find unmerged windows left by a crash."""
+        self._wexec = ThreadPoolExecutor(1, thread_name_prefix="sqlite-w")
+        self._rexec = ThreadPoolExecutor(1, thread_name_prefix="sqlite-r")
+
+        def setup() -> None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create data directory {self.path.parent}: {e}") from e
+            self._w = self._connect()
+            self._w.executescript(SCHEMA)
+            rows = self._w.execute(
+                "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
+            ).fetchall()
+            self._dirty.update((int(s), int(t)) for s, t in rows)
+
+        await self._run(self._wexec, setup)
+
+        def rsetup() -> None:
+            self._r = self._connect()
+
+        await self._run(self._rexec, rsetup)
+
+    async def close(self) -> None:
+        """Close both connections and stop the threads."""
+        for ex, attr in ((self._wexec, "_w"), (self._rexec, "_r")):
+            if ex is None:
+                continue
+
+            def shut(attr: str = attr) -> None:
+                conn = getattr(self, attr)
+                if conn is not None:
+                    conn.close()
+                    setattr(self, attr, None)
+
+            try:
+                await asyncio.get_running_loop().run_in_executor(ex, shut)
+            finally:
+                ex.shutdown(wait=True)
+        self._wexec = self._rexec = None
+
+    # -- writing --------------------------------------------------------------------------
+    def _frame_id(self, frame: Frame) -> int:
+        fid = self._frame_ids.get(frame)
+        if fid is None:
+            w = self._w
+            assert w is not None
+            code = _KIND_CODE[Kind(frame.kind)]
+            q = "SELECT id FROM frames WHERE name = ? AND kind = ?"
+            row = w.execute(q, (frame.name, code)).fetchone()
+            if row is None:
+                fid = w.execute("INSERT INTO frames (kind, name) VALUES (?, ?)", (code, frame.name)).lastrowid
+            else:
+                fid = row[0]
+            self._frame_ids[frame] = fid
+        return fid
+
+    def _stack_id(self, stack: Stack) -> int:
+        sid = self._stack_ids.get(stack)
+        if sid is None:
+            w = self._w
+            assert w is not None
+            blob = np.fromiter((self._frame_id(f) for f in stack), dtype="<u4", count=len(stack)).tobytes()
+            h = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little", signed=True)
+            row = w.execute("SELECT id FROM stacks WHERE hash = ?", (h,)).fetchone()
+            if row is None:
+                sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)", (h, blob)).lastrowid
+            else:
+                sid = row[0]
+            if len(self._stack_ids) >= _MAX_CACHED_STACKS:
+                self._stack_ids.clear()
+            self._stack_ids[stack] = sid
+        return sid
+
+    def _db_ids(self, profile: Profile) -> np.ndarray:
+        """Database stack ids for a profile's ids, vectorised through a per-table map."""
+        table = profile.table
+        if self._tmap is None or self._tmap[0] is not table:
+            self._tmap = (table, np.full(max(len(table), 16), -1, dtype=np.int64))
+        arr = self._tmap[1]
+        if len(table) > len(arr):
+            grown = np.full(max(len(table), 2 * len(arr)), -1, dtype=np.int64)
+            grown[: len(arr)] = arr
+            arr = grown
+            self._tmap = (table, arr)
+        out = arr[profile.ids]
+        missing = np.flatnonzero(out < 0)
+        if missing.size:
+            for i in missing.tolist():
+                tsid = int(profile.ids[i])
+                arr[tsid] = out[i] = self._stack_id(table.stack(tsid))
+        return out
+
+    def _series_id(self, labels: Labels) -> int:
+        sid = self._series_ids.get(labels)
+        if sid is None:
+            w = self._w
+            assert w is not None
+            text = _labels_json(labels)
+            row = w.execute("SELECT id FROM series WHERE labels = ?", (text,)).fetchone()
+            sid = row[0] if row else w.execute("INSERT INTO series (labels) VALUES (?)", (text,)).lastrowid
+            self._series_ids[labels] = sid
+        return sid
+
+    def _forget_writer_caches(self) -> None:
+        # A rolled-back transaction may have handed out ids that no longer exist.
+        self._frame_ids.clear()
+        self._stack_ids.clear()
+        self._series_ids.clear()
+        self._tmap = None
+
+    def _write(self, windows: Sequence[SeriesWindow]) -> None:
+        w = self._w
+        assert w is not None
+        try:
+            w.execute("BEGIN IMMEDIATE")
+            rows = []
+            keys = []
+            for sw in windows:
+                if len(sw.profile) == 0:
+                    continue
+                series = self._series_id(sw.labels)
+                dbids = self._db_ids(sw.profile)
+                order = np.argsort(dbids, kind="stable")
+                blob = codec.encode(dbids[order], sw.profile.counts[order])
+                rows.append((series, int(sw.start), sw.profile.total, blob))
+                keys.append((series, int(sw.start)))
+            w.executemany("INSERT INTO windows (series_id, start, total, data) VALUES (?, ?, ?, ?)", rows)
+            w.execute("COMMIT")
+        except BaseException:
+            try:
+                w.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._forget_writer_caches()
+            raise
+        for k in keys:
+            if k in self._seen:
+                self._dirty.add(k)
+            else:
+                self._seen.add(k)
+
+    async def write(self, windows: Sequence[SeriesWindow]) -> None:
+        """Append one fragment per window, in one transaction. Durable on return."""
+        if windows:
+            await self._run(self._wexec, self._write, list(windows))
+
+    # -- background maintenance ------------------------------------------------------------
+    def _compact(self, before: int, limit: int) -> int:
+        w = self._w
+        assert w is not None
+        todo = sorted(k for k in self._dirty if k[1] < before)[:limit]
+        if not todo:
+            self._seen = {k for k in self._seen if k[1] >= before}
+            return 0
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for series, start in todo:
+                rows = w.execute(
+                    "SELECT rowid, data FROM windows WHERE series_id = ? AND start = ?", (series, start)
+                ).fetchall()
+                if len(rows) < 2:
+                    continue
+                parts = [codec.decode(r[1]) for r in rows]
+                p = Profile.from_arrays(
+                    StackTable(), np.concatenate([a for a, _ in parts]), np.concatenate([c for _, c in parts])
+                )
+                w.executemany("DELETE FROM windows WHERE rowid = ?", [(r[0],) for r in rows])
+                w.execute(
+                    "INSERT INTO windows (series_id, start, total, data) VALUES (?, ?, ?, ?)",
+                    (series, start, p.total, codec.encode(p.ids, p.counts)),
+                )
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._dirty.difference_update(todo)
+        self._seen.difference_update(todo)
+        return len(todo)
+
+    async def compact(self, before: int, limit: int = 2000) -> int:
+        """Merge the fragments of windows starting before ``before`` into one row each."""
+        return await self._run(self._wexec, self._compact, before, limit)
+
+    def open_windows(self) -> int:
+        """(series, window) pairs written since they were last compacted."""
+        return len(self._seen)
+
+    def _delete_before(self, t: int) -> int:
+        w = self._w
+        assert w is not None
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            n = w.execute("DELETE FROM windows WHERE start < ?", (t,)).rowcount
+            w.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM windows)")
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._series_ids.clear()
+        self._dirty = {k for k in self._dirty if k[1] >= t}
+        self._seen = {k for k in self._seen if k[1] >= t}
+        return n
+
+    async def delete_before(self, t: int) -> int:
+        """Retention: drop windows starting before ``t`` (and series left with none)."""
+        return await self._run(self._wexec, self._delete_before, int(t))
+
+    # -- reading --------------------------------------------------------------------------
+    def _refresh_series(self) -> None:
+        r = self._r
+        assert r is not None
+        rows = r.execute("SELECT id, labels FROM series WHERE id > ?", (self._max_series,)).fetchall()
+        for sid, text in rows:
+            self._series[sid] = Labels.of((k, v) for k, v in json.loads(text))
+            self._max_series = max(self._max_series, sid)
+
+    def _matching_series(self, selector: Selector) -> list[int] | None:
+        """Series ids matching; None means all of them (no IN list needed)."""
+        self._refresh_series()
+        if not selector.matchers:
+            return None
+        return [sid for sid, labels in self._series.items() if selector.matches(labels)]
+
+    def _rows(self, cols: str, selector: Selector, start: int, end: int) -> list[tuple[Any, ...]]:
+        r = self._r
+        assert r is not None
+        ids = self._matching_series(selector)
+        base = f"SELECT {cols} FROM windows WHERE start >= ? AND start < ?"
+        if ids is None:
+            return r.execute(base, (start, end)).fetchall()
+        out: list[tuple[Any, ...]] = []
+        for chunk in _chunks(ids):
+            q = f"{base} AND series_id IN ({','.join('?' * len(chunk))})"
+            out.extend(r.execute(q, (start, end, *chunk)).fetchall())
+        return out
+
+    def _resolve_stacks(self, dbids: np.ndarray) -> list[Stack]:
+        r = self._r
+        assert r is not None
+        want = [i for i in dbids.tolist() if i not in self._stacks]
+        if want:
+            blobs = []
+            for chunk in _chunks(want):
+                blobs.extend(
+                    r.execute(f"SELECT id, frames FROM stacks WHERE id IN ({','.join('?' * len(chunk))})",
+                              chunk).fetchall()
+                )
+            fids = [np.frombuffer(b, dtype="<u4") for _, b in blobs]
+            top = max((int(f.max()) for f in fids if f.size), default=0)
+            if top > self._max_frame:
+                for fid, kind, name in r.execute(
+                    "SELECT id, kind, name FROM frames WHERE id > ?", (self._max_frame,)
+                ):
+                    self._frames[fid] = Frame(name, _CODE_KIND[kind])
+                    self._max_frame = max(self._max_frame, fid)
+            if len(self._stacks) + len(blobs) > _MAX_CACHED_STACKS:
+                self._stacks.clear()
+            frames = self._frames
+            for (sid, _), f in zip(blobs, fids, strict=True):
+                self._stacks[sid] = tuple(frames[i] for i in f.tolist())
+        return [self._stacks[i] for i in dbids.tolist()]
+
+    def _to_table(self, dbids: np.ndarray, table: StackTable) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted unique db ids, matching ids on ``table``)."""
+        uniq = np.unique(dbids)
+        stacks = self._resolve_stacks(uniq)
+        intern = table.intern
+        return uniq, np.fromiter((intern(s) for s in stacks), dtype=np.int64, count=len(stacks))
+
+    def _read(self, selector: Selector, start: int, end: int, table: StackTable) -> list[SeriesWindow]:
+        rows = self._rows("series_id, start, data", selector, start, end)
+        if not rows:
+            return []
+        groups: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for series, wstart, data in rows:
+            groups.setdefault((series, wstart), []).append(codec.decode(data))
+        all_ids = np.concatenate([a for parts in groups.values() for a, _ in parts])
+        uniq, mapped = self._to_table(all_ids, table)
+        out = []
+        for (series, wstart), parts in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            ids = np.concatenate([a for a, _ in parts])
+            counts = np.concatenate([c for _, c in parts])
+            tids = mapped[np.searchsorted(uniq, ids)]
+            profile = Profile.from_arrays(table, tids, counts)
+            out.append(SeriesWindow(self._series[series], int(wstart), profile))
+        return out
+
+    async def read(self, selector: Selector, start: int, end: int, table: StackTable) -> list[SeriesWindow]:
+        """Matching windows with ``start <= window.start < end``, fragments summed."""
+        return await self._run(self._rexec, self._read, selector, int(start), int(end), table)
+
+    def _read_merged(
+        self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...]
+    ) -> dict[Labels, Profile]:
+        rows = self._rows("series_id, data", selector, start, end)
+        by: dict[Labels, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for series, data in rows:
+            labels = self._series[series]
+            key = Labels.of({k: labels.get(k, "") for k in group_by}) if group_by else labels
+            by.setdefault(key, []).append(codec.decode(data))
+        if not by:
+            return {}
+        all_ids = np.concatenate([a for parts in by.values() for a, _ in parts])
+        uniq, mapped = self._to_table(all_ids, table)
+        out = {}
+        for key, parts in by.items():
+            ids = np.concatenate([a for a, _ in parts])
+            counts = np.concatenate([c for _, c in parts])
+            # Dense db ids: a bincount over their rank is a linear-time merge.
+            rank = np.searchsorted(uniq, ids)
+            sums = np.bincount(rank, weights=counts, minlength=len(uniq))
+            keep = np.flatnonzero(sums > 0)
+            out[key] = Profile.from_arrays(table, mapped[keep], np.rint(sums[keep]).astype(np.int64))
+        return out
+
+    async def read_merged(
+        self, selector: Selector, start: int, end: int, table: StackTable, group_by: Sequence[str] = ()
+    ) -> dict[Labels, Profile]:
+        """Fast path for queries: one merged profile per series (or per ``group_by`` values)."""
+        return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table,
+                               tuple(group_by))
+
+    async def totals(self, selector: Selector, start: int, end: int) -> list[tuple[Labels, int, int]]:
+        """(labels, window start, samples) for matching windows; used by the timeline."""
+        # GROUP BY needs to be appended to the query; do it in SQL for speed.
+        def run() -> list[tuple[Labels, int, int]]:
+            self._refresh_series()
+            r = self._r
+            assert r is not None
+            ids = self._matching_series(selector)
+            base = "SELECT series_id, start, sum(total) FROM windows WHERE start >= ? AND start < ?"
+            tail = " GROUP BY series_id, start"
+            rows: list[tuple[Any, ...]] = []
+            if ids is None:
+                rows = r.execute(base + tail, (start, end)).fetchall()
+            else:
+                for chunk in _chunks(ids):
+                    q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
+                    rows.extend(r.execute(q, (start, end, *chunk)).fetchall())
+            return [(self._series[s], int(t), int(n)) for s, t, n in rows]
+
+        return await self._run(self._rexec, run)
+
+    def _series_in_range(self, start: int, end: int) -> list[Labels]:
+        r = self._r
+        assert r is not None
+        self._refresh_series()
+        rows = r.execute(
+            "SELECT DISTINCT series_id FROM windows WHERE start >= ? AND start < ?", (start, end)
+        ).fetchall()
+        return [self._series[s] for (s,) in rows if s in self._series]
+
+    async def label_names(self, start: int, end: int) -> list[str]:
+        """Sorted label names of series with windows in [start, end)."""
+        def run() -> list[str]:
+            return sorted({k for labels in self._series_in_range(start, end) for k in labels})
+
+        return await self._run(self._rexec, run)
+
+    async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
+        """Sorted values of ``name`` among matching series with windows in [start, end)."""
+        def run() -> list[str]:
+            return sorted(
+                {labels[name] for labels in self._series_in_range(start, end)
+                 if name in labels and selector.matches(labels)}
+            )
+
+        return await self._run(self._rexec, run)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk (database plus WAL)."""
+        total = 0
+        for suffix in ("", "-wal"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                total += p.stat().st_size
+        return total
+
+

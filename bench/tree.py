@@ -1,0 +1,106 @@
+"""Benchmark: flame tree building, pruning, Flame JSON, top table and diff on ~100k distinct stacks.
+
+    python bench/tree.py [--stacks 100000] [--depth 30] [--repeat 3]
+
+Baseline (same run): a plain Python loop that only walks every frame of every
+distinct stack once (one dict lookup per frame), i.e. the floor for any trie
+build in Python. The ratio says how far build_tree is from that floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stacks import diff, tree  # noqa: E402
+from stacks.model import Frame, Kind, Profile, StackTable  # noqa: E402
+
+
+def synthetic(n_stacks: int, depth: int, seed: int, table: StackTable) -> Profile:
+    """Realistic-ish shape: a few hundred functions, shared prefixes, Zipf-like counts."""
+    rng = random.Random(seed)
+    funcs = [Frame(f"mod{i % 40}.func_{i}", Kind.USER) for i in range(600)]
+    kfuncs = [Frame(f"k_{i}", Kind.KERNEL) for i in range(60)]
+    pairs = []
+    seen: set[tuple[Frame, ...]] = set()
+    prefixes: list[tuple[Frame, ...]] = [(funcs[0],)]
+    while len(pairs) < n_stacks:
+        base = rng.choice(prefixes)
+        d = rng.randint(max(1, depth // 3), depth)
+        stack = list(base[: rng.randint(1, len(base))])
+        while len(stack) < d:
+            stack.append(rng.choice(funcs[: 50 + 10 * len(stack)]))
+        if rng.random() < 0.3:
+            stack += rng.sample(kfuncs, 3)
+        t = tuple(stack)
+        if t in seen:
+            continue
+        seen.add(t)
+        if len(prefixes) < 2000:
+            prefixes.append(t)
+        pairs.append((t, max(1, int(1000 / (1 + len(pairs) % 997)))))
+    return Profile.from_pairs(pairs, table)
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def baseline_walk(profile: Profile) -> int:
+    d: dict[Frame, int] = {}
+    n = 0
+    stack_of = profile.table.stack
+    for sid in profile.ids.tolist():
+        for f in stack_of(sid):
+            n += d.get(f, 1)
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stacks", type=int, default=100_000)
+    ap.add_argument("--depth", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+    table = StackTable()
+    p = synthetic(a.stacks, a.depth, 1, table)
+    q = synthetic(a.stacks, a.depth, 2, table)
+    frames = sum(len(s) for s, _ in p.items())
+    t = tree.build_tree(p)
+    print(f"profile: {len(p)} distinct stacks, {frames} frames, {t.node_count()} tree nodes, total {p.total}")
+
+    rows = [
+        ("baseline: walk every frame once", best(lambda: baseline_walk(p), a.repeat)),
+        ("build_tree", best(lambda: tree.build_tree(p), a.repeat)),
+        ("prune max_nodes=20000", best(lambda: tree.prune(t, max_nodes=20000), a.repeat)),
+        ("prune min_share=1/2000", best(lambda: tree.prune(t, min_share=1 / 2000), a.repeat)),
+    ]
+    pt = tree.prune(t, max_nodes=20000)
+    rows += [
+        ("to_json (20000 nodes)", best(lambda: tree.to_json(pt), a.repeat)),
+        (
+            "render total: build+prune+to_json",
+            best(lambda: tree.to_json(tree.prune(tree.build_tree(p), max_nodes=20000)), a.repeat),
+        ),
+        ("top_table", best(lambda: tree.top_table(p, 100), a.repeat)),
+        ("search", best(lambda: tree.search(t, "func_1[0-9]$"), a.repeat)),
+        ("diff_json (2 x profile, max_nodes=20000)", best(lambda: diff.diff_json(p, q), a.repeat)),
+    ]
+    base = rows[0][1]
+    print(f"{'step':45} {'seconds':>9} {'x baseline':>11}")
+    for name, sec in rows:
+        print(f"{name:45} {sec:9.3f} {sec / base:11.2f}")
+
+
+if __name__ == "__main__":
+    main()

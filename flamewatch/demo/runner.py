@@ -1,0 +1,586 @@
+"""`flamewatch demo`: the slow-admin-page story on one machine.
+
+Starts ``flamewatch serve`` (SQLite), the agent when root and perf allow, the
+three tinyhats services (one process each, labelled like pods in namespace
+``default``, profiled by the pyroscope-io SDK) and a load generator. Phase 1
+runs the buggy admin page; then admin-service is switched to the fix and
+phase 2 runs. Phase boundaries sit on aggregator window boundaries so the
+prepared diff compares clean windows. Everything started here is stopped on
+Ctrl-C/SIGTERM, the server last so the final profiles land.
+
+The state (URLs, phase times, pids) is written to ``<data_dir>/demo.json``
+so scripts and tests can follow the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import math
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlencode
+
+import aiohttp
+
+from flamewatch.demo.settings import FAST_PHASE_SECONDS, FAST_UPLOAD_INTERVAL
+from flamewatch.settings import Settings
+
+NAMESPACE = "default"
+SERVICES = ("manipulation-service", "admin-service", "frontend")  # start order: dependencies first
+PR_SET_PDEATHSIG = 1
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+def align_up(t: float, window: int) -> int:
+    """The first window boundary at or after ``t``."""
+    return int(math.ceil(t / window) * window)
+
+
+def align_down(t: float, window: int) -> int:
+    return int(t // window * window)
+
+
+def pod_name(service: str, rng: random.Random | None = None) -> str:
+    """A Deployment-style pod name: ``<service>-<10 hex>-<5 alnum>``."""
+    pick = (rng or secrets.SystemRandom()).choice
+    alnum = string.ascii_lowercase + string.digits
+    return (f"{service}-{''.join(pick('0123456789abcdef') for _ in range(10))}-"
+            f"{''.join(pick(alnum) for _ in range(5))}")
+
+
+def agent_status(
+    euid: int, perf_path: str | None, perf_works: Callable[[str], str | None], mode: str
+) -> tuple[bool, str]:
+    """Whether to run the agent and why, from injected facts (testable without root).
+
+    ``perf_works(path)`` returns None when ``perf`` runs, else a reason.
+    """
+    if mode == "off":
+        return False, "off (--agent off)"
+    reasons = []
+    if euid != 0:
+        reasons.append("not running as root (perf -a and py-spy need root or CAP_PERFMON/CAP_SYS_PTRACE)")
+    if perf_path is None:
+        reasons.append("perf is not installed (apt-get install linux-perf)")
+    else:
+        why = perf_works(perf_path)
+        if why:
+            reasons.append(why)
+    if not reasons:
+        return True, "on (perf + py-spy sample every process on this machine)"
+    return False, "; ".join(reasons)
+
+
+def check_perf(path: str) -> str | None:
+    """None when ``perf --version`` runs; else why not (Debian's wrapper fails on kernel mismatch)."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"perf at {path} does not run: {e}"
+    if proc.returncode != 0:
+        first = (proc.stderr or proc.stdout).strip().splitlines()[:1]
+        return f"perf at {path} fails: {first[0] if first else 'exit ' + str(proc.returncode)}"
+    return None
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def viewer_urls(
+    server: str, admin_sel: str, base: tuple[int, int], compare: tuple[int, int]
+) -> dict[str, str]:
+    """Links printed for the user: the viewer, the namespace view, and the prepared diff.
+
+    The viewer keeps its state in the URL query (same names as the HTTP API), so
+    the same parameters open the page on the diff; the API link is given too.
+    """
+    ns = f'{{namespace="{NAMESPACE}"}}'
+    diff = {
+        "base": admin_sel, "base_from": base[0], "base_until": base[1],
+        "compare": admin_sel, "compare_from": compare[0], "compare_until": compare[1],
+    }
+    return {
+        "viewer": f"{server}/",
+        "namespace": f"{server}/?"
+        + urlencode({"query": ns, "from": "now-15m", "until": "now", "metadata": 1}),
+        "diff_viewer": f"{server}/?" + urlencode({"view": "diff", "mode": "share", **diff}),
+        "diff_api": f"{server}/api/v1/diff?" + urlencode({**diff, "mode": "share", "format": "json"}),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# --------------------------------------------------------------------------- children
+
+def _parent_death_signal() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+@dataclass
+class Child:
+    """One process the demo started, in its own session (so Ctrl-C reaches only the demo)."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    log: Path
+    port: int = 0
+    pod: str = ""
+    _log_file: Any = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM, wait ``grace`` s, then SIGKILL the whole process group."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                await self.proc.wait()
+        # Grandchildren (perf, py-spy under the agent) share the group; make sure none is left.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        if self._log_file:
+            self._log_file.close()
+        return self.proc.returncode
+
+
+@dataclass
+class LoadStats:
+    """Admin page latency per phase, as the load generator saw it."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    last_error: str = ""
+
+    def line(self) -> str:
+        n = len(self.latencies)
+        return (f"{n} admin page views, p50 {percentile(self.latencies, 0.5) * 1000:.0f} ms, "
+                f"p95 {percentile(self.latencies, 0.95) * 1000:.0f} ms, {self.errors} errors")
+
+
+# --------------------------------------------------------------------------- the demo
+
+class Demo:
+    """One run of the demo. ``run()`` returns the exit code."""
+
+    def __init__(self, settings: Settings, out: TextIO | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.s = settings
+        self.out = out or sys.stdout
+        self.clock = clock
+        self.phase_seconds = FAST_PHASE_SECONDS if settings.fast else settings.phase_seconds
+        self.upload_interval = FAST_UPLOAD_INTERVAL if settings.fast else settings.upload_interval
+        self.window = settings.window_seconds
+        self.children: list[Child] = []
+        self.stop_event = asyncio.Event()
+        self.stats: dict[str, LoadStats] = {"slow": LoadStats(), "fixed": LoadStats()}
+        self.phase = "starting"
+        self.state: dict[str, Any] = {"state": "starting", "pid": os.getpid()}
+        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self._status_len = 0
+
+    # ---- output
+
+    def say(self, text: str) -> None:
+        if self.tty and self._status_len:
+            self.out.write("\r" + " " * self._status_len + "\r")
+            self._status_len = 0
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def status(self, text: str) -> None:
+        """A progress line: rewritten in place on a terminal, printed plainly otherwise."""
+        if self.tty:
+            self.out.write("\r" + text.ljust(self._status_len))
+            self._status_len = len(text)
+            self.out.flush()
+        else:
+            self.say(text)
+
+    def save_state(self, **kw: Any) -> None:
+        self.state.update(kw)
+        path = self.data_dir / "demo.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(path)  # atomic, so a reader never sees half a file
+
+    # ---- setup
+
+    def prepare_dir(self) -> Path:
+        if self.s.data_dir:
+            d = Path(self.s.data_dir).expanduser().resolve()
+            d.mkdir(parents=True, exist_ok=True)
+        else:
+            d = Path(tempfile.mkdtemp(prefix="flamewatch-demo-"))
+        (d / "logs").mkdir(exist_ok=True)
+        return d
+
+    def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        # Pod labels are set per service; settings of *this* command must not leak into
+        # `serve`/`agent`, which read the same FLAMEWATCH_PORT etc.
+        dropped = ("POD_NAMESPACE", "POD_NAME", "CONTAINER_NAME")
+        env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("FLAMEWATCH_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    async def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], pipe_stdout: bool = False
+    ) -> Child:
+        log = self.data_dir / "logs" / f"{name}.log"
+        f = open(log, "ab")  # noqa: SIM115 - closed in Child.stop
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdout else f, stderr=f, env=env,
+            start_new_session=True, preexec_fn=_parent_death_signal,
+        )
+        child = Child(name, proc, log, _log_file=f)
+        self.children.append(child)
+        return child
+
+    def log_tail(self, child: Child, lines: int = 15) -> str:
+        try:
+            text = child.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n".join("    " + line for line in text)
+
+    async def start_server(self) -> str:
+        if self.s.server:
+            url = self.s.server.rstrip("/")
+            await self.wait_healthy(url, None, 15)
+            self.say(f"  server     {url} (already running; --server)")
+            return url
+        port = self.s.port
+        if port == 0:
+            port = free_port(self.s.host)
+        elif port_in_use(self.s.host, port):
+            raise DemoError(f"port {port} on {self.s.host} is in use (another flamewatch?): "
+                            f"pass --port 0 for a free port, or --server URL to use the running one")
+        argv = [sys.executable, "-m", "flamewatch.cli", "serve", "--host", self.s.host, "--port", str(port),
+                "--data-dir", str(self.data_dir), "--storage", self.s.storage,
+                "--window-seconds", str(self.window)]
+        child = await self.spawn("server", argv, self.child_env())
+        url = f"http://{self.s.host}:{port}"
+        await self.wait_healthy(url, child, 60)
+        child.port = port
+        what = "SQLite" if self.s.storage == "sqlite" else self.s.storage
+        self.say(f"  server     {url} (flamewatch serve, {what}, pid {child.pid})")
+        return url
+
+    async def wait_healthy(self, url: str, child: Child | None, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+            while time.monotonic() < deadline:
+                if child is not None and child.proc.returncode is not None:
+                    raise DemoError(f"{child.name} exited with code {child.proc.returncode} "
+                                    f"(log {child.log}):\n{self.log_tail(child)}")
+                try:
+                    async with http.get(url + "/healthz") as r:
+                        if r.status == 200:
+                            return
+                        last = f"HTTP {r.status}"
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                    last = str(e) or type(e).__name__
+                await asyncio.sleep(0.2)
+        tail = f" (log {child.log}):\n{self.log_tail(child)}" if child else ""
+        raise DemoError(f"{url}/healthz did not answer within {timeout:.0f} s ({last}){tail}")
+
+    async def start_agent(self, server: str) -> None:
+        perf = shutil.which("perf")
+        ok, why = agent_status(os.geteuid(), perf, check_perf, self.s.agent)
+        if ok:
+            try:
+                import profiler.cli  # noqa: F401 - the agent is optional in a partial install
+            except ImportError as e:
+                ok, why = False, f"the agent is not installed ({e})"
+        if not ok:
+            if self.s.agent == "on":
+                raise DemoError(f"--agent on, but the agent cannot run: {why}. Use --agent auto or off.")
+            self.say(f"  agent      not started: {why}.")
+            self.say("             Falling back to the SDK path only: each service pushes its own "
+                     "Python profile with pyroscope-io.")
+            self.save_state(agent={"running": False, "reason": why})
+            return
+        argv = [sys.executable, "-m", "flamewatch.cli", "agent", "--server", server,
+                "--spool-dir", str(self.data_dir / "agent-spool"), "--metrics-port", "-1"]
+        child = await self.spawn("agent", argv, self.child_env({"NODE_NAME": socket.gethostname()}))
+        await asyncio.sleep(1.0)
+        if child.proc.returncode is not None:
+            msg = f"agent exited with code {child.proc.returncode} (log {child.log}):\n{self.log_tail(child)}"
+            if self.s.agent == "on":
+                raise DemoError(msg)
+            self.say(f"  agent      failed to start; SDK path only. {msg}")
+            self.save_state(agent={"running": False, "reason": msg})
+            return
+        self.say(f"  agent      {why} (pid {child.pid}, log {child.log})")
+        self.save_state(agent={"running": True, "pid": child.pid})
+
+    async def start_service(self, service: str, server: str, upstream: dict[str, str]) -> Child:
+        pod = pod_name(service)
+        argv = [sys.executable, "-m", "flamewatch.demo.tinyhats", service, "--host", self.s.host,
+                "--port", "0", "--hats", str(self.s.hats), "--upload-interval", str(self.upload_interval),
+                "--sample-rate", str(self.s.sample_rate)]
+        if self.s.sdk:
+            argv += ["--server", server]
+        for k, v in upstream.items():
+            argv += [f"--{k}", v]
+        env = self.child_env({"POD_NAMESPACE": NAMESPACE, "POD_NAME": pod, "CONTAINER_NAME": service})
+        child = await self.spawn(service, argv, env, pipe_stdout=True)
+        child.pod = pod
+        assert child.proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(child.proc.stdout.readline(), 30)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"READY "):
+            await asyncio.sleep(0.2)
+            raise DemoError(f"{service} did not start (log {child.log}):\n{self.log_tail(child)}")
+        child.port = int(line.split()[1])
+        asyncio.get_running_loop().create_task(self._drain(child))
+        return child
+
+    async def _drain(self, child: Child) -> None:
+        """Copy whatever else the service prints to its log, so its stdout pipe never fills."""
+        assert child.proc.stdout is not None
+        while line := await child.proc.stdout.readline():
+            with open(child.log, "ab") as f:
+                f.write(line)
+
+    # ---- load
+
+    async def load(self, frontend: str) -> None:
+        """Open-loop load: ``rate`` admin page views per second (at most 4 in flight),
+        and a hat upload every 20 s, as admins and artists would."""
+        inflight: set[asyncio.Task[None]] = set()
+        period = 1.0 / self.s.rate
+        next_upload = time.monotonic() + 20
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def view() -> None:
+                stats = self.stats.get(self.phase)
+                t = time.monotonic()
+                try:
+                    async with http.get(frontend + "/admin", params={"password": "ilovecats"}) as r:
+                        await r.read()
+                        r.raise_for_status()
+                    if stats is not None:
+                        stats.latencies.append(time.monotonic() - t)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    if stats is not None:
+                        stats.errors += 1
+                        stats.last_error = str(e)
+
+            async def upload() -> None:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.post(frontend + "/upload", json={}) as r:
+                        await r.read()
+
+            try:
+                while True:
+                    if len(inflight) < 4:
+                        task = asyncio.ensure_future(view())
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    if time.monotonic() >= next_upload:
+                        next_upload += 20
+                        task = asyncio.ensure_future(upload())
+                        inflight.add(task)
+                        task.add_done_callback(inflight.discard)
+                    await asyncio.sleep(period)
+            finally:
+                for task in list(inflight):
+                    task.cancel()
+                await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def set_mode(self, admin: str, mode: str) -> None:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http,
+            http.post(admin + "/control", json={"mode": mode}) as r,
+        ):
+            if r.status != 200:
+                raise DemoError(f"admin-service refused mode {mode}: HTTP {r.status} {await r.text()}")
+
+    # ---- the story
+
+    async def sleep_until(self, t: float, label: str, start: float, end: float) -> bool:
+        """Show progress until wall time ``t``; False when asked to stop first."""
+        last_plain = 0.0
+        while (now := self.clock()) < t:
+            if self.deadline and now >= self.deadline:
+                self.stop_event.set()
+            if self.stop_event.is_set():
+                return False
+            done = (now - start) / max(end - start, 1)
+            bar = "#" * int(done * 20)
+            stats = self.stats.get(self.phase)
+            line = f"{label} [{bar:<20}] {_mmss(now - start)}/{_mmss(end - start)}"
+            if stats is not None:
+                line += "  " + stats.line()
+            if self.tty or now - last_plain >= 10:
+                self.status(line)
+                last_plain = now
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), min(1.0, max(t - now, 0.01)))
+            except TimeoutError:
+                pass
+        return not self.stop_event.is_set()
+
+    async def story(self) -> None:
+        server = await self.start_server()
+        self.save_state(server=server)
+        await self.start_agent(server)
+        svc: dict[str, Child] = {}
+        base = f"http://{self.s.host}:"
+        svc["manipulation-service"] = await self.start_service("manipulation-service", server, {})
+        svc["admin-service"] = await self.start_service(
+            "admin-service", server, {"manipulation": base + str(svc["manipulation-service"].port)})
+        svc["frontend"] = await self.start_service(
+            "frontend", server, {"admin": base + str(svc["admin-service"].port)})
+        for name, child in svc.items():
+            self.say(f"  {name:<21} {base}{child.port}  pod {NAMESPACE}/{child.pod}  pid {child.pid}")
+        if not self.s.sdk:
+            self.say("  (--sdk off: services push no profiles of their own; only the agent sees them)")
+        frontend, admin = base + str(svc["frontend"].port), base + str(svc["admin-service"].port)
+
+        t0 = self.clock()
+        switch = align_up(t0 + self.phase_seconds, self.window)
+        end = align_up(switch + self.phase_seconds, self.window)
+        before, after = (align_down(t0, self.window), switch), (switch, end)
+        admin_sel = f'{{namespace="{NAMESPACE}", container="admin-service"}}'
+        urls = viewer_urls(server, admin_sel, before, after)
+        self.save_state(
+            state="slow", frontend=frontend, admin=admin, urls=urls, window=self.window,
+            phases={"slow": list(before), "fixed": list(after)}, admin_selector=admin_sel,
+            services={n: {"pid": c.pid, "port": c.port, "pod": c.pod} for n, c in svc.items()},
+            pids=[c.pid for c in self.children],
+        )
+        self.say(f"\nOpen the viewer: {urls['namespace']}")
+        self.say(f"  then filter namespace=default and look at admin-service; the prepared diff "
+                 f"(ready in about {_mmss(end - t0 + self.upload_interval)}):\n  {urls['diff_viewer']}\n"
+                 f"  API: {urls['diff_api']}\n")
+
+        self.phase = "slow"
+        loader = asyncio.ensure_future(self.load(frontend))
+        try:
+            self.say(f"phase 1/2: slow admin page: createSampleImages calls manipulation-service once per "
+                     f"hat ({self.s.hats}) on every view")
+            if not await self.sleep_until(switch, "phase 1/2 slow ", t0, switch):
+                return
+            self.say(f"phase 1/2 done: {self.stats['slow'].line()}")
+            await self.set_mode(admin, "fixed")
+            self.phase = "fixed"
+            self.save_state(state="fixed")
+            self.say("phase 2/2: fix deployed: mockups are made once at upload and cached")
+            if not await self.sleep_until(end, "phase 2/2 fixed", switch, end):
+                return
+            self.say(f"phase 2/2 done: {self.stats['fixed'].line()}")
+            # The SDK pushes every upload_interval; wait for the pushes covering the last window.
+            if not await self.sleep_until(end + self.upload_interval + 3, "collecting last profiles",
+                                          end, end + self.upload_interval + 3):
+                return
+            self.save_state(state="done", latency={k: v.line() for k, v in self.stats.items()})
+            self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
+                     f"  API: {urls['diff_api']}")
+            self.say("The demo keeps serving (fixed behaviour) until Ctrl-C" +
+                     (f" or {self.s.duration:.0f} s in all." if self.deadline else "."))
+            while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):
+                pass
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+
+    async def shutdown(self) -> None:
+        """Services first (their SDKs flush their last profile), then the agent, the server last."""
+        rank = {"agent": 1, "server": 2}
+        for step in range(3):
+            batch = [c for c in self.children if rank.get(c.name, 0) == step]
+            await asyncio.gather(*(c.stop(15 if step else 10) for c in batch))
+        if self.children:
+            self.say("stopped: " + ", ".join(f"{c.name} (exit {c.proc.returncode})" for c in self.children))
+
+    async def run(self) -> int:
+        self.data_dir = self.prepare_dir()
+        self.deadline = self.clock() + self.s.duration if self.s.duration else 0.0
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        self.say(f"flamewatch demo: the slow admin page of tinyhats (phases of {self.phase_seconds} s)")
+        self.say(f"  data dir   {self.data_dir} (logs in {self.data_dir / 'logs'})")
+        self.save_state(data_dir=str(self.data_dir))
+        code = 0
+        try:
+            story = asyncio.ensure_future(self.story())
+            stopper = asyncio.ensure_future(self.stop_event.wait())
+            await asyncio.wait({story, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not story.done():  # Ctrl-C during start-up: abandon it
+                story.cancel()
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await story
+        except DemoError as e:
+            self.say(f"flamewatch demo: {e}")
+            code = 1
+        finally:
+            self.say("stopping...")
+            await self.shutdown()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            self.save_state(state="stopped", exit_code=code)
+        if not self.s.server and self.state.get("server"):
+            self.say(f"Data kept in {self.data_dir}; look again with:\n"
+                     f"  flamewatch serve --data-dir {self.data_dir} --port {self.s.port or 4040}")
+        return code
+
+
+def _mmss(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    return f"{s // 60}:{s % 60:02d}"

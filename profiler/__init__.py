@@ -1,0 +1,1 @@
+"""The flamewatch host agent: discover -> sample -> label -> ship."""

@@ -1,0 +1,260 @@
+"""System-wide kernel + native stacks from one long-lived ``perf record``.
+
+``perf record -F HZ -a -g -m PAGES -o -`` streams into ``perf script -i -``
+(a pipe, no files). Both stay up for the agent's life, so perf pays its
+start-up (kernel symbol loading) once. The small ring buffer (``-m``) makes
+perf hand over samples within a second or two instead of when a large buffer
+fills, which keeps the sample-to-query delay well under 15 s. The text is
+parsed by :func:`stacks.perf.iter_samples` and every sample goes to ``sink``.
+
+If perf dies, it is restarted with exponential backoff and the time without
+sampling is counted as a gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
+from stacks.perf import PerfSample, iter_samples
+
+log = logging.getLogger("flamewatch.agent.perf")
+
+SCRIPT_FIELDS = "comm,pid,tid,time,period,event,ip,sym,dso"
+
+MISSING_HELP = (
+    "install it (Debian: apt install linux-perf; Ubuntu: apt install linux-tools-$(uname -r)), "
+    "set --perf-path, or run without perf (--perf false)"
+)
+PERMISSION_HELP = (
+    "run the agent as root, or grant CAP_PERFMON and CAP_SYS_ADMIN (Kubernetes: privileged: true or "
+    "securityContext.capabilities.add), or lower the limit with `sysctl kernel.perf_event_paranoid=-1`"
+)
+_PERMISSION_MARKERS = (
+    "perf_event_paranoid",
+    "Permission denied",
+    "No permission",
+    "Access to performance monitoring",
+    "Operation not permitted",
+)
+
+
+def record_argv(perf: str, frequency: int, mmap_pages: int) -> list[str]:
+    return [perf, "record", "-F", str(frequency), "-a", "-g", "-q", "-m", str(mmap_pages), "-o", "-"]
+
+
+def script_argv(perf: str) -> list[str]:
+    return [perf, "script", "-i", "-", "-F", SCRIPT_FIELDS]
+
+
+def explain_failure(perf: str, returncode: int | None, stderr: str) -> SamplerUnavailable:
+    """A clear error from perf's exit status and stderr text."""
+    text = stderr.strip()
+    first = text.splitlines()[0] if text else f"exit status {returncode}"
+    if any(m in text for m in _PERMISSION_MARKERS):
+        setting = ""
+        for line in text.splitlines():
+            if "perf_event_paranoid setting is" in line:
+                setting = " (" + line.strip().rstrip(":") + ")"
+        return SamplerUnavailable(f"perf is not permitted to sample all CPUs{setting}: {PERMISSION_HELP}")
+    if "not found for kernel" in text or "command not found" in text or returncode == 127:
+        return SamplerUnavailable(f"perf at {perf!r} does not work for this kernel ({first}): {MISSING_HELP}")
+    return SamplerUnavailable(f"perf record failed ({first}); run `{perf} record -a -g -- true` to see why")
+
+
+def preflight(perf: str, frequency: int, runner: Runner = default_runner, timeout: float = 30.0) -> None:
+    """Check that perf exists and may sample every CPU; raise :class:`SamplerUnavailable` if not."""
+    if os.sep not in perf and shutil.which(perf) is None:
+        raise SamplerUnavailable(f"perf not found on PATH (looked for {perf!r}): {MISSING_HELP}")
+    argv = [perf, "record", "-F", str(frequency), "-a", "-g", "-q", "-o", os.devnull, "--", "true"]
+    try:
+        proc = runner(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise SamplerUnavailable(f"perf not found at {perf!r}: {MISSING_HELP}") from None
+    except PermissionError:
+        raise SamplerUnavailable(f"perf at {perf!r} is not executable: {MISSING_HELP}") from None
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise SamplerUnavailable(f"perf record did not finish a 0 s trial in {timeout:.0f} s") from None
+    err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+    if rc != 0:
+        raise explain_failure(perf, rc, err)
+
+
+class PerfSampler:
+    """Runs the perf pipeline in a thread and feeds ``sink`` every sample.
+
+    ``runner`` starts processes (``subprocess.Popen`` by default), ``clock``
+    is monotonic and ``sleep`` waits (both injected so tests need no real
+    time). ``restarts`` and ``gap_seconds`` count the outages.
+    """
+
+    name = "perf"
+
+    def __init__(
+        self,
+        sink: Callable[[PerfSample], None],
+        *,
+        perf: str = "perf",
+        frequency: int = 99,
+        mmap_pages: int = 8,
+        runner: Runner = default_runner,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
+        stable_after: float = 60.0,
+    ) -> None:
+        self.sink = sink
+        self.perf = perf
+        self.frequency = frequency
+        self.mmap_pages = mmap_pages
+        self.runner = runner
+        self.clock = clock
+        self.backoff = backoff or Backoff(1.0, 60.0)
+        self.stable_after = stable_after
+        self.restarts = 0
+        self.gap_seconds = 0.0
+        self.samples = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._procs: list[Proc] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="perf-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop perf record (SIGINT, so it writes out what it has) and drain the pipe."""
+        self._stop.set()
+        with self._lock:
+            procs = list(self._procs)
+        if procs:
+            try:
+                procs[0].send_signal(2)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def child_pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p in self._procs if p.poll() is None]
+
+    # -- the loop
+    def _loop(self) -> None:
+        down_since: float | None = None
+        while not self._stop.is_set():
+            started = self.clock()
+            if down_since is not None:
+                self.gap_seconds += started - down_since
+            try:
+                self.run_once()
+            except Exception as e:  # a sampler problem must never take the agent down
+                self.last_error = str(e)
+                log.error("perf sampler failed: %s", e)
+            if self._stop.is_set():
+                break
+            down_since = self.clock()
+            if down_since - started > self.stable_after:
+                self.backoff.reset()
+            delay = self.backoff.next()
+            self.restarts += 1
+            log.warning("perf stopped (%s); restarting in %.1f s", self.last_error or "exited", delay)
+            self._stop.wait(delay)
+
+    def run_once(self) -> None:
+        """One perf record | perf script pipeline, read until it ends."""
+        rec = self.runner(record_argv(self.perf, self.frequency, self.mmap_pages),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            scr = self.runner(script_argv(self.perf), stdin=rec.stdout, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+        except Exception:
+            rec.kill()
+            rec.wait()
+            raise
+        if rec.stdout is not None:
+            rec.stdout.close()  # perf script owns the read end now
+        with self._lock:
+            self._procs = [rec, scr]
+        err_chunks: list[bytes] = []
+        err_thread = threading.Thread(target=_drain, args=(rec.stderr, err_chunks), daemon=True)
+        err_thread.start()
+        try:
+            self._read(scr)
+        finally:
+            rc = rec.wait()
+            scr.wait()
+            err_thread.join(2)
+            with self._lock:
+                self._procs = []
+        err = b"".join(err_chunks).decode("utf-8", "replace")
+        if rc not in (0, -2, 130) and not self._stop.is_set():
+            self.last_error = str(explain_failure(self.perf, rc, err))
+        else:
+            self.last_error = f"perf record exited with status {rc}"
+
+    def _read(self, scr: Proc) -> None:
+        """Parse whole sample blocks as they arrive (blocks end at a blank line)."""
+        assert scr.stdout is not None
+        fd = scr.stdout.fileno()
+        buf = b""
+        pending: list[bytes] = []
+        last = self.clock()
+        while True:
+            data = os.read(fd, 1 << 16)
+            if not data:
+                break
+            pending.append(data)
+            now = self.clock()
+            # parse in batches of about half a second: fewer, bigger parses are cheaper
+            if now - last < 0.5:
+                continue
+            last = now
+            buf = self._parse(buf + b"".join(pending))
+            pending = []
+        buf = self._parse(buf + b"".join(pending), final=True)
+
+    def _parse(self, data: bytes, final: bool = False) -> bytes:
+        cut = len(data) if final else data.rfind(b"\n\n") + 2
+        if cut <= 1:
+            return data
+        text = data[:cut].decode("utf-8", "replace")
+        sink = self.sink
+        n = 0
+        for s in iter_samples(text):
+            n += 1
+            sink(s)
+        self.samples += n
+        return data[cut:]
+
+
+def _drain(stream: object, out: list[bytes]) -> None:
+    if stream is None:
+        return
+    try:
+        for chunk in iter(lambda: stream.read(4096), b""):  # type: ignore[attr-defined]
+            if sum(map(len, out)) < 1 << 16:
+                out.append(chunk)
+    except (OSError, ValueError):
+        pass
+
+
+def live_argv(perf: str, frequency: int, mmap_pages: int) -> Sequence[Sequence[str]]:
+    """The two command lines the sampler runs (for logs and docs)."""
+    return record_argv(perf, frequency, mmap_pages), script_argv(perf)

@@ -1,0 +1,189 @@
+"""Two profiles -> diff flame tree (share or absolute mode) and top-change tables.
+
+Pure. The diff tree is the union of both trees: each node carries the compare
+counts (``total``/``self``) and the base counts (``base_total``/``base_self``).
+Layout width is ``compare_total + base_total * k`` with ``k = compare_sum /
+base_sum`` in share mode and ``k = 1`` in absolute mode, so frames that
+vanished from the compare window keep a visible width.
+
+Public API (see docs/tree.md)::
+
+    diff_tree(base, compare) -> Tree
+    diff_json(base, compare, *, mode="share", max_nodes=20000, min_share=0.0) -> dict
+    diff_table(base, compare, *, mode="share", limit=20) -> dict
+    diff_folded(base, compare) -> str     # "stack base_count compare_count" lines
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from stacks.errors import InputError
+from stacks.folded import format_frame
+from stacks.model import Kind, Profile
+from stacks.tree import (
+    DEFAULT_MAX_NODES,
+    KINDS,
+    Node,
+    Tree,
+    _attach_labels,
+    _layout,
+    _new_root,
+    _pruned,
+    function_stats,
+    prune,
+)
+
+MODES = ("share", "absolute")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f"diff mode {mode!r} is unknown: use 'share' or 'absolute'")
+
+
+def scale_factor(base_sum: int, compare_sum: int, mode: str) -> float:
+    """``k`` of the layout formula: compare_sum/base_sum in share mode, else 1.
+
+    With an empty side the ratio is undefined; 1 is used so the other side still shows.
+    """
+    _check_mode(mode)
+    if mode == "share" and base_sum > 0 and compare_sum > 0:
+        return compare_sum / base_sum
+    return 1.0
+
+
+def diff_tree(base: Profile, compare: Profile) -> Tree:
+    """Union tree: ``total``/``self`` from ``compare``, ``base_total``/``base_self`` from ``base``."""
+    root = _new_root()
+    for prof, is_base in ((compare, False), (base, True)):
+        stack_of = prof.table.stack
+        for sid, count in zip(prof.ids.tolist(), prof.counts.tolist(), strict=True):
+            node = root
+            if is_base:
+                root.base_total += count
+            else:
+                root.total += count
+            for f in stack_of(sid):
+                child = node.children.get(f)
+                if child is None:
+                    kind = f[1].value if isinstance(f[1], Kind) else str(f[1])
+                    child = node.children[f] = Node(f[0], kind)
+                if is_base:
+                    child.base_total += count
+                else:
+                    child.total += count
+                node = child
+            if is_base:
+                node.base_self += count
+            else:
+                node.self += count
+    return Tree(root)
+
+
+def diff_json(
+    base: Profile,
+    compare: Profile,
+    *,
+    mode: str = "share",
+    max_nodes: int = DEFAULT_MAX_NODES,
+    min_share: float = 0.0,
+    labels: Mapping[tuple[str, ...], str] | None = None,
+) -> dict[str, Any]:
+    """The "diff" JSON of docs/architecture.md, pruned to ``max_nodes`` by layout width.
+
+    ``labels`` (from :func:`stacks.tree.metadata_labels`) names metadata nodes.
+    """
+    _check_mode(mode)
+    base_sum, compare_sum = base.total, compare.total
+    k = scale_factor(base_sum, compare_sum, mode)
+    tree = diff_tree(base, compare)
+    if labels:
+        _attach_labels(tree.root, labels)
+
+    def width(n: Node) -> float:
+        return n.total + n.base_total * k
+
+    tree = prune(tree, max_nodes=max_nodes, min_share=min_share, weight=width)
+    cols, names, max_depth, has_label = _layout(tree, width)
+    keys = ("name", "kind", "depth", "start", "width", "total", "self", "base_total", "base_self")
+    out: dict[str, Any] = {
+        "version": 1,
+        "type": "diff",
+        "mode": mode,
+        "unit": "samples",
+        "total": compare_sum,
+        "base_sum": base_sum,
+        "compare_sum": compare_sum,
+        "k": k,
+        "names": names,
+        "kinds": list(KINDS),
+        "nodes": {key: cols[key] for key in keys},
+        "max_depth": max_depth,
+        "pruned": _pruned(tree, None, len(cols["name"])),
+    }
+    if has_label:
+        out["nodes"]["label"] = cols["label"]
+    return out
+
+
+def node_delta(
+    base_count: int, compare_count: int, base_sum: int, compare_sum: int, mode: str
+) -> float:
+    """Change of one node: share points (percent) in share mode, raw samples in absolute mode."""
+    if mode == "absolute":
+        return float(compare_count - base_count)
+    return _pct(compare_count, compare_sum) - _pct(base_count, base_sum)
+
+
+def _pct(count: int, total: int) -> float:
+    return 100.0 * count / total if total else 0.0
+
+
+def diff_table(base: Profile, compare: Profile, *, mode: str = "share", limit: int = 20) -> dict[str, Any]:
+    """Top regressions and improvements by self and by total.
+
+    Returns ``{"mode", "base_sum", "compare_sum", "self": {"regressions": [...],
+    "improvements": [...]}, "total": {...}}``; each row is ``{"name", "kind",
+    "base", "compare", "base_pct", "compare_pct", "delta"}``. ``delta`` is in
+    percentage points (share) or samples (absolute). Regressions have
+    ``delta > 0``, largest first; improvements ``delta < 0``, most negative first.
+    """
+    _check_mode(mode)
+    if limit < 0:
+        raise InputError(f"limit={limit}: must be 0 or more")
+    base_sum, compare_sum = base.total, compare.total
+    bs, cs = function_stats(base), function_stats(compare)
+    out: dict[str, Any] = {"mode": mode, "base_sum": base_sum, "compare_sum": compare_sum}
+    for col, idx in (("self", 0), ("total", 1)):
+        rows = []
+        for key in bs.keys() | cs.keys():
+            b = bs[key][idx] if key in bs else 0
+            c = cs[key][idx] if key in cs else 0
+            delta = node_delta(b, c, base_sum, compare_sum, mode)
+            if delta == 0:
+                continue
+            rows.append(
+                {
+                    "name": key[0],
+                    "kind": key[1],
+                    "base": b,
+                    "compare": c,
+                    "base_pct": _pct(b, base_sum),
+                    "compare_pct": _pct(c, compare_sum),
+                    "delta": delta,
+                }
+            )
+        reg = sorted((r for r in rows if r["delta"] > 0), key=lambda r: (-r["delta"], r["name"], r["kind"]))
+        imp = sorted((r for r in rows if r["delta"] < 0), key=lambda r: (r["delta"], r["name"], r["kind"]))
+        out[col] = {"regressions": reg[:limit], "improvements": imp[:limit]}
+    return out
+
+
+def diff_folded(base: Profile, compare: Profile) -> str:
+    """``stack base_count compare_count`` lines (the difffolded.pl format), sorted."""
+    b = {";".join(format_frame(f) for f in s): c for s, c in base.items()}
+    c = {";".join(format_frame(f) for f in s): n for s, n in compare.items()}
+    lines = sorted(f"{k} {b.get(k, 0)} {c.get(k, 0)}" for k in b.keys() | c.keys())
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -1,0 +1,233 @@
+"""ClickHouse-only behaviour: shared database between stateless stores, failures, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from aggregator.store.base import SeriesWindow, StoreError
+from aggregator.store.clickhouse import ClickHouseStore, parse_url, series_hash, stack_hash
+from stacks.errors import InputError
+from stacks.model import Frame, Labels, Profile, StackTable
+from stacks.selector import Selector
+from tests.support.clickhouse import ClickHouseMissing, ClickHouseServer, clickhouse_server, query
+
+pytestmark = pytest.mark.clickhouse
+
+T0 = 1_700_006_400
+ALL = Selector()
+A = (Frame.user("main"), Frame.kernel("sys_write"))
+B = (Frame.user("main"), Frame.user("work"))
+
+
+def sw(start: int, pairs: dict, **labels: str) -> SeriesWindow:
+    return SeriesWindow(Labels.of(labels), start, Profile.from_pairs(pairs.items()))
+
+
+def summary(windows: list[SeriesWindow]) -> dict:
+    return {(w.labels, w.start): w.profile.as_dict() for w in windows}
+
+
+@pytest.fixture
+def private_clickhouse() -> Iterator[ClickHouseServer]:
+    """A ClickHouse of this test's own, which it may stop and start."""
+    try:
+        with clickhouse_server(private=True) as ch:
+            yield ch
+    except ClickHouseMissing as e:
+        pytest.skip(str(e))
+
+
+def test_hashes_are_stable_and_distinguish_kinds() -> None:
+    # Fixed values: every aggregator process (and version) must agree on them.
+    assert stack_hash(A) == stack_hash(tuple(A))
+    assert stack_hash((Frame.user("read"),)) != stack_hash((Frame.kernel("read"),))
+    assert stack_hash((Frame.user("a;b"),)) != stack_hash((Frame.user("a"), Frame.user("b")))
+    assert series_hash(Labels.of(a="b", c="d")) == series_hash(Labels.of(c="d", a="b"))
+    assert series_hash(Labels.of(a="bc")) != series_hash(Labels.of(ab="c"))
+    assert 0 <= stack_hash(A) < 2**64
+
+
+@pytest.mark.parametrize(
+    ("url", "base", "db", "timeout"),
+    [
+        ("clickhouse://127.0.0.1:8123/fw", "http://127.0.0.1:8123/", "fw", 30.0),
+        ("clickhouse://ch.example/", "http://ch.example:8123/", "flamewatch", 30.0),
+        ("clickhouse://u:p%40ss@h:9/db_1?timeout=2.5", "http://h:9/", "db_1", 2.5),
+        ("clickhouse://h/db?secure=1", "https://h:8123/", "db", 30.0),
+        ("http://[::1]:8123/x", "http://[::1]:8123/", "x", 30.0),
+    ],
+)
+def test_parse_url(url: str, base: str, db: str, timeout: float) -> None:
+    got_base, got_db, headers, got_timeout = parse_url(url)
+    assert (got_base, got_db, got_timeout) == (base, db, timeout)
+    if "u:p" in url:
+        assert headers == {"Authorization": "Basic " + base64.b64encode(b"u:p@ss").decode()}
+    else:
+        assert headers == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://h/db", "unknown scheme"),
+        ("clickhouse:///db", "no host"),
+        ("clickhouse://h:notaport/db", "bad port"),
+        ("clickhouse://h/drop;table", "must match"),
+        ("clickhouse://h/db?timeout=-1", "timeout must be"),
+    ],
+)
+def test_bad_urls_name_the_problem(url: str, says: str) -> None:
+    with pytest.raises(InputError, match=says) as e:
+        ClickHouseStore(url)
+    assert "clickhouse://" in str(e.value)
+
+
+async def test_stateless_stores_share_one_database(clickhouse: ClickHouseServer, clickhouse_db: str) -> None:
+    spec = clickhouse.storage_spec(clickhouse_db)
+    one, two = ClickHouseStore(spec), ClickHouseStore(spec)
+    await one.open()
+    await two.open()
+    try:
+        await one.write([sw(T0, {A: 2}, pod="p")])
+        await two.write([sw(T0, {A: 3, B: 1}, pod="p"), sw(T0 + 30, {B: 4}, pod="q")])
+        expected = {(Labels.of(pod="p"), T0): {A: 5, B: 1}, (Labels.of(pod="q"), T0 + 30): {B: 4}}
+        assert summary(await one.read(ALL, T0, T0 + 60, StackTable())) == expected
+        assert summary(await two.read(ALL, T0, T0 + 60, StackTable())) == expected
+        # A brand-new process (empty caches) sees the same, stacks and labels included.
+        fresh = ClickHouseStore(spec)
+        try:
+            assert summary(await fresh.read(ALL, T0, T0 + 60, StackTable())) == expected
+            assert await fresh.label_values("pod", ALL, T0, T0 + 60) == ["p", "q"]
+        finally:
+            await fresh.close()
+        # Concurrent writers: nothing lost, nothing double counted.
+        await asyncio.gather(*(s.write([sw(T0, {A: 1}, pod="p")]) for s in (one, two) * 5))
+        got = summary(await one.read(ALL, T0, T0 + 30, StackTable()))
+        assert got == {(Labels.of(pod="p"), T0): {A: 15, B: 1}}
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_schema_is_recreated_if_the_database_is_dropped(
+    clickhouse: ClickHouseServer, clickhouse_db: str
+) -> None:
+    store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
+    await store.open()
+    try:
+        await store.write([sw(T0, {A: 1}, pod="p")])
+        query(clickhouse.url, f"DROP DATABASE {clickhouse_db}")
+        # The write-side caches think stack A and series p were sent; they must be re-sent.
+        await store.write([sw(T0, {A: 2}, pod="p")])
+        assert summary(await store.read(ALL, T0, T0 + 30, StackTable())) == {
+            (Labels.of(pod="p"), T0): {A: 2}}
+    finally:
+        await store.close()
+
+
+async def test_retention_drops_whole_partitions(clickhouse: ClickHouseServer, clickhouse_db: str) -> None:
+    store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
+    await store.open()
+    try:
+        await store.write([sw(T0 + h * 3600 + 30 * i, {A: 1}, pod="p") for h in range(3) for i in (0, 1)])
+        assert await store.delete_before(T0 + 3600 + 30) == 3
+        parts = query(
+            clickhouse.url,
+            f"SELECT DISTINCT partition FROM system.parts WHERE database = '{clickhouse_db}' "
+            "AND table = 'samples' AND active ORDER BY partition FORMAT TSV",
+        ).split()
+        assert parts == [str(T0 // 3600 + 1), str(T0 // 3600 + 2)]
+        starts = sorted(w.start for w in await store.read(ALL, 0, 2**32 - 1, StackTable()))
+        assert starts == [T0 + 3600 + 30, T0 + 7200, T0 + 7200 + 30]
+    finally:
+        await store.close()
+
+
+async def test_server_down_raises_store_error_fast_and_recovers(private_clickhouse: ClickHouseServer) -> None:
+    store = ClickHouseStore(private_clickhouse.storage_spec("flamewatch_down") + "?timeout=5")
+    await store.open()
+    try:
+        await store.write([sw(T0, {A: 1}, pod="p")])
+        private_clickhouse.stop()
+        t = time.monotonic()
+        with pytest.raises(StoreError, match=r"unreachable.*clickhouse-server running"):
+            await store.write([sw(T0, {A: 100}, pod="p")])
+        with pytest.raises(StoreError, match="unreachable"):
+            await store.read(ALL, T0, T0 + 30, StackTable())
+        with pytest.raises(StoreError):
+            await store.label_names(T0, T0 + 30)
+        assert time.monotonic() - t < 5
+        private_clickhouse.start()
+        await store.write([sw(T0, {A: 2}, pod="p")])
+        # the failed write added nothing; data from before the outage survived
+        assert summary(await store.read(ALL, T0, T0 + 30, StackTable())) == {(Labels.of(pod="p"), T0): {A: 3}}
+    finally:
+        await store.close()
+
+
+async def test_open_fails_cleanly_when_nothing_listens() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = ClickHouseStore(f"clickhouse://127.0.0.1:{port}/fw")
+    try:
+        with pytest.raises(StoreError, match=f"127.0.0.1:{port}.*unreachable"):
+            await store.open()
+    finally:
+        await store.close()
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)  # accepts connections, never replies
+        port = s.getsockname()[1]
+        store = ClickHouseStore(f"clickhouse://127.0.0.1:{port}/fw?timeout=0.5")
+        t = time.monotonic()
+        try:
+            with pytest.raises(StoreError, match=r"timed out after 0.5s"):
+                await store.open()
+        finally:
+            await store.close()
+        assert time.monotonic() - t < 3
+
+
+async def _fake_clickhouse(handler) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_error_and_garbage_answers_become_store_errors() -> None:
+    async def handler(request: web.Request) -> web.Response:
+        sql = (await request.read()).decode(errors="replace") or request.query.get("query", "")
+        if sql.startswith("CREATE"):
+            return web.Response(text="")
+        if "series_windows" in sql and "SELECT" in sql and "count()" not in sql:
+            return web.Response(text="this is not json\n")
+        return web.Response(status=500, text="Code: 241, e.displayText() = DB::Exception: Memory limit "
+                                              "exceeded, e.what() = DB::Exception")
+
+    runner, port = await _fake_clickhouse(handler)
+    store = ClickHouseStore(f"clickhouse://127.0.0.1:{port}/fw")
+    try:
+        await store.open()
+        with pytest.raises(StoreError, match="malformed JSONEachRow"):
+            await store.read(ALL, 0, 10, StackTable())
+        with pytest.raises(StoreError, match=r"HTTP 500.*Memory limit exceeded") as e:
+            await store.write([sw(T0, {A: 1}, pod="p")])
+        assert "e.what()" not in str(e.value)
+    finally:
+        await store.close()
+        await runner.cleanup()

@@ -1,0 +1,251 @@
+"""The Store contract, run against every backend: SQLite and a real ClickHouse.
+
+Each test runs once per backend with the same inputs and exact expected
+results, so passing both proves the backends answer identically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from aggregator.store.base import SeriesWindow, Store
+from stacks.model import Frame, Labels, Profile, StackTable
+from stacks.selector import Matcher, Selector
+
+BACKENDS = ["sqlite", "clickhouse"]
+HOUR = 3600
+T0 = 1_700_006_400  # a multiple of 3600 (and of 30)
+ALL = Selector()
+
+K = Frame.kernel
+U = Frame.user
+M = Frame.metadata
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Store]:
+    """An opened, empty store of each backend."""
+    if request.param == "sqlite":
+        if importlib.util.find_spec("aggregator.store.sqlite") is None:
+            pytest.skip("aggregator/store/sqlite.py (SQLiteStore) not written yet")
+        from aggregator.store.sqlite import SQLiteStore
+
+        s: Store = SQLiteStore(tmp_path / "flamewatch.db")
+    else:
+        from aggregator.store.clickhouse import ClickHouseStore
+
+        server = request.getfixturevalue("clickhouse")
+        s = ClickHouseStore(server.storage_spec(request.getfixturevalue("clickhouse_db")))
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def prof(pairs: dict[tuple[Frame, ...], int], table: StackTable | None = None) -> Profile:
+    return Profile.from_pairs(pairs.items(), table)
+
+
+def sw(start: int, pairs: dict[tuple[Frame, ...], int], **labels: str) -> SeriesWindow:
+    return SeriesWindow(Labels.of(labels), start, prof(pairs))
+
+
+def sel(*terms: tuple[str, str, str]) -> Selector:
+    return Selector(tuple(Matcher(n, op, v) for n, op, v in terms))
+
+
+def as_map(windows: Sequence[SeriesWindow]) -> dict[tuple[Labels, int], dict]:
+    """Order-free view of a read result; also checks one entry per (series, window)."""
+    out = {}
+    for w in windows:
+        key = (w.labels, w.start)
+        assert key not in out, f"duplicate entry for {key}"
+        out[key] = w.profile.as_dict()
+    return out
+
+
+STACK_A = (M("default"), U("main"), U("handle"), K("sys_read"), K("vfs_read"))
+STACK_B = (U("main"), U("createSampleImages"))
+STACK_C = (U("main"), U("weird;name with spaces ü 🔥"), K("do_syscall_64"))
+
+
+async def test_round_trip_keeps_frames_kinds_labels(store: Store) -> None:
+    labels = dict(namespace="default", pod="admin-1", container="app", node="n1", process="python")
+    await store.write([sw(T0, {STACK_A: 5, STACK_B: 7, STACK_C: 1}, **labels)])
+    table = StackTable()
+    got = await store.read(ALL, T0, T0 + 30, table)
+    assert len(got) == 1
+    w = got[0]
+    assert w.labels == Labels.of(labels)
+    assert w.start == T0
+    assert w.profile.table is table
+    assert w.profile.as_dict() == {STACK_A: 5, STACK_B: 7, STACK_C: 1}
+    kinds = {f.name: f.kind for s in w.profile.as_dict() for f in s}
+    assert kinds["sys_read"] == "kernel" and kinds["default"] == "metadata" and kinds["main"] == "user"
+
+
+async def test_same_name_different_kind_are_different_stacks(store: Store) -> None:
+    s1 = (U("main"), U("read"))
+    s2 = (U("main"), K("read"))
+    await store.write([sw(T0, {s1: 2, s2: 3}, pod="p")])
+    got = await store.read(ALL, 0, 2**31, StackTable())
+    assert got[0].profile.as_dict() == {s1: 2, s2: 3}
+
+
+async def test_writes_to_the_same_window_add_up(store: Store) -> None:
+    await store.write([sw(T0, {STACK_A: 5, STACK_B: 1}, pod="p")])
+    await store.write([sw(T0, {STACK_A: 3, STACK_C: 2}, pod="p")])
+    # identical repeated writes must add too (no dedup of equal inserts)
+    await store.write([sw(T0, {STACK_A: 3, STACK_C: 2}, pod="p")])
+    await store.write([sw(T0, {STACK_B: 4}, pod="p"), sw(T0, {STACK_B: 6}, pod="p")])
+    got = as_map(await store.read(ALL, T0, T0 + 30, StackTable()))
+    assert got == {(Labels.of(pod="p"), T0): {STACK_A: 11, STACK_B: 11, STACK_C: 4}}
+
+
+async def test_profiles_on_different_tables_in_one_write(store: Store) -> None:
+    t1, t2 = StackTable(), StackTable()
+    t2.intern((U("padding"),))  # the same stack gets a different id on each table
+    w1 = SeriesWindow(Labels.of(pod="a"), T0, prof({STACK_A: 1, STACK_B: 2}, t1))
+    w2 = SeriesWindow(Labels.of(pod="b"), T0, prof({STACK_B: 3}, t2))
+    await store.write([w1, w2])
+    got = as_map(await store.read(ALL, T0, T0 + 30, StackTable()))
+    assert got == {(Labels.of(pod="a"), T0): {STACK_A: 1, STACK_B: 2}, (Labels.of(pod="b"), T0): {STACK_B: 3}}
+
+
+SERIES = [
+    dict(namespace="default", pod="admin-service-7f9c", container="app"),
+    dict(namespace="default", pod="manipulation-service-1", container="app"),
+    dict(namespace="kube-system", pod="coredns-abc", container="coredns"),
+    dict(namespace="monitoring", pod="prometheus-0"),  # no container label
+]
+
+
+async def _write_series(store: Store) -> None:
+    await store.write([sw(T0, {STACK_B: i + 1}, **lab) for i, lab in enumerate(SERIES)])
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        (ALL, [0, 1, 2, 3]),
+        (sel(("namespace", "=", "default")), [0, 1]),
+        (sel(("namespace", "!=", "default")), [2, 3]),
+        (sel(("pod", "=~", "admin-.*|coredns-.*")), [0, 2]),
+        (sel(("pod", "=~", "admin")), []),  # anchored: a substring does not match
+        (sel(("pod", "!~", ".*-service-.*")), [2, 3]),
+        (sel(("container", "=", "")), [3]),  # a missing label equals ""
+        (sel(("container", "!=", "")), [0, 1, 2]),
+        (sel(("namespace", "=", "default"), ("pod", "!~", "admin.*")), [1]),
+        (sel(("nosuchlabel", "=~", ".+")), []),
+    ],
+)
+async def test_selector_filtering(store: Store, selector: Selector, expected: list[int]) -> None:
+    await _write_series(store)
+    got = as_map(await store.read(selector, T0, T0 + 30, StackTable()))
+    assert got == {(Labels.of(SERIES[i]), T0): {STACK_B: i + 1} for i in expected}
+
+
+async def test_time_range_is_start_inclusive_end_exclusive(store: Store) -> None:
+    await store.write([sw(T0 + 30 * i, {STACK_A: i + 1}, pod="p") for i in range(5)])
+    t = StackTable()
+    starts = lambda ws: sorted(w.start for w in ws)  # noqa: E731
+    assert starts(await store.read(ALL, T0 + 30, T0 + 90, t)) == [T0 + 30, T0 + 60]
+    assert starts(await store.read(ALL, T0 + 31, T0 + 91, t)) == [T0 + 60, T0 + 90]
+    assert starts(await store.read(ALL, T0, T0 + 150, t)) == [T0 + 30 * i for i in range(5)]
+    assert await store.read(ALL, T0 + 150, T0 + 10_000, t) == []
+    assert await store.read(ALL, T0 + 60, T0 + 60, t) == []
+    got = as_map(await store.read(ALL, T0 + 60, T0 + 61, t))
+    assert got == {(Labels.of(pod="p"), T0 + 60): {STACK_A: 3}}
+
+
+async def test_label_names_and_values(store: Store) -> None:
+    await _write_series(store)
+    await store.write([sw(T0 + HOUR, {STACK_A: 1}, namespace="late", pod="x", region="eu")])
+    assert await store.label_names(T0, T0 + 30) == ["container", "namespace", "pod"]
+    assert await store.label_names(T0, T0 + 2 * HOUR) == ["container", "namespace", "pod", "region"]
+    assert await store.label_names(T0 + 30, T0 + HOUR) == []
+    assert await store.label_values("namespace", ALL, T0, T0 + 2 * HOUR) == [
+        "default", "kube-system", "late", "monitoring"]
+    assert await store.label_values("namespace", ALL, T0 + HOUR, T0 + 2 * HOUR) == ["late"]
+    assert await store.label_values("pod", sel(("namespace", "=", "default")), T0, T0 + 30) == [
+        "admin-service-7f9c", "manipulation-service-1"]
+    assert await store.label_values("container", sel(("namespace", "=~", "kube-.*|monitoring")),
+                                    T0, T0 + 30) == ["coredns"]
+    assert await store.label_values("nosuch", ALL, T0, T0 + 30) == []
+
+
+async def test_delete_before(store: Store) -> None:
+    # Windows in three hour partitions; the cut at T0+60 falls inside the last one.
+    starts = [T0 - 2 * HOUR, T0 - 30, T0, T0 + 30, T0 + 60, T0 + 90]
+    await store.write([sw(s, {STACK_A: 1}, pod="a") for s in starts])
+    await store.write([sw(s, {STACK_B: 2}, pod="b") for s in starts[:3]])
+    assert await store.delete_before(T0 + 60) == 4 + 3
+    got = as_map(await store.read(ALL, 0, 2**32 - 1, StackTable()))
+    assert got == {(Labels.of(pod="a"), T0 + 60): {STACK_A: 1}, (Labels.of(pod="a"), T0 + 90): {STACK_A: 1}}
+    assert await store.label_values("pod", ALL, 0, 2**32 - 1) == ["a"]
+    assert await store.delete_before(T0 + 60) == 0
+    # the store still takes writes for the stacks and series it saw before
+    await store.write([sw(T0 + 120, {STACK_B: 5, STACK_A: 1}, pod="b")])
+    got = as_map(await store.read(ALL, T0 + 120, T0 + 150, StackTable()))
+    assert got == {(Labels.of(pod="b"), T0 + 120): {STACK_B: 5, STACK_A: 1}}
+
+
+async def test_many_series(store: Store) -> None:
+    n, windows = 300, 3
+    stacks = [(U("main"), U(f"fn{i % 17}"), K(f"k{i % 5}")) for i in range(40)]
+    batch = []
+    for s in range(n):
+        for w in range(windows):
+            pairs = {stacks[(s + j) % 40]: s + j + w + 1 for j in range(4)}
+            batch.append(sw(T0 + 30 * w, pairs, pod=f"pod-{s:03d}", namespace=f"ns{s % 3}"))
+    await store.write(batch)
+    expected = as_map(batch)
+    got = as_map(await store.read(ALL, T0, T0 + 30 * windows, StackTable()))
+    assert got == expected
+    some = sel(("namespace", "=", "ns1"), ("pod", "=~", "pod-0[0-4].*"))
+    got = as_map(await store.read(some, T0, T0 + 30 * windows, StackTable()))
+    assert got == {k: v for k, v in expected.items() if k[0]["namespace"] == "ns1" and
+                   k[0]["pod"] < "pod-050"}
+    assert len(got) == 17 * windows
+    assert len(await store.label_values("pod", ALL, T0, T0 + 30)) == n
+
+
+async def test_empty_store_and_empty_write(store: Store) -> None:
+    assert await store.read(ALL, 0, 2**32 - 1, StackTable()) == []
+    assert await store.label_names(0, 2**32 - 1) == []
+    assert await store.label_values("pod", ALL, 0, 2**32 - 1) == []
+    await store.write([])
+    await store.write([SeriesWindow(Labels.of(pod="p"), T0, Profile.empty())])
+    assert await store.read(ALL, 0, 2**32 - 1, StackTable()) == []
+    assert await store.delete_before(2**32 - 1) == 0
+
+
+async def test_read_merged_and_totals_when_offered(store: Store) -> None:
+    """The optional fast paths the server uses: same answers as summing ``read``."""
+    if not (hasattr(store, "read_merged") and hasattr(store, "totals")):
+        pytest.skip(f"{type(store).__name__} offers no read_merged/totals")
+    await _write_series(store)
+    await store.write([sw(T0 + 30, {STACK_A: 4, STACK_B: 1}, **SERIES[0])])
+    t = StackTable()
+    merged = await store.read_merged(ALL, T0, T0 + 60, t)
+    assert {k: p.as_dict() for k, p in merged.items()} == {
+        Labels.of(SERIES[0]): {STACK_A: 4, STACK_B: 2},
+        Labels.of(SERIES[1]): {STACK_B: 2},
+        Labels.of(SERIES[2]): {STACK_B: 3},
+        Labels.of(SERIES[3]): {STACK_B: 4},
+    }
+    grouped = await store.read_merged(sel(("namespace", "!=", "monitoring")), T0, T0 + 60, t, ["namespace"])
+    assert {k: p.as_dict() for k, p in grouped.items()} == {
+        Labels.of(namespace="default"): {STACK_A: 4, STACK_B: 4},
+        Labels.of(namespace="kube-system"): {STACK_B: 3},
+    }
+    totals = sorted((lab.items_, start, n) for lab, start, n in
+                    await store.totals(sel(("namespace", "=", "default")), T0, T0 + 60))
+    assert totals == sorted([
+        (Labels.of(SERIES[0]).items_, T0, 1), (Labels.of(SERIES[0]).items_, T0 + 30, 5),
+        (Labels.of(SERIES[1]).items_, T0, 2),
+    ])

@@ -1,0 +1,200 @@
+"""Exact tests of stacks.diff plus hypothesis properties."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stacks import diff, tree
+from stacks.errors import InputError
+from stacks.folded import parse
+from stacks.model import Frame, Kind, Profile, StackTable
+
+BASE = """\
+main;admin;createSampleImages;callManipulation 60
+main;admin;render 20
+main;idle 20
+"""
+COMPARE = """\
+main;admin;createSampleImages;cache_get 5
+main;admin;render 20
+main;idle 25
+"""
+
+
+def both() -> tuple[Profile, Profile]:
+    table = StackTable()
+    return parse(BASE, table), parse(COMPARE, table)
+
+
+def rows(data: dict) -> list[tuple]:
+    n = data["nodes"]
+    return [
+        (
+            data["names"][n["name"][i]],
+            n["depth"][i],
+            n["start"][i],
+            n["width"][i],
+            n["total"][i],
+            n["self"][i],
+            n["base_total"][i],
+            n["base_self"][i],
+        )
+        for i in range(len(n["name"]))
+    ]
+
+
+def test_diff_json_share_mode_exact():
+    base, compare = both()
+    data = diff.diff_json(base, compare)
+    assert data["type"] == "diff" and data["mode"] == "share" and data["version"] == 1
+    assert (data["base_sum"], data["compare_sum"], data["total"]) == (100, 50, 50)
+    assert data["k"] == 0.5
+    assert data["kinds"] == list(tree.KINDS)
+    # width = compare_total + base_total * 0.5
+    assert rows(data) == [
+        ("all", 0, 0, 100.0, 50, 0, 100, 0),
+        ("main", 1, 0, 100.0, 50, 0, 100, 0),
+        ("admin", 2, 0, 65.0, 25, 0, 80, 0),
+        ("createSampleImages", 3, 0, 35.0, 5, 0, 60, 0),
+        ("cache_get", 4, 0, 5.0, 5, 5, 0, 0),
+        ("callManipulation", 4, 5.0, 30.0, 0, 0, 60, 60),
+        ("render", 3, 35.0, 30.0, 20, 20, 20, 20),
+        ("idle", 2, 65.0, 35.0, 25, 25, 20, 20),
+    ]
+
+
+def test_diff_json_absolute_mode_exact():
+    base, compare = both()
+    data = diff.diff_json(base, compare, mode="absolute")
+    assert data["mode"] == "absolute" and data["k"] == 1.0
+    widths = {r[0]: r[3] for r in rows(data)}
+    assert widths["all"] == 150 and widths["admin"] == 105 and widths["callManipulation"] == 60
+
+
+def test_diff_json_prunes_by_width_into_other():
+    base, compare = both()
+    data = diff.diff_json(base, compare, max_nodes=5)
+    r = rows(data)
+    assert len(r) <= 5
+    assert data["pruned"]["nodes_before"] == 8 and data["pruned"]["nodes_after"] == len(r)
+    others = [x for x in r if x[0] == "other"]
+    assert others, r
+    # totals are preserved on both sides
+    assert r[0][4] == 50 and r[0][6] == 100
+    kinds = [data["kinds"][k] for k in data["nodes"]["kind"]]
+    assert all(kinds[i] == "other" for i, x in enumerate(r) if x[0] == "other")
+
+
+def test_diff_bad_mode():
+    base, compare = both()
+    with pytest.raises(InputError, match="mode"):
+        diff.diff_json(base, compare, mode="ratio")
+    with pytest.raises(InputError, match="mode"):
+        diff.diff_table(base, compare, mode="ratio")
+
+
+def test_diff_empty_sides():
+    base, compare = both()
+    empty = Profile.empty(base.table)
+    d = diff.diff_json(empty, compare)
+    assert d["k"] == 1.0 and d["base_sum"] == 0 and d["nodes"]["width"][0] == 50
+    d = diff.diff_json(base, empty)
+    assert d["k"] == 1.0 and d["total"] == 0 and d["nodes"]["width"][0] == 100
+
+
+def test_diff_table_share():
+    base, compare = both()
+    t = diff.diff_table(base, compare)
+    assert (t["mode"], t["base_sum"], t["compare_sum"]) == ("share", 100, 50)
+    reg = [(r["name"], r["base"], r["compare"], round(r["delta"], 6)) for r in t["self"]["regressions"]]
+    imp = [(r["name"], r["base"], r["compare"], round(r["delta"], 6)) for r in t["self"]["improvements"]]
+    # self shares: idle 20% -> 50%, render 20% -> 40%, cache_get 0 -> 10%, callManipulation 60% -> 0
+    assert reg == [("idle", 20, 25, 30.0), ("render", 20, 20, 20.0), ("cache_get", 0, 5, 10.0)]
+    assert imp == [("callManipulation", 60, 0, -60.0)]
+    first = t["self"]["regressions"][0]
+    assert first["base_pct"] == 20.0 and first["compare_pct"] == 50.0 and first["kind"] == "user"
+    tot = {r["name"]: round(r["delta"], 6) for r in t["total"]["regressions"] + t["total"]["improvements"]}
+    # main stays at 100% in both windows, so it is not a change
+    assert tot == {
+        "idle": 30.0,
+        "render": 20.0,
+        "cache_get": 10.0,
+        "callManipulation": -60.0,
+        "createSampleImages": -50.0,
+        "admin": -30.0,
+    }
+
+
+def test_diff_table_absolute_and_limit():
+    base, compare = both()
+    t = diff.diff_table(base, compare, mode="absolute", limit=1)
+    assert [(r["name"], r["delta"]) for r in t["self"]["regressions"]] == [("cache_get", 5.0)]
+    assert [(r["name"], r["delta"]) for r in t["self"]["improvements"]] == [("callManipulation", -60.0)]
+    full = diff.diff_table(base, compare, mode="absolute")
+    assert [(r["name"], r["delta"]) for r in full["total"]["improvements"]] == [
+        ("callManipulation", -60.0),
+        ("admin", -55.0),
+        ("createSampleImages", -55.0),
+        ("main", -50.0),
+    ]
+    with pytest.raises(InputError):
+        diff.diff_table(base, compare, limit=-1)
+
+
+def test_diff_folded():
+    table = StackTable()
+    a = parse("x;y_[k] 2\nx 1\n", table)
+    b = parse("x;y_[k] 3\nz 4\n", table)
+    assert diff.diff_folded(a, b) == "x 1 0\nx;y_[k] 2 3\nz 0 4\n"
+
+
+# ---------------------------------------------------------------- properties
+
+names = st.sampled_from(["a", "b", "c", "main"])
+frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL]))
+stacks_st = st.lists(frames, min_size=1, max_size=5).map(tuple)
+pairs = st.lists(st.tuples(stacks_st, st.integers(1, 500)), max_size=25)
+
+
+@given(pairs, st.sampled_from(diff.MODES))
+def test_prop_self_diff_is_zero(ps, mode):
+    p = Profile.from_pairs(ps)
+    t = diff.diff_table(p, p, mode=mode)
+    assert t["self"] == {"regressions": [], "improvements": []}
+    assert t["total"] == {"regressions": [], "improvements": []}
+    data = diff.diff_json(p, p, mode=mode)
+    n = data["nodes"]
+    for i in range(len(n["name"])):
+        sums = data["base_sum"], data["compare_sum"]
+        delta = diff.node_delta(n["base_total"][i], n["total"][i], *sums, mode)
+        assert delta == 0
+        assert n["total"][i] == n["base_total"][i] and n["self"][i] == n["base_self"][i]
+
+
+@given(pairs, pairs, st.sampled_from(diff.MODES), st.integers(2, 30))
+def test_prop_widths_follow_contract(bp, cp, mode, max_nodes):
+    table = StackTable()
+    base, compare = Profile.from_pairs(bp, table), Profile.from_pairs(cp, table)
+    data = diff.diff_json(base, compare, mode=mode, max_nodes=max_nodes)
+    n = data["nodes"]
+    bs, cs = base.total, compare.total
+    k = cs / bs if (mode == "share" and bs and cs) else 1.0
+    assert data["k"] == k
+    assert len(n["name"]) <= max_nodes
+    assert n["total"][0] == cs and n["base_total"][0] == bs
+    for i in range(len(n["name"])):
+        assert math.isclose(n["width"][i], n["total"][i] + n["base_total"][i] * k, rel_tol=1e-9, abs_tol=1e-9)
+    # children totals add up on both sides (pre-order: direct children follow at depth + 1)
+    for i in range(len(n["name"])):
+        kids = []
+        j = i + 1
+        while j < len(n["name"]) and n["depth"][j] > n["depth"][i]:
+            if n["depth"][j] == n["depth"][i] + 1:
+                kids.append(j)
+            j += 1
+        assert n["total"][i] == n["self"][i] + sum(n["total"][c] for c in kids)
+        assert n["base_total"][i] == n["base_self"][i] + sum(n["base_total"][c] for c in kids)

@@ -1,0 +1,1 @@
+"""Static viewer assets (a package only so installs ship these files)."""
