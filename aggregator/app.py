@@ -154,14 +154,21 @@ async def handle_push(request: web.Request) -> web.Response:
 
 
 async def handle_ingest(request: web.Request) -> web.Response:
-    """Legacy ``/ingest?name=app{k=v}&from=&until=&format=folded|pprof&sampleRate=``."""
+    """Legacy ``/ingest?name=app{k=v}&from=&until=&format=folded|pprof&sampleRate=``.
+
+    The body is folded text (default) or pprof; a ``multipart/form-data`` body
+    (what old Go SDKs send) is read from its ``profile`` part as pprof.
+    """
     s = request.app[SETTINGS]
-    body = await read_body(request)
+    params = dict(request.query)
+    if request.content_type == "multipart/form-data":
+        body = await _multipart_profile(request)
+        params.setdefault("format", "pprof")
+    else:
+        body = await read_body(request)
     if request.headers.get("Content-Encoding", "").lower() == "gzip" and body[:2] != b"\x1f\x8b":
         raise InputError("Content-Encoding: gzip, but the body is not gzip (no 1f8b magic)")
-    params = dict(request.query)
-    binary = ("application/x-protobuf", "application/octet-stream")
-    if "format" not in params and request.content_type in binary:
+    if "format" not in params and request.content_type == "application/x-protobuf":
         params["format"] = "pprof"
     try:
         decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
@@ -172,6 +179,23 @@ async def handle_ingest(request: web.Request) -> web.Response:
             return too_big
         raise
     return web.json_response(await _store_items(request, decoded, "ingest"))
+
+
+async def _multipart_profile(request: web.Request) -> bytes:
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if getattr(part, "name", None) == "profile":
+                return bytes(await part.read(decode=False))  # type: ignore[union-attr]
+    except ValueError as e:
+        raise InputError(f"multipart body is malformed: {e}") from None
+    raise InputError("multipart body has no 'profile' part: send the pprof as form field 'profile'")
 
 
 def _now(request: web.Request) -> float:
@@ -280,7 +304,10 @@ def create_app(
 
     settings = settings if settings is not None else resolve(TABLE, {}, environ={})
     # Bodies up to the limit are read; beyond it aiohttp raises 413 (mapped to JSON by guard).
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard])
+    # auto_decompress off: gzip bodies are inflated by stacks.gz under --max-decompressed-bytes,
+    # never by aiohttp without a cap.
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard],
+                          handler_args={"auto_decompress": False})
     st = store if store is not None else open_store(settings.storage, settings.data_dir)
     metrics = Metrics()
     app[SETTINGS] = settings

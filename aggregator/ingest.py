@@ -63,24 +63,37 @@ class Decoded:
 
 
 # -- folded ----------------------------------------------------------------------------------
-def parse_folded(text: str, tables: IngestTables) -> tuple[Profile, int]:
+def parse_folded(body: bytes | str, tables: IngestTables) -> tuple[Profile, int]:
     """Folded text -> (profile on the shared table, lines read).
 
     Same grammar and errors as :func:`stacks.folded.parse`, with a cache from
-    the stack text to its id so repeated stacks cost one dict lookup.
+    the stack text to its id so a repeated stack costs one dict lookup (no
+    split into frames, no interning). Measured faster than a regex or a
+    bytes-split variant (see docs/aggregator.md).
     """
+    if isinstance(body, str):
+        text = body
+    else:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(
+                f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines"
+            ) from None
     table = tables.current()
     cache = tables.lines
+    get = cache.get
     intern = table.intern
     ids: list[int] = []
     counts: list[int] = []
     for lineno, raw in enumerate(text.split("\n"), 1):
-        line = raw.rstrip("\r")
-        stack_text, sep, count_text = line.rpartition(" ")
-        sid = cache.get(stack_text)
+        stack_text, sep, count_text = raw.rpartition(" ")
+        sid = get(stack_text)
         if sid is None:
+            line = raw.rstrip("\r")
             if not line.strip():
                 continue
+            stack_text, sep, count_text = line.rpartition(" ")
             if not sep or not stack_text.strip():
                 raise FoldedError(lineno, line, "no stack before the count")
             sid = intern(tuple(folded.parse_frame(p) for p in stack_text.split(";")))
@@ -89,9 +102,10 @@ def parse_folded(text: str, tables: IngestTables) -> tuple[Profile, int]:
         try:
             count = int(count_text)
         except ValueError:
-            raise FoldedError(lineno, line, f"count {count_text!r} is not an integer") from None
+            line = raw.rstrip("\r")
+            raise FoldedError(lineno, line, f"count {line.rpartition(' ')[2]!r} is not an integer") from None
         if count < 0:
-            raise FoldedError(lineno, line, "count is negative")
+            raise FoldedError(lineno, raw.rstrip("\r"), "count is negative")
         ids.append(sid)
         counts.append(count)
     profile = Profile.from_arrays(table, np.array(ids, dtype=np.int64), np.array(counts, dtype=np.int64))
@@ -168,13 +182,7 @@ def decode_ingest(
     if fmt in ("folded", "lines", "collapsed", "trie"):
         if fmt == "trie":
             raise InputError("format=trie is not supported: send format=folded or format=pprof")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines"
-            ) from None
-        profile, n = parse_folded(text, tables)
+        profile, n = parse_folded(raw, tables)
         return Decoded([(base, t, profile)], n)
     if fmt == "pprof":
         return _from_pprof(base, raw, t, tables, max_decompressed)

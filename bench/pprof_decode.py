@@ -89,6 +89,22 @@ def main() -> None:
     t_small_f = best(lambda: folded.parse(small_text, StackTable()), args.repeat * 20)
     print(f"{'decode_pprof, 300-stack push profile':40s} {t_small * 1e3:8.2f} ms  "
           f"(folded.parse {t_small_f * 1e3:.2f} ms, ratio {t_small_f / t_small:.2f}x)")  # fmt: skip
+    # What pyroscope-io sends every 10 s: a gzip PushRequest holding a plain
+    # pprof with a few dozen stacks, part of them under a tag_wrapper label.
+    sdk = synthetic(40, 12, seed=3)
+    sdk_pprof = encode_pprof(sdk)  # one label set
+    sdk_tagged = encode_pprof(sdk, sample_labels={"route": "/admin"})
+    labels = (("service_name", "a"), ("__name__", "process_cpu"))
+    samples = (RawSample(sdk_pprof, "i"), RawSample(sdk_tagged, "j"))
+    sdk_push = gzip.compress(encode_push_request([PushSeries(labels, samples)]))
+
+    def one_push() -> None:
+        for series in decode_push_request(gunzip_capped(sdk_push, 1 << 26)):
+            for smp in series.samples:
+                decode_pprof(smp.raw_profile, StackTable())
+
+    t_sdk = best(one_push, args.repeat * 200)
+    print(f"{'SDK-shaped push (2 x 40 stacks), all in':40s} {t_sdk * 1e6:8.0f} us")
     print(f"ratio decode_pprof plain / folded.parse (stacks/s): {t_folded / t_plain:.2f}x")
     print(f"ratio decode_pprof warm table / folded.parse (stacks/s): {t_folded / t_warm:.2f}x")
 

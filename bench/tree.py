@@ -1,6 +1,6 @@
 """Benchmark: flame tree building, pruning, Flame JSON, top table and diff on ~100k distinct stacks.
 
-    python bench/tree.py [--stacks 100000] [--depth 30] [--repeat 3]
+    python bench/tree.py [--stacks 100000] [--depth 30] [--repeat 3] [--shape callgraph|random]
 
 Baseline (same run): a plain Python loop that only walks every frame of every
 distinct stack once (one dict lookup per frame), i.e. the floor for any trie
@@ -17,12 +17,44 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stacks import diff, tree  # noqa: E402
-from stacks.model import Frame, Kind, Profile, StackTable  # noqa: E402
+from stacks import diff, tree
+from stacks.model import Frame, Kind, Profile, StackTable
+
+
+ZIPF = [64, 16, 8, 4, 2, 1, 1, 1]
+
+
+def callgraph(n_stacks: int, depth: int, seed: int, table: StackTable) -> Profile:
+    """Program-like shape: random walks down a fixed call graph (each function calls 2-8
+    others, the first ones far more often), so distinct stacks share long prefixes as real
+    ones do; 30 % end in kernel frames."""
+    rng = random.Random(seed)
+    graph_rng = random.Random(0)  # same program for both seeds, so a diff has overlap
+    funcs = [Frame(f"mod{i % 40}.func_{i}", Kind.USER) for i in range(3000)]
+    kfuncs = [Frame(f"k_{i}", Kind.KERNEL) for i in range(80)]
+    callees = [graph_rng.sample(range(3000), graph_rng.randint(2, 8)) for _ in range(3000)]
+    pairs = []
+    seen: set[tuple[Frame, ...]] = set()
+    tries = 0
+    while len(pairs) < n_stacks and tries < 50 * n_stacks:
+        tries += 1
+        f = 0
+        stack = [funcs[0]]
+        for _ in range(rng.randint(depth // 3, depth)):
+            f = rng.choices(callees[f], weights=ZIPF[: len(callees[f])])[0]
+            stack.append(funcs[f])
+        if rng.random() < 0.3:
+            stack += [kfuncs[(f + j) % 80] for j in range(rng.randint(1, 6))]
+        t = tuple(stack)
+        if t in seen:
+            continue
+        seen.add(t)
+        pairs.append((t, max(1, int(1000 / (1 + len(pairs) % 997)))))
+    return Profile.from_pairs(pairs, table)
 
 
 def synthetic(n_stacks: int, depth: int, seed: int, table: StackTable) -> Profile:
-    """Realistic-ish shape: a few hundred functions, shared prefixes, Zipf-like counts."""
+    """Worst case: stacks share little, so nearly every frame is a new tree node."""
     rng = random.Random(seed)
     funcs = [Frame(f"mod{i % 40}.func_{i}", Kind.USER) for i in range(600)]
     kfuncs = [Frame(f"k_{i}", Kind.KERNEL) for i in range(60)]
@@ -71,10 +103,12 @@ def main() -> None:
     ap.add_argument("--stacks", type=int, default=100_000)
     ap.add_argument("--depth", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--shape", choices=("callgraph", "random"), default="callgraph")
     a = ap.parse_args()
     table = StackTable()
-    p = synthetic(a.stacks, a.depth, 1, table)
-    q = synthetic(a.stacks, a.depth, 2, table)
+    make = callgraph if a.shape == "callgraph" else synthetic
+    p = make(a.stacks, a.depth, 1, table)
+    q = make(a.stacks, a.depth, 2, table)
     frames = sum(len(s) for s, _ in p.items())
     t = tree.build_tree(p)
     print(f"profile: {len(p)} distinct stacks, {frames} frames, {t.node_count()} tree nodes, total {p.total}")

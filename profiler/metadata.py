@@ -192,9 +192,8 @@ class PodIndex:
         if not ref:
             return None
         hit = self._find(ref)
-        if hit is None or (ref.container_id and not hit.container):
-            if self.refresh():
-                hit = self._find(ref) or hit
+        if (hit is None or (ref.container_id and not hit.container)) and self.refresh():
+            hit = self._find(ref) or hit
         return hit
 
     def _find(self, ref: ContainerRef) -> PodInfo | None:
@@ -285,6 +284,22 @@ class ProcessMeta:
         )
 
 
+_INTERPRETER = re.compile(r"^(python[\d.]*|pypy[\d.]*|node|ruby[\d.]*|perl[\d.]*)$")
+
+
+def _script(argv: list[bytes]) -> str:
+    """The script or ``-m`` module an interpreter runs, by its base name ('' if none)."""
+    args = [a.decode("utf-8", "replace") for a in argv[1:] if a]
+    for i, a in enumerate(args):
+        if a == "-m" and i + 1 < len(args):
+            return args[i + 1]
+        if a in ("-c", "-e"):
+            return ""
+        if not a.startswith("-"):
+            return os.path.basename(a)
+    return ""
+
+
 def _read(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -292,7 +307,10 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def parse_environ(raw: bytes, keys: tuple[str, ...] = ("POD_NAMESPACE", "POD_NAME", "CONTAINER_NAME")) -> dict[str, str]:
+_ENV_KEYS = ("POD_NAMESPACE", "POD_NAME", "CONTAINER_NAME")
+
+
+def parse_environ(raw: bytes, keys: tuple[str, ...] = _ENV_KEYS) -> dict[str, str]:
     """Selected variables of a NUL-separated ``/proc/<pid>/environ``."""
     out: dict[str, str] = {}
     for item in raw.split(b"\0"):
@@ -338,9 +356,16 @@ class MetadataResolver:
         return meta
 
     def process_name(self, pid: int, comm: str = "") -> str:
+        """``comm``; for interpreters also the script or module (``python3 app.py``)."""
         raw = _read(self.proc / str(pid) / "comm")
         name = raw.decode("utf-8", "replace").strip() if raw else ""
-        return name or comm or f"pid-{pid}"
+        name = name or comm or f"pid-{pid}"
+        if _INTERPRETER.match(name):
+            cmd = _read(self.proc / str(pid) / "cmdline")
+            script = _script(cmd.split(b"\0")) if cmd else ""
+            if script:
+                return f"{name} {script}"
+        return name
 
     def _resolve(self, pid: int, comm: str) -> ProcessMeta:
         base = self.proc / str(pid)

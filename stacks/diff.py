@@ -21,18 +21,17 @@ from typing import Any
 
 from stacks.errors import InputError
 from stacks.folded import format_frame
-from stacks.model import Kind, Profile
+from stacks.model import Profile
 from stacks.tree import (
     DEFAULT_MAX_NODES,
     KINDS,
+    Columns,
     Node,
     Tree,
-    _attach_labels,
     _layout,
-    _new_root,
     _pruned,
     function_stats,
-    prune,
+    prune_columns,
 )
 
 MODES = ("share", "absolute")
@@ -56,30 +55,7 @@ def scale_factor(base_sum: int, compare_sum: int, mode: str) -> float:
 
 def diff_tree(base: Profile, compare: Profile) -> Tree:
     """Union tree: ``total``/``self`` from ``compare``, ``base_total``/``base_self`` from ``base``."""
-    root = _new_root()
-    for prof, is_base in ((compare, False), (base, True)):
-        stack_of = prof.table.stack
-        for sid, count in zip(prof.ids.tolist(), prof.counts.tolist(), strict=True):
-            node = root
-            if is_base:
-                root.base_total += count
-            else:
-                root.total += count
-            for f in stack_of(sid):
-                child = node.children.get(f)
-                if child is None:
-                    kind = f[1].value if isinstance(f[1], Kind) else str(f[1])
-                    child = node.children[f] = Node(f[0], kind)
-                if is_base:
-                    child.base_total += count
-                else:
-                    child.total += count
-                node = child
-            if is_base:
-                node.base_self += count
-            else:
-                node.self += count
-    return Tree(root)
+    return Tree(cols=Columns.build([compare, base]))
 
 
 def diff_json(
@@ -98,14 +74,19 @@ def diff_json(
     _check_mode(mode)
     base_sum, compare_sum = base.total, compare.total
     k = scale_factor(base_sum, compare_sum, mode)
-    tree = diff_tree(base, compare)
-    if labels:
-        _attach_labels(tree.root, labels)
+    if max_nodes < 2:
+        raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
+    if not 0.0 <= min_share <= 1.0:
+        raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
+    trie = Columns.build([compare, base])
+    trie.labels = labels or None
+    assert trie.base_total is not None
+    # Prune on the layout width itself so what is dropped is what would be narrowest on screen.
+    tree = prune_columns(trie, trie.total + trie.base_total * k, max_nodes=max_nodes, min_share=min_share)
 
     def width(n: Node) -> float:
         return n.total + n.base_total * k
 
-    tree = prune(tree, max_nodes=max_nodes, min_share=min_share, weight=width)
     cols, names, max_depth, has_label = _layout(tree, width)
     keys = ("name", "kind", "depth", "start", "width", "total", "self", "base_total", "base_self")
     out: dict[str, Any] = {

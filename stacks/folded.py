@@ -37,10 +37,12 @@ def parse(text: str | Iterable[str], table: StackTable | None = None) -> Profile
 
     Raises :class:`FoldedError` naming the 1-based line number and the line.
     """
-    lines = text.splitlines() if isinstance(text, str) else text
+    # split("\n"), not splitlines(): frame names may hold \x85, \x0c or \u2028.
+    lines = text.split("\n") if isinstance(text, str) else text
     table = table if table is not None else StackTable()
     intern = table.intern
     frame_cache: dict[str, Frame] = {}
+    stack_cache: dict[str, int] = {}
     ids: list[int] = []
     counts: list[int] = []
     for lineno, raw in enumerate(lines, 1):
@@ -50,19 +52,22 @@ def parse(text: str | Iterable[str], table: StackTable | None = None) -> Profile
         stack_text, sep, count_text = line.rpartition(" ")
         if not sep or not stack_text.strip():
             raise FoldedError(lineno, line, "no stack before the count")
-        try:
-            count = int(count_text)
-        except ValueError:
-            raise FoldedError(lineno, line, f"count {count_text!r} is not an integer") from None
-        if count < 0:
-            raise FoldedError(lineno, line, "count is negative")
-        frames = []
-        for part in stack_text.split(";"):
-            f = frame_cache.get(part)
-            if f is None:
-                f = frame_cache[part] = parse_frame(part)
-            frames.append(f)
-        ids.append(intern(tuple(frames)))
+        # isdigit alone admits Unicode digits, int() alone admits "1_000" and "+5".
+        if not (count_text.isascii() and count_text.isdigit()):
+            if count_text[:1] == "-" and count_text[1:].isascii() and count_text[1:].isdigit():
+                raise FoldedError(lineno, line, "count is negative")
+            raise FoldedError(lineno, line, f"count {count_text!r} is not an integer")
+        count = int(count_text)
+        sid = stack_cache.get(stack_text)
+        if sid is None:
+            frames = []
+            for part in stack_text.split(";"):
+                f = frame_cache.get(part)
+                if f is None:
+                    f = frame_cache[part] = parse_frame(part)
+                frames.append(f)
+            sid = stack_cache[stack_text] = intern(tuple(frames))
+        ids.append(sid)
         counts.append(count)
 
     return Profile.from_arrays(table, np.asarray(ids, dtype=np.int64), np.asarray(counts, dtype=np.int64))
@@ -70,7 +75,8 @@ def parse(text: str | Iterable[str], table: StackTable | None = None) -> Profile
 
 def format_lines(profile: Profile) -> list[str]:
     """Folded lines, sorted, without trailing newlines."""
-    out = [";".join(format_frame(f) for f in stack) + f" {count}" for stack, count in profile.items()]
+    # An empty stack has no folded form (it would read back as a malformed line).
+    out = [";".join(format_frame(f) for f in stack) + f" {count}" for stack, count in profile.items() if stack]
     out.sort()
     return out
 

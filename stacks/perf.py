@@ -491,7 +491,9 @@ def collapse(
 
     ``lines`` is perf script text or an iterable of its lines.
     """
-    c = Collapser(pid=pid, tid=tid, kernel=kernel, jit=jit, all=all, addrs=addrs, weight_by_period=weight_by_period)
+    c = Collapser(
+        pid=pid, tid=tid, kernel=kernel, jit=jit, all=all, addrs=addrs, weight_by_period=weight_by_period
+    )
     for chunk in _chunks(lines):
         c.feed(chunk)
     return c.close()

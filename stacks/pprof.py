@@ -34,6 +34,26 @@ KERNEL_SUFFIX = "_[k]"
 DEFAULT_MAX_DECOMPRESSED = 256 << 20
 
 
+# Frames are immutable, so one cache serves every decode: an app pushes the
+# same function names every 10 s. Bounded so odd inputs cannot grow it forever.
+_FRAMES: dict[tuple[str, bool], Frame] = {}
+_FRAMES_MAX = 200_000
+
+
+def _frame(name: str, kernel: bool) -> Frame:
+    """The frame for a pprof function name; ``_[k]`` or a kernel mapping makes it kernel."""
+    fr = _FRAMES.get((name, kernel))
+    if fr is None:
+        if len(_FRAMES) >= _FRAMES_MAX:
+            _FRAMES.clear()
+        if name.endswith(KERNEL_SUFFIX):
+            fr = Frame(name[: -len(KERNEL_SUFFIX)], Kind.KERNEL)
+        else:
+            fr = Frame(name, Kind.KERNEL if kernel else Kind.USER)
+        _FRAMES[(name, kernel)] = fr
+    return fr
+
+
 @dataclass(frozen=True)
 class DecodedProfile:
     """A decoded pprof: one profile per distinct set of string sample labels.
@@ -117,36 +137,55 @@ def decode_pprof(
     sample_type, unit = types[vi] if types else ("", "")
 
     # Per-profile lookups are built once; the per-sample loop below is only
-    # dict hits on tuples of location ids.
-    mapping_file: dict[int, str] = {}
-    for m in p.mapping:
-        mapping_file[m.id] = s(m.filename, f"mapping {m.id} filename")
-    functions: dict[int, str] = {}
-    for f in p.function:
-        name = s(f.name, f"function {f.id} name") or s(f.system_name, f"function {f.id} system_name")
-        functions[f.id] = name
+    # dict hits on tuples of location ids. Index checks run on whole columns
+    # (min/max in C) rather than one Python call per string reference.
+    def check(idxs: list[int], what: str, ids: list[int]) -> None:
+        if idxs and (min(idxs) < 0 or max(idxs) >= max(n_strings, 1)):
+            j = next(j for j, i in enumerate(idxs) if not 0 <= i < max(n_strings, 1))
+            s(idxs[j], what.format(ids[j]))
 
-    frame_cache: dict[tuple[str, bool], Frame] = {}
+    maps = list(p.mapping)
+    map_ids = [m.id for m in maps]
+    map_files = [m.filename for m in maps]
+    check(map_files, "mapping {} filename", map_ids)
+    if not n_strings:
+        strings = [""]
+    mapping_file = {mid: strings[i] for mid, i in zip(map_ids, map_files, strict=True)}
+    user_mappings = {mid for mid, f in mapping_file.items() if not f.startswith("[kernel")}
+    user_mappings.add(0)
 
-    def frame(name: str, kernel: bool) -> Frame:
-        fr = frame_cache.get((name, kernel))
-        if fr is None:
-            if name.endswith(KERNEL_SUFFIX):
-                fr = Frame(name[: -len(KERNEL_SUFFIX)], Kind.KERNEL)
-            else:
-                fr = Frame(name, Kind.KERNEL if kernel else Kind.USER)
-            frame_cache[(name, kernel)] = fr
-        return fr
+    funcs = list(p.function)
+    fn_ids = [f.id for f in funcs]
+    fn_names = [f.name for f in funcs]
+    fn_sys = [f.system_name for f in funcs]
+    check(fn_names, "function {} name", fn_ids)
+    check(fn_sys, "function {} system_name", fn_ids)
+    functions = {
+        fid: strings[n] or strings[sn] for fid, n, sn in zip(fn_ids, fn_names, fn_sys, strict=True)
+    }
 
-    locations: dict[int, tuple[Frame, ...]] = {}
+    frame = _frame
+
+    # The frame of a named function outside the kernel mapping, by function id.
+    user_frames = {fid: frame(name, False) for fid, name in functions.items() if name}
+
+    single: dict[int, Frame] = {}
+    multi: dict[int, tuple[Frame, ...]] = {}
     for loc in p.location:
-        if loc.mapping_id and loc.mapping_id not in mapping_file:
-            raise _bad(f"location {loc.id} refers to mapping {loc.mapping_id}, which is not defined")
-        mfile = mapping_file.get(loc.mapping_id, "") if loc.mapping_id else ""
+        lines = loc.line
+        mid = loc.mapping_id
+        if len(lines) == 1 and mid in user_mappings:
+            fr = user_frames.get(lines[0].function_id)
+            if fr is not None:  # the common case: one named, non-kernel function
+                single[loc.id] = fr
+                continue
+        if mid and mid not in mapping_file:
+            raise _bad(f"location {loc.id} refers to mapping {mid}, which is not defined")
+        mfile = mapping_file.get(mid, "") if mid else ""
         kernel = mfile.startswith("[kernel")
         fallback = f"0x{loc.address:x}" if loc.address else (mfile or "[unknown]")
         names = []
-        for ln in loc.line:
+        for ln in lines:
             fid = ln.function_id
             if fid == 0:
                 names.append(fallback)
@@ -157,20 +196,23 @@ def decode_pprof(
             names.append(name or fallback)
         if not names:
             names.append(fallback)
-        # line[0] is the innermost inlined frame; root first means reversed.
-        locations[loc.id] = tuple(frame(n, kernel) for n in reversed(names))
+        if len(names) == 1:
+            single[loc.id] = frame(names[0], kernel)
+        else:
+            # line[0] is the innermost inlined frame; root first means reversed.
+            multi[loc.id] = tuple(frame(n, kernel) for n in reversed(names))
 
     # Most profiles have no inlining: then one location is one frame.
-    loc_single = (
-        {lid: fr[0] for lid, fr in locations.items()}.__getitem__
-        if all(len(fr) == 1 for fr in locations.values())
-        else None
-    )
+    loc_single = single.__getitem__ if not multi else None
+    locations = {lid: (fr,) for lid, fr in single.items()}
+    locations.update(multi)
     loc_multi = locations.__getitem__
     intern = table.intern
     stack_ids: dict[tuple[int, ...], int] = {}
-    groups: dict[tuple[tuple[str, str], ...], tuple[list[int], list[int]]] = {}
-    nolabel = groups.setdefault((), ([], []))
+    # Values are summed per (label set, stack) in plain dicts: cheaper than
+    # numpy for the small profiles SDKs push, and it leaves ids unique.
+    groups: dict[tuple[tuple[int, int], ...], dict[int, int]] = {}
+    nolabel = groups.setdefault((), {})
     n_types = len(types)
     for k, smp in enumerate(samples):
         locs = tuple(smp.location_id)
@@ -188,35 +230,40 @@ def decode_pprof(
         values = smp.value
         if len(values) != n_types:
             raise _bad(f"sample {k} has {len(values)} values but there are {n_types} sample types")
+        v = values[vi]
+        if v <= 0:
+            continue  # CPU profiles never carry these; delta profiles might
         if smp.label:
-            key = tuple(
-                sorted(
-                    (s(lb.key, f"sample {k} label key"), s(lb.str, f"sample {k} label value"))
-                    for lb in smp.label
-                    if lb.str
-                )
-            )
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = ([], [])
+            # String indices now, names later: checked once per label set.
+            key = tuple(sorted((lb.key, lb.str) for lb in smp.label if lb.str))
+            acc = groups.get(key)
+            if acc is None:
+                acc = groups[key] = {}
         else:
-            group = nolabel
-        group[0].append(sid)
-        group[1].append(values[vi])
+            acc = nolabel
+        acc[sid] = acc.get(sid, 0) + v
 
-    per_ns = unit == "nanoseconds" and period > 0
+    divisor = period if unit == "nanoseconds" and period > 0 else 0
+    by_labels: dict[Labels, dict[int, int]] = {}
+    for key, acc in groups.items():
+        if not acc:
+            continue
+        labels = Labels.of((s(ki, "sample label key"), s(vv, "sample label value")) for ki, vv in key)
+        into = by_labels.get(labels)
+        if into is None:
+            by_labels[labels] = acc
+        else:  # label sets that differ only by empty keys or values
+            for sid, v in acc.items():
+                into[sid] = into.get(sid, 0) + v
     series: list[tuple[Labels, Profile]] = []
-    merged: dict[Labels, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for key, (ids, vals) in groups.items():
-        counts = _to_samples(np.asarray(vals, dtype=np.int64), period if per_ns else 0)
-        labels = Labels.of(key)  # drops empty keys' values; equal sets merge below
-        a = merged.setdefault(labels, ([], []))
-        a[0].append(np.asarray(ids, dtype=np.int64))
-        a[1].append(counts)
-    for labels, (id_parts, count_parts) in merged.items():
-        prof = Profile.from_arrays(table, np.concatenate(id_parts), np.concatenate(count_parts))
-        if len(prof):
-            series.append((labels, prof))
+    for labels, acc in by_labels.items():
+        ids = sorted(acc)
+        counts = _to_samples([acc[i] for i in ids], divisor)
+        try:
+            prof = Profile(table, np.array(ids, dtype=np.int64), np.array(counts, dtype=np.int64))
+        except OverflowError:
+            raise _bad("sample values for one stack add up past 2**63") from None
+        series.append((labels, prof))
     return DecodedProfile(
         series=series,
         sample_type=sample_type,
@@ -228,17 +275,16 @@ def decode_pprof(
     )
 
 
-def _to_samples(values: np.ndarray, period: int) -> np.ndarray:
-    """Values to sample counts: round(value / period), at least 1 when positive.
+def _to_samples(values: list[int], period: int) -> list[int]:
+    """Summed positive values to sample counts: round(value / period), at least 1.
 
-    Non-positive values are zeroed (they are dropped as empty later); pprof
-    CPU profiles never carry them, delta profiles might.
+    Exact integer arithmetic (Python ints), rounding halves up; ``period <= 0``
+    keeps the raw values.
     """
-    values = np.where(values > 0, values, 0)
     if period <= 0:
         return values
-    counts = (values + period // 2) // period
-    return np.where((counts == 0) & (values > 0), 1, counts)
+    half = period // 2
+    return [(v + half) // period or 1 for v in values]
 
 
 def encode_pprof(

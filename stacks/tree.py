@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, Profile, StackTable, merge
 
@@ -84,16 +86,36 @@ def _child_order(n: Node) -> tuple[bool, str, str]:
 
 
 class Tree:
-    """A flame tree: a root node plus what pruning did (``pruned``, or None)."""
+    """A flame tree: a root node plus what pruning did (``pruned``, or None).
 
-    __slots__ = ("pruned", "root")
+    Trees from :func:`build_tree` / :func:`stacks.diff.diff_tree` are stored
+    columnar (``cols``); their :class:`Node` objects are only made when
+    ``root`` is first read, so build -> prune -> to_json never creates the
+    nodes that pruning drops.
+    """
 
-    def __init__(self, root: Node, pruned: dict[str, Any] | None = None) -> None:
-        self.root = root
+    __slots__ = ("_root", "cols", "pruned")
+
+    def __init__(
+        self, root: Node | None = None, pruned: dict[str, Any] | None = None, cols: Columns | None = None
+    ) -> None:
+        if root is None and cols is None:
+            raise TypeError("Tree needs a root node or columns")
+        self._root = root
+        self.cols = cols
         self.pruned = pruned
 
     @property
+    def root(self) -> Node:
+        if self._root is None:
+            assert self.cols is not None
+            self._root = self.cols.materialize(None)
+        return self._root
+
+    @property
     def total(self) -> int:
+        if self._root is None and self.cols is not None:
+            return int(self.cols.total[0])
         return self.root.total
 
     def walk(self) -> Iterator[tuple[Node, int]]:
@@ -107,6 +129,8 @@ class Tree:
 
     def node_count(self) -> int:
         """Number of nodes, the root included."""
+        if self._root is None and self.cols is not None:
+            return len(self.cols.parent)
         n = 0
         todo = [self.root]
         while todo:
@@ -183,6 +207,24 @@ def metadata_labels(
 # --------------------------------------------------------------------------- building
 
 
+def _kind_code(kind: object) -> int:
+    """Kind -> index in KINDS for kinds given as plain strings (rare; Kind members take a fast path)."""
+    try:
+        return _KIND_CODE[Kind(kind).value]
+    except ValueError:
+        raise InputError(f"frame kind {kind!r} is unknown: use user, kernel or metadata") from None
+
+
+def _kind_str(kind: object) -> str:
+    if kind is Kind.USER:
+        return "user"
+    if kind is Kind.KERNEL:
+        return "kernel"
+    if kind is Kind.METADATA:
+        return "metadata"
+    return KINDS[_kind_code(kind)]
+
+
 def _new_root(total: int = 0) -> Node:
     return Node(ROOT_NAME, Kind.METADATA.value, total)
 
@@ -193,9 +235,10 @@ def _insert(root: Node, stack: Sequence[Frame], count: int) -> None:
     node = root
     for f in stack:
         children = node.children
-        child = children.get(f)
+        key = (f[0], _kind_str(f[1]))
+        child = children.get(key)
         if child is None:
-            child = children[f] = Node(f[0], f[1].value if isinstance(f[1], Kind) else str(f[1]))
+            child = children[key] = Node(key[0], key[1])
         child.total += count
         node = child
     node.self += count
@@ -204,17 +247,244 @@ def _insert(root: Node, stack: Sequence[Frame], count: int) -> None:
 def build_tree(profile: Profile, *, labels: Mapping[tuple[str, ...], str] | None = None) -> Tree:
     """The flame tree of ``profile``: root ``all`` (kind metadata), one node per distinct path.
 
-    One dict lookup per frame of each distinct stack. ``labels`` (from
-    :func:`metadata_labels`) names the label of metadata nodes.
+    One dict lookup per frame of each distinct stack, then totals summed
+    level by level in numpy. ``labels`` (from :func:`metadata_labels`) names
+    the label of metadata nodes.
     """
-    root = _new_root()
-    stack_of = profile.table.stack
-    for sid, count in zip(profile.ids.tolist(), profile.counts.tolist(), strict=True):
-        _insert(root, stack_of(sid), count)
-    tree = Tree(root)
+    cols = Columns.build([profile])
     if labels:
-        _attach_labels(root, labels)
-    return tree
+        cols.labels = labels
+    return Tree(cols=cols)
+
+
+class Columns:
+    """A trie in arrays: node 0 is the root; every parent id is smaller than its children's.
+
+    Per node: ``parent``, ``depth``, ``fid`` (function id: index into ``fnames``
+    / ``fkinds``), ``rec`` (True if an ancestor is the same function, used to
+    count recursive functions once per stack), ``self_``/``total`` (counts of
+    the first profile) and, for diff trees, ``base_self``/``base_total`` (the
+    second profile), else None. The root has fid -1.
+    """
+
+    __slots__ = (
+        "base_self", "base_total", "depth", "fid", "fkinds", "fnames", "labels", "parent", "rec",
+        "self_", "total",
+    )
+
+    def __init__(self, fnames: list[str], fkinds: list[int], fid: np.ndarray, parent: np.ndarray,
+                 depth: np.ndarray, rec: np.ndarray, selfs: list[np.ndarray]) -> None:
+        self.fnames = fnames
+        self.fkinds = fkinds
+        self.fid = fid
+        self.parent = parent
+        self.depth = depth
+        self.rec = rec
+        self.self_ = selfs[0]
+        self.total = _subtree_sums(selfs[0], parent, depth)
+        self.base_self = selfs[1] if len(selfs) > 1 else None
+        self.base_total = _subtree_sums(selfs[1], parent, depth) if len(selfs) > 1 else None
+        self.labels: Mapping[tuple[str, ...], str] | None = None
+
+    @staticmethod
+    def build(profiles: Sequence[Profile]) -> Columns:
+        """Trie of the union of ``profiles``' stacks, with one self-count array per profile.
+
+        Hashing a :class:`Frame` calls the enum's Python-level ``__hash__``, so
+        keys are built from the name plus a kind code found by identity, and a
+        stack reuses the path of the previous stack for the frames they share
+        (by identity: parsers share one Frame object per distinct frame).
+        """
+        user, kernel, meta = Kind.USER, Kind.KERNEL, Kind.METADATA
+        index: dict[tuple[Any, ...], int] = {}
+        get = index.get
+        funcs: dict[tuple[str, int], int] = {}
+        fnames: list[str] = []
+        fkinds: list[int] = []
+        fid = [-1]
+        parent = [-1]
+        depth = [0]
+        rec = [False]
+        leaf_lists = []
+        for prof in profiles:
+            stack_of = prof.table.stack
+            leaves = []
+            prev: tuple[Frame, ...] = ()
+            path = [0]  # node id at each depth of the previous stack
+            pfids: list[int] = []  # function ids along that path (for recursion)
+            for sid in prof.ids.tolist():
+                st = stack_of(sid)
+                k = 0
+                m = min(len(st), len(prev))
+                while k < m and st[k] is prev[k]:
+                    k += 1
+                del path[k + 1 :]
+                del pfids[k:]
+                node = path[k]
+                for f in st[k:] if k else st:
+                    name, kind = f[0], f[1]
+                    if kind is user:
+                        code = 0
+                        key: tuple[Any, ...] = (node, name)
+                    else:
+                        code = 1 if kind is kernel else 2 if kind is meta else _kind_code(kind)
+                        key = (node, name, code) if code else (node, name)
+                    nid = get(key)
+                    if nid is None:
+                        nid = index[key] = len(parent)
+                        fk = (name, code)
+                        fi = funcs.get(fk)
+                        if fi is None:
+                            fi = funcs[fk] = len(fnames)
+                            fnames.append(name)
+                            fkinds.append(code)
+                        fid.append(fi)
+                        parent.append(node)
+                        depth.append(len(path))
+                        rec.append(fi in pfids)
+                    else:
+                        fi = fid[nid]
+                    node = nid
+                    path.append(node)
+                    pfids.append(fi)
+                leaves.append(node)
+                prev = st
+            leaf_lists.append((np.asarray(leaves, dtype=np.int64), prof.counts))
+        n = len(parent)
+        selfs = []
+        for leaves, counts in leaf_lists:
+            s = np.zeros(n, dtype=np.int64)
+            np.add.at(s, leaves, counts)
+            selfs.append(s)
+        return Columns(
+            fnames, fkinds, np.asarray(fid, dtype=np.int64), np.asarray(parent, dtype=np.int64),
+            np.asarray(depth, dtype=np.int32), np.asarray(rec, dtype=bool), selfs,
+        )
+
+    def function_stats(self) -> dict[tuple[str, str], list[int]]:
+        """``{(name, kind): [self, total]}`` of the first profile; total once per stack."""
+        nf = len(self.fnames)
+        f = self.fid[1:]
+        selfs = np.zeros(nf, dtype=np.int64)
+        np.add.at(selfs, f, self.self_[1:])
+        outer = ~self.rec[1:]
+        totals = np.zeros(nf, dtype=np.int64)
+        np.add.at(totals, f[outer], self.total[1:][outer])
+        rows = zip(self.fnames, self.fkinds, selfs.tolist(), totals.tolist(), strict=True)
+        return {(name, KINDS[code]): [s, t] for name, code, s, t in rows if t}
+
+    def levels(self) -> list[np.ndarray]:
+        """Node ids per depth (index = depth)."""
+        order = np.argsort(self.depth, kind="stable")
+        top = int(self.depth.max()) if len(self.depth) else 0
+        bounds = np.searchsorted(self.depth[order], np.arange(top + 2))
+        return [order[bounds[d] : bounds[d + 1]] for d in range(top + 1)]
+
+    def outermost(self, match: np.ndarray) -> np.ndarray:
+        """Nodes that match and have no matching ancestor (the root never matches)."""
+        covered = np.zeros(len(self.parent), dtype=bool)
+        for idx in self.levels()[2:]:
+            par = self.parent[idx]
+            covered[idx] = covered[par] | match[par]
+        return match & ~covered
+
+    def name_mask(self, pred: Callable[[str], bool]) -> np.ndarray:
+        """Per node: ``pred(name)``, evaluated once per distinct function."""
+        per_func = np.fromiter((pred(n) for n in self.fnames), dtype=bool, count=len(self.fnames))
+        out = np.zeros(len(self.parent), dtype=bool)
+        if len(self.parent) > 1:
+            out[1:] = per_func[self.fid[1:]]
+        return out
+
+    def merged_subtrees(self, tops: np.ndarray, name: str) -> Node:
+        """One Node tree rooted at ``name``: the subtrees under the ``tops`` nodes, merged."""
+        inside = tops.copy()
+        for idx in self.levels()[1:]:
+            inside[idx] |= inside[self.parent[idx]]
+        kinds: dict[str, int] = {}
+        mapped: dict[int, Node] = {}
+        root = Node(name, "user")
+        parent, fid = self.parent.tolist(), self.fid.tolist()
+        total, self_ = self.total.tolist(), self.self_.tolist()
+        top_list = tops.tolist()
+        for i in np.flatnonzero(inside).tolist():
+            if top_list[i]:
+                node = root
+                k = KINDS[self.fkinds[fid[i]]]
+                kinds[k] = kinds.get(k, 0) + total[i]
+            else:
+                fi = fid[i]
+                key = (self.fnames[fi], KINDS[self.fkinds[fi]])
+                up = mapped[parent[i]]
+                node = up.children.get(key)  # type: ignore[assignment]
+                if node is None:
+                    node = up.children[key] = Node(key[0], key[1])
+            node.total += total[i]
+            node.self += self_[i]
+            mapped[i] = node
+        if kinds:
+            root.kind = max(kinds.items(), key=lambda kv: kv[1])[0]
+        return root
+
+    def materialize(self, keep: np.ndarray | None) -> Node:
+        """Node objects for the kept ids (all if None); cut children of a kept parent
+        become one ``other`` node. ``keep`` must be closed under parents."""
+        n = len(self.parent)
+        ids = range(n) if keep is None else np.flatnonzero(keep).tolist()
+        parent = self.parent.tolist()
+        total, self_ = self.total.tolist(), self.self_.tolist()
+        diff = self.base_total is not None
+        if diff:
+            btotal, bself = self.base_total.tolist(), self.base_self.tolist()  # type: ignore[union-attr]
+        nodes: dict[int, Node] = {}
+        fid = self.fid.tolist()
+        fnames, fkinds = self.fnames, self.fkinds
+        for i in ids:
+            fi = fid[i]
+            if fi < 0:
+                node = Node(ROOT_NAME, Kind.METADATA.value, total[i], self_[i])
+            else:
+                kind = KINDS[fkinds[fi]]
+                node = Node(fnames[fi], kind, total[i], self_[i])
+                nodes[parent[i]].children[(node.name, kind)] = node
+            if diff:
+                node.base_total, node.base_self = btotal[i], bself[i]
+            nodes[i] = node
+        if keep is not None:
+            cut = ~keep
+            cut[0] = False
+            cut &= keep[np.maximum(self.parent, 0)]
+            cut_ids = np.flatnonzero(cut)
+            if cut_ids.size:
+                owners = self.parent[cut_ids]
+                other_t = np.zeros(n, dtype=np.int64)
+                np.add.at(other_t, owners, self.total[cut_ids])
+                if diff:
+                    other_b = np.zeros(n, dtype=np.int64)
+                    np.add.at(other_b, owners, self.base_total[cut_ids])  # type: ignore[index]
+                for o in np.unique(owners).tolist():
+                    t = int(other_t[o])
+                    other = nodes[o].children[(OTHER, OTHER)] = Node(OTHER, OTHER, t, t)
+                    if diff:
+                        b = int(other_b[o])
+                        other.base_total = other.base_self = b
+        root = nodes[0]
+        if self.labels:
+            _attach_labels(root, self.labels)
+        return root
+
+
+def _subtree_sums(selfs: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """Subtree totals: add each level into its parents, deepest level first (exact int64)."""
+    total = selfs.copy()
+    if len(parent) <= 1:
+        return total
+    order = np.argsort(depth, kind="stable")
+    bounds = np.searchsorted(depth[order], np.arange(int(depth.max()) + 2))
+    for d in range(int(depth.max()), 0, -1):
+        idx = order[bounds[d] : bounds[d + 1]]
+        np.add.at(total, parent[idx], total[idx])
+    return total
 
 
 def _attach_labels(root: Node, labels: Mapping[tuple[str, ...], str]) -> None:
@@ -260,6 +530,8 @@ def prune(
         raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
     if not 0.0 <= min_share <= 1.0:
         raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
+    if tree.cols is not None and tree._root is None and weight is None:
+        return prune_columns(tree.cols, tree.cols.total, max_nodes=max_nodes, min_share=min_share)
     w: Callable[[Node], float] = weight or (lambda n: n.total)
     root = tree.root
     before = tree.node_count()
@@ -301,6 +573,53 @@ def prune(
     out = Tree(new_root)
     out.pruned = {
         "nodes_before": before,
+        "nodes_after": out.node_count(),
+        "min_share": min_share,
+        "max_nodes": max_nodes,
+    }
+    return out
+
+
+def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_share: float) -> Tree:
+    """Prune a columnar tree by ``weights`` (never larger on a child than on its parent).
+
+    Keeps every node whose weight is at least a threshold T; T is the lowest
+    value (found by binary search over the distinct weights) whose cost, kept
+    nodes plus one ``other`` per kept parent with a cut child, fits
+    ``max_nodes``. Nodes of equal weight are kept or cut together, so the
+    result can be a little under the budget.
+    """
+    n = len(cols.parent)
+    parent = np.maximum(cols.parent, 0)
+    floor = min_share * float(weights[0]) if n else 0.0
+    eligible = weights >= floor
+    eligible &= weights > 0
+    eligible[0] = True
+
+    def keep_at(t: float) -> np.ndarray:
+        k = eligible & (weights >= t)
+        k[0] = True
+        return k
+
+    def cost(k: np.ndarray) -> int:
+        cut = ~k
+        cut[0] = False
+        owners = parent[cut & k[parent]]
+        return int(k.sum()) + int(np.unique(owners).size)
+
+    cand = np.unique(weights[eligible])  # ascending; low thresholds keep more
+    lo, hi = 0, len(cand)  # answer: first index whose cost fits; len(cand) = root only
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cost(keep_at(float(cand[mid]))) <= max_nodes:
+            hi = mid
+        else:
+            lo = mid + 1
+    keep = keep_at(float(cand[lo])) if lo < len(cand) else keep_at(float("inf"))
+    root = cols.materialize(keep)
+    out = Tree(root)
+    out.pruned = {
+        "nodes_before": n,
         "nodes_after": out.node_count(),
         "min_share": min_share,
         "max_nodes": max_nodes,
@@ -361,6 +680,8 @@ def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) ->
     heaviest match. Raises InputError if nothing matches.
     """
     tree = _as_tree(profile_or_tree)
+    if tree.cols is not None and tree._root is None:
+        return _focus_columns(tree.cols, name_or_path)
     matches: list[Node] = []
     if isinstance(name_or_path, str):
         target = name_or_path
@@ -389,6 +710,32 @@ def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) ->
     return Tree(root)
 
 
+def _focus_columns(cols: Columns, name_or_path: str | Sequence[str]) -> Tree:
+    if isinstance(name_or_path, str):
+        target = name_or_path
+        tops = cols.outermost(cols.name_mask(lambda n: n == target))
+    else:
+        path = list(name_or_path)
+        if not path:
+            raise InputError("focus path is empty: give at least one function name")
+        target = path[-1]
+        ok = np.zeros(len(cols.parent), dtype=bool)
+        ok[0] = True
+        lv = cols.levels()
+        for d, want in enumerate(path, 1):
+            if d >= len(lv):
+                ok[:] = False
+                break
+            idx = lv[d]
+            ok[idx] = ok[cols.parent[idx]] & cols.name_mask(lambda n, w=want: n == w)[idx]
+        tops = np.zeros_like(ok)
+        if len(path) < len(lv):
+            tops[lv[len(path)]] = ok[lv[len(path)]]
+    if not tops.any():
+        raise InputError(f"focus: no frame named {target!r} in the profile (check the function name)")
+    return Tree(cols.merged_subtrees(tops, target))
+
+
 def _compile(regex: str) -> re.Pattern[str]:
     try:
         return re.compile(regex)
@@ -405,6 +752,11 @@ def search(profile_or_tree: Profile | Tree, regex: str) -> dict[str, Any]:
     """
     pat = _compile(regex)
     tree = _as_tree(profile_or_tree)
+    if tree.cols is not None and tree._root is None:
+        c = tree.cols
+        total = int(c.total[0])
+        matched = int(c.total[c.outermost(c.name_mask(lambda n: pat.search(n) is not None))].sum())
+        return {"matched": matched, "total": total, "share": matched / total if total else 0.0}
     matched = 0
     cache: dict[str, bool] = {}
     todo = list(tree.root.children.values())
@@ -426,21 +778,7 @@ def search(profile_or_tree: Profile | Tree, regex: str) -> dict[str, Any]:
 
 def function_stats(profile: Profile) -> dict[tuple[str, str], list[int]]:
     """``{(name, kind): [self, total]}``; total counts a function once per stack."""
-    stats: dict[tuple[str, str], list[int]] = {}
-    stack_of = profile.table.stack
-    for sid, count in zip(profile.ids.tolist(), profile.counts.tolist(), strict=True):
-        stack = stack_of(sid)
-        if not stack:
-            continue
-        for f in set(stack):
-            key = (f[0], f[1].value if isinstance(f[1], Kind) else str(f[1]))
-            s = stats.get(key)
-            if s is None:
-                s = stats[key] = [0, 0]
-            s[1] += count
-        leaf = stack[-1]
-        stats[(leaf[0], leaf[1].value if isinstance(leaf[1], Kind) else str(leaf[1]))][0] += count
-    return stats
+    return Columns.build([profile]).function_stats()
 
 
 def top_table(profile: Profile, limit: int | None = None) -> list[dict[str, Any]]:

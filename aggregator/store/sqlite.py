@@ -87,6 +87,8 @@ class SQLiteStore:
         self._tmap: tuple[StackTable, np.ndarray] | None = None
         self._dirty: set[tuple[int, int]] = set()  # (series_id, start) with >1 fragment
         self._seen: set[tuple[int, int]] = set()  # (series_id, start) written since last compaction
+        # Windows starting before this may already have a row: a new write there makes a fragment.
+        self._compacted_before = 0
         # reader-side caches
         self._frames: dict[int, Frame] = {}
         self._max_frame = 0
@@ -130,6 +132,8 @@ class SQLiteStore:
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
             ).fetchall()
             self._dirty.update((int(s), int(t)) for s, t in rows)
+            top = self._w.execute("SELECT max(start) FROM windows").fetchone()[0]
+            self._compacted_before = int(top) + 1 if top is not None else 0
 
         await self._run(self._wexec, setup)
 
@@ -252,7 +256,7 @@ class SQLiteStore:
             self._forget_writer_caches()
             raise
         for k in keys:
-            if k in self._seen:
+            if k in self._seen or k[1] < self._compacted_before:
                 self._dirty.add(k)
             else:
                 self._seen.add(k)
@@ -267,6 +271,7 @@ class SQLiteStore:
         w = self._w
         assert w is not None
         todo = sorted(k for k in self._dirty if k[1] < before)[:limit]
+        self._compacted_before = max(self._compacted_before, before)
         if not todo:
             self._seen = {k for k in self._seen if k[1] >= before}
             return 0
@@ -292,7 +297,7 @@ class SQLiteStore:
             w.execute("ROLLBACK")
             raise
         self._dirty.difference_update(todo)
-        self._seen.difference_update(todo)
+        self._seen = {k for k in self._seen if k[1] >= before}
         return len(todo)
 
     async def compact(self, before: int, limit: int = 2000) -> int:

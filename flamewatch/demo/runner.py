@@ -123,21 +123,24 @@ def port_in_use(host: str, port: int) -> bool:
 def viewer_urls(
     server: str, admin_sel: str, base: tuple[int, int], compare: tuple[int, int]
 ) -> dict[str, str]:
-    """Links printed for the user: the viewer, the namespace view, and the prepared diff.
+    """Links printed for the user: the viewer, the namespace view, the admin-service
+    flamegraph before the fix, and the prepared diff (viewer page and API).
 
-    The viewer keeps its state in the URL query (same names as the HTTP API), so
-    the same parameters open the page on the diff; the API link is given too.
+    The viewer keeps its state in the URL (viewer/static/app.js): label filters as
+    repeated ``namespace=``/``container=`` parameters, ``mode=diff`` with
+    ``bfrom``/``buntil``/``cfrom``/``cuntil`` and ``dmode`` for a diff.
     """
-    ns = f'{{namespace="{NAMESPACE}"}}'
-    diff = {
-        "base": admin_sel, "base_from": base[0], "base_until": base[1],
-        "compare": admin_sel, "compare_from": compare[0], "compare_until": compare[1],
-    }
+    admin = {"namespace": NAMESPACE, "container": "admin-service"}
+    diff = {"base": admin_sel, "base_from": base[0], "base_until": base[1],
+            "compare": admin_sel, "compare_from": compare[0], "compare_until": compare[1]}
     return {
         "viewer": f"{server}/",
         "namespace": f"{server}/?"
-        + urlencode({"query": ns, "from": "now-15m", "until": "now", "metadata": 1}),
-        "diff_viewer": f"{server}/?" + urlencode({"view": "diff", "mode": "share", **diff}),
+        + urlencode({"namespace": NAMESPACE, "gb": "container", "from": "now-15m"}),
+        "before": f"{server}/?" + urlencode({**admin, "from": base[0], "until": base[1]}),
+        "diff_viewer": f"{server}/?" + urlencode({
+            "mode": "diff", **admin, "bfrom": base[0], "buntil": base[1],
+            "cfrom": compare[0], "cuntil": compare[1], "dmode": "share"}),
         "diff_api": f"{server}/api/v1/diff?" + urlencode({**diff, "mode": "share", "format": "json"}),
     }
 
@@ -197,6 +200,11 @@ class LoadStats:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     last_error: str = ""
+
+    def summary(self) -> dict[str, float]:
+        return {"views": len(self.latencies), "errors": self.errors,
+                "p50_ms": round(percentile(self.latencies, 0.5) * 1000, 1),
+                "p95_ms": round(percentile(self.latencies, 0.95) * 1000, 1)}
 
     def line(self) -> str:
         n = len(self.latencies)
@@ -350,7 +358,8 @@ class Demo:
             self.save_state(agent={"running": False, "reason": why})
             return
         argv = [sys.executable, "-m", "flamewatch.cli", "agent", "--server", server,
-                "--spool-dir", str(self.data_dir / "agent-spool"), "--metrics-port", "-1"]
+                "--spool-dir", str(self.data_dir / "agent-spool"), "--metrics-port", "-1",
+                "--push-interval", str(self.upload_interval)]
         child = await self.spawn("agent", argv, self.child_env({"NODE_NAME": socket.gethostname()}))
         await asyncio.sleep(1.0)
         if child.proc.returncode is not None:
@@ -494,6 +503,11 @@ class Demo:
         switch = align_up(t0 + self.phase_seconds, self.window)
         end = align_up(switch + self.phase_seconds, self.window)
         before, after = (align_down(t0, self.window), switch), (switch, end)
+        # Profiles are filed by the midpoint of their sampling period (SDK uploads and agent
+        # pushes, every upload_interval, not aligned to windows). Deploying the fix half an
+        # interval before the boundary means everything filed after it was sampled after the
+        # fix; the base side may get a few seconds of fixed behaviour, which only dilutes it.
+        fix_at = max(t0 + 1.0, switch - self.upload_interval / 2 - 1)
         admin_sel = f'{{namespace="{NAMESPACE}", container="admin-service"}}'
         urls = viewer_urls(server, admin_sel, before, after)
         self.save_state(
@@ -502,9 +516,10 @@ class Demo:
             services={n: {"pid": c.pid, "port": c.port, "pod": c.pod} for n, c in svc.items()},
             pids=[c.pid for c in self.children],
         )
-        self.say(f"\nOpen the viewer: {urls['namespace']}")
-        self.say(f"  then filter namespace=default and look at admin-service; the prepared diff "
-                 f"(ready in about {_mmss(end - t0 + self.upload_interval)}):\n  {urls['diff_viewer']}\n"
+        ready = _mmss(end - t0 + self.upload_interval)
+        self.say(f"\nViewer, namespace=default:   {urls['namespace']}")
+        self.say(f"admin-service before the fix: {urls['before']}")
+        self.say(f"Diff before/after the fix (complete in about {ready}):\n  {urls['diff_viewer']}\n"
                  f"  API: {urls['diff_api']}\n")
 
         self.phase = "slow"
@@ -512,21 +527,21 @@ class Demo:
         try:
             self.say(f"phase 1/2: slow admin page: createSampleImages calls manipulation-service once per "
                      f"hat ({self.s.hats}) on every view")
-            if not await self.sleep_until(switch, "phase 1/2 slow ", t0, switch):
+            if not await self.sleep_until(fix_at, "phase 1/2 slow ", t0, fix_at):
                 return
             self.say(f"phase 1/2 done: {self.stats['slow'].line()}")
             await self.set_mode(admin, "fixed")
             self.phase = "fixed"
-            self.save_state(state="fixed")
+            self.save_state(state="fixed", fixed_at=self.clock())
             self.say("phase 2/2: fix deployed: mockups are made once at upload and cached")
-            if not await self.sleep_until(end, "phase 2/2 fixed", switch, end):
+            if not await self.sleep_until(end, "phase 2/2 fixed", fix_at, end):
                 return
             self.say(f"phase 2/2 done: {self.stats['fixed'].line()}")
             # The SDK pushes every upload_interval; wait for the pushes covering the last window.
             if not await self.sleep_until(end + self.upload_interval + 3, "collecting last profiles",
                                           end, end + self.upload_interval + 3):
                 return
-            self.save_state(state="done", latency={k: v.line() for k, v in self.stats.items()})
+            self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
             self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
                      f"  API: {urls['diff_api']}")
             self.say("The demo keeps serving (fixed behaviour) until Ctrl-C" +

@@ -26,6 +26,8 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -43,6 +45,10 @@ PHOTO_SIZE = 96
 HAT_SIZE = (64, 48)
 THUMB_FACTOR = 2
 PR_SET_NAME = 15
+SERVICE_KEY = web.AppKey("service", str)
+ADMIN_PASSWORD = "ilovecats"  # from the story; the demo is not a vault
+PASSWORD_SALT = b"tinyhats"
+PASSWORD_ITERATIONS = 15000  # a few ms of real CPU per admin page view, before and after the fix
 PR_SET_PDEATHSIG = 1
 
 
@@ -145,6 +151,8 @@ class Admin:
         self.next_id = 0
         self.hats: list[dict[str, Any]] = []
         self.mockups: dict[int, str] = {}  # hat id -> data URL, the fix's cache
+        self.password_hash = hashlib.pbkdf2_hmac(
+            "sha256", ADMIN_PASSWORD.encode(), PASSWORD_SALT, PASSWORD_ITERATIONS)
         for _ in range(hats):
             self._add(images.HAT_STYLES[self.next_id % len(images.HAT_STYLES)])
 
@@ -175,7 +183,14 @@ class Admin:
         """The fix: render a hat's mockup once, when it arrives, and keep it."""
         self.mockups[hat["id"]] = await self.fetchMockup(hat)
 
+    def checkAdminPassword(self, password: str) -> bool:
+        """Constant-time check of a salted PBKDF2 hash, as a login should be."""
+        given = hashlib.pbkdf2_hmac("sha256", password.encode(), PASSWORD_SALT, PASSWORD_ITERATIONS)
+        return hmac.compare_digest(given, self.password_hash)
+
     async def admin(self, request: web.Request) -> web.Response:
+        if not self.checkAdminPassword(request.query.get("password", "")):
+            return web.json_response({"error": "wrong or missing ?password= for the admin page"}, status=403)
         if self.mode == "slow":
             previews = await self.createSampleImages()
         else:
@@ -224,10 +239,11 @@ class Frontend:
                             content_type="text/html")
 
     async def admin(self, request: web.Request) -> web.Response:
-        if request.query.get("password") != "ilovecats":
-            return web.json_response({"error": "add ?password=ilovecats to see the admin page"}, status=403)
-        async with self.session.get(self.admin_url + "/admin") as resp:
+        params = {"password": request.query.get("password", "")}
+        async with self.session.get(self.admin_url + "/admin", params=params) as resp:
             data = await resp.json()
+            if resp.status != 200:
+                return web.json_response(data, status=resp.status)
         cells = "".join(f"<figure><img src='{h['preview']}'><figcaption>{h['style']}</figcaption></figure>"
                         for h in data["hats"])
         return web.Response(text=f"<h1>Approve hats ({data['mode']})</h1>{cells}", content_type="text/html")
@@ -240,13 +256,13 @@ class Frontend:
 # --------------------------------------------------------------------------- process main
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True, "service": request.app["service"], "pid": os.getpid()})
+    return web.json_response({"ok": True, "service": request.app[SERVICE_KEY], "pid": os.getpid()})
 
 
 async def build_app(args: argparse.Namespace, session: ClientSession) -> web.Application:
     """The aiohttp application of ``args.service``."""
     app = web.Application()
-    app["service"] = args.service
+    app[SERVICE_KEY] = args.service
     app.router.add_get("/healthz", healthz)
     if args.service == "manipulation-service":
         m = Manipulation()

@@ -94,7 +94,8 @@ CGROUPS = {
         ContainerRef("", DOCKER_CID, "docker"),
     ),
     # plain docker, systemd driver, v2
-    "v2-systemd-docker": (f"0::/system.slice/docker-{DOCKER_CID}.scope\n", ContainerRef("", DOCKER_CID, "docker")),
+    "v2-systemd-docker": (
+        f"0::/system.slice/docker-{DOCKER_CID}.scope\n", ContainerRef("", DOCKER_CID, "docker")),
     # podman
     "v2-podman": (
         f"0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{DOCKER_CID}.scope/container\n",
@@ -102,7 +103,8 @@ CGROUPS = {
     ),
     # host processes
     "v2-host-service": ("0::/system.slice/sshd.service\n", ContainerRef()),
-    "v1-host": ("12:pids:/user.slice/user-0.slice/session-3.scope\n1:name=systemd:/init.scope\n", ContainerRef()),
+    "v1-host": (
+        "12:pids:/user.slice/user-0.slice/session-3.scope\n1:name=systemd:/init.scope\n", ContainerRef()),
     "v2-root-namespaced": ("0::/\n", ContainerRef()),
 }
 
@@ -118,7 +120,10 @@ def test_parse_cgroup_ignores_garbage() -> None:
     assert not parse_cgroup("")
 
 
-def make_proc(root: Path, pid: int, *, comm: str, cgroup: str | None, environ: dict[str, str] | None = None) -> None:
+def make_proc(
+    root: Path, pid: int, *, comm: str, cgroup: str | None, environ: dict[str, str] | None = None,
+    cmdline: tuple[str, ...] = (),
+) -> None:
     d = root / str(pid)
     d.mkdir(parents=True)
     (d / "comm").write_text(comm + "\n")
@@ -126,6 +131,7 @@ def make_proc(root: Path, pid: int, *, comm: str, cgroup: str | None, environ: d
         (d / "cgroup").write_text(cgroup)
     env = {"PATH": "/usr/bin", "HOME": "/root", **(environ or {})}
     (d / "environ").write_bytes(b"\0".join(f"{k}={v}".encode() for k, v in env.items()) + b"\0")
+    (d / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
 
 
 class FakeClock:
@@ -139,7 +145,11 @@ class FakeClock:
 @pytest.fixture
 def proc_tree(tmp_path: Path) -> Path:
     root = tmp_path / "proc"
-    make_proc(root, 100, comm="python3", cgroup=CGROUPS["v2-systemd-containerd"][0])
+    make_proc(root, 100, comm="python3", cgroup=CGROUPS["v2-systemd-containerd"][0],
+              cmdline=("python3", "-u", "/app/admin/server.py", "--port", "8080"))
+    make_proc(root, 700, comm="python3.11", cgroup=None,
+              cmdline=("python3.11", "-m", "flamewatch.cli", "agent"))
+    make_proc(root, 701, comm="python3", cgroup=None, cmdline=("python3", "-c", "print(1)"))
     make_proc(root, 101, comm="fluent-bit", cgroup=CGROUPS["v1-systemd-containerd-colon"][0])
     make_proc(root, 200, comm="node", cgroup=CGROUPS["v1-cgroupfs-docker"][0])
     make_proc(root, 300, comm="coredns", cgroup=CGROUPS["v1-systemd-crio"][0])
@@ -156,17 +166,18 @@ def test_resolver_with_podlist(proc_tree: Path) -> None:
     r = MetadataResolver(proc_tree, pods=pods, clock=clock)
     m = r.resolve(100)
     assert (m.namespace, m.pod, m.container, m.process) == (
-        "default", "admin-service-7f9c6d5b8-x2k4q", "admin-service", "python3")
+        "default", "admin-service-7f9c6d5b8-x2k4q", "admin-service", "python3 server.py")
     assert m.runtime == "containerd" and m.container_id == ADMIN_CID
     assert r.resolve(101).container == "log-shipper"
-    assert (r.resolve(200).pod, r.resolve(200).container) == ("manipulation-service-6c8d9f7b4-p9zlm", "manipulation")
+    manip = r.resolve(200)
+    assert (manip.pod, manip.container) == ("manipulation-service-6c8d9f7b4-p9zlm", "manipulation")
     assert (r.resolve(300).namespace, r.resolve(300).container) == ("kube-system", "coredns")
     host = r.resolve(400)
     assert (host.namespace, host.pod, host.container, host.process) == ("", "", "", "sshd")
     labels = r.resolve(100).labels("worker-1")
     assert dict(labels) == {
         "node": "worker-1", "namespace": "default", "pod": "admin-service-7f9c6d5b8-x2k4q",
-        "container": "admin-service", "process": "python3", "service_name": "default/admin-service",
+        "container": "admin-service", "process": "python3 server.py", "service_name": "default/admin-service",
     }
     assert dict(host.labels("worker-1")) == {"node": "worker-1", "process": "sshd", "service_name": "sshd"}
 
@@ -176,7 +187,9 @@ def test_environ_fallback_off_kubernetes(proc_tree: Path) -> None:
     m = r.resolve(500)
     assert (m.namespace, m.pod, m.container, m.runtime) == ("shop", "cart-0", "cart", "docker")
     # a container process without pod variables: container id only, named by its process
-    assert r.resolve(100).namespace == "" and r.resolve(100).process == "python3"
+    assert r.resolve(100).namespace == "" and r.resolve(100).process == "python3 server.py"
+    assert r.resolve(700).process == "python3.11 flamewatch.cli"
+    assert r.resolve(701).process == "python3"
 
 
 def test_vanished_and_unreadable_processes(proc_tree: Path) -> None:

@@ -40,6 +40,6 @@ def clickhouse_db(clickhouse: ClickHouseServer) -> Iterator[str]:
     name = f"flamewatch_test_{uuid.uuid4().hex[:12]}"
     yield name
     try:
-        query(clickhouse.url, f"DROP DATABASE IF EXISTS {name}")
+        query(clickhouse.url, f"DROP DATABASE IF EXISTS {name}", timeout=30)
     except OSError:
         pass  # a test that stopped the server for good; its temp dir goes at session end

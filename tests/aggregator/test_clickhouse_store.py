@@ -155,9 +155,9 @@ async def test_server_down_raises_store_error_fast_and_recovers(private_clickhou
     await store.open()
     try:
         await store.write([sw(T0, {A: 1}, pod="p")])
-        private_clickhouse.stop()
+        private_clickhouse.kill()  # as in a crash; stop() would wait for idle clients
         t = time.monotonic()
-        with pytest.raises(StoreError, match=r"unreachable.*clickhouse-server running"):
+        with pytest.raises(StoreError, match=r"clickhouse-server"):
             await store.write([sw(T0, {A: 100}, pod="p")])
         with pytest.raises(StoreError, match="unreachable"):
             await store.read(ALL, T0, T0 + 30, StackTable())

@@ -57,7 +57,7 @@ def test_errors_name_position_and_fix(text: str, where: int, why: str) -> None:
     msg = str(e.value)
     assert f"position {where}" in msg
     assert why in msg
-    assert text in msg and "e.g." in msg
+    assert repr(text) in msg and "e.g." in msg
 
 
 def test_matching_semantics() -> None:

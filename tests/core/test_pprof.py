@@ -385,3 +385,19 @@ def test_fuzz_mutated_valid_profile(edits: list[tuple[int, int]], cut: int) -> N
         return
     for _, prof in d.series:
         assert (prof.counts > 0).all()
+
+
+def test_values_are_summed_before_dividing() -> None:
+    strings = ["", "cpu", "nanoseconds", "f"]
+    p = _profile(strings=strings, period=10_000_000)
+    p.sample_type.add(type=1, unit=2)
+    p.function.add(id=1, name=3)
+    p.location.add(id=1).line.add(function_id=1)
+    for _ in range(3):
+        p.sample.add(location_id=[1], value=[5_000_000])  # 3 x half a period
+    assert _count(p.SerializeToString()) == ("cpu", 2)
+    p.period = 0  # raw values: two int64 maxima add up past int64
+    p.sample.add(location_id=[1], value=[2**63 - 1])
+    p.sample.add(location_id=[1], value=[2**63 - 1])
+    with pytest.raises(InputError, match="past 2\\*\\*63"):
+        decode_pprof(p.SerializeToString())

@@ -415,3 +415,37 @@ def test_prop_search_equals_brute_force(p, name):
         assert callers.total == callees.total == want
         check_invariants(callers)
         check_invariants(callees)
+
+
+def node_form(t: tree.Tree) -> tree.Tree:
+    """The same tree held as Node objects, so functions take their object (non-columnar) path."""
+    return tree.Tree(t.root)
+
+
+@given(profiles, names, st.integers(2, 30))
+@settings(max_examples=150)
+def test_prop_columnar_and_node_paths_agree(p, name, max_nodes):
+    cols = tree.build_tree(p)
+    assert cols.cols is not None
+    objs = node_form(tree.build_tree(p))
+    assert objs.cols is None
+    assert cols.node_count() == objs.node_count()
+    assert tree.to_json(cols) == tree.to_json(objs)
+    assert tree.search(cols, f"^{name}$|^a") == tree.search(objs, f"^{name}$|^a")
+    pc = tree.prune(cols, max_nodes=max_nodes)
+    po = tree.prune(node_form(tree.build_tree(p)), max_nodes=max_nodes)
+    for pr in (pc, po):
+        assert pr.node_count() <= max_nodes and pr.total == p.total
+        check_invariants(pr)
+    if any(f.name == name for s, _ in p.items() for f in s):
+        assert tree.to_json(tree.focus(cols, name)) == tree.to_json(tree.focus(objs, name))
+        first = next(s for s, _ in p.items() if s)
+        path = [f.name for f in first[:2]]
+        assert tree.to_json(tree.focus(cols, path)) == tree.to_json(tree.focus(objs, path))
+
+
+def test_node_path_prune_matches_columnar_on_wide():
+    t = tree.build_tree(prof(WIDE))
+    a = tree.to_json(tree.prune(t, max_nodes=6))
+    b = tree.to_json(tree.prune(node_form(tree.build_tree(prof(WIDE))), max_nodes=6))
+    assert a == b

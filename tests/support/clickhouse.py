@@ -61,6 +61,8 @@ _CONFIG = """<?xml version="1.0"?>
   <mark_cache_size>67108864</mark_cache_size>
   <uncompressed_cache_size>67108864</uncompressed_cache_size>
   <max_concurrent_queries>64</max_concurrent_queries>
+  <!-- as in the packaged config; also bounds how long a graceful stop waits for idle clients -->
+  <keep_alive_timeout>3</keep_alive_timeout>
   <mlock_executable>false</mlock_executable>
 </yandex>
 """
@@ -304,7 +306,91 @@ def clickhouse_server(private: bool = False) -> Iterator[ClickHouseServer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-if __name__ == "__main__":  # manual use: python tests/support/clickhouse.py
+def bench(series: int = 200, windows: int = 120, stacks_per_window: int = 40, seed: int = 1) -> None:
+    """Write/read latency of ClickHouseStore vs SQLiteStore (the baseline), same data, same run.
+
+    Writes one commit per window (``series`` SeriesWindows each, as the aggregator's
+    group commit does), then times full reads, merged reads, one-pod reads and label values.
+    """
+    import asyncio
+    import random
+    import statistics
+
+    from aggregator.store.base import SeriesWindow
+    from aggregator.store.clickhouse import ClickHouseStore
+    from aggregator.store.sqlite import SQLiteStore
+    from stacks.model import Frame, Labels, Profile, StackTable
+    from stacks.selector import Matcher, Selector
+
+    rnd = random.Random(seed)
+    def one_stack() -> tuple[Frame, ...]:
+        user = [Frame.user(f"fn{rnd.randrange(300)}") for _ in range(rnd.randrange(5, 25))]
+        kernel = [Frame.kernel(f"k{rnd.randrange(40)}") for _ in range(rnd.randrange(0, 4))]
+        return (Frame.user("main"), *user, *kernel)
+
+    pool = [one_stack() for _ in range(3000)]
+    labels = [Labels.of(namespace=f"ns{i % 10}", pod=f"pod-{i:03d}", container="app", node=f"n{i % 4}",
+                        process="python") for i in range(series)]
+    t0 = 1_700_006_400
+    table = StackTable()
+    batches = [[SeriesWindow(lab, t0 + 30 * w, Profile.from_pairs(
+        ((pool[rnd.randrange(len(pool))], rnd.randrange(1, 50)) for _ in range(stacks_per_window)), table))
+        for lab in labels] for w in range(windows)]
+    end = t0 + 30 * windows
+    one_pod = Selector((Matcher("pod", "=", "pod-007"),))
+    ns = Selector((Matcher("namespace", "=~", "ns[12]"),))
+
+    async def run(store) -> dict[str, float]:  # type: ignore[no-untyped-def]
+        await store.open()
+        lat = []
+        for b in batches:
+            t = time.perf_counter()
+            await store.write(b)
+            lat.append(time.perf_counter() - t)
+        out = {"write median ms": statistics.median(lat) * 1e3,
+               "write p95 ms": sorted(lat)[int(0.95 * len(lat))] * 1e3,
+               "write total s": sum(lat)}
+        for name, coro_fn in (
+            ("read all (24k windows) s", lambda: store.read(Selector(), t0, end, StackTable())),
+            ("read_merged all s", lambda: store.read_merged(Selector(), t0, end, StackTable())),
+            ("read_merged ns=~ns[12] s", lambda: store.read_merged(ns, t0, end, StackTable())),
+            ("read one pod, 1h s", lambda: store.read(one_pod, t0, end, StackTable())),
+            ("read one pod, 15m s", lambda: store.read(one_pod, end - 900, end, StackTable())),
+            ("label_values pod s", lambda: store.label_values("pod", Selector(), t0, end)),
+        ):
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                await coro_fn()
+                times.append(time.perf_counter() - t)
+            out[name] = min(times)
+        await store.close()
+        return out
+
+    with clickhouse_server() as ch, tempfile.TemporaryDirectory() as tmp:
+        db = f"flamewatch_bench_{os.getpid()}"
+        try:
+            got_ch = asyncio.run(run(ClickHouseStore(ch.storage_spec(db))))
+            got_sq = asyncio.run(run(SQLiteStore(Path(tmp) / "bench.db")))
+            print(f"{series} series x {windows} windows x {stacks_per_window} stacks/window "
+                  f"({series * windows * stacks_per_window} sample rows)")
+            print(f"{'metric':28} {'clickhouse':>12} {'sqlite':>12} {'ch/sqlite':>10}")
+            for k in got_ch:
+                print(f"{k:28} {got_ch[k]:12.4f} {got_sq[k]:12.4f} {got_ch[k] / got_sq[k]:10.2f}")
+        finally:
+            if not ch.external:
+                ch.stop()  # the temp dir goes with it; no slow DROP under load
+            else:
+                query(ch.url, f"DROP DATABASE IF EXISTS {db}", timeout=120)
+
+
+if __name__ == "__main__":  # python tests/support/clickhouse.py [--bench]
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    if "--bench" in sys.argv:
+        bench()
+        sys.exit(0)
     with clickhouse_server() as ch:
         print(f"ClickHouse at {ch.url} (--storage {ch.storage_spec('flamewatch')}); Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):

@@ -1,0 +1,123 @@
+"""Ingest throughput: stack lines merged per second, 8 concurrent pushers over loopback.
+
+Starts a real ``flamewatch serve`` subprocess (SQLite, temp dir), then 8
+concurrent HTTP pushers post folded bodies (pre-built, so the client costs
+little) to ``/ingest``. Reports lines/s of wall time and lines per second of
+server CPU (= per core), against the goal of 1,000,000 lines/s per core and
+against a naive baseline measured in this run: ``stacks.folded.parse`` of the
+same bodies in-process (parse only, no HTTP, no storage).
+
+    python bench/ingest.py [--seconds 10] [--lines 5000] [--pushers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stacks.folded import parse
+from tests.support.server import running_server
+
+GOAL = 1_000_000
+
+
+def make_bodies(n_bodies: int, lines: int, pool: int, seed: int = 1) -> list[bytes]:
+    """Folded bodies drawn from a pool of distinct stacks (as a node agent would send)."""
+    rng = random.Random(seed)
+    funcs = [f"pkg{i % 40}.mod{i % 7}.function_{i}" for i in range(800)]
+    stacks = []
+    for _ in range(pool):
+        depth = rng.randint(8, 30)
+        frames = [rng.choice(funcs) for _ in range(depth)]
+        if rng.random() < 0.3:
+            leaf = rng.choice(["vfs_read_[k]", "schedule_[k]"])
+            frames += ["entry_SYSCALL_64_[k]", "do_syscall_64_[k]", leaf]
+        stacks.append(";".join(frames))
+    bodies = []
+    for _ in range(n_bodies):
+        chosen = rng.sample(stacks, min(lines, pool))
+        bodies.append("".join(f"{s} {rng.randint(1, 50)}\n" for s in chosen).encode())
+    return bodies
+
+
+def baseline(bodies: list[bytes], seconds: float) -> float:
+    """Naive in-process folded.parse lines/s (one core)."""
+    n = 0
+    t0 = time.perf_counter()
+    i = 0
+    while time.perf_counter() - t0 < seconds:
+        n += len(parse(bodies[i % len(bodies)].decode()))
+        i += 1
+    return n / (time.perf_counter() - t0)
+
+
+async def push_all(
+    url: str, bodies: list[bytes], pushers: int, seconds: float, lines: int
+) -> tuple[int, int]:
+    sent = 0
+    errors = 0
+    deadline = time.monotonic() + seconds
+
+    async def one(k: int) -> None:
+        nonlocal sent, errors
+        async with aiohttp.ClientSession() as s:
+            i = k
+            while time.monotonic() < deadline:
+                body = bodies[i % len(bodies)]
+                i += pushers
+                async with s.post(f"{url}/ingest?name=bench{{pusher=p{k}}}", data=body) as r:
+                    await r.read()
+                    if r.status == 200:
+                        sent += lines
+                    else:
+                        errors += 1
+
+    await asyncio.gather(*(one(k) for k in range(pushers)))
+    return sent, errors
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--lines", type=int, default=5000, help="stack lines per push")
+    ap.add_argument("--pool", type=int, default=20000, help="distinct stacks the pushes draw from")
+    ap.add_argument("--pushers", type=int, default=8)
+    args = ap.parse_args()
+    bodies = make_bodies(32, args.lines, args.pool)
+    mb = sum(map(len, bodies)) / len(bodies) / 1e6
+    print(f"bodies: {args.lines} lines, {mb:.2f} MB each, drawn from {args.pool} distinct stacks")
+    base = baseline(bodies, 3)
+    with tempfile.TemporaryDirectory() as d, running_server(Path(d)) as srv:
+        assert srv.proc is not None
+        proc = psutil.Process(srv.proc.pid)
+        asyncio.run(push_all(srv.url, bodies, args.pushers, 2, args.lines))  # warm caches
+        c0 = proc.cpu_times()
+        t0 = time.perf_counter()
+        sent, errors = asyncio.run(push_all(srv.url, bodies, args.pushers, args.seconds, args.lines))
+        wall = time.perf_counter() - t0
+        c1 = proc.cpu_times()
+        cpu = (c1.user - c0.user) + (c1.system - c0.system)
+        rss = proc.memory_info().rss / 1e6
+        db = sum(p.stat().st_size for p in (Path(d) / "flamewatch-data").glob("flamewatch.db*"))
+    per_core = sent / cpu if cpu else 0.0
+    print(f"pushers: {args.pushers}, wall {wall:.1f} s, errors {errors}")
+    print(f"ingest: {sent:,} lines, {sent / wall:,.0f} lines/s wall, server CPU {cpu:.1f} s "
+          f"-> {per_core:,.0f} lines/s per core")
+    print(f"server RSS {rss:.0f} MB, database {db / 1e6:.1f} MB")
+    print(f"baseline (folded.parse in-process, no HTTP/storage): {base:,.0f} lines/s per core")
+    print(f"ratio vs baseline: {per_core / base:.2f}x; ratio vs goal {GOAL:,}/s/core: {per_core / GOAL:.2f}")
+    return 0 if errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

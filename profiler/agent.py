@@ -1,0 +1,366 @@
+"""The agent: samplers -> per-interval collection -> labels -> spool -> shipper.
+
+Threads: the perf reader (parses ``perf script`` as it streams), one py-spy
+loop per busy Python process, the shipper (delivery with retries), the
+``/metrics`` server, and the main loop here, which every ``push_interval``
+drains the collector, combines perf and py-spy stacks per process, labels
+each process and spools one push.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+import psutil
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+
+from flamewatch.settings import Settings
+from profiler.collect import Collector, combine_python
+from profiler.metadata import (
+    MetadataResolver,
+    PodIndex,
+    apiserver_pods_url,
+    http_podlist_fetcher,
+    kubelet_pods_url,
+    node_name,
+)
+from profiler.samplers import perf as perf_sampler
+from profiler.samplers.base import Runner, SamplerUnavailable, default_runner
+from profiler.samplers.pyspy import PySpySampler, PyStacks, check_pyspy
+from profiler.shipper import Shipper, build_push
+from profiler.spool import Spool
+from stacks.model import Labels, Stack
+
+log = logging.getLogger("flamewatch.agent")
+
+
+def tree_cpu_seconds(proc: psutil.Process | None = None) -> dict[str, float]:
+    """CPU seconds of this process, its live children and its reaped children."""
+    proc = proc or psutil.Process()
+    t = proc.cpu_times()
+    own = t.user + t.system
+    reaped = t.children_user + t.children_system
+    live = 0.0
+    for c in proc.children(recursive=True):
+        try:
+            ct = c.cpu_times()
+            live += ct.user + ct.system
+        except psutil.Error:  # exited between listing and reading
+            pass
+    return {"self": own, "children": reaped + live, "total": own + reaped + live}
+
+
+def is_python(pid: int) -> bool:
+    """Whether ``pid`` runs a CPython interpreter (by name or executable)."""
+    try:
+        p = psutil.Process(pid)
+        name = p.name()
+        exe = os.path.basename(p.exe() or "")
+    except psutil.Error:
+        return False
+    return name.startswith("python") or exe.startswith("python")
+
+
+def kube_index(s: Settings, node: str, environ: Mapping[str, str]) -> PodIndex | None:
+    """The pod index the settings ask for, or None off Kubernetes."""
+    mode = s.kube
+    in_cluster = bool(environ.get("KUBERNETES_SERVICE_HOST")) or os.path.exists(s.kube_token_path)
+    if mode == "off" or (mode == "auto" and not in_cluster and not s.kubelet_url and not s.kube_api_url):
+        return None
+    if mode == "apiserver" or (mode == "auto" and s.kube_api_url and not s.kubelet_url):
+        base = s.kube_api_url or "https://{}:{}".format(
+            environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc"),
+            environ.get("KUBERNETES_SERVICE_PORT", "443"))
+        url = apiserver_pods_url(base, node)
+        fetch = http_podlist_fetcher(url, s.kube_token_path, ca_path=s.kube_ca_path)
+    else:
+        url = kubelet_pods_url(s.kubelet_url or f"https://{node}:10250")
+        fetch = http_podlist_fetcher(url, s.kube_token_path, insecure=s.kubelet_insecure_tls)
+    log.info("pod metadata from %s", url)
+    return PodIndex(fetch, min_interval=s.kube_refresh_interval)
+
+
+class Agent:
+    """One node's profiler. Build it from settings, then :meth:`run` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runner: Runner = default_runner,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], int] = time.time_ns,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.s = settings
+        self.runner = runner
+        self.clock = clock
+        self.wallclock = wallclock
+        env = os.environ if environ is None else environ
+        self.node = node_name(env, settings.node_name)
+        self.resolver = MetadataResolver(settings.proc_root, pods=kube_index(settings, self.node, env))
+        self.collector = Collector()
+        self.spool = Spool(settings.spool_dir or None, max_bytes=settings.spool_max_bytes,
+                           memory_bytes=settings.spool_memory_bytes)
+        self.shipper = Shipper(self.spool, settings.server, token=settings.push_token,
+                               timeout=settings.push_timeout)
+        self.perf: perf_sampler.PerfSampler | None = None
+        self.pyspy: PySpySampler | None = None
+        self._py_latest: dict[int, PyStacks] = {}
+        self._py_lock = threading.Lock()
+        self._python_cache: dict[int, bool] = {}
+        self._stop = threading.Event()
+        self.intervals = 0
+        self.samples_spooled = 0
+        self.label_errors = 0
+        self.started = clock()
+        self.metrics_port: int | None = None
+        self._psutil_primed: set[int] = set()
+
+    # ---------------------------------------------------------------- setup
+    def check(self) -> None:
+        """Fail fast, with the fix, when an enabled sampler cannot run."""
+        if not (self.s.perf or self.s.pyspy):
+            raise SamplerUnavailable("no sampler enabled: set --perf true and/or --pyspy true")
+        if self.s.perf:
+            perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
+        if self.s.pyspy:
+            check_pyspy(self.s.pyspy_path)
+
+    def start(self) -> None:
+        if self.s.perf:
+            self.perf = perf_sampler.PerfSampler(
+                self.collector.add, perf=self.s.perf_path, frequency=self.s.frequency,
+                mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock)
+            self.perf.start()
+        if self.s.pyspy:
+            self.pyspy = PySpySampler(self._on_python, pyspy=self.s.pyspy_path, rate=self.s.pyspy_rate,
+                                      duration=self.s.push_interval, runner=self.runner, clock=self.clock)
+        self.shipper.start()
+        if self.s.metrics_port >= 0:
+            self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.s.metrics_host, self.metrics_port)
+
+    def _on_python(self, res: PyStacks) -> None:
+        if self.perf is None:  # py-spy only: its samples are the data
+            self.collector.add_stacks(res.pid, self._name(res.pid), res.stacks)
+        else:
+            with self._py_lock:
+                self._py_latest[res.pid] = res
+
+    def _name(self, pid: int) -> str:
+        return self.resolver.process_name(pid)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> int:
+        """Sample and ship until :meth:`stop` (or SIGTERM via :func:`main`); flush; return 0."""
+        self.start()
+        interval = self.s.push_interval
+        t0 = self.clock()
+        wall0 = self.wallclock()
+        next_tick = t0 + interval
+        next_stats = t0 + self.s.stats_interval
+        while not self._stop.wait(max(0.0, next_tick - self.clock())):
+            wall1 = self.wallclock()
+            self.tick(wall0, wall1)
+            wall0 = wall1
+            next_tick += interval
+            if self.clock() > next_tick:  # fell behind (suspended?): do not burst
+                next_tick = self.clock() + interval
+            if self.clock() >= next_stats:
+                log.info("stats %s", json.dumps(self.stats()))
+                next_stats += self.s.stats_interval
+        return self.shutdown(wall0)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def tick(self, start_ns: int, end_ns: int) -> int:
+        """Collect one interval into a spooled push; returns its sample count."""
+        self.intervals += 1
+        pids = self.collector.drain()
+        with self._py_lock:
+            fresh_after = self.clock() - 2.5 * self.s.push_interval
+            py = {p: r for p, r in self._py_latest.items() if r.ended >= fresh_after}
+            self._py_latest = py
+        series: dict[Labels, dict[Stack, int]] = {}
+        for pid, ps in pids.items():
+            try:
+                stacks = combine_python(ps.stacks, py[pid].stacks) if pid in py else ps.stacks
+                labels = self.resolver.resolve(pid, ps.comm).labels(self.node)
+            except Exception as e:  # labels are best effort; samples are never dropped for them
+                self.label_errors += 1
+                log.debug("labelling pid %d failed: %s", pid, e)
+                stacks, labels = ps.stacks, Labels.of(node=self.node, process=ps.comm, service_name=ps.comm)
+            dest = series.setdefault(labels, {})
+            for k, c in stacks.items():
+                dest[k] = dest.get(k, 0) + c
+        if self.pyspy is not None:
+            self._select_python(pids if self.perf is not None else None)
+        if not series:
+            return 0
+        body, n = build_push(series, frequency=self.s.frequency if self.perf else self.s.pyspy_rate,
+                             start_ns=start_ns, duration_ns=max(0, end_ns - start_ns))
+        self.spool.put(body, n)
+        self.samples_spooled += n
+        self.shipper.wake()
+        return n
+
+    def _select_python(self, pids: Mapping[int, Any] | None) -> None:
+        """Point py-spy at the busiest Python processes above the threshold."""
+        assert self.pyspy is not None
+        busy: list[tuple[float, int]] = []
+        own = {os.getpid()}
+        if pids is not None:
+            full = self.s.frequency * self.s.push_interval
+            for pid, ps in pids.items():
+                share = 100.0 * ps.total / full if full else 0.0
+                if share >= self.s.pyspy_threshold and pid > 0 and pid not in own:
+                    busy.append((share, pid))
+        else:
+            busy = list(self._psutil_busy(own))
+        chosen = []
+        for _share, pid in sorted(busy, reverse=True):
+            ok = self._python_cache.get(pid)
+            if ok is None:
+                ok = self._python_cache[pid] = is_python(pid)
+            if ok:
+                chosen.append(pid)
+            if len(chosen) >= self.s.pyspy_max_processes:
+                break
+        if len(self._python_cache) > 4096:
+            self._python_cache.clear()
+        self.pyspy.select(chosen)
+
+    def _psutil_busy(self, own: set[int]) -> Iterable[tuple[float, int]]:
+        # Without perf there is no per-process sample count; psutil's cpu_percent
+        # since the previous call gives the same signal (first call primes it).
+        for p in psutil.process_iter():
+            try:
+                pct = p.cpu_percent(None)
+            except psutil.Error:
+                continue
+            if p.pid in own:
+                continue
+            if p.pid in self._psutil_primed and pct >= self.s.pyspy_threshold:
+                yield pct, p.pid
+            self._psutil_primed.add(p.pid)
+
+    def shutdown(self, wall0: int) -> int:
+        """Stop samplers, ship what they had, flush the spool (bounded time), spill the rest."""
+        log.info("stopping: flushing samples")
+        if self.pyspy is not None:
+            self.pyspy.stop()
+        if self.perf is not None:
+            self.perf.stop()
+        self.tick(wall0, self.wallclock())
+        self.shipper.stop()
+        done = self.shipper.flush(time.monotonic() + self.s.push_timeout)
+        self.spool.close()
+        stats = self.stats()
+        log.info("final stats %s", json.dumps(stats))
+        if not done:
+            log.warning("aggregator unreachable at exit: %d pushes (%d samples) left in %s",
+                        len(self.spool), self.spool.samples, self.s.spool_dir or "memory (lost)")
+        return 0
+
+    # ---------------------------------------------------------------- self-observation
+    def stats(self) -> dict[str, Any]:
+        cpu = tree_cpu_seconds()
+        up = max(1e-9, self.clock() - self.started)
+        return {
+            "uptime_seconds": round(up, 1),
+            "samples_taken": self.collector.taken,
+            "samples_spooled": self.samples_spooled,
+            "samples_pushed": self.shipper.samples_pushed,
+            "samples_dropped": self.spool.dropped_samples,
+            "samples_rejected": self.shipper.rejected_samples,
+            "samples_lost": self.spool.dropped_samples + self.shipper.rejected_samples,
+            "pushes": self.shipper.pushes,
+            "push_failures": self.shipper.failures,
+            "spool_bytes": self.spool.bytes,
+            "spool_pushes": len(self.spool),
+            "perf_restarts": self.perf.restarts if self.perf else 0,
+            "perf_gap_seconds": round(self.perf.gap_seconds, 3) if self.perf else 0.0,
+            "pyspy_runs": self.pyspy.runs if self.pyspy else 0,
+            "pyspy_failures": self.pyspy.failures if self.pyspy else 0,
+            "pyspy_processes": len(self.pyspy.active()) if self.pyspy else 0,
+            "cpu_seconds": round(cpu["total"], 3),
+            "cpu_seconds_self": round(cpu["self"], 3),
+            "cpu_share_of_core": round(cpu["total"] / up, 5),
+        }
+
+
+class _AgentCollector:
+    """prometheus-client collector reading the agent's counters at scrape time."""
+
+    COUNTERS: ClassVar[dict[str, str]] = {
+        "samples_taken": "Samples taken by the samplers",
+        "samples_pushed": "Samples acknowledged by the aggregator",
+        "samples_lost": "Samples dropped (spool bound) or rejected by the aggregator",
+        "pushes": "Successful pushes",
+        "push_failures": "Failed push attempts",
+        "perf_restarts": "Times perf was restarted",
+        "perf_gap_seconds": "Seconds without perf sampling",
+        "pyspy_runs": "py-spy runs",
+        "pyspy_failures": "Failed py-spy runs",
+        "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy)",
+    }
+    GAUGES: ClassVar[dict[str, str]] = {
+        "spool_bytes": "Bytes of unsent pushes (memory + disk)",
+        "spool_pushes": "Unsent pushes",
+        "pyspy_processes": "Python processes profiled by py-spy now",
+    }
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        st = self.agent.stats()
+        for k, h in self.COUNTERS.items():
+            c = CounterMetricFamily(f"flamewatch_agent_{k}", h)
+            c.add_metric([], st[k])
+            yield c
+        for k, h in self.GAUGES.items():
+            g = GaugeMetricFamily(f"flamewatch_agent_{k}", h)
+            g.add_metric([], st[k])
+            yield g
+
+
+def start_metrics(agent: Agent, host: str, port: int) -> int:
+    """Serve /metrics in a thread; returns the bound port."""
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client.exposition import make_wsgi_app
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_AgentCollector(agent))  # type: ignore[arg-type]
+    app = make_wsgi_app(registry)
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line
+            pass
+
+    class _Server(WSGIServer):
+        daemon_threads = True
+
+    srv = make_server(host, port, app, server_class=_Server, handler_class=_Quiet)
+    threading.Thread(target=srv.serve_forever, name="metrics", daemon=True).start()
+    return int(srv.server_address[1])
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    """SIGTERM / SIGINT stop the agent; the main loop then flushes."""
+    def handler(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

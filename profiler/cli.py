@@ -1,0 +1,44 @@
+"""``flamewatch agent``: the per-node profiler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from flamewatch.settings import add_arguments, resolve
+from profiler.settings import SETTINGS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``agent`` subcommand."""
+    p = subparsers.add_parser(
+        "agent",
+        help="sample every process with perf/py-spy and push to an aggregator",
+        description="Per-node profiler: perf (kernel + native) and py-spy (Python) stacks at ~99 Hz, "
+        "labelled with node/namespace/pod/container/process, pushed every ~10 s with the Pyroscope "
+        "push protocol. Every flag also reads FLAMEWATCH_<NAME> from the environment.",
+    )
+    add_arguments(p, SETTINGS)
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from profiler.agent import Agent, install_signal_handlers
+    from profiler.samplers.base import SamplerUnavailable
+
+    try:
+        settings = resolve(SETTINGS, args)
+    except ValueError as e:
+        print(f"flamewatch agent: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    agent = Agent(settings)
+    try:
+        agent.check()
+    except SamplerUnavailable as e:
+        print(f"flamewatch agent: {e}", file=sys.stderr)
+        return 2
+    install_signal_handlers(agent)
+    return agent.run()

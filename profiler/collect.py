@@ -1,0 +1,110 @@
+"""Per-interval accumulation of samples and the perf + py-spy combination.
+
+How the two sources combine for one Python process (the design decision):
+
+perf samples every CPU at a fixed rate, so its count per process is the
+truth about CPU time; but for CPython it only sees interpreter frames
+(``_PyEval_EvalFrameDefault``...). py-spy sees Python function names but
+runs at a lower rate on only the busy Python processes. For a process that
+has a fresh py-spy profile:
+
+- perf samples whose leaf is a **kernel** frame are kept as perf took them
+  (native + kernel frames): that is syscall / page-fault time, and py-spy
+  cannot say which kernel path a Python line took;
+- the other perf samples (user-space leaf: the interpreter running Python)
+  are **replaced** by py-spy's stacks, their count spread over py-spy's
+  stacks in proportion to py-spy's counts (largest remainder, so the total
+  stays exactly perf's count).
+
+So a process's total in the flamegraph is always perf's sample count (one
+unit, comparable across processes), kernel time stays visible and green,
+and Python time carries Python names. Shipping both as separate series
+would double-count the process in every namespace/pod view.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from stacks.model import Kind, Stack
+from stacks.perf import PerfSample
+
+
+@dataclass
+class PidSamples:
+    """Samples of one process in one interval."""
+
+    comm: str
+    stacks: dict[Stack, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.stacks.values())
+
+
+class Collector:
+    """Thread-safe per-pid stack counts for the current interval."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pids: dict[int, PidSamples] = {}
+        self.taken = 0
+
+    def add(self, s: PerfSample) -> None:
+        """Count one perf sample (the sampler thread calls this)."""
+        pid = s.pid if s.pid is not None else (s.tid if s.tid is not None else -1)
+        with self._lock:
+            entry = self._pids.get(pid)
+            if entry is None:
+                entry = self._pids[pid] = PidSamples(s.comm)
+            st = entry.stacks
+            st[s.frames] = st.get(s.frames, 0) + 1
+            self.taken += 1
+
+    def add_stacks(self, pid: int, comm: str, stacks: Mapping[Stack, int]) -> None:
+        """Count already aggregated stacks (py-spy-only or bpftrace samplers)."""
+        with self._lock:
+            entry = self._pids.get(pid)
+            if entry is None:
+                entry = self._pids[pid] = PidSamples(comm)
+            for k, c in stacks.items():
+                entry.stacks[k] = entry.stacks.get(k, 0) + c
+                self.taken += c
+
+    def drain(self) -> dict[int, PidSamples]:
+        """The interval's samples; the collector starts empty again."""
+        with self._lock:
+            out, self._pids = self._pids, {}
+        return out
+
+
+def spread(n: int, weights: Mapping[Stack, int]) -> dict[Stack, int]:
+    """Split ``n`` over ``weights`` proportionally; integer results summing to exactly ``n``."""
+    total = sum(weights.values())
+    if n <= 0 or total <= 0:
+        return {}
+    keys = sorted(weights, key=lambda k: (-weights[k], k))  # deterministic tie-break
+    base = {k: n * weights[k] // total for k in keys}
+    left = n - sum(base.values())
+    # largest remainders get the leftover units
+    for k in sorted(keys, key=lambda k: (-(n * weights[k] % total), keys.index(k)))[:left]:
+        base[k] += 1
+    return {k: v for k, v in base.items() if v > 0}
+
+
+def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, int] | None) -> dict[Stack, int]:
+    """perf stacks of one process with user-leaf samples renamed by py-spy's stacks (see module doc)."""
+    if not python or sum(python.values()) <= 0:
+        return dict(perf)
+    out: dict[Stack, int] = {}
+    user = 0
+    for stack, c in perf.items():
+        if stack and stack[-1].kind is Kind.KERNEL:
+            out[stack] = out.get(stack, 0) + c
+        else:
+            user += c
+    for stack, c in spread(user, python).items():
+        out[stack] = out.get(stack, 0) + c
+    return out

@@ -1,0 +1,285 @@
+"""Unit tests of the agent's parts: combination, spool, shipper, sampler errors and restarts."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from profiler.collect import Collector, combine_python, spread
+from profiler.samplers import perf as perf_mod
+from profiler.samplers.base import Backoff, SamplerUnavailable
+from profiler.samplers.pyspy import PySpySampler, check_pyspy, parse_raw
+from profiler.shipper import Shipper, build_push
+from profiler.spool import Spool
+from stacks.model import Frame, Labels
+from stacks.perf import PerfSample
+from stacks.pprof import decode_pprof
+from stacks.push import decode_push_request
+
+U, K = Frame.user, Frame.kernel
+
+
+# ---------------------------------------------------------------- combination
+
+
+WEIGHTS = st.dictionaries(
+    st.tuples(st.text(min_size=1, max_size=3)), st.integers(1, 500), min_size=1, max_size=8)
+
+
+@given(st.integers(0, 10_000), WEIGHTS)
+def test_spread_keeps_the_total_exactly(n: int, weights: dict) -> None:
+    weights = {tuple(U(x) for x in k): v for k, v in weights.items()}
+    out = spread(n, weights)
+    assert sum(out.values()) == n
+    assert set(out) <= set(weights)
+    total = sum(weights.values())
+    for k, v in out.items():  # each share is the proportional share rounded down or up
+        assert abs(v - n * weights[k] / total) < 1
+
+
+def test_combine_replaces_user_samples_and_keeps_kernel() -> None:
+    interp = (U("_start"), U("Py_RunMain"), U("_PyEval_EvalFrameDefault"))
+    syscall = (*interp, U("write"), K("entry_SYSCALL_64"), K("ksys_write"))
+    perf = {interp: 70, syscall: 30}
+    python = {(U("<module> (app.py)"), U("hot (app.py)")): 3, (U("<module> (app.py)"), U("cold (app.py)")): 1}
+    out = combine_python(perf, python)
+    assert out == {
+        syscall: 30,
+        (U("<module> (app.py)"), U("hot (app.py)")): 53,  # 70 * 3/4 = 52.5 -> largest remainder
+        (U("<module> (app.py)"), U("cold (app.py)")): 17,
+    }
+    assert sum(out.values()) == 100
+    assert combine_python(perf, None) == perf
+    assert combine_python(perf, {}) == perf
+
+
+def test_collector_counts_per_pid_and_drains() -> None:
+    c = Collector()
+    s1 = PerfSample("burn", 10, 10, 1.0, 1, "cpu-clock", (U("main"), U("f")))
+    c.add(s1)
+    c.add(s1)
+    c.add(PerfSample("burn", None, 11, 1.0, 1, "cpu-clock", (U("main"),)))
+    out = c.drain()
+    assert out[10].stacks == {(U("main"), U("f")): 2} and out[11].total == 1
+    assert c.taken == 3 and c.drain() == {}
+
+
+# ---------------------------------------------------------------- push encoding
+
+
+def test_build_push_round_trips() -> None:
+    labels = Labels.of(node="n1", namespace="default", pod="p", container="c", process="burn",
+                       service_name="x")
+    body, n = build_push({labels: {(U("main"), K("sys_read")): 5, (U("main"),): 2}},
+                         frequency=100, start_ns=1_700_000_000 * 10**9, duration_ns=10 * 10**9)
+    assert n == 7
+    series = decode_push_request(gzip.decompress(body))
+    assert len(series) == 1
+    assert dict(series[0].labels) == {"__name__": "process_cpu", **labels}
+    prof = decode_pprof(series[0].samples[0].raw_profile).merged()
+    assert prof.as_dict() == {(U("main"), K("sys_read")): 5, (U("main"),): 2}
+
+
+# ---------------------------------------------------------------- spool
+
+
+def test_spool_bounds_drop_oldest_and_survive_restart(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "spool", max_bytes=250, memory_bytes=100)
+    for i in range(5):
+        sp.put(bytes([i]) * 60, samples=10 + i)
+    # 5 * 60 = 300 > 250: the oldest went, and is counted
+    assert sp.dropped_entries == 1 and sp.dropped_samples == 10
+    assert sp.bytes == 240 and sp.mem_used <= 100 and sp.disk_used > 0
+    first = sp.peek()
+    assert first is not None and first.body() == bytes([1]) * 60
+    sp.pop(first)
+    sp.close()  # everything to disk
+    assert sp.mem_used == 0
+    again = Spool(tmp_path / "spool", max_bytes=250, memory_bytes=100)
+    bodies = []
+    while (e := again.peek()) is not None:
+        bodies.append((e.body()[0], e.samples))
+        again.pop(e)
+    assert bodies == [(2, 12), (3, 13), (4, 14)]
+    assert not list((tmp_path / "spool").glob("*.push"))
+
+
+def test_spool_without_directory_keeps_memory_only() -> None:
+    sp = Spool(None, max_bytes=100, memory_bytes=10)
+    sp.put(b"a" * 60, 1)
+    sp.put(b"b" * 60, 2)
+    assert len(sp) == 1 and sp.dropped_samples == 1 and sp.peek().body() == b"b" * 60
+
+
+# ---------------------------------------------------------------- shipper
+
+
+def test_shipper_retries_until_delivered_and_drops_rejected(tmp_path: Path) -> None:
+    answers = [0, 503, 200, 400, 200]  # 0 = connection refused
+    seen = []
+
+    def post(url: str, body: bytes, headers: dict, timeout: float) -> int:
+        seen.append((url, headers.get("Authorization")))
+        code = answers.pop(0)
+        if code == 0:
+            raise ConnectionRefusedError("refused")
+        return code
+
+    sp = Spool(tmp_path, max_bytes=10_000, memory_bytes=10_000)
+    sp.put(b"one", 5)
+    sp.put(b"two", 7)
+    sp.put(b"three", 9)
+    sh = Shipper(sp, "http://agg:4040/", token="tkn", post=post, backoff=Backoff(0.001, 0.002))
+    assert sh.flush(time.monotonic() + 5)
+    assert sh.samples_pushed == 5 + 9 and sh.rejected_samples == 7
+    assert sh.failures == 3 and sh.pushes == 2
+    assert seen[0] == ("http://agg:4040/push.v1.PusherService/Push", "Bearer tkn")
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    import random
+
+    b = Backoff(1.0, 8.0, random.Random(1))
+    delays = [b.next() for _ in range(6)]
+    for d, cap in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert cap / 2 <= d <= cap
+    b.reset()
+    assert b.next() <= 1
+
+
+# ---------------------------------------------------------------- sampler errors
+
+
+def _fake_tool(dir_: Path, name: str, script: str) -> Path:
+    p = dir_ / name
+    p.write_text("#!/bin/sh\n" + script)
+    p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    return p
+
+
+def test_perf_missing_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: no perf anywhere
+    with pytest.raises(SamplerUnavailable, match="apt install linux-perf"):
+        perf_mod.preflight("perf", 99)
+    with pytest.raises(SamplerUnavailable, match=r"not found at '/nonexistent/perf'.*linux-perf"):
+        perf_mod.preflight("/nonexistent/perf", 99)
+
+
+def test_perf_wrapper_without_kernel_tools(tmp_path: Path) -> None:
+    # Debian's /usr/bin/perf wrapper when the perf for the running kernel is absent
+    fake = _fake_tool(tmp_path, "perf", 'echo "perf: perf not found for kernel 6.18" >&2\n'
+                      'echo "  You may need to install linux-perf-6.18" >&2\nexit 2\n')
+    with pytest.raises(SamplerUnavailable, match=r"does not work for this kernel.*linux-perf"):
+        perf_mod.preflight(str(fake), 99)
+
+
+def test_perf_not_permitted_real(tmp_path: Path) -> None:
+    """The real perf, run as an unprivileged user through an injected runner."""
+    setpriv = shutil.which("setpriv")
+    if shutil.which("perf") is None or setpriv is None or os.geteuid() != 0:
+        pytest.skip("needs perf, setpriv (util-linux) and root to drop privileges")
+    if Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip() in ("-1", "0"):
+        pytest.skip("perf_event_paranoid allows unprivileged system-wide sampling here")
+
+    def as_nobody(argv, **kw):
+        return subprocess.Popen([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv], **kw)
+
+    with pytest.raises(SamplerUnavailable) as e:
+        perf_mod.preflight("perf", 99, runner=as_nobody)
+    msg = str(e.value)
+    assert "not permitted" in msg and "CAP_PERFMON" in msg and "kernel.perf_event_paranoid=-1" in msg
+    assert "perf_event_paranoid setting is" in msg
+
+
+def test_perf_not_permitted_text() -> None:
+    err = perf_mod.explain_failure("perf", 255, "Error:\nNo permission to enable cpu-clock event.\n")
+    assert "run the agent as root" in str(err)
+
+
+def test_perf_sampler_restarts_with_backoff_and_counts_gaps(tmp_path: Path) -> None:
+    """A perf that prints two samples and dies is restarted; samples keep flowing."""
+    sample = ("burn 42/42 1.0: 10101010 cpu-clock:ppp: \\n"
+              "\\t 1165 burn_cpu_cycles+0xc (/tmp/burn)\\n"
+              "\\t ffffffff8225a696 do_syscall_64+0x46 ([kernel.kallsyms])\\n\\n")
+    fake = _fake_tool(tmp_path, "perf", f'if [ "$1" = script ]; then cat >/dev/null; '
+                      f'printf "{sample}{sample}"; fi\nexit 0\n')
+    got: list[PerfSample] = []
+    s = perf_mod.PerfSampler(got.append, perf=str(fake), backoff=Backoff(0.01, 0.02))
+    s.start()
+    deadline = time.monotonic() + 10
+    while s.restarts < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    s.stop()
+    assert s.restarts >= 3 and s.gap_seconds > 0
+    assert len(got) >= 6
+    assert got[0].pid == 42 and got[0].frames[-1] == U("burn_cpu_cycles")
+    assert got[0].frames[0] == K("do_syscall_64")
+
+
+def test_pyspy_missing_and_vanished_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SamplerUnavailable, match="pip install py-spy"):
+        check_pyspy("py-spy")
+    monkeypatch.undo()
+    if shutil.which("py-spy") is None:
+        pytest.skip("py-spy is not installed (pip install py-spy)")
+    # a process that exits before py-spy attaches: a counted failure, not an exception
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    s = PySpySampler(lambda r: None, duration=1, workdir=str(tmp_path))
+    assert s.run_once(p.pid) is None and s.failures == 1
+
+
+def test_parse_raw_pyspy_output() -> None:
+    text = ("<module> (hot.py);main (hot.py);python_hot_function (hot.py) 199\n"
+            "<module> (hot.py);main (hot.py) 3\nbroken line\n<module> (hot.py);main (hot.py) 2\n")
+    assert parse_raw(text) == {
+        (U("<module> (hot.py)"), U("main (hot.py)"), U("python_hot_function (hot.py)")): 199,
+        (U("<module> (hot.py)"), U("main (hot.py)")): 5,
+    }
+
+
+def test_pyspy_select_tracks_pids(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    class P:
+        pid = 1
+        stdout = stdin = None
+        returncode = 0
+
+        def __init__(self, argv):
+            calls.append(argv)
+            self.stderr = None
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            release.wait(0.05)
+            return 0
+
+        def send_signal(self, sig):
+            pass
+
+        def kill(self):
+            pass
+
+    s = PySpySampler(lambda r: None, runner=lambda argv, **kw: P(argv), duration=1, workdir=str(tmp_path))
+    s.select([os.getpid()])
+    time.sleep(0.2)
+    assert os.getpid() in s.active()
+    s.select([])
+    s.stop()
+    assert calls and calls[0][:3] == ["py-spy", "record", "--pid"] and "--nonblocking" in calls[0]

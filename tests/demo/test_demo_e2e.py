@@ -1,0 +1,160 @@
+"""`flamewatch demo --fast` end to end: the story told through the HTTP API.
+
+One real run (server on SQLite, the agent when root and perf allow, three
+tinyhats processes with the real pyroscope-io SDK, load) of about 100 s:
+
+- before the fix, under ``{namespace="default"}``, ``createSampleImages`` holds
+  the largest share of ``admin-service``;
+- in the diff of before and after, it shrinks to (almost) nothing, and the
+  ``/manipulate`` work (``overlayHat``) in manipulation-service is gone too;
+- SIGINT stops every process the demo started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from urllib.request import urlopen
+
+import psutil
+import pytest
+
+from tests.demo import flame_util as fu
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _need(module: str, why: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is missing: {why}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, path: str, **params: Any) -> dict[str, Any]:
+    with urlopen(f"{url}{path}?{urlencode(params)}", timeout=30) as r:
+        return json.load(r)
+
+
+def _wait_done(proc: subprocess.Popen[bytes], state_file: Path, log: Path, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"demo exited early with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(state_file.read_text())
+            if state.get("state") == "done":
+                return state
+        time.sleep(1)
+    pytest.fail(f"demo did not finish its phases in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(280)
+def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
+    _need("aggregator.cli", "the demo starts `flamewatch serve`")
+    _need("pyroscope", "the services push with the pyroscope-io SDK (pip install pyroscope-io)")
+    data = tmp_path / "demo"
+    log = tmp_path / "demo.out"
+    argv = [sys.executable, "-m", "flamewatch.cli", "demo", "--fast", "--port", str(_free_port()),
+            "--data-dir", str(data), "--agent", "auto"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAMEWATCH_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        state = _wait_done(proc, data / "demo.json", log, 200)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        names = {p.name() for p in started}
+        assert {"admin-service", "frontend"} <= names, names  # comm set per service
+        server, window = state["server"], state["window"]
+        (b0, b1), (c0, c1) = state["phases"]["slow"], state["phases"]["fixed"]
+        assert b1 == c0 and b1 % window == 0 and c1 - c0 >= window
+
+        # The namespace holds the three services, named like pods.
+        pods = _get(server, "/api/v1/label/pod/values", query='{namespace="default"}',
+                    **{"from": b0, "until": c1})
+        for service, info in state["services"].items():
+            assert info["pod"] in pods["values"], (service, pods)
+            assert info["pod"].startswith(service + "-")
+
+        # Before the fix: createSampleImages is the widest function of admin-service that
+        # is not one of its callers, and holds most of admin-service's CPU.
+        admin = state["admin_selector"]
+        assert admin == '{namespace="default", container="admin-service"}'
+        before = _get(server, "/api/v1/render", query=admin, format="json", metadata=0, max_nodes=100000,
+                      **{"from": b0, "until": b1})
+        inc = fu.inclusive(before)
+        callers = fu.ancestors_of(before, "createSampleImages")
+        callees = set(fu.descendants_of(before, "createSampleImages"))
+        assert before["total"] > 100, before["total"]
+        share = inc["createSampleImages"] / before["total"]
+        assert share > 0.5, (share, sorted(inc.items(), key=lambda kv: -kv[1])[:10])
+        rivals = {k: v for k, v in inc.items() if k not in callers | callees | {"createSampleImages"}}
+        top_rival = max(rivals.items(), key=lambda kv: kv[1])
+        assert inc["createSampleImages"] > top_rival[1], top_rival
+        assert "fetchMockup" in callees and "thumbnail" in callees
+
+        # The top table agrees (SDK names are qualified: Admin.createSampleImages).
+        top = _get(server, "/api/v1/top", query=admin, **{"from": b0, "until": b1})
+        rows = {fu.bare(r["name"]): r for r in top["rows"]}
+        assert rows["createSampleImages"]["total"] >= 0.5 * top["total"]
+
+        # The prepared diff: createSampleImages shrinks from most of admin-service to ~nothing.
+        diff = _get(server, "/api/v1/diff", base=admin, base_from=b0, base_until=b1, compare=admin,
+                    compare_from=c0, compare_until=c1, mode="share", format="json", max_nodes=100000)
+        assert diff["type"] == "diff" and diff["compare_sum"] > 0
+        was = fu.inclusive(diff, "base_total").get("createSampleImages", 0) / diff["base_sum"]
+        now = fu.inclusive(diff, "total").get("createSampleImages", 0) / diff["compare_sum"]
+        assert was > 0.5 and now < 0.1 * was, (was, now)
+        with urlopen(state["urls"]["diff_api"], timeout=30) as r:
+            assert json.load(r)["type"] == "diff"  # the printed link works
+
+        # ...and the /manipulate traffic is gone: overlayHat's samples drop (uploads still render once).
+        manip = '{namespace="default", container="manipulation-service"}'
+        mdiff = _get(server, "/api/v1/diff", base=manip, base_from=b0, base_until=b1, compare=manip,
+                     compare_from=c0, compare_until=c1, mode="absolute", format="json", max_nodes=100000)
+        overlay_before = fu.inclusive(mdiff, "base_total").get("overlayHat", 0)
+        overlay_after = fu.inclusive(mdiff, "total").get("overlayHat", 0)
+        assert overlay_before > 20 and overlay_after < 0.2 * overlay_before, (overlay_before, overlay_after)
+
+        # The admin page got fast (the load generator's own latency figures).
+        slow, fixed = state["latency"]["slow"], state["latency"]["fixed"]
+        assert slow["views"] > 20 and fixed["views"] > 20 and slow["errors"] == fixed["errors"] == 0
+        assert fixed["p50_ms"] < slow["p50_ms"] / 2, state["latency"]
+
+        if state["agent"]["running"]:  # the agent labelled the same processes from /proc/<pid>/environ
+            procs = _get(server, "/api/v1/label/process/values", query='{namespace="default", node=~".+"}',
+                         **{"from": b0, "until": c1})
+            assert "admin-service" in procs["values"], procs
+        else:
+            assert "Falling back to the SDK path only" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"demo did not stop within 60 s of SIGINT:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "stopped:" in text
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"left running after the demo stopped: {[(p.pid, p.name()) for p in left]}"
+    assert json.loads((data / "demo.json").read_text())["state"] == "stopped"

@@ -1,0 +1,91 @@
+"""Pure parts of the demo runner and its settings: phase alignment, names, links, agent choice."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from flamewatch.demo import BOOL_SETTINGS, register
+from flamewatch.demo.runner import agent_status, align_down, align_up, percentile, pod_name, viewer_urls
+from flamewatch.demo.settings import SETTINGS
+from flamewatch.settings import resolve
+
+
+def test_align_to_windows() -> None:
+    assert align_up(60, 30) == 60
+    assert align_up(61, 30) == 90
+    assert align_up(89.5, 30) == 90
+    assert align_down(89.5, 30) == 60
+    assert align_down(90, 30) == 90
+
+
+def test_pod_name_looks_like_a_deployment_pod() -> None:
+    name = pod_name("admin-service", random.Random(1))
+    assert re.fullmatch(r"admin-service-[0-9a-f]{10}-[a-z0-9]{5}", name), name
+    assert pod_name("x", random.Random(1)) != pod_name("x", random.Random(2))
+
+
+def test_agent_status_explains_why_not() -> None:
+    works = lambda path: None  # noqa: E731
+    assert agent_status(0, "/usr/bin/perf", works, "auto")[0] is True
+    ok, why = agent_status(1000, "/usr/bin/perf", works, "auto")
+    assert not ok and "root" in why
+    ok, why = agent_status(0, None, works, "auto")
+    assert not ok and "linux-perf" in why
+    ok, why = agent_status(0, "/usr/bin/perf", lambda p: "perf at /usr/bin/perf fails: boom", "on")
+    assert not ok and "boom" in why
+    assert agent_status(0, "/usr/bin/perf", works, "off") == (False, "off (--agent off)")
+
+
+def test_viewer_urls_carry_the_phases() -> None:
+    sel = '{namespace="default", container="admin-service"}'
+    urls = viewer_urls("http://127.0.0.1:4040", sel, (60, 120), (120, 150))
+    api = urlparse(urls["diff_api"])
+    q = {k: v[0] for k, v in parse_qs(api.query).items()}
+    assert api.path == "/api/v1/diff"
+    assert q == {"base": sel, "base_from": "60", "base_until": "120", "compare": sel,
+                 "compare_from": "120", "compare_until": "150", "mode": "share", "format": "json"}
+    assert urls["viewer"] == "http://127.0.0.1:4040/"
+    view = {k: v[0] for k, v in parse_qs(urlparse(urls["diff_viewer"]).query).items()}
+    assert view == {"mode": "diff", "namespace": "default", "container": "admin-service", "bfrom": "60",
+                    "buntil": "120", "cfrom": "120", "cuntil": "150", "dmode": "share"}
+    assert parse_qs(urlparse(urls["namespace"]).query)["namespace"] == ["default"]
+
+
+def test_percentile() -> None:
+    assert percentile([], 0.5) == 0.0
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile([3.0, 1.0, 2.0], 0.99) == 3.0
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["demo", *argv])
+
+
+def test_settings_flags_env_and_switches() -> None:
+    s = resolve(SETTINGS, _parse([]), environ={})
+    assert (s.port, s.fast, s.agent, s.phase_seconds, s.duration) == (4040, False, "auto", 180, 0.0)
+    s = resolve(SETTINGS, _parse(["--fast", "--port", "0", "--sdk", "off"]), environ={"FLAMEWATCH_RATE": "5"})
+    assert (s.fast, s.port, s.sdk, s.rate) == (True, 0, False, 5.0)
+    assert {"fast", "sdk"} <= BOOL_SETTINGS
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--port", "70000"], "--port"),
+    (["--rate", "0"], "--rate"),
+    (["--phase-seconds", "x"], "--phase-seconds"),
+])
+def test_bad_settings_name_the_flag(argv: list[str], needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        resolve(SETTINGS, _parse(argv), environ={})
+
+
+def test_bad_agent_choice_is_rejected() -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--agent", "maybe"])

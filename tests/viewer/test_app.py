@@ -1,0 +1,84 @@
+"""viewer.app routes: the page, its static files, plotly from the installed package, no traversal."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from viewer import app as viewer_app
+
+
+@pytest.fixture
+async def client() -> TestClient:
+    app = web.Application()
+    viewer_app.add_routes(app)
+    c = TestClient(TestServer(app))
+    await c.start_server()
+    yield c
+    await c.close()
+
+
+async def test_index_and_own_files(client: TestClient) -> None:
+    r = await client.get("/")
+    assert r.status == 200
+    assert r.content_type == "text/html"
+    body = await r.text()
+    assert '<script src="/static/flame.js"' in body and 'src="/static/plotly' not in body
+    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    for name, ctype in (("flame.js", "text/javascript"), ("app.js", "text/javascript"),
+                        ("style.css", "text/css")):
+        r = await client.get(f"/static/{name}")
+        assert r.status == 200, name
+        assert r.content_type == ctype
+        assert await r.read() == (viewer_app.STATIC_DIR / name).read_bytes()
+
+
+async def test_plotly_served_from_installed_package_gzipped(client: TestClient) -> None:
+    path = viewer_app.plotly_js_path()
+    if path is None:
+        pytest.skip("plotly is not installed (pip install 'plotly>=5.18,<7')")
+    r = await client.get("/static/plotly.min.js", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert r.status == 200
+    assert r.headers["Content-Encoding"] == "gzip"
+    raw = await r.read()
+    assert gzip.decompress(raw) == path.read_bytes()
+    assert "max-age=86400" in r.headers["Cache-Control"]
+    # Conditional GET with the ETag answers 304 without a body.
+    r2 = await client.get("/static/plotly.min.js", headers={"If-None-Match": r.headers["ETag"]})
+    assert r2.status == 304
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py", "/static/__init__.py",
+    "/static/app.py", "/static/nope.js", "/static/.hidden",
+    "/static/static/flame.js", "/static//etc/passwd",
+])
+async def test_no_path_traversal(client: TestClient, path: str) -> None:
+    r = await client.get(path, allow_redirects=False)
+    assert r.status == 404, (path, r.status)
+    body = await r.read()
+    assert b"def add_routes" not in body and b"root:" not in body
+
+
+async def test_every_page_asset_is_served(client: TestClient) -> None:
+    """Every /static/ file that index.html names exists, so the page never 404s on load."""
+    html = (viewer_app.STATIC_DIR / "index.html").read_text()
+
+    names = re.findall(r'/static/([A-Za-z0-9_.-]+)', html)
+    assert {"flame.js", "app.js", "style.css"} <= set(names)
+    for name in names:
+        r = await client.get(f"/static/{name}")
+        assert r.status == 200, name
+    app_js = (viewer_app.STATIC_DIR / "app.js").read_text()
+    assert "/static/plotly.min.js" in app_js  # loaded lazily, after the first paint
+    # No HTML sinks at all in the page's scripts: data reaches the DOM only through textContent.
+    sinks = re.compile(r"\.(innerHTML|outerHTML|insertAdjacentHTML)\b|document\.write|\beval\(|new Function")
+    for name in ("app.js", "flame.js"):
+        src = (Path(viewer_app.STATIC_DIR) / name).read_text()
+        assert not sinks.search(src), (name, sinks.search(src))

@@ -1,0 +1,901 @@
+/*
+ * flamewatch viewer page. Talks to the aggregator only through /api/v1/*.
+ *
+ * Order of work on load: read the view state from the URL, fetch the Flame
+ * JSON and paint it on the canvas, and only then fetch plotly.js (for the
+ * timeline), label values and tables. Frame names and label values are
+ * untrusted: they are only ever set with textContent or drawn on a canvas.
+ */
+(function () {
+  "use strict";
+
+  var LABELS = ["namespace", "pod", "container", "node", "service_name"];
+  var PRESETS = {"5m": "now-5m", "15m": "now-15m", "1h": "now-1h", "6h": "now-6h", "24h": "now-24h"};
+  var TOP_LIMIT = 500;
+
+  // ------------------------------------------------------------------ state
+
+  var DEFAULTS = {
+    mode: "flame", from: "now-1h", until: "now", sel: "", gb: "namespace",
+    meta: true, inv: false, search: "", hl: "", auto: false, every: 30,
+    bfrom: "", buntil: "", cfrom: "", cuntil: "", bsel: "", csel: "", dmode: "share",
+    tab: "top", fn: "", sort: "self", zoom: "", max: ""
+  };
+  var state = {};
+  var filters = {}; // label -> [values]
+
+  function readURL() {
+    var q = new URLSearchParams(location.search);
+    Object.keys(DEFAULTS).forEach(function (k) {
+      var d = DEFAULTS[k];
+      if (!q.has(k)) { state[k] = d; return; }
+      var v = q.get(k);
+      if (typeof d === "boolean") state[k] = v === "1" || v === "true";
+      else if (typeof d === "number") state[k] = Number(v) || d;
+      else state[k] = v;
+    });
+    if (state.mode !== "diff") state.mode = "flame";
+    if (state.dmode !== "absolute") state.dmode = "share";
+    LABELS.forEach(function (l) { filters[l] = q.getAll(l).filter(Boolean); });
+  }
+
+  function writeURL() {
+    var q = new URLSearchParams();
+    Object.keys(DEFAULTS).forEach(function (k) {
+      var v = state[k], d = DEFAULTS[k];
+      if (v === d) return;
+      q.set(k, typeof d === "boolean" ? (v ? "1" : "0") : String(v));
+    });
+    LABELS.forEach(function (l) { (filters[l] || []).forEach(function (v) { q.append(l, v); }); });
+    var s = q.toString();
+    history.replaceState(null, "", location.pathname + (s ? "?" + s : ""));
+  }
+
+  // ------------------------------------------------------------------ helpers
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+  function fmtInt(v) { return String(Math.round(v)).replace(/\B(?=(\d{3})+(?!\d))/g, ","); }
+  function pct(v, t) { return t ? (100 * v / t).toFixed(2) + "%" : "-"; }
+
+  function quote(v) {
+    return "\"" + String(v).replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n") + "\"";
+  }
+  function reEscape(v) { return String(v).replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); }
+
+  /** The selector from the filter widgets plus the free-form box (matchers are ANDed). */
+  function buildSelector(except) {
+    var parts = [];
+    LABELS.forEach(function (l) {
+      if (l === except) return;
+      var vals = filters[l] || [];
+      if (vals.length === 1) parts.push(l + "=" + quote(vals[0]));
+      else if (vals.length > 1) parts.push(l + "=~" + quote(vals.map(reEscape).join("|")));
+    });
+    var free = (state.sel || "").trim().replace(/^\{/, "").replace(/\}$/, "").trim();
+    if (free) parts.push(free);
+    return "{" + parts.join(", ") + "}";
+  }
+
+  /** Time text for the API: now-expressions and unix seconds pass; dates become unix seconds (UTC). */
+  function apiTime(t) {
+    t = String(t || "").trim();
+    if (!t || /^now/.test(t) || /^\d+$/.test(t)) return t;
+    var s = /[zZ]|[+-]\d\d:?\d\d$/.test(t) ? t : t + "Z";
+    var ms = Date.parse(s);
+    return isNaN(ms) ? t : String(Math.floor(ms / 1000));
+  }
+
+  /** Absolute unix seconds for a time text (client-side, for chart shapes). */
+  function absTime(t, now) {
+    t = apiTime(t);
+    if (/^\d+$/.test(t)) { var v = Number(t); return v > 1e12 ? v / 1000 : v; }
+    var m = /^now((?:[+-]\d+[smhdw])*)$/.exec(t.replace(/\s+/g, ""));
+    if (!m) return NaN;
+    var out = now, re = /([+-])(\d+)([smhdw])/g, g;
+    var unit = {s: 1, m: 60, h: 3600, d: 86400, w: 604800};
+    while ((g = re.exec(m[1]))) out += (g[1] === "-" ? -1 : 1) * Number(g[2]) * unit[g[3]];
+    return out;
+  }
+  function isoUTC(sec) { return new Date(sec * 1000).toISOString().replace(/\.\d+Z$/, "Z"); }
+
+  var pending = {};
+  /** GET an API path; resolves JSON, rejects with the server's {"error"} message. Stale replies are dropped. */
+  function api(key, path, params) {
+    var seq = (pending[key] || 0) + 1;
+    pending[key] = seq;
+    var url = path + "?" + new URLSearchParams(params).toString();
+    return fetch(url, {headers: {Accept: "application/json"}}).then(function (r) {
+      return r.text().then(function (text) {
+        var body = null;
+        try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+        if (pending[key] !== seq) throw {stale: true};
+        if (!r.ok) throw new Error((body && body.error) || ("HTTP " + r.status + " from " + path));
+        return body;
+      });
+    });
+  }
+  function isStale(e) { return e && e.stale; }
+
+  function setStatus(node, text, isError) {
+    node.textContent = text || "";
+    node.classList.toggle("error", !!isError);
+  }
+
+  // ------------------------------------------------------------------ flamegraph
+
+  var fg = null;
+  var flameSeq = 0;
+
+  function zoomPath(i) {
+    var d = fg.data, path = [];
+    while (i > 0) { path.unshift(String(d.names[d.nodes.name[i]])); i = fg.nParent[i]; }
+    return path;
+  }
+  function findPath(path) {
+    if (!fg.n || !path.length) return 0;
+    var d = fg.data, names = d.names, nn = d.nodes.name, depth = d.nodes.depth;
+    var cur = 0;
+    for (var k = 0; k < path.length; k++) {
+      var found = -1;
+      for (var i = cur + 1; i < fg.nEnd[cur]; i = fg.nEnd[i]) {
+        if (depth[i] === k + 1 && String(names[nn[i]]) === path[k]) { found = i; break; }
+      }
+      if (found < 0) return cur;
+      cur = found;
+    }
+    return cur;
+  }
+
+  function renderLegend() {
+    var leg = $("legend");
+    clear(leg);
+    var items = state.mode === "diff"
+      ? [["grew", "#e0443c"], ["shrank", "#3c78e0"], ["unchanged", "#d8d8d8"]]
+      : [["metadata", "#4796c1"], ["user", "#31d0f3"], ["kernel", "#98df8a"], ["other", "#c8c8c8"]];
+    items.push(["search match", FlameGraph.COLORS.search]);
+    items.forEach(function (it) {
+      var s = el("span");
+      var sw = el("span", "swatch");
+      sw.style.background = it[1];
+      s.appendChild(sw);
+      s.appendChild(document.createTextNode(it[0]));
+      leg.appendChild(s);
+    });
+  }
+
+  function flameStatus(d) {
+    if (state.mode === "diff") {
+      return d.mode + " diff: base " + fmtInt(d.base_sum || 0) + " samples, compare " +
+        fmtInt(d.compare_sum || 0) + " samples; red grew, blue shrank";
+    }
+    var s = fmtInt(d.total || 0) + " samples, " + fmtInt(d.nodes.name.length) + " frames";
+    var p = d.pruned || {};
+    if (p.nodes_before > p.nodes_after) s += " (pruned from " + fmtInt(p.nodes_before) + ")";
+    if (!d.total) s = "no samples in this range for this selector";
+    return s;
+  }
+
+  function loadFlame() {
+    var params, path;
+    if (state.mode === "diff") {
+      fillDiffDefaults();
+      path = "/api/v1/diff";
+      params = {
+        base: state.bsel || buildSelector(), compare: state.csel || buildSelector(),
+        base_from: apiTime(state.bfrom), base_until: apiTime(state.buntil),
+        compare_from: apiTime(state.cfrom), compare_until: apiTime(state.cuntil),
+        mode: state.dmode, format: "json", metadata: state.meta ? "1" : "0"
+      };
+    } else {
+      path = "/api/v1/render";
+      params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
+        format: "json", metadata: state.meta ? "1" : "0"};
+    }
+    if (state.max) params.max_nodes = state.max;
+    document.body.dataset.flame = "loading";
+    var t0 = performance.now();
+    return api("flame", path, params).then(function (d) {
+      var t1 = performance.now();
+      fg.setData(d);
+      fg.setOptions({invert: state.inv, search: state.search, highlight: state.hl,
+        diffMode: state.mode === "diff" ? state.dmode : null});
+      if (state.zoom) {
+        try {
+          var z = findPath(JSON.parse(state.zoom));
+          if (z > 0) fg.zoomTo(z);
+        } catch (e) { state.zoom = ""; }
+      }
+      setStatus($("status"), flameStatus(d) + "  ·  fetched in " + Math.round(t1 - t0) + " ms, drawn in " +
+        fg.lastDrawMs.toFixed(1) + " ms");
+      updateSearchStats();
+      flameSeq++;
+      // Read-only timings for bench/viewer.py: ms since navigation start, fetch and draw times.
+      window.__fwTimings = {ready: performance.now(), fetchMs: t1 - t0, drawMs: fg.lastDrawMs,
+        nodes: d.nodes.name.length, seq: flameSeq};
+      document.body.dataset.flame = "ready";
+      document.body.dataset.flameSeq = String(flameSeq);
+      if (state.mode === "diff") renderDiffTable(d.table);
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      fg.setData(null);
+      setStatus($("status"), String(e.message || e), true);
+      document.body.dataset.flame = "error";
+    });
+  }
+
+  function updateSearchStats() {
+    var box = $("search"), out = $("search-stats");
+    if (!state.search) { out.textContent = ""; box.classList.remove("bad"); return; }
+    var s = fg.searchStats();
+    if (s.error) { box.classList.add("bad"); out.textContent = "invalid regex"; return; }
+    box.classList.remove("bad");
+    out.textContent = "matched " + fmtInt(s.matched) + " of " + fmtInt(s.total) + " (" +
+      (100 * s.share).toFixed(2) + "%)";
+  }
+
+  // ------------------------------------------------------------------ filters
+
+  var widgets = {};
+
+  /** A multi-select with type-to-filter; values only ever reach textContent / input.value. */
+  function MultiSelect(label, onChange) {
+    var self = this;
+    this.label = label;
+    this.values = [];
+    this.root = el("div", "ms");
+    this.root.dataset.label = label;
+    this.btn = el("button");
+    this.btn.type = "button";
+    this.pop = el("div", "ms-pop");
+    this.pop.hidden = true;
+    this.search = el("input");
+    this.search.type = "search";
+    this.search.placeholder = "type to filter " + label;
+    this.list = el("div", "ms-list");
+    var actions = el("div", "ms-actions");
+    var none = el("button", "", "clear");
+    none.type = "button";
+    var done = el("button", "", "done");
+    done.type = "button";
+    actions.appendChild(none);
+    actions.appendChild(done);
+    this.pop.appendChild(this.search);
+    this.pop.appendChild(this.list);
+    this.pop.appendChild(actions);
+    this.root.appendChild(this.btn);
+    this.root.appendChild(this.pop);
+    this.btn.addEventListener("click", function () { self.toggle(); });
+    this.search.addEventListener("input", function () { self.renderList(); });
+    none.addEventListener("click", function () { filters[label] = []; self.renderList(); self.renderBtn(); onChange(); });
+    done.addEventListener("click", function () { self.toggle(false); });
+    document.addEventListener("mousedown", function (e) {
+      if (!self.pop.hidden && !self.root.contains(e.target)) self.toggle(false);
+    });
+    this.onChange = onChange;
+    this.renderBtn();
+  }
+  MultiSelect.prototype.toggle = function (open) {
+    var o = open === undefined ? this.pop.hidden : open;
+    this.pop.hidden = !o;
+    if (o) { this.renderList(); this.search.focus(); }
+  };
+  MultiSelect.prototype.setValues = function (vals) {
+    this.values = vals || [];
+    if (!this.pop.hidden) this.renderList();
+  };
+  MultiSelect.prototype.renderBtn = function () {
+    var sel = filters[this.label] || [];
+    var txt = this.label + ": " + (sel.length === 0 ? "any" : sel.length === 1 ? sel[0] : sel[0] + " +" + (sel.length - 1));
+    this.btn.textContent = txt;
+    this.btn.title = sel.length ? this.label + " = " + sel.join(" | ") : "any " + this.label;
+    this.btn.classList.toggle("active", sel.length > 0);
+  };
+  MultiSelect.prototype.renderList = function () {
+    var self = this, label = this.label;
+    var sel = filters[label] || [];
+    var needle = this.search.value.toLowerCase();
+    var all = this.values.slice();
+    sel.forEach(function (v) { if (all.indexOf(v) < 0) all.push(v); });
+    all.sort();
+    clear(this.list);
+    var shown = 0;
+    all.forEach(function (v) {
+      if (needle && String(v).toLowerCase().indexOf(needle) < 0) return;
+      if (shown >= 300) return;
+      shown++;
+      var row = el("label");
+      var cb = el("input");
+      cb.type = "checkbox";
+      cb.checked = sel.indexOf(v) >= 0;
+      cb.value = v;
+      cb.addEventListener("change", function () {
+        var cur = (filters[label] || []).filter(function (x) { return x !== v; });
+        if (cb.checked) cur.push(v);
+        filters[label] = cur;
+        self.renderBtn();
+        self.onChange();
+      });
+      row.appendChild(cb);
+      row.appendChild(el("span", "", v));
+      row.title = v;
+      self.list.appendChild(row);
+    });
+    if (!shown) this.list.appendChild(el("div", "empty", all.length ? "no match" : "no values in this range"));
+  };
+
+  function buildFilterWidgets() {
+    var box = $("filters");
+    clear(box);
+    LABELS.forEach(function (l) {
+      var w = new MultiSelect(l, debounce(function () { onSelectorChange(); }, 250));
+      widgets[l] = w;
+      box.appendChild(w.root);
+    });
+  }
+
+  function loadLabelValues() {
+    var from = apiTime(state.mode === "diff" ? minTime() : state.from);
+    var until = apiTime(state.mode === "diff" ? maxTime() : state.until);
+    LABELS.forEach(function (l) {
+      // Each list is narrowed by the other filters, so pods follow the chosen namespace.
+      api("labels-" + l, "/api/v1/label/" + encodeURIComponent(l) + "/values",
+        {query: buildSelector(l), from: from, until: until}).then(function (d) {
+        widgets[l].setValues((d && d.values) || []);
+      }).catch(function (e) { if (!isStale(e)) widgets[l].setValues([]); });
+    });
+  }
+
+  function minTime() {
+    var now = Date.now() / 1000;
+    var a = absTime(state.bfrom, now), b = absTime(state.cfrom, now);
+    return String(Math.floor(Math.min(a, b)));
+  }
+  function maxTime() {
+    var now = Date.now() / 1000;
+    var a = absTime(state.buntil, now), b = absTime(state.cuntil, now);
+    return String(Math.ceil(Math.max(a, b)));
+  }
+
+  function onSelectorChange() {
+    state.zoom = "";
+    $("effective").textContent = buildSelector();
+    writeURL();
+    updateExports();
+    loadFlame();
+    loadLabelValues();
+    loadTimeline();
+    loadTables();
+  }
+
+  function debounce(fn, ms) {
+    var t = null;
+    return function () { clearTimeout(t); t = setTimeout(fn, ms); };
+  }
+
+  // ------------------------------------------------------------------ timeline (plotly, lazy)
+
+  var plotlyState = "none"; // none | loading | ready | failed
+  var timelineData = null;
+  var dragTarget = "base";
+
+  function loadPlotly() {
+    if (plotlyState !== "none") return;
+    plotlyState = "loading";
+    var s = document.createElement("script");
+    s.src = "/static/plotly.min.js";
+    s.async = true;
+    s.onload = function () { plotlyState = "ready"; drawTimeline(); };
+    s.onerror = function () {
+      plotlyState = "failed";
+      var t = $("timeline");
+      clear(t);
+      t.appendChild(el("div", "placeholder", "plotly.js could not be loaded; the timeline is unavailable"));
+    };
+    document.head.appendChild(s);
+  }
+
+  function loadTimeline() {
+    var params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
+      group_by: state.gb};
+    return api("timeline", "/api/v1/timeline", params).then(function (d) {
+      timelineData = d;
+      drawTimeline();
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      timelineData = null;
+      var t = $("timeline");
+      if (window.Plotly) window.Plotly.purge(t);
+      clear(t);
+      t.appendChild(el("div", "placeholder error", String(e.message || e)));
+    });
+  }
+
+  var PALETTE = ["#1f77b4", "#31b4d8", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#4796c1", "#d62728"];
+
+  function timelineShapes() {
+    var shapes = [];
+    if (state.mode !== "diff" || !timelineData) return shapes;
+    var now = Date.now() / 1000;
+    [["b", "rgba(60,120,224,0.18)", "#3c78e0"], ["c", "rgba(224,68,60,0.18)", "#e0443c"]].forEach(function (s) {
+      var f = absTime(state[s[0] + "from"], now), u = absTime(state[s[0] + "until"], now);
+      if (isNaN(f) || isNaN(u)) return;
+      shapes.push({type: "rect", xref: "x", yref: "paper", x0: isoUTC(f), x1: isoUTC(u), y0: 0, y1: 1,
+        fillcolor: s[1], line: {color: s[2], width: 1}, layer: "below"});
+    });
+    return shapes;
+  }
+
+  function drawTimeline() {
+    if (plotlyState !== "ready" || !timelineData || !window.Plotly) return;
+    var t = $("timeline");
+    var ph = t.querySelector(".placeholder");
+    if (ph) t.removeChild(ph);
+    var d = timelineData;
+    var traces = (d.series || []).map(function (s, k) {
+      return {
+        type: "bar", name: s.group === "" ? "(no " + (state.gb || "label") + ")" : String(s.group),
+        x: s.points.map(function (p) { return isoUTC(p[0] + (d.window || 30) / 2); }),
+        y: s.points.map(function (p) { return p[1]; }),
+        marker: {color: PALETTE[k % PALETTE.length]},
+        hovertemplate: "%{y} samples<extra>%{fullData.name}</extra>"
+      };
+    });
+    var layout = {
+      barmode: "stack", bargap: 0.05, height: 150, margin: {l: 50, r: 10, t: 6, b: 26},
+      dragmode: "select", selectdirection: "h", showlegend: true,
+      legend: {orientation: "v", x: 1.01, y: 1, font: {size: 11}},
+      xaxis: {type: "date", range: [isoUTC(d.from), isoUTC(d.until)], fixedrange: true, title: {text: ""}},
+      yaxis: {fixedrange: true, title: {text: "samples", font: {size: 11}}, rangemode: "tozero"},
+      shapes: timelineShapes(), font: {family: "system-ui, sans-serif", size: 11},
+      paper_bgcolor: "#fff", plot_bgcolor: "#fff"
+    };
+    window.Plotly.react(t, traces, layout, {displayModeBar: false, responsive: true});
+    if (!t.__fwBound) {
+      t.__fwBound = true;
+      t.on("plotly_selected", function (ev) {
+        if (!ev || !ev.range || !ev.range.x) return;
+        var a = parseChartTime(ev.range.x[0]), b = parseChartTime(ev.range.x[1]);
+        if (isNaN(a) || isNaN(b) || b <= a) return;
+        onTimelineRange(Math.floor(a), Math.ceil(b));
+      });
+    }
+    document.body.dataset.timeline = "ready";
+  }
+
+  function parseChartTime(v) {
+    if (typeof v === "number") return v / 1000;
+    var s = String(v).replace(" ", "T");
+    if (!/[zZ]$/.test(s)) s += "Z";
+    return Date.parse(s) / 1000;
+  }
+
+  function onTimelineRange(a, b) {
+    if (state.mode === "diff") {
+      state[dragTarget === "base" ? "bfrom" : "cfrom"] = isoUTC(a);
+      state[dragTarget === "base" ? "buntil" : "cuntil"] = isoUTC(b);
+      // After picking the base, the next drag picks the compare window.
+      if (dragTarget === "base") setDragTarget("compare");
+      syncControls();
+      writeURL();
+      updateExports();
+      if (window.Plotly) window.Plotly.relayout($("timeline"), {shapes: timelineShapes()});
+      loadFlame();
+      loadTables();
+    } else {
+      state.from = isoUTC(a);
+      state.until = isoUTC(b);
+      state.auto = false;
+      refreshAll();
+    }
+  }
+
+  function setDragTarget(t) {
+    dragTarget = t;
+    Array.prototype.forEach.call(document.querySelectorAll("#drag-target .seg"), function (b) {
+      b.classList.toggle("on", b.dataset.target === t);
+    });
+  }
+
+  // ------------------------------------------------------------------ tables
+
+  var topRows = [];
+  var topTotal = 0;
+
+  function loadTables() {
+    if (state.mode === "flame") loadTop();
+    if (state.tab === "sandwich" && state.fn) loadSandwich();
+  }
+
+  function loadTop() {
+    return api("top", "/api/v1/top", {query: buildSelector(), from: apiTime(state.from),
+      until: apiTime(state.until), limit: String(TOP_LIMIT)}).then(function (d) {
+      topRows = (d && d.rows) || [];
+      topTotal = (d && d.total) || 0;
+      renderTop();
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      topRows = [];
+      renderTop(String(e.message || e));
+    });
+  }
+
+  function kindBadge(kind) { return el("span", "kind " + (["user", "kernel", "metadata", "other"].indexOf(kind) >= 0 ? kind : "other"), kind); }
+
+  function pickFunction(name, tr) {
+    state.hl = state.hl === name ? "" : name;
+    state.fn = name;
+    $("sandwich-fn").value = name;
+    fg.highlight(state.hl);
+    Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
+    if (tr && state.hl) tr.classList.add("sel");
+    writeURL();
+  }
+
+  function renderTop(err) {
+    var tbody = document.querySelector("#top-table tbody");
+    clear(tbody);
+    Array.prototype.forEach.call(document.querySelectorAll("#top-table th[data-sort]"), function (th) {
+      th.classList.toggle("sorted", th.dataset.sort === state.sort);
+    });
+    if (err) {
+      var tr = el("tr"), td = el("td", "", err);
+      td.colSpan = 6;
+      tr.appendChild(td);
+      tbody.appendChild(tr);
+      return;
+    }
+    var key = state.sort, needle = $("table-filter").value.toLowerCase();
+    var rows = topRows.filter(function (r) { return !needle || String(r.name).toLowerCase().indexOf(needle) >= 0; });
+    rows.sort(function (a, b) {
+      if (key === "name") return String(a.name) < String(b.name) ? -1 : String(a.name) > String(b.name) ? 1 : 0;
+      return b[key] - a[key] || b.self - a.self || b.total - a.total;
+    });
+    rows.slice(0, 300).forEach(function (r) {
+      var tr = el("tr");
+      var name = String(r.name);
+      var tdn = el("td", "name", name);
+      tdn.title = name;
+      tr.appendChild(tdn);
+      var tk = el("td");
+      tk.appendChild(kindBadge(r.kind));
+      tr.appendChild(tk);
+      tr.appendChild(el("td", "num", fmtInt(r.self)));
+      tr.appendChild(el("td", "num", pct(r.self, topTotal)));
+      tr.appendChild(el("td", "num", fmtInt(r.total)));
+      tr.appendChild(el("td", "num", pct(r.total, topTotal)));
+      if (name === state.hl) tr.classList.add("sel");
+      tr.addEventListener("click", function () { pickFunction(name, tr); });
+      tbody.appendChild(tr);
+    });
+  }
+
+  function renderDiffTable(table) {
+    var specs = [["self", "regressions", "dt-self-reg"], ["self", "improvements", "dt-self-imp"],
+      ["total", "regressions", "dt-total-reg"], ["total", "improvements", "dt-total-imp"]];
+    var unit = (table && table.mode) === "absolute" ? "Δ samples" : "Δ pp";
+    specs.forEach(function (s) {
+      var t = $(s[2]), thead = t.querySelector("thead"), tbody = t.querySelector("tbody");
+      clear(thead);
+      clear(tbody);
+      var hr = el("tr");
+      ["function", "kind", "base %", "compare %", unit].forEach(function (h, k) { hr.appendChild(el("th", k > 1 ? "num" : "", h)); });
+      thead.appendChild(hr);
+      var rows = (table && table[s[0]] && table[s[0]][s[1]]) || [];
+      if (!rows.length) {
+        var tr0 = el("tr"), td0 = el("td", "", "none");
+        td0.colSpan = 5;
+        tr0.appendChild(td0);
+        tbody.appendChild(tr0);
+      }
+      rows.slice(0, 20).forEach(function (r) {
+        var tr = el("tr");
+        var name = String(r.name);
+        var tdn = el("td", "name", name);
+        tdn.title = name;
+        tr.appendChild(tdn);
+        var tk = el("td");
+        tk.appendChild(kindBadge(r.kind));
+        tr.appendChild(tk);
+        tr.appendChild(el("td", "num", Number(r.base_pct).toFixed(2) + "%"));
+        tr.appendChild(el("td", "num", Number(r.compare_pct).toFixed(2) + "%"));
+        var dv = Number(r.delta);
+        var txt = (dv > 0 ? "+" : "") + (table.mode === "absolute" ? fmtInt(dv) : dv.toFixed(2));
+        tr.appendChild(el("td", "num " + (dv > 0 ? "pos" : "neg"), txt));
+        tr.addEventListener("click", function () { pickFunction(name, tr); });
+        tbody.appendChild(tr);
+      });
+    });
+  }
+
+  var sandwichCallers = null, sandwichCallees = null;
+
+  function loadSandwich() {
+    var fn = state.fn;
+    var st = $("sandwich-status");
+    if (!fn) { setStatus(st, "pick a function: click a frame or a table row"); return null; }
+    var side = state.mode === "diff"
+      ? {query: state.csel || buildSelector(), from: apiTime(state.cfrom), until: apiTime(state.cuntil)}
+      : {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until)};
+    side.function = fn;
+    setStatus(st, "loading…");
+    return api("sandwich", "/api/v1/sandwich", side).then(function (d) {
+      if (!sandwichCallers) {
+        sandwichCallers = new FlameGraph($("sandwich-callers"), {});
+        sandwichCallees = new FlameGraph($("sandwich-callees"), {});
+        sandwichCallers.setOptions({tooltip: true});
+        sandwichCallees.setOptions({tooltip: true, invert: true});
+        window.__sandwich = {callers: sandwichCallers, callees: sandwichCallees};
+      }
+      // Callers grow upwards from the function, callees hang below it: the function meets in the middle.
+      sandwichCallers.setData(d.callers);
+      sandwichCallees.setData(d.callees);
+      setStatus(st, "function " + fn + ": " + fmtInt(d.callers.total || 0) + " samples in stacks containing it");
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      setStatus(st, String(e.message || e), true);
+    });
+  }
+
+  function showTab(tab) {
+    if (state.mode === "diff" && tab === "top") tab = "difftable";
+    if (state.mode === "flame" && tab === "difftable") tab = "top";
+    state.tab = tab;
+    ["top", "difftable", "sandwich"].forEach(function (t) { $("tab-" + t).hidden = t !== tab; });
+    Array.prototype.forEach.call(document.querySelectorAll(".tabs .tab"), function (b) {
+      b.classList.toggle("on", b.dataset.tab === tab);
+    });
+    if (tab === "sandwich" && state.fn) loadSandwich();
+  }
+
+  // ------------------------------------------------------------------ exports
+
+  function updateExports() {
+    var base, params;
+    if (state.mode === "diff") {
+      base = "/api/v1/diff";
+      params = {base: state.bsel || buildSelector(), compare: state.csel || buildSelector(),
+        base_from: apiTime(state.bfrom), base_until: apiTime(state.buntil),
+        compare_from: apiTime(state.cfrom), compare_until: apiTime(state.cuntil), mode: state.dmode};
+    } else {
+      base = "/api/v1/render";
+      params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
+        metadata: state.meta ? "1" : "0"};
+    }
+    function href(fmt) {
+      var p = Object.assign({}, params, {format: fmt});
+      return base + "?" + new URLSearchParams(p).toString();
+    }
+    $("exp-folded").href = href("folded");
+    $("exp-folded").setAttribute("download", state.mode === "diff" ? "diff.folded.txt" : "profile.folded.txt");
+    $("exp-pprof").href = href("pprof");
+    $("exp-pprof").setAttribute("download", "profile.pb.gz");
+    $("exp-speedscope").href = href("speedscope");
+    $("exp-speedscope").setAttribute("download", "profile.speedscope.json");
+    // The HTML page of a diff is the flame page of the compare side (the API has no HTML diff).
+    $("exp-html").href = state.mode === "diff"
+      ? "/api/v1/render?" + new URLSearchParams({query: state.csel || buildSelector(), from: apiTime(state.cfrom),
+        until: apiTime(state.cuntil), metadata: state.meta ? "1" : "0", format: "html"}).toString()
+      : href("html");
+  }
+
+  function exportPNG() {
+    var a = document.createElement("a");
+    a.href = fg.toPNG();
+    a.download = state.mode === "diff" ? "flamegraph-diff.png" : "flamegraph.png";
+    document.body.appendChild(a);
+    a.click();
+    document.body.removeChild(a);
+  }
+
+  // ------------------------------------------------------------------ controls
+
+  function fillDiffDefaults() {
+    // Default diff: the first and second halves of the current range.
+    var now = Math.floor(Date.now() / 1000);
+    var f = absTime(state.from, now), u = absTime(state.until, now);
+    if (isNaN(f) || isNaN(u)) { f = now - 3600; u = now; }
+    var mid = Math.floor((f + u) / 2);
+    if (!state.bfrom) state.bfrom = isoUTC(f);
+    if (!state.buntil) state.buntil = isoUTC(mid);
+    if (!state.cfrom) state.cfrom = isoUTC(mid);
+    if (!state.cuntil) state.cuntil = isoUTC(u);
+  }
+
+  function syncControls() {
+    document.body.classList.toggle("diff", state.mode === "diff");
+    $("mode-flame").classList.toggle("on", state.mode === "flame");
+    $("mode-diff").classList.toggle("on", state.mode === "diff");
+    $("from").value = state.from;
+    $("until").value = state.until;
+    $("selector").value = state.sel;
+    $("group-by").value = state.gb;
+    $("metadata").checked = state.meta;
+    $("invert").checked = state.inv;
+    $("search").value = state.search;
+    $("auto").checked = state.auto;
+    $("auto-every").value = String(state.every);
+    $("base-from").value = state.bfrom;
+    $("base-until").value = state.buntil;
+    $("compare-from").value = state.cfrom;
+    $("compare-until").value = state.cuntil;
+    $("base-sel").value = state.bsel;
+    $("compare-sel").value = state.csel;
+    $("sandwich-fn").value = state.fn;
+    $("effective").textContent = buildSelector();
+    Array.prototype.forEach.call(document.querySelectorAll("#presets .seg"), function (b) {
+      b.classList.toggle("on", state.until === "now" && PRESETS[b.dataset.preset] === state.from);
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("[data-dmode]"), function (b) {
+      b.classList.toggle("on", b.dataset.dmode === state.dmode);
+    });
+    LABELS.forEach(function (l) { if (widgets[l]) widgets[l].renderBtn(); });
+    renderLegend();
+  }
+
+  function refreshAll() {
+    syncControls();
+    writeURL();
+    updateExports();
+    loadFlame();
+    loadTimeline();
+    loadLabelValues();
+    loadTables();
+    scheduleAuto();
+  }
+
+  var autoTimer = null;
+  function scheduleAuto() {
+    clearInterval(autoTimer);
+    autoTimer = null;
+    if (state.auto && /^now/.test(state.until)) {
+      autoTimer = setInterval(function () {
+        loadFlame();
+        loadTimeline();
+        if (state.mode === "flame") loadTop();
+      }, Math.max(5, state.every) * 1000);
+    }
+  }
+
+  function bind() {
+    $("mode-flame").addEventListener("click", function () {
+      state.mode = "flame"; state.zoom = ""; showTab(state.tab); refreshAll();
+    });
+    $("mode-diff").addEventListener("click", function () {
+      state.mode = "diff"; state.zoom = ""; setDragTarget("base"); fillDiffDefaults(); showTab(state.tab); refreshAll();
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("#presets .seg"), function (b) {
+      b.addEventListener("click", function () {
+        state.from = PRESETS[b.dataset.preset];
+        state.until = "now";
+        state.zoom = "";
+        if (state.mode === "diff") { state.bfrom = state.buntil = state.cfrom = state.cuntil = ""; }
+        refreshAll();
+      });
+    });
+    function applyTime() {
+      state.from = $("from").value.trim() || DEFAULTS.from;
+      state.until = $("until").value.trim() || DEFAULTS.until;
+      state.zoom = "";
+      refreshAll();
+    }
+    $("apply-time").addEventListener("click", applyTime);
+    ["from", "until"].forEach(function (id) {
+      $(id).addEventListener("keydown", function (e) { if (e.key === "Enter") applyTime(); });
+    });
+    $("auto").addEventListener("change", function () { state.auto = $("auto").checked; writeURL(); scheduleAuto(); });
+    $("auto-every").addEventListener("change", function () { state.every = Number($("auto-every").value) || 30; writeURL(); scheduleAuto(); });
+    $("copy-link").addEventListener("click", function () {
+      writeURL();
+      var btn = $("copy-link");
+      var done = function () { btn.textContent = "Link copied"; setTimeout(function () { btn.textContent = "Copy link"; }, 1500); };
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(location.href).then(done, function () { prompt("Link to this view", location.href); });
+      } else {
+        prompt("Link to this view", location.href);
+      }
+    });
+    function applySel() { state.sel = $("selector").value.trim(); onSelectorChange(); }
+    $("apply-selector").addEventListener("click", applySel);
+    $("selector").addEventListener("keydown", function (e) { if (e.key === "Enter") applySel(); });
+    $("group-by").addEventListener("change", function () { state.gb = $("group-by").value; writeURL(); loadTimeline(); });
+    $("metadata").addEventListener("change", function () { state.meta = $("metadata").checked; state.zoom = ""; writeURL(); updateExports(); loadFlame(); });
+    $("invert").addEventListener("change", function () { state.inv = $("invert").checked; writeURL(); fg.setOptions({invert: state.inv}); });
+    $("search").addEventListener("input", debounce(function () {
+      state.search = $("search").value;
+      writeURL();
+      fg.setOptions({search: state.search});
+      updateSearchStats();
+    }, 120));
+    $("reset-zoom").addEventListener("click", function () {
+      state.zoom = ""; state.hl = ""; fg.setOptions({highlight: ""}); fg.reset(); writeURL();
+      Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
+    });
+    $("exp-png").addEventListener("click", exportPNG);
+    function applyDiff() {
+      state.bfrom = $("base-from").value.trim();
+      state.buntil = $("base-until").value.trim();
+      state.cfrom = $("compare-from").value.trim();
+      state.cuntil = $("compare-until").value.trim();
+      state.bsel = $("base-sel").value.trim();
+      state.csel = $("compare-sel").value.trim();
+      state.zoom = "";
+      fillDiffDefaults();
+      syncControls();
+      writeURL();
+      updateExports();
+      if (window.Plotly && timelineData) window.Plotly.relayout($("timeline"), {shapes: timelineShapes()});
+      loadFlame();
+      loadTables();
+    }
+    $("apply-diff").addEventListener("click", applyDiff);
+    ["base-from", "base-until", "compare-from", "compare-until", "base-sel", "compare-sel"].forEach(function (id) {
+      $(id).addEventListener("keydown", function (e) { if (e.key === "Enter") applyDiff(); });
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("[data-dmode]"), function (b) {
+      b.addEventListener("click", function () {
+        state.dmode = b.dataset.dmode; syncControls(); writeURL(); updateExports(); loadFlame();
+      });
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("#drag-target .seg"), function (b) {
+      b.addEventListener("click", function () { setDragTarget(b.dataset.target); });
+    });
+    Array.prototype.forEach.call(document.querySelectorAll(".tabs .tab"), function (b) {
+      b.addEventListener("click", function () { showTab(b.dataset.tab); writeURL(); });
+    });
+    Array.prototype.forEach.call(document.querySelectorAll("#top-table th[data-sort]"), function (th) {
+      th.addEventListener("click", function () { state.sort = th.dataset.sort; writeURL(); renderTop(); });
+    });
+    $("table-filter").addEventListener("input", debounce(function () { renderTop(); }, 120));
+    function applySandwich() { state.fn = $("sandwich-fn").value.trim(); writeURL(); showTab("sandwich"); }
+    $("apply-sandwich").addEventListener("click", applySandwich);
+    $("sandwich-fn").addEventListener("keydown", function (e) { if (e.key === "Enter") applySandwich(); });
+  }
+
+  // ------------------------------------------------------------------ start
+
+  function start() {
+    readURL();
+    fg = new FlameGraph($("flame"), {
+      onZoom: function (i) {
+        state.zoom = i > 0 ? JSON.stringify(zoomPath(i)) : "";
+        writeURL();
+      },
+      onSelect: function (name) {
+        state.fn = name;
+        $("sandwich-fn").value = name;
+        if (state.tab === "sandwich") loadSandwich();
+      }
+    });
+    fg.setOptions({tooltip: true});
+    window.__flame = fg; // read-only debug hook for tests: frames(), searchStats(), lastDrawMs
+    buildFilterWidgets();
+    syncControls();
+    showTab(state.tab);
+    updateExports();
+    bind();
+    // The flamegraph first; plotly.js and the rest after its first paint.
+    var after = function () {
+      requestAnimationFrame(function () {
+        setTimeout(function () {
+          loadPlotly();
+          loadTimeline();
+          loadLabelValues();
+          loadTables();
+          scheduleAuto();
+        }, 0);
+      });
+    };
+    loadFlame().then(after, after);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
