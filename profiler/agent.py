@@ -218,11 +218,14 @@ class Agent:
         assert self.pyspy is not None
         busy: list[tuple[float, int]] = []
         own = {os.getpid()}
+        active = set(self.pyspy.active())
         if pids is not None:
             full = self.s.frequency * self.s.push_interval
             for pid, ps in pids.items():
                 share = 100.0 * ps.total / full if full else 0.0
-                if share >= self.s.pyspy_threshold and pid > 0 and pid not in own:
+                # hysteresis: a process already profiled stays until it drops below half the threshold
+                limit = self.s.pyspy_threshold / 2 if pid in active else self.s.pyspy_threshold
+                if share >= limit and pid > 0 and pid not in own:
                     busy.append((share, pid))
         else:
             busy = list(self._psutil_busy(own))

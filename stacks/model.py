@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import NamedTuple
 
 import numpy as np
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What a frame is; decides its colour in the viewer."""
 
     USER = "user"

@@ -54,4 +54,5 @@ def test_readme_settings_tables_current() -> None:
     finally:
         sys.path.pop(0)
     text = (REPO / "README.md").read_text()
-    assert readme_settings.render(text) == text, "README settings tables are stale: run python scripts/readme_settings.py"
+    stale = "README settings tables are stale: run python scripts/readme_settings.py"
+    assert readme_settings.render(text) == text, stale

@@ -121,7 +121,11 @@ class PySpySampler:
                     if not w.thread.is_alive():
                         del self._workers[pid]
             for pid in want:
-                if pid not in self._workers:
+                old = self._workers.get(pid)
+                if old is not None and old.thread.is_alive():
+                    old.stop.clear()  # re-selected before its last run ended: keep it going
+                    continue
+                if pid not in self._workers or not self._workers[pid].thread.is_alive():
                     w = _Worker(self, pid)
                     self._workers[pid] = w
                     w.thread.start()

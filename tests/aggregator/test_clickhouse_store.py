@@ -15,7 +15,7 @@ from aggregator.store.base import SeriesWindow, StoreError
 from aggregator.store.clickhouse import ClickHouseStore, parse_url, series_hash, stack_hash
 from stacks.errors import InputError
 from stacks.model import Frame, Labels, Profile, StackTable
-from stacks.selector import Selector
+from stacks.selector import Matcher, Selector
 from tests.support.clickhouse import ClickHouseMissing, ClickHouseServer, clickhouse_server, query
 
 pytestmark = pytest.mark.clickhouse
@@ -231,3 +231,27 @@ async def test_error_and_garbage_answers_become_store_errors() -> None:
     finally:
         await store.close()
         await runner.cleanup()
+
+
+async def test_long_in_lists_are_chunked(
+    clickhouse: ClickHouseServer, clickhouse_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aggregator.store.clickhouse as chmod
+
+    monkeypatch.setattr(chmod, "_CHUNK", 7)  # force several IN (...) queries for series and stacks
+    store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
+    await store.open()
+    try:
+        batch = [sw(T0, {(Frame.user("main"), Frame.user(f"f{i}")): i + 1, A: 1}, pod=f"p{i:02d}",
+                    parity=str(i % 2)) for i in range(50)]
+        await store.write(batch)
+        fresh = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))  # empty stack cache
+        try:
+            even = Selector((Matcher("parity", "=", "0"),))
+            got = summary(await fresh.read(even, T0, T0 + 30, StackTable()))
+            assert got == {k: v for k, v in summary(batch).items() if k[0]["parity"] == "0"}
+            assert len(got) == 25
+        finally:
+            await fresh.close()
+    finally:
+        await store.close()

@@ -6,10 +6,14 @@ results, so passing both proves the backends answer identically.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aggregator.store.base import SeriesWindow, Store
 from stacks.model import Frame, Labels, Profile, StackTable
@@ -249,3 +253,73 @@ async def test_read_merged_and_totals_when_offered(store: Store) -> None:
         (Labels.of(SERIES[0]).items_, T0, 1), (Labels.of(SERIES[0]).items_, T0 + 30, 5),
         (Labels.of(SERIES[1]).items_, T0, 2),
     ])
+
+
+POOL_LABELS = [dict(namespace="default", pod="admin-1"), dict(namespace="default", pod="manip-1"),
+               dict(namespace="kube-system", pod="dns-1"), dict(namespace="default", pod="admin-2", extra="x")]
+POOL_STACKS = [STACK_A, STACK_B, STACK_C, (U("main"),), (U("main"), K("read")), (U("main"), U("read"))]
+POOL_SELECTORS = [ALL, sel(("namespace", "=", "default")), sel(("pod", "!~", "admin-.*")),
+                  sel(("pod", "=~", "admin-.*"), ("extra", "!=", "x"))]
+
+_write_st = st.lists(  # a write: (series, window index, [(stack, count)])
+    st.tuples(st.integers(0, 3), st.integers(0, 5),
+              st.lists(st.tuples(st.integers(0, 5), st.integers(1, 20)), min_size=1, max_size=4)),
+    min_size=1, max_size=5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(_write_st, min_size=1, max_size=4), cut=st.integers(0, 6),
+       lo=st.integers(0, 6), hi=st.integers(0, 6), which=st.integers(0, 3))
+def test_backends_agree_with_a_reference_model(
+    clickhouse, tmp_path_factory: pytest.TempPathFactory, writes, cut: int, lo: int, hi: int, which: int
+) -> None:
+    """Random additive writes, reads, label queries and retention: both backends == a dict model."""
+    if importlib.util.find_spec("aggregator.store.sqlite") is None:
+        pytest.skip("aggregator/store/sqlite.py (SQLiteStore) not written yet")
+    from aggregator.store.clickhouse import ClickHouseStore
+    from aggregator.store.sqlite import SQLiteStore
+    from tests.support.clickhouse import query
+
+    model: dict[tuple[Labels, int], dict] = {}
+    batches = []
+    for write in writes:
+        batch = []
+        for si, wi, pairs in write:
+            labels, start = Labels.of(POOL_LABELS[si]), T0 + 30 * wi
+            p = Profile.from_pairs(((POOL_STACKS[k], c) for k, c in pairs), StackTable())
+            batch.append(SeriesWindow(labels, start, p))
+            cell = model.setdefault((labels, start), {})
+            for stack, c in p.items():
+                cell[stack] = cell.get(stack, 0) + c
+        batches.append(batch)
+    selector = POOL_SELECTORS[which]
+    start, end = T0 + 30 * min(lo, hi), T0 + 30 * max(lo, hi)
+
+    async def exercise(store: Store) -> tuple:
+        await store.open()
+        try:
+            for b in batches:
+                await store.write(b)
+            everything = as_map(await store.read(ALL, 0, 2**32 - 1, StackTable()))
+            ranged = as_map(await store.read(selector, start, end, StackTable()))
+            names = await store.label_names(start, end)
+            pods = await store.label_values("pod", selector, 0, 2**32 - 1)
+            await store.delete_before(T0 + 30 * cut)
+            after = as_map(await store.read(ALL, 0, 2**32 - 1, StackTable()))
+            return everything, ranged, names, pods, after
+        finally:
+            await store.close()
+
+    db = f"flamewatch_prop_{uuid.uuid4().hex[:12]}"
+    try:
+        got_ch = asyncio.run(exercise(ClickHouseStore(clickhouse.storage_spec(db))))
+    finally:
+        query(clickhouse.url, f"DROP DATABASE IF EXISTS {db}", timeout=30)
+    got_sq = asyncio.run(exercise(SQLiteStore(tmp_path_factory.mktemp("prop") / "f.db")))
+    assert got_ch == got_sq
+    everything, ranged, names, pods, after = got_ch
+    assert everything == model
+    assert ranged == {k: v for k, v in model.items() if start <= k[1] < end and selector.matches(k[0])}
+    assert names == sorted({n for (lab, t) in model if start <= t < end for n in lab})
+    assert pods == sorted({lab["pod"] for (lab, _) in model if selector.matches(lab)})
+    assert after == {k: v for k, v in model.items() if k[1] >= T0 + 30 * cut}
