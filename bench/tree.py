@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stacks import diff, tree
 from stacks.model import Frame, Kind, Profile, StackTable
 
-
 ZIPF = [64, 16, 8, 4, 2, 1, 1, 1]
 
 

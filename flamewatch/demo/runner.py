@@ -226,6 +226,7 @@ class Demo:
         self.upload_interval = FAST_UPLOAD_INTERVAL if settings.fast else settings.upload_interval
         self.window = settings.window_seconds
         self.children: list[Child] = []
+        self.agent_running = False
         self.stop_event = asyncio.Event()
         self.stats: dict[str, LoadStats] = {"slow": LoadStats(), "fixed": LoadStats()}
         self.phase = "starting"
@@ -369,6 +370,7 @@ class Demo:
             self.say(f"  agent      failed to start; SDK path only. {msg}")
             self.save_state(agent={"running": False, "reason": msg})
             return
+        self.agent_running = True
         self.say(f"  agent      {why} (pid {child.pid}, log {child.log})")
         self.save_state(agent={"running": True, "pid": child.pid})
 
@@ -507,7 +509,10 @@ class Demo:
         # pushes, every upload_interval, not aligned to windows). Deploying the fix half an
         # interval before the boundary means everything filed after it was sampled after the
         # fix; the base side may get a few seconds of fixed behaviour, which only dilutes it.
-        fix_at = max(t0 + 1.0, switch - self.upload_interval / 2 - 1)
+        # The agent names perf samples with the newest finished py-spy run of the process
+        # (one push interval long), so its Python frames lag by up to two intervals more.
+        lead = self.upload_interval / 2 + 1 + (2 * self.upload_interval if self.agent_running else 0)
+        fix_at = max(t0 + 1.0, switch - lead)
         admin_sel = f'{{namespace="{NAMESPACE}", container="admin-service"}}'
         urls = viewer_urls(server, admin_sel, before, after)
         self.save_state(

@@ -104,7 +104,7 @@ def test_real_agent_end_to_end(tmp_path: Path) -> None:
                     [sys.executable, "-m", "flamewatch.cli", "agent", "--server", srv.url,
                      "--node-name", "e2e-node", "--kube", "off", "--metrics-port", str(metrics_port),
                      "--metrics-host", "127.0.0.1", "--spool-dir", str(tmp_path / "spool"),
-                     "--pyspy-threshold", "20", "--pyspy-max-processes", "16", "--stats-interval", "10"],
+                     "--pyspy-threshold", "3", "--pyspy-max-processes", "16", "--stats-interval", "10"],
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             procs.append(agent)
 

@@ -177,12 +177,14 @@ def test_diff_html(files, tmp_path):
 
 @pytest.mark.browser
 @needs_flame_js
-def test_rendered_page_draws_in_chromium(files, tmp_path):
+@pytest.mark.parametrize("command", ["render", "diff"])
+def test_rendered_page_draws_in_chromium(files, tmp_path, command):
     if not CHROMIUM.exists():
         pytest.skip("chromium not installed at /usr/bin/chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) not installed")
-    out = tmp_path / "flame.html"
-    r = run("render", str(files["base"]), "-o", str(out))
+    out = tmp_path / f"{command}.html"
+    inputs = [str(files["base"])] + ([str(files["compare"])] if command == "diff" else [])
+    r = run(command, *inputs, "-o", str(out))
     assert r.returncode == 0, r.stderr
     errors: list[str] = []
     requests: list[str] = []
@@ -202,22 +204,36 @@ def test_rendered_page_draws_in_chromium(files, tmp_path):
                 """() => {
                   const c = document.querySelector('#flame canvas');
                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                  let ink = 0;
+                  let ink = 0, red = 0, blue = 0, kindBlue = 0;
                   for (let i = 0; i < d.length; i += 4) {
-                    if (d[i + 3] > 0 && !(d[i] > 245 && d[i + 1] > 245 && d[i + 2] > 245)) ink++;
+                    const r = d[i], g = d[i + 1], b = d[i + 2];
+                    if (d[i + 3] === 0 || (r > 245 && g > 245 && b > 245)) continue;
+                    ink++;
+                    if (r > b + 40 && r > g + 40) red++;
+                    if (b > r + 40 && b > g + 20) blue++;
+                    if (Math.abs(r - 0x47) < 12 && Math.abs(g - 0x96) < 12 && Math.abs(b - 0xc1) < 12) kindBlue++;
                   }
-                  return {ink, w: c.width, h: c.height};
+                  return {ink, red, blue, kindBlue, w: c.width, h: c.height};
                 }"""
             )
             pwned = page.evaluate("window.__pwned === undefined && document.querySelectorAll('img').length")
             page.fill("#search", "createSample")
             page.wait_for_timeout(100)
             stats = page.text_content("#stats")
+            page.fill("#search", "(")
+            page.wait_for_timeout(100)
+            bad = page.text_content("#stats")
         finally:
             browser.close()
     assert not errors, errors
     assert drawn["w"] > 0 and drawn["h"] > 0
     assert drawn["ink"] > 1000, drawn  # bars were painted, not a blank canvas
+    if command == "diff":
+        assert drawn["red"] > 50 and drawn["blue"] > 50, drawn  # grew and shrank frames
+    else:
+        assert drawn["kindBlue"] > 50, drawn  # the metadata-coloured root "all"
     assert pwned == 0  # no injected element, no injected script ran
     assert [u for u in requests if not u.startswith("file://")] == []
-    assert stats and "60 of 103" in stats
+    # flame: 60 of 103 base samples; diff: the search counts the compare side (5 of 50)
+    assert stats and ("60 of 103" in stats if command == "render" else "5 of 50" in stats), stats
+    assert bad and "invalid regex" in bad

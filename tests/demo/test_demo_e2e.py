@@ -63,6 +63,20 @@ def _wait_done(proc: subprocess.Popen[bytes], state_file: Path, log: Path, timeo
     pytest.fail(f"demo did not finish its phases in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
 
 
+def _diff(server: str, sel: str, state: dict[str, Any], mode: str = "share") -> dict[str, Any]:
+    (b0, b1), (c0, c1) = state["phases"]["slow"], state["phases"]["fixed"]
+    doc = _get(server, "/api/v1/diff", base=sel, base_from=b0, base_until=b1, compare=sel, compare_from=c0,
+               compare_until=c1, mode=mode, format="json", max_nodes=100000)
+    assert doc["type"] == "diff" and doc["base_sum"] > 0 and doc["compare_sum"] > 0, doc.get("base_sum")
+    return doc
+
+
+def _share(diff: dict[str, Any], function: str) -> tuple[float, float]:
+    """(before, after) share of the samples whose stack contains ``function``."""
+    return (fu.inclusive(diff, "base_total").get(function, 0) / diff["base_sum"],
+            fu.inclusive(diff, "total").get(function, 0) / diff["compare_sum"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(280)
 def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
@@ -116,20 +130,21 @@ def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
         csi = sum(r["total"] for r in top["rows"] if fu.bare(r["name"]) == "createSampleImages")
         assert top["total"] == before["total"] and csi >= 0.5 * top["total"], (csi, top["total"])
 
-        # The prepared diff: createSampleImages shrinks from most of admin-service to ~nothing.
-        diff = _get(server, "/api/v1/diff", base=admin, base_from=b0, base_until=b1, compare=admin,
-                    compare_from=c0, compare_until=c1, mode="share", format="json", max_nodes=100000)
-        assert diff["type"] == "diff" and diff["compare_sum"] > 0
-        was = fu.inclusive(diff, "base_total").get("createSampleImages", 0) / diff["base_sum"]
-        now = fu.inclusive(diff, "total").get("createSampleImages", 0) / diff["compare_sum"]
-        assert was > 0.5 and now < 0.1 * was, (was, now)
+        # The prepared diff: createSampleImages shrinks from most of admin-service...
+        diff = _diff(server, admin, state)
+        was, now = _share(diff, "createSampleImages")
+        assert was > 0.5 and now < 0.5 * was, (was, now)
+        # ...to nothing in the SDK's profiles (sampled in-process, so exactly on time; the
+        # agent names perf samples from its newest py-spy run, which may lag a little).
+        was, now = _share(_diff(server, '{namespace="default", container="admin-service", node=""}', state),
+                          "createSampleImages")
+        assert was > 0.5 and now < 0.05, (was, now)
         with urlopen(state["urls"]["diff_api"], timeout=30) as r:
             assert json.load(r)["type"] == "diff"  # the printed link works
 
         # ...and the /manipulate traffic is gone: overlayHat's samples drop (uploads still render once).
         manip = '{namespace="default", container="manipulation-service"}'
-        mdiff = _get(server, "/api/v1/diff", base=manip, base_from=b0, base_until=b1, compare=manip,
-                     compare_from=c0, compare_until=c1, mode="absolute", format="json", max_nodes=100000)
+        mdiff = _diff(server, manip, state, mode="absolute")
         overlay_before = fu.inclusive(mdiff, "base_total").get("overlayHat", 0)
         overlay_after = fu.inclusive(mdiff, "total").get("overlayHat", 0)
         assert overlay_before > 20 and overlay_after < 0.2 * overlay_before, (overlay_before, overlay_after)

@@ -245,10 +245,14 @@ def test_dockerfile_builds_agent_and_server_images() -> None:
 
 
 def test_dockerfile_copies_every_package_of_the_distribution(tmp_path: Path) -> None:
-    """Replay the build stage's COPY lines into a scratch context and build the wheel there:
-    a top-level package missing from the Dockerfile fails here, not in a registry build."""
-    text = (DEPLOY / "Dockerfile").read_text()
-    build = _stages(text)["build"]
+    """Replay the build stage's COPY lines into a scratch context and let setuptools find the
+    packages there, with the include patterns of pyproject.toml: a package missing from the
+    Dockerfile fails here, not in a registry build. (No Docker daemon runs here.)"""
+    import tomllib
+
+    from setuptools import find_packages
+
+    build = _stages((DEPLOY / "Dockerfile").read_text())["build"]
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     for line in build.splitlines():
@@ -258,23 +262,18 @@ def test_dockerfile_copies_every_package_of_the_distribution(tmp_path: Path) -> 
         *sources, _dest = words[1:]
         for src in sources:
             path = REPO / src
-            if not path.exists():
-                pytest.skip(f"{src} is not in the work tree yet (the Dockerfile copies it)")
+            if not path.exists() and src == "README.md":  # written by the lead; metadata only
+                (ctx / src).write_text("placeholder\n")
+                continue
+            assert path.exists(), f"the Dockerfile copies {src}, which is not in the repository"
             if path.is_dir():
                 shutil.copytree(path, ctx / src, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy(path, ctx / src)
-    proc = subprocess.run(
-        ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"), str(ctx)],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    import zipfile
-
-    (wheel,) = (tmp_path / "w").glob("flamewatch-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    for pkg in ("stacks/", "profiler/", "aggregator/", "viewer/", "flamewatch/demo/", "flamewatch/cli.py"):
-        assert any(n.startswith(pkg) for n in names), f"the image would lack {pkg}"
-    # Every top-level package in the repo that setuptools would ship is copied.
-    shipped = {n.split("/")[0] for n in names if "/" in n and not n.split("/")[0].endswith(".dist-info")}
-    local = {p.name for p in REPO.iterdir() if (p / "__init__.py").exists() and p.name not in ("tests", "bench")}
-    assert local <= shipped, f"packages not copied into the image: {sorted(local - shipped)}"
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"]
+    wanted = set(find_packages(str(REPO), include=include))
+    copied = set(find_packages(str(ctx), include=include))
+    assert {"stacks", "profiler", "aggregator", "viewer", "flamewatch", "flamewatch.demo"} <= wanted
+    assert wanted <= copied, f"packages not copied into the image: {sorted(wanted - copied)}"
+    assert (ctx / "viewer" / "static").is_dir() and list((ctx / "viewer" / "static").glob("*.js"))

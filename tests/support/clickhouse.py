@@ -113,7 +113,10 @@ def find_binary() -> list[str]:
     """
     override = os.environ.get(ENV_BINARY)
     if override:
-        return override.split()
+        argv = override.split()
+        if not (os.access(argv[0], os.X_OK) or shutil.which(argv[0])):
+            raise ClickHouseMissing(f"{ENV_BINARY}={override}: {argv[0]} is not an executable")
+        return argv
     for path in ("/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server"):
         if os.access(path, os.X_OK):
             return [path]

@@ -464,6 +464,11 @@
         if (!ev || !ev.range || !ev.range.x) return;
         var a = parseChartTime(ev.range.x[0]), b = parseChartTime(ev.range.x[1]);
         if (isNaN(a) || isNaN(b) || b <= a) return;
+        // Drop plotly's own selection box and dimming: the chosen range is shown as shapes instead.
+        setTimeout(function () {
+          window.Plotly.relayout(t, {selections: []});
+          window.Plotly.restyle(t, {selectedpoints: [null]});
+        }, 0);
         onTimelineRange(Math.floor(a), Math.ceil(b));
       });
     }
