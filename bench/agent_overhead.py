@@ -91,10 +91,8 @@ def main() -> int:
         for c in ap.children(recursive=True):
             try:
                 cmd = c.cmdline()
-                if "py-spy" in " ".join(cmd[:1]):
-                    key = "py-spy"
-                else:
-                    key = f"perf {cmd[1]}" if len(cmd) > 1 else "other"
+                name = os.path.basename(cmd[0]) if cmd else ""
+                key = {"py-spy": "py-spy", "perf": f"perf {cmd[1]}" if len(cmd) > 1 else "perf"}.get(name, "other")
                 out[key] = out.get(key, 0.0) + cpu(c)
             except psutil.Error:
                 pass

@@ -24,7 +24,7 @@ SETTINGS: list[Setting] = [
     Setting("pyspy_path", "py-spy", "py-spy executable (pip install py-spy)"),
     Setting("pyspy_rate", 20, "py-spy samples per second per profiled Python process", int),
     Setting("pyspy_threshold", 10.0,
-            "a Python process is profiled with py-spy when it used more than this % of one core", float),
+            "a Python process is profiled with py-spy when it used more than this percentage of one core", float),
     Setting("pyspy_max_processes", 4, "at most this many Python processes are profiled with py-spy at once",
             int),
     Setting("proc_root", "/proc",
