@@ -119,6 +119,13 @@ def main() -> None:
         ("prune min_share=1/2000", best(lambda: tree.prune(t, min_share=1 / 2000), a.repeat)),
     ]
     pt = tree.prune(t, max_nodes=20000)
+    busiest = tree.top_table(p)[0]["name"]
+    # ten series (pods) of one tenth of the stacks each, as the aggregator merges them
+    series = [
+        ({"node": "n1", "namespace": "default", "pod": f"pod-{i}", "container": "app", "process": "python"},
+         Profile(table, p.ids[i::10], p.counts[i::10]))
+        for i in range(10)
+    ]
     rows += [
         ("to_json (20000 nodes)", best(lambda: tree.to_json(pt), a.repeat)),
         (
@@ -128,6 +135,9 @@ def main() -> None:
         ("top_table", best(lambda: tree.top_table(p, 100), a.repeat)),
         ("search", best(lambda: tree.search(t, "func_1[0-9]$"), a.repeat)),
         ("diff_json (2 x profile, max_nodes=20000)", best(lambda: diff.diff_json(p, q), a.repeat)),
+        ("diff_table (2 x profile)", best(lambda: diff.diff_table(p, q), a.repeat)),
+        ("sandwich (busiest function)", best(lambda: tree.sandwich(p, busiest), a.repeat)),
+        ("with_metadata (10 series)", best(lambda: tree.with_metadata(series, StackTable()), a.repeat)),
     ]
     base = rows[0][1]
     print(f"{'step':45} {'seconds':>9} {'x baseline':>11}")

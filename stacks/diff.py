@@ -30,7 +30,6 @@ from stacks.tree import (
     Tree,
     _layout,
     _pruned,
-    function_stats,
     prune_columns,
 )
 
@@ -135,7 +134,8 @@ def diff_table(base: Profile, compare: Profile, *, mode: str = "share", limit: i
     if limit < 0:
         raise InputError(f"limit={limit}: must be 0 or more")
     base_sum, compare_sum = base.total, compare.total
-    bs, cs = function_stats(base), function_stats(compare)
+    trie = Columns.build([compare, base])  # one trie, both sides
+    cs, bs = trie.function_stats(), trie.function_stats(base=True)
     out: dict[str, Any] = {"mode": mode, "base_sum": base_sum, "compare_sum": compare_sum}
     for col, idx in (("self", 0), ("total", 1)):
         rows = []

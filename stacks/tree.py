@@ -1,9 +1,10 @@
 """Profile -> flame tree: build, prune, focus, search, top table, sandwich, Flame JSON.
 
-Pure: no I/O, no clock. A :class:`Tree` is a trie of :class:`Node` objects
-(children keyed by frame) built in one pass over the distinct stacks of a
-profile. :func:`to_json` lays it out in pre-order as the columnar "Flame JSON"
-of ``docs/architecture.md``.
+Pure: no I/O, no clock. :func:`build_tree` makes a columnar trie
+(:class:`Columns`, numpy arrays built level by level); pruning picks the
+nodes to keep on those arrays, and only the kept ones become :class:`Node`
+objects (children keyed by ``(name, kind)``). :func:`to_json` lays a tree out
+in pre-order as the columnar "Flame JSON" of ``docs/architecture.md``.
 
 Public API (see docs/tree.md)::
 
@@ -216,41 +217,13 @@ def _kind_code(kind: object) -> int:
         raise InputError(f"frame kind {kind!r} is unknown: use user, kernel or metadata") from None
 
 
-def _kind_str(kind: object) -> str:
-    if kind is Kind.USER:
-        return "user"
-    if kind is Kind.KERNEL:
-        return "kernel"
-    if kind is Kind.METADATA:
-        return "metadata"
-    return KINDS[_kind_code(kind)]
-
-
-def _new_root(total: int = 0) -> Node:
-    return Node(ROOT_NAME, Kind.METADATA.value, total)
-
-
-def _insert(root: Node, stack: Sequence[Frame], count: int) -> None:
-    """Add ``count`` samples of ``stack`` (root first) below ``root``; root.total included."""
-    root.total += count
-    node = root
-    for f in stack:
-        children = node.children
-        key = (f[0], _kind_str(f[1]))
-        child = children.get(key)
-        if child is None:
-            child = children[key] = Node(key[0], key[1])
-        child.total += count
-        node = child
-    node.self += count
-
-
 def build_tree(profile: Profile, *, labels: Mapping[tuple[str, ...], str] | None = None) -> Tree:
     """The flame tree of ``profile``: root ``all`` (kind metadata), one node per distinct path.
 
-    One dict lookup per frame of each distinct stack, then totals summed
-    level by level in numpy. ``labels`` (from :func:`metadata_labels`) names
-    the label of metadata nodes.
+    Built columnar (see :class:`Columns`): no per-frame Python work, and Node
+    objects only appear when ``root`` is read (after pruning, only for the
+    kept nodes). ``labels`` (from :func:`metadata_labels`) names the label of
+    metadata nodes.
     """
     cols = Columns.build([profile])
     if labels:
@@ -269,7 +242,8 @@ class Columns:
     """
 
     __slots__ = (
-        "base_self", "base_total", "depth", "fid", "fkinds", "fnames", "labels", "parent", "self_", "total",
+        "_rec", "base_self", "base_total", "depth", "fid", "fkinds", "fnames", "labels", "parent", "self_",
+        "total",
     )
 
     def __init__(self, fnames: list[str], fkinds: list[int], fid: np.ndarray, parent: np.ndarray,
@@ -284,6 +258,7 @@ class Columns:
         self.base_self = selfs[1] if len(selfs) > 1 else None
         self.base_total = _subtree_sums(selfs[1], parent, depth) if len(selfs) > 1 else None
         self.labels: Mapping[tuple[str, ...], str] | None = None
+        self._rec: np.ndarray | None = None
 
     @staticmethod
     def build(profiles: Sequence[Profile]) -> Columns:
@@ -307,7 +282,11 @@ class Columns:
         lens = np.fromiter(map(len, stacks), dtype=np.int64, count=ns)
         flat = list(chain.from_iterable(stacks))
         objs = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
-        uobj, first, inv = np.unique(objs, return_index=True, return_inverse=True)
+        uobj, inv = np.unique(objs, return_inverse=True)  # quicksort; return_index would force mergesort
+        inv = inv.reshape(-1)
+        # Any occurrence will do as the representative: equal ids are the same object.
+        first = np.empty(len(uobj), dtype=np.int64)
+        first[inv] = np.arange(len(objs), dtype=np.int64)
         # Distinct Frame objects -> functions (equal frames held by different objects merge here).
         funcs: dict[tuple[str, int], int] = {}
         fnames: list[str] = []
@@ -324,7 +303,7 @@ class Columns:
                 fnames.append(name)
                 fkinds.append(code)
             obj_fid[j] = fi
-        flat_fid = obj_fid[inv.reshape(-1)] if len(flat) else np.zeros(0, dtype=np.int64)
+        flat_fid = obj_fid[inv] if len(flat) else np.zeros(0, dtype=np.int64)
         starts = np.zeros(ns, dtype=np.int64)
         if ns > 1:
             np.cumsum(lens[:-1], out=starts[1:])
@@ -362,6 +341,8 @@ class Columns:
 
     def recursive(self) -> np.ndarray:
         """Per node: True if some ancestor is the same function (so its samples are counted there)."""
+        if self._rec is not None:
+            return self._rec
         n = len(self.parent)
         rec = np.zeros(n, dtype=bool)
         cur = np.maximum(self.parent, 0)
@@ -371,17 +352,22 @@ class Columns:
             rec[todo] = self.fid[up] == self.fid[todo]
             cur[todo] = np.maximum(self.parent[up], 0)
             todo = todo[~rec[todo] & (cur[todo] > 0)]
+        self._rec = rec
         return rec
 
-    def function_stats(self) -> dict[tuple[str, str], list[int]]:
-        """``{(name, kind): [self, total]}`` of the first profile; total once per stack."""
+    def function_stats(self, base: bool = False) -> dict[tuple[str, str], list[int]]:
+        """``{(name, kind): [self, total]}`` of the first profile (or the base side of a
+        diff trie); total counts a function once per stack even when it recurses."""
+        self_, total = (self.base_self, self.base_total) if base else (self.self_, self.total)
+        if self_ is None or total is None:
+            raise ValueError("this trie has no base side")
         nf = len(self.fnames)
         f = self.fid[1:]
         selfs = np.zeros(nf, dtype=np.int64)
-        np.add.at(selfs, f, self.self_[1:])
+        np.add.at(selfs, f, self_[1:])
         outer = ~self.recursive()[1:]
         totals = np.zeros(nf, dtype=np.int64)
-        np.add.at(totals, f[outer], self.total[1:][outer])
+        np.add.at(totals, f[outer], total[1:][outer])
         rows = zip(self.fnames, self.fkinds, selfs.tolist(), totals.tolist(), strict=True)
         return {(name, KINDS[code]): [s, t] for name, code, s, t in rows if t}
 
@@ -616,8 +602,9 @@ def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_sha
     def cost(k: np.ndarray) -> int:
         cut = ~k
         cut[0] = False
-        owners = parent[cut & k[parent]]
-        return int(k.sum()) + int(np.unique(owners).size)
+        has_cut = np.zeros(n, dtype=bool)
+        has_cut[parent[cut & k[parent]]] = True
+        return int(k.sum()) + int(has_cut.sum())
 
     cand = np.unique(weights[eligible])  # ascending; low thresholds keep more
     lo, hi = 0, len(cand)  # answer: first index whose cost fits; len(cand) = root only
@@ -808,33 +795,56 @@ def top_table(profile: Profile, limit: int | None = None) -> list[dict[str, Any]
     return rows if limit is None else rows[:limit]
 
 
-def sandwich(profile: Profile, name: str) -> tuple[Tree, Tree]:
+def sandwich(profile: Profile | Tree, name: str) -> tuple[Tree, Tree]:
     """(callers, callees) of function ``name``, both rooted at ``name``.
 
     For each stack the outermost occurrence of ``name`` is used, so both roots
     total the samples of stacks containing it. Callers is inverted: its
-    children are the direct callers, their children the callers' callers.
-    Raises InputError if no frame has that name.
+    children are the direct callers, their children the callers' callers; the
+    callers root's ``self`` counts stacks that start with ``name``. Raises
+    InputError if no frame has that name.
     """
-    kinds: dict[str, int] = {}
-    stack_of = profile.table.stack
-    callers_root = Node(name, "user")
-    callees_root = Node(name, "user")
-    for sid, count in zip(profile.ids.tolist(), profile.counts.tolist(), strict=True):
-        stack = stack_of(sid)
-        i = next((j for j, f in enumerate(stack) if f[0] == name), -1)
-        if i < 0:
-            continue
-        f = stack[i]
-        kv = f[1].value if isinstance(f[1], Kind) else str(f[1])
-        kinds[kv] = kinds.get(kv, 0) + count
-        _insert(callees_root, stack[i + 1 :], count)
-        _insert(callers_root, stack[i - 1 :: -1] if i else (), count)
-    if not kinds:
+    tree = profile if isinstance(profile, Tree) else build_tree(profile)
+    if tree.cols is None or tree._root is not None:
+        tree = Tree(cols=Columns.build([_tree_profile(tree)])) if tree.cols is None else Tree(cols=tree.cols)
+    cols = tree.cols
+    assert cols is not None
+    tops = cols.outermost(cols.name_mask(lambda n: n == name))
+    if not tops.any():
         raise InputError(f"sandwich: no frame named {name!r} in the profile (check the function name)")
-    kind = max(kinds.items(), key=lambda kv: kv[1])[0]
-    callers_root.kind = callees_root.kind = kind
-    return Tree(callers_root), Tree(callees_root)
+    callees = cols.merged_subtrees(tops, name)
+    callers = Node(name, callees.kind)
+    parent, fid, total = cols.parent.tolist(), cols.fid.tolist(), cols.total.tolist()
+    keys = [(n, KINDS[k]) for n, k in zip(cols.fnames, cols.fkinds, strict=True)]
+    for i in np.flatnonzero(tops).tolist():
+        count = total[i]
+        callers.total += count
+        node = callers
+        j = parent[i]
+        while j > 0:  # walk up to (not including) the root "all"
+            key = keys[fid[j]]
+            child = node.children.get(key)
+            if child is None:
+                child = node.children[key] = Node(key[0], key[1])
+            child.total += count
+            node = child
+            j = parent[j]
+        node.self += count
+    return Tree(callers), Tree(callees)
+
+
+def _tree_profile(tree: Tree) -> Profile:
+    """A profile with the same stacks as an object tree (each node's self at its path)."""
+    pairs: list[tuple[tuple[Frame, ...], int]] = []
+    todo: list[tuple[Node, tuple[Frame, ...]]] = [(c, ()) for c in tree.root.children.values()]
+    while todo:
+        node, path = todo.pop()
+        kind = Kind(node.kind) if node.kind in _KIND_CODE and node.kind != OTHER else Kind.USER
+        path = (*path, Frame(node.name, kind))
+        if node.self:
+            pairs.append((path, node.self))
+        todo.extend((c, path) for c in node.children.values())
+    return Profile.from_pairs(pairs)
 
 
 # --------------------------------------------------------------------------- JSON

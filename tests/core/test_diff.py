@@ -198,3 +198,50 @@ def test_prop_widths_follow_contract(bp, cp, mode, max_nodes):
             j += 1
         assert n["total"][i] == n["self"][i] + sum(n["total"][c] for c in kids)
         assert n["base_total"][i] == n["base_self"][i] + sum(n["base_total"][c] for c in kids)
+
+
+@given(pairs, pairs, st.sampled_from(diff.MODES))
+def test_prop_diff_table_matches_top_tables(bp, cp, mode):
+    table = StackTable()
+    base, compare = Profile.from_pairs(bp, table), Profile.from_pairs(cp, table)
+    tb = {(r["name"], r["kind"]): r for r in tree.top_table(base)}
+    tc = {(r["name"], r["kind"]): r for r in tree.top_table(compare)}
+    t = diff.diff_table(base, compare, mode=mode, limit=1000)
+    for col in ("self", "total"):
+        rows = t[col]["regressions"] + t[col]["improvements"]
+        for r in rows:
+            key = (r["name"], r["kind"])
+            assert r["base"] == (tb[key][col] if key in tb else 0)
+            assert r["compare"] == (tc[key][col] if key in tc else 0)
+            assert r["delta"] == diff.node_delta(r["base"], r["compare"], base.total, compare.total, mode)
+        # every function whose value changed is listed
+        changed = {
+            k for k in tb.keys() | tc.keys()
+            if diff.node_delta(tb[k][col] if k in tb else 0, tc[k][col] if k in tc else 0,
+                               base.total, compare.total, mode) != 0
+        }
+        assert {(r["name"], r["kind"]) for r in rows} == changed
+
+
+def test_diff_json_metadata_labels():
+    table = StackTable()
+    a = [({"namespace": "default", "pod": "admin-1"}, parse("main;work 4\n", table))]
+    b = [({"namespace": "default", "pod": "admin-2"}, parse("main;work 2\n", table))]
+    labels = {**tree.metadata_labels(a), **tree.metadata_labels(b)}
+    data = diff.diff_json(tree.with_metadata(a, table), tree.with_metadata(b, table), labels=labels)
+    got = [
+        (data["names"][i], data["kinds"][k], lab)
+        for i, k, lab in zip(data["nodes"]["name"], data["nodes"]["kind"], data["nodes"]["label"], strict=True)
+    ]
+    assert got == [
+        ("all", "metadata", None),
+        ("default", "metadata", "namespace"),
+        ("admin-1", "metadata", "pod"),
+        ("main", "user", None),
+        ("work", "user", None),
+        ("admin-2", "metadata", "pod"),
+        ("main", "user", None),
+        ("work", "user", None),
+    ]
+    # admin-1 vanished (base only), admin-2 is new (compare only); k = 2 / 4
+    assert data["nodes"]["width"][:3] == [2 + 4 * 0.5, 2 + 4 * 0.5, 4 * 0.5]

@@ -449,3 +449,46 @@ def test_node_path_prune_matches_columnar_on_wide():
     a = tree.to_json(tree.prune(t, max_nodes=6))
     b = tree.to_json(tree.prune(node_form(tree.build_tree(prof(WIDE))), max_nodes=6))
     assert a == b
+
+
+def reference_sandwich(p: Profile, name: str) -> tuple[tree.Node, tree.Node]:
+    """Straightforward per-stack sandwich: outermost occurrence, callers reversed."""
+    callers, callees = tree.Node(name, "user"), tree.Node(name, "user")
+    kinds: dict[str, int] = {}
+
+    def insert(root: tree.Node, frames, count: int) -> None:
+        root.total += count
+        node = root
+        for f in frames:
+            key = (f.name, f.kind.value)
+            node = node.children.setdefault(key, tree.Node(f.name, f.kind.value))
+            node.total += count
+        node.self += count
+
+    for s, c in p.items():
+        i = next((j for j, f in enumerate(s) if f.name == name), -1)
+        if i < 0:
+            continue
+        kinds[s[i].kind.value] = kinds.get(s[i].kind.value, 0) + c
+        insert(callees, s[i + 1 :], c)
+        insert(callers, s[:i][::-1], c)
+    callers.kind = callees.kind = max(kinds.items(), key=lambda kv: (kv[1], kv[0] == "user"))[0]
+    return callers, callees
+
+
+@given(profiles, names)
+def test_prop_sandwich_equals_reference(p, name):
+    if not any(f.name == name for s, _ in p.items() for f in s):
+        with pytest.raises(InputError):
+            tree.sandwich(p, name)
+        return
+    got = tree.sandwich(p, name)
+    want = reference_sandwich(p, name)
+    for g, w in zip(got, want, strict=True):
+        gj, wj = tree.to_json(g), tree.to_json(tree.Tree(w))
+        if g.root.kind != w.kind:  # equal weight of a user and a kernel frame: either is right
+            gj["nodes"]["kind"][0] = wj["nodes"]["kind"][0]
+        assert gj == wj
+    # the object form of the tree gives the same answer
+    again = tree.sandwich(node_form(tree.build_tree(p)), name)
+    assert [tree.to_json(t) for t in again] == [tree.to_json(t) for t in got]

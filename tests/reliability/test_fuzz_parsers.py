@@ -320,7 +320,7 @@ def test_one_folded_line_of_ten_megabytes() -> None:
 
 # -- selectors ---------------------------------------------------------------------------------
 
-SEL_ALPHABET = st.text(st.sampled_from(list('{}=!~",\'`\\ abcxyz_.-*+?()[]|^$0129') + ["\n", "\x00"]),
+SEL_ALPHABET = st.text(st.sampled_from([*list('{}=!~",\'`\\ abcxyz_.-*+?()[]|^$0129'), "\n", "\x00"]),
                        max_size=60)
 
 

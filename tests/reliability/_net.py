@@ -10,7 +10,6 @@ import gzip
 import http.client
 import json
 import random
-import socket
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -46,7 +45,7 @@ def raw_request(url: str, method: str, target: str, body: bytes | Iterable[bytes
                 for piece in body:  # type: ignore[union-attr]
                     conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 conn.send(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before taking the whole body
         r = conn.getresponse()
         return r.status, r.read()
