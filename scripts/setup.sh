@@ -25,6 +25,12 @@ if [ "${FLAMEWATCH_SKIP_APT:-0}" != 1 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# speedscope (npm) validates and loads our speedscope exports in the tests.
+if command -v npm >/dev/null && ! command -v speedscope >/dev/null; then
+  log "installing speedscope from npm (export conformance tests)"
+  npm install -g --silent speedscope@1.25.0 >/dev/null 2>&1 || log "speedscope install failed; its tests will skip"
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "creating virtualenv .venv"
