@@ -95,12 +95,13 @@ def label_name(name: str) -> str:
 
 
 async def series_profiles(
-    store: Store, sel: Selector, rng: Range, table: StackTable
+    store: Store, sel: Selector, rng: Range, table: StackTable, per_series: bool = True
 ) -> list[tuple[Labels, Profile]]:
-    """One merged profile per matching series over the range (store fast path when it has one)."""
+    """One merged profile per matching series over the range (store fast path when it has one);
+    with ``per_series=False`` the fast path may merge everything under empty labels."""
     fast = getattr(store, "read_merged", None)
     if fast is not None:
-        got = await fast(sel, rng.first_window, rng.end, table)
+        got = await fast(sel, rng.first_window, rng.end, table, None if per_series else ())
         return sorted(got.items(), key=lambda kv: kv[0].items_)
     by: dict[Labels, list[Profile]] = {}
     for w in await store.read(sel, rng.first_window, rng.end, table):
@@ -114,7 +115,7 @@ async def profile_for(
     """The merged profile of a query, with metadata root frames when asked."""
     from stacks.tree import metadata_labels, with_metadata
 
-    series = await series_profiles(store, sel, rng, table)
+    series = await series_profiles(store, sel, rng, table, per_series=metadata)
     if metadata:
         return with_metadata(series, table), metadata_labels(series)
     if not series:

@@ -8,7 +8,9 @@ the same run, is the naive path through the Store Protocol alone
 (``store.read`` per window, then ``merge``), without the backend's merged-read
 fast path.
 
-    python bench/query.py [--storage sqlite | clickhouse://127.0.0.1:9000/db] [--rounds 20]
+    python bench/query.py [--storage sqlite | clickhouse | clickhouse://127.0.0.1:8123/db] [--rounds 20]
+
+``--storage clickhouse`` starts a private clickhouse-server (tests/support/clickhouse.py).
 """
 
 from __future__ import annotations
@@ -137,6 +139,12 @@ def main() -> int:
     ap.add_argument("--per-window", type=int, default=150, help="distinct stacks per series window")
     ap.add_argument("--pool", type=int, default=3000, help="distinct stacks overall")
     args = ap.parse_args()
+    if args.storage == "clickhouse":
+        from tests.support.clickhouse import clickhouse_server
+
+        with clickhouse_server(private=True) as ch:
+            asyncio.run(run(ch.storage_spec("flamewatch_bench"), args.rounds, args.per_window, args.pool))
+        return 0
     asyncio.run(run(args.storage, args.rounds, args.per_window, args.pool))
     return 0
 

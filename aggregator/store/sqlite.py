@@ -383,29 +383,35 @@ class SQLiteStore:
                 self._stacks[sid] = tuple(frames[i] for i in f.tolist())
         return [self._stacks[i] for i in dbids.tolist()]
 
-    def _to_table(self, dbids: np.ndarray, table: StackTable) -> tuple[np.ndarray, np.ndarray]:
-        """(sorted unique db ids, matching ids on ``table``)."""
-        uniq = np.unique(dbids)
+    def _to_table(self, uniq: np.ndarray, table: StackTable) -> np.ndarray:
+        """Ids on ``table`` for sorted unique database stack ids ``uniq``."""
         stacks = self._resolve_stacks(uniq)
         intern = table.intern
-        return uniq, np.fromiter((intern(s) for s in stacks), dtype=np.int64, count=len(stacks))
+        return np.fromiter((intern(s) for s in stacks), dtype=np.int64, count=len(stacks))
 
     def _read(self, selector: Selector, start: int, end: int, table: StackTable) -> list[SeriesWindow]:
         rows = self._rows("series_id, start, data", selector, start, end)
         if not rows:
             return []
-        groups: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
-        for series, wstart, data in rows:
-            groups.setdefault((series, wstart), []).append(codec.decode(data))
-        all_ids = np.concatenate([a for parts in groups.values() for a, _ in parts])
-        uniq, mapped = self._to_table(all_ids, table)
-        out = []
-        for (series, wstart), parts in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            ids = np.concatenate([a for a, _ in parts])
-            counts = np.concatenate([c for _, c in parts])
-            tids = mapped[np.searchsorted(uniq, ids)]
-            profile = Profile.from_arrays(table, tids, counts)
+        rows.sort(key=lambda r: (r[1], r[0]))
+        ids, counts, lengths = codec.decode_many([r[2] for r in rows])
+        uniq = np.unique(ids)
+        mapped = self._to_table(uniq, table)
+        tids = mapped[np.searchsorted(uniq, ids)]
+        out: list[SeriesWindow] = []
+        pos = 0
+        i = 0
+        while i < len(rows):
+            series, wstart = rows[i][0], rows[i][1]
+            j = i
+            n = 0
+            while j < len(rows) and rows[j][0] == series and rows[j][1] == wstart:
+                n += int(lengths[j])
+                j += 1
+            profile = Profile.from_arrays(table, tids[pos : pos + n], counts[pos : pos + n])
             out.append(SeriesWindow(self._series[series], int(wstart), profile))
+            pos += n
+            i = j
         return out
 
     async def read(self, selector: Selector, start: int, end: int, table: StackTable) -> list[SeriesWindow]:
@@ -413,39 +419,54 @@ class SQLiteStore:
         return await self._run(self._rexec, self._read, selector, int(start), int(end), table)
 
     def _read_merged(
-        self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...]
+        self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...] | None
     ) -> dict[Labels, Profile]:
         rows = self._rows("series_id, data", selector, start, end)
-        by: dict[Labels, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for series, data in rows:
-            labels = self._series[series]
-            key = Labels.of({k: labels.get(k, "") for k in group_by}) if group_by else labels
-            by.setdefault(key, []).append(codec.decode(data))
-        if not by:
+        if not rows:
             return {}
-        all_ids = np.concatenate([a for parts in by.values() for a, _ in parts])
-        uniq, mapped = self._to_table(all_ids, table)
+        keys: dict[Labels, int] = {}
+        group_of: dict[int, int] = {}  # series id -> group index, computed once per series
+        for series in {r[0] for r in rows}:
+            labels = self._series[series]
+            if group_by is not None:
+                labels = Labels.of({k: labels.get(k, "") for k in group_by})
+            group_of[series] = keys.setdefault(labels, len(keys))
+        row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
+        ids, counts, lengths = codec.decode_many([r[1] for r in rows])
+        if ids.size == 0:
+            return {}
+        # Database stack ids are dense, so one bincount over (group, id) merges everything in
+        # linear time; no sort of the millions of entries an hour of windows holds.
+        width = int(ids.max()) + 1
+        group = np.repeat(row_group, lengths)
+        if len(keys) * width <= 20_000_000:
+            flat = np.bincount(group * width + ids, weights=counts, minlength=len(keys) * width)
+            nz = np.flatnonzero(flat)
+            sums = flat[nz]
+        else:  # too many (group, id) cells for a dense count: sort-based reduce instead
+            merged = Profile.from_arrays(StackTable(), group * width + ids, counts)
+            nz, sums = merged.ids, merged.counts.astype(np.float64)
+        uniq = np.unique(nz % width)
+        mapped = self._to_table(uniq, table)
         out = {}
-        for key, parts in by.items():
-            ids = np.concatenate([a for a, _ in parts])
-            counts = np.concatenate([c for _, c in parts])
-            # Dense db ids: a bincount over their rank is a linear-time merge.
-            rank = np.searchsorted(uniq, ids)
-            sums = np.bincount(rank, weights=counts, minlength=len(uniq))
-            keep = np.flatnonzero(sums > 0)
-            out[key] = Profile.from_arrays(table, mapped[keep], np.rint(sums[keep]).astype(np.int64))
+        gnz = nz // width
+        for labels, g in keys.items():
+            mask = gnz == g
+            tids = mapped[np.searchsorted(uniq, nz[mask] % width)]
+            out[labels] = Profile.from_arrays(table, tids, np.rint(sums[mask]).astype(np.int64))
         return out
 
     async def read_merged(
-        self, selector: Selector, start: int, end: int, table: StackTable, group_by: Sequence[str] = ()
+        self, selector: Selector, start: int, end: int, table: StackTable,
+        group_by: Sequence[str] | None = None,
     ) -> dict[Labels, Profile]:
-        """Fast path for queries: one merged profile per series (or per ``group_by`` values)."""
-        return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table,
-                               tuple(group_by))
+        """Fast path for queries: one merged profile per series (``group_by=None``), per
+        combination of ``group_by`` label values, or one in all (``group_by=()``, key ``{}``)."""
+        gb = None if group_by is None else tuple(group_by)
+        return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table, gb)
 
     async def totals(self, selector: Selector, start: int, end: int) -> list[tuple[Labels, int, int]]:
         """(labels, window start, samples) for matching windows; used by the timeline."""
-        # GROUP BY needs to be appended to the query; do it in SQL for speed.
         def run() -> list[tuple[Labels, int, int]]:
             self._refresh_series()
             r = self._r

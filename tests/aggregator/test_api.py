@@ -101,7 +101,8 @@ async def test_connect_push_with_sample_labels_splits_series(client: TestClient)
     a = encode_pprof(parse("main;hot_loop_alpha 6\n"), time_nanos=int(W * 1e9))
     b = encode_pprof(parse("main;tagged_work_beta 4\n"), time_nanos=int(W * 1e9), sample_labels={"route": "/admin"})
     labels = (("__name__", "process_cpu"), ("service_name", "py-app"), ("env", "test"))
-    body = gzip.compress(encode_push_request([PushSeries(labels, (RawSample(a, "1"), RawSample(gzip.compress(b), "2")))]))
+    samples = (RawSample(a, "1"), RawSample(gzip.compress(b), "2"))
+    body = gzip.compress(encode_push_request([PushSeries(labels, samples)]))
     r = await client.post("/push.v1.PusherService/Push", data=body,
                           headers={"Content-Type": "application/proto", "Content-Encoding": "gzip"})
     assert r.status == 200, await r.text()
@@ -255,3 +256,23 @@ async def test_connect_json_push(client: TestClient) -> None:
     r = await client.post("/push.v1.PusherService/Push", json=doc)
     assert r.status == 200, await r.text()
     assert await folded_of(client, "j") == "main;json_path 3\n"
+
+
+async def test_full_disk_answers_503_and_recovers_reads(tmp_path) -> None:
+    from aggregator.store.sqlite import SQLiteStore
+
+    settings = resolve(SETTINGS, {"data_dir": str(tmp_path)}, environ={})
+    store = SQLiteStore(tmp_path / "small.db", max_pages=40)
+    client = TestClient(TestServer(create_app(settings, store=store, clock=lambda: NOW, mount_viewer=False),
+                                   host="127.0.0.1"))
+    await client.start_server()
+    try:
+        r = await client.post(f"/ingest?name=app&from={W}", data=b"main;ok 1\n")
+        assert r.status == 200
+        big = "".join(f"main;fn_{i:06d}_{'x' * 60} 1\n" for i in range(5000)).encode()
+        r = await client.post(f"/ingest?name=app&from={W}", data=big)
+        assert r.status == 503
+        assert "storage unavailable" in (await r.json())["error"] and "full" in (await r.json())["error"]
+        assert await folded_of(client) == "main;ok 1\n"  # reads still work, nothing half-written
+    finally:
+        await client.close()

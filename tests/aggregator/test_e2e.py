@@ -41,7 +41,7 @@ def test_real_pyroscope_app_pushes_and_selectors_filter(tmp_path: Path) -> None:
                  "--tag", "team=flame", "--seconds", "3", "--upload-interval", "1", "--route", f"/{name}"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         for p in runs:
-            out, err = p.communicate(timeout=90)
+            _, err = p.communicate(timeout=90)
             assert p.returncode == 0, err
         blue = render_folded(srv, '{env="blue"}')
         assert "hot_loop_alpha" in blue and "tagged_work_beta" in blue

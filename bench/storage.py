@@ -1,0 +1,171 @@
+"""Stored bytes per sample vs raw folded text, and memory per open window.
+
+Data: the real ``perf script`` capture in ../shared/corpora/local (collapsed
+with ``stacks.perf.collapse --all --pid``, so each process is its own series
+of real kernel+user stacks); without the corpus, a synthetic pool. Each of
+``--series`` series gets ``--windows`` 30 s windows of 99 Hz x 30 s samples
+drawn from that process's real stack distribution, pushed as an agent would
+(one folded body per series and window). Compared, in this run:
+
+- bytes of the folded text pushed (the baseline) vs bytes the SQLite file
+  holds after compaction (live pages; the file size is printed too);
+- memory per open window: tracemalloc of the profiles a window holds in the
+  aggregator vs the naive {folded line: count} dict of the same window.
+
+    python bench/storage.py [--series 50] [--windows 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import random
+import sqlite3
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aggregator.ingest import IngestTables, parse_folded
+from aggregator.store.sqlite import SQLiteStore
+from aggregator.windows import WindowWriter
+from stacks.model import Labels
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("FLAMEWATCH_CORPORA", REPO.parent / "shared" / "corpora")) / "local"
+T0 = 1_700_006_400
+GOAL = 10.0
+
+
+def stack_pools() -> list[tuple[list[str], np.ndarray]]:
+    """Per process: (folded stacks, probabilities)."""
+    path = CORPUS / "perf-script-2cpu-499hz.txt.gz"
+    if path.exists():
+        from stacks.perf import collapse
+
+        with gzip.open(path, "rt", errors="replace") as f:
+            text = f.read()
+        folded = collapse(text, all=True, pid=True, weight_by_period=False)
+        by_proc: dict[str, dict[str, int]] = {}
+        for stack, n in folded.items():
+            proc, _, rest = stack.partition(";")
+            if rest:
+                by_proc.setdefault(proc, {})[rest] = n
+        pools = [(list(d), np.array(list(d.values()), dtype=float)) for d in by_proc.values() if len(d) >= 20]
+        print(f"data: {path.name}, {len(pools)} processes with >= 20 distinct stacks, "
+              f"{sum(len(p[0]) for p in pools)} distinct stacks")
+    else:
+        rng = random.Random(3)
+        funcs = [f"lib{i % 9}::func_{i}" for i in range(500)]
+        pools = []
+        for _ in range(8):
+            stacks = [";".join(rng.choice(funcs) for _ in range(rng.randint(5, 25))) for _ in range(800)]
+            pools.append((stacks, np.array([rng.paretovariate(1.2) for _ in stacks])))
+        print(f"data: synthetic ({CORPUS} not found)")
+    return [(s, w / w.sum()) for s, w in pools]
+
+
+def window_body(pool: tuple[list[str], np.ndarray], rng: np.random.Generator, samples: int) -> bytes:
+    stacks, p = pool
+    counts = rng.multinomial(samples, p)
+    return "".join(f"{stacks[i]} {c}\n" for i in np.flatnonzero(counts) for c in (int(counts[i]),)).encode()
+
+
+async def run(series: int, windows: int, samples: int) -> None:
+    pools = stack_pools()
+    rng = np.random.default_rng(5)
+    with tempfile.TemporaryDirectory() as d:
+        store = SQLiteStore(Path(d) / "flamewatch.db")
+        await store.open()
+        writer = WindowWriter(store, clock=lambda: T0 + 30 * windows + 3600)
+        tables = IngestTables()
+        raw_bytes = 0
+        total_samples = 0
+        for w in range(windows):
+            items = []
+            sizes = []
+            for s in range(series):
+                body = window_body(pools[s % len(pools)], rng, samples)
+                raw_bytes += len(body)
+                sizes.append(len(body))
+                profile, _ = parse_folded(body, tables)
+                total_samples += profile.total
+                items.append((Labels.of(namespace=f"ns-{s % 5}", pod=f"pod-{s}", container="app",
+                                        node=f"node-{s % 3}", process=f"proc-{s % len(pools)}"),
+                              T0 + 30 * w + 15, profile))
+            await writer.add(items)
+            # a second push per window, as a 10 s agent interval gives: fragments, then compaction
+            again = items[: series // 3]
+            await writer.add(again)
+            raw_bytes += sum(sizes[: series // 3])
+            total_samples += sum(p.total for _, _, p in again)
+        await writer.maintain()
+        await store.close()
+        db = Path(d) / "flamewatch.db"
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        tables_bytes = {name: conn.execute(f"SELECT sum(length({col})) FROM {name}").fetchone()[0]
+                        for name, col in (("windows", "data"), ("stacks", "frames"), ("frames", "name"))}
+        conn.close()
+        live = (pages - free) * page
+        file_size = db.stat().st_size
+    print(f"series {series}, windows {windows}, {samples} samples per series window")
+    print(f"samples stored: {total_samples:,} (a third of the series push twice per window)")
+    print(f"raw folded text pushed: {raw_bytes / 1e6:.2f} MB "
+          f"= {raw_bytes / total_samples:.2f} bytes/sample")
+    print(f"SQLite live pages: {live / 1e6:.2f} MB = {live / total_samples:.3f} bytes/sample "
+          f"(file {file_size / 1e6:.2f} MB)")
+    print(f"  blobs: windows {tables_bytes['windows'] / 1e6:.2f} MB, stacks {tables_bytes['stacks'] / 1e6:.2f} MB, "
+          f"frame names {tables_bytes['frames'] / 1e6:.2f} MB")
+    print(f"ratio folded/stored: {raw_bytes / live:.1f}x smaller (goal >= {GOAL:.0f}x)")
+    memory_per_window(pools, samples)
+
+
+def memory_per_window(pools: list[tuple[list[str], np.ndarray]], samples: int) -> None:
+    """Bytes an open window costs in the aggregator vs a naive dict of folded lines."""
+    rng = np.random.default_rng(9)
+    bodies = [window_body(pools[i % len(pools)], rng, samples) for i in range(200)]
+    tables = IngestTables()
+    for b in bodies:  # the shared stack table is amortised over all windows: warm it first
+        parse_folded(b, tables)
+    tracemalloc.start()
+    a0 = tracemalloc.get_traced_memory()[0]
+    held = [parse_folded(b, tables)[0] for b in bodies]
+    ours = (tracemalloc.get_traced_memory()[0] - a0) / len(held)
+    a0 = tracemalloc.get_traced_memory()[0]
+    naive = []
+    for b in bodies:
+        d: dict[str, int] = {}
+        for line in b.decode().splitlines():
+            k, _, n = line.rpartition(" ")
+            d[k] = d.get(k, 0) + int(n)
+        naive.append(d)
+    theirs = (tracemalloc.get_traced_memory()[0] - a0) / len(naive)
+    tracemalloc.stop()
+    stacks = sum(len(p) for p in held) / len(held)
+    print(f"memory per open window ({stacks:.0f} distinct stacks): {ours / 1024:.1f} KiB "
+          f"vs naive dict of folded lines {theirs / 1024:.1f} KiB -> {theirs / ours:.1f}x smaller")
+    del held, naive
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--series", type=int, default=50)
+    ap.add_argument("--windows", type=int, default=120)
+    ap.add_argument("--samples", type=int, default=99 * 30, help="samples per series window")
+    args = ap.parse_args()
+    asyncio.run(run(args.series, args.windows, args.samples))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
