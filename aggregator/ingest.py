@@ -238,7 +238,7 @@ def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int) -
                 base64.b64decode(x.get("rawProfile", ""), validate=True) for x in s.get("samples", [])
             ]
             series.append((labels, profiles))
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, RecursionError) as e:
         raise InputError(
             f"push JSON is not a Connect PushRequest ({type(e).__name__}: {e}); expected "
             '{"series": [{"labels": [{"name": ..., "value": ...}], "samples": [{"rawProfile": BASE64}]}]}'

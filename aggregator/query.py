@@ -24,6 +24,9 @@ FORMATS = ("json", "folded", "pprof", "speedscope", "html")
 DIFF_FORMATS = ("json", "folded")
 MODES = ("share", "absolute")
 MAX_NODES_LIMIT = 200_000
+# group_by for read_merged that puts every series in one group: no series has a label named "",
+# so every series' key is {} (both backends read an absent label as "").
+MERGE_ALL = ("",)
 _LABEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -101,7 +104,7 @@ async def series_profiles(
     with ``per_series=False`` the fast path may merge everything under empty labels."""
     fast = getattr(store, "read_merged", None)
     if fast is not None:
-        got = await fast(sel, rng.first_window, rng.end, table, None if per_series else ())
+        got = await fast(sel, rng.first_window, rng.end, table, () if per_series else MERGE_ALL)
         return sorted(got.items(), key=lambda kv: kv[0].items_)
     by: dict[Labels, list[Profile]] = {}
     for w in await store.read(sel, rng.first_window, rng.end, table):
@@ -115,7 +118,19 @@ async def profile_for(
     """The merged profile of a query, with metadata root frames when asked."""
     from stacks.tree import metadata_labels, with_metadata
 
-    series = await series_profiles(store, sel, rng, table, per_series=metadata)
+    if metadata:
+        from stacks.tree import METADATA_LEVELS
+
+        # Series that differ only in other labels (SDK tags, routes) share their metadata frames:
+        # merge them in the store first, so the prefixing below touches each stack once per path.
+        fast = getattr(store, "read_merged", None)
+        if fast is not None:
+            got = await fast(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS))
+            series = sorted(got.items(), key=lambda kv: kv[0].items_)
+        else:
+            series = await series_profiles(store, sel, rng, table)
+    else:
+        series = await series_profiles(store, sel, rng, table, per_series=False)
     if metadata:
         return with_metadata(series, table), metadata_labels(series)
     if not series:

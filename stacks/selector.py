@@ -72,6 +72,12 @@ def matcher(name: str, op: str, value: str) -> Matcher:
             rx = re.compile(value)
         except re.error as e:
             raise InputError(f"selector regex {value!r} for {name!r} is invalid: {e}") from None
+        except (RecursionError, OverflowError) as e:
+            # deeply nested groups / huge repeat counts: the compiler gives up, not the caller's fault
+            shown = value if len(value) <= 80 else value[:80] + "..."
+            raise InputError(
+                f"selector regex {shown!r} for {name!r} is too complex ({type(e).__name__}): simplify it"
+            ) from None
     return Matcher(name, op, value, rx)
 
 

@@ -428,7 +428,7 @@ class SQLiteStore:
         group_of: dict[int, int] = {}  # series id -> group index, computed once per series
         for series in {r[0] for r in rows}:
             labels = self._series[series]
-            if group_by is not None:
+            if group_by:
                 labels = Labels.of({k: labels.get(k, "") for k in group_by})
             group_of[series] = keys.setdefault(labels, len(keys))
         row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
@@ -458,11 +458,12 @@ class SQLiteStore:
 
     async def read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable,
-        group_by: Sequence[str] | None = None,
+        group_by: Sequence[str] | None = (),
     ) -> dict[Labels, Profile]:
-        """Fast path for queries: one merged profile per series (``group_by=None``), per
-        combination of ``group_by`` label values, or one in all (``group_by=()``, key ``{}``)."""
-        gb = None if group_by is None else tuple(group_by)
+        """Fast path for queries: one merged profile per series (empty ``group_by``) or per
+        combination of ``group_by`` label values (absent labels read as ""; so ``("",)``
+        merges everything under ``{}``)."""
+        gb = tuple(group_by or ())
         return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table, gb)
 
     async def totals(self, selector: Selector, start: int, end: int) -> list[tuple[Labels, int, int]]:

@@ -79,6 +79,12 @@ async def test_metadata_frames(client: TestClient) -> None:
     await ingest_folded(client, "admin-service{node=n1,namespace=default,pod=admin-7f9c,container=app}",
                         "main;createSampleImages 7\n", **{"from": str(W)})
     assert await folded_of(client, extra="&metadata=1") == "n1;default;admin-7f9c;app;main;createSampleImages 7\n"
+    # another series on the same pod (a different SDK tag) merges under the same metadata frames
+    await ingest_folded(client, "admin-service{node=n1,namespace=default,pod=admin-7f9c,container=app,route=/x}",
+                        "main;createSampleImages 3\nmain;other 1\n", **{"from": str(W)})
+    assert await folded_of(client, extra="&metadata=1") == (
+        "n1;default;admin-7f9c;app;main;createSampleImages 10\nn1;default;admin-7f9c;app;main;other 1\n"
+    )
     r = await client.get(f"/api/v1/render?{RANGE}&metadata=1")
     doc = await r.json()
     first = [doc["kinds"][k] for k in doc["nodes"]["kind"][:5]]
@@ -204,6 +210,9 @@ BAD = [
     ("GET", "/api/v1/timeline?group_by=a%20b", None, {}, 400, ["label name"]),
     ("GET", "/api/v1/sandwich", None, {}, 400, ["function"]),
     ("GET", "/api/v1/nope", None, {}, 404, ["Not Found"]),
+    ("GET", "/api/v1/render?from=" + "1" * 400, None, {}, 400, ["out of range"]),
+    ("GET", "/api/v1/render?query=" + quote('{a=~"' + "(" * 1000 + ")" * 1000 + '"}'), None, {}, 400, ["regex"]),
+    ("POST", "/push.v1.PusherService/Push", b"[" * 100_000, {"Content-Type": "application/json"}, 400, ["JSON"]),
 ]
 
 

@@ -102,3 +102,9 @@ def test_never_crashes_on_garbage(text: str) -> None:
         parse_selector(text)
     except InputError:
         pass
+
+
+@pytest.mark.parametrize("rx", ["(" * 500 + ")" * 500, "a{99999999999}"])
+def test_pathological_regex_is_input_error(rx: str) -> None:
+    with pytest.raises(InputError, match="regex"):
+        parse_selector('{a=~"' + rx + '"}')

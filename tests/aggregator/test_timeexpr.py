@@ -62,3 +62,16 @@ def test_seconds_and_millis_agree(t: int) -> None:
     if t * 1000 > 1e12:
         assert parse_time(str(t * 1000), 0) == t
     assert parse_time(str(t), 0) == t
+
+
+@pytest.mark.parametrize("text", ["1" * 400, "9" * 5000, "now-" + "1" * 400 + "s", "now-" + "1m" * 100])
+def test_huge_values_are_input_errors(text: str) -> None:
+    with pytest.raises(InputError):
+        parse_time(text, NOW)
+
+
+def test_non_ascii_digits_are_input_errors() -> None:
+    with pytest.raises(InputError):
+        parse_duration("²")
+    with pytest.raises(InputError):
+        parse_time("١٧٠٠٠٠٠٠٠٠", NOW)

@@ -127,10 +127,12 @@ class Server:
     def restart(self, timeout: float = 30.0) -> None:
         """Stop (if running) and start again on the same data dir and, if still free, port."""
         self.stop()
-        with contextlib.suppress(OSError), socket.socket() as s:
+        with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", self.port))
-            s.close()
+            try:
+                s.bind(("127.0.0.1", self.port))
+            except OSError:  # someone else took the port meanwhile: move to a new one
+                self.port = free_port()
         self.start(timeout)
 
 
