@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> 
         kw: dict[str, Any] = {"dest": s.name, "default": None, "help": f"{s.help} (env {s.env}, default {s.default!r})"}
         if s.choices:
             kw["choices"] = list(s.choices)
+        if s.type is parse_bool:
+            # Boolean settings are also plain switches: `--fast` means `--fast true`.
+            kw["nargs"], kw["const"] = "?", "true"
         parser.add_argument(s.flag, **kw)
 
 

@@ -10,9 +10,7 @@ import asyncio
 import sys
 
 from flamewatch.demo.settings import SETTINGS
-from flamewatch.settings import add_arguments, parse_bool, resolve
-
-BOOL_SETTINGS = {s.name for s in SETTINGS if s.type is parse_bool}
+from flamewatch.settings import add_arguments, resolve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,10 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "admin-service to the fix and print a diff of before and after. Ctrl-C stops everything.",
     )
     add_arguments(p, SETTINGS)
-    # Let boolean settings be plain switches too: `--fast` means `--fast true`.
-    for action in p._actions:
-        if action.dest in BOOL_SETTINGS:
-            action.nargs, action.const = "?", "true"
     p.set_defaults(func=handler)
 
 
