@@ -1,19 +1,28 @@
 """Ingest throughput: stack lines merged per second, 8 concurrent pushers over loopback.
 
 Starts a real ``flamewatch serve`` subprocess (SQLite, temp dir), then 8
-concurrent HTTP pushers post folded bodies (pre-built, so the client costs
-little) to ``/ingest``. Reports lines/s of wall time and lines per second of
-server CPU (= per core), against the goal of 1,000,000 lines/s per core and
-against a naive baseline measured in this run: ``stacks.folded.parse`` of the
-same bodies in-process (parse only, no HTTP, no storage).
+concurrent HTTP pushers post pre-built bodies (so the client costs little):
 
-    python bench/ingest.py [--seconds 10] [--lines 5000] [--pushers 8]
+- ``--format push`` (default, what every Pyroscope SDK and agent sends): a
+  gzip ``push.v1.PushRequest`` holding one plain pprof (``cpu/nanoseconds``,
+  period 10 ms) to ``/push.v1.PusherService/Push``;
+- ``--format folded``: folded text to ``/ingest``;
+- ``--format both``: one run of each.
+
+A line is one stack line (folded) or one pprof sample. Reports lines/s of
+wall time and lines per second of server CPU (= per core), against the goal
+of 1,000,000 lines/s per core and against a naive baseline measured in this
+run: ``stacks.folded.parse`` of the same stacks in-process (parse only, no
+HTTP, no storage).
+
+    python bench/ingest.py [--seconds 10] [--lines 5000] [--pushers 8] [--format push|folded|both]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import random
 import sys
 import tempfile
@@ -26,9 +35,12 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stacks.folded import parse
+from stacks.pprof import encode_pprof
+from stacks.push import PUSH_PATH, PushSeries, RawSample, encode_push_request
 from tests.support.server import running_server
 
 GOAL = 1_000_000
+PUSH_HEADERS = {"Content-Type": "application/proto", "Content-Encoding": "gzip"}
 
 
 def make_bodies(n_bodies: int, lines: int, pool: int, seed: int = 1) -> list[bytes]:
@@ -50,6 +62,17 @@ def make_bodies(n_bodies: int, lines: int, pool: int, seed: int = 1) -> list[byt
     return bodies
 
 
+def push_bodies(bodies: list[bytes], pushers: int) -> list[bytes]:
+    """The same stacks and counts as gzip PushRequests, one pprof each (one series per pusher)."""
+    out = []
+    for i, b in enumerate(bodies):
+        prof = parse(b.decode())
+        raw = encode_pprof(prof, period_nanos=10_000_000)
+        labels = (("__name__", "process_cpu"), ("service_name", "bench"), ("pusher", f"p{i % pushers}"))
+        out.append(gzip.compress(encode_push_request([PushSeries(labels, (RawSample(raw, str(i)),))]), 6))
+    return out
+
+
 def baseline(bodies: list[bytes], seconds: float) -> float:
     """Naive in-process folded.parse lines/s (one core)."""
     n = 0
@@ -62,7 +85,7 @@ def baseline(bodies: list[bytes], seconds: float) -> float:
 
 
 async def push_all(
-    url: str, bodies: list[bytes], pushers: int, seconds: float, lines: int
+    url: str, bodies: list[bytes], pushers: int, seconds: float, lines: int, fmt: str = "folded"
 ) -> tuple[int, int]:
     sent = 0
     errors = 0
@@ -75,7 +98,11 @@ async def push_all(
             while time.monotonic() < deadline:
                 body = bodies[i % len(bodies)]
                 i += pushers
-                async with s.post(f"{url}/ingest?name=bench{{pusher=p{k}}}", data=body) as r:
+                if fmt == "push":
+                    req = s.post(f"{url}{PUSH_PATH}", data=body, headers=PUSH_HEADERS)
+                else:
+                    req = s.post(f"{url}/ingest?name=bench{{pusher=p{k}}}", data=body)
+                async with req as r:
                     await r.read()
                     if r.status == 200:
                         sent += lines
@@ -86,36 +113,48 @@ async def push_all(
     return sent, errors
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=10)
-    ap.add_argument("--lines", type=int, default=5000, help="stack lines per push")
-    ap.add_argument("--pool", type=int, default=20000, help="distinct stacks the pushes draw from")
-    ap.add_argument("--pushers", type=int, default=8)
-    args = ap.parse_args()
-    bodies = make_bodies(32, args.lines, args.pool)
-    mb = sum(map(len, bodies)) / len(bodies) / 1e6
-    print(f"bodies: {args.lines} lines, {mb:.2f} MB each, drawn from {args.pool} distinct stacks")
-    base = baseline(bodies, 3)
+def run(fmt: str, bodies: list[bytes], args: argparse.Namespace, base: float) -> int:
+    """One server, one format: warm up 2 s, then measure ``args.seconds``."""
     with tempfile.TemporaryDirectory() as d, running_server(Path(d)) as srv:
         assert srv.proc is not None
         proc = psutil.Process(srv.proc.pid)
-        asyncio.run(push_all(srv.url, bodies, args.pushers, 2, args.lines))  # warm caches
+        asyncio.run(push_all(srv.url, bodies, args.pushers, 2, args.lines, fmt))  # warm caches
         c0 = proc.cpu_times()
         t0 = time.perf_counter()
-        sent, errors = asyncio.run(push_all(srv.url, bodies, args.pushers, args.seconds, args.lines))
+        sent, errors = asyncio.run(push_all(srv.url, bodies, args.pushers, args.seconds, args.lines, fmt))
         wall = time.perf_counter() - t0
         c1 = proc.cpu_times()
         cpu = (c1.user - c0.user) + (c1.system - c0.system)
         rss = proc.memory_info().rss / 1e6
         db = sum(p.stat().st_size for p in (Path(d) / "flamewatch-data").glob("flamewatch.db*"))
     per_core = sent / cpu if cpu else 0.0
-    print(f"pushers: {args.pushers}, wall {wall:.1f} s, errors {errors}")
-    print(f"ingest: {sent:,} lines, {sent / wall:,.0f} lines/s wall, server CPU {cpu:.1f} s "
+    mb = sum(map(len, bodies)) / len(bodies) / 1e6
+    print(f"[{fmt}] bodies {mb:.2f} MB each; pushers: {args.pushers}, wall {wall:.1f} s, errors {errors}")
+    print(f"[{fmt}] ingest: {sent:,} lines, {sent / wall:,.0f} lines/s wall, server CPU {cpu:.1f} s "
           f"-> {per_core:,.0f} lines/s per core")
-    print(f"server RSS {rss:.0f} MB, database {db / 1e6:.1f} MB")
+    print(f"[{fmt}] server RSS {rss:.0f} MB, database {db / 1e6:.1f} MB")
+    print(f"[{fmt}] ratio vs baseline: {per_core / base:.2f}x; ratio vs goal {GOAL:,}/s/core: "
+          f"{per_core / GOAL:.2f}")
+    return errors
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--lines", type=int, default=5000, help="stack lines per push")
+    ap.add_argument("--pool", type=int, default=20000, help="distinct stacks the pushes draw from")
+    ap.add_argument("--pushers", type=int, default=8)
+    ap.add_argument("--format", choices=("push", "folded", "both"), default="push",
+                    help="push: gzip PushRequest with pprof (default); folded: /ingest text")
+    args = ap.parse_args()
+    bodies = make_bodies(32, args.lines, args.pool)
+    mb = sum(map(len, bodies)) / len(bodies) / 1e6
+    print(f"bodies: {args.lines} lines, {mb:.2f} MB of folded text each, drawn from {args.pool} distinct stacks")
+    base = baseline(bodies, 3)
     print(f"baseline (folded.parse in-process, no HTTP/storage): {base:,.0f} lines/s per core")
-    print(f"ratio vs baseline: {per_core / base:.2f}x; ratio vs goal {GOAL:,}/s/core: {per_core / GOAL:.2f}")
+    errors = 0
+    for fmt in ("push", "folded") if args.format == "both" else (args.format,):
+        errors += run(fmt, push_bodies(bodies, args.pushers) if fmt == "push" else bodies, args, base)
     return 0 if errors == 0 else 1
 
 

@@ -6,7 +6,10 @@ Builds a synthetic profile (N distinct stacks, D frames each, 3,000 function
 names, 5 % kernel frames), encodes it as pprof (plain and gzip) and as folded
 text, then times decoding each. The baseline is ``stacks.folded.parse`` of the
 same profile in the same run; the ratio is stack lines per second of the
-pprof decoder over the folded parser.
+pprof decoder over the folded parser. A second baseline is the reference
+decoder that reads every field through the protobuf library
+(``stacks.pprof._decode_library``, what ``decode_pprof`` was before the fast
+sample reader), timed in the same run.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from stacks import folded
 from stacks.gz import gunzip_capped
 from stacks.model import Frame, Kind, Profile, StackTable
-from stacks.pprof import decode_pprof, encode_pprof
+from stacks.pprof import _decode_library, decode_pprof, encode_pprof
 from stacks.push import PushSeries, RawSample, decode_push_request, encode_push_request
 
 
@@ -62,11 +65,15 @@ def main() -> None:
     assert decode_pprof(raw).series[0][1] == prof  # same content before timing anything
 
     t_folded = best(lambda: folded.parse(text, StackTable()), args.repeat)
+    t_lib = best(lambda: _decode_library(raw, StackTable()), args.repeat)
     t_plain = best(lambda: decode_pprof(raw, StackTable()), args.repeat)
     t_gzip = best(lambda: decode_pprof(gz, StackTable()), args.repeat)
     shared = StackTable()
     decode_pprof(raw, shared)
     t_warm = best(lambda: decode_pprof(raw, shared), args.repeat)
+    lib_shared = StackTable()
+    _decode_library(raw, lib_shared)
+    t_lib_warm = best(lambda: _decode_library(raw, lib_shared), args.repeat)
     t_push = best(lambda: decode_push_request(gunzip_capped(push, 1 << 30)), args.repeat)
     t_enc = best(lambda: encode_pprof(prof), args.repeat)
 
@@ -74,6 +81,8 @@ def main() -> None:
           f"folded {len(text)} B")  # fmt: skip
     rows = [
         ("folded.parse (baseline)", t_folded),
+        ("library decoder, new table (baseline)", t_lib),
+        ("library decoder, warm table (baseline)", t_lib_warm),
         ("decode_pprof plain, new table", t_plain),
         ("decode_pprof gzip, new table", t_gzip),
         ("decode_pprof plain, warm shared table", t_warm),
@@ -86,9 +95,10 @@ def main() -> None:
     small = synthetic(300, 16, seed=2)
     small_raw, small_text = encode_pprof(small), folded.dumps(small)
     t_small = best(lambda: decode_pprof(small_raw, StackTable()), args.repeat * 20)
+    t_small_lib = best(lambda: _decode_library(small_raw, StackTable()), args.repeat * 20)
     t_small_f = best(lambda: folded.parse(small_text, StackTable()), args.repeat * 20)
     print(f"{'decode_pprof, 300-stack push profile':40s} {t_small * 1e3:8.2f} ms  "
-          f"(folded.parse {t_small_f * 1e3:.2f} ms, ratio {t_small_f / t_small:.2f}x)")  # fmt: skip
+          f"(folded.parse {t_small_f * 1e3:.2f} ms, library {t_small_lib * 1e3:.2f} ms)")  # fmt: skip
     # What pyroscope-io sends every 10 s: a gzip PushRequest holding a plain
     # pprof with a few dozen stacks, part of them under a tag_wrapper label.
     sdk = synthetic(40, 12, seed=3)
@@ -105,6 +115,8 @@ def main() -> None:
 
     t_sdk = best(one_push, args.repeat * 200)
     print(f"{'SDK-shaped push (2 x 40 stacks), all in':40s} {t_sdk * 1e6:8.0f} us")
+    print(f"ratio decode_pprof / library decoder, new table (stacks/s): {t_lib / t_plain:.2f}x")
+    print(f"ratio decode_pprof / library decoder, warm table (stacks/s): {t_lib_warm / t_warm:.2f}x")
     print(f"ratio decode_pprof plain / folded.parse (stacks/s): {t_folded / t_plain:.2f}x")
     print(f"ratio decode_pprof warm table / folded.parse (stacks/s): {t_folded / t_warm:.2f}x")
 

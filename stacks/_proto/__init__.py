@@ -42,6 +42,25 @@ PPROF_MESSAGES: dict[str, list[tuple[str, int, str, bool]]] = {
         ("comment", 13, "int64", True),
         ("default_sample_type", 14, "int64", False),
     ],
+    # Profile with each sample left as its raw bytes: the fast decoder in
+    # stacks/pprof.py reads the hot repeated fields itself (one Python object
+    # per sample field costs microseconds) and the library parses the rest.
+    "ProfileSplit": [
+        ("sample_type", 1, "ValueType", True),
+        ("sample", 2, "bytes", True),
+        ("mapping", 3, "Mapping", True),
+        ("location", 4, "Location", True),
+        ("function", 5, "Function", True),
+        ("string_table", 6, "bytes", True),
+        ("drop_frames", 7, "int64", False),
+        ("keep_frames", 8, "int64", False),
+        ("time_nanos", 9, "int64", False),
+        ("duration_nanos", 10, "int64", False),
+        ("period_type", 11, "ValueType", False),
+        ("period", 12, "int64", False),
+        ("comment", 13, "int64", True),
+        ("default_sample_type", 14, "int64", False),
+    ],
     "ValueType": [("type", 1, "int64", False), ("unit", 2, "int64", False)],
     "Sample": [
         ("location_id", 1, "uint64", True),
@@ -117,6 +136,7 @@ def _cls(full_name: str):
 
 
 Profile = _cls("flamewatch.pprof.Profile")
+ProfileSplit = _cls("flamewatch.pprof.ProfileSplit")
 ValueType = _cls("flamewatch.pprof.ValueType")
 Sample = _cls("flamewatch.pprof.Sample")
 Label = _cls("flamewatch.pprof.Label")
@@ -138,6 +158,7 @@ __all__ = [
     "Location",
     "Mapping",
     "Profile",
+    "ProfileSplit",
     "PushRequest",
     "RawProfileSeries",
     "RawSample",
