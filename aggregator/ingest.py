@@ -14,10 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from stacks import folded
-from stacks.errors import FoldedError, InputError
+from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
 from stacks.pprof import decode_pprof
@@ -66,10 +64,8 @@ class Decoded:
 def parse_folded(body: bytes | str, tables: IngestTables) -> tuple[Profile, int]:
     """Folded text -> (profile on the shared table, lines read).
 
-    Same grammar and errors as :func:`stacks.folded.parse`, with a cache from
-    the stack text to its id so a repeated stack costs one dict lookup (no
-    split into frames, no interning). Measured faster than a regex or a
-    bytes-split variant (see docs/aggregator.md).
+    :func:`stacks.folded.parse` with the shared stack-text cache, so a stack
+    seen in an earlier push costs one dict lookup.
     """
     if isinstance(body, str):
         text = body
@@ -81,35 +77,7 @@ def parse_folded(body: bytes | str, tables: IngestTables) -> tuple[Profile, int]
                 f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines"
             ) from None
     table = tables.current()
-    cache = tables.lines
-    get = cache.get
-    intern = table.intern
-    ids: list[int] = []
-    counts: list[int] = []
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        stack_text, sep, count_text = raw.rpartition(" ")
-        sid = get(stack_text)
-        if sid is None:
-            line = raw.rstrip("\r")
-            if not line.strip():
-                continue
-            stack_text, sep, count_text = line.rpartition(" ")
-            if not sep or not stack_text.strip():
-                raise FoldedError(lineno, line, "no stack before the count")
-            sid = intern(tuple(folded.parse_frame(p) for p in stack_text.split(";")))
-            if len(cache) < tables.limit:
-                cache[stack_text] = sid
-        try:
-            count = int(count_text)
-        except ValueError:
-            line = raw.rstrip("\r")
-            raise FoldedError(lineno, line, f"count {line.rpartition(' ')[2]!r} is not an integer") from None
-        if count < 0:
-            raise FoldedError(lineno, raw.rstrip("\r"), "count is negative")
-        ids.append(sid)
-        counts.append(count)
-    profile = Profile.from_arrays(table, np.array(ids, dtype=np.int64), np.array(counts, dtype=np.int64))
-    return profile, len(ids)
+    return folded.parse_counted(text, table, cache=tables.lines, cache_limit=tables.limit)
 
 
 # -- legacy /ingest ----------------------------------------------------------------------------
