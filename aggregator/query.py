@@ -24,6 +24,9 @@ FORMATS = ("json", "folded", "pprof", "speedscope", "html")
 DIFF_FORMATS = ("json", "folded")
 MODES = ("share", "absolute")
 MAX_NODES_LIMIT = 200_000
+# Default ``min_share`` of flame JSON: a frame under 1/4000 of the root is narrower than a pixel on
+# any screen, so it is merged into its parent's ``other`` node (and the tree builder never expands it).
+DEFAULT_MIN_SHARE = 1 / 4000
 # group_by for read_merged that puts every series in one group: no series has a label named "",
 # so every series' key is {} (both backends read an absent label as "").
 MERGE_ALL = ("",)
@@ -112,30 +115,54 @@ async def series_profiles(
     return sorted(((k, merge(v, table)) for k, v in by.items()), key=lambda kv: kv[0].items_)
 
 
-async def profile_for(
+async def query_series(
     store: Store, sel: Selector, rng: Range, table: StackTable, metadata: bool
-) -> tuple[Profile, dict[tuple[str, ...], str] | None]:
-    """The merged profile of a query, with metadata root frames when asked."""
-    from stacks.tree import metadata_labels, with_metadata
-
+) -> list[tuple[Labels, Profile]]:
+    """The profiles a query merges: one per metadata path (``metadata``), else possibly one."""
     if metadata:
         from stacks.tree import METADATA_LEVELS
 
         # Series that differ only in other labels (SDK tags, routes) share their metadata frames:
-        # merge them in the store first, so the prefixing below touches each stack once per path.
+        # merge them in the store first, so each stack is walked once per metadata path.
         fast = getattr(store, "read_merged", None)
         if fast is not None:
             got = await fast(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS))
-            series = sorted(got.items(), key=lambda kv: kv[0].items_)
-        else:
-            series = await series_profiles(store, sel, rng, table)
-    else:
-        series = await series_profiles(store, sel, rng, table, per_series=False)
+            return sorted(got.items(), key=lambda kv: kv[0].items_)
+        return await series_profiles(store, sel, rng, table)
+    return await series_profiles(store, sel, rng, table, per_series=False)
+
+
+def merged(series: list[tuple[Labels, Profile]], table: StackTable, metadata: bool
+           ) -> tuple[Profile, dict[tuple[str, ...], str] | None]:
+    """One profile of ``series`` (metadata frames prepended when asked) and its metadata labels."""
+    from stacks.tree import metadata_labels, with_metadata
+
     if metadata:
         return with_metadata(series, table), metadata_labels(series)
     if not series:
         return Profile.empty(table), None
     return merge([p for _, p in series], table), None
+
+
+async def profile_for(
+    store: Store, sel: Selector, rng: Range, table: StackTable, metadata: bool
+) -> tuple[Profile, dict[tuple[str, ...], str] | None]:
+    """The merged profile of a query, with metadata root frames when asked."""
+    return merged(await query_series(store, sel, rng, table, metadata), table, metadata)
+
+
+def share_param(params: Mapping[str, str], key: str = "min_share", default: float = DEFAULT_MIN_SHARE) -> float:
+    """``min_share`` in [0, 1]: frames narrower than this share of the root merge into ``other``."""
+    raw = params.get(key)
+    if raw in (None, ""):
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        raise InputError(f"{key}={raw!r} is not a number: use e.g. 0.00025 (1/4000 of the root)") from None
+    if not 0.0 <= v <= 1.0:
+        raise InputError(f"{key}={v} is out of range: use 0..1 (0 keeps every frame the budget allows)")
+    return v
 
 
 def _title(sel: Selector, rng: Range) -> str:
@@ -150,8 +177,18 @@ async def render(store: Store, params: Mapping[str, str], now: float, window: in
     fmt = choice(params, "format", FORMATS, "json")
     max_nodes = int_param(params, "max_nodes", default_max_nodes)
     metadata = flag(params, "metadata")
+    min_share = share_param(params)
     table = StackTable()
-    profile, labels = await profile_for(store, sel, rng, table, metadata)
+    series = await query_series(store, sel, rng, table, metadata)
+    if fmt in ("json", "html"):
+        doc = flame_json_series(series, metadata, max_nodes, min_share)
+        doc["from"], doc["until"], doc["query"] = rng.start, rng.end, str(sel)
+        if fmt == "html":
+            from viewer.standalone import standalone_html
+
+            return "text/html; charset=utf-8", standalone_html(doc, _title(sel, rng)), "html"
+        return "application/json", doc, "json"
+    profile, _ = merged(series, table, metadata)
     if fmt == "folded":
         return "text/plain; charset=utf-8", folded.dumps(profile), "txt"
     if fmt == "pprof":
@@ -162,23 +199,35 @@ async def render(store: Store, params: Mapping[str, str], now: float, window: in
         from stacks.export import to_speedscope
 
         return "application/json", to_speedscope(profile, _title(sel, rng)), "speedscope.json"
-    doc = flame_json(profile, labels, max_nodes)
-    doc["from"], doc["until"], doc["query"] = rng.start, rng.end, str(sel)
-    if fmt == "html":
-        from viewer.standalone import standalone_html
+    raise AssertionError(fmt)  # every format is handled above
 
-        return "text/html; charset=utf-8", standalone_html(doc, _title(sel, rng)), "html"
-    return "application/json", doc, "json"
+
+def flame_json_series(
+    series: list[tuple[Labels, Profile]], metadata: bool, max_nodes: int, min_share: float = 0.0
+) -> dict[str, Any]:
+    """Flame JSON of the merge of ``series`` (metadata frames on top when asked), pruned.
+
+    The tree is built straight from the series (no prefixed stacks, no merged
+    profile) and nodes under ``min_share`` of the root are never expanded; the
+    result equals pruning the full tree of the merged profile (docs/tree.md).
+    """
+    from stacks.tree import metadata_tree, pruned_tree, to_json
+
+    if metadata:
+        return to_json(metadata_tree(series, max_nodes=max_nodes, min_share=min_share))
+    if len(series) == 1:
+        return to_json(pruned_tree(series[0][1], max_nodes=max_nodes, min_share=min_share))
+    # Several unlabelled parts (the Protocol fallback): graft them all under the root.
+    return to_json(metadata_tree(series, max_nodes=max_nodes, min_share=min_share, levels=()))
 
 
 def flame_json(
-    profile: Profile, labels: Mapping[tuple[str, ...], str] | None, max_nodes: int
+    profile: Profile, labels: Mapping[tuple[str, ...], str] | None, max_nodes: int, min_share: float = 0.0
 ) -> dict[str, Any]:
-    """Flame JSON of a profile, pruned to ``max_nodes``."""
-    from stacks.tree import build_tree, prune, to_json
+    """Flame JSON of a profile, pruned to ``max_nodes`` (and ``min_share`` of the root)."""
+    from stacks.tree import pruned_tree, to_json
 
-    tree = build_tree(profile, labels=labels)
-    return to_json(prune(tree, max_nodes=max_nodes))
+    return to_json(pruned_tree(profile, max_nodes=max_nodes, min_share=min_share, labels=labels))
 
 
 async def diff(store: Store, params: Mapping[str, str], now: float, window: int,

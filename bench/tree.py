@@ -2,6 +2,10 @@
 
     python bench/tree.py [--stacks 100000] [--depth 30] [--repeat 3] [--shape callgraph|random]
 
+The server's render path (pruned_tree / metadata_tree with min_share 1/4000,
+see aggregator/query.py) is timed against the full build it replaces, in the
+same run; the metadata case is 40 series (pods) each holding a tenth of the profile.
+
 Baseline (same run): a plain Python loop that only walks every frame of every
 distinct stack once (one dict lookup per frame), i.e. the floor for any trie
 build in Python. The ratio says how far build_tree is from that floor.
@@ -139,10 +143,48 @@ def main() -> None:
         ("sandwich (busiest function)", best(lambda: tree.sandwich(p, busiest), a.repeat)),
         ("with_metadata (10 series)", best(lambda: tree.with_metadata(series, StackTable()), a.repeat)),
     ]
+    # The server's render path (aggregator/query.py): min_share 1/4000 is its default.
+    share = 1 / 4000
+    rows += [
+        (
+            "render, full build: build+prune(1/4000)+to_json",
+            best(lambda: tree.to_json(tree.prune(tree.build_tree(p), max_nodes=20000, min_share=share)),
+                 a.repeat),
+        ),
+        (
+            "render, pruned_tree(1/4000)+to_json",
+            best(lambda: tree.to_json(tree.pruned_tree(p, max_nodes=20000, min_share=share)), a.repeat),
+        ),
+        (
+            "render, pruned_tree(min_share=0)+to_json",
+            best(lambda: tree.to_json(tree.pruned_tree(p, max_nodes=20000)), a.repeat),
+        ),
+    ]
+    # metadata=1 with many pods running the same program: 40 series, each a tenth of the stacks
+    # (400,000 prefixed stacks; the prefixed path needs ~1 GB for them).
+    pods = [
+        ({"node": f"n{i % 3}", "namespace": f"ns-{i % 10}", "pod": f"pod-{i}", "container": "app",
+          "process": "python"}, Profile(table, p.ids[i % 10 :: 10], p.counts[i % 10 :: 10]))
+        for i in range(40)
+    ]
+
+    def meta_old() -> None:
+        t2 = StackTable()
+        full = tree.build_tree(tree.with_metadata(pods, t2), labels=tree.metadata_labels(pods))
+        tree.to_json(tree.prune(full, max_nodes=20000, min_share=share))
+
+    rows += [
+        ("metadata render, prefixed: with_metadata+build+prune", best(meta_old, 1)),
+        (
+            "metadata render, metadata_tree(1/4000)+to_json",
+            best(lambda: tree.to_json(tree.metadata_tree(pods, max_nodes=20000, min_share=share)), a.repeat),
+        ),
+    ]
     base = rows[0][1]
-    print(f"{'step':45} {'seconds':>9} {'x baseline':>11}")
+    print(f"{'step':55} {'seconds':>9} {'x baseline':>11}")
     for name, sec in rows:
-        print(f"{name:45} {sec:9.3f} {sec / base:11.2f}")
+        print(f"{name:55} {sec:9.3f} {sec / base:11.2f}")
+    print(f"metadata: {len(pods)} series x {len(pods[0][1])} stacks ({sum(len(q) for _, q in pods):,} prefixed stacks)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +89,16 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         url = f"{srv.url}/?max={args.max_nodes}&from=now-15m"
         api = f"/api/v1/render?from=now-15m&until=now&format=json&metadata=1&max_nodes={args.max_nodes}"
+        # The server alone (no browser): the render query the page makes, warm, and with the
+        # namespace filter; separates query time from page time in the figures below.
+        direct: dict[str, list[float]] = {}
+        shop = urllib.parse.quote('{namespace="shop"}')
+        for name, path in (("all", api), ("namespace=shop", f"{api}&query={shop}")):
+            urllib.request.urlopen(srv.url + path).read()  # warm the store's stack cache
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                urllib.request.urlopen(srv.url + path).read()
+                direct.setdefault(name, []).append(1000 * (time.perf_counter() - t0))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -147,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({drawn} wider than 0.5 px drawn), headless Chromium, {args.runs} loads")
     print(f"  navigation -> drawn flamegraph   median {load:7.1f} ms  (server fetch {med(fetches):.1f} ms, "
           f"draw {med(draws):.1f} ms)   goal <= 1000 ms  {'OK' if load <= 1000 else 'MISSED'}")
+    for name, ts in direct.items():
+        print(f"    server alone: GET /api/v1/render metadata=1 {name:<15} median {med(ts):7.1f} ms  "
+              f"(urllib, warm, {len(ts)} runs)")
     client = med([a - b for a, b in zip(loads, fetches, strict=True)])
     print(f"    of which in the browser (page, scripts, parse, draw; no server query) {client:7.1f} ms")
     print(f"  redraw after zoom / reset        median {zoom:7.1f} ms  max {max(zooms):.1f} ms"

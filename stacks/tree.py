@@ -231,6 +231,63 @@ def build_tree(profile: Profile, *, labels: Mapping[tuple[str, ...], str] | None
     return Tree(cols=cols)
 
 
+def pruned_tree(
+    profile: Profile,
+    *,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    min_share: float = 0.0,
+    labels: Mapping[tuple[str, ...], str] | None = None,
+) -> Tree:
+    """``prune(build_tree(profile, labels=labels), max_nodes=, min_share=)``, built faster.
+
+    The trie is built top-down and a node narrower than ``min_share`` of the
+    root is never expanded: it can never be kept (its descendants are no wider),
+    so only its total matters (it goes into its parent's ``other``). The kept
+    nodes, their counts and the ``other`` nodes equal the full build's exactly;
+    ``pruned["nodes_before"]`` counts the nodes examined (a lower bound of the
+    full trie's size when something was left unexpanded).
+    """
+    return grafted_tree([((), profile)], max_nodes=max_nodes, min_share=min_share, labels=labels)
+
+
+def metadata_tree(
+    series: Iterable[tuple[Mapping[str, str], Profile]],
+    *,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    min_share: float = 0.0,
+    levels: Sequence[str] = METADATA_LEVELS,
+) -> Tree:
+    """The pruned tree of :func:`with_metadata` (labels from :func:`metadata_labels`) without
+    prefixing any stack: each series' stacks are walked below its metadata path in the trie.
+
+    Equals ``prune(build_tree(with_metadata(series, t), labels=metadata_labels(series)), ...)``
+    node for node (``pruned["nodes_before"]`` as in :func:`pruned_tree`).
+    """
+    series = list(series)
+    parts = [(tuple(Frame(v, Kind.METADATA) for _, v in metadata_frames(lab, levels)), p) for lab, p in series]
+    return grafted_tree(parts, max_nodes=max_nodes, min_share=min_share,
+                        labels=metadata_labels(series, levels) or None)
+
+
+def grafted_tree(
+    parts: Sequence[tuple[tuple[Frame, ...], Profile]],
+    *,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    min_share: float = 0.0,
+    labels: Mapping[tuple[str, ...], str] | None = None,
+) -> Tree:
+    """Pruned tree of the merge of ``prefix + stack`` over ``(prefix, profile)`` parts
+    (see :func:`pruned_tree`); the prefixed stacks are never made."""
+    if max_nodes < 2:
+        raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
+    if not 0.0 <= min_share <= 1.0:
+        raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
+    cols = Columns.build_grafted(parts, min_share)
+    if labels:
+        cols.labels = labels
+    return prune_columns(cols, cols.total, max_nodes=max_nodes, min_share=min_share)
+
+
 class Columns:
     """A trie in arrays: node 0 is the root; every parent id is smaller than its children's.
 
@@ -247,14 +304,14 @@ class Columns:
     )
 
     def __init__(self, fnames: list[str], fkinds: list[int], fid: np.ndarray, parent: np.ndarray,
-                 depth: np.ndarray, selfs: list[np.ndarray]) -> None:
+                 depth: np.ndarray, selfs: list[np.ndarray], total: np.ndarray | None = None) -> None:
         self.fnames = fnames
         self.fkinds = fkinds
         self.fid = fid
         self.parent = parent
         self.depth = depth
         self.self_ = selfs[0]
-        self.total = _subtree_sums(selfs[0], parent, depth)
+        self.total = _subtree_sums(selfs[0], parent, depth) if total is None else total
         self.base_self = selfs[1] if len(selfs) > 1 else None
         self.base_total = _subtree_sums(selfs[1], parent, depth) if len(selfs) > 1 else None
         self.labels: Mapping[tuple[str, ...], str] | None = None
@@ -339,6 +396,109 @@ class Columns:
             fnames, fkinds, np.concatenate(fids), np.concatenate(parents), np.concatenate(depths), selfs
         )
 
+    @staticmethod
+    def build_grafted(parts: Sequence[tuple[tuple[Frame, ...], Profile]], min_share: float = 0.0) -> Columns:
+        """Trie of ``prefix + stack`` over all parts, built top-down; nodes under
+        ``min_share`` of the root keep their exact total but are not expanded (their
+        self is 0 and they have no children), so the result is only fit for pruning
+        with the same ``min_share``.
+
+        Each distinct stack of a table is flattened once however many parts hold it
+        (the metadata view has the same few thousand stacks under hundreds of pods);
+        a (part, stack) pair reads its frame at depth d from the prefix or the stack.
+        """
+        # Distinct stacks per table, and per part the index of each of its stacks among them.
+        by_table: dict[int, list[int]] = {}
+        tables: dict[int, StackTable] = {}
+        for pi, (_, prof) in enumerate(parts):
+            by_table.setdefault(id(prof.table), []).append(pi)
+            tables[id(prof.table)] = prof.table
+        stacks: list[tuple[Frame, ...]] = []
+        pair_stack: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(parts)
+        for tid, pis in by_table.items():
+            uniq = np.unique(np.concatenate([parts[pi][1].ids for pi in pis]))
+            off = len(stacks)
+            stacks.extend(map(tables[tid].stack, uniq.tolist()))
+            for pi in pis:
+                pair_stack[pi] = off + np.searchsorted(uniq, parts[pi][1].ids)
+        prefixes = [pre for pre, _ in parts]
+        # Frames of all distinct stacks, then of all prefixes, mapped to function ids.
+        slens = np.fromiter(map(len, stacks), dtype=np.int64, count=len(stacks))
+        plens_each = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
+        flat = list(chain.from_iterable(stacks))
+        n_body = len(flat)
+        flat.extend(chain.from_iterable(prefixes))
+        fnames, fkinds, flat_fid = _function_ids(flat)
+        body_fid, pre_fid = flat_fid[:n_body], flat_fid[n_body:]
+        sstart = np.zeros(len(stacks), dtype=np.int64)
+        if len(stacks) > 1:
+            np.cumsum(slens[:-1], out=sstart[1:])
+        pstart_each = np.zeros(len(prefixes), dtype=np.int64)
+        if len(prefixes) > 1:
+            np.cumsum(plens_each[:-1], out=pstart_each[1:])
+        # One row per (part, stack) pair.
+        sizes = np.fromiter((len(p.ids) for _, p in parts), dtype=np.int64, count=len(parts))
+        pair_part = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+        body = np.concatenate(pair_stack) if parts else np.zeros(0, dtype=np.int64)
+        counts = np.concatenate([p.counts for _, p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        plen = plens_each[pair_part]
+        pstart = pstart_each[pair_part]
+        bstart = sstart[body] - plen  # frame at depth d >= plen is body_fid[bstart + d]
+        lens = plen + slens[body]
+        root_total = int(counts.sum())
+        exact_float = root_total < 2**53
+        max_plen = int(plens_each.max()) if len(plens_each) else 0
+        floor = min_share * float(root_total)
+        nf = max(len(fnames), 1)
+        parents = [np.array([-1], dtype=np.int64)]
+        fids = [np.array([-1], dtype=np.int64)]
+        depths = [np.array([0], dtype=np.int32)]
+        totals = [np.array([root_total], dtype=np.int64)]
+        npairs = len(counts)
+        node_of = np.zeros(npairs, dtype=np.int64)  # deepest node reached by each pair so far
+        complete = np.ones(npairs, dtype=bool)  # False once a pair's node was left unexpanded
+        alive = np.arange(npairs, dtype=np.int64)
+        n = 1
+        d = 0
+        while True:
+            alive = alive[lens[alive] > d]
+            if not alive.size:
+                break
+            if d < max_plen:
+                in_pre = plen[alive] > d
+                f = np.empty(alive.size, dtype=np.int64)
+                f[in_pre] = pre_fid[pstart[alive[in_pre]] + d]
+                f[~in_pre] = body_fid[bstart[alive[~in_pre]] + d]
+            else:  # below every prefix: plain stack frames
+                f = body_fid[bstart[alive] + d]
+            key = node_of[alive] * nf + f
+            ukey, kinv = np.unique(key, return_inverse=True)
+            kinv = kinv.reshape(-1)
+            if exact_float:  # bincount sums in float64: exact while the root total is under 2**53
+                tot = np.bincount(kinv, weights=counts[alive], minlength=len(ukey)).astype(np.int64)
+            else:
+                tot = np.zeros(len(ukey), dtype=np.int64)
+                np.add.at(tot, kinv, counts[alive])
+            parents.append(ukey // nf)
+            fids.append(ukey % nf)
+            depths.append(np.full(len(ukey), d + 1, dtype=np.int32))
+            totals.append(tot)
+            node_of[alive] = n + kinv
+            if floor > 0:
+                # A node narrower than the floor is never kept: stop walking the pairs under it.
+                small = tot[kinv] < floor
+                complete[alive[small]] = False
+                alive = alive[~small]
+            n += len(ukey)
+            d += 1
+        if exact_float:
+            s = np.bincount(node_of[complete], weights=counts[complete], minlength=n).astype(np.int64)
+        else:
+            s = np.zeros(n, dtype=np.int64)
+            np.add.at(s, node_of[complete], counts[complete])
+        return Columns(fnames, fkinds, np.concatenate(fids), np.concatenate(parents), np.concatenate(depths),
+                       [s], total=np.concatenate(totals))
+
     def recursive(self) -> np.ndarray:
         """Per node: True if some ancestor is the same function (so its samples are counted there)."""
         if self._rec is not None:
@@ -421,7 +581,7 @@ class Columns:
             node.self += self_[i]
             mapped[i] = node
         if kinds:
-            root.kind = max(kinds.items(), key=lambda kv: kv[1])[0]
+            root.kind = _heaviest_kind(kinds)
         return root
 
     def materialize(self, keep: np.ndarray | None) -> Node:
@@ -470,6 +630,33 @@ class Columns:
         if self.labels:
             _attach_labels(root, self.labels)
         return root
+
+
+def _function_ids(flat: list[Frame]) -> tuple[list[str], list[int], np.ndarray]:
+    """(names, kind codes, per-frame function id) for a flat frame list; frames are grouped by
+    object identity first (C speed), then equal frames held by different objects merge."""
+    objs = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
+    uobj, inv = np.unique(objs, return_inverse=True)
+    inv = inv.reshape(-1)
+    first = np.empty(len(uobj), dtype=np.int64)
+    first[inv] = np.arange(len(objs), dtype=np.int64)
+    funcs: dict[tuple[str, int], int] = {}
+    fnames: list[str] = []
+    fkinds: list[int] = []
+    obj_fid = np.empty(len(uobj), dtype=np.int64)
+    user, kernel, meta = Kind.USER, Kind.KERNEL, Kind.METADATA
+    for j, i in enumerate(first.tolist()):
+        name, kind = flat[i]
+        code = 0 if kind is user else 1 if kind is kernel else 2 if kind is meta else _kind_code(kind)
+        key = (name, code)
+        fi = funcs.get(key)
+        if fi is None:
+            fi = funcs[key] = len(fnames)
+            fnames.append(name)
+            fkinds.append(code)
+        obj_fid[j] = fi
+    flat_fid = obj_fid[inv] if len(flat) else np.zeros(0, dtype=np.int64)
+    return fnames, fkinds, flat_fid
 
 
 def _subtree_sums(selfs: np.ndarray, parent: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -675,8 +862,9 @@ def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) ->
 
     ``name_or_path`` is a function name (every outermost occurrence counts, so
     recursion is not double counted) or a sequence of names from the first
-    frame below ``all`` (only that path). The root's kind is the kind of the
-    heaviest match. Raises InputError if nothing matches.
+    frame below ``all`` (only that path). The root's kind is the kind with the
+    most samples over the matches (ties: user, kernel, metadata, other). Raises
+    InputError if nothing matches.
     """
     tree = _as_tree(profile_or_tree)
     if tree.cols is not None and tree._root is None:
@@ -702,11 +890,19 @@ def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) ->
         matches = level
     if not matches:
         raise InputError(f"focus: no frame named {target!r} in the profile (check the function name)")
-    kind = max(matches, key=lambda n: n.total).kind
-    root = Node(target, kind)
+    kinds: dict[str, int] = {}
+    for m in matches:
+        kinds[m.kind] = kinds.get(m.kind, 0) + m.total
+    root = Node(target, _heaviest_kind(kinds))
     for m in matches:
         _merge_into(root, m)
     return Tree(root)
+
+
+def _heaviest_kind(kinds: Mapping[str, int]) -> str:
+    """The kind with the most samples; ties go to the first in KINDS order, so the answer
+    never depends on the order occurrences were met in (node ids follow memory addresses)."""
+    return max(kinds.items(), key=lambda kv: (kv[1], -_KIND_CODE.get(kv[0], len(KINDS))))[0]
 
 
 def _focus_columns(cols: Columns, name_or_path: str | Sequence[str]) -> Tree:

@@ -45,6 +45,9 @@ _KIND_CODE = {Kind.USER: 0, Kind.KERNEL: 1, Kind.METADATA: 2}
 _CODE_KIND = {v: k for k, v in _KIND_CODE.items()}
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's variable limit
 _MAX_CACHED_STACKS = 2_000_000
+# Decoded window blobs kept by the reader, in (id, count) entries (~12 bytes each): a render over
+# the last hour re-reads the same closed windows on every refresh and filter change.
+_MAX_DECODED_ENTRIES = 4_000_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
@@ -95,6 +98,9 @@ class SQLiteStore:
         self._stacks: dict[int, Stack] = {}
         self._series: dict[int, Labels] = {}
         self._max_series = 0
+        # blob bytes -> (ids, counts) narrowed; keyed by content, so it can never go stale
+        self._decoded: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self._decoded_entries = 0
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -418,6 +424,39 @@ class SQLiteStore:
         """Matching windows with ``start <= window.start < end``, fragments summed."""
         return await self._run(self._rexec, self._read, selector, int(start), int(end), table)
 
+    def _decode_cached(self, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``codec.decode_many`` with a cache keyed by the blob bytes themselves.
+
+        Keyed by content, not by row: a compacted, rewritten or reused row has other
+        bytes, so an entry is right for as long as it exists. Inflating is most of a
+        render's store time (tens of thousands of small zlib streams an hour).
+        """
+        cache = self._decoded
+        hits = [cache.get(b) for b in blobs]
+        missing = [i for i, h in enumerate(hits) if h is None]
+        if missing:
+            ids, counts, lengths = codec.decode_many([blobs[i] for i in missing])
+            if self._decoded_entries + len(ids) > _MAX_DECODED_ENTRIES:
+                cache.clear()
+                self._decoded_entries = 0
+            ids = ids.astype(np.int32) if ids.size and int(ids.max()) < 2**31 else ids
+            counts = counts.astype(np.uint32) if counts.size and int(counts.max()) < 2**32 else counts
+            bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+            for j, i in enumerate(missing):
+                hits[i] = got = (ids[bounds[j] : bounds[j + 1]], counts[bounds[j] : bounds[j + 1]])
+                if self._decoded_entries + len(got[0]) <= _MAX_DECODED_ENTRIES:
+                    # views into one array: the cache holds whole decoded batches alive, which
+                    # the entry count bounds closely enough
+                    cache[blobs[i]] = got
+                    self._decoded_entries += len(got[0])
+        lengths = np.fromiter((len(h[0]) for h in hits), dtype=np.int64, count=len(hits))  # type: ignore[index]
+        if not hits:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z
+        all_ids = np.concatenate([h[0] for h in hits]).astype(np.int64)  # type: ignore[index]
+        all_counts = np.concatenate([h[1] for h in hits]).astype(np.int64)  # type: ignore[index]
+        return all_ids, all_counts, lengths
+
     def _read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...] | None
     ) -> dict[Labels, Profile]:
@@ -432,7 +471,7 @@ class SQLiteStore:
                 labels = Labels.of({k: labels.get(k, "") for k in group_by})
             group_of[series] = keys.setdefault(labels, len(keys))
         row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
-        ids, counts, lengths = codec.decode_many([r[1] for r in rows])
+        ids, counts, lengths = self._decode_cached([r[1] for r in rows])
         if ids.size == 0:
             return {}
         # Database stack ids are dense, so one bincount over (group, id) merges everything in
@@ -446,15 +485,15 @@ class SQLiteStore:
         else:  # too many (group, id) cells for a dense count: sort-based reduce instead
             merged = Profile.from_arrays(StackTable(), group * width + ids, counts)
             nz, sums = merged.ids, merged.counts.astype(np.float64)
-        uniq = np.unique(nz % width)
+        sid = nz % width
+        uniq = np.unique(sid)
         mapped = self._to_table(uniq, table)
-        out = {}
-        gnz = nz // width
-        for labels, g in keys.items():
-            mask = gnz == g
-            tids = mapped[np.searchsorted(uniq, nz[mask] % width)]
-            out[labels] = Profile.from_arrays(table, tids, np.rint(sums[mask]).astype(np.int64))
-        return out
+        tids = mapped[np.searchsorted(uniq, sid)]
+        sums = np.rint(sums).astype(np.int64)
+        # nz is ascending, so each group's cells are one contiguous run: slice, don't mask.
+        bounds = np.searchsorted(nz // width, np.arange(len(keys) + 1)).tolist()
+        return {labels: Profile.from_arrays(table, tids[bounds[g] : bounds[g + 1]], sums[bounds[g] : bounds[g + 1]])
+                for labels, g in keys.items()}
 
     async def read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable,

@@ -174,6 +174,49 @@ def _bomb(n: int) -> bytes:
     return gzip.compress(b"a;b 1\n" * (n // 6 + 1), 9)
 
 
+
+async def test_render_json_equals_pruned_tree_of_the_merged_profile(client: TestClient) -> None:
+    """The JSON path builds its tree from the series (metadata paths grafted, narrow nodes never
+    expanded); it must equal pruning the full tree of what format=folded returns."""
+    from stacks.tree import build_tree, prune, to_json
+
+    ns = "node=n1,namespace=default"
+    await ingest_folded(client, f"admin{{{ns},pod=admin-1,container=app}}",
+                        "main;images;resize 60\nmain;images 9\nmain;rare;deep 1\n", **{"from": str(W)})
+    await ingest_folded(client, f"admin{{{ns},pod=admin-1,container=app,route=/x}}",
+                        "main;images;resize 20\nmain;list 7\n", **{"from": str(W)})
+    await ingest_folded(client, f"dns{{{ns},pod=dns-1}}", "app;serve 3\nmain;tick_[k] 2\n", **{"from": str(W)})
+    checked = 0
+    for metadata in ("0", "1"):
+        for share, extra in ((0.0, "&min_share=0"), (1 / 4000, ""), (0.05, "&min_share=0.05")):
+            for max_nodes in (3, 8, 100):
+                folded = await folded_of(client, extra=f"&metadata={metadata}")
+                want = to_json(prune(build_tree(parse(folded)), max_nodes=max_nodes, min_share=share))
+                r = await client.get(f"/api/v1/render?{RANGE}&metadata={metadata}&max_nodes={max_nodes}{extra}")
+                assert r.status == 200, await r.text()
+                got = await r.json()
+                assert got["total"] == want["total"] == 102
+                assert got["names"] == want["names"]
+                for col in ("name", "depth", "start", "width", "total", "self"):
+                    assert got["nodes"][col] == want["nodes"][col], (metadata, share, max_nodes, col)
+                assert got["pruned"]["nodes_after"] == want["pruned"]["nodes_after"]
+                assert got["pruned"]["min_share"] == share
+                checked += 1
+    assert checked == 18
+    # metadata nodes keep their kind and label on the grafted path
+    doc = await (await client.get(f"/api/v1/render?{RANGE}&metadata=1")).json()
+    n = doc["nodes"]
+    seen: dict[str, set] = {}
+    for i in range(len(n["name"])):
+        seen.setdefault(doc["names"][n["name"][i]], set()).add((doc["kinds"][n["kind"][i]], n["label"][i]))
+    assert seen["admin-1"] == {("metadata", "pod")} and seen["dns-1"] == {("metadata", "pod")}
+    assert seen["app"] == {("metadata", "container"), ("user", None)}  # container app, dns's frame app
+    # with min_share=0.05 the 1-sample 'rare' subtree (1 %) is folded into 'other'
+    doc = await (await client.get(f"/api/v1/render?{RANGE}&min_share=0.05")).json()
+    names = [doc["names"][i] for i in doc["nodes"]["name"]]
+    assert "rare" not in names and "deep" not in names and "other" in names
+
+
 BAD = [
     # (method, path, body, headers, status, words the error must contain)
     ("POST", "/ingest?name=app", b"main;f notanumber\n", {}, 400, ["line 1", "not an integer"]),
@@ -204,6 +247,8 @@ BAD = [
     ("GET", "/api/v1/render?format=png", None, {}, 400, ["json, folded"]),
     ("GET", "/api/v1/render?max_nodes=zero", None, {}, 400, ["max_nodes"]),
     ("GET", "/api/v1/render?metadata=maybe", None, {}, 400, ["metadata"]),
+    ("GET", "/api/v1/render?min_share=tiny", None, {}, 400, ["min_share", "not a number"]),
+    ("GET", "/api/v1/render?min_share=2", None, {}, 400, ["min_share", "0..1"]),
     ("GET", "/api/v1/diff?mode=weird", None, {}, 400, ["share, absolute"]),
     ("GET", "/api/v1/diff?base={x", None, {}, 400, ["base"]),
     ("GET", "/api/v1/label/bad%20name/values", None, {}, 400, ["label name"]),
@@ -285,3 +330,36 @@ async def test_full_disk_answers_503_and_recovers_reads(tmp_path) -> None:
         assert await folded_of(client) == "main;ok 1\n"  # reads still work, nothing half-written
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("cap", [4_000_000, 3])
+async def test_read_merged_decode_cache_follows_fragments_and_compaction(tmp_path, monkeypatch, cap) -> None:
+    """The reader caches decoded window blobs by their bytes: new fragments, compaction and a
+    tiny cap (entries evicted and not cached) must all still read exact sums."""
+    import aggregator.store.sqlite as sq
+    from aggregator.store.base import SeriesWindow
+    from stacks.model import Labels, StackTable
+    from stacks.selector import Selector
+
+    monkeypatch.setattr(sq, "_MAX_DECODED_ENTRIES", cap)
+    store = sq.SQLiteStore(tmp_path / "fw.db")
+    await store.open()
+    try:
+        a, b = Labels.of(pod="a"), Labels.of(pod="b")
+
+        async def folded_now() -> dict:
+            got = await store.read_merged(Selector(), W - 60, W + 60, StackTable(), ())
+            return {str(lab): sorted(p.as_dict().values()) for lab, p in got.items()}
+
+        await store.write([SeriesWindow(a, W, parse("main;x 2\nmain;y 1\n")), SeriesWindow(b, W - 30, parse("m 4\n"))])
+        assert await folded_now() == {str(a): [1, 2], str(b): [4]}
+        assert await folded_now() == {str(a): [1, 2], str(b): [4]}  # from the cache
+        await store.write([SeriesWindow(a, W, parse("main;x 5\nmain;z 7\n"))])  # a second fragment
+        assert await folded_now() == {str(a): [1, 7, 7], str(b): [4]}
+        await store.compact(W + 1000)  # fragments merged into one new row
+        assert await folded_now() == {str(a): [1, 7, 7], str(b): [4]}
+        await store.write([SeriesWindow(b, W - 30, parse("m 1\n"))])
+        assert await folded_now() == {str(a): [1, 7, 7], str(b): [5]}
+        assert store._decoded_entries <= cap
+    finally:
+        await store.close()
