@@ -123,6 +123,7 @@ class Agent:
         self.started = clock()
         self.metrics_port: int | None = None
         self._psutil_primed: set[int] = set()
+        self._busy_before: set[int] = set()
 
     # ---------------------------------------------------------------- setup
     def check(self) -> None:
@@ -142,7 +143,8 @@ class Agent:
             self.perf.start()
         if self.s.pyspy:
             self.pyspy = PySpySampler(self._on_python, pyspy=self.s.pyspy_path, rate=self.s.pyspy_rate,
-                                      duration=self.s.push_interval, runner=self.runner, clock=self.clock)
+                                      duration=self.s.push_interval, steady_duration=self.s.pyspy_duration,
+                                      runner=self.runner, clock=self.clock)
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
@@ -187,7 +189,9 @@ class Agent:
         self.intervals += 1
         pids = self.collector.drain()
         with self._py_lock:
-            fresh_after = self.clock() - 2.5 * self.s.push_interval
+            # a py-spy run reports when it ends, so its shape may be one run plus an interval old
+            longest = max(self.s.push_interval, self.s.pyspy_duration)
+            fresh_after = self.clock() - longest - 1.5 * self.s.push_interval
             py = {p: r for p, r in self._py_latest.items() if r.ended >= fresh_after}
             self._py_latest = py
         series: dict[Labels, dict[Stack, int]] = {}
@@ -229,6 +233,11 @@ class Agent:
                     busy.append((share, pid))
         else:
             busy = list(self._psutil_busy(own))
+        # a new process must be busy in two intervals in a row: each py-spy start costs ~0.07 CPU s,
+        # and short bursts (a test run, a cron job) are not worth one
+        now_busy = {pid for _share, pid in busy}
+        busy = [(sh, pid) for sh, pid in busy if pid in active or pid in self._busy_before]
+        self._busy_before = now_busy
         chosen = []
         for _share, pid in sorted(busy, reverse=True):
             ok = self._python_cache.get(pid)

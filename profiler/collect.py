@@ -52,16 +52,16 @@ class Collector:
         self._pids: dict[int, PidSamples] = {}
         self.taken = 0
 
-    def add(self, s: PerfSample) -> None:
-        """Count one perf sample (the sampler thread calls this)."""
+    def add(self, s: PerfSample, count: int = 1) -> None:
+        """Count ``count`` identical perf samples (the sampler thread calls this)."""
         pid = s.pid if s.pid is not None else (s.tid if s.tid is not None else -1)
         with self._lock:
             entry = self._pids.get(pid)
             if entry is None:
                 entry = self._pids[pid] = PidSamples(s.comm)
             st = entry.stacks
-            st[s.frames] = st.get(s.frames, 0) + 1
-            self.taken += 1
+            st[s.frames] = st.get(s.frames, 0) + count
+            self.taken += count
 
     def add_stacks(self, pid: int, comm: str, stacks: Mapping[Stack, int]) -> None:
         """Count already aggregated stacks (py-spy-only or bpftrace samplers)."""

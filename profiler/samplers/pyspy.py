@@ -2,7 +2,10 @@
 
 py-spy writes its output only when it exits, so each profiled process gets
 back-to-back runs of ``py-spy record --duration D --format raw --nolineno
---nonblocking`` (D = the push interval). Each finished run yields a folded
+--nonblocking``: the first run lasts one push interval (Python names appear
+quickly), the following ones ``steady_duration`` (default 60 s), because each
+run pays py-spy's start-up (~0.07 CPU s, measured) and at a low rate that
+start-up is most of the cost. Each finished run yields a folded
 profile of that process's Python stacks; the agent uses the newest one to
 name the interpreter samples perf took of the same process (see
 :mod:`profiler.combine`). ``--nonblocking`` keeps py-spy from pausing the
@@ -93,6 +96,7 @@ class PySpySampler:
         pyspy: str = "py-spy",
         rate: int = 20,
         duration: float = 10.0,
+        steady_duration: float | None = None,
         runner: Runner = default_runner,
         clock: Callable[[], float] = time.monotonic,
         workdir: str | None = None,
@@ -101,6 +105,7 @@ class PySpySampler:
         self.pyspy = pyspy
         self.rate = rate
         self.duration = max(1, round(duration))
+        self.steady_duration = max(1, round(steady_duration)) if steady_duration else self.duration
         self.runner = runner
         self.clock = clock
         self.workdir = workdir or tempfile.mkdtemp(prefix="flamewatch-pyspy-")
@@ -149,12 +154,12 @@ class PySpySampler:
         for w in workers:
             w.thread.join(timeout)
 
-    def run_once(self, pid: int) -> PyStacks | None:
-        """One py-spy run over ``pid``; None when it failed (counted)."""
+    def run_once(self, pid: int, duration: int | None = None) -> PyStacks | None:
+        """One py-spy run over ``pid`` (``duration`` s, default the first-run length); None when it failed."""
         out = os.path.join(self.workdir, f"{pid}.txt")
         started = self.clock()
         try:
-            proc = self.runner(record_argv(self.pyspy, pid, self.rate, self.duration, out),
+            proc = self.runner(record_argv(self.pyspy, pid, self.rate, duration or self.duration, out),
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as e:
             self.failures += 1
@@ -205,13 +210,17 @@ class _Worker:
                 pass
 
     def loop(self) -> None:
+        good = 0
         while not self.stop.is_set():
+            # the first good run is short so Python names show up within an interval; later ones are long
+            duration = self.owner.duration if good == 0 else self.owner.steady_duration
             try:
-                res = self.owner.run_once(self.pid)
+                res = self.owner.run_once(self.pid, duration)
             except Exception as e:  # never let one process take the agent down
                 log.warning("py-spy loop for pid %d: %s", self.pid, e)
                 res = None
             if res is not None:
+                good += 1
                 self.backoff.reset()
                 if res.stacks:
                     self.owner.sink(res)

@@ -215,7 +215,8 @@ def test_perf_sampler_restarts_with_backoff_and_counts_gaps(tmp_path: Path) -> N
     fake = _fake_tool(tmp_path, "perf", f'if [ "$1" = script ]; then cat >/dev/null; '
                       f'printf "{sample}{sample}"; fi\nexit 0\n')
     got: list[PerfSample] = []
-    s = perf_mod.PerfSampler(got.append, perf=str(fake), backoff=Backoff(0.01, 0.02))
+    s = perf_mod.PerfSampler(lambda x, n: got.extend([x] * n), perf=str(fake), backoff=Backoff(0.01, 0.02),
+                             batch_seconds=0.01)
     s.start()
     deadline = time.monotonic() + 10
     while s.restarts < 3 and time.monotonic() < deadline:
@@ -283,3 +284,155 @@ def test_pyspy_select_tracks_pids(tmp_path: Path) -> None:
     s.select([])
     s.stop()
     assert calls and calls[0][:3] == ["py-spy", "record", "--pid"] and "--nonblocking" in calls[0]
+
+
+PERF_TEXT = (
+    "burn 42/42 \n\t 1165 burn_cpu_cycles+0xc (/tmp/burn)\n\t 1200 main (/tmp/burn)\n\n"
+    "python3 7/8 \n\t ffffffff8225a696 do_syscall_64+0x46 ([kernel.kallsyms])\n\t 99 read (/lib/libc.so.6)\n\n"
+    "burn 42/42 \n\t 1165 burn_cpu_cycles+0xc (/tmp/burn)\n\t 1200 main (/tmp/burn)\n\n"
+    "# a comment line perf may print\n\n"
+    "burn 42/42 \n\t 1165 burn_cpu_cycles+0xc (/tmp/burn)\n\t 1200 main (/tmp/burn)\n\n"
+)
+
+
+def _counts(samples: list[tuple[PerfSample, int]]) -> dict[tuple, int]:
+    out: dict[tuple, int] = {}
+    for smp, n in samples:
+        key = (smp.comm, smp.pid, smp.tid, smp.frames)
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+def test_perf_batch_parse_counts_identical_blocks_once_and_matches_the_parser() -> None:
+    from stacks.perf import iter_samples
+
+    got: list[tuple[PerfSample, int]] = []
+    s = perf_mod.PerfSampler(lambda x, n: got.append((x, n)))
+    data = PERF_TEXT.encode()
+    # cut mid-block: the tail waits for the next batch, nothing is lost or doubled
+    tail = s._parse(data[:150])
+    tail = s._parse(tail + data[150:])
+    assert tail == b""
+    expected = _counts([(x, 1) for x in iter_samples(PERF_TEXT)])
+    assert _counts(got) == expected
+    assert expected[("burn", 42, 42, (U("main"), U("burn_cpu_cycles")))] == 3
+    assert s.samples == 4
+    assert len(got) <= 4  # identical blocks of one batch arrive as one call with a count
+    parsed = len(s._blocks)
+    s._parse(data)  # the same blocks again: served from the cache, counted again
+    assert len(s._blocks) == parsed and s.samples == 8
+
+
+def test_collector_counts_repeated_samples() -> None:
+    c = Collector()
+    smp = PerfSample("burn", 10, 10, None, None, None, (U("main"),))
+    c.add(smp, 5)
+    c.add(smp)
+    assert c.taken == 6 and c.drain()[10].stacks == {(U("main"),): 6}
+
+
+def test_pyspy_first_run_is_short_then_steady_runs_are_long(tmp_path: Path) -> None:
+    durations: list[str] = []
+    done = threading.Event()
+
+    class P:
+        pid = 1
+        stdout = stdin = stderr = None
+
+        def __init__(self, argv: list[str]) -> None:
+            durations.append(argv[argv.index("--duration") + 1])
+            out = argv[argv.index("--output") + 1]
+            Path(out).write_text("main (hot.py);python_hot_function (hot.py) 7\n")
+            if len(durations) >= 3:
+                done.set()
+
+        def poll(self) -> int:
+            return 0
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+        def send_signal(self, sig: int) -> None:
+            pass
+
+    got = []
+    s = PySpySampler(got.append, runner=lambda argv, **kw: P(argv), duration=10, steady_duration=60,
+                     workdir=str(tmp_path))
+    s.select([os.getpid()])
+    assert done.wait(5)
+    s.stop()
+    assert durations[:3] == ["10", "60", "60"]
+    assert got and got[0].total == 7
+
+
+def test_perf_batch_parse_equals_the_parser_on_a_real_capture(corpora: Path) -> None:
+    """The agent's deduplicating batch path counts exactly what stacks.perf.iter_samples parses."""
+    from stacks.perf import iter_samples
+
+    path = corpora / "local" / "perf-script-2cpu-499hz.txt.gz"
+    if not path.exists():
+        pytest.skip(f"{path} is missing from the shared corpora")
+    data = gzip.decompress(path.read_bytes())
+    got: list[tuple[PerfSample, int]] = []
+    s = perf_mod.PerfSampler(lambda x, n: got.append((x, n)))
+    tail = b""
+    for i in range(0, len(data), 50_000):  # uneven batches, blocks cut at their edges
+        tail = s._parse(tail + data[i:i + 50_000])
+    s._parse(tail, final=True)
+    expected = _counts([(x, 1) for x in iter_samples(data.decode("utf-8", "replace"))])
+    assert sum(expected.values()) > 1000
+    # (this capture has time stamps in its headers, so its blocks do not repeat: equality is the point)
+    assert _counts(got) == expected
+
+
+def test_perf_unknown_kernel_frames_stay_kernel_after_address_folding() -> None:
+    got: list[tuple[PerfSample, int]] = []
+    s = perf_mod.PerfSampler(lambda x, n: got.append((x, n)))
+    text = ("app 5/5 \n\tffffffff81000010 [unknown] ([unknown])\n\t    7f0012345678 [unknown] ([unknown])\n"
+            "\t          401000 main (/app)\n\n")
+    s._parse(text.encode())
+    ((smp, n),) = got
+    assert n == 1 and [f.kind.value for f in smp.frames] == ["user", "user", "kernel"]
+
+
+def test_pyspy_selection_needs_two_busy_intervals_and_respects_the_cap(tmp_path: Path) -> None:
+    from flamewatch.settings import resolve
+    from profiler.agent import Agent
+    from profiler.collect import PidSamples
+    from profiler.settings import SETTINGS
+
+    settings = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": str(tmp_path),
+                                  "pyspy_max_processes": 2}, environ={})
+    agent = Agent(settings, environ={})
+
+    class FakePySpy:
+        def __init__(self) -> None:
+            self.selected: list[int] = []
+
+        def active(self) -> list[int]:
+            return list(self.selected)
+
+        def select(self, pids: list[int]) -> None:
+            self.selected = list(pids)
+
+    fake = FakePySpy()
+    agent.pyspy = fake  # type: ignore[assignment]
+    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(3)]
+    try:
+        full = settings.frequency * settings.push_interval
+        def interval(shares: dict[int, float]) -> dict[int, PidSamples]:
+            return {pid: PidSamples("python3", {(U("x"),): int(full * sh / 100)}) for pid, sh in shares.items()}
+
+        a, b, c = (k.pid for k in kids)
+        agent._select_python(interval({a: 90, b: 50, c: 5}))
+        assert fake.selected == []  # busy once: not yet
+        agent._select_python(interval({a: 90, b: 50, c: 40}))
+        assert fake.selected == [a, b]  # busy twice, busiest first; c only once, and the cap is 2
+        agent._select_python(interval({a: 90, b: 15, c: 40}))
+        assert fake.selected == [a, c]  # b stays above half the threshold but c is busier
+        agent._select_python(interval({a: 5, b: 5, c: 40}))
+        assert fake.selected == [c]
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
