@@ -608,6 +608,21 @@ def iter_samples(lines: str | Iterable[str]) -> Iterator[PerfSample]:
         yield from _block_samples(tail, fp, False)
 
 
+class SampleParser:
+    """A long-lived parser of whole sample blocks (text between blank lines).
+
+    Its frame-line cache outlives one call, so a streaming caller (the agent)
+    that parses batch after batch pays for each distinct frame line once.
+    """
+
+    def __init__(self) -> None:
+        self._frames = _FrameParser()
+
+    def block(self, block: str) -> tuple[PerfSample, ...]:
+        """Samples of one complete block (usually one sample)."""
+        return tuple(_block_samples(block, self._frames, True)) if block.strip() else ()
+
+
 def _block_samples(block: str, fp: _FrameParser, terminated: bool) -> Iterator[PerfSample]:
     block = block.lstrip("\n")
     if not block:

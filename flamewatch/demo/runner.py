@@ -360,7 +360,12 @@ class Demo:
             return
         argv = [sys.executable, "-m", "flamewatch.cli", "agent", "--server", server,
                 "--spool-dir", str(self.data_dir / "agent-spool"), "--metrics-port", "-1",
-                "--push-interval", str(self.upload_interval)]
+                "--push-interval", str(self.upload_interval),
+                # The demo's services are light and the story turns on a fix within minutes, so
+                # py-spy runs on every service and refreshes its Python shape every interval
+                # (the agent's defaults favour a low steady-state cost instead).
+                "--pyspy-threshold", "3", "--pyspy-max-processes", "4",
+                "--pyspy-duration", str(self.upload_interval)]
         child = await self.spawn("agent", argv, self.child_env({"NODE_NAME": socket.gethostname()}))
         await asyncio.sleep(1.0)
         if child.proc.returncode is not None:

@@ -5,7 +5,7 @@
 start-up (kernel symbol loading) once. The small ring buffer (``-m``) makes
 perf hand over samples within a second or two instead of when a large buffer
 fills, which keeps the sample-to-query delay well under 15 s. The text is
-parsed by :func:`stacks.perf.iter_samples`, once per distinct sample block,
+parsed by :class:`stacks.perf.SampleParser`, once per distinct sample block,
 and ``sink`` gets each distinct sample with its count.
 
 If perf dies, it is restarted with exponential backoff and the time without
@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
-from stacks.perf import PerfSample, iter_samples
+from stacks.perf import PerfSample, SampleParser
 
 log = logging.getLogger("flamewatch.agent.perf")
 
@@ -44,21 +44,6 @@ BLOCK_CACHE_MAX = 20000
 # parser reads from them (kernel or user for an [unknown] module).
 _KERNEL_ADDR = re.compile(rb"\t *ffff[89a-f][0-9a-f]{11} ")
 _USER_ADDR = re.compile(rb"\t +[0-9a-f]+ ")
-
-try:  # the parser's per-block entry point with a frame-line cache that outlives one call
-    from stacks.perf import _block_samples, _FrameParser
-
-    def _new_frame_parser() -> object:
-        return _FrameParser()
-
-    def _parse_block(block: str, frames: object) -> tuple[PerfSample, ...]:
-        return tuple(_block_samples(block, frames, True)) if block.strip() else ()  # type: ignore[arg-type]
-except ImportError:  # the same result through the public API, without the shared line cache
-    def _new_frame_parser() -> object:
-        return None
-
-    def _parse_block(block: str, frames: object) -> tuple[PerfSample, ...]:
-        return tuple(iter_samples(block + "\n\n")) if block.strip() else ()
 
 MISSING_HELP = (
     "install it (Debian: apt install linux-perf; Ubuntu: apt install linux-tools-$(uname -r)), "
@@ -161,7 +146,7 @@ class PerfSampler:
         self.samples = 0
         self.last_error = ""
         self._blocks: dict[str, tuple[PerfSample, ...]] = {}
-        self._frames = _new_frame_parser()
+        self._parser = SampleParser()
         self._stop = threading.Event()
         self._procs: list[Proc] = []
         self._lock = threading.Lock()
@@ -299,13 +284,13 @@ class PerfSampler:
         cache = self._blocks
         if len(cache) > BLOCK_CACHE_MAX:  # pids and stacks churn; start over rather than grow
             cache.clear()
-            self._frames = _new_frame_parser()
+            self._parser = SampleParser()
         sink = self.sink
         n = 0
         for block, count in Counter(blocks).items():
             samples = cache.get(block)
             if samples is None:
-                samples = cache[block] = _parse_block(block, self._frames)
+                samples = cache[block] = self._parser.block(block)
             for sample in samples:
                 sink(sample, count)
                 n += count

@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from stacks.folded import dumps
 from stacks.model import Frame, Kind
-from stacks.perf import Collapser, PerfSample, collapse, is_kernel_module, iter_samples, parse_perf
+from stacks.perf import (
+    Collapser,
+    PerfSample,
+    SampleParser,
+    collapse,
+    is_kernel_module,
+    iter_samples,
+    parse_perf,
+)
 
 INPUTS = [
     "perf-cycles-instructions-01",
@@ -300,3 +308,13 @@ def test_differential_against_stackcollapse(lines: list[str]) -> None:
         ).stdout.decode("latin-1")
         ours = collapse(text, **{opt[2:]: True})
         assert folded_lines(ours) == Counter(out.splitlines())
+
+
+def test_sample_parser_blocks_equal_iter_samples(local_text: str) -> None:
+    # The agent parses block by block with one long-lived parser; it must see what iter_samples sees.
+    parser = SampleParser()
+    blocks = local_text.split("\n\n")
+    got = [s for b in blocks[:-1] for s in parser.block(b)]
+    assert got == list(iter_samples(local_text))[: len(got)]
+    assert len(got) > 12_000
+    assert parser.block("") == () and parser.block("\n  \n") == ()
