@@ -308,7 +308,9 @@ def create_app(
     # never by aiohttp without a cap.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard],
                           handler_args={"auto_decompress": False})
-    st = store if store is not None else open_store(settings.storage, settings.data_dir)
+    if store is None:
+        store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous)
+    st = store
     metrics = Metrics()
     app[SETTINGS] = settings
     app[STORE] = st

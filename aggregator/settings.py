@@ -60,6 +60,10 @@ SETTINGS: list[Setting] = [
             _non_negative_int),
     Setting("compact_interval_seconds", 30, "How often closed windows are merged and retention applied",
             _positive_int),
+    Setting("sqlite_synchronous", "FULL",
+            "SQLite fsync policy: FULL syncs the WAL on every commit batch, so an acknowledged push "
+            "survives power loss and disk errors; NORMAL is faster but may drop the last commits then",
+            str.upper, ("NORMAL", "FULL", "EXTRA")),
     Setting("log_level", "INFO", "Logging level", str.upper,
             ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 ]

@@ -9,16 +9,16 @@ from aggregator.store.base import SeriesWindow, Store, StoreError
 __all__ = ["SeriesWindow", "Store", "StoreError", "open_store"]
 
 
-def open_store(spec: str, data_dir: str | Path) -> Store:
+def open_store(spec: str, data_dir: str | Path, *, sqlite_synchronous: str = "FULL") -> Store:
     """A store (not yet opened) for ``sqlite`` or ``clickhouse://host:port/db``."""
     if spec in ("", "sqlite"):
         from aggregator.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(data_dir) / "flamewatch.db")
+        return SQLiteStore(Path(data_dir) / "flamewatch.db", synchronous=sqlite_synchronous)
     if spec.startswith("sqlite://"):
         from aggregator.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(spec[len("sqlite://") :]))
+        return SQLiteStore(Path(spec[len("sqlite://") :]), synchronous=sqlite_synchronous)
     if spec.startswith("clickhouse://"):
         try:
             from aggregator.store.clickhouse import ClickHouseStore

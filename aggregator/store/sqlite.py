@@ -14,9 +14,11 @@ Schema (compact by design, see docs/aggregator.md):
 
 All sqlite calls run on two dedicated threads (one writer connection, one
 reader connection; WAL lets them run concurrently) so the event loop never
-blocks. ``synchronous=NORMAL`` in WAL mode: a commit survives ``kill -9`` of
-the process (the OS holds the written pages); only a power loss may drop the
-last commits. Pass ``synchronous="FULL"`` to survive that too.
+blocks. ``flamewatch serve`` uses ``synchronous=FULL`` (its
+``--sqlite-synchronous`` setting): the WAL is synced on every commit batch, so
+an acknowledged push survives power loss and disk errors, not only ``kill -9``.
+``NORMAL`` survives ``kill -9`` (the OS holds the written pages) but may drop
+the last commits on power loss or a disk error.
 """
 
 from __future__ import annotations
