@@ -338,29 +338,7 @@ class Columns:
         ns = len(stacks)
         lens = np.fromiter(map(len, stacks), dtype=np.int64, count=ns)
         flat = list(chain.from_iterable(stacks))
-        objs = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
-        uobj, inv = np.unique(objs, return_inverse=True)  # quicksort; return_index would force mergesort
-        inv = inv.reshape(-1)
-        # Any occurrence will do as the representative: equal ids are the same object.
-        first = np.empty(len(uobj), dtype=np.int64)
-        first[inv] = np.arange(len(objs), dtype=np.int64)
-        # Distinct Frame objects -> functions (equal frames held by different objects merge here).
-        funcs: dict[tuple[str, int], int] = {}
-        fnames: list[str] = []
-        fkinds: list[int] = []
-        obj_fid = np.empty(len(uobj), dtype=np.int64)
-        user, kernel, meta = Kind.USER, Kind.KERNEL, Kind.METADATA
-        for j, i in enumerate(first.tolist()):
-            name, kind = flat[i]
-            code = 0 if kind is user else 1 if kind is kernel else 2 if kind is meta else _kind_code(kind)
-            key = (name, code)
-            fi = funcs.get(key)
-            if fi is None:
-                fi = funcs[key] = len(fnames)
-                fnames.append(name)
-                fkinds.append(code)
-            obj_fid[j] = fi
-        flat_fid = obj_fid[inv] if len(flat) else np.zeros(0, dtype=np.int64)
+        fnames, fkinds, flat_fid = _function_ids(flat)
         starts = np.zeros(ns, dtype=np.int64)
         if ns > 1:
             np.cumsum(lens[:-1], out=starts[1:])
