@@ -15,5 +15,5 @@ CORPORA = Path(os.environ.get("FLAMEWATCH_CORPORA", REPO.parent / "shared" / "co
 def corpora() -> Path:
     """../shared/corpora, read in place. Skips cleanly where it is absent."""
     if not CORPORA.is_dir():
-        pytest.skip(f"shared corpora not found at {CORPORA} (set FLAMEWATCH_CORPORA to its folder)")
+        pytest.skip(reason=f"shared corpora not found at {CORPORA} (set FLAMEWATCH_CORPORA to its folder)")
     return CORPORA

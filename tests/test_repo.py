@@ -42,7 +42,7 @@ def test_settings_names_unique_per_table() -> None:
 def test_ruff_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
-        pytest.skip("ruff is not installed (pip install -e '.[test]')")
+        pytest.skip(reason="ruff is not installed (pip install -e '.[test]')")
     proc = subprocess.run([ruff, "check", "."], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -57,7 +57,7 @@ while True:
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.skip(f"{tool} is not installed (needed by the real agent test)")
+        pytest.skip(reason=f"{tool} is not installed (needed by the real agent test)")
     return path
 
 
@@ -81,7 +81,7 @@ def _render(srv_url: str, query: str, t0: float, fmt: str = "folded") -> bytes:
 @pytest.mark.timeout(240)
 def test_real_agent_end_to_end(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("the real agent test needs root for system-wide perf")
+        pytest.skip(reason="the real agent test needs root for system-wide perf")
     _need("perf")
     _need("py-spy")
     gcc = _need("gcc")

@@ -188,9 +188,9 @@ def test_perf_not_permitted_real(tmp_path: Path) -> None:
     """The real perf, run as an unprivileged user through an injected runner."""
     setpriv = shutil.which("setpriv")
     if shutil.which("perf") is None or setpriv is None or os.geteuid() != 0:
-        pytest.skip("needs perf, setpriv (util-linux) and root to drop privileges")
+        pytest.skip(reason="needs perf, setpriv (util-linux) and root to drop privileges")
     if Path("/proc/sys/kernel/perf_event_paranoid").read_text().strip() in ("-1", "0"):
-        pytest.skip("perf_event_paranoid allows unprivileged system-wide sampling here")
+        pytest.skip(reason="perf_event_paranoid allows unprivileged system-wide sampling here")
 
     def as_nobody(argv, **kw):
         return subprocess.Popen([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *argv], **kw)
@@ -234,7 +234,7 @@ def test_pyspy_missing_and_vanished_process(tmp_path: Path, monkeypatch: pytest.
         check_pyspy("py-spy")
     monkeypatch.undo()
     if shutil.which("py-spy") is None:
-        pytest.skip("py-spy is not installed (pip install py-spy)")
+        pytest.skip(reason="py-spy is not installed (pip install py-spy)")
     # a process that exits before py-spy attaches: a counted failure, not an exception
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
@@ -371,7 +371,7 @@ def test_perf_batch_parse_equals_the_parser_on_a_real_capture(corpora: Path) -> 
 
     path = corpora / "local" / "perf-script-2cpu-499hz.txt.gz"
     if not path.exists():
-        pytest.skip(f"{path} is missing from the shared corpora")
+        pytest.skip(reason=f"{path} is missing from the shared corpora")
     data = gzip.decompress(path.read_bytes())
     got: list[tuple[PerfSample, int]] = []
     s = perf_mod.PerfSampler(lambda x, n: got.append((x, n)))

@@ -21,7 +21,7 @@ def clickhouse() -> Iterator[ClickHouseServer]:
         cm = clickhouse_server()
         server = cm.__enter__()
     except ClickHouseMissing as e:
-        pytest.skip(str(e))
+        pytest.skip(reason=str(e))
     try:
         yield server
     finally:

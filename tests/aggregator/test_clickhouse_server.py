@@ -21,7 +21,7 @@ from tests.support.clickhouse import ClickHouseMissing, ClickHouseServer, clickh
 pytestmark = [pytest.mark.clickhouse, pytest.mark.slow]
 
 if importlib.util.find_spec("tests.support.server") is None:  # pragma: no cover - until it lands
-    pytest.skip("tests/support/server.py (running_server) not written yet", allow_module_level=True)
+    pytest.skip(reason="tests/support/server.py (running_server) not written yet", allow_module_level=True)
 
 from tests.support.server import Server, running_server  # noqa: E402
 
@@ -37,7 +37,7 @@ def private_clickhouse() -> Iterator[ClickHouseServer]:
         with clickhouse_server(private=True) as ch:
             yield ch
     except ClickHouseMissing as e:
-        pytest.skip(str(e))
+        pytest.skip(reason=str(e))
 
 
 def ingest(srv: Server, name: str, t: int, folded: str) -> tuple[int, bytes]:

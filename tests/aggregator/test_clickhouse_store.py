@@ -41,7 +41,7 @@ def private_clickhouse() -> Iterator[ClickHouseServer]:
         with clickhouse_server(private=True) as ch:
             yield ch
     except ClickHouseMissing as e:
-        pytest.skip(str(e))
+        pytest.skip(reason=str(e))
 
 
 def test_hashes_are_stable_and_distinguish_kinds() -> None:

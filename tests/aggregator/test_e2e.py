@@ -42,7 +42,7 @@ def _by_leaf(folded_text: str) -> dict[str, int]:
 @pytest.mark.slow
 def test_real_pyroscope_app_pushes_and_selectors_filter(tmp_path: Path) -> None:
     if importlib.util.find_spec("pyroscope") is None:
-        pytest.skip("pyroscope-io is not installed (pip install pyroscope-io)")
+        pytest.skip(reason="pyroscope-io is not installed (pip install pyroscope-io)")
     with running_server(tmp_path) as srv:
         runs = []
         for name, env in (("e2e-alpha", "blue"), ("e2e-beta", "green")):

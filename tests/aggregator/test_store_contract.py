@@ -34,7 +34,7 @@ async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Store
     """An opened, empty store of each backend."""
     if request.param == "sqlite":
         if importlib.util.find_spec("aggregator.store.sqlite") is None:
-            pytest.skip("aggregator/store/sqlite.py (SQLiteStore) not written yet")
+            pytest.skip(reason="aggregator/store/sqlite.py (SQLiteStore) not written yet")
         from aggregator.store.sqlite import SQLiteStore
 
         s: Store = SQLiteStore(tmp_path / "flamewatch.db")
@@ -231,7 +231,7 @@ async def test_empty_store_and_empty_write(store: Store) -> None:
 async def test_read_merged_and_totals_when_offered(store: Store) -> None:
     """The optional fast paths the server uses: same answers as summing ``read``."""
     if not (hasattr(store, "read_merged") and hasattr(store, "totals")):
-        pytest.skip(f"{type(store).__name__} offers no read_merged/totals")
+        pytest.skip(reason=f"{type(store).__name__} offers no read_merged/totals")
     await _write_series(store)
     await store.write([sw(T0 + 30, {STACK_A: 4, STACK_B: 1}, **SERIES[0])])
     t = StackTable()
@@ -275,7 +275,7 @@ def test_backends_agree_with_a_reference_model(
 ) -> None:
     """Random additive writes, reads, label queries and retention: both backends == a dict model."""
     if importlib.util.find_spec("aggregator.store.sqlite") is None:
-        pytest.skip("aggregator/store/sqlite.py (SQLiteStore) not written yet")
+        pytest.skip(reason="aggregator/store/sqlite.py (SQLiteStore) not written yet")
     from aggregator.store.clickhouse import ClickHouseStore
     from aggregator.store.sqlite import SQLiteStore
     from tests.support.clickhouse import query

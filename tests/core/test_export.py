@@ -82,7 +82,7 @@ def _speedscope_dir() -> Path | None:
 def speedscope() -> Path:
     d = _speedscope_dir()
     if d is None:
-        pytest.skip("speedscope not installed (npm install -g speedscope@1, or set FLAMEWATCH_SPEEDSCOPE_DIR)")
+        pytest.skip(reason="speedscope not installed (npm install -g speedscope@1, or set FLAMEWATCH_SPEEDSCOPE_DIR)")
     return d
 
 
@@ -99,7 +99,7 @@ def test_speedscope_matches_its_published_schema(speedscope):
 def test_speedscope_app_loads_the_export(speedscope, tmp_path):
     """Open the export in the real speedscope app (headless Chromium), as its CLI does."""
     if not CHROMIUM.exists():
-        pytest.skip("chromium not installed at /usr/bin/chromium")
+        pytest.skip(reason="chromium not installed at /usr/bin/chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) not installed")
     doc = json.dumps(to_speedscope(parse(SAMPLE), "flamewatch-demo")).encode()
     loader = tmp_path / "load.js"

@@ -180,7 +180,7 @@ def test_diff_html(files, tmp_path):
 @pytest.mark.parametrize("command", ["render", "diff"])
 def test_rendered_page_draws_in_chromium(files, tmp_path, command):
     if not CHROMIUM.exists():
-        pytest.skip("chromium not installed at /usr/bin/chromium")
+        pytest.skip(reason="chromium not installed at /usr/bin/chromium")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) not installed")
     out = tmp_path / f"{command}.html"
     inputs = [str(files["base"])] + ([str(files["compare"])] if command == "diff" else [])

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _need(module: str, why: str) -> None:
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is missing: {why}")
+        pytest.skip(reason=f"{module} is missing: {why}")
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ OVERLAYS = ("kubernetes", "clickhouse")
 def _kustomize(name: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl is not installed (apt-get install kubectl, or use the Kubernetes apt repo)")
+        pytest.skip(reason="kubectl is not installed (apt-get install kubectl, or use the Kubernetes apt repo)")
     proc = subprocess.run([kubectl, "kustomize", str(DEPLOY / name)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -104,7 +104,7 @@ def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full disk (needs root/CAP_SYS_ADMIN): {r.stderr}")
+        pytest.skip(reason=f"cannot mount a tmpfs to simulate a full disk (needs root/CAP_SYS_ADMIN): {r.stderr}")
     try:
         yield path
     finally:
@@ -212,10 +212,10 @@ def ext4_on_loop(tmp_path: Path, size_mb: int = 48) -> Iterator[tuple[Path, str]
     Yields (mount point, loop device). Always unmounted and detached afterwards.
     """
     if os.geteuid() != 0:
-        pytest.skip("needs root to mount a loop device (mount/losetup)")
+        pytest.skip(reason="needs root to mount a loop device (mount/losetup)")
     for tool in ("losetup", "mkfs.ext4", "e2fsck", "mount", "umount"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is missing (apt-get install util-linux e2fsprogs mount)")
+            pytest.skip(reason=f"{tool} is missing (apt-get install util-linux e2fsprogs mount)")
     img, mnt = tmp_path / "ext4.img", tmp_path / "ro-disk"
     mnt.mkdir()
     with open(img, "wb") as f:
@@ -223,12 +223,12 @@ def ext4_on_loop(tmp_path: Path, size_mb: int = 48) -> Iterator[tuple[Path, str]
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
     r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"no loop device to mount an ext4 image (needs root/CAP_SYS_ADMIN and /dev/loop*): {r.stderr}")
+        pytest.skip(reason=f"no loop device for an ext4 image (needs root/CAP_SYS_ADMIN, /dev/loop*): {r.stderr}")
     dev = r.stdout.strip()
     try:
         r = subprocess.run(["mount", "-o", "errors=remount-ro", dev, str(mnt)], capture_output=True, text=True)
         if r.returncode != 0:
-            pytest.skip(f"cannot mount ext4 from {dev} (needs root/CAP_SYS_ADMIN): {r.stderr}")
+            pytest.skip(reason=f"cannot mount ext4 from {dev} (needs root/CAP_SYS_ADMIN): {r.stderr}")
         try:
             yield mnt, dev
         finally:
@@ -267,7 +267,7 @@ def test_data_dir_turning_read_only_gives_5xx_clear_log_no_corruption_and_recove
     with ext4_on_loop(tmp_path) as (mnt, dev):
         trigger = Path("/sys/fs/ext4") / Path(dev).name / "trigger_fs_error"
         if not trigger.exists():
-            pytest.skip(f"{trigger} is missing (kernel without ext4 error injection); cannot make the mount read-only")
+            pytest.skip(reason=f"{trigger} is missing (kernel without ext4 error injection): cannot go read-only")
         srv = Server(mnt, ["--commit-interval-ms", "5"], None)
         srv.log_path = tmp_path / "serve.log"  # the log must stay writable
         srv.start()

@@ -74,12 +74,12 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
 def browser() -> Iterator[Any]:
     """Headless Debian Chromium through Playwright (never a downloaded browser)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"chromium not found at {CHROMIUM} "
+        pytest.skip(reason=f"chromium not found at {CHROMIUM} "
                     "(apt-get install chromium, or set FLAMEWATCH_CHROMIUM)")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright (python) is not installed: pip install 'playwright>=1.40,<2'")
+        pytest.skip(reason="playwright (python) is not installed: pip install 'playwright>=1.40,<2'")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

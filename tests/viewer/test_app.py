@@ -42,7 +42,7 @@ async def test_index_and_own_files(client: TestClient) -> None:
 async def test_plotly_served_from_installed_package_gzipped(client: TestClient) -> None:
     path = viewer_app.plotly_js_path()
     if path is None:
-        pytest.skip("plotly is not installed (pip install 'plotly>=5.18,<7')")
+        pytest.skip(reason="plotly is not installed (pip install 'plotly>=5.18,<7')")
     r = await client.get("/static/plotly.min.js", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
     assert r.status == 200
     assert r.headers["Content-Encoding"] == "gzip"
