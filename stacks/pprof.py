@@ -17,6 +17,7 @@ Every malformed input raises :class:`~stacks.errors.InputError`.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -117,7 +118,9 @@ def decode_pprof(
     # touches ``table``; the library decoder then gives the result or the
     # exact error, so both paths agree by construction.
     with _LOCK:
-        fast = _decode_fast(raw, table)
+        fast = _decode_compiled(raw, table) if _INDEX is not None else None
+        if fast is None:
+            fast = _decode_fast(raw, table)
     if fast is not None:
         return fast
     return _decode_library(raw, table)
@@ -343,6 +346,29 @@ _STACKS_MAX = 500_000
 _KEY_NARROW = [True]  # frame numbers fit 16 bits (until the registry passes 65,536)
 
 
+def _reset_frames() -> None:
+    """Forget every frame number, and so every cache keyed by them."""
+    _FRAME_NO.clear()
+    _FRAME_BY_NO.clear()
+    _STACKS.clear()
+    _KEY_NARROW[0] = True
+    _NAME_NO[False].clear()
+    _NAME_NO[True].clear()
+    if _INDEX is not None:
+        _INDEX.clear()
+
+
+def _bound_caches(table: StackTable) -> None:
+    """Keep the caches bounded, and tied to the table their stack ids point into."""
+    if len(_FRAME_BY_NO) > _FRAMES_MAX or len(_STACKS) > _STACKS_MAX or len(_INDEX or ()) > _STACKS_MAX:
+        _reset_frames()
+    if _STACKS_TABLE[0] is not table:
+        _STACKS.clear()
+        if _INDEX is not None:
+            _INDEX.clear()
+        _STACKS_TABLE[0] = table
+
+
 def _frame_no(fr: Frame) -> int:
     n = _FRAME_NO.get(fr)
     if n is None:
@@ -461,14 +487,7 @@ def _decode_fast(raw: bytes, table: StackTable) -> DecodedProfile | None:
         return None
 
     # Location ids -> runs of global frame numbers (leaf first), as arrays.
-    if len(_FRAME_BY_NO) > _FRAMES_MAX or len(_STACKS) > _STACKS_MAX:
-        _FRAME_NO.clear()
-        _FRAME_BY_NO.clear()
-        _STACKS.clear()
-        _KEY_NARROW[0] = True
-    if _STACKS_TABLE[0] is not table:
-        _STACKS.clear()
-        _STACKS_TABLE[0] = table
+    _bound_caches(table)
     loc_frames = head.locations
     lids = np.fromiter(loc_frames, np.uint64, len(loc_frames))
     order = np.argsort(lids)
@@ -575,9 +594,27 @@ def _decode_fast(raw: bytes, table: StackTable) -> DecodedProfile | None:
                 c = code_of[key] = len(keys_by_code)
                 keys_by_code.append(key)
             gcode[k] = c
-    positive = vals > 0
-    s = head.s
     divisor = head.period if head.types and head.types[vi][1] == "nanoseconds" and head.period > 0 else 0
+    series = _label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
+    return None if series is None else _decoded(p, head, series)
+
+
+def _label_series(
+    table: StackTable,
+    s: Callable[[int, str], str],
+    sids: np.ndarray,
+    vals: np.ndarray,
+    gcode: np.ndarray,
+    keys_by_code: list[tuple[tuple[int, int], ...]],
+    divisor: int,
+) -> list[tuple[Labels, Profile]] | None:
+    """One profile per label set, from per-sample stack ids, values and label-group codes.
+
+    ``keys_by_code[c]`` is group c's sorted (key, value) string indexes; None
+    when a string index is out of range or a sum could overflow int64 (the
+    library decoder then gives the error or the exact sum).
+    """
+    positive = vals > 0
     by_labels: dict[Labels, list[int]] = {}
     present = np.bincount(gcode[positive], minlength=len(keys_by_code)) > 0
     try:
@@ -590,12 +627,15 @@ def _decode_fast(raw: bytes, table: StackTable) -> DecodedProfile | None:
         return None
     series: list[tuple[Labels, Profile]] = []
     for labels, codes in by_labels.items():
-        sel = positive & (np.isin(gcode, codes) if len(codes) > 1 else gcode == codes[0])
+        if len(by_labels) == 1 and len(codes) == len(keys_by_code):
+            sel = positive  # one label set: every positive sample
+        else:
+            sel = positive & (np.isin(gcode, codes) if len(codes) > 1 else gcode == codes[0])
         prof = _summed(table, sids[sel], vals[sel], divisor)
         if prof is None:
             return None  # sums near 2**63: exact Python ints in the library path
         series.append((labels, prof))
-    return _decoded(p, head, series)
+    return series
 
 
 def _scan_samples(
@@ -686,6 +726,207 @@ def _scan_samples(
     off = np.cumsum(lcount) - lcount
     lidx = np.repeat(lfirst - off, lcount) + np.arange(total)
     return fast, off, values[lidx], chosen
+
+
+# -- compiled reader ---------------------------------------------------------------------------
+# ``stacks._pprof_c`` (Cython, built by ``pip install``) reads the whole
+# profile in C: one pass for the tables, one for the samples, where each
+# sample's frame numbers are hashed and looked up in a compiled index. Python
+# only maps functions to frame numbers (a dict hit each) and interns new
+# stacks. Without a C compiler the module is absent and the numpy reader
+# above does the work.
+try:
+    from stacks import _pprof_c
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _pprof_c = None
+
+# Seeded per process so hash collisions cannot be prepared offline.
+_INDEX = _pprof_c.StackIndex(secrets.randbits(64), secrets.randbits(64)) if _pprof_c is not None else None
+# Frame numbers by function name, for user (False) and kernel (True) frames.
+_NAME_NO: dict[bool, dict[str, int]] = {False: {}, True: {}}
+
+
+def _name_no(name: str, kernel: bool) -> int:
+    """The frame number of a function name (the frame's kind as :func:`_frame` decides it)."""
+    n = _NAME_NO[kernel].get(name)
+    if n is None:
+        n = _NAME_NO[kernel][name] = _frame_no(_frame(name, kernel))
+    return n
+
+
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
+    """Index of each ``wanted`` id in ``ids`` (-1 when absent); None when ``ids`` repeat.
+
+    Repeated ids are legal protobuf (the library keeps the last); they are
+    left to it.
+    """
+    if not len(ids):
+        return np.full(len(wanted), -1, np.int64)
+    order = np.argsort(ids, kind="stable")
+    srt = ids[order]
+    if len(srt) > 1 and bool((srt[1:] == srt[:-1]).any()):
+        return None
+    pos = np.minimum(np.searchsorted(srt, wanted), len(srt) - 1)
+    return np.where(srt[pos] == wanted, order[pos], -1)
+
+
+def _decode_compiled(raw: bytes, table: StackTable) -> DecodedProfile | None:
+    """The decode through ``stacks._pprof_c``, or None to leave it to the other readers."""
+    assert _pprof_c is not None and _INDEX is not None
+    t = _pprof_c.scan(raw)
+    if t is None:
+        return None
+    strings: list[str] = t["strings"]
+    n_strings = len(strings)
+    if not n_strings or strings[0] != "":
+        return None  # an empty or malformed string table: the library has the rules
+
+    def s(i: int, what: str) -> str:
+        if 0 <= i < n_strings:
+            return strings[i]
+        raise _bad(f"{what} refers to string {i}, but string_table has {n_strings} entries")
+
+    try:
+        types = [(s(a, "sample_type.type"), s(u, "sample_type.unit")) for a, u in t["types"]]
+        period_type = s(t["period_type"], "period_type.type") if t["period_type"] >= 0 else ""
+        default_type = s(t["default_sample_type"], "default_sample_type")
+    except InputError:
+        return None
+    starts, ends = t["sample_start"], t["sample_end"]
+    n = len(starts)
+    if n and not types:
+        return None
+    vi = _choose_value(types, default_type) if types else -1
+    _bound_caches(table)
+
+    # Mappings: which are kernel ones.
+    m_file = t["mapping_file"]
+    if len(m_file) and (int(m_file.min()) < 0 or int(m_file.max()) >= n_strings):
+        return None
+    m_kernel = np.fromiter((strings[f].startswith("[kernel") for f in m_file.tolist()), bool, len(m_file))
+    # Functions: name (or system name) and its user frame number.
+    f_name, f_sys = t["function_name"], t["function_system_name"]
+    for col in (f_name, f_sys):
+        if len(col) and (int(col.min()) < 0 or int(col.max()) >= n_strings):
+            return None
+    names = [strings[a] or strings[b] for a, b in zip(f_name.tolist(), f_sys.tolist(), strict=True)]
+    user_no = np.fromiter((_name_no(nm, False) if nm else -1 for nm in names), np.int64, len(names))
+
+    # Locations: one frame each in the usual case, found with numpy.
+    l_map, nlines, line0 = t["location_mapping"], t["location_nlines"], t["location_line0"]
+    line_fn = t["line_function"]
+    n_loc = len(l_map)
+    mi = _positions(t["mapping_id"], l_map)
+    fi_line = _positions(t["function_id"], line_fn)
+    if mi is None or fi_line is None:
+        return None
+    if bool(((mi < 0) & (l_map != 0)).any()):
+        return None  # an undefined mapping
+    kernel = np.zeros(n_loc, bool)
+    has_map = mi >= 0
+    kernel[has_map] = m_kernel[mi[has_map]]
+    single = nlines == 1
+    fi = np.full(n_loc, -1, np.int64)
+    fi[single] = fi_line[line0[single]]
+    frame_no = np.full(n_loc, -1, np.int64)
+    ok = single & (fi >= 0)
+    frame_no[ok] = user_no[fi[ok]]
+    ok &= frame_no >= 0  # a named function
+    kern = ok & kernel
+    if kern.any():
+        frame_no[kern] = [_name_no(names[f], True) for f in fi[kern].tolist()]
+    run_len = np.ones(n_loc, np.int64)
+    odd = np.flatnonzero(~ok).tolist()
+    extra: dict[int, list[int]] = {}
+    if odd:
+        # Inlined runs, unnamed functions, addresses: the rules of _head, one location at a time.
+        addr = t["location_address"]
+        mfile = [strings[f] for f in m_file.tolist()]
+        for j in odd:
+            mfile_j = mfile[mi[j]] if mi[j] >= 0 else ""
+            fallback = f"0x{int(addr[j]) & _U64:x}" if addr[j] else (mfile_j or "[unknown]")
+            run: list[str] = []
+            for q in range(int(line0[j]), int(line0[j] + nlines[j])):
+                if line_fn[q] == 0:
+                    run.append(fallback)
+                    continue
+                f = int(fi_line[q])
+                if f < 0:
+                    return None  # an undefined function
+                run.append(names[f] or fallback)
+            if not run:
+                run.append(fallback)
+            extra[j] = [_name_no(nm, bool(kernel[j])) for nm in run]  # leaf first, as lines are
+            run_len[j] = len(run)
+    if len(_FRAME_BY_NO) >= 1 << 31:
+        return None
+    run_off = np.cumsum(run_len) - run_len
+    if extra:
+        run_frames = np.repeat(frame_no, run_len)
+        for j, nos in extra.items():
+            run_frames[run_off[j] : run_off[j] + len(nos)] = nos
+    else:
+        run_frames = frame_no
+    l_id = t["location_id"]
+    top = int(l_id.max()) if n_loc else -1
+    if n_loc and (int(l_id.min()) < 0 or top >= 4 * n_loc + 4096):
+        return None  # sparse or huge ids: the numpy reader searches instead
+    lut = np.full(top + 1, -1, np.int32)
+    lut[l_id] = np.arange(n_loc, dtype=np.int32)
+    if len(np.unique(l_id)) != n_loc:
+        return None  # a location defined twice
+    i32 = np.int32
+    run_off32, run_len32, frames32 = run_off.astype(i32), run_len.astype(i32), run_frames.astype(i32)
+    got = _pprof_c.read_samples(raw, starts, ends, lut, run_off32, run_len32, frames32, len(types), vi, _INDEX)
+    if got is None:
+        return None
+    sids, vals, h1, h2, labelled = got
+
+    # Labelled samples: their label sets, read by the small Python reader.
+    lab_idx = np.flatnonzero(labelled).tolist()
+    lab_keys: list[tuple[tuple[int, int], ...] | None] = []
+    try:
+        for k in lab_idx:
+            _, _, labels = _read_sample(raw[starts[k] : ends[k]])
+            lab_keys.append(tuple(sorted((kk, vv) for kk, vv in labels if vv)) if labels else None)
+    except _Fallback:
+        return None
+
+    # New stacks, interned in sample order (as the library decoder does).
+    misses = np.flatnonzero(sids < 0).tolist()
+    if misses:
+        intern = table.intern
+        by_no = _FRAME_BY_NO.__getitem__
+        index = _INDEX
+        frames_of = _pprof_c.sample_frames
+        h1l, h2l = h1[misses].tolist(), h2[misses].tolist()
+        sl, el = starts[misses].tolist(), ends[misses].tolist()
+        for m, j in enumerate(misses):
+            sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
+            if sid < 0:
+                nos = frames_of(raw, sl[m], el[m], lut, run_off32, run_len32, frames32)
+                sid = intern(tuple(map(by_no, nos)))
+                index.insert(h1l[m], h2l[m], sid)
+            sids[j] = sid
+
+    gcode = np.zeros(n, np.int64)
+    keys_by_code: list[tuple[tuple[int, int], ...]] = [()]
+    if lab_idx:
+        code_of: dict[tuple[tuple[int, int], ...], int] = {(): 0}
+        for k, key in zip(lab_idx, lab_keys, strict=True):
+            if key and vals[k] > 0:
+                c = code_of.get(key)
+                if c is None:
+                    c = code_of[key] = len(keys_by_code)
+                    keys_by_code.append(key)
+                gcode[k] = c
+    period = t["period"]
+    divisor = period if types and types[vi][1] == "nanoseconds" and period > 0 else 0
+    series = _label_series(table, s, sids, vals, gcode, keys_by_code, divisor)
+    if series is None:
+        return None
+    sample_type, unit = types[vi] if types else ("", "")
+    return DecodedProfile(series, sample_type, unit, period, period_type, t["time_nanos"], t["duration_nanos"])
 
 
 def _summed(table: StackTable, sids: np.ndarray, vals: np.ndarray, divisor: int) -> Profile | None:

@@ -26,11 +26,15 @@ from stacks.pprof import _decode_fast, _decode_library, decode_pprof, encode_ppr
 
 @pytest.fixture(autouse=True, scope="module")
 def _fast_path_for_small_profiles() -> Iterator[None]:
-    """Small profiles normally go to the library; here every profile takes the fast reader."""
-    saved = pprof._FAST_MIN_SAMPLES
-    pprof._FAST_MIN_SAMPLES = 0
+    """Small profiles normally go to the library; here every profile takes the numpy reader.
+
+    The compiled reader is switched off too (it is tested in test_pprof_compiled.py), so these
+    tests cover the path an install without a C compiler takes.
+    """
+    saved = pprof._FAST_MIN_SAMPLES, pprof._INDEX
+    pprof._FAST_MIN_SAMPLES, pprof._INDEX = 0, None
     yield
-    pprof._FAST_MIN_SAMPLES = saved
+    pprof._FAST_MIN_SAMPLES, pprof._INDEX = saved
 
 
 def _varint(x: int) -> bytes:
@@ -65,9 +69,12 @@ NAMES = ["main", "work", "", "read_[k]", "f\u00e9", "alloc", "loop"]
 TYPES = [("cpu", "nanoseconds"), ("samples", "count"), ("alloc_space", "bytes"), ("wall", "nanoseconds")]
 
 
+ID_BASES = [0, 0, 0, 0, 1000, 1 << 40, (1 << 63) + 5]  # dense, sparse, huge ids
+
+
 @st.composite
-def wire_profiles(draw: st.DrawFn) -> bytes:
-    """A valid pprof in a random legal wire shape."""
+def wire_profiles(draw: st.DrawFn, id_bases: list[int] = ID_BASES) -> bytes:
+    """A valid pprof in a random legal wire shape (ids start above one of ``id_bases``)."""
     strings = [""]
 
     def sx(text: str) -> int:
@@ -75,7 +82,7 @@ def wire_profiles(draw: st.DrawFn) -> bytes:
             strings.append(text)
         return strings.index(text)
 
-    big = draw(st.sampled_from([0, 0, 0, 0, 1000, 1 << 40, (1 << 63) + 5]))  # dense, sparse, huge ids
+    big = draw(st.sampled_from(id_bases))
     n_funcs = draw(st.integers(1, 6))
     funcs = []
     for f in range(n_funcs):

@@ -1,0 +1,681 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled pprof reader: the per-sample and per-location work of ``stacks.pprof`` in C.
+
+Pure: bytes in, arrays out; no I/O. Two passes over a plain (gunzipped)
+pprof ``Profile`` message:
+
+1. :func:`scan` walks the top-level fields once and returns the positions of
+   the samples, the string table (as ``str``), and the mapping, function and
+   location tables as flat integer arrays. Python turns locations into runs
+   of global frame numbers (a dict hit per function, numpy per location).
+2. :func:`read_samples` reads every sample: location ids -> frame numbers ->
+   a seeded 128-bit hash of the stack, looked up in a :class:`StackIndex`
+   (hash -> stack id on one ``StackTable``); it also picks the chosen value.
+
+Either pass returns ``None`` for anything it does not fully understand (odd
+wire types, undefined ids, malformed varints...); the caller then uses the
+protobuf-library decoder, which gives the same result or the exact error.
+
+Stack identity by hash: two different stacks collide only if both 64-bit
+halves do (~2**-128 per pair with a random seed per process, so collisions
+cannot be prepared offline); a collision would count one stack's samples
+under the other.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memset
+
+import numpy as np
+
+# -- growable int64 vectors ------------------------------------------------------------------
+
+cdef struct Vec:
+    int64_t* d
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int vec_push(Vec* v, int64_t x) except -1:
+    cdef int64_t* nd
+    cdef Py_ssize_t cap
+    if v.n == v.cap:
+        cap = v.cap * 2 if v.cap else 64
+        nd = <int64_t*>PyMem_Realloc(v.d, cap * sizeof(int64_t))
+        if nd == NULL:
+            raise MemoryError()
+        v.d = nd
+        v.cap = cap
+    v.d[v.n] = x
+    v.n += 1
+    return 0
+
+
+cdef object vec_array(Vec* v):
+    """The vector as a new numpy int64 array (the vector keeps its memory)."""
+    out = np.empty(v.n, np.int64)
+    cdef int64_t[::1] o = out
+    if v.n:
+        memcpy(&o[0], v.d, v.n * sizeof(int64_t))
+    return out
+
+
+cdef void vec_free(Vec* v) noexcept:
+    PyMem_Free(v.d)
+    v.d = NULL
+    v.n = v.cap = 0
+
+
+# -- wire format -----------------------------------------------------------------------------
+
+cdef inline uint64_t varint(const uint8_t* b, Py_ssize_t* i, Py_ssize_t end, bint* bad) noexcept nogil:
+    """The varint at b[i] (i advances past it); sets *bad when it is cut off or too long."""
+    cdef uint64_t v = 0
+    cdef int shift = 0
+    cdef uint8_t c
+    while True:
+        if i[0] >= end or shift > 63:
+            bad[0] = True
+            return 0
+        c = b[i[0]]
+        i[0] += 1
+        if shift == 63 and c > 1:
+            bad[0] = True  # more than 64 bits
+            return 0
+        v |= (<uint64_t>(c & 0x7F)) << shift
+        if c < 0x80:
+            return v
+        shift += 7
+
+
+cdef inline Py_ssize_t skip(const uint8_t* b, Py_ssize_t i, int wire, Py_ssize_t end, bint* bad) noexcept nogil:
+    """The index after an unknown field's payload."""
+    cdef uint64_t n
+    if wire == 0:
+        varint(b, &i, end, bad)
+        return i
+    if wire == 1:
+        i += 8
+    elif wire == 5:
+        i += 4
+    elif wire == 2:
+        n = varint(b, &i, end, bad)
+        if n > <uint64_t>(end - i):
+            bad[0] = True
+            return end
+        i += <Py_ssize_t>n
+    else:  # groups and invalid wire types: the library decides
+        bad[0] = True
+        return end
+    if i > end:
+        bad[0] = True
+        return end
+    return i
+
+
+cdef inline Py_ssize_t sub_end(const uint8_t* b, Py_ssize_t* i, Py_ssize_t end, bint* bad) noexcept nogil:
+    """Read a length prefix at b[i]; the end of that sub-message."""
+    cdef uint64_t n = varint(b, i, end, bad)
+    if bad[0] or n > <uint64_t>(end - i[0]):
+        bad[0] = True
+        return end
+    return i[0] + <Py_ssize_t>n
+
+
+# -- pass 1: the top level ---------------------------------------------------------------------
+
+cdef struct Tables:
+    Vec s_start, s_end                     # samples
+    Vec vt_type, vt_unit                   # sample types
+    Vec m_id, m_file                       # mappings
+    Vec f_id, f_name, f_sys                # functions
+    Vec l_id, l_map, l_addr, l_line0, l_nlines, line_fid   # locations and their lines
+    Vec str_start, str_len                 # string table
+
+
+cdef void tables_free(Tables* t) noexcept:
+    vec_free(&t.s_start); vec_free(&t.s_end); vec_free(&t.vt_type); vec_free(&t.vt_unit)
+    vec_free(&t.m_id); vec_free(&t.m_file); vec_free(&t.f_id); vec_free(&t.f_name); vec_free(&t.f_sys)
+    vec_free(&t.l_id); vec_free(&t.l_map); vec_free(&t.l_addr); vec_free(&t.l_line0); vec_free(&t.l_nlines)
+    vec_free(&t.line_fid); vec_free(&t.str_start); vec_free(&t.str_len)
+
+
+cdef int value_type(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, int64_t* typ, int64_t* unit) except -1 nogil:
+    """A ValueType message: 1 on success, 0 when unusual."""
+    cdef bint bad = False
+    cdef uint64_t tag
+    typ[0] = unit[0] = 0
+    while i < end:
+        tag = varint(b, &i, end, &bad)
+        if bad:
+            return 0
+        if tag == 8:
+            typ[0] = <int64_t>varint(b, &i, end, &bad)
+        elif tag == 16:
+            unit[0] = <int64_t>varint(b, &i, end, &bad)
+        elif (tag >> 3) <= 2:
+            return 0  # a known field with another wire type, or field 0
+        else:
+            i = skip(b, i, tag & 7, end, &bad)
+        if bad:
+            return 0
+    return 1
+
+
+cdef int read_mapping(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
+    cdef bint bad = False
+    cdef uint64_t tag, mid = 0, fname = 0
+    cdef uint64_t field
+    while i < end:
+        tag = varint(b, &i, end, &bad)
+        if bad:
+            return 0
+        field = tag >> 3
+        if tag == 8:
+            mid = varint(b, &i, end, &bad)
+        elif tag == 40:
+            fname = varint(b, &i, end, &bad)
+        elif field == 1 or field == 5 or field == 0:
+            return 0
+        else:
+            i = skip(b, i, tag & 7, end, &bad)
+        if bad:
+            return 0
+    vec_push(&t.m_id, <int64_t>mid)
+    vec_push(&t.m_file, <int64_t>fname)
+    return 1
+
+
+cdef int read_function(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
+    cdef bint bad = False
+    cdef uint64_t tag, fid = 0, name = 0, sysname = 0
+    cdef uint64_t field
+    while i < end:
+        tag = varint(b, &i, end, &bad)
+        if bad:
+            return 0
+        field = tag >> 3
+        if tag == 8:
+            fid = varint(b, &i, end, &bad)
+        elif tag == 16:
+            name = varint(b, &i, end, &bad)
+        elif tag == 24:
+            sysname = varint(b, &i, end, &bad)
+        elif field <= 3:
+            return 0
+        else:
+            i = skip(b, i, tag & 7, end, &bad)
+        if bad:
+            return 0
+    vec_push(&t.f_id, <int64_t>fid)
+    vec_push(&t.f_name, <int64_t>name)
+    vec_push(&t.f_sys, <int64_t>sysname)
+    return 1
+
+
+cdef int read_location(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
+    cdef bint bad = False
+    cdef uint64_t tag, lid = 0, mid = 0, addr = 0, fid, ltag
+    cdef uint64_t field
+    cdef Py_ssize_t lend
+    cdef Py_ssize_t line0 = t.line_fid.n
+    while i < end:
+        tag = varint(b, &i, end, &bad)
+        if bad:
+            return 0
+        field = tag >> 3
+        if tag == 8:
+            lid = varint(b, &i, end, &bad)
+        elif tag == 16:
+            mid = varint(b, &i, end, &bad)
+        elif tag == 24:
+            addr = varint(b, &i, end, &bad)
+        elif tag == 34:  # Line {function_id = 1, line = 2, column = 3}
+            lend = sub_end(b, &i, end, &bad)
+            if bad:
+                return 0
+            fid = 0
+            while i < lend:
+                ltag = varint(b, &i, lend, &bad)
+                if bad:
+                    return 0
+                if ltag == 8:
+                    fid = varint(b, &i, lend, &bad)
+                elif (ltag >> 3) == 1 or ltag >> 3 == 0:
+                    return 0
+                else:
+                    i = skip(b, i, ltag & 7, lend, &bad)
+                if bad:
+                    return 0
+            vec_push(&t.line_fid, <int64_t>fid)
+        elif field <= 4:
+            return 0
+        else:
+            i = skip(b, i, tag & 7, end, &bad)
+        if bad:
+            return 0
+    vec_push(&t.l_id, <int64_t>lid)
+    vec_push(&t.l_map, <int64_t>mid)
+    vec_push(&t.l_addr, <int64_t>addr)
+    vec_push(&t.l_line0, line0)
+    vec_push(&t.l_nlines, t.line_fid.n - line0)
+    return 1
+
+
+def scan(bytes raw):
+    """Pass 1 over a plain pprof: a dict of its tables, or None when it is unusual.
+
+    Keys: ``strings`` (list of str), ``sample_start``/``sample_end`` (byte
+    ranges of the Sample messages), ``types`` (list of (type, unit) string
+    indexes), ``mapping_id``/``mapping_file``, ``function_id``/``function_name``/
+    ``function_system_name``, ``location_id``/``location_mapping``/
+    ``location_address``/``location_line0``/``location_nlines`` and
+    ``line_function`` (numpy int64 arrays; unsigned ids are stored as int64
+    bit patterns), ``period``, ``period_type`` (string index or -1),
+    ``default_sample_type``, ``time_nanos``, ``duration_nanos``.
+    """
+    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t i = 0, sub, k
+    cdef bint bad = False
+    cdef uint64_t tag, field, n
+    cdef int wire
+    cdef int64_t period = 0, default_type = 0, time_nanos = 0, duration = 0
+    cdef int64_t pt_type = -1, pt_unit = 0, a, u
+    cdef int period_types = 0
+    cdef Tables t
+    memset(&t, 0, sizeof(Tables))
+    try:
+        while i < end:
+            tag = varint(b, &i, end, &bad)
+            if bad:
+                return None
+            field = tag >> 3
+            wire = tag & 7
+            if wire == 2 and (field <= 6 or field == 11):
+                sub = sub_end(b, &i, end, &bad)
+                if bad:
+                    return None
+                if field == 2:
+                    vec_push(&t.s_start, i)
+                    vec_push(&t.s_end, sub)
+                elif field == 4:
+                    if not read_location(b, i, sub, &t):
+                        return None
+                elif field == 5:
+                    if not read_function(b, i, sub, &t):
+                        return None
+                elif field == 6:
+                    vec_push(&t.str_start, i)
+                    vec_push(&t.str_len, sub - i)
+                elif field == 1:
+                    if not value_type(b, i, sub, &a, &u):
+                        return None
+                    vec_push(&t.vt_type, a)
+                    vec_push(&t.vt_unit, u)
+                elif field == 3:
+                    if not read_mapping(b, i, sub, &t):
+                        return None
+                elif field == 11:
+                    # A singular message seen twice is merged by protobuf: leave that to it.
+                    period_types += 1
+                    if period_types > 1 or not value_type(b, i, sub, &pt_type, &pt_unit):
+                        return None
+                else:  # field 0
+                    return None
+                i = sub
+            elif wire == 0 and field in (7, 8, 9, 10, 12, 13, 14):
+                n = varint(b, &i, end, &bad)
+                if field == 9:
+                    time_nanos = <int64_t>n
+                elif field == 10:
+                    duration = <int64_t>n
+                elif field == 12:
+                    period = <int64_t>n
+                elif field == 14:
+                    default_type = <int64_t>n
+            elif field == 13 and wire == 2:  # packed comments
+                i = skip(b, i, wire, end, &bad)
+            elif field <= 14:
+                return None  # a known field with an unexpected wire type
+            else:
+                i = skip(b, i, wire, end, &bad)
+            if bad:
+                return None
+        strings = [None] * t.str_start.n
+        for k in range(t.str_start.n):
+            # Symbol names are not always UTF-8: keep them readable, as the library path does.
+            strings[k] = PyUnicode_DecodeUTF8(<const char*>b + t.str_start.d[k], t.str_len.d[k], "replace")
+        return {
+            "strings": strings,
+            "sample_start": vec_array(&t.s_start),
+            "sample_end": vec_array(&t.s_end),
+            "types": [(t.vt_type.d[k], t.vt_unit.d[k]) for k in range(t.vt_type.n)],
+            "mapping_id": vec_array(&t.m_id),
+            "mapping_file": vec_array(&t.m_file),
+            "function_id": vec_array(&t.f_id),
+            "function_name": vec_array(&t.f_name),
+            "function_system_name": vec_array(&t.f_sys),
+            "location_id": vec_array(&t.l_id),
+            "location_mapping": vec_array(&t.l_map),
+            "location_address": vec_array(&t.l_addr),
+            "location_line0": vec_array(&t.l_line0),
+            "location_nlines": vec_array(&t.l_nlines),
+            "line_function": vec_array(&t.line_fid),
+            "period": period,
+            "period_type": pt_type,
+            "default_sample_type": default_type,
+            "time_nanos": time_nanos,
+            "duration_nanos": duration,
+        }
+    finally:
+        tables_free(&t)
+
+
+# -- the stack index ---------------------------------------------------------------------------
+
+cdef inline uint64_t rotl(uint64_t x, int r) noexcept nogil:
+    return (x << r) | (x >> (64 - r))
+
+
+cdef inline uint64_t fmix(uint64_t k) noexcept nogil:
+    # The 64-bit finaliser of MurmurHash3 (a public-domain mixing step).
+    k ^= k >> 33
+    k *= 0xFF51AFD7ED558CCDULL
+    k ^= k >> 33
+    k *= 0xC4CEB9FE1A85EC53ULL
+    k ^= k >> 33
+    return k
+
+
+cdef class StackIndex:
+    """Open-addressing hash table: 128-bit stack hash -> stack id (int64 >= 0).
+
+    Linear probing over one array of (k1, k2, id) triples, so a lookup is
+    usually one cache line. It grows at half load; :meth:`clear` empties it.
+    """
+
+    cdef uint64_t* keys   # 2 per slot
+    cdef int64_t* ids     # -1 = empty
+    cdef Py_ssize_t cap, n
+    cdef readonly uint64_t seed1, seed2
+
+    def __cinit__(self, uint64_t seed1, uint64_t seed2, Py_ssize_t capacity=1 << 16):
+        self.seed1 = seed1
+        self.seed2 = seed2
+        self.cap = 0
+        self.n = 0
+        self._alloc(max(capacity, 16))
+
+    def __dealloc__(self):
+        PyMem_Free(self.keys)
+        PyMem_Free(self.ids)
+
+    cdef int _alloc(self, Py_ssize_t cap) except -1:
+        cdef Py_ssize_t c = 16, j
+        while c < cap:
+            c <<= 1
+        keys = <uint64_t*>PyMem_Malloc(2 * c * sizeof(uint64_t))
+        ids = <int64_t*>PyMem_Malloc(c * sizeof(int64_t))
+        if keys == NULL or ids == NULL:
+            PyMem_Free(keys)
+            PyMem_Free(ids)
+            raise MemoryError()
+        for j in range(c):
+            ids[j] = -1
+        PyMem_Free(self.keys)
+        PyMem_Free(self.ids)
+        self.keys = keys
+        self.ids = ids
+        self.cap = c
+        self.n = 0
+        return 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def clear(self) -> None:
+        """Forget every stack (the table it pointed into was replaced)."""
+        cdef Py_ssize_t j
+        for j in range(self.cap):
+            self.ids[j] = -1
+        self.n = 0
+
+    cdef inline int64_t get(self, uint64_t h1, uint64_t h2) noexcept nogil:
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t j = <Py_ssize_t>(h1 & mask)
+        while self.ids[j] >= 0:
+            if self.keys[2 * j] == h1 and self.keys[2 * j + 1] == h2:
+                return self.ids[j]
+            j = (j + 1) & mask
+        return -1
+
+    cdef int put(self, uint64_t h1, uint64_t h2, int64_t sid) except -1:
+        cdef Py_ssize_t mask, j, old_cap
+        cdef uint64_t* old_keys
+        cdef int64_t* old_ids
+        if 2 * (self.n + 1) > self.cap:
+            old_keys, old_ids, old_cap = self.keys, self.ids, self.cap
+            self.keys = NULL
+            self.ids = NULL
+            try:
+                self._alloc(old_cap * 2)
+            except MemoryError:
+                self.keys, self.ids, self.cap = old_keys, old_ids, old_cap
+                raise
+            for j in range(old_cap):
+                if old_ids[j] >= 0:
+                    self._put(old_keys[2 * j], old_keys[2 * j + 1], old_ids[j])
+            PyMem_Free(old_keys)
+            PyMem_Free(old_ids)
+        self._put(h1, h2, sid)
+        return 0
+
+    cdef inline void _put(self, uint64_t h1, uint64_t h2, int64_t sid) noexcept nogil:
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t j = <Py_ssize_t>(h1 & mask)
+        while self.ids[j] >= 0:
+            if self.keys[2 * j] == h1 and self.keys[2 * j + 1] == h2:
+                self.ids[j] = sid
+                return
+            j = (j + 1) & mask
+        self.keys[2 * j] = h1
+        self.keys[2 * j + 1] = h2
+        self.ids[j] = sid
+        self.n += 1
+
+    def insert(self, uint64_t h1, uint64_t h2, int64_t sid) -> None:
+        """Remember that the stack hashing to (h1, h2) has id ``sid``."""
+        if sid < 0:
+            raise ValueError("stack ids are >= 0")
+        self.put(h1, h2, sid)
+
+    def lookup(self, uint64_t h1, uint64_t h2) -> int:
+        """The id of the stack hashing to (h1, h2), or -1."""
+        return self.get(h1, h2)
+
+    def hash_frames(self, const int32_t[::1] frames) -> tuple:
+        """The (h1, h2) of a stack given as frame numbers, leaf first (for tests and inserts)."""
+        cdef uint64_t h1 = self.seed1, h2 = self.seed2
+        cdef Py_ssize_t k
+        for k in range(frames.shape[0]):
+            h1, h2 = mix(h1, h2, <uint64_t>frames[k])
+        return fmix(h1 ^ <uint64_t>frames.shape[0]), fmix(h2 + <uint64_t>frames.shape[0])
+
+
+cdef inline (uint64_t, uint64_t) mix(uint64_t h1, uint64_t h2, uint64_t f) noexcept nogil:
+    # Two independent multiply-rotate chains; order matters, so a;b != b;a.
+    h1 = rotl(h1 ^ (f * 0x87C37B91114253D5ULL), 31) * 0x4CF5AD432745937FULL + 0x52DCE729
+    h2 = rotl(h2 + (f * 0x9E3779B97F4A7C15ULL), 27) * 0xC2B2AE3D27D4EB4FULL ^ 0x38495AB5
+    return h1, h2
+
+
+# -- pass 2: the samples -----------------------------------------------------------------------
+
+cdef int samples_loop(
+    const uint8_t* b, Py_ssize_t size, const int64_t[::1] starts, const int64_t[::1] ends,
+    const int32_t[::1] lut, const int32_t[::1] run_off, const int32_t[::1] run_len,
+    const int32_t[::1] run_frames, Py_ssize_t n_types, Py_ssize_t vi, StackIndex index,
+    int64_t[::1] ids, int64_t[::1] vals, uint64_t[::1] hs1, uint64_t[::1] hs2, uint8_t[::1] lab,
+) noexcept nogil:
+    """The per-sample loop of :func:`read_samples`: 1 when every sample was read, 0 when one is unusual."""
+    cdef Py_ssize_t n = starts.shape[0]
+    cdef Py_ssize_t n_lut = lut.shape[0]
+    cdef Py_ssize_t k, i, end, stop, r, q, nvals
+    cdef uint64_t tag, lid, v, h1, h2, nframes, field
+    cdef int64_t val
+    cdef int32_t run
+    cdef int wire
+    cdef bint bad = False
+    cdef uint64_t s1 = index.seed1, s2 = index.seed2
+    for k in range(n):
+        i = starts[k]
+        end = ends[k]
+        if i < 0 or end > size or i > end:
+            return 0
+        h1 = s1
+        h2 = s2
+        nframes = 0
+        nvals = 0
+        val = 0
+        while i < end:
+            tag = varint(b, &i, end, &bad)
+            if bad:
+                return 0
+            field = tag >> 3
+            wire = tag & 7
+            if field == 1 and (wire == 0 or wire == 2):
+                stop = sub_end(b, &i, end, &bad) if wire == 2 else end
+                if bad:
+                    return 0
+                while i < stop:
+                    lid = varint(b, &i, stop, &bad)
+                    if bad or lid >= <uint64_t>n_lut:
+                        return 0
+                    run = lut[lid]
+                    if run < 0:
+                        return 0  # an undefined location: the library names it
+                    q = run_off[run]
+                    for r in range(q, q + run_len[run]):
+                        h1, h2 = mix(h1, h2, <uint64_t>run_frames[r])
+                    nframes += run_len[run]
+                    if wire == 0:
+                        break
+            elif field == 2 and (wire == 0 or wire == 2):
+                stop = sub_end(b, &i, end, &bad) if wire == 2 else end
+                if bad:
+                    return 0
+                while i < stop:
+                    v = varint(b, &i, stop, &bad)
+                    if bad:
+                        return 0
+                    if nvals == vi:
+                        val = <int64_t>v
+                    nvals += 1
+                    if wire == 0:
+                        break
+            elif field == 3 and wire == 2:
+                lab[k] = 1
+                i = skip(b, i, wire, end, &bad)
+            elif field <= 3:
+                return 0
+            else:
+                i = skip(b, i, wire, end, &bad)
+            if bad:
+                return 0
+        if nvals != n_types:
+            return 0
+        h1 = fmix(h1 ^ nframes)
+        h2 = fmix(h2 + nframes)
+        hs1[k] = h1
+        hs2[k] = h2
+        vals[k] = val
+        ids[k] = index.get(h1, h2)
+    return 1
+
+
+def read_samples(
+    bytes raw,
+    const int64_t[::1] starts,
+    const int64_t[::1] ends,
+    const int32_t[::1] lut,
+    const int32_t[::1] run_off,
+    const int32_t[::1] run_len,
+    const int32_t[::1] run_frames,
+    Py_ssize_t n_types,
+    Py_ssize_t vi,
+    StackIndex index,
+):
+    """Pass 2: every sample's stack id (-1 when new), chosen value and hash.
+
+    ``lut[location id]`` is the location's run (-1: undefined); run ``r`` is
+    ``run_frames[run_off[r]:run_off[r] + run_len[r]]``, leaf first. Returns
+    (ids, values, h1, h2, labelled) arrays, ``labelled`` marking samples that
+    carry labels; or None when a sample is unusual (undefined location, a
+    value count other than ``n_types``, odd wire types), for the library to
+    decide.
+    """
+    n = starts.shape[0]
+    if ends.shape[0] != n or run_off.shape[0] != run_len.shape[0]:
+        raise ValueError("read_samples: mismatched array lengths")
+    ids_a = np.empty(n, np.int64)
+    vals_a = np.empty(n, np.int64)
+    h1_a = np.empty(n, np.uint64)
+    h2_a = np.empty(n, np.uint64)
+    lab_a = np.zeros(n, np.uint8)
+    cdef int64_t[::1] ids = ids_a
+    cdef int64_t[::1] vals = vals_a
+    cdef uint64_t[::1] hs1 = h1_a
+    cdef uint64_t[::1] hs2 = h2_a
+    cdef uint8_t[::1] lab = lab_a
+    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(raw)
+    cdef int ok
+    with nogil:
+        ok = samples_loop(b, size, starts, ends, lut, run_off, run_len, run_frames, n_types, vi, index,
+                          ids, vals, hs1, hs2, lab)
+    if not ok:
+        return None
+    return ids_a, vals_a, h1_a, h2_a, lab_a
+
+
+def sample_frames(
+    bytes raw,
+    Py_ssize_t start,
+    Py_ssize_t end,
+    const int32_t[::1] lut,
+    const int32_t[::1] run_off,
+    const int32_t[::1] run_len,
+    const int32_t[::1] run_frames,
+):
+    """The frame numbers of one sample that :func:`read_samples` accepted, root first."""
+    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t i = start, stop, r, q
+    cdef uint64_t tag, lid
+    cdef int wire
+    cdef bint bad = False
+    cdef int32_t run
+    out = []
+    while i < end:
+        tag = varint(b, &i, end, &bad)
+        wire = tag & 7
+        if tag >> 3 == 1 and (wire == 0 or wire == 2):
+            stop = sub_end(b, &i, end, &bad) if wire == 2 else end
+            while i < stop and not bad:
+                lid = varint(b, &i, stop, &bad)
+                if bad or lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
+                    raise ValueError("sample_frames: a sample read_samples did not accept")
+                run = lut[lid]
+                q = run_off[run]
+                for r in range(q, q + run_len[run]):
+                    out.append(run_frames[r])
+                if wire == 0:
+                    break
+        else:
+            i = skip(b, i, wire, end, &bad)
+        if bad:
+            raise ValueError("sample_frames: a sample read_samples did not accept")
+    out.reverse()
+    return out

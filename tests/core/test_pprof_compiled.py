@@ -1,0 +1,170 @@
+"""The compiled pprof reader (``stacks._pprof_c``) equals the protobuf-library decoder.
+
+``decode_pprof`` tries the compiled reader first. These tests call it
+directly (``_decode_compiled``) on the random wire-level profiles of
+test_pprof_fast.py, and check it takes the usual shapes itself, gives the
+library's result exactly (series, metadata, the stack table), declines
+(None) rather than guess on odd or broken input, and keeps its stack index
+right across decodes, table swaps and cache resets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stacks import pprof
+from stacks.model import Frame, Kind, Profile, StackTable
+from stacks.pprof import _decode_compiled, _decode_library, decode_pprof, encode_pprof
+from tests.core.test_pprof_fast import _same, _varint, wire_profiles
+
+# ``pip install -e .`` builds the extension (CI does); a missing one is a broken install.
+try:
+    from stacks import _pprof_c
+except ImportError as e:  # pragma: no cover - only on a broken install
+    raise ImportError(f"stacks._pprof_c is not built ({e}): run `pip install -e .` with a C compiler (gcc)") from e
+
+DENSE = [0, 0, 1000]  # location ids the compiled reader indexes directly
+
+
+def _tables_equal(a: StackTable, b: StackTable) -> None:
+    assert [a.stack(i) for i in range(len(a))] == [b.stack(i) for i in range(len(b))]
+
+
+def test_the_extension_is_built_and_used() -> None:
+    assert pprof._pprof_c is _pprof_c and pprof._INDEX is not None
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
+@given(wire_profiles(DENSE))
+def test_compiled_reader_equals_library(data: bytes) -> None:
+    ct, lt = StackTable(), StackTable()
+    got = _decode_compiled(data, ct)
+    # Every valid profile with dense ids is the compiled reader's own work.
+    assert got is not None
+    _same(got, _decode_library(data, lt))
+    _tables_equal(ct, lt)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=60, deadline=None)
+@given(wire_profiles([1 << 40, (1 << 63) + 5]))
+def test_sparse_ids_are_declined_and_still_decoded(data: bytes) -> None:
+    assert _decode_compiled(data, StackTable()) is None
+    _same(decode_pprof(data, StackTable()), _decode_library(data, StackTable()))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=40, deadline=None)
+@given(st.lists(wire_profiles(DENSE), min_size=2, max_size=5))
+def test_stack_index_across_decodes_and_tables(profiles: list[bytes]) -> None:
+    """Repeated stacks hit the index; a new table empties it; ids always match the library's."""
+    for _ in range(2):  # the second round starts on fresh tables with a warm index
+        ct, lt = StackTable(), StackTable()
+        for data in profiles + profiles[::-1]:
+            got = _decode_compiled(data, ct)
+            assert got is not None
+            _same(got, _decode_library(data, lt))
+        _tables_equal(ct, lt)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=200, deadline=None)
+@given(wire_profiles(DENSE), st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1,
+                                      max_size=4), st.integers(0, 1 << 20))
+def test_broken_bytes_are_declined_or_read_exactly(data: bytes, edits: list[tuple[int, int]], cut: int) -> None:
+    buf = bytearray(data)
+    for pos, byte in edits:
+        buf[pos % len(buf)] = byte
+    broken = bytes(buf[: max(1, cut % (len(buf) + 1))])
+    got = _decode_compiled(broken, StackTable())  # never raises
+    if got is not None:
+        _same(got, _decode_library(broken, StackTable()))
+
+
+def _profile(n: int, depth: int, seed: int = 0) -> Profile:
+    rng = np.random.default_rng(seed)
+    names = [f"pkg.fn_{i}" for i in range(300)]
+    pairs = []
+    for i in range(n):
+        frames = [Frame(names[j], Kind.USER) for j in rng.integers(0, 300, depth)]
+        if i % 3 == 0:
+            frames.append(Frame("do_syscall_64", Kind.KERNEL))
+        pairs.append((tuple(frames), i % 7 + 1))
+    return Profile.from_pairs(pairs)
+
+
+def test_agent_sized_profile_round_trips_through_the_compiled_reader() -> None:
+    prof = _profile(5000, 20)
+    raw = encode_pprof(prof, period_nanos=10_000_000)
+    table = StackTable()
+    first = _decode_compiled(raw, table)
+    assert first is not None and first.merged() == prof
+    n = len(table)
+    again = _decode_compiled(raw, table)  # every stack from the index, nothing new interned
+    assert again is not None and again.merged() == prof and len(table) == n
+    assert len(pprof._INDEX) >= len(prof)
+
+
+def test_sample_labels_split_series_like_the_library() -> None:
+    prof = _profile(300, 8, seed=1)
+    raw = encode_pprof(prof, sample_labels={"route": "/admin", "thread": "main"})
+    got = _decode_compiled(raw, StackTable())
+    assert got is not None
+    _same(got, _decode_library(raw, StackTable()))
+    assert dict(got.series[0][0]) == {"route": "/admin", "thread": "main"}
+
+
+def test_frame_registry_reset_clears_the_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frame numbers are reassigned after a reset, so stale hashes must not survive it."""
+    table = StackTable()
+    a, b = _profile(200, 10, seed=2), _profile(200, 10, seed=3)
+    ra, rb = encode_pprof(a), encode_pprof(b)
+    assert _decode_compiled(ra, table).merged() == a  # type: ignore[union-attr]
+    monkeypatch.setattr(pprof, "_FRAMES_MAX", 10)  # the next decode resets the registry
+    assert _decode_compiled(rb, table).merged() == b  # type: ignore[union-attr]
+    assert _decode_compiled(ra, table).merged() == a  # type: ignore[union-attr]
+    assert len(pprof._FRAME_BY_NO) < 700
+
+
+def test_index_insert_lookup_grow_clear() -> None:
+    idx = _pprof_c.StackIndex(1, 2, capacity=16)
+    for k in range(5000):  # far past the first capacity: grows by rehashing
+        idx.insert(k * 0x9E3779B97F4A7C15 % (1 << 64), k, k)
+    assert len(idx) == 5000
+    assert all(idx.lookup(k * 0x9E3779B97F4A7C15 % (1 << 64), k) == k for k in range(5000))
+    assert idx.lookup(5, 5) == -1 and idx.lookup(0, 1) == -1
+    idx.insert(5, 5, 7)
+    idx.insert(5, 5, 9)  # the same key again replaces, not duplicates
+    assert idx.lookup(5, 5) == 9 and len(idx) == 5001
+    idx.clear()
+    assert len(idx) == 0 and idx.lookup(5, 5) == -1 and idx.lookup(0, 0) == -1
+    with pytest.raises(ValueError):
+        idx.insert(1, 1, -1)
+
+
+def test_stack_hash_depends_on_order_length_and_seed() -> None:
+    idx = _pprof_c.StackIndex(11, 22)
+    h = idx.hash_frames
+    i32 = np.int32
+    assert h(np.array([1, 2], i32)) != h(np.array([2, 1], i32))
+    assert h(np.array([1], i32)) != h(np.array([1, 0], i32))
+    assert h(np.array([], i32)) != h(np.array([0], i32))
+    assert h(np.array([1, 2], i32)) == h(np.array([1, 2], i32))
+    assert _pprof_c.StackIndex(12, 22).hash_frames(np.array([1, 2], i32)) != h(np.array([1, 2], i32))
+
+
+def test_scan_reads_the_tables() -> None:
+    raw = encode_pprof(Profile.from_pairs([((Frame("main", Kind.USER), Frame("read", Kind.KERNEL)), 3)]),
+                       period_nanos=10_000_000)
+    t = _pprof_c.scan(raw)
+    assert t is not None
+    strings = t["strings"]
+    assert strings[0] == "" and "main" in strings and "read" in strings
+    assert [(strings[a], strings[b]) for a, b in t["types"]] == [("cpu", "nanoseconds")]
+    assert t["period"] == 10_000_000 and len(t["sample_start"]) == 1
+    assert sorted(strings[i] for i in t["function_name"]) == ["main", "read"]
+    assert "[kernel.kallsyms]" in [strings[f] for f in t["mapping_file"]]
+    # A varint running past the end, and field 0, are declined.
+    assert _pprof_c.scan(b"\x10" + b"\xff" * 3) is None
+    assert _pprof_c.scan(b"\x00\x01") is None
+    assert _pprof_c.scan(b"\x60" + _varint(-1)) is not None  # a negative period is legal int64
