@@ -23,6 +23,7 @@ from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.windows import WindowWriter
 from flamewatch.settings import Settings, resolve
+from stacks import compiled
 from stacks.errors import InputError
 
 log = logging.getLogger("flamewatch.aggregator")
@@ -274,7 +275,8 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "storage": request.app[SETTINGS].storage,
-                              "window_seconds": request.app[SETTINGS].window_seconds})
+                              "window_seconds": request.app[SETTINGS].window_seconds,
+                              "compiled_readers": compiled.in_use()})
 
 
 async def _maintenance(app: web.Application) -> None:

@@ -70,4 +70,17 @@ def serve(args: argparse.Namespace) -> int:
         print(f"flamewatch serve: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _compiled_readers(settings.compiled_readers)
     return asyncio.run(_run(settings))
+
+
+def _compiled_readers(on: bool) -> None:
+    """Switch the compiled pprof/folded readers per --compiled-readers, and say which are in use."""
+    from stacks import compiled
+
+    used = compiled.use(on)
+    missing = [k for k, built in compiled.built().items() if not built]
+    if missing:
+        log.warning("compiled readers not built (%s): ingest uses the slower numpy/Python readers; "
+                    "reinstall with a C compiler (pip install -e . with gcc)", ", ".join(missing))
+    log.info("compiled readers in use: %s", ", ".join(k for k, v in used.items() if v) or "none")

@@ -33,22 +33,33 @@ Item = tuple[Labels, float | None, Profile]
 
 @dataclass
 class IngestTables:
-    """The interning table shared by all ingests, plus a folded-line cache.
+    """The interning table shared by all ingests, plus folded-line caches.
 
     Profiles of concurrent pushes on one table merge without rebasing. The
     table is swapped for a fresh one when it grows past ``limit`` stacks, so a
-    long-running aggregator's memory stays bounded.
+    long-running aggregator's memory stays bounded; the caches (stack text ->
+    id on that table, each at most ``limit`` entries) are dropped with it.
+    ``lines`` serves the pure-Python parser, ``index`` the compiled one.
     """
 
     limit: int = 500_000
     table: StackTable = field(default_factory=StackTable)
     lines: dict[str, int] = field(default_factory=dict)
+    index: folded.StackIndex | None = None
 
     def current(self) -> StackTable:
         if len(self.table) > self.limit:
             self.table = StackTable()
             self.lines = {}
+            self.index = None
         return self.table
+
+    def folded_index(self) -> folded.StackIndex | None:
+        """The compiled index of the current table (made on first use), or None without the extension."""
+        table = self.current()
+        if self.index is None or self.index.table is not table:
+            self.index = folded.new_index(table, self.limit)
+        return self.index
 
 
 @dataclass
@@ -64,20 +75,21 @@ class Decoded:
 def parse_folded(body: bytes | str, tables: IngestTables) -> tuple[Profile, int]:
     """Folded text -> (profile on the shared table, lines read).
 
-    :func:`stacks.folded.parse` with the shared stack-text cache, so a stack
-    seen in an earlier push costs one dict lookup.
+    :func:`stacks.folded.parse` with the shared stack-text caches, so a stack
+    seen in an earlier push costs one lookup: in C on the raw bytes when
+    ``stacks._folded_c`` is built, else one dict lookup after decoding.
     """
     if isinstance(body, str):
-        text = body
-    else:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines"
-            ) from None
-    table = tables.current()
-    return folded.parse_counted(text, table, cache=tables.lines, cache_limit=tables.limit)
+        return folded.parse_counted(body, tables.current(), cache=tables.lines, cache_limit=tables.limit)
+    index = tables.folded_index()
+    try:
+        return folded.parse_bytes(
+            body, tables.table, index=index, cache=tables.lines, cache_limit=tables.limit
+        )
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines"
+        ) from None
 
 
 # -- legacy /ingest ----------------------------------------------------------------------------

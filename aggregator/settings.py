@@ -6,7 +6,7 @@ Every setting is a flag (``--max-body-bytes``) and an environment variable
 
 from __future__ import annotations
 
-from flamewatch.settings import Setting
+from flamewatch.settings import Setting, parse_bool
 
 
 def _positive_int(text: str) -> int:
@@ -64,6 +64,10 @@ SETTINGS: list[Setting] = [
             "SQLite fsync policy: FULL syncs the WAL on every commit batch, so an acknowledged push "
             "survives power loss and disk errors; NORMAL is faster but may drop the last commits then",
             str.upper, ("NORMAL", "FULL", "EXTRA")),
+    Setting("compiled_readers", True,
+            "Decode pprof and folded bodies with the compiled (Cython) readers where built; false uses the "
+            "numpy/Python readers (same results, ~3x more CPU per push), to rule the compiled code out",
+            parse_bool),
     Setting("log_level", "INFO", "Logging level", str.upper,
             ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 ]

@@ -9,17 +9,21 @@ same profile in the same run; the ratio is stack lines per second of the
 pprof decoder over the folded parser. A second baseline is the reference
 decoder that reads every field through the protobuf library
 (``stacks.pprof._decode_library``, what ``decode_pprof`` was before the fast
-sample reader), timed in the same run.
+sample reader), timed in the same run. A third is the numpy reader, what
+``decode_pprof`` uses when the compiled reader (``stacks._pprof_c``) is not
+built, also timed in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import random
 import time
+from collections.abc import Iterator
 
-from stacks import folded
+from stacks import folded, pprof
 from stacks.gz import gunzip_capped
 from stacks.model import Frame, Kind, Profile, StackTable
 from stacks.pprof import _decode_library, decode_pprof, encode_pprof
@@ -38,6 +42,17 @@ def synthetic(n: int, depth: int, seed: int = 1) -> Profile:
             stack += [Frame(f"sys_{rng.randint(0, 40)}", Kind.KERNEL) for _ in range(3)]
         pairs.append((tuple(stack), rng.randint(1, 50)))
     return Profile.from_pairs(pairs)
+
+
+@contextlib.contextmanager
+def numpy_reader() -> Iterator[None]:
+    """decode_pprof as an install without a C compiler runs it."""
+    saved = pprof._INDEX
+    pprof._INDEX = None
+    try:
+        yield
+    finally:
+        pprof._INDEX = saved
 
 
 def best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -74,6 +89,11 @@ def main() -> None:
     lib_shared = StackTable()
     _decode_library(raw, lib_shared)
     t_lib_warm = best(lambda: _decode_library(raw, lib_shared), args.repeat)
+    with numpy_reader():
+        t_np = best(lambda: decode_pprof(raw, StackTable()), args.repeat)
+        np_shared = StackTable()
+        decode_pprof(raw, np_shared)
+        t_np_warm = best(lambda: decode_pprof(raw, np_shared), args.repeat)
     t_push = best(lambda: decode_push_request(gunzip_capped(push, 1 << 30)), args.repeat)
     t_enc = best(lambda: encode_pprof(prof), args.repeat)
 
@@ -86,6 +106,8 @@ def main() -> None:
         ("decode_pprof plain, new table", t_plain),
         ("decode_pprof gzip, new table", t_gzip),
         ("decode_pprof plain, warm shared table", t_warm),
+        ("numpy reader, new table (baseline)", t_np),
+        ("numpy reader, warm table (baseline)", t_np_warm),
         ("gunzip + decode_push_request", t_push),
         ("encode_pprof", t_enc),
     ]
@@ -114,9 +136,14 @@ def main() -> None:
                 decode_pprof(smp.raw_profile, StackTable())
 
     t_sdk = best(one_push, args.repeat * 200)
-    print(f"{'SDK-shaped push (2 x 40 stacks), all in':40s} {t_sdk * 1e6:8.0f} us")
+    with numpy_reader():  # below 64 samples this is the library decoder
+        t_sdk_np = best(one_push, args.repeat * 200)
+    print(f"{'SDK-shaped push (2 x 40 stacks), all in':40s} {t_sdk * 1e6:8.0f} us  "
+          f"(without the compiled reader {t_sdk_np * 1e6:.0f} us)")
     print(f"ratio decode_pprof / library decoder, new table (stacks/s): {t_lib / t_plain:.2f}x")
     print(f"ratio decode_pprof / library decoder, warm table (stacks/s): {t_lib_warm / t_warm:.2f}x")
+    print(f"ratio decode_pprof / numpy reader, new table (stacks/s): {t_np / t_plain:.2f}x")
+    print(f"ratio decode_pprof / numpy reader, warm table (stacks/s): {t_np_warm / t_warm:.2f}x")
     print(f"ratio decode_pprof plain / folded.parse (stacks/s): {t_folded / t_plain:.2f}x")
     print(f"ratio decode_pprof warm table / folded.parse (stacks/s): {t_folded / t_warm:.2f}x")
 

@@ -9,17 +9,18 @@ pprof ``Profile`` message:
    location tables as flat integer arrays. Python turns locations into runs
    of global frame numbers (a dict hit per function, numpy per location).
 2. :func:`read_samples` reads every sample: location ids -> frame numbers ->
-   a seeded 128-bit hash of the stack, looked up in a :class:`StackIndex`
-   (hash -> stack id on one ``StackTable``); it also picks the chosen value.
+   a keyed 128-bit hash of the stack (SipHash-1-3, ``stacks/_hashing.pxd``),
+   looked up in a :class:`StackIndex` (hash -> stack id on one
+   ``StackTable``); it also picks the chosen value.
 
 Either pass returns ``None`` for anything it does not fully understand (odd
 wire types, undefined ids, malformed varints...); the caller then uses the
 protobuf-library decoder, which gives the same result or the exact error.
 
-Stack identity by hash: two different stacks collide only if both 64-bit
-halves do (~2**-128 per pair with a random seed per process, so collisions
-cannot be prepared offline); a collision would count one stack's samples
-under the other.
+Stack identity by hash: SipHash is a keyed pseudo-random function, and the
+key is random per process, so colliding stacks cannot be prepared offline;
+two given different stacks share a hash with probability ~2**-128. A
+collision would count one stack's samples under the other.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
@@ -27,6 +28,20 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
+
+from stacks._hashing cimport (
+    C_ROUNDS,
+    D_ROUNDS,
+    Index,
+    Sip,
+    index_alloc,
+    index_find,
+    index_free,
+    index_put,
+    sip_absorb,
+    sip_finish,
+    sip_init,
+)
 
 import numpy as np
 
@@ -376,140 +391,52 @@ def scan(bytes raw):
 
 # -- the stack index ---------------------------------------------------------------------------
 
-cdef inline uint64_t rotl(uint64_t x, int r) noexcept nogil:
-    return (x << r) | (x >> (64 - r))
-
-
-cdef inline uint64_t fmix(uint64_t k) noexcept nogil:
-    # The 64-bit finaliser of MurmurHash3 (a public-domain mixing step).
-    k ^= k >> 33
-    k *= 0xFF51AFD7ED558CCDULL
-    k ^= k >> 33
-    k *= 0xC4CEB9FE1A85EC53ULL
-    k ^= k >> 33
-    return k
-
-
 cdef class StackIndex:
-    """Open-addressing hash table: 128-bit stack hash -> stack id (int64 >= 0).
+    """128-bit stack hash -> stack id (int64 >= 0), in the shared ``Index`` (``stacks/_hashing.pxd``).
 
-    Linear probing over one array of (k1, k2, id) triples, so a lookup is
-    usually one cache line. It grows at half load; :meth:`clear` empties it.
+    A stack's hash is SipHash-1-3 (128-bit output) keyed with (key0, key1) of
+    its frame numbers, leaf first, as little-endian uint64 words.
     """
 
-    cdef uint64_t* keys   # 2 per slot
-    cdef int64_t* ids     # -1 = empty
-    cdef Py_ssize_t cap, n
-    cdef readonly uint64_t seed1, seed2
+    cdef Index ix
+    cdef readonly uint64_t key0, key1
 
-    def __cinit__(self, uint64_t seed1, uint64_t seed2, Py_ssize_t capacity=1 << 16):
-        self.seed1 = seed1
-        self.seed2 = seed2
-        self.cap = 0
-        self.n = 0
-        self._alloc(max(capacity, 16))
+    def __cinit__(self, uint64_t key0, uint64_t key1, Py_ssize_t capacity=1 << 16):
+        self.key0 = key0
+        self.key1 = key1
+        self.ix.slots = NULL
+        index_alloc(&self.ix, capacity)
 
     def __dealloc__(self):
-        PyMem_Free(self.keys)
-        PyMem_Free(self.ids)
-
-    cdef int _alloc(self, Py_ssize_t cap) except -1:
-        cdef Py_ssize_t c = 16, j
-        while c < cap:
-            c <<= 1
-        keys = <uint64_t*>PyMem_Malloc(2 * c * sizeof(uint64_t))
-        ids = <int64_t*>PyMem_Malloc(c * sizeof(int64_t))
-        if keys == NULL or ids == NULL:
-            PyMem_Free(keys)
-            PyMem_Free(ids)
-            raise MemoryError()
-        for j in range(c):
-            ids[j] = -1
-        PyMem_Free(self.keys)
-        PyMem_Free(self.ids)
-        self.keys = keys
-        self.ids = ids
-        self.cap = c
-        self.n = 0
-        return 0
+        index_free(&self.ix)
 
     def __len__(self) -> int:
-        return self.n
+        return self.ix.n
 
     def clear(self) -> None:
         """Forget every stack (the table it pointed into was replaced)."""
-        cdef Py_ssize_t j
-        for j in range(self.cap):
-            self.ids[j] = -1
-        self.n = 0
-
-    cdef inline int64_t get(self, uint64_t h1, uint64_t h2) noexcept nogil:
-        cdef Py_ssize_t mask = self.cap - 1
-        cdef Py_ssize_t j = <Py_ssize_t>(h1 & mask)
-        while self.ids[j] >= 0:
-            if self.keys[2 * j] == h1 and self.keys[2 * j + 1] == h2:
-                return self.ids[j]
-            j = (j + 1) & mask
-        return -1
-
-    cdef int put(self, uint64_t h1, uint64_t h2, int64_t sid) except -1:
-        cdef Py_ssize_t mask, j, old_cap
-        cdef uint64_t* old_keys
-        cdef int64_t* old_ids
-        if 2 * (self.n + 1) > self.cap:
-            old_keys, old_ids, old_cap = self.keys, self.ids, self.cap
-            self.keys = NULL
-            self.ids = NULL
-            try:
-                self._alloc(old_cap * 2)
-            except MemoryError:
-                self.keys, self.ids, self.cap = old_keys, old_ids, old_cap
-                raise
-            for j in range(old_cap):
-                if old_ids[j] >= 0:
-                    self._put(old_keys[2 * j], old_keys[2 * j + 1], old_ids[j])
-            PyMem_Free(old_keys)
-            PyMem_Free(old_ids)
-        self._put(h1, h2, sid)
-        return 0
-
-    cdef inline void _put(self, uint64_t h1, uint64_t h2, int64_t sid) noexcept nogil:
-        cdef Py_ssize_t mask = self.cap - 1
-        cdef Py_ssize_t j = <Py_ssize_t>(h1 & mask)
-        while self.ids[j] >= 0:
-            if self.keys[2 * j] == h1 and self.keys[2 * j + 1] == h2:
-                self.ids[j] = sid
-                return
-            j = (j + 1) & mask
-        self.keys[2 * j] = h1
-        self.keys[2 * j + 1] = h2
-        self.ids[j] = sid
-        self.n += 1
+        index_alloc(&self.ix, 1 << 16)
 
     def insert(self, uint64_t h1, uint64_t h2, int64_t sid) -> None:
         """Remember that the stack hashing to (h1, h2) has id ``sid``."""
         if sid < 0:
             raise ValueError("stack ids are >= 0")
-        self.put(h1, h2, sid)
+        index_put(&self.ix, h1, h2, sid)
 
     def lookup(self, uint64_t h1, uint64_t h2) -> int:
         """The id of the stack hashing to (h1, h2), or -1."""
-        return self.get(h1, h2)
+        return index_find(&self.ix, h1, h2)
 
     def hash_frames(self, const int32_t[::1] frames) -> tuple:
-        """The (h1, h2) of a stack given as frame numbers, leaf first (for tests and inserts)."""
-        cdef uint64_t h1 = self.seed1, h2 = self.seed2
-        cdef Py_ssize_t k
-        for k in range(frames.shape[0]):
-            h1, h2 = mix(h1, h2, <uint64_t>frames[k])
-        return fmix(h1 ^ <uint64_t>frames.shape[0]), fmix(h2 + <uint64_t>frames.shape[0])
-
-
-cdef inline (uint64_t, uint64_t) mix(uint64_t h1, uint64_t h2, uint64_t f) noexcept nogil:
-    # Two independent multiply-rotate chains; order matters, so a;b != b;a.
-    h1 = rotl(h1 ^ (f * 0x87C37B91114253D5ULL), 31) * 0x4CF5AD432745937FULL + 0x52DCE729
-    h2 = rotl(h2 + (f * 0x9E3779B97F4A7C15ULL), 27) * 0xC2B2AE3D27D4EB4FULL ^ 0x38495AB5
-    return h1, h2
+        """The (h1, h2) of a stack given as frame numbers, leaf first."""
+        cdef Sip s
+        cdef uint64_t h1, h2
+        cdef Py_ssize_t k, n = frames.shape[0]
+        sip_init(&s, self.key0, self.key1)
+        for k in range(n):
+            sip_absorb(&s, <uint64_t>frames[k], C_ROUNDS)
+        sip_finish(&s, (<uint64_t>(8 * n)) << 56, C_ROUNDS, D_ROUNDS, &h1, &h2)
+        return h1, h2
 
 
 # -- pass 2: the samples -----------------------------------------------------------------------
@@ -529,14 +456,15 @@ cdef int samples_loop(
     cdef int32_t run
     cdef int wire
     cdef bint bad = False
-    cdef uint64_t s1 = index.seed1, s2 = index.seed2
+    cdef uint64_t k0 = index.key0, k1 = index.key1
+    cdef Sip s
+    cdef const Index* ix = &index.ix
     for k in range(n):
         i = starts[k]
         end = ends[k]
         if i < 0 or end > size or i > end:
             return 0
-        h1 = s1
-        h2 = s2
+        sip_init(&s, k0, k1)
         nframes = 0
         nvals = 0
         val = 0
@@ -559,7 +487,7 @@ cdef int samples_loop(
                         return 0  # an undefined location: the library names it
                     q = run_off[run]
                     for r in range(q, q + run_len[run]):
-                        h1, h2 = mix(h1, h2, <uint64_t>run_frames[r])
+                        sip_absorb(&s, <uint64_t>run_frames[r], C_ROUNDS)
                     nframes += run_len[run]
                     if wire == 0:
                         break
@@ -587,12 +515,11 @@ cdef int samples_loop(
                 return 0
         if nvals != n_types:
             return 0
-        h1 = fmix(h1 ^ nframes)
-        h2 = fmix(h2 + nframes)
+        sip_finish(&s, (8 * nframes) << 56, C_ROUNDS, D_ROUNDS, &h1, &h2)
         hs1[k] = h1
         hs2[k] = h2
         vals[k] = val
-        ids[k] = index.get(h1, h2)
+        ids[k] = index_find(ix, h1, h2)
     return 1
 
 

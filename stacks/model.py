@@ -117,6 +117,8 @@ class Labels(Mapping[str, str]):
 
 
 _EMPTY_I64 = np.zeros(0, dtype=np.int64)
+COUNT_MAX = (1 << 63) - 1
+"""The largest count a stack can hold: sums saturate here rather than wrap."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,7 +200,11 @@ class Profile:
 
 
 def _reduce(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum counts of equal ids; drop non-positive totals. Exact in int64."""
+    """Sum counts of equal ids; drop non-positive totals.
+
+    Exact in int64; a total past :data:`COUNT_MAX` (only hostile or corrupt
+    input gets there) saturates instead of wrapping negative and vanishing.
+    """
     if ids.size == 0:
         return _EMPTY_I64, _EMPTY_I64
     order = np.argsort(ids, kind="stable")
@@ -206,7 +212,12 @@ def _reduce(ids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray
     counts = counts[order]
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     uids = ids[starts]
-    sums = np.add.reduceat(counts, starts)
+    if int(np.abs(counts).max()) > COUNT_MAX // counts.size:
+        # The int64 sums could wrap: add as Python ints, then clamp.
+        exact = np.add.reduceat(counts.astype(object), starts)
+        sums = np.fromiter((min(int(s), COUNT_MAX) for s in exact), np.int64, len(exact))
+    else:
+        sums = np.add.reduceat(counts, starts)
     keep = sums > 0
     return uids[keep], sums[keep]
 

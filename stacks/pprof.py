@@ -740,8 +740,16 @@ try:
 except ImportError:  # pragma: no cover - exercised where no compiler was available
     _pprof_c = None
 
-# Seeded per process so hash collisions cannot be prepared offline.
-_INDEX = _pprof_c.StackIndex(secrets.randbits(64), secrets.randbits(64)) if _pprof_c is not None else None
+
+
+def _new_index() -> Any:
+    """A compiled stack index, keyed at random (SipHash): colliding stacks cannot be prepared offline."""
+    assert _pprof_c is not None
+    return _pprof_c.StackIndex(secrets.randbits(64), secrets.randbits(64))
+
+
+# The compiled reader is used while this is set (see stacks.compiled.use).
+_INDEX = _new_index() if _pprof_c is not None else None
 # Frame numbers by function name, for user (False) and kernel (True) frames.
 _NAME_NO: dict[bool, dict[str, int]] = {False: {}, True: {}}
 

@@ -134,3 +134,16 @@ def test_total_is_sum_and_order_independent(a: list) -> None:
     p = Profile.from_pairs(a)
     assert p.total == sum(n for _, n in a)
     assert Profile.from_pairs(list(reversed(a))) == p
+
+
+def test_sums_saturate_at_count_max_instead_of_wrapping() -> None:
+    from stacks.model import COUNT_MAX
+
+    half = 1 << 62
+    p = Profile.from_arrays(StackTable(), np.array([3, 3, 1, 3]), np.array([half, half, 5, 7]))
+    assert p.ids.tolist() == [1, 3] and p.counts.tolist() == [5, COUNT_MAX]
+    # Merging two saturated profiles stays saturated (and positive).
+    assert merge([p, p]).counts.tolist() == [10, COUNT_MAX]
+    # Below the danger zone the fast int64 path is exact.
+    q = Profile.from_arrays(StackTable(), np.array([2, 2]), np.array([COUNT_MAX // 2, COUNT_MAX // 2]))
+    assert q.counts.tolist() == [COUNT_MAX - 1]

@@ -277,3 +277,9 @@ def test_dockerfile_copies_every_package_of_the_distribution(tmp_path: Path) -> 
     assert {"stacks", "profiler", "aggregator", "viewer", "flamewatch", "flamewatch.demo"} <= wanted
     assert wanted <= copied, f"packages not copied into the image: {sorted(wanted - copied)}"
     assert (ctx / "viewer" / "static").is_dir() and list((ctx / "viewer" / "static").glob("*.js"))
+    # The compiled readers: setup.py and every Cython source it builds, and a compiler to build them.
+    assert (ctx / "setup.py").is_file()
+    pyx = sorted(p.relative_to(REPO) for p in REPO.glob("stacks/*.pyx"))
+    assert pyx and all((ctx / p).is_file() for p in pyx)
+    assert all(str(p) in (REPO / "setup.py").read_text() for p in pyx)
+    assert "gcc" in build
