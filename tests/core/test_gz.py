@@ -1,16 +1,44 @@
-"""stacks.gz: bounded gunzip."""
+"""stacks.gz: bounded gunzip.
+
+Every test here runs once per inflate backend (stdlib zlib and ISA-L), through
+the module-scoped ``backend`` fixture that sets ``stacks.gz.BACKEND``.
+"""
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
+import subprocess
+import sys
+import tracemalloc
 import zlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import stacks.gz as gz
 from stacks.errors import InputError
 from stacks.gz import gunzip_capped, maybe_gunzip
+
+REPO = Path(gz.__file__).resolve().parent.parent
+
+
+# Module scope: hypothesis refuses function-scoped fixtures around @given tests.
+@pytest.fixture(scope="module", params=["zlib", "isal"], autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[gz.Backend]:
+    """Run the test with ``stacks.gz`` inflating on the given backend."""
+    chosen = gz.ZLIB if request.param == "zlib" else gz.ISAL
+    if chosen is None:
+        pytest.skip(reason="isal is not installed (pip install 'isal>=1.6,<2')")
+    saved = gz.BACKEND
+    gz.BACKEND = chosen
+    try:
+        yield chosen
+    finally:
+        gz.BACKEND = saved
 
 
 def test_gunzip_plain_round_trip() -> None:
@@ -92,3 +120,93 @@ def test_raw_deflate_in_gzip_wrapper_matches_zlib() -> None:
     c = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     data = c.compress(b"q" * 5000) + c.flush()
     assert gunzip_capped(data, 5000) == b"q" * 5000
+
+
+def test_backend_really_runs(backend: gz.Backend) -> None:
+    # The decompressor gunzip_capped makes is the backend's own type, not zlib's under another name.
+    want = {"zlib": "zlib", "isal": "isal_zlib"}[backend.name]
+    assert gz.BACKEND is backend
+    assert type(gz.BACKEND.decompressobj(31)).__module__ == want
+
+
+def _default_backend(block_isal: bool) -> str:
+    """The backend a fresh interpreter picks at import, optionally with isal made unimportable."""
+    code = "import sys\n"
+    if block_isal:
+        code += "sys.modules['isal'] = None  # import isal now raises ImportError\n"
+    code += "import gzip, stacks.gz as g\n"
+    code += "assert g.gunzip_capped(gzip.compress(b'ok'), 2) == b'ok'\nprint(g.BACKEND.name)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_default_backend_is_isal_when_installed() -> None:
+    want = "isal" if importlib.util.find_spec("isal") else "zlib"
+    assert _default_backend(block_isal=False) == want
+
+
+def test_falls_back_to_zlib_without_isal(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _default_backend(block_isal=True) == "zlib"
+    monkeypatch.setitem(sys.modules, "isal", None)
+    assert gz.load_isal() is None
+
+
+@pytest.mark.parametrize("flag", [0x20, 0x40, 0x80])
+def test_reserved_header_flags_are_corrupt(flag: int) -> None:
+    # RFC 1952: reserved FLG bits must be zero. zlib rejects them, ISA-L would not.
+    data = bytearray(gzip.compress(b"hello"))
+    data[3] |= flag
+    with pytest.raises(InputError, match="corrupt"):
+        gunzip_capped(bytes(data), 100)
+    with pytest.raises(InputError, match="corrupt"):
+        gunzip_capped(gzip.compress(b"ok") + bytes(data), 100)  # in a later member too
+
+
+@pytest.mark.parametrize(
+    ("step", "in_step", "member_feed"),
+    [(1, 1, 1), (7, 3, 2), (1 << 20, 5, 1), (3, 1 << 20, 1 << 12)],
+)
+def test_tiny_steps_give_the_same_results(
+    monkeypatch: pytest.MonkeyPatch, step: int, in_step: int, member_feed: int
+) -> None:
+    # Pushes fit one step, so shrink the steps to drive the multi-step and multi-slice paths.
+    monkeypatch.setattr(gz, "_STEP", step)
+    monkeypatch.setattr(gz, "_IN_STEP", in_step)
+    monkeypatch.setattr(gz, "_MEMBER_FEED", member_feed)
+    payload = bytes(range(256)) * 8 + b"z" * 3000
+    members = [gzip.compress(payload[: 100 * i], i % 10) for i in range(12)]
+    data = b"".join(members) + b"\0" * 4
+    want = b"".join(payload[: 100 * i] for i in range(12))
+    assert gunzip_capped(data, len(want)) == want
+    with pytest.raises(InputError, match=f"past the limit of {len(want) - 1} bytes"):
+        gunzip_capped(data, len(want) - 1)
+    with pytest.raises(InputError, match="truncated"):
+        gunzip_capped(data[: len(members[0]) + 30], 1 << 20)
+    with pytest.raises(InputError, match="12 bytes of trailing data"):
+        gunzip_capped(b"".join(members) + b"\0" * 4 + b"garbage!", 1 << 20)
+    assert gunzip_capped(gzip.compress(b"") * 500, 0) == b""
+
+
+def test_bomb_memory_is_limit_plus_a_step() -> None:
+    limit = 8 << 20
+    bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="past the limit"):
+            gunzip_capped(bomb, limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # The pieces kept (at most limit + 1) plus one step being inflated, which the
+    # C side may hold twice while it joins its output blocks. The step itself
+    # stays small: one decompress(data, limit + 1) call would double the cost.
+    assert gz._STEP <= 4 << 20
+    assert peak < limit + 2 * gz._STEP, peak
+
+
+def test_too_many_members_are_refused_quickly() -> None:
+    """A body of many tiny members costs CPU per member: past MAX_MEMBERS it is a clear 400-class error."""
+    member = gzip.compress(b"x")
+    assert gunzip_capped(member * gz.MAX_MEMBERS, 1 << 20) == b"x" * gz.MAX_MEMBERS
+    with pytest.raises(InputError, match=f"more than {gz.MAX_MEMBERS} members"):
+        gunzip_capped(member * (gz.MAX_MEMBERS + 1), 1 << 20)
