@@ -770,7 +770,7 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
     """
     if not len(ids):
         return np.full(len(wanted), -1, np.int64)
-    order = np.argsort(ids, kind="stable")
+    order = np.argsort(ids)
     srt = ids[order]
     if len(srt) > 1 and bool((srt[1:] == srt[:-1]).any()):
         return None
@@ -943,7 +943,7 @@ def _summed(table: StackTable, sids: np.ndarray, vals: np.ndarray, divisor: int)
         return None
     if int(vals.max()) > ((1 << 63) - 1 - max(divisor, 0)) // len(vals):
         return None
-    order = np.argsort(sids, kind="stable")
+    order = np.argsort(sids)  # a sum per id: any order of equal ids will do
     ss = sids[order]
     bounds = np.flatnonzero(np.concatenate(([True], ss[1:] != ss[:-1])))
     sums = np.add.reduceat(vals[order], bounds)
