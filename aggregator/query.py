@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aggregator.store.base import Store
+from aggregator.store.base import MERGE_ALL, Store
 from aggregator.windows import window_start
 from stacks import folded
 from stacks.errors import InputError
@@ -27,9 +27,6 @@ MAX_NODES_LIMIT = 200_000
 # Default ``min_share`` of flame JSON: a frame under 1/4000 of the root is narrower than a pixel on
 # any screen, so it is merged into its parent's ``other`` node (and the tree builder never expands it).
 DEFAULT_MIN_SHARE = 1 / 4000
-# group_by for read_merged that puts every series in one group: no series has a label named "",
-# so every series' key is {} (both backends read an absent label as "").
-MERGE_ALL = ("",)
 _LABEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -104,7 +101,8 @@ async def series_profiles(
     store: Store, sel: Selector, rng: Range, table: StackTable, per_series: bool = True
 ) -> list[tuple[Labels, Profile]]:
     """One merged profile per matching series over the range (store fast path when it has one);
-    with ``per_series=False`` the fast path may merge everything under empty labels."""
+    with ``per_series=False`` the fast path merges everything in the store into one profile
+    under empty labels (``MERGE_ALL``: the backend sums per stack, not per (series, stack))."""
     fast = getattr(store, "read_merged", None)
     if fast is not None:
         got = await fast(sel, rng.first_window, rng.end, table, () if per_series else MERGE_ALL)
@@ -279,7 +277,8 @@ async def timeline(store: Store, params: Mapping[str, str], now: float, window: 
         label_name(group_by)
     fast = getattr(store, "totals", None)
     if fast is not None:
-        rows = await fast(sel, rng.first_window, rng.end)
+        # Summed per group in the store: rows per (group, window), not per (series, window).
+        rows = await fast(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
     else:
         rows = [(w.labels, w.start, w.profile.total)
                 for w in await store.read(sel, rng.first_window, rng.end, StackTable())]

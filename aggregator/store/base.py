@@ -25,6 +25,12 @@ class SeriesWindow:
     profile: Profile
 
 
+# ``group_by`` of :meth:`MergedReads.read_merged` / :meth:`MergedReads.totals` that puts every
+# series in one group: no series has a label named "", and an absent label reads as "", which
+# ``Labels.of`` drops, so every series' group key is ``{}``.
+MERGE_ALL: tuple[str, ...] = ("",)
+
+
 class StoreError(RuntimeError):
     """The backend failed (disk full, read-only, server down). Maps to a 5xx."""
 
@@ -56,3 +62,29 @@ class Store(Protocol):
 
     async def delete_before(self, t: int) -> int:
         """Delete windows with start < t (retention). Returns windows deleted, if known."""
+
+
+@runtime_checkable
+class MergedReads(Protocol):
+    """Optional aggregate reads a backend may offer besides :class:`Store` (both SQLite and
+    ClickHouse do). ``aggregator.query`` uses them when present, else falls back to
+    :meth:`Store.read`; the answers must equal summing what ``read`` returns.
+
+    ``group_by`` picks the groups: empty (the default) means one group per series, keyed by
+    its labels; label names mean one group per combination of those labels' values, keyed by
+    ``Labels`` of just those (an absent label reads as "" and so is left out of the key);
+    :data:`MERGE_ALL` therefore means one group, keyed ``{}``. Grouping belongs in the backend
+    because the answer then has one row per (group, stack), not one per (series, stack).
+    """
+
+    async def read_merged(
+        self, selector: Selector, start: int, end: int, table: StackTable, group_by: Sequence[str] = ()
+    ) -> dict[Labels, Profile]:
+        """One profile per group over the matching windows with ``start <= window.start < end``;
+        groups without samples are absent."""
+
+    async def totals(
+        self, selector: Selector, start: int, end: int, group_by: Sequence[str] = ()
+    ) -> list[tuple[Labels, int, int]]:
+        """(group labels, window start, samples) for each group and window with samples, in no
+        particular order; used by the timeline."""

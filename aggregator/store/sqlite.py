@@ -507,8 +507,13 @@ class SQLiteStore:
         gb = tuple(group_by or ())
         return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table, gb)
 
-    async def totals(self, selector: Selector, start: int, end: int) -> list[tuple[Labels, int, int]]:
-        """(labels, window start, samples) for matching windows; used by the timeline."""
+    async def totals(
+        self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = ()
+    ) -> list[tuple[Labels, int, int]]:
+        """(labels, window start, samples) per matching series (or ``group_by`` group, as in
+        ``read_merged``) and window; used by the timeline. Summed from the ``total`` column."""
+        gb = tuple(group_by or ())
+
         def run() -> list[tuple[Labels, int, int]]:
             self._refresh_series()
             r = self._r
@@ -523,7 +528,17 @@ class SQLiteStore:
                 for chunk in _chunks(ids):
                     q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
                     rows.extend(r.execute(q, (start, end, *chunk)).fetchall())
-            return [(self._series[s], int(t), int(n)) for s, t, n in rows]
+            if not gb:
+                return [(self._series[s], int(t), int(n)) for s, t, n in rows]
+            keys: dict[int, Labels] = {}  # series id -> group key, computed once per series
+            cells: dict[tuple[Labels, int], int] = {}
+            for s, t, n in rows:
+                key = keys.get(s)
+                if key is None:
+                    labels = self._series[s]
+                    key = keys[s] = Labels.of({k: labels.get(k, "") for k in gb})
+                cells[key, int(t)] = cells.get((key, int(t)), 0) + int(n)
+            return [(key, t, n) for (key, t), n in cells.items()]
 
         return await self._run(self._rexec, run)
 

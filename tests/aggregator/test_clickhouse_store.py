@@ -255,3 +255,39 @@ async def test_long_in_lists_are_chunked(
             await fresh.close()
     finally:
         await store.close()
+
+
+async def test_grouped_reads_over_several_series_chunks(
+    clickhouse: ClickHouseServer, clickhouse_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups whose series fall into different chunked queries are summed across the chunks."""
+    import aggregator.store.clickhouse as chmod
+    from aggregator.store.base import MERGE_ALL
+
+    monkeypatch.setattr(chmod, "_GROUP_CHUNK", 7)  # 50 series: 8 grouped queries
+    store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
+    await store.open()
+    try:
+        batch = [sw(T0 + 30 * (i % 2), {(Frame.user("main"), Frame.user(f"f{i % 5}")): i + 1, A: 1},
+                    pod=f"p{i:02d}", parity=str(i % 3)) for i in range(50)]
+        await store.write(batch)
+        for selector, dense in ((ALL, True), (Selector((Matcher("pod", "!=", "p07"),)), True), (ALL, False)):
+            # dense=False: too many (group, stack) cells for a bincount, summed by sorting instead
+            monkeypatch.setattr(chmod, "_DENSE_CELLS", 20_000_000 if dense else 0)
+            chosen = [w for w in batch if selector.matches(w.labels)]
+            for group_by in ((), MERGE_ALL, ("parity",)):
+                want: dict = {}
+                want_totals: dict = {}
+                for w in chosen:
+                    key = Labels.of({k: w.labels.get(k, "") for k in group_by}) if group_by else w.labels
+                    acc = want.setdefault(key, {})
+                    for stack, c in w.profile.items():
+                        acc[stack] = acc.get(stack, 0) + c
+                    want_totals[key, w.start] = want_totals.get((key, w.start), 0) + w.profile.total
+                got = await store.read_merged(selector, T0, T0 + 60, StackTable(), group_by)
+                assert {k: p.as_dict() for k, p in got.items()} == want, (selector, group_by)
+                totals = await store.totals(selector, T0, T0 + 60, group_by)
+                assert sorted((k.items_, t, n) for k, t, n in totals) == sorted(
+                    (k.items_, t, n) for (k, t), n in want_totals.items()), (selector, group_by)
+    finally:
+        await store.close()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aggregator.store.base import SeriesWindow, Store
+from aggregator.store.base import MERGE_ALL, MergedReads, SeriesWindow, Store
 from stacks.model import Frame, Labels, Profile, StackTable
 from stacks.selector import Matcher, Selector
 
@@ -255,6 +255,64 @@ async def test_read_merged_and_totals_when_offered(store: Store) -> None:
     ])
 
 
+async def test_merged_reads_group_in_the_store(store: Store) -> None:
+    """``group_by`` as MergedReads defines it: ``MERGE_ALL`` is one profile under ``{}``, label
+    names group by their values (absent -> left out of the key), answers equal summing ``read``."""
+    assert isinstance(store, MergedReads), f"{type(store).__name__} should offer read_merged/totals"
+    await _write_series(store)
+    await store.write([sw(T0 + 30, {STACK_A: 4, STACK_C: 1}, **SERIES[0]),
+                       sw(T0 + 30, {STACK_C: 7}, **SERIES[3]),
+                       sw(T0 + 60, {STACK_A: 100}, **SERIES[2])])  # outside [T0, T0 + 60)
+    t = StackTable()
+
+    async def merged(selector: Selector, group_by: Sequence[str]) -> dict[Labels, dict]:
+        return {k: p.as_dict() for k, p in (await store.read_merged(selector, T0, T0 + 60, t, group_by)).items()}
+
+    everything = {STACK_A: 4, STACK_B: 1 + 2 + 3 + 4, STACK_C: 1 + 7}
+    assert await merged(ALL, MERGE_ALL) == {Labels.of(): everything}
+    assert await merged(ALL, MERGE_ALL) == {Labels.of(): _summed(await store.read(ALL, T0, T0 + 60, t))}
+    assert await merged(sel(("namespace", "=", "default")), MERGE_ALL) == {
+        Labels.of(): {STACK_A: 4, STACK_B: 3, STACK_C: 1}}
+    assert await merged(sel(("pod", "=", "nosuch")), MERGE_ALL) == {}
+    # a label some series lack: their key leaves it out, so it reads as "" like in selectors
+    assert await merged(ALL, ["container"]) == {
+        Labels.of(container="app"): {STACK_A: 4, STACK_B: 3, STACK_C: 1},
+        Labels.of(container="coredns"): {STACK_B: 3},
+        Labels.of(): {STACK_B: 4, STACK_C: 7},
+    }
+    # the metadata levels the flame graph groups by: one group per series here
+    levels = ("node", "namespace", "pod", "container", "process")
+    assert await merged(sel(("namespace", "!=", "kube-system")), levels) == {
+        Labels.of(SERIES[0]): {STACK_A: 4, STACK_B: 1, STACK_C: 1},
+        Labels.of(SERIES[1]): {STACK_B: 2},
+        Labels.of(SERIES[3]): {STACK_B: 4, STACK_C: 7},
+    }
+    assert await merged(ALL, ["nosuch"]) == {Labels.of(): everything}
+    assert await store.read_merged(ALL, T0 + 90, T0 + 120, t, MERGE_ALL) == {}
+
+    async def totals(selector: Selector, group_by: Sequence[str]) -> list:
+        return sorted((lab.items_, start, n) for lab, start, n in
+                      await store.totals(selector, T0, T0 + 60, group_by))
+
+    assert await totals(ALL, MERGE_ALL) == [((), T0, 10), ((), T0 + 30, 12)]
+    assert await totals(ALL, ["namespace"]) == sorted([
+        ((("namespace", "default"),), T0, 3), ((("namespace", "default"),), T0 + 30, 5),
+        ((("namespace", "kube-system"),), T0, 3),
+        ((("namespace", "monitoring"),), T0, 4), ((("namespace", "monitoring"),), T0 + 30, 7)])
+    assert await totals(sel(("container", "=", "")), ["container"]) == [((), T0, 4), ((), T0 + 30, 7)]
+    assert await totals(sel(("pod", "=~", "admin-.*")), ()) == [
+        (Labels.of(SERIES[0]).items_, T0, 1), (Labels.of(SERIES[0]).items_, T0 + 30, 5)]
+    assert await totals(sel(("pod", "=", "nosuch")), MERGE_ALL) == []
+
+
+def _summed(windows: Sequence[SeriesWindow]) -> dict:
+    out: dict = {}
+    for w in windows:
+        for stack, c in w.profile.items():
+            out[stack] = out.get(stack, 0) + c
+    return out
+
+
 POOL_LABELS = [dict(namespace="default", pod="admin-1"), dict(namespace="default", pod="manip-1"),
                dict(namespace="kube-system", pod="dns-1"), dict(namespace="default", pod="admin-2", extra="x")]
 POOL_STACKS = [STACK_A, STACK_B, STACK_C, (U("main"),), (U("main"), K("read")), (U("main"), U("read"))]
@@ -304,9 +362,14 @@ def test_backends_agree_with_a_reference_model(
             ranged = as_map(await store.read(selector, start, end, StackTable()))
             names = await store.label_names(start, end)
             pods = await store.label_values("pod", selector, 0, 2**32 - 1)
+            grouped = {}
+            for gb in ((), MERGE_ALL, ("namespace",), ("namespace", "extra")):
+                got = await store.read_merged(selector, start, end, StackTable(), gb)
+                tot = await store.totals(selector, start, end, gb)
+                grouped[gb] = ({k: p.as_dict() for k, p in got.items()}, sorted((k.items_, t, n) for k, t, n in tot))
             await store.delete_before(T0 + 30 * cut)
             after = as_map(await store.read(ALL, 0, 2**32 - 1, StackTable()))
-            return everything, ranged, names, pods, after
+            return everything, ranged, names, pods, after, grouped
         finally:
             await store.close()
 
@@ -317,9 +380,20 @@ def test_backends_agree_with_a_reference_model(
         query(clickhouse.url, f"DROP DATABASE IF EXISTS {db}", timeout=30)
     got_sq = asyncio.run(exercise(SQLiteStore(tmp_path_factory.mktemp("prop") / "f.db")))
     assert got_ch == got_sq
-    everything, ranged, names, pods, after = got_ch
+    everything, ranged, names, pods, after, grouped = got_ch
     assert everything == model
     assert ranged == {k: v for k, v in model.items() if start <= k[1] < end and selector.matches(k[0])}
     assert names == sorted({n for (lab, t) in model if start <= t < end for n in lab})
     assert pods == sorted({lab["pod"] for (lab, _) in model if selector.matches(lab)})
     assert after == {k: v for k, v in model.items() if k[1] >= T0 + 30 * cut}
+    for gb, (profiles, totals) in grouped.items():
+        want: dict[Labels, dict] = {}
+        want_totals: dict[tuple, int] = {}
+        for (lab, t), cell in ranged.items():
+            key = Labels.of({k: lab.get(k, "") for k in gb}) if gb else lab
+            acc = want.setdefault(key, {})
+            for stack, c in cell.items():
+                acc[stack] = acc.get(stack, 0) + c
+            want_totals[key.items_, t] = want_totals.get((key.items_, t), 0) + sum(cell.values())
+        assert profiles == want, gb
+        assert totals == sorted((k, t, n) for (k, t), n in want_totals.items()), gb
