@@ -818,7 +818,10 @@ def _decode_compiled(raw: bytes, table: StackTable) -> DecodedProfile | None:
         if len(col) and (int(col.min()) < 0 or int(col.max()) >= n_strings):
             return None
     names = [strings[a] or strings[b] for a, b in zip(f_name.tolist(), f_sys.tolist(), strict=True)]
-    user_no = np.fromiter((_name_no(nm, False) if nm else -1 for nm in names), np.int64, len(names))
+    nos = list(map(_NAME_NO[False].get, names))  # the loop in C: names are known after the first push
+    if None in nos:
+        nos = [n if n is not None else (_name_no(nm, False) if nm else -1) for n, nm in zip(nos, names, strict=True)]
+    user_no = np.array(nos, np.int64)
 
     # Locations: one frame each in the usual case, found with numpy.
     l_map, nlines, line0 = t["location_mapping"], t["location_nlines"], t["location_line0"]
