@@ -36,6 +36,7 @@ from stacks._hashing cimport (
     Sip,
     index_alloc,
     index_find,
+    index_find_many,
     index_free,
     index_put,
     sip_absorb,
@@ -519,7 +520,8 @@ cdef int samples_loop(
         hs1[k] = h1
         hs2[k] = h2
         vals[k] = val
-        ids[k] = index_find(ix, h1, h2)
+    if n:
+        index_find_many(ix, &hs1[0], &hs2[0], &ids[0], n)
     return 1
 
 
