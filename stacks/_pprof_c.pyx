@@ -158,115 +158,92 @@ cdef void tables_free(Tables* t) noexcept:
     vec_free(&t.line_fid); vec_free(&t.str_start); vec_free(&t.str_len)
 
 
-cdef int value_type(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, int64_t* typ, int64_t* unit) except -1 nogil:
-    """A ValueType message: 1 on success, 0 when unusual."""
+cdef int read_varints(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, uint64_t* out, int nfields) noexcept nogil:
+    """Fields 1..nfields of a message, each a varint, into ``out`` (0 when absent; the last wins).
+
+    1 when read; 0 when the bytes are malformed or one of those fields (or
+    field 0) has another wire type: unusual, so the library decides. Other
+    fields are skipped, as protobuf skips unknown ones.
+    """
     cdef bint bad = False
-    cdef uint64_t tag
-    typ[0] = unit[0] = 0
+    cdef uint64_t tag, field
+    cdef int k
+    for k in range(nfields):
+        out[k] = 0
     while i < end:
         tag = varint(b, &i, end, &bad)
         if bad:
             return 0
-        if tag == 8:
-            typ[0] = <int64_t>varint(b, &i, end, &bad)
-        elif tag == 16:
-            unit[0] = <int64_t>varint(b, &i, end, &bad)
-        elif (tag >> 3) <= 2:
-            return 0  # a known field with another wire type, or field 0
+        field = tag >> 3
+        if field == 0:
+            return 0
+        if field <= <uint64_t>nfields:
+            if tag & 7:
+                return 0
+            out[field - 1] = varint(b, &i, end, &bad)
         else:
             i = skip(b, i, tag & 7, end, &bad)
         if bad:
             return 0
+    return 1
+
+
+cdef int value_type(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, int64_t* typ, int64_t* unit) noexcept nogil:
+    """A ValueType message {type = 1, unit = 2}: 1 on success, 0 when unusual."""
+    cdef uint64_t f[2]
+    if not read_varints(b, i, end, f, 2):
+        return 0
+    typ[0] = <int64_t>f[0]
+    unit[0] = <int64_t>f[1]
     return 1
 
 
 cdef int read_mapping(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
-    cdef bint bad = False
-    cdef uint64_t tag, mid = 0, fname = 0
-    cdef uint64_t field
-    while i < end:
-        tag = varint(b, &i, end, &bad)
-        if bad:
-            return 0
-        field = tag >> 3
-        if tag == 8:
-            mid = varint(b, &i, end, &bad)
-        elif tag == 40:
-            fname = varint(b, &i, end, &bad)
-        elif field == 1 or field == 5 or field == 0:
-            return 0
-        else:
-            i = skip(b, i, tag & 7, end, &bad)
-        if bad:
-            return 0
-    vec_push(&t.m_id, <int64_t>mid)
-    vec_push(&t.m_file, <int64_t>fname)
+    # Mapping {id = 1, memory_start = 2, memory_limit = 3, file_offset = 4, filename = 5, ...}
+    cdef uint64_t f[5]
+    if not read_varints(b, i, end, f, 5):
+        return 0
+    vec_push(&t.m_id, <int64_t>f[0])
+    vec_push(&t.m_file, <int64_t>f[4])
     return 1
 
 
 cdef int read_function(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
-    cdef bint bad = False
-    cdef uint64_t tag, fid = 0, name = 0, sysname = 0
-    cdef uint64_t field
-    while i < end:
-        tag = varint(b, &i, end, &bad)
-        if bad:
-            return 0
-        field = tag >> 3
-        if tag == 8:
-            fid = varint(b, &i, end, &bad)
-        elif tag == 16:
-            name = varint(b, &i, end, &bad)
-        elif tag == 24:
-            sysname = varint(b, &i, end, &bad)
-        elif field <= 3:
-            return 0
-        else:
-            i = skip(b, i, tag & 7, end, &bad)
-        if bad:
-            return 0
-    vec_push(&t.f_id, <int64_t>fid)
-    vec_push(&t.f_name, <int64_t>name)
-    vec_push(&t.f_sys, <int64_t>sysname)
+    # Function {id = 1, name = 2, system_name = 3, filename = 4, start_line = 5}
+    cdef uint64_t f[3]
+    if not read_varints(b, i, end, f, 3):
+        return 0
+    vec_push(&t.f_id, <int64_t>f[0])
+    vec_push(&t.f_name, <int64_t>f[1])
+    vec_push(&t.f_sys, <int64_t>f[2])
     return 1
 
 
 cdef int read_location(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
+    # Location {id = 1, mapping_id = 2, address = 3, repeated Line line = 4, is_folded = 5};
+    # Line {function_id = 1, line = 2, column = 3}.
     cdef bint bad = False
-    cdef uint64_t tag, lid = 0, mid = 0, addr = 0, fid, ltag
-    cdef uint64_t field
+    cdef uint64_t tag, lid = 0, mid = 0, addr = 0
+    cdef uint64_t fid[1]
     cdef Py_ssize_t lend
     cdef Py_ssize_t line0 = t.line_fid.n
     while i < end:
         tag = varint(b, &i, end, &bad)
         if bad:
             return 0
-        field = tag >> 3
         if tag == 8:
             lid = varint(b, &i, end, &bad)
         elif tag == 16:
             mid = varint(b, &i, end, &bad)
         elif tag == 24:
             addr = varint(b, &i, end, &bad)
-        elif tag == 34:  # Line {function_id = 1, line = 2, column = 3}
+        elif tag == 34:
             lend = sub_end(b, &i, end, &bad)
-            if bad:
+            if bad or not read_varints(b, i, lend, fid, 1):
                 return 0
-            fid = 0
-            while i < lend:
-                ltag = varint(b, &i, lend, &bad)
-                if bad:
-                    return 0
-                if ltag == 8:
-                    fid = varint(b, &i, lend, &bad)
-                elif (ltag >> 3) == 1 or ltag >> 3 == 0:
-                    return 0
-                else:
-                    i = skip(b, i, ltag & 7, lend, &bad)
-                if bad:
-                    return 0
-            vec_push(&t.line_fid, <int64_t>fid)
-        elif field <= 4:
+            vec_push(&t.line_fid, <int64_t>fid[0])
+            i = lend
+        elif (tag >> 3) <= 4:
             return 0
         else:
             i = skip(b, i, tag & 7, end, &bad)
