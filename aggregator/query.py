@@ -231,7 +231,7 @@ def flame_json(
 async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
                default_max_nodes: int) -> tuple[str, Any]:
     """(content type, body) for /api/v1/diff."""
-    from stacks.diff import diff_folded, diff_json, diff_table
+    from stacks.diff import diff_folded, diff_json, diff_table, metadata_diff_json, metadata_diff_table
 
     base_sel = selector(params, "base")
     cmp_sel = selector(params, "compare") if params.get("compare") is not None else base_sel
@@ -242,13 +242,21 @@ async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
     max_nodes = int_param(params, "max_nodes", default_max_nodes)
     metadata = flag(params, "metadata")
     table = StackTable()
-    base, bl = await profile_for(store, base_sel, base_rng, table, metadata)
-    compare, cl = await profile_for(store, cmp_sel, cmp_rng, table, metadata)
-    if fmt == "folded":
-        return "text/plain; charset=utf-8", diff_folded(base, compare)
-    labels = {**(bl or {}), **(cl or {})} or None
-    doc = diff_json(base, compare, mode=mode, max_nodes=max_nodes, labels=labels)
-    doc["table"] = diff_table(base, compare, mode=mode)
+    if metadata and fmt == "json":
+        # The viewer's default: graft each side's metadata paths instead of prefixing every
+        # stack (equal output, docs/tree.md); the union trie is built top-down within max_nodes.
+        base_series = await query_series(store, base_sel, base_rng, table, True)
+        cmp_series = await query_series(store, cmp_sel, cmp_rng, table, True)
+        doc = metadata_diff_json(base_series, cmp_series, mode=mode, max_nodes=max_nodes)
+        doc["table"] = metadata_diff_table(base_series, cmp_series, mode=mode)
+    else:
+        base, bl = await profile_for(store, base_sel, base_rng, table, metadata)
+        compare, cl = await profile_for(store, cmp_sel, cmp_rng, table, metadata)
+        if fmt == "folded":
+            return "text/plain; charset=utf-8", diff_folded(base, compare)
+        labels = {**(bl or {}), **(cl or {})} or None
+        doc = diff_json(base, compare, mode=mode, max_nodes=max_nodes, labels=labels)
+        doc["table"] = diff_table(base, compare, mode=mode)
     doc["base_query"], doc["compare_query"] = str(base_sel), str(cmp_sel)
     doc["base_from"], doc["base_until"] = base_rng.start, base_rng.end
     doc["compare_from"], doc["compare_until"] = cmp_rng.start, cmp_rng.end

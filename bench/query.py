@@ -2,8 +2,10 @@
 
 Fills a store with 120 windows x 200 series (10 namespaces x 20 pods, each
 window ~150 distinct stacks out of a 3,000-stack pool), then times render
-queries over loopback through the real aiohttp app: everything, one
-namespace, one pod, as flame JSON, and as folded. The baseline, measured in
+queries over loopback through the real aiohttp app: everything (with and
+without metadata frames), one namespace, one pod, as flame JSON, and as
+folded; the timeline; and /api/v1/diff of the first half hour against the
+second, with and without metadata frames. The baseline, measured in
 the same run, is the naive path through the Store Protocol alone
 (``store.read`` per window, then ``merge``), without the backend's merged-read
 fast path.
@@ -97,6 +99,8 @@ async def run(spec: str, rounds: int, per_window: int, pool: int) -> None:
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         rng = f"from={T0}&until={T0 + 3600}"
+        # diff: base = first half hour, compare = second half hour, everything selected
+        halves = (f"base_from={T0}&base_until={T0 + 1800}&compare_from={T0 + 1800}&compare_until={T0 + 3600}")
         ns3, pods = quote('{namespace="ns-3"}'), quote('{pod=~"pod-1-.*"}')
         queries = {
             "all, json": f"/api/v1/render?{rng}",
@@ -105,6 +109,8 @@ async def run(spec: str, rounds: int, per_window: int, pool: int) -> None:
             "pod regex, json": f"/api/v1/render?{rng}&query={pods}",
             "all, folded": f"/api/v1/render?{rng}&format=folded",
             "timeline by namespace": f"/api/v1/timeline?{rng}&group_by=namespace",
+            "diff halves, json": f"/api/v1/diff?{halves}",
+            "diff halves, metadata": f"/api/v1/diff?{halves}&metadata=1",
         }
         p50s = {}
         for name, path in queries.items():

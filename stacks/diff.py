@@ -12,24 +12,30 @@ Public API (see docs/tree.md)::
     diff_json(base, compare, *, mode="share", max_nodes=20000, min_share=0.0) -> dict
     diff_table(base, compare, *, mode="share", limit=20) -> dict
     diff_folded(base, compare) -> str     # "stack base_count compare_count" lines
+    metadata_diff_json(base_series, compare_series, ...) -> dict   # == diff_json of with_metadata(...)
+    metadata_diff_table(base_series, compare_series, ...) -> dict  # == diff_table of with_metadata(...)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from stacks.errors import InputError
 from stacks.folded import format_frame
-from stacks.model import Profile
+from stacks.model import Frame, Kind, Profile
 from stacks.tree import (
     DEFAULT_MAX_NODES,
     KINDS,
+    METADATA_LEVELS,
     Columns,
     Node,
     Tree,
     _layout,
     _pruned,
+    metadata_frames,
+    metadata_function_stats,
+    metadata_labels,
     prune_columns,
 )
 
@@ -73,15 +79,60 @@ def diff_json(
     _check_mode(mode)
     base_sum, compare_sum = base.total, compare.total
     k = scale_factor(base_sum, compare_sum, mode)
-    if max_nodes < 2:
-        raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
-    if not 0.0 <= min_share <= 1.0:
-        raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
+    _check_budget(max_nodes, min_share)
     trie = Columns.build([compare, base])
     trie.labels = labels or None
     assert trie.base_total is not None
     # Prune on the layout width itself so what is dropped is what would be narrowest on screen.
     tree = prune_columns(trie, trie.total + trie.base_total * k, max_nodes=max_nodes, min_share=min_share)
+    return _diff_doc(tree, mode, k, base_sum, compare_sum)
+
+
+def metadata_diff_json(
+    base_series: Iterable[tuple[Mapping[str, str], Profile]],
+    compare_series: Iterable[tuple[Mapping[str, str], Profile]],
+    *,
+    mode: str = "share",
+    max_nodes: int = DEFAULT_MAX_NODES,
+    min_share: float = 0.0,
+    levels: Sequence[str] = METADATA_LEVELS,
+) -> dict[str, Any]:
+    """``diff_json(with_metadata(base_series), with_metadata(compare_series), labels=...)``
+    (labels of both sides, compare's winning) without prefixing any stack.
+
+    The union trie is built top-down as :func:`stacks.tree.metadata_tree` does: metadata
+    paths walked once per series, and nodes narrower (by layout width) than a lower bound
+    of the pruning threshold never expanded. Equal node for node; ``pruned["nodes_before"]``
+    counts the nodes examined, not the full union trie.
+    """
+    _check_mode(mode)
+    base_series, compare_series = list(base_series), list(compare_series)
+    base_sum = sum(p.total for _, p in base_series)
+    compare_sum = sum(p.total for _, p in compare_series)
+    k = scale_factor(base_sum, compare_sum, mode)
+    _check_budget(max_nodes, min_share)
+
+    def parts(series: list[tuple[Mapping[str, str], Profile]]) -> list[tuple[tuple[Frame, ...], Profile]]:
+        return [(tuple(Frame(v, Kind.METADATA) for _, v in metadata_frames(lab, levels)), p) for lab, p in series]
+
+    trie = Columns.build_grafted(parts(compare_series), min_share, base_parts=parts(base_series), k=k,
+                                 max_nodes=max_nodes)
+    labels = {**metadata_labels(base_series, levels), **metadata_labels(compare_series, levels)}
+    trie.labels = labels or None
+    assert trie.base_total is not None
+    tree = prune_columns(trie, trie.total + trie.base_total * k, max_nodes=max_nodes, min_share=min_share)
+    return _diff_doc(tree, mode, k, base_sum, compare_sum)
+
+
+def _check_budget(max_nodes: int, min_share: float) -> None:
+    if max_nodes < 2:
+        raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
+    if not 0.0 <= min_share <= 1.0:
+        raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
+
+
+def _diff_doc(tree: Tree, mode: str, k: float, base_sum: int, compare_sum: int) -> dict[str, Any]:
+    """The diff JSON of a pruned union tree."""
 
     def width(n: Node) -> float:
         return n.total + n.base_total * k
@@ -133,9 +184,31 @@ def diff_table(base: Profile, compare: Profile, *, mode: str = "share", limit: i
     _check_mode(mode)
     if limit < 0:
         raise InputError(f"limit={limit}: must be 0 or more")
-    base_sum, compare_sum = base.total, compare.total
     trie = Columns.build([compare, base])  # one trie, both sides
-    cs, bs = trie.function_stats(), trie.function_stats(base=True)
+    return _table(trie.function_stats(base=True), trie.function_stats(), base.total, compare.total, mode, limit)
+
+
+def metadata_diff_table(
+    base_series: Iterable[tuple[Mapping[str, str], Profile]],
+    compare_series: Iterable[tuple[Mapping[str, str], Profile]],
+    *,
+    mode: str = "share",
+    limit: int = 20,
+    levels: Sequence[str] = METADATA_LEVELS,
+) -> dict[str, Any]:
+    """``diff_table(with_metadata(base_series), with_metadata(compare_series))`` without
+    prefixing any stack (:func:`stacks.tree.metadata_function_stats` per side)."""
+    _check_mode(mode)
+    if limit < 0:
+        raise InputError(f"limit={limit}: must be 0 or more")
+    base_series, compare_series = list(base_series), list(compare_series)
+    return _table(metadata_function_stats(base_series, levels), metadata_function_stats(compare_series, levels),
+                  sum(p.total for _, p in base_series), sum(p.total for _, p in compare_series), mode, limit)
+
+
+def _table(bs: Mapping[tuple[str, str], list[int]], cs: Mapping[tuple[str, str], list[int]], base_sum: int,
+           compare_sum: int, mode: str, limit: int) -> dict[str, Any]:
+    """The diff table from per-function ``[self, total]`` of each side."""
     out: dict[str, Any] = {"mode": mode, "base_sum": base_sum, "compare_sum": compare_sum}
     for col, idx in (("self", 0), ("total", 1)):
         rows = []

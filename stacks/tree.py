@@ -206,6 +206,80 @@ def metadata_labels(
     return out
 
 
+def metadata_function_stats(
+    series: Iterable[tuple[Mapping[str, str], Profile]], levels: Sequence[str] = METADATA_LEVELS
+) -> dict[tuple[str, str], list[int]]:
+    """``function_stats(with_metadata(series, t))`` without prefixing any stack.
+
+    A prefixed stack ``P + S`` contains a function if ``P`` or ``S`` does, and ends at
+    ``S``'s last frame (``P``'s if ``S`` is empty). So the stats are those of the plain
+    merge of all series, plus each series' total once for every distinct function of its
+    metadata path, plus its empty-stack samples as self of the path's last frame, minus
+    what was counted twice: samples of stacks that themselves hold a metadata frame of
+    their series' path (only possible for hand-made input; walked in Python, rarely).
+    """
+    series = [(lab, p) for lab, p in series if len(p)]
+    if not series:
+        return {}
+    merged = _sum_profiles([p for _, p in series])
+    stats = Columns.build([merged]).function_stats()
+    meta = Kind.METADATA.value
+    in_stacks = {name for name, kind in stats if kind == meta}
+    empty_of = _empty_stack_ids([p for _, p in series], merged)
+    for lab, p in series:
+        path = [v for _, v in metadata_frames(lab, levels)]
+        if not path:
+            continue
+        t = p.total
+        for v in set(path):
+            row = stats.setdefault((v, meta), [0, 0])
+            row[1] += t
+        both = in_stacks.intersection(path)
+        if both:  # stacks holding one of the path's metadata frames were counted already
+            stack = p.table.stack
+            for sid, c in zip(p.ids.tolist(), p.counts.tolist(), strict=True):
+                for v in both.intersection(f.name for f in stack(sid) if f.kind == meta):
+                    stats[(v, meta)][1] -= c
+        e = empty_of.get(id(p.table))
+        if e is not None:
+            i = int(np.searchsorted(p.ids, e))
+            if i < len(p.ids) and p.ids[i] == e:
+                stats[(path[-1], meta)][0] += int(p.counts[i])
+    return {key: row for key, row in stats.items() if row[1]}
+
+
+def _sum_profiles(profiles: Sequence[Profile]) -> Profile:
+    """The merge of ``profiles``: a dense bincount over table ids when they share one table
+    (hundreds of groups of the same stacks), else :func:`stacks.model.merge`."""
+    table = profiles[0].table
+    if any(p.table is not table for p in profiles):
+        return merge(profiles, table)
+    ids = np.concatenate([p.ids for p in profiles])
+    counts = np.concatenate([p.counts for p in profiles])
+    if not ids.size or len(table) > 4 * ids.size + 4096 or int(counts.sum()) >= 2**53:
+        return Profile.from_arrays(table, ids, counts)
+    flat = np.bincount(ids, weights=counts, minlength=len(table))
+    nz = np.flatnonzero(flat)
+    return Profile(table, nz.astype(np.int64), np.rint(flat[nz]).astype(np.int64))
+
+
+def _empty_stack_ids(profiles: Sequence[Profile], merged: Profile) -> dict[int, int]:
+    """Per table (by ``id``) the id of the empty stack, for tables whose profiles hold it
+    (``merged``, their merge, already lists the distinct ids of its own table)."""
+    out: dict[int, int] = {}
+    seen: dict[int, StackTable] = {}
+    for p in profiles:
+        seen.setdefault(id(p.table), p.table)
+    for tid, table in seen.items():
+        ids = merged.ids if table is merged.table and len(seen) == 1 else np.unique(
+            np.concatenate([p.ids for p in profiles if p.table is table]))
+        for sid in ids.tolist():
+            if not table.stack(sid):
+                out[tid] = sid
+                break
+    return out
+
+
 # --------------------------------------------------------------------------- building
 
 
@@ -282,7 +356,9 @@ def grafted_tree(
         raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
     if not 0.0 <= min_share <= 1.0:
         raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
-    cols = Columns.build_grafted(parts, min_share)
+    # With min_share > 0, nodes_before is already "nodes examined"; then also stop at the
+    # max_nodes bound. At min_share 0 it stays the full trie's size (every node is built).
+    cols = Columns.build_grafted(parts, min_share, max_nodes=max_nodes if min_share > 0 else None)
     if labels:
         cols.labels = labels
     return prune_columns(cols, cols.total, max_nodes=max_nodes, min_share=min_share)
@@ -304,7 +380,8 @@ class Columns:
     )
 
     def __init__(self, fnames: list[str], fkinds: list[int], fid: np.ndarray, parent: np.ndarray,
-                 depth: np.ndarray, selfs: list[np.ndarray], total: np.ndarray | None = None) -> None:
+                 depth: np.ndarray, selfs: list[np.ndarray], total: np.ndarray | None = None,
+                 base_total: np.ndarray | None = None) -> None:
         self.fnames = fnames
         self.fkinds = fkinds
         self.fid = fid
@@ -313,7 +390,8 @@ class Columns:
         self.self_ = selfs[0]
         self.total = _subtree_sums(selfs[0], parent, depth) if total is None else total
         self.base_self = selfs[1] if len(selfs) > 1 else None
-        self.base_total = _subtree_sums(selfs[1], parent, depth) if len(selfs) > 1 else None
+        self.base_total = (None if len(selfs) < 2 else
+                           _subtree_sums(selfs[1], parent, depth) if base_total is None else base_total)
         self.labels: Mapping[tuple[str, ...], str] | None = None
         self._rec: np.ndarray | None = None
 
@@ -375,34 +453,63 @@ class Columns:
         )
 
     @staticmethod
-    def build_grafted(parts: Sequence[tuple[tuple[Frame, ...], Profile]], min_share: float = 0.0) -> Columns:
+    def build_grafted(
+        parts: Sequence[tuple[tuple[Frame, ...], Profile]],
+        min_share: float = 0.0,
+        *,
+        base_parts: Sequence[tuple[tuple[Frame, ...], Profile]] | None = None,
+        k: float = 1.0,
+        max_nodes: int | None = None,
+    ) -> Columns:
         """Trie of ``prefix + stack`` over all parts, built top-down; nodes under
-        ``min_share`` of the root keep their exact total but are not expanded (their
-        self is 0 and they have no children), so the result is only fit for pruning
+        ``min_share`` of the root's weight keep their exact total but are not expanded
+        (their self is 0 and they have no children), so the result is only fit for pruning
         with the same ``min_share``.
 
-        Each distinct stack of a table is flattened once however many parts hold it
-        (the metadata view has the same few thousand stacks under hundreds of pods);
-        a (part, stack) pair reads its frame at depth d from the prefix or the stack.
+        ``base_parts`` makes a diff trie (``base_self``/``base_total`` from them, weight
+        ``total + base_total * k`` as :func:`stacks.diff.diff_json` prunes by). With
+        ``max_nodes``, a node is also left unexpanded when it is lighter than a lower bound of
+        the final pruning threshold (the threshold of the nodes known so far: more nodes can
+        only raise it), so the insides of cut subtrees are not built even at ``min_share`` 0.
+
+        Each distinct stack of a table is flattened once however many parts hold it (the
+        metadata view has the same few thousand stacks under hundreds of pods). Prefix levels
+        are walked once per part (weighted by the part's total), not once per (part, stack)
+        pair; pairs join at the depth where their part's prefix ends and then read their
+        frames from the stack. Each depth's (parent, function) keys are grouped with a dense
+        bincount when the level is small enough, else with ``np.unique``.
         """
-        # Distinct stacks per table, and per part the index of each of its stacks among them.
+        diff = base_parts is not None
+        allp = list(parts) + list(base_parts or ())
+        nparts = len(allp)
+        # Distinct stacks per table; pairs are laid out table by table (order does not matter).
         by_table: dict[int, list[int]] = {}
         tables: dict[int, StackTable] = {}
-        for pi, (_, prof) in enumerate(parts):
+        for pi, (_, prof) in enumerate(allp):
             by_table.setdefault(id(prof.table), []).append(pi)
             tables[id(prof.table)] = prof.table
         stacks: list[tuple[Frame, ...]] = []
-        pair_stack: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(parts)
+        order: list[int] = []
+        bodies: list[np.ndarray] = []
         for tid, pis in by_table.items():
-            uniq = np.unique(np.concatenate([parts[pi][1].ids for pi in pis]))
+            cat = np.concatenate([allp[pi][1].ids for pi in pis])
+            size = len(tables[tid])
             off = len(stacks)
+            if cat.size and size <= 4 * cat.size + 4096:  # table ids are dense: mark instead of sort
+                mark = np.zeros(size, dtype=bool)
+                mark[cat] = True
+                uniq = np.flatnonzero(mark)
+                lookup = np.zeros(size, dtype=np.int64)
+                lookup[uniq] = np.arange(off, off + len(uniq), dtype=np.int64)
+                bodies.append(lookup[cat])
+            else:
+                uniq, inv = np.unique(cat, return_inverse=True)
+                bodies.append(off + inv.reshape(-1))
             stacks.extend(map(tables[tid].stack, uniq.tolist()))
-            for pi in pis:
-                pair_stack[pi] = off + np.searchsorted(uniq, parts[pi][1].ids)
-        prefixes = [pre for pre, _ in parts]
-        # Frames of all distinct stacks, then of all prefixes, mapped to function ids.
+            order.extend(pis)
+        prefixes = [pre for pre, _ in allp]
         slens = np.fromiter(map(len, stacks), dtype=np.int64, count=len(stacks))
-        plens_each = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
+        plen = np.fromiter(map(len, prefixes), dtype=np.int64, count=nparts)
         flat = list(chain.from_iterable(stacks))
         n_body = len(flat)
         flat.extend(chain.from_iterable(prefixes))
@@ -411,71 +518,127 @@ class Columns:
         sstart = np.zeros(len(stacks), dtype=np.int64)
         if len(stacks) > 1:
             np.cumsum(slens[:-1], out=sstart[1:])
-        pstart_each = np.zeros(len(prefixes), dtype=np.int64)
-        if len(prefixes) > 1:
-            np.cumsum(plens_each[:-1], out=pstart_each[1:])
-        # One row per (part, stack) pair.
-        sizes = np.fromiter((len(p.ids) for _, p in parts), dtype=np.int64, count=len(parts))
-        pair_part = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
-        body = np.concatenate(pair_stack) if parts else np.zeros(0, dtype=np.int64)
-        counts = np.concatenate([p.counts for _, p in parts]) if parts else np.zeros(0, dtype=np.int64)
-        plen = plens_each[pair_part]
-        pstart = pstart_each[pair_part]
-        bstart = sstart[body] - plen  # frame at depth d >= plen is body_fid[bstart + d]
-        lens = plen + slens[body]
-        root_total = int(counts.sum())
-        exact_float = root_total < 2**53
-        max_plen = int(plens_each.max()) if len(plens_each) else 0
-        floor = min_share * float(root_total)
+        pstart = np.zeros(nparts, dtype=np.int64)
+        if nparts > 1:
+            np.cumsum(plen[:-1], out=pstart[1:])
+        # One row per (part, stack) pair; compare counts in cc, base counts in cb.
+        sizes = np.fromiter((len(allp[pi][1].ids) for pi in order), dtype=np.int64, count=nparts)
+        pair_part = np.repeat(np.asarray(order, dtype=np.int64), sizes)
+        body = np.concatenate(bodies) if bodies else np.zeros(0, dtype=np.int64)
+        counts = (np.concatenate([allp[pi][1].counts for pi in order]) if order
+                  else np.zeros(0, dtype=np.int64)).astype(np.int64, copy=False)
+        n_cmp = len(parts)
+        on_base = pair_part >= n_cmp
+        cc = np.where(on_base, 0, counts) if diff else counts
+        cb = np.where(on_base, counts, 0) if diff else None
+        pplen = plen[pair_part]
+        bstart = sstart[body] - pplen  # frame at depth d >= plen is body_fid[bstart + d]
+        lens = pplen + slens[body]
+        # Part totals (the weight of a part's prefix nodes), exact in int64.
+        part_tc = np.zeros(nparts, dtype=np.int64)
+        part_tb = np.zeros(nparts, dtype=np.int64)
+        for pi in range(nparts):
+            t = int(allp[pi][1].counts.sum())
+            if pi < n_cmp:
+                part_tc[pi] = t
+            else:
+                part_tb[pi] = t
+        root_c, root_b = int(part_tc.sum()), int(part_tb.sum())
+        exact_float = root_c + root_b < 2**53
+
+        def sums(inv: np.ndarray, vals: np.ndarray, size: int) -> np.ndarray:
+            if exact_float:  # bincount adds in float64: exact while the root total is under 2**53
+                return np.bincount(inv, weights=vals, minlength=size).astype(np.int64)
+            out = np.zeros(size, dtype=np.int64)
+            np.add.at(out, inv, vals)
+            return out
+
+        root_w = float(root_c) + float(root_b) * k if diff else float(root_c)
+        share_floor = min_share * root_w
+        cut_upto = float("-inf")  # nodes of weight <= this are cut whatever lies below (max_nodes)
         nf = max(len(fnames), 1)
         parents = [np.array([-1], dtype=np.int64)]
         fids = [np.array([-1], dtype=np.int64)]
         depths = [np.array([0], dtype=np.int32)]
-        totals = [np.array([root_total], dtype=np.int64)]
+        tot_c = [np.array([root_c], dtype=np.int64)]
+        tot_b = [np.array([root_b], dtype=np.int64)]
+        weights: list[np.ndarray] = [np.array([root_w])]
         npairs = len(counts)
         node_of = np.zeros(npairs, dtype=np.int64)  # deepest node reached by each pair so far
         complete = np.ones(npairs, dtype=bool)  # False once a pair's node was left unexpanded
-        alive = np.arange(npairs, dtype=np.int64)
-        n = 1
-        d = 0
+        part_node = np.zeros(nparts, dtype=np.int64)  # node reached by each part's prefix so far
+        # False once a part's prefix node was left unexpanded; a part without stacks has no nodes.
+        part_ok = np.fromiter((len(p.ids) > 0 for _, p in allp), dtype=bool, count=nparts)
+        max_plen = int(plen.max()) if nparts else 0
+        alive = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        n, lvl_start, d = 1, 0, 0
         while True:
             alive = alive[lens[alive] > d]
-            if not alive.size:
+            if d <= max_plen:  # pairs whose part's prefix ends here join, below the part's node
+                enter = np.flatnonzero(pplen == d)
+                if enter.size:
+                    node_of[enter] = part_node[pair_part[enter]]
+                    enter = enter[part_ok[pair_part[enter]] & (lens[enter] > d)]
+                    alive = np.concatenate([alive, enter]) if alive.size else enter
+            pin = np.flatnonzero((plen > d) & part_ok) if d < max_plen else empty
+            if not alive.size and not pin.size:
                 break
-            if d < max_plen:
-                in_pre = plen[alive] > d
-                f = np.empty(alive.size, dtype=np.int64)
-                f[in_pre] = pre_fid[pstart[alive[in_pre]] + d]
-                f[~in_pre] = body_fid[bstart[alive[~in_pre]] + d]
-            else:  # below every prefix: plain stack frames
-                f = body_fid[bstart[alive] + d]
-            key = node_of[alive] * nf + f
-            ukey, kinv = np.unique(key, return_inverse=True)
-            kinv = kinv.reshape(-1)
-            if exact_float:  # bincount sums in float64: exact while the root total is under 2**53
-                tot = np.bincount(kinv, weights=counts[alive], minlength=len(ukey)).astype(np.int64)
+            na = alive.size
+            f = np.concatenate([body_fid[bstart[alive] + d], pre_fid[pstart[pin] + d]])
+            local = np.concatenate([node_of[alive], part_node[pin]]) - lvl_start
+            key = local * nf + f
+            space = (n - lvl_start) * nf
+            if space <= max(4 * key.size, 1 << 16):
+                present = np.zeros(space, dtype=bool)
+                present[key] = True
+                ukey = np.flatnonzero(present)
+                rank = np.cumsum(present, dtype=np.int64)
+                kinv = rank[key] - 1
             else:
-                tot = np.zeros(len(ukey), dtype=np.int64)
-                np.add.at(tot, kinv, counts[alive])
-            parents.append(ukey // nf)
+                ukey, kinv = np.unique(key, return_inverse=True)
+                kinv = kinv.reshape(-1)
+            m = len(ukey)
+            tc = sums(kinv, np.concatenate([cc[alive], part_tc[pin]]), m)
+            tot_c.append(tc)
+            if diff:
+                assert cb is not None
+                tb = sums(kinv, np.concatenate([cb[alive], part_tb[pin]]), m)
+                tot_b.append(tb)
+                w = tc + tb * k
+            else:
+                w = tc.astype(np.float64)
+            weights.append(w)
+            parents.append(lvl_start + ukey // nf)
             fids.append(ukey % nf)
-            depths.append(np.full(len(ukey), d + 1, dtype=np.int32))
-            totals.append(tot)
-            node_of[alive] = n + kinv
-            if floor > 0:
-                # A node narrower than the floor is never kept: stop walking the pairs under it.
-                small = tot[kinv] < floor
-                complete[alive[small]] = False
-                alive = alive[~small]
-            n += len(ukey)
+            depths.append(np.full(m, d + 1, dtype=np.int32))
+            node_of[alive] = n + kinv[:na]
+            part_node[pin] = n + kinv[na:]
+            lvl_start = n
+            n += m
+            if max_nodes is not None and 2 * n > max_nodes:
+                _, unfit = _fit_threshold(np.maximum(np.concatenate(parents), 0), np.concatenate(weights),
+                                          share_floor, max_nodes)
+                cut_upto = max(cut_upto, unfit)
+            if share_floor > 0 or cut_upto >= 0:
+                # A node under the floor, or no heavier than a weight that already overflows the
+                # budget, is never kept: stop walking what lies under it.
+                wk = w[kinv]
+                small = (wk < share_floor) | (wk <= cut_upto)
+                complete[alive[small[:na]]] = False
+                alive = alive[~small[:na]]
+                part_ok[pin[small[na:]]] = False
             d += 1
-        if exact_float:
-            s = np.bincount(node_of[complete], weights=counts[complete], minlength=n).astype(np.int64)
-        else:
-            s = np.zeros(n, dtype=np.int64)
-            np.add.at(s, node_of[complete], counts[complete])
+        complete &= part_ok[pair_part]
+        sc = sums(node_of[complete], cc[complete], n)
+        selfs = [sc]
+        base_total = None
+        if diff:
+            assert cb is not None
+            selfs.append(sums(node_of[complete], cb[complete], n))
+            base_total = np.concatenate(tot_b)
         return Columns(fnames, fkinds, np.concatenate(fids), np.concatenate(parents), np.concatenate(depths),
-                       [s], total=np.concatenate(totals))
+                       selfs, total=np.concatenate(tot_c), base_total=base_total)
 
     def recursive(self) -> np.ndarray:
         """Per node: True if some ancestor is the same function (so its samples are counted there)."""
@@ -566,25 +729,28 @@ class Columns:
         """Node objects for the kept ids (all if None); cut children of a kept parent
         become one ``other`` node. ``keep`` must be closed under parents."""
         n = len(self.parent)
-        ids = range(n) if keep is None else np.flatnonzero(keep).tolist()
-        parent = self.parent.tolist()
-        total, self_ = self.total.tolist(), self.self_.tolist()
+        # Only the kept rows go through Python (a pruned trie keeps a few thousand of millions).
+        idx = np.arange(n) if keep is None else np.flatnonzero(keep)
+        ids = idx.tolist()
+        parent = self.parent[idx].tolist()
+        total, self_ = self.total[idx].tolist(), self.self_[idx].tolist()
         diff = self.base_total is not None
         if diff:
-            btotal, bself = self.base_total.tolist(), self.base_self.tolist()  # type: ignore[union-attr]
+            btotal = self.base_total[idx].tolist()  # type: ignore[index]
+            bself = self.base_self[idx].tolist()  # type: ignore[index]
         nodes: dict[int, Node] = {}
-        fid = self.fid.tolist()
+        fid = self.fid[idx].tolist()
         fnames, fkinds = self.fnames, self.fkinds
-        for i in ids:
-            fi = fid[i]
+        for j, i in enumerate(ids):
+            fi = fid[j]
             if fi < 0:
-                node = Node(ROOT_NAME, Kind.METADATA.value, total[i], self_[i])
+                node = Node(ROOT_NAME, Kind.METADATA.value, total[j], self_[j])
             else:
                 kind = KINDS[fkinds[fi]]
-                node = Node(fnames[fi], kind, total[i], self_[i])
-                nodes[parent[i]].children[(node.name, kind)] = node
+                node = Node(fnames[fi], kind, total[j], self_[j])
+                nodes[parent[j]].children[(node.name, kind)] = node
             if diff:
-                node.base_total, node.base_self = btotal[i], bself[i]
+                node.base_total, node.base_self = btotal[j], bself[j]
             nodes[i] = node
         if keep is not None:
             cut = ~keep
@@ -753,18 +919,38 @@ def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_sha
     result can be a little under the budget.
     """
     n = len(cols.parent)
-    parent = np.maximum(cols.parent, 0)
     floor = min_share * float(weights[0]) if n else 0.0
-    eligible = weights >= floor
-    eligible &= weights > 0
+    t, _ = _fit_threshold(np.maximum(cols.parent, 0), weights, floor, max_nodes)
+    keep = (weights >= floor) & (weights > 0) & (weights >= t)
+    keep[0] = True
+    root = cols.materialize(keep)
+    out = Tree(root)
+    out.pruned = {
+        "nodes_before": n,
+        "nodes_after": out.node_count(),
+        "min_share": min_share,
+        "max_nodes": max_nodes,
+    }
+    return out
+
+
+def _fit_threshold(parent: np.ndarray, weights: np.ndarray, floor: float, max_nodes: int) -> tuple[float, float]:
+    """(T, U): T is the lowest weight such that keeping the nodes of weight >= max(T, floor)
+    (and > 0), plus one ``other`` per kept parent with a cut child, costs at most
+    ``max_nodes`` (inf when only the root fits); U is the highest weight that does not fit
+    (-inf if all do). Binary search over the distinct weights (cost falls as T rises).
+
+    On a trie whose deeper levels are not built yet, every node of weight <= U is cut in the
+    full trie too: its missing nodes can only add cost at any threshold. (T itself is no such
+    bound: a deeper, lighter node may still fit.)
+    """
+    n = len(parent)
+    eligible = (weights >= floor) & (weights > 0)
     eligible[0] = True
 
-    def keep_at(t: float) -> np.ndarray:
+    def cost(t: float) -> int:
         k = eligible & (weights >= t)
         k[0] = True
-        return k
-
-    def cost(k: np.ndarray) -> int:
         cut = ~k
         cut[0] = False
         has_cut = np.zeros(n, dtype=bool)
@@ -775,20 +961,11 @@ def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_sha
     lo, hi = 0, len(cand)  # answer: first index whose cost fits; len(cand) = root only
     while lo < hi:
         mid = (lo + hi) // 2
-        if cost(keep_at(float(cand[mid]))) <= max_nodes:
+        if cost(float(cand[mid])) <= max_nodes:
             hi = mid
         else:
             lo = mid + 1
-    keep = keep_at(float(cand[lo])) if lo < len(cand) else keep_at(float("inf"))
-    root = cols.materialize(keep)
-    out = Tree(root)
-    out.pruned = {
-        "nodes_before": n,
-        "nodes_after": out.node_count(),
-        "min_share": min_share,
-        "max_nodes": max_nodes,
-    }
-    return out
+    return (float(cand[lo]) if lo < len(cand) else float("inf")), (float(cand[lo - 1]) if lo else float("-inf"))
 
 
 def _copy_kept(root: Node, kept: set[int]) -> Node:

@@ -217,6 +217,56 @@ async def test_render_json_equals_pruned_tree_of_the_merged_profile(client: Test
     assert "rare" not in names and "deep" not in names and "other" in names
 
 
+async def test_metadata_diff_equals_prefixing_every_stack(client: TestClient) -> None:
+    """/api/v1/diff?metadata=1 (the viewer's diff) grafts metadata paths and builds the union trie
+    top-down; it must equal the old path (every stack prefixed, full trie, pruned) node for node,
+    labels and table included, through the real store."""
+    from aggregator import query
+    from aggregator.app import STORE
+    from stacks.diff import diff_json, diff_table
+    from stacks.model import StackTable
+
+    ns = "node=n1,namespace=default"
+    base_w, cmp_w = W - 30, W
+    await ingest_folded(client, f"admin{{{ns},pod=admin-1,container=app}}",
+                        "main;images;resize 60\nmain;images 9\nmain;rare;deep 1\n", **{"from": str(base_w)})
+    await ingest_folded(client, f"admin{{{ns},pod=admin-1,container=app}}",
+                        "main;images;resize 20\nmain;list 7\n", **{"from": str(cmp_w)})
+    await ingest_folded(client, f"admin{{{ns},pod=admin-1,container=app,route=/x}}", "main;list 5\n",
+                        **{"from": str(cmp_w)})
+    await ingest_folded(client, f"dns{{{ns},pod=dns-1}}", "app;serve 3\nmain;tick_[k] 2\n", **{"from": str(base_w)})
+    await ingest_folded(client, f"dns{{{ns},pod=dns-2}}", "app;serve 4\n", **{"from": str(cmp_w)})
+    await ingest_folded(client, "bare", "solo 2\n", **{"from": str(cmp_w)})
+    store = client.server.app[STORE]
+    halves = f"base_from={base_w}&base_until={base_w + 30}&compare_from={cmp_w}&compare_until={cmp_w + 30}"
+    checked = 0
+    for mode in ("share", "absolute"):
+        for max_nodes in (3, 6, 9, 100):
+            params = {"base_from": str(base_w), "base_until": str(base_w + 30), "compare_from": str(cmp_w),
+                      "compare_until": str(cmp_w + 30)}
+            table = StackTable()
+            sel = query.selector({})
+            b, bl = await query.profile_for(store, sel, query.time_range(params, NOW, 30, "base_"), table, True)
+            c, cl = await query.profile_for(store, sel, query.time_range(params, NOW, 30, "compare_"), table, True)
+            want = diff_json(b, c, mode=mode, max_nodes=max_nodes, labels={**(bl or {}), **(cl or {})})
+            r = await client.get(f"/api/v1/diff?{halves}&metadata=1&mode={mode}&max_nodes={max_nodes}")
+            assert r.status == 200, await r.text()
+            got = await r.json()
+            assert got["table"] == json.loads(json.dumps(diff_table(b, c, mode=mode)))
+            assert got["base_sum"] == 75 and got["compare_sum"] == 38
+            for key in ("names", "nodes", "k", "total", "max_depth"):
+                assert got[key] == json.loads(json.dumps(want[key])), (mode, max_nodes, key)
+            assert got["pruned"]["nodes_after"] == want["pruned"]["nodes_after"] <= max_nodes
+            assert got["pruned"]["nodes_before"] <= want["pruned"]["nodes_before"]
+            checked += 1
+    assert checked == 8
+    # the labels reached the JSON, and a pod only in base is still drawn (its base width)
+    doc = await (await client.get(f"/api/v1/diff?{halves}&metadata=1")).json()
+    n = doc["nodes"]
+    at = {doc["names"][n["name"][i]]: i for i in range(len(n["name"]))}
+    assert n["label"][at["dns-1"]] == "pod" and n["total"][at["dns-1"]] == 0 and n["base_total"][at["dns-1"]] == 5
+
+
 BAD = [
     # (method, path, body, headers, status, words the error must contain)
     ("POST", "/ingest?name=app", b"main;f notanumber\n", {}, 400, ["line 1", "not an integer"]),

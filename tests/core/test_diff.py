@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stacks import diff, tree
@@ -245,3 +245,72 @@ def test_diff_json_metadata_labels():
     ]
     # admin-1 vanished (base only), admin-2 is new (compare only); k = 2 / 4
     assert data["nodes"]["width"][:3] == [2 + 4 * 0.5, 2 + 4 * 0.5, 4 * 0.5]
+
+
+# ---------------------------------------------------------------- metadata diff fast path
+
+_names = st.sampled_from(["a", "b", "main", "p1", "app"])
+_frames = st.builds(Frame, _names, st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]))
+_pairs = st.lists(st.tuples(st.lists(_frames, max_size=5).map(tuple), st.integers(1, 500)), max_size=10)
+_labels = st.fixed_dictionaries({}, optional={
+    "node": st.sampled_from(["n1", "n2"]), "namespace": st.sampled_from(["ns", ""]),
+    "pod": st.sampled_from(["p1", "p2", "app"]), "container": st.sampled_from(["app", "main"]),
+    "process": st.sampled_from(["app", "a"]), "route": st.sampled_from(["/x", "/y"]),
+})
+_series = st.lists(st.tuples(_labels, _pairs), max_size=5)
+
+
+def _prefixed_diff(base_series, compare_series, *, mode, max_nodes, min_share=0.0):
+    """The old path: prefix every stack of both sides, build the full union trie, prune."""
+    table = StackTable()
+    labels = {**tree.metadata_labels(base_series), **tree.metadata_labels(compare_series)}
+    b, c = tree.with_metadata(base_series, table), tree.with_metadata(compare_series, table)
+    return (diff.diff_json(b, c, mode=mode, max_nodes=max_nodes, min_share=min_share, labels=labels or None),
+            diff.diff_table(b, c, mode=mode, limit=1000))
+
+
+def _no_before(doc: dict) -> dict:
+    return {**doc, "pruned": {k: v for k, v in doc["pruned"].items() if k != "nodes_before"}}
+
+
+def test_metadata_diff_exact_hand_built():
+    table = StackTable()
+    base = [({"namespace": "ns", "pod": "p1", "container": "app"}, parse("main;work 6\nmain 2\n", table)),
+            ({"namespace": "ns", "pod": "p2"}, parse("main;idle_[k] 4\n", table))]
+    compare = [({"namespace": "ns", "pod": "p1", "container": "app", "route": "/x"}, parse("main;work 3\n", table)),
+               ({"namespace": "ns", "pod": "p3"}, parse("app;run 5\n", table)),
+               ({}, parse("bare 1\n", table))]
+    for mode in diff.MODES:
+        want_json, want_table = _prefixed_diff(base, compare, mode=mode, max_nodes=100)
+        got = diff.metadata_diff_json(base, compare, mode=mode, max_nodes=100)
+        assert got == want_json  # nothing is cut at this budget, so even nodes_before is equal
+        assert diff.metadata_diff_table(base, compare, mode=mode, limit=1000) == want_table
+    # k = 9/12: p1 is 3 + 8k = 9 wide, p3 5, p2 3k = 3; at 8 nodes p1's main path is kept
+    got = diff.metadata_diff_json(base, compare, max_nodes=8)
+    want_json, _ = _prefixed_diff(base, compare, mode="share", max_nodes=8)
+    assert _no_before(got) == _no_before(want_json)
+    assert [(got["names"][i], w) for i, w in zip(got["nodes"]["name"], got["nodes"]["width"], strict=True)] == [
+        ("all", 18.0), ("ns", 17.0), ("p1", 9.0), ("app", 9.0), ("main", 9.0), ("work", 7.5), ("other", 8.0),
+        ("other", 1.0)]
+    # nodes no wider than a width that already overflows the budget are never expanded
+    assert (got["pruned"]["nodes_before"], want_json["pruned"]["nodes_before"]) == (12, 13)
+    # the table rows of metadata frames: p2 vanished (4 samples, all of base's ns total too)
+    rows = {(r["name"], r["kind"]): r for r in diff.metadata_diff_table(base, compare, mode="absolute")["total"]
+            ["improvements"]}
+    assert rows[("p2", "metadata")]["base"] == 4 and rows[("p2", "metadata")]["compare"] == 0
+
+
+@given(_series, _series, st.sampled_from(diff.MODES), st.integers(2, 40),
+       st.sampled_from([0.0, 0.0, 0.01, 0.2]), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_prop_metadata_diff_equals_prefixed_diff(raw_base, raw_cmp, mode, max_nodes, min_share, shared):
+    """The viewer's metadata diff (grafted, top-down) equals prefixing every stack, node for node;
+    its table equals the prefixed table row for row (stacks may hold metadata frames too)."""
+    table = StackTable()
+    base = [(lab, Profile.from_pairs(p, table if shared else None)) for lab, p in raw_base]
+    compare = [(lab, Profile.from_pairs(p, table if shared else None)) for lab, p in raw_cmp]
+    want_json, want_table = _prefixed_diff(base, compare, mode=mode, max_nodes=max_nodes, min_share=min_share)
+    got = diff.metadata_diff_json(base, compare, mode=mode, max_nodes=max_nodes, min_share=min_share)
+    assert _no_before(got) == _no_before(want_json)
+    assert got["pruned"]["nodes_before"] <= want_json["pruned"]["nodes_before"]
+    assert diff.metadata_diff_table(base, compare, mode=mode, limit=1000) == want_table
