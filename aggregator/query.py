@@ -130,6 +130,23 @@ async def query_series(
     return await series_profiles(store, sel, rng, table, per_series=False)
 
 
+async def flame_series(
+    store: Store, sel: Selector, rng: Range, table: StackTable, metadata: bool, min_share: float
+) -> list[tuple[Labels, Profile]]:
+    """What :func:`flame_json_series` needs for one flame graph pruned at ``min_share``: with
+    ``metadata`` and a store that offers ``read_merged_pruned`` (ClickHouse), the metadata groups
+    with every (group, first frame) cell that provably stays under the floor collapsed to one
+    frame, which builds the same pruned tree (aggregator/store/base.py, PrunedMergedReads); else
+    :func:`query_series`. Only for the flame tree: folded/pprof/diff need every stack."""
+    pruned = getattr(store, "read_merged_pruned", None)
+    if metadata and min_share > 0 and pruned is not None:
+        from stacks.tree import METADATA_LEVELS
+
+        got = await pruned(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS), min_share)
+        return sorted(got.items(), key=lambda kv: kv[0].items_)
+    return await query_series(store, sel, rng, table, metadata)
+
+
 def merged(series: list[tuple[Labels, Profile]], table: StackTable, metadata: bool
            ) -> tuple[Profile, dict[tuple[str, ...], str] | None]:
     """One profile of ``series`` (metadata frames prepended when asked) and its metadata labels."""
@@ -177,8 +194,8 @@ async def render(store: Store, params: Mapping[str, str], now: float, window: in
     metadata = flag(params, "metadata")
     min_share = share_param(params)
     table = StackTable()
-    series = await query_series(store, sel, rng, table, metadata)
     if fmt in ("json", "html"):
+        series = await flame_series(store, sel, rng, table, metadata, min_share)
         doc = flame_json_series(series, metadata, max_nodes, min_share)
         doc["from"], doc["until"], doc["query"] = rng.start, rng.end, str(sel)
         if fmt == "html":
@@ -186,7 +203,7 @@ async def render(store: Store, params: Mapping[str, str], now: float, window: in
 
             return "text/html; charset=utf-8", standalone_html(doc, _title(sel, rng)), "html"
         return "application/json", doc, "json"
-    profile, _ = merged(series, table, metadata)
+    profile, _ = merged(await query_series(store, sel, rng, table, metadata), table, metadata)
     if fmt == "folded":
         return "text/plain; charset=utf-8", folded.dumps(profile), "txt"
     if fmt == "pprof":

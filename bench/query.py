@@ -106,6 +106,7 @@ async def run(spec: str, rounds: int, per_window: int, pool: int) -> None:
             "all, json": f"/api/v1/render?{rng}",
             "all, json, metadata": f"/api/v1/render?{rng}&metadata=1",
             "one namespace, json": f"/api/v1/render?{rng}&query={ns3}",
+            "one namespace, metadata": f"/api/v1/render?{rng}&query={ns3}&metadata=1",
             "pod regex, json": f"/api/v1/render?{rng}&query={pods}",
             "all, folded": f"/api/v1/render?{rng}&format=folded",
             "timeline by namespace": f"/api/v1/timeline?{rng}&group_by=namespace",

@@ -38,10 +38,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiohttp
 import numpy as np
 
-from aggregator.store.base import SeriesWindow, StoreError
+from aggregator.store.base import SeriesWindow, StoreError, invisible_cells
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.selector import Selector
+from stacks.tree import metadata_frames
 
 log = logging.getLogger("flamewatch.store.clickhouse")
 
@@ -53,6 +54,14 @@ PARTITION_SECONDS = 3600  # retention granularity of DROP PARTITION; finer cuts 
 _CHUNK = 5000  # hashes per IN (...) list: ~110 KB, under the default max_query_size of 256 KiB
 # Series per grouped read: the IN list plus transform's two arrays stay ~100 KB, under max_query_size.
 _GROUP_CHUNK = 2000
+_DEFAULT_MAX_QUERY = 200_000  # below 18.16's default max_query_size of 262,144 bytes
+_UNKNOWN_FIRST = 0xFFFFFFFF  # first-frame id of a stack written after the pushdown listed the stacks
+# read_merged_pruned reads (group, stack) rows directly when groups x distinct stacks is under this.
+_PUSHDOWN_MIN_KEYS = 200_000
+_PUSHDOWN_MIN_GROUPS = 32  # ... and, with a selector, when there are fewer groups than this
+# Pushdown reads with up to this many (group, first frame) cells never give up for the plain
+# grouped read (it is cheap either way), so small data always exercises the pushdown.
+_SMALL_CELLS = 10_000
 _DENSE_CELLS = 20_000_000  # (group, stack) cells summed with a dense bincount (160 MB of float64 at most)
 _MAX_CACHED = 2_000_000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -66,6 +75,9 @@ _SAMPLE_OUT = np.dtype([("series", "<u8"), ("window", "<u4"), ("stack", "<u8"), 
 _SW = np.dtype([("window", "<u4"), ("series", "<u8")])
 _GROUP_STACK = np.dtype([("group", "<u4"), ("stack", "<u8"), ("count", "<u8")])
 _GROUP_WINDOW = np.dtype([("group", "<u4"), ("window", "<u4"), ("count", "<u8")])
+_GROUP_FIRST = np.dtype([("group", "<u4"), ("first", "<u4"), ("count", "<u8")])
+_STACK = np.dtype("<u8")
+_KEY_COUNT = np.dtype([("key", "<u8"), ("count", "<u8")])
 
 
 def _schema(db: str) -> list[str]:
@@ -173,6 +185,8 @@ class ClickHouseStore:
         self._stacks: dict[int, Stack] = {}
         self._sent_stacks: set[int] = set()
         self._sent_series: set[int] = set()
+        # Cells of the last read_merged_pruned: all, ruled out, fetched in full (tests, bench).
+        self.last_pushdown: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"ClickHouseStore({self._base}{self.database})"
@@ -182,7 +196,9 @@ class ClickHouseStore:
         return f"ClickHouse at {self._base} (database {self.database})"
 
     async def _post(self, sql: str, body: bytes | None = None) -> bytes:
-        """Run one statement. With ``body``, ``sql`` goes in the URL and the body is the data."""
+        """Run one statement. With ``body``, ``sql`` goes in the URL and the body is the data.
+        A SELECT longer than the server's default ``max_query_size`` (256 KiB) raises it for
+        itself (the pushdown's ``transform`` lists every stack in range)."""
         if self._session is None or self._session.closed:
             # Idle connections are dropped before ClickHouse's own keep_alive_timeout (3 s in
             # the packaged config) would close them under a request in flight.
@@ -196,6 +212,8 @@ class ClickHouseStore:
         params = {"wait_end_of_query": "1"}
         if body is None:
             data = sql.encode()
+            if len(data) > _DEFAULT_MAX_QUERY:
+                params["max_query_size"] = str(len(data) + 4096)
         else:
             params["query"] = sql
             data = body
@@ -468,6 +486,11 @@ class ClickHouseStore:
         values (absent labels read as ""; :data:`~aggregator.store.base.MERGE_ALL` merges
         everything under ``{}``), summed in ClickHouse per (group, stack)."""
         keys, gid, everything = await self._groups(selector, start, end, group_by)
+        return await self._read_grouped(keys, gid, everything, start, end, table)
+
+    async def _read_grouped(self, keys: dict[Labels, int], gid: dict[int, int], everything: bool,
+                            start: int, end: int, table: StackTable) -> dict[Labels, Profile]:
+        """``read_merged`` once the groups are known (see :meth:`_groups`)."""
         if not keys:
             return {}
         g, stack, counts = await self._group_sums(gid, len(keys), "stack", everything, start, end)
@@ -475,6 +498,12 @@ class ClickHouseStore:
             return {}
         uniq, inverse = np.unique(stack, return_inverse=True)
         tids = (await self._resolve(uniq, table))[inverse]
+        return self._profiles(keys, g, tids, counts, table)
+
+    @staticmethod
+    def _profiles(keys: dict[Labels, int], g: np.ndarray, tids: np.ndarray, counts: np.ndarray,
+                  table: StackTable) -> dict[Labels, Profile]:
+        """One profile per group from (group index, table id, count) cells, summing repeats."""
         # One pass over (group, table id) cells, as the SQLite store does: a dense bincount when
         # the cells are few (table ids are small on a request's own table), else a sort. It also
         # sums the cells one group gets from several series chunks.
@@ -512,14 +541,18 @@ class ClickHouseStore:
                 for c, n in zip(uniq.tolist(), np.rint(sums).astype(np.int64).tolist(), strict=True)]
 
     async def _group_sums(self, gid: dict[int, int], n_groups: int, inner: str, everything: bool,
-                          start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          start: int, end: int, *, expr: str | None = None, dtype: np.dtype | None = None,
+                          extra: str = "", packed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(group index, ``inner`` column, summed count) cells of ``samples`` in [start, end) for
         the series in ``gid`` (hash -> group index), summed in ClickHouse by (group, inner).
 
         One group is a plain ``GROUP BY inner``: an hour's ~3,000 stacks out of millions of rows.
         Several are numbered in the query with ``transform(series, [hashes], [groups], default)``,
         so the answer has one row per group's stack rather than per series' stack, and 18.16
-        aggregates the (small int, stack) key faster than (series, stack).
+        aggregates the (small int, stack) key faster than (series, stack). ``expr`` computes
+        ``inner`` (answer layout ``dtype``); ``extra`` is one more WHERE term, which may use ``g``.
+        ``packed`` (a UInt32 ``expr``) groups by one UInt64 ``g << 32 | expr`` key instead, which
+        18.16 aggregates faster (first-frame cells of the bench: 119 vs 163 ms).
         """
         db = self.database
         where = f"window >= {int(start)} AND window < {int(end)}"
@@ -528,7 +561,9 @@ class ClickHouseStore:
         # series first written after the label lookup then land in the default group (dropped).
         chunks: list[Sequence[int] | None] = (
             [None] if everything and len(keys) <= _GROUP_CHUNK else list(_chunks(keys, _GROUP_CHUNK)))
-        dtype = _GROUP_STACK if inner == "stack" else _GROUP_WINDOW
+        if dtype is None:
+            dtype = _GROUP_STACK if inner == "stack" else _GROUP_WINDOW
+        column = inner if expr is None else f"{expr} AS {inner}"
         parts = []
         for chunk in chunks:
             cond = where if chunk is None else f"{where} AND series IN ({_in_list(chunk)})"
@@ -538,12 +573,132 @@ class ClickHouseStore:
                 members = keys if chunk is None else chunk
                 group = (f"transform(series, CAST([{_in_list(members)}] AS Array(UInt64)), "
                          f"CAST([{','.join(str(gid[h]) for h in members)}] AS Array(UInt32)), toUInt32({n_groups}))")
-            rows = await self._binary_rows(
-                f"SELECT {group} AS g, {inner}, sum(count) AS c FROM {db}.samples WHERE {cond} "
-                f"GROUP BY g, {inner}", dtype)
+            if packed:
+                rows = await self._binary_rows(
+                    f"SELECT bitOr(bitShiftLeft(toUInt64({group}), 32), {expr}) AS k, sum(count) AS c "
+                    f"FROM {db}.samples WHERE {cond}{extra} GROUP BY k", _KEY_COUNT)
+                unpacked = np.empty(rows.size, dtype=dtype)
+                unpacked["group"] = rows["key"] >> np.uint64(32)
+                unpacked[dtype.names[1]] = rows["key"] & np.uint64(0xFFFFFFFF)
+                unpacked["count"] = rows["count"]
+                rows = unpacked
+            else:
+                rows = await self._binary_rows(
+                    f"SELECT {group} AS g, {column}, sum(count) AS c FROM {db}.samples WHERE {cond}{extra} "
+                    f"GROUP BY g, {inner}", dtype)
             parts.append(rows[rows["group"] < n_groups])
         rows = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-        return rows["group"].astype(np.int64), rows[inner], rows["count"].astype(np.int64)
+        return rows["group"].astype(np.int64), rows[dtype.names[1]], rows["count"].astype(np.int64)
+
+    async def read_merged_pruned(
+        self, selector: Selector, start: int, end: int, table: StackTable, levels: Sequence[str], min_share: float
+    ) -> dict[Labels, Profile]:
+        """``read_merged(..., group_by=levels)`` for a flame tree pruned at ``min_share`` of the
+        root (:class:`aggregator.store.base.PrunedMergedReads`): (group, stack) rows are fetched
+        only for the (group, first frame) cells whose node may be visible; every other cell comes
+        back as one stack ``(first frame,)`` with the cell's total.
+
+        Three reads instead of one ``GROUP BY g, stack`` over ~600,000 keys: the distinct stacks in
+        range (their first frames numbered in Python), the totals per (group, first frame) with the
+        first frame computed in the query by ``transform(stack, [hashes], [first-frame ids])``, and
+        the full rows of the cells :func:`~aggregator.store.base.invisible_cells` cannot rule out
+        (skipped when there are none). The root total, hence the floor, is the sum of the second.
+        """
+        group_by = tuple(levels)
+        if min_share <= 0:
+            return await self.read_merged(selector, start, end, table, group_by)
+        self.last_pushdown = {"cells": 0, "cut": 0, "fetched": 0}
+        db = self.database
+        distinct = (f"SELECT DISTINCT stack FROM {db}.samples WHERE window >= {int(start)} "
+                    f"AND window < {int(end)}")
+        if not selector.matchers:
+            # Every series in range is read: list the stacks while the series are looked up.
+            # (Stacks of series written after that lookup only lengthen the transform below.)
+            (keys, gid, everything), every = await asyncio.gather(
+                self._groups(selector, start, end, group_by), self._binary_rows(distinct, _STACK))
+            found = [every]
+        else:
+            keys, gid, everything = await self._groups(selector, start, end, group_by)
+            if len(keys) < _PUSHDOWN_MIN_GROUPS:
+                # A narrow selection (one namespace: 20 pods): its grouped read is small, and
+                # one more round trip for the stack list costs more than the pushdown saves.
+                self.last_pushdown["fetched"] = -1
+                return await self._read_grouped(keys, gid, everything, start, end, table)
+            found = [await self._binary_rows(f"{distinct} AND series IN ({_in_list(c)})", _STACK)
+                     for c in _chunks(sorted(gid))]
+        if not keys:
+            return {}
+        hashes = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.uint64)
+        if not hashes.size:
+            return {}
+        if len(keys) * hashes.size < _PUSHDOWN_MIN_KEYS:
+            # Few (group, stack) keys at most: the plain grouped read is one cheap query, and
+            # the two reads below would cost more than they save.
+            self.last_pushdown["fetched"] = -1
+            return await self._read_grouped(keys, gid, everything, start, end, table)
+        tids = await self._resolve(hashes, table)
+        firsts: dict[Frame, int] = {}  # first frame -> id >= 1; 0 is the empty stack
+        first_of = np.fromiter(
+            ((firsts.setdefault(st[0], len(firsts) + 1) if st else 0) for st in map(table.stack, tids.tolist())),
+            dtype=np.int64, count=hashes.size)
+        space = len(keys) * len(firsts)
+        if space > _SMALL_CELLS and min_share * space < 2:
+            # At most 1 / min_share nodes of the first-frame level can reach the floor; when that is
+            # over half of the possible cells, little can be ruled out: skip the two extra reads.
+            self.last_pushdown = {"cells": 0, "cut": 0, "fetched": -1}
+            return await self._read_grouped(keys, gid, everything, start, end, table)
+        first_expr = (f"transform(stack, CAST([{_in_list(hashes.tolist())}] AS Array(UInt64)), "
+                      f"CAST([{','.join(map(str, first_of.tolist()))}] AS Array(UInt32)), "
+                      f"toUInt32({_UNKNOWN_FIRST}))")
+        g, first, counts = await self._group_sums(gid, len(keys), "first", everything, start, end,
+                                                  expr=first_expr, dtype=_GROUP_FIRST, packed=True)
+        if counts.size == 0:
+            return {}
+        first = first.astype(np.int64)
+        if (first == _UNKNOWN_FIRST).any():
+            # Stacks written between the two reads: their first frames are unknown here, so
+            # nothing can be ruled out cheaply; the plain grouped read is always exact.
+            self.last_pushdown["fetched"] = -1
+            return await self._read_grouped(keys, gid, everything, start, end, table)
+        # Several series chunks may hold one group's cell: sum them, as the tree would.
+        cell = g * (1 << 32) + first
+        ucell, inv = np.unique(cell, return_inverse=True)
+        ccounts = np.bincount(inv.reshape(-1), weights=counts, minlength=ucell.size).astype(np.int64)
+        cg, cf = ucell >> 32, ucell & 0xFFFFFFFF
+        paths = [tuple(v for _, v in metadata_frames(key, group_by)) for key in keys]
+        frames = list(firsts)
+        floor = min_share * float(ccounts.sum())  # the tree's floor: min_share of the root's weight
+        cut = invisible_cells(paths, frames, cg, cf, ccounts, floor)
+        full = ~cut & (cf > 0)
+        self.last_pushdown = {"cells": int(ucell.size), "cut": int(cut.sum()), "fetched": int(full.sum())}
+        if ucell.size > _SMALL_CELLS and 2 * int(full.sum()) > ucell.size:
+            # Most cells may be visible (a tiny min_share): the filtered read would cost about
+            # as much as the plain one, which needs no cell list.
+            self.last_pushdown["fetched"] = -1
+            return await self._read_grouped(keys, gid, everything, start, end, table)
+        # Cut cells become the stack (first frame,), the empty-stack cells the empty stack.
+        one_frame = np.array([table.intern(())] + [table.intern((f,)) for f in frames], dtype=np.int64)
+        parts_g = [cg[~full]]
+        parts_t = [one_frame[cf[~full]]]
+        parts_c = [ccounts[~full]]
+        if full.any():
+            # A transform, not IN (...): a literal array is one AST node (IN lists count every
+            # element against max_ast_elements, 50,000), and it is looked up by hash.
+            wanted = ucell[full].tolist()
+            fg, fstack, fcounts = await self._group_sums(
+                gid, len(keys), "stack", everything, start, end,
+                extra=f" AND transform(bitOr(bitShiftLeft(toUInt64(g), 32), {first_expr}), "
+                      f"CAST([{_in_list(wanted)}] AS Array(UInt64)), CAST([{','.join('1' * len(wanted))}] "
+                      "AS Array(UInt8)), toUInt8(0)) = 1")
+            at = np.searchsorted(hashes, fstack)
+            if (at >= hashes.size).any() or (hashes[np.minimum(at, hashes.size - 1)] != fstack).any():
+                self.last_pushdown["fetched"] = -1  # a stack written since the first read
+                return await self._read_grouped(keys, gid, everything, start, end, table)
+            parts_g.append(fg)
+            parts_t.append(tids[at])
+            parts_c.append(fcounts)
+        return self._profiles(keys, np.concatenate(parts_g), np.concatenate(parts_t), np.concatenate(parts_c),
+                              table)
 
     async def label_names(self, start: int, end: int) -> list[str]:
         """Sorted label names of series with windows in [start, end)."""

@@ -291,3 +291,57 @@ async def test_grouped_reads_over_several_series_chunks(
                     (k.items_, t, n) for (k, t), n in want_totals.items()), (selector, group_by)
     finally:
         await store.close()
+
+
+async def test_pushdown_over_series_chunks_long_queries_and_late_stacks(
+    clickhouse: ClickHouseServer, clickhouse_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """read_merged_pruned with groups spread over chunked queries, every query sent with a raised
+    max_query_size, and stacks written between its reads (plain read instead): the metadata
+    flame JSON always equals the one from the full grouped read."""
+    import aggregator.store.clickhouse as chmod
+    from aggregator import query
+    from stacks.tree import METADATA_LEVELS
+
+    monkeypatch.setattr(chmod, "_GROUP_CHUNK", 7)  # 40 series: 6 grouped queries per read
+    monkeypatch.setattr(chmod, "_CHUNK", 9)  # the DISTINCT stack reads with a selector: 5 chunks
+    monkeypatch.setattr(chmod, "_DEFAULT_MAX_QUERY", 64)  # every query raises max_query_size
+    monkeypatch.setattr(chmod, "_PUSHDOWN_MIN_KEYS", 0)  # push down however small the data
+    monkeypatch.setattr(chmod, "_PUSHDOWN_MIN_GROUPS", 0)
+    store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
+    await store.open()
+    try:
+        u = Frame.user
+        # pod p00 is heavy (its main;serve;hN stacks are drawn); the same pod name in two
+        # namespaces and a route label make several series per group, across chunks
+        batch = [sw(T0 + 30 * (i % 2), {(u("main"), u("serve"), u(f"h{i % 3}")): 3000 if i % 20 == 0 else 3,
+                                        (u(f"f{i % 4}"), u("x")): 1 + i % 5},
+                    namespace=f"ns{i % 2}", pod=f"p{i % 10:02d}", route=f"/r{i % 3}") for i in range(40)]
+        await store.write(batch)
+        rng = query.Range(T0, T0 + 60, 30)
+        for selector in (ALL, Selector((Matcher("pod", "!=", "p07"),))):
+            for share in (0.0, 0.001, 0.02, 0.2):
+                series = await query.query_series(store, selector, rng, StackTable(), True)
+                got = await query.flame_series(store, selector, rng, StackTable(), True, share)
+                for max_nodes in (2, 6, 20000):
+                    assert (query.flame_json_series(got, True, max_nodes, share)
+                            == query.flame_json_series(series, True, max_nodes, share)), (selector, share, max_nodes)
+                if share == 0.02:
+                    assert store.last_pushdown["cut"] > 0 and store.last_pushdown["fetched"] > 0
+        # A stack written after the DISTINCT read has no first-frame id in the next query: the
+        # read falls back to the plain grouped read, which sees it.
+        real = store._binary_rows
+
+        async def late_write(sql: str, dtype):  # type: ignore[no-untyped-def]
+            rows = await real(sql, dtype)
+            if "DISTINCT stack" in sql:
+                await store.write([sw(T0, {(u("late"), u("y")): 7}, namespace="ns0", pod="p00", route="/r0")])
+            return rows
+
+        monkeypatch.setattr(store, "_binary_rows", late_write)
+        got = await store.read_merged_pruned(ALL, T0, T0 + 60, StackTable(), tuple(METADATA_LEVELS), 0.2)
+        assert store.last_pushdown == {"cells": 0, "cut": 0, "fetched": -1}
+        prof = got[Labels.of(namespace="ns0", pod="p00")]
+        assert prof.as_dict()[(u("late"), u("y"))] == 7
+    finally:
+        await store.close()

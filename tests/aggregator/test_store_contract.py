@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from aggregator.store.base import MERGE_ALL, MergedReads, SeriesWindow, Store
@@ -397,3 +397,122 @@ def test_backends_agree_with_a_reference_model(
             want_totals[key.items_, t] = want_totals.get((key.items_, t), 0) + sum(cell.values())
         assert profiles == want, gb
         assert totals == sorted((k, t, n) for (k, t), n in want_totals.items()), gb
+
+
+# Metadata paths that nest (a path that is a prefix of another, the empty path) and stacks that
+# start with metadata frames continuing a shorter path: the cases where a (group, first frame)
+# cell's node gets samples from other groups.
+FLAME_LABELS = [dict(node="n1"), dict(node="n1", namespace="default"),
+                dict(node="n1", namespace="default", pod="admin-1", container="app"),
+                dict(namespace="default", pod="admin-1"), dict(node="n2", namespace="kube", pod="dns-1", process="dns"),
+                dict(extra="x"), dict(node="n1", namespace="default", extra="y")]
+FLAME_STACKS = [(U("main"),), (U("main"), U("a")), (U("main"), U("b"), K("sys")), (M("default"), U("main")),
+                (M("default"), M("admin-1"), U("x")), (M("n1"),), (U("other"), U("main")), (), (K("irq"),),
+                (M("app"), U("main"), U("a")), (M("admin-1"), M("app"), U("main")), (U("a"), U("main"))]
+FLAME_SHARES = (0.0, 1 / 4000, 0.01, 0.05, 0.1, 0.3)
+FLAME_NODES = (2, 3, 5, 12, 20000)
+
+_flame_write = st.lists(  # (series, window index, [(stack, count)]); counts skewed so one pod can dominate
+    st.tuples(st.integers(0, len(FLAME_LABELS) - 1), st.integers(0, 3),
+              st.lists(st.tuples(st.integers(0, len(FLAME_STACKS) - 1), st.sampled_from([1, 2, 3, 7, 40, 900])),
+                       min_size=1, max_size=6)),
+    min_size=1, max_size=8)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_flame_write, which=st.integers(0, 3))
+# {node=n1}'s light cell 'default;main' joins the heavy {node=n1,namespace=default} node below it
+@example(writes=[(0, 0, [(3, 3)]), (1, 0, [(1, 900)])], which=0)
+# {node=n1,namespace=default}'s light cell 'admin-1' lies on the way of {node=n1}'s heavy stacks
+@example(writes=[(0, 0, [(4, 900)]), (1, 1, [(10, 1), (0, 40)])], which=0)
+def test_metadata_render_pushdown_equals_sqlite_and_the_unpruned_read(
+    clickhouse, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, writes, which: int
+) -> None:
+    """``/api/v1/render?metadata=1`` JSON on ClickHouse (first-frame pushdown, read_merged_pruned)
+    == the same render on SQLite == the ClickHouse render through the full grouped read_merged,
+    document for document (nodes, labels, pruned counts), for every min_share (0 = no pushdown)
+    and max_nodes (down to 2), on random nested metadata paths and metadata frames in stacks."""
+    if importlib.util.find_spec("aggregator.store.sqlite") is None:
+        pytest.skip(reason="aggregator/store/sqlite.py (SQLiteStore) not written yet")
+    from aggregator import query
+    from aggregator.store.clickhouse import ClickHouseStore
+    from aggregator.store.sqlite import SQLiteStore
+    from tests.support.clickhouse import query as ch_query
+
+    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_KEYS", 0)  # push down however small
+    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_GROUPS", 0)
+    batch = [SeriesWindow(Labels.of(FLAME_LABELS[si]), T0 + 30 * wi,
+                          Profile.from_pairs(((FLAME_STACKS[k], c) for k, c in pairs), StackTable()))
+             for si, wi, pairs in writes]
+    selector = [ALL, sel(("node", "=", "n1")), sel(("pod", "!=", "dns-1")), sel(("extra", "=", ""))][which]
+    rng = query.Range(T0, T0 + 120, 30)
+    base = {"from": str(T0), "until": str(T0 + 120), "metadata": "1", "query": str(selector)}
+
+    async def renders(store: Store, unpruned: bool) -> tuple[dict, list]:
+        await store.open()
+        try:
+            await store.write(batch)
+            out, used = {}, []
+            for share in FLAME_SHARES:
+                for max_nodes in FLAME_NODES:
+                    if unpruned:  # the path before the pushdown: every (group, stack) row
+                        series = await query.query_series(store, selector, rng, StackTable(), True)
+                        doc = query.flame_json_series(series, True, max_nodes, share)
+                    else:
+                        params = {**base, "min_share": repr(share), "max_nodes": str(max_nodes)}
+                        _, doc, _ = await query.render(store, params, T0 + 120, 30, 20000)
+                        for key in ("from", "until", "query"):
+                            doc.pop(key)
+                        pushdown = getattr(store, "last_pushdown", None)
+                        used.append(None if pushdown is None else dict(pushdown))
+                        if pushdown is not None:
+                            event(f"pushdown cut={bool(pushdown.get('cut'))} fetched={pushdown.get('fetched')}")
+                            pushdown.clear()
+                    out[share, max_nodes] = doc
+            return out, used
+        finally:
+            await store.close()
+
+    db = f"flamewatch_flame_{uuid.uuid4().hex[:12]}"
+    try:
+        pushed, used = asyncio.run(renders(ClickHouseStore(clickhouse.storage_spec(db)), False))
+        full, _ = asyncio.run(renders(ClickHouseStore(clickhouse.storage_spec(db + "_full")), True))
+    finally:
+        for name in (db, db + "_full"):
+            ch_query(clickhouse.url, f"DROP DATABASE IF EXISTS {name}", timeout=30)
+    sqlite, _ = asyncio.run(renders(SQLiteStore(tmp_path_factory.mktemp("flame") / "f.db"), False))
+    for key in pushed:
+        assert pushed[key] == full[key], key
+        assert pushed[key] == sqlite[key], key
+    # ClickHouse took the pushdown for every min_share > 0 (0 = the plain grouped read)
+    assert [bool(u) for u in used] == [share > 0 for share in FLAME_SHARES for _ in FLAME_NODES]
+
+
+async def test_metadata_render_pushdown_cuts_and_refetches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One pod holds most samples (its stacks are visible: fetched in full), ten light pods are
+    visible but their first-frame cells are cut to totals; the render equals the unpruned read on
+    both backends."""
+    from aggregator import query
+
+    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_KEYS", 0)  # push down however small
+    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_GROUPS", 0)
+    batch = [sw(T0, {(U("main"), U("serve"), U(f"h{i}")): 2000 for i in range(5)},
+                node="n1", namespace="prod", pod="big", container="app")]
+    batch += [sw(T0 + 30, {(U(f"f{j}"), U(f"g{j}")): 40 for j in range(6)} | {(U(f"r{i}"),): 5},
+                 node="n2", namespace="batch", pod=f"small-{i}") for i in range(10)]
+    await store.write(batch)
+    rng = query.Range(T0, T0 + 60, 30)
+    for share in (0.0, 1 / 4000, 0.3, 0.01):
+        for max_nodes in (2, 4, 9, 20000):
+            series = await query.query_series(store, ALL, rng, StackTable(), True)
+            want = query.flame_json_series(series, True, max_nodes, share)
+            got = query.flame_json_series(await query.flame_series(store, ALL, rng, StackTable(), True, share),
+                                          True, max_nodes, share)
+            assert got == want, (share, max_nodes)
+    # share 0.01 of 12,450 = 124.5: every pod (245) and the big pod's h0..h4 (2,000) are drawn,
+    # no small pod's f0..f5 (40) or r (5)
+    names = {want["names"][i] for i in want["nodes"]["name"]}
+    assert {"h4", "small-3", "other"} <= names and not names & {"f0", "g0", "r3"}
+    if hasattr(store, "read_merged_pruned"):
+        # the big pod's 'main' cell is fetched in full, the small pods' 7 cells each are cut
+        assert store.last_pushdown == {"cells": 71, "cut": 70, "fetched": 1}  # type: ignore[attr-defined]
