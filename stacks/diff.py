@@ -34,7 +34,7 @@ from stacks.tree import (
     _layout,
     _pruned,
     metadata_frames,
-    metadata_function_stats,
+    metadata_function_stats_pair,
     metadata_labels,
     prune_columns,
 )
@@ -197,13 +197,14 @@ def metadata_diff_table(
     levels: Sequence[str] = METADATA_LEVELS,
 ) -> dict[str, Any]:
     """``diff_table(with_metadata(base_series), with_metadata(compare_series))`` without
-    prefixing any stack (:func:`stacks.tree.metadata_function_stats` per side)."""
+    prefixing any stack (:func:`stacks.tree.metadata_function_stats_pair`: per side, one plain
+    trie for both)."""
     _check_mode(mode)
     if limit < 0:
         raise InputError(f"limit={limit}: must be 0 or more")
     base_series, compare_series = list(base_series), list(compare_series)
-    return _table(metadata_function_stats(base_series, levels), metadata_function_stats(compare_series, levels),
-                  sum(p.total for _, p in base_series), sum(p.total for _, p in compare_series), mode, limit)
+    bs, cs = metadata_function_stats_pair(base_series, compare_series, levels)
+    return _table(bs, cs, sum(p.total for _, p in base_series), sum(p.total for _, p in compare_series), mode, limit)
 
 
 def _table(bs: Mapping[tuple[str, str], list[int]], cs: Mapping[tuple[str, str], list[int]], base_sum: int,

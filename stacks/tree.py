@@ -222,7 +222,35 @@ def metadata_function_stats(
     if not series:
         return {}
     merged = _sum_profiles([p for _, p in series])
-    stats = Columns.build([merged]).function_stats()
+    return _metadata_stats(series, merged, Columns.build([merged]).function_stats(), levels)
+
+
+def metadata_function_stats_pair(
+    base_series: Iterable[tuple[Mapping[str, str], Profile]],
+    compare_series: Iterable[tuple[Mapping[str, str], Profile]],
+    levels: Sequence[str] = METADATA_LEVELS,
+) -> tuple[dict[tuple[str, str], list[int]], dict[tuple[str, str], list[int]]]:
+    """``(metadata_function_stats(base_series), metadata_function_stats(compare_series))`` with one
+    trie of both plain merges when they share a table (a diff's two windows of the same stacks)."""
+    bs = [(lab, p) for lab, p in base_series if len(p)]
+    cs = [(lab, p) for lab, p in compare_series if len(p)]
+    if not bs or not cs:
+        return metadata_function_stats(bs, levels), metadata_function_stats(cs, levels)
+    mb, mc = _sum_profiles([p for _, p in bs]), _sum_profiles([p for _, p in cs])
+    if mb.table is not mc.table:
+        return metadata_function_stats(bs, levels), metadata_function_stats(cs, levels)
+    # Per-function self/total only read the side's own columns; functions absent from a side
+    # have total 0 there and are left out, as in a trie of that side alone.
+    trie = Columns.build([mc, mb])
+    return (_metadata_stats(bs, mb, trie.function_stats(base=True), levels),
+            _metadata_stats(cs, mc, trie.function_stats(), levels))
+
+
+def _metadata_stats(series: list[tuple[Mapping[str, str], Profile]], merged: Profile,
+                    stats: dict[tuple[str, str], list[int]], levels: Sequence[str]
+                    ) -> dict[tuple[str, str], list[int]]:
+    """The metadata path terms of :func:`metadata_function_stats` added to the plain merge's
+    ``stats`` (non-empty ``series``, ``merged`` their merge)."""
     meta = Kind.METADATA.value
     in_stacks = {name for name, kind in stats if kind == meta}
     empty_of = _empty_stack_ids([p for _, p in series], merged)
@@ -375,8 +403,8 @@ class Columns:
     """
 
     __slots__ = (
-        "_rec", "base_self", "base_total", "depth", "fid", "fkinds", "fnames", "labels", "parent", "self_",
-        "total",
+        "_rec", "base_self", "base_total", "depth", "fid", "fit", "fkinds", "fnames", "labels", "parent",
+        "self_", "total",
     )
 
     def __init__(self, fnames: list[str], fkinds: list[int], fid: np.ndarray, parent: np.ndarray,
@@ -394,6 +422,9 @@ class Columns:
                            _subtree_sums(selfs[1], parent, depth) if base_total is None else base_total)
         self.labels: Mapping[tuple[str, ...], str] | None = None
         self._rec: np.ndarray | None = None
+        # (weights, floor, max_nodes, T) of a _fit_threshold run over this whole trie, if one was
+        # made while building it; prune_columns reuses T when asked the same question.
+        self.fit: tuple[np.ndarray, float, int, float] | None = None
 
     @staticmethod
     def build(profiles: Sequence[Profile]) -> Columns:
@@ -553,8 +584,48 @@ class Columns:
             np.add.at(out, inv, vals)
             return out
 
+        # A part without stacks has no nodes (its prefix is not walked).
+        part_ok = np.fromiter((len(p.ids) > 0 for _, p in allp), dtype=bool, count=nparts)
+        if diff and len(cc):
+            # Both sides of a diff usually hold the same (metadata path, stack) pairs (two windows
+            # of the same series): walk each such path once, carrying both counts. Every level
+            # sums counts per (parent, frame) and both pairs of a path always reach the same
+            # nodes (cuts depend on node weights only), so the trie is the same node for node.
+            pid_of: dict[tuple[Frame, ...], int] = {}
+            ppid = np.fromiter((pid_of.setdefault(tuple(pre), len(pid_of)) for pre in prefixes),
+                               dtype=np.int64, count=nparts)
+            npid, nb = len(pid_of), max(len(stacks), 1)
+            pkey = ppid[pair_part] * nb + body
+            pspace = npid * nb
+            if pspace <= max(4 * pkey.size, 1 << 16):
+                present = np.zeros(pspace, dtype=bool)
+                present[pkey] = True
+                ukey = np.flatnonzero(present)
+                pinv = (np.cumsum(present, dtype=np.int64) - 1)[pkey]
+            else:
+                ukey, pinv = np.unique(pkey, return_inverse=True)
+                pinv = pinv.reshape(-1)
+            cc, cb = sums(pinv, cc, len(ukey)), sums(pinv, cb, len(ukey))  # type: ignore[arg-type]
+            pair_part, body = ukey // nb, ukey % nb
+            # Merged parts are the distinct prefixes; rep = one original part of each (its frames).
+            rep = np.zeros(npid, dtype=np.int64)
+            rep[ppid] = np.arange(nparts, dtype=np.int64)  # any of the equal prefixes will do
+            plen, pstart = plen[rep], pstart[rep]
+            mtc = np.zeros(npid, dtype=np.int64)
+            np.add.at(mtc, ppid, part_tc)
+            mtb = np.zeros(npid, dtype=np.int64)
+            np.add.at(mtb, ppid, part_tb)
+            part_tc, part_tb = mtc, mtb
+            mok = np.zeros(npid, dtype=bool)
+            mok[ppid[part_ok]] = True
+            part_ok, nparts = mok, npid
+            pplen = plen[pair_part]
+            bstart = sstart[body] - pplen
+            lens = pplen + slens[body]
+            counts = cc
         root_w = float(root_c) + float(root_b) * k if diff else float(root_c)
         share_floor = min_share * root_w
+        last_fit: tuple[int, np.ndarray, float] | None = None
         cut_upto = float("-inf")  # nodes of weight <= this are cut whatever lies below (max_nodes)
         nf = max(len(fnames), 1)
         parents = [np.array([-1], dtype=np.int64)]
@@ -567,8 +638,7 @@ class Columns:
         node_of = np.zeros(npairs, dtype=np.int64)  # deepest node reached by each pair so far
         complete = np.ones(npairs, dtype=bool)  # False once a pair's node was left unexpanded
         part_node = np.zeros(nparts, dtype=np.int64)  # node reached by each part's prefix so far
-        # False once a part's prefix node was left unexpanded; a part without stacks has no nodes.
-        part_ok = np.fromiter((len(p.ids) > 0 for _, p in allp), dtype=bool, count=nparts)
+        # part_ok (above) turns False once a part's prefix node was left unexpanded.
         max_plen = int(plen.max()) if nparts else 0
         alive = np.zeros(0, dtype=np.int64)
         empty = np.zeros(0, dtype=np.int64)
@@ -617,8 +687,9 @@ class Columns:
             lvl_start = n
             n += m
             if max_nodes is not None and 2 * n > max_nodes:
-                _, unfit = _fit_threshold(np.maximum(np.concatenate(parents), 0), np.concatenate(weights),
-                                          share_floor, max_nodes)
+                w_all = np.concatenate(weights)
+                fit_t, unfit = _fit_threshold(np.maximum(np.concatenate(parents), 0), w_all, share_floor, max_nodes)
+                last_fit = (n, w_all, fit_t)
                 cut_upto = max(cut_upto, unfit)
             if share_floor > 0 or cut_upto >= 0:
                 # A node under the floor, or no heavier than a weight that already overflows the
@@ -637,8 +708,11 @@ class Columns:
             assert cb is not None
             selfs.append(sums(node_of[complete], cb[complete], n))
             base_total = np.concatenate(tot_b)
-        return Columns(fnames, fkinds, np.concatenate(fids), np.concatenate(parents), np.concatenate(depths),
-                       selfs, total=np.concatenate(tot_c), base_total=base_total)
+        out = Columns(fnames, fkinds, np.concatenate(fids), np.concatenate(parents), np.concatenate(depths),
+                      selfs, total=np.concatenate(tot_c), base_total=base_total)
+        if last_fit is not None and last_fit[0] == n and max_nodes is not None:
+            out.fit = (last_fit[1], share_floor, max_nodes, last_fit[2])  # the last level added nothing
+        return out
 
     def recursive(self) -> np.ndarray:
         """Per node: True if some ancestor is the same function (so its samples are counted there)."""
@@ -738,19 +812,22 @@ class Columns:
         if diff:
             btotal = self.base_total[idx].tolist()  # type: ignore[index]
             bself = self.base_self[idx].tolist()  # type: ignore[index]
+        else:  # a flame trie: Node's own 0
+            btotal = bself = [0] * len(ids)
         nodes: dict[int, Node] = {}
         fid = self.fid[idx].tolist()
-        fnames, fkinds = self.fnames, self.fkinds
-        for j, i in enumerate(ids):
-            fi = fid[j]
+        fnames = self.fnames
+        kind_of = [KINDS[c] for c in self.fkinds]  # per function, not per node
+        for i, fi, up, t, sf, bt, bs in zip(ids, fid, parent, total, self_, btotal, bself, strict=True):
             if fi < 0:
-                node = Node(ROOT_NAME, Kind.METADATA.value, total[j], self_[j])
+                node = Node(ROOT_NAME, Kind.METADATA.value, t, sf)
             else:
-                kind = KINDS[fkinds[fi]]
-                node = Node(fnames[fi], kind, total[j], self_[j])
-                nodes[parent[j]].children[(node.name, kind)] = node
-            if diff:
-                node.base_total, node.base_self = btotal[j], bself[j]
+                kind = kind_of[fi]
+                name = fnames[fi]
+                node = Node(name, kind, t, sf)
+                nodes[up].children[(name, kind)] = node
+            node.base_total = bt
+            node.base_self = bs
             nodes[i] = node
         if keep is not None:
             cut = ~keep
@@ -920,7 +997,12 @@ def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_sha
     """
     n = len(cols.parent)
     floor = min_share * float(weights[0]) if n else 0.0
-    t, _ = _fit_threshold(np.maximum(cols.parent, 0), weights, floor, max_nodes)
+    fit = cols.fit
+    if (fit is not None and fit[1] == floor and fit[2] == max_nodes and fit[0].shape == weights.shape
+            and np.array_equal(fit[0], weights)):
+        t = fit[3]  # the build already fitted these exact weights on this exact trie
+    else:
+        t, _ = _fit_threshold(np.maximum(cols.parent, 0), weights, floor, max_nodes)
     keep = (weights >= floor) & (weights > 0) & (weights >= t)
     keep[0] = True
     root = cols.materialize(keep)
@@ -1244,14 +1326,18 @@ def _layout(tree: Tree, width: Callable[[Node], float]) -> tuple[dict[str, list[
     c_label, c_bt, c_bs = cols["label"], cols["base_total"], cols["base_self"]
     max_depth = 0
     has_label = False
-    todo: list[tuple[Node, int, float]] = [(tree.root, 0, 0)]
+    order = _child_order
+    # Each node's width is computed once, by its parent (which needs it for the starts anyway).
+    root = tree.root
+    todo: list[tuple[Node, int, float, float]] = [(root, 0, 0, width(root))]
+    pop, extend = todo.pop, todo.extend
     while todo:
-        node, depth, start = todo.pop()
-        i = name_idx.get(node.name)
+        node, depth, start, w = pop()
+        name = node.name
+        i = name_idx.get(name)
         if i is None:
-            i = name_idx[node.name] = len(names)
-            names.append(node.name)
-        w = width(node)
+            i = name_idx[name] = len(names)
+            names.append(name)
         c_name.append(i)
         c_kind.append(_KIND_CODE.get(node.kind, 0))
         c_depth.append(depth)
@@ -1259,17 +1345,23 @@ def _layout(tree: Tree, width: Callable[[Node], float]) -> tuple[dict[str, list[
         c_width.append(w)
         c_total.append(node.total)
         c_self.append(node.self)
-        c_label.append(node.label)
+        label = node.label
+        c_label.append(label)
         c_bt.append(node.base_total)
         c_bs.append(node.base_self)
-        has_label = has_label or node.label is not None
-        max_depth = max(max_depth, depth)
-        if node.children:
-            kids = node.sorted_children()
-            starts = []
+        if label is not None:
+            has_label = True
+        if depth > max_depth:
+            max_depth = depth
+        children = node.children
+        if children:
             s = start
-            for c in kids:
-                starts.append(s)
-                s += width(c)
-            todo.extend((c, depth + 1, st) for c, st in zip(reversed(kids), reversed(starts), strict=True))
+            d = depth + 1
+            entries = []
+            for c in sorted(children.values(), key=order):
+                cw = width(c)
+                entries.append((c, d, s, cw))
+                s += cw
+            entries.reverse()  # popped in layout order
+            extend(entries)
     return cols, names, max_depth, has_label

@@ -456,8 +456,10 @@ class SQLiteStore:
         if not hits:
             z = np.zeros(0, dtype=np.int64)
             return z, z, z
-        all_ids = np.concatenate([h[0] for h in hits]).astype(np.int64)  # type: ignore[index]
-        all_counts = np.concatenate([h[1] for h in hits]).astype(np.int64)  # type: ignore[index]
+        # Left as cached (int32 ids, uint32 counts when they fit): the caller's arithmetic widens
+        # ids to int64 and bincount reads counts as float64 anyway, so an int64 copy is wasted.
+        all_ids = np.concatenate([h[0] for h in hits])  # type: ignore[index]
+        all_counts = np.concatenate([h[1] for h in hits])  # type: ignore[index]
         return all_ids, all_counts, lengths
 
     def _read_merged(
@@ -480,21 +482,26 @@ class SQLiteStore:
         # Database stack ids are dense, so one bincount over (group, id) merges everything in
         # linear time; no sort of the millions of entries an hour of windows holds.
         width = int(ids.max()) + 1
-        group = np.repeat(row_group, lengths)
+        cell = np.repeat(row_group * width, lengths) + ids  # int64: (group, id) cell number
         if len(keys) * width <= 20_000_000:
-            flat = np.bincount(group * width + ids, weights=counts, minlength=len(keys) * width)
+            flat = np.bincount(cell, weights=counts, minlength=len(keys) * width)
             nz = np.flatnonzero(flat)
             sums = flat[nz]
         else:  # too many (group, id) cells for a dense count: sort-based reduce instead
-            merged = Profile.from_arrays(StackTable(), group * width + ids, counts)
+            merged = Profile.from_arrays(StackTable(), cell, counts)
             nz, sums = merged.ids, merged.counts.astype(np.float64)
         sid = nz % width
-        uniq = np.unique(sid)
+        # Stack ids are dense: mark the ones present instead of sorting the cells' ids.
+        mark = np.zeros(width, dtype=bool)
+        mark[sid] = True
+        uniq = np.flatnonzero(mark)
         mapped = self._to_table(uniq, table)
-        tids = mapped[np.searchsorted(uniq, sid)]
+        lookup = np.zeros(width, dtype=mapped.dtype)
+        lookup[uniq] = mapped
+        tids = lookup[sid]
         sums = np.rint(sums).astype(np.int64)
         # nz is ascending, so each group's cells are one contiguous run: slice, don't mask.
-        bounds = np.searchsorted(nz // width, np.arange(len(keys) + 1)).tolist()
+        bounds = np.searchsorted(nz, np.arange(len(keys) + 1, dtype=np.int64) * width).tolist()
         return {labels: Profile.from_arrays(table, tids[bounds[g] : bounds[g + 1]], sums[bounds[g] : bounds[g + 1]])
                 for labels, g in keys.items()}
 

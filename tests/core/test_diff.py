@@ -314,3 +314,40 @@ def test_prop_metadata_diff_equals_prefixed_diff(raw_base, raw_cmp, mode, max_no
     assert _no_before(got) == _no_before(want_json)
     assert got["pruned"]["nodes_before"] <= want_json["pruned"]["nodes_before"]
     assert diff.metadata_diff_table(base, compare, mode=mode, limit=1000) == want_table
+
+
+@given(_series, _series, st.sampled_from(diff.MODES), st.integers(2, 40), st.sampled_from([0.0, 0.0, 0.01, 0.2]))
+@settings(max_examples=200, deadline=None)
+def test_prop_metadata_diff_merged_pairs_build_the_same_trie(raw_base, raw_cmp, mode, max_nodes, min_share):
+    """Both sides on one table: (metadata path, stack) pairs present on both sides are walked once
+    with both counts. Each base part on a table of its own joins nothing (the unmerged walk);
+    the documents must be equal whole, ``pruned.nodes_before`` (nodes examined) included."""
+    table = StackTable()
+    compare = [(lab, Profile.from_pairs(p, table)) for lab, p in raw_cmp]
+    merged = [(lab, Profile.from_pairs(p, table)) for lab, p in raw_base]
+    apart = [(lab, Profile.from_pairs(p, StackTable())) for lab, p in raw_base]
+    got = diff.metadata_diff_json(merged, compare, mode=mode, max_nodes=max_nodes, min_share=min_share)
+    assert got == diff.metadata_diff_json(apart, compare, mode=mode, max_nodes=max_nodes, min_share=min_share)
+
+
+def test_metadata_diff_merged_pairs_hand_built():
+    """Same series, two windows: every pair is on both sides; equal to the unmerged walk and the
+    prefixed diff, and a path given by two label sets (route differs) merges as one prefix."""
+    table = StackTable()
+    lab = {"namespace": "ns", "pod": "p1"}
+    base = [(lab, parse("main;work 6\nmain;idle_[k] 2\n", table)),
+            ({**lab, "route": "/x"}, parse("main;work 1\n", table)), ({"pod": "p2"}, parse("run 3\n", table))]
+    compare = [(lab, parse("main;work 2\nmain;idle_[k] 5\n", table)), ({"pod": "p2"}, parse("run 1\n", table))]
+    other = StackTable()
+    apart = [(lb, parse("".join(f"{';'.join(f.name + ('_[k]' if f.kind == Kind.KERNEL else '') for f in s)} {c}\n"
+                                for s, c in p.items()), other)) for lb, p in base]
+    for mode in diff.MODES:
+        for max_nodes in (2, 4, 6, 100):
+            got = diff.metadata_diff_json(base, compare, mode=mode, max_nodes=max_nodes)
+            assert got == diff.metadata_diff_json(apart, compare, mode=mode, max_nodes=max_nodes)
+            want, _ = _prefixed_diff(base, compare, mode=mode, max_nodes=max_nodes)
+            assert _no_before(got) == _no_before(want)
+    got = diff.metadata_diff_json(base, compare, mode="absolute", max_nodes=100)
+    nodes = [(got["names"][i], t, b) for i, t, b in
+             zip(got["nodes"]["name"], got["nodes"]["total"], got["nodes"]["base_total"], strict=True)]
+    assert nodes[:5] == [("all", 8, 12), ("ns", 7, 9), ("p1", 7, 9), ("main", 7, 9), ("idle", 5, 2)]
