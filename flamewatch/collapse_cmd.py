@@ -1,9 +1,9 @@
 """`flamewatch collapse`: perf script text -> folded stacks, like stackcollapse-perf.pl.
 
-Without annotation options the output marks kernel frames with ``_[k]`` (the
-viewer colours them green), i.e. it equals ``stackcollapse-perf.pl --kernel``.
-``--kernel``, ``--jit`` and ``--all`` choose the annotations explicitly;
-``--no-annotate`` gives the script's plain output.
+A drop-in for the Perl script: the same flags give the same lines, byte for
+byte. Like the script, frames are annotated only when asked: ``--kernel``
+(``_[k]``), ``--jit`` (``_[j]``) or ``--all``. Parts of flamewatch that need
+frame kinds (the viewer colours kernel frames green) ask for ``--kernel``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fold `perf script` output into 'frame;frame;... count' lines (stackcollapse-perf.pl)",
         description=(
             "Fold `perf script` text into folded stacks, with the output of FlameGraph's "
-            "stackcollapse-perf.pl. By default kernel frames get a _[k] suffix and each "
-            "sample counts its printed period (perf 6.x prints one)."
+            "stackcollapse-perf.pl: the same flags give the same lines. Frames are annotated "
+            "only with --kernel/--jit/--all; each sample counts its printed period (perf 6.x prints one), "
+            "as the script does."
         ),
     )
     p.add_argument("file", metavar="FILE", help="perf script output; '-' for stdin; .gz is decompressed")
@@ -41,11 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jit", action="store_true", help="annotate JIT frames (/tmp/perf-PID.map) with _[j]")
     p.add_argument("--all", action="store_true", help="both --kernel and --jit")
     p.add_argument("--addrs", action="store_true", help="keep raw addresses where a symbol is missing")
-    p.add_argument(
-        "--no-annotate",
-        action="store_true",
-        help="no _[k] suffix by default (plain stackcollapse-perf.pl output)",
-    )
     p.add_argument(
         "--no-period-weight",
         action="store_true",
@@ -74,11 +70,10 @@ def _fail(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Handler: fold FILE and print the stacks sorted, one per line."""
-    annotate = not (args.no_annotate or args.kernel or args.jit or args.all)
     c = Collapser(
         pid=args.pid,
         tid=args.tid,
-        kernel=args.kernel or annotate,
+        kernel=args.kernel,
         jit=args.jit,
         all=args.all,
         addrs=args.addrs,

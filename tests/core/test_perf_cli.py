@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CORPORA
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -28,17 +30,48 @@ def expected(corpora: Path, name: str, mode: str) -> Counter:
     return Counter(path.read_bytes().splitlines())
 
 
-def test_default_mode_annotates_kernel(corpora: Path) -> None:
-    r = run(str(corpora / "flamegraph-perf" / "perf-iperf-stacks-pidtid-01.txt"))
+INPUTS = sorted(p.stem for p in (CORPORA / "flamegraph-perf").glob("*.txt"))
+MODES = ["pid", "tid", "kernel", "jit", "all", "addrs"]
+
+
+def strip_suffix(lines: Counter, suffix: bytes) -> Counter:
+    """The expected lines with one annotation removed from every frame."""
+    out: Counter = Counter()
+    for line, n in lines.items():
+        stack, _, count = line.rpartition(b" ")
+        frames = [f[: -len(suffix)] if f.endswith(suffix) else f for f in stack.split(b";")]
+        out[b";".join(frames) + b" " + count] += n
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", INPUTS or ["perf-iperf-stacks-pidtid-01"])
+def test_cli_flags_equal_reference(corpora: Path, name: str, mode: str) -> None:
+    """`flamewatch collapse --MODE F` gives the recorded `stackcollapse-perf.pl --MODE F` lines."""
+    r = run(f"--{mode}", str(corpora / "flamegraph-perf" / f"{name}.txt"))
     assert r.returncode == 0, r.stderr
-    assert Counter(r.stdout.splitlines()) == expected(corpora, "perf-iperf-stacks-pidtid-01", "kernel")
+    assert Counter(r.stdout.splitlines()) == expected(corpora, name, mode)
     assert r.stdout.splitlines() == sorted(r.stdout.splitlines())
 
 
-def test_no_annotate_pid_equals_reference_pid(corpora: Path) -> None:
-    r = run("--pid", "--no-annotate", str(corpora / "flamegraph-perf" / "perf-java-stacks-02.txt"))
+@pytest.mark.parametrize("name", INPUTS or ["perf-iperf-stacks-pidtid-01"])
+def test_cli_no_flags_is_plain_like_the_script(corpora: Path, name: str) -> None:
+    """No flags: no annotation at all, as stackcollapse-perf.pl with no flags.
+
+    The corpus has no recorded no-flag result, so the oracle is derived twice: the
+    `--kernel` result without `_[k]` and the `--jit` result without `_[j]` must agree.
+    """
+    plain = strip_suffix(expected(corpora, name, "kernel"), b"_[k]")
+    assert plain == strip_suffix(expected(corpora, name, "jit"), b"_[j]")
+    r = run(str(corpora / "flamegraph-perf" / f"{name}.txt"))
     assert r.returncode == 0, r.stderr
-    assert Counter(r.stdout.splitlines()) == expected(corpora, "perf-java-stacks-02", "pid")
+    assert Counter(r.stdout.splitlines()) == plain
+    assert b"_[k]" not in r.stdout and b"_[j]" not in r.stdout
+
+
+def test_no_annotate_is_gone() -> None:
+    """The old non-script default switch is not accepted (the script has no such flag)."""
+    assert run("--no-annotate", "-", stdin=b"").returncode == 2
 
 
 def test_explicit_jit_and_stdin(corpora: Path) -> None:
