@@ -124,6 +124,8 @@ class Agent:
         self.metrics_port: int | None = None
         self._psutil_primed: set[int] = set()
         self._busy_before: set[int] = set()
+        # Resolved by check() (next to the interpreter, then PATH); the settings' values until then.
+        self._perf_bin, self._pyspy_bin = settings.perf_path, settings.pyspy_path
 
     # ---------------------------------------------------------------- setup
     def check(self) -> None:
@@ -131,18 +133,18 @@ class Agent:
         if not (self.s.perf or self.s.pyspy):
             raise SamplerUnavailable("no sampler enabled: set --perf true and/or --pyspy true")
         if self.s.perf:
-            perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
+            self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
         if self.s.pyspy:
-            check_pyspy(self.s.pyspy_path)
+            self._pyspy_bin = check_pyspy(self.s.pyspy_path)
 
     def start(self) -> None:
         if self.s.perf:
             self.perf = perf_sampler.PerfSampler(
-                self.collector.add, perf=self.s.perf_path, frequency=self.s.frequency,
+                self.collector.add, perf=self._perf_bin, frequency=self.s.frequency,
                 mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock)
             self.perf.start()
         if self.s.pyspy:
-            self.pyspy = PySpySampler(self._on_python, pyspy=self.s.pyspy_path, rate=self.s.pyspy_rate,
+            self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.pyspy_rate,
                                       duration=self.s.push_interval, steady_duration=self.s.pyspy_duration,
                                       runner=self.runner, clock=self.clock)
         self.shipper.start()

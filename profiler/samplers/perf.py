@@ -18,7 +18,6 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -26,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
+from profiler.tools import ToolNotFound, find_tool
 from stacks.perf import PerfSample, SampleParser
 
 log = logging.getLogger("flamewatch.agent.perf")
@@ -85,10 +85,12 @@ def explain_failure(perf: str, returncode: int | None, stderr: str) -> SamplerUn
     return SamplerUnavailable(f"perf record failed ({first}); run `{perf} record -a -g -- true` to see why")
 
 
-def preflight(perf: str, frequency: int, runner: Runner = default_runner, timeout: float = 30.0) -> None:
-    """Check that perf exists and may sample every CPU; raise :class:`SamplerUnavailable` if not."""
-    if os.sep not in perf and shutil.which(perf) is None:
-        raise SamplerUnavailable(f"perf not found on PATH (looked for {perf!r}): {MISSING_HELP}")
+def preflight(perf: str, frequency: int, runner: Runner = default_runner, timeout: float = 30.0) -> str:
+    """The resolved perf path once it may sample every CPU; :class:`SamplerUnavailable` (with the fix) if not."""
+    try:
+        perf = find_tool(perf)
+    except ToolNotFound as e:
+        raise SamplerUnavailable(f"perf not found ({e}): {MISSING_HELP}") from None
     argv = [perf, "record", "-F", str(frequency), "-a", "-g", "-q", "-o", os.devnull, "--", "true"]
     try:
         proc = runner(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -105,6 +107,7 @@ def preflight(perf: str, frequency: int, runner: Runner = default_runner, timeou
     err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
     if rc != 0:
         raise explain_failure(perf, rc, err)
+    return perf
 
 
 class PerfSampler:

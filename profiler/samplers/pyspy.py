@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from profiler.samplers.base import Backoff, Runner, SamplerUnavailable, default_runner
+from profiler.tools import ToolNotFound, find_tool
 from stacks.model import Frame, Kind, Stack
 
 log = logging.getLogger("flamewatch.agent.pyspy")
@@ -78,10 +78,10 @@ def parse_raw(text: str) -> dict[Stack, int]:
 
 def check_pyspy(pyspy: str) -> str:
     """The resolved py-spy path, or :class:`SamplerUnavailable` saying how to get it."""
-    found = pyspy if os.sep in pyspy and os.access(pyspy, os.X_OK) else shutil.which(pyspy)
-    if not found:
-        raise SamplerUnavailable(f"py-spy not found (looked for {pyspy!r}): {MISSING_HELP}")
-    return found
+    try:
+        return find_tool(pyspy)
+    except ToolNotFound as e:
+        raise SamplerUnavailable(f"py-spy not found ({e}): {MISSING_HELP}") from None
 
 
 class PySpySampler:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from profiler.tools import ToolNotFound, find_tool
 from tests.support.server import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,10 +55,10 @@ while True:
 
 
 def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(reason=f"{tool} is not installed (needed by the real agent test)")
-    return path
+    try:
+        return find_tool(tool)  # next to the interpreter (the venv's py-spy), then PATH
+    except ToolNotFound as e:
+        pytest.skip(reason=f"{tool} is not installed (needed by the real agent test): {e}")
 
 
 def _get(url: str, timeout: float = 5) -> bytes:
