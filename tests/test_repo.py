@@ -56,3 +56,28 @@ def test_readme_settings_tables_current() -> None:
     text = (REPO / "README.md").read_text()
     stale = "README settings tables are stale: run python scripts/readme_settings.py"
     assert readme_settings.render(text) == text, stale
+
+
+@pytest.mark.parametrize(("marker", "reason", "outcome"), [
+    ("apt=1", "chromium is missing", "failed"),
+    ("apt=0", "chromium is missing", "skipped"),
+    ("apt=1", "set FLAMEGRAPH_DIR to a checkout", "skipped"),
+])
+def test_skip_of_a_real_part_fails_on_a_prepared_machine(
+    tmp_path: Path, marker: str, reason: str, outcome: str
+) -> None:
+    """tests/conftest.py turns a skip into a failure where scripts/setup.sh prepared the machine."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip(reason="the prepared-machine rule applies to root runs (FLAMEGRAPH_DIR-style optional skip)")
+    (tmp_path / "m").write_text(marker + "\n")
+    probe = REPO / "tests" / f"test_zz_skip_probe_{os.getpid()}_{marker[-1]}_{len(reason)}.py"
+    probe.write_text(f"import pytest\n\ndef test_probe():\n    pytest.skip(reason={reason!r})\n")
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "FLAMEWATCH_SETUP_MARKER": str(tmp_path / "m")})
+    finally:
+        probe.unlink()
+    assert f"1 {outcome}" in r.stdout, r.stdout + r.stderr
