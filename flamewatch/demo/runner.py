@@ -22,7 +22,6 @@ import math
 import os
 import random
 import secrets
-import shutil
 import signal
 import socket
 import string
@@ -40,10 +39,12 @@ import aiohttp
 
 from flamewatch.demo.settings import FAST_PHASE_SECONDS, FAST_UPLOAD_INTERVAL
 from flamewatch.settings import Settings
+from profiler.tools import ToolNotFound, find_tool
 
 NAMESPACE = "default"
 SERVICES = ("manipulation-service", "admin-service", "frontend")  # start order: dependencies first
 PR_SET_PDEATHSIG = 1
+AGENT_RESTARTS = 3  # an agent that dies more often than this stops the demo (exit 1)
 
 
 class DemoError(RuntimeError):
@@ -168,6 +169,7 @@ class Child:
     log: Path
     port: int = 0
     pod: str = ""
+    reported: bool = False  # its early exit was told to the user already
     _log_file: Any = None
 
     @property
@@ -227,6 +229,8 @@ class Demo:
         self.window = settings.window_seconds
         self.children: list[Child] = []
         self.agent_running = False
+        self.failure = ""  # why a part's early exit stopped the demo (exit code 1)
+        self._agent_spec: tuple[list[str], dict[str, str], int] = ([], {}, 0)
         self.stop_event = asyncio.Event()
         self.stats: dict[str, LoadStats] = {"slow": LoadStats(), "fixed": LoadStats()}
         self.phase = "starting"
@@ -343,7 +347,10 @@ class Demo:
         raise DemoError(f"{url}/healthz did not answer within {timeout:.0f} s ({last}){tail}")
 
     async def start_agent(self, server: str) -> None:
-        perf = shutil.which("perf")
+        try:
+            perf: str | None = find_tool("perf")
+        except ToolNotFound:
+            perf = None
         ok, why = agent_status(os.geteuid(), perf, check_perf, self.s.agent)
         if ok:
             try:
@@ -358,26 +365,100 @@ class Demo:
                      "Python profile with pyroscope-io.")
             self.save_state(agent={"running": False, "reason": why})
             return
+        metrics_port = free_port("127.0.0.1")
         argv = [sys.executable, "-m", "flamewatch.cli", "agent", "--server", server,
-                "--spool-dir", str(self.data_dir / "agent-spool"), "--metrics-port", "-1",
+                "--spool-dir", str(self.data_dir / "agent-spool"),
+                "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
                 "--push-interval", str(self.upload_interval),
                 # The demo's services are light and the story turns on a fix within minutes, so
                 # py-spy runs on every service and refreshes its Python shape every interval
                 # (the agent's defaults favour a low steady-state cost instead).
                 "--pyspy-threshold", "3", "--pyspy-max-processes", "4",
                 "--pyspy-duration", str(self.upload_interval)]
-        child = await self.spawn("agent", argv, self.child_env({"NODE_NAME": socket.gethostname()}))
-        await asyncio.sleep(1.0)
-        if child.proc.returncode is not None:
-            msg = f"agent exited with code {child.proc.returncode} (log {child.log}):\n{self.log_tail(child)}"
+        self._agent_spec = (argv, self.child_env({"NODE_NAME": socket.gethostname()}), metrics_port)
+        try:
+            child = await self.spawn_agent()
+        except DemoError as e:
             if self.s.agent == "on":
-                raise DemoError(msg)
-            self.say(f"  agent      failed to start; SDK path only. {msg}")
-            self.save_state(agent={"running": False, "reason": msg})
+                raise
+            self.say(f"  agent      failed to start; SDK path only. {e}")
+            self.save_state(agent={"running": False, "reason": str(e)})
             return
         self.agent_running = True
         self.say(f"  agent      {why} (pid {child.pid}, log {child.log})")
-        self.save_state(agent={"running": True, "pid": child.pid})
+        self.save_state(agent={"running": True, "pid": child.pid, "node": socket.gethostname()})
+
+    async def spawn_agent(self, timeout: float = 60) -> Child:
+        """Start the agent and wait until it serves /metrics, i.e. its samplers are running.
+
+        A banner that says "on" is printed only after this returns; an agent that exits first
+        (no py-spy, perf refused) raises :class:`DemoError` with the last lines of its log.
+        """
+        argv, env, port = self._agent_spec
+        child = await self.spawn("agent", argv, env)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while time.monotonic() < deadline:
+                if child.proc.returncode is not None:
+                    raise DemoError(f"agent exited with code {child.proc.returncode} "
+                                    f"(log {child.log}):\n{self.log_tail(child)}")
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                    async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                        if r.status == 200:
+                            return child
+                await asyncio.sleep(0.2)
+        await child.stop(5)
+        raise DemoError(f"agent did not start its samplers within {timeout:.0f} s "
+                        f"(log {child.log}):\n{self.log_tail(child)}")
+
+    async def watch(self) -> None:
+        """Notice at once when a part exits early: restart the agent, stop the demo for the rest.
+
+        Every started part is checked twice a second; the user sees the exit with the end of
+        its log the moment it happens, never only in the final "stopped:" line.
+        """
+        restarts = 0
+        while not self.stop_event.is_set():
+            for child in list(self.children):
+                code = child.proc.returncode
+                if code is None or child.reported:
+                    continue
+                child.reported = True
+                self.say(f"\n{child.name} exited early with code {code} (log {child.log}):\n{self.log_tail(child)}")
+                if child.name != "agent":
+                    self.failure = f"{child.name} exited early with code {code}; the demo cannot go on without it"
+                    self.stop_event.set()
+                    return
+                self.agent_running = False
+                self.save_state(agent={"running": False, "reason": f"exited with code {code}"})
+                if restarts >= AGENT_RESTARTS:
+                    self.failure = f"the agent exited {restarts + 1} times; see {child.log}"
+                    self.stop_event.set()
+                    return
+                restarts += 1
+                self.say(f"  agent      restarting ({restarts}/{AGENT_RESTARTS})")
+                try:
+                    new = await self.spawn_agent()
+                except DemoError as e:
+                    self.failure = f"the agent could not be restarted: {e}"
+                    self.stop_event.set()
+                    return
+                self.agent_running = True
+                self.say(f"  agent      running again (pid {new.pid})")
+                self.save_state(agent={"running": True, "pid": new.pid, "node": socket.gethostname(),
+                                       "restarts": restarts})
+            await asyncio.sleep(0.5)
+
+    async def manipulate_calls(self, url: str) -> int:
+        """/manipulate calls manipulation-service has served so far (-1 if it does not answer)."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+                http.get(url + "/stats") as r,
+            ):
+                return int((await r.json())["manipulate_calls"])
+        except (aiohttp.ClientError, TimeoutError, OSError, KeyError, ValueError):
+            return -1
 
     async def start_service(self, service: str, server: str, upstream: dict[str, str]) -> Child:
         pod = pod_name(service)
@@ -533,20 +614,26 @@ class Demo:
                  f"  API: {urls['diff_api']}\n")
 
         self.phase = "slow"
+        manip = base + str(svc["manipulation-service"].port)
+        calls0 = await self.manipulate_calls(manip)
+        watcher = asyncio.ensure_future(self.watch())
         loader = asyncio.ensure_future(self.load(frontend))
         try:
             self.say(f"phase 1/2: slow admin page: createSampleImages calls manipulation-service once per "
                      f"hat ({self.s.hats}) on every view")
             if not await self.sleep_until(fix_at, "phase 1/2 slow ", t0, fix_at):
                 return
-            self.say(f"phase 1/2 done: {self.stats['slow'].line()}")
+            calls1 = await self.manipulate_calls(manip)
+            self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
             await self.set_mode(admin, "fixed")
             self.phase = "fixed"
             self.save_state(state="fixed", fixed_at=self.clock())
             self.say("phase 2/2: fix deployed: mockups are made once at upload and cached")
             if not await self.sleep_until(end, "phase 2/2 fixed", fix_at, end):
                 return
-            self.say(f"phase 2/2 done: {self.stats['fixed'].line()}")
+            calls2 = await self.manipulate_calls(manip)
+            self.say(f"phase 2/2 done: {self.stats['fixed'].line()}, {calls2 - calls1} /manipulate calls")
+            self.save_state(manipulate_calls={"slow": calls1 - calls0, "fixed": calls2 - calls1})
             # The SDK pushes every upload_interval; wait for the pushes covering the last window.
             if not await self.sleep_until(end + self.upload_interval + 3, "collecting last profiles",
                                           end, end + self.upload_interval + 3):
@@ -559,9 +646,10 @@ class Demo:
             while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):
                 pass
         finally:
-            loader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loader
+            for task in (loader, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def shutdown(self) -> None:
         """Services first (their SDKs flush their last profile), then the agent, the server last."""
@@ -591,6 +679,9 @@ class Demo:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await story
+            if self.failure:
+                self.say(f"flamewatch demo: stopping: {self.failure}")
+                code = 1
         except DemoError as e:
             self.say(f"flamewatch demo: {e}")
             code = 1

@@ -130,6 +130,11 @@ class Manipulation:
         return web.Response(body=png, content_type="image/png")
 
 
+    async def stats(self, request: web.Request) -> web.Response:
+        """Calls served so far: the demo reads it per phase, the fix's effect counted exactly."""
+        return web.json_response({"manipulate_calls": self.calls})
+
+
 def renderMockup(photo: images.Image, hat: images.Image) -> bytes:
     """Scale the hat, put it on the photo, encode a PNG."""
     scaled = images.scaleHat(hat, *HAT_SIZE)
@@ -267,6 +272,7 @@ async def build_app(args: argparse.Namespace, session: ClientSession) -> web.App
     if args.service == "manipulation-service":
         m = Manipulation()
         app.router.add_post("/manipulate", m.manipulate)
+        app.router.add_get("/stats", m.stats)
     elif args.service == "admin-service":
         a = Admin(session, args.manipulation, args.hats, args.max_hats)
         app.router.add_get("/admin", a.admin)
