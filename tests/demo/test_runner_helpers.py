@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
 import random
 import re
+import socket
+import sys
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from flamewatch.demo import register
-from flamewatch.demo.runner import agent_status, align_down, align_up, percentile, pod_name, viewer_urls
+from flamewatch.demo.runner import Demo, agent_status, align_down, align_up, percentile, pod_name, viewer_urls
 from flamewatch.demo.settings import SETTINGS
 from flamewatch.settings import resolve
 
@@ -88,3 +93,69 @@ def test_bad_settings_name_the_flag(argv: list[str], needle: str) -> None:
 def test_bad_agent_choice_is_rejected() -> None:
     with pytest.raises(SystemExit):
         _parse(["--agent", "maybe"])
+
+
+async def _demo_with(tmp_path: Path, children: dict[str, str]) -> Demo:
+    """A Demo whose children are real short shell processes: name -> shell script."""
+
+    demo = Demo(resolve(SETTINGS, _parse(["--data-dir", str(tmp_path)]), environ={}), out=io.StringIO())
+    demo.data_dir = demo.prepare_dir()
+    for name, script in children.items():
+        child = await demo.spawn(name, ["sh", "-c", script], {"PATH": "/usr/bin:/bin"})
+        await child.proc.wait()
+    return demo
+
+
+async def test_watch_restarts_a_dead_agent_then_gives_up_with_the_log(tmp_path: Path) -> None:
+    demo = await _demo_with(tmp_path, {"agent": "echo 'py-spy not found: looked in /x'; exit 2"})
+    # Restarts fail too (a script that exits before serving /metrics).
+    demo._agent_spec = (["sh", "-c", "echo still broken; exit 3"], {"PATH": "/usr/bin:/bin"}, 9)
+    await demo.watch()
+    out = demo.out.getvalue()
+    assert "agent exited early with code 2" in out and "py-spy not found: looked in /x" in out
+    assert "agent      restarting (1/3)" in out
+    assert "still broken" in demo.failure and "could not be restarted" in demo.failure
+    assert demo.stop_event.is_set() and demo.agent_running is False
+    for c in demo.children:
+        await c.stop(1)
+
+
+async def test_watch_stops_the_demo_when_a_service_dies(tmp_path: Path) -> None:
+    demo = await _demo_with(tmp_path, {"admin-service": "echo 'Traceback: boom' >&2; exit 1"})
+    await demo.watch()
+    out = demo.out.getvalue()
+    assert "admin-service exited early with code 1" in out and "Traceback: boom" in out
+    assert "admin-service" in demo.failure and demo.stop_event.is_set()
+    for c in demo.children:
+        await c.stop(1)
+
+
+METRICS_OK = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+async def test_watch_restarts_a_dead_agent_and_says_it_runs_again(tmp_path: Path) -> None:
+    demo = await _demo_with(tmp_path, {"agent": "echo 'perf: killed'; exit 137"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo._agent_spec = ([sys.executable, "-c", METRICS_OK, str(port)], {}, port)
+    task = asyncio.ensure_future(demo.watch())
+    for _ in range(200):
+        if "running again" in demo.out.getvalue():
+            break
+        await asyncio.sleep(0.1)
+    demo.stop_event.set()
+    await task
+    out = demo.out.getvalue()
+    assert "agent exited early with code 137" in out and "perf: killed" in out
+    assert "agent      running again" in out and demo.agent_running and not demo.failure
+    assert demo.state["agent"]["running"] is True and demo.state["agent"]["restarts"] == 1
+    for c in demo.children:
+        await c.stop(1)
