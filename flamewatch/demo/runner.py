@@ -93,6 +93,17 @@ def agent_status(
     return False, "; ".join(reasons)
 
 
+def fit_phases(t0: float, phase: int, window: int, deadline: float, tail: float) -> tuple[int, int, int]:
+    """(phase seconds, switch time, end time): phases on window boundaries, shortened by whole
+    windows (to one at least) so that ``end + tail`` comes before ``deadline`` (0: no deadline)."""
+    while True:
+        switch = align_up(t0 + phase, window)
+        end = align_up(switch + phase, window)
+        if not deadline or end + tail <= deadline or phase <= window:
+            return phase, switch, end
+        phase = max(window, phase - window)
+
+
 def check_perf(path: str) -> str | None:
     """None when ``perf --version`` runs; else why not (Debian's wrapper fails on kernel mismatch)."""
     try:
@@ -588,8 +599,11 @@ class Demo:
         frontend, admin = base + str(svc["frontend"].port), base + str(svc["admin-service"].port)
 
         t0 = self.clock()
-        switch = align_up(t0 + self.phase_seconds, self.window)
-        end = align_up(switch + self.phase_seconds, self.window)
+        phase, switch, end = fit_phases(t0, self.phase_seconds, self.window, self.deadline,
+                                        self.upload_interval + 3)
+        if phase != self.phase_seconds:
+            self.say(f"  (--duration {self.s.duration:.0f}: phases shortened to {phase} s so the diff "
+                     f"completes before the demo stops)")
         before, after = (align_down(t0, self.window), switch), (switch, end)
         # Profiles are filed by the midpoint of their sampling period (SDK uploads and agent
         # pushes, every upload_interval, not aligned to windows). Deploying the fix half an
@@ -693,8 +707,14 @@ class Demo:
             self.save_state(state="stopped", exit_code=code)
         if not self.s.server and self.state.get("server"):
             self.say(f"Data kept in {self.data_dir}; look again with:\n"
-                     f"  flamewatch serve --data-dir {self.data_dir} --port {self.s.port or 4040}")
+                     f"  {own_command()} serve --data-dir {self.data_dir} --port {self.s.port or 4040}")
         return code
+
+
+def own_command() -> str:
+    """How to run this flamewatch again: the venv's script by path, which works unactivated."""
+    script = Path(sys.executable).with_name("flamewatch")
+    return str(script) if script.is_file() else f"{sys.executable} -m flamewatch.cli"
 
 
 def _mmss(seconds: float) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from flamewatch.demo import register
-from flamewatch.demo.runner import Demo, agent_status, align_down, align_up, percentile, pod_name, viewer_urls
+from flamewatch.demo.runner import Demo, agent_status, fit_phases, align_down, align_up, percentile, pod_name, viewer_urls
 from flamewatch.demo.settings import SETTINGS
 from flamewatch.settings import resolve
 
@@ -159,3 +159,11 @@ async def test_watch_restarts_a_dead_agent_and_says_it_runs_again(tmp_path: Path
     assert demo.state["agent"]["running"] is True and demo.state["agent"]["restarts"] == 1
     for c in demo.children:
         await c.stop(1)
+
+
+def test_phases_fit_the_duration() -> None:
+    assert fit_phases(1000, 180, 30, 0, 13) == (180, 1200, 1380)  # no deadline: as asked
+    assert fit_phases(1000, 180, 30, 1000 + 400, 13) == (180, 1200, 1380)  # fits: 1393 <= 1400
+    phase, switch, end = fit_phases(1000, 180, 30, 1000 + 390, 13)
+    assert (phase, switch, end) == (150, 1170, 1320) and end + 13 <= 1390
+    assert fit_phases(1000, 180, 30, 1010, 13)[0] == 30  # never below one window
