@@ -28,12 +28,15 @@ import contextlib
 import ctypes
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -150,7 +153,9 @@ class Admin:
 
     def __init__(self, session: ClientSession, manipulation_url: str, hats: int, max_hats: int) -> None:
         self.session = session
-        self.manipulation_url = manipulation_url.rstrip("/")
+        self.manipulation = urllib.parse.urlsplit(manipulation_url)
+        # At most 4 page views are in flight (the demo's load); one worker each.
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admin-worker")
         self.max_hats = max(max_hats, hats)
         self.mode = "slow"
         self.next_id = 0
@@ -170,23 +175,38 @@ class Admin:
             self.mockups.pop(old["id"], None)
         return hat
 
-    async def fetchMockup(self, hat: dict[str, Any]) -> str:
-        """One /manipulate call, then the thumbnail the admin page shows, as a data URL."""
-        async with self.session.post(
-            self.manipulation_url + "/manipulate", json={"hat": hat["style"], "photo": hat["photo"]}
-        ) as resp:
-            resp.raise_for_status()
-            png = await resp.read()
+    def fetchMockup(self, hat: dict[str, Any]) -> str:
+        """One /manipulate call, then the thumbnail the admin page shows, as a data URL.
+
+        A blocking HTTP call on a worker thread, as in a sync web framework: while it waits,
+        the thread's stack holds createSampleImages -> fetchMockup -> the socket read, which a
+        wall-clock profile (py-spy --idle, or the SDK with oncpu=False) shows as waiting.
+        """
+        body = json.dumps({"hat": hat["style"], "photo": hat["photo"]}).encode()
+        conn = http.client.HTTPConnection(self.manipulation.hostname or "127.0.0.1", self.manipulation.port,
+                                          timeout=30)
+        try:
+            conn.request("POST", "/manipulate", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            png = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"manipulation-service /manipulate answered HTTP {resp.status}")
         thumb = images.thumbnail(images.decodePng(png), THUMB_FACTOR)
         return "data:image/png;base64," + base64.b64encode(images.encodePng(thumb)).decode()
 
-    async def createSampleImages(self) -> list[str]:
+    def createSampleImages(self, hats: list[dict[str, Any]]) -> list[str]:
         """The bug: every page view renders every preview again, one HTTP call per hat."""
-        return [await self.fetchMockup(hat) for hat in self.hats]
+        return [self.fetchMockup(hat) for hat in hats]
 
-    async def saveMockupOnUpload(self, hat: dict[str, Any]) -> None:
+    def saveMockupOnUpload(self, hat: dict[str, Any]) -> str:
         """The fix: render a hat's mockup once, when it arrives, and keep it."""
-        self.mockups[hat["id"]] = await self.fetchMockup(hat)
+        mockup = self.mockups[hat["id"]] = self.fetchMockup(hat)
+        return mockup
+
+    async def _in_worker(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def checkAdminPassword(self, password: str) -> bool:
         """Constant-time check of a salted PBKDF2 hash, as a login should be."""
@@ -196,14 +216,17 @@ class Admin:
     async def admin(self, request: web.Request) -> web.Response:
         if not self.checkAdminPassword(request.query.get("password", "")):
             return web.json_response({"error": "wrong or missing ?password= for the admin page"}, status=403)
+        hats = list(self.hats)  # a snapshot: uploads change the queue on the event loop meanwhile
         if self.mode == "slow":
-            previews = await self.createSampleImages()
+            previews = await self._in_worker(self.createSampleImages, hats)
         else:
-            for hat in self.hats:  # hats uploaded before the fix was deployed
-                if hat["id"] not in self.mockups:
-                    await self.saveMockupOnUpload(hat)
-            previews = [self.mockups[hat["id"]] for hat in self.hats]
-        rows = [dict(hat, preview=p) for hat, p in zip(self.hats, previews, strict=True)]
+            previews = []
+            for hat in hats:
+                cached = self.mockups.get(hat["id"])
+                if cached is None:  # a hat uploaded before the fix was deployed
+                    cached = await self._in_worker(self.saveMockupOnUpload, hat)
+                previews.append(cached)
+        rows = [dict(hat, preview=p) for hat, p in zip(hats, previews, strict=True)]
         return web.json_response({"mode": self.mode, "hats": rows})
 
     async def upload(self, request: web.Request) -> web.Response:
@@ -211,7 +234,7 @@ class Admin:
         style = str(body.get("hat") or images.HAT_STYLES[self.next_id % len(images.HAT_STYLES)])
         hat = self._add(style)
         if self.mode == "fixed":
-            await self.saveMockupOnUpload(hat)
+            await self._in_worker(self.saveMockupOnUpload, hat)
         return web.json_response({"id": hat["id"], "style": style}, status=201)
 
     async def control(self, request: web.Request) -> web.Response:
