@@ -15,7 +15,16 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from flamewatch.demo import register
-from flamewatch.demo.runner import Demo, agent_status, fit_phases, align_down, align_up, percentile, pod_name, viewer_urls
+from flamewatch.demo.runner import (
+    Demo,
+    agent_status,
+    align_down,
+    align_up,
+    fit_phases,
+    percentile,
+    pod_name,
+    viewer_urls,
+)
 from flamewatch.demo.settings import SETTINGS
 from flamewatch.settings import resolve
 
