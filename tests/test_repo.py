@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flamewatch.settings import Setting
+from profiler.tools import ToolNotFound, find_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS_MODULES = ("aggregator.settings", "profiler.settings", "flamewatch.demo.settings")
@@ -40,9 +40,10 @@ def test_settings_names_unique_per_table() -> None:
 
 
 def test_ruff_clean() -> None:
-    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
-    if not Path(ruff).exists():
-        pytest.skip(reason="ruff is not installed (pip install -e '.[test]')")
+    try:
+        ruff = find_tool("ruff")  # the venv's own ruff first, as the agent finds py-spy
+    except ToolNotFound as e:
+        pytest.skip(reason=f"ruff is not installed (pip install -e '.[test]'): {e}")
     proc = subprocess.run([ruff, "check", "."], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
