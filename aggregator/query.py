@@ -8,6 +8,7 @@ also sees the open window being filled right now.
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from stacks import folded
 from stacks.errors import InputError
 from stacks.model import Labels, Profile, StackTable, merge
 from stacks.profiletype import DEFAULT, PERIOD_LABEL, RESERVED, TYPE_LABEL, ProfileType, parse_query
-from stacks.selector import Selector, matcher, parse_selector
+from stacks.selector import Matcher, Selector, matcher, parse_selector
 from stacks.timeexpr import parse_time
 
 FORMATS = ("json", "folded", "pprof", "speedscope", "html")
@@ -79,7 +80,16 @@ def typed_query(params: Mapping[str, str], key: str = "query") -> tuple[ProfileT
             )
         ptype = qtype
     user = tuple(m for m in sel.matchers if m.name not in RESERVED)
-    return ptype, Selector((*user, matcher(TYPE_LABEL, "=", ptype.id)))
+    return ptype, Selector((*user, type_matcher(ptype)))
+
+
+def type_matcher(ptype: ProfileType) -> Matcher:
+    """The matcher of one type. Series stored before profile types existed have no type label
+    and were all CPU, so the default type also matches a missing label (a ClickHouse database
+    of the old schema is read this way; SQLite ones are migrated on open)."""
+    if ptype == DEFAULT:
+        return matcher(TYPE_LABEL, "=~", re.escape(ptype.id) + "|")
+    return matcher(TYPE_LABEL, "=", ptype.id)
 
 
 def profile_type_param(params: Mapping[str, str]) -> ProfileType:
@@ -343,13 +353,17 @@ async def labels(store: Store, params: Mapping[str, str], now: float, window: in
     ptype = profile_type_param(params)
     rng = time_range(params, now, window)
     names = [n for n in await store.label_names(rng.first_window, rng.end) if n not in RESERVED]
-    return {"names": names, "profile_type": ptype.id, "unit": ptype.unit, "period_ns": None}
+    return {"names": names, **await type_fields(store, ptype, Selector((type_matcher(ptype),)), rng)}
 
 
 async def profile_types(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
     """The profile types with data in the range (``/api/v1/profile_types``)."""
     rng = time_range(params, now, window)
     ids = await store.label_values(TYPE_LABEL, Selector(()), rng.first_window, rng.end)
+    if DEFAULT.id not in ids:  # old-schema series (no type label) are CPU
+        untyped = Selector((matcher(TYPE_LABEL, "=", ""),))
+        if await store.label_values("service_name", untyped, rng.first_window, rng.end):
+            ids = [*ids, DEFAULT.id]
     types = []
     for i in ids:
         try:
@@ -365,7 +379,7 @@ async def label_values(store: Store, name: str, params: Mapping[str, str], now: 
     ptype, sel = typed_query(params)
     rng = time_range(params, now, window)
     return {"name": name, "values": await store.label_values(name, sel, rng.first_window, rng.end),
-            "profile_type": ptype.id, "unit": ptype.unit, "period_ns": None}
+            **await type_fields(store, ptype, sel, rng)}
 
 
 async def timeline(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:

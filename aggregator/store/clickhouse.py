@@ -40,8 +40,7 @@ import numpy as np
 
 from aggregator.store.base import SeriesWindow, StoreError, invisible_cells
 from stacks.errors import InputError
-from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable, merge
-from stacks.profiletype import DEFAULT, TYPE_LABEL
+from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.selector import Selector
 from stacks.tree import metadata_frames
 
@@ -401,12 +400,7 @@ class ClickHouseStore:
         )
         out: dict[int, Labels] = {}
         for r in rows:
-            names = r["names"]
-            if TYPE_LABEL in names:
-                out[int(r["hash"])] = Labels.of(zip(names, r["values"], strict=True))
-            else:  # written before profile types: CPU (read-time migration, docs/clickhouse.md)
-                out[int(r["hash"])] = Labels.of({**dict(zip(names, r["values"], strict=True)),
-                                                 TYPE_LABEL: DEFAULT.id})
+            out[int(r["hash"])] = Labels.of(zip(r["names"], r["values"], strict=True))
         return out
 
     async def _matching(self, selector: Selector, start: int, end: int) -> tuple[dict[int, Labels], bool]:
@@ -470,12 +464,6 @@ class ClickHouseStore:
                 continue
             out.append(SeriesWindow(labels, int(rows["window"][a]),
                                     Profile.from_arrays(table, tids[a:b], counts[a:b])))
-        if len({(w.labels, w.start) for w in out}) < len(out):
-            # An old-schema series and its new twin (same labels once typed): one entry each.
-            by: dict[tuple[Labels, int], list[Profile]] = {}
-            for w in out:
-                by.setdefault((w.labels, w.start), []).append(w.profile)
-            out = [SeriesWindow(k[0], k[1], ps[0] if len(ps) == 1 else merge(ps, table)) for k, ps in by.items()]
         out.sort(key=lambda w: (w.start, w.labels.items_))
         return out
 
