@@ -111,13 +111,16 @@ def standalone_html(data: dict[str, Any], title: str) -> str:
     """A complete offline HTML page drawing ``data`` (flame or diff JSON) with flame.js."""
     is_diff = data.get("type") == "diff"
     legend = _legend(LEGEND_DIFF if is_diff else LEGEND_FLAME)
+    # The stored unit of the answer (samples, bytes, count, nanoseconds); flame.js's tooltip
+    # shows values in it through units.js.
+    unit = str(data.get("unit") or "samples")
     if is_diff:
         summary = (
-            f"{data.get('mode', 'share')} diff: base {data.get('base_sum', 0)} samples, "
-            f"compare {data.get('compare_sum', 0)} samples; width = compare + base scaled"
+            f"{data.get('mode', 'share')} diff: base {data.get('base_sum', 0)} {unit}, "
+            f"compare {data.get('compare_sum', 0)} {unit}; width = compare + base scaled"
         )
     else:
-        summary = f"{data.get('total', 0)} samples"
+        summary = f"{data.get('total', 0)} {unit}"
     pruned = data.get("pruned") or {}
     if pruned.get("nodes_before", 0) > pruned.get("nodes_after", 0):
         summary += f"; {pruned['nodes_before']} nodes pruned to {pruned['nodes_after']}"
