@@ -94,7 +94,7 @@ def expected_totals(raw: bytes, name: str | None = None) -> dict[str, int]:
     types: list[tuple[int, int]] = []
     samples: list[tuple[tuple[int, ...], list[int], tuple[tuple[int, int], ...]]] = []
     period, pt = 0, (0, 0)
-    for f, wt, v in _fields(raw):
+    for f, _wt, v in _fields(raw):
         if f == 6:
             strings.append(v.decode("utf-8", "replace"))  # type: ignore[union-attr]
         elif f == 1:
@@ -207,7 +207,8 @@ async def test_pyroscope_io_cpu_and_wall(client: TestClient, python_pushes: dict
         got = await stored_total(client, type_id, f'{{service_name="py-{mode}"}}')
         assert got["total"] == want > 0
         assert (got["profile_type"], got["unit"], got["period_ns"]) == (type_id, "samples", 10_000_000)
-        other = "wall:wall:nanoseconds:wall:nanoseconds" if mode == "cpu" else "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+        other = ("wall:wall:nanoseconds:wall:nanoseconds" if mode == "cpu"
+                 else "process_cpu:cpu:nanoseconds:cpu:nanoseconds")
         assert (await stored_total(client, other, f'{{service_name="py-{mode}"}}'))["total"] == 0
     types = await (await client.get("/api/v1/profile_types?from=now-1h&until=now%2B1h")).json()
     ids = {t["id"] for t in types["profile_types"]}
