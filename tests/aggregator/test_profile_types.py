@@ -173,6 +173,15 @@ async def test_retention_answers_say_what_was_not_stored(tmp_path: Path) -> None
         got = json.loads(body)
         assert {x["profile_type"] for x in got["not_stored"]} >= {ALLOC, INUSE_OBJ}
         assert "10524160 bytes of memory:alloc_space:bytes:space:bytes not stored" in got["error"]
+        # a push partly too old: 200 (the rest is stored) and the header says what was not
+        new = encode_pprof(parse("main;f 3\n"), time_nanos=int(W * 1e9))
+        stale = encode_pprof(parse("main;g 2\n"), time_nanos=old)
+        labels = (("__name__", "process_cpu"), ("service_name", "mixed"))
+        body = gzip.compress(encode_push_request([PushSeries(labels, (RawSample(new, "1"), RawSample(stale, "2")))]))
+        r = await client.post("/push.v1.PusherService/Push", data=body, headers={"Content-Type": "application/proto"})
+        assert r.status == 200
+        assert r.headers["X-Flamewatch-Not-Stored"] == (
+            "2 samples of process_cpu:cpu:nanoseconds:cpu:nanoseconds not stored: older than the retention of 3600 s")
         # a folded ingest in range is stored and says so
         r = await client.post(f"/ingest?name=api&from={W}&until={W + 10}", data=b"main;f 5\n")
         doc = await r.json()
