@@ -352,8 +352,9 @@ async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
 async def labels(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
     ptype = profile_type_param(params)
     rng = time_range(params, now, window)
-    names = [n for n in await store.label_names(rng.first_window, rng.end) if n not in RESERVED]
-    return {"names": names, **await type_fields(store, ptype, Selector((type_matcher(ptype),)), rng)}
+    only = Selector((type_matcher(ptype),))
+    names = [n for n in await store.label_names(rng.first_window, rng.end, only) if n not in RESERVED]
+    return {"names": names, **await type_fields(store, ptype, only, rng)}
 
 
 async def profile_types(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:

@@ -596,10 +596,11 @@ class SQLiteStore:
         ).fetchall()
         return [self._series[s] for (s,) in rows if s in self._series]
 
-    async def label_names(self, start: int, end: int) -> list[str]:
-        """Sorted label names of series with windows in [start, end)."""
+    async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
+        """Sorted label names of (matching) series with windows in [start, end)."""
         def run() -> list[str]:
-            return sorted({k for labels in self._series_in_range(start, end) for k in labels})
+            return sorted({k for labels in self._series_in_range(start, end)
+                           if selector is None or selector.matches(labels) for k in labels})
 
         return await self._run(self._rexec, run)
 

@@ -119,6 +119,14 @@ async def test_heap_columns_are_types_with_units(client: TestClient) -> None:
     assert sum(p[1] for p in tl["series"][0]["points"]) == 10_524_160
     _, vals = await get(client, "/api/v1/label/service_name/values", query=INUSE_OBJ)
     assert vals["values"] == ["api"]
+    # label names are those of the type's series (and never the reserved ones)
+    await push(client, "memory", heap_pprof(), service="heap-only")
+    r = await client.post(f"/ingest?name=cpu-only{{zone=z1}}&from={W}&until={W + 10}", data=b"main;f 1\n")
+    assert r.status == 200
+    _, names = await get(client, "/api/v1/labels", profile_type=ALLOC)
+    assert names["names"] == ["service_name"]
+    _, names = await get(client, "/api/v1/labels")
+    assert names["names"] == ["service_name", "zone"] and names["profile_type"] == CPU
 
 
 async def test_bad_type_queries_are_400(client: TestClient) -> None:
