@@ -125,8 +125,14 @@ async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str
     m.lines.inc(decoded.lines)
     for reason, n in {**decoded.skipped, **placed.dropped}.items():
         m.dropped.labels(reason).inc(n)
-    return {"samples": placed.samples, "series": len({i[0] for i in decoded.items}),
-            "windows": sorted(placed.windows), "dropped": placed.dropped, "skipped": decoded.skipped}
+    return ingest.answer(placed, decoded, app[SETTINGS].retention_seconds)
+
+
+def _all_dropped(answer: dict[str, Any]) -> web.Response | None:
+    """422 when a push carried data and none of it was stored (e.g. all older than retention)."""
+    if answer["not_stored"] and not answer["stored"]:
+        return web.json_response({"error": answer["warning"], **answer}, status=422)
+    return None
 
 
 async def handle_push(request: web.Request) -> web.Response:
@@ -147,11 +153,16 @@ async def handle_push(request: web.Request) -> web.Response:
             request.app[METRICS].errors.labels("413").inc()
             return too_big
         raise
-    await _store_items(request, decoded, "push")
+    answer = await _store_items(request, decoded, "push")
+    refused = _all_dropped(answer)
+    if refused is not None:
+        return refused
+    # Partly stored: say so in a header (a PushResponse has no field for it) and, for JSON, the body.
+    headers = {"X-Flamewatch-Not-Stored": answer["warning"]} if answer["not_stored"] else None
     if ctype == "application/json":
-        return web.json_response({})
+        return web.json_response({} if not answer["not_stored"] else answer, headers=headers)
     # An empty PushResponse message.
-    return web.Response(body=b"", content_type="application/proto")
+    return web.Response(body=b"", content_type="application/proto", headers=headers)
 
 
 async def handle_ingest(request: web.Request) -> web.Response:
@@ -179,7 +190,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
             request.app[METRICS].errors.labels("413").inc()
             return too_big
         raise
-    return web.json_response(await _store_items(request, decoded, "ingest"))
+    answer = await _store_items(request, decoded, "ingest")
+    return _all_dropped(answer) or web.json_response(answer)
 
 
 async def _multipart_profile(request: web.Request) -> bytes:
@@ -237,6 +249,12 @@ async def handle_labels(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     return web.json_response(await query.labels(request.app[STORE], request.query, _now(request),
                                                 s.window_seconds))
+
+
+async def handle_profile_types(request: web.Request) -> web.Response:
+    s = request.app[SETTINGS]
+    return web.json_response(await query.profile_types(request.app[STORE], request.query, _now(request),
+                                                       s.window_seconds))
 
 
 async def handle_label_values(request: web.Request) -> web.Response:
@@ -335,6 +353,7 @@ def create_app(
     app.router.add_get("/api/v1/render", handle_render)
     app.router.add_get("/api/v1/diff", handle_diff)
     app.router.add_get("/api/v1/labels", handle_labels)
+    app.router.add_get("/api/v1/profile_types", handle_profile_types)
     app.router.add_get("/api/v1/label/{name}/values", handle_label_values)
     app.router.add_get("/api/v1/timeline", handle_timeline)
     app.router.add_get("/api/v1/top", handle_top)

@@ -13,18 +13,25 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from stacks import folded
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
 from stacks.pprof import decode_pprof
+from stacks.profiletype import CPU, PERIOD_LABEL, TYPE_LABEL, WALL, ProfileType, columns, legacy_name, period_ns
 from stacks.push import decode_push_request
 
-# Labels that are not dimensions of a CPU series: the profile type marker and
+# Labels that are not dimensions of a series: the profile type marker (``__name__`` picks the
+# type, kept as ``__profile_type__``), our own reserved labels (never taken from a client) and
 # per-request ids that would make every push its own series.
-DROPPED_LABELS = frozenset({"__name__", "__delta__", "span_id", "profile_id", "__session_id__"})
-CPU_NAMES = frozenset({"process_cpu", "cpu", ""})
+DROPPED_LABELS = frozenset({"__name__", "__delta__", "span_id", "profile_id", "__session_id__",
+                            TYPE_LABEL, PERIOD_LABEL})
+# The pyroscope-io SDK's wall mode (oncpu=False) sends exactly what its CPU mode sends
+# (__name__=process_cpu, cpu/nanoseconds); a series tagged oncpu=false is stored as wall.
+WALL_TAG = "oncpu"
+_FALSE = frozenset({"false", "0", "no", "off"})
 _APP_SUFFIXES = (".cpu", ".itimer")
 _LABEL_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.\-]*")
 
@@ -69,6 +76,14 @@ class Decoded:
     items: list[Item]
     lines: int = 0  # stack lines / pprof samples merged
     skipped: dict[str, int] = field(default_factory=dict)
+
+
+def typed(labels: Labels, ptype: ProfileType, period: int | None) -> Labels:
+    """``labels`` plus the reserved type (and, for samples-stored types, period) labels."""
+    extra = {TYPE_LABEL: ptype.id}
+    if period is not None:
+        extra[PERIOD_LABEL] = str(period)
+    return Labels.of({**dict(labels.items_), **extra})
 
 
 # -- folded ----------------------------------------------------------------------------------
@@ -151,42 +166,62 @@ def decode_ingest(
     base = parse_app_name(params.get("name", ""))
     t = _midpoint(_float_param(params, "from"), _float_param(params, "until"))
     rate = params.get("sampleRate")
+    period: int | None = None
     if rate not in (None, ""):
         try:
             if float(rate) <= 0:
                 raise ValueError
         except ValueError:
             raise InputError(f"sampleRate={rate!r} must be a positive number (Hz)") from None
+        period = round(1e9 / float(rate))
     fmt = (params.get("format") or "folded").lower()
     raw = maybe_gunzip(body, max_decompressed)
     if fmt in ("folded", "lines", "collapsed", "trie"):
         if fmt == "trie":
             raise InputError("format=trie is not supported: send format=folded or format=pprof")
         profile, n = parse_folded(raw, tables)
-        return Decoded([(base, t, profile)], n)
+        # Folded text is CPU samples (Pyroscope's legacy default); sampleRate gives the period.
+        return Decoded([(typed(base, CPU, period), t, profile)], n)
     if fmt == "pprof":
-        return _from_pprof(base, raw, t, tables, max_decompressed)
+        return _from_pprof(base, raw, t, tables, max_decompressed, None)
     raise InputError(f"format={fmt!r} is not supported: use format=folded or format=pprof")
 
 
 # -- pprof / push ------------------------------------------------------------------------------
 def _from_pprof(
-    base: Labels, raw: bytes, t: float | None, tables: IngestTables, max_decompressed: int
+    base: Labels, raw: bytes, t: float | None, tables: IngestTables, max_decompressed: int, name: str | None
 ) -> Decoded:
-    d = decode_pprof(raw, tables.current(), max_decompressed=max_decompressed)
+    """Every sample type (column) of one pprof as its own profile type.
+
+    ``name`` is the push's ``__name__`` (None on ``/ingest``: Pyroscope's rule by sample types).
+    """
+    raw = maybe_gunzip(raw, max_decompressed)  # once, not once per column
+    first = decode_pprof(raw, tables.current(), max_decompressed=max_decompressed, column=None)
     out = Decoded([])
-    if d.sample_type and d.sample_type not in ("cpu", "samples", "sample", "itimer", "wall"):
-        out.skipped["not_cpu"] = 1
+    if not first.types:
         return out
-    if d.time_nanos:
-        t = (d.time_nanos + d.duration_nanos / 2) / 1e9
-    for sample_labels, profile in d.series:
-        labels = base
-        if sample_labels:
-            extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
-            labels = Labels.of({**extra, **dict(base.items_)}) if extra else base
-        out.items.append((labels, t, profile))
-        out.lines += len(profile)
+    if name is None:
+        name = legacy_name([st for st, _ in first.types])
+    wall_mode = base.get(WALL_TAG, "").lower() in _FALSE
+    if WALL_TAG in base:
+        base = Labels.of({k: v for k, v in base.items_ if k != WALL_TAG})
+    if first.time_nanos:
+        t = (first.time_nanos + first.duration_nanos / 2) / 1e9
+    head = (first.sample_type, first.unit)
+    chosen = first.types.index(head) if head in first.types else -1
+    for col, ptype in columns(name, list(first.types), first.period_type, first.period_unit):
+        if wall_mode and ptype == CPU:
+            ptype = WALL
+        d = first if col == chosen else decode_pprof(
+            raw, tables.current(), max_decompressed=max_decompressed, column=col)
+        series_base = typed(base, ptype, period_ns(ptype, first.period))
+        for sample_labels, profile in d.series:
+            labels = series_base
+            if sample_labels:
+                extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
+                labels = Labels.of({**extra, **dict(series_base.items_)}) if extra else series_base
+            out.items.append((labels, t, profile))
+            out.lines += len(profile)
     return out
 
 
@@ -232,16 +267,13 @@ def _decode_series(
     out = Decoded([])
     for i, (pairs, profiles) in enumerate(series):
         labels, name = _series_labels(pairs)
-        if name not in CPU_NAMES:
-            out.skipped["not_cpu"] = out.skipped.get("not_cpu", 0) + len(profiles)
-            continue
         if "service_name" not in labels:
             raise InputError(
                 f"push series {i} has no service_name label: set the application name in the SDK"
             )
         for j, rawp in enumerate(profiles):
             try:
-                d = _from_pprof(labels, rawp, None, tables, max_decompressed)
+                d = _from_pprof(labels, rawp, None, tables, max_decompressed, name or None)
             except InputError as e:
                 raise InputError(f"push series {i} sample {j}: {e}") from None
             out.items.extend(d.items)
@@ -249,3 +281,32 @@ def _decode_series(
             for k, v in d.skipped.items():
                 out.skipped[k] = out.skipped.get(k, 0) + v
     return out
+
+
+def answer(placed: Any, decoded: Decoded, retention_seconds: int) -> dict[str, Any]:
+    """The JSON answer of a push: what was stored per profile type, and what was not and why.
+
+    ``placed`` is :class:`aggregator.windows.Placed`. ``not_stored`` lists every amount that
+    was accepted but not kept; ``warning`` says the same in a sentence (empty when all was kept).
+    """
+    not_stored = [
+        {"reason": reason, "profile_type": ptype, "unit": _unit(ptype), "amount": n}
+        for (reason, ptype), n in sorted(placed.dropped_by_type.items())
+    ]
+    why = {"older_than_retention": f"older than the retention of {retention_seconds} s"}
+    warning = "; ".join(
+        f"{x['amount']} {x['unit']} of {x['profile_type']} not stored: {why.get(x['reason'], x['reason'])}"
+        for x in not_stored
+    )
+    return {
+        "samples": placed.samples, "series": len({i[0] for i in decoded.items}),
+        "windows": sorted(placed.windows), "dropped": placed.dropped, "skipped": decoded.skipped,
+        "stored": dict(sorted(placed.by_type.items())), "not_stored": not_stored, "warning": warning,
+    }  # fmt: skip
+
+
+def _unit(type_id: str) -> str:
+    try:
+        return ProfileType.parse(type_id).unit
+    except InputError:
+        return "samples"

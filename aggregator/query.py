@@ -8,6 +8,7 @@ also sees the open window being filled right now.
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,8 @@ from aggregator.windows import window_start
 from stacks import folded
 from stacks.errors import InputError
 from stacks.model import Labels, Profile, StackTable, merge
-from stacks.selector import Selector, parse_selector
+from stacks.profiletype import DEFAULT, PERIOD_LABEL, RESERVED, TYPE_LABEL, ProfileType, parse_query
+from stacks.selector import Matcher, Selector, matcher, parse_selector
 from stacks.timeexpr import parse_time
 
 FORMATS = ("json", "folded", "pprof", "speedscope", "html")
@@ -54,10 +56,67 @@ def time_range(params: Mapping[str, str], now: float, window: int, prefix: str =
 
 
 def selector(params: Mapping[str, str], key: str = "query") -> Selector:
+    """The selector of ``key`` restricted to the query's profile type (see :func:`typed_query`)."""
+    return typed_query(params, key)[1]
+
+
+def typed_query(params: Mapping[str, str], key: str = "query") -> tuple[ProfileType, Selector]:
+    """(profile type, selector with a ``__profile_type__`` matcher) of a query parameter.
+
+    The type comes from Pyroscope's ``TYPE{selector}`` form of ``key``, else ``profile_type=``,
+    else CPU; both given and different is a 400. A query therefore never mixes types.
+    """
+    text = params.get(key, "") or ""
     try:
-        return parse_selector(params.get(key, "") or "")
+        qtype, rest = parse_query(text)
+        sel = parse_selector(rest)
     except InputError as e:
         raise InputError(f"{key}: {e}") from None
+    ptype = profile_type_param(params)
+    if qtype is not None:
+        if params.get("profile_type") and qtype != ptype:
+            raise InputError(
+                f"{key} asks for profile type {qtype.id} but profile_type={ptype.id}: give one of them"
+            )
+        ptype = qtype
+    user = tuple(m for m in sel.matchers if m.name not in RESERVED)
+    return ptype, Selector((*user, type_matcher(ptype)))
+
+
+def type_matcher(ptype: ProfileType) -> Matcher:
+    """The matcher of one type. Series stored before profile types existed have no type label
+    and were all CPU, so the default type also matches a missing label (a ClickHouse database
+    of the old schema is read this way; SQLite ones are migrated on open)."""
+    if ptype == DEFAULT:
+        return matcher(TYPE_LABEL, "=~", re.escape(ptype.id) + "|")
+    return matcher(TYPE_LABEL, "=", ptype.id)
+
+
+def profile_type_param(params: Mapping[str, str]) -> ProfileType:
+    """``profile_type=`` (a five-part id), default CPU."""
+    raw = params.get("profile_type") or ""
+    if not raw:
+        return DEFAULT
+    try:
+        return ProfileType.parse(raw)
+    except InputError as e:
+        raise InputError(f"profile_type: {e}") from None
+
+
+def user_query(sel: Selector) -> str:
+    """The selector as the user wrote it (without the reserved type matcher)."""
+    return str(Selector(tuple(m for m in sel.matchers if m.name not in RESERVED)))
+
+
+async def type_fields(store: Store, ptype: ProfileType, sel: Selector, rng: Range) -> dict[str, Any]:
+    """``profile_type``, ``unit`` and ``period_ns`` of an answer. ``period_ns`` is the period of
+    a samples-stored type when every matching series that has one agrees, else null."""
+    period: int | None = None
+    if ptype.as_samples:
+        values = await store.label_values(PERIOD_LABEL, sel, rng.first_window, rng.end)
+        if len(values) == 1 and values[0].isdigit():
+            period = int(values[0])
+    return {"profile_type": ptype.id, "unit": ptype.unit, "period_ns": period}
 
 
 def int_param(
@@ -187,7 +246,7 @@ def _title(sel: Selector, rng: Range) -> str:
 async def render(store: Store, params: Mapping[str, str], now: float, window: int,
                  default_max_nodes: int) -> tuple[str, Any, str]:
     """(content type, body, filename suffix) for /api/v1/render."""
-    sel = selector(params)
+    ptype, sel = typed_query(params)
     rng = time_range(params, now, window)
     fmt = choice(params, "format", FORMATS, "json")
     max_nodes = int_param(params, "max_nodes", default_max_nodes)
@@ -197,7 +256,8 @@ async def render(store: Store, params: Mapping[str, str], now: float, window: in
     if fmt in ("json", "html"):
         series = await flame_series(store, sel, rng, table, metadata, min_share)
         doc = flame_json_series(series, metadata, max_nodes, min_share)
-        doc["from"], doc["until"], doc["query"] = rng.start, rng.end, str(sel)
+        doc["from"], doc["until"], doc["query"] = rng.start, rng.end, user_query(sel)
+        doc.update(await type_fields(store, ptype, sel, rng))
         if fmt == "html":
             from viewer.standalone import standalone_html
 
@@ -209,7 +269,11 @@ async def render(store: Store, params: Mapping[str, str], now: float, window: in
     if fmt == "pprof":
         from stacks.pprof import encode_pprof
 
-        return "application/octet-stream", gzip.compress(encode_pprof(profile), 6), "pb.gz"
+        fields = await type_fields(store, ptype, sel, rng)
+        body = encode_pprof(profile, sample_type=(ptype.sample_type, "count" if ptype.as_samples and
+                                                  not fields["period_ns"] else ptype.sample_unit),
+                            period_nanos=fields["period_ns"] or 0)
+        return "application/octet-stream", gzip.compress(body, 6), "pb.gz"
     if fmt == "speedscope":
         from stacks.export import to_speedscope
 
@@ -250,8 +314,12 @@ async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
     """(content type, body) for /api/v1/diff."""
     from stacks.diff import diff_folded, diff_json, diff_table, metadata_diff_json, metadata_diff_table
 
-    base_sel = selector(params, "base")
-    cmp_sel = selector(params, "compare") if params.get("compare") is not None else base_sel
+    ptype, base_sel = typed_query(params, "base")
+    cmp_type, cmp_sel = typed_query(params, "compare") if params.get("compare") is not None else (ptype, base_sel)
+    if cmp_type != ptype:
+        raise InputError(
+            f"base is profile type {ptype.id} but compare is {cmp_type.id}: a diff compares one type"
+        )
     base_rng = time_range(params, now, window, "base_")
     cmp_rng = time_range(params, now, window, "compare_")
     mode = choice(params, "mode", MODES, "share")
@@ -274,28 +342,50 @@ async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
         labels = {**(bl or {}), **(cl or {})} or None
         doc = diff_json(base, compare, mode=mode, max_nodes=max_nodes, labels=labels)
         doc["table"] = diff_table(base, compare, mode=mode)
-    doc["base_query"], doc["compare_query"] = str(base_sel), str(cmp_sel)
+    doc["base_query"], doc["compare_query"] = user_query(base_sel), user_query(cmp_sel)
+    doc.update(await type_fields(store, ptype, base_sel, base_rng))
     doc["base_from"], doc["base_until"] = base_rng.start, base_rng.end
     doc["compare_from"], doc["compare_until"] = cmp_rng.start, cmp_rng.end
     return "application/json", doc
 
 
 async def labels(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+    ptype = profile_type_param(params)
     rng = time_range(params, now, window)
-    return {"names": await store.label_names(rng.first_window, rng.end)}
+    only = Selector((type_matcher(ptype),))
+    names = [n for n in await store.label_names(rng.first_window, rng.end, only) if n not in RESERVED]
+    return {"names": names, **await type_fields(store, ptype, only, rng)}
+
+
+async def profile_types(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+    """The profile types with data in the range (``/api/v1/profile_types``)."""
+    rng = time_range(params, now, window)
+    ids = await store.label_values(TYPE_LABEL, Selector(()), rng.first_window, rng.end)
+    if DEFAULT.id not in ids:  # old-schema series (no type label) are CPU
+        untyped = Selector((matcher(TYPE_LABEL, "=", ""),))
+        if await store.label_values("service_name", untyped, rng.first_window, rng.end):
+            ids = [*ids, DEFAULT.id]
+    types = []
+    for i in ids:
+        try:
+            types.append(ProfileType.parse(i))
+        except InputError:
+            continue  # never written by this version; not listable
+    return {"profile_types": [t.describe() for t in sorted(types)], "default": DEFAULT.id}
 
 
 async def label_values(store: Store, name: str, params: Mapping[str, str], now: float,
                        window: int) -> dict[str, Any]:
     name = label_name(name)
-    sel = selector(params)
+    ptype, sel = typed_query(params)
     rng = time_range(params, now, window)
-    return {"name": name, "values": await store.label_values(name, sel, rng.first_window, rng.end)}
+    return {"name": name, "values": await store.label_values(name, sel, rng.first_window, rng.end),
+            **await type_fields(store, ptype, sel, rng)}
 
 
 async def timeline(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
     """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
-    sel = selector(params)
+    ptype, sel = typed_query(params)
     rng = time_range(params, now, window)
     group_by = params.get("group_by") or ""
     if group_by:
@@ -319,18 +409,19 @@ async def timeline(store: Store, params: Mapping[str, str], now: float, window: 
         pts = groups[g]
         points = [[t, pts.get(t, 0)] for t in starts] if dense else sorted([t, n] for t, n in pts.items())
         series.append({"group": g, "points": points})
-    return {"window": window, "from": rng.start, "until": rng.end, "group_by": group_by, "series": series}
+    return {"window": window, "from": rng.start, "until": rng.end, "group_by": group_by, "series": series,
+            **await type_fields(store, ptype, sel, rng)}
 
 
 async def top(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
     from stacks.tree import top_table
 
-    sel = selector(params)
+    ptype, sel = typed_query(params)
     rng = time_range(params, now, window)
     limit = int_param(params, "limit", 100, 1, 100_000)
     profile, _ = await profile_for(store, sel, rng, StackTable(), False)
-    return {"query": str(sel), "from": rng.start, "until": rng.end, "total": profile.total,
-            "rows": top_table(profile, limit)}
+    return {"query": user_query(sel), "from": rng.start, "until": rng.end, "total": profile.total,
+            "rows": top_table(profile, limit), **await type_fields(store, ptype, sel, rng)}
 
 
 async def sandwich(store: Store, params: Mapping[str, str], now: float, window: int,
@@ -338,7 +429,7 @@ async def sandwich(store: Store, params: Mapping[str, str], now: float, window: 
     from stacks.tree import prune, to_json
     from stacks.tree import sandwich as sw
 
-    sel = selector(params)
+    ptype, sel = typed_query(params)
     rng = time_range(params, now, window)
     fn = params.get("function") or ""
     if not fn:
@@ -346,6 +437,9 @@ async def sandwich(store: Store, params: Mapping[str, str], now: float, window: 
     max_nodes = int_param(params, "max_nodes", default_max_nodes)
     profile, _ = await profile_for(store, sel, rng, StackTable(), False)
     callers, callees = sw(profile, fn)
-    return {"function": fn, "query": str(sel), "from": rng.start, "until": rng.end,
-            "callers": to_json(prune(callers, max_nodes=max_nodes)),
-            "callees": to_json(prune(callees, max_nodes=max_nodes))}
+    fields = await type_fields(store, ptype, sel, rng)
+    sides = [to_json(prune(t, max_nodes=max_nodes)) for t in (callers, callees)]
+    for doc in sides:
+        doc["unit"] = ptype.unit
+    return {"function": fn, "query": user_query(sel), "from": rng.start, "until": rng.end,
+            "callers": sides[0], "callees": sides[1], **fields}

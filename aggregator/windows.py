@@ -27,6 +27,7 @@ from typing import Any
 
 from aggregator.store.base import SeriesWindow, Store, StoreError
 from stacks.model import Labels, Profile, merge
+from stacks.profiletype import TYPE_LABEL
 
 log = logging.getLogger("flamewatch.windows")
 
@@ -44,6 +45,9 @@ class Placed:
     samples: int = 0
     windows: set[int] = field(default_factory=set)
     dropped: dict[str, int] = field(default_factory=dict)
+    # per profile type id: amount stored, and (reason, type id) -> amount not stored
+    by_type: dict[str, int] = field(default_factory=dict)
+    dropped_by_type: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -108,12 +112,16 @@ class WindowWriter:
             if len(profile) == 0:
                 continue
             start, reason = self.place(t)
+            ptype = labels.get(TYPE_LABEL, "")
             if start is None:
                 assert reason is not None
                 placed.dropped[reason] = placed.dropped.get(reason, 0) + profile.total
+                key = (reason, ptype)
+                placed.dropped_by_type[key] = placed.dropped_by_type.get(key, 0) + profile.total
                 continue
             queued.append((labels, start, profile))
             placed.samples += profile.total
+            placed.by_type[ptype] = placed.by_type.get(ptype, 0) + profile.total
             placed.windows.add(start)
         if not queued:
             return placed

@@ -9,13 +9,19 @@ and, in the same run and the same browser, a baseline: plotly horizontal bars
 (one trace per kind, ``base`` = x offset) drawing the same Flame JSON, plus
 the time to load plotly.js itself. Prints the figures and the ratio.
 
-Run: ``python bench/viewer.py [--stacks 20000] [--runs 5]``
+With ``--against REV`` (a git revision, e.g. ``main``) it also loads the page with the
+viewer files (``viewer/static/*``) of REV, served through the browser's request routing
+from ``git show REV:...``, against the same server in the same browser, alternating the two
+pages, and prints navigation -> drawn and zoom redraw for both with their ratio.
+
+Run: ``python bench/viewer.py [--stacks 20000] [--runs 5] [--against main]``
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,12 +66,65 @@ def _flush(page: object) -> None:
     page.evaluate("window.__flame.ctx.getImageData(0, 0, 1, 1)")  # type: ignore[attr-defined]
 
 
+ZOOMS = """() => { const fg = window.__flame, out = [];
+  const t = fg.data.nodes.total, tot = t[0];
+  let pick = 1;
+  for (let i = 1; i < t.length; i++) if (t[i] < tot / 4 && t[i] > tot / 40) { pick = i; break; }
+  const timed = (f) => { const a = performance.now(); f(); fg.ctx.getImageData(0, 0, 1, 1);
+                          out.push(performance.now() - a); };
+  for (let k = 0; k < 5; k++) { timed(() => fg.zoomTo(pick)); timed(() => fg.reset()); }
+  return out; }"""
+
+
+def _static_of(rev: str) -> dict[str, bytes]:
+    """The viewer's page files at git revision ``rev`` (name -> bytes)."""
+    names = subprocess.run(["git", "-C", str(REPO), "ls-tree", "--name-only", f"{rev}:viewer/static"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    return {n: subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:viewer/static/{n}"],
+                              capture_output=True, check=True).stdout
+            for n in names if n.endswith((".js", ".html", ".css"))}
+
+
+def _ab(browser: object, url: str, files: dict[str, bytes], rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Alternate this tree's page and the page made of ``files`` on one server; loads and zooms."""
+    out: dict[str, dict[str, list[float]]] = {v: {"load": [], "zoom": []} for v in ("this", "other")}
+    ctypes = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+    def handler(body: bytes, ctype: str) -> object:
+        return lambda route: route.fulfill(body=body, content_type=ctype)
+
+    for _ in range(rounds):
+        for variant in ("this", "other"):
+            page = browser.new_page(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+            if variant == "other":
+                for name, body in files.items():
+                    ctype = ctypes[Path(name).suffix]
+                    if name == "index.html":
+                        page.route(lambda u: urllib.parse.urlparse(u).path in ("/", "/index.html"),
+                                   handler(body, ctype))
+                    else:
+                        page.route(f"**/static/{name}", handler(body, ctype))
+            for k in range(3):  # the first load of each page warms it
+                page.goto(url)
+                page.wait_for_selector("body[data-flame=ready]", timeout=60000)
+                _flush(page)
+                if k:
+                    out[variant]["load"].append(page.evaluate("window.__fwTimings.ready"))
+                page.wait_for_load_state("networkidle")
+            out[variant]["zoom"] += page.evaluate(ZOOMS)
+            page.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stacks", type=int, default=20000, help="distinct stacks to ingest (default 20000)")
     ap.add_argument("--max-nodes", type=int, default=20000, help="node budget asked of the server")
     ap.add_argument("--runs", type=int, default=5, help="page loads to take the median of")
+    ap.add_argument("--against", metavar="REV", default="",
+                    help="also time the viewer page files of git revision REV in the same run")
     args = ap.parse_args(argv)
+    other = _static_of(args.against) if args.against else {}
     if not Path(CHROMIUM).exists():
         print(f"chromium not found at {CHROMIUM}: apt-get install chromium", file=sys.stderr)
         return 2
@@ -119,14 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             loads, fetches, draws = loads[1:], fetches[1:], draws[1:]
             drawn = page.evaluate("window.__flame.frames().length")
             # Zoom: click-equivalent zoomTo on a mid-sized frame, and back.
-            zooms = page.evaluate("""() => { const fg = window.__flame, out = [];
-              const t = fg.data.nodes.total, tot = t[0];
-              let pick = 1;
-              for (let i = 1; i < t.length; i++) if (t[i] < tot / 4 && t[i] > tot / 40) { pick = i; break; }
-              const timed = (f) => { const a = performance.now(); f(); fg.ctx.getImageData(0, 0, 1, 1);
-                                      out.push(performance.now() - a); };
-              for (let k = 0; k < 5; k++) { timed(() => fg.zoomTo(pick)); timed(() => fg.reset()); }
-              return out; }""")
+            zooms = page.evaluate(ZOOMS)
             full_draws = page.evaluate("""() => { const fg = window.__flame, out = [];
               fg.setOptions({minPx: 0});
               for (let k = 0; k < 5; k++) {
@@ -151,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             # Baseline in the same browser: plotly bars for the same JSON.
             page.goto(srv.url + "/healthz")  # same origin, no page CSP: a blank stage for plotly
             base = page.evaluate(PLOTLY_BARS, srv.url + api)
+            ab = _ab(browser, url, other, max(2, args.runs // 2 + 1)) if other else None
             browser.close()
 
     med = statistics.median
@@ -175,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
           f"newPlot {base['draw']:.0f} ms")
     print(f"  ratio: plotly bars draw / canvas draw = {base['draw'] / max(med(draws), 0.01):.0f}x; "
           f"plotly (load + draw) / canvas navigation->drawn = {(base['load'] + base['draw']) / load:.1f}x")
+    if ab:
+        a, b = ab["this"], ab["other"]
+        print(f"  page files of this tree vs {args.against} (same server, same browser, alternated, "
+              f"{len(a['load'])} loads / {len(a['zoom'])} zooms each):")
+        for name, v in (("this tree", a), (args.against, b)):
+            print(f"    {name:<12} navigation -> drawn median {med(v['load']):7.1f} ms   "
+                  f"zoom / reset redraw median {med(v['zoom']):5.2f} ms")
+        print(f"    ratio this / {args.against}: navigation {med(a['load']) / med(b['load']):.2f}x, "
+              f"zoom redraw {med(a['zoom']) / max(med(b['zoom']), 0.01):.2f}x")
     return 0
 
 

@@ -41,6 +41,17 @@ fi
 log "installing flamewatch and its test extras into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[test,clickhouse]'
+# @pyroscope/nodejs for tests/aggregator/test_real_profiles.py (issue 13): a real Node SDK
+# producing wall, CPU-time and heap pprofs. Where it cannot install, the test skips with npm's error
+# (and fails on a machine this script prepared: see tests/conftest.py).
+NODE_DEPS="${FLAMEWATCH_NODE_DEPS:-$HOME/.cache/flamewatch/pyroscope-nodejs}"
+if command -v npm >/dev/null && [ ! -d "$NODE_DEPS/node_modules/@pyroscope/nodejs" ]; then
+  log "installing @pyroscope/nodejs into $NODE_DEPS"
+  mkdir -p "$NODE_DEPS"
+  [ -f "$NODE_DEPS/package.json" ] || echo '{"name": "fw-node-app", "version": "1.0.0", "private": true}' > "$NODE_DEPS/package.json"
+  (cd "$NODE_DEPS" && npm install --no-audit --no-fund @pyroscope/nodejs >/dev/null 2>&1) \
+    || log "npm install @pyroscope/nodejs failed; tests/aggregator/test_real_profiles.py will skip its Node test"
+fi
 # Tells the tests that this machine was prepared: a real part's test that skips here fails.
 printf 'apt=%s\n' "$apt_done" > .venv/flamewatch-setup
 log "done: run .venv/bin/flamewatch (no activation needed)"

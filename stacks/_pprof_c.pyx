@@ -359,6 +359,7 @@ def scan(bytes raw):
             "line_function": vec_array(&t.line_fid),
             "period": period,
             "period_type": pt_type,
+            "period_unit": pt_unit,
             "default_sample_type": default_type,
             "time_nanos": time_nanos,
             "duration_nanos": duration,

@@ -32,6 +32,7 @@ from stacks import _proto
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
+from stacks.profiletype import TIME_UNITS_NS
 
 KERNEL_MAPPING = "[kernel.kallsyms]"
 KERNEL_SUFFIX = "_[k]"
@@ -73,6 +74,8 @@ class DecodedProfile:
     period_type: str
     time_nanos: int
     duration_nanos: int
+    period_unit: str = ""
+    types: tuple[tuple[str, str], ...] = ()  # every sample type (column) of the pprof
 
     def merged(self) -> Profile:
         """All series merged into one profile (sample labels dropped)."""
@@ -106,11 +109,14 @@ def _choose_value(types: list[tuple[str, str]], default_type: str) -> int:
 
 
 def decode_pprof(
-    data: bytes, table: StackTable | None = None, *, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED
+    data: bytes, table: StackTable | None = None, *, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+    column: int | None = None,
 ) -> DecodedProfile:
     """Decode pprof bytes (gzip or plain) into per-label-set profiles on ``table``.
 
-    Raises :class:`InputError` for bad gzip, bad protobuf or dangling ids.
+    ``column`` picks the sample type (value index) to read; None chooses as
+    :func:`_choose_value` does. Raises :class:`InputError` for bad gzip, bad
+    protobuf, dangling ids or a column the profile does not have.
     """
     raw = maybe_gunzip(bytes(data), max_decompressed)
     table = table if table is not None else StackTable()
@@ -118,12 +124,12 @@ def decode_pprof(
     # touches ``table``; the library decoder then gives the result or the
     # exact error, so both paths agree by construction.
     with _LOCK:
-        fast = _decode_compiled(raw, table) if _INDEX is not None else None
+        fast = _decode_compiled(raw, table, column) if _INDEX is not None else None
         if fast is None:
-            fast = _decode_fast(raw, table)
+            fast = _decode_fast(raw, table, column)
     if fast is not None:
         return fast
-    return _decode_library(raw, table)
+    return _decode_library(raw, table, column)
 
 
 @dataclass
@@ -135,11 +141,34 @@ class _Head:
     vi: int
     period: int
     period_type: str
+    period_unit: str
     locations: dict[int, tuple[Frame, ...]]  # location id -> frames, root first
     single: dict[int, Frame] | None  # location id -> frame when no location is inlined
 
 
-def _head(p: Any) -> _Head:
+def _pick(types: list[tuple[str, str]], default_type: str, column: int | None) -> int:
+    if column is None:
+        return _choose_value(types, default_type) if types else -1
+    if not 0 <= column < len(types):
+        raise _bad(f"sample type {column} was asked for, but the profile has {len(types)} sample types")
+    return column
+
+
+def divisor_of(types: list[tuple[str, str]] | tuple[tuple[str, str], ...], vi: int, period: int,
+               period_unit: str) -> int:
+    """What a column's summed values are divided by: the period for a time column counted in
+    its own period unit, or without a period unit (CPU, wall:
+    ``stacks.profiletype.ProfileType.as_samples``), else 0 (raw values). A zero or negative
+    period counts as 1."""
+    if not types or vi < 0:
+        return 0
+    unit = types[vi][1]
+    if unit in TIME_UNITS_NS and period_unit in (unit, ""):
+        return period if period > 0 else 1
+    return 0
+
+
+def _head(p: Any, column: int | None = None) -> _Head:
     """Strings, sample types and location frames of a parsed Profile or ProfileSplit."""
     strings = _strings(list(p.string_table))
     n_strings = len(strings)
@@ -154,10 +183,11 @@ def _head(p: Any) -> _Head:
     types = [(s(vt.type, "sample_type.type"), s(vt.unit, "sample_type.unit")) for vt in p.sample_type]
     period = int(p.period)
     period_type = s(p.period_type.type, "period_type.type") if p.HasField("period_type") else ""
+    period_unit = s(p.period_type.unit, "period_type.unit") if p.HasField("period_type") else ""
     default_type = s(p.default_sample_type, "default_sample_type")
     if p.sample and not types:
         raise _bad("it has samples but no sample_type")
-    vi = _choose_value(types, default_type) if types else -1
+    vi = _pick(types, default_type, column)
 
     # Per-profile lookups are built once; the per-sample work is only dict
     # hits. Index checks run on whole columns (min/max in C) rather than one
@@ -227,7 +257,7 @@ def _head(p: Any) -> _Head:
     locations = {lid: (fr,) for lid, fr in single.items()}
     locations.update(multi)
     # Most profiles have no inlining: then one location is one frame.
-    return _Head(s, types, vi, period, period_type, locations, single if not multi else None)
+    return _Head(s, types, vi, period, period_type, period_unit, locations, single if not multi else None)
 
 
 def _decoded(p: Any, head: _Head, series: list[tuple[Labels, Profile]]) -> DecodedProfile:
@@ -240,10 +270,12 @@ def _decoded(p: Any, head: _Head, series: list[tuple[Labels, Profile]]) -> Decod
         period_type=head.period_type,
         time_nanos=int(p.time_nanos),
         duration_nanos=int(p.duration_nanos),
+        period_unit=head.period_unit,
+        types=tuple(head.types),
     )
 
 
-def _decode_library(raw: bytes, table: StackTable) -> DecodedProfile:
+def _decode_library(raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile:
     """The reference decoder: every field through the protobuf library.
 
     Used for profiles the fast reader declines (odd encodings, malformed
@@ -255,7 +287,7 @@ def _decode_library(raw: bytes, table: StackTable) -> DecodedProfile:
         raise InputError(
             f"pprof profile is not a valid protobuf ({e}); send a pprof profile (gzip or plain)"
         ) from None
-    head = _head(p)
+    head = _head(p, column)
     s = head.s
     loc_single = head.single.__getitem__ if head.single is not None else None
     loc_multi = head.locations.__getitem__
@@ -296,7 +328,7 @@ def _decode_library(raw: bytes, table: StackTable) -> DecodedProfile:
             acc = nolabel
         acc[sid] = acc.get(sid, 0) + v
 
-    divisor = head.period if head.types and head.types[vi][1] == "nanoseconds" and head.period > 0 else 0
+    divisor = divisor_of(head.types, vi, head.period, head.period_unit)
     by_labels: dict[Labels, dict[int, int]] = {}
     for key, acc in groups.items():
         if not acc:
@@ -468,7 +500,7 @@ def _read_sample(b: bytes) -> tuple[list[int], list[int], list[tuple[int, int]]]
     return locs, [_signed(v) for v in values], labels
 
 
-def _decode_fast(raw: bytes, table: StackTable) -> DecodedProfile | None:
+def _decode_fast(raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
     """The decode with samples read by hand, or None to leave it to the library."""
     try:
         p = _proto.ProfileSplit.FromString(raw)
@@ -476,7 +508,7 @@ def _decode_fast(raw: bytes, table: StackTable) -> DecodedProfile | None:
         n = len(samples)
         if n < _FAST_MIN_SAMPLES:
             return None  # below this, numpy's fixed cost per call makes the library faster
-        head = _head(p)
+        head = _head(p, column)
     except (DecodeError, RecursionError, ValueError):  # InputError is a ValueError
         return None
     n_types = len(head.types)
@@ -594,7 +626,7 @@ def _decode_fast(raw: bytes, table: StackTable) -> DecodedProfile | None:
                 c = code_of[key] = len(keys_by_code)
                 keys_by_code.append(key)
             gcode[k] = c
-    divisor = head.period if head.types and head.types[vi][1] == "nanoseconds" and head.period > 0 else 0
+    divisor = divisor_of(head.types, vi, head.period, head.period_unit)
     series = _label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
     return None if series is None else _decoded(p, head, series)
 
@@ -778,7 +810,7 @@ def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
     return np.where(srt[pos] == wanted, order[pos], -1)
 
 
-def _decode_compiled(raw: bytes, table: StackTable) -> DecodedProfile | None:
+def _decode_compiled(raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
     """The decode through ``stacks._pprof_c``, or None to leave it to the other readers."""
     assert _pprof_c is not None and _INDEX is not None
     t = _pprof_c.scan(raw)
@@ -797,6 +829,9 @@ def _decode_compiled(raw: bytes, table: StackTable) -> DecodedProfile | None:
     try:
         types = [(s(a, "sample_type.type"), s(u, "sample_type.unit")) for a, u in t["types"]]
         period_type = s(t["period_type"], "period_type.type") if t["period_type"] >= 0 else ""
+        if "period_unit" not in t:
+            return None  # a stale build of the extension: the other readers have the unit
+        period_unit = s(t["period_unit"], "period_type.unit") if t["period_type"] >= 0 else ""
         default_type = s(t["default_sample_type"], "default_sample_type")
     except InputError:
         return None
@@ -804,7 +839,9 @@ def _decode_compiled(raw: bytes, table: StackTable) -> DecodedProfile | None:
     n = len(starts)
     if n and not types:
         return None
-    vi = _choose_value(types, default_type) if types else -1
+    if column is not None and not 0 <= column < len(types):
+        return None  # the library names the error
+    vi = _pick(types, default_type, column)
     _bound_caches(table)
 
     # Mappings: which are kernel ones.
@@ -932,12 +969,13 @@ def _decode_compiled(raw: bytes, table: StackTable) -> DecodedProfile | None:
                     keys_by_code.append(key)
                 gcode[k] = c
     period = t["period"]
-    divisor = period if types and types[vi][1] == "nanoseconds" and period > 0 else 0
+    divisor = divisor_of(types, vi, period, period_unit)
     series = _label_series(table, s, sids, vals, gcode, keys_by_code, divisor)
     if series is None:
         return None
     sample_type, unit = types[vi] if types else ("", "")
-    return DecodedProfile(series, sample_type, unit, period, period_type, t["time_nanos"], t["duration_nanos"])
+    return DecodedProfile(series, sample_type, unit, period, period_type, t["time_nanos"], t["duration_nanos"],
+                          period_unit, tuple(types))
 
 
 def _summed(table: StackTable, sids: np.ndarray, vals: np.ndarray, divisor: int) -> Profile | None:

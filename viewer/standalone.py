@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 FLAME_JS = Path(__file__).resolve().parent / "static" / "flame.js"
+# flame.js formats values with units.js (window.FlameUnits); both are inlined, units first.
+UNITS_JS = FLAME_JS.with_name("units.js")
 
 # Colours follow the team palette (docs/architecture.md "Colours").
 LEGEND_FLAME = (("metadata", "#4796c1"), ("user", "#31d0f3"), ("kernel", "#98df8a"), ("other", "#c8c8c8"))
@@ -38,14 +40,18 @@ def script_json(data: Any) -> str:
 
 
 def flame_js() -> str:
-    """The renderer source; FileNotFoundError naming the file if the viewer has not shipped it."""
-    try:
-        src = FLAME_JS.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{FLAME_JS} is missing: the standalone page needs the viewer's canvas renderer "
-            "(reinstall flamewatch with its viewer/static files)"
-        ) from None
+    """The renderer source (units.js then flame.js); FileNotFoundError naming the file if the
+    viewer has not shipped it."""
+    parts = []
+    for path in (UNITS_JS, FLAME_JS):
+        try:
+            parts.append(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path} is missing: the standalone page needs the viewer's canvas renderer "
+                "(reinstall flamewatch with its viewer/static files)"
+            ) from None
+    src = "\n".join(parts)
     # An inline script ends at the first "</script" whatever the JS means; "<\/" is the same JS.
     return src.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
 
@@ -105,13 +111,16 @@ def standalone_html(data: dict[str, Any], title: str) -> str:
     """A complete offline HTML page drawing ``data`` (flame or diff JSON) with flame.js."""
     is_diff = data.get("type") == "diff"
     legend = _legend(LEGEND_DIFF if is_diff else LEGEND_FLAME)
+    # The stored unit of the answer (samples, bytes, count, nanoseconds); flame.js's tooltip
+    # shows values in it through units.js.
+    unit = str(data.get("unit") or "samples")
     if is_diff:
         summary = (
-            f"{data.get('mode', 'share')} diff: base {data.get('base_sum', 0)} samples, "
-            f"compare {data.get('compare_sum', 0)} samples; width = compare + base scaled"
+            f"{data.get('mode', 'share')} diff: base {data.get('base_sum', 0)} {unit}, "
+            f"compare {data.get('compare_sum', 0)} {unit}; width = compare + base scaled"
         )
     else:
-        summary = f"{data.get('total', 0)} samples"
+        summary = f"{data.get('total', 0)} {unit}"
     pruned = data.get("pruned") or {}
     if pruned.get("nodes_before", 0) > pruned.get("nodes_after", 0):
         summary += f"; {pruned['nodes_before']} nodes pruned to {pruned['nodes_after']}"

@@ -56,8 +56,9 @@ class Store(Protocol):
         """Every stored window with ``start <= window.start < end`` whose labels match,
         one entry per (series, window) with counts summed, profiles on ``table``."""
 
-    async def label_names(self, start: int, end: int) -> list[str]:
-        """Sorted label names seen in windows overlapping [start, end)."""
+    async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
+        """Sorted label names seen in windows overlapping [start, end) (of series matching
+        ``selector`` when given: the query routes pass the profile type's matcher)."""
 
     async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
         """Sorted values of label ``name`` among matching series in [start, end)."""

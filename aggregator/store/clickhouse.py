@@ -700,10 +700,11 @@ class ClickHouseStore:
         return self._profiles(keys, np.concatenate(parts_g), np.concatenate(parts_t), np.concatenate(parts_c),
                               table)
 
-    async def label_names(self, start: int, end: int) -> list[str]:
-        """Sorted label names of series with windows in [start, end)."""
+    async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
+        """Sorted label names of (matching) series with windows in [start, end)."""
         series = await self._series_in_range(start, end)
-        return sorted({k for labels in series.values() for k in labels})
+        return sorted({k for labels in series.values() if selector is None or selector.matches(labels)
+                       for k in labels})
 
     async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
         """Sorted values of ``name`` among matching series with windows in [start, end)."""

@@ -38,6 +38,7 @@ import numpy as np
 from aggregator.store import codec
 from aggregator.store.base import SeriesWindow, StoreError
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
+from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
 
 log = logging.getLogger("flamewatch.store.sqlite")
@@ -61,6 +62,41 @@ CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NO
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start, series_id);
 """
+
+
+# PRAGMA user_version: 0 = before profile types (every series CPU), 1 = every series carries
+# the reserved ``__profile_type__`` label (issue 13).
+SCHEMA_VERSION = 1
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring a database to :data:`SCHEMA_VERSION` in one transaction; returns series rewritten.
+
+    Version 0 -> 1: series written before profile types were all CPU samples, so they get
+    ``__profile_type__ = process_cpu:cpu:nanoseconds:cpu:nanoseconds`` (no ``__period__``: the
+    old schema did not keep it). Their ids stay, so no window row changes.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return 0
+    n = 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sid, text in conn.execute("SELECT id, labels FROM series").fetchall():
+            labels = Labels.of(dict(json.loads(text)))
+            if TYPE_LABEL in labels:
+                continue
+            conn.execute("UPDATE series SET labels = ? WHERE id = ?",
+                         (_labels_json(labels.with_(**{TYPE_LABEL: DEFAULT.id})), sid))
+            n += 1
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if n:
+        log.info("SQLite schema migrated to version %d: %d series marked as CPU", SCHEMA_VERSION, n)
+    return n
 
 
 def _labels_json(labels: Labels) -> str:
@@ -136,6 +172,7 @@ class SQLiteStore:
                 raise StoreError(f"cannot create data directory {self.path.parent}: {e}") from e
             self._w = self._connect()
             self._w.executescript(SCHEMA)
+            migrate(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
             ).fetchall()
@@ -559,10 +596,11 @@ class SQLiteStore:
         ).fetchall()
         return [self._series[s] for (s,) in rows if s in self._series]
 
-    async def label_names(self, start: int, end: int) -> list[str]:
-        """Sorted label names of series with windows in [start, end)."""
+    async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
+        """Sorted label names of (matching) series with windows in [start, end)."""
         def run() -> list[str]:
-            return sorted({k for labels in self._series_in_range(start, end) for k in labels})
+            return sorted({k for labels in self._series_in_range(start, end)
+                           if selector is None or selector.matches(labels) for k in labels})
 
         return await self._run(self._rexec, run)
 

@@ -103,6 +103,9 @@ async def test_go_style_pprof_ingest(client: TestClient) -> None:
     )
 
 
+CPU_ID = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+
+
 async def test_connect_push_with_sample_labels_splits_series(client: TestClient) -> None:
     a = encode_pprof(parse("main;hot_loop_alpha 6\n"), time_nanos=int(W * 1e9))
     b = encode_pprof(parse("main;tagged_work_beta 4\n"), time_nanos=int(W * 1e9), sample_labels={"route": "/admin"})
@@ -119,13 +122,16 @@ async def test_connect_push_with_sample_labels_splits_series(client: TestClient)
     assert "__name__" not in names and {"route", "env", "service_name"} <= set(names)
     env = q('{env="test"}')
     vals = await (await client.get(f"/api/v1/label/route/values?{RANGE}&query={env}")).json()
-    assert vals == {"name": "route", "values": ["/admin"]}
-    # non-CPU profile types are skipped, not stored
+    assert vals == {"name": "route", "values": ["/admin"], "profile_type": CPU_ID, "unit": "samples",
+                    "period_ns": 10_000_000}
+    # another __name__ is another profile type: stored apart, never mixed into CPU (issue 13)
     mem = (("__name__", "memory"), ("service_name", "py-app"))
     body = gzip.compress(encode_push_request([PushSeries(mem, (RawSample(a, "3"),))]))
     r = await client.post("/push.v1.PusherService/Push", data=body, headers={"Content-Type": "application/proto"})
     assert r.status == 200
     assert await folded_of(client, '{service_name="py-app"}') == "main;hot_loop_alpha 6\nmain;tagged_work_beta 4\n"
+    other = "memory:cpu:nanoseconds:cpu:nanoseconds"
+    assert await folded_of(client, other + '{service_name="py-app"}') == "main;hot_loop_alpha 6\n"
 
 
 async def test_query_routes(client: TestClient) -> None:

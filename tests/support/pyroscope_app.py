@@ -15,6 +15,8 @@ Flags:
 ``--sample-rate HZ``      SDK sampling rate (default 100, i.e. pprof period 10,000,000 ns)
 ``--upload-interval S``   SDK upload interval in seconds (default 10; the SDK's own default)
 ``--route PATH``          the value of the ``route`` tag set with ``tag_wrapper`` (default /admin)
+``--wall``                wall-clock mode (``oncpu=False``): the SDK also samples idle threads;
+                          the loop then sleeps in ``idle_wait_gamma`` a third of the time
 
 What it runs, in a loop, until ``--seconds`` pass:
 
@@ -52,6 +54,11 @@ def tagged_work_beta(deadline: float) -> int:
     return acc
 
 
+def idle_wait_gamma(seconds: float) -> None:
+    """Sleep (off CPU) in a distinctively named function: only wall-clock profiles see it."""
+    time.sleep(seconds)
+
+
 def _tags(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-rate", type=int, default=100)
     ap.add_argument("--upload-interval", type=int, default=10)
     ap.add_argument("--route", default="/admin")
+    ap.add_argument("--wall", action="store_true")
     args = ap.parse_args(argv)
     tags = _tags(args.tag)
     try:
@@ -86,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         upload_interval=args.upload_interval,
         tags=tags,
         enable_logging=False,
+        oncpu=not args.wall,
     )
     end = time.monotonic() + args.seconds
     while (now := time.monotonic()) < end:
         hot_loop_alpha(min(end, now + 0.06))
         with pyroscope.tag_wrapper({"route": args.route}):
             tagged_work_beta(min(end, time.monotonic() + 0.04))
+        if args.wall:
+            idle_wait_gamma(max(0.0, min(end - time.monotonic(), 0.05)))
     pyroscope.shutdown()
     return 0
 

@@ -126,3 +126,54 @@ def big_profile(n_stacks: int = 20000, seed: int = 1) -> str:
         seen.add(stack)
         lines.append(f"{stack} {rng.randint(1, 40)}")
     return "\n".join(lines) + "\n"
+
+
+# -- memory (issue 13): a Go-heap-like pprof with alloc_objects/count and alloc_space/bytes --------
+
+MIB = 1024 * 1024
+# (stack root-first, objects, bytes) in one profile; "PIL.Image:open" totals exactly 1.50 MiB.
+MEMORY = [
+    ("python;admin.views:admin_page;admin.images:createSampleImages;PIL.Image:open", 3, 1 * MIB),
+    ("python;admin.views:admin_page;admin.images:createSampleImages;PIL.Image:open;zlib:decompress",
+     2, MIB // 2),
+    ("python;admin.views:admin_page;jinja2.environment:render", 40, 256 * 1024),
+    ("python;admin.views:list_users;sqlalchemy.orm.query:all", 1000, 3 * MIB),
+]
+MEMORY_NAME = "PIL.Image:open"
+MEMORY_BYTES = 1.5 * MIB  # PIL.Image:open's total in one profile
+
+
+def memory_pprof(stacks: list[tuple[str, int, int]] = MEMORY, scale: int = 1) -> bytes:
+    """A pprof as Go's heap profile writes its alloc columns: sample types alloc_objects/count and
+    alloc_space/bytes, period type space/bytes (period 512 KiB). ``scale`` multiplies the values."""
+    from stacks import _proto
+
+    strings: dict[str, int] = {"": 0}
+
+    def sx(text: str) -> int:
+        return strings.setdefault(text, len(strings))
+
+    p = _proto.Profile()
+    p.sample_type.add(type=sx("alloc_objects"), unit=sx("count"))
+    p.sample_type.add(type=sx("alloc_space"), unit=sx("bytes"))
+    p.period_type.type = sx("space")
+    p.period_type.unit = sx("bytes")
+    p.period = 512 * 1024
+    locs: dict[str, int] = {}
+    for stack, objects, size in stacks:
+        ids = []
+        for name in stack.split(";"):
+            if name not in locs:
+                locs[name] = len(locs) + 1
+                p.function.add(id=locs[name], name=sx(name), system_name=sx(name))
+                p.location.add(id=locs[name]).line.add(function_id=locs[name])
+            ids.append(locs[name])
+        p.sample.add(location_id=list(reversed(ids)), value=[objects * scale, size * scale])
+    p.string_table.extend(t.encode("utf-8") for t in strings)
+    return p.SerializeToString()
+
+
+def ingest_memory(url: str, start: int, labels: dict[str, str], scale: int = 1) -> dict:
+    """One memory pprof through ``/ingest?format=pprof`` under ``__name__`` = memory."""
+    return post(url, "/ingest", {"name": app_name(labels, "memory"), "from": str(start),
+                                 "until": str(start + 10), "format": "pprof"}, memory_pprof(scale=scale))

@@ -71,7 +71,8 @@ async def test_every_page_asset_is_served(client: TestClient) -> None:
     html = (viewer_app.STATIC_DIR / "index.html").read_text()
 
     names = re.findall(r'/static/([A-Za-z0-9_.-]+)', html)
-    assert {"flame.js", "app.js", "style.css"} <= set(names)
+    assert {"units.js", "flame.js", "app.js", "style.css"} <= set(names)
+    assert names.index("units.js") < names.index("flame.js")  # flame.js needs window.FlameUnits
     for name in names:
         r = await client.get(f"/static/{name}")
         assert r.status == 200, name
@@ -79,6 +80,6 @@ async def test_every_page_asset_is_served(client: TestClient) -> None:
     assert "/static/plotly.min.js" in app_js  # loaded lazily, after the first paint
     # No HTML sinks at all in the page's scripts: data reaches the DOM only through textContent.
     sinks = re.compile(r"\.(innerHTML|outerHTML|insertAdjacentHTML)\b|document\.write|\beval\(|new Function")
-    for name in ("app.js", "flame.js"):
+    for name in ("app.js", "flame.js", "units.js"):
         src = (Path(viewer_app.STATIC_DIR) / name).read_text()
         assert not sinks.search(src), (name, sinks.search(src))

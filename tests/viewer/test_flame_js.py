@@ -39,6 +39,7 @@ def page(browser: Any) -> Any:
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
     p.set_content("<html><body style='margin:0'><div id=f style='width:1000px'></div></body></html>")
+    p.add_script_tag(content=(STATIC_DIR / "units.js").read_text())
     p.add_script_tag(content=(STATIC_DIR / "flame.js").read_text())
     p.evaluate("window.fg = new FlameGraph(document.getElementById('f'), {})")
     yield p
@@ -82,8 +83,8 @@ def test_zoom_search_highlight_and_tooltip_text(page: Any) -> None:
                                                                " fg.frames()")}
     assert colours["work"] == page.evaluate("FlameGraph.COLORS.highlight")
     assert colours["main"] != colours["work"]
-    assert page.evaluate("fg.describe(4)") == ["<b>x</b>", "kind: user", "total: 3 (30.00%)",
-                                               "self: 3 (30.00%)"]
+    assert page.evaluate("fg.describe(4)") == ["<b>x</b>", "kind: user", "total: 3 samples (30.00%)",
+                                               "self: 3 samples (30.00%)"]
     assert page.evaluate("document.querySelectorAll('b').length") == 0
     assert page.evaluate("fg.toPNG()").startswith("data:image/png;base64,")
 
@@ -99,7 +100,7 @@ def test_diff_colours_share_and_absolute(page: Any) -> None:
     assert b > r + 100  # shrank: blue
     assert frames["all"]["color"] == "rgb(216,216,216)"  # unchanged root
     lines = page.evaluate("fg.describe(2)")
-    assert lines[2].startswith("base: 2 (20.00%)") and lines[3].startswith("compare: 8 (80.00%)")
+    assert lines[2].startswith("base: 2 samples (20.00%)") and lines[3].startswith("compare: 8 samples (80.00%)")
     assert lines[4] == "delta: +60.00 pp of the whole"
     page.evaluate("fg.setOptions({diffMode: 'absolute'})")
     assert page.evaluate("fg.describe(2)")[4] == "delta: +6 samples"
@@ -114,3 +115,26 @@ def test_min_px_skips_whole_subtrees_and_bad_input(page: Any) -> None:
         "() => { try { fg.setData({type: 'icicle'}); return ''; } catch (e) { return e.message; } }")
     assert "type 'flame' or 'diff'" in err
     assert page.evaluate("fg.setData(null); fg.frames().length") == 0
+
+
+def test_tooltip_in_the_types_unit(page: Any) -> None:
+    """CPU stored as samples with a period reads as time plus samples; bytes with binary prefixes;
+    counts plain; an absolute diff's delta in the same unit."""
+    cpu = dict(FLAME, unit="samples", period_ns=10_000_000, profile_type="process_cpu:cpu:nanoseconds:cpu:nanoseconds")
+    page.evaluate("(d) => fg.setData(d)", cpu)
+    assert page.evaluate("fg.describe(2)")[2:] == ["total: 70.0 ms (70.00%) · 7 samples",
+                                                   "self: 70.0 ms (70.00%) · 7 samples"]
+    mib = 1024 * 1024
+    mem = dict(FLAME, unit="bytes", period_ns=None, total=10 * mib,
+               nodes=dict(FLAME["nodes"], width=[v * mib for v in FLAME["nodes"]["width"]],
+                          start=[v * mib for v in FLAME["nodes"]["start"]],
+                          total=[v * mib for v in FLAME["nodes"]["total"]],
+                          self=[v * mib for v in FLAME["nodes"]["self"]]))
+    page.evaluate("(d) => fg.setData(d)", mem)
+    assert page.evaluate("fg.describe(2)")[2:] == ["total: 7.00 MiB (70.00%)", "self: 7.00 MiB (70.00%)"]
+    page.evaluate("(d) => fg.setData(d)", dict(FLAME, unit="count"))
+    assert page.evaluate("fg.describe(2)")[2] == "total: 7 (70.00%)"
+    page.evaluate("(d) => fg.setData(d)", dict(DIFF, unit="bytes", mode="absolute"))
+    page.evaluate("fg.setOptions({diffMode: 'absolute'})")
+    lines = page.evaluate("fg.describe(2)")
+    assert lines[2].startswith("base: 2 B (20.00%)") and lines[4] == "delta: +6 B"

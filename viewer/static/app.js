@@ -12,6 +12,9 @@
   var LABELS = ["namespace", "pod", "container", "node", "service_name"];
   var PRESETS = {"5m": "now-5m", "15m": "now-15m", "1h": "now-1h", "6h": "now-6h", "24h": "now-24h"};
   var TOP_LIMIT = 500;
+  // The API's default profile type (docs/architecture.md); replaced by the server's "default".
+  var DEFAULT_TYPE = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
+  var U = window.FlameUnits; // units.js: one formatter for the page and the renderer
 
   // ------------------------------------------------------------------ state
 
@@ -19,7 +22,7 @@
     mode: "flame", from: "now-1h", until: "now", sel: "", gb: "namespace",
     meta: true, inv: false, search: "", hl: "", auto: false, every: 30,
     bfrom: "", buntil: "", cfrom: "", cuntil: "", bsel: "", csel: "", dmode: "share",
-    tab: "top", fn: "", sort: "self", zoom: "", max: ""
+    tab: "top", fn: "", sort: "self", zoom: "", max: "", type: ""
   };
   var state = {};
   var filters = {}; // label -> [values]
@@ -61,8 +64,70 @@
     return e;
   }
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
-  function fmtInt(v) { return String(Math.round(v)).replace(/\B(?=(\d{3})+(?!\d))/g, ","); }
-  function pct(v, t) { return t ? (100 * v / t).toFixed(2) + "%" : "-"; }
+  var fmtInt = U.fmtInt, pct = U.pct;
+
+  // ------------------------------------------------------------------ profile types
+
+  var typesSupported = null; // null: not asked yet; false: the server has no /api/v1/profile_types
+  var profileTypes = [];     // [{id, label, unit, ...}] present in the range
+  var serverDefault = DEFAULT_TYPE;
+
+  /** The profile type every query asks for: the picker's, else the server's default (CPU). */
+  function ptype() { return state.type || serverDefault; }
+
+  /** Adds profile_type to a query's parameters (both sides of a diff share it). */
+  function typed(params) { params.profile_type = ptype(); return params; }
+
+  /** A short label for a type id, from the server's list or from the id itself. */
+  function typeLabel(id) {
+    for (var k = 0; k < profileTypes.length; k++) if (profileTypes[k].id === id) return String(profileTypes[k].label || id);
+    var p = String(id).split(":");
+    return p.length === 5 ? p[0] + " " + p[1].replace(/_/g, " ") : String(id);
+  }
+
+  function loadProfileTypes() {
+    if (state.mode === "diff") fillDiffDefaults();
+    var from = apiTime(state.mode === "diff" ? minTime() : state.from);
+    var until = apiTime(state.mode === "diff" ? maxTime() : state.until);
+    return api("types", "/api/v1/profile_types", {from: from, until: until}).then(function (d) {
+      typesSupported = true;
+      profileTypes = (d && d.profile_types) || [];
+      if (d && d.default) serverDefault = String(d.default);
+      renderTypePicker();
+      paintFlameStatus();
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      // An older aggregator (404): no picker, the page behaves as before profile types.
+      typesSupported = false;
+      profileTypes = [];
+      renderTypePicker();
+    });
+  }
+
+  function renderTypePicker() {
+    var box = $("type-field"), sel = $("profile-type");
+    box.hidden = !typesSupported;
+    if (!typesSupported) return;
+    clear(sel);
+    var list = profileTypes.slice(), cur = ptype();
+    var ids = list.map(function (t) { return t.id; });
+    // The chosen type stays selectable even when the range has none of it.
+    if (ids.indexOf(cur) < 0) list.push({id: cur, label: typeLabel(cur), absent: true});
+    // Two types with one label (e.g. "alloc space" of two names) get their name added.
+    var seen = {};
+    list.forEach(function (t) { var l = String(t.label || t.id); seen[l] = (seen[l] || 0) + 1; });
+    list.forEach(function (t) {
+      var l = String(t.label || t.id);
+      if (seen[l] > 1) l += " (" + String(t.name || String(t.id).split(":")[0]) + ")";
+      if (t.absent) l += " (no data in range)";
+      var o = el("option", "", l);
+      o.value = String(t.id);
+      o.title = String(t.id);
+      sel.appendChild(o);
+    });
+    sel.value = cur;
+    sel.title = cur;
+  }
 
   function quote(v) {
     return "\"" + String(v).replace(/\\/g, "\\\\").replace(/"/g, "\\\"").replace(/\n/g, "\\n") + "\"";
@@ -171,15 +236,22 @@
   }
 
   function flameStatus(d) {
+    var u = U.unitOf(d), what = typesSupported || d.profile_type ? typeLabel(d.profile_type || ptype()) + " " : "";
     if (state.mode === "diff") {
-      return d.mode + " diff: base " + fmtInt(d.base_sum || 0) + " samples, compare " +
-        fmtInt(d.compare_sum || 0) + " samples; red grew, blue shrank";
+      return what + d.mode + " diff: base " + U.formatLong(d.base_sum || 0, u) + ", compare " +
+        U.formatLong(d.compare_sum || 0, u) + "; red grew, blue shrank";
     }
-    var s = fmtInt(d.total || 0) + " samples, " + fmtInt(d.nodes.name.length) + " frames";
+    var s = what + U.formatLong(d.total || 0, u) + ", " + fmtInt(d.nodes.name.length) + " frames";
     var p = d.pruned || {};
     if (p.nodes_before > p.nodes_after) s += " (pruned from " + fmtInt(p.nodes_before) + ")";
-    if (!d.total) s = "no samples in this range for this selector";
+    if (!d.total) s = "no " + (what || "samples ") + "data in this range for this selector";
     return s;
+  }
+
+  var lastFlame = null;
+  // The status line under the controls; repainted when the type labels arrive after the graph.
+  function paintFlameStatus() {
+    if (lastFlame && document.body.dataset.flame !== "error") setStatus($("status"), flameStatus(lastFlame.doc) + lastFlame.timing);
   }
 
   function loadFlame() {
@@ -193,10 +265,11 @@
         compare_from: apiTime(state.cfrom), compare_until: apiTime(state.cuntil),
         mode: state.dmode, format: "json", metadata: state.meta ? "1" : "0"
       };
+      typed(params);
     } else {
       path = "/api/v1/render";
-      params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
-        format: "json", metadata: state.meta ? "1" : "0"};
+      params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
+        format: "json", metadata: state.meta ? "1" : "0"});
     }
     if (state.max) params.max_nodes = state.max;
     document.body.dataset.flame = "loading";
@@ -212,8 +285,9 @@
           if (z > 0) fg.zoomTo(z);
         } catch (e) { state.zoom = ""; }
       }
-      setStatus($("status"), flameStatus(d) + "  ·  fetched in " + Math.round(t1 - t0) + " ms, drawn in " +
-        fg.lastDrawMs.toFixed(1) + " ms");
+      lastFlame = {doc: d, timing: "  ·  fetched in " + Math.round(t1 - t0) + " ms, drawn in " +
+        fg.lastDrawMs.toFixed(1) + " ms"};
+      paintFlameStatus();
       updateSearchStats();
       flameSeq++;
       // Read-only timings for bench/viewer.py: ms since navigation start, fetch and draw times.
@@ -221,9 +295,10 @@
         nodes: d.nodes.name.length, seq: flameSeq};
       document.body.dataset.flame = "ready";
       document.body.dataset.flameSeq = String(flameSeq);
-      if (state.mode === "diff") renderDiffTable(d.table);
+      if (state.mode === "diff") renderDiffTable(d.table, U.unitOf(d));
     }).catch(function (e) {
       if (isStale(e)) return;
+      lastFlame = null;
       fg.setData(null);
       setStatus($("status"), String(e.message || e), true);
       document.body.dataset.flame = "error";
@@ -236,7 +311,8 @@
     var s = fg.searchStats();
     if (s.error) { box.classList.add("bad"); out.textContent = "invalid regex"; return; }
     box.classList.remove("bad");
-    out.textContent = "matched " + fmtInt(s.matched) + " of " + fmtInt(s.total) + " (" +
+    var u = fg.unit();
+    out.textContent = "matched " + U.format(s.matched, u) + " of " + U.format(s.total, u) + " (" +
       (100 * s.share).toFixed(2) + "%)";
   }
 
@@ -346,7 +422,7 @@
     LABELS.forEach(function (l) {
       // Each list is narrowed by the other filters, so pods follow the chosen namespace.
       api("labels-" + l, "/api/v1/label/" + encodeURIComponent(l) + "/values",
-        {query: buildSelector(l), from: from, until: until}).then(function (d) {
+        typed({query: buildSelector(l), from: from, until: until})).then(function (d) {
         widgets[l].setValues((d && d.values) || []);
       }).catch(function (e) { if (!isStale(e)) widgets[l].setValues([]); });
     });
@@ -402,8 +478,8 @@
   }
 
   function loadTimeline() {
-    var params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
-      group_by: state.gb};
+    var params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
+      group_by: state.gb});
     return api("timeline", "/api/v1/timeline", params).then(function (d) {
       timelineData = d;
       drawTimeline();
@@ -438,22 +514,33 @@
     var t = $("timeline");
     var ph = t.querySelector(".placeholder");
     if (ph) t.removeChild(ph);
-    var d = timelineData;
+    var d = timelineData, u = U.unitOf(d);
+    // One scale for the whole chart, picked by the largest stacked bar (plotly has no binary prefixes).
+    var stack = {};
+    (d.series || []).forEach(function (s) { s.points.forEach(function (p) { stack[p[0]] = (stack[p[0]] || 0) + p[1]; }); });
+    var peak = 0;
+    Object.keys(stack).forEach(function (k) { if (stack[k] > peak) peak = stack[k]; });
+    var ax = U.axis(peak, u);
     var traces = (d.series || []).map(function (s, k) {
       return {
         type: "bar", name: s.group === "" ? "(no " + (state.gb || "label") + ")" : String(s.group),
         x: s.points.map(function (p) { return isoUTC(p[0] + (d.window || 30) / 2); }),
-        y: s.points.map(function (p) { return p[1]; }),
+        y: s.points.map(function (p) { return p[1] * ax.mul / ax.div; }),
+        customdata: s.points.map(function (p) { return U.formatLong(p[1], u); }),
         marker: {color: PALETTE[k % PALETTE.length]},
-        hovertemplate: "%{y} samples<extra>%{fullData.name}</extra>"
+        hovertemplate: "%{customdata}<extra>%{fullData.name}</extra>"
       };
     });
+    var what = typesSupported ? typeLabel(d.profile_type || ptype()) : "";
+    $("timeline-title").textContent = (what ? what + ", " : "") +
+      (u.kind === "samples" ? "samples" : u.kind === "time" ? "seconds" : u.kind === "bytes" ? "bytes" : "count") +
+      " per " + (d.window || 30) + " s";
     var layout = {
       barmode: "stack", bargap: 0.05, height: 150, margin: {l: 50, r: 10, t: 6, b: 26},
       dragmode: "select", selectdirection: "h", showlegend: true,
       legend: {orientation: "v", x: 1.01, y: 1, font: {size: 11}},
       xaxis: {type: "date", range: [isoUTC(d.from), isoUTC(d.until)], fixedrange: true, title: {text: ""}},
-      yaxis: {fixedrange: true, title: {text: "samples", font: {size: 11}}, rangemode: "tozero"},
+      yaxis: {fixedrange: true, title: {text: ax.suffix || "count", font: {size: 11}}, rangemode: "tozero"},
       shapes: timelineShapes(), font: {family: "system-ui, sans-serif", size: 11},
       paper_bgcolor: "#fff", plot_bgcolor: "#fff"
     };
@@ -513,6 +600,7 @@
 
   var topRows = [];
   var topTotal = 0;
+  var topUnit = U.unitOf(null);
 
   function loadTables() {
     if (state.mode === "flame") loadTop();
@@ -520,10 +608,11 @@
   }
 
   function loadTop() {
-    return api("top", "/api/v1/top", {query: buildSelector(), from: apiTime(state.from),
-      until: apiTime(state.until), limit: String(TOP_LIMIT)}).then(function (d) {
+    return api("top", "/api/v1/top", typed({query: buildSelector(), from: apiTime(state.from),
+      until: apiTime(state.until), limit: String(TOP_LIMIT)})).then(function (d) {
       topRows = (d && d.rows) || [];
       topTotal = (d && d.total) || 0;
+      topUnit = U.unitOf(d);
       renderTop();
     }).catch(function (e) {
       if (isStale(e)) return;
@@ -572,9 +661,9 @@
       var tk = el("td");
       tk.appendChild(kindBadge(r.kind));
       tr.appendChild(tk);
-      tr.appendChild(el("td", "num", fmtInt(r.self)));
+      tr.appendChild(el("td", "num", U.format(r.self, topUnit)));
       tr.appendChild(el("td", "num", pct(r.self, topTotal)));
-      tr.appendChild(el("td", "num", fmtInt(r.total)));
+      tr.appendChild(el("td", "num", U.format(r.total, topUnit)));
       tr.appendChild(el("td", "num", pct(r.total, topTotal)));
       if (name === state.hl) tr.classList.add("sel");
       tr.addEventListener("click", function () { pickFunction(name, tr); });
@@ -582,10 +671,10 @@
     });
   }
 
-  function renderDiffTable(table) {
+  function renderDiffTable(table, u) {
     var specs = [["self", "regressions", "dt-self-reg"], ["self", "improvements", "dt-self-imp"],
       ["total", "regressions", "dt-total-reg"], ["total", "improvements", "dt-total-imp"]];
-    var unit = (table && table.mode) === "absolute" ? "Δ samples" : "Δ pp";
+    var unit = (table && table.mode) === "absolute" ? "Δ " + U.quantity(u) : "Δ pp";
     specs.forEach(function (s) {
       var t = $(s[2]), thead = t.querySelector("thead"), tbody = t.querySelector("tbody");
       clear(thead);
@@ -612,7 +701,7 @@
         tr.appendChild(el("td", "num", Number(r.base_pct).toFixed(2) + "%"));
         tr.appendChild(el("td", "num", Number(r.compare_pct).toFixed(2) + "%"));
         var dv = Number(r.delta);
-        var txt = (dv > 0 ? "+" : "") + (table.mode === "absolute" ? fmtInt(dv) : dv.toFixed(2));
+        var txt = table.mode === "absolute" ? U.formatDelta(dv, u) : (dv > 0 ? "+" : "") + dv.toFixed(2);
         tr.appendChild(el("td", "num " + (dv > 0 ? "pos" : "neg"), txt));
         tr.addEventListener("click", function () { pickFunction(name, tr); });
         tbody.appendChild(tr);
@@ -630,6 +719,7 @@
       ? {query: state.csel || buildSelector(), from: apiTime(state.cfrom), until: apiTime(state.cuntil)}
       : {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until)};
     side.function = fn;
+    typed(side);
     setStatus(st, "loading…");
     return api("sandwich", "/api/v1/sandwich", side).then(function (d) {
       if (!sandwichCallers) {
@@ -640,9 +730,15 @@
         window.__sandwich = {callers: sandwichCallers, callees: sandwichCallees};
       }
       // Callers grow upwards from the function, callees hang below it: the function meets in the middle.
+      // The unit is on the answer; the two trees inherit it when they do not carry their own.
+      [d.callers, d.callees].forEach(function (t) {
+        if (t && !t.unit) t.unit = d.unit;
+        if (t && t.period_ns === undefined) t.period_ns = d.period_ns;
+      });
       sandwichCallers.setData(d.callers);
       sandwichCallees.setData(d.callees);
-      setStatus(st, "function " + fn + ": " + fmtInt(d.callers.total || 0) + " samples in stacks containing it");
+      setStatus(st, "function " + fn + ": " + U.formatLong(d.callers.total || 0, U.unitOf(d.callers)) +
+        " in stacks containing it");
     }).catch(function (e) {
       if (isStale(e)) return;
       setStatus(st, String(e.message || e), true);
@@ -669,10 +765,11 @@
       params = {base: state.bsel || buildSelector(), compare: state.csel || buildSelector(),
         base_from: apiTime(state.bfrom), base_until: apiTime(state.buntil),
         compare_from: apiTime(state.cfrom), compare_until: apiTime(state.cuntil), mode: state.dmode};
+      typed(params);
     } else {
       base = "/api/v1/render";
-      params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
-        metadata: state.meta ? "1" : "0"};
+      params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
+        metadata: state.meta ? "1" : "0"});
     }
     function href(fmt) {
       var p = Object.assign({}, params, {format: fmt});
@@ -687,7 +784,8 @@
     // The HTML page of a diff is the flame page of the compare side (the API has no HTML diff).
     $("exp-html").href = state.mode === "diff"
       ? "/api/v1/render?" + new URLSearchParams({query: state.csel || buildSelector(), from: apiTime(state.cfrom),
-        until: apiTime(state.cuntil), metadata: state.meta ? "1" : "0", format: "html"}).toString()
+        until: apiTime(state.cuntil), metadata: state.meta ? "1" : "0", format: "html",
+        profile_type: ptype()}).toString()
       : href("html");
   }
 
@@ -749,6 +847,7 @@
     syncControls();
     writeURL();
     updateExports();
+    if (typesSupported !== false) loadProfileTypes();
     loadFlame();
     loadTimeline();
     loadLabelValues();
@@ -770,6 +869,12 @@
   }
 
   function bind() {
+    $("profile-type").addEventListener("change", function () {
+      // A new type: the zoom path, highlight and sandwich function belong to the old one's frames.
+      state.type = $("profile-type").value === serverDefault ? "" : $("profile-type").value;
+      state.zoom = ""; state.hl = "";
+      refreshAll();
+    });
     $("mode-flame").addEventListener("click", function () {
       state.mode = "flame"; state.zoom = ""; showTab(state.tab); refreshAll();
     });
@@ -807,7 +912,22 @@
         prompt("Link to this view", location.href);
       }
     });
-    function applySel() { state.sel = $("selector").value.trim(); onSelectorChange(); }
+    function applySel() {
+      var sel = $("selector").value.trim();
+      // Pyroscope's TYPE{selector} form: the type goes to the picker, the rest stays a selector.
+      var m = /^([A-Za-z0-9_.-]+(?::[A-Za-z0-9_.-]*){4})\s*(\{.*\})?$/.exec(sel);
+      if (m) {
+        state.type = m[1] === serverDefault ? "" : m[1];
+        sel = m[2] || "";
+        $("selector").value = sel;
+        state.sel = sel;
+        state.zoom = ""; state.hl = "";
+        refreshAll();
+        return;
+      }
+      state.sel = sel;
+      onSelectorChange();
+    }
     $("apply-selector").addEventListener("click", applySel);
     $("selector").addEventListener("keydown", function (e) { if (e.key === "Enter") applySel(); });
     $("group-by").addEventListener("change", function () { state.gb = $("group-by").value; writeURL(); loadTimeline(); });
@@ -898,6 +1018,7 @@
         }, 0);
       });
     };
+    loadProfileTypes();
     loadFlame().then(after, after);
   }
 

@@ -101,12 +101,10 @@
   var FONT = FONT_PX + "px \"DejaVu Sans Mono\", Menlo, Consolas, monospace";
   var PAD = 3;             // text padding inside a frame
 
-  function pct(v, t) {
-    return t ? (100 * v / t).toFixed(2) + "%" : "-";
-  }
-  function fmtInt(v) {
-    return String(Math.round(v)).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-  }
+  // Values, shares and units come from units.js (window.FlameUnits), loaded first.
+  var U = global.FlameUnits;
+  if (!U) throw new Error("flame.js needs units.js (window.FlameUnits) loaded before it");
+  var pct = U.pct;
 
   /**
    * new FlameGraph(container, {onZoom(i), onHover(i, event), onSelect(name, i)})
@@ -482,10 +480,15 @@
     return out;
   };
 
-  /** Tooltip lines for node i (plain strings; the caller puts them in textContent). */
+  /** The unit of the loaded data ({unit, periodNs, kind}, see units.js). */
+  FlameGraph.prototype.unit = function () {
+    return U.unitOf(this.data);
+  };
+
+  /** Tooltip lines for node i (plain strings; the caller puts them in textContent). Values in the data's unit. */
   FlameGraph.prototype.describe = function (i) {
     if (!this.n || i < 0 || i >= this.n) return [];
-    var d = this.data, nd = d.nodes;
+    var d = this.data, nd = d.nodes, u = U.unitOf(d);
     var name = String(d.names[this.nName[i]]), kind = KIND_ORDER[this.nKind[i]];
     var label = nd.label && nd.label[i] ? String(nd.label[i]) : "";
     var lines = [label ? label + ": " + name : name];
@@ -493,19 +496,20 @@
     if (this.isDiff) {
       var bsum = d.base_sum || 0, csum = d.compare_sum || d.total || 0;
       var bt = nd.base_total[i], ct = nd.total[i];
-      lines.push("base: " + fmtInt(bt) + " (" + pct(bt, bsum) + ")  self " + fmtInt(nd.base_self[i]));
-      lines.push("compare: " + fmtInt(ct) + " (" + pct(ct, csum) + ")  self " + fmtInt(nd.self[i]));
+      lines.push("base: " + U.format(bt, u) + " (" + pct(bt, bsum) + ")  self " + U.format(nd.base_self[i], u) +
+        U.samplesNote(bt, u));
+      lines.push("compare: " + U.format(ct, u) + " (" + pct(ct, csum) + ")  self " + U.format(nd.self[i], u) +
+        U.samplesNote(ct, u));
       if (this.diffModeUsed === "absolute") {
-        var dd = ct - bt;
-        lines.push("delta: " + (dd >= 0 ? "+" : "") + fmtInt(dd) + " samples");
+        lines.push("delta: " + U.formatDelta(ct - bt, u));
       } else {
         var ds = 100 * ((csum ? ct / csum : 0) - (bsum ? bt / bsum : 0));
         lines.push("delta: " + (ds >= 0 ? "+" : "") + ds.toFixed(2) + " pp of the whole");
       }
     } else {
       var tot = nd.total[0] || d.total || 0;
-      lines.push("total: " + fmtInt(nd.total[i]) + " (" + pct(nd.total[i], tot) + ")");
-      lines.push("self: " + fmtInt(nd.self[i]) + " (" + pct(nd.self[i], tot) + ")");
+      lines.push("total: " + U.format(nd.total[i], u) + " (" + pct(nd.total[i], tot) + ")" + U.samplesNote(nd.total[i], u));
+      lines.push("self: " + U.format(nd.self[i], u) + " (" + pct(nd.self[i], tot) + ")" + U.samplesNote(nd.self[i], u));
     }
     return lines;
   };
