@@ -49,7 +49,7 @@ if command -v npm >/dev/null && [ ! -d "$NODE_DEPS/node_modules/@pyroscope/nodej
   log "installing @pyroscope/nodejs into $NODE_DEPS"
   mkdir -p "$NODE_DEPS"
   [ -f "$NODE_DEPS/package.json" ] || echo '{"name": "fw-node-app", "version": "1.0.0", "private": true}' > "$NODE_DEPS/package.json"
-  (cd "$NODE_DEPS" && npm install --no-audit --no-fund @pyroscope/nodejs >/dev/null 2>&1) \
+  (cd "$NODE_DEPS" && npm install --no-audit --no-fund "@pyroscope/nodejs@0.6" >/dev/null 2>&1) \
     || log "npm install @pyroscope/nodejs failed; tests/aggregator/test_real_profiles.py will skip its Node test"
 fi
 # Tells the tests that this machine was prepared: a real part's test that skips here fails.
