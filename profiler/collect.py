@@ -24,6 +24,7 @@ would double-count the process in every namespace/pod view.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class PidSamples:
 
     comm: str
     stacks: dict[Stack, int] = field(default_factory=dict)
+    count: int = 0  # == total, kept up to date so the 1 s scheduler poll is cheap
 
     @property
     def total(self) -> int:
@@ -61,6 +63,7 @@ class Collector:
                 entry = self._pids[pid] = PidSamples(s.comm)
             st = entry.stacks
             st[s.frames] = st.get(s.frames, 0) + count
+            entry.count += count
             self.taken += count
 
     def add_stacks(self, pid: int, comm: str, stacks: Mapping[Stack, int]) -> None:
@@ -71,7 +74,13 @@ class Collector:
                 entry = self._pids[pid] = PidSamples(comm)
             for k, c in stacks.items():
                 entry.stacks[k] = entry.stacks.get(k, 0) + c
+                entry.count += c
                 self.taken += c
+
+    def counts(self) -> dict[int, int]:
+        """Samples per pid so far in this interval (for the py-spy scheduler's poll)."""
+        with self._lock:
+            return {pid: e.count for pid, e in self._pids.items()}
 
     def drain(self) -> dict[int, PidSamples]:
         """The interval's samples; the collector starts empty again."""
@@ -80,21 +89,28 @@ class Collector:
         return out
 
 
-def spread(n: int, weights: Mapping[Stack, int]) -> dict[Stack, int]:
-    """Split ``n`` over ``weights`` proportionally; integer results summing to exactly ``n``."""
+def spread(n: int, weights: Mapping[Stack, float]) -> dict[Stack, int]:
+    """Split ``n`` over ``weights`` (ints or floats) proportionally; integers summing to exactly ``n``."""
     total = sum(weights.values())
     if n <= 0 or total <= 0:
         return {}
     keys = sorted(weights, key=lambda k: (-weights[k], k))  # deterministic tie-break
-    base = {k: n * weights[k] // total for k in keys}
+    exact = {k: n * weights[k] / total for k in keys}
+    if all(isinstance(w, int) for w in weights.values()):  # exact integer arithmetic when possible
+        base = {k: n * int(weights[k]) // int(total) for k in keys}
+        rem = {k: n * int(weights[k]) % int(total) for k in keys}
+    else:
+        base = {k: math.floor(exact[k]) for k in keys}
+        rem = {k: exact[k] - base[k] for k in keys}
     left = n - sum(base.values())
+    order = {k: i for i, k in enumerate(keys)}
     # largest remainders get the leftover units
-    for k in sorted(keys, key=lambda k: (-(n * weights[k] % total), keys.index(k)))[:left]:
+    for k in sorted(keys, key=lambda k: (-rem[k], order[k]))[:left]:
         base[k] += 1
     return {k: v for k, v in base.items() if v > 0}
 
 
-def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, int] | None) -> dict[Stack, int]:
+def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, float] | None) -> dict[Stack, int]:
     """perf stacks of one process with user-leaf samples renamed by py-spy's stacks (see module doc)."""
     if not python or sum(python.values()) <= 0:
         return dict(perf)
