@@ -84,6 +84,7 @@ def render(url: str, query: str, t0: float, t1: float) -> str:
 def named_share(folded: str, fn: str) -> tuple[float, int]:
     """(share of samples whose stack holds ``fn``, total samples) of a folded text."""
     total = named = 0
+    unnamed: list[tuple[int, str]] = []
     for line in folded.splitlines():
         stack, _, n = line.rpartition(" ")
         if not n.isdigit():
@@ -91,17 +92,23 @@ def named_share(folded: str, fn: str) -> tuple[float, int]:
         total += int(n)
         if f"{fn} (" in stack:
             named += int(n)
+        else:
+            unnamed.append((int(n), stack))
+    if os.environ.get("FIDELITY_SHOW_UNNAMED"):  # what the unnamed samples are (for the design notes)
+        for n, stack in sorted(unnamed, reverse=True)[:4]:
+            print(f"  unnamed {fn}: {n} {stack[-300:]}", file=sys.stderr)
     return (named / total if total else 0.0), total
 
 
-def tree_cpu(p: psutil.Process) -> float:
-    """CPU seconds of ``p``, its live descendants and its reaped children."""
+def tree_parts(p: psutil.Process) -> dict[str, float]:
+    """CPU seconds of ``p`` (agent), its live children by tool and its reaped children (py-spy runs)."""
     t = p.cpu_times()
-    out = t.user + t.system + t.children_user + t.children_system
+    out = {"agent": t.user + t.system, "perf": 0.0, "py-spy": t.children_user + t.children_system}
     for c in p.children(recursive=True):
         try:
             ct = c.cpu_times()
-            out += ct.user + ct.system
+            key = "perf" if c.name().startswith("perf") else "py-spy"
+            out[key] += ct.user + ct.system
         except psutil.Error:
             pass
     return out
@@ -123,7 +130,8 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
         time.sleep(warmup)
         if agent.poll() is not None:
             raise SystemExit(f"the agent of {repo} exited with status {agent.returncode}")
-        c_warm, t_warm = tree_cpu(ap), time.time()
+        p_warm = tree_parts(ap)
+        c_warm, t_warm = sum(p_warm.values()), time.time()
         late = start_worker(workdir, "late", 30)  # freshness: a Python process starts burning CPU now
         t_late, fresh = time.time(), None
         try:
@@ -132,7 +140,8 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
                                                               time.time() + 20):
                     fresh = time.time() - t_late
                 time.sleep(0.5)
-            c_end, t_end = tree_cpu(ap), time.time()
+            p_end = tree_parts(ap)
+            c_end, t_end = sum(p_end.values()), time.time()
         finally:
             late.kill()
             late.wait()
@@ -144,7 +153,8 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
             share, total = named_share(render(srv.url, f'{{pod="worker-{i}"}}', t_warm, t_end), f"burn_w{i}")
             rows.append((i, duties[i], total, share))
     return {"rows": rows, "cpu_all": 100 * c_end / (t_end - t_start),
-            "cpu_steady": 100 * (c_end - c_warm) / (t_end - t_warm), "fresh": fresh}
+            "cpu_steady": 100 * (c_end - c_warm) / (t_end - t_warm), "fresh": fresh,
+            "parts": {k: 100 * (p_end[k] - p_warm[k]) / (t_end - t_warm) for k in p_end}}
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -210,7 +220,8 @@ def report(results: dict[str, dict], a: argparse.Namespace) -> None:
         r = results[n]
         fresh = f"{r['fresh']:.1f} s" if r["fresh"] is not None else "not within the run"
         print(f"{n}: agent + children {r['cpu_all']:.2f} % of a core (warm-up included), "
-              f"{r['cpu_steady']:.2f} % steady; Python names of a new busy worker after {fresh}")
+              f"{r['cpu_steady']:.2f} % steady (" + ", ".join(f"{k} {v:.2f}" for k, v in r["parts"].items())
+              + f"); Python names of a new busy worker after {fresh}")
     if len(names) == 2:
         b, c = (results[n] for n in names)
         print(f"ratio now/baseline, agent+children steady CPU: {c['cpu_steady'] / max(b['cpu_steady'], 1e-9):.2f}")
