@@ -8,13 +8,15 @@ truth about CPU time; but for CPython it only sees interpreter frames
 runs at a lower rate on only the busy Python processes. For a process that
 has a fresh py-spy profile:
 
-- perf samples whose leaf is a **kernel** frame are kept as perf took them
-  (native + kernel frames): that is syscall / page-fault time, and py-spy
-  cannot say which kernel path a Python line took;
-- the other perf samples (user-space leaf: the interpreter running Python)
-  are **replaced** by py-spy's stacks, their count spread over py-spy's
-  stacks in proportion to py-spy's counts (largest remainder, so the total
-  stays exactly perf's count).
+- perf samples with a user-space leaf (the interpreter running Python) are
+  **replaced** by py-spy's stacks, their count spread over py-spy's stacks in
+  proportion to py-spy's counts (largest remainder, so the total stays
+  exactly perf's count);
+- perf samples whose leaf is a **kernel** frame (syscalls, page faults, and
+  timer / reschedule interrupts that land in running Python code) keep their
+  kernel frames, and the native frames below them are replaced the same way
+  by py-spy's stacks: the kernel part is what perf saw, the Python caller is
+  py-spy's estimate.
 
 So a process's total in the flamegraph is always perf's sample count (one
 unit, comparable across processes), kernel time stays visible and green,
@@ -111,16 +113,28 @@ def spread(n: int, weights: Mapping[Stack, float]) -> dict[Stack, int]:
 
 
 def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, float] | None) -> dict[Stack, int]:
-    """perf stacks of one process with user-leaf samples renamed by py-spy's stacks (see module doc)."""
+    """perf stacks of one process with their user-space part renamed by py-spy's stacks (see module doc).
+
+    User-leaf samples become py-spy stacks; kernel-leaf samples keep their kernel frames under a
+    py-spy stack (the interpreter frames perf saw below the kernel are dropped). Both spread perf's
+    counts over py-spy's shape, so totals are perf's exactly.
+    """
     if not python or sum(python.values()) <= 0:
         return dict(perf)
     out: dict[Stack, int] = {}
     user = 0
+    kernel: dict[Stack, int] = {}  # kernel suffix -> count
     for stack, c in perf.items():
         if stack and stack[-1].kind is Kind.KERNEL:
-            out[stack] = out.get(stack, 0) + c
+            i = next(i for i, f in enumerate(stack) if f.kind is Kind.KERNEL)
+            suffix = stack[i:]
+            kernel[suffix] = kernel.get(suffix, 0) + c
         else:
             user += c
     for stack, c in spread(user, python).items():
         out[stack] = out.get(stack, 0) + c
+    for suffix, n in kernel.items():
+        for stack, c in spread(n, python).items():
+            key = stack + suffix
+            out[key] = out.get(key, 0) + c
     return out

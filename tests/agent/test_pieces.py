@@ -48,18 +48,21 @@ def test_spread_keeps_the_total_exactly(n: int, weights: dict) -> None:
         assert abs(v - n * weights[k] / total) < 1
 
 
-def test_combine_replaces_user_samples_and_keeps_kernel() -> None:
+def test_combine_replaces_user_samples_and_keeps_kernel_frames_under_python() -> None:
     interp = (U("_start"), U("Py_RunMain"), U("_PyEval_EvalFrameDefault"))
-    syscall = (*interp, U("write"), K("entry_SYSCALL_64"), K("ksys_write"))
+    kern = (K("entry_SYSCALL_64"), K("ksys_write"))
+    syscall = (*interp, U("write"), *kern)
     perf = {interp: 70, syscall: 30}
-    python = {(U("<module> (app.py)"), U("hot (app.py)")): 3, (U("<module> (app.py)"), U("cold (app.py)")): 1}
-    out = combine_python(perf, python)
+    hot, cold = (U("<module> (app.py)"), U("hot (app.py)")), (U("<module> (app.py)"), U("cold (app.py)"))
+    out = combine_python(perf, {hot: 3, cold: 1})
     assert out == {
-        syscall: 30,
-        (U("<module> (app.py)"), U("hot (app.py)")): 53,  # 70 * 3/4 = 52.5 -> largest remainder
-        (U("<module> (app.py)"), U("cold (app.py)")): 17,
+        hot: 53,  # 70 * 3/4 = 52.5 -> largest remainder
+        cold: 17,
+        hot + kern: 23,  # the kernel part stays as perf saw it, under py-spy's Python stacks
+        cold + kern: 7,
     }
     assert sum(out.values()) == 100
+    assert combine_python(perf, {hot: 1.5, cold: 0.5}) == out  # decayed (float) shapes spread the same
     assert combine_python(perf, None) == perf
     assert combine_python(perf, {}) == perf
 
