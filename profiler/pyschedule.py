@@ -166,6 +166,7 @@ class PyScheduler:
 
     def _take(self, run: Run, st: PyState, now: float) -> Run:
         self.tokens -= run.rate * run.duration + START_COST
+        st.retry_at = now + run.duration + 5.0  # no second run before this one reports
         st.debt = 0
         st.runs += 1
         return run
@@ -183,6 +184,7 @@ class PyScheduler:
                 self._python.pop(pid, None)
             return
         st.empty_runs = 0
+        st.retry_at = 0.0
         merged = {k: v * 0.5 for k, v in st.shape.items()}
         for k, v in stacks.items():
             merged[k] = merged.get(k, 0.0) + v

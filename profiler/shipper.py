@@ -80,13 +80,13 @@ def _set_period_type(raw: bytes, period_type: tuple[str, str]) -> bytes:
     """``encode_pprof`` always writes period type cpu/nanoseconds; wall profiles need wall/nanoseconds."""
     p = _proto.Profile()
     p.ParseFromString(raw)
-    table = list(p.string_table)
-    for text in period_type:
+    table = list(p.string_table)  # this proto keeps strings as bytes
+    for text in (t.encode() for t in period_type):
         if text not in table:
             table.append(text)
             p.string_table.append(text)
-    p.period_type.type = table.index(period_type[0])
-    p.period_type.unit = table.index(period_type[1])
+    p.period_type.type = table.index(period_type[0].encode())
+    p.period_type.unit = table.index(period_type[1].encode())
     return p.SerializeToString()
 
 
