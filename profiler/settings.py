@@ -20,7 +20,7 @@ SETTINGS: list[Setting] = [
     Setting("perf_path", "perf", "perf executable (Debian package linux-perf)"),
     Setting("perf_mmap_pages", 8,
             "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
-    Setting("pyspy", True, "add Python frames with py-spy for busy Python processes", parse_bool),
+    Setting("pyspy", True, "add Python function names with py-spy to every Python process perf sees", parse_bool),
     Setting("pyspy_path", "py-spy", "py-spy executable (pip install py-spy)"),
     Setting("pyspy_budget", 15.0,
             "node-wide py-spy samples per second (busy or idle, ~0.24 ms of CPU each), shared over all Python "
