@@ -22,7 +22,7 @@ forever:
 - **budget**: every run costs its samples (busy or idle, ~0.24 ms of CPU each,
   measured) plus ``START_COST`` for py-spy's start; a token bucket filled at
   ``budget`` samples/s bounds the node-wide cost. Probes may borrow up to one
-  bucket, so a burst of new processes is named now and paid for later.
+  bucket (30 s of budget), so a burst of new processes is named now and paid for later.
 
 Pure bookkeeping: no I/O, no clock of its own (``now`` is passed in).
 """
@@ -46,6 +46,7 @@ class PyState:
     shape: dict[Stack, float] = field(default_factory=dict)
     shape_ended: float = -1.0
     debt: int = 0
+    debt_since: float | None = None
     seen: float = 0.0
     runs: int = 0
     empty_runs: int = 0
@@ -74,20 +75,21 @@ class PyScheduler:
         is_python: Callable[[int], bool],
         *,
         frequency: int = 99,
-        budget: float = 15.0,
+        budget: float = 10.0,
         max_running: int = 4,
         duration: int = 10,
         probe_seconds: int = 2,
         max_rate: int = 50,
         target_samples: int = 20,
-        refresh_samples: int = 1000,
+        refresh_samples: int = 2000,
         own_pids: frozenset[int] = frozenset(),
     ) -> None:
         self.is_python = is_python
         self.frequency = frequency
         self.budget = budget
-        self.burst = budget * 60.0
-        self.tokens = self.burst
+        # 30 s of budget, and at least the dearest run (else a quiet process could never be refreshed)
+        self.burst = max(budget * 30.0, max_rate * duration + START_COST)
+        self.tokens = 0.0  # start-up probes borrow; an idle agent does not bank a minute of runs
         self.max_running = max_running
         self.duration = duration
         self.probe_seconds = probe_seconds
@@ -152,7 +154,7 @@ class PyScheduler:
             if slots <= 0 or any(r.pid == pid for r in out):
                 continue
             st = self.states[pid]
-            share = self._share(st, current.get(pid, 0), elapsed)
+            share = self._share(st, now)
             run = Run(pid, self.duration, self.rate_for(share, self.duration), False)
             if self.tokens < run.rate * run.duration + START_COST:
                 break  # the most indebted process waits for the bucket rather than being overtaken
@@ -160,14 +162,17 @@ class PyScheduler:
             slots -= 1
         return out
 
-    def _share(self, st: PyState, current: int, elapsed: float) -> float:
-        # debt is samples since the last run started; without a better window use this interval's
-        return current / max(elapsed * self.frequency, 1.0) if current else 0.05
+    def _share(self, st: PyState, now: float) -> float:
+        """The process's share of a core since its last run started (its debt over that time)."""
+        if st.debt_since is None or now - st.debt_since < 1.0:
+            return 0.05
+        return st.debt / ((now - st.debt_since) * self.frequency)
 
     def _take(self, run: Run, st: PyState, now: float) -> Run:
         self.tokens -= run.rate * run.duration + START_COST
         st.retry_at = now + run.duration + 5.0  # no second run before this one reports
         st.debt = 0
+        st.debt_since = now
         st.runs += 1
         return run
 

@@ -22,7 +22,7 @@ SETTINGS: list[Setting] = [
             "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
     Setting("pyspy", True, "add Python function names with py-spy to every Python process perf sees", parse_bool),
     Setting("pyspy_path", "py-spy", "py-spy executable (pip install py-spy)"),
-    Setting("pyspy_budget", 15.0,
+    Setting("pyspy_budget", 10.0,
             "node-wide py-spy samples per second (busy or idle, ~0.24 ms of CPU each), shared over all Python "
             "processes in proportion to their perf samples", float),
     Setting("pyspy_duration", 10.0, "seconds of each py-spy refresh run (and of each wall-clock run)", float),
@@ -32,7 +32,7 @@ SETTINGS: list[Setting] = [
     Setting("pyspy_target_samples", 20,
             "busy py-spy samples wanted per run; quiet processes get higher rates (up to pyspy_max_rate)", int),
     Setting("pyspy_max_rate", 50, "highest py-spy rate (Hz) of one run", int),
-    Setting("pyspy_refresh_samples", 1000,
+    Setting("pyspy_refresh_samples", 2000,
             "perf samples a Python process must have since its last py-spy run before its shape is refreshed",
             int),
     Setting("pyspy_max_processes", 4, "at most this many py-spy runs at once", int),

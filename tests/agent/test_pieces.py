@@ -386,7 +386,7 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     assert {r.pid for r in runs} == {1, 2} and all(r.probe and r.duration == 2 for r in runs)
     rate = {r.pid: r.rate for r in runs}
     assert rate[1] == 17 and rate[2] == 50  # ~20 busy samples: the quiet process gets the higher rate
-    assert sched.tokens == sched.burst - sum(r.rate * r.duration + START_COST for r in runs)
+    assert sched.tokens == -sum(r.rate * r.duration + START_COST for r in runs)
     shape = {(U("main (a.py)"), U("f (a.py)")): 5}
     sched.on_result(1, shape, True, 3.0)
     sched.on_result(2, {}, True, 3.0)  # saw no busy thread: retried later, not at once
@@ -396,13 +396,14 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     sched.observe({1: 600, 2: 20, 99: 900}, 10.0)
     sched.observe({1: 600, 2: 20}, 20.0)
     assert 99 not in sched.states
+    sched.tokens = sched.burst  # the probes' loan is paid back
     runs = sched.plan(20.0, {}, 0.5, set())
     assert [r.pid for r in runs] == [1] and not runs[0].probe
     sched.on_result(1, {(U("main (a.py)"), U("g (a.py)")): 10}, True, 31.0)
     merged = sched.shape(1)
     assert merged is not None and merged[(U("main (a.py)"), U("f (a.py)"))] == 2.5  # older runs count half
     # an empty bucket stops refreshes (probes may borrow)
-    sched.tokens = 0
+    sched.tokens = -sched.burst
     sched.observe({1: 2000}, 40.0)
     assert sched.plan(40.0, {}, 0.5, set()) == []
 
