@@ -158,11 +158,17 @@ class Agent:
 
     def _on_python(self, res: PyStacks) -> None:
         """A py-spy run ended (py-spy threads call this)."""
-        with self._py_lock:
-            if res.idle:
+        if res.idle:
+            with self._py_lock:
                 if res.stacks:
                     self._wall.append(res)
-                return
+                known = res.ok and res.pid in self.sched.states
+            if known and self.pyspy is not None and not self._stop.is_set():
+                # back to back, so the wall profile covers (almost) all of the process's time
+                self.pyspy.start_run(res.pid, duration=max(1, round(self.s.pyspy_duration)),
+                                     rate=self.s.wall_rate, idle=True)
+            return
+        with self._py_lock:
             self.sched.on_result(res.pid, res.stacks, res.ok, self.clock())
         if self.perf is None and res.stacks:  # py-spy only: its samples are the data
             self.collector.add_stacks(res.pid, self._name(res.pid), res.stacks)
@@ -315,6 +321,9 @@ class Agent:
     def stats(self) -> dict[str, Any]:
         cpu = tree_cpu_seconds()
         up = max(1e-9, self.clock() - self.started)
+        with self._py_lock:  # py-spy threads change the scheduler's states
+            n_python = len(self.sched.states)
+            n_named = sum(1 for st in self.sched.states.values() if st.has_shape)
         return {
             "uptime_seconds": round(up, 1),
             "samples_taken": self.collector.taken + self.wall_taken,
@@ -334,8 +343,8 @@ class Agent:
             "pyspy_failures": self.pyspy.failures if self.pyspy else 0,
             "pyspy_processes": len(self.pyspy.active()) if self.pyspy else 0,
             "pyspy_samples": self.pyspy.samples if self.pyspy else 0,
-            "python_processes": len(self.sched.states),
-            "python_processes_named": sum(1 for st in self.sched.states.values() if st.has_shape),
+            "python_processes": n_python,
+            "python_processes_named": n_named,
             # CPU always counts the children (perf record, perf script, py-spy): that is what the node pays
             "cpu_seconds": round(cpu["total"], 3),
             "cpu_seconds_self": round(cpu["self"], 3),
