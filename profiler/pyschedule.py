@@ -21,8 +21,11 @@ forever:
   lower.
 - **budget**: every run costs its samples (busy or idle, ~0.24 ms of CPU each,
   measured) plus ``START_COST`` for py-spy's start; a token bucket filled at
-  ``budget`` samples/s bounds the node-wide cost. Probes may borrow up to one
-  bucket (30 s of budget), so a burst of new processes is named now and paid for later.
+  ``budget`` samples/s bounds the node-wide cost. Probes may run the bucket
+  into debt down to ``first_name_seconds`` (1200 s) of budget: naming a quiet
+  process the first time is dear (one busy sample of a process at 0.4 % of a
+  core costs ~250 py-spy samples), so a burst of new processes is named now
+  and paid for by later refreshes waiting.
 
 Pure bookkeeping: no I/O, no clock of its own (``now`` is passed in).
 """
@@ -76,12 +79,13 @@ class PyScheduler:
         *,
         frequency: int = 99,
         budget: float = 10.0,
-        max_running: int = 4,
+        max_running: int = 8,
         duration: int = 10,
         probe_seconds: int = 2,
         max_rate: int = 50,
         target_samples: int = 20,
         refresh_samples: int = 2000,
+        first_name_seconds: float = 1200.0,
         own_pids: frozenset[int] = frozenset(),
     ) -> None:
         self.is_python = is_python
@@ -96,6 +100,7 @@ class PyScheduler:
         self.max_rate = max_rate
         self.target_samples = target_samples
         self.refresh_samples = refresh_samples
+        self.first_name_seconds = first_name_seconds
         self.own = own_pids
         self.states: dict[int, PyState] = {}
         self._python: dict[int, bool] = {}
@@ -134,17 +139,16 @@ class PyScheduler:
         out: list[Run] = []
         slots = self.max_running - len(running)
         # probes first: Python processes burning CPU with no shape yet (freshness)
+        floor = -self.budget * self.first_name_seconds  # how far first names may run the bucket into debt
         fresh = sorted(((n, pid) for pid, n in current.items() if n >= 2 and pid not in running
                         and self._python_pid(pid)), reverse=True)
         for n, pid in fresh:
             st = self.states.setdefault(pid, PyState(seen=now))
             if st.has_shape or now < st.retry_at or slots <= 0:
                 continue
-            share = n / max(elapsed * self.frequency, 1.0)
-            run = Run(pid, self.probe_seconds, self.rate_for(share, self.probe_seconds), True)
-            if self.tokens < -self.burst:
+            if self.tokens < floor:
                 break
-            out.append(self._take(run, st, now))
+            out.append(self._take(self.probe_run(pid, n / max(elapsed * self.frequency, 1.0)), st, now))
             slots -= 1
         # refreshes: the largest debt first, within the budget
         queue = sorted(((st.debt, pid) for pid, st in self.states.items()
@@ -161,6 +165,12 @@ class PyScheduler:
             out.append(self._take(run, st, now))
             slots -= 1
         return out
+
+    def probe_run(self, pid: int, share: float) -> Run:
+        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target."""
+        d = max(self.probe_seconds, min(self.duration, math.ceil(3 / (self.max_rate * max(share, 1e-3)))))
+        want = self.target_samples / 2 / (d * max(share, 1e-3))
+        return Run(pid, d, max(1, min(self.max_rate, math.ceil(want))), True)
 
     def _share(self, st: PyState, now: float) -> float:
         """The process's share of a core since its last run started (its debt over that time)."""

@@ -35,7 +35,7 @@ SETTINGS: list[Setting] = [
     Setting("pyspy_refresh_samples", 2000,
             "perf samples a Python process must have since its last py-spy run before its shape is refreshed",
             int),
-    Setting("pyspy_max_processes", 4, "at most this many py-spy runs at once", int),
+    Setting("pyspy_max_processes", 8, "at most this many py-spy runs at once", int),
     Setting("wall", False,
             "also push a wall-clock profile (__name__=wall) of every Python process, idle threads included "
             "(py-spy --idle)", parse_bool),
