@@ -1,10 +1,11 @@
 """The agent: samplers -> per-interval collection -> labels -> spool -> shipper.
 
-Threads: the perf reader (parses ``perf script`` as it streams), one py-spy
-loop per busy Python process, the shipper (delivery with retries), the
-``/metrics`` server, and the main loop here, which every ``push_interval``
+Threads: the perf reader (parses ``perf script`` as it streams), one thread
+per py-spy run (which runs, see :mod:`profiler.pyschedule`), the shipper
+(delivery with retries), the ``/metrics`` server, and the main loop here,
+which polls the py-spy scheduler every second and every ``push_interval``
 drains the collector, combines perf and py-spy stacks per process, labels
-each process and spools one push.
+each process and spools one push (plus one wall-clock push with ``--wall``).
 """
 
 from __future__ import annotations

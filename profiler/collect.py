@@ -5,8 +5,9 @@ How the two sources combine for one Python process (the design decision):
 perf samples every CPU at a fixed rate, so its count per process is the
 truth about CPU time; but for CPython it only sees interpreter frames
 (``_PyEval_EvalFrameDefault``...). py-spy sees Python function names but
-runs at a lower rate on only the busy Python processes. For a process that
-has a fresh py-spy profile:
+is run in short, budgeted runs (:mod:`profiler.pyschedule`) that give each
+Python process a *shape*, its distribution of busy Python stacks. For a
+process that has a shape:
 
 - perf samples with a user-space leaf (the interpreter running Python) are
   **replaced** by py-spy's stacks, their count spread over py-spy's stacks in
