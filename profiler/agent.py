@@ -1,10 +1,11 @@
 """The agent: samplers -> per-interval collection -> labels -> spool -> shipper.
 
-Threads: the perf reader (parses ``perf script`` as it streams), one py-spy
-loop per busy Python process, the shipper (delivery with retries), the
-``/metrics`` server, and the main loop here, which every ``push_interval``
+Threads: the perf reader (parses ``perf script`` as it streams), one thread
+per py-spy run (which runs, see :mod:`profiler.pyschedule`), the shipper
+(delivery with retries), the ``/metrics`` server, and the main loop here,
+which polls the py-spy scheduler every second and every ``push_interval``
 drains the collector, combines perf and py-spy stacks per process, labels
-each process and spools one push.
+each process and spools one push (plus one wall-clock push with ``--wall``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import psutil
@@ -31,10 +32,11 @@ from profiler.metadata import (
     kubelet_pods_url,
     node_name,
 )
+from profiler.pyschedule import PyScheduler
 from profiler.samplers import perf as perf_sampler
 from profiler.samplers.base import Runner, SamplerUnavailable, default_runner
 from profiler.samplers.pyspy import PySpySampler, PyStacks, check_pyspy
-from profiler.shipper import Shipper, build_push
+from profiler.shipper import WALL, Shipper, build_push
 from profiler.spool import Spool
 from stacks.model import Labels, Stack
 
@@ -113,9 +115,16 @@ class Agent:
                                timeout=settings.push_timeout)
         self.perf: perf_sampler.PerfSampler | None = None
         self.pyspy: PySpySampler | None = None
-        self._py_latest: dict[int, PyStacks] = {}
-        self._py_lock = threading.Lock()
-        self._python_cache: dict[int, bool] = {}
+        self.sched = PyScheduler(
+            is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
+            max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
+            probe_seconds=settings.pyspy_probe_seconds, max_rate=settings.pyspy_max_rate,
+            target_samples=settings.pyspy_target_samples, refresh_samples=settings.pyspy_refresh_samples,
+            own_pids=frozenset({os.getpid()}))
+        self._py_lock = threading.Lock()  # guards sched (py-spy threads report into it)
+        self._wall: list[PyStacks] = []
+        self.wall_taken = 0
+        self._interval_start = clock()
         self._stop = threading.Event()
         self.intervals = 0
         self.samples_spooled = 0
@@ -123,7 +132,6 @@ class Agent:
         self.started = clock()
         self.metrics_port: int | None = None
         self._psutil_primed: set[int] = set()
-        self._busy_before: set[int] = set()
         # Resolved by check() (next to the interpreter, then PATH); the settings' values until then.
         self._perf_bin, self._pyspy_bin = settings.perf_path, settings.pyspy_path
 
@@ -144,20 +152,29 @@ class Agent:
                 mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock)
             self.perf.start()
         if self.s.pyspy:
-            self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.pyspy_rate,
-                                      duration=self.s.push_interval, steady_duration=self.s.pyspy_duration,
-                                      runner=self.runner, clock=self.clock)
+            self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
+                                      duration=self.s.pyspy_duration, runner=self.runner, clock=self.clock)
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.s.metrics_host, self.metrics_port)
 
     def _on_python(self, res: PyStacks) -> None:
-        if self.perf is None:  # py-spy only: its samples are the data
-            self.collector.add_stacks(res.pid, self._name(res.pid), res.stacks)
-        else:
+        """A py-spy run ended (py-spy threads call this)."""
+        if res.idle:
             with self._py_lock:
-                self._py_latest[res.pid] = res
+                if res.stacks:
+                    self._wall.append(res)
+                known = res.ok and res.pid in self.sched.states
+            if known and self.pyspy is not None and not self._stop.is_set():
+                # back to back, so the wall profile covers (almost) all of the process's time
+                self.pyspy.start_run(res.pid, duration=max(1, round(self.s.pyspy_duration)),
+                                     rate=self.s.wall_rate, idle=True)
+            return
+        with self._py_lock:
+            self.sched.on_result(res.pid, res.stacks, res.ok, self.clock())
+        if self.perf is None and res.stacks:  # py-spy only: its samples are the data
+            self.collector.add_stacks(res.pid, self._name(res.pid), res.stacks)
 
     def _name(self, pid: int) -> str:
         return self.resolver.process_name(pid)
@@ -171,7 +188,10 @@ class Agent:
         wall0 = self.wallclock()
         next_tick = t0 + interval
         next_stats = t0 + self.s.stats_interval
-        while not self._stop.wait(max(0.0, next_tick - self.clock())):
+        while not self._stop.wait(max(0.0, min(next_tick, self.clock() + 1.0) - self.clock())):
+            if self.clock() < next_tick:
+                self.poll_python()  # 1 s: probe Python processes that just started burning CPU
+                continue
             wall1 = self.wallclock()
             self.tick(wall0, wall1)
             wall0 = wall1
@@ -190,17 +210,16 @@ class Agent:
         """Collect one interval into a spooled push; returns its sample count."""
         self.intervals += 1
         pids = self.collector.drain()
+        now = self.clock()
+        self._interval_start = now
         with self._py_lock:
-            # a py-spy run reports when it ends, so its shape may be one run plus an interval old
-            longest = max(self.s.push_interval, self.s.pyspy_duration)
-            fresh_after = self.clock() - longest - 1.5 * self.s.push_interval
-            py = {p: r for p, r in self._py_latest.items() if r.ended >= fresh_after}
-            self._py_latest = py
+            shapes = {pid: sh for pid in pids if (sh := self.sched.shape(pid)) is not None}
+            wall, self._wall = self._wall, []
         series: dict[Labels, dict[Stack, int]] = {}
         for pid, ps in pids.items():
             try:
-                stacks = combine_python(ps.stacks, py[pid].stacks) if pid in py else ps.stacks
-                labels = self.resolver.resolve(pid, ps.comm).labels(self.node)
+                stacks = combine_python(ps.stacks, shapes[pid]) if pid in shapes else ps.stacks
+                labels = self._labels(pid, ps.comm)
             except Exception as e:  # labels are best effort; samples are never dropped for them
                 self.label_errors += 1
                 log.debug("labelling pid %d failed: %s", pid, e)
@@ -209,63 +228,79 @@ class Agent:
             for k, c in stacks.items():
                 dest[k] = dest.get(k, 0) + c
         if self.pyspy is not None:
-            self._select_python(pids if self.perf is not None else None)
-        if not series:
-            return 0
-        body, n = build_push(series, frequency=self.s.frequency if self.perf else self.s.pyspy_rate,
-                             start_ns=start_ns, duration_ns=max(0, end_ns - start_ns))
-        self.spool.put(body, n)
-        self.samples_spooled += n
+            counts = {pid: ps.count for pid, ps in pids.items()} if self.perf is not None else self._psutil_counts()
+            with self._py_lock:
+                self.sched.observe(counts, now)
+            self.poll_python()
+            self._start_wall(counts)
+        n = 0
+        if series:
+            body, n = build_push(series, frequency=self.s.frequency if self.perf else self.s.wall_rate,
+                                 start_ns=start_ns, duration_ns=max(0, end_ns - start_ns))
+            self.spool.put(body, n)
+            self.samples_spooled += n
+        if wall:
+            self._spool_wall(wall, end_ns)
         self.shipper.wake()
         return n
 
-    def _select_python(self, pids: Mapping[int, Any] | None) -> None:
-        """Point py-spy at the busiest Python processes above the threshold."""
-        assert self.pyspy is not None
-        busy: list[tuple[float, int]] = []
-        own = {os.getpid()}
-        active = set(self.pyspy.active())
-        if pids is not None:
-            full = self.s.frequency * self.s.push_interval
-            for pid, ps in pids.items():
-                share = 100.0 * ps.total / full if full else 0.0
-                # hysteresis: a process already profiled stays until it drops below half the threshold
-                limit = self.s.pyspy_threshold / 2 if pid in active else self.s.pyspy_threshold
-                if share >= limit and pid > 0 and pid not in own:
-                    busy.append((share, pid))
-        else:
-            busy = list(self._psutil_busy(own))
-        # a new process must be busy in two intervals in a row: each py-spy start costs ~0.07 CPU s,
-        # and short bursts (a test run, a cron job) are not worth one
-        now_busy = {pid for _share, pid in busy}
-        busy = [(sh, pid) for sh, pid in busy if pid in active or pid in self._busy_before]
-        self._busy_before = now_busy
-        chosen = []
-        for _share, pid in sorted(busy, reverse=True):
-            ok = self._python_cache.get(pid)
-            if ok is None:
-                ok = self._python_cache[pid] = is_python(pid)
-            if ok:
-                chosen.append(pid)
-            if len(chosen) >= self.s.pyspy_max_processes:
-                break
-        if len(self._python_cache) > 4096:
-            self._python_cache.clear()
-        self.pyspy.select(chosen)
+    def _labels(self, pid: int, comm: str) -> Labels:
+        return self.resolver.resolve(pid, comm).labels(self.node)
 
-    def _psutil_busy(self, own: set[int]) -> Iterable[tuple[float, int]]:
-        # Without perf there is no per-process sample count; psutil's cpu_percent
-        # since the previous call gives the same signal (first call primes it).
+    def poll_python(self) -> None:
+        """Start the py-spy runs the scheduler wants now (probes for new busy Python processes, refreshes)."""
+        if self.pyspy is None:
+            return
+        current = self.collector.counts() if self.perf is not None else {}
+        now = self.clock()
+        with self._py_lock:
+            runs = self.sched.plan(now, current, max(0.5, now - self._interval_start),
+                                   set(self.pyspy.running()))
+        for r in runs:
+            self.pyspy.start_run(r.pid, duration=r.duration, rate=r.rate)
+
+    def _start_wall(self, counts: Mapping[int, int]) -> None:
+        """Wall-clock mode: keep one --idle run going on every Python process seen this interval."""
+        if not self.s.wall or self.pyspy is None:
+            return
+        with self._py_lock:
+            pids = [pid for pid in counts if pid in self.sched.states]
+        for pid in pids:
+            self.pyspy.start_run(pid, duration=max(1, round(self.s.pyspy_duration)), rate=self.s.wall_rate,
+                                 idle=True)
+
+    def _spool_wall(self, runs: list[PyStacks], end_ns: int) -> None:
+        """One wall push (``__name__=wall``, wall/nanoseconds) from the runs that ended this interval."""
+        series: dict[Labels, dict[Stack, int]] = {}
+        first = min(r.started for r in runs)
+        for r in runs:
+            try:
+                labels = self._labels(r.pid, self._name(r.pid))
+            except Exception:  # labels are best effort
+                labels = Labels.of(node=self.node, process=str(r.pid))
+            dest = series.setdefault(labels, {})
+            for k, c in r.stacks.items():
+                dest[k] = dest.get(k, 0) + c
+        span_ns = int((max(r.ended for r in runs) - first) * 1e9)
+        body, n = build_push(series, frequency=self.s.wall_rate, start_ns=max(0, end_ns - span_ns),
+                             duration_ns=span_ns, profile=WALL)
+        self.spool.put(body, n)
+        self.wall_taken += n
+        self.samples_spooled += n
+
+    def _psutil_counts(self) -> dict[int, int]:
+        """Without perf: each process's CPU since the previous call, in perf-sample units (first call primes)."""
+        full = self.s.frequency * self.s.push_interval
+        out: dict[int, int] = {}
         for p in psutil.process_iter():
             try:
                 pct = p.cpu_percent(None)
             except psutil.Error:
                 continue
-            if p.pid in own:
-                continue
-            if p.pid in self._psutil_primed and pct >= self.s.pyspy_threshold:
-                yield pct, p.pid
+            if p.pid in self._psutil_primed and pct > 0:
+                out[p.pid] = round(full * pct / 100)
             self._psutil_primed.add(p.pid)
+        return out
 
     def shutdown(self, wall0: int) -> int:
         """Stop samplers, ship what they had, flush the spool (bounded time), spill the rest."""
@@ -289,9 +324,13 @@ class Agent:
     def stats(self) -> dict[str, Any]:
         cpu = tree_cpu_seconds()
         up = max(1e-9, self.clock() - self.started)
+        with self._py_lock:  # py-spy threads change the scheduler's states
+            n_python = len(self.sched.states)
+            n_named = sum(1 for st in self.sched.states.values() if st.has_shape)
         return {
             "uptime_seconds": round(up, 1),
-            "samples_taken": self.collector.taken,
+            "samples_taken": self.collector.taken + self.wall_taken,
+            "wall_samples": self.wall_taken,
             "samples_spooled": self.samples_spooled,
             "samples_pushed": self.shipper.samples_pushed,
             "samples_dropped": self.spool.dropped_samples,
@@ -306,8 +345,13 @@ class Agent:
             "pyspy_runs": self.pyspy.runs if self.pyspy else 0,
             "pyspy_failures": self.pyspy.failures if self.pyspy else 0,
             "pyspy_processes": len(self.pyspy.active()) if self.pyspy else 0,
+            "pyspy_samples": self.pyspy.samples if self.pyspy else 0,
+            "python_processes": n_python,
+            "python_processes_named": n_named,
+            # CPU always counts the children (perf record, perf script, py-spy): that is what the node pays
             "cpu_seconds": round(cpu["total"], 3),
             "cpu_seconds_self": round(cpu["self"], 3),
+            "cpu_seconds_children": round(cpu["children"], 3),
             "cpu_share_of_core": round(cpu["total"] / up, 5),
         }
 
@@ -326,11 +370,18 @@ class _AgentCollector:
         "pyspy_runs": "py-spy runs",
         "pyspy_failures": "Failed py-spy runs",
         "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy)",
+        "cpu_seconds_self": "CPU seconds of the agent's own process (children excluded)",
+        "cpu_seconds_children": "CPU seconds of perf record, perf script and py-spy (live and reaped)",
+        "pyspy_samples": "Busy Python samples py-spy took",
+        "wall_samples": "Wall-clock samples taken (py-spy --idle)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
         "spool_bytes": "Bytes of unsent pushes (memory + disk)",
         "spool_pushes": "Unsent pushes",
-        "pyspy_processes": "Python processes profiled by py-spy now",
+        "pyspy_processes": "Python processes with a py-spy run in flight now",
+        "python_processes": "Python processes the agent knows (seen by perf in the last 5 min)",
+        "python_processes_named": "Python processes with a py-spy shape (their Python time has names)",
+        "cpu_share_of_core": "CPU of the agent's process tree since start, as a share of one core",
     }
 
     def __init__(self, agent: Agent) -> None:

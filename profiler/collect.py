@@ -5,16 +5,19 @@ How the two sources combine for one Python process (the design decision):
 perf samples every CPU at a fixed rate, so its count per process is the
 truth about CPU time; but for CPython it only sees interpreter frames
 (``_PyEval_EvalFrameDefault``...). py-spy sees Python function names but
-runs at a lower rate on only the busy Python processes. For a process that
-has a fresh py-spy profile:
+is run in short, budgeted runs (:mod:`profiler.pyschedule`) that give each
+Python process a *shape*, its distribution of busy Python stacks. For a
+process that has a shape:
 
-- perf samples whose leaf is a **kernel** frame are kept as perf took them
-  (native + kernel frames): that is syscall / page-fault time, and py-spy
-  cannot say which kernel path a Python line took;
-- the other perf samples (user-space leaf: the interpreter running Python)
-  are **replaced** by py-spy's stacks, their count spread over py-spy's
-  stacks in proportion to py-spy's counts (largest remainder, so the total
-  stays exactly perf's count).
+- perf samples with a user-space leaf (the interpreter running Python) are
+  **replaced** by py-spy's stacks, their count spread over py-spy's stacks in
+  proportion to py-spy's counts (largest remainder, so the total stays
+  exactly perf's count);
+- perf samples whose leaf is a **kernel** frame (syscalls, page faults, and
+  timer / reschedule interrupts that land in running Python code) keep their
+  kernel frames, and the native frames below them are replaced the same way
+  by py-spy's stacks: the kernel part is what perf saw, the Python caller is
+  py-spy's estimate.
 
 So a process's total in the flamegraph is always perf's sample count (one
 unit, comparable across processes), kernel time stays visible and green,
@@ -24,6 +27,7 @@ would double-count the process in every namespace/pod view.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ class PidSamples:
 
     comm: str
     stacks: dict[Stack, int] = field(default_factory=dict)
+    count: int = 0  # == total, kept up to date so the 1 s scheduler poll is cheap
 
     @property
     def total(self) -> int:
@@ -61,6 +66,7 @@ class Collector:
                 entry = self._pids[pid] = PidSamples(s.comm)
             st = entry.stacks
             st[s.frames] = st.get(s.frames, 0) + count
+            entry.count += count
             self.taken += count
 
     def add_stacks(self, pid: int, comm: str, stacks: Mapping[Stack, int]) -> None:
@@ -71,7 +77,13 @@ class Collector:
                 entry = self._pids[pid] = PidSamples(comm)
             for k, c in stacks.items():
                 entry.stacks[k] = entry.stacks.get(k, 0) + c
+                entry.count += c
                 self.taken += c
+
+    def counts(self) -> dict[int, int]:
+        """Samples per pid so far in this interval (for the py-spy scheduler's poll)."""
+        with self._lock:
+            return {pid: e.count for pid, e in self._pids.items()}
 
     def drain(self) -> dict[int, PidSamples]:
         """The interval's samples; the collector starts empty again."""
@@ -80,31 +92,50 @@ class Collector:
         return out
 
 
-def spread(n: int, weights: Mapping[Stack, int]) -> dict[Stack, int]:
-    """Split ``n`` over ``weights`` proportionally; integer results summing to exactly ``n``."""
+def spread(n: int, weights: Mapping[Stack, float]) -> dict[Stack, int]:
+    """Split ``n`` over ``weights`` (ints or floats) proportionally; integers summing to exactly ``n``."""
     total = sum(weights.values())
     if n <= 0 or total <= 0:
         return {}
     keys = sorted(weights, key=lambda k: (-weights[k], k))  # deterministic tie-break
-    base = {k: n * weights[k] // total for k in keys}
+    exact = {k: n * weights[k] / total for k in keys}
+    if all(isinstance(w, int) for w in weights.values()):  # exact integer arithmetic when possible
+        base = {k: n * int(weights[k]) // int(total) for k in keys}
+        rem = {k: n * int(weights[k]) % int(total) for k in keys}
+    else:
+        base = {k: math.floor(exact[k]) for k in keys}
+        rem = {k: exact[k] - base[k] for k in keys}
     left = n - sum(base.values())
+    order = {k: i for i, k in enumerate(keys)}
     # largest remainders get the leftover units
-    for k in sorted(keys, key=lambda k: (-(n * weights[k] % total), keys.index(k)))[:left]:
+    for k in sorted(keys, key=lambda k: (-rem[k], order[k]))[:left]:
         base[k] += 1
     return {k: v for k, v in base.items() if v > 0}
 
 
-def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, int] | None) -> dict[Stack, int]:
-    """perf stacks of one process with user-leaf samples renamed by py-spy's stacks (see module doc)."""
+def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, float] | None) -> dict[Stack, int]:
+    """perf stacks of one process with their user-space part renamed by py-spy's stacks (see module doc).
+
+    User-leaf samples become py-spy stacks; kernel-leaf samples keep their kernel frames under a
+    py-spy stack (the interpreter frames perf saw below the kernel are dropped). Both spread perf's
+    counts over py-spy's shape, so totals are perf's exactly.
+    """
     if not python or sum(python.values()) <= 0:
         return dict(perf)
     out: dict[Stack, int] = {}
     user = 0
+    kernel: dict[Stack, int] = {}  # kernel suffix -> count
     for stack, c in perf.items():
         if stack and stack[-1].kind is Kind.KERNEL:
-            out[stack] = out.get(stack, 0) + c
+            i = next(i for i, f in enumerate(stack) if f.kind is Kind.KERNEL)
+            suffix = stack[i:]
+            kernel[suffix] = kernel.get(suffix, 0) + c
         else:
             user += c
     for stack, c in spread(user, python).items():
         out[stack] = out.get(stack, 0) + c
+    for suffix, n in kernel.items():
+        for stack, c in spread(n, python).items():
+            key = stack + suffix
+            out[key] = out.get(key, 0) + c
     return out

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 
 from profiler.samplers.base import Backoff
 from profiler.spool import Entry, Spool
+from stacks import _proto
 from stacks.model import Labels, Profile, Stack, StackTable
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
@@ -34,6 +35,10 @@ log = logging.getLogger("flamewatch.agent.shipper")
 
 PUSH_PATH = "/push.v1.PusherService/Push"
 PROFILE_NAME = "process_cpu"
+WALL = "wall"
+# __name__ -> (sample type, period type): the aggregator derives the Pyroscope profile type
+# (process_cpu:cpu:nanoseconds:cpu:nanoseconds, wall:wall:nanoseconds:wall:nanoseconds) from these
+PROFILE_TYPES = {PROFILE_NAME: ("cpu", "nanoseconds"), WALL: ("wall", "nanoseconds")}
 _RETRYABLE_4XX = {401, 403, 408, 425, 429}
 
 
@@ -43,23 +48,46 @@ def build_push(
     frequency: int,
     start_ns: int,
     duration_ns: int,
+    profile: str = PROFILE_NAME,
 ) -> tuple[bytes, int]:
-    """A gzip PushRequest for one interval and the number of samples in it."""
+    """A gzip PushRequest for one interval and the number of samples in it.
+
+    ``profile`` is the series' ``__name__``: ``process_cpu`` (perf + py-spy) or ``wall`` (py-spy --idle);
+    both are pprof with values ``count * period`` nanoseconds, period ``1e9 / frequency``.
+    """
+    sample_type = PROFILE_TYPES[profile]
     period = round(1e9 / frequency)
     out: list[PushSeries] = []
     total = 0
     for labels, stacks in sorted(series.items(), key=lambda kv: kv[0].items_):
         if not stacks:
             continue
-        profile = Profile.from_pairs(stacks.items(), StackTable())
-        if profile.total <= 0:
+        prof = Profile.from_pairs(stacks.items(), StackTable())
+        if prof.total <= 0:
             continue
-        total += profile.total
-        raw = encode_pprof(profile, period_nanos=period, time_nanos=start_ns, duration_nanos=duration_ns)
-        names = (("__name__", PROFILE_NAME), *labels.items_)
+        total += prof.total
+        raw = encode_pprof(prof, period_nanos=period, time_nanos=start_ns, duration_nanos=duration_ns,
+                           sample_type=sample_type)
+        if sample_type[0] != "cpu":
+            raw = _set_period_type(raw, sample_type)
+        names = (("__name__", profile), *labels.items_)
         out.append(PushSeries(names, (RawSample(raw, str(uuid.uuid4())),)))
     body = gzip.compress(encode_push_request(out), compresslevel=6)
     return body, total
+
+
+def _set_period_type(raw: bytes, period_type: tuple[str, str]) -> bytes:
+    """``encode_pprof`` always writes period type cpu/nanoseconds; wall profiles need wall/nanoseconds."""
+    p = _proto.Profile()
+    p.ParseFromString(raw)
+    table = list(p.string_table)  # this proto keeps strings as bytes
+    for text in (t.encode() for t in period_type):
+        if text not in table:
+            table.append(text)
+            p.string_table.append(text)
+    p.period_type.type = table.index(period_type[0].encode())
+    p.period_type.unit = table.index(period_type[1].encode())
+    return p.SerializeToString()
 
 
 class Shipper:

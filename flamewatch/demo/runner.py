@@ -382,9 +382,9 @@ class Demo:
                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
                 "--push-interval", str(self.upload_interval),
                 # The demo's services are light and the story turns on a fix within minutes, so
-                # py-spy runs on every service and refreshes its Python shape every interval
+                # py-spy refreshes each service's Python shape after ~1 CPU s of it
                 # (the agent's defaults favour a low steady-state cost instead).
-                "--pyspy-threshold", "3", "--pyspy-max-processes", "4",
+                "--pyspy-refresh-samples", "100", "--pyspy-budget", "40", "--pyspy-max-processes", "4",
                 "--pyspy-duration", str(self.upload_interval)]
         self._agent_spec = (argv, self.child_env({"NODE_NAME": socket.gethostname()}), metrics_port)
         try:

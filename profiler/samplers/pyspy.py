@@ -1,32 +1,32 @@
-"""Python frames for busy Python processes, from ``py-spy record``.
+"""Python frames from ``py-spy record``, one bounded run at a time.
 
-py-spy writes its output only when it exits, so each profiled process gets
-back-to-back runs of ``py-spy record --duration D --format raw --nolineno
---nonblocking``: the first run lasts one push interval (Python names appear
-quickly), the following ones ``steady_duration`` (default 60 s), because each
-run pays py-spy's start-up (~0.07 CPU s, measured) and at a low rate that
-start-up is most of the cost. Each finished run yields a folded
-profile of that process's Python stacks; the agent uses the newest one to
-name the interpreter samples perf took of the same process (see
-:mod:`profiler.combine`). ``--nonblocking`` keeps py-spy from pausing the
-target. Which processes are profiled is decided by the agent (busy ones).
+py-spy writes its output only when it exits, so the agent asks for runs
+(``py-spy record --pid P --rate R --duration D --format raw --nolineno
+--nonblocking``) and gets each finished run's folded stacks through ``sink``.
+Which process is sampled, for how long and at what rate is the agent's
+scheduler's decision (:mod:`profiler.pyschedule`): measured here, one py-spy
+sample costs ~0.24 ms of CPU whether the thread is busy or idle, and a start
+~0.015 s, so the cost is set by samples taken, not by runs.
+``--nonblocking`` keeps py-spy from pausing the target. With ``idle=True``
+the run also keeps idle threads (``--idle``): a wall-clock profile.
 
-A run that fails (process gone, not Python) backs off that pid; a process
-that exits simply ends its runs. Nothing here raises into the agent.
+A run that fails (process gone, not Python) is counted and reported as None;
+nothing here raises into the agent.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from profiler.samplers.base import Backoff, Runner, SamplerUnavailable, default_runner
+from profiler.samplers.base import Proc, Runner, SamplerUnavailable, default_runner
 from profiler.tools import ToolNotFound, find_tool
 from stacks.model import Frame, Kind, Stack
 
@@ -37,21 +37,27 @@ MISSING_HELP = "install it with `pip install py-spy`, set --pyspy-path, or run w
 
 @dataclass(frozen=True)
 class PyStacks:
-    """One finished py-spy run for one process."""
+    """One finished py-spy run for one process (``stacks`` empty when it saw no busy thread)."""
 
     pid: int
     stacks: dict[Stack, int]
     started: float
     ended: float
+    rate: int = 10
+    idle: bool = False
+    ok: bool = True
 
     @property
     def total(self) -> int:
         return sum(self.stacks.values())
 
 
-def record_argv(pyspy: str, pid: int, rate: int, duration: int, out: str) -> list[str]:
-    return [pyspy, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(duration),
+def record_argv(pyspy: str, pid: int, rate: int, duration: int, out: str, idle: bool = False) -> list[str]:
+    argv = [pyspy, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(duration),
             "--format", "raw", "--nolineno", "--nonblocking", "--output", out]
+    if idle:
+        argv.append("--idle")
+    return argv
 
 
 def parse_raw(text: str) -> dict[Stack, int]:
@@ -85,7 +91,7 @@ def check_pyspy(pyspy: str) -> str:
 
 
 class PySpySampler:
-    """Keeps one back-to-back py-spy loop per selected pid; results go to ``sink``."""
+    """Starts bounded py-spy runs on request, one thread each; results (or failures) go to ``sink``."""
 
     name = "pyspy"
 
@@ -94,9 +100,8 @@ class PySpySampler:
         sink: Callable[[PyStacks], None],
         *,
         pyspy: str = "py-spy",
-        rate: int = 20,
+        rate: int = 10,
         duration: float = 10.0,
-        steady_duration: float | None = None,
         runner: Runner = default_runner,
         clock: Callable[[], float] = time.monotonic,
         workdir: str | None = None,
@@ -105,75 +110,92 @@ class PySpySampler:
         self.pyspy = pyspy
         self.rate = rate
         self.duration = max(1, round(duration))
-        self.steady_duration = max(1, round(steady_duration)) if steady_duration else self.duration
         self.runner = runner
         self.clock = clock
         self.workdir = workdir or tempfile.mkdtemp(prefix="flamewatch-pyspy-")
         self.runs = 0
         self.failures = 0
         self.samples = 0
-        self._workers: dict[int, _Worker] = {}
+        self._seq = itertools.count()
+        self._running: dict[tuple[int, bool], tuple[threading.Thread, list[Proc]]] = {}
         self._lock = threading.Lock()
+        self._stopping = False
 
-    def select(self, pids: Iterable[int]) -> None:
-        """Profile exactly these pids from now on (start new loops, stop the others)."""
-        want = set(pids)
+    def start_run(self, pid: int, *, duration: int | None = None, rate: int | None = None,
+                  idle: bool = False) -> bool:
+        """Start one run on ``pid`` unless one of the same kind is running; True when started."""
+        key = (pid, idle)
         with self._lock:
-            for pid in list(self._workers):
-                w = self._workers[pid]
-                if pid not in want or not w.thread.is_alive():
-                    w.stop.set()
-                    if not w.thread.is_alive():
-                        del self._workers[pid]
-            for pid in want:
-                old = self._workers.get(pid)
-                if old is not None and old.thread.is_alive():
-                    old.stop.clear()  # re-selected before its last run ended: keep it going
-                    continue
-                if pid not in self._workers or not self._workers[pid].thread.is_alive():
-                    w = _Worker(self, pid)
-                    self._workers[pid] = w
-                    w.thread.start()
+            if self._stopping or key in self._running:
+                return False
+            holder: list[Proc] = []
+            t = threading.Thread(target=self._run, args=(pid, duration or self.duration, rate or self.rate,
+                                                          idle, holder), name=f"pyspy-{pid}", daemon=True)
+            self._running[key] = (t, holder)
+        t.start()
+        return True
+
+    def _run(self, pid: int, duration: int, rate: int, idle: bool, holder: list[Proc]) -> None:
+        try:
+            res = self.run_once(pid, duration, rate=rate, idle=idle, holder=holder)
+        except Exception as e:  # never let one process take the agent down
+            log.warning("py-spy run on pid %d: %s", pid, e)
+            res = None
+        finally:
+            with self._lock:
+                self._running.pop((pid, idle), None)
+        try:
+            self.sink(res if res is not None else PyStacks(pid, {}, self.clock(), self.clock(), rate, idle, False))
+        except Exception as e:
+            log.warning("py-spy result for pid %d: %s", pid, e)
+
+    def running(self, idle: bool = False) -> list[int]:
+        """Pids with a run of this kind in flight."""
+        with self._lock:
+            return [p for (p, i) in self._running if i == idle]
 
     def active(self) -> list[int]:
+        """Pids with any run in flight."""
         with self._lock:
-            return [p for p, w in self._workers.items() if w.thread.is_alive() and not w.stop.is_set()]
+            return sorted({p for (p, _i) in self._running})
 
     def child_pids(self) -> list[int]:
         with self._lock:
-            procs = [w.proc for w in self._workers.values() if w.proc is not None]
+            procs = [p for _t, h in self._running.values() for p in h]
         return [p.pid for p in procs if p.poll() is None]
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Interrupt every run (py-spy writes what it has on SIGINT) and wait for them."""
         with self._lock:
-            workers = list(self._workers.values())
-            self._workers.clear()
-        for w in workers:
-            w.stop.set()
-            w.interrupt()
-        for w in workers:
-            w.thread.join(timeout)
+            self._stopping = True
+            running = list(self._running.values())
+        for _t, holder in running:
+            for p in holder:
+                if p.poll() is None:
+                    try:
+                        p.send_signal(2)
+                    except OSError:
+                        pass
+        for t, _h in running:
+            t.join(timeout)
 
-    def run_once(self, pid: int, duration: int | None = None) -> PyStacks | None:
-        """One py-spy run over ``pid`` (``duration`` s, default the first-run length); None when it failed."""
-        out = os.path.join(self.workdir, f"{pid}.txt")
+    def run_once(self, pid: int, duration: int | None = None, *, rate: int | None = None, idle: bool = False,
+                 holder: list[Proc] | None = None) -> PyStacks | None:
+        """One py-spy run over ``pid``; None when it failed."""
+        out = os.path.join(self.workdir, f"{pid}-{next(self._seq)}.txt")
+        rate = rate or self.rate
         started = self.clock()
         try:
-            proc = self.runner(record_argv(self.pyspy, pid, self.rate, duration or self.duration, out),
+            proc = self.runner(record_argv(self.pyspy, pid, rate, duration or self.duration, out, idle),
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as e:
             self.failures += 1
             log.warning("cannot start py-spy for pid %d: %s (%s)", pid, e, MISSING_HELP)
             return None
-        w = self._workers.get(pid)
-        if w is not None:
-            w.proc = proc
-        try:
-            err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
-            rc = proc.wait()
-        finally:
-            if w is not None:
-                w.proc = None
+        if holder is not None:
+            holder.append(proc)
+        err = proc.stderr.read().decode("utf-8", "replace") if proc.stderr else ""
+        rc = proc.wait()
         self.runs += 1
         try:
             with open(out, encoding="utf-8", errors="replace") as f:
@@ -187,44 +209,6 @@ class PySpySampler:
             last = err.strip().splitlines()[-1:] or [""]
             log.info("py-spy on pid %d ended with status %s: %s", pid, rc, last[0])
             return None
-        res = PyStacks(pid, stacks, started, self.clock())
+        res = PyStacks(pid, stacks, started, self.clock(), rate, idle)
         self.samples += res.total
         return res
-
-
-class _Worker:
-    def __init__(self, owner: PySpySampler, pid: int) -> None:
-        self.owner = owner
-        self.pid = pid
-        self.stop = threading.Event()
-        self.proc = None
-        self.backoff = Backoff(2.0, 60.0)
-        self.thread = threading.Thread(target=self.loop, name=f"pyspy-{pid}", daemon=True)
-
-    def interrupt(self) -> None:
-        p = self.proc
-        if p is not None and p.poll() is None:
-            try:
-                p.send_signal(2)  # py-spy writes what it has on SIGINT
-            except OSError:
-                pass
-
-    def loop(self) -> None:
-        good = 0
-        while not self.stop.is_set():
-            # the first good run is short so Python names show up within an interval; later ones are long
-            duration = self.owner.duration if good == 0 else self.owner.steady_duration
-            try:
-                res = self.owner.run_once(self.pid, duration)
-            except Exception as e:  # never let one process take the agent down
-                log.warning("py-spy loop for pid %d: %s", self.pid, e)
-                res = None
-            if res is not None:
-                good += 1
-                self.backoff.reset()
-                if res.stacks:
-                    self.owner.sink(res)
-                continue
-            if not os.path.exists(f"/proc/{self.pid}"):
-                return  # the process is gone: nothing to restart
-            self.stop.wait(self.backoff.next())

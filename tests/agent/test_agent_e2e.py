@@ -1,8 +1,10 @@
 """The real agent (real perf + py-spy) against real workloads and a real `flamewatch serve`.
 
 One run (~90 s) checks: hot C and Python functions reach the aggregator under
-the right labels, kernel frames are marked kernel, the first sample is
-queryable within 15 s, and a 30 s aggregator outage loses nothing.
+the right labels, low-CPU (1 and 3 % of a core) Python processes get their
+Python function names too, kernel frames are marked kernel, the first sample is
+queryable within 15 s, the agent's CPU includes its children, and a 30 s
+aggregator outage loses nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ while True:
 """
 
 
+LOW_PY = """
+import sys, time
+DUTY = float(sys.argv[1]) / 100
+
+def quiet_python_function(until):
+    x = 0
+    while time.perf_counter() < until:
+        x += 1
+    return x
+
+while True:
+    t = time.perf_counter()
+    quiet_python_function(t + DUTY * 0.2)
+    time.sleep(max(0.0, t + 0.2 - time.perf_counter()))
+"""
+
+
 def _need(tool: str) -> str:
     try:
         return find_tool(tool)  # next to the interpreter (the venv's py-spy), then PATH
@@ -89,11 +108,16 @@ def test_real_agent_end_to_end(tmp_path: Path) -> None:
     subprocess.run([gcc, "-O1", "-fno-omit-frame-pointer", "-o", str(tmp_path / "burn"),
                     str(tmp_path / "burn.c")], check=True)
     (tmp_path / "hot_workload.py").write_text(textwrap.dedent(HOT_PY))
+    (tmp_path / "low_workload.py").write_text(LOW_PY)
 
     procs: list[subprocess.Popen] = []
     try:
         procs.append(subprocess.Popen([str(tmp_path / "burn")]))
         procs.append(subprocess.Popen([sys.executable, str(tmp_path / "hot_workload.py")]))
+        for duty in (3, 1):  # low-CPU Python pods: far below any "busy" threshold, they must get names too
+            env = {**os.environ, "POD_NAMESPACE": "e2e", "POD_NAME": f"low-{duty}", "CONTAINER_NAME": "low"}
+            procs.append(subprocess.Popen([sys.executable, str(tmp_path / "low_workload.py"), str(duty)],
+                                          env=env))
         with running_server(tmp_path) as srv:
             metrics_port = free_port()
             log_path = tmp_path / "agent.log"
@@ -104,7 +128,7 @@ def test_real_agent_end_to_end(tmp_path: Path) -> None:
                     [sys.executable, "-m", "flamewatch.cli", "agent", "--server", srv.url,
                      "--node-name", "e2e-node", "--kube", "off", "--metrics-port", str(metrics_port),
                      "--metrics-host", "127.0.0.1", "--spool-dir", str(tmp_path / "spool"),
-                     "--pyspy-threshold", "3", "--pyspy-max-processes", "16", "--stats-interval", "10"],
+                     "--stats-interval", "10"],
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             procs.append(agent)
 
@@ -160,6 +184,14 @@ def test_real_agent_end_to_end(tmp_path: Path) -> None:
             py = _render(srv.url, '{process=~"python.* hot_workload.py"}', t_start).decode()
             assert "python_hot_function (hot_workload.py)" in py, py[:2000]
             assert final["pyspy_runs"] > 0
+            assert final["cpu_seconds"] > final["cpu_seconds_self"] > 0  # children (perf, py-spy) included
+            assert final["cpu_seconds_children"] > 0
+            for duty in (3, 1):
+                low = _render(srv.url, f'{{namespace="e2e",pod="low-{duty}"}}', t_start).decode()
+                total = sum(int(line.rsplit(" ", 1)[1]) for line in low.splitlines())
+                named = sum(int(line.rsplit(" ", 1)[1]) for line in low.splitlines()
+                            if "quiet_python_function (low_workload.py)" in line)
+                assert total > 0 and named > 0, low[:2000]
     finally:
         for p in procs:
             if p.poll() is None:

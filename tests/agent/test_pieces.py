@@ -48,18 +48,21 @@ def test_spread_keeps_the_total_exactly(n: int, weights: dict) -> None:
         assert abs(v - n * weights[k] / total) < 1
 
 
-def test_combine_replaces_user_samples_and_keeps_kernel() -> None:
+def test_combine_replaces_user_samples_and_keeps_kernel_frames_under_python() -> None:
     interp = (U("_start"), U("Py_RunMain"), U("_PyEval_EvalFrameDefault"))
-    syscall = (*interp, U("write"), K("entry_SYSCALL_64"), K("ksys_write"))
+    kern = (K("entry_SYSCALL_64"), K("ksys_write"))
+    syscall = (*interp, U("write"), *kern)
     perf = {interp: 70, syscall: 30}
-    python = {(U("<module> (app.py)"), U("hot (app.py)")): 3, (U("<module> (app.py)"), U("cold (app.py)")): 1}
-    out = combine_python(perf, python)
+    hot, cold = (U("<module> (app.py)"), U("hot (app.py)")), (U("<module> (app.py)"), U("cold (app.py)"))
+    out = combine_python(perf, {hot: 3, cold: 1})
     assert out == {
-        syscall: 30,
-        (U("<module> (app.py)"), U("hot (app.py)")): 53,  # 70 * 3/4 = 52.5 -> largest remainder
-        (U("<module> (app.py)"), U("cold (app.py)")): 17,
+        hot: 53,  # 70 * 3/4 = 52.5 -> largest remainder
+        cold: 17,
+        hot + kern: 23,  # the kernel part stays as perf saw it, under py-spy's Python stacks
+        cold + kern: 7,
     }
     assert sum(out.values()) == 100
+    assert combine_python(perf, {hot: 1.5, cold: 0.5}) == out  # decayed (float) shapes spread the same
     assert combine_python(perf, None) == perf
     assert combine_python(perf, {}) == perf
 
@@ -248,39 +251,51 @@ def test_parse_raw_pyspy_output() -> None:
     }
 
 
-def test_pyspy_select_tracks_pids(tmp_path: Path) -> None:
+class _FakeProc:
+    """A py-spy stand-in: writes ``text`` to its --output and exits 0 (records argv)."""
+
+    pid = 1
+    stdout = stdin = stderr = None
+    returncode = 0
+
+    def __init__(self, argv: list[str], calls: list[list[str]], text: str) -> None:
+        calls.append(argv)
+        Path(argv[argv.index("--output") + 1]).write_text(text)
+
+    def poll(self) -> int:
+        return 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+    def send_signal(self, sig: int) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+def test_pyspy_runs_on_request_with_rate_duration_and_idle(tmp_path: Path) -> None:
     calls: list[list[str]] = []
-    release = threading.Event()
+    got: list = []
+    done = threading.Event()
 
-    class P:
-        pid = 1
-        stdout = stdin = None
-        returncode = 0
+    def sink(r) -> None:
+        got.append(r)
+        if len(got) == 2:
+            done.set()
 
-        def __init__(self, argv):
-            calls.append(argv)
-            self.stderr = None
-
-        def poll(self):
-            return 0
-
-        def wait(self, timeout=None):
-            release.wait(0.05)
-            return 0
-
-        def send_signal(self, sig):
-            pass
-
-        def kill(self):
-            pass
-
-    s = PySpySampler(lambda r: None, runner=lambda argv, **kw: P(argv), duration=1, workdir=str(tmp_path))
-    s.select([os.getpid()])
-    time.sleep(0.2)
-    assert os.getpid() in s.active()
-    s.select([])
+    s = PySpySampler(sink, runner=lambda argv, **kw: _FakeProc(argv, calls, "main (a.py);f (a.py) 7\n"),
+                     workdir=str(tmp_path))
+    assert s.start_run(4242, duration=2, rate=37)
+    assert s.start_run(4242, duration=10, rate=5, idle=True)  # a wall run alongside the shape run
+    assert done.wait(5)
     s.stop()
-    assert calls and calls[0][:3] == ["py-spy", "record", "--pid"] and "--nonblocking" in calls[0]
+    cpu_argv = next(c for c in calls if "--idle" not in c)
+    assert cpu_argv[:3] == ["py-spy", "record", "--pid"] and "--nonblocking" in cpu_argv
+    assert cpu_argv[cpu_argv.index("--rate") + 1] == "37" and cpu_argv[cpu_argv.index("--duration") + 1] == "2"
+    assert any("--idle" in c for c in calls)
+    assert sorted(r.idle for r in got) == [False, True] and all(r.total == 7 and r.ok for r in got)
 
 
 PERF_TEXT = (
@@ -328,40 +343,6 @@ def test_collector_counts_repeated_samples() -> None:
     assert c.taken == 6 and c.drain()[10].stacks == {(U("main"),): 6}
 
 
-def test_pyspy_first_run_is_short_then_steady_runs_are_long(tmp_path: Path) -> None:
-    durations: list[str] = []
-    done = threading.Event()
-
-    class P:
-        pid = 1
-        stdout = stdin = stderr = None
-
-        def __init__(self, argv: list[str]) -> None:
-            durations.append(argv[argv.index("--duration") + 1])
-            out = argv[argv.index("--output") + 1]
-            Path(out).write_text("main (hot.py);python_hot_function (hot.py) 7\n")
-            if len(durations) >= 3:
-                done.set()
-
-        def poll(self) -> int:
-            return 0
-
-        def wait(self, timeout: float | None = None) -> int:
-            return 0
-
-        def send_signal(self, sig: int) -> None:
-            pass
-
-    got = []
-    s = PySpySampler(got.append, runner=lambda argv, **kw: P(argv), duration=10, steady_duration=60,
-                     workdir=str(tmp_path))
-    s.select([os.getpid()])
-    assert done.wait(5)
-    s.stop()
-    assert durations[:3] == ["10", "60", "60"]
-    assert got and got[0].total == 7
-
-
 def test_perf_batch_parse_equals_the_parser_on_a_real_capture(corpora: Path) -> None:
     """The agent's deduplicating batch path counts exactly what stacks.perf.iter_samples parses."""
     from stacks.perf import iter_samples
@@ -392,44 +373,113 @@ def test_perf_unknown_kernel_frames_stay_kernel_after_address_folding() -> None:
     assert n == 1 and [f.kind.value for f in smp.frames] == ["user", "user", "kernel"]
 
 
-def test_pyspy_selection_needs_two_busy_intervals_and_respects_the_cap(tmp_path: Path) -> None:
+def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() -> None:
+    from profiler.pyschedule import START_COST, PyScheduler
+
+    sched = PyScheduler(lambda pid: pid != 99, frequency=100, budget=10.0, max_running=8, duration=10,
+                        probe_seconds=2, max_rate=50, target_samples=20, refresh_samples=1000)
+    # second 1 of the interval: a busy (60 %) and a quiet (2 %) Python process, and a busy non-Python one
+    runs = sched.plan(0.0, {1: 60, 2: 2, 99: 90}, 1.0, set())
+    assert {r.pid for r in runs} == {1, 2} and all(r.probe for r in runs)
+    got = {r.pid: (r.duration, r.rate) for r in runs}
+    # ~10 busy samples: the quiet process gets the highest rate and a longer run
+    assert got == {1: (2, 9), 2: (3, 50)}
+    assert sched.tokens == -sum(r.rate * r.duration + START_COST for r in runs)
+    shape = {(U("main (a.py)"), U("f (a.py)")): 5}
+    sched.on_result(1, shape, True, 3.0)
+    sched.on_result(2, {}, True, 3.0)  # saw no busy thread: retried later, not at once
+    assert sched.shape(1) == {k: 5.0 for k in shape} and sched.shape(2) is None
+    assert sched.plan(4.0, {2: 3}, 4.0, set()) == []
+    # debts follow perf samples: the busy process is due for a refresh long before the quiet one
+    sched.observe({1: 600, 2: 20, 99: 900}, 10.0)
+    sched.observe({1: 600, 2: 20}, 20.0)
+    assert 99 not in sched.states
+    sched.tokens = sched.burst  # the probes' loan is paid back
+    runs = sched.plan(20.0, {}, 0.5, set())
+    assert [r.pid for r in runs] == [1] and not runs[0].probe
+    sched.on_result(1, {(U("main (a.py)"), U("g (a.py)")): 10}, True, 31.0)
+    merged = sched.shape(1)
+    assert merged is not None and merged[(U("main (a.py)"), U("f (a.py)"))] == 2.5  # older runs count half
+    # an empty bucket stops refreshes (probes may borrow)
+    sched.tokens = -sched.burst
+    sched.observe({1: 2000}, 40.0)
+    assert sched.plan(40.0, {}, 0.5, set()) == []
+
+
+def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, max_running=2)
+    runs = sched.plan(0.0, {1: 50, 2: 40, 3: 30}, 1.0, set())
+    assert [r.pid for r in runs] == [1, 2]
+    assert [r.pid for r in sched.plan(1.0, {1: 50, 2: 40, 3: 30}, 2.0, {1})] == [3]
+
+
+def test_real_pyspy_idle_run_sees_a_sleeping_python_process(tmp_path: Path) -> None:
+    """Wall-clock mode: py-spy --idle on a real, sleeping Python process yields its idle stack."""
+    if shutil.which("py-spy") is None:
+        pytest.skip(reason="py-spy is not installed (pip install py-spy)")
+    if os.geteuid() != 0:
+        pytest.skip(reason="py-spy needs root (ptrace) to read another process")
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\ndef waiting_for_io():\n    time.sleep(600)\nwaiting_for_io()\n")
+    p = subprocess.Popen([sys.executable, str(script)])
+    try:
+        time.sleep(1.0)
+        s = PySpySampler(lambda r: None, workdir=str(tmp_path))
+        busy = s.run_once(p.pid, 1, rate=20)
+        idle = s.run_once(p.pid, 1, rate=20, idle=True)
+    finally:
+        p.kill()
+        p.wait()
+    assert busy is not None and busy.total == 0  # a CPU profile sees nothing of a sleeping process
+    assert idle is not None and idle.idle and idle.total >= 10
+    assert any(stack[-1].name == "waiting_for_io (sleeper.py)" for stack in idle.stacks), idle.stacks
+
+
+def test_wall_push_has_wall_name_sample_type_and_period_type() -> None:
+    from stacks import _proto
+
+    stacks = {(U("main (a.py)"), U("waiting_for_io (a.py)")): 7}
+    body, n = build_push({Labels.of(node="n", pod="p"): stacks}, frequency=5, start_ns=10**18,
+                         duration_ns=10**10, profile="wall")
+    cpu_body, _ = build_push({Labels.of(node="n", pod="p"): stacks}, frequency=5, start_ns=10**18,
+                             duration_ns=10**10)
+    assert n == 7
+    for data, kind in ((body, "wall"), (cpu_body, "cpu")):
+        (series,) = decode_push_request(gzip.decompress(data))
+        labels = dict(series.labels)
+        assert labels["__name__"] == ("wall" if kind == "wall" else "process_cpu") and labels["pod"] == "p"
+        prof = _proto.Profile()
+        prof.ParseFromString(series.samples[0].raw_profile)
+        st = [x.decode() if isinstance(x, bytes) else x for x in prof.string_table]
+        assert [(st[t.type], st[t.unit]) for t in prof.sample_type] == [(kind, "nanoseconds")]
+        assert (st[prof.period_type.type], st[prof.period_type.unit]) == (kind, "nanoseconds")
+        assert prof.period == 200_000_000  # 1e9 / 5 Hz
+        assert sum(v for smp in prof.sample for v in smp.value) == 7 * 200_000_000
+
+
+def test_agent_pushes_finished_wall_runs_as_a_wall_series(tmp_path: Path) -> None:
+    """A finished --idle run becomes its own push: __name__=wall, wall/nanoseconds, labelled like CPU."""
     from flamewatch.settings import resolve
     from profiler.agent import Agent
-    from profiler.collect import PidSamples
+    from profiler.samplers.pyspy import PyStacks
     from profiler.settings import SETTINGS
+    from stacks import _proto
 
-    settings = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": str(tmp_path),
-                                  "pyspy_max_processes": 2}, environ={})
-    agent = Agent(settings, environ={})
-
-    class FakePySpy:
-        def __init__(self) -> None:
-            self.selected: list[int] = []
-
-        def active(self) -> list[int]:
-            return list(self.selected)
-
-        def select(self, pids: list[int]) -> None:
-            self.selected = list(pids)
-
-    fake = FakePySpy()
-    agent.pyspy = fake  # type: ignore[assignment]
-    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(3)]
-    try:
-        full = settings.frequency * settings.push_interval
-        def interval(shares: dict[int, float]) -> dict[int, PidSamples]:
-            return {pid: PidSamples("python3", {(U("x"),): int(full * sh / 100)}) for pid, sh in shares.items()}
-
-        a, b, c = (k.pid for k in kids)
-        agent._select_python(interval({a: 90, b: 50, c: 5}))
-        assert fake.selected == []  # busy once: not yet
-        agent._select_python(interval({a: 90, b: 50, c: 40}))
-        assert fake.selected == [a, b]  # busy twice, busiest first; c only once, and the cap is 2
-        agent._select_python(interval({a: 90, b: 15, c: 40}))
-        assert fake.selected == [a, c]  # b stays above half the threshold but c is busier
-        agent._select_python(interval({a: 5, b: 5, c: 40}))
-        assert fake.selected == [c]
-    finally:
-        for k in kids:
-            k.kill()
-            k.wait()
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "wall": True, "wall_rate": 5},
+                environ={})
+    agent = Agent(s, environ={})
+    wait = (U("<module> (app.py)"), U("waiting_for_io (app.py)"))
+    agent._on_python(PyStacks(os.getpid(), {wait: 12}, 0.0, 10.0, 5, idle=True))
+    assert agent.tick(10**18, 10**18 + 10**10) == 0  # no CPU samples this interval
+    entry = agent.spool.peek()
+    assert entry is not None and len(agent.spool) == 1 and agent.stats()["wall_samples"] == 12
+    (series,) = decode_push_request(gzip.decompress(entry.body()))
+    labels = dict(series.labels)
+    assert labels["__name__"] == "wall" and labels["node"]
+    prof = _proto.Profile()
+    prof.ParseFromString(series.samples[0].raw_profile)
+    st = [x.decode() if isinstance(x, bytes) else x for x in prof.string_table]
+    assert (st[prof.period_type.type], st[prof.sample_type[0].type]) == ("wall", "wall")
+    assert sum(v for smp in prof.sample for v in smp.value) == 12 * 200_000_000

@@ -101,7 +101,7 @@ def test_agent_from_venv_without_its_bin_on_path(tmp_path: Path) -> None:
                 agent = subprocess.Popen(
                     [str(Path(bin_dir, "flamewatch")), "agent", "--server", srv.url, "--perf", "false",
                      "--kube", "off", "--metrics-port", "-1", "--spool-dir", str(tmp_path / "spool"),
-                     "--push-interval", "5", "--pyspy-duration", "3", "--pyspy-threshold", "3"],
+                     "--push-interval", "5", "--pyspy-duration", "3"],
                     cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 deadline = time.monotonic() + 60

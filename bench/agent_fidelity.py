@@ -1,0 +1,231 @@
+"""How much of each Python worker's CPU carries its own Python function, under the real agent.
+
+Starts N Python workers at a spread of duty cycles (default 60, 30, 15, 8, 4
+and 2 % of a core; with ``--workers N`` the six are repeated and scaled so the
+node keeps about the same total load), each with POD_NAMESPACE / POD_NAME /
+CONTAINER_NAME in its environment so the agent labels it as its own pod. Then
+runs the real agent (real perf, real py-spy) against a real ``flamewatch
+serve`` for WARMUP + DURATION seconds and prints per worker:
+
+- ``named``: the share of the worker's samples (over the measured window,
+  after the warm-up) whose stack holds the worker's own function ``burn_wI``;
+- the agent's CPU with its children (perf record, perf script, py-spy; live
+  and reaped), as % of one core, warm-up included and steady state;
+- freshness: a new worker starts burning 30 % of a core after the warm-up;
+  seconds until its function is in a query.
+
+With ``--baseline REV`` the agent of git revision REV (checked out with ``git
+worktree add`` into a temporary directory) runs first on the same workers in
+the same run, then the work tree's agent; the table shows both.
+
+Usage: python bench/agent_fidelity.py [--workers 6] [--duration 90] [--warmup 20] [--baseline REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.support.server import running_server  # noqa: E402
+
+DUTIES = [60, 30, 15, 8, 4, 2]
+WORKER = """
+import sys, time
+DUTY = float(sys.argv[1]) / 100
+PERIOD = 0.2  # a request every 200 ms that burns DUTY of it
+
+def burn_w{i}(until):
+    x = 0
+    while time.perf_counter() < until:
+        x += 1
+    return x
+
+def main_w{i}():
+    while True:
+        t = time.perf_counter()
+        burn_w{i}(t + DUTY * PERIOD)
+        time.sleep(max(0.0, t + PERIOD - time.perf_counter()))
+
+main_w{i}()
+"""
+
+
+def duties_for(n: int) -> list[float]:
+    """The six duty cycles repeated for n workers, scaled to keep the node's total load (~1.2 cores)."""
+    scale = min(1.0, len(DUTIES) / n)
+    return [DUTIES[i % len(DUTIES)] * scale for i in range(n)]
+
+
+def start_worker(d: Path, i: int | str, duty: float) -> subprocess.Popen:
+    path = d / f"worker_{i}.py"
+    path.write_text(WORKER.format(i=i))
+    env = {**os.environ, "POD_NAMESPACE": "bench", "POD_NAME": f"worker-{i}", "CONTAINER_NAME": f"worker-{i}"}
+    return subprocess.Popen([sys.executable, str(path), str(duty)], env=env)
+
+
+def render(url: str, query: str, t0: float, t1: float) -> str:
+    q = urllib.parse.urlencode({"query": query, "from": int(t0), "until": int(t1) + 1, "format": "folded",
+                                "metadata": "0"})
+    with urllib.request.urlopen(f"{url}/api/v1/render?{q}", timeout=30) as r:
+        return r.read().decode()
+
+
+def named_share(folded: str, fn: str) -> tuple[float, int]:
+    """(share of samples whose stack holds ``fn``, total samples) of a folded text."""
+    total = named = 0
+    unnamed: list[tuple[int, str]] = []
+    for line in folded.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        if f"{fn} (" in stack:
+            named += int(n)
+        else:
+            unnamed.append((int(n), stack))
+    if os.environ.get("FIDELITY_SHOW_UNNAMED"):  # what the unnamed samples are (for the design notes)
+        for n, stack in sorted(unnamed, reverse=True)[:4]:
+            print(f"  unnamed {fn}: {n} {stack[-300:]}", file=sys.stderr)
+    return (named / total if total else 0.0), total
+
+
+def tree_parts(p: psutil.Process) -> dict[str, float]:
+    """CPU seconds of ``p`` (agent), its live children by tool and its reaped children (py-spy runs)."""
+    t = p.cpu_times()
+    out = {"agent": t.user + t.system, "perf": 0.0, "py-spy": t.children_user + t.children_system}
+    for c in p.children(recursive=True):
+        try:
+            ct = c.cpu_times()
+            key = "perf" if c.name().startswith("perf") else "py-spy"
+            out[key] += ct.user + ct.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: float, duration: float) -> dict:
+    """One agent from ``repo`` on the running workers; its figures."""
+    (workdir / "srv").mkdir(parents=True, exist_ok=True)
+    with running_server(workdir / "srv") as srv:
+        # py-spy is installed next to this interpreter (pip install py-spy)
+        path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+        env = {**os.environ, "PYTHONPATH": str(repo), "PATH": path}
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "flamewatch.cli", "agent", "--server", srv.url, "--kube", "off",
+             "--metrics-port", "-1", "--spool-dir", str(workdir / "spool"), "--log-level", "warning"],
+            cwd=repo, env=env)
+        ap = psutil.Process(agent.pid)
+        t_start = time.time()
+        time.sleep(warmup)
+        if agent.poll() is not None:
+            raise SystemExit(f"the agent of {repo} exited with status {agent.returncode}")
+        p_warm = tree_parts(ap)
+        c_warm, t_warm = sum(p_warm.values()), time.time()
+        late = start_worker(workdir, "late", 30)  # freshness: a Python process starts burning CPU now
+        t_late, fresh = time.time(), None
+        try:
+            while time.time() < t_warm + duration:
+                if fresh is None and "burn_wlate (" in render(srv.url, '{pod="worker-late"}', t_late - 20,
+                                                              time.time() + 20):
+                    fresh = time.time() - t_late
+                time.sleep(0.5)
+            p_end = tree_parts(ap)
+            c_end, t_end = sum(p_end.values()), time.time()
+        finally:
+            late.kill()
+            late.wait()
+            agent.terminate()
+            agent.wait(60)
+        time.sleep(1)
+        rows = []
+        for i in range(n):
+            share, total = named_share(render(srv.url, f'{{pod="worker-{i}"}}', t_warm, t_end), f"burn_w{i}")
+            rows.append((i, duties[i], total, share))
+    return {"rows": rows, "cpu_all": 100 * c_end / (t_end - t_start),
+            "cpu_steady": 100 * (c_end - c_warm) / (t_end - t_warm), "fresh": fresh,
+            "parts": {k: 100 * (p_end[k] - p_warm[k]) / (t_end - t_warm) for k in p_end}}
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The agent of revision ``rev`` in a temporary git worktree (the work tree is not touched)."""
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), rev], check=True,
+                   capture_output=True)
+    return into
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=6)
+    ap.add_argument("--duration", type=float, default=90.0, help="measured seconds after the warm-up")
+    ap.add_argument("--warmup", type=float, default=20.0)
+    ap.add_argument("--baseline", default="", help="git revision whose agent runs first, in the same run")
+    a = ap.parse_args()
+    duties = duties_for(a.workers)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+        d = Path(tmp)
+        workers = [start_worker(d, i, duty) for i, duty in enumerate(duties)]
+        try:
+            time.sleep(2)
+            if a.baseline:
+                base = checkout(a.baseline, d / "baseline")
+                try:
+                    (d / "b").mkdir()
+                    results[f"baseline {a.baseline}"] = run_agent(base, d / "b", a.workers, duties, a.warmup,
+                                                                  a.duration)
+                finally:
+                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+                                   capture_output=True)
+            (d / "c").mkdir()
+            results["now"] = run_agent(REPO, d / "c", a.workers, duties, a.warmup, a.duration)
+        finally:
+            for w in workers:
+                w.kill()
+                w.wait()
+    report(results, a)
+    return 0
+
+
+def report(results: dict[str, dict], a: argparse.Namespace) -> None:
+    names = list(results)
+    print(f"{a.workers} workers, warm-up {a.warmup:.0f} s, measured {a.duration:.0f} s, load "
+          f"{os.getloadavg()[0]:.1f}")
+    print("| worker | duty % | " + " | ".join(f"{n}: samples | {n}: named %" for n in names) + " |")
+    print("| --- | --- | " + " | ".join("--- | ---" for _ in names) + " |")
+    for j, (i, duty, *_r) in enumerate(results[names[0]]["rows"]):
+        cells = " | ".join(f"{results[n]['rows'][j][2]} | {100 * results[n]['rows'][j][3]:.1f}" for n in names)
+        print(f"| w{i} | {duty:.1f} | {cells} |")
+    for label, key in (("min named %", None), ("all samples named %", "all")):
+        vals = []
+        for n in names:
+            rows = results[n]["rows"]
+            if key is None:
+                vals.append(f"{100 * min(r[3] for r in rows):.1f}")
+            else:
+                tot = sum(r[2] for r in rows)
+                vals.append(f"{100 * sum(r[2] * r[3] for r in rows) / max(tot, 1):.1f}")
+        print(f"| {label} | | " + " | ".join(f"| {v}" for v in vals) + " |")
+    for n in names:
+        r = results[n]
+        fresh = f"{r['fresh']:.1f} s" if r["fresh"] is not None else "not within the run"
+        print(f"{n}: agent + children {r['cpu_all']:.2f} % of a core (warm-up included), "
+              f"{r['cpu_steady']:.2f} % steady (" + ", ".join(f"{k} {v:.2f}" for k, v in r["parts"].items())
+              + f"); Python names of a new busy worker after {fresh}")
+    if len(names) == 2:
+        b, c = (results[n] for n in names)
+        print(f"ratio now/baseline, agent+children steady CPU: {c['cpu_steady'] / max(b['cpu_steady'], 1e-9):.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Which Python process py-spy samples next, how long and how fast: a node-wide budget.
+
+Every Python process perf sees gets a *shape* (py-spy's distribution of its
+busy Python stacks), whatever its CPU use; the agent then names that
+process's interpreter samples with it (:func:`profiler.collect.combine_python`).
+A shape is kept while the process lives and refreshed, not re-measured
+forever:
+
+- **probe**: a Python process with perf samples and no shape yet gets a short
+  run (``probe_seconds``) as soon as the agent's 1 s poll sees it, so its
+  names are in the next push (freshness);
+- **refresh**: each process accumulates *debt*, the perf samples it had since
+  its last run started; the process with the most debt above
+  ``refresh_samples`` is refreshed next. So refreshes follow each process's
+  share of perf samples: a process at 60 % of a core is refreshed 30 times as
+  often as one at 2 %.
+- **rate**: py-spy (without ``--idle``) keeps only busy samples, so a run at
+  rate R over D s on a process using a share s of a core yields ~R*D*s busy
+  samples. The rate is chosen for ``target_samples`` busy samples per run
+  (clamped to [1, max_rate]): quiet processes get higher rates, busy ones
+  lower.
+- **budget**: every run costs its samples (busy or idle, ~0.24 ms of CPU each,
+  measured) plus ``START_COST`` for py-spy's start; a token bucket filled at
+  ``budget`` samples/s bounds the node-wide cost. Probes may run the bucket
+  into debt down to ``first_name_seconds`` (1200 s) of budget: naming a quiet
+  process the first time is dear (one busy sample of a process at 0.4 % of a
+  core costs ~250 py-spy samples), so a burst of new processes is named now
+  and paid for by later refreshes waiting.
+
+Pure bookkeeping: no I/O, no clock of its own (``now`` is passed in).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from stacks.model import Stack
+
+START_COST = 60  # py-spy start ~0.015 CPU s, i.e. about 60 samples' worth (measured)
+FORGET_AFTER = 300.0  # seconds without perf samples before a pid's state is dropped
+
+
+@dataclass
+class PyState:
+    """What the scheduler knows about one Python process."""
+
+    shape: dict[Stack, float] = field(default_factory=dict)
+    shape_ended: float = -1.0
+    debt: int = 0
+    debt_since: float | None = None
+    seen: float = 0.0
+    runs: int = 0
+    empty_runs: int = 0
+    retry_at: float = 0.0
+
+    @property
+    def has_shape(self) -> bool:
+        return bool(self.shape)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One py-spy run to start."""
+
+    pid: int
+    duration: int
+    rate: int
+    probe: bool
+
+
+class PyScheduler:
+    """Budgeted choice of py-spy runs over all Python processes of the node."""
+
+    def __init__(
+        self,
+        is_python: Callable[[int], bool],
+        *,
+        frequency: int = 99,
+        budget: float = 10.0,
+        max_running: int = 8,
+        duration: int = 10,
+        probe_seconds: int = 2,
+        max_rate: int = 50,
+        target_samples: int = 20,
+        refresh_samples: int = 2000,
+        first_name_seconds: float = 1200.0,
+        own_pids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.is_python = is_python
+        self.frequency = frequency
+        self.budget = budget
+        # 30 s of budget, and at least the dearest run (else a quiet process could never be refreshed)
+        self.burst = max(budget * 30.0, max_rate * duration + START_COST)
+        self.tokens = 0.0  # start-up probes borrow; an idle agent does not bank a minute of runs
+        self.max_running = max_running
+        self.duration = duration
+        self.probe_seconds = probe_seconds
+        self.max_rate = max_rate
+        self.target_samples = target_samples
+        self.refresh_samples = refresh_samples
+        self.first_name_seconds = first_name_seconds
+        self.own = own_pids
+        self.states: dict[int, PyState] = {}
+        self._python: dict[int, bool] = {}
+        self._last: float | None = None
+
+    def _python_pid(self, pid: int) -> bool:
+        ok = self._python.get(pid)
+        if ok is None:
+            if len(self._python) > 8192:
+                self._python.clear()
+            ok = self._python[pid] = pid > 0 and pid not in self.own and self.is_python(pid)
+        return ok
+
+    def observe(self, counts: Mapping[int, int], now: float) -> None:
+        """Add one finished interval's perf samples per pid to the debts."""
+        for pid, n in counts.items():
+            if n <= 0 or not self._python_pid(pid):
+                continue
+            st = self.states.setdefault(pid, PyState())
+            st.debt += n
+            st.seen = now
+        for pid in [p for p, st in self.states.items() if now - st.seen > FORGET_AFTER]:
+            del self.states[pid]
+            self._python.pop(pid, None)
+
+    def rate_for(self, share: float, duration: int) -> int:
+        """py-spy rate giving ~target_samples busy samples over ``duration`` at ``share`` of a core."""
+        want = self.target_samples / max(duration * max(share, 1e-3), 1e-9)
+        return max(1, min(self.max_rate, math.ceil(want)))
+
+    def plan(self, now: float, current: Mapping[int, int], elapsed: float, running: set[int]) -> list[Run]:
+        """Runs to start now. ``current``: perf samples per pid so far in this interval (``elapsed`` s)."""
+        if self._last is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self._last) * self.budget)
+        self._last = now
+        out: list[Run] = []
+        slots = self.max_running - len(running)
+        # probes first: Python processes burning CPU with no shape yet (freshness)
+        floor = -self.budget * self.first_name_seconds  # how far first names may run the bucket into debt
+        fresh = sorted(((n, pid) for pid, n in current.items() if n >= 2 and pid not in running
+                        and self._python_pid(pid)), reverse=True)
+        for n, pid in fresh:
+            st = self.states.setdefault(pid, PyState(seen=now))
+            if st.has_shape or now < st.retry_at or slots <= 0:
+                continue
+            if self.tokens < floor:
+                break
+            out.append(self._take(self.probe_run(pid, n / max(elapsed * self.frequency, 1.0)), st, now))
+            slots -= 1
+        # refreshes: the largest debt first, within the budget
+        queue = sorted(((st.debt, pid) for pid, st in self.states.items()
+                        if pid not in running and st.debt >= self.refresh_samples and now >= st.retry_at),
+                       reverse=True)
+        for _debt, pid in queue:
+            if slots <= 0 or any(r.pid == pid for r in out):
+                continue
+            st = self.states[pid]
+            share = self._share(st, now)
+            run = Run(pid, self.duration, self.rate_for(share, self.duration), False)
+            if self.tokens < run.rate * run.duration + START_COST:
+                break  # the most indebted process waits for the bucket rather than being overtaken
+            out.append(self._take(run, st, now))
+            slots -= 1
+        return out
+
+    def probe_run(self, pid: int, share: float) -> Run:
+        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target."""
+        d = max(self.probe_seconds, min(self.duration, math.ceil(3 / (self.max_rate * max(share, 1e-3)))))
+        want = self.target_samples / 2 / (d * max(share, 1e-3))
+        return Run(pid, d, max(1, min(self.max_rate, math.ceil(want))), True)
+
+    def _share(self, st: PyState, now: float) -> float:
+        """The process's share of a core since its last run started (its debt over that time)."""
+        if st.debt_since is None or now - st.debt_since < 1.0:
+            return 0.05
+        return st.debt / ((now - st.debt_since) * self.frequency)
+
+    def _take(self, run: Run, st: PyState, now: float) -> Run:
+        self.tokens -= run.rate * run.duration + START_COST
+        st.retry_at = now + run.duration + 5.0  # no second run before this one reports
+        st.debt = 0
+        st.debt_since = now
+        st.runs += 1
+        return run
+
+    def on_result(self, pid: int, stacks: Mapping[Stack, int], ok: bool, now: float) -> None:
+        """Fold a finished run into the pid's shape (older runs count half each time)."""
+        st = self.states.get(pid)
+        if st is None:
+            return
+        if not ok or not stacks:
+            st.empty_runs += 1
+            # not Python any more, gone, or idle during the run: try again later, less often
+            st.retry_at = now + min(300.0, 5.0 * 2 ** min(st.empty_runs, 6))
+            if not ok:
+                self._python.pop(pid, None)
+            return
+        st.empty_runs = 0
+        st.retry_at = 0.0
+        merged = {k: v * 0.5 for k, v in st.shape.items()}
+        for k, v in stacks.items():
+            merged[k] = merged.get(k, 0.0) + v
+        total = sum(merged.values())
+        st.shape = {k: v for k, v in merged.items() if v >= total * 1e-4}
+        st.shape_ended = now
+
+    def shape(self, pid: int) -> dict[Stack, float] | None:
+        st = self.states.get(pid)
+        return st.shape if st is not None and st.shape else None
