@@ -120,7 +120,7 @@ class Agent:
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
             probe_seconds=settings.pyspy_probe_seconds, max_rate=settings.pyspy_max_rate,
             target_samples=settings.pyspy_target_samples, refresh_samples=settings.pyspy_refresh_samples,
-            own_pids=frozenset({os.getpid()}))
+            shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}))
         self._py_lock = threading.Lock()  # guards sched (py-spy threads report into it)
         self._wall: list[PyStacks] = []
         self.wall_taken = 0

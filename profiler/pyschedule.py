@@ -86,6 +86,7 @@ class PyScheduler:
         target_samples: int = 20,
         refresh_samples: int = 2000,
         first_name_seconds: float = 1200.0,
+        shape_max_age: float = 300.0,
         own_pids: frozenset[int] = frozenset(),
     ) -> None:
         self.is_python = is_python
@@ -100,6 +101,7 @@ class PyScheduler:
         self.max_rate = max_rate
         self.target_samples = target_samples
         self.refresh_samples = refresh_samples
+        self.shape_max_age = shape_max_age
         self.first_name_seconds = first_name_seconds
         self.own = own_pids
         self.states: dict[int, PyState] = {}
@@ -136,6 +138,7 @@ class PyScheduler:
         if self._last is not None:
             self.tokens = min(self.burst, self.tokens + (now - self._last) * self.budget)
         self._last = now
+        self.expire(now)
         out: list[Run] = []
         slots = self.max_running - len(running)
         # probes first: Python processes burning CPU with no shape yet (freshness)
@@ -165,6 +168,21 @@ class PyScheduler:
             out.append(self._take(run, st, now))
             slots -= 1
         return out
+
+    def expire(self, now: float) -> None:
+        """Forget shapes older than ``shape_max_age`` (0: never).
+
+        A quiet process gathers perf samples too slowly to earn a refresh, so after its code
+        changed (a deploy, a fix) its old shape would name its new samples wrongly for as long
+        as it lives. An expired shape names nothing: the samples keep their native frames
+        until the next first run (a probe, as for a new process) builds a fresh shape.
+        """
+        if self.shape_max_age <= 0:
+            return
+        for st in self.states.values():
+            if st.shape and now - st.shape_ended > self.shape_max_age:
+                st.shape = {}
+                st.retry_at = min(st.retry_at, now)
 
     def probe_run(self, pid: int, share: float) -> Run:
         """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target."""

@@ -35,6 +35,10 @@ SETTINGS: list[Setting] = [
     Setting("pyspy_refresh_samples", 2000,
             "perf samples a Python process must have since its last py-spy run before its shape is refreshed",
             int),
+    Setting("pyspy_shape_max_age", 300.0,
+            "seconds a Python process's py-spy shape names its perf samples before a new first run must "
+            "confirm it (0: forever); bounds how long a quiet process shows names of code it no longer runs",
+            float),
     Setting("pyspy_max_processes", 8, "at most this many py-spy runs at once", int),
     Setting("wall", False,
             "also push a wall-clock profile (__name__=wall) of every Python process, idle threads included "

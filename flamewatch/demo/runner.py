@@ -42,6 +42,7 @@ from flamewatch.settings import Settings
 from profiler.tools import ToolNotFound, find_tool
 
 NAMESPACE = "default"
+WALL = "wall:wall:nanoseconds:wall:nanoseconds"  # the agent's wall-clock profile type (--wall)
 SERVICES = ("manipulation-service", "admin-service", "frontend")  # start order: dependencies first
 PR_SET_PDEATHSIG = 1
 AGENT_RESTARTS = 3  # an agent that dies more often than this stops the demo (exit 1)
@@ -154,6 +155,12 @@ def viewer_urls(
             "mode": "diff", **admin, "bfrom": base[0], "buntil": base[1],
             "cfrom": compare[0], "cuntil": compare[1], "dmode": "share"}),
         "diff_api": f"{server}/api/v1/diff?" + urlencode({**diff, "mode": "share", "format": "json"}),
+        # Wall-clock (the agent's py-spy --idle): where admin-service waits, not only computes.
+        "wall_diff_viewer": f"{server}/?" + urlencode({
+            "mode": "diff", "type": WALL, **admin, "bfrom": base[0], "buntil": base[1],
+            "cfrom": compare[0], "cuntil": compare[1], "dmode": "absolute"}),
+        "wall_diff_api": f"{server}/api/v1/diff?" + urlencode(
+            {**diff, "mode": "absolute", "format": "json", "profile_type": WALL}),
     }
 
 
@@ -382,10 +389,14 @@ class Demo:
                 "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
                 "--push-interval", str(self.upload_interval),
                 # The demo's services are light and the story turns on a fix within minutes, so
-                # py-spy refreshes each service's Python shape after ~1 CPU s of it
+                # py-spy refreshes each busy service's Python shape after ~1 CPU s of it, and every shape
+                # older than two intervals must be confirmed by a new run (the fix changes the code)
                 # (the agent's defaults favour a low steady-state cost instead).
                 "--pyspy-refresh-samples", "100", "--pyspy-budget", "40", "--pyspy-max-processes", "4",
-                "--pyspy-duration", str(self.upload_interval)]
+                "--pyspy-shape-max-age", str(2 * self.upload_interval),
+                "--pyspy-duration", str(self.upload_interval),
+                # Wall-clock too, idle threads included: the story's wait on manipulation-service.
+                "--wall", "true", "--wall-rate", "20"]
         self._agent_spec = (argv, self.child_env({"NODE_NAME": socket.gethostname()}), metrics_port)
         try:
             child = await self.spawn_agent()
@@ -625,7 +636,11 @@ class Demo:
         self.say(f"\nViewer, namespace=default:   {urls['namespace']}")
         self.say(f"admin-service before the fix: {urls['before']}")
         self.say(f"Diff before/after the fix (complete in about {ready}):\n  {urls['diff_viewer']}\n"
-                 f"  API: {urls['diff_api']}\n")
+                 f"  API: {urls['diff_api']}")
+        if self.agent_running:
+            self.say(f"Wall-clock diff (createSampleImages waiting on manipulation-service, then not):\n"
+                     f"  {urls['wall_diff_viewer']}")
+        self.say("")
 
         self.phase = "slow"
         manip = base + str(svc["manipulation-service"].port)
@@ -655,6 +670,8 @@ class Demo:
             self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
             self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
                      f"  API: {urls['diff_api']}")
+            if self.agent_running:
+                self.say(f"Wall-clock diff: {urls['wall_diff_viewer']}")
             self.say("The demo keeps serving (fixed behaviour) until Ctrl-C" +
                      (f" or {self.s.duration:.0f} s in all." if self.deadline else "."))
             while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):

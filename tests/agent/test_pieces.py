@@ -234,11 +234,11 @@ def test_perf_sampler_restarts_with_backoff_and_counts_gaps(tmp_path: Path) -> N
 def test_pyspy_missing_and_vanished_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SamplerUnavailable, match="pip install py-spy"):
         check_pyspy(str(tmp_path / "py-spy"))
-    check_pyspy("py-spy")  # next to the interpreter (scripts/setup.sh) or on PATH
+    pyspy = check_pyspy("py-spy")  # next to the interpreter (scripts/setup.sh) or on PATH
     # a process that exits before py-spy attaches: a counted failure, not an exception
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
-    s = PySpySampler(lambda r: None, duration=1, workdir=str(tmp_path))
+    s = PySpySampler(lambda r: None, pyspy=pyspy, duration=1, workdir=str(tmp_path))
     assert s.run_once(p.pid) is None and s.failures == 1
 
 
@@ -406,6 +406,28 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     assert sched.plan(40.0, {}, 0.5, set()) == []
 
 
+def test_scheduler_expires_old_shapes_and_probes_again() -> None:
+    """A quiet process's shape does not name its samples forever: after shape_max_age it is
+    dropped (samples keep native frames) and the next first run builds a fresh one."""
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, frequency=100, refresh_samples=1000, shape_max_age=10.0)
+    assert [r.pid for r in sched.plan(0.0, {1: 5}, 1.0, set())] == [1]
+    old = {(U("main (a.py)"), U("createSampleImages (a.py)")): 20}
+    sched.on_result(1, old, True, 3.0)
+    assert sched.plan(12.0, {1: 5}, 1.0, set()) == [] and sched.shape(1) is not None  # 9 s old: kept
+    runs = sched.plan(14.0, {1: 5}, 1.0, set())  # 11 s old: dropped, probed again at once
+    assert sched.shape(1) is None and [(r.pid, r.probe) for r in runs] == [(1, True)]
+    new = {(U("main (a.py)"), U("cached (a.py)")): 2}
+    sched.on_result(1, new, True, 20.0)
+    assert sched.shape(1) == {k: 2.0 for k in new}  # the new code only, no half-weight of the old
+    never = PyScheduler(lambda pid: True, shape_max_age=0)
+    never.plan(0.0, {1: 5}, 1.0, set())
+    never.on_result(1, old, True, 3.0)
+    never.plan(10_000.0, {1: 5}, 1.0, set())
+    assert never.shape(1) == {k: 20.0 for k in old}
+
+
 def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
     from profiler.pyschedule import PyScheduler
 
@@ -417,8 +439,10 @@ def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
 
 def test_real_pyspy_idle_run_sees_a_sleeping_python_process(tmp_path: Path) -> None:
     """Wall-clock mode: py-spy --idle on a real, sleeping Python process yields its idle stack."""
-    if shutil.which("py-spy") is None:
-        pytest.skip(reason="py-spy is not installed (pip install py-spy)")
+    try:
+        pyspy = check_pyspy("py-spy")  # the venv's, next to the interpreter, as the agent finds it
+    except SamplerUnavailable as e:
+        pytest.skip(reason=f"py-spy is not installed: {e}")
     if os.geteuid() != 0:
         pytest.skip(reason="py-spy needs root (ptrace) to read another process")
     script = tmp_path / "sleeper.py"
@@ -426,7 +450,7 @@ def test_real_pyspy_idle_run_sees_a_sleeping_python_process(tmp_path: Path) -> N
     p = subprocess.Popen([sys.executable, str(script)])
     try:
         time.sleep(1.0)
-        s = PySpySampler(lambda r: None, workdir=str(tmp_path))
+        s = PySpySampler(lambda r: None, pyspy=pyspy, workdir=str(tmp_path))
         busy = s.run_once(p.pid, 1, rate=20)
         idle = s.run_once(p.pid, 1, rate=20, idle=True)
     finally:
