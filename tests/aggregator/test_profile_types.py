@@ -240,3 +240,35 @@ async def test_sqlite_database_of_the_old_schema_is_migrated(tmp_path: Path) -> 
     got = await store.label_values("__profile_type__", Selector(()), 0, 2**31)
     await store.close()
     assert got == [CPU]
+
+
+async def test_clickhouse_data_of_the_old_schema_reads_as_cpu(
+    tmp_path: Path, clickhouse: object, clickhouse_db: str
+) -> None:
+    """ClickHouse rows written before profile types (untyped series) are not rewritten: CPU queries
+    include them, /profile_types lists CPU, and other types never see them (docs/clickhouse.md)."""
+    from aggregator.store.base import SeriesWindow
+    from aggregator.store.clickhouse import ClickHouseStore
+    from stacks.model import Labels
+
+    spec = clickhouse.storage_spec(clickhouse_db)  # type: ignore[attr-defined]
+    store = ClickHouseStore(spec)
+    await store.open()
+    prof = parse("main;old_work 11\n", StackTable())
+    await store.write([SeriesWindow(Labels.of({"service_name": "legacy", "pod": "p1"}), W, prof)])
+    await store.close()
+
+    client = await make_client(tmp_path, storage=spec)
+    try:
+        _, types = await get(client, "/api/v1/profile_types")
+        assert CPU in [t["id"] for t in types["profile_types"]], types
+        _, doc = await get(client, "/api/v1/top", query='{service_name="legacy"}')
+        assert doc["total"] == 11 and doc["profile_type"] == CPU
+        # a typed CPU push beside it: one CPU view holds both, the memory view neither
+        assert (await push(client, "memory", heap_pprof(), service="legacy"))[0] == 200
+        _, doc = await get(client, "/api/v1/top", query=f'{CPU}{{service_name="legacy"}}')
+        assert doc["total"] == 11
+        _, doc = await get(client, "/api/v1/top", query=ALLOC + '{service_name="legacy"}')
+        assert doc["total"] == 10_485_760 + 38_400
+    finally:
+        await client.close()
