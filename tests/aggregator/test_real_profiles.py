@@ -176,7 +176,7 @@ async def stored_total(client: TestClient, type_id: str, sel: str) -> dict:
 @pytest.fixture(scope="module")
 def python_pushes() -> dict[str, list[Recorded]]:
     if importlib.util.find_spec("pyroscope") is None:
-        pytest.skip("pyroscope-io is not installed (pip install pyroscope-io)")
+        pytest.skip(reason="pyroscope-io is not installed (pip install pyroscope-io)")
     out = {}
     for mode, extra in (("cpu", []), ("wall", ["--wall", "--tag", "oncpu=false"])):
         with capture_server() as cap:
@@ -221,7 +221,7 @@ async def test_pyroscope_io_cpu_and_wall(client: TestClient, python_pushes: dict
 @pytest.fixture(scope="module")
 def node_pushes() -> list[Recorded]:
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node/npm are not installed")
+        pytest.skip(reason="node/npm are not installed")
     mod = NODE_DIR / "node_modules" / "@pyroscope" / "nodejs"
     if not mod.is_dir():
         NODE_DIR.mkdir(parents=True, exist_ok=True)
@@ -229,7 +229,7 @@ def node_pushes() -> list[Recorded]:
         proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "@pyroscope/nodejs"],
                               cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0 or not mod.is_dir():
-            pytest.skip(f"npm install @pyroscope/nodejs failed: {proc.stderr[-300:]}")
+            pytest.skip(reason=f"npm install @pyroscope/nodejs failed: {proc.stderr[-300:]}")
     with capture_server() as cap:
         env = dict(os.environ, NODE_PATH=str(NODE_DIR / "node_modules"))
         proc = subprocess.run(["node", str(SUPPORT / "pyroscope_node_app.js"), cap.url, "node-app", "3"],
