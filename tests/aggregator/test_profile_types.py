@@ -11,33 +11,21 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from aggregator.app import create_app
-from aggregator.settings import SETTINGS
 from aggregator.store.sqlite import SCHEMA, SQLiteStore
-from flamewatch.settings import resolve
 from stacks import _proto
 from stacks.folded import parse
 from stacks.model import StackTable
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
 from stacks.selector import Selector
+from tests.aggregator.test_api import NOW, W, make_client  # the same clock and app as the API tests
 
-NOW = 1_700_000_025.0
-W = 1_700_000_010
 RANGE = f"from={W - 300}&until={W + 60}"
 CPU = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
 ALLOC = "memory:alloc_space:bytes:space:bytes"
 INUSE_OBJ = "memory:inuse_objects:count:space:bytes"
-
-
-async def make_client(tmp_path: Path, **overrides: str) -> TestClient:
-    settings = resolve(SETTINGS, {"data_dir": str(tmp_path), **overrides}, environ={})
-    app = create_app(settings, clock=lambda: NOW, mount_viewer=False)
-    client = TestClient(TestServer(app, host="127.0.0.1"))
-    await client.start_server()
-    return client
 
 
 @pytest.fixture
