@@ -22,7 +22,7 @@ from aggregator import ingest, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.windows import WindowWriter
-from flamewatch.settings import Settings, resolve
+from ground.settings import Settings, resolve
 from stacks import compiled
 from stacks.errors import InputError
 

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 
 from aggregator.settings import SETTINGS
-from flamewatch.settings import add_arguments, resolve
+from ground.settings import add_command, resolve_or_report
 
 log = logging.getLogger("flamewatch.serve")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``serve`` subcommand."""
-    p = subparsers.add_parser(
-        "serve", help="run the aggregator (Pyroscope-compatible push API, storage, query API, viewer)",
+    add_command(
+        subparsers, "serve", SETTINGS, serve,
+        help="run the aggregator (Pyroscope-compatible push API, storage, query API, viewer)",
         description="Run the flamewatch aggregator and viewer. Every flag also reads FLAMEWATCH_<NAME>.",
     )
-    add_arguments(p, SETTINGS)
-    p.set_defaults(func=serve)
 
 
 async def _run(settings) -> int:  # type: ignore[no-untyped-def]
@@ -64,10 +62,8 @@ async def _run(settings) -> int:  # type: ignore[no-untyped-def]
 
 def serve(args: argparse.Namespace) -> int:
     """Entry point of ``flamewatch serve``."""
-    try:
-        settings = resolve(SETTINGS, args)
-    except ValueError as e:
-        print(f"flamewatch serve: {e}", file=sys.stderr)
+    settings = resolve_or_report("serve", SETTINGS, args)
+    if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _compiled_readers(settings.compiled_readers)

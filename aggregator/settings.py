@@ -6,7 +6,7 @@ Every setting is a flag (``--max-body-bytes``) and an environment variable
 
 from __future__ import annotations
 
-from flamewatch.settings import Setting, parse_bool
+from ground.settings import Setting, parse_bool
 
 
 def _positive_int(text: str) -> int:

@@ -36,7 +36,7 @@ from aggregator.app import create_app
 from aggregator.settings import SETTINGS
 from aggregator.store import open_store
 from aggregator.store.base import SeriesWindow
-from flamewatch.settings import resolve
+from ground.settings import resolve
 from stacks.folded import parse_frame
 from stacks.model import Labels, Profile, StackTable, merge
 from stacks.selector import Selector

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import psutil
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from flamewatch.settings import Settings
+from ground.settings import Settings
 from profiler.collect import Collector, combine_python
 from profiler.metadata import (
     MetadataResolver,

@@ -6,31 +6,27 @@ import argparse
 import logging
 import sys
 
-from flamewatch.settings import add_arguments, resolve
+from ground.settings import add_command, resolve_or_report
 from profiler.settings import SETTINGS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``agent`` subcommand."""
-    p = subparsers.add_parser(
-        "agent",
+    add_command(
+        subparsers, "agent", SETTINGS, handle,
         help="sample every process with perf/py-spy and push to an aggregator",
         description="Per-node profiler: perf (kernel + native) and py-spy (Python) stacks at ~99 Hz, "
         "labelled with node/namespace/pod/container/process, pushed every ~10 s with the Pyroscope "
         "push protocol. Every flag also reads FLAMEWATCH_<NAME> from the environment.",
     )
-    add_arguments(p, SETTINGS)
-    p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from profiler.agent import Agent, install_signal_handlers
     from profiler.samplers.base import SamplerUnavailable
 
-    try:
-        settings = resolve(SETTINGS, args)
-    except ValueError as e:
-        print(f"flamewatch agent: {e}", file=sys.stderr)
+    settings = resolve_or_report("agent", SETTINGS, args)
+    if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flamewatch.settings import Setting, parse_bool
+from ground.settings import Setting, parse_bool
 
 SETTINGS: list[Setting] = [
     Setting("server", "http://127.0.0.1:4040", "aggregator base URL the agent pushes to"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flamewatch.settings import markdown_table
+from ground.settings import markdown_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"(<!-- settings:(?P<mod>[\w.]+) -->\n)(.*?)(<!-- /settings -->)", re.S)

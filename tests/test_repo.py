@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flamewatch.settings import Setting
-from profiler.tools import ToolNotFound, find_tool
+from ground.settings import Setting
+from ground.tools import ToolNotFound, find_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS_MODULES = ("aggregator.settings", "profiler.settings", "flamewatch.demo.settings")

@@ -38,8 +38,8 @@ from urllib.parse import urlencode
 import aiohttp
 
 from flamewatch.demo.settings import FAST_PHASE_SECONDS, FAST_UPLOAD_INTERVAL
-from flamewatch.settings import Settings
-from profiler.tools import ToolNotFound, find_tool
+from ground.settings import Settings
+from ground.tools import ToolNotFound, find_tool
 
 NAMESPACE = "default"
 WALL = "wall:wall:nanoseconds:wall:nanoseconds"  # the agent's wall-clock profile type (--wall)

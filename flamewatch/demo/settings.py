@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flamewatch.settings import Setting, parse_bool
+from ground.settings import Setting, parse_bool
 
 
 def _port(text: str) -> int:

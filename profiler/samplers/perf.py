@@ -24,8 +24,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from ground.tools import ToolNotFound, find_tool
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
-from profiler.tools import ToolNotFound, find_tool
 from stacks.perf import PerfSample, SampleParser
 
 log = logging.getLogger("flamewatch.agent.perf")

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ground.tools import ToolNotFound, find_tool
 from profiler.samplers.base import Proc, Runner, SamplerUnavailable, default_runner
-from profiler.tools import ToolNotFound, find_tool
 from stacks.model import Frame, Kind, Stack
 
 log = logging.getLogger("flamewatch.agent.pyspy")

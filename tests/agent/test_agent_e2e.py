@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from profiler.tools import ToolNotFound, find_tool
+from ground.tools import ToolNotFound, find_tool
 from tests.support.server import free_port, running_server
 
 REPO = Path(__file__).resolve().parents[2]

@@ -485,7 +485,7 @@ def test_wall_push_has_wall_name_sample_type_and_period_type() -> None:
 
 def test_agent_pushes_finished_wall_runs_as_a_wall_series(tmp_path: Path) -> None:
     """A finished --idle run becomes its own push: __name__=wall, wall/nanoseconds, labelled like CPU."""
-    from flamewatch.settings import resolve
+    from ground.settings import resolve
     from profiler.agent import Agent
     from profiler.samplers.pyspy import PyStacks
     from profiler.settings import SETTINGS

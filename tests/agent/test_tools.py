@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from ground.tools import ToolNotFound, find_tool, search_dirs
 from profiler.samplers.base import SamplerUnavailable
 from profiler.samplers.pyspy import check_pyspy
-from profiler.tools import ToolNotFound, find_tool, search_dirs
 from tests.support.server import running_server
 
 REPO = Path(__file__).resolve().parents[2]

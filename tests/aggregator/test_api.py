@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aggregator.app import create_app
 from aggregator.settings import SETTINGS
-from flamewatch.settings import resolve
+from ground.settings import resolve
 from stacks.folded import parse
 from stacks.pprof import decode_pprof, encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request

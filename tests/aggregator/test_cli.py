@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from aggregator.settings import SETTINGS
-from flamewatch.settings import resolve
+from ground.settings import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 

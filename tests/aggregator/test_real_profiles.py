@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aggregator.app import create_app
 from aggregator.settings import SETTINGS
-from flamewatch.settings import resolve
+from ground.settings import resolve
 from tests.support.capture import Recorded, capture_server
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

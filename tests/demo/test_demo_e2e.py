@@ -42,7 +42,7 @@ def _need(module: str, why: str) -> None:
 def _agent_can_run() -> bool:
     """Root with a perf that runs: the demo's --agent auto must then start the agent."""
     from flamewatch.demo.runner import check_perf
-    from profiler.tools import ToolNotFound, find_tool
+    from ground.tools import ToolNotFound, find_tool
 
     try:
         perf = find_tool("perf")

@@ -26,7 +26,7 @@ from flamewatch.demo.runner import (
     viewer_urls,
 )
 from flamewatch.demo.settings import SETTINGS
-from flamewatch.settings import resolve
+from ground.settings import resolve
 
 
 def test_align_to_windows() -> None:

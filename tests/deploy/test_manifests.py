@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flamewatch.settings import resolve
+from ground.settings import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -126,3 +127,27 @@ def markdown_table(table: Sequence[Setting]) -> str:
     for s in table:
         rows.append(f"| `{s.flag}` | `{s.env}` | `{s.default!r}` | {s.help} |")
     return "\n".join(rows)
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    table: Sequence[Setting],
+    func: Callable[[argparse.Namespace], int],
+    **parser_kw: Any,
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` with one flag per setting of ``table``; ``func`` handles it."""
+    p = subparsers.add_parser(name, **parser_kw)
+    add_arguments(p, table)
+    p.set_defaults(func=func)
+    return p
+
+
+def resolve_or_report(command: str, table: Sequence[Setting], args: argparse.Namespace) -> Settings | None:
+    """``resolve`` for a CLI: on a bad setting print ``flamewatch COMMAND: why`` to stderr and
+    return None (the caller exits 2)."""
+    try:
+        return resolve(table, args)
+    except ValueError as e:
+        print(f"flamewatch {command}: {e}", file=sys.stderr)
+        return None
