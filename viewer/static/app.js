@@ -640,10 +640,7 @@
       th.classList.toggle("sorted", th.dataset.sort === state.sort);
     });
     if (err) {
-      var tr = el("tr"), td = el("td", "", err);
-      td.colSpan = 6;
-      tr.appendChild(td);
-      tbody.appendChild(tr);
+      messageRow(tbody, err, 6);
       return;
     }
     var key = state.sort, needle = $("table-filter").value.toLowerCase();
@@ -653,14 +650,7 @@
       return b[key] - a[key] || b.self - a.self || b.total - a.total;
     });
     rows.slice(0, 300).forEach(function (r) {
-      var tr = el("tr");
-      var name = String(r.name);
-      var tdn = el("td", "name", name);
-      tdn.title = name;
-      tr.appendChild(tdn);
-      var tk = el("td");
-      tk.appendChild(kindBadge(r.kind));
-      tr.appendChild(tk);
+      var name = String(r.name), tr = functionRow(name, r.kind);
       tr.appendChild(el("td", "num", U.format(r.self, topUnit)));
       tr.appendChild(el("td", "num", pct(r.self, topTotal)));
       tr.appendChild(el("td", "num", U.format(r.total, topUnit)));
@@ -669,6 +659,24 @@
       tr.addEventListener("click", function () { pickFunction(name, tr); });
       tbody.appendChild(tr);
     });
+  }
+
+  // A table row that spans every column with one message (an error, "none").
+  function messageRow(tbody, text, cols) {
+    var tr = el("tr"), td = el("td", "", text);
+    td.colSpan = cols;
+    tr.appendChild(td);
+    tbody.appendChild(tr);
+  }
+
+  // A new row starting with the function-name and kind cells shared by the top and diff tables.
+  function functionRow(name, kind) {
+    var tr = el("tr"), tdn = el("td", "name", name), tk = el("td");
+    tdn.title = name;
+    tr.appendChild(tdn);
+    tk.appendChild(kindBadge(kind));
+    tr.appendChild(tk);
+    return tr;
   }
 
   function renderDiffTable(table, u) {
@@ -683,21 +691,9 @@
       ["function", "kind", "base %", "compare %", unit].forEach(function (h, k) { hr.appendChild(el("th", k > 1 ? "num" : "", h)); });
       thead.appendChild(hr);
       var rows = (table && table[s[0]] && table[s[0]][s[1]]) || [];
-      if (!rows.length) {
-        var tr0 = el("tr"), td0 = el("td", "", "none");
-        td0.colSpan = 5;
-        tr0.appendChild(td0);
-        tbody.appendChild(tr0);
-      }
+      if (!rows.length) messageRow(tbody, "none", 5);
       rows.slice(0, 20).forEach(function (r) {
-        var tr = el("tr");
-        var name = String(r.name);
-        var tdn = el("td", "name", name);
-        tdn.title = name;
-        tr.appendChild(tdn);
-        var tk = el("td");
-        tk.appendChild(kindBadge(r.kind));
-        tr.appendChild(tk);
+        var name = String(r.name), tr = functionRow(name, r.kind);
         tr.appendChild(el("td", "num", Number(r.base_pct).toFixed(2) + "%"));
         tr.appendChild(el("td", "num", Number(r.compare_pct).toFixed(2) + "%"));
         var dv = Number(r.delta);
@@ -868,7 +864,24 @@
     }
   }
 
+  // Run fn when Enter is pressed in any of the inputs named by id.
+  function onEnter(ids, fn) {
+    ids.forEach(function (id) {
+      $(id).addEventListener("keydown", function (e) { if (e.key === "Enter") fn(); });
+    });
+  }
+
   function bind() {
+    bindModes();
+    bindTime();
+    bindSelector();
+    bindView();
+    bindDiff();
+    bindTables();
+  }
+
+  // The profile-type picker, flame/diff mode and the time presets.
+  function bindModes() {
     $("profile-type").addEventListener("change", function () {
       // A new type: the zoom path, highlight and sandwich function belong to the old one's frames.
       state.type = $("profile-type").value === serverDefault ? "" : $("profile-type").value;
@@ -890,6 +903,10 @@
         refreshAll();
       });
     });
+  }
+
+  // The from/until fields, auto refresh and the copy-link button.
+  function bindTime() {
     function applyTime() {
       state.from = $("from").value.trim() || DEFAULTS.from;
       state.until = $("until").value.trim() || DEFAULTS.until;
@@ -897,9 +914,7 @@
       refreshAll();
     }
     $("apply-time").addEventListener("click", applyTime);
-    ["from", "until"].forEach(function (id) {
-      $(id).addEventListener("keydown", function (e) { if (e.key === "Enter") applyTime(); });
-    });
+    onEnter(["from", "until"], applyTime);
     $("auto").addEventListener("change", function () { state.auto = $("auto").checked; writeURL(); scheduleAuto(); });
     $("auto-every").addEventListener("change", function () { state.every = Number($("auto-every").value) || 30; writeURL(); scheduleAuto(); });
     $("copy-link").addEventListener("click", function () {
@@ -912,6 +927,10 @@
         prompt("Link to this view", location.href);
       }
     });
+  }
+
+  // The selector box (also Pyroscope's TYPE{selector} form) and the group-by picker.
+  function bindSelector() {
     function applySel() {
       var sel = $("selector").value.trim();
       // Pyroscope's TYPE{selector} form: the type goes to the picker, the rest stays a selector.
@@ -929,8 +948,12 @@
       onSelectorChange();
     }
     $("apply-selector").addEventListener("click", applySel);
-    $("selector").addEventListener("keydown", function (e) { if (e.key === "Enter") applySel(); });
+    onEnter(["selector"], applySel);
     $("group-by").addEventListener("change", function () { state.gb = $("group-by").value; writeURL(); loadTimeline(); });
+  }
+
+  // Flame options: metadata, invert, search, reset zoom, PNG export.
+  function bindView() {
     $("metadata").addEventListener("change", function () { state.meta = $("metadata").checked; state.zoom = ""; writeURL(); updateExports(); loadFlame(); });
     $("invert").addEventListener("change", function () { state.inv = $("invert").checked; writeURL(); fg.setOptions({invert: state.inv}); });
     $("search").addEventListener("input", debounce(function () {
@@ -944,6 +967,10 @@
       Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
     });
     $("exp-png").addEventListener("click", exportPNG);
+  }
+
+  // The diff ranges, their selectors and the colour mode.
+  function bindDiff() {
     function applyDiff() {
       state.bfrom = $("base-from").value.trim();
       state.buntil = $("base-until").value.trim();
@@ -961,9 +988,7 @@
       loadTables();
     }
     $("apply-diff").addEventListener("click", applyDiff);
-    ["base-from", "base-until", "compare-from", "compare-until", "base-sel", "compare-sel"].forEach(function (id) {
-      $(id).addEventListener("keydown", function (e) { if (e.key === "Enter") applyDiff(); });
-    });
+    onEnter(["base-from", "base-until", "compare-from", "compare-until", "base-sel", "compare-sel"], applyDiff);
     Array.prototype.forEach.call(document.querySelectorAll("[data-dmode]"), function (b) {
       b.addEventListener("click", function () {
         state.dmode = b.dataset.dmode; syncControls(); writeURL(); updateExports(); loadFlame();
@@ -972,6 +997,10 @@
     Array.prototype.forEach.call(document.querySelectorAll("#drag-target .seg"), function (b) {
       b.addEventListener("click", function () { setDragTarget(b.dataset.target); });
     });
+  }
+
+  // Tabs, the top table's sort and filter, and the sandwich function.
+  function bindTables() {
     Array.prototype.forEach.call(document.querySelectorAll(".tabs .tab"), function (b) {
       b.addEventListener("click", function () { showTab(b.dataset.tab); writeURL(); });
     });
@@ -981,7 +1010,7 @@
     $("table-filter").addEventListener("input", debounce(function () { renderTop(); }, 120));
     function applySandwich() { state.fn = $("sandwich-fn").value.trim(); writeURL(); showTab("sandwich"); }
     $("apply-sandwich").addEventListener("click", applySandwich);
-    $("sandwich-fn").addEventListener("keydown", function (e) { if (e.key === "Enter") applySandwich(); });
+    onEnter(["sandwich-fn"], applySandwich);
   }
 
   // ------------------------------------------------------------------ start

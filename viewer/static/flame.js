@@ -342,6 +342,26 @@
   /** Redraw at the current size, zoom and options. Returns the time taken in ms. */
   FlameGraph.prototype.draw = function () {
     var t0 = performance.now();
+    var ctx = this._resize();
+    if (!this.n) {
+      ctx.fillStyle = "#666";
+      ctx.textBaseline = "middle";
+      ctx.fillText(this.data ? "no samples" : "", 8, this.cssH / 2);
+      this.drawn = {count: 0};
+      this.lastDrawMs = performance.now() - t0;
+      return this.lastDrawMs;
+    }
+    var vis = this._visible();
+    this._fillRects(vis);
+    this._drawLabels(vis);
+    this.drawn = vis;
+    if (this.hover >= 0) this._drawHover();
+    this.lastDrawMs = performance.now() - t0;
+    return this.lastDrawMs;
+  };
+
+  /** Size both canvases to the container at the device pixel ratio, clear them; the 2D context. */
+  FlameGraph.prototype._resize = function () {
     var cssW = this.container.clientWidth || 800;
     var cssH = this._height();
     var dpr = global.devicePixelRatio || 1;
@@ -365,22 +385,16 @@
     this.octx.clearRect(0, 0, cssW, cssH);
     ctx.font = FONT;
     if (!this.charW) this.charW = ctx.measureText("MMMMMMMMMM").width / 10 || 7;
-    if (!this.n) {
-      ctx.fillStyle = "#666";
-      ctx.textBaseline = "middle";
-      ctx.fillText(this.data ? "no samples" : "", 8, cssH / 2);
-      this.drawn = {count: 0};
-      this.lastDrawMs = performance.now() - t0;
-      return this.lastDrawMs;
-    }
-    var n = this.n, z = this.zoom, minPx = this.options.minPx || 0;
-    var start = this.nStart, width = this.nWidth, depth = this.nDepth, end = this.nEnd, col = this.nCol;
+    return ctx;
+  };
+
+  /** The frames visible at the current zoom: {count, idx, x, w} (typed arrays, CSS px). */
+  FlameGraph.prototype._visible = function () {
+    var n = this.n, z = this.zoom, minPx = this.options.minPx || 0, cssW = this.cssW;
+    var start = this.nStart, width = this.nWidth, end = this.nEnd;
     var x0 = start[z], span = width[z] || 1;
     var scale = cssW / span;
-
-    // Visible frames into typed arrays: index and x / width in CSS px.
-    var cap = n;
-    var vIdx = new Int32Array(cap), vX = new Float32Array(cap), vW = new Float32Array(cap);
+    var vIdx = new Int32Array(n), vX = new Float32Array(n), vW = new Float32Array(n);
     var cnt = 0;
     // Ancestors of the zoomed frame fill the width.
     var p = this.nParent[z];
@@ -397,15 +411,19 @@
       vIdx[cnt] = i; vX[cnt] = x; vW[cnt] = w; cnt++;
       i++;
     }
+    return {count: cnt, idx: vIdx, x: vX, w: vW};
+  };
 
-    // Group by colour (counting sort) so each colour is one path and one fill.
+  /** Fill the visible rectangles, grouped by colour (counting sort): one path and one fill each. */
+  FlameGraph.prototype._fillRects = function (vis) {
+    var ctx = this.ctx, col = this.nCol, depth = this.nDepth, cnt = vis.count;
+    var vIdx = vis.idx, vX = vis.x, vW = vis.w;
     var counts = new Int32Array(NCOL + 1);
     for (var k = 0; k < cnt; k++) counts[col[vIdx[k]] + 1]++;
     for (var c = 0; c < NCOL; c++) counts[c + 1] += counts[c];
     var order = new Int32Array(cnt), pos = counts.slice(0, NCOL);
     for (k = 0; k < cnt; k++) order[pos[col[vIdx[k]]]++] = k;
-
-    var invert = this.options.invert, h = cssH;
+    var invert = this.options.invert, h = this.cssH;
     for (c = 0; c < NCOL; c++) {
       var a = counts[c], b = counts[c + 1];
       if (a === b) continue;
@@ -420,15 +438,18 @@
       ctx.fillStyle = PALETTE[c];
       ctx.fill();
     }
+  };
 
-    // Labels: only frames wide enough for three characters, cut with a fixed advance.
-    var names = this.data.names;
+  /** Labels: only frames wide enough for three characters, cut with a fixed advance. */
+  FlameGraph.prototype._drawLabels = function (vis) {
+    var ctx = this.ctx, col = this.nCol, depth = this.nDepth, names = this.data.names;
+    var vIdx = vis.idx, vX = vis.x, vW = vis.w, cssW = this.cssW, h = this.cssH, invert = this.options.invert;
     var charW = this.charW, minText = charW * 3 + 2 * PAD;
     ctx.textBaseline = "middle";
     for (var pass = 0; pass < 2; pass++) {
       ctx.fillStyle = pass === 0 ? "#111" : "#fff";
       var wantDark = pass === 0;
-      for (k = 0; k < cnt; k++) {
+      for (var k = 0; k < vis.count; k++) {
         if (vW[k] < minText) continue;
         var j = vIdx[k];
         if (TEXT_DARK[col[j]] !== wantDark) continue;
@@ -441,10 +462,6 @@
         ctx.fillText(s, xs + PAD, yy + 1 + ROW / 2);
       }
     }
-    this.drawn = {count: cnt, idx: vIdx, x: vX, w: vW};
-    if (this.hover >= 0) this._drawHover();
-    this.lastDrawMs = performance.now() - t0;
-    return this.lastDrawMs;
   };
 
   /** Index of the frame drawn at CSS pixel (x, y) of the canvas, or -1. */
