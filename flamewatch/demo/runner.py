@@ -48,6 +48,19 @@ PR_SET_PDEATHSIG = 1
 AGENT_RESTARTS = 3  # an agent that dies more often than this stops the demo (exit 1)
 
 
+
+@dataclass(frozen=True)
+class _Plan:
+    """The demo's timeline (clock seconds) and the addresses it drives."""
+
+    t0: float
+    fix_at: float
+    end: float
+    urls: dict[str, str]
+    frontend: str
+    admin: str
+    manipulation: str
+
 class DemoError(RuntimeError):
     """The demo cannot start; the message says what to change."""
 
@@ -593,9 +606,26 @@ class Demo:
         return not self.stop_event.is_set()
 
     async def story(self) -> None:
+        """Start every part, announce the links, then run the slow phase, the fix and the fixed phase."""
         server = await self.start_server()
         self.save_state(server=server)
         await self.start_agent(server)
+        svc = await self.start_services(server)
+        plan = self.plan(server, svc)
+        self.announce(plan)
+        self.phase = "slow"
+        watcher = asyncio.ensure_future(self.watch())
+        loader = asyncio.ensure_future(self.load(plan.frontend))
+        try:
+            await self.run_phases(plan)
+        finally:
+            for task in (loader, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def start_services(self, server: str) -> dict[str, Child]:
+        """The three tinyhats services, each wired to the next; prints where each runs."""
         svc: dict[str, Child] = {}
         base = f"http://{self.s.host}:"
         svc["manipulation-service"] = await self.start_service("manipulation-service", server, {})
@@ -607,8 +637,11 @@ class Demo:
             self.say(f"  {name:<21} {base}{child.port}  pod {NAMESPACE}/{child.pod}  pid {child.pid}")
         if not self.s.sdk:
             self.say("  (--sdk off: services push no profiles of their own; only the agent sees them)")
-        frontend, admin = base + str(svc["frontend"].port), base + str(svc["admin-service"].port)
+        return svc
 
+    def plan(self, server: str, svc: dict[str, Child]) -> _Plan:
+        """When the fix goes in and the demo's phases end, and the viewer links for them."""
+        base = f"http://{self.s.host}:"
         t0 = self.clock()
         phase, switch, end = fit_phases(t0, self.phase_seconds, self.window, self.deadline,
                                         self.upload_interval + 3)
@@ -623,16 +656,25 @@ class Demo:
         # The agent names perf samples with the newest finished py-spy run of the process
         # (one push interval long), so its Python frames lag by up to two intervals more.
         lead = self.upload_interval / 2 + 1 + (2 * self.upload_interval if self.agent_running else 0)
-        fix_at = max(t0 + 1.0, switch - lead)
         admin_sel = f'{{namespace="{NAMESPACE}", container="admin-service"}}'
-        urls = viewer_urls(server, admin_sel, before, after)
+        plan = _Plan(
+            t0=t0, fix_at=max(t0 + 1.0, switch - lead), end=end,
+            urls=viewer_urls(server, admin_sel, before, after),
+            frontend=base + str(svc["frontend"].port), admin=base + str(svc["admin-service"].port),
+            manipulation=base + str(svc["manipulation-service"].port),
+        )
         self.save_state(
-            state="slow", frontend=frontend, admin=admin, urls=urls, window=self.window,
+            state="slow", frontend=plan.frontend, admin=plan.admin, urls=plan.urls, window=self.window,
             phases={"slow": list(before), "fixed": list(after)}, admin_selector=admin_sel,
             services={n: {"pid": c.pid, "port": c.port, "pod": c.pod} for n, c in svc.items()},
             pids=[c.pid for c in self.children],
         )
-        ready = _mmss(end - t0 + self.upload_interval)
+        return plan
+
+    def announce(self, plan: _Plan) -> None:
+        """Print the viewer links the user opens while the demo runs."""
+        urls = plan.urls
+        ready = _mmss(plan.end - plan.t0 + self.upload_interval)
         self.say(f"\nViewer, namespace=default:   {urls['namespace']}")
         self.say(f"admin-service before the fix: {urls['before']}")
         self.say(f"Diff before/after the fix (complete in about {ready}):\n  {urls['diff_viewer']}\n"
@@ -642,45 +684,38 @@ class Demo:
                      f"  {urls['wall_diff_viewer']}")
         self.say("")
 
-        self.phase = "slow"
-        manip = base + str(svc["manipulation-service"].port)
-        calls0 = await self.manipulate_calls(manip)
-        watcher = asyncio.ensure_future(self.watch())
-        loader = asyncio.ensure_future(self.load(frontend))
-        try:
-            self.say(f"phase 1/2: slow admin page: createSampleImages calls manipulation-service once per "
-                     f"hat ({self.s.hats}) on every view")
-            if not await self.sleep_until(fix_at, "phase 1/2 slow ", t0, fix_at):
-                return
-            calls1 = await self.manipulate_calls(manip)
-            self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
-            await self.set_mode(admin, "fixed")
-            self.phase = "fixed"
-            self.save_state(state="fixed", fixed_at=self.clock())
-            self.say("phase 2/2: fix deployed: mockups are made once at upload and cached")
-            if not await self.sleep_until(end, "phase 2/2 fixed", fix_at, end):
-                return
-            calls2 = await self.manipulate_calls(manip)
-            self.say(f"phase 2/2 done: {self.stats['fixed'].line()}, {calls2 - calls1} /manipulate calls")
-            self.save_state(manipulate_calls={"slow": calls1 - calls0, "fixed": calls2 - calls1})
-            # The SDK pushes every upload_interval; wait for the pushes covering the last window.
-            if not await self.sleep_until(end + self.upload_interval + 3, "collecting last profiles",
-                                          end, end + self.upload_interval + 3):
-                return
-            self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
-            self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
-                     f"  API: {urls['diff_api']}")
-            if self.agent_running:
-                self.say(f"Wall-clock diff: {urls['wall_diff_viewer']}")
-            self.say("The demo keeps serving (fixed behaviour) until Ctrl-C" +
-                     (f" or {self.s.duration:.0f} s in all." if self.deadline else "."))
-            while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):
-                pass
-        finally:
-            for task in (loader, watcher):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    async def run_phases(self, plan: _Plan) -> None:
+        """Slow phase, deploy the fix, fixed phase, wait for the last profiles, then keep serving."""
+        t0, fix_at, end, urls = plan.t0, plan.fix_at, plan.end, plan.urls
+        calls0 = await self.manipulate_calls(plan.manipulation)
+        self.say(f"phase 1/2: slow admin page: createSampleImages calls manipulation-service once per "
+                 f"hat ({self.s.hats}) on every view")
+        if not await self.sleep_until(fix_at, "phase 1/2 slow ", t0, fix_at):
+            return
+        calls1 = await self.manipulate_calls(plan.manipulation)
+        self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
+        await self.set_mode(plan.admin, "fixed")
+        self.phase = "fixed"
+        self.save_state(state="fixed", fixed_at=self.clock())
+        self.say("phase 2/2: fix deployed: mockups are made once at upload and cached")
+        if not await self.sleep_until(end, "phase 2/2 fixed", fix_at, end):
+            return
+        calls2 = await self.manipulate_calls(plan.manipulation)
+        self.say(f"phase 2/2 done: {self.stats['fixed'].line()}, {calls2 - calls1} /manipulate calls")
+        self.save_state(manipulate_calls={"slow": calls1 - calls0, "fixed": calls2 - calls1})
+        # The SDK pushes every upload_interval; wait for the pushes covering the last window.
+        if not await self.sleep_until(end + self.upload_interval + 3, "collecting last profiles",
+                                      end, end + self.upload_interval + 3):
+            return
+        self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
+        self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
+                 f"  API: {urls['diff_api']}")
+        if self.agent_running:
+            self.say(f"Wall-clock diff: {urls['wall_diff_viewer']}")
+        self.say("The demo keeps serving (fixed behaviour) until Ctrl-C" +
+                 (f" or {self.s.duration:.0f} s in all." if self.deadline else "."))
+        while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):
+            pass
 
     async def shutdown(self) -> None:
         """Services first (their SDKs flush their last profile), then the agent, the server last."""

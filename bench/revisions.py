@@ -1,0 +1,117 @@
+"""Run benchmarks on this tree and on an earlier revision in the same run, and print the ratios.
+
+    python bench/revisions.py --baseline REV [--rounds 3] bench/tree.py bench/query.py ...
+    python bench/revisions.py --baseline REV bench/tree.py -- --stacks 50000   (args for every script)
+
+The baseline is checked out with ``git worktree`` into a temporary folder; the compiled
+readers (``stacks/*.so``) are copied over when their ``.pyx`` sources are the same in both
+revisions (otherwise the baseline runs its pure readers and the table says so). Each script
+runs ``--rounds`` times per tree, alternating base/new so load drifts hit both alike.
+
+Every output line that carries a number is a figure: its key is the line with the numbers
+blanked out, its value the line's first number. The table gives each figure's median per
+tree and new/base. Whether higher is better depends on the figure (a time or a rate); the
+``better`` column reads the unit: ``/s``, ``per s``, ``x`` and ``%`` of a share are rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NUM = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def figures(output: str) -> dict[str, float]:
+    """``{line with numbers blanked: first number}`` for every line of ``output`` with a number."""
+    out: dict[str, float] = {}
+    for line in output.splitlines():
+        m = NUM.search(line)
+        if not m:
+            continue
+        key = " ".join(NUM.sub("#", line).split())
+        try:
+            out.setdefault(key, float(m.group().replace(",", "")))
+        except ValueError:
+            continue
+    return out
+
+
+def higher_is_better(key: str) -> bool:
+    """A rate (per second, a speed-up factor) is better high; a time or a size is better low."""
+    return bool(re.search(r"/s\b|per s(ec)?\b|\bx\b|×|throughput|speed-?up", key))
+
+
+def checkout(rev: str, where: Path) -> Path:
+    """``git worktree add`` of ``rev``, with this tree's compiled readers when their sources match."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev], check=True)
+    for so in (ROOT / "stacks").glob("*.so"):
+        pyx = so.name.split(".")[0] + ".pyx"
+        theirs, ours = where / "stacks" / pyx, ROOT / "stacks" / pyx
+        if theirs.exists() and theirs.read_bytes() == ours.read_bytes():
+            shutil.copy2(so, where / "stacks" / so.name)
+        else:
+            print(f"note: {pyx} differs at {rev}: the baseline runs without {so.name}", file=sys.stderr)
+    return where
+
+
+def run(tree: Path, script: str, args: list[str]) -> str:
+    """One run of ``script`` (a path relative to the repo) from ``tree``; its stdout."""
+    proc = subprocess.run([sys.executable, str(tree / script), *args], cwd=tree, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
+                                          "HOME": str(Path.home())})
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} failed in {tree} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def table(script: str, base: list[dict[str, float]], new: list[dict[str, float]]) -> list[str]:
+    """Rows ``figure | base | new | new/base | better`` for the figures both trees printed."""
+    rows = [f"## {script}", "| figure | base (median) | new (median) | new/base | better |",
+            "| --- | ---: | ---: | ---: | --- |"]
+    for key in new[0]:
+        b = [r[key] for r in base if key in r]
+        n = [r[key] for r in new if key in r]
+        if not b or not n:
+            continue
+        mb, mn = statistics.median(b), statistics.median(n)
+        ratio = mn / mb if mb else float("nan")
+        better = "higher" if higher_is_better(key) else "lower"
+        rows.append(f"| {key[:90]} | {mb:g} | {mn:g} | {ratio:.2f} | {better} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", required=True, help="git revision to compare against (e.g. HEAD~1)")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per script per tree, alternating")
+    ap.add_argument("scripts", nargs="+", help="bench scripts, e.g. bench/tree.py; args after --")
+    argv = sys.argv[1:] if argv is None else argv
+    cut = argv.index("--") if "--" in argv else len(argv)
+    ns, extra = ap.parse_args(argv[:cut]), argv[cut + 1:]
+    scripts = ns.scripts
+    with tempfile.TemporaryDirectory(prefix="fw-baseline-") as tmp:
+        base_tree = checkout(ns.baseline, Path(tmp) / "tree")
+        try:
+            for script in scripts:
+                base_runs: list[dict[str, float]] = []
+                new_runs: list[dict[str, float]] = []
+                for r in range(ns.rounds):
+                    print(f"{script}: round {r + 1}/{ns.rounds}", file=sys.stderr, flush=True)
+                    base_runs.append(figures(run(base_tree, script, extra)))
+                    new_runs.append(figures(run(ROOT, script, extra)))
+                print("\n".join(table(script, base_runs, new_runs)) + "\n", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
