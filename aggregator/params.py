@@ -7,9 +7,9 @@ is the one a 400 names; errors are :class:`stacks.errors.InputError` (the HTTP l
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Self, TypeVar
 
 from aggregator.windows import window_start
 from stacks.errors import InputError
@@ -25,6 +25,7 @@ MAX_NODES_LIMIT = 200_000
 # Default ``min_share`` of flame JSON: a frame under 1/4000 of the root is narrower than a pixel on
 # any screen, so it is merged into its parent's ``other`` node (and the tree builder never expands it).
 DEFAULT_MIN_SHARE = 1 / 4000
+T = TypeVar("T")
 _LABEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -111,17 +112,25 @@ def profile_type_param(params: Mapping[str, str]) -> ProfileType:
         raise InputError(f"profile_type: {e}") from None
 
 
+def converted(params: Mapping[str, str], key: str, convert: Callable[[str], T], why: str) -> T | None:
+    """``convert(params[key])``, None when absent or empty; when ``convert`` raises ValueError,
+    InputError ``key='raw' why``."""
+    raw = params.get(key)
+    if not raw:
+        return None
+    try:
+        return convert(raw)
+    except ValueError:
+        raise InputError(f"{key}={raw!r} {why}") from None
+
+
 def int_param(
     params: Mapping[str, str], key: str, default: int, lo: int = 1, hi: int = MAX_NODES_LIMIT
 ) -> int:
     """Integer ``key`` in ``lo..hi``, ``default`` when absent or empty."""
-    raw = params.get(key)
-    if raw in (None, ""):
+    v = converted(params, key, int, "is not an integer")
+    if v is None:
         return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise InputError(f"{key}={raw!r} is not an integer") from None
     if not lo <= v <= hi:
         raise InputError(f"{key}={v} is out of range: use {lo}..{hi}")
     return v
@@ -154,13 +163,9 @@ def label_name(name: str) -> str:
 
 def share_param(params: Mapping[str, str], key: str = "min_share", default: float = DEFAULT_MIN_SHARE) -> float:
     """``min_share`` in [0, 1]: frames narrower than this share of the root merge into ``other``."""
-    raw = params.get(key)
-    if raw in (None, ""):
+    v = converted(params, key, float, "is not a number: use e.g. 0.00025 (1/4000 of the root)")
+    if v is None:
         return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise InputError(f"{key}={raw!r} is not a number: use e.g. 0.00025 (1/4000 of the root)") from None
     if not 0.0 <= v <= 1.0:
         raise InputError(f"{key}={v} is out of range: use 0..1 (0 keeps every frame the budget allows)")
     return v
