@@ -1,7 +1,9 @@
 """The aiohttp application: routes, auth, limits and error mapping. Handlers are thin.
 
 ``create_app(settings, store=None)`` returns an application whose startup opens
-the store and starts the window committer and the maintenance loop.
+the store and starts the window committer and the maintenance loop. Every read
+route is a :class:`Route` row: typed request parser (aggregator.params), query
+function (aggregator.query), one adapter (:func:`handler`) between them and HTTP.
 """
 
 from __future__ import annotations
@@ -12,19 +14,21 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import ingest, query
+from aggregator import ingest, params, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
+from render import Output
 from stacks import compiled
-from stacks.errors import InputError
+from stacks.errors import InputError, LimitError
 
 log = logging.getLogger("flamewatch.aggregator")
 
@@ -77,6 +81,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return denied
     try:
         return await handler(request)
+    except LimitError as e:
+        # Past a decompression limit (a gzip bomb, an oversized push): too large, not malformed.
+        m.errors.labels("413").inc()
+        return error(413, str(e), limit=e.limit)
     except InputError as e:
         m.errors.labels("400").inc()
         return error(400, str(e))
@@ -109,13 +117,6 @@ async def read_body(request: web.Request) -> bytes:
     return body
 
 
-def _decompress_limit_error(e: InputError, limit: int) -> web.Response | None:
-    msg = str(e)
-    if "past the limit" in msg or "max-decompressed" in msg:
-        return error(413, msg, limit=limit)
-    return None
-
-
 async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
     app = request.app
     m = app[METRICS]
@@ -142,17 +143,8 @@ async def handle_push(request: web.Request) -> web.Response:
     ctype = request.content_type
     # Decoding runs on the loop on purpose: the shared ingest StackTable is not thread-safe,
     # and decode cost per push is milliseconds (see bench/ingest.py).
-    try:
-        if ctype == "application/json":
-            decoded = ingest.decode_push_json(body, request.app[TABLES], s.max_decompressed_bytes)
-        else:
-            decoded = ingest.decode_push(body, request.app[TABLES], s.max_decompressed_bytes)
-    except InputError as e:
-        too_big = _decompress_limit_error(e, s.max_decompressed_bytes)
-        if too_big is not None:
-            request.app[METRICS].errors.labels("413").inc()
-            return too_big
-        raise
+    decode = ingest.decode_push_json if ctype == "application/json" else ingest.decode_push
+    decoded = decode(body, request.app[TABLES], s.max_decompressed_bytes)
     answer = await _store_items(request, decoded, "push")
     refused = _all_dropped(answer)
     if refused is not None:
@@ -182,14 +174,7 @@ async def handle_ingest(request: web.Request) -> web.Response:
         raise InputError("Content-Encoding: gzip, but the body is not gzip (no 1f8b magic)")
     if "format" not in params and request.content_type == "application/x-protobuf":
         params["format"] = "pprof"
-    try:
-        decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
-    except InputError as e:
-        too_big = _decompress_limit_error(e, s.max_decompressed_bytes)
-        if too_big is not None:
-            request.app[METRICS].errors.labels("413").inc()
-            return too_big
-        raise
+    decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
     answer = await _store_items(request, decoded, "ingest")
     return _all_dropped(answer) or web.json_response(answer)
 
@@ -211,10 +196,6 @@ async def _multipart_profile(request: web.Request) -> bytes:
     raise InputError("multipart body has no 'profile' part: send the pprof as form field 'profile'")
 
 
-def _now(request: web.Request) -> float:
-    return request.app[CLOCK]()
-
-
 async def _timed(request: web.Request, op: str, coro: Awaitable[Any]) -> Any:
     t0 = time.perf_counter()
     try:
@@ -223,62 +204,57 @@ async def _timed(request: web.Request, op: str, coro: Awaitable[Any]) -> Any:
         request.app[METRICS].store_seconds.labels(op).observe(time.perf_counter() - t0)
 
 
-async def handle_render(request: web.Request) -> web.StreamResponse:
-    s = request.app[SETTINGS]
-    ctype, body, _ = await _timed(request, "render", query.render(
-        request.app[STORE], request.query, _now(request), s.window_seconds, s.max_nodes))
-    return _respond(ctype, body)
+@dataclass(frozen=True)
+class Route:
+    """A read route: ``parse`` its parameters once into a typed request, ``run`` the query on the
+    store, and answer; timed under ``op`` in ``store_seconds`` when one is given."""
+
+    path: str
+    parse: Callable[[Mapping[str, str], params.Context], Any]
+    run: Callable[[Store, Any], Awaitable[Output | dict[str, Any]]]
+    op: str | None = None
 
 
-def _respond(ctype: str, body: Any) -> web.Response:
+ROUTES = (
+    Route("/api/v1/render", params.RenderRequest.parse, query.render, "render"),
+    Route("/api/v1/diff", params.DiffRequest.parse, query.diff, "diff"),
+    Route("/api/v1/labels", params.LabelsRequest.parse, query.labels),
+    Route("/api/v1/profile_types", params.RangeRequest.parse, query.profile_types),
+    Route("/api/v1/label/{name}/values", params.LabelValuesRequest.parse, query.label_values),
+    Route("/api/v1/timeline", params.TimelineRequest.parse, query.timeline, "timeline"),
+    Route("/api/v1/top", params.TopRequest.parse, query.top),
+    Route("/api/v1/sandwich", params.SandwichRequest.parse, query.sandwich),
+)
+
+
+def handler(route: Route) -> Handler:
+    """The aiohttp handler of ``route``: parse, query, serialize (errors are mapped by :func:`guard`)."""
+
+    async def answer(request: web.Request) -> Output | dict[str, Any]:
+        app = request.app
+        s = app[SETTINGS]
+        ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info)
+        return await route.run(app[STORE], route.parse(request.query, ctx))
+
+    async def handle(request: web.Request) -> web.Response:
+        out = await (_timed(request, route.op, answer(request)) if route.op else answer(request))
+        return _respond(out)
+
+    return handle
+
+
+def _respond(out: Output | dict[str, Any]) -> web.Response:
+    """A query's answer as a response: a dict as JSON; an :class:`Output` in its content type
+    (its JSON compact: flame documents are the large answers)."""
+    if not isinstance(out, Output):
+        return web.json_response(out)
+    ctype, body = out.content_type, out.body
     if ctype == "application/json":
         return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json")
     if isinstance(body, bytes):
         return web.Response(body=body, content_type=ctype.split(";")[0])
+    assert isinstance(body, str)
     return web.Response(text=body, content_type=ctype.split(";")[0])
-
-
-async def handle_diff(request: web.Request) -> web.StreamResponse:
-    s = request.app[SETTINGS]
-    ctype, body = await _timed(request, "diff", query.diff(
-        request.app[STORE], request.query, _now(request), s.window_seconds, s.max_nodes))
-    return _respond(ctype, body)
-
-
-async def handle_labels(request: web.Request) -> web.Response:
-    s = request.app[SETTINGS]
-    return web.json_response(await query.labels(request.app[STORE], request.query, _now(request),
-                                                s.window_seconds))
-
-
-async def handle_profile_types(request: web.Request) -> web.Response:
-    s = request.app[SETTINGS]
-    return web.json_response(await query.profile_types(request.app[STORE], request.query, _now(request),
-                                                       s.window_seconds))
-
-
-async def handle_label_values(request: web.Request) -> web.Response:
-    s = request.app[SETTINGS]
-    return web.json_response(await query.label_values(
-        request.app[STORE], request.match_info["name"], request.query, _now(request), s.window_seconds))
-
-
-async def handle_timeline(request: web.Request) -> web.Response:
-    s = request.app[SETTINGS]
-    return web.json_response(await _timed(request, "timeline", query.timeline(
-        request.app[STORE], request.query, _now(request), s.window_seconds)))
-
-
-async def handle_top(request: web.Request) -> web.Response:
-    s = request.app[SETTINGS]
-    return web.json_response(await query.top(request.app[STORE], request.query, _now(request),
-                                             s.window_seconds))
-
-
-async def handle_sandwich(request: web.Request) -> web.Response:
-    s = request.app[SETTINGS]
-    return web.json_response(await query.sandwich(request.app[STORE], request.query, _now(request),
-                                                  s.window_seconds, s.max_nodes))
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -312,14 +288,19 @@ async def _maintenance(app: web.Application) -> None:
             log.exception("maintenance failed")
 
 
+AddRoutes = Callable[[web.Application], None]
+
+
 def create_app(
     settings: Settings | None = None,
     store: Store | None = None,
     *,
     clock: Callable[[], float] = time.time,
-    mount_viewer: bool = True,
+    extra: Sequence[AddRoutes] = (),
 ) -> web.Application:
-    """The aggregator application (plus the viewer's routes when viewer.app exists)."""
+    """The aggregator application; each of ``extra`` then adds its routes to it (behind the same
+    auth and error middleware). ``flamewatch serve`` passes the viewer's there: the aggregator
+    itself never imports the viewer (flamewatch/serve_cmd.py composes the two)."""
     from aggregator.settings import SETTINGS as TABLE
 
     settings = settings if settings is not None else resolve(TABLE, {}, environ={})
@@ -330,10 +311,9 @@ def create_app(
                           handler_args={"auto_decompress": False})
     if store is None:
         store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous)
-    st = store
     metrics = Metrics()
     app[SETTINGS] = settings
-    app[STORE] = st
+    app[STORE] = store
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables()
     app[CLOCK] = clock
@@ -343,42 +323,30 @@ def create_app(
         metrics.store_seconds.labels("write").observe(seconds)
 
     app[WRITER] = WindowWriter(
-        st, window_seconds=settings.window_seconds, late_grace_seconds=settings.late_grace_seconds,
+        store, window_seconds=settings.window_seconds, late_grace_seconds=settings.late_grace_seconds,
         retention_seconds=settings.retention_seconds, commit_interval=settings.commit_interval_ms / 1000,
         clock=clock, on_commit=on_commit,
     )
-
     app.router.add_post("/push.v1.PusherService/Push", handle_push)
     app.router.add_post("/ingest", handle_ingest)
-    app.router.add_get("/api/v1/render", handle_render)
-    app.router.add_get("/api/v1/diff", handle_diff)
-    app.router.add_get("/api/v1/labels", handle_labels)
-    app.router.add_get("/api/v1/profile_types", handle_profile_types)
-    app.router.add_get("/api/v1/label/{name}/values", handle_label_values)
-    app.router.add_get("/api/v1/timeline", handle_timeline)
-    app.router.add_get("/api/v1/top", handle_top)
-    app.router.add_get("/api/v1/sandwich", handle_sandwich)
+    for route in ROUTES:
+        app.router.add_get(route.path, handler(route))
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
-
-    async def lifecycle(app: web.Application) -> Any:
-        await app[STORE].open()
-        app[WRITER].start()
-        task = asyncio.get_running_loop().create_task(_maintenance(app), name="maintenance")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await app[WRITER].close()
-        await app[STORE].close()
-
-    app.cleanup_ctx.append(lifecycle)
-    if mount_viewer:
-        try:
-            from viewer.app import add_routes
-        except ModuleNotFoundError as e:
-            if e.name not in ("viewer.app", "viewer"):
-                raise
-        else:
-            add_routes(app)
+    app.cleanup_ctx.append(_lifecycle)
+    for add_routes in extra:
+        add_routes(app)
     return app
+
+
+async def _lifecycle(app: web.Application) -> Any:
+    """Open the store and start the writer and maintenance; on shutdown commit and close."""
+    await app[STORE].open()
+    app[WRITER].start()
+    task = asyncio.get_running_loop().create_task(_maintenance(app), name="maintenance")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await app[WRITER].close()
+    await app[STORE].close()

@@ -1,33 +1,33 @@
-"""``flamewatch serve``: the aggregator and the viewer on one port."""
+"""Running the aggregator as a server: settings from flags and env, listen, stop on a signal.
+
+The ``flamewatch serve`` command itself lives in flamewatch/serve_cmd.py, which adds the
+viewer's routes through :func:`serve`'s ``extra`` (the aggregator never imports the viewer).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aggregator.settings import SETTINGS
-from ground.settings import add_command, resolve_or_report
+from ground.settings import Settings, resolve_or_report
+
+if TYPE_CHECKING:
+    from aggregator.app import AddRoutes
 
 log = logging.getLogger("flamewatch.serve")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``serve`` subcommand."""
-    add_command(
-        subparsers, "serve", SETTINGS, serve,
-        help="run the aggregator (Pyroscope-compatible push API, storage, query API, viewer)",
-        description="Run the flamewatch aggregator and viewer. Every flag also reads FLAMEWATCH_<NAME>.",
-    )
-
-
-async def _run(settings) -> int:  # type: ignore[no-untyped-def]
+async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
     from aiohttp import web
 
     from aggregator.app import create_app
     from aggregator.store import StoreError
 
-    app = create_app(settings)
+    app = create_app(settings, extra=extra)
     runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()
@@ -60,14 +60,14 @@ async def _run(settings) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Entry point of ``flamewatch serve``."""
+def serve(args: argparse.Namespace, extra: Sequence[AddRoutes] = ()) -> int:
+    """Serve the aggregator per ``args`` (``flamewatch serve``'s flags), with ``extra`` routes added."""
     settings = resolve_or_report("serve", SETTINGS, args)
     if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _compiled_readers(settings.compiled_readers)
-    return asyncio.run(_run(settings))
+    return asyncio.run(_run(settings, extra))
 
 
 def _compiled_readers(on: bool) -> None:

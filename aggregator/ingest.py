@@ -275,7 +275,7 @@ def _decode_series(
             try:
                 d = _from_pprof(labels, rawp, None, tables, max_decompressed, name or None)
             except InputError as e:
-                raise InputError(f"push series {i} sample {j}: {e}") from None
+                raise e.within(f"push series {i} sample {j}") from None
             out.items.extend(d.items)
             out.lines += d.lines
             for k, v in d.skipped.items():

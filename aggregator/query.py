@@ -1,106 +1,35 @@
-"""Query logic behind /api/v1/*: parameters in, data out (handlers only adapt it).
+"""Query logic behind /api/v1/*: typed requests in (aggregator.params), data out.
 
 Times are ``[from, until)``: every window whose start lies in
 ``[window_start(from), until)`` is included, so a query for the last minute
-also sees the open window being filled right now.
+also sees the open window being filled right now. The HTTP layer parses each
+request once and adapts the answer; output formats come from :data:`render.RENDERERS`.
 """
 
 from __future__ import annotations
 
-import gzip
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
+from aggregator.params import (
+    DiffRequest,
+    LabelsRequest,
+    LabelValuesRequest,
+    Range,
+    RangeRequest,
+    RenderRequest,
+    SandwichRequest,
+    TimelineRequest,
+    TopRequest,
+    type_matcher,
+)
 from aggregator.store.base import MERGE_ALL, Store
-from aggregator.windows import window_start
-from stacks import folded
+from render import RENDERERS, Output, Subject
 from stacks.errors import InputError
 from stacks.model import Labels, Profile, StackTable, merge
-from stacks.profiletype import DEFAULT, PERIOD_LABEL, RESERVED, TYPE_LABEL, ProfileType, parse_query
-from stacks.selector import Matcher, Selector, matcher, parse_selector
-from stacks.timeexpr import parse_time
-
-FORMATS = ("json", "folded", "pprof", "speedscope", "html")
-DIFF_FORMATS = ("json", "folded")
-MODES = ("share", "absolute")
-MAX_NODES_LIMIT = 200_000
-# Default ``min_share`` of flame JSON: a frame under 1/4000 of the root is narrower than a pixel on
-# any screen, so it is merged into its parent's ``other`` node (and the tree builder never expands it).
-DEFAULT_MIN_SHARE = 1 / 4000
-_LABEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-
-
-@dataclass(frozen=True)
-class Range:
-    """A query time range and the window size it is read with."""
-
-    start: int
-    end: int
-    window: int
-
-    @property
-    def first_window(self) -> int:
-        return window_start(self.start, self.window)
-
-
-def time_range(params: Mapping[str, str], now: float, window: int, prefix: str = "") -> Range:
-    """``from``/``until`` (default ``now-1h``/``now``) -> Range; InputError when bad or reversed."""
-    f_key, u_key = f"{prefix}from", f"{prefix}until"
-    start = parse_time(params.get(f_key) or "now-1h", now)
-    end = parse_time(params.get(u_key) or "now", now)
-    if end <= start:
-        raise InputError(f"{u_key}={end} is not after {f_key}={start}: give an increasing time range")
-    return Range(start, end, window)
-
-
-def selector(params: Mapping[str, str], key: str = "query") -> Selector:
-    """The selector of ``key`` restricted to the query's profile type (see :func:`typed_query`)."""
-    return typed_query(params, key)[1]
-
-
-def typed_query(params: Mapping[str, str], key: str = "query") -> tuple[ProfileType, Selector]:
-    """(profile type, selector with a ``__profile_type__`` matcher) of a query parameter.
-
-    The type comes from Pyroscope's ``TYPE{selector}`` form of ``key``, else ``profile_type=``,
-    else CPU; both given and different is a 400. A query therefore never mixes types.
-    """
-    text = params.get(key, "") or ""
-    try:
-        qtype, rest = parse_query(text)
-        sel = parse_selector(rest)
-    except InputError as e:
-        raise InputError(f"{key}: {e}") from None
-    ptype = profile_type_param(params)
-    if qtype is not None:
-        if params.get("profile_type") and qtype != ptype:
-            raise InputError(
-                f"{key} asks for profile type {qtype.id} but profile_type={ptype.id}: give one of them"
-            )
-        ptype = qtype
-    user = tuple(m for m in sel.matchers if m.name not in RESERVED)
-    return ptype, Selector((*user, type_matcher(ptype)))
-
-
-def type_matcher(ptype: ProfileType) -> Matcher:
-    """The matcher of one type. Series stored before profile types existed have no type label
-    and were all CPU, so the default type also matches a missing label (a ClickHouse database
-    of the old schema is read this way; SQLite ones are migrated on open)."""
-    if ptype == DEFAULT:
-        return matcher(TYPE_LABEL, "=~", re.escape(ptype.id) + "|")
-    return matcher(TYPE_LABEL, "=", ptype.id)
-
-
-def profile_type_param(params: Mapping[str, str]) -> ProfileType:
-    """``profile_type=`` (a five-part id), default CPU."""
-    raw = params.get("profile_type") or ""
-    if not raw:
-        return DEFAULT
-    try:
-        return ProfileType.parse(raw)
-    except InputError as e:
-        raise InputError(f"profile_type: {e}") from None
+from stacks.profiletype import DEFAULT, PERIOD_LABEL, RESERVED, TYPE_LABEL, ProfileType
+from stacks.selector import Selector, matcher
 
 
 def user_query(sel: Selector) -> str:
@@ -117,43 +46,6 @@ async def type_fields(store: Store, ptype: ProfileType, sel: Selector, rng: Rang
         if len(values) == 1 and values[0].isdigit():
             period = int(values[0])
     return {"profile_type": ptype.id, "unit": ptype.unit, "period_ns": period}
-
-
-def int_param(
-    params: Mapping[str, str], key: str, default: int, lo: int = 1, hi: int = MAX_NODES_LIMIT
-) -> int:
-    raw = params.get(key)
-    if raw in (None, ""):
-        return default
-    try:
-        v = int(raw)
-    except ValueError:
-        raise InputError(f"{key}={raw!r} is not an integer") from None
-    if not lo <= v <= hi:
-        raise InputError(f"{key}={v} is out of range: use {lo}..{hi}")
-    return v
-
-
-def choice(params: Mapping[str, str], key: str, options: Sequence[str], default: str) -> str:
-    v = params.get(key) or default
-    if v not in options:
-        raise InputError(f"{key}={v!r} is not supported: use one of {', '.join(options)}")
-    return v
-
-
-def flag(params: Mapping[str, str], key: str) -> bool:
-    v = (params.get(key) or "0").lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise InputError(f"{key}={v!r}: use 0 or 1")
-
-
-def label_name(name: str) -> str:
-    if not name or not set(name) <= _LABEL_NAME_CHARS:
-        raise InputError(f"label name {name!r} is invalid: use letters, digits, '_', '.', '-'")
-    return name
 
 
 async def series_profiles(
@@ -225,60 +117,29 @@ async def profile_for(
     return merged(await query_series(store, sel, rng, table, metadata), table, metadata)
 
 
-def share_param(params: Mapping[str, str], key: str = "min_share", default: float = DEFAULT_MIN_SHARE) -> float:
-    """``min_share`` in [0, 1]: frames narrower than this share of the root merge into ``other``."""
-    raw = params.get(key)
-    if raw in (None, ""):
-        return default
-    try:
-        v = float(raw)
-    except ValueError:
-        raise InputError(f"{key}={raw!r} is not a number: use e.g. 0.00025 (1/4000 of the root)") from None
-    if not 0.0 <= v <= 1.0:
-        raise InputError(f"{key}={v} is out of range: use 0..1 (0 keeps every frame the budget allows)")
-    return v
-
-
 def _title(sel: Selector, rng: Range) -> str:
     return f"flamewatch {sel} {rng.start}..{rng.end}"
 
 
-async def render(store: Store, params: Mapping[str, str], now: float, window: int,
-                 default_max_nodes: int) -> tuple[str, Any, str]:
-    """(content type, body, filename suffix) for /api/v1/render."""
-    ptype, sel = typed_query(params)
-    rng = time_range(params, now, window)
-    fmt = choice(params, "format", FORMATS, "json")
-    max_nodes = int_param(params, "max_nodes", default_max_nodes)
-    metadata = flag(params, "metadata")
-    min_share = share_param(params)
+async def render(store: Store, req: RenderRequest) -> Output:
+    """The /api/v1/render answer in ``req.format``: the pruned flame tree, or the merged profile."""
+    r = RENDERERS[req.format]
     table = StackTable()
-    if fmt in ("json", "html"):
-        series = await flame_series(store, sel, rng, table, metadata, min_share)
-        doc = flame_json_series(series, metadata, max_nodes, min_share)
-        doc["from"], doc["until"], doc["query"] = rng.start, rng.end, user_query(sel)
-        doc.update(await type_fields(store, ptype, sel, rng))
-        if fmt == "html":
-            from viewer.standalone import standalone_html
-
-            return "text/html; charset=utf-8", standalone_html(doc, _title(sel, rng)), "html"
-        return "application/json", doc, "json"
-    profile, _ = merged(await query_series(store, sel, rng, table, metadata), table, metadata)
-    if fmt == "folded":
-        return "text/plain; charset=utf-8", folded.dumps(profile), "txt"
-    if fmt == "pprof":
-        from stacks.pprof import encode_pprof
-
-        fields = await type_fields(store, ptype, sel, rng)
-        body = encode_pprof(profile, sample_type=(ptype.sample_type, "count" if ptype.as_samples and
-                                                  not fields["period_ns"] else ptype.sample_unit),
-                            period_nanos=fields["period_ns"] or 0)
-        return "application/octet-stream", gzip.compress(body, 6), "pb.gz"
-    if fmt == "speedscope":
-        from stacks.export import to_speedscope
-
-        return "application/json", to_speedscope(profile, _title(sel, rng)), "speedscope.json"
-    raise AssertionError(fmt)  # every format is handled above
+    title = _title(req.sel, req.rng)
+    if r.tree:
+        series = await flame_series(store, req.sel, req.rng, table, req.metadata, req.min_share)
+        doc = flame_json_series(series, req.metadata, req.max_nodes, req.min_share)
+        doc["from"], doc["until"], doc["query"] = req.rng.start, req.rng.end, user_query(req.sel)
+        doc.update(await type_fields(store, req.ptype, req.sel, req.rng))
+        return r.output(Subject(title, doc=doc))
+    profile, _ = merged(await query_series(store, req.sel, req.rng, table, req.metadata), table, req.metadata)
+    subject = Subject(title, profile=profile)
+    if r.typed:
+        fields = await type_fields(store, req.ptype, req.sel, req.rng)
+        ptype = req.ptype
+        unit = "count" if ptype.as_samples and not fields["period_ns"] else ptype.sample_unit
+        subject = replace(subject, sample_type=(ptype.sample_type, unit), period_ns=fields["period_ns"] or 0)
+    return r.output(subject)
 
 
 def flame_json_series(
@@ -309,57 +170,46 @@ def flame_json(
     return to_json(pruned_tree(profile, max_nodes=max_nodes, min_share=min_share, labels=labels))
 
 
-async def diff(store: Store, params: Mapping[str, str], now: float, window: int,
-               default_max_nodes: int) -> tuple[str, Any]:
-    """(content type, body) for /api/v1/diff."""
-    from stacks.diff import diff_folded, diff_json, diff_table, metadata_diff_json, metadata_diff_table
+async def diff(store: Store, req: DiffRequest) -> Output:
+    """The /api/v1/diff answer in ``req.format``: diff JSON (with its table), or folded diff lines."""
+    from stacks.diff import diff_json, diff_table, metadata_diff_json, metadata_diff_table
 
-    ptype, base_sel = typed_query(params, "base")
-    cmp_type, cmp_sel = typed_query(params, "compare") if params.get("compare") is not None else (ptype, base_sel)
-    if cmp_type != ptype:
-        raise InputError(
-            f"base is profile type {ptype.id} but compare is {cmp_type.id}: a diff compares one type"
-        )
-    base_rng = time_range(params, now, window, "base_")
-    cmp_rng = time_range(params, now, window, "compare_")
-    mode = choice(params, "mode", MODES, "share")
-    fmt = choice(params, "format", DIFF_FORMATS, "json")
-    max_nodes = int_param(params, "max_nodes", default_max_nodes)
-    metadata = flag(params, "metadata")
+    r = RENDERERS[req.format]
     table = StackTable()
-    if metadata and fmt == "json":
+    mode, max_nodes = req.mode, req.max_nodes
+    if req.metadata and r.tree:
         # The viewer's default: graft each side's metadata paths instead of prefixing every
         # stack (equal output, docs/tree.md); the union trie is built top-down within max_nodes.
-        base_series = await query_series(store, base_sel, base_rng, table, True)
-        cmp_series = await query_series(store, cmp_sel, cmp_rng, table, True)
+        base_series = await query_series(store, req.base_sel, req.base_rng, table, True)
+        cmp_series = await query_series(store, req.cmp_sel, req.cmp_rng, table, True)
         doc = metadata_diff_json(base_series, cmp_series, mode=mode, max_nodes=max_nodes)
         doc["table"] = metadata_diff_table(base_series, cmp_series, mode=mode)
     else:
-        base, bl = await profile_for(store, base_sel, base_rng, table, metadata)
-        compare, cl = await profile_for(store, cmp_sel, cmp_rng, table, metadata)
-        if fmt == "folded":
-            return "text/plain; charset=utf-8", diff_folded(base, compare)
+        base, bl = await profile_for(store, req.base_sel, req.base_rng, table, req.metadata)
+        compare, cl = await profile_for(store, req.cmp_sel, req.cmp_rng, table, req.metadata)
+        if not r.tree:
+            return r.output(Subject("", profile=base, compare=compare))
         labels = {**(bl or {}), **(cl or {})} or None
         doc = diff_json(base, compare, mode=mode, max_nodes=max_nodes, labels=labels)
         doc["table"] = diff_table(base, compare, mode=mode)
-    doc["base_query"], doc["compare_query"] = user_query(base_sel), user_query(cmp_sel)
-    doc.update(await type_fields(store, ptype, base_sel, base_rng))
-    doc["base_from"], doc["base_until"] = base_rng.start, base_rng.end
-    doc["compare_from"], doc["compare_until"] = cmp_rng.start, cmp_rng.end
-    return "application/json", doc
+    doc["base_query"], doc["compare_query"] = user_query(req.base_sel), user_query(req.cmp_sel)
+    doc.update(await type_fields(store, req.ptype, req.base_sel, req.base_rng))
+    doc["base_from"], doc["base_until"] = req.base_rng.start, req.base_rng.end
+    doc["compare_from"], doc["compare_until"] = req.cmp_rng.start, req.cmp_rng.end
+    return r.output(Subject("", doc=doc))
 
 
-async def labels(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
-    ptype = profile_type_param(params)
-    rng = time_range(params, now, window)
-    only = Selector((type_matcher(ptype),))
+async def labels(store: Store, req: LabelsRequest) -> dict[str, Any]:
+    """The label names of one profile type in the range (``/api/v1/labels``)."""
+    rng = req.rng
+    only = Selector((type_matcher(req.ptype),))
     names = [n for n in await store.label_names(rng.first_window, rng.end, only) if n not in RESERVED]
-    return {"names": names, **await type_fields(store, ptype, only, rng)}
+    return {"names": names, **await type_fields(store, req.ptype, only, rng)}
 
 
-async def profile_types(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+async def profile_types(store: Store, req: RangeRequest) -> dict[str, Any]:
     """The profile types with data in the range (``/api/v1/profile_types``)."""
-    rng = time_range(params, now, window)
+    rng = req.rng
     ids = await store.label_values(TYPE_LABEL, Selector(()), rng.first_window, rng.end)
     if DEFAULT.id not in ids:  # old-schema series (no type label) are CPU
         untyped = Selector((matcher(TYPE_LABEL, "=", ""),))
@@ -374,22 +224,17 @@ async def profile_types(store: Store, params: Mapping[str, str], now: float, win
     return {"profile_types": [t.describe() for t in sorted(types)], "default": DEFAULT.id}
 
 
-async def label_values(store: Store, name: str, params: Mapping[str, str], now: float,
-                       window: int) -> dict[str, Any]:
-    name = label_name(name)
-    ptype, sel = typed_query(params)
-    rng = time_range(params, now, window)
+async def label_values(store: Store, req: LabelValuesRequest) -> dict[str, Any]:
+    """The values of label ``req.name`` among the matching series (``/api/v1/label/{name}/values``)."""
+    name, sel, rng = req.name, req.sel, req.rng
     return {"name": name, "values": await store.label_values(name, sel, rng.first_window, rng.end),
-            **await type_fields(store, ptype, sel, rng)}
+            **await type_fields(store, req.ptype, sel, rng)}
 
 
-async def timeline(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
-    ptype, sel = typed_query(params)
-    rng = time_range(params, now, window)
-    group_by = params.get("group_by") or ""
-    if group_by:
-        label_name(group_by)
+    ptype, sel, rng, group_by = req.ptype, req.sel, req.rng, req.group_by
+    window = rng.window
     fast = getattr(store, "totals", None)
     if fast is not None:
         # Summed per group in the store: rows per (group, window), not per (series, window).
@@ -413,33 +258,27 @@ async def timeline(store: Store, params: Mapping[str, str], now: float, window: 
             **await type_fields(store, ptype, sel, rng)}
 
 
-async def top(store: Store, params: Mapping[str, str], now: float, window: int) -> dict[str, Any]:
+async def top(store: Store, req: TopRequest) -> dict[str, Any]:
+    """The ``limit`` functions with the most self samples (``/api/v1/top``)."""
     from stacks.tree import top_table
 
-    ptype, sel = typed_query(params)
-    rng = time_range(params, now, window)
-    limit = int_param(params, "limit", 100, 1, 100_000)
+    sel, rng = req.sel, req.rng
     profile, _ = await profile_for(store, sel, rng, StackTable(), False)
     return {"query": user_query(sel), "from": rng.start, "until": rng.end, "total": profile.total,
-            "rows": top_table(profile, limit), **await type_fields(store, ptype, sel, rng)}
+            "rows": top_table(profile, req.limit), **await type_fields(store, req.ptype, sel, rng)}
 
 
-async def sandwich(store: Store, params: Mapping[str, str], now: float, window: int,
-                   default_max_nodes: int) -> dict[str, Any]:
+async def sandwich(store: Store, req: SandwichRequest) -> dict[str, Any]:
+    """Callers and callees of ``req.function``, each a pruned flame tree (``/api/v1/sandwich``)."""
     from stacks.tree import prune, to_json
     from stacks.tree import sandwich as sw
 
-    ptype, sel = typed_query(params)
-    rng = time_range(params, now, window)
-    fn = params.get("function") or ""
-    if not fn:
-        raise InputError("missing ?function=NAME: the function to centre the sandwich view on")
-    max_nodes = int_param(params, "max_nodes", default_max_nodes)
+    sel, rng, fn = req.sel, req.rng, req.function
     profile, _ = await profile_for(store, sel, rng, StackTable(), False)
     callers, callees = sw(profile, fn)
-    fields = await type_fields(store, ptype, sel, rng)
-    sides = [to_json(prune(t, max_nodes=max_nodes)) for t in (callers, callees)]
+    fields = await type_fields(store, req.ptype, sel, rng)
+    sides = [to_json(prune(t, max_nodes=req.max_nodes)) for t in (callers, callees)]
     for doc in sides:
-        doc["unit"] = ptype.unit
+        doc["unit"] = req.ptype.unit
     return {"function": fn, "query": user_query(sel), "from": rng.start, "until": rng.end,
             "callers": sides[0], "callees": sides[1], **fields}

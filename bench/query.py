@@ -95,7 +95,7 @@ async def run(spec: str, rounds: int, per_window: int, pool: int) -> None:
         if compact:
             await compact(T0 + 3600 + 1)
         settings = resolve(SETTINGS, {"data_dir": d, "storage": spec}, environ={})
-        app = create_app(settings, store=store, clock=lambda: T0 + 3600, mount_viewer=False)
+        app = create_app(settings, store=store, clock=lambda: T0 + 3600)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         rng = f"from={T0}&until={T0 + 3600}"

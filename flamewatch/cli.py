@@ -17,7 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "flamewatch.collapse_cmd",  # collapse
     "flamewatch.render_cmd",  # render, diff
-    "aggregator.cli",  # serve
+    "flamewatch.serve_cmd",  # serve
     "profiler.cli",  # agent
     "flamewatch.demo",  # demo
 )

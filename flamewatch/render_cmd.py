@@ -17,14 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from render import RENDERERS, Subject
 from stacks import diff as sdiff
-from stacks import export, folded, tree
+from stacks import folded, tree
 from stacks.errors import FoldedError, InputError
 from stacks.model import Profile, StackTable
 
 DEFAULT_MIN_WIDTH_PX = 0.0
 # The standalone page is about this wide; --min-width is converted to a share with it.
 PAGE_WIDTH_PX = 1600
+# The formats of render.RENDERERS each command offers, in --help order.
+RENDER_FORMATS = ("html", "json", "speedscope")
+DIFF_FORMATS = ("html", "folded", "json")
 
 
 class CliError(Exception):
@@ -44,7 +48,7 @@ def register(subparsers: Any) -> None:
     _common(r)
     r.add_argument(
         "--format",
-        choices=("html", "json", "speedscope"),
+        choices=RENDER_FORMATS,
         default="html",
         help="html (default): offline page; json: Flame JSON; speedscope: speedscope file",
     )
@@ -67,7 +71,7 @@ def register(subparsers: Any) -> None:
     )
     d.add_argument(
         "--format",
-        choices=("html", "folded", "json"),
+        choices=DIFF_FORMATS,
         default="html",
         help="html (default): offline page; folded: 'stack base compare' lines; json: diff JSON",
     )
@@ -137,28 +141,25 @@ def _run(cmd: str, args: argparse.Namespace, impl: Any) -> int:
     return 0
 
 
-def _html(data: dict[str, Any], title: str) -> str:
-    from viewer.standalone import standalone_html  # imported late: only html output needs it
-
+def _emit(path: str, fmt: str, subject: Subject) -> None:
+    """Render ``subject`` as ``fmt`` (render.RENDERERS) and write it; JSON as :func:`json.dumps` writes it."""
     try:
-        return standalone_html(data, title)
-    except FileNotFoundError as e:
+        body = RENDERERS[fmt].render(subject)
+    except FileNotFoundError as e:  # html: the viewer's flame.js is not installed
         raise CliError(f"{e}; use --format json meanwhile") from None
+    assert not isinstance(body, bytes)  # no binary format is offered on the command line
+    _write(path, body if isinstance(body, str) else json.dumps(body))
 
 
 def _render_impl(args: argparse.Namespace) -> None:
     table = StackTable()
     profile = _read_profile(args.folded, table)
     title = args.title or ("stdin" if args.folded == "-" else Path(args.folded).name)
-    if args.format == "speedscope":
-        _write(args.output, json.dumps(export.to_speedscope(profile, title)))
+    if not RENDERERS[args.format].tree:
+        _emit(args.output, args.format, Subject(title, profile=profile))
         return
     t = tree.prune(tree.build_tree(profile), max_nodes=args.max_nodes, min_share=_min_share(args))
-    data = tree.to_json(t)
-    if args.format == "json":
-        _write(args.output, json.dumps(data))
-    else:
-        _write(args.output, _html(data, title))
+    _emit(args.output, args.format, Subject(title, doc=tree.to_json(t)))
 
 
 def _diff_impl(args: argparse.Namespace) -> None:
@@ -167,17 +168,14 @@ def _diff_impl(args: argparse.Namespace) -> None:
     table = StackTable()
     base = _read_profile(args.base, table)
     compare = _read_profile(args.compare, table)
-    if args.format == "folded":
-        _write(args.output, sdiff.diff_folded(base, compare))
+    title = args.title or f"{Path(args.base).name} vs {Path(args.compare).name}"
+    if not RENDERERS[args.format].tree:
+        _emit(args.output, args.format, Subject(title, profile=base, compare=compare))
         return
     data = sdiff.diff_json(
         base, compare, mode=args.mode, max_nodes=args.max_nodes, min_share=_min_share(args)
     )
-    if args.format == "json":
-        _write(args.output, json.dumps(data))
-    else:
-        title = args.title or f"{Path(args.base).name} vs {Path(args.compare).name}"
-        _write(args.output, _html(data, title))
+    _emit(args.output, args.format, Subject(title, doc=data))
 
 
 def main(argv: list[str] | None = None) -> int:

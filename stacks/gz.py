@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from stacks.errors import InputError
+from stacks.errors import InputError, LimitError
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -74,10 +74,10 @@ ISAL = load_isal()
 BACKEND: Backend = ISAL or ZLIB
 
 
-def _too_big(limit: int) -> InputError:
-    return InputError(
+def _too_big(limit: int) -> LimitError:
+    return LimitError(
         f"gzip body decompresses past the limit of {limit} bytes; "
-        "send smaller pushes or raise --max-decompressed-bytes"
+        "send smaller pushes or raise --max-decompressed-bytes", limit
     )
 
 
@@ -159,8 +159,8 @@ def maybe_gunzip(data: bytes, limit: int) -> bytes:
     if data[:2] == GZIP_MAGIC:
         return gunzip_capped(data, limit)
     if len(data) > limit:
-        raise InputError(
+        raise LimitError(
             f"body of {len(data)} bytes is past the limit of {limit} bytes; "
-            "send smaller pushes or raise --max-decompressed-bytes"
+            "send smaller pushes or raise --max-decompressed-bytes", limit
         )
     return bytes(data)

@@ -33,7 +33,7 @@ def q(sel: str) -> str:
 
 async def make_client(tmp_path, **overrides) -> TestClient:  # type: ignore[no-untyped-def]
     settings = resolve(SETTINGS, {"data_dir": str(tmp_path), **overrides}, environ={})
-    app = create_app(settings, clock=lambda: NOW, mount_viewer=False)
+    app = create_app(settings, clock=lambda: NOW)
     client = TestClient(TestServer(app, host="127.0.0.1"))
     await client.start_server()
     return client
@@ -227,6 +227,7 @@ async def test_metadata_diff_equals_prefixing_every_stack(client: TestClient) ->
     """/api/v1/diff?metadata=1 (the viewer's diff) grafts metadata paths and builds the union trie
     top-down; it must equal the old path (every stack prefixed, full trie, pruned) node for node,
     labels and table included, through the real store."""
+    from aggregator import params as aparams
     from aggregator import query
     from aggregator.app import STORE
     from stacks.diff import diff_json, diff_table
@@ -251,9 +252,9 @@ async def test_metadata_diff_equals_prefixing_every_stack(client: TestClient) ->
             params = {"base_from": str(base_w), "base_until": str(base_w + 30), "compare_from": str(cmp_w),
                       "compare_until": str(cmp_w + 30)}
             table = StackTable()
-            sel = query.selector({})
-            b, bl = await query.profile_for(store, sel, query.time_range(params, NOW, 30, "base_"), table, True)
-            c, cl = await query.profile_for(store, sel, query.time_range(params, NOW, 30, "compare_"), table, True)
+            sel = aparams.selector({})
+            b, bl = await query.profile_for(store, sel, aparams.time_range(params, NOW, 30, "base_"), table, True)
+            c, cl = await query.profile_for(store, sel, aparams.time_range(params, NOW, 30, "compare_"), table, True)
             want = diff_json(b, c, mode=mode, max_nodes=max_nodes, labels={**(bl or {}), **(cl or {})})
             r = await client.get(f"/api/v1/diff?{halves}&metadata=1&mode={mode}&max_nodes={max_nodes}")
             assert r.status == 200, await r.text()
@@ -296,6 +297,10 @@ BAD = [
     ("POST", "/push.v1.PusherService/Push", b"{not json", {"Content-Type": "application/json"}, 400, ["JSON"]),
     ("POST", "/push.v1.PusherService/Push", _bomb(3_000_000), {"Content-Type": "application/proto"}, 413,
      ["max-decompressed-bytes"]),
+    # a bomb inside one sample of a plain push: still too large (413), the sample named
+    ("POST", "/push.v1.PusherService/Push",
+     encode_push_request([PushSeries((("service_name", "app"),), (RawSample(_bomb(3_000_000)),))]),
+     {"Content-Type": "application/proto"}, 413, ["push series 0 sample 0", "max-decompressed-bytes"]),
     ("POST", "/ingest?name=app", b"x" * 2_100_000, {}, 413, ["max-body-bytes"]),
     ("GET", "/api/v1/render?query={a=b}", None, {}, 400, ["position 3", "quoted"]),
     ("GET", "/api/v1/render?from=tomorrow", None, {}, 400, ["tomorrow", "now-15m"]),
@@ -373,7 +378,7 @@ async def test_full_disk_answers_503_and_recovers_reads(tmp_path) -> None:
 
     settings = resolve(SETTINGS, {"data_dir": str(tmp_path)}, environ={})
     store = SQLiteStore(tmp_path / "small.db", max_pages=40)
-    client = TestClient(TestServer(create_app(settings, store=store, clock=lambda: NOW, mount_viewer=False),
+    client = TestClient(TestServer(create_app(settings, store=store, clock=lambda: NOW),
                                    host="127.0.0.1"))
     await client.start_server()
     try:

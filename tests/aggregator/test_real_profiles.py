@@ -146,7 +146,7 @@ async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         storage = server.storage_spec(request.getfixturevalue("clickhouse_db"))
     settings = resolve(SETTINGS, {"data_dir": str(tmp_path), "storage": storage, "retention_seconds": "0"},
                        environ={})
-    app = create_app(settings, clock=time.time, mount_viewer=False)
+    app = create_app(settings, clock=time.time)
     c = TestClient(TestServer(app))
     await c.start_server()
     try:

@@ -435,6 +435,7 @@ def test_metadata_render_pushdown_equals_sqlite_and_the_unpruned_read(
     if importlib.util.find_spec("aggregator.store.sqlite") is None:
         pytest.skip(reason="aggregator/store/sqlite.py (SQLiteStore) not written yet")
     from aggregator import query
+    from aggregator.params import Context, RenderRequest
     from aggregator.store.clickhouse import ClickHouseStore
     from aggregator.store.sqlite import SQLiteStore
     from tests.support.clickhouse import query as ch_query
@@ -460,7 +461,7 @@ def test_metadata_render_pushdown_equals_sqlite_and_the_unpruned_read(
                         doc = query.flame_json_series(series, True, max_nodes, share)
                     else:
                         params = {**base, "min_share": repr(share), "max_nodes": str(max_nodes)}
-                        _, doc, _ = await query.render(store, params, T0 + 120, 30, 20000)
+                        _, doc, _ = await query.render(store, RenderRequest.parse(params, Context(T0 + 120, 30, 20000)))
                         for key in ("from", "until", "query", "profile_type", "period_ns"):
                             doc.pop(key)
                         pushdown = getattr(store, "last_pushdown", None)

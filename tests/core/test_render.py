@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from render import standalone
 from stacks import tree
 from stacks.folded import parse
-from viewer import standalone
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")

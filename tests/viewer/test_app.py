@@ -83,3 +83,29 @@ async def test_every_page_asset_is_served(client: TestClient) -> None:
     for name in ("app.js", "flame.js", "units.js"):
         src = (Path(viewer_app.STATIC_DIR) / name).read_text()
         assert not sinks.search(src), (name, sinks.search(src))
+
+
+async def test_served_app_is_the_aggregator_plus_the_viewer(tmp_path: Path) -> None:
+    """``flamewatch serve``'s composition (flamewatch.serve_cmd.build_app): the viewer at ``/``
+    behind the aggregator's middleware, next to the API; the aggregator alone has no page."""
+    from aggregator.app import create_app
+    from aggregator.settings import SETTINGS
+    from flamewatch.serve_cmd import build_app
+    from ground.settings import resolve
+
+    settings = resolve(SETTINGS, {"data_dir": str(tmp_path), "read_token": "t"}, environ={})
+    for app, has_viewer in ((build_app(settings), True), (create_app(settings), False)):
+        c = TestClient(TestServer(app, host="127.0.0.1"))
+        await c.start_server()
+        try:
+            r = await c.get("/")
+            assert r.status == (200 if has_viewer else 404)
+            if has_viewer:
+                assert '<script src="/static/flame.js"' in await r.text()
+                r = await c.get("/static/nope.js")  # the viewer's 404, as JSON through the guard
+                assert r.status == 404 and "no such viewer file" in (await r.json())["error"]
+            assert (await c.get("/api/v1/labels")).status == 401  # the API keeps its auth
+            r = await c.get("/api/v1/labels", headers={"Authorization": "Bearer t"})
+            assert r.status == 200 and (await r.json())["names"] == []
+        finally:
+            await c.close()

@@ -17,7 +17,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-FLAME_JS = Path(__file__).resolve().parent / "static" / "flame.js"
+# The viewer's renderer files are read as data by path (render/ and viewer/ are installed side
+# by side); nothing of the viewer is imported, so render stays below it in the layers.
+FLAME_JS = Path(__file__).resolve().parents[1] / "viewer" / "static" / "flame.js"
 # flame.js formats values with units.js (window.FlameUnits); both are inlined, units first.
 UNITS_JS = FLAME_JS.with_name("units.js")
 
