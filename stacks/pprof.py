@@ -495,12 +495,9 @@ class PprofDecoder:
 
     def _reset_frames(self) -> None:
         """Forget every frame number, and so every cache keyed by them."""
-        self._frame_nos.clear()
-        self._frame_by_no.clear()
-        self._stacks.clear()
+        for cache in (self._frame_nos, self._frame_by_no, self._stacks, *self._name_no.values()):
+            cache.clear()
         self._key_narrow = True
-        self._name_no[False].clear()
-        self._name_no[True].clear()
         if self._index is not None:
             self._index.clear()
 
