@@ -116,10 +116,12 @@ def decode_pprof(
 
 
 def _bad(why: str) -> InputError:
+    """The error for a malformed profile, saying ``why``."""
     return InputError(f"pprof profile is malformed: {why}")
 
 
 def _strings(raw: list[bytes]) -> list[str]:
+    """The string table as text; InputError unless it starts with the empty string."""
     # Symbol names are not always UTF-8 (C++ demanglers, Latin-1 paths); keep
     # them readable rather than rejecting the whole profile.
     out = [b.decode("utf-8", "replace") for b in raw]
@@ -143,6 +145,7 @@ def _string_getter(strings: list[str]) -> Callable[[int, str], str]:
 
 
 def _choose_value(types: list[tuple[str, str]], default_type: str) -> int:
+    """The column read by default: CPU time, else sample counts, else the default type, else the last."""
     for wanted in (("cpu", "nanoseconds"), ("samples", "count")):
         if wanted in types:
             return types.index(wanted)
@@ -168,6 +171,7 @@ class _Head:
 
 
 def _pick(types: list[tuple[str, str]], default_type: str, column: int | None) -> int:
+    """``column``, checked (InputError when the profile lacks it), or the default column when None."""
     if column is None:
         return _choose_value(types, default_type) if types else -1
     if not 0 <= column < len(types):

@@ -187,3 +187,13 @@ def test_scan_reads_the_tables() -> None:
     assert _pprof_c.scan(b"\x10" + b"\xff" * 3) is None
     assert _pprof_c.scan(b"\x00\x01") is None
     assert _pprof_c.scan(b"\x60" + _varint(-1)) is not None  # a negative period is legal int64
+
+
+def test_decoders_keep_their_own_caches() -> None:
+    """No process-wide state: a decode fills only its own decoder's caches and index."""
+    a, b, off = PprofDecoder(), PprofDecoder(), PprofDecoder(compiled=False)
+    raw = encode_pprof(_profile(100, 8, seed=4))
+    assert a.decode(raw).merged() == off.decode(raw).merged()
+    assert len(a._index) > 0 and a._frame_by_no
+    assert len(b._index) == 0 and not b._frame_by_no and not b._frames
+    assert not off.compiled and off._index is None
