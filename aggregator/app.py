@@ -27,7 +27,6 @@ from aggregator.store import Store, StoreError, open_store
 from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from render import Output
-from stacks import compiled
 from stacks.errors import InputError, LimitError
 
 log = logging.getLogger("flamewatch.aggregator")
@@ -270,7 +269,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "storage": request.app[SETTINGS].storage,
                               "window_seconds": request.app[SETTINGS].window_seconds,
-                              "compiled_readers": compiled.in_use()})
+                              "compiled_readers": request.app[TABLES].in_use()})
 
 
 async def _maintenance(app: web.Application) -> None:
@@ -315,7 +314,7 @@ def create_app(
     app[SETTINGS] = settings
     app[STORE] = store
     app[METRICS] = metrics
-    app[TABLES] = ingest.IngestTables()
+    app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
     app[CLOCK] = clock
 
     def on_commit(n: int, seconds: float) -> None:

@@ -71,10 +71,13 @@ def serve(args: argparse.Namespace, extra: Sequence[AddRoutes] = ()) -> int:
 
 
 def _compiled_readers(on: bool) -> None:
-    """Switch the compiled pprof/folded readers per --compiled-readers, and say which are in use."""
+    """Say which compiled pprof/folded readers --compiled-readers gives the aggregator's ingest tables.
+
+    ``create_app`` makes those tables with ``IngestTables(compiled=settings.compiled_readers)``.
+    """
     from stacks import compiled
 
-    used = compiled.use(on)
+    used = compiled.chosen(on)
     missing = [k for k, built in compiled.built().items() if not built]
     if missing:
         log.warning("compiled readers not built (%s): ingest uses the slower numpy/Python readers; "

@@ -1,6 +1,6 @@
 """Decoding pushes into (labels, time, profile) items for the window writer.
 
-Pure apart from the shared :class:`IngestTables` cache; handlers in app.py
+Pure apart from the shared :class:`IngestTables` (table and decoder caches); handlers in app.py
 only read the body and call these. Every bad input raises
 :class:`stacks.errors.InputError` naming the problem.
 """
@@ -19,7 +19,7 @@ from stacks import folded
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
-from stacks.pprof import decode_pprof
+from stacks.pprof import PprofDecoder
 from stacks.profiletype import CPU, PERIOD_LABEL, TYPE_LABEL, WALL, ProfileType, columns, legacy_name, period_ns
 from stacks.push import decode_push_request
 
@@ -40,21 +40,30 @@ Item = tuple[Labels, float | None, Profile]
 
 @dataclass
 class IngestTables:
-    """The interning table shared by all ingests, plus folded-line caches.
+    """The interning table shared by all ingests, plus the decoders' caches.
 
     Profiles of concurrent pushes on one table merge without rebasing. The
     table is swapped for a fresh one when it grows past ``limit`` stacks, so a
-    long-running aggregator's memory stays bounded; the caches (stack text ->
-    id on that table, each at most ``limit`` entries) are dropped with it.
-    ``lines`` serves the pure-Python parser, ``index`` the compiled one.
+    long-running aggregator's memory stays bounded; the folded caches (stack
+    text -> id on that table, each at most ``limit`` entries) are dropped with
+    it, and the pprof decoder empties its own when it meets the new table.
+    ``lines`` serves the pure-Python folded parser, ``index`` the compiled one.
+    ``compiled`` chooses the compiled (Cython) readers where built
+    (``flamewatch serve --compiled-readers``); False rules them out.
     """
 
     limit: int = 500_000
     table: StackTable = field(default_factory=StackTable)
     lines: dict[str, int] = field(default_factory=dict)
     index: folded.StackIndex | None = None
+    compiled: bool = True
+    pprof: PprofDecoder = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.pprof = PprofDecoder(compiled=self.compiled)
 
     def current(self) -> StackTable:
+        """The table to intern into (a fresh one once the current one passed ``limit`` stacks)."""
         if len(self.table) > self.limit:
             self.table = StackTable()
             self.lines = {}
@@ -62,11 +71,15 @@ class IngestTables:
         return self.table
 
     def folded_index(self) -> folded.StackIndex | None:
-        """The compiled index of the current table (made on first use), or None without the extension."""
+        """The compiled index of the current table (made on first use), or None when not compiled."""
         table = self.current()
         if self.index is None or self.index.table is not table:
-            self.index = folded.new_index(table, self.limit)
+            self.index = folded.new_index(table, self.limit, compiled=self.compiled)
         return self.index
+
+    def in_use(self) -> dict[str, bool]:
+        """Which compiled readers these tables decode with."""
+        return {"pprof": self.pprof.compiled, "folded": self.compiled and folded.BUILT}
 
 
 @dataclass
@@ -196,7 +209,8 @@ def _from_pprof(
     ``name`` is the push's ``__name__`` (None on ``/ingest``: Pyroscope's rule by sample types).
     """
     raw = maybe_gunzip(raw, max_decompressed)  # once, not once per column
-    first = decode_pprof(raw, tables.current(), max_decompressed=max_decompressed, column=None)
+    decode = tables.pprof.decode
+    first = decode(raw, tables.current(), max_decompressed=max_decompressed, column=None)
     out = Decoded([])
     if not first.types:
         return out
@@ -212,8 +226,7 @@ def _from_pprof(
     for col, ptype in columns(name, list(first.types), first.period_type, first.period_unit):
         if wall_mode and ptype == CPU:
             ptype = WALL
-        d = first if col == chosen else decode_pprof(
-            raw, tables.current(), max_decompressed=max_decompressed, column=col)
+        d = first if col == chosen else decode(raw, tables.current(), max_decompressed=max_decompressed, column=col)
         series_base = typed(base, ptype, period_ns(ptype, first.period))
         for sample_labels, profile in d.series:
             labels = series_base

@@ -8,25 +8,24 @@ text, then times decoding each. The baseline is ``stacks.folded.parse`` of the
 same profile in the same run; the ratio is stack lines per second of the
 pprof decoder over the folded parser. A second baseline is the reference
 decoder that reads every field through the protobuf library
-(``stacks.pprof._decode_library``, what ``decode_pprof`` was before the fast
+(``PprofDecoder._decode_library``, what ``decode_pprof`` was before the fast
 sample reader), timed in the same run. A third is the numpy reader, what
 ``decode_pprof`` uses when the compiled reader (``stacks._pprof_c``) is not
-built, also timed in the same run.
+built, also timed in the same run. Every decode goes through one long-lived
+:class:`stacks.pprof.PprofDecoder` per reader, as the aggregator's are.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import random
 import time
-from collections.abc import Iterator
 
-from stacks import folded, pprof
+from stacks import folded
 from stacks.gz import gunzip_capped
 from stacks.model import Frame, Kind, Profile, StackTable
-from stacks.pprof import _decode_library, decode_pprof, encode_pprof
+from stacks.pprof import DecodedProfile, PprofDecoder, encode_pprof
 from stacks.push import PushSeries, RawSample, decode_push_request, encode_push_request
 
 
@@ -44,15 +43,20 @@ def synthetic(n: int, depth: int, seed: int = 1) -> Profile:
     return Profile.from_pairs(pairs)
 
 
-@contextlib.contextmanager
-def numpy_reader() -> Iterator[None]:
-    """decode_pprof as an install without a C compiler runs it."""
-    saved = pprof._INDEX
-    pprof._INDEX = None
-    try:
-        yield
-    finally:
-        pprof._INDEX = saved
+# The decoders under test, kept for the whole run (their caches warm, as in the aggregator).
+DECODER = PprofDecoder()
+NUMPY = PprofDecoder(compiled=False)  # decode_pprof as an install without a C compiler runs it
+_decode_library = DECODER._decode_library
+
+
+def decode_pprof(data: bytes, table: StackTable | None = None) -> DecodedProfile:
+    """The default decode (compiled reader where built) with the run's decoder."""
+    return DECODER.decode(data, table)
+
+
+def numpy_decode(data: bytes, table: StackTable | None = None) -> DecodedProfile:
+    """The decode without the compiled reader."""
+    return NUMPY.decode(data, table)
 
 
 def best(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -89,11 +93,10 @@ def main() -> None:
     lib_shared = StackTable()
     _decode_library(raw, lib_shared)
     t_lib_warm = best(lambda: _decode_library(raw, lib_shared), args.repeat)
-    with numpy_reader():
-        t_np = best(lambda: decode_pprof(raw, StackTable()), args.repeat)
-        np_shared = StackTable()
-        decode_pprof(raw, np_shared)
-        t_np_warm = best(lambda: decode_pprof(raw, np_shared), args.repeat)
+    t_np = best(lambda: numpy_decode(raw, StackTable()), args.repeat)
+    np_shared = StackTable()
+    numpy_decode(raw, np_shared)
+    t_np_warm = best(lambda: numpy_decode(raw, np_shared), args.repeat)
     t_push = best(lambda: decode_push_request(gunzip_capped(push, 1 << 30)), args.repeat)
     t_enc = best(lambda: encode_pprof(prof), args.repeat)
 
@@ -130,14 +133,14 @@ def main() -> None:
     samples = (RawSample(sdk_pprof, "i"), RawSample(sdk_tagged, "j"))
     sdk_push = gzip.compress(encode_push_request([PushSeries(labels, samples)]))
 
-    def one_push() -> None:
+    def one_push(decode=decode_pprof) -> None:  # type: ignore[no-untyped-def]
         for series in decode_push_request(gunzip_capped(sdk_push, 1 << 26)):
             for smp in series.samples:
-                decode_pprof(smp.raw_profile, StackTable())
+                decode(smp.raw_profile, StackTable())
 
     t_sdk = best(one_push, args.repeat * 200)
-    with numpy_reader():  # below 64 samples this is the library decoder
-        t_sdk_np = best(one_push, args.repeat * 200)
+    # Below 64 samples the numpy decoder hands over to the library decoder.
+    t_sdk_np = best(lambda: one_push(numpy_decode), args.repeat * 200)
     print(f"{'SDK-shaped push (2 x 40 stacks), all in':40s} {t_sdk * 1e6:8.0f} us  "
           f"(without the compiled reader {t_sdk_np * 1e6:.0f} us)")
     print(f"ratio decode_pprof / library decoder, new table (stacks/s): {t_lib / t_plain:.2f}x")

@@ -198,24 +198,20 @@ cdef int value_type(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, int64_t* typ
     return 1
 
 
-cdef int read_mapping(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
-    # Mapping {id = 1, memory_start = 2, memory_limit = 3, file_offset = 4, filename = 5, ...}
+cdef int read_row(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, int nfields,
+                  Vec* v0, int f0, Vec* v1, int f1, Vec* v2, int f2) except -1:
+    """A table row: a message of varint fields 1..nfields (<= 5), read as :func:`read_varints` does.
+
+    Pushes field ``f0 + 1`` onto ``v0``, ``f1 + 1`` onto ``v1`` and, unless ``v2`` is
+    NULL, ``f2 + 1`` onto ``v2``. 1 when read, 0 when the row is unusual.
+    """
     cdef uint64_t f[5]
-    if not read_varints(b, i, end, f, 5):
+    if nfields > 5 or not read_varints(b, i, end, f, nfields):
         return 0
-    vec_push(&t.m_id, <int64_t>f[0])
-    vec_push(&t.m_file, <int64_t>f[4])
-    return 1
-
-
-cdef int read_function(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t) except -1:
-    # Function {id = 1, name = 2, system_name = 3, filename = 4, start_line = 5}
-    cdef uint64_t f[3]
-    if not read_varints(b, i, end, f, 3):
-        return 0
-    vec_push(&t.f_id, <int64_t>f[0])
-    vec_push(&t.f_name, <int64_t>f[1])
-    vec_push(&t.f_sys, <int64_t>f[2])
+    vec_push(v0, <int64_t>f[f0])
+    vec_push(v1, <int64_t>f[f1])
+    if v2 != NULL:
+        vec_push(v2, <int64_t>f[f2])
     return 1
 
 
@@ -298,7 +294,8 @@ def scan(bytes raw):
                     if not read_location(b, i, sub, &t):
                         return None
                 elif field == 5:
-                    if not read_function(b, i, sub, &t):
+                    # Function {id = 1, name = 2, system_name = 3, filename = 4, start_line = 5}
+                    if not read_row(b, i, sub, 3, &t.f_id, 0, &t.f_name, 1, &t.f_sys, 2):
                         return None
                 elif field == 6:
                     vec_push(&t.str_start, i)
@@ -309,7 +306,8 @@ def scan(bytes raw):
                     vec_push(&t.vt_type, a)
                     vec_push(&t.vt_unit, u)
                 elif field == 3:
-                    if not read_mapping(b, i, sub, &t):
+                    # Mapping {id = 1, memory_start = 2, memory_limit = 3, file_offset = 4, filename = 5, ...}
+                    if not read_row(b, i, sub, 5, &t.m_id, 0, &t.m_file, 4, NULL, 0):
                         return None
                 elif field == 11:
                     # A singular message seen twice is merged by protobuf: leave that to it.

@@ -115,15 +115,15 @@ def _frames(stack_text: str, frame_cache: dict[str, Frame]) -> tuple[Frame, ...]
 
 # -- the compiled fast path ------------------------------------------------------------------------
 # ``stacks._folded_c`` (Cython, built by ``pip install -e .`` where a C compiler exists) reads
-# bytes. Without it, or after stacks.compiled.use(False) (to measure or rule out the compiled
-# code), parse_bytes decodes and uses parse_counted: same results, slower.
+# bytes. Without it, or when the caller asks for no compiled index (to measure or rule out the
+# compiled code), parse_bytes decodes and uses parse_counted: same results, slower.
 try:
     from stacks import _folded_c
 except ImportError:  # no compiler at install time
     _folded_c = None  # type: ignore[assignment]
 
-COMPILED = _folded_c is not None
-"""True when :func:`new_index` gives a compiled index for :func:`parse_bytes`."""
+BUILT = _folded_c is not None
+"""True when the compiled reader was built: :func:`new_index` can then give a compiled index."""
 
 
 class StackIndex(Protocol):
@@ -140,9 +140,12 @@ class StackIndex(Protocol):
     def scan(self, body: bytes) -> tuple[int, bytearray, bytearray, list[tuple[int, int, int]]]: ...
 
 
-def new_index(table: StackTable, limit: int = 1 << 20) -> StackIndex | None:
-    """A compiled stack-text index tied to ``table`` (at most ``limit`` stacks), or None without one."""
-    return _folded_c.StackIndex(table, limit) if COMPILED else None
+def new_index(table: StackTable, limit: int = 1 << 20, *, compiled: bool = True) -> StackIndex | None:
+    """A compiled stack-text index tied to ``table`` (at most ``limit`` stacks).
+
+    None when the reader is not built, or ``compiled`` is False (the caller rules it out).
+    """
+    return _folded_c.StackIndex(table, limit) if compiled and BUILT else None
 
 
 def parse_bytes(

@@ -476,24 +476,14 @@ def _join(buf: list[str]) -> str:
     return "\n".join(x[:-1] if x.endswith("\n") else x for x in buf) + "\n"
 
 
-def collapse(
-    lines: str | Iterable[str],
-    *,
-    pid: bool = False,
-    tid: bool = False,
-    kernel: bool = False,
-    jit: bool = False,
-    all: bool = False,
-    addrs: bool = False,
-    weight_by_period: bool = True,
-) -> dict[str, int]:
+def collapse(lines: str | Iterable[str], **options: bool) -> dict[str, int]:
     """Folded stacks -> counts, equal to ``stackcollapse-perf.pl`` with the same options.
 
-    ``lines`` is perf script text or an iterable of its lines.
+    ``lines`` is perf script text or an iterable of its lines; ``options`` are the keyword
+    options of :class:`Collapser` (``pid``, ``tid``, ``kernel``, ``jit``, ``all``, ``addrs``,
+    ``weight_by_period``), with its defaults.
     """
-    c = Collapser(
-        pid=pid, tid=tid, kernel=kernel, jit=jit, all=all, addrs=addrs, weight_by_period=weight_by_period
-    )
+    c = Collapser(**options)
     for chunk in _chunks(lines):
         c.feed(chunk)
     return c.close()

@@ -12,6 +12,10 @@ Kernel frames: a location whose mapping file is ``[kernel.kallsyms]`` (any
 :attr:`Kind.KERNEL`. :func:`encode_pprof` writes kernel frames with a
 ``[kernel.kallsyms]`` mapping, so kinds survive a round trip.
 
+:class:`PprofDecoder` holds the caches that make repeated pushes cheap; its
+owner (the aggregator's ingest tables) keeps one for the life of the
+process. :func:`decode_pprof` decodes with a decoder passed in, or a fresh one.
+
 Every malformed input raises :class:`~stacks.errors.InputError`.
 """
 
@@ -29,34 +33,48 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from stacks import _proto
+from stacks._pprof_read import (
+    U64,
+    Fallback,
+    LabelKey,
+    group_codes,
+    label_keys,
+    label_series,
+    location_rows,
+    positions,
+    read_sample,
+    sample_frames,
+    scan_samples,
+    to_samples,
+)
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
 from stacks.profiletype import TIME_UNITS_NS
 
+# ``stacks._pprof_c`` (Cython, built by ``pip install``) reads the whole
+# profile in C: one pass for the tables, one for the samples, where each
+# sample's frame numbers are hashed and looked up in a compiled index. Python
+# only maps functions to frame numbers (a dict hit each) and interns new
+# stacks. Without a C compiler the module is absent and the numpy reader
+# (stacks._pprof_read) does the work.
+try:
+    from stacks import _pprof_c
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _pprof_c = None
+
+BUILT = _pprof_c is not None
+"""True when the compiled reader was built (a :class:`PprofDecoder` may then use it)."""
+
 KERNEL_MAPPING = "[kernel.kallsyms]"
 KERNEL_SUFFIX = "_[k]"
 DEFAULT_MAX_DECOMPRESSED = 256 << 20
 
-
-# Frames are immutable, so one cache serves every decode: an app pushes the
-# same function names every 10 s. Bounded so odd inputs cannot grow it forever.
-_FRAMES: dict[tuple[str, bool], Frame] = {}
+# Bounds of a decoder's caches, so odd inputs cannot grow them forever.
 _FRAMES_MAX = 200_000
-
-
-def _frame(name: str, kernel: bool) -> Frame:
-    """The frame for a pprof function name; ``_[k]`` or a kernel mapping makes it kernel."""
-    fr = _FRAMES.get((name, kernel))
-    if fr is None:
-        if len(_FRAMES) >= _FRAMES_MAX:
-            _FRAMES.clear()
-        if name.endswith(KERNEL_SUFFIX):
-            fr = Frame(name[: -len(KERNEL_SUFFIX)], Kind.KERNEL)
-        else:
-            fr = Frame(name, Kind.KERNEL if kernel else Kind.USER)
-        _FRAMES[(name, kernel)] = fr
-    return fr
+_STACKS_MAX = 500_000
+_FAST_MIN_SAMPLES = 64  # measured break-even: ~40 samples (bench/pprof_decode.py, SDK-shaped push)
+_RUN0 = itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -84,11 +102,26 @@ class DecodedProfile:
         return merge([p for _, p in self.series])
 
 
+def decode_pprof(
+    data: bytes, table: StackTable | None = None, *, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
+    column: int | None = None, decoder: PprofDecoder | None = None,
+) -> DecodedProfile:
+    """Decode pprof bytes (gzip or plain) into per-label-set profiles on ``table``.
+
+    :meth:`PprofDecoder.decode` of ``decoder``, or of a fresh decoder (no caches
+    carried over from earlier calls) when it is None.
+    """
+    dec = decoder if decoder is not None else PprofDecoder()
+    return dec.decode(data, table, max_decompressed=max_decompressed, column=column)
+
+
 def _bad(why: str) -> InputError:
+    """The error for a malformed profile, saying ``why``."""
     return InputError(f"pprof profile is malformed: {why}")
 
 
 def _strings(raw: list[bytes]) -> list[str]:
+    """The string table as text; InputError unless it starts with the empty string."""
     # Symbol names are not always UTF-8 (C++ demanglers, Latin-1 paths); keep
     # them readable rather than rejecting the whole profile.
     out = [b.decode("utf-8", "replace") for b in raw]
@@ -97,7 +130,22 @@ def _strings(raw: list[bytes]) -> list[str]:
     return out
 
 
+def _string_getter(strings: list[str]) -> Callable[[int, str], str]:
+    """``s(i, what)``: string ``i``, or an InputError saying ``what`` refers to a missing string."""
+    n_strings = len(strings)
+
+    def s(i: int, what: str) -> str:
+        if 0 <= i < n_strings:
+            return strings[i]
+        if i == 0:  # an empty table still has an implicit "" at 0
+            return ""
+        raise _bad(f"{what} refers to string {i}, but string_table has {n_strings} entries")
+
+    return s
+
+
 def _choose_value(types: list[tuple[str, str]], default_type: str) -> int:
+    """The column read by default: CPU time, else sample counts, else the default type, else the last."""
     for wanted in (("cpu", "nanoseconds"), ("samples", "count")):
         if wanted in types:
             return types.index(wanted)
@@ -108,33 +156,9 @@ def _choose_value(types: list[tuple[str, str]], default_type: str) -> int:
     return len(types) - 1
 
 
-def decode_pprof(
-    data: bytes, table: StackTable | None = None, *, max_decompressed: int = DEFAULT_MAX_DECOMPRESSED,
-    column: int | None = None,
-) -> DecodedProfile:
-    """Decode pprof bytes (gzip or plain) into per-label-set profiles on ``table``.
-
-    ``column`` picks the sample type (value index) to read; None chooses as
-    :func:`_choose_value` does. Raises :class:`InputError` for bad gzip, bad
-    protobuf, dangling ids or a column the profile does not have.
-    """
-    raw = maybe_gunzip(bytes(data), max_decompressed)
-    table = table if table is not None else StackTable()
-    # The fast reader gives up (None) on anything unusual or wrong before it
-    # touches ``table``; the library decoder then gives the result or the
-    # exact error, so both paths agree by construction.
-    with _LOCK:
-        fast = _decode_compiled(raw, table, column) if _INDEX is not None else None
-        if fast is None:
-            fast = _decode_fast(raw, table, column)
-    if fast is not None:
-        return fast
-    return _decode_library(raw, table, column)
-
-
 @dataclass
 class _Head:
-    """Everything but the samples, shared by both decoders."""
+    """Everything but the samples, shared by the decoders."""
 
     s: Callable[[int, str], str]
     types: list[tuple[str, str]]
@@ -142,11 +166,12 @@ class _Head:
     period: int
     period_type: str
     period_unit: str
-    locations: dict[int, tuple[Frame, ...]]  # location id -> frames, root first
+    locations: dict[int, tuple[Frame, ...]]  # location id -> frames, root first (the compiled reader: empty)
     single: dict[int, Frame] | None  # location id -> frame when no location is inlined
 
 
 def _pick(types: list[tuple[str, str]], default_type: str, column: int | None) -> int:
+    """``column``, checked (InputError when the profile lacks it), or the default column when None."""
     if column is None:
         return _choose_value(types, default_type) if types else -1
     if not 0 <= column < len(types):
@@ -168,99 +193,68 @@ def divisor_of(types: list[tuple[str, str]] | tuple[tuple[str, str], ...], vi: i
     return 0
 
 
-def _head(p: Any, column: int | None = None) -> _Head:
-    """Strings, sample types and location frames of a parsed Profile or ProfileSplit."""
-    strings = _strings(list(p.string_table))
+def _check_strings(s: Callable[[int, str], str], n_strings: int, idxs: list[int], what: str,
+                   ids: list[int]) -> None:
+    """Raise the InputError of ``s`` for the first out-of-range string index in ``idxs``.
+
+    Whole columns are checked at once (min/max in C) rather than one Python call per reference.
+    """
+    if idxs and (min(idxs) < 0 or max(idxs) >= max(n_strings, 1)):
+        j = next(j for j, i in enumerate(idxs) if not 0 <= i < max(n_strings, 1))
+        s(idxs[j], what.format(ids[j]))
+
+
+def _symbols(p: Any, strings: list[str], s: Callable[[int, str], str]) -> tuple[dict[int, str], dict[int, str]]:
+    """(mapping id -> file name, function id -> name or else system name) of a parsed profile."""
     n_strings = len(strings)
-
-    def s(i: int, what: str) -> str:
-        if 0 <= i < n_strings:
-            return strings[i]
-        if i == 0:  # an empty table still has an implicit "" at 0
-            return ""
-        raise _bad(f"{what} refers to string {i}, but string_table has {n_strings} entries")
-
-    types = [(s(vt.type, "sample_type.type"), s(vt.unit, "sample_type.unit")) for vt in p.sample_type]
-    period = int(p.period)
-    period_type = s(p.period_type.type, "period_type.type") if p.HasField("period_type") else ""
-    period_unit = s(p.period_type.unit, "period_type.unit") if p.HasField("period_type") else ""
-    default_type = s(p.default_sample_type, "default_sample_type")
-    if p.sample and not types:
-        raise _bad("it has samples but no sample_type")
-    vi = _pick(types, default_type, column)
-
-    # Per-profile lookups are built once; the per-sample work is only dict
-    # hits. Index checks run on whole columns (min/max in C) rather than one
-    # Python call per string reference.
-    def check(idxs: list[int], what: str, ids: list[int]) -> None:
-        if idxs and (min(idxs) < 0 or max(idxs) >= max(n_strings, 1)):
-            j = next(j for j, i in enumerate(idxs) if not 0 <= i < max(n_strings, 1))
-            s(idxs[j], what.format(ids[j]))
-
     maps = list(p.mapping)
     map_ids = [m.id for m in maps]
     map_files = [m.filename for m in maps]
-    check(map_files, "mapping {} filename", map_ids)
+    _check_strings(s, n_strings, map_files, "mapping {} filename", map_ids)
     if not n_strings:
         strings = [""]
     mapping_file = {mid: strings[i] for mid, i in zip(map_ids, map_files, strict=True)}
-    user_mappings = {mid for mid, f in mapping_file.items() if not f.startswith("[kernel")}
-    user_mappings.add(0)
-
     funcs = list(p.function)
     fn_ids = [f.id for f in funcs]
     fn_names = [f.name for f in funcs]
     fn_sys = [f.system_name for f in funcs]
-    check(fn_names, "function {} name", fn_ids)
-    check(fn_sys, "function {} system_name", fn_ids)
+    _check_strings(s, n_strings, fn_names, "function {} name", fn_ids)
+    _check_strings(s, n_strings, fn_sys, "function {} system_name", fn_ids)
     functions = {
         fid: strings[n] or strings[sn] for fid, n, sn in zip(fn_ids, fn_names, fn_sys, strict=True)
     }
+    return mapping_file, functions
 
-    frame = _frame
 
-    # The frame of a named function outside the kernel mapping, by function id.
-    user_frames = {fid: frame(name, False) for fid, name in functions.items() if name}
+def _location_names(loc: Any, mapping_file: dict[int, str], functions: dict[int, str]) -> tuple[list[str], bool]:
+    """The function names of one location, leaf first, and whether it is in a kernel mapping.
 
-    single: dict[int, Frame] = {}
-    multi: dict[int, tuple[Frame, ...]] = {}
-    for loc in p.location:
-        lines = loc.line
-        mid = loc.mapping_id
-        if len(lines) == 1 and mid in user_mappings:
-            fr = user_frames.get(lines[0].function_id)
-            if fr is not None:  # the common case: one named, non-kernel function
-                single[loc.id] = fr
-                continue
-        if mid and mid not in mapping_file:
-            raise _bad(f"location {loc.id} refers to mapping {mid}, which is not defined")
-        mfile = mapping_file.get(mid, "") if mid else ""
-        kernel = mfile.startswith("[kernel")
-        fallback = f"0x{loc.address:x}" if loc.address else (mfile or "[unknown]")
-        names = []
-        for ln in lines:
-            fid = ln.function_id
-            if fid == 0:
-                names.append(fallback)
-                continue
-            name = functions.get(fid)
-            if name is None:
-                raise _bad(f"location {loc.id} refers to function {fid}, which is not defined")
-            names.append(name or fallback)
-        if not names:
+    A line without a function, or with an unnamed one, is named by the address or the mapping.
+    """
+    mid = loc.mapping_id
+    if mid and mid not in mapping_file:
+        raise _bad(f"location {loc.id} refers to mapping {mid}, which is not defined")
+    mfile = mapping_file.get(mid, "") if mid else ""
+    kernel = mfile.startswith("[kernel")
+    fallback = f"0x{loc.address:x}" if loc.address else (mfile or "[unknown]")
+    names = []
+    for ln in loc.line:
+        fid = ln.function_id
+        if fid == 0:
             names.append(fallback)
-        if len(names) == 1:
-            single[loc.id] = frame(names[0], kernel)
-        else:
-            # line[0] is the innermost inlined frame; root first means reversed.
-            multi[loc.id] = tuple(frame(n, kernel) for n in reversed(names))
-    locations = {lid: (fr,) for lid, fr in single.items()}
-    locations.update(multi)
-    # Most profiles have no inlining: then one location is one frame.
-    return _Head(s, types, vi, period, period_type, period_unit, locations, single if not multi else None)
+            continue
+        name = functions.get(fid)
+        if name is None:
+            raise _bad(f"location {loc.id} refers to function {fid}, which is not defined")
+        names.append(name or fallback)
+    if not names:
+        names.append(fallback)
+    return names, kernel
 
 
-def _decoded(p: Any, head: _Head, series: list[tuple[Labels, Profile]]) -> DecodedProfile:
+def _decoded(head: _Head, series: list[tuple[Labels, Profile]], time_nanos: int,
+             duration_nanos: int) -> DecodedProfile:
+    """The result of a decode: ``series`` with the metadata of ``head``."""
     sample_type, unit = head.types[head.vi] if head.types else ("", "")
     return DecodedProfile(
         series=series,
@@ -268,34 +262,32 @@ def _decoded(p: Any, head: _Head, series: list[tuple[Labels, Profile]]) -> Decod
         unit=unit,
         period=head.period,
         period_type=head.period_type,
-        time_nanos=int(p.time_nanos),
-        duration_nanos=int(p.duration_nanos),
+        time_nanos=time_nanos,
+        duration_nanos=duration_nanos,
         period_unit=head.period_unit,
         types=tuple(head.types),
     )
 
 
-def _decode_library(raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile:
-    """The reference decoder: every field through the protobuf library.
-
-    Used for profiles the fast reader declines (odd encodings, malformed
-    input) and, in the tests, as the oracle the fast reader must equal.
-    """
+def _parse_library(raw: bytes) -> Any:
+    """The ``Profile`` message through the protobuf library; InputError when it is not one."""
     try:
-        p = _proto.Profile.FromString(raw)
+        return _proto.Profile.FromString(raw)
     except (DecodeError, RecursionError, ValueError) as e:
         raise InputError(
             f"pprof profile is not a valid protobuf ({e}); send a pprof profile (gzip or plain)"
         ) from None
-    head = _head(p, column)
-    s = head.s
+
+
+def _library_groups(p: Any, head: _Head, table: StackTable) -> dict[LabelKey, dict[int, int]]:
+    """Values of the chosen column summed per (label key, stack id), stacks interned in sample order."""
     loc_single = head.single.__getitem__ if head.single is not None else None
     loc_multi = head.locations.__getitem__
     intern = table.intern
     stack_ids: dict[tuple[int, ...], int] = {}
     # Values are summed per (label set, stack) in plain dicts: cheaper than
     # numpy for the small profiles SDKs push, and it leaves ids unique.
-    groups: dict[tuple[tuple[int, int], ...], dict[int, int]] = {}
+    groups: dict[LabelKey, dict[int, int]] = {}
     nolabel = groups.setdefault((), {})
     n_types = len(head.types)
     vi = head.vi
@@ -327,8 +319,12 @@ def _decode_library(raw: bytes, table: StackTable, column: int | None = None) ->
         else:
             acc = nolabel
         acc[sid] = acc.get(sid, 0) + v
+    return groups
 
-    divisor = divisor_of(head.types, vi, head.period, head.period_unit)
+
+def _library_series(groups: dict[LabelKey, dict[int, int]], s: Callable[[int, str], str], table: StackTable,
+                    divisor: int) -> list[tuple[Labels, Profile]]:
+    """One profile per label set from :func:`_library_groups`, in exact integer arithmetic."""
     by_labels: dict[Labels, dict[int, int]] = {}
     for key, acc in groups.items():
         if not acc:
@@ -343,489 +339,44 @@ def _decode_library(raw: bytes, table: StackTable, column: int | None = None) ->
     series: list[tuple[Labels, Profile]] = []
     for labels, acc in by_labels.items():
         ids = sorted(acc)
-        counts = _to_samples([acc[i] for i in ids], divisor)
+        counts = to_samples([acc[i] for i in ids], divisor)
         try:
             prof = Profile(table, np.array(ids, dtype=np.int64), np.array(counts, dtype=np.int64))
         except OverflowError:
             raise _bad("sample values for one stack add up past 2**63") from None
         series.append((labels, prof))
-    return _decoded(p, head, series)
+    return series
 
 
-# -- fast reader ---------------------------------------------------------------------------
-# The hot part of a pprof is its samples: one small message each, holding a
-# packed varint list of location ids and one value per sample type. Reading
-# them through the protobuf library costs a Python object per field (~4 us a
-# sample). Instead the library parses ``ProfileSplit`` (samples left as raw
-# bytes, everything else as before) and the samples are read here: the usual
-# shapes (packed location ids, packed or unpacked values, no labels) with
-# numpy over all samples at once, any other shape with a small Python reader.
-# Anything the readers do not fully understand makes the decode fall back to
-# the library (``None``), which then gives the same result or the same error.
+def _read_odd_samples(
+    samples: list[bytes], idx: list[int], head: _Head
+) -> list[tuple[int, tuple[Frame, ...], int, LabelKey | None]] | None:
+    """(index, frames, chosen value, label key) of the samples ``idx`` the numpy reader left.
 
-_LOCK = threading.Lock()
-_FAST_MIN_SAMPLES = 64  # measured break-even: ~40 samples (bench/pprof_decode.py, SDK-shaped push)
-_U64 = (1 << 64) - 1
-
-# Global frame numbers, so a stack is a run of int32s whose bytes key a cache
-# from stack to id on one StackTable. The numbers are stable while the cache
-# lives; both are cleared together when either grows past its bound.
-_FRAME_NO: dict[Frame, int] = {}
-_FRAME_BY_NO: list[Frame] = []
-_STACKS: dict[bytes, int] = {}
-_STACKS_TABLE: list[StackTable | None] = [None]
-_STACKS_MAX = 500_000
-_KEY_NARROW = [True]  # frame numbers fit 16 bits (until the registry passes 65,536)
-
-
-def _reset_frames() -> None:
-    """Forget every frame number, and so every cache keyed by them."""
-    _FRAME_NO.clear()
-    _FRAME_BY_NO.clear()
-    _STACKS.clear()
-    _KEY_NARROW[0] = True
-    _NAME_NO[False].clear()
-    _NAME_NO[True].clear()
-    if _INDEX is not None:
-        _INDEX.clear()
-
-
-def _bound_caches(table: StackTable) -> None:
-    """Keep the caches bounded, and tied to the table their stack ids point into."""
-    if len(_FRAME_BY_NO) > _FRAMES_MAX or len(_STACKS) > _STACKS_MAX or len(_INDEX or ()) > _STACKS_MAX:
-        _reset_frames()
-    if _STACKS_TABLE[0] is not table:
-        _STACKS.clear()
-        if _INDEX is not None:
-            _INDEX.clear()
-        _STACKS_TABLE[0] = table
-
-
-def _frame_no(fr: Frame) -> int:
-    n = _FRAME_NO.get(fr)
-    if n is None:
-        n = _FRAME_NO[fr] = len(_FRAME_BY_NO)
-        _FRAME_BY_NO.append(fr)
-    return n
-
-
-_RUN0 = itemgetter(0)
-
-
-class _Fallback(Exception):
-    """The fast reader met something it leaves to the protobuf library."""
-
-
-def _varint(b: bytes, i: int, end: int) -> tuple[int, int]:
-    """The unsigned varint at ``b[i]`` and the index after it."""
-    v = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise _Fallback
-        c = b[i]
-        i += 1
-        v |= (c & 0x7F) << shift
-        if c < 0x80:
-            if v > _U64:
-                raise _Fallback
-            return v, i
-        shift += 7
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >> 63 else v
-
-
-def _skip(b: bytes, i: int, wire: int, end: int) -> int:
-    """Index after an unknown field's payload."""
-    if wire == 0:
-        return _varint(b, i, end)[1]
-    if wire == 1:
-        i += 8
-    elif wire == 5:
-        i += 4
-    elif wire == 2:
-        n, i = _varint(b, i, end)
-        i += n
-    else:  # groups and invalid wire types: the library decides
-        raise _Fallback
-    if i > end:
-        raise _Fallback
-    return i
-
-
-def _read_sample(b: bytes) -> tuple[list[int], list[int], list[tuple[int, int]]]:
-    """A Sample message in any valid encoding: (location ids, values, [(label key, str)])."""
-    locs: list[int] = []
-    values: list[int] = []
-    labels: list[tuple[int, int]] = []
-    i, end = 0, len(b)
-    while i < end:
-        tag, i = _varint(b, i, end)
-        field, wire = tag >> 3, tag & 7
-        if field in (1, 2) and wire in (0, 2):
-            out = locs if field == 1 else values
-            if wire == 0:
-                v, i = _varint(b, i, end)
-                out.append(v)
-            else:
-                n, i = _varint(b, i, end)
-                stop = i + n
-                if stop > end:
-                    raise _Fallback
-                while i < stop:
-                    v, i = _varint(b, i, stop)
-                    out.append(v)
-        elif field == 3 and wire == 2:
-            n, i = _varint(b, i, end)
-            stop = i + n
-            if stop > end:
-                raise _Fallback
-            key = text = 0
-            while i < stop:
-                t, i = _varint(b, i, stop)
-                if t == 8:
-                    key, i = _varint(b, i, stop)
-                elif t == 16:
-                    text, i = _varint(b, i, stop)
-                elif t >> 3 in (1, 2) or t >> 3 == 0:
-                    raise _Fallback  # a known field with another wire type
-                else:
-                    i = _skip(b, i, t & 7, stop)
-            labels.append((_signed(key), _signed(text)))
-        elif field in (1, 2, 3) or field == 0:
-            raise _Fallback
-        else:
-            i = _skip(b, i, wire, end)
-    return locs, [_signed(v) for v in values], labels
-
-
-def _decode_fast(raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
-    """The decode with samples read by hand, or None to leave it to the library."""
-    try:
-        p = _proto.ProfileSplit.FromString(raw)
-        samples = list(p.sample)
-        n = len(samples)
-        if n < _FAST_MIN_SAMPLES:
-            return None  # below this, numpy's fixed cost per call makes the library faster
-        head = _head(p, column)
-    except (DecodeError, RecursionError, ValueError):  # InputError is a ValueError
-        return None
-    n_types = len(head.types)
-    vi = head.vi
-    try:
-        fast, f_first, locs_all, fvals = _scan_samples(samples, n_types, vi)
-    except _Fallback:
-        return None
-
-    # Location ids -> runs of global frame numbers (leaf first), as arrays.
-    _bound_caches(table)
-    loc_frames = head.locations
-    lids = np.fromiter(loc_frames, np.uint64, len(loc_frames))
-    order = np.argsort(lids)
-    lids = lids[order]
-    runs = [loc_frames[lid] for lid in lids.tolist()]
-    run_len = np.fromiter(map(len, runs), np.int64, len(runs))
-    frames = list(map(_RUN0, runs)) if head.single is not None else [f for r in runs for f in reversed(r)]
-    nums = list(map(_FRAME_NO.get, frames))
-    if None in nums:
-        nums = list(map(_frame_no, frames))
-    flat = np.array(nums, np.int64)
-    run_off = np.cumsum(run_len) - run_len
-
-    fast_idx = np.flatnonzero(fast)
-    nf = len(fast_idx)
-    if len(locs_all):
-        if not len(lids):
-            return None
-        top = int(lids[-1])
-        if top < 4 * len(lids) + 4096:
-            # Ids are usually small and dense (1..N): a lookup table beats a search.
-            lut = np.full(top + 2, -1, np.int64)
-            lut[lids.astype(np.int64)] = np.arange(len(lids))
-            li = lut[np.minimum(locs_all, top + 1).astype(np.int64)]
-            if int(li.min()) < 0:
-                return None  # an undefined location: the library names it
-        else:
-            li = np.searchsorted(lids, locs_all)
-            if not np.array_equal(lids[np.minimum(li, len(lids) - 1)], locs_all):
-                return None
-    else:
-        li = np.zeros(0, np.int64)
-    if int(run_len.max(initial=1)) == 1 and int(run_len.min(initial=1)) == 1:
-        fnos = flat[li]
-        fbound = np.append(f_first, len(locs_all)) if nf else np.zeros(1, np.int64)
-    else:
-        occ_len = run_len[li]
-        cs = np.concatenate(([0], np.cumsum(occ_len)))
-        fidx = np.repeat(run_off[li] - cs[:-1], occ_len) + np.arange(int(cs[-1]))
-        fnos = flat[fidx]
-        fbound = cs[np.append(f_first, len(locs_all))] if nf else np.zeros(1, np.int64)
-    # Narrow keys hash faster; the width only changes when the cache is cleared.
-    code, width = ("H", 2) if len(_FRAME_BY_NO) < 65536 and _KEY_NARROW[0] else ("i", 4)
-    if width == 4 and _KEY_NARROW[0]:
-        _KEY_NARROW[0] = False
-        _STACKS.clear()
-    fb = fnos.astype(np.uint16 if width == 2 else np.int32).tobytes()
-    b4 = (fbound * width).tolist()
-    keys = [fb[x:y] for x, y in pairwise(b4)]
-    cache = _STACKS
-    fsids = list(map(cache.get, keys))
-
-    # Samples of other shapes (labels, unpacked ids), read one by one.
-    slow_idx = np.flatnonzero(~fast).tolist()
-    slow: list[tuple[int, tuple[Frame, ...], int, tuple[tuple[int, int], ...] | None]] = []
+    None when one of them is unusual (the library then decides).
+    """
+    out = []
     loc_get = head.locations.__getitem__
+    n_types = len(head.types)
     try:
-        for k in slow_idx:
-            locs, values, labels = _read_sample(samples[k])
+        for k in idx:
+            locs, values, labels = read_sample(samples[k])
             if len(values) != n_types:
                 return None
             frames = tuple(chain.from_iterable(map(loc_get, reversed(locs))))
             key = tuple(sorted((kk, vv) for kk, vv in labels if vv)) if labels else None
-            slow.append((k, frames, values[vi], key))
-    except (_Fallback, KeyError):
+            out.append((k, frames, values[head.vi], key))
+    except (Fallback, KeyError):
         return None
-
-    # Everything is read and checked: intern new stacks in sample order, as
-    # the library decoder does, so both leave the same table behind.
-    intern = table.intern
-    by_no = _FRAME_BY_NO.__getitem__
-    sids = np.empty(n, np.int64)
-    vals = np.empty(n, np.int64)
-    if nf:
-        vals[fast_idx] = fvals
-    misses = [j for j, sid in enumerate(fsids) if sid is None]
-    slow_sids = [0] * len(slow)
-    if not slow:
-        for j in misses:
-            key = keys[j]
-            fsids[j] = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
-    else:
-        todo = [(int(fast_idx[j]), j) for j in misses] + [(k, -1 - m) for m, (k, _, _, _) in enumerate(slow)]
-        todo.sort()
-        for _, j in todo:
-            if j >= 0:
-                key = keys[j]
-                fsids[j] = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
-            else:
-                slow_sids[-1 - j] = intern(slow[-1 - j][1])
-    if nf:
-        sids[fast_idx] = np.array(fsids, np.int64)
-
-    # Label groups: 0 is "no labels"; others in order of their first positive sample.
-    gcode = np.zeros(n, np.int64)
-    keys_by_code: list[tuple[tuple[int, int], ...]] = [()]
-    code_of: dict[tuple[tuple[int, int], ...], int] = {(): 0}
-    for m, (k, _, v, key) in enumerate(slow):
-        sids[k] = slow_sids[m]
-        vals[k] = v
-        if v > 0 and key:
-            c = code_of.get(key)
-            if c is None:
-                c = code_of[key] = len(keys_by_code)
-                keys_by_code.append(key)
-            gcode[k] = c
-    divisor = divisor_of(head.types, vi, head.period, head.period_unit)
-    series = _label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
-    return None if series is None else _decoded(p, head, series)
+    return out
 
 
-def _label_series(
-    table: StackTable,
-    s: Callable[[int, str], str],
-    sids: np.ndarray,
-    vals: np.ndarray,
-    gcode: np.ndarray,
-    keys_by_code: list[tuple[tuple[int, int], ...]],
-    divisor: int,
-) -> list[tuple[Labels, Profile]] | None:
-    """One profile per label set, from per-sample stack ids, values and label-group codes.
-
-    ``keys_by_code[c]`` is group c's sorted (key, value) string indexes; None
-    when a string index is out of range or a sum could overflow int64 (the
-    library decoder then gives the error or the exact sum).
-    """
-    positive = vals > 0
-    by_labels: dict[Labels, list[int]] = {}
-    present = np.bincount(gcode[positive], minlength=len(keys_by_code)) > 0
-    try:
-        for c, key in enumerate(keys_by_code):
-            if not present[c]:
-                continue
-            labels = Labels.of((s(ki, "sample label key"), s(vv, "sample label value")) for ki, vv in key)
-            by_labels.setdefault(labels, []).append(c)
-    except InputError:
-        return None
-    series: list[tuple[Labels, Profile]] = []
-    for labels, codes in by_labels.items():
-        if len(by_labels) == 1 and len(codes) == len(keys_by_code):
-            sel = positive  # one label set: every positive sample
-        else:
-            sel = positive & (np.isin(gcode, codes) if len(codes) > 1 else gcode == codes[0])
-        prof = _summed(table, sids[sel], vals[sel], divisor)
-        if prof is None:
-            return None  # sums near 2**63: exact Python ints in the library path
-        series.append((labels, prof))
-    return series
-
-
-def _scan_samples(
-    samples: list[bytes], n_types: int, vi: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Find the samples of the usual shape and read them with numpy.
-
-    The shape: ``location_id`` packed first (length < 2**14), then the values,
-    either packed (``0x12``) or one ``0x10`` varint each, and nothing else.
-    Such a sample is nothing but varints (tags and lengths included), so one
-    vectorised varint decode over all sample bytes reads every field.
-    Returns (mask of those samples, the index of each one's first location
-    id, all their location ids in order, their chosen values).
-    """
-    n = len(samples)
-    lens = np.fromiter(map(len, samples), np.int64, n)
-    ends = np.cumsum(lens)
-    starts = ends - lens
-    a = np.frombuffer(b"".join(samples) + b"\x00" * 8, np.uint8)
-    b0 = a[starts]
-    b1 = a[starts + 1].astype(np.int64)
-    b2 = a[starts + 2].astype(np.int64)
-    one = b1 < 0x80
-    ll = np.where(one, b1, (b1 & 0x7F) | (b2 << 7))
-    ls = starts + np.where(one, 2, 3)
-    le = ls + ll
-    ok = (lens >= 2) & (b0 == 0x0A) & (one | (b2 < 0x80)) & (le < ends)
-    le = np.where(ok, le, starts)  # keep indexes in range for rejected samples
-    t0 = a[le]
-    m1 = a[le + 1].astype(np.int64)
-    m2 = a[le + 2].astype(np.int64)
-    mone = m1 < 0x80
-    ml = np.where(mone, m1, (m1 & 0x7F) | (m2 << 7))
-    vs_packed = le + np.where(mone, 2, 3)
-    packed = ok & (t0 == 0x12) & (mone | (m2 < 0x80)) & (vs_packed + ml == ends) & (ml > 0)
-    unpacked = ok & (t0 == 0x10)
-    fast = packed | unpacked
-    # Both ranges must end on a varint's final byte; otherwise the library decides.
-    fast &= a[np.maximum(ends - 1, 0)] < 0x80
-    fast &= (le == ls) | (a[np.maximum(le - 1, 0)] < 0x80)
-    if not fast.any():
-        return fast, np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int64)
-
-    # Every varint in the buffer: its first byte, its value; vix = varint index per byte.
-    term = a < 0x80
-    if not term[ends - 1].all():
-        # A sample ending mid-varint (a fixed-width field, say) would shift
-        # the varint boundaries of the samples after it.
-        raise _Fallback
-    vstarts = np.flatnonzero(term[:-1])
-    vstarts += 1
-    vstarts = np.concatenate(([0], vstarts))
-    vlen = np.diff(vstarts, append=len(a))
-    if int(vlen.max()) > 9:
-        raise _Fallback  # 10-byte varints (negative values, huge ids), or not varints at all
-    values = (a[vstarts] & 0x7F).astype(np.uint64)
-    # Byte j of every varint longer than j, one pass per byte position over a
-    # shrinking set: ids are mostly 1-2 bytes, so few bytes are touched twice.
-    sel = np.flatnonzero(vlen > 1)
-    j = 1
-    while len(sel):
-        values[sel] |= (a[vstarts[sel] + j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
-        j += 1
-        sel = sel[vlen[sel] > j]
-
-    def vix(p: np.ndarray) -> np.ndarray:
-        """The index of the varint starting at byte ``p``."""
-        return np.searchsorted(vstarts, p)
-
-    vfirst_all = vix(np.where(packed, vs_packed, le))
-    stride_all = np.where(packed, 1, 2)
-    # Unpacked values must be exactly ``0x10 v`` pairs, one per sample type:
-    # any other field (labels, unknown ones) sends the sample to the Python reader.
-    fast &= vix(ends) - vfirst_all == n_types * stride_all
-    unp = np.flatnonzero(fast & ~packed)
-    if len(unp):
-        tag_idx = vfirst_all[unp][:, None] + 2 * np.arange(n_types)[None, :]
-        fast[unp[~(values[tag_idx] == 0x10).all(axis=1)]] = False
-    fs, fe = ls[fast], le[fast]
-    vfirst = vfirst_all[fast]
-    is_packed = packed[fast]
-    stride = stride_all[fast]
-    chosen = values[vfirst + vi * stride + (1 - is_packed.astype(np.int64))].astype(np.int64)
-    lfirst = vix(fs)
-    lcount = vix(fe) - lfirst
-    # Location ids of the fast samples, concatenated in order.
-    total = int(lcount.sum())
-    off = np.cumsum(lcount) - lcount
-    lidx = np.repeat(lfirst - off, lcount) + np.arange(total)
-    return fast, off, values[lidx], chosen
-
-
-# -- compiled reader ---------------------------------------------------------------------------
-# ``stacks._pprof_c`` (Cython, built by ``pip install``) reads the whole
-# profile in C: one pass for the tables, one for the samples, where each
-# sample's frame numbers are hashed and looked up in a compiled index. Python
-# only maps functions to frame numbers (a dict hit each) and interns new
-# stacks. Without a C compiler the module is absent and the numpy reader
-# above does the work.
-try:
-    from stacks import _pprof_c
-except ImportError:  # pragma: no cover - exercised where no compiler was available
-    _pprof_c = None
-
-
-
-def _new_index() -> Any:
-    """A compiled stack index, keyed at random (SipHash): colliding stacks cannot be prepared offline."""
-    assert _pprof_c is not None
-    return _pprof_c.StackIndex(secrets.randbits(64), secrets.randbits(64))
-
-
-# The compiled reader is used while this is set (see stacks.compiled.use).
-_INDEX = _new_index() if _pprof_c is not None else None
-# Frame numbers by function name, for user (False) and kernel (True) frames.
-_NAME_NO: dict[bool, dict[str, int]] = {False: {}, True: {}}
-
-
-def _name_no(name: str, kernel: bool) -> int:
-    """The frame number of a function name (the frame's kind as :func:`_frame` decides it)."""
-    n = _NAME_NO[kernel].get(name)
-    if n is None:
-        n = _NAME_NO[kernel][name] = _frame_no(_frame(name, kernel))
-    return n
-
-
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
-    """Index of each ``wanted`` id in ``ids`` (-1 when absent); None when ``ids`` repeat.
-
-    Repeated ids are legal protobuf (the library keeps the last); they are
-    left to it.
-    """
-    if not len(ids):
-        return np.full(len(wanted), -1, np.int64)
-    order = np.argsort(ids)
-    srt = ids[order]
-    if len(srt) > 1 and bool((srt[1:] == srt[:-1]).any()):
-        return None
-    pos = np.minimum(np.searchsorted(srt, wanted), len(srt) - 1)
-    return np.where(srt[pos] == wanted, order[pos], -1)
-
-
-def _decode_compiled(raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
-    """The decode through ``stacks._pprof_c``, or None to leave it to the other readers."""
-    assert _pprof_c is not None and _INDEX is not None
-    t = _pprof_c.scan(raw)
-    if t is None:
-        return None
+def _compiled_head(t: dict[str, Any], column: int | None) -> tuple[_Head, list[str]] | None:
+    """The head (without locations) and the strings of a compiled scan; None to leave it to the others."""
     strings: list[str] = t["strings"]
-    n_strings = len(strings)
-    if not n_strings or strings[0] != "":
+    if not strings or strings[0] != "":
         return None  # an empty or malformed string table: the library has the rules
-
-    def s(i: int, what: str) -> str:
-        if 0 <= i < n_strings:
-            return strings[i]
-        raise _bad(f"{what} refers to string {i}, but string_table has {n_strings} entries")
-
+    s = _string_getter(strings)
     try:
         types = [(s(a, "sample_type.type"), s(u, "sample_type.unit")) for a, u in t["types"]]
         period_type = s(t["period_type"], "period_type.type") if t["period_type"] >= 0 else ""
@@ -835,87 +386,22 @@ def _decode_compiled(raw: bytes, table: StackTable, column: int | None = None) -
         default_type = s(t["default_sample_type"], "default_sample_type")
     except InputError:
         return None
-    starts, ends = t["sample_start"], t["sample_end"]
-    n = len(starts)
-    if n and not types:
+    if len(t["sample_start"]) and not types:
         return None
     if column is not None and not 0 <= column < len(types):
         return None  # the library names the error
     vi = _pick(types, default_type, column)
-    _bound_caches(table)
+    return _Head(s, types, vi, t["period"], period_type, period_unit, {}, None), strings
 
-    # Mappings: which are kernel ones.
-    m_file = t["mapping_file"]
-    if len(m_file) and (int(m_file.min()) < 0 or int(m_file.max()) >= n_strings):
-        return None
-    m_kernel = np.fromiter((strings[f].startswith("[kernel") for f in m_file.tolist()), bool, len(m_file))
-    # Functions: name (or system name) and its user frame number.
-    f_name, f_sys = t["function_name"], t["function_system_name"]
-    for col in (f_name, f_sys):
-        if len(col) and (int(col.min()) < 0 or int(col.max()) >= n_strings):
-            return None
-    names = [strings[a] or strings[b] for a, b in zip(f_name.tolist(), f_sys.tolist(), strict=True)]
-    nos = list(map(_NAME_NO[False].get, names))  # the loop in C: names are known after the first push
-    if None in nos:
-        nos = [n if n is not None else (_name_no(nm, False) if nm else -1) for n, nm in zip(nos, names, strict=True)]
-    user_no = np.array(nos, np.int64)
 
-    # Locations: one frame each in the usual case, found with numpy.
-    l_map, nlines, line0 = t["location_mapping"], t["location_nlines"], t["location_line0"]
-    line_fn = t["line_function"]
-    n_loc = len(l_map)
-    mi = _positions(t["mapping_id"], l_map)
-    fi_line = _positions(t["function_id"], line_fn)
-    if mi is None or fi_line is None:
-        return None
-    if bool(((mi < 0) & (l_map != 0)).any()):
-        return None  # an undefined mapping
-    kernel = np.zeros(n_loc, bool)
-    has_map = mi >= 0
-    kernel[has_map] = m_kernel[mi[has_map]]
-    single = nlines == 1
-    fi = np.full(n_loc, -1, np.int64)
-    fi[single] = fi_line[line0[single]]
-    frame_no = np.full(n_loc, -1, np.int64)
-    ok = single & (fi >= 0)
-    frame_no[ok] = user_no[fi[ok]]
-    ok &= frame_no >= 0  # a named function
-    kern = ok & kernel
-    if kern.any():
-        frame_no[kern] = [_name_no(names[f], True) for f in fi[kern].tolist()]
-    run_len = np.ones(n_loc, np.int64)
-    odd = np.flatnonzero(~ok).tolist()
-    extra: dict[int, list[int]] = {}
-    if odd:
-        # Inlined runs, unnamed functions, addresses: the rules of _head, one location at a time.
-        addr = t["location_address"]
-        mfile = [strings[f] for f in m_file.tolist()]
-        for j in odd:
-            mfile_j = mfile[mi[j]] if mi[j] >= 0 else ""
-            fallback = f"0x{int(addr[j]) & _U64:x}" if addr[j] else (mfile_j or "[unknown]")
-            run: list[str] = []
-            for q in range(int(line0[j]), int(line0[j] + nlines[j])):
-                if line_fn[q] == 0:
-                    run.append(fallback)
-                    continue
-                f = int(fi_line[q])
-                if f < 0:
-                    return None  # an undefined function
-                run.append(names[f] or fallback)
-            if not run:
-                run.append(fallback)
-            extra[j] = [_name_no(nm, bool(kernel[j])) for nm in run]  # leaf first, as lines are
-            run_len[j] = len(run)
-    if len(_FRAME_BY_NO) >= 1 << 31:
-        return None
-    run_off = np.cumsum(run_len) - run_len
-    if extra:
-        run_frames = np.repeat(frame_no, run_len)
-        for j, nos in extra.items():
-            run_frames[run_off[j] : run_off[j] + len(nos)] = nos
-    else:
-        run_frames = frame_no
-    l_id = t["location_id"]
+def _in_range(col: np.ndarray, n: int) -> bool:
+    """Every index in ``col`` is in ``range(n)``."""
+    return not len(col) or (int(col.min()) >= 0 and int(col.max()) < n)
+
+
+def _location_lut(l_id: np.ndarray) -> np.ndarray | None:
+    """Location id -> location row (-1: undefined); None for sparse, huge or repeated ids."""
+    n_loc = len(l_id)
     top = int(l_id.max()) if n_loc else -1
     if n_loc and (int(l_id.min()) < 0 or top >= 4 * n_loc + 4096):
         return None  # sparse or huge ids: the numpy reader searches instead
@@ -923,86 +409,438 @@ def _decode_compiled(raw: bytes, table: StackTable, column: int | None = None) -
     lut[l_id] = np.arange(n_loc, dtype=np.int32)
     if len(np.unique(l_id)) != n_loc:
         return None  # a location defined twice
-    i32 = np.int32
-    run_off32, run_len32, frames32 = run_off.astype(i32), run_len.astype(i32), run_frames.astype(i32)
-    got = _pprof_c.read_samples(raw, starts, ends, lut, run_off32, run_len32, frames32, len(types), vi, _INDEX)
-    if got is None:
-        return None
-    sids, vals, h1, h2, labelled = got
+    return lut
 
-    # Labelled samples: their label sets, read by the small Python reader.
-    lab_idx = np.flatnonzero(labelled).tolist()
-    lab_keys: list[tuple[tuple[int, int], ...] | None] = []
-    try:
-        for k in lab_idx:
-            _, _, labels = _read_sample(raw[starts[k] : ends[k]])
-            lab_keys.append(tuple(sorted((kk, vv) for kk, vv in labels if vv)) if labels else None)
-    except _Fallback:
-        return None
 
-    # New stacks, interned in sample order (as the library decoder does).
-    misses = np.flatnonzero(sids < 0).tolist()
-    if misses:
+def _new_index() -> Any:
+    """A compiled stack index, keyed at random (SipHash): colliding stacks cannot be prepared offline."""
+    assert _pprof_c is not None
+    return _pprof_c.StackIndex(secrets.randbits(64), secrets.randbits(64))
+
+
+class PprofDecoder:
+    """Decodes pprof bytes, keeping the caches that make repeated pushes cheap.
+
+    The caches: frames by function name; frame numbers, so that a stack is a run
+    of small ints; stack bytes -> stack id, and with the compiled reader a keyed
+    hash -> stack id index, both on the one table decoded into last (decoding into
+    another table empties them). All are bounded. A lock lets one decode at a
+    time use them, so threads may share a decoder; the aggregator keeps one in its
+    ingest tables. ``compiled=False`` (or an install without a C compiler) leaves
+    the work to the numpy and library readers: same results and errors, more CPU.
+    """
+
+    def __init__(self, *, compiled: bool = True) -> None:
+        self._lock = threading.Lock()
+        self._frames: dict[tuple[str, bool], Frame] = {}  # (name, kernel mapping) -> frame
+        self._frame_nos: dict[Frame, int] = {}
+        self._frame_by_no: list[Frame] = []
+        self._name_no: dict[bool, dict[str, int]] = {False: {}, True: {}}  # by kernel mapping
+        self._stacks: dict[bytes, int] = {}  # frame numbers (uint16 or int32 bytes) -> stack id
+        self._stacks_table: StackTable | None = None
+        self._key_narrow = True  # frame numbers fit 16 bits (until the registry passes 65,536)
+        self._index = _new_index() if compiled and BUILT else None
+        self.fast_min_samples = _FAST_MIN_SAMPLES  # below this, the library is faster than numpy
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this decoder uses the compiled reader."""
+        return self._index is not None
+
+    def decode(self, data: bytes, table: StackTable | None = None, *,
+               max_decompressed: int = DEFAULT_MAX_DECOMPRESSED, column: int | None = None) -> DecodedProfile:
+        """Decode pprof bytes (gzip or plain) into per-label-set profiles on ``table``.
+
+        ``column`` picks the sample type (value index) to read; None chooses as
+        :func:`_choose_value` does. Raises :class:`InputError` for bad gzip, bad
+        protobuf, dangling ids or a column the profile does not have.
+        """
+        raw = maybe_gunzip(bytes(data), max_decompressed)
+        table = table if table is not None else StackTable()
+        # The fast readers give up (None) on anything unusual or wrong before they
+        # touch ``table``; the library decoder then gives the result or the
+        # exact error, so all paths agree by construction.
+        with self._lock:
+            fast = self._decode_compiled(raw, table, column) if self._index is not None else None
+            if fast is None:
+                fast = self._decode_fast(raw, table, column)
+        if fast is not None:
+            return fast
+        return self._decode_library(raw, table, column)
+
+    # -- caches ----------------------------------------------------------------------------------
+    def _frame(self, name: str, kernel: bool) -> Frame:
+        """The frame for a pprof function name; ``_[k]`` or a kernel mapping makes it kernel."""
+        fr = self._frames.get((name, kernel))
+        if fr is None:
+            if len(self._frames) >= _FRAMES_MAX:
+                self._frames.clear()
+            if name.endswith(KERNEL_SUFFIX):
+                fr = Frame(name[: -len(KERNEL_SUFFIX)], Kind.KERNEL)
+            else:
+                fr = Frame(name, Kind.KERNEL if kernel else Kind.USER)
+            self._frames[(name, kernel)] = fr
+        return fr
+
+    def _frame_no(self, fr: Frame) -> int:
+        """The frame's number, assigned on first sight."""
+        n = self._frame_nos.get(fr)
+        if n is None:
+            n = self._frame_nos[fr] = len(self._frame_by_no)
+            self._frame_by_no.append(fr)
+        return n
+
+    def _name_to_no(self, name: str, kernel: bool) -> int:
+        """The frame number of a function name (the frame's kind as :meth:`_frame` decides it)."""
+        n = self._name_no[kernel].get(name)
+        if n is None:
+            n = self._name_no[kernel][name] = self._frame_no(self._frame(name, kernel))
+        return n
+
+    def _reset_frames(self) -> None:
+        """Forget every frame number, and so every cache keyed by them."""
+        for cache in (self._frame_nos, self._frame_by_no, self._stacks, *self._name_no.values()):
+            cache.clear()
+        self._key_narrow = True
+        if self._index is not None:
+            self._index.clear()
+
+    def _bound_caches(self, table: StackTable) -> None:
+        """Keep the caches bounded, and tied to the table their stack ids point into."""
+        n_index = len(self._index) if self._index is not None else 0
+        if len(self._frame_by_no) > _FRAMES_MAX or len(self._stacks) > _STACKS_MAX or n_index > _STACKS_MAX:
+            self._reset_frames()
+        if self._stacks_table is not table:
+            self._stacks.clear()
+            if self._index is not None:
+                self._index.clear()
+            self._stacks_table = table
+
+    # -- head and the library decoder ------------------------------------------------------------
+    def _head(self, p: Any, column: int | None = None) -> _Head:
+        """Strings, sample types and location frames of a parsed Profile or ProfileSplit."""
+        strings = _strings(list(p.string_table))
+        s = _string_getter(strings)
+        types = [(s(vt.type, "sample_type.type"), s(vt.unit, "sample_type.unit")) for vt in p.sample_type]
+        period = int(p.period)
+        period_type = s(p.period_type.type, "period_type.type") if p.HasField("period_type") else ""
+        period_unit = s(p.period_type.unit, "period_type.unit") if p.HasField("period_type") else ""
+        default_type = s(p.default_sample_type, "default_sample_type")
+        if p.sample and not types:
+            raise _bad("it has samples but no sample_type")
+        vi = _pick(types, default_type, column)
+        # Per-profile lookups are built once; the per-sample work is only dict hits.
+        mapping_file, functions = _symbols(p, strings, s)
+        single, multi = self._locations(p, mapping_file, functions)
+        locations = {lid: (fr,) for lid, fr in single.items()}
+        locations.update(multi)
+        # Most profiles have no inlining: then one location is one frame.
+        return _Head(s, types, vi, period, period_type, period_unit, locations, single if not multi else None)
+
+    def _locations(self, p: Any, mapping_file: dict[int, str], functions: dict[int, str]
+                   ) -> tuple[dict[int, Frame], dict[int, tuple[Frame, ...]]]:
+        """Location id -> frame for one-frame locations, and -> frames (root first) for inlined runs."""
+        frame = self._frame
+        user_mappings = {mid for mid, f in mapping_file.items() if not f.startswith("[kernel")}
+        user_mappings.add(0)
+        # The frame of a named function outside the kernel mapping, by function id.
+        user_frames = {fid: frame(name, False) for fid, name in functions.items() if name}
+        single: dict[int, Frame] = {}
+        multi: dict[int, tuple[Frame, ...]] = {}
+        for loc in p.location:
+            lines = loc.line
+            if len(lines) == 1 and loc.mapping_id in user_mappings:
+                fr = user_frames.get(lines[0].function_id)
+                if fr is not None:  # the common case: one named, non-kernel function
+                    single[loc.id] = fr
+                    continue
+            names, kernel = _location_names(loc, mapping_file, functions)
+            if len(names) == 1:
+                single[loc.id] = frame(names[0], kernel)
+            else:
+                # line[0] is the innermost inlined frame; root first means reversed.
+                multi[loc.id] = tuple(frame(n, kernel) for n in reversed(names))
+        return single, multi
+
+    def _decode_library(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile:
+        """The reference decoder: every field through the protobuf library.
+
+        Used for profiles the fast readers decline (odd encodings, malformed
+        input) and, in the tests, as the oracle the fast readers must equal.
+        """
+        p = _parse_library(raw)
+        head = self._head(p, column)
+        groups = _library_groups(p, head, table)
+        divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
+        series = _library_series(groups, head.s, table, divisor)
+        return _decoded(head, series, int(p.time_nanos), int(p.duration_nanos))
+
+    # -- the numpy reader ------------------------------------------------------------------------
+    def _decode_fast(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
+        """The decode with samples read by hand (stacks._pprof_read), or None to leave it to the library."""
+        try:
+            p = _proto.ProfileSplit.FromString(raw)
+            samples = list(p.sample)
+            n = len(samples)
+            if n < self.fast_min_samples:
+                return None  # below this, numpy's fixed cost per call makes the library faster
+            head = self._head(p, column)
+        except (DecodeError, RecursionError, ValueError):  # InputError is a ValueError
+            return None
+        try:
+            fast, f_first, locs_all, fvals = scan_samples(samples, len(head.types), head.vi)
+        except Fallback:
+            return None
+        self._bound_caches(table)
+        lids, flat, run_len, run_off = self._location_runs(head)
+        fast_idx = np.flatnonzero(fast)
+        li = location_rows(lids, locs_all)
+        if li is None:
+            return None
+        fnos, fbound = sample_frames(flat, run_len, run_off, li, f_first, len(fast_idx))
+        keys, code = self._stack_keys(fnos, fbound)
+        fsids = list(map(self._stacks.get, keys))
+        # Samples of other shapes (labels, unpacked ids), read one by one.
+        odd = _read_odd_samples(samples, np.flatnonzero(~fast).tolist(), head)
+        if odd is None:
+            return None
+        sids, vals = self._intern_fast(table, n, fast_idx, fvals, keys, code, fsids, odd)
+        # Label groups: 0 is "no labels"; others in order of their first positive sample.
+        gcode, keys_by_code = group_codes(n, ((k, v, key) for k, _, v, key in odd))
+        divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
+        series = label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
+        return None if series is None else _decoded(head, series, int(p.time_nanos), int(p.duration_nanos))
+
+    def _location_runs(self, head: _Head) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Location ids -> runs of frame numbers (leaf first), as arrays.
+
+        Returns (sorted location ids, all runs' frame numbers concatenated, each
+        run's length, each run's offset), row r of the arrays being ``lids[r]``.
+        """
+        loc_frames = head.locations
+        lids = np.fromiter(loc_frames, np.uint64, len(loc_frames))
+        order = np.argsort(lids)
+        lids = lids[order]
+        runs = [loc_frames[lid] for lid in lids.tolist()]
+        run_len = np.fromiter(map(len, runs), np.int64, len(runs))
+        frames = list(map(_RUN0, runs)) if head.single is not None else [f for r in runs for f in reversed(r)]
+        nums = list(map(self._frame_nos.get, frames))
+        if None in nums:
+            nums = list(map(self._frame_no, frames))
+        flat = np.array(nums, np.int64)
+        run_off = np.cumsum(run_len) - run_len
+        return lids, flat, run_len, run_off
+
+    def _stack_keys(self, fnos: np.ndarray, fbound: np.ndarray) -> tuple[list[bytes], str]:
+        """Each sample's frame numbers as bytes (the key of the stack cache), and their struct code."""
+        # Narrow keys hash faster; the width only changes when the cache is cleared.
+        code, width = ("H", 2) if len(self._frame_by_no) < 65536 and self._key_narrow else ("i", 4)
+        if width == 4 and self._key_narrow:
+            self._key_narrow = False
+            self._stacks.clear()
+        fb = fnos.astype(np.uint16 if width == 2 else np.int32).tobytes()
+        b4 = (fbound * width).tolist()
+        return [fb[x:y] for x, y in pairwise(b4)], code
+
+    def _intern_fast(
+        self, table: StackTable, n: int, fast_idx: np.ndarray, fvals: np.ndarray, keys: list[bytes], code: str,
+        fsids: list[int | None], odd: list[tuple[int, tuple[Frame, ...], int, LabelKey | None]],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every sample's stack id and value, new stacks interned in sample order.
+
+        ``fsids`` are the cached ids of the numpy-read samples (None: new), ``odd``
+        the other samples. Everything is read and checked by now; interning in
+        sample order, as the library decoder does, leaves the same table behind.
+        """
         intern = table.intern
-        by_no = _FRAME_BY_NO.__getitem__
-        index = _INDEX
+        by_no = self._frame_by_no.__getitem__
+        cache = self._stacks
+        sids = np.empty(n, np.int64)
+        vals = np.empty(n, np.int64)
+        nf = len(fast_idx)
+        if nf:
+            vals[fast_idx] = fvals
+        misses = [j for j, sid in enumerate(fsids) if sid is None]
+        odd_sids = [0] * len(odd)
+        if not odd:
+            for j in misses:
+                key = keys[j]
+                fsids[j] = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
+        else:
+            todo = [(int(fast_idx[j]), j) for j in misses] + [(k, -1 - m) for m, (k, _, _, _) in enumerate(odd)]
+            todo.sort()
+            for _, j in todo:
+                if j >= 0:
+                    key = keys[j]
+                    fsids[j] = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
+                else:
+                    odd_sids[-1 - j] = intern(odd[-1 - j][1])
+        if nf:
+            sids[fast_idx] = np.array(fsids, np.int64)
+        for m, (k, _, v, _) in enumerate(odd):
+            sids[k] = odd_sids[m]
+            vals[k] = v
+        return sids, vals
+
+    # -- the compiled reader ---------------------------------------------------------------------
+    def _decode_compiled(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
+        """The decode through ``stacks._pprof_c``, or None to leave it to the other readers."""
+        assert _pprof_c is not None and self._index is not None
+        t = _pprof_c.scan(raw)
+        if t is None:
+            return None
+        got_head = _compiled_head(t, column)
+        if got_head is None:
+            return None
+        head, strings = got_head
+        self._bound_caches(table)
+        runs = self._compiled_runs(t, strings)
+        if runs is None:
+            return None
+        lut = _location_lut(t["location_id"])
+        if lut is None:
+            return None
+        starts, ends = t["sample_start"], t["sample_end"]
+        got = _pprof_c.read_samples(raw, starts, ends, lut, *runs, len(head.types), head.vi, self._index)
+        if got is None:
+            return None
+        sids, vals, h1, h2, labelled = got
+        # Labelled samples: their label sets, read by the small Python reader.
+        lab_idx = np.flatnonzero(labelled).tolist()
+        lab_keys = label_keys(raw, starts, ends, lab_idx)
+        if lab_keys is None:
+            return None
+        self._intern_misses(raw, table, sids, h1, h2, starts, ends, (lut, *runs))
+        gcode, keys_by_code = group_codes(
+            len(starts), ((k, vals[k], key) for k, key in zip(lab_idx, lab_keys, strict=True)))
+        divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
+        series = label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
+        return None if series is None else _decoded(head, series, t["time_nanos"], t["duration_nanos"])
+
+    def _function_numbers(self, t: dict[str, Any], strings: list[str]) -> tuple[list[str], np.ndarray] | None:
+        """Each function's name (or system name) and its user frame number (-1: unnamed)."""
+        f_name, f_sys = t["function_name"], t["function_system_name"]
+        if not (_in_range(f_name, len(strings)) and _in_range(f_sys, len(strings))):
+            return None
+        names = [strings[a] or strings[b] for a, b in zip(f_name.tolist(), f_sys.tolist(), strict=True)]
+        nos = list(map(self._name_no[False].get, names))  # the loop in C: names are known after the first push
+        if None in nos:
+            nos = [n if n is not None else (self._name_to_no(nm, False) if nm else -1)
+                   for n, nm in zip(nos, names, strict=True)]
+        return names, np.array(nos, np.int64)
+
+    def _compiled_runs(self, t: dict[str, Any], strings: list[str]) -> tuple[np.ndarray, ...] | None:
+        """Every location as a run of frame numbers (leaf first): int32 (offset, length, frames) arrays."""
+        m_file = t["mapping_file"]
+        if not _in_range(m_file, len(strings)):
+            return None
+        m_kernel = np.fromiter((strings[f].startswith("[kernel") for f in m_file.tolist()), bool, len(m_file))
+        fns = self._function_numbers(t, strings)
+        if fns is None:
+            return None
+        names, user_no = fns
+        located = self._location_numbers(t, names, user_no, m_kernel)
+        if located is None:
+            return None
+        frame_no, kernel, odd, mi, fi_line = located
+        run_len = np.ones(len(frame_no), np.int64)
+        extra: dict[int, list[int]] = {}
+        if odd:
+            mfile = [strings[f] for f in m_file.tolist()]
+            for j in odd:
+                run = _odd_run(t, j, mfile[mi[j]] if mi[j] >= 0 else "", fi_line, names)
+                if run is None:
+                    return None  # an undefined function
+                extra[j] = [self._name_to_no(nm, bool(kernel[j])) for nm in run]  # leaf first, as lines are
+                run_len[j] = len(run)
+        if len(self._frame_by_no) >= 1 << 31:
+            return None
+        run_off = np.cumsum(run_len) - run_len
+        if extra:
+            run_frames = np.repeat(frame_no, run_len)
+            for j, nos in extra.items():
+                run_frames[run_off[j] : run_off[j] + len(nos)] = nos
+        else:
+            run_frames = frame_no
+        i32 = np.int32
+        return run_off.astype(i32), run_len.astype(i32), run_frames.astype(i32)
+
+    def _location_numbers(
+        self, t: dict[str, Any], names: list[str], user_no: np.ndarray, m_kernel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray, np.ndarray] | None:
+        """The frame number of every one-frame location with a named function, found with numpy.
+
+        Returns (frame number per location, -1 for the others; kernel mapping per
+        location; the other locations; mapping row per location; function row per
+        line); None for repeated ids or an undefined mapping.
+        """
+        l_map, nlines, line0 = t["location_mapping"], t["location_nlines"], t["location_line0"]
+        n_loc = len(l_map)
+        mi = positions(t["mapping_id"], l_map)
+        fi_line = positions(t["function_id"], t["line_function"])
+        if mi is None or fi_line is None:
+            return None
+        if bool(((mi < 0) & (l_map != 0)).any()):
+            return None  # an undefined mapping
+        kernel = np.zeros(n_loc, bool)
+        has_map = mi >= 0
+        kernel[has_map] = m_kernel[mi[has_map]]
+        single = nlines == 1
+        fi = np.full(n_loc, -1, np.int64)
+        fi[single] = fi_line[line0[single]]
+        frame_no = np.full(n_loc, -1, np.int64)
+        ok = single & (fi >= 0)
+        frame_no[ok] = user_no[fi[ok]]
+        ok &= frame_no >= 0  # a named function
+        kern = ok & kernel
+        if kern.any():
+            frame_no[kern] = [self._name_to_no(names[f], True) for f in fi[kern].tolist()]
+        return frame_no, kernel, np.flatnonzero(~ok).tolist(), mi, fi_line
+
+    def _intern_misses(self, raw: bytes, table: StackTable, sids: np.ndarray, h1: np.ndarray, h2: np.ndarray,
+                       starts: np.ndarray, ends: np.ndarray, runs: tuple[np.ndarray, ...]) -> None:
+        """Fill in the ids of the stacks the index did not know, interned in sample order.
+
+        ``runs`` is (location lut, run offsets, run lengths, run frames), as read_samples had them.
+        """
+        assert _pprof_c is not None and self._index is not None
+        misses = np.flatnonzero(sids < 0).tolist()
+        if not misses:
+            return
+        intern = table.intern
+        by_no = self._frame_by_no.__getitem__
+        index = self._index
         frames_of = _pprof_c.sample_frames
         h1l, h2l = h1[misses].tolist(), h2[misses].tolist()
         sl, el = starts[misses].tolist(), ends[misses].tolist()
         for m, j in enumerate(misses):
             sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
             if sid < 0:
-                nos = frames_of(raw, sl[m], el[m], lut, run_off32, run_len32, frames32)
+                nos = frames_of(raw, sl[m], el[m], *runs)
                 sid = intern(tuple(map(by_no, nos)))
                 index.insert(h1l[m], h2l[m], sid)
             sids[j] = sid
 
-    gcode = np.zeros(n, np.int64)
-    keys_by_code: list[tuple[tuple[int, int], ...]] = [()]
-    if lab_idx:
-        code_of: dict[tuple[tuple[int, int], ...], int] = {(): 0}
-        for k, key in zip(lab_idx, lab_keys, strict=True):
-            if key and vals[k] > 0:
-                c = code_of.get(key)
-                if c is None:
-                    c = code_of[key] = len(keys_by_code)
-                    keys_by_code.append(key)
-                gcode[k] = c
-    period = t["period"]
-    divisor = divisor_of(types, vi, period, period_unit)
-    series = _label_series(table, s, sids, vals, gcode, keys_by_code, divisor)
-    if series is None:
-        return None
-    sample_type, unit = types[vi] if types else ("", "")
-    return DecodedProfile(series, sample_type, unit, period, period_type, t["time_nanos"], t["duration_nanos"],
-                          period_unit, tuple(types))
 
-
-def _summed(table: StackTable, sids: np.ndarray, vals: np.ndarray, divisor: int) -> Profile | None:
-    """Values summed per stack and turned into sample counts; None when int64 could overflow."""
-    if not len(vals):
-        return None
-    if int(vals.max()) > ((1 << 63) - 1 - max(divisor, 0)) // len(vals):
-        return None
-    order = np.argsort(sids)  # a sum per id: any order of equal ids will do
-    ss = sids[order]
-    bounds = np.flatnonzero(np.concatenate(([True], ss[1:] != ss[:-1])))
-    sums = np.add.reduceat(vals[order], bounds)
-    if divisor > 0:
-        sums = np.maximum((sums + divisor // 2) // divisor, 1)
-    return Profile(table, ss[bounds], sums)
-
-
-def _to_samples(values: list[int], period: int) -> list[int]:
-    """Summed positive values to sample counts: round(value / period), at least 1.
-
-    Exact integer arithmetic (Python ints), rounding halves up; ``period <= 0``
-    keeps the raw values.
-    """
-    if period <= 0:
-        return values
-    half = period // 2
-    return [(v + half) // period or 1 for v in values]
+def _odd_run(t: dict[str, Any], j: int, mfile: str, fi_line: np.ndarray, names: list[str]) -> list[str] | None:
+    """The function names (leaf first) of location row ``j`` of a compiled scan, by the rules of
+    :func:`_location_names` (inlined runs, unnamed functions, addresses); None for an undefined function."""
+    addr = t["location_address"][j]
+    fallback = f"0x{int(addr) & U64:x}" if addr else (mfile or "[unknown]")
+    line_fn = t["line_function"]
+    run: list[str] = []
+    first = int(t["location_line0"][j])
+    for q in range(first, first + int(t["location_nlines"][j])):
+        if line_fn[q] == 0:
+            run.append(fallback)
+            continue
+        f = int(fi_line[q])
+        if f < 0:
+            return None
+        run.append(names[f] or fallback)
+    if not run:
+        run.append(fallback)
+    return run
 
 
 def encode_pprof(

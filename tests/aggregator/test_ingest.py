@@ -73,3 +73,12 @@ def test_ingest_time_is_midpoint_and_units() -> None:
     assert d.items[0][1] == 1_700_000_000  # milliseconds
     d = decode_ingest({"name": "a"}, b"m 1\n", tables, 1 << 20)
     assert d.items[0][1] is None  # arrival time
+
+
+def test_ingest_tables_own_their_pprof_decoder() -> None:
+    """The decoder caches live in the tables (one per aggregator), chosen compiled or not at creation."""
+    from stacks import compiled
+
+    on, off = IngestTables(), IngestTables(compiled=False)
+    assert on.pprof is not off.pprof and on.pprof is on.pprof
+    assert on.in_use() == compiled.chosen(True) and off.in_use() == {"pprof": False, "folded": False}

@@ -37,7 +37,7 @@ def need() -> Any:
 
 def test_extension_is_built() -> None:
     need()
-    assert folded.COMPILED and compiled.built() == {"pprof": True, "folded": True}
+    assert folded.BUILT and compiled.built() == {"pprof": True, "folded": True}
 
 
 # -- SipHash ----------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_differential(steps: list[bytes | None], limit: int) -> None:
 def test_aggregator_matches_pure(steps: list[bytes]) -> None:
     """parse_folded with the compiled index vs the pre-extension code, across table swaps (limit 4)."""
     need()
-    ours, ref = IngestTables(limit=4), IngestTables(limit=4)
+    ours, ref = IngestTables(limit=4, compiled=True), IngestTables(limit=4)
     for body in steps * 2:
         def reference(b: bytes = body) -> Any:
             # The table is renewed (past its limit) when a request starts, before its body is
@@ -347,9 +347,7 @@ def test_aggregator_matches_pure(steps: list[bytes]) -> None:
                 raise InputError(f"folded body is not UTF-8 text (byte {e.start}): send 'a;b;c 42' lines") from None
             return folded.parse_counted(text, table, cache=ref.lines, cache_limit=ref.limit)
 
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(folded, "COMPILED", True)
-            got = _ingest_outcome(lambda b=body: parse_folded(b, ours))
+        got = _ingest_outcome(lambda b=body: parse_folded(b, ours))
         assert got == _ingest_outcome(reference)
         assert isinstance(ours.index, _folded_c.StackIndex) and ours.index.table is ours.table
         assert [ours.table.stack(i) for i in range(len(ours.table))] == [
@@ -369,10 +367,9 @@ def _ingest_outcome(fn: Any) -> tuple[Any, ...]:
 
 
 # -- the aggregator's tables --------------------------------------------------------------------
-def test_ingest_tables_index_follows_table_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ingest_tables_index_follows_table_swap() -> None:
     need()
-    monkeypatch.setattr(folded, "COMPILED", True)
-    tables = IngestTables(limit=3)
+    tables = IngestTables(limit=3, compiled=True)
     first = tables.current()
     p, n = parse_folded(b"a 1\nb 1\nc 1\nd 1\n", tables)
     assert n == 4 and isinstance(tables.index, _folded_c.StackIndex)
@@ -384,10 +381,9 @@ def test_ingest_tables_index_follows_table_swap(monkeypatch: pytest.MonkeyPatch)
     assert tables.folded_index().table is tables.table  # type: ignore[union-attr]
 
 
-def test_pure_fallback_through_the_aggregator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the extension (or with the switch), parse_folded decodes and uses the dict cache."""
-    monkeypatch.setattr(folded, "COMPILED", False)
-    tables = IngestTables(limit=3)
+def test_pure_fallback_through_the_aggregator() -> None:
+    """Without the extension (or with compiled=False), parse_folded decodes and uses the dict cache."""
+    tables = IngestTables(limit=3, compiled=False)
     for _ in range(2):
         p, n = parse_folded(b"a;b 1\r\nc_[k] 2\n\n", tables)
         assert n == 2 and p.as_dict() == {(Frame("a"), Frame("b")): 1, (Frame("c", K),): 2}
@@ -399,15 +395,15 @@ def test_pure_fallback_through_the_aggregator(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_switch_turns_both_compiled_readers_off_and_on() -> None:
-    """stacks.compiled.use (flamewatch serve --compiled-readers false) without a rebuild."""
+    """IngestTables(compiled=...) (flamewatch serve --compiled-readers false) without a rebuild."""
     need()
-    try:
-        assert compiled.use(False) == {"pprof": False, "folded": False}
-        t = IngestTables()
-        assert parse_folded(b"a 1\n", t)[1] == 1
-        assert folded.new_index(t.table) is None and t.index is None and t.lines == {"a": 0}
-    finally:
-        assert compiled.use(True) == {"pprof": True, "folded": True}
+    assert compiled.chosen(False) == {"pprof": False, "folded": False}
+    t = IngestTables(compiled=False)
+    assert t.in_use() == {"pprof": False, "folded": False} and not t.pprof.compiled
+    assert parse_folded(b"a 1\n", t)[1] == 1
+    assert folded.new_index(t.table, compiled=False) is None and t.index is None and t.lines == {"a": 0}
+    assert compiled.chosen(True) == {"pprof": True, "folded": True}
     t = IngestTables()
+    assert t.in_use() == {"pprof": True, "folded": True} and t.pprof.compiled
     assert parse_folded(b"a 1\n", t)[1] == 1
     assert isinstance(t.index, _folded_c.StackIndex) and not t.lines

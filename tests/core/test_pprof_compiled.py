@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from stacks import pprof
 from stacks.model import Frame, Kind, Profile, StackTable
-from stacks.pprof import _decode_compiled, _decode_library, decode_pprof, encode_pprof
+from stacks.pprof import DecodedProfile, PprofDecoder, encode_pprof
 from tests.core.test_pprof_fast import _same, _varint, wire_profiles
 
 # ``pip install -e .`` builds the extension (CI does); a missing one is a broken install.
@@ -28,13 +28,23 @@ except ImportError as e:  # pragma: no cover - only on a broken install
 
 DENSE = [0, 0, 1000]  # location ids the compiled reader indexes directly
 
+# One decoder for the whole module, so its caches and stack index carry across decodes and tests.
+DEC = PprofDecoder()
+_decode_compiled = DEC._decode_compiled
+_decode_library = DEC._decode_library
+
+
+def decode_pprof(data: bytes, table: StackTable | None = None) -> DecodedProfile:
+    """:func:`stacks.pprof.decode_pprof` with :data:`DEC`."""
+    return pprof.decode_pprof(data, table, decoder=DEC)
+
 
 def _tables_equal(a: StackTable, b: StackTable) -> None:
     assert [a.stack(i) for i in range(len(a))] == [b.stack(i) for i in range(len(b))]
 
 
 def test_the_extension_is_built_and_used() -> None:
-    assert pprof._pprof_c is _pprof_c and pprof._INDEX is not None
+    assert pprof._pprof_c is _pprof_c and pprof.BUILT and DEC.compiled and DEC._index is not None
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300, deadline=None)
@@ -102,7 +112,7 @@ def test_agent_sized_profile_round_trips_through_the_compiled_reader() -> None:
     n = len(table)
     again = _decode_compiled(raw, table)  # every stack from the index, nothing new interned
     assert again is not None and again.merged() == prof and len(table) == n
-    assert len(pprof._INDEX) >= len(prof)
+    assert len(DEC._index) >= len(prof)
 
 
 def test_sample_labels_split_series_like_the_library() -> None:
@@ -123,7 +133,7 @@ def test_frame_registry_reset_clears_the_index(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(pprof, "_FRAMES_MAX", 10)  # the next decode resets the registry
     assert _decode_compiled(rb, table).merged() == b  # type: ignore[union-attr]
     assert _decode_compiled(ra, table).merged() == a  # type: ignore[union-attr]
-    assert len(pprof._FRAME_BY_NO) < 700
+    assert len(DEC._frame_by_no) < 700
 
 
 def test_index_insert_lookup_grow_clear() -> None:
@@ -177,3 +187,13 @@ def test_scan_reads_the_tables() -> None:
     assert _pprof_c.scan(b"\x10" + b"\xff" * 3) is None
     assert _pprof_c.scan(b"\x00\x01") is None
     assert _pprof_c.scan(b"\x60" + _varint(-1)) is not None  # a negative period is legal int64
+
+
+def test_decoders_keep_their_own_caches() -> None:
+    """No process-wide state: a decode fills only its own decoder's caches and index."""
+    a, b, off = PprofDecoder(), PprofDecoder(), PprofDecoder(compiled=False)
+    raw = encode_pprof(_profile(100, 8, seed=4))
+    assert a.decode(raw).merged() == off.decode(raw).merged()
+    assert len(a._index) > 0 and a._frame_by_no
+    assert len(b._index) == 0 and not b._frame_by_no and not b._frames
+    assert not off.compiled and off._index is None

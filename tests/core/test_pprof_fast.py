@@ -12,29 +12,37 @@ the same stack table; on broken bytes, the same result or the same error.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stacks import pprof
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, Labels, Profile, StackTable
-from stacks.pprof import _decode_fast, _decode_library, decode_pprof, encode_pprof
+from stacks.pprof import encode_pprof
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_path_for_small_profiles() -> Iterator[None]:
-    """Small profiles normally go to the library; here every profile takes the numpy reader.
+def _numpy_decoder() -> pprof.PprofDecoder:
+    """A decoder on which every profile, small ones too, takes the numpy reader.
 
-    The compiled reader is switched off too (it is tested in test_pprof_compiled.py), so these
-    tests cover the path an install without a C compiler takes.
+    Small profiles normally go to the library. The compiled reader is off too (it is tested in
+    test_pprof_compiled.py), so these tests cover the path an install without a C compiler takes.
     """
-    saved = pprof._FAST_MIN_SAMPLES, pprof._INDEX
-    pprof._FAST_MIN_SAMPLES, pprof._INDEX = 0, None
-    yield
-    pprof._FAST_MIN_SAMPLES, pprof._INDEX = saved
+    dec = pprof.PprofDecoder(compiled=False)
+    dec.fast_min_samples = 0
+    return dec
+
+
+# One decoder for the whole module, so its caches carry across decodes and tests.
+DEC = _numpy_decoder()
+_decode_fast = DEC._decode_fast
+_decode_library = DEC._decode_library
+
+
+def decode_pprof(data: bytes, table: StackTable | None = None, **kw: Any) -> pprof.DecodedProfile:
+    """:func:`stacks.pprof.decode_pprof` with :data:`DEC`."""
+    return pprof.decode_pprof(data, table, decoder=DEC, **kw)
 
 
 def _varint(x: int) -> bytes:
