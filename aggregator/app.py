@@ -130,7 +130,8 @@ async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str
 
 def _all_dropped(answer: dict[str, Any]) -> web.Response | None:
     """422 when a push carried data and none of it was stored (e.g. all older than retention)."""
-    if answer["not_stored"] and not answer["stored"]:
+    if answer["not_stored"] and not answer["stored"] and all(
+            x["reason"] in ingest.REFUSED for x in answer["not_stored"]):
         return web.json_response({"error": answer["warning"], **answer}, status=422)
     return None
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stacks import folded
+from stacks.delta import BASELINE, DELTA_LABEL, RESET, CumulativeDeltas, needs_delta
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
@@ -58,6 +59,8 @@ class IngestTables:
     index: folded.StackIndex | None = None
     compiled: bool = True
     pprof: PprofDecoder = field(init=False, repr=False)
+    # Highest values of each series' cumulative (running-total) profiles, for server-side deltas.
+    deltas: CumulativeDeltas = field(default_factory=CumulativeDeltas, repr=False)
 
     def __post_init__(self) -> None:
         self.pprof = PprofDecoder(compiled=self.compiled)
@@ -89,6 +92,17 @@ class Decoded:
     items: list[Item]
     lines: int = 0  # stack lines / pprof samples merged
     skipped: dict[str, int] = field(default_factory=dict)
+    # (reason, profile type id) -> amount accepted but not stored (cumulative baselines)
+    not_stored: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add(self, other: Decoded) -> None:
+        """Take in another request part's items and counts."""
+        self.items.extend(other.items)
+        self.lines += other.lines
+        for k, v in other.skipped.items():
+            self.skipped[k] = self.skipped.get(k, 0) + v
+        for key, n in other.not_stored.items():
+            self.not_stored[key] = self.not_stored.get(key, 0) + n
 
 
 def typed(labels: Labels, ptype: ProfileType, period: int | None) -> Labels:
@@ -202,11 +216,15 @@ def decode_ingest(
 
 # -- pprof / push ------------------------------------------------------------------------------
 def _from_pprof(
-    base: Labels, raw: bytes, t: float | None, tables: IngestTables, max_decompressed: int, name: str | None
+    base: Labels, raw: bytes, t: float | None, tables: IngestTables, max_decompressed: int, name: str | None,
+    delta: str | None = "false",
 ) -> Decoded:
     """Every sample type (column) of one pprof as its own profile type.
 
     ``name`` is the push's ``__name__`` (None on ``/ingest``: Pyroscope's rule by sample types).
+    ``delta`` is the push's ``__delta__`` label: unless ``"false"``, Go's cumulative allocation
+    columns are differenced against the series' last push (:mod:`stacks.delta`); ``/ingest``
+    bodies are deltas already (Pyroscope's ingest adapter sets ``__delta__="false"``).
     """
     raw = maybe_gunzip(raw, max_decompressed)  # once, not once per column
     decode = tables.pprof.decode
@@ -228,22 +246,41 @@ def _from_pprof(
             ptype = WALL
         d = first if col == chosen else decode(raw, tables.current(), max_decompressed=max_decompressed, column=col)
         series_base = typed(base, ptype, period_ns(ptype, first.period))
+        cumulative = needs_delta(ptype, delta)
         for sample_labels, profile in d.series:
             labels = series_base
             if sample_labels:
                 extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
                 labels = Labels.of({**extra, **dict(series_base.items_)}) if extra else series_base
+            if cumulative:
+                got = _difference(tables, labels, profile, ptype, out)
+                if got is None:
+                    continue
+                profile = got
             out.items.append((labels, t, profile))
             out.lines += len(profile)
     return out
 
 
-def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str]:
+def _difference(tables: IngestTables, labels: Labels, profile: Profile, ptype: ProfileType,
+                out: Decoded) -> Profile | None:
+    """The growth of a cumulative profile since the series' last push; None (counted in
+    ``out.not_stored``) when this push only sets the baseline, or when nothing grew."""
+    got, why = tables.deltas.delta(labels, profile)
+    if got is None:
+        key = (why, ptype.id)
+        out.not_stored[key] = out.not_stored.get(key, 0) + profile.total
+        return None
+    return got if len(got) else None
+
+
+def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str, str | None]:
+    """A push series' labels without the reserved ones, its ``__name__`` and its ``__delta__``."""
     d = dict(pairs)
-    name = d.get("__name__", "")
+    name, delta = d.get("__name__", ""), d.get(DELTA_LABEL)
     for k in DROPPED_LABELS:
         d.pop(k, None)
-    return Labels.of(d), name
+    return Labels.of(d), name, delta
 
 
 def decode_push(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
@@ -279,20 +316,17 @@ def _decode_series(
 ) -> Decoded:
     out = Decoded([])
     for i, (pairs, profiles) in enumerate(series):
-        labels, name = _series_labels(pairs)
+        labels, name, delta = _series_labels(pairs)
         if "service_name" not in labels:
             raise InputError(
                 f"push series {i} has no service_name label: set the application name in the SDK"
             )
         for j, rawp in enumerate(profiles):
             try:
-                d = _from_pprof(labels, rawp, None, tables, max_decompressed, name or None)
+                d = _from_pprof(labels, rawp, None, tables, max_decompressed, name or None, delta)
             except InputError as e:
                 raise e.within(f"push series {i} sample {j}") from None
-            out.items.extend(d.items)
-            out.lines += d.lines
-            for k, v in d.skipped.items():
-                out.skipped[k] = out.skipped.get(k, 0) + v
+            out.add(d)
     return out
 
 
@@ -302,11 +336,14 @@ def answer(placed: Any, decoded: Decoded, retention_seconds: int) -> dict[str, A
     ``placed`` is :class:`aggregator.windows.Placed`. ``not_stored`` lists every amount that
     was accepted but not kept; ``warning`` says the same in a sentence (empty when all was kept).
     """
+    dropped = dict(placed.dropped_by_type)
+    for key, n in decoded.not_stored.items():
+        dropped[key] = dropped.get(key, 0) + n
     not_stored = [
         {"reason": reason, "profile_type": ptype, "unit": _unit(ptype), "amount": n}
-        for (reason, ptype), n in sorted(placed.dropped_by_type.items())
+        for (reason, ptype), n in sorted(dropped.items())
     ]
-    why = {"older_than_retention": f"older than the retention of {retention_seconds} s"}
+    why = {"older_than_retention": f"older than the retention of {retention_seconds} s", **_DELTA_WHY}
     warning = "; ".join(
         f"{x['amount']} {x['unit']} of {x['profile_type']} not stored: {why.get(x['reason'], x['reason'])}"
         for x in not_stored
@@ -316,6 +353,16 @@ def answer(placed: Any, decoded: Decoded, retention_seconds: int) -> dict[str, A
         "windows": sorted(placed.windows), "dropped": placed.dropped, "skipped": decoded.skipped,
         "stored": dict(sorted(placed.by_type.items())), "not_stored": not_stored, "warning": warning,
     }  # fmt: skip
+
+
+# Reasons a 2xx answer gives for amounts it kept only as a cumulative baseline.
+_DELTA_WHY = {
+    BASELINE: "first running-total (cumulative) profile of its series, kept as the baseline the next "
+              "push is differenced from; send __delta__=false if the SDK already sends deltas",
+    RESET: "values fell below the last push (the process restarted), kept as the new baseline",
+}
+# Reasons that refuse data: a push whose every amount has one of these gets a 422.
+REFUSED = frozenset({"older_than_retention"})
 
 
 def _unit(type_id: str) -> str:

@@ -35,8 +35,9 @@ async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
     await c.close()
 
 
-def heap_pprof(time_nanos: int = int(W * 1e9)) -> bytes:
-    """A Go-style heap pprof: four columns, period space/bytes."""
+def heap_pprof(time_nanos: int = int(W * 1e9), grow: int = 0) -> bytes:
+    """A Go-style heap pprof: four columns, period space/bytes; ``grow`` adds to alloc_big's
+    running allocation totals (objects and bytes) as a later push of the same process would."""
     strings = ["", "alloc_objects", "count", "alloc_space", "bytes", "inuse_objects", "inuse_space", "space",
                "main", "alloc_big", "alloc_small"]
     p = _proto.Profile(period=524288, time_nanos=time_nanos)
@@ -47,13 +48,16 @@ def heap_pprof(time_nanos: int = int(W * 1e9)) -> bytes:
     for fid, name in ((1, 8), (2, 9), (3, 10)):
         p.function.add(id=fid, name=name)
         p.location.add(id=fid).line.add(function_id=fid)
-    p.sample.add(location_id=[2, 1], value=[10, 10_485_760, 2, 2_097_152])
+    p.sample.add(location_id=[2, 1], value=[10 + grow, 10_485_760 + grow * 1024, 2, 2_097_152])
     p.sample.add(location_id=[3, 1], value=[300, 38_400, 0, 0])
     return p.SerializeToString()
 
 
-async def push(client: TestClient, name: str, raw: bytes, service: str = "api") -> tuple[int, dict, object]:
-    labels = (("__name__", name), ("service_name", service))
+async def push(client: TestClient, name: str, raw: bytes, service: str = "api",
+               delta: str | None = "false") -> tuple[int, dict, object]:
+    """A Connect push; ``delta`` is its ``__delta__`` label ("false": the SDK sent deltas, as
+    godeltaprof does; None: no label, so Go's allocation columns are running totals)."""
+    labels = (("__name__", name), ("service_name", service)) + ((("__delta__", delta),) if delta else ())
     body = gzip.compress(encode_push_request([PushSeries(labels, (RawSample(raw, "1"),))]))
     r = await client.post("/push.v1.PusherService/Push", data=body,
                           headers={"Content-Type": "application/proto", "Content-Encoding": "gzip"})
@@ -115,6 +119,38 @@ async def test_heap_columns_are_types_with_units(client: TestClient) -> None:
     assert names["names"] == ["service_name"]
     _, names = await get(client, "/api/v1/labels")
     assert names["names"] == ["service_name", "zone"] and names["profile_type"] == CPU
+
+
+async def test_cumulative_allocations_are_differenced_per_series(client: TestClient) -> None:
+    """Go's alloc_* columns pushed without __delta__=false are running totals (Pyroscope's rule):
+    the first push is the baseline (200, said in the answer), later pushes store the growth;
+    in-use columns are snapshots and stored every time."""
+    status, headers, _ = await push(client, "memory", heap_pprof(), delta=None)
+    assert status == 200
+    # A PushResponse has no field for it: the header says what was kept only as a baseline.
+    note = headers["X-Flamewatch-Not-Stored"]
+    assert f"10524160 bytes of {ALLOC} not stored: first running-total (cumulative) profile" in note
+    assert "310 count of memory:alloc_objects:count:space:bytes not stored" in note
+    _, inuse = await get(client, "/api/v1/render", query=INUSE_OBJ + "{}")
+    assert inuse["total"] == 2  # in-use columns are snapshots: stored as sent
+    _, alloc = await get(client, "/api/v1/render", query=ALLOC + "{}")
+    assert alloc["total"] == 0
+    status, headers, _ = await push(client, "memory", heap_pprof(int((W + 10) * 1e9), grow=5), delta=None)
+    assert status == 200 and "X-Flamewatch-Not-Stored" not in headers
+    _, alloc = await get(client, "/api/v1/render", query=ALLOC + '{service_name="api"}')
+    assert alloc["total"] == 5 * 1024  # only the growth of alloc_big; alloc_small did not grow
+    _, objs = await get(client, "/api/v1/render", query="memory:alloc_objects:count:space:bytes{}")
+    assert objs["total"] == 5
+    _, inuse = await get(client, "/api/v1/render", query=INUSE_OBJ + "{}")
+    assert inuse["total"] == 4
+    # another service is its own series: its first push is its own baseline
+    _, headers, _ = await push(client, "memory", heap_pprof(grow=100), service="db", delta=None)
+    assert "first running-total" in headers["X-Flamewatch-Not-Stored"]
+    # a restart (values fall) is a new baseline, not a negative delta
+    _, headers, _ = await push(client, "memory", heap_pprof(int((W + 20) * 1e9)), delta=None)
+    assert "values fell below the last push" in headers["X-Flamewatch-Not-Stored"]
+    _, alloc = await get(client, "/api/v1/render", query=ALLOC + '{service_name="api"}')
+    assert alloc["total"] == 5 * 1024
 
 
 async def test_bad_type_queries_are_400(client: TestClient) -> None:
