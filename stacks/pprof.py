@@ -279,6 +279,19 @@ def _parse_library(raw: bytes) -> Any:
         ) from None
 
 
+def _repair_zero_function_ids(p: Any) -> None:
+    """Give the functions of a profile whose every function id is 0 the ids of its locations.
+
+    Some .NET profilers write one function per location, in location order, and leave every
+    function id 0, so each location's function reference dangles. Id 0 is never valid, so
+    this shape cannot mean anything else; Pyroscope reads such profiles the same way.
+    """
+    funcs, locs = p.function, p.location
+    if funcs and len(funcs) == len(locs) and all(f.id == 0 for f in funcs):
+        for f, loc in zip(funcs, locs, strict=True):
+            f.id = loc.id
+
+
 def _library_groups(p: Any, head: _Head, table: StackTable) -> dict[LabelKey, dict[int, int]]:
     """Values of the chosen column summed per (label key, stack id), stacks interned in sample order."""
     loc_single = head.single.__getitem__ if head.single is not None else None
@@ -569,6 +582,7 @@ class PprofDecoder:
         input) and, in the tests, as the oracle the fast readers must equal.
         """
         p = _parse_library(raw)
+        _repair_zero_function_ids(p)
         head = self._head(p, column)
         groups = _library_groups(p, head, table)
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)

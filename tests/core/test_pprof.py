@@ -401,3 +401,28 @@ def test_values_are_summed_before_dividing() -> None:
     p.sample.add(location_id=[1], value=[2**63 - 1])
     with pytest.raises(InputError, match="past 2\\*\\*63"):
         decode_pprof(p.SerializeToString())
+
+
+def _zero_function_ids(p: _proto.Profile) -> None:
+    """The .NET shape: one function per location, in location order, every function id 0."""
+    assert len(p.function) == len(p.location)
+    for f in p.function:
+        f.id = 0
+
+
+def test_profiles_whose_function_ids_are_all_zero_read_by_location_order() -> None:
+    prof = Profile.from_pairs([((U("Main"), U("Work"), U("Spin")), 5), ((U("Main"), U("Idle")), 2)])
+    broken = _proto.Profile.FromString(encode_pprof(prof))
+    # encode_pprof writes function i for location i with the same id: the repair's premise
+    assert [f.id for f in broken.function] == [loc.line[0].function_id for loc in broken.location]
+    _zero_function_ids(broken)
+    assert decode_pprof(broken.SerializeToString()).merged().as_dict() == prof.as_dict()
+    # not the .NET shape (a function id set, or counts differ): still a dangling reference
+    other = _proto.Profile.FromString(broken.SerializeToString())
+    other.function[0].id = 42
+    with pytest.raises(InputError, match="which is not defined"):
+        decode_pprof(other.SerializeToString())
+    fewer = _proto.Profile.FromString(broken.SerializeToString())
+    fewer.function.pop()
+    with pytest.raises(InputError, match="which is not defined"):
+        decode_pprof(fewer.SerializeToString())
