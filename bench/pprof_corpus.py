@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer
 
-from aggregator.app import create_app  # noqa: E402
-from aggregator.settings import SETTINGS  # noqa: E402
-from ground.settings import resolve  # noqa: E402
+from aggregator.app import create_app
+from aggregator.settings import SETTINGS
+from ground.settings import resolve
 
 
 def _files(folder: Path) -> list[Path]:
