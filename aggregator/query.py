@@ -138,7 +138,8 @@ async def render(store: Store, req: RenderRequest) -> Output:
         fields = await type_fields(store, req.ptype, req.sel, req.rng)
         ptype = req.ptype
         unit = "count" if ptype.as_samples and not fields["period_ns"] else ptype.sample_unit
-        subject = replace(subject, sample_type=(ptype.sample_type, unit), period_ns=fields["period_ns"] or 0)
+        subject = replace(subject, sample_type=(ptype.sample_type, unit), period_ns=fields["period_ns"] or 0,
+                          period_type=(ptype.period_type, ptype.period_unit))
     return r.output(subject)
 
 

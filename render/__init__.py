@@ -32,6 +32,7 @@ class Subject:
     compare: Profile | None = None  # a diff's compare side (folded diff)
     sample_type: tuple[str, str] = ("cpu", "nanoseconds")  # pprof only
     period_ns: int = 0  # pprof only
+    period_type: tuple[str, str] = ("cpu", "nanoseconds")  # pprof only
 
 
 class Output(NamedTuple):
@@ -85,7 +86,8 @@ def _folded(s: Subject) -> str:
 def _pprof(s: Subject) -> bytes:
     from stacks.pprof import encode_pprof
 
-    return gzip.compress(encode_pprof(_profile(s), sample_type=s.sample_type, period_nanos=s.period_ns), 6)
+    return gzip.compress(encode_pprof(_profile(s), sample_type=s.sample_type, period_nanos=s.period_ns,
+                                      period_type=s.period_type), 6)
 
 
 def _speedscope(s: Subject) -> dict[str, Any]:

@@ -865,11 +865,13 @@ def encode_pprof(
     duration_nanos: int = 0,
     sample_type: tuple[str, str] = ("cpu", "nanoseconds"),
     sample_labels: Mapping[str, str] | None = None,
+    period_type: tuple[str, str] = ("cpu", "nanoseconds"),
 ) -> bytes:
     """Encode a profile as plain (not gzipped) pprof bytes.
 
     Counts are written as ``count * period_nanos`` when the sample unit is
-    nanoseconds, else as they are. ``sample_labels`` go on every sample.
+    nanoseconds, else as they are. ``sample_labels`` go on every sample;
+    ``period_type`` is the (type, unit) the period is counted in.
     """
     strings: dict[str, int] = {"": 0}
 
@@ -881,8 +883,8 @@ def encode_pprof(
 
     p = _proto.Profile()
     p.sample_type.add(type=sx(sample_type[0]), unit=sx(sample_type[1]))
-    p.period_type.type = sx("cpu")
-    p.period_type.unit = sx("nanoseconds")
+    p.period_type.type = sx(period_type[0])
+    p.period_type.unit = sx(period_type[1])
     p.period = period_nanos
     p.time_nanos = time_nanos
     p.duration_nanos = duration_nanos

@@ -153,6 +153,25 @@ async def test_cumulative_allocations_are_differenced_per_series(client: TestCli
     assert alloc["total"] == 5 * 1024
 
 
+async def test_pprof_export_keeps_the_type_and_its_period_type(client: TestClient) -> None:
+    """render?format=pprof writes the queried type's sample and period types, so the file reads
+    back as the same type (a memory profile is not relabelled CPU)."""
+    assert (await push(client, "memory", heap_pprof()))[0] == 200
+    wall = encode_pprof(parse("main;sleep 4\n"), time_nanos=int(W * 1e9), sample_type=("wall", "nanoseconds"),
+                        period_type=("wall", "nanoseconds"))
+    assert (await push(client, "wall", wall))[0] == 200
+    for ptype, total in ((ALLOC, 10_524_160), ("wall:wall:nanoseconds:wall:nanoseconds", 4 * 10_000_000)):
+        r = await client.get(f"/api/v1/render?{RANGE}&format=pprof&profile_type={quote(ptype)}")
+        assert r.status == 200
+        p = _proto.Profile.FromString(gzip.decompress(await r.read()))
+        strings = [x.decode() for x in p.string_table]
+        got = ptype.split(":")[0] + ":" + ":".join(
+            (strings[p.sample_type[0].type], strings[p.sample_type[0].unit],
+             strings[p.period_type.type], strings[p.period_type.unit]))
+        assert got == ptype
+        assert sum(s.value[0] for s in p.sample) == total
+
+
 async def test_bad_type_queries_are_400(client: TestClient) -> None:
     status, doc = await get(client, "/api/v1/render", profile_type="cpu")
     assert status == 400 and "profile_type" in doc["error"] and "name:sample_type" in doc["error"]
