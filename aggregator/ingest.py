@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from stacks.model import Labels, Profile, StackTable
 from stacks.pprof import PprofDecoder
 from stacks.profiletype import CPU, PERIOD_LABEL, TYPE_LABEL, WALL, ProfileType, columns, legacy_name, period_ns
 from stacks.push import decode_push_request
+from stacks.selector import LABEL_NAME
 
 # Labels that are not dimensions of a series: the profile type marker (``__name__`` picks the
 # type, kept as ``__profile_type__``), our own reserved labels (never taken from a client) and
@@ -34,7 +34,6 @@ DROPPED_LABELS = frozenset({"__name__", "__delta__", "span_id", "profile_id", "_
 WALL_TAG = "oncpu"
 _FALSE = frozenset({"false", "0", "no", "off"})
 _APP_SUFFIXES = (".cpu", ".itimer")
-_LABEL_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.\-]*")
 
 Item = tuple[Labels, float | None, Profile]
 
@@ -154,7 +153,7 @@ def parse_app_name(name: str) -> Labels:
         for part in filter(None, (p.strip() for p in body.split(","))):
             k, eq, v = part.partition("=")
             k, v = k.strip(), v.strip().strip('"')
-            if not eq or not _LABEL_NAME.fullmatch(k):
+            if not eq or not LABEL_NAME.fullmatch(k):
                 raise InputError(f"name={name!r}: tag {part!r} is not key=value (use e.g. myapp{{env=prod}})")
             labels[k] = v
     for k in DROPPED_LABELS:

@@ -14,7 +14,7 @@ from typing import Self, TypeVar
 from aggregator.windows import window_start
 from stacks.errors import InputError
 from stacks.profiletype import DEFAULT, RESERVED, TYPE_LABEL, ProfileType, parse_query
-from stacks.selector import Matcher, Selector, matcher, parse_selector
+from stacks.selector import LABEL_NAME, Matcher, Selector, matcher, parse_selector
 from stacks.timeexpr import parse_time
 
 # The API's output formats, in the order a 400 lists them (renderers: render.RENDERERS).
@@ -26,7 +26,6 @@ MAX_NODES_LIMIT = 200_000
 # any screen, so it is merged into its parent's ``other`` node (and the tree builder never expands it).
 DEFAULT_MIN_SHARE = 1 / 4000
 T = TypeVar("T")
-_LABEL_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 @dataclass(frozen=True)
@@ -156,8 +155,9 @@ def flag(params: Mapping[str, str], key: str) -> bool:
 
 def label_name(name: str) -> str:
     """``name`` when it is a valid label name, else InputError."""
-    if not name or not set(name) <= _LABEL_NAME_CHARS:
-        raise InputError(f"label name {name!r} is invalid: use letters, digits, '_', '.', '-'")
+    if not LABEL_NAME.fullmatch(name):
+        raise InputError(f"label name {name!r} is invalid: start with a letter, '_' or '.', then use "
+                         "letters, digits, '_', '.', '-'")
     return name
 
 

@@ -19,7 +19,9 @@ from stacks.errors import InputError
 
 OPS = ("=", "!=", "=~", "!~")
 
-_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.\-]*")
+# The one label-name rule (selectors, /ingest tags, query parameters): a letter, '_' or '.',
+# then letters, digits, '_', '.' or '-'.
+LABEL_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9_.\-]*")
 _BARE_APP = re.compile(r"[A-Za-z0-9_.\-/:]+")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "`": "`"}
 _EXAMPLE = 'e.g. {namespace="default",pod=~"admin-.*"}'
@@ -99,7 +101,7 @@ class _Parser:
         return self.text[self.pos] if self.pos < len(self.text) else ""
 
     def name(self) -> str:
-        m = _NAME.match(self.text, self.pos)
+        m = LABEL_NAME.match(self.text, self.pos)
         if not m:
             found = self.peek() or "end of input"
             raise self.fail(f"expected a label name, found {found!r}")
