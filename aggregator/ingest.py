@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aggregator.params import converted
 from stacks import folded
 from stacks.delta import BASELINE, DELTA_LABEL, RESET, CumulativeDeltas, needs_delta
 from stacks.errors import InputError
@@ -163,13 +164,10 @@ def parse_app_name(name: str) -> Labels:
 
 
 def _float_param(params: Mapping[str, str], key: str) -> float | None:
-    raw = params.get(key)
-    if raw in (None, ""):
+    """A time parameter of /ingest in unix seconds (nanoseconds and milliseconds are scaled)."""
+    v = converted(params, key, float, "is not a number: give unix seconds")
+    if v is None:
         return None
-    try:
-        v = float(raw)
-    except ValueError:
-        raise InputError(f"{key}={raw!r} is not a number: give unix seconds") from None
     if v > 1e15:  # nanoseconds
         v /= 1e9
     elif v > 1e12:  # milliseconds
