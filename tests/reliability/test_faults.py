@@ -101,7 +101,7 @@ def test_kill_9_during_concurrent_connect_pushes_loses_nothing_acknowledged(tmp_
 def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A size-limited tmpfs at ``path`` (root only); always unmounted afterwards."""
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+    r = subprocess.run([admin("mount"), "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(reason=f"cannot mount a tmpfs to simulate a full disk (needs root/CAP_SYS_ADMIN): {r.stderr}")
@@ -109,11 +109,11 @@ def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         for _ in range(20):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode == 0:
+            if subprocess.run([admin("umount"), str(path)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.2)
         else:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+            subprocess.run([admin("umount"), "-l", str(path)], capture_output=True)
 
 
 def fill(path: Path) -> Path:
@@ -205,6 +205,13 @@ def test_disk_full_gives_5xx_clear_log_no_corruption_and_recovers(tmp_path: Path
 
 
 
+def admin(tool: str) -> str:
+    """The path of a system tool, looked for on PATH and then in /usr/sbin and /sbin (where
+    Debian puts mount, losetup and mkfs, and which a non-login PATH may lack); ``tool`` if absent."""
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
+    return shutil.which(tool, path=path) or tool
+
+
 @contextlib.contextmanager
 def ext4_on_loop(tmp_path: Path, size_mb: int = 48) -> Iterator[tuple[Path, str]]:
     """An ext4 file system on a loop device, mounted ``errors=remount-ro`` (root only).
@@ -214,19 +221,19 @@ def ext4_on_loop(tmp_path: Path, size_mb: int = 48) -> Iterator[tuple[Path, str]
     if os.geteuid() != 0:
         pytest.skip(reason="needs root to mount a loop device (mount/losetup)")
     for tool in ("losetup", "mkfs.ext4", "e2fsck", "mount", "umount"):
-        if shutil.which(tool) is None:
+        if shutil.which(admin(tool)) is None:
             pytest.skip(reason=f"{tool} is missing (apt-get install util-linux e2fsprogs mount)")
     img, mnt = tmp_path / "ext4.img", tmp_path / "ro-disk"
     mnt.mkdir()
     with open(img, "wb") as f:
         f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
-    r = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True)
+    subprocess.run([admin("mkfs.ext4"), "-q", "-F", str(img)], check=True, capture_output=True)
+    r = subprocess.run([admin("losetup"), "-f", "--show", str(img)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(reason=f"no loop device for an ext4 image (needs root/CAP_SYS_ADMIN, /dev/loop*): {r.stderr}")
     dev = r.stdout.strip()
     try:
-        r = subprocess.run(["mount", "-o", "errors=remount-ro", dev, str(mnt)], capture_output=True, text=True)
+        r = subprocess.run([admin("mount"), "-o", "errors=remount-ro", dev, str(mnt)], capture_output=True, text=True)
         if r.returncode != 0:
             pytest.skip(reason=f"cannot mount ext4 from {dev} (needs root/CAP_SYS_ADMIN): {r.stderr}")
         try:
@@ -235,13 +242,13 @@ def ext4_on_loop(tmp_path: Path, size_mb: int = 48) -> Iterator[tuple[Path, str]
             for _ in range(20):
                 if not os.path.ismount(mnt):
                     break
-                if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+                if subprocess.run([admin("umount"), str(mnt)], capture_output=True).returncode == 0:
                     break
                 time.sleep(0.2)
             else:
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+                subprocess.run([admin("umount"), "-l", str(mnt)], capture_output=True)
     finally:
-        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        subprocess.run([admin("losetup"), "-d", dev], capture_output=True)
 
 
 def mount_options(mnt: Path) -> str:
@@ -289,7 +296,7 @@ def test_data_dir_turning_read_only_gives_5xx_clear_log_no_corruption_and_recove
                 assert status == 200, resp[:300]
                 acked[key] = n
             # The operator's way first: refused while the database is open for writing.
-            r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
+            r = subprocess.run([admin("mount"), "-o", "remount,ro", str(mnt)], capture_output=True, text=True)
             print(f"mount -o remount,ro with serve running: rc={r.returncode} {r.stderr.strip()}")
             if r.returncode != 0:
                 trigger.write_text("flamewatch reliability test: simulated disk error\n")
@@ -333,14 +340,14 @@ def test_data_dir_turning_read_only_gives_5xx_clear_log_no_corruption_and_recove
             srv.stop()
         # Recovery as an operator does it: unmount, repair, mount read-write, start again.
         for _ in range(20):
-            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            if subprocess.run([admin("umount"), str(mnt)], capture_output=True).returncode == 0:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"cannot unmount {mnt} after serve stopped")
-        fsck = subprocess.run(["e2fsck", "-fy", dev], capture_output=True, text=True)
+        fsck = subprocess.run([admin("e2fsck"), "-fy", dev], capture_output=True, text=True)
         assert fsck.returncode in (0, 1), fsck.stdout + fsck.stderr  # 1 = errors corrected
-        subprocess.run(["mount", "-o", "errors=remount-ro", dev, str(mnt)], check=True, capture_output=True)
+        subprocess.run([admin("mount"), "-o", "errors=remount-ro", dev, str(mnt)], check=True, capture_output=True)
         assert "rw" in mount_options(mnt).replace(",", " ").split()
         db = srv.data_dir / "flamewatch.db"
         con = sqlite3.connect(db)
