@@ -808,26 +808,19 @@
     if (!state.cuntil) state.cuntil = isoUTC(u);
   }
 
+  // Inputs that show a state field: [element id, state key]; checkboxes separately.
+  var CONTROL_FIELDS = [["from", "from"], ["until", "until"], ["selector", "sel"], ["group-by", "gb"],
+    ["search", "search"], ["auto-every", "every"], ["base-from", "bfrom"], ["base-until", "buntil"],
+    ["compare-from", "cfrom"], ["compare-until", "cuntil"], ["base-sel", "bsel"], ["compare-sel", "csel"],
+    ["sandwich-fn", "fn"]];
+  var CONTROL_CHECKS = [["metadata", "meta"], ["invert", "inv"], ["auto", "auto"]];
+
   function syncControls() {
     document.body.classList.toggle("diff", state.mode === "diff");
     $("mode-flame").classList.toggle("on", state.mode === "flame");
     $("mode-diff").classList.toggle("on", state.mode === "diff");
-    $("from").value = state.from;
-    $("until").value = state.until;
-    $("selector").value = state.sel;
-    $("group-by").value = state.gb;
-    $("metadata").checked = state.meta;
-    $("invert").checked = state.inv;
-    $("search").value = state.search;
-    $("auto").checked = state.auto;
-    $("auto-every").value = String(state.every);
-    $("base-from").value = state.bfrom;
-    $("base-until").value = state.buntil;
-    $("compare-from").value = state.cfrom;
-    $("compare-until").value = state.cuntil;
-    $("base-sel").value = state.bsel;
-    $("compare-sel").value = state.csel;
-    $("sandwich-fn").value = state.fn;
+    CONTROL_FIELDS.forEach(function (f) { $(f[0]).value = String(state[f[1]]); });
+    CONTROL_CHECKS.forEach(function (f) { $(f[0]).checked = state[f[1]]; });
     $("effective").textContent = buildSelector();
     Array.prototype.forEach.call(document.querySelectorAll("#presets .seg"), function (b) {
       b.classList.toggle("on", state.until === "now" && PRESETS[b.dataset.preset] === state.from);
