@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aggregator import ingest, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
+from aggregator.store.base import Compacting
 from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from stacks import compiled
@@ -283,9 +284,9 @@ async def handle_sandwich(request: web.Request) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    ow = getattr(request.app[STORE], "open_windows", None)
-    if ow is not None:
-        m.open_windows.set(ow())
+    store = request.app[STORE]
+    if isinstance(store, Compacting):
+        m.open_windows.set(store.open_windows())
     resp = web.Response(body=generate_latest(m.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp
