@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aggregator import ingest, params, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
+from aggregator.store.base import Compacting
 from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from render import Output
@@ -259,9 +260,9 @@ def _respond(out: Output | dict[str, Any]) -> web.Response:
 
 async def handle_metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    ow = getattr(request.app[STORE], "open_windows", None)
-    if ow is not None:
-        m.open_windows.set(ow())
+    store = request.app[STORE]
+    if isinstance(store, Compacting):
+        m.open_windows.set(store.open_windows())
     resp = web.Response(body=generate_latest(m.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp

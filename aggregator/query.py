@@ -24,7 +24,7 @@ from aggregator.params import (
     TopRequest,
     type_matcher,
 )
-from aggregator.store.base import MERGE_ALL, Store
+from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, Store
 from render import RENDERERS, Output, Subject
 from stacks.errors import InputError
 from stacks.model import Labels, Profile, StackTable, merge
@@ -54,9 +54,8 @@ async def series_profiles(
     """One merged profile per matching series over the range (store fast path when it has one);
     with ``per_series=False`` the fast path merges everything in the store into one profile
     under empty labels (``MERGE_ALL``: the backend sums per stack, not per (series, stack))."""
-    fast = getattr(store, "read_merged", None)
-    if fast is not None:
-        got = await fast(sel, rng.first_window, rng.end, table, () if per_series else MERGE_ALL)
+    if isinstance(store, MergedReads):
+        got = await store.read_merged(sel, rng.first_window, rng.end, table, () if per_series else MERGE_ALL)
         return sorted(got.items(), key=lambda kv: kv[0].items_)
     by: dict[Labels, list[Profile]] = {}
     for w in await store.read(sel, rng.first_window, rng.end, table):
@@ -73,9 +72,8 @@ async def query_series(
 
         # Series that differ only in other labels (SDK tags, routes) share their metadata frames:
         # merge them in the store first, so each stack is walked once per metadata path.
-        fast = getattr(store, "read_merged", None)
-        if fast is not None:
-            got = await fast(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS))
+        if isinstance(store, MergedReads):
+            got = await store.read_merged(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS))
             return sorted(got.items(), key=lambda kv: kv[0].items_)
         return await series_profiles(store, sel, rng, table)
     return await series_profiles(store, sel, rng, table, per_series=False)
@@ -89,11 +87,11 @@ async def flame_series(
     with every (group, first frame) cell that provably stays under the floor collapsed to one
     frame, which builds the same pruned tree (aggregator/store/base.py, PrunedMergedReads); else
     :func:`query_series`. Only for the flame tree: folded/pprof/diff need every stack."""
-    pruned = getattr(store, "read_merged_pruned", None)
-    if metadata and min_share > 0 and pruned is not None:
+    if metadata and min_share > 0 and isinstance(store, PrunedMergedReads):
         from stacks.tree import METADATA_LEVELS
 
-        got = await pruned(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS), min_share)
+        got = await store.read_merged_pruned(sel, rng.first_window, rng.end, table, tuple(METADATA_LEVELS),
+                                             min_share)
         return sorted(got.items(), key=lambda kv: kv[0].items_)
     return await query_series(store, sel, rng, table, metadata)
 
@@ -236,10 +234,9 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
     ptype, sel, rng, group_by = req.ptype, req.sel, req.rng, req.group_by
     window = rng.window
-    fast = getattr(store, "totals", None)
-    if fast is not None:
+    if isinstance(store, MergedReads):
         # Summed per group in the store: rows per (group, window), not per (series, window).
-        rows = await fast(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
+        rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
     else:
         rows = [(w.labels, w.start, w.profile.total)
                 for w in await store.read(sel, rng.first_window, rng.end, StackTable())]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aggregator.store.base import SeriesWindow, Store, StoreError
+from aggregator.store.base import Compacting, SeriesWindow, Store, StoreError
 from stacks.model import Labels, Profile, merge
 from stacks.profiletype import TYPE_LABEL
 
@@ -196,9 +196,8 @@ class WindowWriter:
         """One pass: merge closed windows, apply retention. Returns what was done."""
         now = self.clock()
         done: dict[str, Any] = {}
-        compact = getattr(self.store, "compact", None)
-        if compact is not None:
-            done["compacted"] = await compact(int(now) - self.window - self.grace + 1)
+        if isinstance(self.store, Compacting):
+            done["compacted"] = await self.store.compact(int(now) - self.window - self.grace + 1)
         if self.retention:
             done["deleted"] = await self.store.delete_before(int(now - self.retention))
         return done

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aggregator.store.base import SeriesWindow, Store, StoreError
+from aggregator.store.base import (
+    MERGE_ALL,
+    Compacting,
+    MergedReads,
+    PrunedMergedReads,
+    SeriesWindow,
+    Store,
+    StoreError,
+)
 
-__all__ = ["SeriesWindow", "Store", "StoreError", "open_store"]
+__all__ = [
+    "MERGE_ALL", "Compacting", "MergedReads", "PrunedMergedReads", "SeriesWindow", "Store", "StoreError",
+    "open_store",
+]
 
 
 def open_store(spec: str, data_dir: str | Path, *, sqlite_synchronous: str = "FULL") -> Store:

@@ -1,9 +1,18 @@
-"""The storage Protocol every backend (SQLite, ClickHouse) implements.
+"""The storage Protocols: :class:`Store`, which every backend (SQLite, ClickHouse) implements,
+and the optional capabilities a backend may add (:class:`MergedReads`,
+:class:`PrunedMergedReads`, :class:`Compacting`).
 
 Writes are *additive*: writing a profile for a (series, window) that already
 has data adds the counts. That lets the aggregator write every acknowledged
 push straight through (durable before the 2xx) and lets several stateless
 aggregators share one ClickHouse without coordination.
+
+Every method the layers above call on a store is in one of these Protocols. They are
+``runtime_checkable``: callers test a capability with ``isinstance(store, MergedReads)``
+(which checks that the methods exist) and otherwise take the general path through
+:class:`Store`. Backends do not inherit from them (a missing method would then silently
+become the Protocol's empty body); ``tests/aggregator/test_store_capabilities.py`` pins
+which Protocols each backend satisfies.
 """
 
 from __future__ import annotations
@@ -12,9 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import numpy as np
-
-from stacks.model import Frame, Kind, Labels, Profile, StackTable
+from stacks.model import Labels, Profile, StackTable
 from stacks.selector import Selector
 
 
@@ -98,10 +105,11 @@ class PrunedMergedReads(Protocol):
     """Optional read for the flame JSON of ``metadata=1`` (ClickHouse offers it): the metadata
     groups' profiles, except that every (group, first frame) cell whose tree node is provably
     lighter than ``min_share`` of the root comes back as ONE one-frame stack ``(first frame,)``
-    carrying the cell's total. ``stacks.tree.metadata_tree`` with the same ``min_share`` never
+    carrying the cell's total. The metadata flame tree with the same ``min_share`` never
     expands a node under that floor, so it builds the same trie (node for node, same
     ``nodes_before``) from this answer as from :meth:`MergedReads.read_merged`; the answer is
     only fit for that (docs/query-perf.md, "Round 3"). ``min_share`` 0 returns ``read_merged``.
+    Which cells are provably invisible is :func:`stacks.metadata.invisible_cells`.
     """
 
     async def read_merged_pruned(
@@ -110,55 +118,16 @@ class PrunedMergedReads(Protocol):
         """``read_merged(..., group_by=levels)`` with the invisible first-frame cells collapsed."""
 
 
-def invisible_cells(
-    paths: Sequence[tuple[str, ...]], firsts: Sequence[Frame], group: np.ndarray, first: np.ndarray,
-    counts: np.ndarray, floor: float,
-) -> np.ndarray:
-    """Which (group, first frame) cells are provably under ``floor`` in the metadata flame tree.
+@runtime_checkable
+class Compacting(Protocol):
+    """Optional for a backend that appends one fragment per write and merges the fragments of
+    closed windows later (SQLite). ``aggregator.windows`` calls :meth:`compact` on every
+    maintenance pass; the ``/metrics`` gauge ``flamewatch_open_windows`` reads
+    :meth:`open_windows`."""
 
-    ``paths[g]`` is group g's metadata path (the label values it is grafted under);
-    ``first[i]`` is cell i's first frame, ``firsts[first[i] - 1]`` (0 is the empty stack, never
-    cut; ids past ``len(firsts)`` are never cut either). A cell's stacks all pass through the
-    node ``paths[g] + (first frame,)``; the true weight W of that node is at most
+    async def compact(self, before: int, limit: int = 2000) -> int:
+        """Merge the fragments of (up to ``limit``) windows starting before ``before`` into one
+        row each; returns how many windows were merged."""
 
-        U = the cells of every group with the same path and first frame
-          + the totals of groups whose path runs through the node (a longer path that continues
-            with the first frame's name, when that frame is a metadata frame)
-          + the cells of groups with a shorter path whose first frame is the metadata frame that
-            continues it toward the node (their stacks may or may not follow the rest of the way).
-
-    Nothing else can reach the node, so ``U < floor`` proves ``W < floor``: the node is never
-    kept nor expanded, and its subtree only shows through its total. Returns a bool per cell.
-    """
-    n_firsts = len(firsts) + 2  # 0 = empty stack, len(firsts) + 1 = unknown
-    pid_of: dict[tuple[str, ...], int] = {}
-    gp = np.fromiter((pid_of.setdefault(tuple(p), len(pid_of)) for p in paths), dtype=np.int64,
-                     count=len(paths))
-    first = np.minimum(first.astype(np.int64), n_firsts - 1)
-    pc = gp[group]
-    key = pc * n_firsts + first
-    ukey, inv = np.unique(key, return_inverse=True)
-    inv = inv.reshape(-1)
-    node = np.bincount(inv, weights=counts, minlength=ukey.size)
-    extra_path = np.zeros(len(pid_of), dtype=np.float64)
-    path_total = np.bincount(pc, weights=counts, minlength=len(pid_of))
-    meta_first = {f.name: i + 1 for i, f in enumerate(firsts) if Kind(f.kind) == Kind.METADATA}
-
-    def cell(q: int, fi: int) -> int:
-        j = int(np.searchsorted(ukey, q * n_firsts + fi))
-        return j if j < ukey.size and ukey[j] == q * n_firsts + fi else -1
-
-    base = node.copy()
-    for path, p in pid_of.items():
-        for k in range(len(path)):  # shorter paths Q = path[:k] that this path extends
-            q = pid_of.get(path[:k])
-            fi = meta_first.get(path[k])
-            if q is None or fi is None:
-                continue
-            j = cell(q, fi)
-            if j < 0:
-                continue
-            node[j] += path_total[p]  # every sample of this path passes through Q + (path[k],)
-            extra_path[p] += base[j]  # Q's stacks that start with path[k] may follow it down here
-    bound = node[inv] + extra_path[pc]
-    return (first > 0) & (first <= len(firsts)) & (bound < floor)
+    def open_windows(self) -> int:
+        """(series, window) pairs written since they were last compacted."""

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from aggregator.store.base import MERGE_ALL, MergedReads, SeriesWindow, Store
+from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, SeriesWindow, Store
 from stacks.model import Frame, Labels, Profile, StackTable
 from stacks.selector import Matcher, Selector
 
@@ -230,7 +230,7 @@ async def test_empty_store_and_empty_write(store: Store) -> None:
 
 async def test_read_merged_and_totals_when_offered(store: Store) -> None:
     """The optional fast paths the server uses: same answers as summing ``read``."""
-    if not (hasattr(store, "read_merged") and hasattr(store, "totals")):
+    if not isinstance(store, MergedReads):
         pytest.skip(reason=f"{type(store).__name__} offers no read_merged/totals")
     await _write_series(store)
     await store.write([sw(T0 + 30, {STACK_A: 4, STACK_B: 1}, **SERIES[0])])
@@ -514,6 +514,6 @@ async def test_metadata_render_pushdown_cuts_and_refetches(store: Store, monkeyp
     # no small pod's f0..f5 (40) or r (5)
     names = {want["names"][i] for i in want["nodes"]["name"]}
     assert {"h4", "small-3", "other"} <= names and not names & {"f0", "g0", "r3"}
-    if hasattr(store, "read_merged_pruned"):
+    if isinstance(store, PrunedMergedReads):
         # the big pod's 'main' cell is fetched in full, the small pods' 7 cells each are cut
         assert store.last_pushdown == {"cells": 71, "cut": 70, "fetched": 1}  # type: ignore[attr-defined]
