@@ -5,7 +5,7 @@
 
 The baseline is checked out with ``git worktree`` into a temporary folder; the compiled
 readers (``stacks/*.so``) are copied over when their ``.pyx`` sources are the same in both
-revisions (otherwise the baseline runs its pure readers and the table says so). Each script
+revisions, else built there (``--cython DIR`` names a folder holding Cython). Each script
 runs ``--rounds`` times per tree, alternating base/new so load drifts hit both alike.
 
 Every output line that carries a number is a figure: its key is the line with the numbers
@@ -49,16 +49,27 @@ def higher_is_better(key: str) -> bool:
     return bool(re.search(r"/s\b|per s(ec)?\b|\bx\b|×|throughput|speed-?up", key))
 
 
-def checkout(rev: str, where: Path) -> Path:
-    """``git worktree add`` of ``rev``, with this tree's compiled readers when their sources match."""
+def checkout(rev: str, where: Path, cython: str | None) -> Path:
+    """``git worktree add`` of ``rev`` with compiled readers: this tree's when their sources
+    match, else built there (``setup.py build_ext --inplace``; Cython from ``cython``, a folder
+    holding it, or the environment)."""
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev], check=True)
+    stale = []
     for so in (ROOT / "stacks").glob("*.so"):
         pyx = so.name.split(".")[0] + ".pyx"
         theirs, ours = where / "stacks" / pyx, ROOT / "stacks" / pyx
         if theirs.exists() and theirs.read_bytes() == ours.read_bytes():
             shutil.copy2(so, where / "stacks" / so.name)
         else:
-            print(f"note: {pyx} differs at {rev}: the baseline runs without {so.name}", file=sys.stderr)
+            stale.append(pyx)
+    if stale:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "PYTHONPATH": cython or ""}
+        r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=where, env=env,
+                           capture_output=True, text=True)
+        built = sorted(x.name for x in (where / "stacks").glob("*.so"))
+        print(f"note: {', '.join(stale)} differ at {rev}: built the baseline's readers "
+              f"({'ok: ' + ', '.join(built) if r.returncode == 0 else 'FAILED: ' + r.stderr[-300:]})",
+              file=sys.stderr)
     return where
 
 
@@ -92,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="git revision to compare against (e.g. HEAD~1)")
     ap.add_argument("--rounds", type=int, default=3, help="runs per script per tree, alternating")
+    ap.add_argument("--cython", help="folder holding Cython (pip install --target DIR cython), to build "
+                    "the baseline's compiled readers when their sources differ")
     ap.add_argument("scripts", nargs="+", help="bench scripts, e.g. bench/tree.py; args after --")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
     ns, extra = ap.parse_args(argv[:cut]), argv[cut + 1:]
     scripts = ns.scripts
     with tempfile.TemporaryDirectory(prefix="fw-baseline-") as tmp:
-        base_tree = checkout(ns.baseline, Path(tmp) / "tree")
+        base_tree = checkout(ns.baseline, Path(tmp) / "tree", ns.cython)
         try:
             for script in scripts:
                 base_runs: list[dict[str, float]] = []
