@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from aggregator import query
+from aggregator.params import Context, TimelineRequest
 from aggregator.store.base import (
     MERGE_ALL,
     Compacting,
@@ -187,8 +188,9 @@ async def test_a_store_without_a_capability_takes_the_general_path(stores: tuple
             for share in (0.0, 0.01):
                 out.append(query.flame_json_series(
                     await query.flame_series(store, sel, rng, t, metadata, share), metadata, 100, share))
-        out.append(await query.timeline(store, {"from": str(T0), "until": str(T0 + 60), "group_by": "namespace"},
-                                        T0 + 60, 30))
+        req = TimelineRequest.parse({"from": str(T0), "until": str(T0 + 60), "group_by": "namespace"},
+                                    Context(now=T0 + 60, window=30, max_nodes=100))
+        out.append(await query.timeline(store, req))
         return out
 
     assert await answers(plain) == await answers(spy)  # type: ignore[arg-type]
