@@ -23,7 +23,8 @@ import psutil
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from ground.settings import Settings
-from profiler.collect import Collector, combine_python
+from profiler.collect import Collector, PidSamples, combine_python
+from profiler.hold import Held, NameHold
 from profiler.metadata import (
     MetadataResolver,
     PodIndex,
@@ -121,7 +122,9 @@ class Agent:
             probe_seconds=settings.pyspy_probe_seconds, max_rate=settings.pyspy_max_rate,
             target_samples=settings.pyspy_target_samples, refresh_samples=settings.pyspy_refresh_samples,
             shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}))
-        self._py_lock = threading.Lock()  # guards sched (py-spy threads report into it)
+        self._py_lock = threading.Lock()  # guards sched and hold (py-spy threads report into sched)
+        # only with perf: without it py-spy's own samples are the data, named from the start
+        self.hold = NameHold(settings.pyspy_hold_seconds if settings.perf and settings.pyspy else 0.0)
         self._wall: list[PyStacks] = []
         self.wall_taken = 0
         self._interval_start = clock()
@@ -153,7 +156,8 @@ class Agent:
             self.perf.start()
         if self.s.pyspy:
             self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
-                                      duration=self.s.pyspy_duration, runner=self.runner, clock=self.clock)
+                                      duration=self.s.pyspy_duration, runner=self.runner, clock=self.clock,
+                                      gil=self.s.pyspy_gil)
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
@@ -206,46 +210,75 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
-    def tick(self, start_ns: int, end_ns: int) -> int:
-        """Collect one interval into a spooled push; returns its sample count."""
+    def tick(self, start_ns: int, end_ns: int, *, final: bool = False) -> int:
+        """Collect one interval into a spooled push (and release held samples); returns samples spooled."""
         self.intervals += 1
         pids = self.collector.drain()
         now = self.clock()
         self._interval_start = now
+        counts: dict[int, int] = {}
+        if self.pyspy is not None:  # every sample counts for the scheduler in its own interval, held or not
+            counts = {pid: ps.count for pid, ps in pids.items()} if self.perf is not None else self._psutil_counts()
         with self._py_lock:
             shapes = {pid: sh for pid in pids if (sh := self.sched.shape(pid)) is not None}
             wall, self._wall = self._wall, []
-        series: dict[Labels, dict[Stack, int]] = {}
-        for pid, ps in pids.items():
-            try:
-                stacks = combine_python(ps.stacks, shapes[pid]) if pid in shapes else ps.stacks
-                labels = self._labels(pid, ps.comm)
-            except Exception as e:  # labels are best effort; samples are never dropped for them
-                self.label_errors += 1
-                log.debug("labelling pid %d failed: %s", pid, e)
-                stacks, labels = ps.stacks, Labels.of(node=self.node, process=ps.comm, service_name=ps.comm)
-            dest = series.setdefault(labels, {})
-            for k, c in stacks.items():
-                dest[k] = dest.get(k, 0) + c
+            if self.hold.enabled and not final:  # Python processes whose first names are on the way wait
+                for pid in [p for p in pids if p not in shapes and self.sched.awaiting_name(p)]:
+                    ps = pids.pop(pid)
+                    self.hold.put(pid, Held(start_ns, end_ns, ps, self._try_labels(pid, ps.comm)), now)
+            released = list(self.hold.release(now, self.sched.shape, everything=final))
         if self.pyspy is not None:
-            counts = {pid: ps.count for pid, ps in pids.items()} if self.perf is not None else self._psutil_counts()
             with self._py_lock:
                 self.sched.observe(counts, now)
             self.poll_python()
             self._start_wall(counts)
-        n = 0
-        if series:
-            body, n = build_push(series, frequency=self.s.frequency if self.perf else self.s.wall_rate,
-                                 start_ns=start_ns, duration_ns=max(0, end_ns - start_ns))
-            self.spool.put(body, n)
-            self.samples_spooled += n
+        n = self._spool_perf(pids, shapes, start_ns, end_ns)
+        late: dict[tuple[int, int], dict[int, PidSamples]] = {}  # released samples keep their own times
+        labels: dict[int, Labels] = {}
+        for r in released:
+            late.setdefault((r.held.start_ns, r.held.end_ns), {})[r.pid] = r.held.samples
+            if r.shape is not None:
+                shapes[r.pid] = r.shape
+            if r.held.labels is not None:
+                labels[r.pid] = r.held.labels
+        for (t0, t1), group in sorted(late.items()):
+            n += self._spool_perf(group, shapes, t0, t1, labels)
         if wall:
             self._spool_wall(wall, end_ns)
         self.shipper.wake()
         return n
 
+    def _spool_perf(self, pids: Mapping[int, PidSamples], shapes: Mapping[int, dict[Stack, float]],
+                    start_ns: int, end_ns: int, known: Mapping[int, Labels] | None = None) -> int:
+        """One push of these processes' samples, Python-named where a shape is known."""
+        series: dict[Labels, dict[Stack, int]] = {}
+        for pid, ps in pids.items():
+            stacks = combine_python(ps.stacks, shapes[pid]) if pid in shapes else ps.stacks
+            labels = (known or {}).get(pid) or self._try_labels(pid, ps.comm)
+            if labels is None:  # samples are never dropped for their labels
+                labels = Labels.of(node=self.node, process=ps.comm, service_name=ps.comm)
+            dest = series.setdefault(labels, {})
+            for k, c in stacks.items():
+                dest[k] = dest.get(k, 0) + c
+        if not series:
+            return 0
+        body, n = build_push(series, frequency=self.s.frequency if self.perf else self.s.wall_rate,
+                             start_ns=start_ns, duration_ns=max(0, end_ns - start_ns))
+        self.spool.put(body, n)
+        self.samples_spooled += n
+        return n
+
     def _labels(self, pid: int, comm: str) -> Labels:
         return self.resolver.resolve(pid, comm).labels(self.node)
+
+    def _try_labels(self, pid: int, comm: str) -> Labels | None:
+        """The process's labels, or None (counted in ``label_errors``) when they cannot be had."""
+        try:
+            return self._labels(pid, comm)
+        except Exception as e:  # labels are best effort
+            self.label_errors += 1
+            log.debug("labelling pid %d failed: %s", pid, e)
+            return None
 
     def poll_python(self) -> None:
         """Start the py-spy runs the scheduler wants now (probes for new busy Python processes, refreshes)."""
@@ -309,7 +342,7 @@ class Agent:
             self.pyspy.stop()
         if self.perf is not None:
             self.perf.stop()
-        self.tick(wall0, self.wallclock())
+        self.tick(wall0, self.wallclock(), final=True)
         self.shipper.stop()
         done = self.shipper.flush(time.monotonic() + self.s.push_timeout)
         self.spool.close()
@@ -327,6 +360,7 @@ class Agent:
         with self._py_lock:  # py-spy threads change the scheduler's states
             n_python = len(self.sched.states)
             n_named = sum(1 for st in self.sched.states.values() if st.has_shape)
+            held = self.hold.samples
         return {
             "uptime_seconds": round(up, 1),
             "samples_taken": self.collector.taken + self.wall_taken,
@@ -348,6 +382,9 @@ class Agent:
             "pyspy_samples": self.pyspy.samples if self.pyspy else 0,
             "python_processes": n_python,
             "python_processes_named": n_named,
+            "samples_held": held,
+            "held_released_named": self.hold.released_named,
+            "held_released_unnamed": self.hold.released_unnamed,
             # CPU always counts the children (perf record, perf script, py-spy): that is what the node pays
             "cpu_seconds": round(cpu["total"], 3),
             "cpu_seconds_self": round(cpu["self"], 3),
@@ -374,10 +411,13 @@ class _AgentCollector:
         "cpu_seconds_children": "CPU seconds of perf record, perf script and py-spy (live and reaped)",
         "pyspy_samples": "Busy Python samples py-spy took",
         "wall_samples": "Wall-clock samples taken (py-spy --idle)",
+        "held_released_named": "Samples held for a first py-spy shape, then pushed with Python names",
+        "held_released_unnamed": "Samples held for a first py-spy shape that did not come in time, pushed unnamed",
     }
     GAUGES: ClassVar[dict[str, str]] = {
         "spool_bytes": "Bytes of unsent pushes (memory + disk)",
         "spool_pushes": "Unsent pushes",
+        "samples_held": "Samples of Python processes waiting for their first py-spy shape",
         "pyspy_processes": "Python processes with a py-spy run in flight now",
         "python_processes": "Python processes the agent knows (seen by perf in the last 5 min)",
         "python_processes_named": "Python processes with a py-spy shape (their Python time has names)",

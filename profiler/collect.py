@@ -19,6 +19,11 @@ process that has a shape:
   by py-spy's stacks: the kernel part is what perf saw, the Python caller is
   py-spy's estimate.
 
+The shape comes from ``py-spy --gil`` runs by default: perf's user-leaf
+samples are the interpreter running Python code, which holds the GIL, so
+the GIL holder's stacks are the like-for-like shape (threads queued for a
+CPU or inside a GIL-free C call are left out).
+
 So a process's total in the flamegraph is always perf's sample count (one
 unit, comparable across processes), kernel time stays visible and green,
 and Python time carries Python names. Shipping both as separate series

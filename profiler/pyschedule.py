@@ -228,3 +228,13 @@ class PyScheduler:
     def shape(self, pid: int) -> dict[Stack, float] | None:
         st = self.states.get(pid)
         return st.shape if st is not None and st.shape else None
+
+    def awaiting_name(self, pid: int) -> bool:
+        """A Python process with no shape whose first one is still expected (worth holding its samples for).
+
+        Not after two first runs in a row saw nothing busy: the retries then back off for minutes.
+        """
+        if not self._python_pid(pid):
+            return False
+        st = self.states.get(pid)
+        return st is None or (not st.shape and st.empty_runs < 2)

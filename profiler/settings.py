@@ -39,6 +39,12 @@ SETTINGS: list[Setting] = [
             "seconds a Python process's py-spy shape names its perf samples before a new first run must "
             "confirm it (0: forever); bounds how long a quiet process shows names of code it no longer runs",
             float),
+    Setting("pyspy_gil", True,
+            "py-spy shapes keep only the thread holding the GIL (--gil): the Python code perf sees running, "
+            "not threads that woke from a wait and queue for a CPU", parse_bool),
+    Setting("pyspy_hold_seconds", 30.0,
+            "seconds a Python process's perf samples may wait for its first py-spy shape, to be pushed with "
+            "Python names and their own times (0: push at once, unnamed)", float),
     Setting("pyspy_max_processes", 8, "at most this many py-spy runs at once", int),
     Setting("wall", False,
             "also push a wall-clock profile (__name__=wall) of every Python process, idle threads included "

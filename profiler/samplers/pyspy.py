@@ -8,7 +8,8 @@ scheduler's decision (:mod:`profiler.pyschedule`): measured here, one py-spy
 sample costs ~0.24 ms of CPU whether the thread is busy or idle, and a start
 ~0.015 s, so the cost is set by samples taken, not by runs.
 ``--nonblocking`` keeps py-spy from pausing the target. With ``idle=True``
-the run also keeps idle threads (``--idle``): a wall-clock profile.
+the run also keeps idle threads (``--idle``): a wall-clock profile. With
+``gil=True`` CPU runs keep only the thread holding the GIL (``--gil``).
 
 A run that fails (process gone, not Python) is counted and reported as None;
 nothing here raises into the agent.
@@ -52,11 +53,15 @@ class PyStacks:
         return sum(self.stacks.values())
 
 
-def record_argv(pyspy: str, pid: int, rate: int, duration: int, out: str, idle: bool = False) -> list[str]:
+def record_argv(pyspy: str, pid: int, rate: int, duration: int, out: str, idle: bool = False,
+                gil: bool = False) -> list[str]:
+    """py-spy's command line; ``idle`` (wall clock) wins over ``gil`` (only the GIL holder's stack)."""
     argv = [pyspy, "record", "--pid", str(pid), "--rate", str(rate), "--duration", str(duration),
             "--format", "raw", "--nolineno", "--nonblocking", "--output", out]
     if idle:
         argv.append("--idle")
+    elif gil:
+        argv.append("--gil")
     return argv
 
 
@@ -105,8 +110,10 @@ class PySpySampler:
         runner: Runner = default_runner,
         clock: Callable[[], float] = time.monotonic,
         workdir: str | None = None,
+        gil: bool = False,
     ) -> None:
         self.sink = sink
+        self.gil = gil  # CPU runs keep only the GIL holder's stack (see profiler.collect)
         self.pyspy = pyspy
         self.rate = rate
         self.duration = max(1, round(duration))
@@ -186,7 +193,7 @@ class PySpySampler:
         rate = rate or self.rate
         started = self.clock()
         try:
-            proc = self.runner(record_argv(self.pyspy, pid, rate, duration or self.duration, out, idle),
+            proc = self.runner(record_argv(self.pyspy, pid, rate, duration or self.duration, out, idle, self.gil),
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except OSError as e:
             self.failures += 1
