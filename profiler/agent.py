@@ -71,6 +71,17 @@ def is_python(pid: int) -> bool:
     return name.startswith("python") or exe.startswith("python")
 
 
+def lifetime_share(pid: int) -> float | None:
+    """The process's CPU time over its age, as a share of one core (None when it cannot be read)."""
+    try:
+        p = psutil.Process(pid)
+        t = p.cpu_times()
+        age = time.time() - p.create_time()
+    except psutil.Error:
+        return None
+    return (t.user + t.system) / age if age > 1.0 else None
+
+
 def kube_index(s: Settings, node: str, environ: Mapping[str, str]) -> PodIndex | None:
     """The pod index the settings ask for, or None off Kubernetes."""
     mode = s.kube
@@ -121,7 +132,8 @@ class Agent:
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
             probe_seconds=settings.pyspy_probe_seconds, max_rate=settings.pyspy_max_rate,
             target_samples=settings.pyspy_target_samples, refresh_samples=settings.pyspy_refresh_samples,
-            shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}))
+            shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}),
+            interval_hint=settings.push_interval, lifetime_share=lifetime_share)
         self._py_lock = threading.Lock()  # guards sched and hold (py-spy threads report into sched)
         # only with perf: without it py-spy's own samples are the data, named from the start
         self.hold = NameHold(settings.pyspy_hold_seconds if settings.perf and settings.pyspy else 0.0)

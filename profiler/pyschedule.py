@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from stacks.model import Stack
 
 START_COST = 60  # py-spy start ~0.015 CPU s, i.e. about 60 samples' worth (measured)
+QUIET_SAMPLES = 10  # fewer perf samples than this in the probe's interval: size the probe conservatively
 FORGET_AFTER = 300.0  # seconds without perf samples before a pid's state is dropped
 
 
@@ -51,6 +52,8 @@ class PyState:
     debt: int = 0
     debt_since: float | None = None
     seen: float = 0.0
+    first_seen: float | None = None  # first interval with perf samples (for the long-run share)
+    samples: int = 0  # perf samples since first_seen
     runs: int = 0
     empty_runs: int = 0
     retry_at: float = 0.0
@@ -88,6 +91,8 @@ class PyScheduler:
         first_name_seconds: float = 1200.0,
         shape_max_age: float = 300.0,
         own_pids: frozenset[int] = frozenset(),
+        interval_hint: float = 10.0,
+        lifetime_share: Callable[[int], float | None] | None = None,
     ) -> None:
         self.is_python = is_python
         self.frequency = frequency
@@ -104,6 +109,8 @@ class PyScheduler:
         self.shape_max_age = shape_max_age
         self.first_name_seconds = first_name_seconds
         self.own = own_pids
+        self.interval_hint = interval_hint  # seconds of samples one observe() call covers (the push interval)
+        self.lifetime_share = lifetime_share  # pid -> CPU time / age (psutil in the agent), or None
         self.states: dict[int, PyState] = {}
         self._python: dict[int, bool] = {}
         self._last: float | None = None
@@ -124,6 +131,9 @@ class PyScheduler:
             st = self.states.setdefault(pid, PyState())
             st.debt += n
             st.seen = now
+            if st.first_seen is None:
+                st.first_seen = now - self.interval_hint  # the samples came over the interval that just ended
+            st.samples += n
         for pid in [p for p, st in self.states.items() if now - st.seen > FORGET_AFTER]:
             del self.states[pid]
             self._python.pop(pid, None)
@@ -151,7 +161,8 @@ class PyScheduler:
                 continue
             if self.tokens < floor:
                 break
-            out.append(self._take(self.probe_run(pid, n / max(elapsed * self.frequency, 1.0)), st, now))
+            share = self.probe_share(pid, st, n, elapsed, now)
+            out.append(self._take(self.probe_run(pid, share, st.empty_runs), st, now))
             slots -= 1
         # refreshes: the largest debt first, within the budget
         queue = sorted(((st.debt, pid) for pid, st in self.states.items()
@@ -184,9 +195,37 @@ class PyScheduler:
                 st.shape = {}
                 st.retry_at = min(st.retry_at, now)
 
-    def probe_run(self, pid: int, share: float) -> Run:
-        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target."""
-        d = max(self.probe_seconds, min(self.duration, math.ceil(3 / (self.max_rate * max(share, 1e-3)))))
+    def probe_share(self, pid: int, st: PyState, n: int, elapsed: float, now: float) -> float:
+        """The share of a core a first run is sized for, from ``n`` perf samples in ``elapsed`` s.
+
+        The probe fires on the first poll that sees >= 2 perf samples in the current interval, which
+        picks a lucky burst of a quiet process: 2 samples in the first second read as 2 % of a core for
+        a process at 0.4 %, and a run sized for 2 % sees nothing busy half the time (measured: 0.4 %
+        workers of the 30-worker bench went unnamed). So when ``n`` is small (a quiet process, where
+        the estimate is noise) the lowest of three estimates is used: this interval's, the agent's own
+        history (5 s at least) and the process's lifetime CPU (``lifetime_share``). A busy process's
+        first run stays short, so its names come quickly.
+        """
+        current = n / max(elapsed * self.frequency, 1.0)
+        if n >= QUIET_SAMPLES:
+            return current
+        found = [current]
+        if st.first_seen is not None and now - st.first_seen >= 5.0:
+            found.append(st.samples / ((now - st.first_seen) * self.frequency))
+        if self.lifetime_share is not None and (life := self.lifetime_share(pid)) is not None:
+            found.append(life)
+        return min(found)
+
+    def probe_run(self, pid: int, share: float, failed: int = 0) -> Run:
+        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target.
+
+        After ``failed`` first runs that saw nothing busy, the busy samples aimed for and the cap grow
+        (1 + failed)-fold, at most 3x: a process that quiet needs more samples, and only such processes
+        pay for them.
+        """
+        grow = min(3, 1 + failed)
+        d = max(self.probe_seconds,
+                min(self.duration * grow, math.ceil(3 * grow / (self.max_rate * max(share, 1e-3)))))
         want = self.target_samples / 2 / (d * max(share, 1e-3))
         return Run(pid, d, max(1, min(self.max_rate, math.ceil(want))), True)
 

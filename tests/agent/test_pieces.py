@@ -428,6 +428,29 @@ def test_scheduler_expires_old_shapes_and_probes_again() -> None:
     assert never.shape(1) == {k: 20.0 for k in old}
 
 
+def test_scheduler_sizes_a_quiet_process_first_run_from_its_long_run_share_and_grows_it_after_a_miss() -> None:
+    """2 perf samples in the first second of an interval read as 2 % of a core; a process at 0.4 % over
+    its life gets a first run sized for 0.4 % (10 s at 50 Hz: ~2 busy samples expected), and twice that
+    after a run that saw nothing busy. A busy process's first run stays short."""
+    from profiler.pyschedule import PyScheduler
+
+    life = {1: 0.004, 2: 0.004}
+    sched = PyScheduler(lambda pid: True, frequency=100, duration=10, max_rate=50, probe_seconds=2,
+                        lifetime_share=life.get)
+    runs = {r.pid: r for r in sched.plan(0.0, {1: 2, 2: 40}, 1.0, set())}
+    assert (runs[1].duration, runs[1].rate) == (10, 50)  # sized for 0.4 %, not for the 2 % burst
+    assert runs[2].duration == 2  # 40 samples in 1 s: busy, its own estimate, a short first run
+    sched.on_result(1, {}, True, 11.0)  # nothing busy seen
+    assert sched.awaiting_name(1)  # one miss: its samples still wait for a name
+    (again,) = sched.plan(21.0, {1: 2}, 1.0, set())
+    assert (again.pid, again.duration, again.rate) == (1, 20, 50)
+    sched.on_result(1, {}, True, 42.0)
+    assert not sched.awaiting_name(1)  # two misses in a row: retries back off, nothing is held for it
+    plain = PyScheduler(lambda pid: True, frequency=100, duration=10, max_rate=50)
+    (first,) = plain.plan(0.0, {1: 2}, 1.0, set())
+    assert first.duration == 3  # without a long-run estimate, the burst's 2 % is all there is
+
+
 def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
     from profiler.pyschedule import PyScheduler
 
