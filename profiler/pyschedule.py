@@ -217,15 +217,21 @@ class PyScheduler:
         return min(found)
 
     def probe_run(self, pid: int, share: float, failed: int = 0) -> Run:
-        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target.
+        """A first run: long enough at max_rate for half the target of busy samples (at least 3; 2..duration
+        s), at the rate for that many.
+
+        Measured: first runs sized for 3 busy samples gave shapes of 1-6 % processes from 3-6 samples, so a
+        shape could carry one stray stack at 20-30 % (a 6 % worker named 80 %); half the target (10) costs
+        a few hundred py-spy samples more per process, once.
 
         After ``failed`` first runs that saw nothing busy, the busy samples aimed for and the cap grow
         (1 + failed)-fold, at most 3x: a process that quiet needs more samples, and only such processes
         pay for them.
         """
         grow = min(3, 1 + failed)
+        busy = max(3 * grow, self.target_samples / 2)  # busy samples the run should expect at max_rate
         d = max(self.probe_seconds,
-                min(self.duration * grow, math.ceil(3 * grow / (self.max_rate * max(share, 1e-3)))))
+                min(self.duration * grow, math.ceil(busy / (self.max_rate * max(share, 1e-3)))))
         want = self.target_samples / 2 / (d * max(share, 1e-3))
         return Run(pid, d, max(1, min(self.max_rate, math.ceil(want))), True)
 
