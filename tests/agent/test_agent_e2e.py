@@ -191,7 +191,10 @@ def test_real_agent_end_to_end(tmp_path: Path) -> None:
                 total = sum(int(line.rsplit(" ", 1)[1]) for line in low.splitlines())
                 named = sum(int(line.rsplit(" ", 1)[1]) for line in low.splitlines()
                             if "quiet_python_function (low_workload.py)" in line)
-                assert total > 0 and named > 0, low[:2000]
+                # held until their first shape, even their first seconds carry the name (>= 95 % in the
+                # fidelity bench; a margin here for a loaded CI machine)
+                assert total > 0 and named >= 0.5 * total, (duty, named, total, low[:2000])
+            assert final["held_released_named"] > 0, final
     finally:
         for p in procs:
             if p.poll() is None:

@@ -383,7 +383,7 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     assert {r.pid for r in runs} == {1, 2} and all(r.probe for r in runs)
     got = {r.pid: (r.duration, r.rate) for r in runs}
     # ~10 busy samples: the quiet process gets the highest rate and a longer run
-    assert got == {1: (2, 9), 2: (10, 50)}
+    assert got == {1: (2, 9), 2: (3, 50)}
     assert sched.tokens == -sum(r.rate * r.duration + START_COST for r in runs)
     shape = {(U("main (a.py)"), U("f (a.py)")): 5}
     sched.on_result(1, shape, True, 3.0)
@@ -430,26 +430,25 @@ def test_scheduler_expires_old_shapes_and_probes_again() -> None:
 
 def test_scheduler_sizes_a_quiet_process_first_run_from_its_long_run_share_and_grows_it_after_a_miss() -> None:
     """2 perf samples in the first second of an interval read as 2 % of a core; a process at 0.4 % over
-    its life gets a first run sized for 0.4 % (~10 busy samples expected at 50 Hz: 50 s, within the
-    cap), and a longer one after a run that saw nothing busy. A busy process's first run stays short."""
+    its life gets a first run sized for 0.4 % (~3 busy samples expected at 50 Hz: 15 s), and a longer
+    one after a run that saw nothing busy. A busy process's first run stays short."""
     from profiler.pyschedule import PyScheduler
 
     life = {1: 0.004, 2: 0.004}
     sched = PyScheduler(lambda pid: True, frequency=100, duration=20, max_rate=50, probe_seconds=2,
                         lifetime_share=life.get)
     runs = {r.pid: r for r in sched.plan(0.0, {1: 2, 2: 40}, 1.0, set())}
-    assert (runs[1].duration, runs[1].rate) == (20, 50)  # sized for 0.4 % (the cap), not for the 2 % burst
+    assert (runs[1].duration, runs[1].rate) == (15, 50)  # sized for 0.4 %, not for the 2 % burst
     assert runs[2].duration == 2  # 40 samples in 1 s: busy, its own estimate, a short first run
-    sched.on_result(1, {}, True, 21.0)  # nothing busy seen
+    sched.on_result(1, {}, True, 16.0)  # nothing busy seen
     assert sched.awaiting_name(1)  # one miss: its samples still wait for a name
-    (again,) = sched.plan(31.0, {1: 2}, 1.0, set())
-    assert (again.pid, again.duration, again.rate) == (1, 40, 50)  # the cap doubles after a miss
-    sched.on_result(1, {}, True, 72.0)
+    (again,) = sched.plan(26.0, {1: 2}, 1.0, set())
+    assert (again.pid, again.duration, again.rate) == (1, 30, 50)  # twice the busy samples after a miss
+    sched.on_result(1, {}, True, 57.0)
     assert not sched.awaiting_name(1)  # two misses in a row: retries back off, nothing is held for it
     plain = PyScheduler(lambda pid: True, frequency=100, duration=20, max_rate=50)
     (first,) = plain.plan(0.0, {1: 2}, 1.0, set())
-    assert (first.duration, first.rate) == (10, 50)  # without a long-run estimate, the burst's 2 % is all
-    assert plain.probe_run(2, 0.06).duration == 4  # a 6 % process: ~10 busy samples at 50 Hz
+    assert (first.duration, first.rate) == (3, 50)  # without a long-run estimate, the burst's 2 % is all
 
 
 def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
