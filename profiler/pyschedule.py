@@ -40,6 +40,7 @@ from stacks.model import Stack
 
 START_COST = 60  # py-spy start ~0.015 CPU s, i.e. about 60 samples' worth (measured)
 QUIET_SAMPLES = 10  # fewer perf samples than this in the probe's interval: size the probe conservatively
+BUSY_RESERVE = 2  # runs beyond max_running kept for first runs of busy processes (freshness)
 FORGET_AFTER = 300.0  # seconds without perf samples before a pid's state is dropped
 
 
@@ -155,15 +156,21 @@ class PyScheduler:
         floor = -self.budget * self.first_name_seconds  # how far first names may run the bucket into debt
         fresh = sorted(((n, pid) for pid, n in current.items() if n >= 2 and pid not in running
                         and self._python_pid(pid)), reverse=True)
+        busy_slots = slots + BUSY_RESERVE
         for n, pid in fresh:
             st = self.states.setdefault(pid, PyState(seen=now))
-            if st.has_shape or now < st.retry_at or slots <= 0:
+            if st.has_shape or now < st.retry_at:
                 continue
-            if self.tokens < floor:
-                break
+            # A busy process's first run is short and cheap (~2 s, <= 160 samples): it may use reserved
+            # slots and go below the floor, so a node busy naming its quiet processes (10-30 s runs,
+            # the bucket in debt) still names a process that starts burning CPU within seconds.
+            busy = n >= QUIET_SAMPLES
+            if (busy_slots if busy else slots) <= 0 or (self.tokens < floor and not busy):
+                continue
             share = self.probe_share(pid, st, n, elapsed, now)
             out.append(self._take(self.probe_run(pid, share, st.empty_runs), st, now))
             slots -= 1
+            busy_slots -= 1
         # refreshes: the largest debt first, within the budget
         queue = sorted(((st.debt, pid) for pid, st in self.states.items()
                         if pid not in running and st.debt >= self.refresh_samples and now >= st.retry_at),

@@ -451,13 +451,31 @@ def test_scheduler_sizes_a_quiet_process_first_run_from_its_long_run_share_and_g
     assert (first.duration, first.rate) == (3, 50)  # without a long-run estimate, the burst's 2 % is all
 
 
+def test_scheduler_names_a_busy_newcomer_while_quiet_first_runs_fill_the_slots_and_the_bucket_is_spent() -> None:
+    """Freshness on a node busy naming its quiet processes: all 8 slots hold long first runs and the
+    first-name debt is at its floor; a process that starts burning CPU still gets its short first run
+    at once (a reserved slot, below the floor), a quiet newcomer waits."""
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, budget=10.0, max_running=8, first_name_seconds=1200.0)
+    sched.plan(0.0, {}, 1.0, set())
+    sched.tokens = -sched.budget * 1200.0 - 1  # below the floor
+    runs = sched.plan(1.0, {100: 30, 101: 2}, 1.0, set(range(1, 9)))
+    assert [(r.pid, r.probe) for r in runs] == [(100, True)] and runs[0].duration == 2
+    assert sched.plan(2.0, {101: 3}, 2.0, set(range(1, 9)) | {100}) == []
+
+
 def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
     from profiler.pyschedule import PyScheduler
 
     sched = PyScheduler(lambda pid: True, max_running=2)
-    runs = sched.plan(0.0, {1: 50, 2: 40, 3: 30}, 1.0, set())
+    runs = sched.plan(0.0, {1: 5, 2: 4, 3: 3}, 1.0, set())  # quiet processes: max_running at once
     assert [r.pid for r in runs] == [1, 2]
-    assert [r.pid for r in sched.plan(1.0, {1: 50, 2: 40, 3: 30}, 2.0, {1})] == [3]
+    assert [r.pid for r in sched.plan(1.0, {1: 5, 2: 4, 3: 3}, 2.0, {1})] == [3]
+    # busy ones may also use the 2 reserved slots, and no more
+    busy = PyScheduler(lambda pid: True, max_running=2)
+    runs = busy.plan(0.0, {1: 50, 2: 40, 3: 30, 4: 20, 5: 10}, 1.0, set())
+    assert [r.pid for r in runs] == [1, 2, 3, 4]
 
 
 def test_real_pyspy_idle_run_sees_a_sleeping_python_process(tmp_path: Path) -> None:
