@@ -40,6 +40,7 @@ from stacks.model import Stack
 
 START_COST = 60  # py-spy start ~0.015 CPU s, i.e. about 60 samples' worth (measured)
 QUIET_SAMPLES = 10  # fewer perf samples than this in the probe's interval: size the probe conservatively
+BUSY_SHARE = 0.05  # a lifetime CPU share this high makes a process with few perf samples yet a busy newcomer
 BUSY_RESERVE = 2  # runs beyond max_running kept for first runs of busy processes (freshness)
 FORGET_AFTER = 300.0  # seconds without perf samples before a pid's state is dropped
 
@@ -164,10 +165,9 @@ class PyScheduler:
             # A busy process's first run is short and cheap (~2 s, <= 160 samples): it may use reserved
             # slots and go below the floor, so a node busy naming its quiet processes (10-30 s runs,
             # the bucket in debt) still names a process that starts burning CPU within seconds.
-            busy = n >= QUIET_SAMPLES
+            share, busy = self.probe_share(pid, st, n, elapsed, now)
             if (busy_slots if busy else slots) <= 0 or (self.tokens < floor and not busy):
                 continue
-            share = self.probe_share(pid, st, n, elapsed, now)
             out.append(self._take(self.probe_run(pid, share, st.empty_runs), st, now))
             slots -= 1
             busy_slots -= 1
@@ -202,26 +202,28 @@ class PyScheduler:
                 st.shape = {}
                 st.retry_at = min(st.retry_at, now)
 
-    def probe_share(self, pid: int, st: PyState, n: int, elapsed: float, now: float) -> float:
-        """The share of a core a first run is sized for, from ``n`` perf samples in ``elapsed`` s.
+    def probe_share(self, pid: int, st: PyState, n: int, elapsed: float, now: float) -> tuple[float, bool]:
+        """The share of a core a first run is sized for, from ``n`` perf samples in ``elapsed`` s, and
+        whether the process counts as busy.
 
         The probe fires on the first poll that sees >= 2 perf samples in the current interval, which
         picks a lucky burst of a quiet process: 2 samples in the first second read as 2 % of a core for
         a process at 0.4 %, and a run sized for 2 % sees nothing busy half the time (measured: 0.4 %
-        workers of the 30-worker bench went unnamed). So when ``n`` is small (a quiet process, where
-        the estimate is noise) the lowest of three estimates is used: this interval's, the agent's own
-        history (5 s at least) and the process's lifetime CPU (``lifetime_share``). A busy process's
-        first run stays short, so its names come quickly.
+        workers of the 30-worker bench went unnamed). So when ``n`` is small the process is quiet
+        unless its lifetime CPU (``lifetime_share``: CPU time over age, which a process that has just
+        started burning shows at once) says otherwise, and a quiet one is sized for the lowest of the
+        estimates: this interval's, the agent's history of it (5 s at least) and the lifetime one.
         """
         current = n / max(elapsed * self.frequency, 1.0)
         if n >= QUIET_SAMPLES:
-            return current
-        found = [current]
+            return current, True
+        life = self.lifetime_share(pid) if self.lifetime_share is not None else None
+        hist = None
         if st.first_seen is not None and now - st.first_seen >= 5.0:
-            found.append(st.samples / ((now - st.first_seen) * self.frequency))
-        if self.lifetime_share is not None and (life := self.lifetime_share(pid)) is not None:
-            found.append(life)
-        return min(found)
+            hist = st.samples / ((now - st.first_seen) * self.frequency)
+        if life is not None and life >= BUSY_SHARE and (hist is None or hist >= BUSY_SHARE):
+            return max(current, life), True  # a newcomer burning CPU: perf has only seen its first second
+        return min(x for x in (current, life, hist) if x is not None), False
 
     def probe_run(self, pid: int, share: float, failed: int = 0) -> Run:
         """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target.

@@ -463,6 +463,13 @@ def test_scheduler_names_a_busy_newcomer_while_quiet_first_runs_fill_the_slots_a
     runs = sched.plan(1.0, {100: 30, 101: 2}, 1.0, set(range(1, 9)))
     assert [(r.pid, r.probe) for r in runs] == [(100, True)] and runs[0].duration == 2
     assert sched.plan(2.0, {101: 3}, 2.0, set(range(1, 9)) | {100}) == []
+    # perf has shown only 3 samples of a process that started a second ago burning 30 % of a core:
+    # its lifetime CPU makes it a busy newcomer (short run, reserved slot), not a quiet one
+    life = PyScheduler(lambda pid: True, max_running=8, lifetime_share={200: 0.3, 201: 0.004}.get)
+    life.plan(0.0, {}, 1.0, set())
+    life.tokens = -life.budget * 1200.0 - 1
+    runs = life.plan(1.0, {200: 3, 201: 3}, 8.0, set(range(1, 9)))
+    assert [(r.pid, r.duration) for r in runs] == [(200, 2)]
 
 
 def test_scheduler_respects_the_concurrency_cap_and_running_pids() -> None:
