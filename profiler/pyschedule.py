@@ -165,7 +165,10 @@ class PyScheduler:
             # A busy process's first run is short and cheap (~2 s, <= 160 samples): it may use reserved
             # slots and go below the floor, so a node busy naming its quiet processes (10-30 s runs,
             # the bucket in debt) still names a process that starts burning CPU within seconds.
-            share, busy = self.probe_share(pid, st, n, elapsed, now)
+            sized = self.probe_share(pid, st, n, elapsed, now)
+            if sized is None:
+                continue
+            share, busy = sized
             if (busy_slots if busy else slots) <= 0 or (self.tokens < floor and not busy):
                 continue
             out.append(self._take(self.probe_run(pid, share, st.empty_runs), st, now))
@@ -202,17 +205,18 @@ class PyScheduler:
                 st.shape = {}
                 st.retry_at = min(st.retry_at, now)
 
-    def probe_share(self, pid: int, st: PyState, n: int, elapsed: float, now: float) -> tuple[float, bool]:
+    def probe_share(self, pid: int, st: PyState, n: int, elapsed: float, now: float) -> tuple[float, bool] | None:
         """The share of a core a first run is sized for, from ``n`` perf samples in ``elapsed`` s, and
-        whether the process counts as busy.
+        whether the process counts as busy; None: not yet (a quiet process the agent has not measured).
 
         The probe fires on the first poll that sees >= 2 perf samples in the current interval, which
         picks a lucky burst of a quiet process: 2 samples in the first second read as 2 % of a core for
         a process at 0.4 %, and a run sized for 2 % sees nothing busy half the time (measured: 0.4 %
-        workers of the 30-worker bench went unnamed). So when ``n`` is small the process is quiet
-        unless its lifetime CPU (``lifetime_share``: CPU time over age, which a process that has just
-        started burning shows at once) says otherwise, and a quiet one is sized for the lowest of the
-        estimates: this interval's, the agent's history of it (5 s at least) and the lifetime one.
+        workers of the 30-worker bench went unnamed). So with few samples a process is busy only as a
+        newcomer whose lifetime CPU (``lifetime_share``: CPU time over age) is high; otherwise it is
+        quiet, and its first run waits until the agent has a pushed interval of it (its samples wait
+        in the hold meanwhile, so this costs no names), sized for the lower of that history and the
+        lifetime share. After a first run that saw nothing busy, a process is quiet.
         """
         current = n / max(elapsed * self.frequency, 1.0)
         if n >= QUIET_SAMPLES:
@@ -221,9 +225,11 @@ class PyScheduler:
         hist = None
         if st.first_seen is not None and now - st.first_seen >= 5.0:
             hist = st.samples / ((now - st.first_seen) * self.frequency)
-        if life is not None and life >= BUSY_SHARE and (hist is None or hist >= BUSY_SHARE):
-            return max(current, life), True  # a newcomer burning CPU: perf has only seen its first second
-        return min(x for x in (current, life, hist) if x is not None), False
+        if hist is None:
+            if life is not None and life >= BUSY_SHARE and st.empty_runs == 0:
+                return max(current, life), True  # a newcomer burning CPU: perf has seen only its first second
+            return None if self.lifetime_share is not None else (current, False)
+        return (min(hist, life) if life is not None else hist), False
 
     def probe_run(self, pid: int, share: float, failed: int = 0) -> Run:
         """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target.

@@ -42,7 +42,7 @@ SETTINGS: list[Setting] = [
     Setting("pyspy_gil", True,
             "py-spy shapes keep only the thread holding the GIL (--gil): the Python code perf sees running, "
             "not threads that woke from a wait and queue for a CPU", parse_bool),
-    Setting("pyspy_hold_seconds", 60.0,
+    Setting("pyspy_hold_seconds", 90.0,
             "seconds a Python process's perf samples may wait for its first py-spy shape, to be pushed with "
             "Python names and their own times (0: push at once, unnamed)", float),
     Setting("pyspy_max_processes", 8, "at most this many py-spy runs at once", int),

@@ -428,27 +428,32 @@ def test_scheduler_expires_old_shapes_and_probes_again() -> None:
     assert never.shape(1) == {k: 20.0 for k in old}
 
 
-def test_scheduler_sizes_a_quiet_process_first_run_from_its_long_run_share_and_grows_it_after_a_miss() -> None:
-    """2 perf samples in the first second of an interval read as 2 % of a core; a process at 0.4 % over
-    its life gets a first run sized for 0.4 % (~3 busy samples expected at 50 Hz: 15 s), and a longer
-    one after a run that saw nothing busy. A busy process's first run stays short."""
+def test_scheduler_sizes_a_quiet_process_first_run_from_its_measured_share_and_grows_it_after_a_miss() -> None:
+    """2 perf samples in the first second of an interval read as 2 % of a core. A quiet process's first
+    run waits for one pushed interval of it (its samples wait in the hold), is sized for the share
+    measured then (0.38 %: ~3 busy samples at 50 Hz take 16 s), and is longer after a run that saw
+    nothing busy. A busy process's first run is short and immediate."""
     from profiler.pyschedule import PyScheduler
 
     life = {1: 0.004, 2: 0.004}
     sched = PyScheduler(lambda pid: True, frequency=100, duration=20, max_rate=50, probe_seconds=2,
-                        lifetime_share=life.get)
-    runs = {r.pid: r for r in sched.plan(0.0, {1: 2, 2: 40}, 1.0, set())}
-    assert (runs[1].duration, runs[1].rate) == (15, 50)  # sized for 0.4 %, not for the 2 % burst
-    assert runs[2].duration == 2  # 40 samples in 1 s: busy, its own estimate, a short first run
-    sched.on_result(1, {}, True, 16.0)  # nothing busy seen
+                        lifetime_share=life.get, interval_hint=10.0)
+    runs = sched.plan(0.0, {1: 2, 2: 40}, 1.0, set())
+    assert [(r.pid, r.duration) for r in runs] == [(2, 2)]  # 40 samples in 1 s: busy, named at once
+    sched.observe({1: 4, 2: 400}, 10.0)  # 4 samples in 10 s: 0.4 % of a core
+    (first,) = sched.plan(10.5, {1: 2}, 0.5, {2})
+    assert (first.pid, first.duration, first.rate) == (1, 16, 50)  # sized for 0.38 %, not the 2 % burst
+    sched.on_result(1, {}, True, 26.0)  # nothing busy seen
     assert sched.awaiting_name(1)  # one miss: its samples still wait for a name
-    (again,) = sched.plan(26.0, {1: 2}, 1.0, set())
-    assert (again.pid, again.duration, again.rate) == (1, 30, 50)  # twice the busy samples after a miss
-    sched.on_result(1, {}, True, 57.0)
+    sched.observe({1: 6}, 20.0)
+    sched.observe({1: 2}, 30.0)  # 12 samples in 30 s: 0.4 %
+    (again,) = sched.plan(36.0, {1: 2}, 6.0, set())
+    assert (again.pid, again.rate) == (1, 50) and again.duration == 36  # 6 busy expected at 0.33 %
+    sched.on_result(1, {}, True, 70.0)
     assert not sched.awaiting_name(1)  # two misses in a row: retries back off, nothing is held for it
     plain = PyScheduler(lambda pid: True, frequency=100, duration=20, max_rate=50)
-    (first,) = plain.plan(0.0, {1: 2}, 1.0, set())
-    assert (first.duration, first.rate) == (3, 50)  # without a long-run estimate, the burst's 2 % is all
+    (burst,) = plain.plan(0.0, {1: 2}, 1.0, set())
+    assert (burst.duration, burst.rate) == (3, 50)  # without a lifetime estimate: the interval's, at once
 
 
 def test_scheduler_names_a_busy_newcomer_while_quiet_first_runs_fill_the_slots_and_the_bucket_is_spent() -> None:
