@@ -163,7 +163,8 @@ class Agent:
     def start(self) -> None:
         if self.s.perf:
             self.perf = perf_sampler.PerfSampler(
-                self.collector.add, perf=self._perf_bin, frequency=self.s.frequency,
+                self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
+                frequency=self.s.frequency,
                 mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock)
             self.perf.start()
         if self.s.pyspy:
@@ -265,7 +266,7 @@ class Agent:
         """One push of these processes' samples, Python-named where a shape is known."""
         series: dict[Labels, dict[Stack, int]] = {}
         for pid, ps in pids.items():
-            stacks = combine_python(ps.stacks, shapes[pid]) if pid in shapes else ps.stacks
+            stacks = combine_python(ps.stacks, shapes[pid], ps.native) if pid in shapes else ps.stacks
             labels = (known or {}).get(pid) or self._try_labels(pid, ps.comm)
             if labels is None:  # samples are never dropped for their labels
                 labels = Labels.of(node=self.node, process=ps.comm, service_name=ps.comm)

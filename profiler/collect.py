@@ -24,6 +24,11 @@ samples are the interpreter running Python code, which holds the GIL, so
 the GIL holder's stacks are the like-for-like shape (threads queued for a
 CPU or inside a GIL-free C call are left out).
 
+Only a process's *Python threads* are renamed: threads the perf sampler saw
+running CPython's own code (:meth:`Collector.mark_python`). Samples of its
+other threads (an SDK's native sampler thread, a C++ pool) keep perf's
+native frames, since py-spy's shape says nothing about them.
+
 So a process's total in the flamegraph is always perf's sample count (one
 unit, comparable across processes), kernel time stays visible and green,
 and Python time carries Python names. Shipping both as separate series
@@ -48,19 +53,45 @@ class PidSamples:
     comm: str
     stacks: dict[Stack, int] = field(default_factory=dict)
     count: int = 0  # == total, kept up to date so the 1 s scheduler poll is cheap
+    # The part of ``stacks`` from threads never seen running CPython (set by drain): an SDK's native
+    # sampler thread, a C++ pool. py-spy's shape does not describe them, so they keep their frames.
+    native: dict[Stack, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.stacks.values())
 
 
+PYTHON_THREADS_KEEP = 30  # drains a pid may go without samples before its Python threads are forgotten
+
+
 class Collector:
-    """Thread-safe per-pid stack counts for the current interval."""
+    """Thread-safe per-pid stack counts for the current interval.
+
+    It also remembers which threads of each process have run CPython's own code
+    (:meth:`mark_python`, from the perf sampler): a thread once seen in the
+    interpreter is a Python thread for the process's life, so its samples that
+    show no interpreter frame (a libc leaf whose caller perf could not unwind)
+    are still Python time. Samples of the other threads come out of
+    :meth:`drain` in :attr:`PidSamples.native`.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pids: dict[int, PidSamples] = {}
+        self._other: dict[int, dict[int, dict[Stack, int]]] = {}  # pid -> tid -> stacks, tids not yet Python
+        self._python: dict[int, set[int]] = {}  # pid -> tids seen running the interpreter
+        self._python_seen: dict[int, int] = {}  # pid -> drain number it last had samples
+        self._drains = 0
         self.taken = 0
+
+    def mark_python(self, pid: int, tid: int) -> None:
+        """Thread ``tid`` of ``pid`` ran interpreter code (the sampler calls this before its samples)."""
+        with self._lock:
+            tids = self._python.get(pid)
+            if tids is None:
+                tids = self._python[pid] = set()
+            tids.add(tid)
 
     def add(self, s: PerfSample, count: int = 1) -> None:
         """Count ``count`` identical perf samples (the sampler thread calls this)."""
@@ -73,6 +104,10 @@ class Collector:
             st[s.frames] = st.get(s.frames, 0) + count
             entry.count += count
             self.taken += count
+            tid = s.tid if s.tid is not None else pid
+            if tid not in self._python.get(pid, ()):  # may still turn out Python later in the interval
+                other = self._other.setdefault(pid, {}).setdefault(tid, {})
+                other[s.frames] = other.get(s.frames, 0) + count
 
     def add_stacks(self, pid: int, comm: str, stacks: Mapping[Stack, int]) -> None:
         """Count already aggregated stacks (py-spy-only or bpftrace samplers)."""
@@ -91,9 +126,29 @@ class Collector:
             return {pid: e.count for pid, e in self._pids.items()}
 
     def drain(self) -> dict[int, PidSamples]:
-        """The interval's samples; the collector starts empty again."""
+        """The interval's samples, with each Python process's native-thread part split out; starts empty again."""
         with self._lock:
             out, self._pids = self._pids, {}
+            other, self._other = self._other, {}
+            self._drains += 1
+            for pid in self._python:  # a process gone quiet for a while (or gone) is forgotten
+                if pid in out or pid not in self._python_seen:
+                    self._python_seen[pid] = self._drains
+            for pid in [p for p, d in self._python_seen.items() if self._drains - d > PYTHON_THREADS_KEEP]:
+                del self._python_seen[pid]
+                self._python.pop(pid, None)
+            python = {pid: set(t) for pid, t in self._python.items() if pid in other}
+        for pid, threads in other.items():
+            tids = python.get(pid)
+            entry = out.get(pid)
+            if not tids or entry is None:  # no Python thread known: nothing to tell apart
+                continue
+            native = entry.native
+            for tid, stacks in threads.items():
+                if tid in tids:
+                    continue
+                for k, c in stacks.items():
+                    native[k] = native.get(k, 0) + c
         return out
 
 
@@ -118,16 +173,22 @@ def spread(n: int, weights: Mapping[Stack, float]) -> dict[Stack, int]:
     return {k: v for k, v in base.items() if v > 0}
 
 
-def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, float] | None) -> dict[Stack, int]:
+def combine_python(perf: Mapping[Stack, int], python: Mapping[Stack, float] | None,
+                   native: Mapping[Stack, int] | None = None) -> dict[Stack, int]:
     """perf stacks of one process with their user-space part renamed by py-spy's stacks (see module doc).
 
     User-leaf samples become py-spy stacks; kernel-leaf samples keep their kernel frames under a
     py-spy stack (the interpreter frames perf saw below the kernel are dropped). Both spread perf's
-    counts over py-spy's shape, so totals are perf's exactly.
+    counts over py-spy's shape, so totals are perf's exactly. ``native``: the part of ``perf`` from
+    threads that never ran the interpreter; it is kept as perf saw it.
     """
     if not python or sum(python.values()) <= 0:
         return dict(perf)
     out: dict[Stack, int] = {}
+    if native:
+        for stack, c in native.items():
+            out[stack] = c
+        perf = {k: c - native.get(k, 0) for k, c in perf.items() if c > native.get(k, 0)}
     user = 0
     kernel: dict[Stack, int] = {}  # kernel suffix -> count
     for stack, c in perf.items():

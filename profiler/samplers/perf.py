@@ -6,7 +6,12 @@ start-up (kernel symbol loading) once. The small ring buffer (``-m``) makes
 perf hand over samples within a second or two instead of when a large buffer
 fills, which keeps the sample-to-query delay well under 15 s. The text is
 parsed by :class:`stacks.perf.SampleParser`, once per distinct sample block,
-and ``sink`` gets each distinct sample with its count.
+and ``sink`` gets each distinct sample with its count. A block whose frames
+include CPython's own code (a frame in the ``python3.X`` binary or
+``libpython``) is reported to ``on_interpreter(pid, tid)`` first: that thread
+runs Python, so the agent may name its samples with py-spy's Python stacks;
+the other threads of a Python process (an SDK's native sampler, a Rust or C++
+worker pool) keep their native frames.
 
 If perf dies, it is restarted with exponential backoff and the time without
 sampling is counted as a gap.
@@ -44,6 +49,10 @@ BLOCK_CACHE_MAX = 20000
 # parser reads from them (kernel or user for an [unknown] module).
 _KERNEL_ADDR = re.compile(rb"\t *ffff[89a-f][0-9a-f]{11} ")
 _USER_ADDR = re.compile(rb"\t +[0-9a-f]+ ")
+# A frame line whose module is CPython itself: the python3.X binary (any build
+# suffix: d, t) or libpython3.X.so. Only the module is read, so stripped or
+# unsymbolised interpreters ("[unknown] (/usr/bin/python3.11)") count too.
+_INTERPRETER = re.compile(r"\((?:[^()\n]*/)?(?:lib)?python[0-9.]*[a-z]?(?:\.so[0-9.]*)?\)[ \t]*$", re.M)
 
 MISSING_HELP = (
     "install it (Debian: apt install linux-perf; Ubuntu: apt install linux-tools-$(uname -r)), "
@@ -124,6 +133,7 @@ class PerfSampler:
         self,
         sink: Callable[[PerfSample, int], None],
         *,
+        on_interpreter: Callable[[int, int], None] | None = None,
         perf: str = "perf",
         frequency: int = 99,
         mmap_pages: int = 8,
@@ -135,6 +145,7 @@ class PerfSampler:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sink = sink
+        self.on_interpreter = on_interpreter
         self.perf = perf
         self.frequency = frequency
         self.mmap_pages = mmap_pages
@@ -148,7 +159,7 @@ class PerfSampler:
         self.gap_seconds = 0.0
         self.samples = 0
         self.last_error = ""
-        self._blocks: dict[str, tuple[PerfSample, ...]] = {}
+        self._blocks: dict[str, tuple[tuple[PerfSample, ...], bool]] = {}
         self._parser = SampleParser()
         self._stop = threading.Event()
         self._procs: list[Proc] = []
@@ -288,13 +299,16 @@ class PerfSampler:
         if len(cache) > BLOCK_CACHE_MAX:  # pids and stacks churn; start over rather than grow
             cache.clear()
             self._parser = SampleParser()
-        sink = self.sink
+        sink, on_interp = self.sink, self.on_interpreter
         n = 0
         for block, count in Counter(blocks).items():
-            samples = cache.get(block)
-            if samples is None:
-                samples = cache[block] = self._parser.block(block)
+            got = cache.get(block)
+            if got is None:
+                got = cache[block] = (self._parser.block(block), _INTERPRETER.search(block) is not None)
+            samples, interp = got
             for sample in samples:
+                if interp and on_interp is not None and sample.tid is not None:  # before the sample (drains)
+                    on_interp(sample.pid if sample.pid is not None else sample.tid, sample.tid)
                 sink(sample, count)
                 n += count
         self.samples += n

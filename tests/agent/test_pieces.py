@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from profiler import collect as collect_mod
 from profiler.collect import Collector, combine_python, spread
 from profiler.samplers import perf as perf_mod
 from profiler.samplers.base import Backoff, SamplerUnavailable
@@ -341,6 +342,56 @@ def test_collector_counts_repeated_samples() -> None:
     c.add(smp, 5)
     c.add(smp)
     assert c.taken == 6 and c.drain()[10].stacks == {(U("main"),): 6}
+
+
+def test_combine_keeps_native_threads_as_perf_saw_them() -> None:
+    """An SDK's sampler thread in a Python process is not named with the process's Python shape."""
+    run, sdk = (U("_PyEval_EvalFrameDefault"),), (U("[unknown]"), U("process_vm_readv"))
+    kern = (K("do_syscall_64"),)
+    perf = {run: 10, sdk + kern: 6, sdk: 3}
+    hot = (U("main (a.py)"), U("hot (a.py)"))
+    out = combine_python(perf, {hot: 1}, native={sdk + kern: 6, sdk: 3})
+    assert out == {hot: 10, sdk + kern: 6, sdk: 3}
+    # a stack both kinds of thread had: only the Python threads' part is renamed
+    assert combine_python({run: 10}, {hot: 1}, native={run: 4}) == {hot: 6, run: 4}
+
+
+def test_collector_tells_python_threads_from_native_ones() -> None:
+    c = Collector()
+    main_t, sdk_t = 100, 101
+    libc = (U("[unknown]"), U("_int_malloc"))  # an interpreter thread's sample perf could not unwind
+    c.add(PerfSample("app", 100, main_t, None, None, None, libc), 2)  # before the thread is known Python
+    c.add(PerfSample("app", 100, sdk_t, None, None, None, libc), 3)
+    c.mark_python(100, main_t)
+    c.add(PerfSample("app", 100, main_t, None, None, None, (U("_PyEval_EvalFrameDefault"),)), 4)
+    c.add(PerfSample("cc", 7, 7, None, None, None, libc), 1)  # no Python thread known: nothing split
+    out = c.drain()
+    assert out[100].stacks == {libc: 5, (U("_PyEval_EvalFrameDefault"),): 4}
+    assert out[100].native == {libc: 3} and out[7].native == {}
+    # the thread stays Python in later intervals, even with no interpreter frame in them
+    c.add(PerfSample("app", 100, main_t, None, None, None, libc), 1)
+    c.add(PerfSample("app", 100, sdk_t, None, None, None, libc), 1)
+    assert c.drain()[100].native == {libc: 1}
+    # forgotten once the process has had no samples for a while
+    for _ in range(collect_mod.PYTHON_THREADS_KEEP + 1):
+        c.drain()
+    c.add(PerfSample("app", 100, main_t, None, None, None, libc), 1)
+    assert c.drain()[100].native == {}
+
+
+def test_perf_sampler_reports_threads_running_the_interpreter() -> None:
+    marks: list[tuple[int, int]] = []
+    got: list[tuple[PerfSample, int]] = []
+    s = perf_mod.PerfSampler(lambda x, n: got.append((x, n)), on_interpreter=lambda p, t: marks.append((p, t)))
+    text = ("app 5/5 \n\t    7f0012345678 [unknown] (/root/.pyenv/versions/3.11.7/bin/python3.11)\n"
+            "\t          401000 main (/root/.pyenv/versions/3.11.7/bin/python3.11)\n\n"
+            "app 5/6 \n\t    7f0012345678 [unknown] (/usr/lib/x86_64-linux-gnu/libc.so.6)\n"
+            "\t    7f0012345678 [unknown] (/venv/lib/python3.11/site-packages/pyroscope/_native.so)\n\n"
+            "app 5/7 \n\t    7f0012345678 PyObject_Call (/usr/lib/libpython3.12.so.1.0)\n\n"
+            "app 5/8 \n\t    7f0012345678 f (/opt/python3.13t/bin/python3.13t)\n\n"
+            "py 9/9 \n\t    7f0012345678 main (/usr/bin/python)\n\n")
+    s._parse(text.encode())
+    assert sorted(marks) == [(5, 5), (5, 7), (5, 8), (9, 9)] and len(got) == 5
 
 
 def test_perf_batch_parse_equals_the_parser_on_a_real_capture(corpora: Path) -> None:
