@@ -11,7 +11,8 @@ forever:
   names are in the next push (freshness);
 - **refresh**: each process accumulates *debt*, the perf samples it had since
   its last run started; the process with the most debt above
-  ``refresh_samples`` is refreshed next. So refreshes follow each process's
+  ``refresh_samples`` (less for a shape built from few busy samples, see
+  :meth:`PyScheduler.refresh_need`) is refreshed next. So refreshes follow each process's
   share of perf samples: a process at 60 % of a core is refreshed 30 times as
   often as one at 2 %.
 - **rate**: py-spy (without ``--idle``) keeps only busy samples, so a run at
@@ -176,7 +177,7 @@ class PyScheduler:
             busy_slots -= 1
         # refreshes: the largest debt first, within the budget
         queue = sorted(((st.debt, pid) for pid, st in self.states.items()
-                        if pid not in running and st.debt >= self.refresh_samples and now >= st.retry_at),
+                        if pid not in running and st.debt >= self.refresh_need(st) and now >= st.retry_at),
                        reverse=True)
         for _debt, pid in queue:
             if slots <= 0 or any(r.pid == pid for r in out):
@@ -189,6 +190,19 @@ class PyScheduler:
             out.append(self._take(run, st, now))
             slots -= 1
         return out
+
+    def refresh_need(self, st: PyState) -> float:
+        """Perf samples a process gathers before its next refresh.
+
+        ``refresh_samples`` once its shape rests on ``target_samples`` busy py-spy samples or more;
+        proportionally fewer (down to a tenth) for a thinner shape. A quiet process's first run sees
+        ~3 busy samples, so one stray stack (the worker caught in its main loop) is a third of the
+        shape and names a third of its samples wrongly; at 2 % of a core, 2,000 perf samples are
+        17 minutes of waiting for the run that corrects it (measured: such workers 86-94 % named).
+        The extra runs stop once the shape is thick: at most one or two per process.
+        """
+        n = sum(st.shape.values()) if st.shape else self.target_samples
+        return self.refresh_samples * max(0.1, min(1.0, n / max(1, self.target_samples)))
 
     def expire(self, now: float) -> None:
         """Forget shapes older than ``shape_max_age`` (0: never).

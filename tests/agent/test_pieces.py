@@ -457,6 +457,25 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     assert sched.plan(40.0, {}, 0.5, set()) == []
 
 
+def test_scheduler_refreshes_a_thin_shape_sooner() -> None:
+    """A shape from 3 busy samples is refreshed after 15 % of refresh_samples; a thick one after all of them."""
+    from profiler.pyschedule import PyScheduler, PyState
+
+    sched = PyScheduler(lambda pid: True, frequency=100, refresh_samples=2000, target_samples=20)
+    sched.plan(0.0, {1: 40, 2: 40}, 1.0, set())
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 2, (U("main (a.py)"),): 1}, True, 3.0)
+    sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
+    sched.tokens = sched.burst
+    assert sched.refresh_need(sched.states[1]) == 300 and sched.refresh_need(sched.states[2]) == 2000
+    sched.observe({1: 299, 2: 1999}, 10.0)
+    assert sched.plan(10.0, {}, 0.5, set()) == []
+    sched.observe({1: 1, 2: 1}, 11.0)
+    assert [r.pid for r in sched.plan(11.0, {}, 0.5, set())] == [2, 1]  # the largest debt first
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 20}, True, 30.0)
+    assert sched.refresh_need(sched.states[1]) == 2000  # 21.5 samples' worth now
+    assert sched.refresh_need(PyState()) == 2000  # no shape: the full amount
+
+
 def test_scheduler_expires_old_shapes_and_probes_again() -> None:
     """A quiet process's shape does not name its samples forever: after shape_max_age it is
     dropped (samples keep native frames) and the next first run builds a fresh one."""
