@@ -123,7 +123,9 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
         env = {**os.environ, "PYTHONPATH": str(repo), "PATH": path}
         agent = subprocess.Popen(
             [sys.executable, "-m", "flamewatch.cli", "agent", "--server", srv.url, "--kube", "off",
-             "--metrics-port", "-1", "--spool-dir", str(workdir / "spool"), "--log-level", "warning"],
+             "--metrics-port", "-1", "--spool-dir", str(workdir / "spool"),
+             # FIDELITY_AGENT_LOG=debug shows each py-spy run (for the design notes)
+             "--log-level", os.environ.get("FIDELITY_AGENT_LOG", "warning")],
             cwd=repo, env=env)
         ap = psutil.Process(agent.pid)
         t_start = time.time()
@@ -176,6 +178,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
         d = Path(tmp)
         workers = [start_worker(d, i, duty) for i, duty in enumerate(duties)]
+        if os.environ.get("FIDELITY_AGENT_LOG"):
+            print("worker pids: " + " ".join(f"w{i}={w.pid}" for i, w in enumerate(workers)), file=sys.stderr)
         try:
             time.sleep(2)
             if a.baseline:

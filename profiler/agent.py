@@ -188,6 +188,8 @@ class Agent:
                 self.pyspy.start_run(res.pid, duration=max(1, round(self.s.pyspy_duration)),
                                      rate=self.s.wall_rate, idle=True)
             return
+        log.debug("py-spy pid %d ended: %d busy samples%s", res.pid, sum(res.stacks.values()),
+                  "" if res.ok else " (failed)")
         with self._py_lock:
             self.sched.on_result(res.pid, res.stacks, res.ok, self.clock())
         if self.perf is None and res.stacks:  # py-spy only: its samples are the data
@@ -303,6 +305,8 @@ class Agent:
             runs = self.sched.plan(now, current, max(0.5, now - self._interval_start),
                                    set(self.pyspy.running()))
         for r in runs:
+            log.debug("py-spy %s pid %d: %d s at %d Hz (tokens %.0f)", "first run" if r.probe else "refresh",
+                      r.pid, r.duration, r.rate, self.sched.tokens)
             self.pyspy.start_run(r.pid, duration=r.duration, rate=r.rate)
 
     def _start_wall(self, counts: Mapping[int, int]) -> None:

@@ -457,6 +457,25 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     assert sched.plan(40.0, {}, 0.5, set()) == []
 
 
+def test_scheduler_retries_a_missed_first_run_below_the_floor_once() -> None:
+    """The bucket is past its first-name floor: a new quiet process waits, but the retry of one whose
+    first run saw nothing busy (its samples are held for it) goes now; a second miss waits again."""
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, frequency=100, budget=10.0, lifetime_share=lambda pid: 0.004)
+    sched.observe({1: 4, 2: 4}, 10.0)
+    assert [r.pid for r in sched.plan(10.5, {1: 2}, 0.5, set())] == [1]
+    sched.on_result(1, {}, True, 21.0)  # nothing busy: retry from 31 s
+    sched.tokens = -sched.budget * sched.first_name_seconds - 1
+    sched._last = 40.0
+    runs = sched.plan(40.0, {1: 2, 2: 2}, 0.5, set())
+    assert [(r.pid, r.probe) for r in runs] == [(1, True)]  # process 2's first run waits for the bucket
+    sched.on_result(1, {}, True, 80.0)
+    sched.tokens = -sched.budget * sched.first_name_seconds - 1
+    sched._last = 200.0
+    assert sched.plan(200.0, {1: 2}, 0.5, set()) == []
+
+
 def test_scheduler_refreshes_a_thin_shape_sooner() -> None:
     """A shape from 3 busy samples is refreshed after 15 % of refresh_samples; a thick one after all of them."""
     from profiler.pyschedule import PyScheduler, PyState
@@ -474,6 +493,26 @@ def test_scheduler_refreshes_a_thin_shape_sooner() -> None:
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 20}, True, 30.0)
     assert sched.refresh_need(sched.states[1]) == 2000  # 21.5 samples' worth now
     assert sched.refresh_need(PyState()) == 2000  # no shape: the full amount
+
+
+def test_scheduler_lets_a_thin_shape_refresh_borrow_down_to_half_the_floor() -> None:
+    """With the bucket in debt from first names, a full shape waits for it; a thin one (a first run's
+    few busy samples) is refreshed on credit, down to half the first-name floor."""
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, frequency=100, budget=10.0, refresh_samples=2000, target_samples=20)
+    sched.plan(0.0, {1: 40, 2: 40}, 1.0, set())
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}, True, 3.0)  # thin
+    sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
+    assert sched.thin(sched.states[1]) and not sched.thin(sched.states[2])
+    sched.observe({1: 3000, 2: 3000}, 20.0)
+    floor = -sched.budget * sched.first_name_seconds
+    sched.tokens, sched._last = floor / 4, 20.0
+    assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(1, False)]
+    sched.observe({1: 3000}, 40.0)
+    sched.states[1].retry_at = 0.0
+    sched.tokens, sched._last = floor / 2 + 10, 40.0  # a refresh would go below half the floor
+    assert sched.plan(40.0, {}, 0.5, set()) == []
 
 
 def test_scheduler_expires_old_shapes_and_probes_again() -> None:
