@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -188,8 +189,12 @@ class Agent:
                 self.pyspy.start_run(res.pid, duration=max(1, round(self.s.pyspy_duration)),
                                      rate=self.s.wall_rate, idle=True)
             return
-        log.debug("py-spy pid %d ended: %d busy samples%s", res.pid, sum(res.stacks.values()),
-                  "" if res.ok else " (failed)")
+        if log.isEnabledFor(logging.DEBUG):
+            leaves = Counter()
+            for stack, n in res.stacks.items():
+                leaves[stack[-1].name if stack else "?"] += n
+            log.debug("py-spy pid %d ended: %d busy samples%s; leaves %s", res.pid, sum(res.stacks.values()),
+                      "" if res.ok else " (failed)", dict(leaves.most_common(4)))
         with self._py_lock:
             self.sched.on_result(res.pid, res.stacks, res.ok, self.clock())
         if self.perf is None and res.stacks:  # py-spy only: its samples are the data

@@ -15,12 +15,14 @@ forever:
   :meth:`PyScheduler.refresh_need`) is refreshed next. So refreshes follow each process's
   share of perf samples: a process at 60 % of a core is refreshed 30 times as
   often as one at 2 %.
+- **confirm**: a shape from fewer than ``target_samples`` busy samples is refreshed
+  after a tenth of that debt: one stray stack is 1/n of a shape of n samples.
 - **rate**: py-spy (without ``--idle``) keeps only busy samples, so a run at
   rate R over D s on a process using a share s of a core yields ~R*D*s busy
   samples. The rate is chosen for ``target_samples`` busy samples per run
   (clamped to [1, max_rate]): quiet processes get higher rates, busy ones
   lower.
-- **budget**: every run costs its samples (busy or idle, ~0.24 ms of CPU each,
+- **budget**: every run costs its samples (busy or idle, ~0.09 ms of CPU each with --gil,
   measured) plus ``START_COST`` for py-spy's start; a token bucket filled at
   ``budget`` samples/s bounds the node-wide cost. Probes may run the bucket
   into debt down to ``first_name_seconds`` (1200 s) of budget: naming a quiet
@@ -39,10 +41,13 @@ from dataclasses import dataclass, field
 
 from stacks.model import Stack
 
-START_COST = 60  # py-spy start ~0.015 CPU s, i.e. about 60 samples' worth (measured)
+# Measured with --gil --nonblocking (docs/agent.md): one sample ~0.09 ms of CPU, busy or idle; a start
+# ~0.013 s, i.e. about 140 samples' worth.
+START_COST = 140
 QUIET_SAMPLES = 10  # fewer perf samples than this in the probe's interval: size the probe conservatively
 BUSY_SHARE = 0.05  # a lifetime CPU share this high makes a process with few perf samples yet a busy newcomer
 BUSY_RESERVE = 2  # runs beyond max_running kept for first runs of busy processes (freshness)
+CONFIRM_RUNS = 3  # a busy process's first run and two confirmations may go below the first-name floor
 FORGET_AFTER = 300.0  # seconds without perf samples before a pid's state is dropped
 
 
@@ -84,11 +89,11 @@ class PyScheduler:
         is_python: Callable[[int], bool],
         *,
         frequency: int = 99,
-        budget: float = 10.0,
+        budget: float = 25.0,
         max_running: int = 8,
         duration: int = 10,
         probe_seconds: int = 2,
-        max_rate: int = 50,
+        max_rate: int = 100,
         target_samples: int = 20,
         refresh_samples: int = 2000,
         first_name_seconds: float = 1200.0,
@@ -151,11 +156,11 @@ class PyScheduler:
         if self._last is not None:
             self.tokens = min(self.burst, self.tokens + (now - self._last) * self.budget)
         self._last = now
-        self.expire(now)
         out: list[Run] = []
         slots = self.max_running - len(running)
-        # probes first: Python processes burning CPU with no shape yet (freshness)
         floor = -self.budget * self.first_name_seconds  # how far first names may run the bucket into debt
+        self.expire(now, floor, running)
+        # probes first: Python processes burning CPU with no shape yet (freshness)
         fresh = sorted(((n, pid) for pid, n in current.items() if n >= 2 and pid not in running
                         and self._python_pid(pid)), reverse=True)
         busy_slots = slots + BUSY_RESERVE
@@ -191,12 +196,16 @@ class PyScheduler:
             share = self._share(st, now)
             run = Run(pid, self.duration, self.rate_for(share, self.duration), False)
             cost = run.rate * run.duration + START_COST
-            if self.thin(st):
-                # Still first-name work: a shape from a handful of busy samples may carry a stray stack
-                # for a third of its weight, and at the budget's pace the first names' debt takes ~15 min
-                # to repay (measured: 6-12 % workers of 30 stuck at 75-90 % named for the whole run). It
-                # may borrow down to half the floor; the other half stays for new processes.
-                if self.tokens - cost < floor / 2:
+            if not self.confirmed(st):
+                # Still first-name work: one stray stack in a shape of n busy samples names 1/n of the
+                # process's samples wrongly (measured: 0.2-0.5 % of py-spy's busy samples of a duty-cycle
+                # worker are its main loop, so 1 in 10 first runs of a busy worker carries one), and at the
+                # budget's pace the first names' debt takes minutes to repay. A busy process's first
+                # confirmations are cheap (<= 20 py-spy samples per busy one) and bounded: they may go
+                # below the floor like its first run. Others borrow down to half the floor; the other half
+                # stays for new processes.
+                limit = -math.inf if share >= BUSY_SHARE and st.runs < CONFIRM_RUNS else floor / 2
+                if self.tokens - cost < limit:
                     continue
             elif waiting or self.tokens < cost:
                 waiting = True
@@ -205,37 +214,48 @@ class PyScheduler:
             slots -= 1
         return out
 
-    def thin(self, st: PyState) -> bool:
-        """A shape resting on fewer than half ``target_samples`` busy py-spy samples (a first run's)."""
-        return bool(st.shape) and sum(st.shape.values()) < self.target_samples / 2
+    def confirmed(self, st: PyState) -> bool:
+        """A shape resting on ``target_samples`` busy py-spy samples or more (no shape counts as confirmed)."""
+        return not st.shape or sum(st.shape.values()) >= self.target_samples
 
     def refresh_need(self, st: PyState) -> float:
         """Perf samples a process gathers before its next refresh.
 
-        ``refresh_samples`` once its shape rests on ``target_samples`` busy py-spy samples or more;
-        proportionally fewer (down to a tenth) for a thinner shape. A quiet process's first run sees
-        ~3 busy samples, so one stray stack (the worker caught in its main loop) is a third of the
-        shape and names a third of its samples wrongly; at 2 % of a core, 2,000 perf samples are
-        17 minutes of waiting for the run that corrects it (measured: such workers 86-94 % named).
-        The extra runs stop once the shape is thick: at most one or two per process.
+        ``refresh_samples`` once its shape rests on ``target_samples`` busy py-spy samples or more; a
+        tenth of that for a shape from fewer (a first run's 3-12). One stray stack in such a shape
+        (py-spy catching the worker in its main loop, 0.2-0.5 % of its busy samples) is a tenth to a
+        third of it and names that share of the process's samples wrongly until the next run; at
+        6 % of a core, 2,000 perf samples are 5 minutes of that (measured: 6-12 % workers 86-94 %
+        named for a whole run). A busy process is confirmed once or twice; a quiet one whose runs
+        never reach the target is refreshed every ``refresh_samples / 10`` of its perf samples.
         """
-        n = sum(st.shape.values()) if st.shape else self.target_samples
-        return self.refresh_samples * max(0.1, min(1.0, n / max(1, self.target_samples)))
+        return self.refresh_samples * (1.0 if self.confirmed(st) else 0.1)
 
-    def expire(self, now: float) -> None:
-        """Forget shapes older than ``shape_max_age`` (0: never).
+    def expire(self, now: float, floor: float, running: set[int]) -> None:
+        """Drop a shape older than ``shape_max_age`` (0: never) once its new first run can be paid for.
 
         A quiet process gathers perf samples too slowly to earn a refresh, so after its code
         changed (a deploy, a fix) its old shape would name its new samples wrongly for as long
-        as it lives. An expired shape names nothing: the samples keep their native frames
-        until the next first run (a probe, as for a new process) builds a fresh shape.
+        as it lives. An expired shape names nothing: the process's samples wait in the hold for
+        the next first run (a probe, as for a new process), which builds a fresh one. Only as many
+        shapes expire as the bucket can re-probe above the first-name floor: on a node with many
+        quiet processes the budget re-probes each only every several minutes, and a shape dropped
+        before that would leave its samples unnamed (measured: 30 workers, 13 of 38 processes
+        unnamed 60 s after their shapes reached 300 s).
         """
         if self.shape_max_age <= 0:
             return
-        for st in self.states.values():
-            if st.shape and now - st.shape_ended > self.shape_max_age:
-                st.shape = {}
-                st.retry_at = min(st.retry_at, now)
+        room = self.tokens - floor
+        stale = sorted((st.shape_ended, pid) for pid, st in self.states.items()
+                       if st.shape and pid not in running and now - st.shape_ended > self.shape_max_age)
+        for _ended, pid in stale:
+            st = self.states[pid]
+            probe = self.probe_run(pid, self._share(st, now))
+            room -= probe.rate * probe.duration + START_COST
+            if room < 0:
+                return
+            st.shape = {}
+            st.retry_at = min(st.retry_at, now)
 
     def probe_share(self, pid: int, st: PyState, n: int, elapsed: float, now: float) -> tuple[float, bool] | None:
         """The share of a core a first run is sized for, from ``n`` perf samples in ``elapsed`` s, and
@@ -264,12 +284,14 @@ class PyScheduler:
         return (min(hist, life) if life is not None else hist), False
 
     def probe_run(self, pid: int, share: float, failed: int = 0) -> Run:
-        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for half the target.
+        """A first run: long enough at max_rate for ~3 busy samples (2..duration s), rate for the target.
 
-        Measured: sizing first runs for 10 busy samples instead of 3 made a 30-worker node's first names
-        cost more than the first-name debt allows (12,550 samples > 12,000), so the quietest processes,
-        probed last, waited for the bucket and went unnamed; it did not make the 1-6 % processes' shapes
-        better either (91-94 % named in both). Shapes improve with refreshes, not with dearer first runs.
+        A quiet process's run is set by the first bound: at max_rate it expects ~3 busy samples.
+        Measured: sizing quiet first runs for 10 busy samples instead of 3 made a 30-worker node's first
+        names cost more than the first-name debt allows, so the quietest processes, probed last, waited
+        for the bucket and went unnamed. A busy process's run is ``probe_seconds`` long at the rate for
+        ``target_samples``: a busy sample costs it few py-spy samples (<= 20 at >= 5 % of a core), and a
+        shape of 20 carries a stray stack at a twentieth of its weight, not a tenth.
 
         After ``failed`` first runs that saw nothing busy, the busy samples aimed for and the cap grow
         (1 + failed)-fold, at most 3x: a process that quiet needs more samples, and only such processes
@@ -279,7 +301,7 @@ class PyScheduler:
         busy = 3 * grow  # busy samples the run should expect at max_rate
         d = max(self.probe_seconds,
                 min(self.duration * grow, math.ceil(busy / (self.max_rate * max(share, 1e-3)))))
-        want = self.target_samples / 2 / (d * max(share, 1e-3))
+        want = self.target_samples / (d * max(share, 1e-3))
         return Run(pid, d, max(1, min(self.max_rate, math.ceil(want))), True)
 
     def _share(self, st: PyState, now: float) -> float:

@@ -433,8 +433,8 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     runs = sched.plan(0.0, {1: 60, 2: 2, 99: 90}, 1.0, set())
     assert {r.pid for r in runs} == {1, 2} and all(r.probe for r in runs)
     got = {r.pid: (r.duration, r.rate) for r in runs}
-    # ~10 busy samples: the quiet process gets the highest rate and a longer run
-    assert got == {1: (2, 9), 2: (3, 50)}
+    # the busy process: ~20 busy samples in 2 s; the quiet one: the highest rate, long enough for ~3
+    assert got == {1: (2, 17), 2: (3, 50)}
     assert sched.tokens == -sum(r.rate * r.duration + START_COST for r in runs)
     shape = {(U("main (a.py)"), U("f (a.py)")): 5}
     sched.on_result(1, shape, True, 3.0)
@@ -448,7 +448,7 @@ def test_scheduler_probes_every_python_process_then_refreshes_by_perf_share() ->
     sched.tokens = sched.burst  # the probes' loan is paid back
     runs = sched.plan(20.0, {}, 0.5, set())
     assert [r.pid for r in runs] == [1] and not runs[0].probe
-    sched.on_result(1, {(U("main (a.py)"), U("g (a.py)")): 10}, True, 31.0)
+    sched.on_result(1, {(U("main (a.py)"), U("g (a.py)")): 20}, True, 31.0)  # 22.5 samples: confirmed
     merged = sched.shape(1)
     assert merged is not None and merged[(U("main (a.py)"), U("f (a.py)"))] == 2.5  # older runs count half
     # an empty bucket stops refreshes (probes may borrow)
@@ -476,43 +476,55 @@ def test_scheduler_retries_a_missed_first_run_below_the_floor_once() -> None:
     assert sched.plan(200.0, {1: 2}, 0.5, set()) == []
 
 
-def test_scheduler_refreshes_a_thin_shape_sooner() -> None:
-    """A shape from 3 busy samples is refreshed after 15 % of refresh_samples; a thick one after all of them."""
+def test_scheduler_refreshes_an_unconfirmed_shape_sooner() -> None:
+    """A shape from fewer than target_samples busy samples (one stray stack is 1/n of it) is refreshed
+    after a tenth of refresh_samples; a confirmed one after all of them."""
     from profiler.pyschedule import PyScheduler, PyState
 
     sched = PyScheduler(lambda pid: True, frequency=100, refresh_samples=2000, target_samples=20)
-    sched.plan(0.0, {1: 40, 2: 40}, 1.0, set())
+    sched.plan(0.0, {1: 40, 2: 40, 3: 40}, 1.0, set())
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 2, (U("main (a.py)"),): 1}, True, 3.0)
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
+    sched.on_result(3, {(U("main (a.py)"), U("f (a.py)")): 18, (U("main (a.py)"),): 1}, True, 3.0)
     sched.tokens = sched.burst
-    assert sched.refresh_need(sched.states[1]) == 300 and sched.refresh_need(sched.states[2]) == 2000
-    sched.observe({1: 299, 2: 1999}, 10.0)
+    assert [sched.refresh_need(sched.states[p]) for p in (1, 2, 3)] == [200, 2000, 200]
+    sched.observe({1: 199, 2: 1999, 3: 150}, 10.0)
     assert sched.plan(10.0, {}, 0.5, set()) == []
-    sched.observe({1: 1, 2: 1}, 11.0)
-    assert [r.pid for r in sched.plan(11.0, {}, 0.5, set())] == [2, 1]  # the largest debt first
+    sched.observe({1: 1, 2: 1, 3: 50}, 11.0)
+    assert [r.pid for r in sched.plan(11.0, {}, 0.5, set())] == [2, 3, 1]  # the largest debt first
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 20}, True, 30.0)
-    assert sched.refresh_need(sched.states[1]) == 2000  # 21.5 samples' worth now
+    assert sched.refresh_need(sched.states[1]) == 2000  # 21.5 samples' worth now: confirmed
     assert sched.refresh_need(PyState()) == 2000  # no shape: the full amount
 
 
-def test_scheduler_lets_a_thin_shape_refresh_borrow_down_to_half_the_floor() -> None:
-    """With the bucket in debt from first names, a full shape waits for it; a thin one (a first run's
-    few busy samples) is refreshed on credit, down to half the first-name floor."""
+def test_scheduler_lets_unconfirmed_shapes_borrow_busy_ones_below_the_floor_twice() -> None:
+    """With the bucket in debt from first names, a confirmed shape waits for it. An unconfirmed shape is
+    still first-name work: a quiet process's refresh may borrow down to half the first-name floor; a
+    busy one's first two confirmations (cheap per busy sample) may go below the floor, as its first run did."""
     from profiler.pyschedule import PyScheduler
 
-    sched = PyScheduler(lambda pid: True, frequency=100, budget=10.0, refresh_samples=2000, target_samples=20)
-    sched.plan(0.0, {1: 40, 2: 40}, 1.0, set())
-    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}, True, 3.0)  # thin
+    sched = PyScheduler(lambda pid: True, frequency=1000, budget=25.0, refresh_samples=2000, target_samples=20)
+    sched.plan(0.0, {1: 40, 2: 40, 3: 40}, 1.0, set())
+    stray = {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}
+    sched.on_result(1, stray, True, 3.0)
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
-    assert sched.thin(sched.states[1]) and not sched.thin(sched.states[2])
-    sched.observe({1: 3000, 2: 3000}, 20.0)
+    sched.on_result(3, stray, True, 3.0)
+    assert not sched.confirmed(sched.states[1]) and sched.confirmed(sched.states[2])
     floor = -sched.budget * sched.first_name_seconds
+    # at 1 kHz: 1 is quiet (300 perf samples in 20 s: 1.5 % of a core), 3 busy (10 %), 2 has a confirmed shape
+    sched.observe({1: 300, 2: 3000, 3: 2000}, 20.0)
     sched.tokens, sched._last = floor / 4, 20.0
-    assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(1, False)]
-    sched.observe({1: 3000}, 40.0)
-    sched.states[1].retry_at = 0.0
-    sched.tokens, sched._last = floor / 2 + 10, 40.0  # a refresh would go below half the floor
-    assert sched.plan(40.0, {}, 0.5, set()) == []
+    assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(3, False), (1, False)]
+    for t in (40.0, 60.0):  # the busy one's second confirmation, and no third: half the floor again
+        sched.on_result(3, stray, True, t - 10)
+        sched.observe({1: 300, 3: 2000}, t)
+        sched.states[1].retry_at = 0.0
+        sched.tokens, sched._last = floor - 1, t  # past the floor
+        runs = sched.plan(t, {}, 0.5, set())
+        assert [(r.pid, r.probe) for r in runs] == ([(3, False)] if t == 40.0 else [])
+    sched.tokens, sched._last = floor / 2 + 10, 80.0  # a quiet refresh would go below half the floor
+    sched.observe({1: 300}, 80.0)
+    assert sched.plan(80.0, {}, 0.5, set()) == []
 
 
 def test_scheduler_expires_old_shapes_and_probes_again() -> None:
@@ -535,6 +547,28 @@ def test_scheduler_expires_old_shapes_and_probes_again() -> None:
     never.on_result(1, old, True, 3.0)
     never.plan(10_000.0, {1: 5}, 1.0, set())
     assert never.shape(1) == {k: 20.0 for k in old}
+
+
+def test_scheduler_expires_only_the_shapes_it_can_probe_again() -> None:
+    """With the bucket at the first-name floor an old shape keeps naming (dropped, its samples would wait
+    in the hold for a first run the budget cannot pay, then go unnamed); as the bucket refills, the
+    oldest shapes expire first, as many as their first runs fit above the floor."""
+    from profiler.pyschedule import START_COST, PyScheduler
+
+    sched = PyScheduler(lambda pid: True, frequency=100, budget=10.0, refresh_samples=10**6,
+                        shape_max_age=100.0, max_rate=100, duration=10)
+    sched.plan(0.0, {1: 5, 2: 5}, 1.0, set())
+    for pid, t in ((1, 3.0), (2, 4.0)):
+        sched.on_result(pid, {(U("main (a.py)"), U("f (a.py)")): 30}, True, t)
+    sched.observe({1: 50, 2: 50}, 10.0)  # 0.5 % of a core each: a first run of 6 s at 100 Hz
+    floor = -sched.budget * sched.first_name_seconds
+    sched.tokens, sched._last = floor, 200.0
+    sched.plan(200.0, {}, 1.0, set())
+    assert sched.shape(1) is not None and sched.shape(2) is not None  # both old, neither affordable
+    cost = sched.probe_run(1, sched._share(sched.states[1], 201.0))
+    sched.tokens, sched._last = floor + cost.rate * cost.duration + START_COST, 201.0
+    sched.plan(201.0, {}, 1.0, set())
+    assert sched.shape(1) is None and sched.shape(2) is not None  # the older one only
 
 
 def test_scheduler_sizes_a_quiet_process_first_run_from_its_measured_share_and_grows_it_after_a_miss() -> None:
