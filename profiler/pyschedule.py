@@ -93,7 +93,7 @@ class PyScheduler:
         max_running: int = 8,
         duration: int = 10,
         probe_seconds: int = 2,
-        max_rate: int = 100,
+        max_rate: int = 50,
         target_samples: int = 20,
         refresh_samples: int = 2000,
         first_name_seconds: float = 1200.0,

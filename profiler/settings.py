@@ -31,7 +31,7 @@ SETTINGS: list[Setting] = [
             int),
     Setting("pyspy_target_samples", 20,
             "busy py-spy samples wanted per run; quiet processes get higher rates (up to pyspy_max_rate)", int),
-    Setting("pyspy_max_rate", 100, "highest py-spy rate (Hz) of one run", int),
+    Setting("pyspy_max_rate", 50, "highest py-spy rate (Hz) of one run", int),
     Setting("pyspy_refresh_samples", 2000,
             "perf samples a Python process must have since its last py-spy run before its shape is refreshed",
             int),
