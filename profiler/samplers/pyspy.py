@@ -5,8 +5,9 @@ py-spy writes its output only when it exits, so the agent asks for runs
 --nonblocking``) and gets each finished run's folded stacks through ``sink``.
 Which process is sampled, for how long and at what rate is the agent's
 scheduler's decision (:mod:`profiler.pyschedule`): measured here, one py-spy
-sample costs ~0.24 ms of CPU whether the thread is busy or idle, and a start
-~0.015 s, so the cost is set by samples taken, not by runs.
+sample costs ~0.09 ms of CPU with ``--gil --nonblocking`` (0.14 ms without
+``--gil``) whether the thread is busy or idle, and a start ~0.013 s, so the
+cost is set by samples taken, not by runs.
 ``--nonblocking`` keeps py-spy from pausing the target. With ``idle=True``
 the run also keeps idle threads (``--idle``): a wall-clock profile. With
 ``gil=True`` CPU runs keep only the thread holding the GIL (``--gil``).
