@@ -202,9 +202,13 @@ class PyScheduler:
                 # worker are its main loop, so 1 in 10 first runs of a busy worker carries one), and at the
                 # budget's pace the first names' debt takes minutes to repay. A busy process's first
                 # confirmations are cheap (<= 20 py-spy samples per busy one) and bounded: they may go
-                # below the floor like its first run. Others borrow down to half the floor; the other half
-                # stays for new processes.
-                limit = -math.inf if share >= BUSY_SHARE and st.runs < CONFIRM_RUNS else floor / 2
+                # below the floor like its first run. A suspect shape (below) may borrow down to the floor
+                # as first names do; other quiet ones down to half the floor, the other half staying for
+                # new processes.
+                if share >= BUSY_SHARE and st.runs < CONFIRM_RUNS:
+                    limit = -math.inf
+                else:
+                    limit = floor if self.suspect(st) else floor / 2
                 if self.tokens - cost < limit:
                     continue
             elif waiting or self.tokens < cost:
@@ -229,7 +233,26 @@ class PyScheduler:
         named for a whole run). A busy process is confirmed once or twice; a quiet one whose runs
         never reach the target is refreshed every ``refresh_samples / 10`` of its perf samples.
         """
-        return self.refresh_samples * (1.0 if self.confirmed(st) else 0.1)
+        if self.confirmed(st):
+            return self.refresh_samples
+        return self.refresh_samples * (0.025 if self.suspect(st) else 0.1)
+
+    def suspect(self, st: PyState) -> bool:
+        """A thin shape (< half ``target_samples`` busy samples) holding a stack seen only once beside others.
+
+        The single sample is a quarter to a third of such a shape, and py-spy's bias makes it likely
+        a stray: it catches a quiet timer-driven worker at the line that sleeps 3-5x more often than
+        perf finds it on a CPU there (docs/agent.md). Measured: 1.6-3 % workers whose first run's
+        3-4 busy samples held one were 76-91 % named for the whole 90 s run, as 200 of their perf
+        samples (the unconfirmed rule) take 1-2 minutes. A suspect shape is confirmed after a
+        quarter of that (50 perf samples: 31 s at 1.6 % of a core) and may borrow down to the
+        first-name floor. Only such shapes: confirming every thin shape that early would cost a
+        30-worker node ~13,000 more py-spy samples in its first two minutes.
+        """
+        if not st.shape or len(st.shape) < 2:
+            return False
+        weights = st.shape.values()
+        return sum(weights) < self.target_samples / 2 and min(weights) <= 1.0
 
     def expire(self, now: float, floor: float, running: set[int]) -> None:
         """Drop a shape older than ``shape_max_age`` (0: never) once its new first run can be paid for.

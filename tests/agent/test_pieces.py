@@ -483,7 +483,7 @@ def test_scheduler_refreshes_an_unconfirmed_shape_sooner() -> None:
 
     sched = PyScheduler(lambda pid: True, frequency=100, refresh_samples=2000, target_samples=20)
     sched.plan(0.0, {1: 40, 2: 40, 3: 40}, 1.0, set())
-    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 2, (U("main (a.py)"),): 1}, True, 3.0)
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3}, True, 3.0)
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
     sched.on_result(3, {(U("main (a.py)"), U("f (a.py)")): 18, (U("main (a.py)"),): 1}, True, 3.0)
     sched.tokens = sched.burst
@@ -505,10 +505,10 @@ def test_scheduler_lets_unconfirmed_shapes_borrow_busy_ones_below_the_floor_twic
 
     sched = PyScheduler(lambda pid: True, frequency=1000, budget=25.0, refresh_samples=2000, target_samples=20)
     sched.plan(0.0, {1: 40, 2: 40, 3: 40}, 1.0, set())
-    stray = {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}
-    sched.on_result(1, stray, True, 3.0)
+    thin = {(U("main (a.py)"), U("f (a.py)")): 4}  # one stack: not suspect
+    sched.on_result(1, thin, True, 3.0)
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
-    sched.on_result(3, stray, True, 3.0)
+    sched.on_result(3, thin, True, 3.0)
     assert not sched.confirmed(sched.states[1]) and sched.confirmed(sched.states[2])
     floor = -sched.budget * sched.first_name_seconds
     # at 1 kHz: 1 is quiet (300 perf samples in 20 s: 1.5 % of a core), 3 busy (10 %), 2 has a confirmed shape
@@ -516,7 +516,7 @@ def test_scheduler_lets_unconfirmed_shapes_borrow_busy_ones_below_the_floor_twic
     sched.tokens, sched._last = floor / 4, 20.0
     assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(3, False), (1, False)]
     for t in (40.0, 60.0):  # the busy one's second confirmation, and no third: half the floor again
-        sched.on_result(3, stray, True, t - 10)
+        sched.on_result(3, thin, True, t - 10)
         sched.observe({1: 300, 3: 2000}, t)
         sched.states[1].retry_at = 0.0
         sched.tokens, sched._last = floor - 1, t  # past the floor
@@ -525,6 +525,33 @@ def test_scheduler_lets_unconfirmed_shapes_borrow_busy_ones_below_the_floor_twic
     sched.tokens, sched._last = floor / 2 + 10, 80.0  # a quiet refresh would go below half the floor
     sched.observe({1: 300}, 80.0)
     assert sched.plan(80.0, {}, 0.5, set()) == []
+
+
+def test_scheduler_confirms_a_suspect_thin_shape_first_and_on_more_credit() -> None:
+    """A thin shape with a stack seen once beside others (likely py-spy's stray) is confirmed after a
+    quarter of the unconfirmed amount and may borrow down to the first-name floor; a uniform thin shape
+    waits for 200 perf samples and half the floor."""
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, frequency=1000, budget=25.0, refresh_samples=2000, target_samples=20)
+    sched.plan(0.0, {1: 40, 2: 40}, 1.0, set())
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}, True, 3.0)
+    sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 4}, True, 3.0)
+    assert sched.suspect(sched.states[1]) and not sched.suspect(sched.states[2])
+    assert [sched.refresh_need(sched.states[p]) for p in (1, 2)] == [50, 200]
+    sched.observe({1: 60, 2: 60}, 20.0)  # 0.3 % of a core each at 1 kHz: quiet
+    floor = -sched.budget * sched.first_name_seconds
+    sched.tokens, sched._last = floor * 0.6, 20.0  # past half the floor, far from the floor
+    assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(1, False)]
+    sched.observe({2: 200}, 40.0)
+    sched.tokens, sched._last = floor * 0.6, 40.0
+    assert sched.plan(40.0, {}, 0.5, set()) == []  # the uniform thin shape waits for half the floor
+    sched.tokens = floor / 2 + 2000
+    assert [r.pid for r in sched.plan(40.0, {}, 0.5, set())] == [2]
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3}, True, 50.0)  # 1.5 + 0.5 + 3: thin, still mixed
+    assert sched.suspect(sched.states[1])
+    sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 20}, True, 70.0)
+    assert not sched.suspect(sched.states[1]) and sched.confirmed(sched.states[1])
 
 
 def test_scheduler_expires_old_shapes_and_probes_again() -> None:
