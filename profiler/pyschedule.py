@@ -238,7 +238,8 @@ class PyScheduler:
         return self.refresh_samples * (0.025 if self.suspect(st) else 0.1)
 
     def suspect(self, st: PyState) -> bool:
-        """A thin shape (< half ``target_samples`` busy samples) holding a stack seen only once beside others.
+        """A thin shape (< half ``target_samples`` busy samples) from fewer than 3, or holding a stack seen
+        only once beside others.
 
         The single sample is a quarter to a third of such a shape, and py-spy's bias makes it likely
         a stray: it catches a quiet timer-driven worker at the line that sleeps 3-5x more often than
@@ -246,13 +247,17 @@ class PyScheduler:
         3-4 busy samples held one were 76-91 % named for the whole 90 s run, as 200 of their perf
         samples (the unconfirmed rule) take 1-2 minutes. A suspect shape is confirmed after a
         quarter of that (50 perf samples: 31 s at 1.6 % of a core) and may borrow down to the
-        first-name floor. Only such shapes: confirming every thin shape that early would cost a
-        30-worker node ~13,000 more py-spy samples in its first two minutes.
+        first-name floor. A shape from 1-2 samples is suspect too: a 0.8 % worker's first run saw
+        one busy sample, the stray, and named none of its samples for 5 minutes. Only such shapes:
+        confirming every thin shape that early would cost a 30-worker node ~13,000 more py-spy
+        samples in its first two minutes.
         """
-        if not st.shape or len(st.shape) < 2:
+        if not st.shape:
             return False
-        weights = st.shape.values()
-        return sum(weights) < self.target_samples / 2 and min(weights) <= 1.0
+        total = sum(st.shape.values())
+        if total >= self.target_samples / 2:
+            return False
+        return total < 3 or (len(st.shape) > 1 and min(st.shape.values()) <= 1.0)
 
     def expire(self, now: float, floor: float, running: set[int]) -> None:
         """Drop a shape older than ``shape_max_age`` (0: never) once its new first run can be paid for.

@@ -534,7 +534,7 @@ def test_scheduler_confirms_a_suspect_thin_shape_first_and_on_more_credit() -> N
     from profiler.pyschedule import PyScheduler
 
     sched = PyScheduler(lambda pid: True, frequency=1000, budget=25.0, refresh_samples=2000, target_samples=20)
-    sched.plan(0.0, {1: 40, 2: 40}, 1.0, set())
+    sched.plan(0.0, {1: 40, 2: 40, 3: 40}, 1.0, set())
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}, True, 3.0)
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 4}, True, 3.0)
     assert sched.suspect(sched.states[1]) and not sched.suspect(sched.states[2])
@@ -552,6 +552,8 @@ def test_scheduler_confirms_a_suspect_thin_shape_first_and_on_more_credit() -> N
     assert sched.suspect(sched.states[1])
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 20}, True, 70.0)
     assert not sched.suspect(sched.states[1]) and sched.confirmed(sched.states[1])
+    sched.on_result(3, {(U("main (a.py)"),): 1}, True, 70.0)  # a first run that saw one busy sample
+    assert sched.suspect(sched.states[3])
 
 
 def test_scheduler_expires_old_shapes_and_probes_again() -> None:
