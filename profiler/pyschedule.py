@@ -16,7 +16,9 @@ forever:
   share of perf samples: a process at 60 % of a core is refreshed 30 times as
   often as one at 2 %.
 - **confirm**: a shape from fewer than ``target_samples`` busy samples is refreshed
-  after a tenth of that debt: one stray stack is 1/n of a shape of n samples.
+  after proportionally less debt, and a suspect one (a lone stack beside others,
+  or fewer than 3 samples) after a fortieth: one stray stack is 1/n of a shape
+  of n samples.
 - **rate**: py-spy (without ``--idle``) keeps only busy samples, so a run at
   rate R over D s on a process using a share s of a core yields ~R*D*s busy
   samples. The rate is chosen for ``target_samples`` busy samples per run
@@ -197,14 +199,11 @@ class PyScheduler:
             run = Run(pid, self.duration, self.rate_for(share, self.duration), False)
             cost = run.rate * run.duration + START_COST
             if not self.confirmed(st):
-                # Still first-name work: one stray stack in a shape of n busy samples names 1/n of the
-                # process's samples wrongly (measured: 0.2-0.5 % of py-spy's busy samples of a duty-cycle
-                # worker are its main loop, so 1 in 10 first runs of a busy worker carries one), and at the
-                # budget's pace the first names' debt takes minutes to repay. A busy process's first
-                # confirmations are cheap (<= 20 py-spy samples per busy one) and bounded: they may go
-                # below the floor like its first run. A suspect shape (below) may borrow down to the floor
-                # as first names do; other quiet ones down to half the floor, the other half staying for
-                # new processes.
+                # Still first-name work, and at the budget's pace the first names' debt takes minutes to
+                # repay. A busy process's first confirmations are cheap (<= 20 py-spy samples per busy one)
+                # and bounded: they may go below the floor like its first run. A suspect shape (one stray
+                # stack may name 1/n of its samples wrongly) may borrow down to the floor as first names
+                # do; other quiet ones down to half the floor, the other half staying for new processes.
                 if share >= BUSY_SHARE and st.runs < CONFIRM_RUNS:
                     limit = -math.inf
                 else:
@@ -225,39 +224,39 @@ class PyScheduler:
     def refresh_need(self, st: PyState) -> float:
         """Perf samples a process gathers before its next refresh.
 
-        ``refresh_samples`` once its shape rests on ``target_samples`` busy py-spy samples or more; a
-        tenth of that for a shape from fewer (a first run's 3-12). One stray stack in such a shape
-        (py-spy catching the worker in its main loop, 0.2-0.5 % of its busy samples) is a tenth to a
-        third of it and names that share of the process's samples wrongly until the next run; at
-        6 % of a core, 2,000 perf samples are 5 minutes of that (measured: 6-12 % workers 86-94 %
-        named for a whole run). A busy process is confirmed once or twice; a quiet one whose runs
-        never reach the target is refreshed every ``refresh_samples / 10`` of its perf samples.
+        ``refresh_samples`` once its shape rests on ``target_samples`` busy py-spy samples or more;
+        a fortieth of that for a :meth:`suspect` shape; proportionally fewer (down to a tenth) for
+        any other thinner shape, whose error is sampling error only.
         """
         if self.confirmed(st):
             return self.refresh_samples
-        return self.refresh_samples * (0.025 if self.suspect(st) else 0.1)
+        if self.suspect(st):
+            return self.refresh_samples / 40
+        n = sum(st.shape.values())
+        return self.refresh_samples * max(0.1, n / max(1, self.target_samples))
 
     def suspect(self, st: PyState) -> bool:
-        """A thin shape (< half ``target_samples`` busy samples) from fewer than 3, or holding a stack seen
-        only once beside others.
+        """An unconfirmed shape from fewer than 3 busy samples, or holding a stack seen once beside others.
 
-        The single sample is a quarter to a third of such a shape, and py-spy's bias makes it likely
-        a stray: it catches a quiet timer-driven worker at the line that sleeps 3-5x more often than
-        perf finds it on a CPU there (docs/agent.md). Measured: 1.6-3 % workers whose first run's
-        3-4 busy samples held one were 76-91 % named for the whole 90 s run, as 200 of their perf
-        samples (the unconfirmed rule) take 1-2 minutes. A suspect shape is confirmed after a
-        quarter of that (50 perf samples: 31 s at 1.6 % of a core) and may borrow down to the
-        first-name floor. A shape from 1-2 samples is suspect too: a 0.8 % worker's first run saw
-        one busy sample, the stray, and named none of its samples for 5 minutes. Only such shapes:
-        confirming every thin shape that early would cost a 30-worker node ~13,000 more py-spy
-        samples in its first two minutes.
+        One stray stack in a shape of n busy samples names 1/n of the process's samples wrongly until
+        the next run, and py-spy's bias makes a lone stack likely a stray: it catches a timer-driven
+        worker at the line that sleeps several times more often than perf finds it on a CPU there
+        (docs/agent.md; 0.2-0.5 % of the busy samples of a 6-12 % worker, 4-8 % of a 0.4-0.8 %
+        one). Measured before this rule: 6-12 % workers whose first run's 10-15 busy samples held one
+        were 86-95 % named for minutes, 1.6-3 % workers with one in 3-4 samples 76-91 % over 90 s, and
+        a 0.8 % worker whose first run saw one busy sample, the stray, 28 % named over 7 minutes. A
+        suspect shape is confirmed after 50 perf samples (5-8 s at 6-12 % of a core, 31 s at 1.6 %)
+        and may borrow down to the first-name floor. Only such shapes: confirming every unconfirmed
+        shape that early cost a 30-worker node ~7,500 more py-spy samples in its first 90 s
+        (1.93 % of a core steady against a 2 % goal).
         """
         if not st.shape:
             return False
-        total = sum(st.shape.values())
-        if total >= self.target_samples / 2:
+        weights = st.shape.values()
+        total = sum(weights)
+        if total >= self.target_samples:
             return False
-        return total < 3 or (len(st.shape) > 1 and min(st.shape.values()) <= 1.0)
+        return total < 3 or (len(st.shape) > 1 and min(weights) <= 1.0)
 
     def expire(self, now: float, floor: float, running: set[int]) -> None:
         """Drop a shape older than ``shape_max_age`` (0: never) once its new first run can be paid for.

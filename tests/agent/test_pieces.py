@@ -477,8 +477,9 @@ def test_scheduler_retries_a_missed_first_run_below_the_floor_once() -> None:
 
 
 def test_scheduler_refreshes_an_unconfirmed_shape_sooner() -> None:
-    """A shape from fewer than target_samples busy samples (one stray stack is 1/n of it) is refreshed
-    after a tenth of refresh_samples; a confirmed one after all of them."""
+    """A shape from fewer than target_samples busy samples is refreshed after proportionally fewer perf
+    samples (down to a tenth); a suspect one (a lone stack beside others) after a fortieth; a confirmed
+    one after all of them."""
     from profiler.pyschedule import PyScheduler, PyState
 
     sched = PyScheduler(lambda pid: True, frequency=100, refresh_samples=2000, target_samples=20)
@@ -487,11 +488,11 @@ def test_scheduler_refreshes_an_unconfirmed_shape_sooner() -> None:
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 30}, True, 3.0)
     sched.on_result(3, {(U("main (a.py)"), U("f (a.py)")): 18, (U("main (a.py)"),): 1}, True, 3.0)
     sched.tokens = sched.burst
-    assert [sched.refresh_need(sched.states[p]) for p in (1, 2, 3)] == [200, 2000, 200]
-    sched.observe({1: 199, 2: 1999, 3: 150}, 10.0)
+    assert [sched.refresh_need(sched.states[p]) for p in (1, 2, 3)] == [300, 2000, 50]
+    sched.observe({1: 299, 2: 1999, 3: 49}, 10.0)
     assert sched.plan(10.0, {}, 0.5, set()) == []
-    sched.observe({1: 1, 2: 1, 3: 50}, 11.0)
-    assert [r.pid for r in sched.plan(11.0, {}, 0.5, set())] == [2, 3, 1]  # the largest debt first
+    sched.observe({1: 1, 2: 1, 3: 1}, 11.0)
+    assert [r.pid for r in sched.plan(11.0, {}, 0.5, set())] == [2, 1, 3]  # the largest debt first
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 20}, True, 30.0)
     assert sched.refresh_need(sched.states[1]) == 2000  # 21.5 samples' worth now: confirmed
     assert sched.refresh_need(PyState()) == 2000  # no shape: the full amount
@@ -511,26 +512,26 @@ def test_scheduler_lets_unconfirmed_shapes_borrow_busy_ones_below_the_floor_twic
     sched.on_result(3, thin, True, 3.0)
     assert not sched.confirmed(sched.states[1]) and sched.confirmed(sched.states[2])
     floor = -sched.budget * sched.first_name_seconds
-    # at 1 kHz: 1 is quiet (300 perf samples in 20 s: 1.5 % of a core), 3 busy (10 %), 2 has a confirmed shape
-    sched.observe({1: 300, 2: 3000, 3: 2000}, 20.0)
+    # at 1 kHz: 1 is quiet (500 perf samples in 20 s: 2.5 % of a core), 3 busy (10 %), 2 has a confirmed shape
+    sched.observe({1: 500, 2: 3000, 3: 2000}, 20.0)
     sched.tokens, sched._last = floor / 4, 20.0
     assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(3, False), (1, False)]
     for t in (40.0, 60.0):  # the busy one's second confirmation, and no third: half the floor again
         sched.on_result(3, thin, True, t - 10)
-        sched.observe({1: 300, 3: 2000}, t)
+        sched.observe({1: 500, 3: 2000}, t)
         sched.states[1].retry_at = 0.0
         sched.tokens, sched._last = floor - 1, t  # past the floor
         runs = sched.plan(t, {}, 0.5, set())
         assert [(r.pid, r.probe) for r in runs] == ([(3, False)] if t == 40.0 else [])
     sched.tokens, sched._last = floor / 2 + 10, 80.0  # a quiet refresh would go below half the floor
-    sched.observe({1: 300}, 80.0)
+    sched.observe({1: 500}, 80.0)
     assert sched.plan(80.0, {}, 0.5, set()) == []
 
 
 def test_scheduler_confirms_a_suspect_thin_shape_first_and_on_more_credit() -> None:
     """A thin shape with a stack seen once beside others (likely py-spy's stray) is confirmed after a
     quarter of the unconfirmed amount and may borrow down to the first-name floor; a uniform thin shape
-    waits for 200 perf samples and half the floor."""
+    waits for 400 perf samples (a fifth, for 4 of 20 busy samples) and half the floor."""
     from profiler.pyschedule import PyScheduler
 
     sched = PyScheduler(lambda pid: True, frequency=1000, budget=25.0, refresh_samples=2000, target_samples=20)
@@ -538,12 +539,12 @@ def test_scheduler_confirms_a_suspect_thin_shape_first_and_on_more_credit() -> N
     sched.on_result(1, {(U("main (a.py)"), U("f (a.py)")): 3, (U("main (a.py)"),): 1}, True, 3.0)
     sched.on_result(2, {(U("main (a.py)"), U("f (a.py)")): 4}, True, 3.0)
     assert sched.suspect(sched.states[1]) and not sched.suspect(sched.states[2])
-    assert [sched.refresh_need(sched.states[p]) for p in (1, 2)] == [50, 200]
+    assert [sched.refresh_need(sched.states[p]) for p in (1, 2)] == [50, 400]
     sched.observe({1: 60, 2: 60}, 20.0)  # 0.3 % of a core each at 1 kHz: quiet
     floor = -sched.budget * sched.first_name_seconds
     sched.tokens, sched._last = floor * 0.6, 20.0  # past half the floor, far from the floor
     assert [(r.pid, r.probe) for r in sched.plan(20.0, {}, 0.5, set())] == [(1, False)]
-    sched.observe({2: 200}, 40.0)
+    sched.observe({2: 400}, 40.0)
     sched.tokens, sched._last = floor * 0.6, 40.0
     assert sched.plan(40.0, {}, 0.5, set()) == []  # the uniform thin shape waits for half the floor
     sched.tokens = floor / 2 + 2000
