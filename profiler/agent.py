@@ -38,6 +38,7 @@ from profiler.pyschedule import PyScheduler
 from profiler.samplers import perf as perf_sampler
 from profiler.samplers.base import Runner, SamplerUnavailable, default_runner
 from profiler.samplers.pyspy import PySpySampler, PyStacks, check_pyspy
+from profiler.samplers.pyunwind import NotSupported, PyUnwindSampler, RuntimeFinder, Target, check_bpftrace
 from profiler.shipper import WALL, Shipper, build_push
 from profiler.spool import Spool
 from stacks.model import Labels, Stack
@@ -128,6 +129,15 @@ class Agent:
                                timeout=settings.push_timeout)
         self.perf: perf_sampler.PerfSampler | None = None
         self.pyspy: PySpySampler | None = None
+        self.unwinder: PyUnwindSampler | None = None
+        self._bpftrace_bin = settings.bpftrace_path
+        self._finder = RuntimeFinder(settings.proc_root)
+        self._unwind_targets: dict[int, Target] = {}
+        self._unwind_no: dict[int, str] = {}  # pid -> why the unwinder cannot name it (py-spy does)
+        self._unwind_miss: dict[int, int] = {}  # pid -> Python-thread perf samples since its last unwound one
+        self._unwound: dict[int, dict[Stack, int]] = {}  # this interval's unwound stacks per pid
+        self._unwind_changed = 0.0  # when bpftrace last (re)started
+        self._unwind_failed = 0  # bpftrace starts in a row that died
         self.sched = PyScheduler(
             is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
@@ -160,6 +170,14 @@ class Agent:
             self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
         if self.s.pyspy:
             self._pyspy_bin = check_pyspy(self.s.pyspy_path)
+        if self.s.pyunwind != "off" and self.s.perf:
+            try:
+                self._bpftrace_bin = check_bpftrace(self.s.bpftrace_path)
+            except SamplerUnavailable as e:
+                if self.s.pyunwind == "on":
+                    raise
+                log.warning("%s; Python names come from py-spy alone", e)
+                self._bpftrace_bin = ""
 
     def start(self) -> None:
         if self.s.perf:
@@ -172,6 +190,11 @@ class Agent:
             self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
                                       duration=self.s.pyspy_duration, runner=self.runner, clock=self.clock,
                                       gil=self.s.pyspy_gil)
+        if self.s.pyunwind != "off" and self.perf is not None and self._bpftrace_bin:
+            self.unwinder = PyUnwindSampler(
+                self._on_unwound, bpftrace=self._bpftrace_bin, frequency=self.s.frequency,
+                interval=self.s.pyunwind_interval, max_depth=self.s.pyunwind_max_depth, runner=self.runner,
+                proc_root=self.s.proc_root, clock=self.clock)
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
@@ -199,6 +222,71 @@ class Agent:
             self.sched.on_result(res.pid, res.stacks, res.ok, self.clock())
         if self.perf is None and res.stacks:  # py-spy only: its samples are the data
             self.collector.add_stacks(res.pid, self._name(res.pid), res.stacks)
+
+    def _on_unwound(self, pid: int, stacks: dict[Stack, int]) -> None:
+        """One report of the in-kernel unwinder for one process (its reader thread calls this)."""
+        with self._py_lock:
+            if pid not in self.sched.external:
+                return
+            dest = self._unwound.setdefault(pid, {})
+            for k, c in stacks.items():
+                dest[k] = dest.get(k, 0) + c
+            self._unwind_miss[pid] = 0
+            self.sched.on_external(pid, stacks, self.clock())
+
+    def poll_unwind(self, current: Mapping[int, int]) -> None:
+        """Give new Python processes to the in-kernel unwinder; hand those it cannot name to py-spy."""
+        u = self.unwinder
+        if u is None:
+            return
+        now = self.clock()
+        with self._py_lock:
+            python = self.collector.python_pids() | {p for p in current if self.sched._python_pid(p)}
+            new = [p for p in current if p in python and p not in self._unwind_targets
+                   and p not in self._unwind_no and p not in self.sched.own]
+        for pid in new:
+            try:
+                self._unwind_targets[pid] = self._finder.find(pid)
+            except NotSupported as e:
+                self._unwind_no[pid] = str(e)
+                log.info("py-spy names %s", e)
+        if self._unwind_targets and not u.running and u.targets and now - self._unwind_changed > 10.0:
+            self._unwind_failed += 1  # bpftrace died: its processes go to py-spy after the third time
+            log.warning("bpftrace stopped (%s); restart %d of 3", u.last_error or "no message", self._unwind_failed)
+            if self._unwind_failed >= 3:
+                self._give_up_unwind(u.last_error)
+                return
+        elif u.running and now - self._unwind_changed > 10.0:
+            self._unwind_failed = 0
+        due = now - self._unwind_changed >= self.s.pyunwind_restart_seconds or not u.running
+        if due and (set(self._unwind_targets) != set(u.targets) or (self._unwind_targets and not u.running)):
+            live = {p: t for p, t in self._unwind_targets.items() if os.path.exists(f"{self.s.proc_root}/{p}")}
+            self._unwind_targets = live
+            with self._py_lock:
+                self.sched.external = set(live)
+            u.set_targets(live)
+            self._unwind_changed = now
+
+    def _give_up_unwind(self, why: str) -> None:
+        log.warning("in-kernel Python unwinding off (%s); py-spy names every Python process", why or "bpftrace died")
+        if self.unwinder is not None:
+            self.unwinder.stop()
+        self.unwinder = None
+        with self._py_lock:
+            self.sched.external = set()
+
+    def _check_unwound(self, pids: Mapping[int, PidSamples]) -> None:
+        """A process the unwinder never names while perf sees its Python threads goes to py-spy."""
+        for pid, ps in pids.items():
+            if pid not in self.sched.external:
+                continue
+            miss = self._unwind_miss.get(pid, 0) + ps.count - sum(ps.native.values())
+            self._unwind_miss[pid] = miss
+            if miss > 20 * self.s.frequency:  # ~20 s of one core's samples and not one unwound
+                log.info("pid %d: the in-kernel unwinder finds no Python frames; py-spy names it", pid)
+                self._unwind_no[pid] = "no frames unwound"
+                self._unwind_targets.pop(pid, None)
+                self.sched.external.discard(pid)
 
     def _name(self, pid: int) -> str:
         return self.resolver.process_name(pid)
@@ -240,7 +328,10 @@ class Agent:
         if self.pyspy is not None:  # every sample counts for the scheduler in its own interval, held or not
             counts = {pid: ps.count for pid, ps in pids.items()} if self.perf is not None else self._psutil_counts()
         with self._py_lock:
-            shapes = {pid: sh for pid in pids if (sh := self.sched.shape(pid)) is not None}
+            unwound, self._unwound = self._unwound, {}
+            self._check_unwound(pids)
+            # an unwound process is named by this interval's own samples; else by its latest shape
+            shapes = {pid: sh for pid in pids if (sh := unwound.get(pid) or self.sched.shape(pid)) is not None}
             wall, self._wall = self._wall, []
             if self.hold.enabled and not final:  # Python processes whose first names are on the way wait
                 for pid in [p for p in pids if p not in shapes and self.sched.awaiting_name(p)]:
@@ -305,6 +396,7 @@ class Agent:
         if self.pyspy is None:
             return
         current = self.collector.counts() if self.perf is not None else {}
+        self.poll_unwind(current)
         now = self.clock()
         with self._py_lock:
             runs = self.sched.plan(now, current, max(0.5, now - self._interval_start),
@@ -362,6 +454,8 @@ class Agent:
         log.info("stopping: flushing samples")
         if self.pyspy is not None:
             self.pyspy.stop()
+        if self.unwinder is not None:
+            self.unwinder.stop()  # its last report comes in before the final tick
         if self.perf is not None:
             self.perf.stop()
         self.tick(wall0, self.wallclock(), final=True)
@@ -378,6 +472,7 @@ class Agent:
     # ---------------------------------------------------------------- self-observation
     def stats(self) -> dict[str, Any]:
         cpu = tree_cpu_seconds()
+        bpf = self.unwinder.bpf_seconds() if self.unwinder is not None else None
         up = max(1e-9, self.clock() - self.started)
         with self._py_lock:  # py-spy threads change the scheduler's states
             n_python = len(self.sched.states)
@@ -404,14 +499,19 @@ class Agent:
             "pyspy_samples": self.pyspy.samples if self.pyspy else 0,
             "python_processes": n_python,
             "python_processes_named": n_named,
+            "pyunwind_processes": len(self.unwinder.targets) if self.unwinder else 0,
+            "pyunwind_samples": self.unwinder.samples if self.unwinder else 0,
+            "pyunwind_starts": self.unwinder.starts if self.unwinder else 0,
             "samples_held": held,
             "held_released_named": self.hold.released_named,
             "held_released_unnamed": self.hold.released_unnamed,
             # CPU always counts the children (perf record, perf script, py-spy): that is what the node pays
-            "cpu_seconds": round(cpu["total"], 3),
+            # ...and the in-kernel unwinder's BPF run time when the kernel counts it (bpf_stats_enabled)
+            "cpu_seconds": round(cpu["total"] + (bpf or 0.0), 3),
             "cpu_seconds_self": round(cpu["self"], 3),
             "cpu_seconds_children": round(cpu["children"], 3),
-            "cpu_share_of_core": round(cpu["total"] / up, 5),
+            "cpu_seconds_bpf": round(bpf, 3) if bpf is not None else -1.0,
+            "cpu_share_of_core": round((cpu["total"] + (bpf or 0.0)) / up, 5),
         }
 
 
@@ -428,10 +528,13 @@ class _AgentCollector:
         "perf_gap_seconds": "Seconds without perf sampling",
         "pyspy_runs": "py-spy runs",
         "pyspy_failures": "Failed py-spy runs",
-        "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy)",
+        "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy, bpftrace) and its BPF "
+                       "programs",
         "cpu_seconds_self": "CPU seconds of the agent's own process (children excluded)",
         "cpu_seconds_children": "CPU seconds of perf record, perf script and py-spy (live and reaped)",
         "pyspy_samples": "Busy Python samples py-spy took",
+        "pyunwind_samples": "Python samples unwound in the kernel (bpftrace)",
+        "pyunwind_starts": "Times bpftrace was (re)started for the in-kernel Python unwinder",
         "wall_samples": "Wall-clock samples taken (py-spy --idle)",
         "held_released_named": "Samples held for a first py-spy shape, then pushed with Python names",
         "held_released_unnamed": "Samples held for a first py-spy shape that did not come in time, pushed unnamed",
@@ -441,8 +544,10 @@ class _AgentCollector:
         "spool_pushes": "Unsent pushes",
         "samples_held": "Samples of Python processes waiting for their first py-spy shape",
         "pyspy_processes": "Python processes with a py-spy run in flight now",
+        "pyunwind_processes": "Python processes the in-kernel unwinder names",
         "python_processes": "Python processes the agent knows (seen by perf in the last 5 min)",
         "python_processes_named": "Python processes with a py-spy shape (their Python time has names)",
+        "cpu_seconds_bpf": "CPU seconds of the unwinder's BPF programs (-1: kernel.bpf_stats_enabled is 0)",
         "cpu_share_of_core": "CPU of the agent's process tree since start, as a share of one core",
     }
 

@@ -120,6 +120,11 @@ class Collector:
                 entry.count += c
                 self.taken += c
 
+    def python_pids(self) -> set[int]:
+        """Processes with a thread perf saw running CPython's own code."""
+        with self._lock:
+            return set(self._python)
+
     def counts(self) -> dict[int, int]:
         """Samples per pid so far in this interval (for the py-spy scheduler's poll)."""
         with self._lock:

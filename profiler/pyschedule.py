@@ -122,6 +122,8 @@ class PyScheduler:
         self.interval_hint = interval_hint  # seconds of samples one observe() call covers (the push interval)
         self.lifetime_share = lifetime_share  # pid -> CPU time / age (psutil in the agent), or None
         self.states: dict[int, PyState] = {}
+        # Named by another sampler (the in-kernel unwinder): no py-spy runs, shapes come in by on_result
+        self.external: set[int] = set()
         self._python: dict[int, bool] = {}
         self._last: float | None = None
 
@@ -146,6 +148,7 @@ class PyScheduler:
             st.samples += n
         for pid in [p for p, st in self.states.items() if now - st.seen > FORGET_AFTER]:
             del self.states[pid]
+            self.external.discard(pid)
             self._python.pop(pid, None)
 
     def rate_for(self, share: float, duration: int) -> int:
@@ -164,7 +167,7 @@ class PyScheduler:
         self.expire(now, floor, running)
         # probes first: Python processes burning CPU with no shape yet (freshness)
         fresh = sorted(((n, pid) for pid, n in current.items() if n >= 2 and pid not in running
-                        and self._python_pid(pid)), reverse=True)
+                        and pid not in self.external and self._python_pid(pid)), reverse=True)
         busy_slots = slots + BUSY_RESERVE
         for n, pid in fresh:
             st = self.states.setdefault(pid, PyState(seen=now))
@@ -188,7 +191,8 @@ class PyScheduler:
             busy_slots -= 1
         # refreshes: the largest debt first, within the budget
         queue = sorted(((st.debt, pid) for pid, st in self.states.items()
-                        if pid not in running and st.debt >= self.refresh_need(st) and now >= st.retry_at),
+                        if pid not in running and pid not in self.external
+                        and st.debt >= self.refresh_need(st) and now >= st.retry_at),
                        reverse=True)
         waiting = False  # a process with a full shape waits for the bucket: no other full one overtakes it
         for _debt, pid in queue:
@@ -274,7 +278,8 @@ class PyScheduler:
             return
         room = self.tokens - floor
         stale = sorted((st.shape_ended, pid) for pid, st in self.states.items()
-                       if st.shape and pid not in running and now - st.shape_ended > self.shape_max_age)
+                       if st.shape and pid not in running and pid not in self.external
+                       and now - st.shape_ended > self.shape_max_age)
         for _ended, pid in stale:
             st = self.states[pid]
             probe = self.probe_run(pid, self._share(st, now))
@@ -365,6 +370,11 @@ class PyScheduler:
         total = sum(merged.values())
         st.shape = {k: v for k, v in merged.items() if v >= total * 1e-4}
         st.shape_ended = now
+
+    def on_external(self, pid: int, stacks: Mapping[Stack, int], now: float) -> None:
+        """Stacks of an :attr:`external` process from its own sampler (the process may be new to us)."""
+        self.states.setdefault(pid, PyState(seen=now))
+        self.on_result(pid, stacks, True, now)
 
     def shape(self, pid: int) -> dict[Stack, float] | None:
         st = self.states.get(pid)

@@ -22,6 +22,17 @@ SETTINGS: list[Setting] = [
             "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
     Setting("pyspy", True, "add Python function names with py-spy to every Python process perf sees", parse_bool),
     Setting("pyspy_path", "py-spy", "py-spy executable (pip install py-spy)"),
+    Setting("pyunwind", "auto",
+            "name Python frames in the kernel at perf's rate with bpftrace (CPython 3.11-3.13; py-spy names "
+            "the rest); auto: when bpftrace runs here, on: fail without it", str, ("auto", "on", "off")),
+    Setting("bpftrace_path", "bpftrace", "bpftrace executable (Debian package bpftrace)"),
+    Setting("pyunwind_interval", 2, "seconds between the in-kernel unwinder's reports", int),
+    Setting("pyunwind_max_depth", 96,
+            "Python frames unwound per sample, leaf first; deeper frames show as one '[deeper frames]' root",
+            int),
+    Setting("pyunwind_restart_seconds", 5.0,
+            "least seconds between bpftrace restarts when Python processes come and go (~0.25 CPU s each)",
+            float),
     Setting("pyspy_budget", 25.0,
             "node-wide py-spy samples per second (busy or idle, ~0.09 ms of CPU each, a start ~140 samples' "
             "worth), shared over all Python processes in proportion to their perf samples", float),
