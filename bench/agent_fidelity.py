@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -100,18 +101,66 @@ def named_share(folded: str, fn: str) -> tuple[float, int]:
     return (named / total if total else 0.0), total
 
 
-def tree_parts(p: psutil.Process) -> dict[str, float]:
-    """CPU seconds of ``p`` (agent), its live children by tool and its reaped children (py-spy runs)."""
-    t = p.cpu_times()
-    out = {"agent": t.user + t.system, "perf": 0.0, "py-spy": t.children_user + t.children_system}
-    for c in p.children(recursive=True):
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def bpf_run_seconds(pid: int) -> float:
+    """Run time of the BPF programs ``pid`` holds (the in-kernel unwinder's), from /proc/PID/fdinfo."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return 0.0
+    for fd in fds:
         try:
-            ct = c.cpu_times()
-            key = "perf" if c.name().startswith("perf") else "py-spy"
-            out[key] += ct.user + ct.system
-        except psutil.Error:
-            pass
-    return out
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        m = re.search(r"^run_time_ns:\s*(\d+)", info, re.M)
+        if "prog_type:" in info and m:
+            total += int(m.group(1))
+    return total / 1e9
+
+
+class TreeCpu:
+    """CPU seconds of the agent, its children by tool (reaped ones as py-spy: bpftrace only exits at
+    restarts, counted by :meth:`poll` while alive) and its BPF programs' run time in the kernel."""
+
+    def __init__(self, p: psutil.Process) -> None:
+        self.p = p
+        self.bpf: dict[int, float] = {}  # bpftrace pid -> BPF seconds last seen
+        self.bpftrace: dict[int, float] = {}  # bpftrace pid -> CPU seconds last seen
+
+    def poll(self) -> None:
+        for c in self.p.children(recursive=True):
+            try:
+                if c.name().startswith("bpftrace"):
+                    ct = c.cpu_times()
+                    self.bpftrace[c.pid] = ct.user + ct.system
+                    self.bpf[c.pid] = max(self.bpf.get(c.pid, 0.0), bpf_run_seconds(c.pid))
+            except psutil.Error:
+                pass
+
+    def parts(self) -> dict[str, float]:
+        self.poll()
+        t = self.p.cpu_times()
+        bpftrace = sum(self.bpftrace.values())
+        live = {c.pid for c in self.p.children(recursive=True)}
+        reaped_bpftrace = sum(v for k, v in self.bpftrace.items() if k not in live)
+        out = {"agent": t.user + t.system, "perf": 0.0,
+               "py-spy": t.children_user + t.children_system - reaped_bpftrace,
+               "bpftrace": bpftrace, "bpf in kernel": sum(self.bpf.values())}
+        for c in self.p.children(recursive=True):
+            try:
+                if c.name().startswith("bpftrace"):
+                    continue
+                ct = c.cpu_times()
+                key = "perf" if c.name().startswith("perf") else "py-spy"
+                out[key] += ct.user + ct.system
+            except psutil.Error:
+                pass
+        return out
 
 
 def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: float, duration: float) -> dict:
@@ -127,12 +176,14 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
              # FIDELITY_AGENT_LOG=debug shows each py-spy run (for the design notes)
              "--log-level", os.environ.get("FIDELITY_AGENT_LOG", "warning")],
             cwd=repo, env=env)
-        ap = psutil.Process(agent.pid)
+        tree = TreeCpu(psutil.Process(agent.pid))
         t_start = time.time()
-        time.sleep(warmup)
+        for _ in range(int(warmup * 2)):
+            time.sleep(0.5)
+            tree.poll()
         if agent.poll() is not None:
             raise SystemExit(f"the agent of {repo} exited with status {agent.returncode}")
-        p_warm = tree_parts(ap)
+        p_warm = tree.parts()
         c_warm, t_warm = sum(p_warm.values()), time.time()
         late = start_worker(workdir, "late", 30)  # freshness: a Python process starts burning CPU now
         t_late, fresh = time.time(), None
@@ -142,7 +193,8 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
                                                               time.time() + 20):
                     fresh = time.time() - t_late
                 time.sleep(0.5)
-            p_end = tree_parts(ap)
+                tree.poll()
+            p_end = tree.parts()
             c_end, t_end = sum(p_end.values()), time.time()
         finally:
             late.kill()
@@ -175,30 +227,51 @@ def main() -> int:
     a = ap.parse_args()
     duties = duties_for(a.workers)
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
-        d = Path(tmp)
-        workers = [start_worker(d, i, duty) for i, duty in enumerate(duties)]
-        if os.environ.get("FIDELITY_AGENT_LOG"):
-            print("worker pids: " + " ".join(f"w{i}={w.pid}" for i, w in enumerate(workers)), file=sys.stderr)
-        try:
-            time.sleep(2)
-            if a.baseline:
-                base = checkout(a.baseline, d / "baseline")
-                try:
-                    (d / "b").mkdir()
-                    results[f"baseline {a.baseline}"] = run_agent(base, d / "b", a.workers, duties, a.warmup,
-                                                                  a.duration)
-                finally:
-                    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
-                                   capture_output=True)
-            (d / "c").mkdir()
-            results["now"] = run_agent(REPO, d / "c", a.workers, duties, a.warmup, a.duration)
-        finally:
-            for w in workers:
-                w.kill()
-                w.wait()
+    bpf_stats = enable_bpf_stats()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+            run_all(tmp, a, duties, results)
+    finally:
+        if bpf_stats is not None:
+            Path(BPF_STATS).write_text(bpf_stats)
     report(results, a)
     return 0
+
+
+def enable_bpf_stats() -> str | None:
+    """Turn on the kernel's BPF run-time counting (so the unwinder's in-kernel CPU is measured); the old value."""
+    try:
+        old = Path(BPF_STATS).read_text()
+        Path(BPF_STATS).write_text("1")
+        return old
+    except OSError as e:
+        print(f"cannot enable {BPF_STATS} ({e}): BPF run time is not counted", file=sys.stderr)
+        return None
+
+
+def run_all(tmp: str, a: argparse.Namespace, duties: list[float], results: dict[str, dict]) -> None:
+    """Start the workers, run the baseline's agent (if any) and this tree's on them."""
+    d = Path(tmp)
+    workers = [start_worker(d, i, duty) for i, duty in enumerate(duties)]
+    if os.environ.get("FIDELITY_AGENT_LOG"):
+        print("worker pids: " + " ".join(f"w{i}={w.pid}" for i, w in enumerate(workers)), file=sys.stderr)
+    try:
+        time.sleep(2)
+        if a.baseline:
+            base = checkout(a.baseline, d / "baseline")
+            try:
+                (d / "b").mkdir()
+                results[f"baseline {a.baseline}"] = run_agent(base, d / "b", a.workers, duties, a.warmup,
+                                                              a.duration)
+            finally:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
+                               capture_output=True)
+        (d / "c").mkdir()
+        results["now"] = run_agent(REPO, d / "c", a.workers, duties, a.warmup, a.duration)
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
 
 
 def report(results: dict[str, dict], a: argparse.Namespace) -> None:

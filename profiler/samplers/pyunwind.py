@@ -96,7 +96,7 @@ class Target:
     pid: int
     version: tuple[int, int]
     runtime: int  # address of _PyRuntime in the process
-    started: float = 0.0  # the process's start time (a reused pid is another process)
+    started: int = 0  # the process's start time (/proc/PID/stat field 22): a reused pid is another process
 
     @property
     def layout(self) -> Layout:
@@ -142,9 +142,27 @@ def _elf_info(path: str) -> _ElfInfo | None:
                         hexv = struct.unpack("<I", f.read(4))[0]
                         version = (hexv >> 24, (hexv >> 16) & 0xFF)
                         break
+            if version is None:  # before 3.11 (no Py_Version): the file name tells, for the error message
+                m = re.search(r"python(\d)\.(\d+)", os.path.basename(path))
+                version = (int(m.group(1)), int(m.group(2))) if m else None
             first = min(s["p_vaddr"] for s in loads) & ~0xFFF
             return _ElfInfo(rt[0]["st_value"], version, first)
     return None
+
+
+def start_time(pid: int, proc_root: str = "/proc") -> int:
+    """The process's start time in clock ticks since boot (``OSError`` when it is gone)."""
+    with open(f"{proc_root}/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2:].split()[19])  # field 22; the name before ")" may hold spaces
+
+
+def alive(t: Target, proc_root: str = "/proc") -> bool:
+    """Whether ``t``'s process still runs (not a new process under the same pid)."""
+    try:
+        return start_time(t.pid, proc_root) == t.started
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 class RuntimeFinder:
@@ -160,7 +178,7 @@ class RuntimeFinder:
         try:
             with open(f"{base}/maps", encoding="utf-8", errors="replace") as f:
                 maps = f.read().splitlines()
-            started = os.stat(base).st_mtime
+            started = start_time(pid, self.proc_root)
         except OSError as e:
             raise NotSupported(f"pid {pid}: cannot read its maps ({e.strerror})") from None
         seen: set[str] = set()
@@ -201,25 +219,37 @@ class RuntimeFinder:
 
 # ------------------------------------------------------------------ the kernel side
 
-def _pick(targets: Iterable[Target], field: str) -> str:
+def _pick(versions: list[tuple[int, int]], field: str) -> str:
     """A bpftrace expression for one layout field, chosen by ``$v`` (the minor version)."""
-    versions = sorted({t.version for t in targets})
     expr = str(max(0, getattr(LAYOUTS[versions[-1]], field)))  # -1 (no cframe) is never read
     for v in reversed(versions[:-1]):
         expr = f"($v == {v[1]} ? {max(0, getattr(LAYOUTS[v], field))} : {expr})"
     return f"(uint64){expr}" if len(versions) > 1 else expr
 
 
-def unwinder_script(targets: Iterable[Target], *, frequency: int = 99, interval: int = 2,
-                    max_depth: int = 96) -> str:
-    """The bpftrace program unwinding ``targets`` (see the module doc)."""
+@dataclass(frozen=True)
+class Trigger:
+    """Where the agent tells the running program about processes: a uprobe on a libc function only the
+    agent calls (``lldiv(minor << 32 | pid, _PyRuntime)``; minor 0 removes the pid), so adding a process
+    costs one call, not a bpftrace restart (~0.25 CPU s)."""
+
+    pid: int  # the agent's pid: only its calls count
+    library: str  # the agent's libc, as its own /proc/self/maps names it
+    symbol: str = "lldiv"
+
+
+def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None, frequency: int = 99,
+                    interval: int = 2, max_depth: int = 96) -> str:
+    """The bpftrace program unwinding ``targets`` (see the module doc); with ``trigger``, also any
+    process registered later, of any version in :data:`LAYOUTS`."""
     targets = sorted(targets, key=lambda t: t.pid)
-    if not targets:
+    if not targets and trigger is None:
         raise ValueError("no targets")
-    o = {f: _pick(targets, f) for f in Layout.__dataclass_fields__}
+    versions = sorted(LAYOUTS) if trigger is not None else sorted({t.version for t in targets})
+    o = {f: _pick(versions, f) for f in Layout.__dataclass_fields__}
     begin = "".join(f"  @rt[{t.pid}] = {t.runtime}; @v[{t.pid}] = {t.version[1]};\n" for t in targets)
     rd = "*(uint64 *)uptr"
-    cframe = {t.layout.ts_cframe for t in targets}
+    cframe = {LAYOUTS[v].ts_cframe for v in versions}
     if cframe == {-1}:
         frame = f"{rd}($ts + {o['frame_ptr']})"
     elif -1 not in cframe:
@@ -227,10 +257,18 @@ def unwinder_script(targets: Iterable[Target], *, frequency: int = 99, interval:
     else:  # 3.13 beside older versions
         frame = (f"($v >= 13 ? {rd}($ts + {o['frame_ptr']}) : "
                  f"{rd}({rd}($ts + {o['ts_cframe']}) + {o['frame_ptr']}))")
+    register = ""
+    if trigger is not None:
+        register = f"""uprobe:{trigger.library}:{trigger.symbol} /pid == {trigger.pid}/ {{
+  $p = (int64)(arg0 & 0xffffffff);
+  if ((arg0 >> 32) == 0) {{ delete(@rt[$p]); delete(@v[$p]); }}
+  else {{ @rt[$p] = (int64)arg1; @v[$p] = (int64)(arg0 >> 32); }}
+}}
+"""
     return f"""BEGIN {{
 {begin}  printf("{READY_MARK}\\n");
 }}
-profile:hz:{frequency} /@v[pid]/ {{
+{register}profile:hz:{frequency} /@v[pid]/ {{
   $v = @v[pid];
   $ts = {rd}({rd}(@rt[pid] + {o['interp_head']}) + {o['threads_head']});
   $me = (uint64)curtask->thread.fsbase;
@@ -434,6 +472,37 @@ class CodeNames:
 
 # ------------------------------------------------------------------ the sampler
 
+def default_trigger(maps_path: str = "/proc/self/maps") -> Trigger | None:
+    """The agent's own libc as a :class:`Trigger`; None when it has none with ``lldiv`` (then restarts)."""
+    try:
+        with open(maps_path, encoding="utf-8", errors="replace") as f:
+            paths = [line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6]
+    except OSError:
+        return None
+    for path in paths:
+        name = os.path.basename(path)
+        if re.match(r"^(libc\.so\.\d+|libc-[\d.]+\.so|ld-musl-.*\.so\.\d+)$", name):
+            return Trigger(os.getpid(), path)
+    return None
+
+
+def trigger_caller(trigger: Trigger) -> Callable[[int, int], None] | None:
+    """``call(a, b)`` running ``trigger.symbol(a, b)`` in this process (what the uprobe sees)."""
+    import ctypes
+
+    try:
+        fn = getattr(ctypes.CDLL(trigger.library), trigger.symbol)
+    except (OSError, AttributeError) as e:
+        log.info("no %s in %s (%s): bpftrace restarts on changes instead", trigger.symbol, trigger.library, e)
+        return None
+    fn.argtypes = [ctypes.c_longlong, ctypes.c_longlong]
+    fn.restype = None  # lldiv's quotient and remainder are of no interest
+
+    def call(a: int, b: int) -> None:
+        fn(a, b)
+    return call
+
+
 def check_bpftrace(path: str) -> str:
     """The resolved bpftrace path, or :class:`SamplerUnavailable` saying how to get it."""
     try:
@@ -462,8 +531,15 @@ class PyUnwindSampler:
         reader: Reader | None = None,
         proc_root: str = "/proc",
         clock: Callable[[], float] = time.monotonic,
+        trigger: Trigger | bool | None = True,
     ) -> None:
         self.sink = sink
+        # True: find the agent's libc; None/False: restart bpftrace whenever the set of processes changes
+        self.trigger: Trigger | None = default_trigger() if trigger is True else (trigger or None)
+        self._call = trigger_caller(self.trigger) if self.trigger is not None else None
+        self._registered: dict[int, Target] = {}  # what the running program was told
+        self._ready = False
+        self.stopped = False
         self.bpftrace = bpftrace
         self.frequency, self.interval, self.max_depth = frequency, max(1, int(interval)), max_depth
         self.runner = runner
@@ -483,16 +559,34 @@ class PyUnwindSampler:
         self._lock = threading.Lock()  # guards _proc, parser and names against the reader thread
 
     def set_targets(self, targets: Mapping[int, Target]) -> None:
-        """Unwind exactly these processes from now on (restarts bpftrace when the set changed)."""
-        if dict(targets) == self.targets and (self.running or not targets):
-            return
-        self._stop_proc()
-        self.targets = dict(targets)
+        """Unwind exactly these processes from now on: told to the running program through the trigger,
+        else by restarting bpftrace when the set changed."""
+        targets = dict(targets)
+        if self._call is not None and self.running:
+            with self._lock:
+                self.targets = targets
+                self._sync()
+        elif targets != self.targets or (targets and not self.running):
+            self._stop_proc()
+            with self._lock:
+                self.targets = targets
+            if targets:
+                self._start()
         with self._lock:
             self.parser.forget(self.targets)
             self.names.forget(self.targets)
-        if self.targets:
-            self._start()
+
+    def _sync(self) -> None:
+        """Tell the program (once it is ready) which processes were added or removed (lock held)."""
+        if not self._ready or self._call is None:
+            return
+        for pid, t in self.targets.items():
+            if self._registered.get(pid) != t:
+                self._call(t.version[1] << 32 | pid, t.runtime)
+                self._registered[pid] = t
+        for pid in [p for p in self._registered if p not in self.targets]:
+            self._call(pid, 1)  # minor 0: remove (the divisor must not be 0: lldiv really divides)
+            del self._registered[pid]
 
     @property
     def running(self) -> bool:
@@ -500,15 +594,20 @@ class PyUnwindSampler:
         return p is not None and p.poll() is None
 
     def _start(self) -> None:
-        script = unwinder_script(self.targets.values(), frequency=self.frequency, interval=self.interval,
-                                 max_depth=self.max_depth)
+        with self._lock:
+            self._ready = False
+            self._registered = dict(self.targets)  # in the program's BEGIN
+            script = unwinder_script(self.targets.values(), trigger=self.trigger, frequency=self.frequency,
+                                     interval=self.interval, max_depth=self.max_depth)
         path = os.path.join(self.workdir, "unwind.bt")
         with open(path, "w", encoding="utf-8") as f:
             f.write(script)
         env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="65536")
         try:
+            # its own session: a terminal's Ctrl-C reaches the agent, which then stops bpftrace after
+            # its last report, rather than bpftrace dying first and looking like a crash
             proc = self.runner([self.bpftrace, path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=env)
+                               stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as e:
             self.failures += 1
             self.last_error = f"cannot start bpftrace: {e} ({MISSING_HELP})"
@@ -529,6 +628,10 @@ class PyUnwindSampler:
         for raw in iter(proc.stdout.readline, b""):
             line = raw.decode("utf-8", "replace")
             with self._lock:
+                if line.strip() == READY_MARK:  # probes attached: catch up on changes since the start
+                    self._ready = True
+                    self._sync()
+                    continue
                 report = self.parser.feed(line)
                 named = self._name(report) if report else {}
             for pid, stacks in named.items():
@@ -554,8 +657,11 @@ class PyUnwindSampler:
         assert proc.stderr is not None
         for raw in iter(proc.stderr.readline, b""):
             line = raw.decode("utf-8", "replace").strip()
-            if not line or "RLIMIT_MEMLOCK" in line or line.startswith("Attaching"):
-                continue  # the memlock notice is harmless on kernels that account BPF memory per cgroup
+            if (not line or "RLIMIT_MEMLOCK" in line or line.startswith("Attaching")
+                    or "failed to detach probe" in line or "uprobe_events" in line):
+                # the memlock notice is harmless on kernels that account BPF memory per cgroup; the detach
+                # notes come at exit where tracefs is absent (the probes go with bpftrace's perf events)
+                continue
             if "WARNING" in line or line.startswith(("if ", "$", "@", "~")) or set(line) <= {"~", " "}:
                 log.debug("bpftrace: %s", line)  # compiler notes and the source lines they quote
                 continue
@@ -565,6 +671,11 @@ class PyUnwindSampler:
         if rc not in (0, -2, -15, 130, 143) and proc is self._proc:
             self.failures += 1
             log.warning("bpftrace exited with status %s: %s", rc, self.last_error)
+            if not self._ready and self.trigger is not None:
+                # e.g. no uprobe support: fall back to restarting bpftrace when processes come and go
+                log.warning("bpftrace could not start with its %s uprobe; restarting it on changes instead",
+                            self.trigger.symbol)
+                self.trigger, self._call = None, None
 
     def _stop_proc(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
@@ -582,6 +693,8 @@ class PyUnwindSampler:
         self._threads = []
 
     def stop(self) -> None:
+        """Stop bpftrace for good (its last report still reaches the sink)."""
+        self.stopped = True
         self._stop_proc()
 
     def child_pids(self) -> list[int]:
@@ -601,6 +714,9 @@ def bpf_run_seconds(pid: int, proc_root: str = "/proc") -> float | None:
     """Sum of ``run_time_ns`` over the BPF programs ``pid`` holds; None when the kernel does not count it."""
     total, seen = 0, False
     try:
+        with open(f"{proc_root}/sys/kernel/bpf_stats_enabled", encoding="ascii") as f:
+            if f.read().strip() != "1":
+                return None
         fds = os.listdir(f"{proc_root}/{pid}/fdinfo")
     except OSError:
         return None

@@ -1,0 +1,370 @@
+"""The in-kernel CPython unwinder: its pure parts exactly, its layouts against live interpreters,
+and real bpftrace naming real Python processes (3.11 here; 3.12 and 3.13 where pyenv has them)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ground.tools import ToolNotFound, find_tool
+from profiler.samplers.pyunwind import (
+    END_MARK,
+    LAYOUTS,
+    CodeNames,
+    NotSupported,
+    PyUnwindSampler,
+    ReportParser,
+    RuntimeFinder,
+    Target,
+    proc_mem_reader,
+    read_str,
+    short_filename,
+    unwinder_script,
+)
+
+L11 = LAYOUTS[(3, 11)]
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+
+
+def interpreters() -> list[str]:
+    """This interpreter, and pyenv's 3.12 / 3.13 where installed."""
+    found = [sys.executable]
+    for minor in (12, 13):
+        found += sorted(str(p) for p in PYENV.glob(f"3.{minor}.*/bin/python3.{minor}"))[:1]
+    return found
+
+
+# ------------------------------------------------------------------ pure parts
+
+def test_script_for_one_version_has_its_offsets_and_no_version_switch() -> None:
+    s = unwinder_script([Target(101, (3, 11), 0x7F00), Target(7, (3, 11), 0x5000)], frequency=49, interval=3,
+                        max_depth=40)
+    assert "@rt[7] = 20480; @v[7] = 11;" in s and "@rt[101] = 32512; @v[101] = 11;" in s
+    assert s.index("@rt[7]") < s.index("@rt[101]")  # sorted by pid: the same set gives the same program
+    assert "profile:hz:49 /@v[pid]/" in s and "interval:s:3" in s and "while ($d < 40)" in s
+    assert "uptr(@rt[pid] + 40) + 16)" in s  # interpreters.head, threads.head of 3.11
+    assert "uptr(*(uint64 *)uptr($ts + 56) + 8)" in s  # tstate->cframe->current_frame
+    assert "$v ==" not in s and "$v >= 13" not in s
+
+
+def test_script_for_mixed_versions_switches_on_the_minor_version() -> None:
+    s = unwinder_script([Target(1, (3, 11), 1), Target(2, (3, 12), 2), Target(3, (3, 13), 3)])
+    assert "(uint64)($v == 11 ? 40 : ($v == 12 ? 40 : 632))" in s  # interpreters.head
+    assert "$v >= 13 ? *(uint64 *)uptr($ts + ($v == 11 ? 8 : ($v == 12 ? 0 : 72)))" in s.replace("(uint64)", "")
+    with pytest.raises(ValueError):
+        unwinder_script([])
+
+
+def test_parser_names_stacks_root_first_and_remembers_their_frames() -> None:
+    p = ReportParser()
+    assert p.feed("@n[10, 5]: 3") is None
+    p.feed("@n[10, -6]: 1")
+    for i, addr in enumerate((300, 200, 100)):  # leaf first, as the kernel writes them
+        p.feed(f"@fr[10, 5, {i}]: {addr}")
+    p.feed("@fr[10, -6, 0]: 400")
+    p.feed("Attaching 3 probes...")
+    assert p.feed(END_MARK) == {10: {(100, 200, 300): 3, (400,): 1}}
+    # later reports name only the hash; an unknown hash is counted, not guessed
+    p.feed("@n[10, 5]: 2")
+    p.feed("@n[11, 5]: 4")
+    assert p.feed(END_MARK) == {10: {(100, 200, 300): 2}}
+    assert p.unresolved == 4
+    p.forget([11])
+    p.feed("@n[10, 5]: 1")
+    assert p.feed(END_MARK) == {}
+
+
+def test_parser_skips_a_stack_with_missing_frame_indexes() -> None:
+    p = ReportParser()
+    p.feed("@n[1, 9]: 2")
+    p.feed("@fr[1, 9, 0]: 5")
+    p.feed("@fr[1, 9, 2]: 7")  # index 1 lost: not a stack to trust
+    assert p.feed(END_MARK) == {}
+    assert p.unresolved == 2
+
+
+@given(st.dictionaries(st.tuples(st.integers(1, 5), st.integers(-2**63, 2**63 - 1)),
+                       st.tuples(st.lists(st.integers(0, 2**47), min_size=1, max_size=12), st.integers(1, 99)),
+                       max_size=20))
+def test_parser_round_trips_printed_maps(stacks: dict) -> None:
+    p = ReportParser()
+    want: dict[int, dict[tuple[int, ...], int]] = {}
+    for (pid, h), (frames, n) in stacks.items():
+        p.feed(f"@n[{pid}, {h}]: {n}")
+        for i, a in enumerate(frames):
+            p.feed(f"@fr[{pid}, {h}, {i}]: {a}")
+        key = tuple(reversed(frames))
+        want.setdefault(pid, {})[key] = want.get(pid, {}).get(key, 0) + n
+    assert p.feed(END_MARK) == want
+
+
+def _ascii(text: str, layout=L11) -> bytes:
+    state = (1 << 2) | (1 << 5) | (1 << 6)  # kind 1, compact, ascii
+    head = struct.pack("<qqqqI", 1, 0, len(text), -1, state).ljust(layout.ascii_size, b"\0")
+    return head + text.encode("ascii")
+
+
+def _compact(text: str, kind: int, layout=L11) -> bytes:
+    state = (kind << 2) | (1 << 5)
+    head = struct.pack("<qqqqI", 1, 0, len(text), -1, state).ljust(layout.compact_size, b"\0")
+    codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
+    return head + text.encode(codec)
+
+
+def _reader(mem: dict[int, bytes]):
+    def read(pid: int, addr: int, size: int) -> bytes:
+        for base, blob in mem.items():
+            if base <= addr < base + len(blob):
+                return blob[addr - base:addr - base + size]
+        return b""
+    return read
+
+
+@pytest.mark.parametrize("layout", [LAYOUTS[(3, 11)], LAYOUTS[(3, 12)]])
+def test_read_str_decodes_each_compact_kind(layout) -> None:
+    mem = {0x1000: _ascii("handle_request", layout), 0x2000: _compact("café", 1, layout),
+           0x3000: _compact("σύνολο", 2, layout), 0x4000: _compact("🔥f", 4, layout)}
+    read = _reader(mem)
+    assert read_str(read, 1, 0x1000, layout) == "handle_request"
+    assert read_str(read, 1, 0x2000, layout) == "café"
+    assert read_str(read, 1, 0x3000, layout) == "σύνολο"
+    assert read_str(read, 1, 0x4000, layout) == "🔥f"
+    assert read_str(read, 1, 0x9000, layout) is None  # unreadable
+    not_compact = bytearray(_ascii("x", layout))
+    not_compact[32] &= ~(1 << 5) & 0xFF
+    assert read_str(_reader({0x5000: bytes(not_compact)}), 1, 0x5000, layout) is None
+
+
+def test_code_names_read_name_and_short_file_and_cache_per_process() -> None:
+    code = bytearray(200)
+    struct.pack_into("<QQ", code, L11.code_filename, 0x2000, 0x1000)  # co_filename, co_name
+    mem = {0x1000: _ascii("createSampleImages"), 0x2000: _ascii("/srv/app/admin_service.py"),
+           0x5000: bytes(code)}
+    reads = []
+
+    def read(pid: int, addr: int, size: int) -> bytes:
+        reads.append(addr)
+        return _reader(mem)(pid, addr, size)
+
+    now = [0.0]
+    names = CodeNames(read, clock=lambda: now[0], ttl=60)
+    f = names.frame(4, 0x5000, L11)
+    assert f.name == "createSampleImages (admin_service.py)"
+    n = len(reads)
+    assert names.frame(4, 0x5000, L11) is f and len(reads) == n  # cached
+    now[0] = 61.0
+    names.frame(4, 0x5000, L11)
+    assert len(reads) > n  # expired: read again (the address may hold other code by now)
+    assert names.frame(4, 0, L11).name == "[deeper frames]"
+    assert names.frame(4, 0x9000, L11).name == "[unknown]"
+
+
+@pytest.mark.parametrize(("path", "short"), [
+    ("/srv/app/admin.py", "admin.py"),
+    ("/usr/lib/python3.11/threading.py", "threading.py"),
+    ("/usr/local/lib/python3.12/concurrent/futures/thread.py", "concurrent/futures/thread.py"),
+    ("/venv/lib/python3.11/site-packages/aiohttp/web.py", "aiohttp/web.py"),
+    ("/usr/lib/python3/dist-packages/yaml/loader.py", "yaml/loader.py"),
+    ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap>"),
+])
+def test_short_filename_like_py_spy(path: str, short: str) -> None:
+    assert short_filename(path) == short
+
+
+# ------------------------------------------------------------------ layouts against live interpreters
+
+WAITER = """
+import threading, time
+def waiting_here_in_thread():
+    time.sleep(600)
+def waiting_here_in_main():
+    print("ready", flush=True)
+    time.sleep(600)
+threading.Thread(target=waiting_here_in_thread, daemon=True).start()
+waiting_here_in_main()
+"""
+
+
+def _walk(pid: int, t: Target) -> list[list[str]]:
+    """Every thread's Python stack (leaf first), walked the way the BPF program walks it."""
+    read = proc_mem_reader()
+    names = CodeNames(read)
+    lay = t.layout
+
+    def rd(addr: int) -> int:
+        return struct.unpack("<Q", read(pid, addr, 8).ljust(8, b"\0"))[0]
+
+    stacks, ts = [], rd(rd(t.runtime + lay.interp_head) + lay.threads_head)
+    while ts and len(stacks) < 64:
+        f = rd(ts + lay.frame_ptr) if lay.ts_cframe < 0 else rd(rd(ts + lay.ts_cframe) + lay.frame_ptr)
+        frames = []
+        while f and len(frames) < 200:
+            if read(pid, f + lay.frame_owner, 1) != b"\3":  # not a C-stack shim
+                frames.append(names.frame(pid, rd(f + lay.frame_code), lay).name)
+            f = rd(f + lay.frame_previous)
+        stacks.append(frames)
+        ts = rd(ts + lay.ts_next)
+    return stacks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("python", interpreters())
+def test_layout_finds_every_threads_python_stack(python: str, tmp_path: Path) -> None:
+    (tmp_path / "waiter.py").write_text(WAITER)
+    p = subprocess.Popen([python, str(tmp_path / "waiter.py")], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        t = RuntimeFinder().find(p.pid)
+        minor = int(Path(python).name.removeprefix("python3.") or sys.version_info[1]) \
+            if python != sys.executable else sys.version_info[1]
+        assert t.version == (3, minor)
+        stacks = _walk(p.pid, t)
+        assert ["waiting_here_in_main (waiter.py)", "<module> (waiter.py)"] in stacks, stacks
+        assert any(s[0] == "waiting_here_in_thread (waiter.py)" and s[-1] == "_bootstrap (threading.py)"
+                   for s in stacks), stacks
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_own_process_layout_finds_this_thread_by_its_pthread_id() -> None:
+    t = RuntimeFinder().find(os.getpid())
+    assert t.version == sys.version_info[:2]
+    read = proc_mem_reader()
+    lay = t.layout
+
+    def rd(addr: int) -> int:
+        return struct.unpack("<Q", read(os.getpid(), addr, 8))[0]
+
+    ts, ids = rd(rd(t.runtime + lay.interp_head) + lay.threads_head), []
+    while ts:
+        ids.append(rd(ts + lay.ts_thread_id))
+        ts = rd(ts + lay.ts_next)
+    assert threading.get_ident() in ids  # pthread_self(), which the BPF program compares with fsbase
+
+
+def test_finder_explains_processes_it_cannot_unwind(tmp_path: Path) -> None:
+    with pytest.raises(NotSupported, match="cannot read its maps"):
+        RuntimeFinder(str(tmp_path)).find(12345)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with pytest.raises(NotSupported, match="no CPython interpreter"):
+            RuntimeFinder().find(sleeper.pid)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    old = sorted(PYENV.glob("3.10.*/bin/python3.10"))
+    if not old:
+        return
+    p = subprocess.Popen([str(old[0]), "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        with pytest.raises(NotSupported, match=r"CPython 3\.10 .*unwound here: 3\.11, 3\.12, 3\.13"):
+            RuntimeFinder().find(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+
+
+# ------------------------------------------------------------------ real bpftrace
+
+BURNER = """
+import sys, threading, time
+def spin_in_thread_{tag}():
+    x = 0
+    while True:
+        x += 1
+def quiet_main_{tag}(duty):
+    while True:
+        t = time.perf_counter()
+        while time.perf_counter() < t + duty * 0.2:
+            pass
+        time.sleep(max(0.0, t + 0.2 - time.perf_counter()))
+threading.Thread(target=spin_in_thread_{tag}, daemon=True).start()
+quiet_main_{tag}(float(sys.argv[1]) / 100)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("trigger", [True, False], ids=["uprobe-trigger", "restart"])
+def test_bpftrace_names_quiet_and_busy_threads_of_every_version(tmp_path: Path, trigger: bool) -> None:
+    """Processes of every installed version, added one by one (trigger) or all at once (restart mode)."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="bpftrace needs root")
+    try:
+        bpftrace = find_tool("bpftrace")
+    except ToolNotFound as e:
+        pytest.skip(reason=f"bpftrace is not installed: {e}")
+    procs, tags = [], {}
+    try:
+        for python in interpreters():
+            tag = f"v{len(procs)}"
+            (tmp_path / f"{tag}.py").write_text(textwrap.dedent(BURNER.format(tag=tag)))
+            p = subprocess.Popen([python, str(tmp_path / f"{tag}.py"), "5"])  # main thread: 5 % of a core
+            procs.append(p)
+            tags[p.pid] = tag
+        time.sleep(1.0)
+        got: dict[int, dict[tuple[str, ...], int]] = {}
+        lock = threading.Lock()
+
+        def sink(pid: int, stacks: dict) -> None:
+            with lock:
+                dest = got.setdefault(pid, {})
+                for k, c in stacks.items():
+                    names = tuple(f.name for f in k)
+                    dest[names] = dest.get(names, 0) + c
+
+        finder = RuntimeFinder()
+        targets = {p.pid: finder.find(p.pid) for p in procs}
+        u = PyUnwindSampler(sink, bpftrace=bpftrace, interval=1, trigger=trigger)
+        assert (u.trigger is not None) == trigger
+        if trigger:  # the first process at start, the others told to the running program
+            first = procs[0].pid
+            u.set_targets({first: targets[first]})
+            deadline = time.monotonic() + 20
+            while first not in got and time.monotonic() < deadline:
+                time.sleep(0.2)
+            u.set_targets({**targets, 424242: Target(424242, (3, 11), 4096)})  # one to remove again
+            u.set_targets(targets)
+        else:
+            u.set_targets(targets)
+        try:
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                with lock:
+                    done = all(sum(c for k, c in got.get(p.pid, {}).items()
+                                   if k[-1].startswith(f"quiet_main_{tags[p.pid]} ")) >= 5 for p in procs)
+                if done or not u.running:
+                    break
+                time.sleep(1)
+        finally:
+            u.stop()
+        assert not u.running
+        for p in procs:
+            tag = tags[p.pid]
+            stacks = got.get(p.pid, {})
+            spin = sum(c for k, c in stacks.items() if k[-1] == f"spin_in_thread_{tag} ({tag}.py)")
+            quiet = sum(c for k, c in stacks.items()
+                        if k == (f"<module> ({tag}.py)", f"quiet_main_{tag} ({tag}.py)"))
+            other = sum(stacks.values()) - spin - quiet
+            # the spinning thread gets most of its GIL-shared core; the quiet main thread its own samples
+            assert spin > 3 * quiet >= 15, (tag, stacks, u.last_error)
+            assert other <= 0.02 * sum(stacks.values()), (tag, stacks)
+            assert any(k[0] == "_bootstrap (threading.py)" for k in stacks), stacks
+        assert u.samples == sum(sum(s.values()) for s in got.values())
+        assert u.starts == 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
