@@ -239,6 +239,7 @@ def test_dockerfile_builds_agent_and_server_images() -> None:
     agent, server = stages["agent"], stages["server"]
     assert "apt-get install" in agent and "linux-perf" in agent
     assert "py-spy --version" in agent and "perf --version" in agent  # fail the build if either is missing
+    assert "bpftrace --version" in agent  # the in-kernel Python unwinder
     assert 'ENTRYPOINT ["flamewatch", "agent"]' in agent
     assert 'ENTRYPOINT ["flamewatch", "serve"]' in server and "USER 10001" in server
     assert "pip wheel" in stages["build"] and "pip install /wheels/*.whl" in stages["base"]
