@@ -29,6 +29,14 @@ running CPython's own code (:meth:`Collector.mark_python`). Samples of its
 other threads (an SDK's native sampler thread, a C++ pool) keep perf's
 native frames, since py-spy's shape says nothing about them.
 
+With the in-kernel unwinder (:mod:`profiler.samplers.pyunwind`, CPython
+3.11-3.13) the shape of an unwound process is *this push interval's own*
+unwound samples: taken at perf's rate on the same CPUs' timers, each names
+the code running at that instant, so the shape differs from the truth only
+by sampling noise (a stack with share p over n samples: p +- sqrt(p(1-p)/n),
+the same error perf's own counts have), not by a separate sampler's timing.
+An interval without unwound samples falls back to the latest shape.
+
 So a process's total in the flamegraph is always perf's sample count (one
 unit, comparable across processes), kernel time stays visible and green,
 and Python time carries Python names. Shipping both as separate series
