@@ -7,6 +7,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import IO, Any, Protocol
 
+from ground.tools import ToolNotFound, find_tool
+
 
 class Proc(Protocol):
     """The part of :class:`subprocess.Popen` the samplers use."""
@@ -33,6 +35,14 @@ def default_runner(argv: Sequence[str], **kw: Any) -> Proc:
 
 class SamplerUnavailable(RuntimeError):
     """A sampler cannot run here; the message says why and how to fix it."""
+
+
+def require_tool(path: str, what: str, fix: str) -> str:
+    """The resolved path of tool ``what``, or :class:`SamplerUnavailable` naming where it looked and ``fix``."""
+    try:
+        return find_tool(path)
+    except ToolNotFound as e:
+        raise SamplerUnavailable(f"{what} not found ({e}): {fix}") from None
 
 
 class Backoff:

@@ -28,8 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ground.tools import ToolNotFound, find_tool
-from profiler.samplers.base import Proc, Runner, SamplerUnavailable, default_runner
+from profiler.samplers.base import Proc, Runner, default_runner, require_tool
 from stacks.model import Frame, Kind, Stack
 
 log = logging.getLogger("flamewatch.agent.pyspy")
@@ -90,10 +89,7 @@ def parse_raw(text: str) -> dict[Stack, int]:
 
 def check_pyspy(pyspy: str) -> str:
     """The resolved py-spy path, or :class:`SamplerUnavailable` saying how to get it."""
-    try:
-        return find_tool(pyspy)
-    except ToolNotFound as e:
-        raise SamplerUnavailable(f"py-spy not found ({e}): {MISSING_HELP}") from None
+    return require_tool(pyspy, "py-spy", MISSING_HELP)
 
 
 class PySpySampler:

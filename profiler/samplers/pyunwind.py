@@ -48,8 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from ground.tools import ToolNotFound, find_tool
-from profiler.samplers.base import Proc, Runner, SamplerUnavailable, default_runner
+from profiler.samplers.base import Proc, Runner, default_runner, require_tool
 from stacks.model import Frame, Kind, Stack
 
 log = logging.getLogger("flamewatch.agent.pyunwind")
@@ -505,10 +504,7 @@ def trigger_caller(trigger: Trigger) -> Callable[[int, int], None] | None:
 
 def check_bpftrace(path: str) -> str:
     """The resolved bpftrace path, or :class:`SamplerUnavailable` saying how to get it."""
-    try:
-        return find_tool(path)
-    except ToolNotFound as e:
-        raise SamplerUnavailable(f"bpftrace not found ({e}): {MISSING_HELP}") from None
+    return require_tool(path, "bpftrace", MISSING_HELP)
 
 
 class PyUnwindSampler:

@@ -841,3 +841,54 @@ def test_agent_holds_a_python_process_until_its_first_shape_then_pushes_it_named
     assert decode_pprof(held[0].samples[0].raw_profile).merged().as_dict() == {named: 6}
     st = agent.stats()
     assert st["samples_held"] == 0 and st["held_released_named"] == 6 and st["held_released_unnamed"] == 0
+
+
+def test_scheduler_never_plans_py_spy_for_externally_named_processes() -> None:
+    """A process the in-kernel unwinder names gets no first run, refresh or expiry; its stacks come in
+    through on_external (which also creates its state) and name it; handing it back to py-spy works."""
+    from profiler.pyschedule import PyScheduler
+
+    sched = PyScheduler(lambda pid: True, frequency=100, refresh_samples=100, shape_max_age=10.0)
+    sched.external = {1}
+    sched.tokens = sched.burst
+    assert [r.pid for r in sched.plan(0.0, {1: 50, 2: 50}, 1.0, set())] == [2]
+    assert sched.awaiting_name(1)  # its samples may wait for the unwinder's first report
+    shape = {(U("<module> (w.py)"), U("serve (w.py)")): 4}
+    sched.on_external(1, shape, 2.0)
+    assert sched.shape(1) == {k: 4.0 for k in shape} and not sched.awaiting_name(1)
+    sched.observe({1: 5000}, 10.0)
+    assert sched.plan(100.0, {1: 50}, 1.0, set()) == []  # no refresh, no expiry at 98 s
+    assert sched.shape(1) is not None
+    sched.external.discard(1)  # handed back to py-spy: its debt and age count again
+    assert [r.pid for r in sched.plan(101.0, {}, 1.0, set())] == [1]
+    sched.observe({}, 10.0 + 301.0)
+    assert 1 not in sched.states
+
+
+def test_agent_names_unwound_processes_by_their_own_interval(tmp_path: Path) -> None:
+    """perf's count stays the total; the interval's unwound stacks name it, kernel frames kept on top.
+    Unwound stacks of a process that is not (or no longer) external are ignored."""
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "pyunwind": "off"}, environ={})
+    agent = Agent(s, environ={})
+    pid = os.getpid() + 100000  # a pid that is no process: labels fall back to the comm
+    interp = (U("python3"), U("_PyEval_EvalFrameDefault"))
+    kernel = (*interp, K("entry_SYSCALL_64"), K("__x64_sys_read"))
+    agent.collector.add(PerfSample("python3", pid, pid, None, None, None, interp), 30)
+    agent.collector.add(PerfSample("python3", pid, pid, None, None, None, kernel), 10)
+    agent.sched.external = {pid}
+    a, b = (U("<module> (w.py)"), U("serve (w.py)")), (U("<module> (w.py)"), U("render (w.py)"))
+    agent._on_unwound(pid, {a: 3, b: 1})
+    agent._on_unwound(pid + 1, {a: 5})  # not external: ignored
+    assert agent.tick(0, 10_000_000_000) == 40
+    entry = agent.spool.peek()
+    assert entry is not None
+    (series,) = decode_push_request(gzip.decompress(entry.body()))
+    merged = decode_pprof(series.samples[0].raw_profile).merged().as_dict()
+    folded = {";".join(f.name for f in stack): n for stack, n in merged.items()}
+    assert folded == {"<module> (w.py);serve (w.py)": 23, "<module> (w.py);render (w.py)": 7,
+                      "<module> (w.py);serve (w.py);entry_SYSCALL_64;__x64_sys_read": 8,
+                      "<module> (w.py);render (w.py);entry_SYSCALL_64;__x64_sys_read": 2}, folded

@@ -278,6 +278,14 @@ def test_finder_explains_processes_it_cannot_unwind(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ real bpftrace
 
+def _need_bpftrace() -> str:
+    if os.geteuid() != 0:
+        pytest.skip(reason="bpftrace needs root")
+    try:
+        return find_tool("bpftrace")
+    except ToolNotFound as e:
+        pytest.skip(reason=f"bpftrace is not installed: {e}")
+
 BURNER = """
 import sys, threading, time
 def spin_in_thread_{tag}():
@@ -300,12 +308,7 @@ quiet_main_{tag}(float(sys.argv[1]) / 100)
 @pytest.mark.parametrize("trigger", [True, False], ids=["uprobe-trigger", "restart"])
 def test_bpftrace_names_quiet_and_busy_threads_of_every_version(tmp_path: Path, trigger: bool) -> None:
     """Processes of every installed version, added one by one (trigger) or all at once (restart mode)."""
-    if os.geteuid() != 0:
-        pytest.skip(reason="bpftrace needs root")
-    try:
-        bpftrace = find_tool("bpftrace")
-    except ToolNotFound as e:
-        pytest.skip(reason=f"bpftrace is not installed: {e}")
+    bpftrace = _need_bpftrace()
     procs, tags = [], {}
     try:
         for python in interpreters():
@@ -368,3 +371,63 @@ def test_bpftrace_names_quiet_and_busy_threads_of_every_version(tmp_path: Path, 
         for p in procs:
             p.kill()
             p.wait()
+
+
+SPLIT = """
+import time
+def spin(seconds):
+    t = time.perf_counter()
+    while time.perf_counter() < t + seconds:
+        pass
+def three_parts():
+    spin(0.003)
+def one_part():
+    spin(0.001)
+def loop():
+    while True:
+        three_parts()
+        one_part()
+        time.sleep(0.016)
+loop()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bpftrace_shares_follow_the_cpu_split(tmp_path: Path) -> None:
+    """A worker spending 3 ms in one function and 1 ms in another per 20 ms: the unwound shares are 3:1,
+    within the binomial error of the sample count (the bound docs/agent.md states)."""
+    bpftrace = _need_bpftrace()
+    (tmp_path / "split.py").write_text(SPLIT)
+    p = subprocess.Popen([sys.executable, str(tmp_path / "split.py")])
+    counts = {"three": 0, "one": 0, "other": 0}
+    lock = threading.Lock()
+
+    def sink(pid: int, stacks: dict) -> None:
+        with lock:
+            for k, c in stacks.items():
+                names = [f.name for f in k]
+                key = "three" if "three_parts (split.py)" in names else "one" if "one_part (split.py)" in names \
+                    else "other"
+                counts[key] += c
+
+    try:
+        time.sleep(0.5)
+        u = PyUnwindSampler(sink, bpftrace=bpftrace, interval=1)
+        u.set_targets({p.pid: RuntimeFinder().find(p.pid)})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with lock:
+                if counts["three"] + counts["one"] >= 300:
+                    break
+            time.sleep(0.5)
+        u.stop()
+    finally:
+        p.kill()
+        p.wait()
+    n = counts["three"] + counts["one"]
+    assert n >= 100, (counts, u.last_error)
+    share = counts["one"] / n
+    bound = 4 * (0.25 * 0.75 / n) ** 0.5 + 0.03  # 4 sigma, and the loop's own bytecode around the calls
+    assert abs(share - 0.25) <= bound, (counts, share, bound)
+    assert counts["other"] <= 0.1 * sum(counts.values()), counts

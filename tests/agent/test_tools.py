@@ -16,6 +16,7 @@ import pytest
 from ground.tools import ToolNotFound, find_tool, search_dirs
 from profiler.samplers.base import SamplerUnavailable
 from profiler.samplers.pyspy import check_pyspy
+from profiler.samplers.pyunwind import check_bpftrace
 from tests.support.server import running_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +66,32 @@ def test_check_pyspy_names_places_and_fix(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SamplerUnavailable, match=rf"looked in: .*{re.escape(str(tmp_path))}.*pip install py-spy"):
         check_pyspy("py-spy-not-installed-anywhere")
+
+
+def test_check_bpftrace_names_places_and_fixes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SamplerUnavailable, match=r"bpftrace not found .*apt-get install bpftrace.*--pyunwind off"):
+        check_bpftrace("bpftrace-not-installed-anywhere")
+
+
+def test_agent_with_pyunwind_on_refuses_to_start_without_bpftrace(tmp_path: Path) -> None:
+    """``--pyunwind on`` fails at check() with the fix; ``auto`` goes on with py-spy alone."""
+    if os.geteuid() != 0:
+        pytest.skip(reason="check() runs perf's preflight, which needs root")
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    def agent(mode: str) -> Agent:
+        s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "pyunwind": mode,
+                               "bpftrace_path": str(tmp_path / "no-bpftrace")}, environ={})
+        return Agent(s, environ={})
+
+    with pytest.raises(SamplerUnavailable, match=r"bpftrace not found .*no-bpftrace"):
+        agent("on").check()
+    a = agent("auto")
+    a.check()
+    assert a._bpftrace_bin == ""  # no unwinder: py-spy names every Python process
 
 
 HOT_PY = """
