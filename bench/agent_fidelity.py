@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from _bpf import enable_bpf_stats, restore_bpf_stats  # noqa: E402
+
+from profiler.samplers.pyunwind import bpf_run_seconds  # noqa: E402
 from tests.support.server import running_server  # noqa: E402
 
 DUTIES = [60, 30, 15, 8, 4, 2]
@@ -113,28 +115,6 @@ def named_share(folded: str, i: int | str) -> tuple[float, float, int]:
     return (named / total if total else 0.0), (burn / total if total else 0.0), total
 
 
-BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
-
-
-def bpf_run_seconds(pid: int) -> float:
-    """Run time of the BPF programs ``pid`` holds (the in-kernel unwinder's), from /proc/PID/fdinfo."""
-    total = 0
-    try:
-        fds = os.listdir(f"/proc/{pid}/fdinfo")
-    except OSError:
-        return 0.0
-    for fd in fds:
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                info = f.read()
-        except OSError:
-            continue
-        m = re.search(r"^run_time_ns:\s*(\d+)", info, re.M)
-        if "prog_type:" in info and m:
-            total += int(m.group(1))
-    return total / 1e9
-
-
 class TreeCpu:
     """CPU seconds of the agent, its children by tool (reaped ones as py-spy: bpftrace only exits at
     restarts, counted by :meth:`poll` while alive) and its BPF programs' run time in the kernel."""
@@ -150,7 +130,7 @@ class TreeCpu:
                 if c.name().startswith("bpftrace"):
                     ct = c.cpu_times()
                     self.bpftrace[c.pid] = ct.user + ct.system
-                    self.bpf[c.pid] = max(self.bpf.get(c.pid, 0.0), bpf_run_seconds(c.pid))
+                    self.bpf[c.pid] = max(self.bpf.get(c.pid, 0.0), bpf_run_seconds(c.pid) or 0.0)
             except psutil.Error:
                 pass
 
@@ -244,21 +224,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
             run_all(tmp, a, duties, results)
     finally:
-        if bpf_stats is not None:
-            Path(BPF_STATS).write_text(bpf_stats)
+        restore_bpf_stats(bpf_stats)
     report(results, a)
     return 0
-
-
-def enable_bpf_stats() -> str | None:
-    """Turn on the kernel's BPF run-time counting (so the unwinder's in-kernel CPU is measured); the old value."""
-    try:
-        old = Path(BPF_STATS).read_text()
-        Path(BPF_STATS).write_text("1")
-        return old
-    except OSError as e:
-        print(f"cannot enable {BPF_STATS} ({e}): BPF run time is not counted", file=sys.stderr)
-        return None
 
 
 def run_all(tmp: str, a: argparse.Namespace, duties: list[float], results: dict[str, dict]) -> None:

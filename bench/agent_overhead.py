@@ -5,7 +5,9 @@ Python process), then the real agent (`flamewatch agent`, perf + py-spy)
 against a local capture server for DURATION seconds, and measures with psutil:
 
 - agent (the Python process itself), perf record, perf script, py-spy
-  (reaped runs included via the agent's children times);
+  (reaped runs included via the agent's children times), bpftrace, and the
+  run time of bpftrace's BPF programs in the kernel (``kernel.bpf_stats_enabled``
+  is turned on for the run; a bpftrace restart inside the window is not counted);
 - the workload's own CPU over the same period, as the baseline of the ratio.
 
 With ``--baseline REV`` (e.g. ``HEAD``) the agent of git revision REV
@@ -30,8 +32,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
+from _bpf import enable_bpf_stats, restore_bpf_stats
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from profiler.samplers.pyunwind import bpf_run_seconds  # noqa: E402
+
 BURN_C = r"""
 #include <fcntl.h>
 #include <unistd.h>
@@ -97,13 +103,17 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
         ap.cpu_times().children_user + ap.cpu_times().children_system
 
     def snapshot() -> dict[str, float]:
-        out = {"agent": cpu(ap), "perf record": 0.0, "perf script": 0.0, "py-spy": 0.0}
+        out = {"agent": cpu(ap), "perf record": 0.0, "perf script": 0.0, "py-spy": 0.0, "bpftrace": 0.0,
+               "bpf in kernel": 0.0}
         for c in ap.children(recursive=True):
             try:
                 cmd = c.cmdline()
                 name = os.path.basename(cmd[0]) if cmd else ""
-                key = {"py-spy": "py-spy", "perf": f"perf {cmd[1]}" if len(cmd) > 1 else "perf"}.get(name, "other")
+                key = {"py-spy": "py-spy", "bpftrace": "bpftrace",
+                       "perf": f"perf {cmd[1]}" if len(cmd) > 1 else "perf"}.get(name, "other")
                 out[key] = out.get(key, 0.0) + cpu(c)
+                if key == "bpftrace":  # its BPF programs run in the sampled tasks' context: no process's CPU
+                    out["bpf in kernel"] += bpf_run_seconds(c.pid) or 0.0
             except psutil.Error:
                 pass
         t = ap.cpu_times()
@@ -168,6 +178,7 @@ def main() -> int:
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     work = [subprocess.Popen([str(tmp / "burn")]), subprocess.Popen([sys.executable, str(tmp / "hot.py")])]
     wp = [psutil.Process(p.pid) for p in work]
+    bpf_stats = enable_bpf_stats()
     try:
         results = []
         if old_repo is not None:
@@ -180,6 +191,7 @@ def main() -> int:
             p.kill()
             p.wait()
         srv.shutdown()
+        restore_bpf_stats(bpf_stats)
     print(f"py-spy {'on' if pyspy else 'off'}; agent args {extra or 'defaults'}")
     for title, r in results:
         report(title, r)
