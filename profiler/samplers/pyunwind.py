@@ -60,6 +60,7 @@ READY_MARK = "--flamewatch-ready--"
 MAX_THREADS = 64  # thread states walked per sample to find the running thread's
 FNV_OFFSET, FNV_PRIME = 1469598103934665603, 1099511628211
 SHIM_OWNER = 3  # FRAME_OWNED_BY_CSTACK (3.12+): an entry shim, not Python code
+MAX_KNOWN = 50_000  # stacks remembered per process (only for a stack whose frames straddle two reports)
 
 
 @dataclass(frozen=True)
@@ -334,8 +335,9 @@ Report = dict[int, dict[tuple[int, ...], int]]
 class ReportParser:
     """bpftrace's printed maps, one report at a time (pure: feed lines, get reports at each marker).
 
-    A stack's frames are printed in the report where it first appeared; later reports name only its hash.
-    Frames are remembered per process (:meth:`forget` drops a process's), so both resolve.
+    A stack's frames are printed in each report where it appears, except when its first sample of the
+    period raced the report boundary; frames are remembered per process (:meth:`forget` drops a
+    process's, :data:`MAX_KNOWN` bounds them), so such a count still resolves.
     """
 
     def __init__(self) -> None:
@@ -364,7 +366,10 @@ class ReportParser:
         for (pid, h), frames in self._frames.items():
             n = len(frames)
             if n and sorted(frames) == list(range(n)):  # leaf first in the kernel; root first here
-                self.known.setdefault(pid, {})[h] = tuple(frames[i] for i in reversed(range(n)))
+                known = self.known.setdefault(pid, {})
+                if len(known) >= MAX_KNOWN:  # every report repeats its stacks' frames: forgetting is safe
+                    known.clear()
+                known[h] = tuple(frames[i] for i in reversed(range(n)))
         report: Report = {}
         for (pid, h), c in self._counts.items():
             stack = self.known.get(pid, {}).get(h)
