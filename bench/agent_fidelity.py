@@ -20,13 +20,16 @@ serve`` for WARMUP + DURATION seconds and prints per worker:
   (``kernel.bpf_stats_enabled`` is turned on for the run), as % of one core,
   warm-up included and steady state;
 - freshness: a new worker starts burning 30 % of a core after the warm-up;
-  seconds until its function is in a query.
+  seconds until its function is in a query;
+- with ``--churn R``: R new short-lived Python jobs a second (each ~3 s at
+  ~30 % of a core, pod ``churn``) during the measured window, and the share
+  of their samples named ``churn_job``.
 
 With ``--baseline REV`` the agent of git revision REV (checked out with ``git
 worktree add`` into a temporary directory) runs first on the same workers in
 the same run, then the work tree's agent; the table shows both.
 
-Usage: python bench/agent_fidelity.py [--workers 6] [--duration 90] [--warmup 20] [--baseline REV]
+Usage: python bench/agent_fidelity.py [--workers 6] [--duration 90] [--warmup 20] [--baseline REV] [--churn R]
 """
 
 from __future__ import annotations
@@ -115,6 +118,17 @@ def named_share(folded: str, i: int | str) -> tuple[float, float, int]:
     return (named / total if total else 0.0), (burn / total if total else 0.0), total
 
 
+def churn_named(folded: str) -> tuple[float, int]:
+    """(share of the churn jobs' samples whose stack holds ``churn_job``, total samples)."""
+    total = named = 0
+    for line in folded.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if n.isdigit():
+            total += int(n)
+            named += int(n) if "churn_job (" in stack else 0
+    return (named / total if total else 0.0), total
+
+
 class TreeCpu:
     """CPU seconds of the agent, its children by tool (reaped ones as py-spy: bpftrace only exits at
     restarts, counted by :meth:`poll` while alive) and its BPF programs' run time in the kernel."""
@@ -155,7 +169,48 @@ class TreeCpu:
         return out
 
 
-def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: float, duration: float) -> dict:
+CHURN_JOB = """
+import time
+def churn_job():
+    end = time.time() + 3
+    while time.time() < end:
+        t = time.perf_counter()
+        while time.perf_counter() < t + 0.03:
+            pass
+        time.sleep(0.07)
+churn_job()
+"""
+
+
+class Churn:
+    """Short-lived Python jobs, ``rate`` new ones a second, each ~3 s at ~30 % of a core, in pod ``churn``:
+    cron jobs and health checks, the processes a sampler meets too late."""
+
+    def __init__(self, workdir: Path, rate: float) -> None:
+        self.rate, self.path = rate, workdir / "churn_job.py"
+        self.path.write_text(CHURN_JOB)
+        self.env = {**os.environ, "POD_NAMESPACE": "bench", "POD_NAME": "churn", "CONTAINER_NAME": "churn"}
+        self.jobs: list[subprocess.Popen] = []
+        self.next = time.monotonic()
+        self.started = 0
+
+    def tick(self) -> None:
+        if self.rate <= 0:
+            return
+        while time.monotonic() >= self.next:
+            self.jobs.append(subprocess.Popen([sys.executable, str(self.path)], env=self.env))
+            self.started += 1
+            self.next += 1.0 / self.rate
+        self.jobs = [j for j in self.jobs if j.poll() is None]
+
+    def stop(self) -> None:
+        for j in self.jobs:
+            j.kill()
+            j.wait()
+
+
+def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: float, duration: float,
+              churn_rate: float = 0.0) -> dict:
     """One agent from ``repo`` on the running workers; its figures."""
     (workdir / "srv").mkdir(parents=True, exist_ok=True)
     with running_server(workdir / "srv") as srv:
@@ -179,16 +234,20 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
         c_warm, t_warm = sum(p_warm.values()), time.time()
         late = start_worker(workdir, "late", 30)  # freshness: a Python process starts burning CPU now
         t_late, fresh = time.time(), None
+        churn = Churn(workdir, churn_rate)
         try:
             while time.time() < t_warm + duration:
                 if fresh is None and "burn_wlate (" in render(srv.url, '{pod="worker-late"}', t_late - 20,
                                                               time.time() + 20):
                     fresh = time.time() - t_late
-                time.sleep(0.5)
+                for _ in range(5):
+                    time.sleep(0.1)
+                    churn.tick()
                 tree.poll()
             p_end = tree.parts()
             c_end, t_end = sum(p_end.values()), time.time()
         finally:
+            churn.stop()
             late.kill()
             late.wait()
             agent.terminate()
@@ -198,7 +257,10 @@ def run_agent(repo: Path, workdir: Path, n: int, duties: list[float], warmup: fl
         for i in range(n):
             share, burn, total = named_share(render(srv.url, f'{{pod="worker-{i}"}}', t_warm, t_end), i)
             rows.append((i, duties[i], total, share, burn))
-    return {"rows": rows, "cpu_all": 100 * c_end / (t_end - t_start),
+        if churn_rate > 0:  # the jobs' own function; they have no other
+            c_share, c_total = churn_named(render(srv.url, '{pod="churn"}', t_warm, t_end + 5))
+    return {"churn": (churn.started, c_total, c_share) if churn_rate > 0 else None, "rows": rows,
+            "cpu_all": 100 * c_end / (t_end - t_start),
             "cpu_steady": 100 * (c_end - c_warm) / (t_end - t_warm), "fresh": fresh,
             "parts": {k: 100 * (p_end[k] - p_warm[k]) / (t_end - t_warm) for k in p_end}}
 
@@ -216,6 +278,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=90.0, help="measured seconds after the warm-up")
     ap.add_argument("--warmup", type=float, default=20.0)
     ap.add_argument("--baseline", default="", help="git revision whose agent runs first, in the same run")
+    ap.add_argument("--churn", type=float, default=0.0,
+                    help="new short-lived Python jobs per second during the measured window (pod churn)")
     a = ap.parse_args()
     duties = duties_for(a.workers)
     results: dict[str, dict] = {}
@@ -242,12 +306,12 @@ def run_all(tmp: str, a: argparse.Namespace, duties: list[float], results: dict[
             try:
                 (d / "b").mkdir()
                 results[f"baseline {a.baseline}"] = run_agent(base, d / "b", a.workers, duties, a.warmup,
-                                                              a.duration)
+                                                              a.duration, a.churn)
             finally:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)],
                                capture_output=True)
         (d / "c").mkdir()
-        results["now"] = run_agent(REPO, d / "c", a.workers, duties, a.warmup, a.duration)
+        results["now"] = run_agent(REPO, d / "c", a.workers, duties, a.warmup, a.duration, a.churn)
     finally:
         for w in workers:
             w.kill()
@@ -283,6 +347,11 @@ def report(results: dict[str, dict], a: argparse.Namespace) -> None:
         print(f"{n}: agent + children {r['cpu_all']:.2f} % of a core (warm-up included), "
               f"{r['cpu_steady']:.2f} % steady (" + ", ".join(f"{k} {v:.2f}" for k, v in r["parts"].items())
               + f"); Python names of a new busy worker after {fresh}")
+    for n in names:
+        if results[n].get("churn"):
+            started, total, share = results[n]["churn"]
+            print(f"{n}: churn: {started} short-lived Python jobs, {total} samples, {100 * share:.1f} % named "
+                  "(churn_job in the stack)")
     if len(names) == 2:
         b, c = (results[n] for n in names)
         print(f"ratio now/baseline, agent+children steady CPU: {c['cpu_steady'] / max(b['cpu_steady'], 1e-9):.2f}")

@@ -145,6 +145,7 @@ class Agent:
         self._unwound: dict[int, dict[Stack, int]] = {}  # this interval's unwound stacks per pid
         self._unwind_changed = 0.0  # when bpftrace last (re)started
         self._unwind_pruned = 0.0
+        self._proc_pids: set[int] = set()  # pids in proc_root at the last poll
         self._unwind_failed = 0  # bpftrace starts in a row that died
         self.sched = PyScheduler(
             is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
@@ -250,14 +251,18 @@ class Agent:
         now = self.clock()
         with self._py_lock:
             python = self.collector.python_pids() | {p for p in current if self.sched._python_pid(p)}
-            new = [p for p in current if p in python and p not in self._unwind_targets
-                   and p not in self._unwind_no and p not in self.sched.own]
-        for pid in new:
+            seen = [p for p in current if p in python]
+        # perf's samples reach the agent 1-2 s late: a new python* process is also found by its /proc
+        # entry, so a short job is unwound from its first second
+        for pid in sorted(set(seen) | set(self._new_python_pids())):
+            if pid in self._unwind_targets or pid in self._unwind_no or pid in self.sched.own:
+                continue
             try:
                 self._unwind_targets[pid] = self._finder.find(pid)
             except NotSupported as e:
                 self._unwind_no[pid] = str(e)
-                log.info("py-spy names %s", e)
+                if os.path.exists(f"{self.s.proc_root}/{pid}"):  # not merely gone already
+                    log.info("py-spy names %s", e)
         if self._unwind_targets and not u.running and u.targets and now - self._unwind_changed > 10.0:
             self._unwind_failed += 1  # bpftrace died: its processes go to py-spy after the third time
             log.warning("bpftrace stopped (%s); restart %d of 3", u.last_error or "no message", self._unwind_failed)
@@ -286,6 +291,23 @@ class Agent:
             u.set_targets(self._unwind_targets)
             if u.starts != starts:
                 self._unwind_changed = now
+
+    def _new_python_pids(self) -> list[int]:
+        """Processes started since the last call whose name starts with ``python`` (the first call: all)."""
+        try:
+            pids = {int(d) for d in os.listdir(self.s.proc_root) if d.isdigit()}
+        except OSError:
+            return []
+        new, self._proc_pids = pids - self._proc_pids, pids
+        out = []
+        for pid in new:
+            try:
+                with open(f"{self.s.proc_root}/{pid}/comm", "rb") as f:
+                    if f.read().startswith(b"python"):
+                        out.append(pid)
+            except OSError:
+                continue
+        return out
 
     def _give_up_unwind(self, why: str) -> None:
         log.warning("in-kernel Python unwinding off (%s); py-spy names every Python process", why or "bpftrace died")
