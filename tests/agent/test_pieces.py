@@ -892,3 +892,29 @@ def test_agent_names_unwound_processes_by_their_own_interval(tmp_path: Path) -> 
     assert folded == {"<module> (w.py);serve (w.py)": 23, "<module> (w.py);render (w.py)": 7,
                       "<module> (w.py);serve (w.py);entry_SYSCALL_64;__x64_sys_read": 8,
                       "<module> (w.py);render (w.py);entry_SYSCALL_64;__x64_sys_read": 2}, folded
+
+
+def test_agent_finds_new_python_processes_by_their_proc_entry(tmp_path: Path) -> None:
+    """The first scan lists every python* process; later scans only those started since (a short job is
+    found before perf's samples of it arrive)."""
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    def proc(pid: int, comm: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm + "\n")
+
+    proc(10, "python3.11")
+    proc(11, "bash")
+    proc(12, "python")
+    (tmp_path / "self").mkdir()
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "proc_root": str(tmp_path)},
+                environ={})
+    agent = Agent(s, environ={})
+    assert sorted(agent._new_python_pids()) == [10, 12]
+    assert agent._new_python_pids() == []
+    proc(13, "python3")
+    proc(14, "nginx")
+    (tmp_path / "15").mkdir()  # gone before its comm could be read
+    assert agent._new_python_pids() == [13]
