@@ -350,6 +350,8 @@ class MetadataResolver:
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         meta = self._resolve(pid, comm)
+        if not (self.proc / str(pid)).exists():  # gone: what was read may be partial, and the pid is free
+            return meta
         self._cache[pid] = (now, meta)
         if len(self._cache) > 8192:  # pids churn; drop expired entries
             self._cache = {p: e for p, e in self._cache.items() if now - e[0] < self.ttl}

@@ -918,3 +918,26 @@ def test_agent_finds_new_python_processes_by_their_proc_entry(tmp_path: Path) ->
     proc(14, "nginx")
     (tmp_path / "15").mkdir()  # gone before its comm could be read
     assert agent._new_python_pids() == [13]
+
+
+def test_agent_keeps_the_pod_of_a_job_that_exits_before_the_push(tmp_path: Path) -> None:
+    """Labels are resolved at the 1 s poll while the process runs, so its samples keep their pod when
+    it has exited by the push; a pid already gone is not cached under a made-up name."""
+    import shutil as _shutil
+
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    job = tmp_path / "4321"
+    job.mkdir()
+    (job / "comm").write_text("python3\n")
+    (job / "environ").write_bytes(b"POD_NAMESPACE=batch\0POD_NAME=job-1\0CONTAINER_NAME=job\0")
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "proc_root": str(tmp_path),
+                           "node_name": "n1"}, environ={})
+    agent = Agent(s, environ={})
+    agent._prime_labels({4321: 3, 9999: 1})  # 9999 has no /proc entry
+    _shutil.rmtree(job)
+    labels = dict(agent._labels(4321, "python3"))
+    assert (labels["namespace"], labels["pod"], labels["container"]) == ("batch", "job-1", "job")
+    assert dict(agent._labels(9999, "cron-thing"))["process"] == "cron-thing"
