@@ -208,8 +208,15 @@ def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
             assert state["agent"]["running"], state["agent"]
             assert "agent      on (" in text and "exited early" not in text, text[-3000:]
         if state["agent"]["running"]:  # the agent labelled the same processes from /proc/<pid>/environ
-            procs = _get(server, "/api/v1/label/process/values", query='{namespace="default", node=~".+"}',
-                         **{"from": b0, "until": c1})
+            # The agent's samples reach the server later than the SDK's: they are held up to 15 s
+            # for their Python names and pushed every 10 s, later still on a loaded machine.
+            deadline = time.monotonic() + 45
+            while True:
+                procs = _get(server, "/api/v1/label/process/values", query='{namespace="default", node=~".+"}',
+                             **{"from": b0, "until": c1})
+                if "admin-service" in procs["values"] or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
             assert "admin-service" in procs["values"], procs
             nodes = _get(server, "/api/v1/label/node/values", query='{namespace="default"}',
                          **{"from": b0, "until": c1})
