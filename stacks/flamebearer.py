@@ -11,6 +11,7 @@ named ``total``. Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,7 +44,7 @@ def _by_level(depth: np.ndarray, rows: np.ndarray) -> list[list[int]]:
     d = depth[order]
     rows = rows[order]
     cuts = [0, *(np.flatnonzero(d[1:] != d[:-1]) + 1).tolist(), len(d)]
-    return [rows[a:b].ravel().tolist() for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+    return [rows[a:b].ravel().tolist() for a, b in pairwise(cuts) if b > a]
 
 
 def _offsets(depth: np.ndarray, start: np.ndarray, width: np.ndarray) -> np.ndarray:
