@@ -18,7 +18,7 @@ import gzip
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -43,6 +43,9 @@ CONNECT_PREFIXES = (QUERIER, SETTINGS_SERVICE)
 # Connect's HTTP status of each error code (connectrpc.com/docs/protocol, "Error codes").
 STATUS = {"invalid_argument": 400, "unauthenticated": 401, "permission_denied": 403, "not_found": 404,
           "resource_exhausted": 429, "internal": 500, "unimplemented": 501, "unavailable": 503}
+MAX_MATCHERS = 64
+MAX_SERIES = 100_000  # label sets one Series answer lists
+MAX_GROUP_BY = 8
 PPROF_FORMAT = _proto.enum_value("querier.v1.ProfileFormat", "PROFILE_FORMAT_PPROF")
 M = _proto.message
 
@@ -93,6 +96,8 @@ def _query(msg: Message) -> dict[str, str]:
 
 def _selectors(matchers: Any) -> list[Selector]:
     """Pyroscope's matchers (series match any of them); none means every series."""
+    if len(matchers) > MAX_MATCHERS:
+        raise InputError(f"{len(matchers)} matchers: give at most {MAX_MATCHERS} (each is one store query)")
     out = []
     for m in matchers:
         try:
@@ -162,6 +167,9 @@ async def series(call: Call, msg: Message) -> Message:
         for lab in labels:
             items = tuple((k, v) for k, v in lab.items() if k != PERIOD_LABEL and (not keep or k in keep))
             found.add(items)
+        if len(found) > MAX_SERIES:
+            raise LimitError(f"more than {MAX_SERIES} series match: narrow the matchers or give label_names",
+                             MAX_SERIES)
     out = M("querier.v1.SeriesResponse")()
     for items in sorted(found):
         ls = out.labels_set.add()
@@ -170,36 +178,62 @@ async def series(call: Call, msg: Message) -> Message:
     return out
 
 
+async def _grouped(call: Call, req: params.TimelineRequest, group_by: list[str]
+                   ) -> tuple[list[tuple[tuple[tuple[str, str], ...], list[list[int]]]], int | None]:
+    """(labels of the group, [[window start, samples], ...]) per group, and the period.
+
+    No or one label: ``/api/v1/timeline`` itself. Several labels (which /api/v1 has no route
+    for): the same store totals, keyed by every label's value."""
+    if len(group_by) <= 1:
+        got = await query.timeline(call.store, replace(req, group_by=group_by[0] if group_by else ""))
+        return [(((group_by[0], s["group"]),) if group_by and s["group"] else (), s["points"])
+                for s in got["series"]], got["period_ns"]
+    rng = req.rng
+    if isinstance(call.store, MergedReads):
+        rows = await call.store.totals(req.sel, rng.first_window, rng.end, tuple(group_by))
+    else:
+        from stacks.model import StackTable
+
+        rows = [(w.labels, w.start, w.profile.total)
+                for w in await call.store.read(req.sel, rng.first_window, rng.end, StackTable())]
+    groups: dict[tuple[tuple[str, str], ...], dict[int, int]] = {}
+    for lab, t, n in rows:
+        key = tuple((g, lab.get(g, "")) for g in group_by if lab.get(g, ""))
+        pts = groups.setdefault(key, {})
+        pts[t] = pts.get(t, 0) + n
+    fields = await query.type_fields(call.store, req.ptype, req.sel, rng)
+    return [(k, sorted([t, n] for t, n in v.items())) for k, v in sorted(groups.items())], fields["period_ns"]
+
+
 async def select_series(call: Call, msg: Message) -> Message:
-    """``/api/v1/timeline`` grouped by at most one label, summed into ``step`` buckets."""
+    """``/api/v1/timeline`` points summed into ``step`` buckets, one series per group."""
     _no_selectors(msg, "stack_trace_selector")
-    group_by = list(msg.group_by)  # type: ignore[attr-defined]
-    if len(group_by) > 1:
-        raise InputError(f"group_by={group_by}: flamewatch groups by one label at a time; give one")
-    p = {**_query(msg), "group_by": group_by[0] if group_by else ""}
-    req = params.TimelineRequest.parse(p, call.ctx)
-    got = await query.timeline(call.store, req)
-    scale = _scale(req.ptype, got["period_ns"])
-    window = got["window"]
+    group_by = [params.label_name(g) for g in msg.group_by]  # type: ignore[attr-defined]
+    if len(group_by) > MAX_GROUP_BY:
+        raise InputError(f"group_by has {len(group_by)} labels: give at most {MAX_GROUP_BY}")
+    req = params.TimelineRequest.parse({**_query(msg), "group_by": group_by[0] if group_by else ""}, call.ctx)
+    groups, period_ns = await _grouped(call, req, group_by)
+    scale = _scale(req.ptype, period_ns)
+    window = req.rng.window
     step = msg.step  # type: ignore[attr-defined]
     if not (math.isfinite(step) and step >= 0):
         raise InputError(f"step={step} is not a number of seconds >= 0")
     bucket = max(window, math.ceil(step / window) * window) if step else window
-    out = M("querier.v1.SelectSeriesResponse")()
     rows = []
-    for s in got["series"]:
+    for labels, pts in groups:
         points: dict[int, int] = {}
-        for t, n in s["points"]:
+        for t, n in pts:
             b = req.rng.first_window + (t - req.rng.first_window) // bucket * bucket
             points[b] = points.get(b, 0) + n
-        rows.append((s["group"], points))
+        rows.append((labels, points))
     limit = msg.limit  # type: ignore[attr-defined]
     if limit > 0 and len(rows) > limit:  # the heaviest series, as Pyroscope's limit keeps
         rows = sorted(rows, key=lambda r: -sum(r[1].values()))[:limit]
-    for g, points in rows:
+    out = M("querier.v1.SelectSeriesResponse")()
+    for labels, points in rows:
         s = out.series.add()
-        if group_by and g:
-            s.labels.add(name=group_by[0], value=g)
+        for k, v in labels:
+            s.labels.add(name=k, value=v)
         for t in sorted(points):
             s.points.add(value=float(points[t] * scale), timestamp=t * 1000)
     return out

@@ -45,6 +45,19 @@ async def client(tmp_path) -> AsyncIterator[TestClient]:  # type: ignore[no-unty
     await c.close()
 
 
+@pytest.fixture(params=["sqlite", pytest.param("clickhouse", marks=[pytest.mark.clickhouse, pytest.mark.slow])])
+async def any_client(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+    """The seeded client on SQLite and on a real ClickHouse (tests/aggregator/conftest.py)."""
+    overrides = {}
+    if request.param == "clickhouse":
+        ch, db = request.getfixturevalue("clickhouse"), request.getfixturevalue("clickhouse_db")
+        overrides["storage"] = ch.storage_spec(db)
+    c = await make_client(tmp_path, **overrides)
+    await _seed(c)
+    yield c
+    await c.close()
+
+
 async def call(client: TestClient, method: str, req: dict, resp: str, codec: str = "proto",
                gzipped: bool = False, service: str = "querier.v1.QuerierService"):  # type: ignore[no-untyped-def]
     """One Connect unary call; returns the decoded response message (asserting 200)."""
@@ -76,7 +89,8 @@ def _request_of(method: str) -> str:
 
 
 @pytest.mark.parametrize("codec", ["proto", "json"])
-async def test_grafana_calls_answer_as_api_v1(client: TestClient, codec: str) -> None:
+async def test_grafana_calls_answer_as_api_v1(any_client: TestClient, codec: str) -> None:
+    client = any_client
     rng = {"start": START_MS, "end": END_MS}
     types = await call(client, "ProfileTypes", rng, "querier.v1.ProfileTypesResponse", codec)
     api_types = await (await client.get(f"/api/v1/profile_types?{RANGE}")).json()
@@ -112,6 +126,13 @@ async def test_grafana_calls_answer_as_api_v1(client: TestClient, codec: str) ->
     assert sum(p.value for p in got.series[0].points) == 18 * PERIOD
     assert all((p.timestamp // 1000 - (W - 300) // 30 * 30) % 60 == 0 for p in got.series[0].points)
 
+    # two labels: one series per (service_name, pod) combination
+    got = await call(client, "SelectSeries", {**sel, "groupBy": ["service_name", "pod"], "step": 3600.0},
+                     "querier.v1.SelectSeriesResponse", codec)
+    assert {tuple((p.name, p.value) for p in s.labels): sum(p.value for p in s.points) for s in got.series} == {
+        (("service_name", "shop"), ("pod", "a")): 18 * PERIOD, (("service_name", "cart"), ("pod", "b")): 9 * PERIOD}
+    assert [len(s.points) for s in got.series] == [1, 1]
+
     fg = (await call(client, "SelectMergeStacktraces", {**sel, "maxNodes": 3},
                      "querier.v1.SelectMergeStacktracesResponse", codec)).flamegraph
     render = await (await client.get(f"/api/v1/render?query={q('{}')}&{RANGE}&max_nodes=3")).json()
@@ -127,7 +148,8 @@ async def test_grafana_calls_answer_as_api_v1(client: TestClient, codec: str) ->
 
 
 @pytest.mark.parametrize("codec", ["proto", "json"])
-async def test_pprof_answers_equal_render_pprof(client: TestClient, codec: str) -> None:
+async def test_pprof_answers_equal_render_pprof(any_client: TestClient, codec: str) -> None:
+    client = any_client
     sel = {"profileTypeID": CPU, "labelSelector": '{env="prod"}', "start": START_MS, "end": END_MS}
     want = decode_pprof(gzip.decompress(await (await client.get(
         f"/api/v1/render?query={PROD}&{RANGE}&format=pprof")).read()))
@@ -167,8 +189,10 @@ async def test_gzip_request_settings_stats_and_unimplemented(client: TestClient)
      "invalid_argument", 400, "increasing"),
     ("SelectMergeStacktraces", {"profileTypeID": CPU, "start": START_MS, "end": END_MS, "maxNodes": 10**9},
      "invalid_argument", 400, "max_nodes"),
-    ("SelectSeries", {"profileTypeID": CPU, "start": START_MS, "end": END_MS, "groupBy": ["a", "b"]},
-     "invalid_argument", 400, "one label"),
+    ("SelectSeries", {"profileTypeID": CPU, "start": START_MS, "end": END_MS, "groupBy": ["a"] * 9},
+     "invalid_argument", 400, "at most 8"),
+    ("LabelNames", {"matchers": ["{}"] * 65, "start": START_MS, "end": END_MS}, "invalid_argument", 400,
+     "at most 64"),
     ("SelectMergeStacktraces", {"profileTypeID": CPU, "start": START_MS, "end": END_MS, "spanSelector": ["ab"]},
      "unimplemented", 501, "span_selector"),
     ("LabelValues", {"name": "bad name", "start": START_MS, "end": END_MS}, "invalid_argument", 400, "label name"),
