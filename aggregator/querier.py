@@ -43,6 +43,7 @@ CONNECT_PREFIXES = (QUERIER, SETTINGS_SERVICE)
 # Connect's HTTP status of each error code (connectrpc.com/docs/protocol, "Error codes").
 STATUS = {"invalid_argument": 400, "unauthenticated": 401, "permission_denied": 403, "not_found": 404,
           "resource_exhausted": 429, "internal": 500, "unimplemented": 501, "unavailable": 503}
+GZIP_MIN_BYTES = 8192  # smaller answers go as they are: gzip would not pay for its header and time
 MAX_MATCHERS = 64
 MAX_SERIES = 100_000  # label sets one Series answer lists
 MAX_GROUP_BY = 8
@@ -368,15 +369,25 @@ async def _decode(request: web.Request, cls: type, codec: str) -> Message:
     return msg
 
 
-def _encode(out: Message | tuple[type, bytes], codec: str) -> web.Response:
+def _encode(out: Message | tuple[type, bytes], codec: str, gzip_ok: bool) -> web.Response:
     if codec == "proto":
         body = out[1] if isinstance(out, tuple) else out.SerializeToString()
-        return web.Response(body=body, content_type="application/proto")
-    if isinstance(out, tuple):
-        msg = out[0]()
-        msg.ParseFromString(out[1])
-        out = msg
-    return web.Response(text=json_format.MessageToJson(out, indent=None), content_type="application/json")
+    else:
+        if isinstance(out, tuple):
+            msg = out[0]()
+            msg.ParseFromString(out[1])
+            out = msg
+        body = json_format.MessageToJson(out, indent=None).encode()
+    headers = {}
+    if gzip_ok and len(body) >= GZIP_MIN_BYTES:
+        # Connect unary response compression: the client asked with Accept-Encoding. Level 1: a
+        # flame graph shrinks 2-5x in a few ms, which pays for itself on any real network.
+        body, headers["Content-Encoding"] = gzip.compress(body, 1), "gzip"
+    return web.Response(body=body, content_type=f"application/{codec}", headers=headers)
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    return any(e.split(";")[0].strip().lower() == "gzip" for e in request.headers.get("Accept-Encoding", "").split(","))
 
 
 def connect_handler(method: Method) -> app_module.Handler:
@@ -388,7 +399,7 @@ def connect_handler(method: Method) -> app_module.Handler:
         try:
             codec = _codec(request)
             msg = await _decode(request, cls, codec)
-            return _encode(await method.run(_call(request.app), msg), codec)
+            return _encode(await method.run(_call(request.app), msg), codec, _accepts_gzip(request))
         except ConnectError as e:
             code, text = e.code, str(e)
         except LimitError as e:

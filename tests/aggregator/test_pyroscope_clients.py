@@ -31,8 +31,8 @@ from tests.support.server import REPO, Server, running_server
 
 GOCLIENT = REPO / "tests" / "grafana" / "goclient"
 PERSES_SCRIPT = REPO / "tests" / "grafana" / "perses_client.cjs"
-PERSES_DEPS = Path(os.environ.get("FLAMEWATCH_PERSES_DEPS",
-                                  Path.home() / ".cache" / "flamewatch" / "perses-pyroscope"))
+PERSES_DEPS = Path(os.environ.get("FLAMEWATCH_PERSES_DEPS")
+                   or Path.home() / ".cache" / "flamewatch" / "perses-pyroscope")
 CPU = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
 PERIOD = 10_000_000  # sampleRate=100
 TOKEN = "read-s3cret"

@@ -207,6 +207,28 @@ async def test_errors_are_connect_errors(client: TestClient, method: str, req: d
         assert headers["Content-Type"].startswith("application/json")
 
 
+async def test_large_answers_gzipped_when_asked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    c = await make_client(tmp_path)
+    try:
+        text = "".join(f"main;handler_{i};leaf_{i % 7} {i + 1}\n" for i in range(1500))
+        await ingest_folded(c, "big.cpu", text, **{"from": str(W + 1), "sampleRate": "100"})
+        req = M("querier.v1.SelectMergeStacktracesRequest")(profile_typeID=CPU, start=START_MS, end=END_MS)
+        path = "/querier.v1.QuerierService/SelectMergeStacktraces"
+        sizes = {}
+        for enc in ("gzip", "identity"):
+            r = await c.post(path, data=req.SerializeToString(), auto_decompress=False,
+                             headers={"Content-Type": "application/proto", "Accept-Encoding": enc})
+            assert r.status == 200
+            raw = await r.read()
+            sizes[enc] = len(raw)
+            body = gzip.decompress(raw) if r.headers.get("Content-Encoding") == "gzip" else raw
+            fg = M("querier.v1.SelectMergeStacktracesResponse").FromString(body).flamegraph
+            assert fg.total == sum(range(1, 1501)) * PERIOD
+        assert sizes["gzip"] * 2 < sizes["identity"]
+    finally:
+        await c.close()
+
+
 async def test_bad_bodies_and_types(client: TestClient) -> None:
     path = "/querier.v1.QuerierService/ProfileTypes"
     for data, ctype, needle in [(b"\xff\xff", "application/proto", "ProfileTypesRequest"),
