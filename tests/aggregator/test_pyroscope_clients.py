@@ -2,8 +2,8 @@
 
 - Go: tests/grafana/goclient uses Pyroscope's own generated Connect client (Go module
   github.com/grafana/pyroscope/api) and replays the Grafana data source's calls in order, once with
-  the proto codec (what Grafana sends) and once with connect.WithProtoJSON, with Basic auth (the
-  read token as password). Its pprof answers are opened with ``go tool pprof -top``.
+  the proto codec (what Grafana sends) and once with connect.WithProtoJSON and gzip request
+  bodies, with Basic auth (the read token as password). Its pprof answers are opened with ``go tool pprof -top``.
 - Node: tests/grafana/perses_client.cjs runs the Perses Pyroscope plugin's client (npm
   @perses-dev/pyroscope-plugin) for the Connect JSON methods and ``/pyroscope/render``.
 
@@ -115,7 +115,9 @@ def test_grafana_go_connect_client(served: tuple[Server, int, int], goclient: tu
         pprof_dir.mkdir()
         proc = subprocess.run([str(binary), "-url", srv.url, "-codec", codec, "-password", TOKEN,
                                "-start", str(start * 1000), "-end", str(end * 1000), "-step", "60",
-                               "-group-by", "service_name", "-max-nodes", "16384", "-pprof-dir", str(pprof_dir)],
+                               "-group-by", "service_name", "-max-nodes", "16384", "-pprof-dir", str(pprof_dir),
+                               # the JSON run also gzips its requests (connect.WithSendGzip)
+                               f"-send-gzip={'true' if codec == 'json' else 'false'}"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         answers[codec] = json.loads(proc.stdout)

@@ -51,6 +51,7 @@ func main() {
 	start := flag.Int64("start", 0, "range start, unix ms")
 	end := flag.Int64("end", 0, "range end, unix ms")
 	pprofDir := flag.String("pprof-dir", "", "write the pprof answers here")
+	sendGzip := flag.Bool("send-gzip", false, "gzip request bodies (connect.WithSendGzip)")
 	flag.Parse()
 
 	httpClient := &http.Client{Timeout: 60 * time.Second,
@@ -58,6 +59,9 @@ func main() {
 	var opts []connect.ClientOption
 	if *codec == "json" {
 		opts = append(opts, connect.WithProtoJSON())
+	}
+	if *sendGzip {
+		opts = append(opts, connect.WithSendGzip())
 	}
 	q := querierv1connect.NewQuerierServiceClient(httpClient, *url, opts...)
 	s := settingsv1connect.NewSettingsServiceClient(httpClient, *url, opts...)
