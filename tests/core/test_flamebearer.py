@@ -77,3 +77,29 @@ def test_levels_give_back_every_node(stacks: list[tuple[list[str], int]], max_no
     assert sum(len(lv) for lv in got.levels) == 4 * len(doc["nodes"]["name"])
     # offsets never negative: nodes on a level never overlap
     assert all(v >= 0 for lv in got.levels for v in lv[0::4])
+
+
+@settings(max_examples=100, deadline=None)
+@given(STACKS, STACKS, st.sampled_from([4, 1000]))
+def test_diff_levels_give_back_both_sides(base: list, compare: list, max_nodes: int) -> None:
+    t = StackTable()
+    b = parse("".join(f"{';'.join(fr)} {n}\n" for fr, n in base), t)
+    c = parse("".join(f"{';'.join(fr)} {n}\n" for fr, n in compare), t)
+    doc = diff_json(b, c, mode="absolute", max_nodes=max_nodes)
+    got = flamebearer.diff(doc)
+    # Drawn as Pyroscope draws a diff: x = left x + right x, width = left total + right total.
+    combined = [[v for j in range(0, len(lv), 7)
+                 for v in (lv[j] + lv[j + 3], lv[j + 1] + lv[j + 4], lv[j + 2] + lv[j + 5], lv[j + 6])]
+                for lv in got.levels]
+    nodes = doc["nodes"]
+    want: dict[tuple[str, ...], int] = {}
+    path: list[str] = []
+    for i, (n, d) in enumerate(zip(nodes["name"], nodes["depth"], strict=True)):
+        del path[d:]
+        path.append("0" if i == 0 else str(n + 1))
+        want[tuple(path)] = nodes["base_total"][i] + nodes["total"][i]
+    assert flamebearer.node_totals(combined) == want
+    lt = [lv[j + 1] for lv in got.levels for j in range(0, len(lv), 7)]
+    rt = [lv[j + 4] for lv in got.levels for j in range(0, len(lv), 7)]
+    assert sorted(lt) == sorted(nodes["base_total"]) and sorted(rt) == sorted(nodes["total"])
+    assert (got.left_ticks, got.right_ticks) == (b.total, c.total)
