@@ -17,7 +17,9 @@ from google.protobuf import json_format
 
 from aggregator import _proto
 from stacks import flamebearer
-from stacks.pprof import decode_pprof
+from stacks.folded import parse
+from stacks.model import StackTable
+from stacks.pprof import decode_pprof, encode_pprof
 from tests.aggregator.test_api import NOW, RANGE, W, ingest_folded, make_client, q
 
 M = _proto.message
@@ -308,3 +310,20 @@ async def test_read_token_as_bearer_and_basic(tmp_path) -> None:  # type: ignore
 
 
 assert NOW  # the injected clock of test_api's clients
+
+
+async def test_bytes_type_is_not_scaled(client: TestClient) -> None:
+    mem = encode_pprof(parse("main;alloc 4096\nmain;buf 1024\n", StackTable()), sample_type=("alloc_space", "bytes"),
+                       period_type=("space", "bytes"), period_nanos=512 * 1024)
+    r = await client.post(f"/ingest?name=shop&from={W + 1}&format=pprof", data=gzip.compress(mem))
+    assert r.status == 200, await r.text()
+    types = await call(client, "ProfileTypes", {"start": START_MS, "end": END_MS}, "querier.v1.ProfileTypesResponse")
+    mem_id = next(t.ID for t in types.profile_types if t.sample_unit == "bytes")
+    sel = {"profileTypeID": mem_id, "labelSelector": "{}", "start": START_MS, "end": END_MS}
+    fg = (await call(client, "SelectMergeStacktraces", sel, "querier.v1.SelectMergeStacktracesResponse")).flamegraph
+    render = await (await client.get(f"/api/v1/render?query={q(mem_id + '{}')}&{RANGE}")).json()
+    assert fg.total == render["total"] == 5120 and render["unit"] == "bytes"
+    got = await call(client, "SelectSeries", {**sel, "step": 3600.0}, "querier.v1.SelectSeriesResponse")
+    assert [p.value for s in got.series for p in s.points] == [5120.0]
+    doc = await (await client.get(f"/pyroscope/render?query={q(mem_id + '{}')}&{RANGE}")).json()
+    assert doc["flamebearer"]["numTicks"] == 5120 and doc["metadata"]["units"] == "bytes"
