@@ -118,8 +118,11 @@ def _scale(ptype: ProfileType, period_ns: int | None) -> int:
 
 
 def _no_selectors(msg: Message, *names: str) -> None:
+    """Refuse the selectors flamewatch cannot apply rather than answer without them (an empty
+    one, as some clients send, is no selector)."""
     for name in names:
-        if msg.HasField(name) if name == "stack_trace_selector" else len(getattr(msg, name)):
+        value = getattr(msg, name)
+        if value.ByteSize() if name == "stack_trace_selector" else len(value):
             raise ConnectError("unimplemented", f"{name} is not supported by flamewatch yet: leave it empty")
 
 

@@ -168,6 +168,13 @@ def _stacks(d) -> dict:  # type: ignore[no-untyped-def]
     return {tuple(f.name for f in stack): n for _, prof in d.series for stack, n in prof.items()}
 
 
+async def test_empty_stack_trace_selector_is_none(client: TestClient) -> None:
+    got = await call(client, "SelectMergeStacktraces", {"profileTypeID": CPU, "start": START_MS, "end": END_MS,
+                                                        "stackTraceSelector": {}},
+                     "querier.v1.SelectMergeStacktracesResponse", "json")
+    assert got.flamegraph.total == 27 * PERIOD
+
+
 async def test_gzip_request_settings_stats_and_unimplemented(client: TestClient) -> None:
     got = await call(client, "ProfileTypes", {"start": START_MS, "end": END_MS}, "querier.v1.ProfileTypesResponse",
                      gzipped=True)
@@ -197,6 +204,9 @@ async def test_gzip_request_settings_stats_and_unimplemented(client: TestClient)
      "at most 64"),
     ("SelectMergeStacktraces", {"profileTypeID": CPU, "start": START_MS, "end": END_MS, "spanSelector": ["ab"]},
      "unimplemented", 501, "span_selector"),
+    ("SelectMergeStacktraces", {"profileTypeID": CPU, "start": START_MS, "end": END_MS,
+                                "stackTraceSelector": {"callSite": [{"name": "main"}]}},
+     "unimplemented", 501, "stack_trace_selector"),
     ("LabelValues", {"name": "bad name", "start": START_MS, "end": END_MS}, "invalid_argument", 400, "label name"),
 ])
 async def test_errors_are_connect_errors(client: TestClient, method: str, req: dict, code: str, status: int,
