@@ -65,9 +65,10 @@ if command -v npm >/dev/null && [ ! -d "$PERSES_DEPS/node_modules/@perses-dev/py
       "@perses-dev/core@0.52" "date-fns@4" "react@18" >/dev/null 2>&1) \
     || log "npm install @perses-dev/pyroscope-plugin failed; its test will skip"
 fi
-if command -v go >/dev/null; then
+GO=$(command -v go || { [ -x /usr/local/go/bin/go ] && echo /usr/local/go/bin/go; } || true)
+if [ -n "$GO" ]; then
   log "fetching the Go modules of tests/grafana/goclient"
-  (cd tests/grafana/goclient && go mod download >/dev/null 2>&1 && go build -o /dev/null . >/dev/null 2>&1) \
+  (cd tests/grafana/goclient && "$GO" mod download >/dev/null 2>&1 && "$GO" build -o /dev/null . >/dev/null 2>&1) \
     || log "go mod download failed; the Go client test will skip"
 fi
 # Tells the tests that this machine was prepared: a real part's test that skips here fails.
