@@ -9,6 +9,7 @@ function (aggregator.query), one adapter (:func:`handler`) between them and HTTP
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import json
@@ -39,8 +40,10 @@ METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
 
-PUSH_PREFIXES = ("/push.v1.", "/ingest")
-READ_PREFIXES = ("/api/",)
+PUSH_PREFIXES = ("/push.v1.", "/ingest", "/pyroscope/ingest")
+# Pyroscope's read API (aggregator/querier.py) is read-token guarded like /api.
+READ_PREFIXES = ("/api/", "/querier.v1.", "/settings.v1.", "/pyroscope/")
+CONNECT_PREFIXES = ("/querier.v1.", "/settings.v1.")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,15 +56,30 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
 def _check_token(request: web.Request, token: str, what: str) -> web.Response | None:
     if not token:
         return None
-    auth = request.headers.get("Authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    given = _given_token(request.headers.get("Authorization", ""))
     if not given or not hmac.compare_digest(given.encode(), token.encode()):
-        return web.json_response(
-            {"error": f"{what} needs 'Authorization: Bearer <token>' matching the server's "
-                      f"--{what}-token; the one given is {'wrong' if given else 'missing'}"},
-            status=401, headers={"WWW-Authenticate": "Bearer"},
-        )
+        message = (f"{what} needs 'Authorization: Bearer <token>' (or Basic auth with the token as "
+                   f"password) matching the server's --{what}-token; the one given is "
+                   f"{'wrong' if given else 'missing'}")
+        # Connect clients (Grafana, profilecli) read Connect's error shape.
+        body = ({"code": "unauthenticated", "message": message} if request.path.startswith(CONNECT_PREFIXES)
+                else {"error": message})
+        return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
     return None
+
+
+def _given_token(auth: str) -> str:
+    """The token of a Bearer header, or the password of a Basic one (any user: Grafana's data
+    sources send Basic auth)."""
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return ""
+    return ""
 
 
 @web.middleware
@@ -334,6 +352,9 @@ def create_app(
         app.router.add_get(route.path, handler(route))
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
+    from aggregator import querier  # Pyroscope's read API; imported here: it reads this module's keys
+
+    querier.add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     for add_routes in extra:
         add_routes(app)

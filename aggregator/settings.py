@@ -50,7 +50,7 @@ SETTINGS: list[Setting] = [
     Setting("retention_seconds", 7 * 24 * 3600, "Delete windows older than this (0 keeps everything)",
             _non_negative_int),
     Setting("push_token", "", "Bearer token required on push routes (empty: no auth)"),
-    Setting("read_token", "", "Bearer token required on query routes (empty: no auth)"),
+    Setting("read_token", "", "Token required on query routes, as Bearer or as Basic auth's password (empty: no auth)"),
     Setting("max_body_bytes", 16 * 1024 * 1024, "Largest request body accepted (413 beyond)", _positive_int),
     Setting("max_decompressed_bytes", 64 * 1024 * 1024,
             "Largest decompressed gzip payload or profile accepted (413 beyond)", _positive_int),

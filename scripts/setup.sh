@@ -52,6 +52,25 @@ if command -v npm >/dev/null && [ ! -d "$NODE_DEPS/node_modules/@pyroscope/nodej
   (cd "$NODE_DEPS" && npm install --no-audit --no-fund "@pyroscope/nodejs@0.6" >/dev/null 2>&1) \
     || log "npm install @pyroscope/nodejs failed; tests/aggregator/test_real_profiles.py will skip its Node test"
 fi
+# Pyroscope read-API clients (issue 26, tests/aggregator/test_pyroscope_clients.py): the Perses
+# Pyroscope plugin's client under Node (its CommonJS build needs @perses-dev/core, date-fns and react
+# of its peer dependencies; the UI peers are not installed), and the Go modules of the Go program
+# that uses Pyroscope's own generated Connect client, fetched now so the test does not pay for it.
+PERSES_DEPS="${FLAMEWATCH_PERSES_DEPS:-$HOME/.cache/flamewatch/perses-pyroscope}"
+if command -v npm >/dev/null && [ ! -d "$PERSES_DEPS/node_modules/@perses-dev/pyroscope-plugin" ]; then
+  log "installing @perses-dev/pyroscope-plugin into $PERSES_DEPS"
+  mkdir -p "$PERSES_DEPS"
+  [ -f "$PERSES_DEPS/package.json" ] || echo '{"name": "fw-perses-client", "version": "1.0.0", "private": true}' > "$PERSES_DEPS/package.json"
+  (cd "$PERSES_DEPS" && npm install --no-audit --no-fund --legacy-peer-deps "@perses-dev/pyroscope-plugin@0.4.0" \
+      "@perses-dev/core@0.52" "date-fns@4" "react@18" >/dev/null 2>&1) \
+    || log "npm install @perses-dev/pyroscope-plugin failed; its test will skip"
+fi
+GO=$(command -v go || { [ -x /usr/local/go/bin/go ] && echo /usr/local/go/bin/go; } || true)
+if [ -n "$GO" ]; then
+  log "fetching the Go modules of tests/grafana/goclient"
+  (cd tests/grafana/goclient && "$GO" mod download >/dev/null 2>&1 && "$GO" build -o /dev/null . >/dev/null 2>&1) \
+    || log "go mod download failed; the Go client test will skip"
+fi
 # Tells the tests that this machine was prepared: a real part's test that skips here fails.
 printf 'apt=%s\n' "$apt_done" > .venv/flamewatch-setup
 log "done: run .venv/bin/flamewatch (no activation needed)"
