@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import ingest, params, query
+from aggregator import ingest, otlp, params, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.store.base import Compacting
@@ -29,6 +29,7 @@ from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from render import Output
 from stacks.errors import InputError, LimitError
+from stacks.otlp import OTLP_PATH
 
 log = logging.getLogger("flamewatch.aggregator")
 
@@ -39,7 +40,7 @@ METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
 
-PUSH_PREFIXES = ("/push.v1.", "/ingest")
+PUSH_PREFIXES = ("/push.v1.", "/ingest", "/v1development/")
 READ_PREFIXES = ("/api/",)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -118,7 +119,12 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
-    app = request.app
+    return await store_decoded(request.app, decoded, route)
+
+
+async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
+    """Write a decoded push through the window writer and count it; the push answer (shared with
+    the gRPC listener, aggregator/grpc_server.py)."""
     m = app[METRICS]
     placed = await app[WRITER].add(decoded.items)
     m.pushes.labels(route).inc()
@@ -178,6 +184,24 @@ async def handle_ingest(request: web.Request) -> web.Response:
     decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
     answer = await _store_items(request, decoded, "ingest")
     return _all_dropped(answer) or web.json_response(answer)
+
+
+async def handle_otlp(request: web.Request) -> web.Response:
+    """OTLP/HTTP ``POST /v1development/profiles``: an ``ExportProfilesServiceRequest`` (protobuf or
+    OTLP JSON, gzip or plain), through the same ingest path as pprof pushes (aggregator/otlp.py)."""
+    s = request.app[SETTINGS]
+    body = await read_body(request)
+    ctype = request.content_type
+    req = otlp.parse_body(body, ctype, s.max_decompressed_bytes)
+    decoded = otlp.decode_otlp(req, request.app[TABLES])
+    answer = await _store_items(request, decoded, "otlp")
+    refused = _all_dropped(answer)
+    if refused is not None:
+        return refused
+    if ctype == "application/json":
+        return web.json_response({} if not answer["not_stored"] else {
+            "partialSuccess": {"rejectedProfiles": len(answer["not_stored"]), "errorMessage": answer["warning"]}})
+    return web.Response(body=otlp.response_bytes(answer), content_type="application/x-protobuf")
 
 
 async def _multipart_profile(request: web.Request) -> bytes:
@@ -330,6 +354,7 @@ def create_app(
     )
     app.router.add_post("/push.v1.PusherService/Push", handle_push)
     app.router.add_post("/ingest", handle_ingest)
+    app.router.add_post(OTLP_PATH, handle_otlp)
     for route in ROUTES:
         app.router.add_get(route.path, handler(route))
     app.router.add_get("/metrics", handle_metrics)

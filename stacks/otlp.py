@@ -1,0 +1,367 @@
+"""OTLP profiles (``ExportProfilesServiceRequest``, profiles ``v1development``) -> profiles (pure).
+
+The messages are the ``opentelemetry-proto`` package's (the shape with one
+request-wide ``ProfilesDictionary`` and a ``stack_table``, opentelemetry-proto
+1.40 to 1.45). One :class:`OtlpSeries` comes out per (resource, scope, profile,
+series labels): every OTLP ``Profile`` has exactly one sample type, which
+becomes its Pyroscope five-part profile type (:func:`profile_type`).
+
+Labels: resource and scope attributes (string, int, bool values) become labels,
+keys made label-safe (``.`` and ``-`` to ``_``), the usual OpenTelemetry ones
+renamed to flamewatch's (:data:`RENAMED`: ``service.name`` -> ``service_name``,
+``k8s.namespace.name`` -> ``namespace``, ...). A few sample attributes that
+name a process or a thread (:data:`SAMPLE_LABELS`) split a profile into series
+as pprof string labels do; per-event ids (``thread.id``, ``process.pid``) do not.
+
+Span ids: the link table's ``span_id`` of every sample is not a series label
+(one series per span would be unbounded); the amounts per span are kept aside
+in :attr:`OtlpSeries.spans` (span id hex -> value), the hook for attributing
+profiles to spans (docs/aggregator.md, "OTLP profiles").
+
+Bounds: at most :data:`MAX_LABELS` labels per series, label values cut at
+:data:`MAX_VALUE` characters, and every index checked against its table
+(:class:`~stacks.errors.InputError` naming the table otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
+    ExportProfilesServiceRequest,
+    ExportProfilesServiceResponse,
+)
+
+from stacks.errors import InputError
+from stacks.model import Frame, Kind, Profile, StackTable
+from stacks.profiletype import CPU, TIME_UNITS_NS, WALL, ProfileType, derive, legacy_name
+
+__all__ = [
+    "ExportProfilesServiceRequest",
+    "ExportProfilesServiceResponse",
+    "OtlpSeries",
+    "decode_export_request",
+    "profile_type",
+]
+
+OTLP_PATH = "/v1development/profiles"
+"""The OTLP/HTTP route of profiles (OTLP exporters append it to their endpoint)."""
+GRPC_EXPORT = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
+
+# OpenTelemetry semantic-convention attributes -> flamewatch's label names.
+RENAMED = {
+    "service.name": "service_name",
+    "k8s.namespace.name": "namespace",
+    "k8s.pod.name": "pod",
+    "k8s.container.name": "container",
+    "k8s.node.name": "node",
+    "host.name": "host",
+}
+# Sample attributes that become series labels (bounded sets: a process or thread name);
+# everything else on a sample (thread.id, process.pid, exception messages) is per event.
+SAMPLE_LABELS = {
+    "process.executable.name": "process",
+    "thread.name": "thread_name",
+    "container.id": "container_id",
+}
+# Attributes never taken as labels: per-process ids that would make a series per restart,
+# and our own reserved names.
+_SKIPPED = frozenset({"process.pid", "process.parent_pid", "thread.id", "service.instance.id",
+                      "__profile_type__", "__period__", "__name__", "__delta__"})
+# The eBPF profiler's location attribute naming a frame's kind (kernel frames are drawn green).
+FRAME_TYPE = "profile.frame.type"
+MAX_LABELS = 64
+MAX_VALUE = 1024
+SPY_LABEL = "pyroscope_spy"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+# Scope names of host-wide profilers: their series say pyroscope_spy=ebpfspy, like
+# Pyroscope's own eBPF profiler (the rule that never counts a process twice reads it).
+_EBPF_SCOPES = ("go.opentelemetry.io/ebpf-profiler", "ebpf-profiler", "otel-ebpf-profiler")
+
+
+@dataclass
+class OtlpSeries:
+    """One series of a request: labels (without the type), type, period (ns, or None for types
+    stored as sent), the profile's time, and counts per stack in the type's stored unit."""
+
+    labels: dict[str, str]
+    ptype: ProfileType
+    period: int | None
+    time_nanos: int
+    duration_nanos: int
+    profile: Profile
+    samples: int = 0
+    spans: dict[str, int] = field(default_factory=dict)
+
+
+def _label_key(key: str) -> str:
+    name = RENAMED.get(key)
+    if name:
+        return name
+    name = _UNSAFE.sub("_", key)
+    return name if not name[:1].isdigit() else "_" + name
+
+
+def _any_value(v: Any) -> str | None:
+    """A label value from an OTLP ``AnyValue`` (string, int, bool, double); None for the rest."""
+    kind = v.WhichOneof("value")
+    if kind == "string_value":
+        return v.string_value[:MAX_VALUE]
+    if kind == "int_value":
+        return str(v.int_value)
+    if kind == "bool_value":
+        return "true" if v.bool_value else "false"
+    if kind == "double_value":
+        return repr(v.double_value)
+    return None
+
+
+def _attributes(kvs: Any, out: dict[str, str], what: str) -> None:
+    for kv in kvs:
+        if kv.key in _SKIPPED:
+            continue
+        value = _any_value(kv.value)
+        if value:
+            out[_label_key(kv.key)] = value
+    if len(out) > MAX_LABELS:
+        raise InputError(f"{what} has {len(out)} attributes: at most {MAX_LABELS} become labels; "
+                         "drop some with the collector's resource processor")
+
+
+def profile_type(sample_type: str, sample_unit: str, period_type: str, period_unit: str) -> ProfileType:
+    """The Pyroscope type of an OTLP profile's one sample type.
+
+    ``samples``/``count`` counted at a time period (what the eBPF profiler and the Python SDK
+    send: one sample per ``period`` of CPU or wall time) is the time itself, as Pyroscope shows it:
+    CPU (``process_cpu:cpu:nanoseconds:cpu:nanoseconds``) for a ``cpu`` period, wall for ``wall``.
+    Every other sample type keeps its own type and unit, named by Pyroscope's rule
+    (:func:`~stacks.profiletype.legacy_name`, then the period type).
+    """
+    st, su, pt, pu = sample_type.strip(), sample_unit.strip(), period_type.strip(), period_unit.strip()
+    if st in ("samples", "sample", "") and su in ("count", "") and pu in TIME_UNITS_NS:
+        if pt in ("cpu", ""):
+            return CPU
+        if pt == "wall":
+            return WALL
+    if st == "cpu" and su in TIME_UNITS_NS:
+        return CPU if su == "nanoseconds" else derive("process_cpu", st, su, pt, pu)
+    if st == "wall" and su in TIME_UNITS_NS:
+        return WALL if su == "nanoseconds" else derive("wall", st, su, pt, pu)
+    name = legacy_name([st]) if st else ""
+    if name in ("", "process_cpu") or name == st:
+        # No rule matched: the period type names the kind (lock.wait, memory.heap, exceptions).
+        base = pt.split(".")[0] if pt else st.split(".")[0]
+        name = {"lock": "mutex", "memory": "memory", "exceptions": "exceptions"}.get(base, base or "process_cpu")
+        if "cpu" in st and su in TIME_UNITS_NS:
+            name = "process_cpu"
+    return derive(name, st.replace(".", "_"), su, pt.replace(".", "_"), pu)
+
+
+class _Tables:
+    """The request's dictionary, with per-request caches of frames and interned stacks."""
+
+    def __init__(self, d: Any, table: StackTable) -> None:
+        self.strings = list(d.string_table)
+        self.functions = d.function_table
+        self.locations = d.location_table
+        self.mappings = d.mapping_table
+        self.stacks = d.stack_table
+        self.links = d.link_table
+        self.attrs = d.attribute_table
+        self.table = table
+        self.frames: dict[int, tuple[Frame, ...]] = {}
+        self.sids: dict[int, int] = {}
+        self.frame_type_key = -1
+        for i, s in enumerate(self.strings):
+            if s == FRAME_TYPE:
+                self.frame_type_key = i
+                break
+
+    def string(self, i: int, what: str) -> str:
+        if not 0 <= i < len(self.strings):
+            raise InputError(f"OTLP {what} string index {i} is outside the string table "
+                             f"({len(self.strings)} strings)")
+        return self.strings[i]
+
+    def location_frames(self, li: int) -> tuple[Frame, ...]:
+        """Frames of location ``li``, leaf (innermost inline) first."""
+        got = self.frames.get(li)
+        if got is not None:
+            return got
+        if not 0 <= li < len(self.locations):
+            raise InputError(f"OTLP stack names location {li}, outside the location table "
+                             f"({len(self.locations)} locations)")
+        loc = self.locations[li]
+        kind = Kind.USER
+        if self.frame_type_key >= 0:
+            for ai in loc.attribute_indices:
+                if 0 <= ai < len(self.attrs):
+                    kv = self.attrs[ai]
+                    if kv.key_strindex == self.frame_type_key and kv.value.string_value == "kernel":
+                        kind = Kind.KERNEL
+        frames: list[Frame] = []
+        for line in loc.lines:
+            fi = line.function_index
+            if not 0 <= fi < len(self.functions):
+                raise InputError(f"OTLP location {li} names function {fi}, outside the function table "
+                                 f"({len(self.functions)} functions)")
+            name = self.string(self.functions[fi].name_strindex, "function name")
+            if name:
+                frames.append(Frame(name, kind))
+        if not frames:
+            frames.append(Frame(self._unsymbolized(loc), kind))
+        got = tuple(frames)
+        self.frames[li] = got
+        return got
+
+    def _unsymbolized(self, loc: Any) -> str:
+        """A frame without a function name: its mapping's file name and address, as pprof tools show."""
+        mi = loc.mapping_index
+        if 0 < mi < len(self.mappings):
+            fname = self.string(self.mappings[mi].filename_strindex, "mapping file name")
+            if fname:
+                return f"{fname.rsplit('/', 1)[-1]}+0x{loc.address:x}"
+        return f"0x{loc.address:x}"
+
+    def stack_id(self, si: int) -> int:
+        """The id on the shared table of stack ``si`` (root first)."""
+        sid = self.sids.get(si)
+        if sid is not None:
+            return sid
+        if not 0 <= si < len(self.stacks):
+            raise InputError(f"OTLP sample names stack {si}, outside the stack table ({len(self.stacks)} stacks)")
+        frames: list[Frame] = []
+        for li in self.stacks[si].location_indices:
+            frames.extend(self.location_frames(li))
+        frames.reverse()
+        sid = self.table.intern(frames)
+        self.sids[si] = sid
+        return sid
+
+    def span(self, li: int) -> str:
+        if 0 < li < len(self.links):
+            return self.links[li].span_id.hex()
+        return ""
+
+    def sample_labels(self, indices: Any) -> tuple[tuple[str, str], ...]:
+        out = []
+        for ai in indices:
+            if not 0 <= ai < len(self.attrs):
+                raise InputError(f"OTLP sample names attribute {ai}, outside the attribute table "
+                                 f"({len(self.attrs)} attributes)")
+            kv = self.attrs[ai]
+            key = self.string(kv.key_strindex, "attribute key")
+            name = SAMPLE_LABELS.get(key)
+            if name:
+                value = _any_value(kv.value)
+                if value:
+                    out.append((name, value))
+        return tuple(out)
+
+
+def parse_request(body: bytes) -> Any:
+    """The ``ExportProfilesServiceRequest`` message of a plain (un-gzipped) body."""
+    try:
+        return ExportProfilesServiceRequest.FromString(bytes(body))
+    except (DecodeError, RecursionError, ValueError) as e:
+        raise InputError(
+            f"OTLP body is not an ExportProfilesServiceRequest protobuf ({e}); send "
+            "opentelemetry.proto.collector.profiles.v1development.ExportProfilesServiceRequest "
+            "with Content-Type: application/x-protobuf"
+        ) from None
+
+
+def decode_export_request(
+    body: bytes | Any, table: StackTable, *, spy: Callable[[str], str] | None = None,
+) -> list[OtlpSeries]:
+    """Every series of an OTLP request (bytes, or a parsed message as gRPC hands it over).
+
+    ``spy`` maps the scope name to the ``pyroscope_spy`` label (default :func:`spy_of`); a
+    resource or scope attribute ``pyroscope.spy`` wins over it.
+    """
+    req = parse_request(body) if isinstance(body, bytes | bytearray | memoryview) else body
+    spy = spy or spy_of
+    t = _Tables(req.dictionary, table)
+    out: list[OtlpSeries] = []
+    for ri, rp in enumerate(req.resource_profiles):
+        res_labels: dict[str, str] = {}
+        _attributes(rp.resource.attributes, res_labels, f"resource_profiles[{ri}].resource")
+        for si, sp in enumerate(rp.scope_profiles):
+            labels = dict(res_labels)
+            _attributes(sp.scope.attributes, labels, f"resource_profiles[{ri}].scope_profiles[{si}].scope")
+            labels.setdefault(SPY_LABEL, spy(sp.scope.name))
+            for pi, prof in enumerate(sp.profiles):
+                try:
+                    out.extend(_profile(prof, labels, t))
+                except InputError as e:
+                    raise e.within(f"resource_profiles[{ri}].scope_profiles[{si}].profiles[{pi}]") from None
+    return out
+
+
+def spy_of(scope_name: str) -> str:
+    """The ``pyroscope_spy`` of an OTLP scope: ``ebpfspy`` for the host-wide eBPF profiler, else ``otlp``."""
+    return "ebpfspy" if any(s in scope_name for s in _EBPF_SCOPES) else "otlp"
+
+
+def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
+    st = prof.sample_type
+    ptype = profile_type(t.string(st.type_strindex, "sample type"), t.string(st.unit_strindex, "sample unit"),
+                         t.string(prof.period_type.type_strindex, "period type"),
+                         t.string(prof.period_type.unit_strindex, "period unit"))
+    src_unit = t.string(st.unit_strindex, "sample unit")
+    period, divisor = _period(ptype, src_unit, t.string(prof.period_type.unit_strindex, "period unit"),
+                              prof.period)
+    groups: dict[tuple[tuple[str, str], ...], tuple[list[int], list[int], dict[str, int]]] = {}
+    stack_id = t.stack_id
+    n = 0
+    for s in prof.samples:
+        values = s.values
+        v = sum(values) if values else len(s.timestamps_unix_nano)
+        if v <= 0:
+            continue
+        key = t.sample_labels(s.attribute_indices) if s.attribute_indices else ()
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = ([], [], {})
+        g[0].append(stack_id(s.stack_index))
+        g[1].append(v)
+        if s.link_index:
+            span = t.span(s.link_index)
+            if span:
+                g[2][span] = g[2].get(span, 0) + v
+        n += 1
+    out = []
+    for key, (ids, vals, spans) in groups.items():
+        if divisor != 1:
+            vals = [round(v / divisor) for v in vals]  # time values -> samples of one period
+        profile = Profile.from_arrays(t.table, _arr(ids), _arr(vals))
+        if not len(profile):
+            continue
+        out.append(OtlpSeries({**labels, **dict(key)}, ptype, period, prof.time_unix_nano, prof.duration_nano,
+                              profile, len(ids), spans))
+    return out
+
+
+def _period(ptype: ProfileType, sample_unit: str, period_unit: str, period: int) -> tuple[int | None, float]:
+    """(period in ns, divisor of the values) of a profile stored as samples; (None, 1) otherwise.
+
+    A count of samples is stored as is; a time value is divided by the period (both in ns).
+    A period <= 0 counts as one unit, as for pprof.
+    """
+    if not ptype.as_samples:
+        return None, 1
+    unit = TIME_UNITS_NS.get(period_unit) or TIME_UNITS_NS.get(sample_unit) or 1
+    p_ns = max(period, 1) * unit
+    if sample_unit in TIME_UNITS_NS:
+        return p_ns, p_ns / TIME_UNITS_NS[sample_unit]
+    return p_ns, 1
+
+
+def _arr(xs: list[int]) -> Any:
+    import numpy as np
+
+    return np.asarray(xs, dtype=np.int64)

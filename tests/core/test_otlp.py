@@ -1,0 +1,129 @@
+"""stacks.otlp: OTLP profiles requests -> typed, labelled profiles (exact cases + properties)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stacks.errors import InputError
+from stacks.model import Frame, Kind, StackTable
+from stacks.otlp import decode_export_request, profile_type, spy_of
+from stacks.profiletype import CPU, WALL
+from tests.support.otlp_build import Builder
+
+K8S = {"service.name": "api", "k8s.namespace.name": "shop", "k8s.pod.name": "api-1",
+       "k8s.container.name": "app", "k8s.node.name": "n1", "deployment.environment": "prod",
+       "process.pid": "42"}
+
+
+def test_cpu_samples_labels_and_kernel_frames() -> None:
+    b = Builder()
+    b.profile(K8S, [(["main", "work"], 3), (["main", "read", "vfs_read_[k]"], 2), (["main", "work"], 4)],
+              time_ns=1_700_000_000_000_000_000)
+    table = StackTable()
+    [s] = decode_export_request(b.bytes(), table)
+    assert s.ptype == CPU and s.period == 10_000_000
+    assert s.labels == {"service_name": "api", "namespace": "shop", "pod": "api-1", "container": "app",
+                        "node": "n1", "deployment_environment": "prod", "pyroscope_spy": "otlp"}
+    got = s.profile.as_dict()
+    assert got == {
+        (Frame("main"), Frame("work")): 7,
+        (Frame("main"), Frame("read"), Frame("vfs_read", Kind.KERNEL)): 2,
+    }
+    assert s.samples == 3 and s.time_nanos == 1_700_000_000_000_000_000
+
+
+def test_wall_timestamps_only_and_span_links() -> None:
+    b = Builder()
+    b.profile({"service.name": "py"}, [(["a", "b"], 5)], period_type=("wall", "nanoseconds"),
+              as_timestamps=True, span=bytes.fromhex("0102030405060708"),
+              sample_attrs={"thread.name": "MainThread", "thread.id": "99"})
+    [s] = decode_export_request(b.bytes(), StackTable())
+    assert s.ptype == WALL and s.profile.total == 5
+    assert s.labels["thread_name"] == "MainThread" and "thread_id" not in s.labels
+    assert s.spans == {"0102030405060708": 5}
+
+
+@pytest.mark.parametrize(("types", "want"), [
+    (("samples", "count", "cpu", "nanoseconds"), CPU.id),
+    (("samples", "count", "wall", "nanoseconds"), WALL.id),
+    (("cpu", "nanoseconds", "cpu", "nanoseconds"), CPU.id),
+    (("alloc_space", "bytes", "space", "bytes"), "memory:alloc_space:bytes:space:bytes"),
+    (("memory.heap.bytes", "bytes", "memory.heap", "count"), "memory:memory_heap_bytes:bytes:memory_heap:count"),
+    (("lock.wait", "nanoseconds", "lock.wait", "count"), "mutex:lock_wait:nanoseconds:lock_wait:count"),
+    (("exceptions", "count", "exceptions", "count"), "exceptions:exceptions:count:exceptions:count"),
+])
+def test_profile_types(types: tuple[str, str, str, str], want: str) -> None:
+    assert profile_type(*types).id == want
+
+
+def test_time_values_become_samples_of_the_period() -> None:
+    b = Builder()
+    b.profile({"service.name": "go"}, [(["main"], 30_000_000)], sample_type=("cpu", "nanoseconds"))
+    [s] = decode_export_request(b.bytes(), StackTable())
+    assert s.ptype == CPU and s.period == 10_000_000 and s.profile.total == 3
+
+
+def test_spy_from_scope_and_resource_override() -> None:
+    assert spy_of("go.opentelemetry.io/ebpf-profiler") == "ebpfspy"
+    b = Builder()
+    b.profile({"service.name": "x", "pyroscope.spy": "javaspy"}, [(["m"], 1)])
+    [s] = decode_export_request(b.bytes(), StackTable())
+    assert s.labels["pyroscope_spy"] == "javaspy"
+
+
+@pytest.mark.parametrize(("mutate", "why"), [
+    (lambda r: r.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].__setattr__("stack_index", 99),
+     "outside the stack table"),
+    (lambda r: r.dictionary.stack_table[1].location_indices.append(77), "outside the location table"),
+    (lambda r: r.dictionary.location_table[1].lines[0].__setattr__("function_index", 50),
+     "outside the function table"),
+    (lambda r: r.dictionary.function_table[1].__setattr__("name_strindex", 1000), "outside the string table"),
+])
+def test_bad_indices_are_named(mutate, why: str) -> None:  # type: ignore[no-untyped-def]
+    b = Builder()
+    b.profile({"service.name": "x"}, [(["m", "n"], 1)])
+    mutate(b.req)
+    with pytest.raises(InputError, match=why):
+        decode_export_request(b.bytes(), StackTable())
+
+
+def test_not_protobuf() -> None:
+    with pytest.raises(InputError, match="ExportProfilesServiceRequest"):
+        decode_export_request(b"\xff\xff\xff", StackTable())
+
+
+def test_too_many_attributes() -> None:
+    b = Builder()
+    b.profile({f"a{i}": "v" for i in range(70)}, [(["m"], 1)])
+    with pytest.raises(InputError, match="at most 64"):
+        decode_export_request(b.bytes(), StackTable())
+
+
+names = st.sampled_from(["main", "a", "b", "c", "sys_read_[k]"])
+stacks_ = st.lists(names, min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 1000)), min_size=1, max_size=20))
+def test_totals_equal_what_was_sent(samples: list[tuple[list[str], int]]) -> None:
+    b = Builder()
+    b.profile({"service.name": "p"}, samples)
+    out = decode_export_request(b.bytes(), StackTable())
+    assert sum(s.profile.total for s in out) == sum(v for _, v in samples)
+    want: dict[tuple[str, ...], int] = {}
+    for frames, v in samples:
+        k = tuple(f.removesuffix("_[k]") for f in frames)
+        want[k] = want.get(k, 0) + v
+    got = {tuple(f.name for f in stack): c for stack, c in out[0].profile.items()}
+    assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash(body: bytes) -> None:
+    try:
+        decode_export_request(body, StackTable())
+    except InputError:
+        pass
