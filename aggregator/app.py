@@ -360,6 +360,10 @@ def create_app(
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.cleanup_ctx.append(_lifecycle)
+    if settings.grpc:
+        from aggregator.grpc_server import grpc_listener
+
+        app.cleanup_ctx.append(grpc_listener)
     for add_routes in extra:
         add_routes(app)
     return app

@@ -39,6 +39,14 @@ def _storage(text: str) -> str:
 SETTINGS: list[Setting] = [
     Setting("host", "0.0.0.0", "Address to listen on (0.0.0.0 = all interfaces, as a cluster service needs)"),
     Setting("port", 4040, "TCP port; 4040 is the pyroscope SDK default, 0 picks a free port", _port),
+    Setting("otlp_http_port", 0,
+            "Also serve every route (OTLP POST /v1development/profiles included) on this port; 4318 is "
+            "OTLP/HTTP's default (0: only --port)", _port),
+    Setting("grpc", False,
+            "Serve gRPC (HTTP/2) on --grpc-port: OTLP ProfilesService/Export and push.v1.PusherService/Push",
+            parse_bool),
+    Setting("grpc_port", 4317, "gRPC port when --grpc true; 4317 is OTLP/gRPC's default, 0 picks a free one",
+            _port),
     Setting("data_dir", "flamewatch-data", "Directory for the SQLite database (created if missing)"),
     Setting("storage", "sqlite", "Storage backend: 'sqlite' (file in data-dir) or clickhouse://HOST:PORT/DB",
             _storage),
