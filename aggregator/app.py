@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import ingest, otlp, params, query
+from aggregator import ingest, otlp, params, producers, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.store.base import Compacting
@@ -39,6 +39,7 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
+READ_STORE = web.AppKey("read_store", Store)  # the store as queries see it (aggregator/producers.py)
 
 PUSH_PREFIXES = ("/push.v1.", "/ingest", "/v1development/")
 READ_PREFIXES = ("/api/",)
@@ -119,12 +120,15 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
-    return await store_decoded(request.app, decoded, route)
+    return await store_decoded(request.app, decoded, route,
+                               producers.spy_of_request(request.query, request.headers))
 
 
-async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
+async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: str, spy: str = ""
+                        ) -> dict[str, Any]:
     """Write a decoded push through the window writer and count it; the push answer (shared with
-    the gRPC listener, aggregator/grpc_server.py)."""
+    the gRPC listener, aggregator/grpc_server.py). Series without a producer label get ``spy``'s."""
+    producers.name_producers(decoded, spy)
     m = app[METRICS]
     placed = await app[WRITER].add(decoded.items)
     m.pushes.labels(route).inc()
@@ -259,7 +263,7 @@ def handler(route: Route) -> Handler:
         app = request.app
         s = app[SETTINGS]
         ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info)
-        return await route.run(app[STORE], route.parse(request.query, ctx))
+        return await route.run(app[READ_STORE], route.parse(request.query, ctx))
 
     async def handle(request: web.Request) -> web.Response:
         out = await (_timed(request, route.op, answer(request)) if route.op else answer(request))
@@ -339,6 +343,7 @@ def create_app(
     metrics = Metrics()
     app[SETTINGS] = settings
     app[STORE] = store
+    app[READ_STORE] = producers.read_view(store, settings.one_producer_per_process)
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
     app[CLOCK] = clock

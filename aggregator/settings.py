@@ -76,6 +76,10 @@ SETTINGS: list[Setting] = [
             "Decode pprof and folded bodies with the compiled (Cython) readers where built; false uses the "
             "numpy/Python readers (same results, ~3x more CPU per push), to rule the compiled code out",
             parse_bool),
+    Setting("one_producer_per_process", True,
+            "A query that does not name pyroscope_spy reads only the host-wide producer's series "
+            "(flamewatch-agent, ebpfspy) of a pod that has them, so a process profiled by the agent and "
+            "an SDK is not counted twice (docs/aggregator.md, Producers)", parse_bool),
     Setting("log_level", "INFO", "Logging level", str.upper,
             ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 ]
