@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import ingest, otlp, params, producers, query
+from aggregator import ingest, jfr, otlp, params, producers, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.store.base import Compacting
@@ -176,6 +176,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
     """
     s = request.app[SETTINGS]
     params = dict(request.query)
+    if (params.get("format") or "").lower() == "jfr":
+        return await _ingest_jfr(request, params)
     if request.content_type == "multipart/form-data":
         body = await _multipart_profile(request)
         params.setdefault("format", "pprof")
@@ -206,6 +208,52 @@ async def handle_otlp(request: web.Request) -> web.Response:
         return web.json_response({} if not answer["not_stored"] else {
             "partialSuccess": {"rejectedProfiles": len(answer["not_stored"]), "errorMessage": answer["warning"]}})
     return web.Response(body=otlp.response_bytes(answer), content_type="application/x-protobuf")
+
+
+async def _ingest_jfr(request: web.Request, params: dict[str, str]) -> web.Response:
+    """pyroscope-java's ``format=jfr``: multipart ``jfr`` (gzip or plain JFR) and ``labels``
+    (a LabelsSnapshot protobuf), or the JFR as the whole body (aggregator/jfr.py)."""
+    s = request.app[SETTINGS]
+    if request.content_type == "multipart/form-data":
+        parts = await _multipart_parts(request, ("jfr", "labels"))
+        if "jfr" not in parts:
+            raise InputError("format=jfr multipart body has no 'jfr' part: send the recording as form field 'jfr' "
+                             f"(parts seen: {sorted(parts) or 'none'})")
+        jfr_body, labels = parts["jfr"], parts.get("labels", b"")
+    else:
+        jfr_body, labels = await read_body(request), b""
+    decoded = jfr.decode_jfr_ingest(params, jfr_body, labels, request.app[TABLES], s.max_decompressed_bytes)
+    answer = await _store_items(request, decoded, "ingest")
+    return _all_dropped(answer) or web.json_response(answer)
+
+
+async def _multipart_parts(request: web.Request, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The named parts of a multipart body (others skipped), under --max-body-bytes in all."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    out: dict[str, bytes] = {}
+    total = 0
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            name = getattr(part, "name", None)
+            buf = bytearray()
+            # Chunked bodies (pyroscope-java sends them) have no Content-Length: count as we read.
+            while chunk := await part.read_chunk(1 << 16):  # type: ignore[union-attr]
+                total += len(chunk)
+                if total > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=total)
+                if name in names:
+                    buf += chunk
+            if name in names and name not in out:
+                out[name] = bytes(buf)
+    except ValueError as e:
+        raise InputError(f"multipart body is malformed: {e}") from None
+    return out
 
 
 async def _multipart_profile(request: web.Request) -> bytes:
