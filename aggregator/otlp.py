@@ -42,10 +42,25 @@ def parse_body(body: bytes, content_type: str, max_decompressed: int) -> Any:
     return otlp.parse_request(raw)
 
 
+# The OTLP stack caches of each ingest tables object (one per app; a few in tests), kept beside
+# them rather than in aggregator/ingest.py's IngestTables.
+_CACHES: dict[int, tuple[IngestTables, otlp.OtlpCache]] = {}
+
+
+def cache_of(tables: IngestTables) -> otlp.OtlpCache:
+    """The OTLP cache that lives as long as ``tables`` (at most 16 kept)."""
+    got = _CACHES.get(id(tables))
+    if got is None or got[0] is not tables:
+        if len(_CACHES) >= 16:
+            _CACHES.pop(next(iter(_CACHES)))
+        got = _CACHES[id(tables)] = (tables, otlp.OtlpCache())
+    return got[1]
+
+
 def decode_otlp(req: Any, tables: IngestTables) -> OtlpDecoded:
     """Every series of a parsed request as ingest items, typed as pprof pushes are."""
     out = OtlpDecoded([])
-    for s in otlp.decode_export_request(req, tables.current()):
+    for s in otlp.decode_export_request(req, tables.current(), cache=cache_of(tables)):
         labels = {k: v for k, v in s.labels.items() if k not in DROPPED_LABELS}
         if "service_name" not in labels:
             # OTLP's own default for a resource without service.name.

@@ -161,10 +161,39 @@ def profile_type(sample_type: str, sample_unit: str, period_type: str, period_un
     return derive(name, st.replace(".", "_"), su, pt.replace(".", "_"), pu)
 
 
-class _Tables:
-    """The request's dictionary, with per-request caches of frames and interned stacks."""
+class OtlpCache:
+    """What later requests can reuse (each request's dictionary indices are its own): a global id
+    per distinct location (its frames), and the interned stack of each sequence of those ids, on
+    one :class:`StackTable` (reset when the caller moves to a fresh table). Both bounded."""
 
-    def __init__(self, d: Any, table: StackTable) -> None:
+    LIMIT = 500_000
+
+    def __init__(self) -> None:
+        self.table: StackTable | None = None
+        self.gids: dict[tuple[Frame, ...], int] = {}
+        self.frames: list[tuple[Frame, ...]] = []
+        self.stacks: dict[tuple[int, ...], int] = {}
+
+    def on(self, table: StackTable) -> OtlpCache:
+        if table is not self.table or len(self.gids) > self.LIMIT:
+            self.table = table
+            self.gids, self.frames = {}, []
+        if table is not self.table or len(self.stacks) > self.LIMIT:
+            self.stacks = {}
+        return self
+
+    def gid(self, frames: tuple[Frame, ...]) -> int:
+        g = self.gids.get(frames)
+        if g is None:
+            g = self.gids[frames] = len(self.frames)
+            self.frames.append(frames)
+        return g
+
+
+class _Tables:
+    """The request's dictionary, with its locations mapped to the cache's global ids."""
+
+    def __init__(self, d: Any, table: StackTable, cache: OtlpCache) -> None:
         self.strings = list(d.string_table)
         self.functions = d.function_table
         self.locations = d.location_table
@@ -173,13 +202,15 @@ class _Tables:
         self.links = d.link_table
         self.attrs = d.attribute_table
         self.table = table
-        self.frames: dict[int, tuple[Frame, ...]] = {}
+        self.cache = cache.on(table)
         self.sids: dict[int, int] = {}
         self.frame_type_key = -1
         for i, s in enumerate(self.strings):
             if s == FRAME_TYPE:
                 self.frame_type_key = i
                 break
+        gid = self.cache.gid
+        self.loc_gid = [gid(self.location_frames(li)) for li in range(len(self.locations))]
 
     def string(self, i: int, what: str) -> str:
         if not 0 <= i < len(self.strings):
@@ -189,12 +220,6 @@ class _Tables:
 
     def location_frames(self, li: int) -> tuple[Frame, ...]:
         """Frames of location ``li``, leaf (innermost inline) first."""
-        got = self.frames.get(li)
-        if got is not None:
-            return got
-        if not 0 <= li < len(self.locations):
-            raise InputError(f"OTLP stack names location {li}, outside the location table "
-                             f"({len(self.locations)} locations)")
         loc = self.locations[li]
         kind = Kind.USER
         if self.frame_type_key >= 0:
@@ -214,9 +239,7 @@ class _Tables:
                 frames.append(Frame(name, kind))
         if not frames:
             frames.append(Frame(self._unsymbolized(loc), kind))
-        got = tuple(frames)
-        self.frames[li] = got
-        return got
+        return tuple(frames)
 
     def _unsymbolized(self, loc: Any) -> str:
         """A frame without a function name: its mapping's file name and address, as pprof tools show."""
@@ -234,11 +257,21 @@ class _Tables:
             return sid
         if not 0 <= si < len(self.stacks):
             raise InputError(f"OTLP sample names stack {si}, outside the stack table ({len(self.stacks)} stacks)")
-        frames: list[Frame] = []
-        for li in self.stacks[si].location_indices:
-            frames.extend(self.location_frames(li))
-        frames.reverse()
-        sid = self.table.intern(frames)
+        idx = list(self.stacks[si].location_indices)
+        try:
+            if idx and min(idx) < 0:
+                raise IndexError
+            key = tuple(map(self.loc_gid.__getitem__, idx))
+        except IndexError:
+            bad = next(i for i in idx if not 0 <= i < len(self.loc_gid))
+            raise InputError(f"OTLP stack names location {bad}, outside the location table "
+                             f"({len(self.loc_gid)} locations)") from None
+        cache = self.cache
+        sid = cache.stacks.get(key)
+        if sid is None:
+            frames_of = cache.frames
+            sid = self.table.intern([f for g in reversed(key) for f in reversed(frames_of[g])])
+            cache.stacks[key] = sid
         self.sids[si] = sid
         return sid
 
@@ -277,15 +310,17 @@ def parse_request(body: bytes) -> Any:
 
 def decode_export_request(
     body: bytes | Any, table: StackTable, *, spy: Callable[[str], str] | None = None,
+    cache: OtlpCache | None = None,
 ) -> list[OtlpSeries]:
     """Every series of an OTLP request (bytes, or a parsed message as gRPC hands it over).
 
     ``spy`` maps the scope name to the ``pyroscope_spy`` label (default :func:`spy_of`); a
-    resource or scope attribute ``pyroscope.spy`` wins over it.
+    resource or scope attribute ``pyroscope.spy`` wins over it. ``cache`` (kept by the caller
+    across requests) makes stacks seen before cost one lookup.
     """
     req = parse_request(body) if isinstance(body, bytes | bytearray | memoryview) else body
     spy = spy or spy_of
-    t = _Tables(req.dictionary, table)
+    t = _Tables(req.dictionary, table, cache if cache is not None else OtlpCache())
     out: list[OtlpSeries] = []
     for ri, rp in enumerate(req.resource_profiles):
         res_labels: dict[str, str] = {}
