@@ -198,8 +198,7 @@ async def handle_otlp(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     body = await read_body(request)
     ctype = request.content_type
-    req = otlp.parse_body(body, ctype, s.max_decompressed_bytes)
-    decoded = otlp.decode_otlp(req, request.app[TABLES])
+    decoded = await otlp.decode_body(body, ctype, request.app[TABLES], s.max_decompressed_bytes)
     answer = await _store_items(request, decoded, "otlp")
     refused = _all_dropped(answer)
     if refused is not None:
@@ -222,7 +221,10 @@ async def _ingest_jfr(request: web.Request, params: dict[str, str]) -> web.Respo
         jfr_body, labels = parts["jfr"], parts.get("labels", b"")
     else:
         jfr_body, labels = await read_body(request), b""
-    decoded = jfr.decode_jfr_ingest(params, jfr_body, labels, request.app[TABLES], s.max_decompressed_bytes)
+    tables = request.app[TABLES]
+    w = otlp.worker_of(tables)  # off the loop: a large recording takes seconds in Python
+    decoded = await w.run(lambda: jfr.decode_jfr_ingest(params, jfr_body, labels, w.current(),
+                                                        s.max_decompressed_bytes), tables)
     answer = await _store_items(request, decoded, "ingest")
     return _all_dropped(answer) or web.json_response(answer)
 

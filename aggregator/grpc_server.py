@@ -21,8 +21,6 @@ from aiohttp import web
 
 from aggregator import ingest, otlp
 from stacks.errors import InputError, LimitError
-from stacks.gz import maybe_gunzip
-from stacks.otlp import parse_request
 
 log = logging.getLogger("flamewatch.grpc")
 
@@ -66,8 +64,7 @@ def _handlers(app: web.Application) -> list[grpc.GenericRpcHandler]:
         return call
 
     async def export(body: bytes) -> bytes:
-        req = parse_request(maybe_gunzip(body, s.max_decompressed_bytes))
-        decoded = otlp.decode_otlp(req, app[TABLES])
+        decoded = await otlp.decode_body(body, "application/x-protobuf", app[TABLES], s.max_decompressed_bytes)
         answer = await store_decoded(app, decoded, "otlp_grpc")
         return otlp.response_bytes(answer)
 

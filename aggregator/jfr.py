@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aggregator.ingest import DROPPED_LABELS, Decoded, IngestTables, _float_param, _midpoint, parse_app_name, typed
+from aggregator.ingest import DROPPED_LABELS, Decoded, _float_param, _midpoint, parse_app_name, typed
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.jfr import decode_jfr
-from stacks.model import Labels
+from stacks.model import Labels, StackTable
 
 
-def decode_jfr_ingest(params: Mapping[str, str], jfr: bytes, labels: bytes, tables: IngestTables,
+def decode_jfr_ingest(params: Mapping[str, str], jfr: bytes, labels: bytes, table: StackTable,
                       max_decompressed: int) -> Decoded:
     """Every profile type of a JFR recording as items of the ``name=`` series (plus the labels
     part's per-context labels)."""
@@ -27,7 +27,7 @@ def decode_jfr_ingest(params: Mapping[str, str], jfr: bytes, labels: bytes, tabl
         raise InputError(f"sampleRate={rate!r} must be a positive number (Hz)") from None
     raw = maybe_gunzip(jfr, max_decompressed)
     lab = maybe_gunzip(labels, max_decompressed) if labels else b""
-    got = decode_jfr(raw, tables.current(), sample_rate=sample_rate, labels=lab)
+    got = decode_jfr(raw, table, sample_rate=sample_rate, labels=lab)
     out = Decoded([])
     for s in got.series:
         extra = {k: v for k, v in s.labels.items() if k not in DROPPED_LABELS}

@@ -9,9 +9,12 @@ for the spans work; they are never series labels.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 
@@ -19,7 +22,7 @@ from aggregator.ingest import DROPPED_LABELS, Decoded, IngestTables, typed
 from stacks import otlp
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
-from stacks.model import Labels
+from stacks.model import Labels, StackTable
 
 
 @dataclass
@@ -42,25 +45,60 @@ def parse_body(body: bytes, content_type: str, max_decompressed: int) -> Any:
     return otlp.parse_request(raw)
 
 
-# The OTLP stack caches of each ingest tables object (one per app; a few in tests), kept beside
-# them rather than in aggregator/ingest.py's IngestTables.
-_CACHES: dict[int, tuple[IngestTables, otlp.OtlpCache]] = {}
+class Worker:
+    """The decode thread of one ingest tables object: OTLP and JFR bodies are parsed and walked
+    there, off the event loop (a large body takes seconds in Python), on the thread's own
+    :class:`StackTable` and OTLP cache, which only that thread touches. The results are rebased
+    onto the shared table on the loop (one dict lookup per distinct stack)."""
+
+    def __init__(self, limit: int) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="flamewatch-decode")
+        self.limit = limit
+        self.table = StackTable()
+        self.cache = otlp.OtlpCache()
+
+    def current(self) -> StackTable:
+        """The thread's table (a fresh one past ``limit`` stacks, as IngestTables does)."""
+        if len(self.table) > self.limit:
+            self.table = StackTable()
+        return self.table
+
+    async def run(self, fn: Callable[[], D], tables: IngestTables) -> D:
+        """``fn()`` on the decode thread; its items rebased onto ``tables``' current table."""
+        got = await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        table = tables.current()
+        got.items[:] = [(labels, t, p.rebase(table)) for labels, t, p in got.items]
+        return got
 
 
-def cache_of(tables: IngestTables) -> otlp.OtlpCache:
-    """The OTLP cache that lives as long as ``tables`` (at most 16 kept)."""
-    got = _CACHES.get(id(tables))
+D = TypeVar("D", bound=Decoded)
+# One worker per ingest tables object (one per app; a few in tests), kept beside them rather
+# than in aggregator/ingest.py's IngestTables. At most 16; the oldest is shut down beyond.
+_WORKERS: dict[int, tuple[IngestTables, Worker]] = {}
+
+
+def worker_of(tables: IngestTables) -> Worker:
+    """The decode worker that lives as long as ``tables``."""
+    got = _WORKERS.get(id(tables))
     if got is None or got[0] is not tables:
-        if len(_CACHES) >= 16:
-            _CACHES.pop(next(iter(_CACHES)))
-        got = _CACHES[id(tables)] = (tables, otlp.OtlpCache())
+        if len(_WORKERS) >= 16:
+            _, old = _WORKERS.pop(next(iter(_WORKERS)))
+            old.pool.shutdown(wait=False)
+        got = _WORKERS[id(tables)] = (tables, Worker(tables.limit))
     return got[1]
 
 
-def decode_otlp(req: Any, tables: IngestTables) -> OtlpDecoded:
-    """Every series of a parsed request as ingest items, typed as pprof pushes are."""
+async def decode_body(body: bytes, content_type: str, tables: IngestTables, max_decompressed: int) -> OtlpDecoded:
+    """An OTLP/HTTP (or gRPC) body as ingest items, decoded off the loop."""
+    w = worker_of(tables)
+    return await w.run(lambda: decode_otlp(parse_body(body, content_type, max_decompressed), w.current(),
+                                           w.cache), tables)
+
+
+def decode_otlp(req: Any, table: StackTable, cache: otlp.OtlpCache | None = None) -> OtlpDecoded:
+    """Every series of a parsed request as ingest items on ``table``, typed as pprof pushes are."""
     out = OtlpDecoded([])
-    for s in otlp.decode_export_request(req, tables.current(), cache=cache_of(tables)):
+    for s in otlp.decode_export_request(req, table, cache=cache):
         labels = {k: v for k, v in s.labels.items() if k not in DROPPED_LABELS}
         if "service_name" not in labels:
             # OTLP's own default for a resource without service.name.
