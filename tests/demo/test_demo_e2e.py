@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -228,7 +229,18 @@ def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
             assert len(thumbs) == 1, thumbs
             agent_only = _get(server, "/api/v1/top", query='{namespace="default",pyroscope_spy="flamewatch-agent"}',
                               limit=1, **{"from": b0, "until": c1})
-            assert ns_top["total"] == agent_only["total"], (ns_top["total"], agent_only["total"])
+            covered = _get(server, "/api/v1/label/pod/values",
+                           query='{namespace="default",pyroscope_spy="flamewatch-agent"}', **{"from": b0, "until": c1})
+            assert {info["pod"] for info in state["services"].values()} <= set(covered["values"]), covered
+            # What is not the agent's comes from pods it did not see (e.g. the load generator), never
+            # from the services' pods.
+            rest = _get(server, "/api/v1/label/pod/values",
+                        query='{namespace="default",pyroscope_spy!="flamewatch-agent"}', **{"from": b0, "until": c1})
+            uncovered = "|".join(re.escape(p) for p in set(rest["values"]) - set(covered["values"])) or "^$"
+            others = _get(server, "/api/v1/top", query='{namespace="default",pyroscope_spy!="flamewatch-agent",'
+                          f'pod=~"{uncovered}"}}', limit=1, **{"from": b0, "until": c1})
+            assert ns_top["total"] == agent_only["total"] + others["total"], (ns_top["total"], agent_only["total"],
+                                                                               others["total"], rest, covered)
             sdk = _get(server, "/api/v1/top", query='{namespace="default",pyroscope_spy="pyspy"}', limit=1,
                        **{"from": b0, "until": c1})
             assert sdk["total"] > 0  # the SDK's series are there, on request
