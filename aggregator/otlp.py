@@ -56,6 +56,7 @@ class Worker:
         self.limit = limit
         self.table = StackTable()
         self.cache = otlp.OtlpCache()
+        self.inline = otlp.OtlpCache()  # for bodies decoded on the loop, onto the shared table
 
     def current(self) -> StackTable:
         """The thread's table (a fresh one past ``limit`` stacks, as IngestTables does)."""
@@ -88,9 +89,16 @@ def worker_of(tables: IngestTables) -> Worker:
     return got[1]
 
 
+# Bodies up to this size (as received) are decoded on the loop straight onto the shared table, as
+# pprof pushes are (a few ms); larger ones go to the decode thread (plus one rebase per stack).
+INLINE_BYTES = 256 * 1024
+
+
 async def decode_body(body: bytes, content_type: str, tables: IngestTables, max_decompressed: int) -> OtlpDecoded:
-    """An OTLP/HTTP (or gRPC) body as ingest items, decoded off the loop."""
+    """An OTLP/HTTP (or gRPC) body as ingest items; large bodies are decoded off the loop."""
     w = worker_of(tables)
+    if len(body) <= INLINE_BYTES:
+        return decode_otlp(parse_body(body, content_type, max_decompressed), tables.current(), w.inline)
     return await w.run(lambda: decode_otlp(parse_body(body, content_type, max_decompressed), w.current(),
                                            w.cache), tables)
 

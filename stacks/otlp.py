@@ -30,12 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
     ExportProfilesServiceRequest,
     ExportProfilesServiceResponse,
 )
 
+from stacks import _otlp_fast as _fast
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, Profile, StackTable
 from stacks.profiletype import CPU, TIME_UNITS_NS, WALL, ProfileType, derive, legacy_name
@@ -172,7 +174,7 @@ class OtlpCache:
         self.table: StackTable | None = None
         self.gids: dict[tuple[Frame, ...], int] = {}
         self.frames: list[tuple[Frame, ...]] = []
-        self.stacks: dict[tuple[int, ...], int] = {}
+        self.stacks: dict[bytes, int] = {}  # int32 gids (native order) -> stack id; -1: empty
 
     def on(self, table: StackTable) -> OtlpCache:
         if table is not self.table or len(self.gids) > self.LIMIT:
@@ -211,6 +213,30 @@ class _Tables:
                 break
         gid = self.cache.gid
         self.loc_gid = [gid(self.location_frames(li)) for li in range(len(self.locations))]
+        # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
+        self.sid_of: np.ndarray | None = None
+        got = _fast.stack_gids(self.stacks, np.asarray(self.loc_gid, np.int64))
+        if got is not None:
+            self.sid_of = self._sids(*got)
+
+    def _sids(self, gids: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        gb = gids.tobytes()
+        cache = self.cache.stacks
+        out = np.empty(len(starts), np.int64)
+        for i, (a, n) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+            key = gb[4 * a:4 * (a + n)]
+            sid = cache.get(key)
+            if sid is None:
+                sid = cache[key] = self._intern(gids[a:a + n].tolist())
+            out[i] = sid
+        return out
+
+    def _intern(self, gids: list[int]) -> int:
+        """The interned stack of a leaf-first list of global location ids (-1 when it has no frames)."""
+        if not gids:
+            return -1
+        frames_of = self.cache.frames
+        return self.table.intern([f for g in reversed(gids) for f in reversed(frames_of[g])])
 
     def string(self, i: int, what: str) -> str:
         if not 0 <= i < len(self.strings):
@@ -251,27 +277,30 @@ class _Tables:
         return f"0x{loc.address:x}"
 
     def stack_id(self, si: int) -> int:
-        """The id on the shared table of stack ``si`` (root first)."""
+        """The id on the shared table of stack ``si`` (root first; -1 for an empty stack)."""
+        if not 0 <= si < len(self.stacks):
+            raise InputError(f"OTLP sample names stack {si}, outside the stack table ({len(self.stacks)} stacks)")
+        if self.sid_of is not None:
+            return int(self.sid_of[si])
         sid = self.sids.get(si)
         if sid is not None:
             return sid
-        if not 0 <= si < len(self.stacks):
-            raise InputError(f"OTLP sample names stack {si}, outside the stack table ({len(self.stacks)} stacks)")
-        idx = list(self.stacks[si].location_indices)
+        try:
+            idx = list(_fast.StackMsg.FromString(self.stacks[si]).location_indices)
+        except (DecodeError, RecursionError, ValueError) as e:
+            raise InputError(f"OTLP stack {si} is not a Stack message ({e})") from None
         try:
             if idx and min(idx) < 0:
                 raise IndexError
-            key = tuple(map(self.loc_gid.__getitem__, idx))
+            gids = list(map(self.loc_gid.__getitem__, idx))
         except IndexError:
             bad = next(i for i in idx if not 0 <= i < len(self.loc_gid))
             raise InputError(f"OTLP stack names location {bad}, outside the location table "
                              f"({len(self.loc_gid)} locations)") from None
-        cache = self.cache
-        sid = cache.stacks.get(key)
+        key = np.asarray(gids, np.int32).tobytes()
+        sid = self.cache.stacks.get(key)
         if sid is None:
-            frames_of = cache.frames
-            sid = self.table.intern([f for g in reversed(key) for f in reversed(frames_of[g])])
-            cache.stacks[key] = sid
+            sid = self.cache.stacks[key] = self._intern(gids)
         self.sids[si] = sid
         return sid
 
@@ -299,7 +328,7 @@ class _Tables:
 def parse_request(body: bytes) -> Any:
     """The ``ExportProfilesServiceRequest`` message of a plain (un-gzipped) body."""
     try:
-        return ExportProfilesServiceRequest.FromString(bytes(body))
+        return _fast.SplitRequest.FromString(bytes(body))
     except (DecodeError, RecursionError, ValueError) as e:
         raise InputError(
             f"OTLP body is not an ExportProfilesServiceRequest protobuf ({e}); send "
@@ -318,7 +347,12 @@ def decode_export_request(
     resource or scope attribute ``pyroscope.spy`` wins over it. ``cache`` (kept by the caller
     across requests) makes stacks seen before cost one lookup.
     """
-    req = parse_request(body) if isinstance(body, bytes | bytearray | memoryview) else body
+    if isinstance(body, bytes | bytearray | memoryview):
+        req = parse_request(body)
+    elif not isinstance(body, _fast.SplitRequest):  # e.g. parsed from OTLP JSON
+        req = _fast.SplitRequest.FromString(body.SerializeToString())
+    else:
+        req = body
     spy = spy or spy_of
     t = _Tables(req.dictionary, table, cache if cache is not None else OtlpCache())
     out: list[OtlpSeries] = []
@@ -351,9 +385,17 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
     period, divisor = _period(ptype, src_unit, t.string(prof.period_type.unit_strindex, "period unit"),
                               prof.period)
     groups: dict[tuple[tuple[str, str], ...], tuple[list[int], list[int], dict[str, int]]] = {}
+    raw = list(prof.samples)
+    fast = _fast.simple_samples(raw) if t.sid_of is not None else None
+    if fast is not None:
+        return _fast_profile(prof, labels, t, fast, ptype, period, divisor)
+    try:
+        samples = [_fast.SampleMsg.FromString(b) for b in raw]
+    except (DecodeError, RecursionError, ValueError) as e:
+        raise InputError(f"OTLP sample is not a Sample message ({e})") from None
     stack_id = t.stack_id
     n = 0
-    for s in prof.samples:
+    for s in samples:
         values = s.values
         v = sum(values) if values else len(s.timestamps_unix_nano)
         if v <= 0:
@@ -362,7 +404,10 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
         g = groups.get(key)
         if g is None:
             g = groups[key] = ([], [], {})
-        g[0].append(stack_id(s.stack_index))
+        sid = stack_id(s.stack_index)
+        if sid < 0:
+            continue  # a stack without frames
+        g[0].append(sid)
         g[1].append(v)
         if s.link_index:
             span = t.span(s.link_index)
@@ -379,6 +424,31 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
         out.append(OtlpSeries({**labels, **dict(key)}, ptype, period, prof.time_unix_nano, prof.duration_nano,
                               profile, len(ids), spans))
     return out
+
+
+def _fast_profile(prof: Any, labels: dict[str, str], t: _Tables, fast: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  ptype: ProfileType, period: int | None, divisor: float) -> list[OtlpSeries]:
+    """:func:`_profile` for samples read in bulk (no attributes, no timestamps)."""
+    si, totals, link = fast
+    assert t.sid_of is not None
+    if len(si) and int(si.max()) >= len(t.sid_of):
+        bad = int(si.max())
+        raise InputError(f"OTLP sample names stack {bad}, outside the stack table ({len(t.sid_of)} stacks)")
+    ids = t.sid_of[si]
+    keep = (totals > 0) & (ids >= 0)
+    ids, totals, link = ids[keep], totals[keep], link[keep]
+    spans: dict[str, int] = {}
+    if link.any():
+        for li in np.unique(link[link > 0]).tolist():
+            span = t.span(li)
+            if span:
+                spans[span] = spans.get(span, 0) + int(totals[link == li].sum())
+    vals = np.rint(totals / divisor).astype(np.int64) if divisor != 1 else totals
+    profile = Profile.from_arrays(t.table, ids, vals)
+    if not len(profile):
+        return []
+    return [OtlpSeries(dict(labels), ptype, period, prof.time_unix_nano, prof.duration_nano, profile, len(ids),
+                       spans)]
 
 
 def _period(ptype: ProfileType, sample_unit: str, period_unit: str, period: int) -> tuple[int | None, float]:
