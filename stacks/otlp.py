@@ -211,6 +211,9 @@ class _Tables:
             if s == FRAME_TYPE:
                 self.frame_type_key = i
                 break
+        n_str = len(self.strings)
+        self.fnames = [self.strings[f.name_strindex] if 0 <= f.name_strindex < n_str else None
+                       for f in self.functions]
         gid = self.cache.gid
         self.loc_gid = [gid(self.location_frames(li)) for li in range(len(self.locations))]
         # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
@@ -222,14 +225,15 @@ class _Tables:
     def _sids(self, gids: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         gb = gids.tobytes()
         cache = self.cache.stacks
-        out = np.empty(len(starts), np.int64)
-        for i, (a, n) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
-            key = gb[4 * a:4 * (a + n)]
-            sid = cache.get(key)
-            if sid is None:
-                sid = cache[key] = self._intern(gids[a:a + n].tolist())
-            out[i] = sid
-        return out
+        ends = (starts + counts) * 4
+        keys = [gb[a:b] for a, b in zip((starts * 4).tolist(), ends.tolist(), strict=True)]
+        get = cache.get
+        sids = [get(k, -2) for k in keys]
+        for i, sid in enumerate(sids):
+            if sid == -2:  # not seen before: intern once
+                a = int(starts[i])
+                sids[i] = cache[keys[i]] = self._intern(gids[a:a + int(counts[i])].tolist())
+        return np.asarray(sids, np.int64)
 
     def _intern(self, gids: list[int]) -> int:
         """The interned stack of a leaf-first list of global location ids (-1 when it has no frames)."""
@@ -247,6 +251,12 @@ class _Tables:
     def location_frames(self, li: int) -> tuple[Frame, ...]:
         """Frames of location ``li``, leaf (innermost inline) first."""
         loc = self.locations[li]
+        lines = loc.lines
+        if len(lines) == 1 and not loc.attribute_indices:  # the common case, without the checks below
+            fi = lines[0].function_index
+            name = self.fnames[fi] if 0 <= fi < len(self.fnames) else None
+            if name:
+                return (Frame(name, Kind.USER),)
         kind = Kind.USER
         if self.frame_type_key >= 0:
             for ai in loc.attribute_indices:

@@ -103,3 +103,19 @@ async def test_older_than_retention_is_422(tmp_path) -> None:  # type: ignore[no
         assert "older than the retention" in (await r.json())["error"]
     finally:
         await c.close()
+
+
+async def test_large_body_is_decoded_off_the_loop(client: TestClient) -> None:
+    """A body past INLINE_BYTES goes through the decode thread (own table, rebased): same answer."""
+    from aggregator.otlp import INLINE_BYTES
+
+    b = Builder()
+    samples = [([f"root{i % 7}", *(f"fn_{i}_{j}" for j in range(12))], 1 + i % 5) for i in range(4000)]
+    b.profile({"service.name": "big"}, samples, time_ns=T_NS)
+    body = b.bytes()
+    assert len(body) > INLINE_BYTES
+    r = await client.post("/v1development/profiles", data=body, headers=PB)
+    assert r.status == 200, await r.text()
+    text = await folded(client, "big")
+    want = sorted(f"{';'.join(frames)} {n}" for frames, n in samples)
+    assert sorted(text.splitlines()) == want
