@@ -52,7 +52,7 @@ from stacks.profiletype import CPU, WALL, ProfileType
 
 MAGIC = b"FLR\x00"
 HEADER = 68
-MAX_EVENTS = 5_000_000
+MAX_EVENTS = 1_000_000  # ~20 s of decode-thread CPU at worst; pyroscope-java uploads every 10 s
 MAX_DEPTH = 16  # nesting of inline structs and of metadata elements
 MAX_FRAMES = 4096
 MAX_STRING = 1 << 16

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from stacks.errors import InputError
 from stacks.jfr import ALLOC_IN_BYTES, ALLOC_IN_OBJECTS, LabelsSnapshot, decode_jfr, decode_labels
 from stacks.model import Kind, StackTable
-from stacks.profiletype import CPU
+from stacks.profiletype import CPU, WALL
 
 # The first upload of tests/producers/java_app (Burn) under io.pyroscope:agent 2.1.2, as sent.
 FIXTURE = Path(__file__).parent / "fixtures" / "pyroscope-java-2.1.2.jfr"
@@ -113,3 +113,20 @@ def test_random_bodies_never_crash(tail: bytes) -> None:
             decode_jfr(body, StackTable())
         except InputError:
             pass
+
+
+@pytest.mark.skipif(shutil.which("jfr") is None, reason="the JDK's jfr tool is not installed")
+def test_wall_mode_recording_equals_the_jdk_reader(tmp_path: Path) -> None:
+    """pyroscope-java with PYROSCOPE_PROFILER_EVENT=wall: profiler.WallClockSample's ``samples``."""
+    import gzip
+
+    raw = gzip.decompress((FIXTURE.parent / "pyroscope-java-2.1.2-wall.jfr.gz").read_bytes())
+    path = tmp_path / "wall.jfr"
+    path.write_bytes(raw)
+    out = subprocess.run(["jfr", "print", "--json", "--events", "profiler.WallClockSample", str(path)],
+                         capture_output=True, text=True, check=True, timeout=120)
+    events = json.loads(out.stdout)["recording"]["events"]
+    want = sum(e["values"].get("samples", 1) for e in events if (e["values"].get("stackTrace") or {}).get("frames"))
+    got = {s.ptype: s for s in decode_jfr(raw, StackTable(), sample_rate=100).series}
+    assert WALL in got and CPU not in got
+    assert got[WALL].profile.total == want > 0 and got[WALL].period == 10_000_000
