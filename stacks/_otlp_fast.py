@@ -17,7 +17,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
 from opentelemetry.proto.profiles.v1development import profiles_pb2
 
-_RAW = {("ProfilesDictionary", "stack_table"), ("Profile", "samples")}
+_RAW = {("ProfilesDictionary", "stack_table"), ("ProfilesDictionary", "location_table"), ("Profile", "samples")}
 
 
 def _split_classes() -> tuple[Any, Any, Any]:
@@ -43,10 +43,10 @@ def _split_classes() -> tuple[Any, Any, Any]:
     add(profiles_service_pb2.DESCRIPTOR)
     name = "opentelemetry.proto.collector.profiles.v1development.ExportProfilesServiceRequest"
     return (message_factory.GetMessageClass(pool.FindMessageTypeByName(name)),
-            profiles_pb2.Stack, profiles_pb2.Sample)
+            profiles_pb2.Stack, profiles_pb2.Sample, profiles_pb2.Location)
 
 
-SplitRequest, StackMsg, SampleMsg = _split_classes()
+SplitRequest, StackMsg, SampleMsg, LocationMsg = _split_classes()
 
 def varints(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(start byte, value) of every varint of ``a`` (which must end on a varint's last byte);
@@ -117,6 +117,47 @@ def stack_gids(entries: list[bytes], loc_gid: np.ndarray) -> tuple[np.ndarray, n
     counts = cterm[pend] - cterm[pend - plens]
     starts = np.concatenate(([0], np.cumsum(counts)[:-1])) if n else np.zeros(0, np.int64)
     return gids, starts, counts
+
+
+def simple_locations(entries: list[bytes]) -> np.ndarray | None:
+    """The function index of every raw ``Location`` holding exactly one ``lines`` entry and
+    nothing else (no mapping, address or attributes), -1 for the others; None when the entries
+    are not all varints (then every location takes the message path)."""
+    n = len(entries)
+    if not n:
+        return np.zeros(0, np.int64)
+    lens = np.fromiter(map(len, entries), np.int64, n)
+    buf = np.frombuffer(b"".join(entries), np.uint8)
+    out = np.full(n, -1, np.int64)
+    if not len(buf):
+        return out
+    ends = np.cumsum(lens)
+    term = buf < 0x80
+    nz = lens > 0
+    if not term[ends[nz] - 1].all():
+        return None
+    got = varints(buf)
+    if got is None:
+        return None
+    vstarts, vals = got
+    m = len(vals)
+    cterm = np.concatenate(([0], np.cumsum(term.astype(np.int64))))
+    nv = cterm[ends] - cterm[ends - lens]
+    first = np.concatenate(([0], np.cumsum(nv)[:-1]))
+    last = first + nv
+
+    def at(i: np.ndarray) -> np.ndarray:
+        return np.where(i < last, vals[np.minimum(i, m - 1)], np.uint64(1 << 63))
+
+    # 0x1a LEN (one lines message to the end of the entry), then optionally 0x08 function_index.
+    ok = nz & (at(first) == 26)
+    body = np.where(first + 2 < last, vstarts[np.minimum(first + 2, m - 1)], ends)
+    ok &= (ends - body).astype(np.uint64) == at(first + 1)
+    has_fi = at(first + 2) == 8
+    fi = np.where(has_fi, at(first + 3), 0)
+    ok &= fi < np.uint64(1 << 31)
+    out[ok] = fi[ok].astype(np.int64)
+    return out
 
 
 def simple_samples(entries: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

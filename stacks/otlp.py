@@ -215,7 +215,15 @@ class _Tables:
         self.fnames = [self.strings[f.name_strindex] if 0 <= f.name_strindex < n_str else None
                        for f in self.functions]
         gid = self.cache.gid
-        self.loc_gid = [gid(self.location_frames(li)) for li in range(len(self.locations))]
+        simple = _fast.simple_locations(list(self.locations))
+        if simple is None:
+            self.loc_gid = [gid(self.location_frames(li)) for li in range(len(self.locations))]
+        else:
+            # One line, no attributes (no kernel mark): the frame is the function's name.
+            fnames = self.fnames
+            n_f = len(fnames)
+            self.loc_gid = [gid((Frame(fnames[fi]),)) if 0 <= fi < n_f and fnames[fi] else gid(self.location_frames(li))
+                            for li, fi in enumerate(simple.tolist())]
         # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
         self.sid_of: np.ndarray | None = None
         got = _fast.stack_gids(self.stacks, np.asarray(self.loc_gid, np.int64))
@@ -250,7 +258,10 @@ class _Tables:
 
     def location_frames(self, li: int) -> tuple[Frame, ...]:
         """Frames of location ``li``, leaf (innermost inline) first."""
-        loc = self.locations[li]
+        try:
+            loc = _fast.LocationMsg.FromString(self.locations[li])
+        except (DecodeError, RecursionError, ValueError) as e:
+            raise InputError(f"OTLP location {li} is not a Location message ({e})") from None
         lines = loc.lines
         if len(lines) == 1 and not loc.attribute_indices:  # the common case, without the checks below
             fi = lines[0].function_index

@@ -142,12 +142,13 @@ def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]],
     assert fast.simple_samples(list(fast.SplitRequest.FromString(body).resource_profiles[0]
                                     .scope_profiles[0].profiles[0].samples)) is not None
     got = decode_export_request(body, StackTable())
-    saved = fast.simple_samples, fast.stack_gids
+    saved = fast.simple_samples, fast.stack_gids, fast.simple_locations
     fast.simple_samples = lambda entries: None  # type: ignore[assignment]
     fast.stack_gids = lambda entries, loc: None  # type: ignore[assignment]
+    fast.simple_locations = lambda entries: None  # type: ignore[assignment]
     try:
         want = decode_export_request(body, StackTable())
     finally:
-        fast.simple_samples, fast.stack_gids = saved
+        fast.simple_samples, fast.stack_gids, fast.simple_locations = saved
     assert [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in got] == \
         [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in want]
