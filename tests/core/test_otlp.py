@@ -152,3 +152,28 @@ def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]],
         fast.simple_samples, fast.stack_gids, fast.simple_locations = saved
     assert [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in got] == \
         [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in want]
+
+
+def test_unsymbolized_and_inlined_frames() -> None:
+    """The eBPF profiler's shapes: a native frame known only by mapping and address, and a location
+    with two lines (an inlined call: lines[0] innermost)."""
+    b = Builder()
+    b.profile({"service.name": "native"}, [(["main", "leaf"], 2)])
+    d = b.req.dictionary
+    fname = b.s("/usr/lib/libfoo.so")
+    d.mapping_table.add(filename_strindex=fname)
+    mi = len(d.mapping_table) - 1
+    raw = d.location_table.add(mapping_index=mi, address=0x1F2A)
+    raw_i = len(d.location_table) - 1
+    inl = d.location_table.add()
+    inl.lines.add(function_index=b.funcs["leaf"])
+    d.function_table.add(name_strindex=b.s("caller_of_leaf"))
+    inl.lines.add(function_index=len(d.function_table) - 1)
+    st = d.stack_table.add()
+    st.location_indices.extend([raw_i, len(d.location_table) - 1, b.loc("main")])  # leaf first
+    p = b.req.resource_profiles[0].scope_profiles[0].profiles[0]
+    p.samples.add(stack_index=len(d.stack_table) - 1, values=[5])
+    [s] = decode_export_request(b.bytes(), StackTable())
+    got = {tuple(f.name for f in stack): n for stack, n in s.profile.items()}
+    assert got == {("main", "leaf"): 2, ("main", "caller_of_leaf", "leaf", "libfoo.so+0x1f2a"): 5}
+    assert raw.address == 0x1F2A
