@@ -177,3 +177,22 @@ def test_unsymbolized_and_inlined_frames() -> None:
     got = {tuple(f.name for f in stack): n for stack, n in s.profile.items()}
     assert got == {("main", "leaf"): 2, ("main", "caller_of_leaf", "leaf", "libfoo.so+0x1f2a"): 5}
     assert raw.address == 0x1F2A
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 100)), min_size=1, max_size=20), st.randoms())
+def test_cache_across_requests_with_other_dictionary_orders(samples: list[tuple[list[str], int]], rnd) -> None:  # type: ignore[no-untyped-def]
+    """Indices are per request: the same stacks sent with shuffled dictionaries, decoded with one
+    cache on one table, give what a fresh decode gives."""
+    from stacks.otlp import OtlpCache
+
+    table, cache = StackTable(), OtlpCache()
+    for _ in range(3):
+        shuffled = list(samples)
+        rnd.shuffle(shuffled)
+        b = Builder()
+        b.loc(rnd.choice(["zz_unused", "a"]))  # shift the location indices
+        b.profile({"service.name": "p"}, shuffled)
+        got = decode_export_request(b.bytes(), table, cache=cache)
+        want = decode_export_request(b.bytes(), StackTable())
+        assert [s.profile.as_dict() for s in got] == [s.profile.as_dict() for s in want]
