@@ -119,32 +119,6 @@ def stack_gids(entries: list[bytes], loc_gid: np.ndarray) -> tuple[np.ndarray, n
     return gids, starts, counts
 
 
-_K1 = np.uint64(0x9E3779B97F4A7C15)
-_K2 = np.uint64(0xD6E8FEB86659FD93)
-_K3 = np.uint64(0xA0761D6478BD642F)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, elementwise (uint64, wrapping)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def stack_hashes(gids: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two 64-bit hashes of every stack's sequence of location ids (a sum of mixed (id, position)
-    words each): the bulk lookup key; a hit is still checked against the stack's length."""
-    pos = (np.arange(len(gids), dtype=np.int64) - np.repeat(starts, counts)).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = gids.astype(np.uint64) * _K1 + pos * _K2 + np.uint64(1)
-        c1 = np.concatenate(([np.uint64(0)], np.cumsum(_mix(x), dtype=np.uint64)))
-        c2 = np.concatenate(([np.uint64(0)], np.cumsum(_mix(x ^ _K3), dtype=np.uint64)))
-        ends = starts + counts
-        return c1[ends] - c1[starts], c2[ends] - c2[starts]
-
-
 def simple_locations(entries: list[bytes]) -> np.ndarray | None:
     """The function index of every raw ``Location`` holding exactly one ``lines`` entry and
     nothing else (no mapping, address or attributes), -1 for the others; None when the entries

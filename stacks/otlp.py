@@ -175,41 +175,14 @@ class OtlpCache:
         self.gids: dict[tuple[Frame, ...], int] = {}
         self.frames: list[tuple[Frame, ...]] = []
         self.stacks: dict[bytes, int] = {}  # int32 gids (native order) -> stack id; -1: empty
-        self._clear_index()
-
-    def _clear_index(self) -> None:
-        # The same stacks sorted by their first hash, for bulk lookups (stacks/_otlp_fast.py).
-        self.h1 = np.zeros(0, np.uint64)
-        self.h2 = np.zeros(0, np.uint64)
-        self.hn = np.zeros(0, np.int64)
-        self.hsid = np.zeros(0, np.int64)
 
     def on(self, table: StackTable) -> OtlpCache:
-        if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT:
+        if table is not self.table or len(self.gids) > self.LIMIT:
             self.table = table
             self.gids, self.frames = {}, []
+        if table is not self.table or len(self.stacks) > self.LIMIT:
             self.stacks = {}
-            self._clear_index()
         return self
-
-    def lookup(self, h1: np.ndarray, h2: np.ndarray, n: np.ndarray) -> np.ndarray:
-        """Stack ids of the hashed stacks already indexed; -2 where not."""
-        if not len(self.h1) or not len(h1):
-            return np.full(len(h1), -2, np.int64)
-        idx = np.minimum(np.searchsorted(self.h1, h1), len(self.h1) - 1)
-        hit = (self.h1[idx] == h1) & (self.h2[idx] == h2) & (self.hn[idx] == n)
-        return np.where(hit, self.hsid[idx], -2)
-
-    def index(self, h1: np.ndarray, h2: np.ndarray, n: np.ndarray, sids: np.ndarray) -> None:
-        """Add stacks to the sorted index (one merge per request that met new stacks)."""
-        if not len(h1):
-            return
-        h1a = np.concatenate((self.h1, h1))
-        order = np.argsort(h1a, kind="stable")
-        self.h1 = h1a[order]
-        self.h2 = np.concatenate((self.h2, h2))[order]
-        self.hn = np.concatenate((self.hn, n))[order]
-        self.hsid = np.concatenate((self.hsid, sids))[order]
 
     def gid(self, frames: tuple[Frame, ...]) -> int:
         g = self.gids.get(frames)
@@ -258,22 +231,17 @@ class _Tables:
             self.sid_of = self._sids(*got)
 
     def _sids(self, gids: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        h1, h2 = _fast.stack_hashes(gids, starts, counts)
-        sids = self.cache.lookup(h1, h2, counts)
-        miss = np.flatnonzero(sids == -2)
-        if len(miss):
-            # New here: the exact path (the stack's location ids as bytes), then indexed.
-            gb = gids.tobytes()
-            cache = self.cache.stacks
-            for i in miss.tolist():
-                a, n = int(starts[i]), int(counts[i])
-                key = gb[4 * a:4 * (a + n)]
-                sid = cache.get(key)
-                if sid is None:
-                    sid = cache[key] = self._intern(gids[a:a + n].tolist())
-                sids[i] = sid
-            self.cache.index(h1[miss], h2[miss], counts[miss], sids[miss])
-        return sids
+        gb = gids.tobytes()
+        cache = self.cache.stacks
+        ends = (starts + counts) * 4
+        keys = [gb[a:b] for a, b in zip((starts * 4).tolist(), ends.tolist(), strict=True)]
+        get = cache.get
+        sids = [get(k, -2) for k in keys]
+        for i, sid in enumerate(sids):
+            if sid == -2:  # not seen before: intern once
+                a = int(starts[i])
+                sids[i] = cache[keys[i]] = self._intern(gids[a:a + int(counts[i])].tolist())
+        return np.asarray(sids, np.int64)
 
     def _intern(self, gids: list[int]) -> int:
         """The interned stack of a leaf-first list of global location ids (-1 when it has no frames)."""
