@@ -174,13 +174,16 @@ class OtlpCache:
         self.table: StackTable | None = None
         self.gids: dict[tuple[Frame, ...], int] = {}
         self.frames: list[tuple[Frame, ...]] = []
+        self.by_name: dict[str, int] = {}  # a one-line user frame's name -> its global id
         self.stacks: dict[bytes, int] = {}  # int32 gids (native order) -> stack id; -1: empty
 
     def on(self, table: StackTable) -> OtlpCache:
-        if table is not self.table or len(self.gids) > self.LIMIT:
+        """This cache for ``table``: emptied when the table is another one or a part is past
+        ``LIMIT`` (stack ids belong to one table, and stack keys are made of location ids)."""
+        if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT:
             self.table = table
             self.gids, self.frames = {}, []
-        if table is not self.table or len(self.stacks) > self.LIMIT:
+            self.by_name = {}
             self.stacks = {}
         return self
 
@@ -222,8 +225,18 @@ class _Tables:
             # One line, no attributes (no kernel mark): the frame is the function's name.
             fnames = self.fnames
             n_f = len(fnames)
-            self.loc_gid = [gid((Frame(fnames[fi]),)) if 0 <= fi < n_f and fnames[fi] else gid(self.location_frames(li))
-                            for li, fi in enumerate(simple.tolist())]
+            by_name = self.cache.by_name
+            loc_gid = []
+            for li, fi in enumerate(simple.tolist()):
+                name = fnames[fi] if 0 <= fi < n_f else None
+                if not name:
+                    loc_gid.append(gid(self.location_frames(li)))
+                    continue
+                g = by_name.get(name)
+                if g is None:
+                    g = by_name[name] = gid((Frame(name),))
+                loc_gid.append(g)
+            self.loc_gid = loc_gid
         # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
         self.sid_of: np.ndarray | None = None
         got = _fast.stack_gids(self.stacks, np.asarray(self.loc_gid, np.int64))

@@ -196,3 +196,23 @@ def test_cache_across_requests_with_other_dictionary_orders(samples: list[tuple[
         got = decode_export_request(b.bytes(), table, cache=cache)
         want = decode_export_request(b.bytes(), StackTable())
         assert [s.profile.as_dict() for s in got] == [s.profile.as_dict() for s in want]
+
+
+def test_cache_follows_its_table() -> None:
+    """A cache used with a new table (the ingest table is swapped past its limit) forgets the
+    stack ids of the old one."""
+    from stacks.otlp import OtlpCache
+
+    cache = OtlpCache()
+    b = Builder()
+    b.profile({"service.name": "p"}, [(["main", "a"], 1), (["main", "b"], 2)])
+    old = StackTable()
+    old.intern([])  # shift ids so the two tables disagree
+    decode_export_request(b.bytes(), old, cache=cache)
+    new = StackTable()
+    [s] = decode_export_request(b.bytes(), new, cache=cache)
+    assert s.profile.table is new
+    assert {tuple(f.name for f in st): n for st, n in s.profile.items()} == {("main", "a"): 1, ("main", "b"): 2}
+    cache.LIMIT = 0  # past the limit: emptied, still right
+    [s] = decode_export_request(b.bytes(), new, cache=cache)
+    assert {tuple(f.name for f in st): n for st, n in s.profile.items()} == {("main", "a"): 1, ("main", "b"): 2}
