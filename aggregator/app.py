@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import ingest, params, query
+from aggregator import ingest, jfr, otlp, params, producers, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
 from aggregator.store.base import Compacting
@@ -30,6 +30,7 @@ from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from render import Output
 from stacks.errors import InputError, LimitError
+from stacks.otlp import OTLP_PATH
 
 log = logging.getLogger("flamewatch.aggregator")
 
@@ -39,8 +40,9 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
+READ_STORE = web.AppKey("read_store", Store)  # the store as queries see it (aggregator/producers.py)
 
-PUSH_PREFIXES = ("/push.v1.", "/ingest", "/pyroscope/ingest")
+PUSH_PREFIXES = ("/push.v1.", "/ingest", "/pyroscope/ingest", "/v1development/")
 # Pyroscope's read API (aggregator/querier.py) is read-token guarded like /api.
 READ_PREFIXES = ("/api/", "/querier.v1.", "/settings.v1.", "/pyroscope/")
 CONNECT_PREFIXES = ("/querier.v1.", "/settings.v1.")
@@ -136,7 +138,15 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
-    app = request.app
+    return await store_decoded(request.app, decoded, route,
+                               producers.spy_of_request(request.query, request.headers))
+
+
+async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: str, spy: str = ""
+                        ) -> dict[str, Any]:
+    """Write a decoded push through the window writer and count it; the push answer (shared with
+    the gRPC listener, aggregator/grpc_server.py). Series without a producer label get ``spy``'s."""
+    producers.name_producers(decoded, spy)
     m = app[METRICS]
     placed = await app[WRITER].add(decoded.items)
     m.pushes.labels(route).inc()
@@ -184,6 +194,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
     """
     s = request.app[SETTINGS]
     params = dict(request.query)
+    if (params.get("format") or "").lower() == "jfr":
+        return await _ingest_jfr(request, params)
     if request.content_type == "multipart/form-data":
         body = await _multipart_profile(request)
         params.setdefault("format", "pprof")
@@ -196,6 +208,72 @@ async def handle_ingest(request: web.Request) -> web.Response:
     decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
     answer = await _store_items(request, decoded, "ingest")
     return _all_dropped(answer) or web.json_response(answer)
+
+
+async def handle_otlp(request: web.Request) -> web.Response:
+    """OTLP/HTTP ``POST /v1development/profiles``: an ``ExportProfilesServiceRequest`` (protobuf or
+    OTLP JSON, gzip or plain), through the same ingest path as pprof pushes (aggregator/otlp.py)."""
+    s = request.app[SETTINGS]
+    body = await read_body(request)
+    ctype = request.content_type
+    decoded = await otlp.decode_body(body, ctype, request.app[TABLES], s.max_decompressed_bytes)
+    answer = await _store_items(request, decoded, "otlp")
+    refused = _all_dropped(answer)
+    if refused is not None:
+        return refused
+    if ctype == "application/json":
+        return web.json_response({} if not answer["not_stored"] else {
+            "partialSuccess": {"rejectedProfiles": len(answer["not_stored"]), "errorMessage": answer["warning"]}})
+    return web.Response(body=otlp.response_bytes(answer), content_type="application/x-protobuf")
+
+
+async def _ingest_jfr(request: web.Request, params: dict[str, str]) -> web.Response:
+    """pyroscope-java's ``format=jfr``: multipart ``jfr`` (gzip or plain JFR) and ``labels``
+    (a LabelsSnapshot protobuf), or the JFR as the whole body (aggregator/jfr.py)."""
+    s = request.app[SETTINGS]
+    if request.content_type == "multipart/form-data":
+        parts = await _multipart_parts(request, ("jfr", "labels"))
+        if "jfr" not in parts:
+            raise InputError("format=jfr multipart body has no 'jfr' part: send the recording as form field 'jfr' "
+                             f"(parts seen: {sorted(parts) or 'none'})")
+        jfr_body, labels = parts["jfr"], parts.get("labels", b"")
+    else:
+        jfr_body, labels = await read_body(request), b""
+    tables = request.app[TABLES]
+    w = otlp.worker_of(tables)  # off the loop: a large recording takes seconds in Python
+    decoded = await w.run(lambda: jfr.decode_jfr_ingest(params, jfr_body, labels, w.current(),
+                                                        s.max_decompressed_bytes), tables)
+    answer = await _store_items(request, decoded, "ingest")
+    return _all_dropped(answer) or web.json_response(answer)
+
+
+async def _multipart_parts(request: web.Request, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The named parts of a multipart body (others skipped), under --max-body-bytes in all."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    out: dict[str, bytes] = {}
+    total = 0
+    try:
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            name = getattr(part, "name", None)
+            buf = bytearray()
+            # Chunked bodies (pyroscope-java sends them) have no Content-Length: count as we read.
+            while chunk := await part.read_chunk(1 << 16):  # type: ignore[union-attr]
+                total += len(chunk)
+                if total > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=total)
+                if name in names:
+                    buf += chunk
+            if name in names and name not in out:
+                out[name] = bytes(buf)
+    except ValueError as e:
+        raise InputError(f"multipart body is malformed: {e}") from None
+    return out
 
 
 async def _multipart_profile(request: web.Request) -> bytes:
@@ -253,7 +331,7 @@ def handler(route: Route) -> Handler:
         app = request.app
         s = app[SETTINGS]
         ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info)
-        return await route.run(app[STORE], route.parse(request.query, ctx))
+        return await route.run(app[READ_STORE], route.parse(request.query, ctx))
 
     async def handle(request: web.Request) -> web.Response:
         out = await (_timed(request, route.op, answer(request)) if route.op else answer(request))
@@ -333,6 +411,7 @@ def create_app(
     metrics = Metrics()
     app[SETTINGS] = settings
     app[STORE] = store
+    app[READ_STORE] = producers.read_view(store, settings.one_producer_per_process)
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
     app[CLOCK] = clock
@@ -348,6 +427,7 @@ def create_app(
     )
     app.router.add_post("/push.v1.PusherService/Push", handle_push)
     app.router.add_post("/ingest", handle_ingest)
+    app.router.add_post(OTLP_PATH, handle_otlp)
     for route in ROUTES:
         app.router.add_get(route.path, handler(route))
     app.router.add_get("/metrics", handle_metrics)
@@ -356,6 +436,10 @@ def create_app(
 
     querier.add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
+    if settings.grpc:
+        from aggregator.grpc_server import grpc_listener
+
+        app.cleanup_ctx.append(grpc_listener)
     for add_routes in extra:
         add_routes(app)
     return app

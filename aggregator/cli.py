@@ -34,6 +34,10 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
     except StoreError as e:
         log.error("cannot open storage %s (data dir %s): %s", settings.storage, settings.data_dir, e)
         return 1
+    except OSError as e:  # the gRPC listener's port (--grpc-port)
+        log.error("cannot start: %s", e)
+        await runner.cleanup()
+        return 1
     site = web.TCPSite(runner, settings.host, settings.port)
     try:
         await site.start()
@@ -41,7 +45,17 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, e)
         await runner.cleanup()
         return 1
-    for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
+    sites = [site]
+    if settings.otlp_http_port and settings.otlp_http_port != settings.port:
+        otlp_site = web.TCPSite(runner, settings.host, settings.otlp_http_port)
+        try:
+            await otlp_site.start()
+        except OSError as e:
+            log.error("cannot listen on %s:%s (--otlp-http-port): %s", settings.host, settings.otlp_http_port, e)
+            await runner.cleanup()
+            return 1
+        sites.append(otlp_site)
+    for sock in (s for x in sites for s in (x._server.sockets if x._server else ())):  # type: ignore[union-attr]
         host, port = sock.getsockname()[:2]
         # The "listening on" line is how scripts find a port picked with --port 0.
         print(f"flamewatch serve: listening on http://{host}:{port}", flush=True)

@@ -349,7 +349,7 @@ def _codec(request: web.Request) -> str:
 def _call(app: web.Application) -> Call:
     s = app[app_module.SETTINGS]
     ctx = params.Context(app[app_module.CLOCK](), s.window_seconds, s.max_nodes)
-    return Call(app[app_module.STORE], ctx, s.retention_seconds)
+    return Call(app[app_module.READ_STORE], ctx, s.retention_seconds)  # the same view as /api/v1
 
 
 async def _decode(request: web.Request, cls: type, codec: str) -> Message:

@@ -39,6 +39,14 @@ def _storage(text: str) -> str:
 SETTINGS: list[Setting] = [
     Setting("host", "0.0.0.0", "Address to listen on (0.0.0.0 = all interfaces, as a cluster service needs)"),
     Setting("port", 4040, "TCP port; 4040 is the pyroscope SDK default, 0 picks a free port", _port),
+    Setting("otlp_http_port", 0,
+            "Also serve every route (OTLP POST /v1development/profiles included) on this port; 4318 is "
+            "OTLP/HTTP's default (0: only --port)", _port),
+    Setting("grpc", False,
+            "Serve gRPC (HTTP/2) on --grpc-port: OTLP ProfilesService/Export and push.v1.PusherService/Push",
+            parse_bool),
+    Setting("grpc_port", 4317, "gRPC port when --grpc true; 4317 is OTLP/gRPC's default, 0 picks a free one",
+            _port),
     Setting("data_dir", "flamewatch-data", "Directory for the SQLite database (created if missing)"),
     Setting("storage", "sqlite", "Storage backend: 'sqlite' (file in data-dir) or clickhouse://HOST:PORT/DB",
             _storage),
@@ -68,6 +76,10 @@ SETTINGS: list[Setting] = [
             "Decode pprof and folded bodies with the compiled (Cython) readers where built; false uses the "
             "numpy/Python readers (same results, ~3x more CPU per push), to rule the compiled code out",
             parse_bool),
+    Setting("one_producer_per_process", True,
+            "A query that does not name pyroscope_spy reads only the host-wide producer's series "
+            "(flamewatch-agent, ebpfspy) of a pod that has them, so a process profiled by the agent and "
+            "an SDK is not counted twice (docs/aggregator.md, Producers)", parse_bool),
     Setting("log_level", "INFO", "Logging level", str.upper,
             ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 ]

@@ -7,7 +7,10 @@ concurrent HTTP pushers post pre-built bodies (so the client costs little):
   gzip ``push.v1.PushRequest`` holding one plain pprof (``cpu/nanoseconds``,
   period 10 ms) to ``/push.v1.PusherService/Push``;
 - ``--format folded``: folded text to ``/ingest``;
-- ``--format both``: one run of each.
+- ``--format both``: one run of each;
+- ``--format otlp``: an OTLP ``ExportProfilesServiceRequest`` (gzip protobuf, the same stacks and
+  counts as CPU samples) to ``/v1development/profiles``, run after a ``push`` run on the same
+  bodies, and the ratio of their server CPU per sample (issue 27's goal: OTLP <= 1.5x push).
 
 A line is one stack line (folded) or one pprof sample. Reports lines/s of
 wall time and lines per second of server CPU (= per core), against the goal
@@ -15,7 +18,7 @@ of 1,000,000 lines/s per core and against a naive baseline measured in this
 run: ``stacks.folded.parse`` of the same stacks in-process (parse only, no
 HTTP, no storage).
 
-    python bench/ingest.py [--seconds 10] [--lines 5000] [--pushers 8] [--format push|folded|both]
+    python bench/ingest.py [--seconds 10] [--lines 5000] [--pushers 8] [--format push|folded|both|otlp]
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tests.support.server import running_server
 
 GOAL = 1_000_000
 PUSH_HEADERS = {"Content-Type": "application/proto", "Content-Encoding": "gzip"}
+OTLP_HEADERS = {"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}
 
 
 def make_bodies(n_bodies: int, lines: int, pool: int, seed: int = 1) -> list[bytes]:
@@ -73,6 +77,21 @@ def push_bodies(bodies: list[bytes], pushers: int) -> list[bytes]:
     return out
 
 
+def otlp_bodies(bodies: list[bytes], pushers: int) -> list[bytes]:
+    """The same stacks and counts as gzip OTLP requests: one resource (one series per pusher) with one
+    CPU profile (samples/count at a cpu/nanoseconds period of 10 ms), as the eBPF profiler sends."""
+    from tests.support.otlp_build import Builder
+
+    out = []
+    for i, b in enumerate(bodies):
+        prof = parse(b.decode())
+        builder = Builder()
+        samples = [([f.name + ("_[k]" if f.kind == "kernel" else "") for f in stack], n) for stack, n in prof.items()]
+        builder.profile({"service.name": "bench", "pusher": f"p{i % pushers}"}, samples, time_ns=time.time_ns())
+        out.append(gzip.compress(builder.bytes(), 6))
+    return out
+
+
 def baseline(bodies: list[bytes], seconds: float) -> float:
     """Naive in-process folded.parse lines/s (one core)."""
     n = 0
@@ -100,6 +119,8 @@ async def push_all(
                 i += pushers
                 if fmt == "push":
                     req = s.post(f"{url}{PUSH_PATH}", data=body, headers=PUSH_HEADERS)
+                elif fmt == "otlp":
+                    req = s.post(f"{url}/v1development/profiles", data=body, headers=OTLP_HEADERS)
                 else:
                     req = s.post(f"{url}/ingest?name=bench{{pusher=p{k}}}", data=body)
                 async with req as r:
@@ -113,7 +134,7 @@ async def push_all(
     return sent, errors
 
 
-def run(fmt: str, bodies: list[bytes], args: argparse.Namespace, base: float) -> int:
+def run(fmt: str, bodies: list[bytes], args: argparse.Namespace, base: float) -> tuple[int, float]:
     """One server, one format: warm up 2 s, then measure ``args.seconds``."""
     with tempfile.TemporaryDirectory() as d, running_server(Path(d)) as srv:
         assert srv.proc is not None
@@ -135,7 +156,7 @@ def run(fmt: str, bodies: list[bytes], args: argparse.Namespace, base: float) ->
     print(f"[{fmt}] server RSS {rss:.0f} MB, database {db / 1e6:.1f} MB")
     print(f"[{fmt}] ratio vs baseline: {per_core / base:.2f}x; ratio vs goal {GOAL:,}/s/core: "
           f"{per_core / GOAL:.2f}")
-    return errors
+    return errors, per_core
 
 
 def main() -> int:
@@ -144,8 +165,9 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=5000, help="stack lines per push")
     ap.add_argument("--pool", type=int, default=20000, help="distinct stacks the pushes draw from")
     ap.add_argument("--pushers", type=int, default=8)
-    ap.add_argument("--format", choices=("push", "folded", "both"), default="push",
-                    help="push: gzip PushRequest with pprof (default); folded: /ingest text")
+    ap.add_argument("--format", choices=("push", "folded", "both", "otlp"), default="push",
+                    help="push: gzip PushRequest with pprof (default); folded: /ingest text; "
+                         "otlp: push then OTLP, and their CPU-per-sample ratio")
     args = ap.parse_args()
     bodies = make_bodies(32, args.lines, args.pool)
     mb = sum(map(len, bodies)) / len(bodies) / 1e6
@@ -153,8 +175,15 @@ def main() -> int:
     base = baseline(bodies, 3)
     print(f"baseline (folded.parse in-process, no HTTP/storage): {base:,.0f} lines/s per core")
     errors = 0
-    for fmt in ("push", "folded") if args.format == "both" else (args.format,):
-        errors += run(fmt, push_bodies(bodies, args.pushers) if fmt == "push" else bodies, args, base)
+    fmts = {"both": ("push", "folded"), "otlp": ("push", "otlp")}.get(args.format, (args.format,))
+    per_core: dict[str, float] = {}
+    for fmt in fmts:
+        made = {"push": push_bodies, "otlp": otlp_bodies}.get(fmt)
+        e, per_core[fmt] = run(fmt, made(bodies, args.pushers) if made else bodies, args, base)
+        errors += e
+    if args.format == "otlp" and per_core.get("otlp"):
+        ratio = per_core["push"] / per_core["otlp"]
+        print(f"[otlp] server CPU per sample, OTLP / Pyroscope push (same run): {ratio:.2f}x (goal <= 1.5x)")
     return 0 if errors == 0 else 1
 
 

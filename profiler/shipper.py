@@ -107,7 +107,9 @@ class Shipper:
         self.spool = spool
         self.url = server.rstrip("/") + PUSH_PATH
         self.headers = {"Content-Type": "application/proto", "Content-Encoding": "gzip",
-                        "Connect-Protocol-Version": "1"}
+                        "Connect-Protocol-Version": "1",
+                        # The aggregator names the series' producer from it (pyroscope_spy=flamewatch-agent).
+                        "User-Agent": "flamewatch-agent"}
         if token:
             self.headers["Authorization"] = "Bearer " + token
         self.timeout = timeout

@@ -71,6 +71,31 @@ if [ -n "$GO" ]; then
   (cd tests/grafana/goclient && "$GO" mod download >/dev/null 2>&1 && "$GO" build -o /dev/null . >/dev/null 2>&1) \
     || log "go mod download failed; the Go client test will skip"
 fi
+# Producers of issue 27 (tests/producers/): each from its own package manager, into ~/.cache/flamewatch.
+FW_CACHE="${FLAMEWATCH_CACHE:-$HOME/.cache/flamewatch}"
+mkdir -p "$FW_CACHE"
+# pyroscope-java (Maven Central): the real Java agent pushing JFR.
+PYROSCOPE_JAVA_VERSION=2.1.2
+if command -v mvn >/dev/null && [ ! -f "$FW_CACHE/pyroscope-java/agent-$PYROSCOPE_JAVA_VERSION.jar" ]; then
+  log "fetching io.pyroscope:agent:$PYROSCOPE_JAVA_VERSION from Maven Central"
+  mvn -q -B dependency:copy -Dartifact="io.pyroscope:agent:$PYROSCOPE_JAVA_VERSION" \
+      -DoutputDirectory="$FW_CACHE/pyroscope-java" >/dev/null 2>&1 \
+    || log "mvn could not fetch io.pyroscope:agent; tests/producers/test_java_agent.py will skip"
+fi
+# pyroscope-go (Go module proxy): the Go app of tests/producers/go_app, built once.
+if [ -n "$GO" ] && [ ! -x "$FW_CACHE/pyroscope-go-app" ]; then
+  log "building tests/producers/go_app with github.com/grafana/pyroscope-go"
+  (cd tests/producers/go_app && "$GO" build -o "$FW_CACHE/pyroscope-go-app" .) >/dev/null 2>&1 \
+    || log "go build of tests/producers/go_app failed; tests/producers/test_go_sdk.py will skip"
+fi
+# opentelemetry-sdk-extension-profiling (PyPI) pins opentelemetry-exporter-otlp==1.40.0 and
+# opentelemetry-instrumentation==0.61b0: its own virtualenv keeps them out of flamewatch's.
+OTEL_VENV="$FW_CACHE/otel-profiling-venv"
+if [ ! -x "$OTEL_VENV/bin/python" ] || ! "$OTEL_VENV/bin/python" -c 'import opentelemetry.sdk.extension.profiling' 2>/dev/null; then
+  log "installing opentelemetry-sdk-extension-profiling into $OTEL_VENV"
+  { "$PY" -m venv "$OTEL_VENV" && "$OTEL_VENV/bin/python" -m pip install -q "opentelemetry-sdk-extension-profiling==0.63b4"; } \
+    >/dev/null 2>&1 || log "installing opentelemetry-sdk-extension-profiling failed; tests/producers/test_otel_python.py will skip"
+fi
 # Tells the tests that this machine was prepared: a real part's test that skips here fails.
 printf 'apt=%s\n' "$apt_done" > .venv/flamewatch-setup
 log "done: run .venv/bin/flamewatch (no activation needed)"

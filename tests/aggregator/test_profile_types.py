@@ -116,9 +116,10 @@ async def test_heap_columns_are_types_with_units(client: TestClient) -> None:
     r = await client.post(f"/ingest?name=cpu-only{{zone=z1}}&from={W}&until={W + 10}", data=b"main;f 1\n")
     assert r.status == 200
     _, names = await get(client, "/api/v1/labels", profile_type=ALLOC)
-    assert names["names"] == ["service_name"]
+    # (every series names its producer: pyroscope_spy, aggregator/producers.py)
+    assert names["names"] == ["pyroscope_spy", "service_name"]
     _, names = await get(client, "/api/v1/labels")
-    assert names["names"] == ["service_name", "zone"] and names["profile_type"] == CPU
+    assert names["names"] == ["pyroscope_spy", "service_name", "zone"] and names["profile_type"] == CPU
 
 
 async def test_cumulative_allocations_are_differenced_per_series(client: TestClient) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -168,7 +169,7 @@ def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
         assert "fetchMockup" in callees and "thumbnail" in callees
 
         # The top table agrees. The SDK names it Admin.createSampleImages, the agent adds the
-        # file; their stacks are disjoint (two series), so the totals add up.
+        # file; with the agent running only its series of these pods are read (one producer per process).
         top = _get(server, "/api/v1/top", query=admin, limit=100000, **{"from": b0, "until": b1})
         csi = sum(r["total"] for r in top["rows"] if fu.bare(r["name"]) == "createSampleImages")
         assert top["total"] == before["total"] and csi >= 0.5 * top["total"], (csi, top["total"])
@@ -227,6 +228,29 @@ def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
             kernel = agent_view["kinds"].index("kernel")
             assert sum(t for k, t in zip(agent_view["nodes"]["kind"], agent_view["nodes"]["self"], strict=True)
                        if k == kernel) > 0, "no kernel frames from the agent"
+            # Each process once (aggregator/producers.py): the namespace flamegraph reads the agent's
+            # series of the demo's pods, not the SDK's beside them, so thumbnail has one name in it.
+            ns_top = _get(server, "/api/v1/top", query='{namespace="default"}', limit=100000,
+                          **{"from": b0, "until": c1})
+            thumbs = {r["name"] for r in ns_top["rows"] if fu.bare(r["name"]) == "thumbnail"}
+            assert len(thumbs) == 1, thumbs
+            agent_only = _get(server, "/api/v1/top", query='{namespace="default",pyroscope_spy="flamewatch-agent"}',
+                              limit=1, **{"from": b0, "until": c1})
+            covered = _get(server, "/api/v1/label/pod/values",
+                           query='{namespace="default",pyroscope_spy="flamewatch-agent"}', **{"from": b0, "until": c1})
+            assert {info["pod"] for info in state["services"].values()} <= set(covered["values"]), covered
+            # What is not the agent's comes from pods it did not see (e.g. the load generator), never
+            # from the services' pods.
+            rest = _get(server, "/api/v1/label/pod/values",
+                        query='{namespace="default",pyroscope_spy!="flamewatch-agent"}', **{"from": b0, "until": c1})
+            uncovered = "|".join(re.escape(p) for p in set(rest["values"]) - set(covered["values"])) or "^$"
+            others = _get(server, "/api/v1/top", query='{namespace="default",pyroscope_spy!="flamewatch-agent",'
+                          f'pod=~"{uncovered}"}}', limit=1, **{"from": b0, "until": c1})
+            assert ns_top["total"] == agent_only["total"] + others["total"], (ns_top["total"], agent_only["total"],
+                                                                               others["total"], rest, covered)
+            sdk = _get(server, "/api/v1/top", query='{namespace="default",pyroscope_spy="pyspy"}', limit=1,
+                       **{"from": b0, "until": c1})
+            assert sdk["total"] > 0  # the SDK's series are there, on request
             _assert_wall_story(server, admin, state)
         else:
             assert "Falling back to the SDK path only" in text

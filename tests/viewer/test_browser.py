@@ -102,6 +102,9 @@ def test_namespace_filter_narrows_graph_and_url_reproduces_view(story: Story, wa
     watch.goto_ready(url)
     assert page.evaluate("window.__flame.data.total") == total_after
     assert page.locator("#search").input_value() == "runtime\\.gc"
+    # The producer filter (pyroscope_spy, issue 27): the story's /ingest pushes name no spy.
+    page.locator(".ms[data-label=pyroscope_spy] > button").click()
+    page.wait_for_selector(".ms[data-label=pyroscope_spy] .ms-list label:has-text('unknown')")
     assert watch.errors == [], watch.errors
 
 

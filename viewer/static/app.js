@@ -9,7 +9,9 @@
 (function () {
   "use strict";
 
-  var LABELS = ["namespace", "pod", "container", "node", "service_name"];
+  // pyroscope_spy: the producer filter; naming one shows its series even where the aggregator would
+  // prefer the agent's (docs/aggregator.md, "Producers").
+  var LABELS = ["namespace", "pod", "container", "node", "service_name", "pyroscope_spy"];
   var PRESETS = {"5m": "now-5m", "15m": "now-15m", "1h": "now-1h", "6h": "now-6h", "24h": "now-24h"};
   var TOP_LIMIT = 500;
   // The API's default profile type (docs/architecture.md); replaced by the server's "default".

@@ -1,0 +1,218 @@
+"""stacks.otlp: OTLP profiles requests -> typed, labelled profiles (exact cases + properties)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stacks.errors import InputError
+from stacks.model import Frame, Kind, StackTable
+from stacks.otlp import decode_export_request, profile_type, spy_of
+from stacks.profiletype import CPU, WALL
+from tests.support.otlp_build import Builder
+
+K8S = {"service.name": "api", "k8s.namespace.name": "shop", "k8s.pod.name": "api-1",
+       "k8s.container.name": "app", "k8s.node.name": "n1", "deployment.environment": "prod",
+       "process.pid": "42"}
+
+
+def test_cpu_samples_labels_and_kernel_frames() -> None:
+    b = Builder()
+    b.profile(K8S, [(["main", "work"], 3), (["main", "read", "vfs_read_[k]"], 2), (["main", "work"], 4)],
+              time_ns=1_700_000_000_000_000_000)
+    table = StackTable()
+    [s] = decode_export_request(b.bytes(), table)
+    assert s.ptype == CPU and s.period == 10_000_000
+    assert s.labels == {"service_name": "api", "namespace": "shop", "pod": "api-1", "container": "app",
+                        "node": "n1", "deployment_environment": "prod", "pyroscope_spy": "otlp"}
+    got = s.profile.as_dict()
+    assert got == {
+        (Frame("main"), Frame("work")): 7,
+        (Frame("main"), Frame("read"), Frame("vfs_read", Kind.KERNEL)): 2,
+    }
+    assert s.samples == 3 and s.time_nanos == 1_700_000_000_000_000_000
+
+
+def test_wall_timestamps_only_and_span_links() -> None:
+    b = Builder()
+    b.profile({"service.name": "py"}, [(["a", "b"], 5)], period_type=("wall", "nanoseconds"),
+              as_timestamps=True, span=bytes.fromhex("0102030405060708"),
+              sample_attrs={"thread.name": "MainThread", "thread.id": "99"})
+    [s] = decode_export_request(b.bytes(), StackTable())
+    assert s.ptype == WALL and s.profile.total == 5
+    assert s.labels["thread_name"] == "MainThread" and "thread_id" not in s.labels
+    assert s.spans == {"0102030405060708": 5}
+
+
+@pytest.mark.parametrize(("types", "want"), [
+    (("samples", "count", "cpu", "nanoseconds"), CPU.id),
+    (("samples", "count", "wall", "nanoseconds"), WALL.id),
+    (("cpu", "nanoseconds", "cpu", "nanoseconds"), CPU.id),
+    (("alloc_space", "bytes", "space", "bytes"), "memory:alloc_space:bytes:space:bytes"),
+    (("memory.heap.bytes", "bytes", "memory.heap", "count"), "memory:memory_heap_bytes:bytes:memory_heap:count"),
+    (("lock.wait", "nanoseconds", "lock.wait", "count"), "mutex:lock_wait:nanoseconds:lock_wait:count"),
+    (("exceptions", "count", "exceptions", "count"), "exceptions:exceptions:count:exceptions:count"),
+])
+def test_profile_types(types: tuple[str, str, str, str], want: str) -> None:
+    assert profile_type(*types).id == want
+
+
+def test_time_values_become_samples_of_the_period() -> None:
+    b = Builder()
+    b.profile({"service.name": "go"}, [(["main"], 30_000_000)], sample_type=("cpu", "nanoseconds"))
+    [s] = decode_export_request(b.bytes(), StackTable())
+    assert s.ptype == CPU and s.period == 10_000_000 and s.profile.total == 3
+
+
+def test_spy_from_scope_and_resource_override() -> None:
+    assert spy_of("go.opentelemetry.io/ebpf-profiler") == "ebpfspy"
+    b = Builder()
+    b.profile({"service.name": "x", "pyroscope.spy": "javaspy"}, [(["m"], 1)])
+    [s] = decode_export_request(b.bytes(), StackTable())
+    assert s.labels["pyroscope_spy"] == "javaspy"
+
+
+@pytest.mark.parametrize(("mutate", "why"), [
+    (lambda r: r.resource_profiles[0].scope_profiles[0].profiles[0].samples[0].__setattr__("stack_index", 99),
+     "outside the stack table"),
+    (lambda r: r.dictionary.stack_table[1].location_indices.append(77), "outside the location table"),
+    (lambda r: r.dictionary.location_table[1].lines[0].__setattr__("function_index", 50),
+     "outside the function table"),
+    (lambda r: r.dictionary.function_table[1].__setattr__("name_strindex", 1000), "outside the string table"),
+])
+def test_bad_indices_are_named(mutate, why: str) -> None:  # type: ignore[no-untyped-def]
+    b = Builder()
+    b.profile({"service.name": "x"}, [(["m", "n"], 1)])
+    mutate(b.req)
+    with pytest.raises(InputError, match=why):
+        decode_export_request(b.bytes(), StackTable())
+
+
+def test_not_protobuf() -> None:
+    with pytest.raises(InputError, match="ExportProfilesServiceRequest"):
+        decode_export_request(b"\xff\xff\xff", StackTable())
+
+
+def test_too_many_attributes() -> None:
+    b = Builder()
+    b.profile({f"a{i}": "v" for i in range(70)}, [(["m"], 1)])
+    with pytest.raises(InputError, match="at most 64"):
+        decode_export_request(b.bytes(), StackTable())
+
+
+names = st.sampled_from(["main", "a", "b", "c", "sys_read_[k]"])
+stacks_ = st.lists(names, min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 1000)), min_size=1, max_size=20))
+def test_totals_equal_what_was_sent(samples: list[tuple[list[str], int]]) -> None:
+    b = Builder()
+    b.profile({"service.name": "p"}, samples)
+    out = decode_export_request(b.bytes(), StackTable())
+    assert sum(s.profile.total for s in out) == sum(v for _, v in samples)
+    want: dict[tuple[str, ...], int] = {}
+    for frames, v in samples:
+        k = tuple(f.removesuffix("_[k]") for f in frames)
+        want[k] = want.get(k, 0) + v
+    got = {tuple(f.name for f in stack): c for stack, c in out[0].profile.items()}
+    assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash(body: bytes) -> None:
+    try:
+        decode_export_request(body, StackTable())
+    except InputError:
+        pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 1 << 40)), min_size=1, max_size=30),
+       st.sampled_from([b"", bytes.fromhex("00000000000000ab")]), st.booleans())
+def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]], span: bytes, wall: bool) -> None:
+    """stacks/_otlp_fast.py (raw bytes, numpy) gives exactly what the per-message path gives."""
+    import stacks._otlp_fast as fast
+
+    b = Builder()
+    b.profile({"service.name": "p"}, samples, span=span, period_type=("wall" if wall else "cpu", "nanoseconds"))
+    body = b.bytes()
+    assert fast.simple_samples(list(fast.SplitRequest.FromString(body).resource_profiles[0]
+                                    .scope_profiles[0].profiles[0].samples)) is not None
+    got = decode_export_request(body, StackTable())
+    saved = fast.simple_samples, fast.stack_gids, fast.simple_locations
+    fast.simple_samples = lambda entries: None  # type: ignore[assignment]
+    fast.stack_gids = lambda entries, loc: None  # type: ignore[assignment]
+    fast.simple_locations = lambda entries: None  # type: ignore[assignment]
+    try:
+        want = decode_export_request(body, StackTable())
+    finally:
+        fast.simple_samples, fast.stack_gids, fast.simple_locations = saved
+    assert [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in got] == \
+        [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in want]
+
+
+def test_unsymbolized_and_inlined_frames() -> None:
+    """The eBPF profiler's shapes: a native frame known only by mapping and address, and a location
+    with two lines (an inlined call: lines[0] innermost)."""
+    b = Builder()
+    b.profile({"service.name": "native"}, [(["main", "leaf"], 2)])
+    d = b.req.dictionary
+    fname = b.s("/usr/lib/libfoo.so")
+    d.mapping_table.add(filename_strindex=fname)
+    mi = len(d.mapping_table) - 1
+    raw = d.location_table.add(mapping_index=mi, address=0x1F2A)
+    raw_i = len(d.location_table) - 1
+    inl = d.location_table.add()
+    inl.lines.add(function_index=b.funcs["leaf"])
+    d.function_table.add(name_strindex=b.s("caller_of_leaf"))
+    inl.lines.add(function_index=len(d.function_table) - 1)
+    st = d.stack_table.add()
+    st.location_indices.extend([raw_i, len(d.location_table) - 1, b.loc("main")])  # leaf first
+    p = b.req.resource_profiles[0].scope_profiles[0].profiles[0]
+    p.samples.add(stack_index=len(d.stack_table) - 1, values=[5])
+    [s] = decode_export_request(b.bytes(), StackTable())
+    got = {tuple(f.name for f in stack): n for stack, n in s.profile.items()}
+    assert got == {("main", "leaf"): 2, ("main", "caller_of_leaf", "leaf", "libfoo.so+0x1f2a"): 5}
+    assert raw.address == 0x1F2A
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 100)), min_size=1, max_size=20), st.randoms())
+def test_cache_across_requests_with_other_dictionary_orders(samples: list[tuple[list[str], int]], rnd) -> None:  # type: ignore[no-untyped-def]
+    """Indices are per request: the same stacks sent with shuffled dictionaries, decoded with one
+    cache on one table, give what a fresh decode gives."""
+    from stacks.otlp import OtlpCache
+
+    table, cache = StackTable(), OtlpCache()
+    for _ in range(3):
+        shuffled = list(samples)
+        rnd.shuffle(shuffled)
+        b = Builder()
+        b.loc(rnd.choice(["zz_unused", "a"]))  # shift the location indices
+        b.profile({"service.name": "p"}, shuffled)
+        got = decode_export_request(b.bytes(), table, cache=cache)
+        want = decode_export_request(b.bytes(), StackTable())
+        assert [s.profile.as_dict() for s in got] == [s.profile.as_dict() for s in want]
+
+
+def test_cache_follows_its_table() -> None:
+    """A cache used with a new table (the ingest table is swapped past its limit) forgets the
+    stack ids of the old one."""
+    from stacks.otlp import OtlpCache
+
+    cache = OtlpCache()
+    b = Builder()
+    b.profile({"service.name": "p"}, [(["main", "a"], 1), (["main", "b"], 2)])
+    old = StackTable()
+    old.intern([])  # shift ids so the two tables disagree
+    decode_export_request(b.bytes(), old, cache=cache)
+    new = StackTable()
+    [s] = decode_export_request(b.bytes(), new, cache=cache)
+    assert s.profile.table is new
+    assert {tuple(f.name for f in st): n for st, n in s.profile.items()} == {("main", "a"): 1, ("main", "b"): 2}
+    cache.LIMIT = 0  # past the limit: emptied, still right
+    [s] = decode_export_request(b.bytes(), new, cache=cache)
+    assert {tuple(f.name for f in st): n for st, n in s.profile.items()} == {("main", "a"): 1, ("main", "b"): 2}
