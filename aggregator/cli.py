@@ -25,14 +25,18 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
     from aiohttp import web
 
     from aggregator.app import create_app
+    from aggregator.guards import GuardedRunner
     from aggregator.store import StoreError
 
     app = create_app(settings, extra=extra)
-    runner = web.AppRunner(app, access_log=None)
+    # Drops connections whose request header takes longer than --header-timeout-seconds.
+    runner = GuardedRunner(app, settings.header_timeout_seconds, access_log=None)
     try:
         await runner.setup()
     except StoreError as e:
-        log.error("cannot open storage %s (data dir %s): %s", settings.storage, settings.data_dir, e)
+        from aggregator.store.base import redacted
+
+        log.error("cannot open storage %s (data dir %s): %s", redacted(settings.storage), settings.data_dir, e)
         return 1
     site = web.TCPSite(runner, settings.host, settings.port)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from aggregator.params import converted
 from stacks import folded
 from stacks.delta import BASELINE, DELTA_LABEL, RESET, CumulativeDeltas, needs_delta
-from stacks.errors import InputError
+from stacks.errors import InputError, LimitError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
 from stacks.pprof import PprofDecoder
@@ -37,6 +38,37 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 _APP_SUFFIXES = (".cpu", ".itimer")
 
 Item = tuple[Labels, float | None, Profile]
+
+# Label names stored at ingest follow the Prometheus rule, so every stored name can be named
+# by a selector (issue 24, cause 14). Reserved names (``__name__``...) pass it too.
+STORED_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def check_label_names(names: object, where: str) -> None:
+    """InputError naming the first label name that breaks the Prometheus rule."""
+    for k in names:  # type: ignore[attr-defined]
+        if not STORED_LABEL_NAME.fullmatch(k):
+            shown = k if len(k) <= 80 else k[:80] + "..."
+            raise InputError(f"{where}: label name {shown!r} is not valid: label names match "
+                             "[a-zA-Z_][a-zA-Z0-9_]* (letters, digits, '_'; not starting with a digit)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds of a push (``--max-profiles-per-push`` and friends): LimitError (413)
+    naming the setting, checked before the work it bounds (decoding, storing)."""
+
+    profiles: int = 1000
+    series: int = 10000
+    samples: int = 2_000_000
+
+    def check(self, what: str, n: int, limit: int, setting: str) -> None:
+        if n > limit:
+            raise LimitError(f"push carries {n} {what}, more than --{setting}={limit}: split it into "
+                             "smaller pushes or raise the setting", limit)
+
+
+NO_LIMITS = Limits(1 << 62, 1 << 62, 1 << 62)
 
 
 @dataclass
@@ -159,6 +191,7 @@ def parse_app_name(name: str) -> Labels:
             labels[k] = v
     for k in DROPPED_LABELS:
         labels.pop(k, None)
+    check_label_names(labels, f"name={name!r}")
     labels["service_name"] = app
     return Labels.of(labels)
 
@@ -184,9 +217,18 @@ def _midpoint(start: float | None, end: float | None) -> float | None:
 
 
 def decode_ingest(
-    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int
+    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int,
+    limits: Limits = NO_LIMITS,
 ) -> Decoded:
     """The legacy ``/ingest`` route: folded (default) or pprof body."""
+    got = _decode_ingest(params, body, tables, max_decompressed)
+    limits.check("samples", got.lines, limits.samples, "max-samples-per-push")
+    return got
+
+
+def _decode_ingest(
+    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int
+) -> Decoded:
     base = parse_app_name(params.get("name", ""))
     t = _midpoint(_float_param(params, "from"), _float_param(params, "until"))
     rate = params.get("sampleRate")
@@ -248,6 +290,7 @@ def _from_pprof(
             labels = series_base
             if sample_labels:
                 extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
+                check_label_names(extra, "pprof sample label")
                 labels = Labels.of({**extra, **dict(series_base.items_)}) if extra else series_base
             if cumulative:
                 got = _difference(tables, labels, profile, ptype, out)
@@ -274,21 +317,23 @@ def _difference(tables: IngestTables, labels: Labels, profile: Profile, ptype: P
 def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str, str | None]:
     """A push series' labels without the reserved ones, its ``__name__`` and its ``__delta__``."""
     d = dict(pairs)
+    check_label_names(d, "push series")
     name, delta = d.get("__name__", ""), d.get(DELTA_LABEL)
     for k in DROPPED_LABELS:
         d.pop(k, None)
     return Labels.of(d), name, delta
 
 
-def decode_push(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
+def decode_push(body: bytes, tables: IngestTables, max_decompressed: int, limits: Limits = NO_LIMITS) -> Decoded:
     """A Connect ``PushRequest`` (gzip or plain protobuf)."""
     raw = maybe_gunzip(body, max_decompressed)
     series = decode_push_request(raw)
     return _decode_series([(s.labels, [r.raw_profile for r in s.samples]) for s in series],
-                          tables, max_decompressed)
+                          tables, max_decompressed, limits)
 
 
-def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
+def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int,
+                     limits: Limits = NO_LIMITS) -> Decoded:
     """The Connect JSON form: ``{"series": [{"labels": [...], "samples": [{"rawProfile": b64}]}]}``."""
     raw = maybe_gunzip(body, max_decompressed)
     try:
@@ -305,12 +350,16 @@ def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int) -
             f"push JSON is not a Connect PushRequest ({type(e).__name__}: {e}); expected "
             '{"series": [{"labels": [{"name": ..., "value": ...}], "samples": [{"rawProfile": BASE64}]}]}'
         ) from None
-    return _decode_series(series, tables, max_decompressed)
+    return _decode_series(series, tables, max_decompressed, limits)
 
 
 def _decode_series(
-    series: list[tuple[tuple[tuple[str, str], ...], list[bytes]]], tables: IngestTables, max_decompressed: int
+    series: list[tuple[tuple[tuple[str, str], ...], list[bytes]]], tables: IngestTables, max_decompressed: int,
+    limits: Limits = NO_LIMITS,
 ) -> Decoded:
+    limits.check("series", len(series), limits.series, "max-series-per-push")
+    limits.check("profiles (raw_profile entries)", sum(len(p) for _, p in series), limits.profiles,
+                 "max-profiles-per-push")
     out = Decoded([])
     for i, (pairs, profiles) in enumerate(series):
         labels, name, delta = _series_labels(pairs)
@@ -324,6 +373,7 @@ def _decode_series(
             except InputError as e:
                 raise e.within(f"push series {i} sample {j}") from None
             out.add(d)
+            limits.check("samples", out.lines, limits.samples, "max-samples-per-push")
     return out
 
 

@@ -40,8 +40,33 @@ class SeriesWindow:
 MERGE_ALL: tuple[str, ...] = ("",)
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password (and the query's ``password=``) replaced by ``***``: what
+    /healthz, logs and error messages may show of a storage URL (issue 24, cause 7)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable storage URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        cred, _, host = netloc.rpartition("@")
+        user = cred.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in cred else f"{user}@{host}"
+    query = "&".join(
+        (p.split("=", 1)[0] + "=***") if p.split("=", 1)[0].lower() in ("password", "pass", "pwd") else p
+        for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 class StoreError(RuntimeError):
     """The backend failed (disk full, read-only, server down). Maps to a 5xx."""
+
+
+class CorruptionError(StoreError):
+    """The store met damaged data (a malformed page, a row referring to one that is gone).
+    Maps to a 503 naming it, and makes ``/healthz`` report "degraded" until a restart."""
 
 
 @runtime_checkable
