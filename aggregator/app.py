@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aggregator import guards, ingest, params, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
-from aggregator.store.base import Compacting, CorruptionError, redacted
+from aggregator.store.base import Compacting, CorruptionError, SumOverflow, redacted
 from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from render import Output
@@ -90,6 +90,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if path.startswith(PUSH_PREFIXES) and resp.status < 300:
             app[HEALTH].write_ok()
         return resp
+    except (ingest.SumRefused, SumOverflow) as e:
+        # Past the 64-bit count limit: well-formed but not storable / not summable (cause 6).
+        m.errors.labels("422").inc()
+        return error(422, str(e))
     except LimitError as e:
         # Past a decompression limit (a gzip bomb, an oversized push): too large, not malformed.
         m.errors.labels("413").inc()
@@ -148,6 +152,7 @@ async def off_loop(request: web.Request, fn: Callable[..., Any], *args: Any) -> 
 async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
     app = request.app
     m = app[METRICS]
+    ingest.check_sums(decoded)  # before anything is queued: a refused push stores nothing
     placed = await app[WRITER].add(decoded.items)
     m.pushes.labels(route).inc()
     m.samples.inc(placed.samples)

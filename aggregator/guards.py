@@ -82,7 +82,9 @@ def cross_origin_refusal(request: web.Request, connect_route: bool) -> web.Respo
             return web.json_response(
                 {"error": f"push refused: Origin {origin!r} is not this server ({host}); pushes from "
                           "web pages on other origins are not accepted"}, status=403)
-    if connect_route and request.content_type in SIMPLE_TYPES:
+    # The header as sent (aiohttp reads a missing one as application/octet-stream).
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if connect_route and ctype in SIMPLE_TYPES:
         given = request.headers.get("Content-Type", "") or "none"
         return web.json_response(
             {"error": f"push Content-Type {given!r} is not accepted: send application/proto (gzip "

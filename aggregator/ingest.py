@@ -58,7 +58,7 @@ class Limits:
     """Per-request bounds of a push (``--max-profiles-per-push`` and friends): LimitError (413)
     naming the setting, checked before the work it bounds (decoding, storing)."""
 
-    profiles: int = 1000
+    profiles: int = 10000
     series: int = 10000
     samples: int = 2_000_000
 
@@ -69,6 +69,33 @@ class Limits:
 
 
 NO_LIMITS = Limits(1 << 62, 1 << 62, 1 << 62)
+
+INT64_MAX = (1 << 63) - 1
+
+
+class SumRefused(InputError):
+    """A push whose counts sum past 2^63-1: refused (422) before anything is stored."""
+
+
+def exact_total(profile: Profile) -> int:
+    """The profile's total as an exact Python int (numpy's int64 sum would wrap past 2^63-1)."""
+    c = profile.counts
+    if not c.size:
+        return 0
+    if float(c.sum(dtype="float64")) < 2.0**62:
+        return int(c.sum())
+    return sum(c.tolist())
+
+
+def check_sums(decoded: Decoded) -> None:
+    """SumRefused when the push's counts, summed, pass the 64-bit count limit (issue 24, cause 6):
+    counts are stored as exact 64-bit integers, so such a push could never be read back."""
+    grand = 0
+    for i, (_, _, profile) in enumerate(decoded.items):
+        grand += exact_total(profile)
+        if grand > INT64_MAX:
+            raise SumRefused(f"push refused: its counts sum to more than 2^63-1 = {INT64_MAX} (at profile {i}); "
+                             "counts are exact 64-bit integers: send smaller counts or fewer in one push")
 
 
 @dataclass
@@ -324,9 +351,74 @@ def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str, str
     return Labels.of(d), name, delta
 
 
+def _fields(buf: bytes, start: int, end: int) -> Any:
+    """(field number, (value start, value end) or None) of the protobuf fields in buf[start:end];
+    stops quietly at malformed bytes (the real decoder names them)."""
+    i = start
+    while i < end:
+        key, shift = 0, 0
+        while True:
+            if i >= end or shift > 63:
+                return
+            c = buf[i]
+            i += 1
+            key |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                break
+        wt = key & 7
+        if wt == 0:
+            while i < end and buf[i] & 0x80:
+                i += 1
+            i += 1
+            yield key >> 3, None
+        elif wt == 1:
+            i += 8
+        elif wt == 5:
+            i += 4
+        elif wt == 2:
+            n, shift = 0, 0
+            while True:
+                if i >= end or shift > 63:
+                    return
+                c = buf[i]
+                i += 1
+                n |= (c & 0x7F) << shift
+                shift += 7
+                if c < 0x80:
+                    break
+            if i + n > end:
+                return
+            yield key >> 3, (i, i + n)
+            i += n
+        else:
+            return
+
+
+def precount_push(raw: bytes, limits: Limits) -> None:
+    """Series and raw_profile entries of a PushRequest counted on the wire, stopping just past
+    the limits: a 1 KB push of 500,000 empty profiles is refused before protobuf builds them
+    (one long C call that holds the GIL, so it would stall the event loop; issue 24, cause 2)."""
+    if limits is NO_LIMITS:
+        return
+    series = profiles = 0
+    for field_no, span in _fields(raw, 0, len(raw)):
+        if field_no != 1 or span is None:
+            continue
+        series += 1
+        limits.check("series", series, limits.series, "max-series-per-push")
+        for inner, _ in _fields(raw, span[0], span[1]):
+            if inner == 2:
+                profiles += 1
+                if profiles > limits.profiles:
+                    limits.check("profiles (raw_profile entries; counting stopped there)", profiles,
+                                 limits.profiles, "max-profiles-per-push")
+
+
 def decode_push(body: bytes, tables: IngestTables, max_decompressed: int, limits: Limits = NO_LIMITS) -> Decoded:
     """A Connect ``PushRequest`` (gzip or plain protobuf)."""
     raw = maybe_gunzip(body, max_decompressed)
+    precount_push(raw, limits)
     series = decode_push_request(raw)
     return _decode_series([(s.labels, [r.raw_profile for r in s.samples]) for s in series],
                           tables, max_decompressed, limits)

@@ -75,7 +75,7 @@ SETTINGS: list[Setting] = [
             "Decode pprof and folded bodies with the compiled (Cython) readers where built; false uses the "
             "numpy/Python readers (same results, ~3x more CPU per push), to rule the compiled code out",
             parse_bool),
-    Setting("max_profiles_per_push", 1000,
+    Setting("max_profiles_per_push", 10000,
             "Most pprof profiles (raw_profile entries, all series together) one push may carry (413 beyond, "
             "checked before any is decoded)", _positive_int),
     Setting("max_series_per_push", 10000, "Most series (label sets) one push may carry (413 beyond)",

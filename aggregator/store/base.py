@@ -64,6 +64,10 @@ class StoreError(RuntimeError):
     """The backend failed (disk full, read-only, server down). Maps to a 5xx."""
 
 
+class SumOverflow(ValueError):
+    """A read whose sums would pass the 64-bit count limit (2^63-1): answered 422, not 5xx."""
+
+
 class CorruptionError(StoreError):
     """The store met damaged data (a malformed page, a row referring to one that is gone).
     Maps to a 503 naming it, and makes ``/healthz`` report "degraded" until a restart."""

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aggregator.store import codec
-from aggregator.store.base import CorruptionError, SeriesWindow, StoreError
+from aggregator.store.base import CorruptionError, SeriesWindow, StoreError, SumOverflow
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
@@ -175,7 +175,7 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(executor, fn, *args)
-        except StoreError:
+        except (StoreError, SumOverflow):
             raise
         except sqlite3.DatabaseError as e:
             if any(w in str(e).lower() for w in ("malformed", "not a database", "corrupt")):
@@ -441,6 +441,8 @@ class SQLiteStore:
                 if len(rows) < 2:
                     continue
                 parts = [codec.decode(r[1]) for r in rows]
+                if sum(float(c.sum(dtype=np.float64)) for _, c in parts) >= 2.0**62:
+                    continue  # merged int64 counts could wrap: keep the fragments (reads sum exactly)
                 p = Profile.from_arrays(
                     StackTable(), np.concatenate([a for a, _ in parts]), np.concatenate([c for _, c in parts])
                 )
@@ -657,13 +659,19 @@ class SQLiteStore:
         # linear time; no sort of the millions of entries an hour of windows holds.
         width = int(ids.max()) + 1
         cell = np.repeat(row_group * width, lengths) + ids  # int64: (group, id) cell number
-        if len(keys) * width <= 20_000_000:
+        # Counts are exact 64-bit integers end to end (issue 24, causes 6 and 15): bincount sums
+        # in float64, exact only while every sum stays below 2^53; past that, int64 sums.
+        bound = float(counts.sum(dtype=np.float64))
+        if bound >= 2.0**62 and sum(counts.tolist()) > (1 << 63) - 1:
+            raise SumOverflow(f"the samples in this range sum to about {bound:.3g}, past the 64-bit count "
+                              "limit (2^63-1): narrow the time range or the selector")
+        if len(keys) * width <= 20_000_000 and bound < 2.0**53:
             flat = np.bincount(cell, weights=counts, minlength=len(keys) * width)
             nz = np.flatnonzero(flat)
-            sums = flat[nz]
-        else:  # too many (group, id) cells for a dense count: sort-based reduce instead
+            sums = np.rint(flat[nz]).astype(np.int64)
+        else:  # many (group, id) cells, or sums past 2^53: sort-based int64 reduce instead
             merged = Profile.from_arrays(StackTable(), cell, counts)
-            nz, sums = merged.ids, merged.counts.astype(np.float64)
+            nz, sums = merged.ids, merged.counts
         sid = nz % width
         # Stack ids are dense: mark the ones present instead of sorting the cells' ids.
         mark = np.zeros(width, dtype=bool)
@@ -673,7 +681,6 @@ class SQLiteStore:
         lookup = np.zeros(width, dtype=mapped.dtype)
         lookup[uniq] = mapped
         tids = lookup[sid]
-        sums = np.rint(sums).astype(np.int64)
         # nz is ascending, so each group's cells are one contiguous run: slice, don't mask.
         bounds = np.searchsorted(nz, np.arange(len(keys) + 1, dtype=np.int64) * width).tolist()
         return {labels: Profile.from_arrays(table, tids[bounds[g] : bounds[g + 1]], sums[bounds[g] : bounds[g + 1]])
@@ -701,8 +708,10 @@ class SQLiteStore:
             r = self._r
             assert r is not None
             ids = self._matching_series(selector)
-            base = "SELECT series_id, start, sum(total) FROM windows WHERE start >= ? AND start < ?"
-            tail = " GROUP BY series_id, start"
+            # Rows summed here in Python ints, not by SQL sum(): SQLite's integer sum raises
+            # "integer overflow" past 2^63-1 (issue 24, cause 6); Python ints stay exact.
+            base = "SELECT series_id, start, total FROM windows WHERE start >= ? AND start < ?"
+            tail = ""
             rows: list[tuple[Any, ...]] = []
             if ids is None:
                 rows = r.execute(base + tail, (start, end)).fetchall()
@@ -711,7 +720,10 @@ class SQLiteStore:
                     q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
                     rows.extend(r.execute(q, (start, end, *chunk)).fetchall())
             if not gb:
-                return [(self._series[s], int(t), int(n)) for s, t, n in rows]
+                per: dict[tuple[int, int], int] = {}
+                for s, t, n in rows:
+                    per[s, t] = per.get((s, t), 0) + int(n)
+                return [(self._series[s], int(t), n) for (s, t), n in per.items()]
             keys: dict[int, Labels] = {}  # series id -> group key, computed once per series
             cells: dict[tuple[Labels, int], int] = {}
             for s, t, n in rows:
