@@ -168,6 +168,11 @@
     while ((g = re.exec(m[1]))) out += (g[1] === "-" ? -1 : 1) * Number(g[2]) * unit[g[3]];
     return out;
   }
+  /** A label value as plain text for plotly, which reads names (legend, hover) as a subset of HTML
+   * (<a href>, <span style>, <br>): escaped, it draws the characters themselves (issue 24, cause 9). */
+  function plotlyText(v) {
+    return String(v).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
   function isoUTC(sec) { return new Date(sec * 1000).toISOString().replace(/\.\d+Z$/, "Z"); }
 
   var pending = {};
@@ -523,7 +528,7 @@
     var ax = U.axis(peak, u);
     var traces = (d.series || []).map(function (s, k) {
       return {
-        type: "bar", name: s.group === "" ? "(no " + (state.gb || "label") + ")" : String(s.group),
+        type: "bar", name: plotlyText(s.group === "" ? "(no " + (state.gb || "label") + ")" : String(s.group)),
         x: s.points.map(function (p) { return isoUTC(p[0] + (d.window || 30) / 2); }),
         y: s.points.map(function (p) { return p[1] * ax.mul / ax.div; }),
         customdata: s.points.map(function (p) { return U.formatLong(p[1], u); }),
