@@ -78,8 +78,8 @@ def test_cause11_viewer_signs_in_with_the_read_token(tmp_path: Path) -> None:
                 page.fill("#signin-token", TOKEN)
                 page.click("#signin-go")
                 page.wait_for_selector("body[data-flame=ready]", timeout=30000)
-                page.wait_for_function("() => window.__flame && window.__flame.frames().some(f => f.name === 'tokwork')",
-                                       timeout=20000)
+                page.wait_for_function(
+                    "() => window.__flame && window.__flame.frames().some(f => f.name === 'tokwork')", timeout=20000)
                 stored = page.evaluate("[sessionStorage.getItem('flamewatch.readToken'), localStorage.length,"
                                        " document.cookie]")
                 hidden = page.evaluate("document.getElementById('signin').hidden")
