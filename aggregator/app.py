@@ -100,6 +100,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error(413, str(e), limit=e.limit)
     except InputError as e:
         m.errors.labels("400").inc()
+        log.debug("400 on %s %s: %s", request.method, path, e)
         return error(400, str(e))
     except CorruptionError as e:
         m.errors.labels("503").inc()

@@ -39,9 +39,10 @@ _APP_SUFFIXES = (".cpu", ".itimer")
 
 Item = tuple[Labels, float | None, Profile]
 
-# Label names stored at ingest follow the Prometheus rule, so every stored name can be named
-# by a selector (issue 24, cause 14). Reserved names (``__name__``...) pass it too.
-STORED_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Label names stored at ingest follow the Prometheus rule, plus '.' as Pyroscope allows (the
+# pyroscope-io SDK sends OTel names such as ``otel.scope.name``), so every stored name can be
+# named by a selector (issue 24, cause 14). Reserved names (``__name__``...) pass it too.
+STORED_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.]*")
 
 
 def check_label_names(names: object, where: str) -> None:
@@ -50,7 +51,7 @@ def check_label_names(names: object, where: str) -> None:
         if not STORED_LABEL_NAME.fullmatch(k):
             shown = k if len(k) <= 80 else k[:80] + "..."
             raise InputError(f"{where}: label name {shown!r} is not valid: label names match "
-                             "[a-zA-Z_][a-zA-Z0-9_]* (letters, digits, '_'; not starting with a digit)")
+                             "[a-zA-Z_][a-zA-Z0-9_.]* (letters, digits, '_', '.'; not starting with a digit)")
 
 
 @dataclass(frozen=True)
