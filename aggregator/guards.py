@@ -70,6 +70,8 @@ def cross_origin_refusal(request: web.Request, connect_route: bool) -> web.Respo
     and SDKs send neither. A page may still send a "simple" request without a preflight (and
     with ``mode: "no-cors"`` without reading the answer), so the check is on the request itself.
     """
+    if request.method != "POST":
+        return None  # the router answers 405; only a POST writes
     site = request.headers.get("Sec-Fetch-Site", "").lower()
     if site in ("cross-site", "same-site"):
         return web.json_response(
