@@ -191,11 +191,12 @@ class LabelsRequest:
 
     ptype: ProfileType
     rng: Range
+    limit: int = 10000  # --max-label-values
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
         """Parse ``profile_type`` then the range."""
-        return cls(profile_type_param(params), time_range(params, ctx.now, ctx.window))
+        return cls(profile_type_param(params), time_range(params, ctx.now, ctx.window), ctx.max_label_values)
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,12 @@ async def labels(store: Store, req: LabelsRequest) -> dict[str, Any]:
     rng = req.rng
     only = Selector((type_matcher(req.ptype),))
     names = [n for n in await store.label_names(rng.first_window, rng.end, only) if n not in RESERVED]
-    return {"names": names, **await type_fields(store, req.ptype, only, rng)}
+    extra: dict[str, Any] = {}
+    if len(names) > req.limit:  # bounded answer, as label values
+        extra = {"truncated": {"names": len(names), "shown": req.limit,
+                               "note": f"{len(names)} label names, first {req.limit} shown (--max-label-values)"}}
+        names = names[: req.limit]
+    return {"names": names, **extra, **await type_fields(store, req.ptype, only, rng)}
 
 
 async def profile_types(store: Store, req: RangeRequest) -> dict[str, Any]:

@@ -87,7 +87,8 @@ SETTINGS: list[Setting] = [
             "group_by answers (timeline) keep the N groups with the most samples and sum the rest into "
             "'(other)', with a note; bounds the answer's memory", _positive_int),
     Setting("max_label_values", 10000,
-            "Most values /api/v1/label/NAME/values lists (the answer says when it was truncated)",
+            "Most values /api/v1/label/NAME/values (and names /api/v1/labels) lists; the answer says when it "
+            "was truncated",
             _positive_int),
     Setting("header_timeout_seconds", 10.0,
             "A connection whose request header is not complete this long after it began is closed (slow clients)",
