@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stacks.model import StackTable  # noqa: E402
-from tests.reliability._net import agent_profile, push_body  # noqa: E402
-from tests.support.server import running_server  # noqa: E402
+from stacks.model import StackTable
+from tests.reliability._net import agent_profile, push_body
+from tests.support.server import running_server
 
 
 def main() -> None:
