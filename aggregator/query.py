@@ -262,19 +262,30 @@ def top_groups(groups: dict[str, dict[int, int]], n: int
     for g in ranked[n:]:
         for t, v in groups[g].items():
             other[t] = other.get(t, 0) + v
-    rest = len(groups) - n
-    note = {"groups": len(groups), "shown": n, "other_groups": rest,
-            "other_samples": sum(weight[g] for g in ranked[n:]),
-            "note": f"{len(groups)} groups: the {n} largest shown, {rest} more summed into "
-                    f"{OTHER_GROUP!r} (--max-groups)"}
-    return kept, other, note
+    return kept, other, truncation_note(len(groups), n, sum(weight[g] for g in ranked[n:]))
+
+
+def truncation_note(groups: int, n: int, other_samples: int) -> dict[str, Any]:
+    """The ``truncated`` note of a group_by answer that kept ``n`` of ``groups`` groups."""
+    rest = groups - n
+    return {"groups": groups, "shown": n, "other_groups": rest, "other_samples": other_samples,
+            "note": f"{groups} groups: the {n} largest shown, {rest} more summed into {OTHER_GROUP!r} (--max-groups)"}
 
 
 async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
     ptype, sel, rng, group_by = req.ptype, req.sel, req.rng, req.group_by
     window = rng.window
-    if isinstance(store, MergedReads):
+    other: dict[int, int] | None = None
+    note: dict[str, Any] | None = None
+    if group_by and hasattr(store, "top_totals"):
+        # The store keeps only the top groups while it reads (SQLite): memory bounded by
+        # --max-groups x windows however many groups there are.
+        rows, rest, ngroups, rest_samples = await store.top_totals(sel, rng.first_window, rng.end, group_by,
+                                                                   req.max_groups)
+        if ngroups > req.max_groups:
+            other, note = rest, truncation_note(ngroups, req.max_groups, rest_samples)
+    elif isinstance(store, MergedReads):
         # Summed per group in the store: rows per (group, window), not per (series, window).
         rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
     else:
@@ -285,7 +296,8 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
         g = lab.get(group_by, "") if group_by else "all"
         pts = groups.setdefault(g, {})
         pts[t] = pts.get(t, 0) + n
-    groups, other, note = top_groups(groups, req.max_groups)
+    if other is None:
+        groups, other, note = top_groups(groups, req.max_groups)
     starts = range(rng.first_window, rng.end, window)
     dense = len(starts) <= 2880  # fill empty windows with 0 up to a day of points
 
