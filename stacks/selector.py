@@ -48,6 +48,9 @@ class Matcher:
     op: str
     value: str
     _rx: Any = field(default=None, compare=False, repr=False)  # a compiled re2 pattern
+    # value -> regex result: a store matches one selector against every series, and label
+    # values repeat (types, namespaces); re2's Python call costs several µs each.
+    _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         v = labels.get(self.name, "")
@@ -55,8 +58,12 @@ class Matcher:
             return v == self.value
         if self.op == "!=":
             return v != self.value
-        rx = self._rx or compile_regex(self.name, self.value)
-        hit = rx.fullmatch(v) is not None
+        hit = self._memo.get(v)
+        if hit is None:
+            rx = self._rx or compile_regex(self.name, self.value)
+            hit = rx.fullmatch(v) is not None
+            if len(self._memo) < _MEMO_LIMIT:
+                self._memo[v] = hit
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
@@ -78,6 +85,7 @@ class Selector:
 
 
 _MAX_NESTING = 100
+_MEMO_LIMIT = 65536  # regex results kept per matcher
 # A counted repeat; RE2 refuses counts over 1000 in Go, but its Python binding reads them as text.
 _REPEAT = re.compile(r"(?<!\\)\{([0-9]+)(?:,([0-9]*))?\}")
 

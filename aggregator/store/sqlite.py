@@ -755,6 +755,13 @@ class SQLiteStore:
                 if ids is None:
                     yield from r.execute(f"SELECT {cols} {where}{tail}", (start, end))
                     return
+                if len(ids) > 4 * _CHUNK:
+                    # Each IN (...) chunk rescans the whole time range: with many matching series
+                    # one scan filtered here is far cheaper (100,000 pods: 200 scans -> 1).
+                    wanted = set(ids)
+                    yield from (row for row in r.execute(f"SELECT {cols} {where}{tail}", (start, end))
+                                if row[0] in wanted)
+                    return
                 for chunk in _chunks(ids):
                     yield from r.execute(f"SELECT {cols} {where} AND series_id IN ({','.join('?' * len(chunk))}){tail}",
                                          (start, end, *chunk))
