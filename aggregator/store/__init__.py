@@ -34,7 +34,8 @@ def open_store(spec: str, data_dir: str | Path, *, sqlite_synchronous: str = "FU
     if spec.startswith("sqlite://"):
         from aggregator.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(spec[len("sqlite://") :]), synchronous=sqlite_synchronous)
+        return SQLiteStore(Path(spec[len("sqlite://") :]), synchronous=sqlite_synchronous,
+                           **sqlite_options)  # type: ignore[arg-type]
     if spec.startswith("clickhouse://"):
         try:
             from aggregator.store.clickhouse import ClickHouseStore
