@@ -93,6 +93,13 @@ def check_sums(decoded: Decoded) -> None:
     counts are stored as exact 64-bit integers, so such a push could never be read back."""
     grand = 0
     for i, (_, _, profile) in enumerate(decoded.items):
+        c = profile.counts
+        if c.size and (int(c.min()) < 0 or int(c.max()) >= INT64_MAX):
+            # Repeated samples are summed in int64, saturating at 2^63-1 (stacks.model): a count
+            # that reached it may be such a sum, not the value sent; never store it as exact.
+            raise SumRefused(f"push refused: a count of profile {i} reaches 2^63-1 = {INT64_MAX} (alone or "
+                             "when its repeated samples were summed); counts are exact 64-bit integers below "
+                             "it: send smaller counts")
         grand += exact_total(profile)
         if grand > INT64_MAX:
             raise SumRefused(f"push refused: its counts sum to more than 2^63-1 = {INT64_MAX} (at profile {i}); "

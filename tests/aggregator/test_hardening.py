@@ -69,3 +69,10 @@ def test_stored_label_names(name: str, ok: bool) -> None:
 ])
 def test_redacted(url: str, shown: str) -> None:
     assert redacted(url) == shown
+
+
+def test_check_sums_refuses_a_count_that_saturated_while_summed() -> None:
+    wrapped = Profile.from_pairs([((Frame.user("a"),), 2**62), ((Frame.user("a"),), 2**62)])
+    assert int(wrapped.counts.max()) == 2**63 - 1  # the int64 sum of the two samples saturated
+    with pytest.raises(ingest.SumRefused, match="2\\^63-1"):
+        ingest.check_sums(ingest.Decoded([(None, None, wrapped)]))  # type: ignore[list-item]

@@ -170,8 +170,10 @@ def test_cause6_15_counts_are_exact_64_bit_and_overflow_is_refused_before_commit
     assert sum(pt[1] for s in tl["series"] for pt in s["points"]) == big
     folded_out = srv.get(f"/api/v1/render?query={q}&{RANGE}&format=folded")[1].decode()
     assert f"main;exact {big}" in folded_out, folded_out
-    # 2^63-1 in one count is storable and shown exactly.
-    top = (1 << 63) - 1
+    # 2^63-1 in one count is refused (it is also where int64 sums saturate); 2^63-2 is shown exactly.
+    status, body = folded_ingest(srv, "i24max", f"main;max {(1 << 63) - 1}\n".encode())
+    assert status == 422 and "2^63-1" in error_text(body), body
+    top = (1 << 63) - 2
     assert folded_ingest(srv, "i24max", f"main;max {top}\n".encode())[0] == 200
     out = srv.get("/api/v1/render?query=" + quote('{service_name="i24max"}') + f"&{RANGE}&format=folded")[1].decode()
     assert f"main;max {top}" in out, out
