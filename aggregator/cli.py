@@ -49,6 +49,10 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
         host, port = sock.getsockname()[:2]
         # The "listening on" line is how scripts find a port picked with --port 0.
         print(f"flamewatch serve: listening on http://{host}:{port}", flush=True)
+    from aggregator.guards import gc_policy
+
+    gc_task = (asyncio.get_running_loop().create_task(
+        gc_policy(settings.gc_freeze_seconds, settings.gc_collect_seconds)) if settings.gc_freeze_seconds else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -59,6 +63,8 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     await stop.wait()
+    if gc_task is not None:
+        gc_task.cancel()
     log.info("shutting down: committing queued pushes")
     await runner.cleanup()
     return 0

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 T = TypeVar("T")
+log = logging.getLogger("flamewatch.aggregator")
 
 # Content types a browser sends cross-origin without a preflight ("simple requests"), and no
 # type at all (a fetch of a Blob without one): never a Connect push from an SDK or agent.
@@ -170,3 +173,22 @@ class GuardedRunner(web.AppRunner):
         if self._dog is not None:
             self._dog.cancel()
         await super().cleanup()
+
+
+async def gc_policy(freeze_seconds: float, collect_seconds: float) -> None:
+    """Keep CPython's full (gen-2) collections short: every ``freeze_seconds`` move the objects
+    alive now (mostly the interned stack tuples of the ingest tables and store caches, which
+    are never cyclic garbage) to the permanent generation, so a gen-2 pass scans only what
+    is newer. A gen-2 pass holds the GIL of every thread: during a 16 MB push they took up to
+    650 ms and stalled /healthz that long (docs/reliability.md). Cyclic garbage frozen this way
+    is collected every ``collect_seconds`` by one full collection (one pause per interval)."""
+    last_full = time.monotonic()
+    while True:
+        await asyncio.sleep(freeze_seconds)
+        if collect_seconds and time.monotonic() - last_full >= collect_seconds:
+            gc.unfreeze()
+            t0 = time.perf_counter()
+            found = gc.collect()
+            last_full = time.monotonic()
+            log.info("full garbage collection: %d objects freed in %.0f ms", found, (time.perf_counter() - t0) * 1000)
+        gc.freeze()

@@ -30,6 +30,13 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise ValueError(f"expected a number >= 0, got {text}")
+    return v
+
+
 def _port(text: str) -> int:
     v = int(text)
     if not 0 <= v <= 65535:
@@ -101,6 +108,12 @@ SETTINGS: list[Setting] = [
     Setting("sqlite_stack_cache", 2_000_000,
             "Most stacks the SQLite reader keeps resolved in memory (~200 bytes each); past it the cache "
             "restarts, reads stay correct", _positive_int),
+    Setting("gc_freeze_seconds", 1.0,
+            "Every this many seconds serve freezes the objects alive (gc.freeze) so Python's full garbage "
+            "collections, which pause every thread, scan only newer ones; 0 turns it off", _non_negative_float),
+    Setting("gc_collect_seconds", 3600.0,
+            "With gc-freeze-seconds: one full collection this often (frees cyclic garbage that was frozen; "
+            "one pause per interval)", _non_negative_float),
     Setting("log_level", "INFO", "Logging level", str.upper,
             ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 ]
