@@ -129,9 +129,9 @@ def test_cause2_large_honest_push_decodes_off_the_event_loop(srv: Server) -> Non
     print(f"cause 2: honest push of 60,000 stacks ({len(body) / 1e6:.1f} MB) took {took:.2f} s; "
           f"/healthz p99 {p.p99():.1f} ms max {max(p.lat):.1f} ms over {len(p.lat)} probes")
     assert status == 200, resp
-    # Decoding runs on its own thread; the compiled decoder holds the GIL per call, so on the
-    # shared 2-core box p99 was 27 ms quiet and up to ~105 ms under other load (docs/reliability.md).
-    assert p.p99() < 250
+    # Decoding runs on its own thread, and serve's gc.freeze policy keeps gen-2 collections
+    # (which pause every thread) short (docs/reliability.md).
+    assert p.p99() < 100
     got = json.loads(srv.get("/api/v1/timeline?query=" + quote('{service_name="i24big"}') + f"&{RANGE}")[1])
     assert sum(n for s in got["series"] for _, n in s["points"]) == prof.total
 
