@@ -24,7 +24,7 @@ from aggregator.params import (
     TopRequest,
     type_matcher,
 )
-from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, Store
+from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, Store, TopTotals
 from render import RENDERERS, Output, Subject
 from stacks.errors import InputError
 from stacks.model import Labels, Profile, StackTable, merge
@@ -278,7 +278,7 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     window = rng.window
     other: dict[int, int] | None = None
     note: dict[str, Any] | None = None
-    if group_by and hasattr(store, "top_totals"):
+    if group_by and isinstance(store, TopTotals):
         # The store keeps only the top groups while it reads (SQLite): memory bounded by
         # --max-groups x windows however many groups there are.
         rows, rest, ngroups, rest_samples = await store.top_totals(sel, rng.first_window, rng.end, group_by,

@@ -13,11 +13,12 @@ from aggregator.store.base import (
     SeriesWindow,
     Store,
     StoreError,
+    TopTotals,
 )
 
 __all__ = [
     "MERGE_ALL", "Compacting", "CorruptionError", "MergedReads", "PrunedMergedReads", "SeriesWindow", "Store",
-    "StoreError",
+    "StoreError", "TopTotals",
     "open_store",
 ]
 

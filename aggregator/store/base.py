@@ -148,6 +148,20 @@ class PrunedMergedReads(Protocol):
 
 
 @runtime_checkable
+class TopTotals(Protocol):
+    """Optional for the timeline's ``group_by`` (SQLite offers it): the ``n`` heaviest groups'
+    totals per window, the rest summed per window, read in memory bounded by ``n`` x windows
+    rather than groups x windows (issue 24, cause 3). ``aggregator.query.timeline`` falls back
+    to :meth:`MergedReads.totals` and :func:`aggregator.query.top_groups` without it."""
+
+    async def top_totals(
+        self, selector: Selector, start: int, end: int, group_by: str, n: int
+    ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        """(rows of the kept groups as in ``totals``, the others summed per window, number of
+        groups, samples of the others)."""
+
+
+@runtime_checkable
 class Compacting(Protocol):
     """Optional for a backend that appends one fragment per write and merges the fragments of
     closed windows later (SQLite). ``aggregator.windows`` calls :meth:`compact` on every
