@@ -16,16 +16,17 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import ingest, jfr, otlp, params, producers, query
+from aggregator import guards, ingest, jfr, otlp, params, producers, query
 from aggregator.metrics import Metrics
 from aggregator.store import Store, StoreError, open_store
-from aggregator.store.base import Compacting
+from aggregator.store.base import Compacting, CorruptionError, SumOverflow, redacted
 from aggregator.windows import WindowWriter
 from ground.settings import Settings, resolve
 from render import Output
@@ -41,6 +42,10 @@ METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
 READ_STORE = web.AppKey("read_store", Store)  # the store as queries see it (aggregator/producers.py)
+HEALTH = web.AppKey("health", guards.Health)
+# Push decoding runs on this one thread, off the event loop: one thread because the shared
+# ingest tables are not thread-safe; the loop stays free for /healthz and queries meanwhile.
+DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 
 PUSH_PREFIXES = ("/push.v1.", "/ingest", "/pyroscope/ingest", "/v1development/")
 # Pyroscope's read API (aggregator/querier.py) is read-token guarded like /api.
@@ -93,23 +98,39 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
     denied = None
     if path.startswith(PUSH_PREFIXES):
-        denied = _check_token(request, s.push_token, "push")
+        denied = _check_token(request, s.push_token, "push") or guards.cross_origin_refusal(
+            request, connect_route=path.startswith("/push.v1."))
     elif path.startswith(READ_PREFIXES):
         denied = _check_token(request, s.read_token, "read")
     if denied is not None:
         m.errors.labels("401").inc()
         return denied
     try:
-        return await handler(request)
+        resp = await handler(request)
+        if path.startswith(PUSH_PREFIXES) and resp.status < 300:
+            app[HEALTH].write_ok()
+        return resp
+    except (ingest.SumRefused, SumOverflow) as e:
+        # Past the 64-bit count limit: well-formed but not storable / not summable (cause 6).
+        m.errors.labels("422").inc()
+        return error(422, str(e))
     except LimitError as e:
         # Past a decompression limit (a gzip bomb, an oversized push): too large, not malformed.
         m.errors.labels("413").inc()
         return error(413, str(e), limit=e.limit)
     except InputError as e:
         m.errors.labels("400").inc()
+        log.debug("400 on %s %s: %s", request.method, path, e)
         return error(400, str(e))
+    except CorruptionError as e:
+        m.errors.labels("503").inc()
+        app[HEALTH].corrupt(str(e))
+        log.error("database corruption met on %s %s: %s", request.method, path, e)
+        return error(503, f"storage damaged: {e}")
     except StoreError as e:
         m.errors.labels("503").inc()
+        if path.startswith(PUSH_PREFIXES):
+            app[HEALTH].write_failed(str(e))
         log.error("storage failure on %s %s: %s", request.method, path, e)
         return error(503, f"storage unavailable: {e}")
     except web.HTTPRequestEntityTooLarge:
@@ -133,8 +154,20 @@ async def read_body(request: web.Request) -> bytes:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.read()  # client_max_size enforces the limit for chunked bodies
-    return body
+    # client_max_size enforces the limit for chunked bodies; a body trickled in slower than
+    # --body-timeout-seconds gets a 408 (slow clients hold a connection and a buffer each).
+    return await guards.read_with_timeout(request.read(), request.app[SETTINGS].body_timeout_seconds,
+                                          "request body")
+
+
+def limits(s: Settings) -> ingest.Limits:
+    """The per-push limits of the settings."""
+    return ingest.Limits(s.max_profiles_per_push, s.max_series_per_push, s.max_samples_per_push)
+
+
+async def off_loop(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on the decoder thread (decode and merge never stall the event loop)."""
+    return await asyncio.get_running_loop().run_in_executor(request.app[DECODER], fn, *args)
 
 
 async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str) -> dict[str, Any]:
@@ -148,6 +181,7 @@ async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: st
     the gRPC listener, aggregator/grpc_server.py). Series without a producer label get ``spy``'s."""
     producers.name_producers(decoded, spy)
     m = app[METRICS]
+    ingest.check_sums(decoded)  # before anything is queued: a refused push stores nothing
     placed = await app[WRITER].add(decoded.items)
     m.pushes.labels(route).inc()
     m.samples.inc(placed.samples)
@@ -170,10 +204,8 @@ async def handle_push(request: web.Request) -> web.Response:
     s = request.app[SETTINGS]
     body = await read_body(request)
     ctype = request.content_type
-    # Decoding runs on the loop on purpose: the shared ingest StackTable is not thread-safe,
-    # and decode cost per push is milliseconds (see bench/ingest.py).
     decode = ingest.decode_push_json if ctype == "application/json" else ingest.decode_push
-    decoded = decode(body, request.app[TABLES], s.max_decompressed_bytes)
+    decoded = await off_loop(request, decode, body, request.app[TABLES], s.max_decompressed_bytes, limits(s))
     answer = await _store_items(request, decoded, "push")
     refused = _all_dropped(answer)
     if refused is not None:
@@ -205,7 +237,8 @@ async def handle_ingest(request: web.Request) -> web.Response:
         raise InputError("Content-Encoding: gzip, but the body is not gzip (no 1f8b magic)")
     if "format" not in params and request.content_type == "application/x-protobuf":
         params["format"] = "pprof"
-    decoded = ingest.decode_ingest(params, body, request.app[TABLES], s.max_decompressed_bytes)
+    decoded = await off_loop(request, ingest.decode_ingest, params, body, request.app[TABLES],
+                             s.max_decompressed_bytes, limits(s))
     answer = await _store_items(request, decoded, "ingest")
     return _all_dropped(answer) or web.json_response(answer)
 
@@ -287,7 +320,9 @@ async def _multipart_profile(request: web.Request) -> bytes:
             if part is None:
                 break
             if getattr(part, "name", None) == "profile":
-                return bytes(await part.read(decode=False))  # type: ignore[union-attr]
+                return bytes(await guards.read_with_timeout(
+                    part.read(decode=False), request.app[SETTINGS].body_timeout_seconds,  # type: ignore[union-attr]
+                    "multipart 'profile' part"))
     except ValueError as e:
         raise InputError(f"multipart body is malformed: {e}") from None
     raise InputError("multipart body has no 'profile' part: send the pprof as form field 'profile'")
@@ -330,7 +365,8 @@ def handler(route: Route) -> Handler:
     async def answer(request: web.Request) -> Output | dict[str, Any]:
         app = request.app
         s = app[SETTINGS]
-        ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info)
+        ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info,
+                             max_groups=s.max_groups, max_label_values=s.max_label_values)
         return await route.run(app[READ_STORE], route.parse(request.query, ctx))
 
     async def handle(request: web.Request) -> web.Response:
@@ -364,10 +400,23 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return resp
 
 
+def _health(request: web.Request) -> dict[str, Any]:
+    problems = request.app[HEALTH].problems()
+    return {"status": "degraded" if problems else "ok", "problems": problems,
+            "storage": redacted(request.app[SETTINGS].storage),
+            "window_seconds": request.app[SETTINGS].window_seconds,
+            "compiled_readers": request.app[TABLES].in_use()}
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "storage": request.app[SETTINGS].storage,
-                              "window_seconds": request.app[SETTINGS].window_seconds,
-                              "compiled_readers": request.app[TABLES].in_use()})
+    """Liveness: 200 while the process answers; ``status`` "degraded" names the store's problems."""
+    return web.json_response(_health(request))
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Readiness: 503 while the store is degraded (pushes failing, corruption met), else 200."""
+    doc = _health(request)
+    return web.json_response(doc, status=503 if doc["problems"] else 200)
 
 
 async def _maintenance(app: web.Application) -> None:
@@ -404,10 +453,12 @@ def create_app(
     # Bodies up to the limit are read; beyond it aiohttp raises 413 (mapped to JSON by guard).
     # auto_decompress off: gzip bodies are inflated by stacks.gz under --max-decompressed-bytes,
     # never by aiohttp without a cap.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard],
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guards.header_clock, guard],
                           handler_args={"auto_decompress": False})
     if store is None:
-        store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous)
+        store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
+                           check_seconds=settings.integrity_check_seconds,
+                           stack_cache=settings.sqlite_stack_cache)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[STORE] = store
@@ -415,6 +466,8 @@ def create_app(
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
     app[CLOCK] = clock
+    app[HEALTH] = guards.Health()
+    app[DECODER] = ThreadPoolExecutor(1, thread_name_prefix="decode")
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.committed_windows.inc(n)
@@ -432,6 +485,7 @@ def create_app(
         app.router.add_get(route.path, handler(route))
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
     from aggregator import querier  # Pyroscope's read API; imported here: it reads this module's keys
 
     querier.add_routes(app)
@@ -448,6 +502,8 @@ def create_app(
 async def _lifecycle(app: web.Application) -> Any:
     """Open the store and start the writer and maintenance; on shutdown commit and close."""
     await app[STORE].open()
+    for problem in getattr(app[STORE], "startup_problems", ()):
+        app[HEALTH].corrupt(problem)
     app[WRITER].start()
     task = asyncio.get_running_loop().create_task(_maintenance(app), name="maintenance")
     yield
@@ -456,3 +512,4 @@ async def _lifecycle(app: web.Application) -> Any:
         await task
     await app[WRITER].close()
     await app[STORE].close()
+    app[DECODER].shutdown(wait=False)

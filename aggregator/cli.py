@@ -25,14 +25,18 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
     from aiohttp import web
 
     from aggregator.app import create_app
+    from aggregator.guards import GuardedRunner
     from aggregator.store import StoreError
 
     app = create_app(settings, extra=extra)
-    runner = web.AppRunner(app, access_log=None)
+    # Drops connections whose request header takes longer than --header-timeout-seconds.
+    runner = GuardedRunner(app, settings.header_timeout_seconds, access_log=None)
     try:
         await runner.setup()
     except StoreError as e:
-        log.error("cannot open storage %s (data dir %s): %s", settings.storage, settings.data_dir, e)
+        from aggregator.store.base import redacted
+
+        log.error("cannot open storage %s (data dir %s): %s", redacted(settings.storage), settings.data_dir, e)
         return 1
     except OSError as e:  # the gRPC listener's port (--grpc-port)
         log.error("cannot start: %s", e)
@@ -59,6 +63,10 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
         host, port = sock.getsockname()[:2]
         # The "listening on" line is how scripts find a port picked with --port 0.
         print(f"flamewatch serve: listening on http://{host}:{port}", flush=True)
+    from aggregator.guards import gc_policy
+
+    gc_task = (asyncio.get_running_loop().create_task(
+        gc_policy(settings.gc_freeze_seconds, settings.gc_collect_seconds)) if settings.gc_freeze_seconds else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
@@ -69,6 +77,8 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     await stop.wait()
+    if gc_task is not None:
+        gc_task.cancel()
     log.info("shutting down: committing queued pushes")
     await runner.cleanup()
     return 0

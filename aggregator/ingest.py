@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from aggregator.params import converted
 from stacks import folded
 from stacks.delta import BASELINE, DELTA_LABEL, RESET, CumulativeDeltas, needs_delta
-from stacks.errors import InputError
+from stacks.errors import InputError, LimitError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
 from stacks.pprof import PprofDecoder
@@ -37,6 +38,72 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 _APP_SUFFIXES = (".cpu", ".itimer")
 
 Item = tuple[Labels, float | None, Profile]
+
+# Label names stored at ingest follow the Prometheus rule, plus '.' as Pyroscope allows (the
+# pyroscope-io SDK sends OTel names such as ``otel.scope.name``), so every stored name can be
+# named by a selector (issue 24, cause 14). Reserved names (``__name__``...) pass it too.
+STORED_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.]*")
+
+
+def check_label_names(names: object, where: str) -> None:
+    """InputError naming the first label name that breaks the Prometheus rule."""
+    for k in names:  # type: ignore[attr-defined]
+        if not STORED_LABEL_NAME.fullmatch(k):
+            shown = k if len(k) <= 80 else k[:80] + "..."
+            raise InputError(f"{where}: label name {shown!r} is not valid: label names match "
+                             "[a-zA-Z_][a-zA-Z0-9_.]* (letters, digits, '_', '.'; not starting with a digit)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds of a push (``--max-profiles-per-push`` and friends): LimitError (413)
+    naming the setting, checked before the work it bounds (decoding, storing)."""
+
+    profiles: int = 10000
+    series: int = 10000
+    samples: int = 2_000_000
+
+    def check(self, what: str, n: int, limit: int, setting: str) -> None:
+        if n > limit:
+            raise LimitError(f"push carries {n} {what}, more than --{setting}={limit}: split it into "
+                             "smaller pushes or raise the setting", limit)
+
+
+NO_LIMITS = Limits(1 << 62, 1 << 62, 1 << 62)
+
+INT64_MAX = (1 << 63) - 1
+
+
+class SumRefused(InputError):
+    """A push whose counts sum past 2^63-1: refused (422) before anything is stored."""
+
+
+def exact_total(profile: Profile) -> int:
+    """The profile's total as an exact Python int (numpy's int64 sum would wrap past 2^63-1)."""
+    c = profile.counts
+    if not c.size:
+        return 0
+    if float(c.sum(dtype="float64")) < 2.0**62:
+        return int(c.sum())
+    return sum(c.tolist())
+
+
+def check_sums(decoded: Decoded) -> None:
+    """SumRefused when the push's counts, summed, pass the 64-bit count limit (issue 24, cause 6):
+    counts are stored as exact 64-bit integers, so such a push could never be read back."""
+    grand = 0
+    for i, (_, _, profile) in enumerate(decoded.items):
+        c = profile.counts
+        if c.size and (int(c.min()) < 0 or int(c.max()) >= INT64_MAX):
+            # Repeated samples are summed in int64, saturating at 2^63-1 (stacks.model): a count
+            # that reached it may be such a sum, not the value sent; never store it as exact.
+            raise SumRefused(f"push refused: a count of profile {i} reaches 2^63-1 = {INT64_MAX} (alone or "
+                             "when its repeated samples were summed); counts are exact 64-bit integers below "
+                             "it: send smaller counts")
+        grand += exact_total(profile)
+        if grand > INT64_MAX:
+            raise SumRefused(f"push refused: its counts sum to more than 2^63-1 = {INT64_MAX} (at profile {i}); "
+                             "counts are exact 64-bit integers: send smaller counts or fewer in one push")
 
 
 @dataclass
@@ -159,6 +226,7 @@ def parse_app_name(name: str) -> Labels:
             labels[k] = v
     for k in DROPPED_LABELS:
         labels.pop(k, None)
+    check_label_names(labels, f"name={name!r}")
     labels["service_name"] = app
     return Labels.of(labels)
 
@@ -184,9 +252,18 @@ def _midpoint(start: float | None, end: float | None) -> float | None:
 
 
 def decode_ingest(
-    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int
+    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int,
+    limits: Limits = NO_LIMITS,
 ) -> Decoded:
     """The legacy ``/ingest`` route: folded (default) or pprof body."""
+    got = _decode_ingest(params, body, tables, max_decompressed)
+    limits.check("samples", got.lines, limits.samples, "max-samples-per-push")
+    return got
+
+
+def _decode_ingest(
+    params: Mapping[str, str], body: bytes, tables: IngestTables, max_decompressed: int
+) -> Decoded:
     base = parse_app_name(params.get("name", ""))
     t = _midpoint(_float_param(params, "from"), _float_param(params, "until"))
     rate = params.get("sampleRate")
@@ -248,6 +325,7 @@ def _from_pprof(
             labels = series_base
             if sample_labels:
                 extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
+                check_label_names(extra, "pprof sample label")
                 labels = Labels.of({**extra, **dict(series_base.items_)}) if extra else series_base
             if cumulative:
                 got = _difference(tables, labels, profile, ptype, out)
@@ -274,21 +352,88 @@ def _difference(tables: IngestTables, labels: Labels, profile: Profile, ptype: P
 def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str, str | None]:
     """A push series' labels without the reserved ones, its ``__name__`` and its ``__delta__``."""
     d = dict(pairs)
+    check_label_names(d, "push series")
     name, delta = d.get("__name__", ""), d.get(DELTA_LABEL)
     for k in DROPPED_LABELS:
         d.pop(k, None)
     return Labels.of(d), name, delta
 
 
-def decode_push(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
+def _fields(buf: bytes, start: int, end: int) -> Any:
+    """(field number, (value start, value end) or None) of the protobuf fields in buf[start:end];
+    stops quietly at malformed bytes (the real decoder names them)."""
+    i = start
+    while i < end:
+        key, shift = 0, 0
+        while True:
+            if i >= end or shift > 63:
+                return
+            c = buf[i]
+            i += 1
+            key |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                break
+        wt = key & 7
+        if wt == 0:
+            while i < end and buf[i] & 0x80:
+                i += 1
+            i += 1
+            yield key >> 3, None
+        elif wt == 1:
+            i += 8
+        elif wt == 5:
+            i += 4
+        elif wt == 2:
+            n, shift = 0, 0
+            while True:
+                if i >= end or shift > 63:
+                    return
+                c = buf[i]
+                i += 1
+                n |= (c & 0x7F) << shift
+                shift += 7
+                if c < 0x80:
+                    break
+            if i + n > end:
+                return
+            yield key >> 3, (i, i + n)
+            i += n
+        else:
+            return
+
+
+def precount_push(raw: bytes, limits: Limits) -> None:
+    """Series and raw_profile entries of a PushRequest counted on the wire, stopping just past
+    the limits: a 1 KB push of 500,000 empty profiles is refused before protobuf builds them
+    (one long C call that holds the GIL, so it would stall the event loop; issue 24, cause 2)."""
+    if limits is NO_LIMITS:
+        return
+    series = profiles = 0
+    for field_no, span in _fields(raw, 0, len(raw)):
+        if field_no != 1 or span is None:
+            continue
+        series += 1
+        limits.check("series", series, limits.series, "max-series-per-push")
+        for inner, _ in _fields(raw, span[0], span[1]):
+            if inner == 2:
+                profiles += 1
+                if profiles > limits.profiles:
+                    limits.check("profiles (raw_profile entries; counting stopped there)", profiles,
+                                 limits.profiles, "max-profiles-per-push")
+
+
+def decode_push(body: bytes, tables: IngestTables, max_decompressed: int, limits: Limits = NO_LIMITS) -> Decoded:
     """A Connect ``PushRequest`` (gzip or plain protobuf)."""
     raw = maybe_gunzip(body, max_decompressed)
+    precount_push(raw, limits)
     series = decode_push_request(raw)
     return _decode_series([(s.labels, [r.raw_profile for r in s.samples]) for s in series],
-                          tables, max_decompressed)
+                          tables, max_decompressed, limits)
 
 
-def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int) -> Decoded:
+def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int,
+                     limits: Limits = NO_LIMITS) -> Decoded:
     """The Connect JSON form: ``{"series": [{"labels": [...], "samples": [{"rawProfile": b64}]}]}``."""
     raw = maybe_gunzip(body, max_decompressed)
     try:
@@ -305,12 +450,16 @@ def decode_push_json(body: bytes, tables: IngestTables, max_decompressed: int) -
             f"push JSON is not a Connect PushRequest ({type(e).__name__}: {e}); expected "
             '{"series": [{"labels": [{"name": ..., "value": ...}], "samples": [{"rawProfile": BASE64}]}]}'
         ) from None
-    return _decode_series(series, tables, max_decompressed)
+    return _decode_series(series, tables, max_decompressed, limits)
 
 
 def _decode_series(
-    series: list[tuple[tuple[tuple[str, str], ...], list[bytes]]], tables: IngestTables, max_decompressed: int
+    series: list[tuple[tuple[tuple[str, str], ...], list[bytes]]], tables: IngestTables, max_decompressed: int,
+    limits: Limits = NO_LIMITS,
 ) -> Decoded:
+    limits.check("series", len(series), limits.series, "max-series-per-push")
+    limits.check("profiles (raw_profile entries)", sum(len(p) for _, p in series), limits.profiles,
+                 "max-profiles-per-push")
     out = Decoded([])
     for i, (pairs, profiles) in enumerate(series):
         labels, name, delta = _series_labels(pairs)
@@ -324,6 +473,7 @@ def _decode_series(
             except InputError as e:
                 raise e.within(f"push series {i} sample {j}") from None
             out.add(d)
+            limits.check("samples", out.lines, limits.samples, "max-samples-per-push")
     return out
 
 

@@ -51,6 +51,8 @@ class Context:
     window: int
     max_nodes: int
     path: Mapping[str, str] = field(default_factory=dict)
+    max_groups: int = 100  # --max-groups: group_by answers keep this many groups and "(other)"
+    max_label_values: int = 10000  # --max-label-values
 
 
 def time_range(params: Mapping[str, str], now: float, window: int, prefix: str = "") -> Range:
@@ -189,11 +191,12 @@ class LabelsRequest:
 
     ptype: ProfileType
     rng: Range
+    limit: int = 10000  # --max-label-values
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
         """Parse ``profile_type`` then the range."""
-        return cls(profile_type_param(params), time_range(params, ctx.now, ctx.window))
+        return cls(profile_type_param(params), time_range(params, ctx.now, ctx.window), ctx.max_label_values)
 
 
 @dataclass(frozen=True)
@@ -236,12 +239,13 @@ class LabelValuesRequest(Scoped):
     """``/api/v1/label/{name}/values``."""
 
     name: str
+    limit: int = 10000
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
         """Parse the path's label ``name``, then the scope."""
         name = label_name(ctx.path.get("name", ""))
-        return cls(*_scope(params, ctx), name=name)
+        return cls(*_scope(params, ctx), name=name, limit=ctx.max_label_values)
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,7 @@ class TimelineRequest(Scoped):
     """``/api/v1/timeline``: ``group_by`` is a label name or empty (one "all" series)."""
 
     group_by: str
+    max_groups: int = 100
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
@@ -257,7 +262,7 @@ class TimelineRequest(Scoped):
         group_by = params.get("group_by") or ""
         if group_by:
             label_name(group_by)
-        return cls(*scope, group_by)
+        return cls(*scope, group_by, ctx.max_groups)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aggregator.ingest import Decoded
-from aggregator.store.base import PrunedMergedReads, SeriesWindow, Store
+from aggregator.store.base import PrunedMergedReads, SeriesWindow, Store, TopTotals
 from stacks.model import Labels, Profile, StackTable, merge
 from stacks.selector import Selector, matcher
 
@@ -121,6 +121,25 @@ class OneProducerPerProcess:
             for labels, w, n in await self.store.totals(s, start, end, group_by):  # type: ignore[attr-defined]
                 sums[(labels, w)] = sums.get((labels, w), 0) + n
         return [(k[0], k[1], n) for k, n in sums.items()]
+
+    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int
+                         ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        """The store's bounded top-N read where the store has one and the rule leaves one part;
+        otherwise (two parts, whose groups must be added before the top N is known, or a store
+        without it) the groups are summed here."""
+        if isinstance(self.store, TopTotals) and await self.split(selector, start, end) is None:
+            return await self.store.top_totals(selector, start, end, group_by, n)
+        per: dict[str, dict[int, int]] = {}
+        for labels, w, k in await self.totals(selector, start, end, (group_by,)):
+            pts = per.setdefault(labels.get(group_by, ""), {})
+            pts[w] = pts.get(w, 0) + k
+        order = sorted(per, key=lambda g: (-sum(per[g].values()), g))
+        rows = [(Labels.of({group_by: g}), w, k) for g in order[:n] for w, k in per[g].items()]
+        rest: dict[int, int] = {}
+        for g in order[n:]:
+            for w, k in per[g].items():
+                rest[w] = rest.get(w, 0) + k
+        return rows, rest, len(order), sum(rest.values())
 
     async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
         return await self.store.label_names(start, end, selector)

@@ -24,7 +24,7 @@ from aggregator.params import (
     TopRequest,
     type_matcher,
 )
-from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, Store
+from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, Store, TopTotals
 from render import RENDERERS, Output, Subject
 from stacks.errors import InputError
 from stacks.model import Labels, Profile, StackTable, merge
@@ -203,7 +203,12 @@ async def labels(store: Store, req: LabelsRequest) -> dict[str, Any]:
     rng = req.rng
     only = Selector((type_matcher(req.ptype),))
     names = [n for n in await store.label_names(rng.first_window, rng.end, only) if n not in RESERVED]
-    return {"names": names, **await type_fields(store, req.ptype, only, rng)}
+    extra: dict[str, Any] = {}
+    if len(names) > req.limit:  # bounded answer, as label values
+        extra = {"truncated": {"names": len(names), "shown": req.limit,
+                               "note": f"{len(names)} label names, first {req.limit} shown (--max-label-values)"}}
+        names = names[: req.limit]
+    return {"names": names, **extra, **await type_fields(store, req.ptype, only, rng)}
 
 
 async def profile_types(store: Store, req: RangeRequest) -> dict[str, Any]:
@@ -226,15 +231,61 @@ async def profile_types(store: Store, req: RangeRequest) -> dict[str, Any]:
 async def label_values(store: Store, req: LabelValuesRequest) -> dict[str, Any]:
     """The values of label ``req.name`` among the matching series (``/api/v1/label/{name}/values``)."""
     name, sel, rng = req.name, req.sel, req.rng
-    return {"name": name, "values": await store.label_values(name, sel, rng.first_window, rng.end),
-            **await type_fields(store, req.ptype, sel, rng)}
+    values = await store.label_values(name, sel, rng.first_window, rng.end)
+    extra: dict[str, Any] = {}
+    if len(values) > req.limit:
+        # Bounded answer (issue 24): the first values in order, and how many there were.
+        extra = {"truncated": {"values": len(values), "shown": req.limit,
+                               "note": f"{len(values)} values, first {req.limit} shown (--max-label-values); "
+                                       "narrow the query to see the rest"}}
+        values = values[: req.limit]
+    return {"name": name, "values": values, **extra, **await type_fields(store, req.ptype, sel, rng)}
+
+
+OTHER_GROUP = "(other)"
+
+
+def top_groups(groups: dict[str, dict[int, int]], n: int
+               ) -> tuple[dict[str, dict[int, int]], dict[int, int] | None, dict[str, Any] | None]:
+    """The ``n`` groups with the most samples (ties by name), the rest summed per window, and
+    a note saying what was cut; ``(groups, None, None)`` when there are at most ``n``.
+
+    Bounds every group_by answer (timeline ``group_by``, the viewer's split): 100,000 pods
+    would otherwise answer 100,000 series (issue 24, cause 3). Sums are Python ints: exact.
+    """
+    if len(groups) <= n:
+        return groups, None, None
+    weight = {g: sum(pts.values()) for g, pts in groups.items()}
+    ranked = sorted(groups, key=lambda g: (-weight[g], g))
+    kept = {g: groups[g] for g in ranked[:n]}
+    other: dict[int, int] = {}
+    for g in ranked[n:]:
+        for t, v in groups[g].items():
+            other[t] = other.get(t, 0) + v
+    return kept, other, truncation_note(len(groups), n, sum(weight[g] for g in ranked[n:]))
+
+
+def truncation_note(groups: int, n: int, other_samples: int) -> dict[str, Any]:
+    """The ``truncated`` note of a group_by answer that kept ``n`` of ``groups`` groups."""
+    rest = groups - n
+    return {"groups": groups, "shown": n, "other_groups": rest, "other_samples": other_samples,
+            "note": f"{groups} groups: the {n} largest shown, {rest} more summed into {OTHER_GROUP!r} (--max-groups)"}
 
 
 async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
     ptype, sel, rng, group_by = req.ptype, req.sel, req.rng, req.group_by
     window = rng.window
-    if isinstance(store, MergedReads):
+    other: dict[int, int] | None = None
+    note: dict[str, Any] | None = None
+    if group_by and isinstance(store, TopTotals):
+        # The store keeps only the top groups while it reads (SQLite): memory bounded by
+        # --max-groups x windows however many groups there are.
+        rows, rest, ngroups, rest_samples = await store.top_totals(sel, rng.first_window, rng.end, group_by,
+                                                                   req.max_groups)
+        if ngroups > req.max_groups:
+            other, note = rest, truncation_note(ngroups, req.max_groups, rest_samples)
+    elif isinstance(store, MergedReads):
         # Summed per group in the store: rows per (group, window), not per (series, window).
         rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
     else:
@@ -245,15 +296,21 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
         g = lab.get(group_by, "") if group_by else "all"
         pts = groups.setdefault(g, {})
         pts[t] = pts.get(t, 0) + n
+    if other is None:
+        groups, other, note = top_groups(groups, req.max_groups)
     starts = range(rng.first_window, rng.end, window)
     dense = len(starts) <= 2880  # fill empty windows with 0 up to a day of points
-    series = []
-    for g in sorted(groups):
-        pts = groups[g]
-        points = [[t, pts.get(t, 0)] for t in starts] if dense else sorted([t, n] for t, n in pts.items())
-        series.append({"group": g, "points": points})
+
+    def points(pts: dict[int, int]) -> list[list[int]]:
+        return [[t, pts.get(t, 0)] for t in starts] if dense else sorted([t, n] for t, n in pts.items())
+
+    series: list[dict[str, Any]] = [{"group": g, "points": points(groups[g])} for g in sorted(groups)]
+    extra: dict[str, Any] = {}
+    if other is not None:
+        series.append({"group": OTHER_GROUP, "other": True, "points": points(other)})
+        extra["truncated"] = note
     return {"window": window, "from": rng.start, "until": rng.end, "group_by": group_by, "series": series,
-            **await type_fields(store, ptype, sel, rng)}
+            **extra, **await type_fields(store, ptype, sel, rng)}
 
 
 async def top(store: Store, req: TopRequest) -> dict[str, Any]:

@@ -23,6 +23,20 @@ def _non_negative_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise ValueError(f"expected a positive number, got {text}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    v = float(text)
+    if not v >= 0:
+        raise ValueError(f"expected a number >= 0, got {text}")
+    return v
+
+
 def _port(text: str) -> int:
     v = int(text)
     if not 0 <= v <= 65535:
@@ -80,6 +94,38 @@ SETTINGS: list[Setting] = [
             "A query that does not name pyroscope_spy reads only the host-wide producer's series "
             "(flamewatch-agent, ebpfspy) of a pod that has them, so a process profiled by the agent and "
             "an SDK is not counted twice (docs/aggregator.md, Producers)", parse_bool),
+    Setting("max_profiles_per_push", 10000,
+            "Most pprof profiles (raw_profile entries, all series together) one push may carry (413 beyond, "
+            "checked before any is decoded)", _positive_int),
+    Setting("max_series_per_push", 10000, "Most series (label sets) one push may carry (413 beyond)",
+            _positive_int),
+    Setting("max_samples_per_push", 2_000_000,
+            "Most pprof samples or folded lines one push may carry (413 beyond, before anything is stored)",
+            _positive_int),
+    Setting("max_groups", 100,
+            "group_by answers (timeline) keep the N groups with the most samples and sum the rest into "
+            "'(other)', with a note; bounds the answer's memory", _positive_int),
+    Setting("max_label_values", 10000,
+            "Most values /api/v1/label/NAME/values (and names /api/v1/labels) lists; the answer says when it "
+            "was truncated",
+            _positive_int),
+    Setting("header_timeout_seconds", 10.0,
+            "A connection whose request header is not complete this long after it began is closed (slow clients)",
+            _positive_float),
+    Setting("body_timeout_seconds", 60.0, "A request body not received within this many seconds gets a 408",
+            _positive_float),
+    Setting("integrity_check_seconds", 10.0,
+            "Time budget of SQLite's PRAGMA quick_check at start (past it, start without a full check, logged)",
+            _positive_float),
+    Setting("sqlite_stack_cache", 2_000_000,
+            "Most stacks the SQLite reader keeps resolved in memory (~200 bytes each); past it the cache "
+            "restarts, reads stay correct", _positive_int),
+    Setting("gc_freeze_seconds", 1.0,
+            "Every this many seconds serve freezes the objects alive (gc.freeze) so Python's full garbage "
+            "collections, which pause every thread, scan only newer ones; 0 turns it off", _non_negative_float),
+    Setting("gc_collect_seconds", 3600.0,
+            "With gc-freeze-seconds: one full collection this often (frees cyclic garbage that was frozen; "
+            "one pause per interval)", _non_negative_float),
     Setting("log_level", "INFO", "Logging level", str.upper,
             ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
 ]

@@ -142,10 +142,16 @@ class WindowWriter:
         groups: dict[tuple[Labels, int], list[Profile]] = {}
         for labels, start, profile in items:
             groups.setdefault((labels, start), []).append(profile)
-        return [
-            SeriesWindow(labels, start, ps[0] if len(ps) == 1 else merge(ps))
-            for (labels, start), ps in groups.items()
-        ]
+        out = []
+        for (labels, start), ps in groups.items():
+            if len(ps) == 1:
+                out.append(SeriesWindow(labels, start, ps[0]))
+            elif sum(float(p.counts.sum(dtype="float64")) for p in ps) < 2.0**62:
+                out.append(SeriesWindow(labels, start, merge(ps)))
+            else:
+                # int64 sums could wrap: write them as separate fragments (writes are additive)
+                out.extend(SeriesWindow(labels, start, p) for p in ps)
+        return out
 
     async def _write(self, items: Sequence[tuple[Labels, int, Profile]]) -> None:
         windows = self.merge_batch(items)

@@ -7,6 +7,10 @@ backslash escapes. Regexes are fully anchored. ``""`` and ``{}`` match
 everything. A bare name such as ``myapp`` (Pyroscope's application name) is
 read as ``{service_name="myapp"}``. Errors raise :class:`InputError` naming the
 position and the fix.
+
+Regexes run in RE2 (``google-re2``), as in Prometheus and Pyroscope: matching is linear in
+the label value, so no selector can take the server's time exponentially (issue 24, cause 1);
+RE2 has no backreferences or lookaround, and says so in the InputError.
 """
 
 from __future__ import annotations
@@ -14,8 +18,17 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import re2
 
 from stacks.errors import InputError
+
+# RE2's memory budget per compiled regex (its default is 8 MiB): bounds the DFA a selector may build.
+_RE2_MAX_MEM = 8 << 20
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = _RE2_MAX_MEM
+_RE2_OPTIONS.log_errors = False
 
 OPS = ("=", "!=", "=~", "!~")
 
@@ -34,7 +47,10 @@ class Matcher:
     name: str
     op: str
     value: str
-    _rx: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _rx: Any = field(default=None, compare=False, repr=False)  # a compiled re2 pattern
+    # value -> regex result: a store matches one selector against every series, and label
+    # values repeat (types, namespaces); re2's Python call costs several µs each.
+    _memo: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         v = labels.get(self.name, "")
@@ -42,8 +58,12 @@ class Matcher:
             return v == self.value
         if self.op == "!=":
             return v != self.value
-        rx = self._rx or re.compile(self.value)
-        hit = rx.fullmatch(v) is not None
+        hit = self._memo.get(v)
+        if hit is None:
+            rx = self._rx or compile_regex(self.name, self.value)
+            hit = rx.fullmatch(v) is not None
+            if len(self._memo) < _MEMO_LIMIT:
+                self._memo[v] = hit
         return hit if self.op == "=~" else not hit
 
     def __str__(self) -> str:
@@ -64,22 +84,67 @@ class Selector:
         return "{" + ",".join(str(m) for m in self.matchers) + "}"
 
 
+_MAX_NESTING = 100
+_MEMO_LIMIT = 65536  # regex results kept per matcher
+# A counted repeat; RE2 refuses counts over 1000 in Go, but its Python binding reads them as text.
+_REPEAT = re.compile(r"(?<!\\)\{([0-9]+)(?:,([0-9]*))?\}")
+
+
+def _nesting(value: str) -> int:
+    """Deepest group nesting of a regex (unescaped parentheses outside character classes)."""
+    depth = top = 0
+    i, n, in_class = 0, len(value), False
+    while i < n:
+        c = value[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            depth += 1
+            top = max(top, depth)
+        elif c == ")":
+            depth -= 1
+        i += 1
+    return top
+
+
+def compile_regex(name: str, value: str) -> Any:
+    """``value`` compiled by RE2, fully anchored by :meth:`Matcher.matches` (``fullmatch``, as
+    Prometheus anchors ``^(?:value)$``). InputError on what RE2 refuses: bad syntax, Perl-only
+    constructs (backreferences, lookaround), repeats over 1000, more than its memory budget."""
+    if _nesting(value) > _MAX_NESTING:
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise InputError(f"selector regex {shown!r} for {name!r} is too complex: groups nested deeper than "
+                         f"{_MAX_NESTING}; simplify it")
+    for m in _REPEAT.finditer(value):
+        if any(x and int(x) > 1000 for x in m.groups()):
+            raise InputError(f"selector regex repeat {m.group(0)!r} for {name!r} is too large: RE2 (as "
+                             "Prometheus) allows repeat counts up to {1000}")
+    try:
+        return re2.compile(value, _RE2_OPTIONS)
+    except re2.error as e:
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        why = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise InputError(
+            f"selector regex {shown!r} for {name!r} is invalid in RE2 syntax ({why}); RE2 (as Prometheus) "
+            "has no backreferences or lookaround and allows repeats up to {1000}"
+        ) from None
+    except (RecursionError, OverflowError, ValueError, TypeError) as e:
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise InputError(
+            f"selector regex {shown!r} for {name!r} is too complex ({type(e).__name__}): simplify it"
+        ) from None
+
+
 def matcher(name: str, op: str, value: str) -> Matcher:
     """Build a matcher, compiling (and checking) regexes once."""
     if op not in OPS:
         raise InputError(f"selector operator {op!r} is not one of {', '.join(OPS)}")
-    rx = None
-    if op in ("=~", "!~"):
-        try:
-            rx = re.compile(value)
-        except re.error as e:
-            raise InputError(f"selector regex {value!r} for {name!r} is invalid: {e}") from None
-        except (RecursionError, OverflowError) as e:
-            # deeply nested groups / huge repeat counts: the compiler gives up, not the caller's fault
-            shown = value if len(value) <= 80 else value[:80] + "..."
-            raise InputError(
-                f"selector regex {shown!r} for {name!r} is too complex ({type(e).__name__}): simplify it"
-            ) from None
+    rx = compile_regex(name, value) if op in ("=~", "!~") else None
     return Matcher(name, op, value, rx)
 
 

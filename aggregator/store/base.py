@@ -40,8 +40,37 @@ class SeriesWindow:
 MERGE_ALL: tuple[str, ...] = ("",)
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password (and the query's ``password=``) replaced by ``***``: what
+    /healthz, logs and error messages may show of a storage URL (issue 24, cause 7)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable storage URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        cred, _, host = netloc.rpartition("@")
+        user = cred.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in cred else f"{user}@{host}"
+    query = "&".join(
+        (p.split("=", 1)[0] + "=***") if p.split("=", 1)[0].lower() in ("password", "pass", "pwd") else p
+        for p in parts.query.split("&")) if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
 class StoreError(RuntimeError):
     """The backend failed (disk full, read-only, server down). Maps to a 5xx."""
+
+
+class SumOverflow(ValueError):
+    """A read whose sums would pass the 64-bit count limit (2^63-1): answered 422, not 5xx."""
+
+
+class CorruptionError(StoreError):
+    """The store met damaged data (a malformed page, a row referring to one that is gone).
+    Maps to a 503 naming it, and makes ``/healthz`` report "degraded" until a restart."""
 
 
 @runtime_checkable
@@ -116,6 +145,20 @@ class PrunedMergedReads(Protocol):
         self, selector: Selector, start: int, end: int, table: StackTable, levels: Sequence[str], min_share: float
     ) -> dict[Labels, Profile]:
         """``read_merged(..., group_by=levels)`` with the invisible first-frame cells collapsed."""
+
+
+@runtime_checkable
+class TopTotals(Protocol):
+    """Optional for the timeline's ``group_by`` (SQLite offers it): the ``n`` heaviest groups'
+    totals per window, the rest summed per window, read in memory bounded by ``n`` x windows
+    rather than groups x windows (issue 24, cause 3). ``aggregator.query.timeline`` falls back
+    to :meth:`MergedReads.totals` and :func:`aggregator.query.top_groups` without it."""
+
+    async def top_totals(
+        self, selector: Selector, start: int, end: int, group_by: str, n: int
+    ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        """(rows of the kept groups as in ``totals``, the others summed per window, number of
+        groups, samples of the others)."""
 
 
 @runtime_checkable

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiohttp
 import numpy as np
 
-from aggregator.store.base import SeriesWindow, StoreError
+from aggregator.store.base import SeriesWindow, StoreError, redacted
 from stacks.errors import InputError
 from stacks.metadata import invisible_cells, metadata_path
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
@@ -126,23 +126,23 @@ def parse_url(url: str) -> tuple[str, str, dict[str, str], float]:
     fix = "use clickhouse://HOST:PORT/DATABASE, e.g. clickhouse://127.0.0.1:8123/flamewatch"
     parts = urlsplit(url)
     if parts.scheme not in ("clickhouse", "http", "https"):
-        raise InputError(f"ClickHouse URL {url!r}: unknown scheme {parts.scheme!r}; {fix}")
+        raise InputError(f"ClickHouse URL {redacted(url)!r}: unknown scheme {parts.scheme!r}; {fix}")
     if not parts.hostname:
-        raise InputError(f"ClickHouse URL {url!r}: no host; {fix}")
+        raise InputError(f"ClickHouse URL {redacted(url)!r}: no host; {fix}")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError as e:
-        raise InputError(f"ClickHouse URL {url!r}: bad port ({e}); {fix}") from None
+        raise InputError(f"ClickHouse URL {redacted(url)!r}: bad port ({e}); {fix}") from None
     db = parts.path.strip("/") or DEFAULT_DATABASE
     if not _IDENT.match(db):
-        raise InputError(f"ClickHouse URL {url!r}: database {db!r} must match [A-Za-z_][A-Za-z0-9_]*; {fix}")
+        raise InputError(f"ClickHouse URL {redacted(url)!r}: database {db!r} must match [A-Za-z_][A-Za-z0-9_]*; {fix}")
     q = parse_qs(parts.query)
     try:
         timeout = float(q.get("timeout", [DEFAULT_TIMEOUT])[0])
         if timeout <= 0:
             raise ValueError
     except ValueError:
-        raise InputError(f"ClickHouse URL {url!r}: timeout must be a positive number of seconds") from None
+        raise InputError(f"ClickHouse URL {redacted(url)!r}: timeout must be a positive number of seconds") from None
     secure = parts.scheme == "https" or q.get("secure", ["0"])[0] in ("1", "true")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     base = f"{'https' if secure else 'http'}://{host}:{port}/"

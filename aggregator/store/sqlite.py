@@ -27,7 +27,12 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import sqlite3
+import struct
+import time
+import uuid
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +41,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aggregator.store import codec
-from aggregator.store.base import SeriesWindow, StoreError
+from aggregator.store.base import CorruptionError, SeriesWindow, StoreError, SumOverflow
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
@@ -52,6 +57,12 @@ _MAX_CACHED_STACKS = 2_000_000
 # the last hour re-reads the same closed windows on every refresh and filter change.
 _MAX_DECODED_ENTRIES = 4_000_000
 
+_REPAIR = ("stop serve, run `sqlite3 {0} 'PRAGMA integrity_check'` and restore the file from a "
+           "backup (or `.recover` it)")
+# Beside the database: the id of the store the file held. A database that is missing, empty or
+# another one while this says it had data was emptied behind serve's back: refuse to start.
+_MARKER_SUFFIX = ".id"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
                                    UNIQUE (name, kind));
@@ -61,6 +72,7 @@ CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL 
 CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NOT NULL,
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start, series_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -112,11 +124,19 @@ class SQLiteStore:
     """A :class:`aggregator.store.base.Store` on one SQLite file."""
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "NORMAL", max_pages: int | None = None
+        self, path: str | Path, *, synchronous: str = "NORMAL", max_pages: int | None = None,
+        check_seconds: float = 10.0, stack_cache: int = _MAX_CACHED_STACKS,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
         self.max_pages = max_pages  # tests use it to simulate a full disk
+        self.check_seconds = check_seconds  # time budget of the start-up quick_check
+        self.stack_cache = stack_cache  # most stacks the reader keeps resolved
+        # What the start-up check found wrong (empty when the database checked out).
+        self.startup_problems: list[str] = []
+        # Bumped by retention when it deletes series rows: the reader then reloads its series map.
+        self._series_generation = 0
+        self._reader_generation = 0
         self._wexec: ThreadPoolExecutor | None = None
         self._rexec: ThreadPoolExecutor | None = None
         self._w: sqlite3.Connection | None = None
@@ -155,10 +175,21 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(executor, fn, *args)
+        except (StoreError, SumOverflow):
+            raise
+        except sqlite3.DatabaseError as e:
+            if any(w in str(e).lower() for w in ("malformed", "not a database", "corrupt")):
+                raise CorruptionError(f"SQLite store {self.path} is damaged: {e}; {_REPAIR.format(self.path)}") from e
+            raise StoreError(f"SQLite store {self.path}: {e}") from e
         except sqlite3.Error as e:
             raise StoreError(f"SQLite store {self.path}: {e}") from e
         except OSError as e:
             raise StoreError(f"SQLite store {self.path}: {e}") from e
+        except (KeyError, IndexError, zlib.error, struct.error) as e:
+            # A row referring to a missing one, a blob that does not inflate: damaged pages
+            # (issue 24, cause 8), never bad input; say so instead of a bare 500 KeyError.
+            raise CorruptionError(f"SQLite store {self.path} is inconsistent ({type(e).__name__}: {e}): "
+                                  f"damaged data; {_REPAIR.format(self.path)}") from e
 
     async def open(self) -> None:
         """Create the file and schema if needed; find unmerged windows left by a crash."""
@@ -170,9 +201,12 @@ class SQLiteStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"cannot create data directory {self.path.parent}: {e}") from e
+            self._check_marker()
             self._w = self._connect()
+            self._quick_check(self._w)
             self._w.executescript(SCHEMA)
             migrate(self._w)
+            self._write_marker(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
             ).fetchall()
@@ -186,6 +220,83 @@ class SQLiteStore:
             self._r = self._connect()
 
         await self._run(self._rexec, rsetup)
+
+    # -- start-up checks ---------------------------------------------------------------------
+    @property
+    def marker(self) -> Path:
+        return Path(str(self.path) + _MARKER_SUFFIX)
+
+    def _check_marker(self) -> None:
+        """Refuse a database that is gone, 0 bytes or another store's while the marker says
+        this one held data (restored wrongly, truncated, emptied behind serve's back)."""
+        if not self.marker.exists():
+            return
+        had = self.marker.read_text().strip()
+        size = self.path.stat().st_size if self.path.exists() else -1
+        found = ""
+        if size > 0:
+            try:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+                try:
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+                    found = row[0] if row else ""
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                return  # unreadable: the quick_check that follows names the damage
+        if found == had:
+            return
+        what = ("is missing" if size < 0 else "is empty (0 bytes)" if size == 0
+                else f"holds another store ({found or 'no store id'})")
+        raise StoreError(
+            f"database {self.path} {what}, but {self.marker} says it held store {had}: it was emptied or "
+            f"replaced behind serve's back. Restore it from a backup; to start a new empty store on "
+            f"purpose, delete {self.marker}")
+
+    def _write_marker(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        sid = row[0] if row else uuid.uuid4().hex
+        if not row:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?)", (sid,))
+        if not self.marker.exists() or self.marker.read_text().strip() != sid:
+            tmp = Path(str(self.marker) + ".tmp")
+            tmp.write_text(sid + "\n")
+            os.replace(tmp, self.marker)
+
+    def _quick_check(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA quick_check`` within ``check_seconds`` (interrupted past it, logged). What it
+        finds goes to :attr:`startup_problems` (serve then reports "degraded")."""
+        deadline = time.monotonic() + self.check_seconds
+        timed_out = False
+
+        def progress() -> int:
+            nonlocal timed_out
+            timed_out = time.monotonic() > deadline
+            return 1 if timed_out else 0
+
+        conn.set_progress_handler(progress, 10_000)
+        t0 = time.monotonic()
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
+        except sqlite3.OperationalError as e:
+            if not timed_out:
+                raise
+            log.warning("SQLite quick_check of %s stopped after %.1fs (--integrity-check-seconds): %s; "
+                        "started without a complete check", self.path, time.monotonic() - t0, e)
+            return
+        except sqlite3.DatabaseError as e:
+            self.startup_problems.append(f"quick_check of {self.path} failed: {e}")
+            log.error("SQLite store %s is damaged: %s; %s", self.path, e, _REPAIR.format(self.path))
+            raise CorruptionError(f"SQLite store {self.path} is damaged: {e}; {_REPAIR.format(self.path)}") from e
+        finally:
+            conn.set_progress_handler(None, 0)
+        if rows != ["ok"]:
+            why = "; ".join(rows[:5])
+            self.startup_problems.append(f"quick_check of {self.path}: {why}")
+            log.error("SQLite store %s failed its start-up quick_check: %s; %s", self.path, why,
+                      _REPAIR.format(self.path))
+        else:
+            log.info("SQLite quick_check of %s ok in %.2fs", self.path, time.monotonic() - t0)
 
     async def close(self) -> None:
         """Close both connections and stop the threads."""
@@ -330,6 +441,8 @@ class SQLiteStore:
                 if len(rows) < 2:
                     continue
                 parts = [codec.decode(r[1]) for r in rows]
+                if sum(float(c.sum(dtype=np.float64)) for _, c in parts) >= 2.0**62:
+                    continue  # merged int64 counts could wrap: keep the fragments (reads sum exactly)
                 p = Profile.from_arrays(
                     StackTable(), np.concatenate([a for a, _ in parts]), np.concatenate([c for _, c in parts])
                 )
@@ -360,11 +473,16 @@ class SQLiteStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             n = w.execute("DELETE FROM windows WHERE start < ?", (t,)).rowcount
-            w.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM windows)")
+            # The highest series id is never deleted: SQLite gives a new row max(id) + 1, so an id
+            # is never handed to another label set while a reader may still cache it (cause 5).
+            gone = w.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM windows) "
+                             "AND id < (SELECT max(id) FROM series)").rowcount
             w.execute("COMMIT")
         except BaseException:
             w.execute("ROLLBACK")
             raise
+        if gone:
+            self._series_generation += 1
         self._series_ids.clear()
         self._dirty = {k for k in self._dirty if k[1] >= t}
         self._seen = {k for k in self._seen if k[1] >= t}
@@ -378,6 +496,10 @@ class SQLiteStore:
     def _refresh_series(self) -> None:
         r = self._r
         assert r is not None
+        if self._reader_generation != self._series_generation:
+            # retention deleted series rows: drop the whole map rather than keep dead labels
+            self._reader_generation = self._series_generation
+            self._series, self._max_series = {}, 0
         rows = r.execute("SELECT id, labels FROM series WHERE id > ?", (self._max_series,)).fetchall()
         for sid, text in rows:
             self._series[sid] = Labels.of((k, v) for k, v in json.loads(text))
@@ -406,7 +528,10 @@ class SQLiteStore:
     def _resolve_stacks(self, dbids: np.ndarray) -> list[Stack]:
         r = self._r
         assert r is not None
-        want = [i for i in dbids.tolist() if i not in self._stacks]
+        cache = self._stacks
+        ids = dbids.tolist()
+        want = [i for i in ids if i not in cache]
+        fresh: dict[int, Stack] = {}
         if want:
             blobs = []
             for chunk in _chunks(want):
@@ -422,12 +547,26 @@ class SQLiteStore:
                 ):
                     self._frames[fid] = Frame(name, _CODE_KIND[kind])
                     self._max_frame = max(self._max_frame, fid)
-            if len(self._stacks) + len(blobs) > _MAX_CACHED_STACKS:
-                self._stacks.clear()
             frames = self._frames
             for (sid, _), f in zip(blobs, fids, strict=True):
-                self._stacks[sid] = tuple(frames[i] for i in f.tolist())
-        return [self._stacks[i] for i in dbids.tolist()]
+                try:
+                    fresh[sid] = tuple(frames[i] for i in f.tolist())
+                except KeyError as e:
+                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame {e} "
+                                          f"which is missing; {_REPAIR.format(self.path)}") from None
+        try:
+            # The answer is built before the cache is trimmed, so nothing asked for is evicted
+            # before it is read (cause 4: past the bound, every read answered KeyError).
+            out = [cache[i] if i in cache else fresh[i] for i in ids]
+        except KeyError as e:
+            raise CorruptionError(f"SQLite store {self.path}: stack {e} is referenced by a window but "
+                                  f"missing; {_REPAIR.format(self.path)}") from None
+        if fresh:
+            if len(cache) + len(fresh) > self.stack_cache:
+                cache.clear()
+            if len(fresh) <= self.stack_cache:
+                cache.update(fresh)
+        return out
 
     def _to_table(self, uniq: np.ndarray, table: StackTable) -> np.ndarray:
         """Ids on ``table`` for sorted unique database stack ids ``uniq``."""
@@ -520,13 +659,19 @@ class SQLiteStore:
         # linear time; no sort of the millions of entries an hour of windows holds.
         width = int(ids.max()) + 1
         cell = np.repeat(row_group * width, lengths) + ids  # int64: (group, id) cell number
-        if len(keys) * width <= 20_000_000:
+        # Counts are exact 64-bit integers end to end (issue 24, causes 6 and 15): bincount sums
+        # in float64, exact only while every sum stays below 2^53; past that, int64 sums.
+        bound = float(counts.sum(dtype=np.float64))
+        if bound >= 2.0**62 and sum(counts.tolist()) > (1 << 63) - 1:
+            raise SumOverflow(f"the samples in this range sum to about {bound:.3g}, past the 64-bit count "
+                              "limit (2^63-1): narrow the time range or the selector")
+        if len(keys) * width <= 20_000_000 and bound < 2.0**53:
             flat = np.bincount(cell, weights=counts, minlength=len(keys) * width)
             nz = np.flatnonzero(flat)
-            sums = flat[nz]
-        else:  # too many (group, id) cells for a dense count: sort-based reduce instead
+            sums = np.rint(flat[nz]).astype(np.int64)
+        else:  # many (group, id) cells, or sums past 2^53: sort-based int64 reduce instead
             merged = Profile.from_arrays(StackTable(), cell, counts)
-            nz, sums = merged.ids, merged.counts.astype(np.float64)
+            nz, sums = merged.ids, merged.counts
         sid = nz % width
         # Stack ids are dense: mark the ones present instead of sorting the cells' ids.
         mark = np.zeros(width, dtype=bool)
@@ -536,7 +681,6 @@ class SQLiteStore:
         lookup = np.zeros(width, dtype=mapped.dtype)
         lookup[uniq] = mapped
         tids = lookup[sid]
-        sums = np.rint(sums).astype(np.int64)
         # nz is ascending, so each group's cells are one contiguous run: slice, don't mask.
         bounds = np.searchsorted(nz, np.arange(len(keys) + 1, dtype=np.int64) * width).tolist()
         return {labels: Profile.from_arrays(table, tids[bounds[g] : bounds[g + 1]], sums[bounds[g] : bounds[g + 1]])
@@ -564,8 +708,10 @@ class SQLiteStore:
             r = self._r
             assert r is not None
             ids = self._matching_series(selector)
-            base = "SELECT series_id, start, sum(total) FROM windows WHERE start >= ? AND start < ?"
-            tail = " GROUP BY series_id, start"
+            # Rows summed here in Python ints, not by SQL sum(): SQLite's integer sum raises
+            # "integer overflow" past 2^63-1 (issue 24, cause 6); Python ints stay exact.
+            base = "SELECT series_id, start, total FROM windows WHERE start >= ? AND start < ?"
+            tail = ""
             rows: list[tuple[Any, ...]] = []
             if ids is None:
                 rows = r.execute(base + tail, (start, end)).fetchall()
@@ -574,7 +720,10 @@ class SQLiteStore:
                     q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
                     rows.extend(r.execute(q, (start, end, *chunk)).fetchall())
             if not gb:
-                return [(self._series[s], int(t), int(n)) for s, t, n in rows]
+                per: dict[tuple[int, int], int] = {}
+                for s, t, n in rows:
+                    per[s, t] = per.get((s, t), 0) + int(n)
+                return [(self._series[s], int(t), n) for (s, t), n in per.items()]
             keys: dict[int, Labels] = {}  # series id -> group key, computed once per series
             cells: dict[tuple[Labels, int], int] = {}
             for s, t, n in rows:
@@ -584,6 +733,59 @@ class SQLiteStore:
                     key = keys[s] = Labels.of({k: labels.get(k, "") for k in gb})
                 cells[key, int(t)] = cells.get((key, int(t)), 0) + int(n)
             return [(key, t, n) for (key, t), n in cells.items()]
+
+        return await self._run(self._rexec, run)
+
+    async def top_totals(
+        self, selector: Selector, start: int, end: int, group_by: str, n: int
+    ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        """``totals(..., (group_by,))`` for the ``n`` heaviest groups only, in memory bounded by
+        ``n`` x windows (issue 24, cause 3: 100,000 pods over hours held every (series, window)
+        row). Returns (rows of the kept groups, the rest summed per window, number of groups,
+        samples of the rest). Groups are ranked by a float sum (ranking only); the sums
+        returned are exact Python ints, read by streaming the rows, never all at once."""
+        def run() -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+            self._refresh_series()
+            r = self._r
+            assert r is not None
+            ids = self._matching_series(selector)
+            where = "FROM windows WHERE start >= ? AND start < ?"
+
+            def each(cols: str, tail: str = "") -> Iterable[tuple[Any, ...]]:
+                if ids is None:
+                    yield from r.execute(f"SELECT {cols} {where}{tail}", (start, end))
+                    return
+                if len(ids) > 4 * _CHUNK:
+                    # Each IN (...) chunk rescans the whole time range: with many matching series
+                    # one scan filtered here is far cheaper (100,000 pods: 200 scans -> 1).
+                    wanted = set(ids)
+                    yield from (row for row in r.execute(f"SELECT {cols} {where}{tail}", (start, end))
+                                if row[0] in wanted)
+                    return
+                for chunk in _chunks(ids):
+                    yield from r.execute(f"SELECT {cols} {where} AND series_id IN ({','.join('?' * len(chunk))}){tail}",
+                                         (start, end, *chunk))
+
+            group_of: dict[int, str] = {}
+            weight: dict[str, float] = {}
+            for sid, w in each("series_id, total(total)", " GROUP BY series_id"):
+                g = group_of[sid] = self._series[sid].get(group_by, "")
+                weight[g] = weight.get(g, 0.0) + w
+            keep = set(sorted(weight, key=lambda g: (-weight[g], g))[:n])
+            cells: dict[tuple[str, int], int] = {}
+            other: dict[int, int] = {}
+            rest = 0
+            for sid, t, v in each("series_id, start, total"):
+                g = group_of.get(sid)
+                if g is None:
+                    continue  # a series written between the two passes: next refresh shows it
+                if g in keep:
+                    cells[g, t] = cells.get((g, t), 0) + v
+                else:
+                    other[t] = other.get(t, 0) + v
+                    rest += v
+            rows = [(Labels.of({group_by: g}), int(t), v) for (g, t), v in cells.items()]
+            return rows, other, len(weight), rest
 
         return await self._run(self._rexec, run)
 

@@ -108,3 +108,34 @@ def test_never_crashes_on_garbage(text: str) -> None:
 def test_pathological_regex_is_input_error(rx: str) -> None:
     with pytest.raises(InputError, match="regex"):
         parse_selector('{a=~"' + rx + '"}')
+
+
+# -- RE2 (issue 24, cause 1) -------------------------------------------------------------------
+def test_regex_is_linear_time_and_fully_anchored() -> None:
+    import time
+
+    m = matcher("pod", "=~", "(.|.)*Q")
+    t0 = time.perf_counter()
+    assert not m.matches({"pod": "a" * 40})  # exponential in Python's re: hours at 40 chars
+    assert time.perf_counter() - t0 < 0.5
+    assert matcher("pod", "=~", "adm").matches({"pod": "adm"})
+    assert not matcher("pod", "=~", "adm").matches({"pod": "admin"})  # anchored, as Prometheus
+    assert not matcher("pod", "=~", "adm|x").matches({"pod": "xadm"})  # ^(?:adm|x)$, not ^adm|x$
+    assert matcher("pod", "!~", "a.*").matches({"pod": "b"})
+
+
+@pytest.mark.parametrize(("rx", "words"), [
+    ("(a)\\1", "RE2"), ("(?=a)", "RE2"), ("a{1001}", "1000"), ("(" * 101 + ")" * 101, "nested"),
+])
+def test_regex_refused_by_re2_rules_names_the_rule(rx: str, words: str) -> None:
+    with pytest.raises(InputError, match=words):
+        matcher("pod", "=~", rx)
+
+
+@given(st.lists(st.text(alphabet="ab.-x", max_size=6), max_size=30), st.sampled_from(["a.*", "(a|b)+", "x?-.", ""]))
+def test_memoized_regex_results_equal_fresh_matching(values: list[str], rx: str) -> None:
+    import re2
+
+    m = matcher("k", "=~", rx)
+    for v in values + values:  # second pass answers from the memo
+        assert m.matches({"k": v}) == (re2.fullmatch(rx, v) is not None)

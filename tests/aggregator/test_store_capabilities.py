@@ -19,6 +19,7 @@ from aggregator.store.base import (
     PrunedMergedReads,
     SeriesWindow,
     Store,
+    TopTotals,
 )
 from aggregator.store.clickhouse import ClickHouseStore
 from aggregator.store.sqlite import SQLiteStore
@@ -28,7 +29,7 @@ from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
 
 ROOT = Path(__file__).resolve().parents[2]
-CAPABILITIES = (Store, MergedReads, PrunedMergedReads, Compacting)
+CAPABILITIES = (Store, MergedReads, PrunedMergedReads, Compacting, TopTotals)
 T0 = 1_700_006_400
 U = Frame.user
 
@@ -41,7 +42,7 @@ def protocol_methods(proto: type) -> set[str]:
 @pytest.mark.parametrize(
     ("make", "claims"),
     [
-        (lambda tmp: SQLiteStore(tmp / "f.db"), {Store, MergedReads, Compacting}),
+        (lambda tmp: SQLiteStore(tmp / "f.db"), {Store, MergedReads, Compacting, TopTotals}),
         # Construction does not connect: no server needed to check the shape of the class.
         (lambda tmp: ClickHouseStore("clickhouse://127.0.0.1:8123/flamewatch"),
          {Store, MergedReads, PrunedMergedReads}),
@@ -140,6 +141,11 @@ class SpyStore(SQLiteStore):
         self.calls.append("totals")
         return await super().totals(selector, start, end, group_by)
 
+    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int
+                         ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        self.calls.append("top_totals")
+        return await super().top_totals(selector, start, end, group_by, n)
+
     async def compact(self, before: int, limit: int = 2000) -> int:
         self.calls.append("compact")
         return await super().compact(before, limit)
@@ -198,7 +204,7 @@ async def test_a_store_without_a_capability_takes_the_general_path(stores: tuple
     assert plain.reads == 9  # 2 series_profiles, 2 query_series, 4 flame_series, 1 timeline
     assert "read" not in spy.calls
     assert spy.calls.count("read_merged_pruned") == 1  # metadata=1 with min_share > 0 only
-    assert spy.calls.count("totals") == 1
+    assert spy.calls.count("top_totals") == 1  # the timeline's group_by (issue 24: bounded groups)
     assert spy.calls.count("read_merged") == 7  # the other 7 of the 9 reads
 
 

@@ -170,7 +170,7 @@ def test_server_deployment_service_and_volume(base: list[dict[str, Any]]) -> Non
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     port_names = {p["name"]: p["containerPort"] for p in server["ports"]}
     assert svc["spec"]["ports"][0]["targetPort"] in port_names
-    assert server["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
     claim = {v["name"]: v for v in pod["spec"]["volumes"]}["data"]["persistentVolumeClaim"]["claimName"]
     one(base, "PersistentVolumeClaim", claim)
     data_mount = {m["name"]: m["mountPath"] for m in server["volumeMounts"]}["data"]

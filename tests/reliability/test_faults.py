@@ -168,6 +168,10 @@ def test_disk_full_gives_5xx_clear_log_no_corruption_and_recovers(tmp_path: Path
             assert any(w in srv.log().lower() for w in ("full", "no space", "storage failure")), \
                 srv.log()[-2000:]
             assert srv.get("/healthz")[0] == 200
+            # Issue 24, cause 13: while pushes fail, /healthz says "degraded" and /readyz is 503.
+            health = json.loads(srv.get("/healthz")[1])
+            assert health["status"] == "degraded" and "pushes failing" in health["problems"][0], health
+            assert srv.get("/readyz")[0] == 503
             # Space returns: pushes succeed again, nothing acknowledged earlier is gone.
             filler.unlink()
             for p in mnt.glob("crumb*"):
@@ -181,6 +185,7 @@ def test_disk_full_gives_5xx_clear_log_no_corruption_and_recovers(tmp_path: Path
                     ok = True
                 time.sleep(0.1)
             assert ok, f"no push succeeded after space returned:\n{srv.log()[-2000:]}"
+            assert srv.get("/readyz")[0] == 200 and json.loads(srv.get("/healthz")[1])["status"] == "ok"
             have = stored(srv, '{service_name="durable"}')
             missing = [k for k, n in before.items() if have.get(k) != n]
             assert not missing, f"lost after disk full: {missing[:5]}"

@@ -170,7 +170,66 @@
     while ((g = re.exec(m[1]))) out += (g[1] === "-" ? -1 : 1) * Number(g[2]) * unit[g[3]];
     return out;
   }
+  /** A label value as plain text for plotly, which reads names (legend, hover) as a subset of HTML
+   * (<a href>, <span style>, <br>): escaped, it draws the characters themselves (issue 24, cause 9). */
+  function plotlyText(v) {
+    return String(v).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
   function isoUTC(sec) { return new Date(sec * 1000).toISOString().replace(/\.\d+Z$/, "Z"); }
+
+  // --read-token (issue 24, cause 11): the token is kept for this tab only (sessionStorage, never
+  // localStorage or a cookie) and sent on every API call; a 401 opens the sign-in form.
+  var TOKEN_KEY = "flamewatch.readToken";
+  function readToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+  }
+  function authHeaders(extra) {
+    var h = Object.assign({}, extra || {});
+    var t = readToken();
+    if (t) h.Authorization = "Bearer " + t;
+    return h;
+  }
+  function showSignIn(why) {
+    var f = $("signin");
+    if (!f || !f.hidden) return;
+    $("signin-why").textContent = why || "This server needs a read token.";
+    f.hidden = false;
+    $("signin-token").focus();
+  }
+  function wireSignIn() {
+    var f = $("signin");
+    if (!f) return;
+    f.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var t = $("signin-token").value.trim();
+      if (!t) return;
+      try { sessionStorage.setItem(TOKEN_KEY, t); } catch (e) { /* storage refused: nothing to keep */ }
+      location.reload();
+    });
+  }
+  /** Export links carry no header: with a token, fetch the file with it and hand over a blob. */
+  function wireTokenDownloads() {
+    ["exp-folded", "exp-pprof", "exp-speedscope", "exp-html"].forEach(function (id) {
+      var a = $(id);
+      if (!a) return;
+      a.addEventListener("click", function (ev) {
+        if (!readToken() || a.dataset.blob) return;
+        ev.preventDefault();
+        fetch(a.href, {headers: authHeaders()}).then(function (r) {
+          if (r.status === 401) { showSignIn("The read token was refused; enter it again."); throw new Error("401"); }
+          return r.blob();
+        }).then(function (b) {
+          var tmp = document.createElement("a");
+          tmp.href = URL.createObjectURL(b);
+          tmp.download = a.getAttribute("download") || (id.replace("exp-", "profile.") + ".html");
+          document.body.appendChild(tmp);
+          tmp.click();
+          document.body.removeChild(tmp);
+          setTimeout(function () { URL.revokeObjectURL(tmp.href); }, 10000);
+        }).catch(function () { /* shown by the sign-in form */ });
+      });
+    });
+  }
 
   var pending = {};
   /** GET an API path; resolves JSON, rejects with the server's {"error"} message. Stale replies are dropped. */
@@ -178,10 +237,11 @@
     var seq = (pending[key] || 0) + 1;
     pending[key] = seq;
     var url = path + "?" + new URLSearchParams(params).toString();
-    return fetch(url, {headers: {Accept: "application/json"}}).then(function (r) {
+    return fetch(url, {headers: authHeaders({Accept: "application/json"})}).then(function (r) {
       return r.text().then(function (text) {
         var body = null;
         try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
+        if (r.status === 401) showSignIn(readToken() ? "The read token was refused; enter it again." : null);
         if (pending[key] !== seq) throw {stale: true};
         if (!r.ok) throw new Error((body && body.error) || ("HTTP " + r.status + " from " + path));
         return body;
@@ -525,7 +585,7 @@
     var ax = U.axis(peak, u);
     var traces = (d.series || []).map(function (s, k) {
       return {
-        type: "bar", name: s.group === "" ? "(no " + (state.gb || "label") + ")" : String(s.group),
+        type: "bar", name: plotlyText(s.group === "" ? "(no " + (state.gb || "label") + ")" : String(s.group)),
         x: s.points.map(function (p) { return isoUTC(p[0] + (d.window || 30) / 2); }),
         y: s.points.map(function (p) { return p[1] * ax.mul / ax.div; }),
         customdata: s.points.map(function (p) { return U.formatLong(p[1], u); }),
@@ -1011,6 +1071,8 @@
   // ------------------------------------------------------------------ start
 
   function start() {
+    wireSignIn();
+    wireTokenDownloads();
     readURL();
     fg = new FlameGraph($("flame"), {
       onZoom: function (i) {

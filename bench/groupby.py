@@ -1,0 +1,60 @@
+"""``timeline?group_by=pod`` with many pods against a real ``flamewatch serve`` (issue 24, cause 3).
+
+Pushes ``--pods`` series (one small pprof each, 10,000 series per push) and asks the timeline
+split by pod three times; prints the answer size, time and the server's peak RSS (VmHWM).
+
+    python bench/groupby.py [--pods 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stacks import pprof, push
+from stacks.model import Frame, Profile
+from tests.support.server import Server, running_server
+
+
+def peak_kb(s: Server) -> int:
+    assert s.proc is not None
+    for line in Path(f"/proc/{s.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=100_000)
+    args = ap.parse_args()
+    raw = gzip.compress(pprof.encode_pprof(Profile.from_pairs([((Frame.user("main"), Frame.user("g")), 1)]),
+                                           time_nanos=time.time_ns(), duration_nanos=10**9), 1)
+    with running_server(Path(tempfile.mkdtemp())) as s:
+        t0 = time.time()
+        for b in range(0, args.pods, 10_000):
+            series = [push.PushSeries((("__name__", "process_cpu"), ("service_name", "gb"), ("pod", f"p{i:06d}")),
+                                      (push.RawSample(raw),)) for i in range(b, min(args.pods, b + 10_000))]
+            status, body = s.post("/push.v1.PusherService/Push", gzip.compress(push.encode_push_request(series), 1),
+                                  headers={"Content-Type": "application/proto"}, timeout=300)
+            assert status == 200, body
+        print(f"pushed {args.pods} pods in {time.time() - t0:.1f} s; peak RSS {peak_kb(s) / 1024:.0f} MiB")
+        q = quote('{service_name="gb"}')
+        for _ in range(3):
+            t0 = time.time()
+            status, body = s.get(f"/api/v1/timeline?query={q}&group_by=pod&from=now-1h&until=now%2B1m", timeout=300)
+            note = json.loads(body).get("truncated", {}).get("note")
+            print(f"timeline {status}: {len(body)} bytes in {time.time() - t0:.2f} s; peak RSS "
+                  f"{peak_kb(s) / 1024:.0f} MiB; {note}")
+
+
+if __name__ == "__main__":
+    main()
