@@ -82,3 +82,30 @@ def test_skip_of_a_real_part_fails_on_a_prepared_machine(
     finally:
         probe.unlink()
     assert f"1 {outcome}" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("corpora_present", "outcome"), [(False, "1 skipped"), (True, "1 passed")])
+def test_missing_corpora_stay_a_skip_on_a_prepared_machine(tmp_path: Path, corpora_present: bool, outcome: str) -> None:
+    """Data outside the repository (../shared/corpora) is absent from a plain clone: its tests skip
+    with the reason even where scripts/setup.sh prepared the machine, and run where it is present."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip(reason="the prepared-machine rule applies to root runs (FLAMEGRAPH_DIR-style optional skip)")
+    (tmp_path / "m").write_text("apt=1\n")
+    data = tmp_path / "corpora"
+    if corpora_present:
+        data.mkdir()
+        (data / "probe.txt").write_text("present")
+    probe = REPO / "tests" / f"test_zz_corpora_probe_{os.getpid()}_{int(corpora_present)}.py"
+    probe.write_text("def test_probe(corpora):\n    assert (corpora / 'probe.txt').read_text() == 'present'\n")
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(probe)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "FLAMEWATCH_SETUP_MARKER": str(tmp_path / "m"),
+                                "FLAMEWATCH_CORPORA": str(data)})
+    finally:
+        probe.unlink()
+    assert outcome in r.stdout, r.stdout + r.stderr
+    if not corpora_present:
+        assert "shared corpora not found" in r.stdout, r.stdout  # the reason is named in the output
