@@ -23,18 +23,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator import ingest, params, query
 from aggregator.metrics import Metrics
+from aggregator.settings import ServeSettings
 from aggregator.store import Store, StoreError, open_store
 from aggregator.store.base import Compacting
 from aggregator.windows import WindowWriter
-from ground.settings import Settings, resolve
+from ground.settings import resolve
 from render import Output
 from stacks.errors import InputError, LimitError
 
-log = logging.getLogger("flamewatch.aggregator")
+log = logging.getLogger(__name__)
 
 STORE = web.AppKey("store", Store)
 WRITER = web.AppKey("writer", WindowWriter)
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", ServeSettings)
 METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
@@ -293,7 +294,7 @@ AddRoutes = Callable[[web.Application], None]
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: ServeSettings | None = None,
     store: Store | None = None,
     *,
     clock: Callable[[], float] = time.time,
@@ -302,9 +303,7 @@ def create_app(
     """The aggregator application; each of ``extra`` then adds its routes to it (behind the same
     auth and error middleware). ``flamewatch serve`` passes the viewer's there: the aggregator
     itself never imports the viewer (flamewatch/serve_cmd.py composes the two)."""
-    from aggregator.settings import SETTINGS as TABLE
-
-    settings = settings if settings is not None else resolve(TABLE, {}, environ={})
+    settings = settings if settings is not None else resolve(ServeSettings, {}, environ={})
     # Bodies up to the limit are read; beyond it aiohttp raises 413 (mapped to JSON by guard).
     # auto_decompress off: gzip bodies are inflated by stacks.gz under --max-decompressed-bytes,
     # never by aiohttp without a cap.
