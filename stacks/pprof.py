@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, pairwise
 from operator import itemgetter
@@ -259,7 +259,7 @@ def run_names(line_functions: Iterable[int], name_of: Callable[[int], str | None
     return names or [fallback]
 
 
-def zero_id_repair(function_ids: Sequence[int], location_ids: Sequence[int]) -> list[int] | None:
+def zero_id_repair(function_ids: Collection[int], location_ids: Collection[int]) -> list[int] | None:
     """The function ids to use instead, for a profile whose every function id is 0 (else None).
 
     Some .NET profilers write one function per location, in location order, and leave every
@@ -270,6 +270,25 @@ def zero_id_repair(function_ids: Sequence[int], location_ids: Sequence[int]) -> 
     if len(function_ids) and len(function_ids) == len(location_ids) and not any(function_ids):
         return list(location_ids)
     return None
+
+
+class _Ids:
+    """The ``id`` fields of repeated protobuf messages, read lazily: the repair's check stops at the
+    first nonzero function id instead of listing them all."""
+
+    __slots__ = ("msgs",)
+
+    def __init__(self, msgs: Any) -> None:
+        self.msgs = msgs
+
+    def __len__(self) -> int:
+        return len(self.msgs)
+
+    def __iter__(self) -> Iterator[int]:
+        return (m.id for m in self.msgs)
+
+    def __contains__(self, x: object) -> bool:
+        return any(i == x for i in self)
 
 
 def _location_names(loc: Any, mapping_file: dict[int, str], functions: dict[int, str]) -> tuple[list[str], bool]:
@@ -314,8 +333,8 @@ def _parse_library(raw: bytes) -> Any:
 
 def _repair_zero_function_ids(p: Any) -> None:
     """:func:`zero_id_repair` on a parsed Profile (or ProfileSplit) message."""
-    funcs, locs = p.function, p.location
-    ids = zero_id_repair([f.id for f in funcs], [loc.id for loc in locs]) if funcs else None
+    funcs = p.function
+    ids = zero_id_repair(_Ids(funcs), _Ids(p.location))
     if ids is not None:
         for f, i in zip(funcs, ids, strict=True):
             f.id = i
