@@ -25,19 +25,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator import guards, ingest, jfr, otlp, params, producers, query
 from aggregator.metrics import Metrics
+from aggregator.settings import ServeSettings
 from aggregator.store import Store, StoreError, open_store
 from aggregator.store.base import Compacting, CorruptionError, SumOverflow, redacted
 from aggregator.windows import WindowWriter
-from ground.settings import Settings, resolve
+from ground.settings import resolve
 from render import Output
 from stacks.errors import InputError, LimitError
 from stacks.otlp import OTLP_PATH
 
-log = logging.getLogger("flamewatch.aggregator")
+log = logging.getLogger(__name__)
 
 STORE = web.AppKey("store", Store)
 WRITER = web.AppKey("writer", WindowWriter)
-SETTINGS = web.AppKey("settings", Settings)
+SETTINGS = web.AppKey("settings", ServeSettings)
 METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
@@ -160,7 +161,7 @@ async def read_body(request: web.Request) -> bytes:
                                           "request body")
 
 
-def limits(s: Settings) -> ingest.Limits:
+def limits(s: ServeSettings) -> ingest.Limits:
     """The per-push limits of the settings."""
     return ingest.Limits(s.max_profiles_per_push, s.max_series_per_push, s.max_samples_per_push)
 
@@ -438,7 +439,7 @@ AddRoutes = Callable[[web.Application], None]
 
 
 def create_app(
-    settings: Settings | None = None,
+    settings: ServeSettings | None = None,
     store: Store | None = None,
     *,
     clock: Callable[[], float] = time.time,
@@ -447,9 +448,7 @@ def create_app(
     """The aggregator application; each of ``extra`` then adds its routes to it (behind the same
     auth and error middleware). ``flamewatch serve`` passes the viewer's there: the aggregator
     itself never imports the viewer (flamewatch/serve_cmd.py composes the two)."""
-    from aggregator.settings import SETTINGS as TABLE
-
-    settings = settings if settings is not None else resolve(TABLE, {}, environ={})
+    settings = settings if settings is not None else resolve(ServeSettings, {}, environ={})
     # Bodies up to the limit are read; beyond it aiohttp raises 413 (mapped to JSON by guard).
     # auto_decompress off: gzip bodies are inflated by stacks.gz under --max-decompressed-bytes,
     # never by aiohttp without a cap.

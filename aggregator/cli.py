@@ -12,16 +12,16 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from aggregator.settings import SETTINGS
-from ground.settings import Settings, resolve_or_report
+from aggregator.settings import ServeSettings
+from ground.settings import resolve_or_report
 
 if TYPE_CHECKING:
     from aggregator.app import AddRoutes
 
-log = logging.getLogger("flamewatch.serve")
+log = logging.getLogger(__name__)
 
 
-async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
+async def _run(settings: ServeSettings, extra: Sequence[AddRoutes]) -> int:
     from aiohttp import web
 
     from aggregator.app import create_app
@@ -86,7 +86,7 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
 
 def serve(args: argparse.Namespace, extra: Sequence[AddRoutes] = ()) -> int:
     """Serve the aggregator per ``args`` (``flamewatch serve``'s flags), with ``extra`` routes added."""
-    settings = resolve_or_report("serve", SETTINGS, args)
+    settings = resolve_or_report("serve", ServeSettings, args)
     if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

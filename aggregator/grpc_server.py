@@ -22,7 +22,7 @@ from aiohttp import web
 from aggregator import ingest, otlp
 from stacks.errors import InputError, LimitError
 
-log = logging.getLogger("flamewatch.grpc")
+log = logging.getLogger(__name__)
 
 OTLP_SERVICE = "opentelemetry.proto.collector.profiles.v1development.ProfilesService"
 PUSH_SERVICE = "push.v1.PusherService"

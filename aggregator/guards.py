@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 T = TypeVar("T")
-log = logging.getLogger("flamewatch.aggregator")
+log = logging.getLogger(__name__)
 
 # Content types a browser sends cross-origin without a preflight ("simple requests"), and no
 # type at all (a fetch of a Blob without one): never a Connect push from an SDK or agent.

@@ -35,7 +35,7 @@ from stacks.gz import gunzip_capped
 from stacks.profiletype import PERIOD_LABEL, RESERVED, ProfileType
 from stacks.selector import Selector, parse_selector
 
-log = logging.getLogger("flamewatch.querier")
+log = logging.getLogger(__name__)
 
 QUERIER = "/querier.v1.QuerierService/"
 SETTINGS_SERVICE = "/settings.v1.SettingsService/"

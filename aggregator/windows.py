@@ -29,7 +29,7 @@ from aggregator.store.base import Compacting, SeriesWindow, Store, StoreError
 from stacks.model import Labels, Profile, merge
 from stacks.profiletype import TYPE_LABEL
 
-log = logging.getLogger("flamewatch.windows")
+log = logging.getLogger(__name__)
 
 
 def window_start(t: float, window: int) -> int:

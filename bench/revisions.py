@@ -29,11 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 NUM = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
+# A figure's name padded into a column, then its value: "prune max_nodes=20000      0.123".
+COLUMN = re.compile(r"^\S.*?\S\s{2,}(?=[-+]?\d)")
+
+
 def figures(output: str) -> dict[str, float]:
-    """``{line with numbers blanked: first number}`` for every line of ``output`` with a number."""
+    """``{line with numbers blanked: value}`` for every line of ``output`` with a number; the value is
+    the first number after a name padded into a column (numbers inside the name are part of the
+    name), else the line's first number."""
     out: dict[str, float] = {}
     for line in output.splitlines():
-        m = NUM.search(line)
+        col = COLUMN.match(line)
+        m = NUM.search(line, col.end() if col else 0)
         if not m:
             continue
         key = " ".join(NUM.sub("#", line).split())

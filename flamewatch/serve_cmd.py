@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aggregator.settings import SETTINGS
-from ground.settings import Settings, add_command
+from aggregator.settings import SETTINGS, ServeSettings
+from ground.settings import add_command
 
 if TYPE_CHECKING:  # the server's modules load when it runs, not for every `flamewatch` command
     from aiohttp import web
@@ -35,7 +35,7 @@ def viewer_routes() -> tuple[AddRoutes, ...]:
 
 
 def build_app(
-    settings: Settings | None = None, store: Store | None = None, *, clock: Callable[[], float] = time.time
+    settings: ServeSettings | None = None, store: Store | None = None, *, clock: Callable[[], float] = time.time
 ) -> web.Application:
     """The application ``flamewatch serve`` runs: the aggregator with the viewer's routes."""
     from aggregator.app import create_app

@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 import psutil
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from ground.settings import Settings
 from profiler.collect import Collector, PidSamples, combine_python
 from profiler.hold import Held, NameHold
 from profiler.metadata import (
@@ -46,11 +45,12 @@ from profiler.samplers.pyunwind import (
     alive,
     check_bpftrace,
 )
+from profiler.settings import AgentSettings
 from profiler.shipper import WALL, Shipper, build_push
 from profiler.spool import Spool
 from stacks.model import Labels, Stack
 
-log = logging.getLogger("flamewatch.agent")
+log = logging.getLogger(__name__)
 
 
 def tree_cpu_seconds(proc: psutil.Process | None = None) -> dict[str, float]:
@@ -91,7 +91,7 @@ def lifetime_share(pid: int) -> float | None:
     return (t.user + t.system) / age if age > 1.0 else None
 
 
-def kube_index(s: Settings, node: str, environ: Mapping[str, str]) -> PodIndex | None:
+def kube_index(s: AgentSettings, node: str, environ: Mapping[str, str]) -> PodIndex | None:
     """The pod index the settings ask for, or None off Kubernetes."""
     mode = s.kube
     in_cluster = bool(environ.get("KUBERNETES_SERVICE_HOST")) or os.path.exists(s.kube_token_path)
@@ -115,7 +115,7 @@ class Agent:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AgentSettings,
         *,
         runner: Runner = default_runner,
         clock: Callable[[], float] = time.monotonic,

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ground.settings import add_command, resolve_or_report
-from profiler.settings import SETTINGS
+from profiler.settings import SETTINGS, AgentSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +25,7 @@ def handle(args: argparse.Namespace) -> int:
     from profiler.agent import Agent, install_signal_handlers
     from profiler.samplers.base import SamplerUnavailable
 
-    settings = resolve_or_report("agent", SETTINGS, args)
+    settings = resolve_or_report("agent", AgentSettings, args)
     if settings is None:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,

@@ -34,7 +34,7 @@ from typing import Any
 
 from stacks.model import Labels
 
-log = logging.getLogger("flamewatch.agent.metadata")
+log = logging.getLogger(__name__)
 
 _UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
 # "pod<uid>" as a cgroupfs directory or inside a systemd slice name

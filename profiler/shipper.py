@@ -31,7 +31,7 @@ from stacks.model import Labels, Profile, Stack, StackTable
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
 
-log = logging.getLogger("flamewatch.agent.shipper")
+log = logging.getLogger(__name__)
 
 PUSH_PATH = "/push.v1.PusherService/Push"
 PROFILE_NAME = "process_cpu"

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("flamewatch.agent.spool")
+log = logging.getLogger(__name__)
 
 
 @dataclass

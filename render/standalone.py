@@ -126,6 +126,9 @@ def standalone_html(data: dict[str, Any], title: str) -> str:
     pruned = data.get("pruned") or {}
     if pruned.get("nodes_before", 0) > pruned.get("nodes_after", 0):
         summary += f"; {pruned['nodes_before']} nodes pruned to {pruned['nodes_after']}"
+    cut = pruned.get("cut") or {}
+    if cut.get("share"):  # the heaviest frames folded into "other", and from which depth
+        summary += f"; cut: frames of {100 * float(cut['share']):.1f}% from depth {int(cut.get('depth', 0))}"
     t = html.escape(title)
     csp = (
         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "

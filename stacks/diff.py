@@ -23,7 +23,9 @@ from typing import Any
 
 from stacks.errors import InputError
 from stacks.folded import format_frame
+from stacks.graft import build_grafted
 from stacks.model import Frame, Kind, Profile
+from stacks.prune import check_prune_args
 from stacks.tree import (
     DEFAULT_MAX_NODES,
     KINDS,
@@ -60,7 +62,7 @@ def scale_factor(base_sum: int, compare_sum: int, mode: str) -> float:
 
 def diff_tree(base: Profile, compare: Profile) -> Tree:
     """Union tree: ``total``/``self`` from ``compare``, ``base_total``/``base_self`` from ``base``."""
-    return Tree(cols=Columns.build([compare, base]))
+    return Tree(Columns.build([compare, base]))
 
 
 def diff_json(
@@ -79,9 +81,8 @@ def diff_json(
     _check_mode(mode)
     base_sum, compare_sum = base.total, compare.total
     k = scale_factor(base_sum, compare_sum, mode)
-    _check_budget(max_nodes, min_share)
-    trie = Columns.build([compare, base])
-    trie.labels = labels or None
+    check_prune_args(max_nodes, min_share)
+    trie = Columns.build([compare, base], labels=labels)
     assert trie.base_total is not None
     # Prune on the layout width itself so what is dropped is what would be narrowest on screen.
     tree = prune_columns(trie, trie.total + trie.base_total * k, max_nodes=max_nodes, min_share=min_share)
@@ -110,25 +111,18 @@ def metadata_diff_json(
     base_sum = sum(p.total for _, p in base_series)
     compare_sum = sum(p.total for _, p in compare_series)
     k = scale_factor(base_sum, compare_sum, mode)
-    _check_budget(max_nodes, min_share)
+    check_prune_args(max_nodes, min_share)
 
     def parts(series: list[tuple[Mapping[str, str], Profile]]) -> list[tuple[tuple[Frame, ...], Profile]]:
         return [(tuple(Frame(v, Kind.METADATA) for _, v in metadata_frames(lab, levels)), p) for lab, p in series]
 
-    trie = Columns.build_grafted(parts(compare_series), min_share, base_parts=parts(base_series), k=k,
-                                 max_nodes=max_nodes)
     labels = {**metadata_labels(base_series, levels), **metadata_labels(compare_series, levels)}
-    trie.labels = labels or None
+    trie, fit = build_grafted(parts(compare_series), min_share, base_parts=parts(base_series), k=k,
+                              max_nodes=max_nodes, labels=labels)
     assert trie.base_total is not None
-    tree = prune_columns(trie, trie.total + trie.base_total * k, max_nodes=max_nodes, min_share=min_share)
+    tree = prune_columns(trie, trie.total + trie.base_total * k, max_nodes=max_nodes, min_share=min_share,
+                         fit=fit)
     return _diff_doc(tree, mode, k, base_sum, compare_sum)
-
-
-def _check_budget(max_nodes: int, min_share: float) -> None:
-    if max_nodes < 2:
-        raise InputError(f"max_nodes={max_nodes}: must be at least 2 (the root and one 'other' node)")
-    if not 0.0 <= min_share <= 1.0:
-        raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
 
 
 def _diff_doc(tree: Tree, mode: str, k: float, base_sum: int, compare_sum: int) -> dict[str, Any]:

@@ -1,33 +1,24 @@
-"""The object form of a flame tree: :class:`Node` and :class:`Tree`, and the fixed kind table.
+"""The object view of a flame tree: :class:`Tree` (a :class:`~stacks.columns.Columns` plus what
+pruning did) and the read-only :class:`Node` objects made from it on demand.
 
-Pure: no I/O, no clock. A :class:`Tree` built from a profile holds its columnar trie
-(:class:`stacks.columns.Columns`) and only makes :class:`Node` objects when ``root``
-is first read.
+Pure: no I/O, no clock. Every algorithm works on the columns; Node objects are only made when
+``Tree.root`` is read (for layout, and for callers that walk a tree) and are never read back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from stacks.columns import Columns
+from stacks.columns import DEFAULT_MAX_NODES, KIND_CODE, KINDS, OTHER, ROOT_NAME, Columns, heaviest_kind
+from stacks.model import Kind
 
-KINDS: tuple[str, ...] = ("user", "kernel", "metadata", "other")
-"""Fixed kind table of the Flame JSON; index = code used in ``nodes.kind``."""
-
-OTHER = "other"
-"""Name and kind of the node that stands for pruned children of one parent."""
-
-ROOT_NAME = "all"
-DEFAULT_MAX_NODES = 20000
-
-KIND_CODE: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
-"""Kind name -> its index in :data:`KINDS`."""
+__all__ = ["DEFAULT_MAX_NODES", "KINDS", "KIND_CODE", "OTHER", "ROOT_NAME", "Node", "Tree", "child_order",
+           "heaviest_kind", "materialize"]
 
 
 class Node:
-    """One node of a flame tree.
+    """One node of a flame tree (a view: changing it changes nothing else).
 
     ``total`` counts samples in this subtree, ``self`` samples whose leaf is
     this node, so ``total == self + sum(child.total)``. Diff trees also fill
@@ -51,13 +42,6 @@ class Node:
         """Children in layout order: by name then kind, ``other`` nodes last."""
         return sorted(self.children.values(), key=child_order)
 
-    def copy(self) -> Node:
-        """A deep copy of this subtree."""
-        out = Node(self.name, self.kind, self.total, self.self, self.label)
-        out.base_total, out.base_self = self.base_total, self.base_self
-        out.children = {k: c.copy() for k, c in self.children.items()}
-        return out
-
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.kind!r}, total={self.total}, self={self.self})"
 
@@ -67,51 +51,33 @@ def child_order(n: Node) -> tuple[bool, str, str]:
     return (n.kind == OTHER, n.name, n.kind)
 
 
-def heaviest_kind(kinds: Mapping[str, int]) -> str:
-    """The kind with the most samples; ties go to the first in KINDS order, so the answer
-    never depends on the order occurrences were met in (node ids follow memory addresses)."""
-    return max(kinds.items(), key=lambda kv: (kv[1], -KIND_CODE.get(kv[0], len(KINDS))))[0]
-
-
 class Tree:
-    """A flame tree: a root node plus what pruning did (``pruned``, or None).
+    """A flame tree: its columns (``cols``) plus what pruning did (``pruned``, or None).
 
-    Trees from :func:`stacks.tree.build_tree` / :func:`stacks.diff.diff_tree` are stored
-    columnar (``cols``); their :class:`Node` objects are only made when
-    ``root`` is first read, so build -> prune -> to_json never creates the
-    nodes that pruning drops.
+    ``root`` is a Node view of the columns, made on first read; reading it changes nothing
+    (every function of :mod:`stacks.tree` reads ``cols``).
     """
 
     __slots__ = ("_root", "cols", "pruned")
 
-    def __init__(
-        self, root: Node | None = None, pruned: dict[str, Any] | None = None, cols: Columns | None = None
-    ) -> None:
-        if root is None and cols is None:
-            raise TypeError("Tree needs a root node or columns")
-        self._root = root
+    def __init__(self, cols: Columns, pruned: dict[str, Any] | None = None) -> None:
+        if not isinstance(cols, Columns):
+            raise TypeError(f"Tree needs Columns, got {type(cols).__name__}")
         self.cols = cols
         self.pruned = pruned
+        self._root: Node | None = None
 
     @property
     def root(self) -> Node:
-        """The root node, made from the columns on first read."""
+        """The root node of the Node view (made once, on first read)."""
         if self._root is None:
-            assert self.cols is not None
-            self._root = self.cols.materialize(None)
+            self._root = materialize(self.cols)
         return self._root
-
-    @property
-    def columnar(self) -> bool:
-        """True while the tree is only columns (no Node read yet): the vectorised paths apply."""
-        return self._root is None and self.cols is not None
 
     @property
     def total(self) -> int:
         """Samples under the root."""
-        if self._root is None and self.cols is not None:
-            return int(self.cols.total[0])
-        return self.root.total
+        return int(self.cols.total[0])
 
     def walk(self) -> Iterator[tuple[Node, int]]:
         """(node, depth) in pre-order, children in layout order."""
@@ -124,15 +90,7 @@ class Tree:
 
     def node_count(self) -> int:
         """Number of nodes, the root included."""
-        if self._root is None and self.cols is not None:
-            return len(self.cols.parent)
-        n = 0
-        todo = [self.root]
-        while todo:
-            node = todo.pop()
-            n += 1
-            todo.extend(node.children.values())
-        return n
+        return len(self.cols.parent)
 
     def find(self, *names: str) -> Node:
         """The node reached from the root by child ``names`` (test helper); KeyError if absent."""
@@ -143,3 +101,46 @@ class Tree:
                 raise KeyError("/".join(names))
             node = matches[0]
         return node
+
+
+def materialize(cols: Columns) -> Node:
+    """Node objects for every row of ``cols`` (a pruned trie keeps a few thousand rows)."""
+    n = len(cols.parent)
+    parent = cols.parent.tolist()
+    total, self_ = cols.total.tolist(), cols.self_.tolist()
+    if cols.base_total is not None and cols.base_self is not None:
+        btotal, bself = cols.base_total.tolist(), cols.base_self.tolist()
+    else:  # a flame trie: Node's own 0
+        btotal = bself = [0] * n
+    nodes: list[Node] = []
+    fnames = cols.fnames
+    kind_of = [KINDS[c] for c in cols.fkinds]  # per function, not per node
+    for up, fi, t, sf, bt, bs in zip(parent, cols.fid.tolist(), total, self_, btotal, bself, strict=True):
+        if up < 0:
+            node = Node(cols.root_name, cols.root_kind, t, sf)
+        else:
+            kind = kind_of[fi]
+            name = fnames[fi]
+            node = Node(name, kind, t, sf)
+            nodes[up].children[(name, kind)] = node
+        node.base_total = bt
+        node.base_self = bs
+        nodes.append(node)
+    root = nodes[0]
+    if cols.labels:
+        _attach_labels(root, cols.labels)
+    return root
+
+
+def _attach_labels(root: Node, labels: Mapping[tuple[str, ...], str]) -> None:
+    """Set ``label`` on the metadata nodes whose value path from the root is in ``labels``."""
+    todo: list[tuple[Node, tuple[str, ...]]] = [(c, ()) for c in root.children.values()]
+    while todo:
+        node, path = todo.pop()
+        if node.kind != Kind.METADATA.value:
+            continue  # metadata frames only sit at the top of stacks
+        path = (*path, node.name)
+        node.label = labels.get(path)
+        todo.extend((c, path) for c in node.children.values())
+
+

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, pairwise
 from operator import itemgetter
@@ -226,30 +226,82 @@ def _symbols(p: Any, strings: list[str], s: Callable[[int, str], str]) -> tuple[
     return mapping_file, functions
 
 
-def _location_names(loc: Any, mapping_file: dict[int, str], functions: dict[int, str]) -> tuple[list[str], bool]:
-    """The function names of one location, leaf first, and whether it is in a kernel mapping.
+# --------------------------------------------------------------------------- the pprof rules
+# What a pprof means, once for every reader (library, numpy, compiled): which frames are
+# kernel frames, what an unnamed frame is called, how a location's lines make a run of
+# inlined frames, and the repair of a producer's known defect.
 
-    A line without a function, or with an unnamed one, is named by the address or the mapping.
+
+def is_kernel_mapping(filename: str) -> bool:
+    """A location in a mapping whose file is ``[kernel.kallsyms]`` (any ``[kernel...`` name)
+    holds kernel frames."""
+    return filename.startswith("[kernel")
+
+
+def run_names(line_functions: Iterable[int], name_of: Callable[[int], str | None], address: int,
+              mapping_file: str) -> list[str] | int:
+    """The function names of one location's lines, leaf first (``line[0]`` is the innermost
+    inlined frame), or the first function id ``name_of`` does not know (None from it).
+
+    A line without a function (id 0), or with an unnamed one, and a location without lines,
+    are named by the location's address, else its mapping's file, else ``[unknown]``.
     """
+    fallback = f"0x{address & U64:x}" if address else (mapping_file or "[unknown]")
+    names: list[str] = []
+    for fid in line_functions:
+        if fid == 0:
+            names.append(fallback)
+            continue
+        name = name_of(fid)
+        if name is None:
+            return fid
+        names.append(name or fallback)
+    return names or [fallback]
+
+
+def zero_id_repair(function_ids: Collection[int], location_ids: Collection[int]) -> list[int] | None:
+    """The function ids to use instead, for a profile whose every function id is 0 (else None).
+
+    Some .NET profilers write one function per location, in location order, and leave every
+    function id 0, so each location's function reference dangles. Id 0 is never valid, so
+    this shape cannot mean anything else; Pyroscope reads such profiles the same way: the
+    functions take their locations' ids.
+    """
+    if len(function_ids) and len(function_ids) == len(location_ids) and not any(function_ids):
+        return list(location_ids)
+    return None
+
+
+class _Ids:
+    """The ``id`` fields of repeated protobuf messages, read lazily: the repair's check stops at the
+    first nonzero function id instead of listing them all."""
+
+    __slots__ = ("msgs",)
+
+    def __init__(self, msgs: Any) -> None:
+        self.msgs = msgs
+
+    def __len__(self) -> int:
+        return len(self.msgs)
+
+    def __iter__(self) -> Iterator[int]:
+        return (m.id for m in self.msgs)
+
+    def __contains__(self, x: object) -> bool:
+        return any(i == x for i in self)
+
+
+def _location_names(loc: Any, mapping_file: dict[int, str], functions: dict[int, str]) -> tuple[list[str], bool]:
+    """The function names of one location, leaf first (:func:`run_names`), and whether it is in
+    a kernel mapping; InputError for an undefined mapping or function."""
     mid = loc.mapping_id
     if mid and mid not in mapping_file:
         raise _bad(f"location {loc.id} refers to mapping {mid}, which is not defined")
     mfile = mapping_file.get(mid, "") if mid else ""
-    kernel = mfile.startswith("[kernel")
-    fallback = f"0x{loc.address:x}" if loc.address else (mfile or "[unknown]")
-    names = []
-    for ln in loc.line:
-        fid = ln.function_id
-        if fid == 0:
-            names.append(fallback)
-            continue
-        name = functions.get(fid)
-        if name is None:
-            raise _bad(f"location {loc.id} refers to function {fid}, which is not defined")
-        names.append(name or fallback)
-    if not names:
-        names.append(fallback)
-    return names, kernel
+    names = run_names([ln.function_id for ln in loc.line], functions.get, loc.address, mfile)
+    if isinstance(names, int):
+        raise _bad(f"location {loc.id} refers to function {names}, which is not defined")
+    return names, is_kernel_mapping(mfile)
 
 
 def _decoded(head: _Head, series: list[tuple[Labels, Profile]], time_nanos: int,
@@ -280,16 +332,12 @@ def _parse_library(raw: bytes) -> Any:
 
 
 def _repair_zero_function_ids(p: Any) -> None:
-    """Give the functions of a profile whose every function id is 0 the ids of its locations.
-
-    Some .NET profilers write one function per location, in location order, and leave every
-    function id 0, so each location's function reference dangles. Id 0 is never valid, so
-    this shape cannot mean anything else; Pyroscope reads such profiles the same way.
-    """
-    funcs, locs = p.function, p.location
-    if funcs and len(funcs) == len(locs) and all(f.id == 0 for f in funcs):
-        for f, loc in zip(funcs, locs, strict=True):
-            f.id = loc.id
+    """:func:`zero_id_repair` on a parsed Profile (or ProfileSplit) message."""
+    funcs = p.function
+    ids = zero_id_repair(_Ids(funcs), _Ids(p.location))
+    if ids is not None:
+        for f, i in zip(funcs, ids, strict=True):
+            f.id = i
 
 
 def _library_groups(p: Any, head: _Head, table: StackTable) -> dict[LabelKey, dict[int, int]]:
@@ -554,7 +602,7 @@ class PprofDecoder:
                    ) -> tuple[dict[int, Frame], dict[int, tuple[Frame, ...]]]:
         """Location id -> frame for one-frame locations, and -> frames (root first) for inlined runs."""
         frame = self._frame
-        user_mappings = {mid for mid, f in mapping_file.items() if not f.startswith("[kernel")}
+        user_mappings = {mid for mid, f in mapping_file.items() if not is_kernel_mapping(f)}
         user_mappings.add(0)
         # The frame of a named function outside the kernel mapping, by function id.
         user_frames = {fid: frame(name, False) for fid, name in functions.items() if name}
@@ -598,6 +646,7 @@ class PprofDecoder:
             n = len(samples)
             if n < self.fast_min_samples:
                 return None  # below this, numpy's fixed cost per call makes the library faster
+            _repair_zero_function_ids(p)
             head = self._head(p, column)
         except (DecodeError, RecursionError, ValueError):  # InputError is a ValueError
             return None
@@ -703,6 +752,9 @@ class PprofDecoder:
         t = _pprof_c.scan(raw)
         if t is None:
             return None
+        repaired = zero_id_repair(t["function_id"], t["location_id"])
+        if repaired is not None:
+            t["function_id"] = np.asarray(repaired, dtype=t["function_id"].dtype)
         got_head = _compiled_head(t, column)
         if got_head is None:
             return None
@@ -748,7 +800,7 @@ class PprofDecoder:
         m_file = t["mapping_file"]
         if not _in_range(m_file, len(strings)):
             return None
-        m_kernel = np.fromiter((strings[f].startswith("[kernel") for f in m_file.tolist()), bool, len(m_file))
+        m_kernel = np.fromiter(map(is_kernel_mapping, (strings[f] for f in m_file.tolist())), bool, len(m_file))
         fns = self._function_numbers(t, strings)
         if fns is None:
             return None
@@ -837,24 +889,16 @@ class PprofDecoder:
 
 
 def _odd_run(t: dict[str, Any], j: int, mfile: str, fi_line: np.ndarray, names: list[str]) -> list[str] | None:
-    """The function names (leaf first) of location row ``j`` of a compiled scan, by the rules of
-    :func:`_location_names` (inlined runs, unnamed functions, addresses); None for an undefined function."""
-    addr = t["location_address"][j]
-    fallback = f"0x{int(addr) & U64:x}" if addr else (mfile or "[unknown]")
-    line_fn = t["line_function"]
-    run: list[str] = []
+    """The function names (leaf first) of location row ``j`` of a compiled scan
+    (:func:`run_names`); None for an undefined function."""
     first = int(t["location_line0"][j])
-    for q in range(first, first + int(t["location_nlines"][j])):
-        if line_fn[q] == 0:
-            run.append(fallback)
-            continue
-        f = int(fi_line[q])
-        if f < 0:
-            return None
-        run.append(names[f] or fallback)
-    if not run:
-        run.append(fallback)
-    return run
+    lines = range(first, first + int(t["location_nlines"][j]))
+    line_fn = t["line_function"]
+    # run_names looks functions up by id; here a line's function row is already known.
+    rows = {int(line_fn[q]): int(fi_line[q]) for q in lines}
+    run = run_names([int(line_fn[q]) for q in lines], lambda fid: names[rows[fid]] if rows[fid] >= 0 else None,
+                    int(t["location_address"][j]), mfile)
+    return None if isinstance(run, int) else run
 
 
 def encode_pprof(

@@ -1,23 +1,25 @@
-"""Pruning a flame tree to a node budget: :func:`prune` (any tree, by any weight) and
-:func:`prune_columns` (a columnar trie, vectorised), sharing :func:`fit_threshold`.
+"""Pruning a flame tree to a node budget: :func:`prune` (by total) and :func:`prune_columns`
+(by any weight, e.g. a diff's layout width), both through :func:`fit_budget`.
 
-Cut children of a kept parent become one ``other`` node carrying their sums, so every
-total is preserved. Pure: no I/O, no clock.
+Nodes are kept in the order (weight descending, depth ascending), whole (weight, depth) groups
+at a time, while the kept nodes plus one ``other`` per kept parent with a cut child fit the
+budget. A parent is never lighter nor deeper than its child, so the kept set is closed under
+parents; depth is the tie-break so that a heavy call chain deeper than the budget keeps its
+top frames (issue 24, cause 12) instead of being folded whole into ``other``. Cut children of
+a kept parent become one ``other`` node carrying their sums, so every total is preserved.
+Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from stacks.columns import DEFAULT_MAX_NODES, Columns
 from stacks.errors import InputError
-from stacks.node import DEFAULT_MAX_NODES, OTHER, Node, Tree
-
-if TYPE_CHECKING:
-    from stacks.columns import Columns
+from stacks.node import Tree
 
 
 def check_prune_args(max_nodes: int, min_share: float) -> None:
@@ -28,162 +30,119 @@ def check_prune_args(max_nodes: int, min_share: float) -> None:
         raise InputError(f"min_share={min_share}: must be between 0 and 1 (e.g. 0.0005 for 1 px of 2000)")
 
 
-def prune(
-    tree: Tree,
-    *,
-    max_nodes: int = DEFAULT_MAX_NODES,
-    min_share: float = 0.0,
-    weight: Callable[[Node], float] | None = None,
-) -> Tree:
-    """A pruned copy of ``tree`` with at most ``max_nodes`` nodes (``other`` nodes included).
+@dataclass(frozen=True)
+class Cut:
+    """The first (weight, depth) group the budget cut: a node lighter than ``weight``, or as
+    heavy and at least ``depth`` deep, is cut (so is one under the ``min_share`` floor).
+    ``weight`` -inf: the budget cut nothing."""
 
-    Nodes are kept heaviest first (best-first from the root, so a kept node's
-    parent is always kept) while their weight is at least ``min_share`` of the
-    root's. The children of a parent that were cut become one node named
-    ``other`` of kind ``other`` whose total/self are their sums, so every
-    total is preserved. ``weight`` defaults to ``node.total`` (diff trees pass
-    their layout width). Raises InputError if ``max_nodes < 2`` or
-    ``min_share`` is outside [0, 1].
-    """
+    weight: float = float("-inf")
+    depth: int = 0
+
+    def keeps(self, weights: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Per node: before this cut in the keep order."""
+        return (weights > self.weight) | ((weights == self.weight) & (depth < self.depth))
+
+    def before(self, other: Cut) -> bool:
+        """True if this cut comes first in the keep order (it cuts more)."""
+        return (self.weight, -self.depth) > (other.weight, -other.depth)
+
+
+def prune(tree: Tree, *, max_nodes: int = DEFAULT_MAX_NODES, min_share: float = 0.0) -> Tree:
+    """A pruned copy of ``tree`` with at most ``max_nodes`` nodes (``other`` nodes included),
+    weighed by total; nodes under ``min_share`` of the root's total are cut too. Raises
+    InputError if ``max_nodes < 2`` or ``min_share`` is outside [0, 1]."""
     check_prune_args(max_nodes, min_share)
-    if tree.columnar and weight is None:
-        assert tree.cols is not None
-        return prune_columns(tree.cols, tree.cols.total, max_nodes=max_nodes, min_share=min_share)
-    w: Callable[[Node], float] = weight or (lambda n: n.total)
-    root = tree.root
-    before = tree.node_count()
-    out = Tree(_copy_kept(root, _best_first(root, w, max_nodes, min_share * w(root))))
-    out.pruned = {
-        "nodes_before": before,
-        "nodes_after": out.node_count(),
-        "min_share": min_share,
-        "max_nodes": max_nodes,
-    }
-    return out
+    return prune_columns(tree.cols, tree.cols.total, max_nodes=max_nodes, min_share=min_share)
 
 
-def _best_first(root: Node, w: Callable[[Node], float], max_nodes: int, floor: float) -> set[int]:
-    """``id()`` of the nodes :func:`prune` keeps: heaviest first from the root while they weigh
-    at least ``floor`` (and > 0) and the kept nodes plus their ``other`` nodes fit ``max_nodes``."""
-    kept: set[int] = {id(root)}
-    # Number of kept nodes that still have at least one child not kept: each needs an 'other'.
-    open_parents = 1 if root.children else 0
-    unkept_children: dict[int, int] = {id(root): len(root.children)}
-    heap: list[tuple[float, int, Node, Node]] = []
-    seq = 0
-    for c in root.children.values():
-        heap.append((-w(c), seq, c, root))
-        seq += 1
-    heapq.heapify(heap)
-    while heap:
-        neg, _, node, parent = heap[0]
-        if -neg < floor or -neg <= 0:
-            break
-        # Cost of keeping `node`: itself, plus an 'other' if it has children, minus the
-        # parent's 'other' if node is the parent's last unkept child.
-        last = unkept_children[id(parent)] == 1
-        after = len(kept) + 1 + open_parents + (1 if node.children else 0) - (1 if last else 0)
-        if after > max_nodes:
-            break
-        heapq.heappop(heap)
-        kept.add(id(node))
-        unkept_children[id(parent)] -= 1
-        if last:
-            open_parents -= 1
-        if node.children:
-            open_parents += 1
-            unkept_children[id(node)] = len(node.children)
-            for c in node.children.values():
-                seq += 1
-                heapq.heappush(heap, (-w(c), seq, c, node))
-    return kept
-
-
-def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_share: float) -> Tree:
+def prune_columns(cols: Columns, weights: np.ndarray, *, max_nodes: int, min_share: float,
+                  fit: Cut | None = None) -> Tree:
     """Prune a columnar tree by ``weights`` (never larger on a child than on its parent).
 
-    Keeps every node whose weight is at least a threshold T; T is the lowest
-    value (found by binary search over the distinct weights) whose cost, kept
-    nodes plus one ``other`` per kept parent with a cut child, fits
-    ``max_nodes``. Nodes of equal weight are kept or cut together, so the
-    result can be a little under the budget.
+    ``fit``, if given, is :func:`fit_budget` of exactly these weights, floor and budget (the
+    grafted build computes it on its last level). ``pruned`` records the budget and, when it
+    cut something, ``cut``: the weight and share of the heaviest nodes folded into ``other``
+    and the depth from which nodes of that weight were cut (a deep path keeps its frames above).
     """
     n = len(cols.parent)
     floor = min_share * float(weights[0]) if n else 0.0
-    fit = cols.fit
-    if (fit is not None and fit[1] == floor and fit[2] == max_nodes and fit[0].shape == weights.shape
-            and np.array_equal(fit[0], weights)):
-        t = fit[3]  # the build already fitted these exact weights on this exact trie
-    else:
-        t, _ = fit_threshold(np.maximum(cols.parent, 0), weights, floor, max_nodes)
-    keep = (weights >= floor) & (weights > 0) & (weights >= t)
+    if fit is None:
+        fit = fit_budget(cols.parent, cols.depth, weights, floor, max_nodes)
+    keep = (weights >= floor) & (weights > 0) & fit.keeps(weights, cols.depth)
     keep[0] = True
-    root = cols.materialize(keep)
-    out = Tree(root)
-    out.pruned = {
+    out = cols.kept(keep)
+    pruned: dict[str, Any] = {
         "nodes_before": n,
-        "nodes_after": out.node_count(),
+        "nodes_after": len(out.parent),
         "min_share": min_share,
         "max_nodes": max_nodes,
     }
-    return out
+    if fit.weight > float("-inf"):
+        root_w = float(weights[0])
+        w = int(fit.weight) if float(fit.weight).is_integer() else float(fit.weight)
+        pruned["cut"] = {"weight": w, "share": fit.weight / root_w if root_w else 0.0, "depth": fit.depth}
+    return Tree(out, pruned)
 
 
-def fit_threshold(parent: np.ndarray, weights: np.ndarray, floor: float, max_nodes: int) -> tuple[float, float]:
-    """(T, U): T is the lowest weight such that keeping the nodes of weight >= max(T, floor)
-    (and > 0), plus one ``other`` per kept parent with a cut child, costs at most
-    ``max_nodes`` (inf when only the root fits); U is the highest weight that does not fit
-    (-inf if all do). Binary search over the distinct weights (cost falls as T rises).
+def fit_budget(parent: np.ndarray, depth: np.ndarray, weights: np.ndarray, floor: float,
+               max_nodes: int) -> Cut:
+    """The first (weight, depth) group that does not fit ``max_nodes`` when nodes of weight at
+    least ``floor`` (and > 0) are kept in the order (weight descending, depth ascending).
 
-    On a trie whose deeper levels are not built yet, every node of weight <= U is cut in the
-    full trie too: its missing nodes can only add cost at any threshold. (T itself is no such
-    bound: a deeper, lighter node may still fit.)
+    Cost of a kept set: its nodes plus one ``other`` per kept parent with a cut child; it never
+    falls as groups are added. First a binary search over the distinct weights finds U, the
+    highest weight whose nodes do not all fit; then the nodes of weight U are added depth by
+    depth (each adds itself, an ``other`` if it has children, minus its parent's ``other``
+    when it was the parent's last cut child), in arrays.
+
+    On a trie whose deeper levels are not built yet, every node at or after the returned cut
+    is cut in the full trie too: the missing nodes can only add cost before it.
     """
     n = len(parent)
+    up = np.maximum(parent, 0)
     eligible = (weights >= floor) & (weights > 0)
     eligible[0] = True
 
-    def cost(t: float) -> int:
-        k = eligible & (weights >= t)
-        k[0] = True
+    def cost(k: np.ndarray) -> int:
         cut = ~k
         cut[0] = False
         has_cut = np.zeros(n, dtype=bool)
-        has_cut[parent[cut & k[parent]]] = True
+        has_cut[up[cut & k[up]]] = True
         return int(k.sum()) + int(has_cut.sum())
+
+    def keep_from(t: float) -> np.ndarray:
+        k = eligible & (weights >= t)
+        k[0] = True
+        return k
 
     cand = np.unique(weights[eligible])  # ascending; low thresholds keep more
     lo, hi = 0, len(cand)  # answer: first index whose cost fits; len(cand) = root only
     while lo < hi:
         mid = (lo + hi) // 2
-        if cost(float(cand[mid])) <= max_nodes:
+        if cost(keep_from(float(cand[mid]))) <= max_nodes:
             hi = mid
         else:
             lo = mid + 1
-    return (float(cand[lo]) if lo < len(cand) else float("inf")), (float(cand[lo - 1]) if lo else float("-inf"))
-
-
-def _copy_kept(root: Node, kept: set[int]) -> Node:
-    """A copy of the kept nodes under ``root``; each parent's cut children become one ``other``."""
-    def shallow(n: Node) -> Node:
-        m = Node(n.name, n.kind, n.total, n.self, n.label)
-        m.base_total, m.base_self = n.base_total, n.base_self
-        return m
-
-    new_root = shallow(root)
-    todo = [(root, new_root)]
-    while todo:
-        src, dst = todo.pop()
-        other: Node | None = None
-        for key, c in src.children.items():
-            if id(c) in kept:
-                d = dst.children[key] = shallow(c)
-                todo.append((c, d))
-            else:
-                if other is None:
-                    other = dst.children[(OTHER, OTHER)] = Node(OTHER, OTHER)
-                other.total += c.total
-                other.self += c.total
-                other.base_total += c.base_total
-                other.base_self += c.base_total
-    return new_root
+    if lo == 0:
+        return Cut()  # everything eligible fits
+    u_weight = float(cand[lo - 1])
+    base = keep_from(float(cand[lo])) if lo < len(cand) else keep_from(float("inf"))
+    # The group of weight U, depth by depth.
+    umask = eligible & (weights == u_weight)
+    umask[0] = False
+    u = np.flatnonzero(umask)
+    if not u.size:
+        return Cut(u_weight, 0)
+    kids = np.bincount(up[1:], minlength=n)  # children per node
+    cut_kids = np.bincount(up[1:][~base[1:]], minlength=n)  # children outside the base set
+    upar = up[u]
+    u_kids = np.bincount(upar, minlength=n)  # children of weight U per node
+    levels, lvl = np.unique(depth[u], return_inverse=True)
+    delta = np.bincount(lvl.reshape(-1), weights=1 + (kids[u] > 0), minlength=len(levels))
+    pars = np.unique(upar)
+    closed = pars[cut_kids[pars] == u_kids[pars]]  # their last cut child has weight U
+    delta -= np.bincount(np.searchsorted(levels, depth[closed] + 1), minlength=len(levels))
+    over = np.flatnonzero(cost(base) + np.cumsum(delta) > max_nodes)
+    # The whole group does not fit (U did not), so some level overflows.
+    return Cut(u_weight, int(levels[over[0]]) if over.size else int(levels[-1]) + 1)

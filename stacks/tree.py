@@ -1,15 +1,18 @@
 """Profile -> flame tree: build, prune, focus, search, top table, sandwich, Flame JSON.
 
 Pure: no I/O, no clock. :func:`build_tree` makes a columnar trie
-(:class:`Columns`, numpy arrays built level by level); pruning picks the
-nodes to keep on those arrays, and only the kept ones become :class:`Node`
-objects (children keyed by ``(name, kind)``). :func:`to_json` lays a tree out
-in pre-order as the columnar "Flame JSON" of ``docs/architecture.md``.
+(:class:`Columns`, numpy arrays built level by level); every algorithm (prune, focus,
+search, sandwich) works on those arrays and returns new ones. :class:`Node` objects are a
+read-only view made when ``Tree.root`` is read (children keyed by ``(name, kind)``).
+:func:`to_json` lays a tree out in pre-order as the columnar "Flame JSON" of
+``docs/architecture.md``.
 
 This module is the public entry: it holds the builders and re-exports the rest, which
-lives by concern in :mod:`stacks.node` (Node, Tree), :mod:`stacks.metadata` (metadata
-frames), :mod:`stacks.columns` (the columnar trie), :mod:`stacks.prune`,
-:mod:`stacks.views` (focus, search, tables, sandwich) and :mod:`stacks.flamejson`.
+lives by concern in :mod:`stacks.columns` (the columnar trie), :mod:`stacks.node` (Tree and
+its Node view), :mod:`stacks.metadata` (metadata frames), :mod:`stacks.prune`,
+:mod:`stacks.graft` (the top-down build), :mod:`stacks.views` (focus, search, tables,
+sandwich) and :mod:`stacks.flamejson`. Imports run one way: columns, node, prune, graft,
+views, flamejson, tree.
 
 Public API (see docs/tree.md)::
 
@@ -28,11 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from stacks.columns import Columns, Part
+from stacks.columns import DEFAULT_MAX_NODES, KINDS, OTHER, ROOT_NAME, Columns
 from stacks.flamejson import layout, pruned_member, to_json
+from stacks.graft import Part, build_grafted
 from stacks.metadata import METADATA_LEVELS, metadata_frames, metadata_labels, metadata_path, with_metadata
 from stacks.model import Frame, Kind, Profile
-from stacks.node import DEFAULT_MAX_NODES, KINDS, OTHER, ROOT_NAME, Node, Tree
+from stacks.node import Node, Tree
 from stacks.prune import check_prune_args, prune, prune_columns
 from stacks.views import (
     focus,
@@ -60,14 +64,10 @@ def build_tree(profile: Profile, *, labels: Mapping[tuple[str, ...], str] | None
     """The flame tree of ``profile``: root ``all`` (kind metadata), one node per distinct path.
 
     Built columnar (see :class:`Columns`): no per-frame Python work, and Node
-    objects only appear when ``root`` is read (after pruning, only for the
-    kept nodes). ``labels`` (from :func:`metadata_labels`) names the label of
-    metadata nodes.
+    objects only appear when ``root`` is read. ``labels`` (from :func:`metadata_labels`)
+    names the label of metadata nodes.
     """
-    cols = Columns.build([profile])
-    if labels:
-        cols.labels = labels
-    return Tree(cols=cols)
+    return Tree(Columns.build([profile], labels=labels))
 
 
 def pruned_tree(
@@ -120,7 +120,5 @@ def grafted_tree(
     check_prune_args(max_nodes, min_share)
     # With min_share > 0, nodes_before is already "nodes examined"; then also stop at the
     # max_nodes bound. At min_share 0 it stays the full trie's size (every node is built).
-    cols = Columns.build_grafted(parts, min_share, max_nodes=max_nodes if min_share > 0 else None)
-    if labels:
-        cols.labels = labels
-    return prune_columns(cols, cols.total, max_nodes=max_nodes, min_share=min_share)
+    cols, fit = build_grafted(parts, min_share, max_nodes=max_nodes if min_share > 0 else None, labels=labels)
+    return prune_columns(cols, cols.total, max_nodes=max_nodes, min_share=min_share, fit=fit)

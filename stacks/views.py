@@ -1,8 +1,7 @@
 """Views of a profile besides the flame graph: focus, search, the top table, sandwich, and
 per-function stats (also of a metadata view, without prefixing any stack).
 
-Each works on the columnar trie when it has one (vectorised) and on Node trees otherwise.
-Pure: no I/O, no clock.
+Each works on the columnar trie (vectorised) and returns new columns. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -16,36 +15,20 @@ import numpy as np
 from stacks.columns import Columns
 from stacks.errors import InputError
 from stacks.metadata import METADATA_LEVELS, metadata_path
-from stacks.model import Frame, Kind, Profile, StackTable, merge
-from stacks.node import KIND_CODE, KINDS, OTHER, Node, Tree, heaviest_kind
+from stacks.model import Kind, Profile, StackTable, merge
+from stacks.node import Tree
 
 
-def _as_tree(profile_or_tree: Profile | Tree) -> Tree:
-    """``profile_or_tree`` itself, or the (columnar) tree of a profile."""
+def _columns(profile_or_tree: Profile | Tree) -> Columns:
+    """The columns of ``profile_or_tree``: a tree's own, or the trie of a profile."""
     if isinstance(profile_or_tree, Tree):
-        return profile_or_tree
+        return profile_or_tree.cols
     if isinstance(profile_or_tree, Profile):
-        return Tree(cols=Columns.build([profile_or_tree]))
+        return Columns.build([profile_or_tree])
     raise TypeError(f"expected a Profile or a Tree, got {type(profile_or_tree).__name__}")
 
 
 # --------------------------------------------------------------------------- focus / search
-
-
-def _merge_into(dst: Node, src: Node) -> None:
-    """Add the counts of subtree ``src`` into ``dst`` (same position)."""
-    todo = [(dst, src)]
-    while todo:
-        d, s = todo.pop()
-        d.total += s.total
-        d.self += s.self
-        d.base_total += s.base_total
-        d.base_self += s.base_self
-        for key, c in s.children.items():
-            dc = d.children.get(key)
-            if dc is None:
-                dc = d.children[key] = Node(c.name, c.kind, label=c.label)
-            todo.append((dc, c))
 
 
 def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) -> Tree:
@@ -57,43 +40,7 @@ def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) ->
     most samples over the matches (ties: user, kernel, metadata, other). Raises
     InputError if nothing matches.
     """
-    tree = _as_tree(profile_or_tree)
-    if tree.columnar:
-        return _focus_columns(tree.cols, name_or_path)
-    matches: list[Node] = []
-    if isinstance(name_or_path, str):
-        target = name_or_path
-        todo = list(tree.root.children.values())
-        while todo:
-            node = todo.pop()
-            if node.name == target:
-                matches.append(node)  # nested occurrences are inside this subtree already
-            else:
-                todo.extend(node.children.values())
-    else:
-        path = list(name_or_path)
-        if not path:
-            raise InputError("focus path is empty: give at least one function name")
-        target = path[-1]
-        level = [tree.root]
-        for name in path:
-            level = [c for n in level for c in n.children.values() if c.name == name]
-        matches = level
-    if not matches:
-        raise InputError(f"focus: no frame named {target!r} in the profile (check the function name)")
-    kinds: dict[str, int] = {}
-    for m in matches:
-        kinds[m.kind] = kinds.get(m.kind, 0) + m.total
-    root = Node(target, heaviest_kind(kinds))
-    for m in matches:
-        _merge_into(root, m)
-    return Tree(root)
-
-
-
-
-def _focus_columns(cols: Columns, name_or_path: str | Sequence[str]) -> Tree:
-    """:func:`focus` on a columnar trie (same answer, no Node per trie node)."""
+    cols = _columns(profile_or_tree)
     if isinstance(name_or_path, str):
         target = name_or_path
         tops = cols.outermost(cols.name_mask(lambda n: n == target))
@@ -116,7 +63,7 @@ def _focus_columns(cols: Columns, name_or_path: str | Sequence[str]) -> Tree:
             tops[lv[len(path)]] = ok[lv[len(path)]]
     if not tops.any():
         raise InputError(f"focus: no frame named {target!r} in the profile (check the function name)")
-    return Tree(cols.merged_subtrees(tops, target))
+    return Tree(cols.subtrees(tops, target))
 
 
 def _compile(regex: str) -> re.Pattern[str]:
@@ -135,27 +82,10 @@ def search(profile_or_tree: Profile | Tree, regex: str) -> dict[str, Any]:
     Raises InputError on a bad regex.
     """
     pat = _compile(regex)
-    tree = _as_tree(profile_or_tree)
-    if tree.columnar:
-        c = tree.cols
-        total = int(c.total[0])
-        matched = int(c.total[c.outermost(c.name_mask(lambda n: pat.search(n) is not None))].sum())
-        return {"matched": matched, "total": total, "share": matched / total if total else 0.0}
-    matched = 0
-    cache: dict[str, bool] = {}
-    todo = list(tree.root.children.values())
-    while todo:
-        node = todo.pop()
-        hit = cache.get(node.name)
-        if hit is None:
-            hit = cache[node.name] = pat.search(node.name) is not None
-        if hit:
-            matched += node.total
-        else:
-            todo.extend(node.children.values())
-    total = tree.total
+    c = _columns(profile_or_tree)
+    total = int(c.total[0])
+    matched = int(c.total[c.outermost(c.name_mask(lambda n: pat.search(n) is not None))].sum())
     return {"matched": matched, "total": total, "share": matched / total if total else 0.0}
-
 
 
 # --------------------------------------------------------------------------- tables
@@ -190,47 +120,12 @@ def sandwich(profile: Profile | Tree, name: str) -> tuple[Tree, Tree]:
     callers root's ``self`` counts stacks that start with ``name``. Raises
     InputError if no frame has that name.
     """
-    tree = _as_tree(profile)
-    if not tree.columnar:
-        tree = Tree(cols=Columns.build([_tree_profile(tree)])) if tree.cols is None else Tree(cols=tree.cols)
-    cols = tree.cols
-    assert cols is not None
+    cols = _columns(profile)
     tops = cols.outermost(cols.name_mask(lambda n: n == name))
     if not tops.any():
         raise InputError(f"sandwich: no frame named {name!r} in the profile (check the function name)")
-    callees = cols.merged_subtrees(tops, name)
-    callers = Node(name, callees.kind)
-    parent, fid, total = cols.parent.tolist(), cols.fid.tolist(), cols.total.tolist()
-    keys = [(n, KINDS[k]) for n, k in zip(cols.fnames, cols.fkinds, strict=True)]
-    for i in np.flatnonzero(tops).tolist():
-        count = total[i]
-        callers.total += count
-        node = callers
-        j = parent[i]
-        while j > 0:  # walk up to (not including) the root "all"
-            key = keys[fid[j]]
-            child = node.children.get(key)
-            if child is None:
-                child = node.children[key] = Node(key[0], key[1])
-            child.total += count
-            node = child
-            j = parent[j]
-        node.self += count
-    return Tree(callers), Tree(callees)
-
-
-def _tree_profile(tree: Tree) -> Profile:
-    """A profile with the same stacks as an object tree (each node's self at its path)."""
-    pairs: list[tuple[tuple[Frame, ...], int]] = []
-    todo: list[tuple[Node, tuple[Frame, ...]]] = [(c, ()) for c in tree.root.children.values()]
-    while todo:
-        node, path = todo.pop()
-        kind = Kind(node.kind) if node.kind in KIND_CODE and node.kind != OTHER else Kind.USER
-        path = (*path, Frame(node.name, kind))
-        if node.self:
-            pairs.append((path, node.self))
-        todo.extend((c, path) for c in node.children.values())
-    return Profile.from_pairs(pairs)
+    callees = cols.subtrees(tops, name)
+    return Tree(cols.callers(tops, name, callees.root_kind)), Tree(callees)
 
 
 # --------------------------------------------------------------------------- metadata stats

@@ -44,7 +44,7 @@ from stacks.metadata import invisible_cells, metadata_path
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.selector import Selector
 
-log = logging.getLogger("flamewatch.store.clickhouse")
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8123
 DEFAULT_DATABASE = "flamewatch"

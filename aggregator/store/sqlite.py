@@ -46,7 +46,7 @@ from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
 
-log = logging.getLogger("flamewatch.store.sqlite")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _KIND_CODE = {Kind.USER: 0, Kind.KERNEL: 1, Kind.METADATA: 2}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from flamewatch.demo.settings import SETTINGS
+from flamewatch.demo.settings import SETTINGS, DemoSettings
 from ground.settings import add_command, resolve_or_report
 
 
@@ -27,7 +27,7 @@ def handler(args: argparse.Namespace) -> int:
     """Resolve settings and run the demo until it ends or Ctrl-C/SIGTERM."""
     from flamewatch.demo.runner import Demo
 
-    settings = resolve_or_report("demo", SETTINGS, args)
+    settings = resolve_or_report("demo", DemoSettings, args)
     if settings is None:
         return 2
     return asyncio.run(Demo(settings).run())

@@ -37,8 +37,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from flamewatch.demo.settings import FAST_PHASE_SECONDS, FAST_UPLOAD_INTERVAL
-from ground.settings import Settings
+from flamewatch.demo.settings import FAST_PHASE_SECONDS, FAST_UPLOAD_INTERVAL, DemoSettings
 from ground.tools import ToolNotFound, find_tool
 
 NAMESPACE = "default"
@@ -250,7 +249,7 @@ class LoadStats:
 class Demo:
     """One run of the demo. ``run()`` returns the exit code."""
 
-    def __init__(self, settings: Settings, out: TextIO | None = None,
+    def __init__(self, settings: DemoSettings, out: TextIO | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.s = settings
         self.out = out or sys.stdout

@@ -33,7 +33,7 @@ from ground.tools import ToolNotFound, find_tool
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
 from stacks.perf import PerfSample, SampleParser
 
-log = logging.getLogger("flamewatch.agent.perf")
+log = logging.getLogger(__name__)
 
 # Only what the agent uses: time, period and event would add ~12 % more text to
 # print and parse per sample (measured), and counts are samples anyway.

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from profiler.samplers.base import Proc, Runner, default_runner, require_tool
 from stacks.model import Frame, Kind, Stack
 
-log = logging.getLogger("flamewatch.agent.pyspy")
+log = logging.getLogger(__name__)
 
 MISSING_HELP = "install it with `pip install py-spy`, set --pyspy-path, or run without it (--pyspy false)"
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from profiler.samplers.base import Proc, Runner, default_runner, require_tool
 from stacks.model import Frame, Kind, Stack
 
-log = logging.getLogger("flamewatch.agent.pyunwind")
+log = logging.getLogger(__name__)
 
 MISSING_HELP = ("install it (Debian: apt-get install bpftrace), set --bpftrace-path, "
                 "or set --pyunwind off to name Python frames with py-spy only")

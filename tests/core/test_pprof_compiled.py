@@ -197,3 +197,29 @@ def test_decoders_keep_their_own_caches() -> None:
     assert len(a._index) > 0 and a._frame_by_no
     assert len(b._index) == 0 and not b._frame_by_no and not b._frames
     assert not off.compiled and off._index is None
+
+
+def test_every_reader_repairs_zero_function_ids_and_names_alike() -> None:
+    """The .NET repair and the naming rules (kernel mapping, unnamed frames) are one set of rules
+    (stacks.pprof: zero_id_repair, run_names, is_kernel_mapping) that every reader applies: the
+    compiled and numpy readers read such a profile themselves, equal to the library."""
+    from stacks import _proto
+
+    pairs = [((Frame.user(f"Main{i}"), Frame.user("Work"), Frame.kernel("do_sys")), 5 + i) for i in range(80)]
+    prof = Profile.from_pairs(pairs)
+    msg = _proto.Profile.FromString(encode_pprof(prof))
+    for f in msg.function:
+        f.id = 0  # the .NET shape: one function per location, in location order, ids all 0
+    msg.function[1].name = 0  # an unnamed function: named by its mapping's file or address
+    data = msg.SerializeToString()
+    lib = _decode_library(data, StackTable())
+    compiled = _decode_compiled(data, StackTable())
+    assert compiled is not None, "the compiled reader left a repairable profile to the library"
+    _same(compiled, lib)
+    fast = PprofDecoder(compiled=False)
+    fast.fast_min_samples = 1
+    numpy_read = fast._decode_fast(data, StackTable())
+    assert numpy_read is not None
+    _same(numpy_read, lib)
+    frames = {f for s, _ in lib.merged().items() for f in s}
+    assert Frame.kernel("do_sys") in frames and len(frames) == 82

@@ -207,7 +207,9 @@ def test_prune_merges_small_children_into_other():
         ("f09", "user", 2, 17, 10, 10, 10),
         ("other", "other", 2, 27, 28, 28, 28),
     ]
-    assert p.pruned == {"nodes_before": 12, "nodes_after": 6, "min_share": 0.0, "max_nodes": 6}
+    # the note names the heaviest cut: f06 (7 samples, 7/55 of the root) at depth 2
+    assert p.pruned == {"nodes_before": 12, "nodes_after": 6, "min_share": 0.0, "max_nodes": 6,
+                        "cut": {"weight": 7, "share": 7 / 55, "depth": 2}}
     assert tree.to_json(p)["pruned"]["nodes_before"] == 12
     # the input tree is untouched
     assert t.node_count() == 12
@@ -417,38 +419,92 @@ def test_prop_search_equals_brute_force(p, name):
         check_invariants(callees)
 
 
-def node_form(t: tree.Tree) -> tree.Tree:
-    """The same tree held as Node objects, so functions take their object (non-columnar) path."""
-    return tree.Tree(t.root)
+def reference_prune(t: tree.Tree, max_nodes: int, min_share: float) -> list[tuple]:
+    """The documented rule, slowly, on the Node view: whole (weight, depth) groups in the order
+    (total descending, depth ascending) while kept nodes plus one ``other`` per kept parent with
+    a cut child fit; rows (name, kind, total, self, depth) in layout order."""
+    nodes = [(n, d) for n, d in t.walk()]
+    floor = min_share * t.total
+    eligible = [(n, d) for n, d in nodes[1:] if n.total >= floor and n.total > 0]
+    groups = sorted({(-n.total, d) for n, d in eligible})
+    kept = {id(nodes[0][0])}
+
+    def cost(k: set[int]) -> int:
+        return len(k) + sum(1 for n, _ in nodes if id(n) in k and any(id(c) not in k for c in n.children.values()))
+
+    for g in groups:
+        trial = kept | {id(n) for n, d in eligible if (-n.total, d) == g}
+        if cost(trial) > max_nodes:
+            break
+        kept = trial
+    out = []
+
+    def emit(n: tree.Node, d: int) -> None:
+        out.append((n.name, n.kind, n.total, n.self, d))
+        cut = [c for c in n.children.values() if id(c) not in kept]
+        for c in sorted((c for c in n.children.values() if id(c) in kept), key=lambda c: (c.name, c.kind)):
+            emit(c, d + 1)
+        if cut:
+            s = sum(c.total for c in cut)
+            out.append(("other", "other", s, s, d + 1))
+
+    emit(nodes[0][0], 0)
+    return out
+
+
+@given(profiles, st.integers(2, 30), st.sampled_from([0.0, 0.05, 0.3]))
+@settings(max_examples=200)
+def test_prop_prune_equals_reference(p, max_nodes, min_share):
+    got = tree.prune(tree.build_tree(p), max_nodes=max_nodes, min_share=min_share)
+    want = reference_prune(tree.build_tree(p), max_nodes, min_share)
+    assert [(n.name, n.kind, n.total, n.self, d) for n, d in got.walk()] == want
+    # pruning a pruned tree again under the same budget changes nothing
+    again = tree.prune(got, max_nodes=max_nodes)
+    assert tree.to_json(again)["nodes"] == tree.to_json(got)["nodes"]
 
 
 @given(profiles, names, st.integers(2, 30))
-@settings(max_examples=150)
-def test_prop_columnar_and_node_paths_agree(p, name, max_nodes):
-    cols = tree.build_tree(p)
-    assert cols.cols is not None
-    objs = node_form(tree.build_tree(p))
-    assert objs.cols is None
-    assert cols.node_count() == objs.node_count()
-    assert tree.to_json(cols) == tree.to_json(objs)
-    assert tree.search(cols, f"^{name}$|^a") == tree.search(objs, f"^{name}$|^a")
-    pc = tree.prune(cols, max_nodes=max_nodes)
-    po = tree.prune(node_form(tree.build_tree(p)), max_nodes=max_nodes)
-    for pr in (pc, po):
-        assert pr.node_count() <= max_nodes and pr.total == p.total
-        check_invariants(pr)
+@settings(max_examples=100)
+def test_prop_reading_root_changes_nothing(p, name, max_nodes):
+    fresh = tree.build_tree(p)
+    read = tree.build_tree(p)
+    read.root.children.clear()  # a view: changing it changes no answer
+    assert tree.to_json(tree.prune(read, max_nodes=max_nodes)) == tree.to_json(tree.prune(fresh, max_nodes=max_nodes))
+    assert tree.search(read, f"^{name}$|^a") == tree.search(fresh, f"^{name}$|^a")
     if any(f.name == name for s, _ in p.items() for f in s):
-        assert tree.to_json(tree.focus(cols, name)) == tree.to_json(tree.focus(objs, name))
-        first = next(s for s, _ in p.items() if s)
-        path = [f.name for f in first[:2]]
-        assert tree.to_json(tree.focus(cols, path)) == tree.to_json(tree.focus(objs, path))
+        assert tree.to_json(tree.focus(read, name)) == tree.to_json(tree.focus(fresh, name))
+        assert [tree.to_json(x) for x in tree.sandwich(read, name)] == [
+            tree.to_json(x) for x in tree.sandwich(fresh, name)]
 
 
-def test_node_path_prune_matches_columnar_on_wide():
-    t = tree.build_tree(prof(WIDE))
-    a = tree.to_json(tree.prune(t, max_nodes=6))
-    b = tree.to_json(tree.prune(node_form(tree.build_tree(prof(WIDE))), max_nodes=6))
-    assert a == b
+def test_deep_heavy_chain_keeps_its_top_frames():
+    # A chain 50 frames deep holding 30 % of the samples, next to 70 % spread over 35 light
+    # functions: the budget of 20 nodes cannot hold the chain, whose frames all weigh the same.
+    chain = ";".join(["main"] + [f"deep{i:02d}" for i in range(50)]) + " 30\n"
+    light = "".join(f"main;f{i:02d} 2\n" for i in range(35))
+    p = tree.prune(tree.build_tree(prof(chain + light)), max_nodes=20)
+    rows = [(n.name, d) for n, d in p.walk()]
+    assert p.node_count() <= 20
+    # the chain keeps its top frames (breadth first among equal weights) ...
+    kept = [name for name, _ in rows if name.startswith("deep")]
+    assert kept == [f"deep{i:02d}" for i in range(len(kept))] and len(kept) >= 10
+    assert p.find("main", "deep00").total == 30
+    # ... its rest is one 'other' below the last kept frame, and the note says where it was cut
+    last = p.find("main", *kept)
+    assert [(c.name, c.total) for c in last.children.values()] == [("other", 30)]
+    assert p.pruned["cut"] == {"weight": 30, "share": 30 / 100, "depth": len(kept) + 2}
+    check_invariants(p)
+
+
+def node_rows(root: tree.Node) -> list[tuple]:
+    """(name, kind, total, self, depth) in layout order (children by name, kind)."""
+    out: list[tuple] = []
+    todo = [(root, 0)]
+    while todo:
+        n, d = todo.pop()
+        out.append((n.name, n.kind, n.total, n.self, d))
+        todo.extend((c, d + 1) for c in reversed(n.sorted_children()))
+    return out
 
 
 def reference_sandwich(p: Profile, name: str) -> tuple[tree.Node, tree.Node]:
@@ -485,10 +541,10 @@ def test_prop_sandwich_equals_reference(p, name):
     got = tree.sandwich(p, name)
     want = reference_sandwich(p, name)
     for g, w in zip(got, want, strict=True):
-        gj, wj = tree.to_json(g), tree.to_json(tree.Tree(w))
+        gr, wr = node_rows(g.root), node_rows(w)
         if g.root.kind != w.kind:  # equal weight of a user and a kernel frame: either is right
-            gj["nodes"]["kind"][0] = wj["nodes"]["kind"][0]
-        assert gj == wj
-    # the object form of the tree gives the same answer
-    again = tree.sandwich(node_form(tree.build_tree(p)), name)
+            gr[0] = wr[0]
+        assert gr == wr
+    # a tree of the profile gives the same answer
+    again = tree.sandwich(tree.build_tree(p), name)
     assert [tree.to_json(t) for t in again] == [tree.to_json(t) for t in got]

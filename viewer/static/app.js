@@ -306,6 +306,8 @@
     var s = what + U.formatLong(d.total || 0, u) + ", " + fmtInt(d.nodes.name.length) + " frames";
     var p = d.pruned || {};
     if (p.nodes_before > p.nodes_after) s += " (pruned from " + fmtInt(p.nodes_before) + ")";
+    // pruned.cut: the heaviest frames folded into "other" (a deep path keeps its frames above that depth)
+    if (p.cut && p.cut.share > 0) s += "; cut: frames of " + (100 * p.cut.share).toFixed(1) + "% from depth " + p.cut.depth;
     if (!d.total) s = "no " + (what || "samples ") + "data in this range for this selector";
     return s;
   }
