@@ -1,0 +1,53 @@
+"""ClickHouse schema: the DDL and the content hashes that are every row's id.
+
+Every id is a 64-bit blake2b hash computed client-side, so no aggregator allocates ids or
+coordinates with another; the hashes are part of the stored data and must never change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from stacks.model import Kind, Labels, Stack
+
+PARTITION_SECONDS = 3600  # retention granularity of DROP PARTITION; finer cuts use a mutation
+KIND_NAMES = {Kind.USER: "user", Kind.KERNEL: "kernel", Kind.METADATA: "metadata"}
+_KIND_CODE = {Kind.USER: b"u", Kind.KERNEL: b"k", Kind.METADATA: b"m"}
+
+
+def ddl(db: str) -> list[str]:
+    kinds = "Enum8('user' = 1, 'kernel' = 2, 'metadata' = 3)"
+    part = f"intDiv(window, {PARTITION_SECONDS})"
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE TABLE IF NOT EXISTS {db}.stacks (hash UInt64, names Array(String), kinds Array({kinds})) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.series (hash UInt64, names Array(String), values Array(String)) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.series_windows (window UInt32, series UInt64) "
+        f"ENGINE = ReplacingMergeTree() PARTITION BY {part} ORDER BY (window, series)",
+        f"CREATE TABLE IF NOT EXISTS {db}.samples (window UInt32, series UInt64, stack UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY {part} ORDER BY (series, window, stack)",
+    ]
+
+
+def stack_hash(stack: Stack) -> int:
+    """Stable 64-bit hash of a stack (same in every process and host)."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in stack:
+        name = f.name.encode("utf-8", "surrogatepass")
+        h.update(_KIND_CODE[Kind(f.kind)])
+        h.update(len(name).to_bytes(4, "little"))
+        h.update(name)
+    return int.from_bytes(h.digest(), "little")
+
+
+def series_hash(labels: Labels) -> int:
+    """Stable 64-bit hash of a label set."""
+    h = hashlib.blake2b(digest_size=8, person=b"fw-series")
+    for k, v in labels.items_:
+        for s in (k, v):
+            b = s.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(4, "little"))
+            h.update(b)
+    return int.from_bytes(h.digest(), "little")
