@@ -230,13 +230,32 @@ async def label_values(store: Store, req: LabelValuesRequest) -> dict[str, Any]:
             **await type_fields(store, req.ptype, sel, rng)}
 
 
+# Timeline steps, multiples of each other and of the 30 s window: the smallest that keeps a
+# series under TIMELINE_POINTS points is taken (Pyroscope's step): an hour is 120 points of
+# 30 s, a day 288 of 5 min, a week 168 of an hour (read from the hour rollups).
+TIMELINE_STEPS = (60, 300, 600, 1800, 3600, 21600, 86400, 604800)
+TIMELINE_POINTS = 300
+
+
+def timeline_step(first_window: int, end: int, window: int) -> int:
+    """The bucket width of a timeline over ``[first_window, end)`` (a multiple of ``window``)."""
+    span = max(end - first_window, window)
+    for step in (window, *(s for s in TIMELINE_STEPS if s > window and s % window == 0)):
+        if span / step <= TIMELINE_POINTS:
+            return step
+    return -(-span // (TIMELINE_POINTS * window)) * window
+
+
 async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
-    """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
+    """Samples per step (:func:`timeline_step`), one series per value of ``group_by`` (one
+    "all" series without it)."""
     ptype, sel, rng, group_by = req.ptype, req.sel, req.rng, req.group_by
     window = rng.window
+    step = timeline_step(rng.first_window, rng.end, window)
     if isinstance(store, MergedReads):
         # Summed per group in the store: rows per (group, window), not per (series, window).
-        rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
+        rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL,
+                                  step=step)
     else:
         rows = [(w.labels, w.start, w.profile.total)
                 for w in await store.read(sel, rng.first_window, rng.end, StackTable())]
@@ -244,16 +263,15 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     for lab, t, n in rows:
         g = lab.get(group_by, "") if group_by else "all"
         pts = groups.setdefault(g, {})
-        pts[t] = pts.get(t, 0) + n
-    starts = range(rng.first_window, rng.end, window)
-    dense = len(starts) <= 2880  # fill empty windows with 0 up to a day of points
+        b = t - t % step
+        pts[b] = pts.get(b, 0) + n
+    starts = range(rng.first_window - rng.first_window % step, rng.end, step)
     series = []
     for g in sorted(groups):
         pts = groups[g]
-        points = [[t, pts.get(t, 0)] for t in starts] if dense else sorted([t, n] for t, n in pts.items())
-        series.append({"group": g, "points": points})
-    return {"window": window, "from": rng.start, "until": rng.end, "group_by": group_by, "series": series,
-            **await type_fields(store, ptype, sel, rng)}
+        series.append({"group": g, "points": [[t, pts.get(t, 0)] for t in starts]})
+    return {"window": window, "step": step, "from": rng.start, "until": rng.end, "group_by": group_by,
+            "series": series, **await type_fields(store, ptype, sel, rng)}
 
 
 async def top(store: Store, req: TopRequest) -> dict[str, Any]:

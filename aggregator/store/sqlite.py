@@ -11,6 +11,11 @@ Schema (compact by design, see docs/aggregator.md):
   delta-coded dense stack ids + counts). Writes are additive: a write appends
   a fragment, reads sum fragments, and :meth:`SQLiteStore.compact` merges the
   fragments of closed windows into one row in the background.
+- ``rollups(res, start, series_id, total, data)``: per series, the sum of its windows in an
+  hour or a day (``res`` 3600 or 86400), same encoding; ``rolled(res, start)`` lists the
+  periods whose rollups exist and are kept exact (:mod:`aggregator.store.rollup`): built by
+  compaction once the period is closed, later writes into it are added to them too (in the
+  same transaction), retention that cuts into a period deletes them.
 
 All sqlite calls run on two dedicated threads (one writer connection, one
 reader connection; WAL lets them run concurrently) so the event loop never
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -37,6 +43,7 @@ import numpy as np
 
 from aggregator.store import codec
 from aggregator.store.base import SeriesWindow, StoreError
+from aggregator.store.rollup import DAY, HOUR, RESOLUTIONS, max_resolution, plan
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
@@ -51,6 +58,7 @@ _MAX_CACHED_STACKS = 2_000_000
 # Decoded window blobs kept by the reader, in (id, count) entries (~12 bytes each): a render over
 # the last hour re-reads the same closed windows on every refresh and filter change.
 _MAX_DECODED_ENTRIES = 4_000_000
+_ROLL_PER_PASS = 6  # hours rolled up per compaction pass (~0.3 s of writer time each at 200 series)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
@@ -61,6 +69,10 @@ CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL 
 CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NOT NULL,
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start, series_id);
+CREATE TABLE IF NOT EXISTS rollups (res INTEGER NOT NULL, start INTEGER NOT NULL, series_id INTEGER NOT NULL,
+                                    total INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS rollups_by_start ON rollups (res, start, series_id);
+CREATE TABLE IF NOT EXISTS rolled (res INTEGER NOT NULL, start INTEGER NOT NULL, PRIMARY KEY (res, start));
 """
 
 
@@ -130,6 +142,9 @@ class SQLiteStore:
         self._seen: set[tuple[int, int]] = set()  # (series_id, start) written since last compaction
         # Windows starting before this may already have a row: a new write there makes a fragment.
         self._compacted_before = 0
+        self._rolled: set[tuple[int, int]] = set()  # (res, start) of rolled periods (writer side)
+        self._rdirty: set[tuple[int, int, int]] = set()  # (res, start, series_id) with >1 rollup fragment
+        self._roll_from = 0  # hours before this were considered for rolling already
         # reader-side caches
         self._frames: dict[int, Frame] = {}
         self._max_frame = 0
@@ -179,6 +194,11 @@ class SQLiteStore:
             self._dirty.update((int(s), int(t)) for s, t in rows)
             top = self._w.execute("SELECT max(start) FROM windows").fetchone()[0]
             self._compacted_before = int(top) + 1 if top is not None else 0
+            self._rolled = {(int(r), int(t)) for r, t in self._w.execute("SELECT res, start FROM rolled")}
+            self._rdirty.update((int(r), int(t), int(sid)) for r, t, sid in self._w.execute(
+                "SELECT res, start, series_id FROM rollups GROUP BY res, start, series_id HAVING count(*) > 1"))
+            hours = [t for r, t in self._rolled if r == HOUR]
+            self._roll_from = max(hours) + HOUR if hours else 0
 
         await self._run(self._wexec, setup)
 
@@ -293,6 +313,12 @@ class SQLiteStore:
                 rows.append((series, int(sw.start), sw.profile.total, blob))
                 keys.append((series, int(sw.start)))
             w.executemany("INSERT INTO windows (series_id, start, total, data) VALUES (?, ?, ?, ?)", rows)
+            # Late data for a rolled period goes into its rollups too, in this transaction, so a
+            # reader sees it either in both or in neither.
+            late = [(res, start - start % res, series, total, blob) for series, start, total, blob in rows
+                    for res in RESOLUTIONS if (res, start - start % res) in self._rolled]
+            if late:
+                w.executemany("INSERT INTO rollups (res, start, series_id, total, data) VALUES (?, ?, ?, ?, ?)", late)
             w.execute("COMMIT")
         except BaseException:
             try:
@@ -301,6 +327,7 @@ class SQLiteStore:
                 pass
             self._forget_writer_caches()
             raise
+        self._rdirty.update((r[0], r[1], r[2]) for r in late)
         for k in keys:
             if k in self._seen or k[1] < self._compacted_before:
                 self._dirty.add(k)
@@ -347,8 +374,94 @@ class SQLiteStore:
         return len(todo)
 
     async def compact(self, before: int, limit: int = 2000) -> int:
-        """Merge the fragments of windows starting before ``before`` into one row each."""
-        return await self._run(self._wexec, self._compact, before, limit)
+        """Merge the fragments of windows starting before ``before`` into one row each, merge
+        rollup fragments, and roll up hours (and days) that end before ``before``. Returns
+        how many windows, rollups and periods it wrote (0: nothing left to do)."""
+        n = await self._run(self._wexec, self._compact, before, limit)
+        n += await self._run(self._wexec, self._merge_rollups, limit)
+        return n + await self._run(self._wexec, self._roll, before, _ROLL_PER_PASS)
+
+    def _merge_rollups(self, limit: int) -> int:
+        w = self._w
+        assert w is not None
+        todo = sorted(self._rdirty)[:limit]
+        if not todo:
+            return 0
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for res, start, series in todo:
+                rows = w.execute("SELECT rowid, data FROM rollups WHERE res = ? AND start = ? AND series_id = ?",
+                                 (res, start, series)).fetchall()
+                if len(rows) < 2:
+                    continue
+                ids, counts, _ = codec.decode_many([r[1] for r in rows])
+                p = Profile.from_arrays(StackTable(), ids, counts)
+                w.executemany("DELETE FROM rollups WHERE rowid = ?", [(r[0],) for r in rows])
+                w.execute("INSERT INTO rollups (res, start, series_id, total, data) VALUES (?, ?, ?, ?, ?)",
+                          (res, start, series, p.total, codec.encode(p.ids, p.counts)))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._rdirty.difference_update(todo)
+        return len(todo)
+
+    def _roll(self, before: int, limit: int) -> int:
+        """Roll up to ``limit`` hours that end before ``before`` (from their windows), then
+        every day whose hours with data are all rolled (from the hours). One transaction each."""
+        w = self._w
+        assert w is not None
+        done = 0
+        days: set[int] = set()
+        while done < limit:
+            row = w.execute("SELECT min(start) FROM windows WHERE start >= ?", (self._roll_from,)).fetchone()
+            if row[0] is None:
+                break
+            hour = int(row[0]) - int(row[0]) % HOUR
+            if hour + HOUR > before:
+                break
+            self._roll_period(HOUR, hour, "SELECT series_id, data FROM windows WHERE start >= ? AND start < ?")
+            self._roll_from = hour + HOUR
+            days.add(hour - hour % DAY)
+            done += 1
+        for day in sorted(days):
+            if day + DAY > before or (DAY, day) in self._rolled:
+                continue
+            if all((HOUR, h) in self._rolled or w.execute(
+                    "SELECT 1 FROM windows WHERE start >= ? AND start < ? LIMIT 1", (h, h + HOUR)).fetchone() is None
+                   for h in range(day, day + DAY, HOUR)):
+                self._roll_period(DAY, day, "SELECT series_id, data FROM rollups WHERE res = 3600 "
+                                            "AND start >= ? AND start < ?")
+                done += 1
+        return done
+
+    def _roll_period(self, res: int, start: int, source: str) -> None:
+        """Write the rollups of one period (per series, the sum of ``source``'s rows in it) and
+        mark it rolled, in one transaction."""
+        w = self._w
+        assert w is not None
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            rows = w.execute(source, (start, start + res)).fetchall()
+            out = []
+            if rows:
+                ids, counts, lengths = codec.decode_many([r[1] for r in rows])
+                series = np.repeat(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), lengths)
+                width = int(ids.max()) + 1 if ids.size else 1
+                merged = Profile.from_arrays(StackTable(), series * width + ids, counts)
+                cells, sums = merged.ids, merged.counts
+                owner = cells // width
+                bounds = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True]).tolist()
+                for a, b in itertools.pairwise(bounds):
+                    c = sums[a:b]
+                    out.append((res, start, int(owner[a]), int(c.sum()), codec.encode(cells[a:b] % width, c)))
+            w.executemany("INSERT INTO rollups (res, start, series_id, total, data) VALUES (?, ?, ?, ?, ?)", out)
+            w.execute("INSERT OR IGNORE INTO rolled (res, start) VALUES (?, ?)", (res, start))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._rolled.add((res, start))
 
     def open_windows(self) -> int:
         """(series, window) pairs written since they were last compacted."""
@@ -360,6 +473,10 @@ class SQLiteStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             n = w.execute("DELETE FROM windows WHERE start < ?", (t,)).rowcount
+            # A period that starts before t lost windows (all, or some when t cuts through it):
+            # its rollups would no longer equal its windows, so they go; the rest is read from windows.
+            w.execute("DELETE FROM rollups WHERE start < ?", (t,))
+            w.execute("DELETE FROM rolled WHERE start < ?", (t,))
             w.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM windows)")
             w.execute("COMMIT")
         except BaseException:
@@ -368,6 +485,8 @@ class SQLiteStore:
         self._series_ids.clear()
         self._dirty = {k for k in self._dirty if k[1] >= t}
         self._seen = {k for k in self._seen if k[1] >= t}
+        self._rolled = {k for k in self._rolled if k[1] >= t}
+        self._rdirty = {k for k in self._rdirty if k[1] >= t}
         return n
 
     async def delete_before(self, t: int) -> int:
@@ -390,17 +509,42 @@ class SQLiteStore:
             return None
         return [sid for sid, labels in self._series.items() if selector.matches(labels)]
 
-    def _rows(self, cols: str, selector: Selector, start: int, end: int) -> list[tuple[Any, ...]]:
+    def _rows(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
+              tail: str = "") -> list[tuple[Any, ...]]:
+        """``SELECT cols`` of the matching series' rows covering [start, end): rollups of the
+        rolled periods up to ``max_res`` seconds (0: none) inside the range, windows for the
+        rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups`` share the
+        columns ``series_id, start, total, data``; ``start`` is the period's on a rollup row.
+        One read transaction, so the rolled periods and their rows are one snapshot."""
         r = self._r
         assert r is not None
         ids = self._matching_series(selector)
-        base = f"SELECT {cols} FROM windows WHERE start >= ? AND start < ?"
-        if ids is None:
-            return r.execute(base, (start, end)).fetchall()
         out: list[tuple[Any, ...]] = []
-        for chunk in _chunks(ids):
-            q = f"{base} AND series_id IN ({','.join('?' * len(chunk))})"
-            out.extend(r.execute(q, (start, end, *chunk)).fetchall())
+        r.execute("BEGIN")
+        try:
+            parts: list[tuple[str, str, tuple[int, ...]]] = []
+            if max_res:
+                rolled = r.execute("SELECT res, start FROM rolled WHERE start >= ? AND start < ? AND res <= ?",
+                                   (start, end, max_res)).fetchall()
+                got = plan(start, end, set(rolled), max_res)
+                for res, starts in got.periods.items():
+                    for chunk in _chunks(starts):
+                        parts.append(("rollups", f"res = {int(res)} AND start IN ({','.join('?' * len(chunk))})",
+                                      tuple(chunk)))
+                windows = got.windows
+            else:
+                windows = [(start, end)]
+            parts.extend(("windows", "start >= ? AND start < ?", (a, b)) for a, b in windows)
+            for table, cond, params in parts:
+                base = f"SELECT {cols} FROM {table} WHERE {cond}"
+                if ids is None:
+                    out.extend(r.execute(base + tail, params).fetchall())
+                    continue
+                for chunk in _chunks(ids):
+                    q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
+                    out.extend(r.execute(q, (*params, *chunk)).fetchall())
+        finally:
+            r.execute("COMMIT")
         return out
 
     def _resolve_stacks(self, dbids: np.ndarray) -> list[Stack]:
@@ -502,7 +646,7 @@ class SQLiteStore:
     def _read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...] | None
     ) -> dict[Labels, Profile]:
-        rows = self._rows("series_id, data", selector, start, end)
+        rows = self._rows("series_id, data", selector, start, end, DAY)
         if not rows:
             return {}
         keys: dict[Labels, int] = {}
@@ -553,26 +697,18 @@ class SQLiteStore:
         return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table, gb)
 
     async def totals(
-        self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = ()
+        self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = (), step: int = 0
     ) -> list[tuple[Labels, int, int]]:
         """(labels, window start, samples) per matching series (or ``group_by`` group, as in
-        ``read_merged``) and window; used by the timeline. Summed from the ``total`` column."""
+        ``read_merged``) and window; used by the timeline. Summed from the ``total`` column.
+        With ``step`` (the caller sums epoch-aligned buckets of ``step`` s) a row may be a
+        rollup period that fits in one bucket, its start the period's."""
         gb = tuple(group_by or ())
 
         def run() -> list[tuple[Labels, int, int]]:
             self._refresh_series()
-            r = self._r
-            assert r is not None
-            ids = self._matching_series(selector)
-            base = "SELECT series_id, start, sum(total) FROM windows WHERE start >= ? AND start < ?"
-            tail = " GROUP BY series_id, start"
-            rows: list[tuple[Any, ...]] = []
-            if ids is None:
-                rows = r.execute(base + tail, (start, end)).fetchall()
-            else:
-                for chunk in _chunks(ids):
-                    q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
-                    rows.extend(r.execute(q, (start, end, *chunk)).fetchall())
+            rows = self._rows("series_id, start, sum(total)", selector, start, end, max_resolution(step),
+                              " GROUP BY series_id, start")
             if not gb:
                 return [(self._series[s], int(t), int(n)) for s, t, n in rows]
             keys: dict[int, Labels] = {}  # series id -> group key, computed once per series
@@ -591,10 +727,8 @@ class SQLiteStore:
         r = self._r
         assert r is not None
         self._refresh_series()
-        rows = r.execute(
-            "SELECT DISTINCT series_id FROM windows WHERE start >= ? AND start < ?", (start, end)
-        ).fetchall()
-        return [self._series[s] for (s,) in rows if s in self._series]
+        rows = self._rows("DISTINCT series_id", Selector(), start, end, DAY)
+        return [self._series[s] for s in {row[0] for row in rows} if s in self._series]
 
     async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
         """Sorted label names of (matching) series with windows in [start, end)."""

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from aggregator.store.clickhouse.transport import GROUP_FIRST, STACK, chunks, in_list
+from aggregator.store.rollup import DAY
 from stacks.metadata import invisible_cells, metadata_path
 from stacks.model import Frame, Labels, Profile, StackTable
 from stacks.selector import Selector
@@ -131,13 +132,17 @@ class PrunedReads:
                                  ) -> tuple[tuple[dict[Labels, int], dict[int, int], bool], np.ndarray | None]:
         """(:meth:`_groups`, sorted distinct stack hashes of the matching series in range); the
         hashes are None for a selection too narrow for the pushdown to pay."""
-        distinct = (f"SELECT DISTINCT stack FROM {self.database}.samples WHERE window >= {int(start)} "
-                    f"AND window < {int(end)}")
+        sources = await self._sources(start, end, DAY)
+
+        def distinct(extra: str = "") -> str:
+            union = " UNION ALL ".join(f"SELECT DISTINCT stack FROM {self.database}.{table} WHERE {where}{extra}"
+                                       for table, where in sources)
+            return union if len(sources) == 1 else f"SELECT DISTINCT stack FROM ({union})"
         if not selector.matchers:
             # Every series in range is read: list the stacks while the series are looked up.
             # (Stacks of series written after that lookup only lengthen the transform below.)
             groups, every = await asyncio.gather(
-                self._groups(selector, start, end, group_by), self._binary_rows(distinct, STACK))
+                self._groups(selector, start, end, group_by), self._binary_rows(distinct(), STACK))
             found = [every]
         else:
             groups = await self._groups(selector, start, end, group_by)
@@ -145,7 +150,7 @@ class PrunedReads:
                 # A narrow selection (one namespace: 20 pods): its grouped read is small, and
                 # one more round trip for the stack list costs more than the pushdown saves.
                 return groups, None
-            found = [await self._binary_rows(f"{distinct} AND series IN ({in_list(c)})", STACK)
+            found = [await self._binary_rows(distinct(f" AND series IN ({in_list(c)})"), STACK)
                      for c in chunks(sorted(groups[1]))]
         return groups, np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.uint64)
 

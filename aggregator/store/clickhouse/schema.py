@@ -11,6 +11,9 @@ import hashlib
 from stacks.model import Kind, Labels, Stack
 
 PARTITION_SECONDS = 3600  # retention granularity of DROP PARTITION; finer cuts use a mutation
+ROLLUP_PARTITION_SECONDS = 86400  # rollup tables: one partition per day (a cut one is ignored by reads)
+# Rollup tables by resolution, each filled by a materialized view on every INSERT into samples.
+ROLLUP_TABLES = {3600: "samples_1h", 86400: "samples_1d"}
 KIND_NAMES = {Kind.USER: "user", Kind.KERNEL: "kernel", Kind.METADATA: "metadata"}
 _KIND_CODE = {Kind.USER: b"u", Kind.KERNEL: b"k", Kind.METADATA: b"m"}
 
@@ -28,6 +31,24 @@ def ddl(db: str) -> list[str]:
         f"ENGINE = ReplacingMergeTree() PARTITION BY {part} ORDER BY (window, series)",
         f"CREATE TABLE IF NOT EXISTS {db}.samples (window UInt32, series UInt64, stack UInt64, count UInt64) "
         f"ENGINE = SummingMergeTree(count) PARTITION BY {part} ORDER BY (series, window, stack)",
+        # rollup_meta: ('since_RES', first period the view has seen whole), ('horizon', retention cut)
+        f"CREATE TABLE IF NOT EXISTS {db}.rollup_meta (key String, value UInt32) ENGINE = MergeTree() ORDER BY key",
+    ]
+
+
+def rollup_ddl(db: str, res: int) -> list[str]:
+    """The rollup table of resolution ``res`` and the materialized view that fills it: every
+    INSERT into ``samples`` also inserts its counts summed per (series, period, stack), so a
+    rollup always holds exactly the windows written since the view exists, late ones included,
+    whichever replica wrote them."""
+    name = ROLLUP_TABLES[res]
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{name} (window UInt32, series UInt64, stack UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY intDiv(window, {ROLLUP_PARTITION_SECONDS}) "
+        "ORDER BY (series, window, stack)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}_mv TO {db}.{name} AS SELECT "
+        f"toUInt32(intDiv(window, {res}) * {res}) AS window, series, stack, sum(count) AS count "
+        f"FROM {db}.samples GROUP BY series, window, stack",
     ]
 
 

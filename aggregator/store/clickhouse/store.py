@@ -28,13 +28,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from aggregator.store.base import SeriesWindow, StoreError
 from aggregator.store.clickhouse.planner import PrunedReads
-from aggregator.store.clickhouse.schema import KIND_NAMES, PARTITION_SECONDS, ddl, series_hash, stack_hash
+from aggregator.store.clickhouse.schema import (
+    KIND_NAMES,
+    PARTITION_SECONDS,
+    ROLLUP_PARTITION_SECONDS,
+    ROLLUP_TABLES,
+    ddl,
+    rollup_ddl,
+    series_hash,
+    stack_hash,
+)
 from aggregator.store.clickhouse.transport import (
     CH_UNKNOWN_DATABASE,
     CH_UNKNOWN_TABLE,
@@ -49,6 +60,7 @@ from aggregator.store.clickhouse.transport import (
     chunks,
     in_list,
 )
+from aggregator.store.rollup import DAY, RESOLUTIONS, max_resolution, plan
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.selector import Selector
 
@@ -58,6 +70,9 @@ log = logging.getLogger("flamewatch.store.clickhouse")
 _GROUP_CHUNK = 2000
 _DENSE_CELLS = 20_000_000  # (group, stack) cells summed with a dense bincount (160 MB of float64 at most)
 _MAX_CACHED = 2_000_000
+# A view created over existing data sees whole periods only from this far past the newest
+# window or the clock (late writes of other replicas at creation time land before it).
+_SINCE_MARGIN = 3600
 
 
 class ClickHouseStore(Transport, PrunedReads):
@@ -92,8 +107,24 @@ class ClickHouseStore(Transport, PrunedReads):
             return await self._post(sql, body)
 
     async def _create_schema(self) -> None:
-        for stmt in ddl(self.database):
+        db = self.database
+        for stmt in ddl(db):
             await self._post(stmt)
+        have = {r["name"] for r in await self._post_json(
+            f"SELECT name FROM system.tables WHERE database = '{db}'")}
+        for res, name in ROLLUP_TABLES.items():
+            if f"{name}_mv" in have:
+                continue
+            for stmt in rollup_ddl(db, res):
+                await self._post(stmt)
+            # From which period on the view has seen every window: all of them on an empty
+            # store, else only periods starting after the data (and clock) of now.
+            top = await self._post_json(f"SELECT count() AS n, max(window) AS w FROM {db}.samples")
+            since = 0
+            if top and int(top[0]["n"]):
+                now = int(time.time())
+                since = -(-(max(int(top[0]["w"]), now) + _SINCE_MARGIN) // res) * res
+            await self._post(f"INSERT INTO {db}.rollup_meta (key, value) VALUES ('since_{res}', {since})")
         # A recreated database lost what the caches say was sent.
         self._sent_stacks.clear()
         self._sent_series.clear()
@@ -102,6 +133,36 @@ class ClickHouseStore(Transport, PrunedReads):
     async def open(self) -> None:
         """Create the database and tables if missing. Raises StoreError if the server is down."""
         await self._create_schema()
+
+    async def _post_json(self, sql: str) -> list[dict[str, Any]]:
+        """JSONEachRow rows of ``sql`` through ``_post`` (no schema re-creation: used by it)."""
+        raw = await self._post(sql + " FORMAT JSONEachRow")
+        return [json.loads(line) for line in raw.decode("utf-8").splitlines() if line]
+
+    async def _sources(self, start: int, end: int, max_res: int) -> list[tuple[str, str]]:
+        """(table, WHERE condition) pairs covering [start, end) exactly once: rollup periods
+        (resolutions up to ``max_res``) lying inside the range whose rollups are whole (the
+        view saw all of the period, and retention did not cut into it), ``samples`` for the
+        rest (:func:`aggregator.store.rollup.plan`)."""
+        db = self.database
+        if not max_res:
+            return [("samples", f"window >= {int(start)} AND window < {int(end)}")]
+        meta = {r["key"]: int(r["v"]) for r in await self._json_rows(
+            f"SELECT key, max(value) AS v FROM {db}.rollup_meta GROUP BY key")}
+        horizon = meta.get("horizon", 0)
+        rolled = set()
+        for res in RESOLUTIONS:
+            since = meta.get(f"since_{res}")
+            if since is None or res > max_res:
+                continue
+            p = max(-(-start // res) * res, -(-max(since, horizon) // res) * res)
+            while p + res <= end:
+                rolled.add((res, p))
+                p += res
+        got = plan(start, end, rolled, max_res)
+        out = [(ROLLUP_TABLES[res], f"window IN ({in_list(ps)})") for res, ps in got.periods.items()]
+        out += [("samples", f"window >= {a} AND window < {b}") for a, b in got.windows]
+        return out
 
     # -- writing --------------------------------------------------------------------------
     def _hash_of(self, stack: Stack) -> int:
@@ -334,14 +395,16 @@ class ClickHouseStore(Transport, PrunedReads):
                 for key, i in keys.items() if bounds[i] < bounds[i + 1]}
 
     async def totals(
-        self, selector: Selector, start: int, end: int, group_by: Sequence[str] = ()
+        self, selector: Selector, start: int, end: int, group_by: Sequence[str] = (), step: int = 0
     ) -> list[tuple[Labels, int, int]]:
         """(labels, window start, samples) per series (or ``group_by`` group) and window; the
-        timeline. Summed in ClickHouse per (group, window)."""
+        timeline. Summed in ClickHouse per (group, window); with ``step``, rollup periods that
+        fit in a bucket of ``step`` s are read instead of their windows."""
         keys, gid, everything = await self._groups(selector, start, end, group_by)
         if not keys:
             return []
-        g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end)
+        g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end,
+                                                   max_res=max_resolution(step))
         if counts.size == 0:
             return []
         # Several series chunks may hold one group's window: sum them into one cell.
@@ -354,7 +417,8 @@ class ClickHouseStore(Transport, PrunedReads):
 
     async def _group_sums(self, gid: dict[int, int], n_groups: int, inner: str, everything: bool,
                           start: int, end: int, *, expr: str | None = None, dtype: np.dtype | None = None,
-                          extra: str = "", packed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          extra: str = "", packed: bool = False, max_res: int = DAY
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(group index, ``inner`` column, summed count) cells of ``samples`` in [start, end) for
         the series in ``gid`` (hash -> group index), summed in ClickHouse by (group, inner).
 
@@ -364,10 +428,12 @@ class ClickHouseStore(Transport, PrunedReads):
         aggregates the (small int, stack) key faster than (series, stack). ``expr`` computes
         ``inner`` (answer layout ``dtype``); ``extra`` is one more WHERE term, which may use ``g``.
         ``packed`` (a UInt32 ``expr``) groups by one UInt64 ``g << 32 | expr`` key instead, which
-        18.16 aggregates faster (first-frame cells of the bench: 119 vs 163 ms).
+        18.16 aggregates faster (first-frame cells of the bench: 119 vs 163 ms). The rows come
+        from the rollups of whole periods up to ``max_res`` and from ``samples`` for the rest
+        (:meth:`_sources`); a cell spread over several sources is summed by the callers.
         """
         db = self.database
-        where = f"window >= {int(start)} AND window < {int(end)}"
+        sources = await self._sources(start, end, max_res)
         keys = sorted(gid)
         # Without a selector and with few enough series for one query, no IN list is needed;
         # series first written after the label lookup then land in the default group (dropped).
@@ -377,7 +443,7 @@ class ClickHouseStore(Transport, PrunedReads):
             dtype = GROUP_STACK if inner == "stack" else GROUP_WINDOW
         column = inner if expr is None else f"{expr} AS {inner}"
         parts = []
-        for chunk in pieces:
+        for (table, where), chunk in ((src, c) for src in sources for c in pieces):
             cond = where if chunk is None else f"{where} AND series IN ({in_list(chunk)})"
             if n_groups == 1:
                 group = "toUInt32(0)"
@@ -388,7 +454,7 @@ class ClickHouseStore(Transport, PrunedReads):
             if packed:
                 rows = await self._binary_rows(
                     f"SELECT bitOr(bitShiftLeft(toUInt64({group}), 32), {expr}) AS k, sum(count) AS c "
-                    f"FROM {db}.samples WHERE {cond}{extra} GROUP BY k", KEY_COUNT)
+                    f"FROM {db}.{table} WHERE {cond}{extra} GROUP BY k", KEY_COUNT)
                 unpacked = np.empty(rows.size, dtype=dtype)
                 unpacked["group"] = rows["key"] >> np.uint64(32)
                 unpacked[dtype.names[1]] = rows["key"] & np.uint64(0xFFFFFFFF)
@@ -396,7 +462,7 @@ class ClickHouseStore(Transport, PrunedReads):
                 rows = unpacked
             else:
                 rows = await self._binary_rows(
-                    f"SELECT {group} AS g, {column}, sum(count) AS c FROM {db}.samples WHERE {cond}{extra} "
+                    f"SELECT {group} AS g, {column}, sum(count) AS c FROM {db}.{table} WHERE {cond}{extra} "
                     f"GROUP BY g, {inner}", dtype)
             parts.append(rows[rows["group"] < n_groups])
         rows = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
@@ -423,6 +489,8 @@ class ClickHouseStore(Transport, PrunedReads):
         """
         t = int(t)
         db = self.database
+        # First: reads stop using rollups of periods that start before t (t may cut one).
+        await self._run(f"INSERT INTO {db}.rollup_meta (key, value) VALUES ('horizon', {t})")
         n_rows = await self._json_rows(
             f"SELECT count() AS n FROM (SELECT DISTINCT window, series FROM {db}.series_windows "
             f"WHERE window < {t})"
@@ -430,15 +498,17 @@ class ClickHouseStore(Transport, PrunedReads):
         n = int(n_rows[0]["n"]) if n_rows else 0
         parts = await self._json_rows(
             f"SELECT DISTINCT table, partition FROM system.parts WHERE database = '{db}' "
-            "AND table IN ('samples', 'series_windows') AND active"
+            f"AND table IN ('samples', 'series_windows', {','.join(repr(n) for n in ROLLUP_TABLES.values())}) "
+            "AND active"
         )
         mutated = []
         for p in parts:
             pid = int(p["partition"])
-            lo, hi = pid * PARTITION_SECONDS, (pid + 1) * PARTITION_SECONDS
+            size = PARTITION_SECONDS if p["table"] in ("samples", "series_windows") else ROLLUP_PARTITION_SECONDS
+            lo, hi = pid * size, (pid + 1) * size
             if hi <= t:
                 await self._run(f"ALTER TABLE {db}.{p['table']} DROP PARTITION {pid}")
-            elif lo < t:
+            elif lo < t and size == PARTITION_SECONDS:
                 left = await self._json_rows(
                     f"SELECT count() AS n FROM {db}.{p['table']} WHERE window >= {lo} AND window < {t}"
                 )
