@@ -98,8 +98,8 @@ class MergedReads(Protocol):
     ) -> list[tuple[Labels, int, int]]:
         """(group labels, window start, samples) for each group and window with samples, in no
         particular order; used by the timeline. With ``step``, the caller sums epoch-aligned
-        buckets of ``step`` seconds, so a row may be a rollup period that fits in one bucket
-        (its start the period's, :func:`aggregator.store.rollup.max_resolution`)."""
+        buckets of ``step`` seconds: the store may answer per bucket (its start) and read rollup
+        periods that fit in one (:func:`aggregator.store.rollup.max_resolution`)."""
 
 
 @runtime_checkable

@@ -701,14 +701,16 @@ class SQLiteStore:
     ) -> list[tuple[Labels, int, int]]:
         """(labels, window start, samples) per matching series (or ``group_by`` group, as in
         ``read_merged``) and window; used by the timeline. Summed from the ``total`` column.
-        With ``step`` (the caller sums epoch-aligned buckets of ``step`` s) a row may be a
-        rollup period that fits in one bucket, its start the period's."""
+        With ``step`` (the caller sums epoch-aligned buckets of ``step`` s) the rows are already
+        summed per bucket (its start), from rollups where a period fits in one bucket."""
         gb = tuple(group_by or ())
 
         def run() -> list[tuple[Labels, int, int]]:
             self._refresh_series()
-            rows = self._rows("series_id, start, sum(total)", selector, start, end, max_resolution(step),
-                              " GROUP BY series_id, start")
+            # Summed per (series, bucket of step) in SQL: a day at 5 min steps is 57,600 rows, not 576,000.
+            bucket = f"start - start % {int(step)}" if step > 0 else "start"
+            rows = self._rows(f"series_id, {bucket} AS b, sum(total)", selector, start, end,
+                              max_resolution(step), " GROUP BY series_id, b")
             if not gb:
                 return [(self._series[s], int(t), int(n)) for s, t, n in rows]
             keys: dict[int, Labels] = {}  # series id -> group key, computed once per series

@@ -49,6 +49,7 @@ from aggregator.store.clickhouse.schema import (
 from aggregator.store.clickhouse.transport import (
     CH_UNKNOWN_DATABASE,
     CH_UNKNOWN_TABLE,
+    GROUP_BUCKET,
     GROUP_STACK,
     GROUP_WINDOW,
     KEY_COUNT,
@@ -403,8 +404,12 @@ class ClickHouseStore(Transport, PrunedReads):
         keys, gid, everything = await self._groups(selector, start, end, group_by)
         if not keys:
             return []
-        g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end,
-                                                   max_res=max_resolution(step))
+        if step > 0:  # summed per bucket of step in the query: rows per (group, bucket)
+            g, window, counts = await self._group_sums(
+                gid, len(keys), "bucket", everything, start, end, expr=f"toUInt32(window - window % {int(step)})",
+                dtype=GROUP_BUCKET, max_res=max_resolution(step))
+        else:
+            g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end, max_res=0)
         if counts.size == 0:
             return []
         # Several series chunks may hold one group's window: sum them into one cell.

@@ -37,6 +37,7 @@ SAMPLE_OUT = np.dtype([("series", "<u8"), ("window", "<u4"), ("stack", "<u8"), (
 SERIES_WINDOW = np.dtype([("window", "<u4"), ("series", "<u8")])
 GROUP_STACK = np.dtype([("group", "<u4"), ("stack", "<u8"), ("count", "<u8")])
 GROUP_WINDOW = np.dtype([("group", "<u4"), ("window", "<u4"), ("count", "<u8")])
+GROUP_BUCKET = np.dtype([("group", "<u4"), ("bucket", "<u4"), ("count", "<u8")])
 GROUP_FIRST = np.dtype([("group", "<u4"), ("first", "<u4"), ("count", "<u8")])
 STACK = np.dtype("<u8")
 KEY_COUNT = np.dtype([("key", "<u8"), ("count", "<u8")])
