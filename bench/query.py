@@ -223,8 +223,8 @@ class Server:
         return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
 
 
-def _get(url: str) -> None:
-    with urllib.request.urlopen(url, timeout=600) as r:
+def _get(url: str, timeout: float = 600) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         r.read()
         if r.status != 200:
             raise SystemExit(f"{url}: HTTP {r.status}")
@@ -251,18 +251,23 @@ def queries(hours: float) -> dict[str, list[str]]:
     }
 
 
-async def _timed(url: str, paths: list[str]) -> float:
+async def _timed(url: str, paths: list[str], timeout: float) -> float:
     t = time.perf_counter()
-    await asyncio.gather(*(asyncio.to_thread(_get, url + p) for p in paths))
+    try:
+        await asyncio.gather(*(asyncio.to_thread(_get, url + p, timeout) for p in paths))
+    except TimeoutError:
+        return float("inf")
     return time.perf_counter() - t
 
 
-def measure(tree: Path, spec: str, data_dir: str, paths: list[str], rounds: int) -> tuple[float, float, float]:
-    """(cold s, warm p50 s, RSS peak MB) of one query on a fresh server from ``tree``."""
+def measure(tree: Path, spec: str, data_dir: str, paths: list[str], rounds: int, timeout: float
+            ) -> tuple[float, float, float]:
+    """(cold s, warm p50 s, RSS peak MB) of one query on a fresh server from ``tree``; a time
+    is inf when a request took longer than ``timeout`` (the rest of its rounds are skipped)."""
     with Server(tree, spec, data_dir) as srv:
-        cold = asyncio.run(_timed(srv.url, paths))
-        warm = [asyncio.run(_timed(srv.url, paths)) for _ in range(rounds)]
-        return cold, statistics.median(warm), srv.rss_peak_mb()
+        cold = asyncio.run(_timed(srv.url, paths, timeout))
+        warm = [asyncio.run(_timed(srv.url, paths, timeout)) for _ in range(rounds if cold < timeout else 0)]
+        return cold, statistics.median(warm) if warm else float("inf"), srv.rss_peak_mb()
 
 
 @contextlib.contextmanager
@@ -289,11 +294,11 @@ def run(spec: str, args: argparse.Namespace, data_dir: str) -> None:
           f"{NAMESPACES * PODS} series, {samples:,} samples in {time.perf_counter() - t:.1f} s", flush=True)
     with baseline_tree(args.baseline) as base:
         for name, paths in queries(args.hours).items():
-            new = measure(ROOT, spec, data_dir, paths, args.rounds)
+            new = measure(ROOT, spec, data_dir, paths, args.rounds, args.timeout)
             line = (f"  {label} {args.hours:g}h {name:22s} cold {new[0]:7.3f} s  warm {new[1]:7.3f} s  "
                     f"rss {new[2]:6.0f} MB")
             if base is not None:
-                old = measure(base, spec, data_dir, paths, args.rounds)
+                old = measure(base, spec, data_dir, paths, args.rounds, args.timeout)
                 line += (f"  | base cold {old[0]:7.3f} s  warm {old[1]:7.3f} s  rss {old[2]:6.0f} MB"
                          f"  | new/base warm {new[1] / old[1]:5.2f}  cold {new[0] / old[0]:5.2f}")
             print(line, flush=True)
@@ -307,6 +312,7 @@ def main() -> int:
     ap.add_argument("--baseline", help="git revision whose server is measured on the same data too")
     ap.add_argument("--per-window", type=int, default=150, help="stacks drawn per series window")
     ap.add_argument("--pool", type=int, default=3000, help="distinct stacks overall")
+    ap.add_argument("--timeout", type=float, default=300, help="seconds a query may take (inf beyond)")
     ap.add_argument("--keep", help="fill into this folder and keep it (SQLite)")
     args = ap.parse_args()
     if args.storage == "clickhouse":
