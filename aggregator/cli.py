@@ -28,7 +28,9 @@ async def _run(settings: Settings, extra: Sequence[AddRoutes]) -> int:
     from aggregator.store import StoreError
 
     app = create_app(settings, extra=extra)
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a client that goes away (a new range in the viewer aborts the old
+    # request) cancels its handler, and the stores stop the work it started.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     try:
         await runner.setup()
     except StoreError as e:

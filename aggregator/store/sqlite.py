@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,6 +132,7 @@ class SQLiteStore:
         self.max_pages = max_pages  # tests use it to simulate a full disk
         self._wexec: ThreadPoolExecutor | None = None
         self._rexec: ThreadPoolExecutor | None = None
+        self._jobs_lock = threading.Lock()
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         # writer-side caches
@@ -168,8 +170,29 @@ class SQLiteStore:
         if executor is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         loop = asyncio.get_running_loop()
+        job = {"state": "queued"}
+
+        def call() -> T:
+            with self._jobs_lock:
+                if job["state"] == "cancelled":  # the caller went away before it started
+                    raise sqlite3.OperationalError("interrupted")
+                job["state"] = "running"
+            try:
+                return fn(*args)
+            finally:
+                with self._jobs_lock:
+                    job["state"] = "done"
+
         try:
-            return await loop.run_in_executor(executor, fn, *args)
+            return await loop.run_in_executor(executor, call)
+        except asyncio.CancelledError:
+            # A cancelled read (the client went away) stops its query rather than holding the
+            # reader thread: interrupt() aborts the statement running on the reader connection.
+            with self._jobs_lock:
+                if job["state"] == "running" and executor is self._rexec and self._r is not None:
+                    self._r.interrupt()
+                job["state"] = "cancelled"
+            raise
         except sqlite3.Error as e:
             raise StoreError(f"SQLite store {self.path}: {e}") from e
         except OSError as e:
