@@ -311,7 +311,8 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard],
                           handler_args={"auto_decompress": False})
     if store is None:
-        store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous)
+        store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
+                           max_cells=settings.max_query_cells)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[STORE] = store

@@ -119,6 +119,10 @@ def _title(sel: Selector, rng: Range) -> str:
     return f"flamewatch {sel} {rng.start}..{rng.end}"
 
 
+# The frame a store sums the cells cut by its memory bound into (aggregator.store.sqlite.TRUNCATED).
+TRUNCATED_PREFIX = "other (truncated"
+
+
 async def render(store: Store, req: RenderRequest) -> Output:
     """The /api/v1/render answer in ``req.format``: the pruned flame tree, or the merged profile."""
     r = RENDERERS[req.format]
@@ -128,6 +132,10 @@ async def render(store: Store, req: RenderRequest) -> Output:
         series = await flame_series(store, req.sel, req.rng, table, req.metadata, req.min_share)
         doc = flame_json_series(series, req.metadata, req.max_nodes, req.min_share)
         doc["from"], doc["until"], doc["query"] = req.rng.start, req.rng.end, user_query(req.sel)
+        if any(str(n).startswith(TRUNCATED_PREFIX) for n in doc.get("names", ())):
+            doc["truncated"] = ("the answer crossed the server's memory bound (--max-query-cells): the lightest "
+                                "stacks of some groups are summed into their 'other (truncated ...)' frame; "
+                                "narrow the selector or the range for the full detail")
         doc.update(await type_fields(store, req.ptype, req.sel, req.rng))
         return r.output(Subject(title, doc=doc))
     profile, _ = merged(await query_series(store, req.sel, req.rng, table, req.metadata), table, req.metadata)

@@ -56,6 +56,10 @@ SETTINGS: list[Setting] = [
             "Largest decompressed gzip payload or profile accepted (413 beyond)", _positive_int),
     Setting("max_nodes", 4096, "Default node budget for flame JSON (query max_nodes overrides)",
             _positive_int),
+    Setting("max_query_cells", 4_000_000,
+            "Memory bound of a merged read (SQLite): (group, stack) cells held at most (~32 bytes each); "
+            "beyond it the lightest are summed into one 'other (truncated ...)' frame per group, noted in the answer",
+            _positive_int),
     Setting("commit_interval_ms", 5, "Group commit: how long a write batch waits for more pushes",
             _non_negative_int),
     Setting("compact_interval_seconds", 30, "How often closed windows are merged and retention applied",

@@ -20,16 +20,17 @@ __all__ = [
 ]
 
 
-def open_store(spec: str, data_dir: str | Path, *, sqlite_synchronous: str = "FULL") -> Store:
+def open_store(spec: str, data_dir: str | Path, *, sqlite_synchronous: str = "FULL",
+               max_cells: int = 4_000_000) -> Store:
     """A store (not yet opened) for ``sqlite`` or ``clickhouse://host:port/db``."""
     if spec in ("", "sqlite"):
         from aggregator.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(data_dir) / "flamewatch.db", synchronous=sqlite_synchronous)
+        return SQLiteStore(Path(data_dir) / "flamewatch.db", synchronous=sqlite_synchronous, max_cells=max_cells)
     if spec.startswith("sqlite://"):
         from aggregator.store.sqlite import SQLiteStore
 
-        return SQLiteStore(Path(spec[len("sqlite://") :]), synchronous=sqlite_synchronous)
+        return SQLiteStore(Path(spec[len("sqlite://") :]), synchronous=sqlite_synchronous, max_cells=max_cells)
     if spec.startswith("clickhouse://"):
         try:
             from aggregator.store.clickhouse import ClickHouseStore

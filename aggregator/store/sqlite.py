@@ -35,7 +35,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,11 @@ _MAX_CACHED_STACKS = 2_000_000
 # Decoded window blobs kept by the reader, in (id, count) entries (~12 bytes each): a render over
 # the last hour re-reads the same closed windows on every refresh and filter change.
 _MAX_DECODED_ENTRIES = 4_000_000
+_DENSE_CELLS = 4_000_000  # (group, stack) cells summed in a dense array (32 MB of float64)
+# The stack that (group, stack) cells cut by the memory bound of a merged read are summed into:
+# it shows in the flame graph as one visible frame of each group that lost cells.
+TRUNCATED = (Frame("other (truncated: the query crossed the server's memory bound, --max-query-cells)", Kind.USER),)
+_MERGE_BATCH = 20_000  # window/rollup rows decoded at a time by a merged read (~3 M entries)
 _ROLL_PER_PASS = 6  # hours rolled up per compaction pass (~0.3 s of writer time each at 200 series)
 
 SCHEMA = """
@@ -121,13 +126,56 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i : i + n]
 
 
+class _Cells:
+    """Sums of (group, stack) cells, fed in batches: a dense array when ``space`` cells fit the
+    bound, else sorted unique cells. At most ``bound`` cells are held: beyond it the lightest are
+    summed, per group, into the cell of stack id ``width - 1`` (:data:`TRUNCATED`)."""
+
+    def __init__(self, space: int, bound: int, width: int) -> None:
+        self.width, self.bound = width, bound
+        self.dense = np.zeros(space, dtype=np.float64) if space <= min(bound, _DENSE_CELLS) else None
+        self.cells = np.zeros(0, dtype=np.int64)
+        self.sums = np.zeros(0, dtype=np.int64)
+
+    def add(self, cells: np.ndarray, counts: np.ndarray) -> None:
+        if self.dense is not None:
+            self.dense += np.bincount(cells, weights=counts, minlength=self.dense.size)
+            return
+        u, inv = np.unique(np.concatenate([self.cells, cells]), return_inverse=True)
+        sums = np.bincount(inv.reshape(-1), weights=np.concatenate([self.sums, counts]), minlength=u.size)
+        self.cells, self.sums = u, np.rint(sums).astype(np.int64)
+        if self.cells.size > self.bound:
+            self._truncate()
+
+    def _truncate(self) -> None:
+        """Keep the heaviest half of the bound; the rest goes to each group's TRUNCATED cell."""
+        keep = np.zeros(self.cells.size, dtype=bool)
+        keep[np.argpartition(-self.sums, self.bound // 2)[: self.bound // 2]] = True
+        cut_groups = self.cells[~keep] // self.width
+        extra = np.unique(cut_groups) * self.width + self.width - 1
+        extra_sums = np.bincount(np.searchsorted(extra // self.width, cut_groups), weights=self.sums[~keep],
+                                 minlength=extra.size)
+        u, inv = np.unique(np.concatenate([self.cells[keep], extra]), return_inverse=True)
+        sums = np.bincount(inv.reshape(-1), weights=np.concatenate([self.sums[keep], extra_sums]), minlength=u.size)
+        self.cells, self.sums = u, np.rint(sums).astype(np.int64)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ascending cells, their sums), zero cells left out."""
+        if self.dense is not None:
+            nz = np.flatnonzero(self.dense)
+            return nz, np.rint(self.dense[nz]).astype(np.int64)
+        return self.cells, self.sums
+
+
 class SQLiteStore:
     """A :class:`aggregator.store.base.Store` on one SQLite file."""
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "NORMAL", max_pages: int | None = None
+        self, path: str | Path, *, synchronous: str = "NORMAL", max_pages: int | None = None,
+        max_cells: int = 4_000_000,
     ) -> None:
         self.path = Path(path)
+        self.max_cells = max_cells  # (group, stack) cells a merged read holds at most (memory bound)
         self.synchronous = synchronous
         self.max_pages = max_pages  # tests use it to simulate a full disk
         self._wexec: ThreadPoolExecutor | None = None
@@ -534,15 +582,19 @@ class SQLiteStore:
 
     def _rows(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
               tail: str = "") -> list[tuple[Any, ...]]:
-        """``SELECT cols`` of the matching series' rows covering [start, end): rollups of the
-        rolled periods up to ``max_res`` seconds (0: none) inside the range, windows for the
-        rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups`` share the
-        columns ``series_id, start, total, data``; ``start`` is the period's on a rollup row.
-        One read transaction, so the rolled periods and their rows are one snapshot."""
+        """Every row of :meth:`_row_batches` in one list."""
+        return [row for batch in self._row_batches(cols, selector, start, end, max_res, tail) for row in batch]
+
+    def _row_batches(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
+                     tail: str = "", batch: int = 1_000_000) -> Iterator[list[tuple[Any, ...]]]:
+        """``SELECT cols`` of the matching series' rows covering [start, end), ``batch`` rows at a
+        time: rollups of the rolled periods up to ``max_res`` seconds (0: none) inside the range,
+        windows for the rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups``
+        share the columns ``series_id, start, total, data``; ``start`` is the period's on a rollup
+        row. One read transaction, so the rolled periods and their rows are one snapshot."""
         r = self._r
         assert r is not None
         ids = self._matching_series(selector)
-        out: list[tuple[Any, ...]] = []
         r.execute("BEGIN")
         try:
             parts: list[tuple[str, str, tuple[int, ...]]] = []
@@ -560,15 +612,15 @@ class SQLiteStore:
             parts.extend(("windows", "start >= ? AND start < ?", (a, b)) for a, b in windows)
             for table, cond, params in parts:
                 base = f"SELECT {cols} FROM {table} WHERE {cond}"
-                if ids is None:
-                    out.extend(r.execute(base + tail, params).fetchall())
-                    continue
-                for chunk in _chunks(ids):
-                    q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
-                    out.extend(r.execute(q, (*params, *chunk)).fetchall())
+                queries = ([(base + tail, params)] if ids is None else
+                           [(f"{base} AND series_id IN ({','.join('?' * len(c))}){tail}", (*params, *c))
+                            for c in _chunks(ids)])
+                for q, args in queries:
+                    cur = r.execute(q, args)
+                    while rows := cur.fetchmany(batch):
+                        yield rows
         finally:
             r.execute("COMMIT")
-        return out
 
     def _resolve_stacks(self, dbids: np.ndarray) -> list[Stack]:
         r = self._r
@@ -669,45 +721,44 @@ class SQLiteStore:
     def _read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...] | None
     ) -> dict[Labels, Profile]:
-        rows = self._rows("series_id, data", selector, start, end, DAY)
-        if not rows:
-            return {}
         keys: dict[Labels, int] = {}
         group_of: dict[int, int] = {}  # series id -> group index, computed once per series
-        for series in {r[0] for r in rows}:
-            labels = self._series[series]
-            if group_by:
-                labels = Labels.of({k: labels.get(k, "") for k in group_by})
-            group_of[series] = keys.setdefault(labels, len(keys))
-        row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
-        ids, counts, lengths = self._decode_cached([r[1] for r in rows])
-        if ids.size == 0:
+        self._refresh_series()
+        r = self._r
+        assert r is not None
+        top = r.execute("SELECT max(id) FROM stacks").fetchone()[0]
+        # Database stack ids are dense: a (group, id) cell is group * width + id. The last id is
+        # TRUNCATED's, the stack the cells cut by the memory bound are summed into.
+        width = (int(top) if top is not None else 0) + 2
+        n_series = len(self._series) if not selector.matchers else len(self._matching_series(selector) or ())
+        acc = _Cells(max(n_series, 1) * width, self.max_cells, width)
+        for rows in self._row_batches("series_id, data", selector, start, end, DAY, batch=_MERGE_BATCH):
+            for series in {r[0] for r in rows} - group_of.keys():
+                labels = self._series[series]
+                if group_by:
+                    labels = Labels.of({k: labels.get(k, "") for k in group_by})
+                group_of[series] = keys.setdefault(labels, len(keys))
+            row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
+            ids, counts, lengths = self._decode_cached([r[1] for r in rows])
+            acc.add(np.repeat(row_group * width, lengths) + ids, counts)
+        nz, sums = acc.result()
+        if nz.size == 0:
             return {}
-        # Database stack ids are dense, so one bincount over (group, id) merges everything in
-        # linear time; no sort of the millions of entries an hour of windows holds.
-        width = int(ids.max()) + 1
-        cell = np.repeat(row_group * width, lengths) + ids  # int64: (group, id) cell number
-        if len(keys) * width <= 20_000_000:
-            flat = np.bincount(cell, weights=counts, minlength=len(keys) * width)
-            nz = np.flatnonzero(flat)
-            sums = flat[nz]
-        else:  # too many (group, id) cells for a dense count: sort-based reduce instead
-            merged = Profile.from_arrays(StackTable(), cell, counts)
-            nz, sums = merged.ids, merged.counts.astype(np.float64)
         sid = nz % width
         # Stack ids are dense: mark the ones present instead of sorting the cells' ids.
         mark = np.zeros(width, dtype=bool)
         mark[sid] = True
+        mark[width - 1] = False
         uniq = np.flatnonzero(mark)
         mapped = self._to_table(uniq, table)
-        lookup = np.zeros(width, dtype=mapped.dtype)
+        lookup = np.zeros(width, dtype=np.int64)
         lookup[uniq] = mapped
+        lookup[width - 1] = table.intern(TRUNCATED)
         tids = lookup[sid]
-        sums = np.rint(sums).astype(np.int64)
         # nz is ascending, so each group's cells are one contiguous run: slice, don't mask.
         bounds = np.searchsorted(nz, np.arange(len(keys) + 1, dtype=np.int64) * width).tolist()
         return {labels: Profile.from_arrays(table, tids[bounds[g] : bounds[g + 1]], sums[bounds[g] : bounds[g + 1]])
-                for labels, g in keys.items()}
+                for labels, g in keys.items() if bounds[g] < bounds[g + 1]}
 
     async def read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable,
