@@ -96,7 +96,8 @@ async def fill(spec: str, data_dir: str, hours: float, per_window: int, pool_siz
     pool = make_pool(table, pool_size, rng)
     series = all_series()
     windows = int(hours * 3600 / W)
-    store = open_store(spec, data_dir)
+    # bulk INSERTs of millions of rows (and their rollup views) can take minutes on a busy machine
+    store = open_store(spec if spec == "sqlite" else spec + "?timeout=1800", data_dir)
     await store.open()
     # Window 0 through the store: every pool stack appears (so it gets its id/row), every series.
     first = [SeriesWindow(lab, T0, Profile.from_arrays(table, pool[np.arange(i, pool_size, len(series))],
@@ -157,7 +158,7 @@ async def _bulk_clickhouse(store, table, pool, series, windows, per_window, nprn
     sh = np.array([series_hash(lab) for lab in series], dtype=np.uint64)
     db = store.database
     samples = 0
-    batch = 60  # windows per INSERT: 200 x 150 x 60 rows, ~50 MB of RowBinary
+    batch = 20  # windows per INSERT: 200 x 150 x 20 rows, ~17 MB of RowBinary
     for w0 in range(1, windows, batch):
         ws = range(w0, min(windows, w0 + batch))
         parts = []
