@@ -13,9 +13,11 @@ Schema (compact by design, see docs/aggregator.md):
   fragments of closed windows into one row in the background.
 - ``rollups(res, start, series_id, total, data)``: per series, the sum of its windows in an
   hour or a day (``res`` 3600 or 86400), same encoding; ``rolled(res, start)`` lists the
-  periods whose rollups exist and are kept exact (:mod:`aggregator.store.rollup`): built by
-  compaction once the period is closed, later writes into it are added to them too (in the
-  same transaction), retention that cuts into a period deletes them.
+  periods whose rollups exist and are kept exact (:mod:`aggregator.store.rollup`); an hour
+  row's ``steps`` holds its windows' totals (codec: offsets in the hour, totals) for timelines
+  of steps under an hour. Built by compaction once the period is closed; later writes into
+  it are added to them too (in the same transaction); retention that cuts into a period
+  deletes them.
 
 All sqlite calls run on two dedicated threads (one writer connection, one
 reader connection; WAL lets them run concurrently) so the event loop never
@@ -76,7 +78,7 @@ CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NO
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start, series_id);
 CREATE TABLE IF NOT EXISTS rollups (res INTEGER NOT NULL, start INTEGER NOT NULL, series_id INTEGER NOT NULL,
-                                    total INTEGER NOT NULL, data BLOB NOT NULL);
+                                    total INTEGER NOT NULL, data BLOB NOT NULL, steps BLOB);
 CREATE INDEX IF NOT EXISTS rollups_by_start ON rollups (res, start, series_id);
 CREATE TABLE IF NOT EXISTS rolled (res INTEGER NOT NULL, start INTEGER NOT NULL, PRIMARY KEY (res, start));
 """
@@ -386,10 +388,13 @@ class SQLiteStore:
             w.executemany("INSERT INTO windows (series_id, start, total, data) VALUES (?, ?, ?, ?)", rows)
             # Late data for a rolled period goes into its rollups too, in this transaction, so a
             # reader sees it either in both or in neither.
-            late = [(res, start - start % res, series, total, blob) for series, start, total, blob in rows
+            late = [(res, start - start % res, series, total, blob,
+                     codec.encode([start % res], [total]) if res == HOUR else None)
+                    for series, start, total, blob in rows
                     for res in RESOLUTIONS if (res, start - start % res) in self._rolled]
             if late:
-                w.executemany("INSERT INTO rollups (res, start, series_id, total, data) VALUES (?, ?, ?, ?, ?)", late)
+                w.executemany("INSERT INTO rollups (res, start, series_id, total, data, steps) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", late)
             w.execute("COMMIT")
         except BaseException:
             try:
@@ -461,15 +466,20 @@ class SQLiteStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             for res, start, series in todo:
-                rows = w.execute("SELECT rowid, data FROM rollups WHERE res = ? AND start = ? AND series_id = ?",
-                                 (res, start, series)).fetchall()
+                rows = w.execute("SELECT rowid, data, steps FROM rollups WHERE res = ? AND start = ? "
+                                 "AND series_id = ?", (res, start, series)).fetchall()
                 if len(rows) < 2:
                     continue
                 ids, counts, _ = codec.decode_many([r[1] for r in rows])
                 p = Profile.from_arrays(StackTable(), ids, counts)
+                steps = None
+                if all(r[2] is not None for r in rows):
+                    offs, tots, _ = codec.decode_many([r[2] for r in rows])
+                    st = Profile.from_arrays(StackTable(), offs, tots)
+                    steps = codec.encode(st.ids, st.counts)
                 w.executemany("DELETE FROM rollups WHERE rowid = ?", [(r[0],) for r in rows])
-                w.execute("INSERT INTO rollups (res, start, series_id, total, data) VALUES (?, ?, ?, ?, ?)",
-                          (res, start, series, p.total, codec.encode(p.ids, p.counts)))
+                w.execute("INSERT INTO rollups (res, start, series_id, total, data, steps) VALUES (?, ?, ?, ?, ?, ?)",
+                          (res, start, series, p.total, codec.encode(p.ids, p.counts), steps))
             w.execute("COMMIT")
         except BaseException:
             w.execute("ROLLBACK")
@@ -491,7 +501,8 @@ class SQLiteStore:
             hour = int(row[0]) - int(row[0]) % HOUR
             if hour + HOUR > before:
                 break
-            self._roll_period(HOUR, hour, "SELECT series_id, data FROM windows WHERE start >= ? AND start < ?")
+            self._roll_period(HOUR, hour, "SELECT series_id, data, start, total FROM windows "
+                                          "WHERE start >= ? AND start < ?")
             self._roll_from = hour + HOUR
             days.add(hour - hour % DAY)
             done += 1
@@ -523,10 +534,19 @@ class SQLiteStore:
                 cells, sums = merged.ids, merged.counts
                 owner = cells // width
                 bounds = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True]).tolist()
+                steps: dict[int, dict[int, int]] = {}  # series -> window offset -> total (hour rows only)
+                if res == HOUR:
+                    for r in rows:
+                        per = steps.setdefault(r[0], {})
+                        per[r[2] - start] = per.get(r[2] - start, 0) + r[3]
                 for a, b in itertools.pairwise(bounds):
                     c = sums[a:b]
-                    out.append((res, start, int(owner[a]), int(c.sum()), codec.encode(cells[a:b] % width, c)))
-            w.executemany("INSERT INTO rollups (res, start, series_id, total, data) VALUES (?, ?, ?, ?, ?)", out)
+                    sid = int(owner[a])
+                    per = steps.get(sid)
+                    vec = codec.encode(sorted(per), [per[k] for k in sorted(per)]) if per else None
+                    out.append((res, start, sid, int(c.sum()), codec.encode(cells[a:b] % width, c), vec))
+            w.executemany("INSERT INTO rollups (res, start, series_id, total, data, steps) VALUES (?, ?, ?, ?, ?, ?)",
+                          out)
             w.execute("INSERT OR IGNORE INTO rolled (res, start) VALUES (?, ?)", (res, start))
             w.execute("COMMIT")
         except BaseException:
@@ -586,7 +606,8 @@ class SQLiteStore:
         return [row for batch in self._row_batches(cols, selector, start, end, max_res, tail) for row in batch]
 
     def _row_batches(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
-                     tail: str = "", batch: int = 1_000_000) -> Iterator[list[tuple[Any, ...]]]:
+                     tail: str = "", batch: int = 1_000_000, rollup_cols: str | None = None
+                     ) -> Iterator[list[tuple[Any, ...]]]:
         """``SELECT cols`` of the matching series' rows covering [start, end), ``batch`` rows at a
         time: rollups of the rolled periods up to ``max_res`` seconds (0: none) inside the range,
         windows for the rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups``
@@ -611,7 +632,7 @@ class SQLiteStore:
                 windows = [(start, end)]
             parts.extend(("windows", "start >= ? AND start < ?", (a, b)) for a, b in windows)
             for table, cond, params in parts:
-                base = f"SELECT {cols} FROM {table} WHERE {cond}"
+                base = f"SELECT {rollup_cols if rollup_cols and table == 'rollups' else cols} FROM {table} WHERE {cond}"
                 queries = ([(base + tail, params)] if ids is None else
                            [(f"{base} AND series_id IN ({','.join('?' * len(c))}){tail}", (*params, *c))
                             for c in _chunks(ids)])
@@ -781,10 +802,13 @@ class SQLiteStore:
 
         def run() -> list[tuple[Labels, int, int]]:
             self._refresh_series()
-            # Summed per (series, bucket of step) in SQL: a day at 5 min steps is 57,600 rows, not 576,000.
-            bucket = f"start - start % {int(step)}" if step > 0 else "start"
-            rows = self._rows(f"series_id, {bucket} AS b, sum(total)", selector, start, end,
-                              max_resolution(step), " GROUP BY series_id, b")
+            if 0 < step < HOUR and HOUR % step == 0:
+                rows = self._step_rows(selector, start, end, step)
+            else:
+                # Summed per (series, bucket of step) in SQL: rows per (series, bucket), not per window.
+                bucket = f"start - start % {int(step)}" if step > 0 else "start"
+                rows = self._rows(f"series_id, {bucket} AS b, sum(total)", selector, start, end,
+                                  max_resolution(step), " GROUP BY series_id, b")
             if not gb:
                 return [(self._series[s], int(t), int(n)) for s, t, n in rows]
             keys: dict[int, Labels] = {}  # series id -> group key, computed once per series
@@ -798,6 +822,23 @@ class SQLiteStore:
             return [(key, t, n) for (key, t), n in cells.items()]
 
         return await self._run(self._rexec, run)
+
+    def _step_rows(self, selector: Selector, start: int, end: int, step: int) -> list[tuple[int, int, int]]:
+        """(series, bucket start, total) per bucket of ``step`` (< an hour, dividing it): rolled
+        hours from their rows' per-window ``steps``, the rest from the windows."""
+        sums: dict[tuple[int, int], int] = {}
+        for rows in self._row_batches("series_id, start, total, NULL", selector, start, end, HOUR,
+                                      rollup_cols="series_id, start, total, steps"):
+            for sid, t0, total, steps in rows:
+                if steps is None:
+                    key = (sid, t0 - t0 % step)
+                    sums[key] = sums.get(key, 0) + total
+                    continue
+                offs, tots = codec.decode(steps)
+                b = (t0 + offs) - (t0 + offs) % step
+                for bt, n in zip(b.tolist(), tots.tolist(), strict=True):
+                    sums[sid, bt] = sums.get((sid, bt), 0) + n
+        return [(s, t, n) for (s, t), n in sums.items()]
 
     def _series_in_range(self, start: int, end: int) -> list[Labels]:
         r = self._r
