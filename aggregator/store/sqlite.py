@@ -260,6 +260,9 @@ class SQLiteStore:
                 raise StoreError(f"cannot create data directory {self.path.parent}: {e}") from e
             self._w = self._connect()
             self._w.executescript(SCHEMA)
+            if "steps" not in {r[1] for r in self._w.execute("PRAGMA table_info(rollups)")}:
+                # rollups of a development build without per-window totals: rebuilt by compaction
+                self._w.executescript("DROP TABLE rollups; DROP TABLE rolled;" + SCHEMA)
             migrate(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
