@@ -41,10 +41,12 @@ from aggregator.store.clickhouse.schema import (
     PARTITION_SECONDS,
     ROLLUP_PARTITION_SECONDS,
     ROLLUP_TABLES,
+    TOTALS_TABLE,
     ddl,
     rollup_ddl,
     series_hash,
     stack_hash,
+    totals_ddl,
 )
 from aggregator.store.clickhouse.transport import (
     CH_UNKNOWN_DATABASE,
@@ -61,7 +63,7 @@ from aggregator.store.clickhouse.transport import (
     chunks,
     in_list,
 )
-from aggregator.store.rollup import DAY, RESOLUTIONS, max_resolution, plan
+from aggregator.store.rollup import DAY, RESOLUTIONS, plan
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.selector import Selector
 
@@ -113,10 +115,10 @@ class ClickHouseStore(Transport, PrunedReads):
             await self._post(stmt)
         have = {r["name"] for r in await self._post_json(
             f"SELECT name FROM system.tables WHERE database = '{db}'")}
-        for res, name in ROLLUP_TABLES.items():
+        for res, name in [*ROLLUP_TABLES.items(), (3600, TOTALS_TABLE)]:
             if f"{name}_mv" in have:
                 continue
-            for stmt in rollup_ddl(db, res):
+            for stmt in (totals_ddl(db) if name == TOTALS_TABLE else rollup_ddl(db, res)):
                 await self._post(stmt)
             # From which period on the view has seen every window: all of them on an empty
             # store, else only periods starting after the data (and clock) of now.
@@ -125,7 +127,8 @@ class ClickHouseStore(Transport, PrunedReads):
             if top and int(top[0]["n"]):
                 now = int(time.time())
                 since = -(-(max(int(top[0]["w"]), now) + _SINCE_MARGIN) // res) * res
-            await self._post(f"INSERT INTO {db}.rollup_meta (key, value) VALUES ('since_{res}', {since})")
+            key = "since_totals" if name == TOTALS_TABLE else f"since_{res}"
+            await self._post(f"INSERT INTO {db}.rollup_meta (key, value) VALUES ('{key}', {since})")
         # A recreated database lost what the caches say was sent.
         self._sent_stacks.clear()
         self._sent_series.clear()
@@ -144,13 +147,18 @@ class ClickHouseStore(Transport, PrunedReads):
         """(table, WHERE condition) pairs covering [start, end) exactly once: rollup periods
         (resolutions up to ``max_res``) lying inside the range whose rollups are whole (the
         view saw all of the period, and retention did not cut into it), ``samples`` for the
-        rest (:func:`aggregator.store.rollup.plan`)."""
+        rest (:func:`aggregator.store.rollup.plan`). ``max_res`` -1 (the timeline): ``window_totals``
+        from the later of its view's start and the retention horizon, ``samples`` before."""
         db = self.database
         if not max_res:
             return [("samples", f"window >= {int(start)} AND window < {int(end)}")]
         meta = {r["key"]: int(r["v"]) for r in await self._json_rows(
             f"SELECT key, max(value) AS v FROM {db}.rollup_meta GROUP BY key")}
         horizon = meta.get("horizon", 0)
+        if max_res < 0:
+            cut = min(max(start, horizon, meta.get("since_totals", end)), end)
+            out = [("samples", f"window >= {int(start)} AND window < {cut}")] if cut > start else []
+            return out + ([(TOTALS_TABLE, f"window >= {cut} AND window < {int(end)}")] if cut < end else [])
         rolled = set()
         for res in RESOLUTIONS:
             since = meta.get(f"since_{res}")
@@ -404,12 +412,14 @@ class ClickHouseStore(Transport, PrunedReads):
         keys, gid, everything = await self._groups(selector, start, end, group_by)
         if not keys:
             return []
-        if step > 0:  # summed per bucket of step in the query: rows per (group, bucket)
+        # Summed per bucket of step in the query (rows per (group, bucket)), from window_totals
+        # where its view has seen everything (max_res=-1, see _sources).
+        if step > 0:
             g, window, counts = await self._group_sums(
                 gid, len(keys), "bucket", everything, start, end, expr=f"toUInt32(window - window % {int(step)})",
-                dtype=GROUP_BUCKET, max_res=max_resolution(step))
+                dtype=GROUP_BUCKET, max_res=-1)
         else:
-            g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end, max_res=0)
+            g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end, max_res=-1)
         if counts.size == 0:
             return []
         # Several series chunks may hold one group's window: sum them into one cell.
@@ -503,7 +513,8 @@ class ClickHouseStore(Transport, PrunedReads):
         n = int(n_rows[0]["n"]) if n_rows else 0
         parts = await self._json_rows(
             f"SELECT DISTINCT table, partition FROM system.parts WHERE database = '{db}' "
-            f"AND table IN ('samples', 'series_windows', {','.join(repr(n) for n in ROLLUP_TABLES.values())}) "
+            f"AND table IN ('samples', 'series_windows', "
+            f"{','.join(repr(n) for n in [*ROLLUP_TABLES.values(), TOTALS_TABLE])}) "
             "AND active"
         )
         mutated = []
