@@ -457,7 +457,8 @@ def create_app(
     if store is None:
         store = open_store(settings.storage, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
                            check_seconds=settings.integrity_check_seconds,
-                           stack_cache=settings.sqlite_stack_cache)
+                           stack_cache=settings.sqlite_stack_cache,
+                           max_cells=settings.max_query_cells)
     metrics = Metrics()
     app[SETTINGS] = settings
     app[STORE] = store

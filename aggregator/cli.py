@@ -30,7 +30,9 @@ async def _run(settings: ServeSettings, extra: Sequence[AddRoutes]) -> int:
 
     app = create_app(settings, extra=extra)
     # Drops connections whose request header takes longer than --header-timeout-seconds.
-    runner = GuardedRunner(app, settings.header_timeout_seconds, access_log=None)
+    # handler_cancellation: a client that goes away (a new range in the viewer aborts the old
+    # request) cancels its handler, and the stores stop the work it started.
+    runner = GuardedRunner(app, settings.header_timeout_seconds, access_log=None, handler_cancellation=True)
     try:
         await runner.setup()
     except StoreError as e:

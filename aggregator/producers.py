@@ -112,13 +112,13 @@ class OneProducerPerProcess:
                        for s in parts], table)
 
     async def totals(self, selector: Selector, start: int, end: int,
-                     group_by: Sequence[str] = ()) -> list[tuple[Labels, int, int]]:
+                     group_by: Sequence[str] = (), step: int = 0) -> list[tuple[Labels, int, int]]:
         parts = await self.split(selector, start, end)
         if parts is None:
-            return await self.store.totals(selector, start, end, group_by)  # type: ignore[attr-defined]
+            return await self.store.totals(selector, start, end, group_by, step=step)  # type: ignore[attr-defined]
         sums: dict[tuple[Labels, int], int] = {}
         for s in parts:
-            for labels, w, n in await self.store.totals(s, start, end, group_by):  # type: ignore[attr-defined]
+            for labels, w, n in await self.store.totals(s, start, end, group_by, step=step):  # type: ignore[attr-defined]
                 sums[(labels, w)] = sums.get((labels, w), 0) + n
         return [(k[0], k[1], n) for k, n in sums.items()]
 

@@ -119,6 +119,10 @@ def _title(sel: Selector, rng: Range) -> str:
     return f"flamewatch {sel} {rng.start}..{rng.end}"
 
 
+# The frame a store sums the cells cut by its memory bound into (aggregator.store.sqlite.TRUNCATED).
+TRUNCATED_PREFIX = "other (truncated"
+
+
 async def render(store: Store, req: RenderRequest) -> Output:
     """The /api/v1/render answer in ``req.format``: the pruned flame tree, or the merged profile."""
     r = RENDERERS[req.format]
@@ -128,6 +132,10 @@ async def render(store: Store, req: RenderRequest) -> Output:
         series = await flame_series(store, req.sel, req.rng, table, req.metadata, req.min_share)
         doc = flame_json_series(series, req.metadata, req.max_nodes, req.min_share)
         doc["from"], doc["until"], doc["query"] = req.rng.start, req.rng.end, user_query(req.sel)
+        if any(str(n).startswith(TRUNCATED_PREFIX) for n in doc.get("names", ())):
+            doc["truncated"] = ("the answer crossed the server's memory bound (--max-query-cells): the lightest "
+                                "stacks of some groups are summed into their 'other (truncated ...)' frame; "
+                                "narrow the selector or the range for the full detail")
         doc.update(await type_fields(store, req.ptype, req.sel, req.rng))
         return r.output(Subject(title, doc=doc))
     profile, _ = merged(await query_series(store, req.sel, req.rng, table, req.metadata), table, req.metadata)
@@ -272,10 +280,28 @@ def truncation_note(groups: int, n: int, other_samples: int) -> dict[str, Any]:
             "note": f"{groups} groups: the {n} largest shown, {rest} more summed into {OTHER_GROUP!r} (--max-groups)"}
 
 
+# Timeline steps, multiples of each other and of the 30 s window: the smallest that keeps a
+# series under TIMELINE_POINTS points is taken (Pyroscope's step): an hour is 120 points of
+# 30 s, a day 288 of 5 min, a week 168 of an hour (read from the hour rollups).
+TIMELINE_STEPS = (60, 300, 600, 1800, 3600, 21600, 86400, 604800)
+TIMELINE_POINTS = 300
+
+
+def timeline_step(first_window: int, end: int, window: int) -> int:
+    """The bucket width of a timeline over ``[first_window, end)`` (a multiple of ``window``)."""
+    span = max(end - first_window, window)
+    for step in (window, *(s for s in TIMELINE_STEPS if s > window and s % window == 0)):
+        if span / step <= TIMELINE_POINTS:
+            return step
+    return -(-span // (TIMELINE_POINTS * window)) * window
+
+
 async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
-    """Samples per window, one series per value of ``group_by`` (one "all" series without it)."""
+    """Samples per step (:func:`timeline_step`), one series per value of ``group_by`` (one
+    "all" series without it)."""
     ptype, sel, rng, group_by = req.ptype, req.sel, req.rng, req.group_by
     window = rng.window
+    step = timeline_step(rng.first_window, rng.end, window)
     other: dict[int, int] | None = None
     note: dict[str, Any] | None = None
     if group_by and isinstance(store, TopTotals):
@@ -284,10 +310,14 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
         rows, rest, ngroups, rest_samples = await store.top_totals(sel, rng.first_window, rng.end, group_by,
                                                                    req.max_groups)
         if ngroups > req.max_groups:
-            other, note = rest, truncation_note(ngroups, req.max_groups, rest_samples)
+            other, note = {}, truncation_note(ngroups, req.max_groups, rest_samples)
+            for t, n in rest.items():
+                b = t - t % step
+                other[b] = other.get(b, 0) + n
     elif isinstance(store, MergedReads):
         # Summed per group in the store: rows per (group, window), not per (series, window).
-        rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL)
+        rows = await store.totals(sel, rng.first_window, rng.end, (group_by,) if group_by else MERGE_ALL,
+                                  step=step)
     else:
         rows = [(w.labels, w.start, w.profile.total)
                 for w in await store.read(sel, rng.first_window, rng.end, StackTable())]
@@ -295,22 +325,22 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     for lab, t, n in rows:
         g = lab.get(group_by, "") if group_by else "all"
         pts = groups.setdefault(g, {})
-        pts[t] = pts.get(t, 0) + n
+        b = t - t % step
+        pts[b] = pts.get(b, 0) + n
     if other is None:
         groups, other, note = top_groups(groups, req.max_groups)
-    starts = range(rng.first_window, rng.end, window)
-    dense = len(starts) <= 2880  # fill empty windows with 0 up to a day of points
+    starts = range(rng.first_window - rng.first_window % step, rng.end, step)
 
     def points(pts: dict[int, int]) -> list[list[int]]:
-        return [[t, pts.get(t, 0)] for t in starts] if dense else sorted([t, n] for t, n in pts.items())
+        return [[t, pts.get(t, 0)] for t in starts]
 
     series: list[dict[str, Any]] = [{"group": g, "points": points(groups[g])} for g in sorted(groups)]
     extra: dict[str, Any] = {}
     if other is not None:
         series.append({"group": OTHER_GROUP, "other": True, "points": points(other)})
         extra["truncated"] = note
-    return {"window": window, "from": rng.start, "until": rng.end, "group_by": group_by, "series": series,
-            **extra, **await type_fields(store, ptype, sel, rng)}
+    return {"window": window, "step": step, "from": rng.start, "until": rng.end, "group_by": group_by,
+            "series": series, **extra, **await type_fields(store, ptype, sel, rng)}
 
 
 async def top(store: Store, req: TopRequest) -> dict[str, Any]:

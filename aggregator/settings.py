@@ -55,6 +55,10 @@ SETTINGS: list[Setting] = [
             "Largest decompressed gzip payload or profile accepted (413 beyond)", positive_int),
     Setting("max_nodes", 4096, "Default node budget for flame JSON (query max_nodes overrides)",
             positive_int),
+    Setting("max_query_cells", 4_000_000,
+            "Memory bound of a merged read (SQLite): (group, stack) cells held at most (~32 bytes each); "
+            "beyond it the lightest are summed into one 'other (truncated ...)' frame per group, noted in the answer",
+            positive_int),
     Setting("commit_interval_ms", 5, "Group commit: how long a write batch waits for more pushes",
             non_negative_int),
     Setting("compact_interval_seconds", 30, "How often closed windows are merged and retention applied",
@@ -128,6 +132,7 @@ class ServeSettings(Settings):
     max_body_bytes: int
     max_decompressed_bytes: int
     max_nodes: int
+    max_query_cells: int
     commit_interval_ms: int
     compact_interval_seconds: int
     sqlite_synchronous: str

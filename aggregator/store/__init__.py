@@ -26,7 +26,7 @@ __all__ = [
 def open_store(spec: str, data_dir: str | Path, *, sqlite_synchronous: str = "FULL",
                **sqlite_options: object) -> Store:
     """A store (not yet opened) for ``sqlite`` or ``clickhouse://host:port/db``; ``sqlite_options``
-    go to :class:`SQLiteStore` (``check_seconds``, ``stack_cache``)."""
+    go to :class:`SQLiteStore` (``check_seconds``, ``stack_cache``, ``max_cells``)."""
     if spec in ("", "sqlite"):
         from aggregator.store.sqlite import SQLiteStore
 

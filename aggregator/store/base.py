@@ -123,10 +123,12 @@ class MergedReads(Protocol):
         groups without samples are absent."""
 
     async def totals(
-        self, selector: Selector, start: int, end: int, group_by: Sequence[str] = ()
+        self, selector: Selector, start: int, end: int, group_by: Sequence[str] = (), step: int = 0
     ) -> list[tuple[Labels, int, int]]:
         """(group labels, window start, samples) for each group and window with samples, in no
-        particular order; used by the timeline."""
+        particular order; used by the timeline. With ``step``, the caller sums epoch-aligned
+        buckets of ``step`` seconds: the store may answer per bucket (its start) and read rollup
+        periods that fit in one (:func:`aggregator.store.rollup.max_resolution`)."""
 
 
 @runtime_checkable

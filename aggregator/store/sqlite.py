@@ -11,6 +11,13 @@ Schema (compact by design, see docs/aggregator.md):
   delta-coded dense stack ids + counts). Writes are additive: a write appends
   a fragment, reads sum fragments, and :meth:`SQLiteStore.compact` merges the
   fragments of closed windows into one row in the background.
+- ``rollups(res, start, series_id, total, data)``: per series, the sum of its windows in an
+  hour or a day (``res`` 3600 or 86400), same encoding; ``rolled(res, start)`` lists the
+  periods whose rollups exist and are kept exact (:mod:`aggregator.store.rollup`); an hour
+  row's ``steps`` holds its windows' totals (codec: offsets in the hour, totals) for timelines
+  of steps under an hour. Built by compaction once the period is closed; later writes into
+  it are added to them too (in the same transaction); retention that cuts into a period
+  deletes them.
 
 All sqlite calls run on two dedicated threads (one writer connection, one
 reader connection; WAL lets them run concurrently) so the event loop never
@@ -25,15 +32,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import os
 import sqlite3
 import struct
+import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +51,7 @@ import numpy as np
 
 from aggregator.store import codec
 from aggregator.store.base import CorruptionError, SeriesWindow, StoreError, SumOverflow
+from aggregator.store.rollup import DAY, HOUR, RESOLUTIONS, max_resolution, plan
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
 from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
@@ -56,6 +66,12 @@ _MAX_CACHED_STACKS = 2_000_000
 # Decoded window blobs kept by the reader, in (id, count) entries (~12 bytes each): a render over
 # the last hour re-reads the same closed windows on every refresh and filter change.
 _MAX_DECODED_ENTRIES = 4_000_000
+_DENSE_CELLS = 4_000_000  # (group, stack) cells summed in a dense array (32 MB of float64)
+# The stack that (group, stack) cells cut by the memory bound of a merged read are summed into:
+# it shows in the flame graph as one visible frame of each group that lost cells.
+TRUNCATED = (Frame("other (truncated: the query crossed the server's memory bound, --max-query-cells)", Kind.USER),)
+_MERGE_BATCH = 20_000  # window/rollup rows decoded at a time by a merged read (~3 M entries)
+_ROLL_PER_PASS = 6  # hours rolled up per compaction pass (~0.3 s of writer time each at 200 series)
 
 _REPAIR = ("stop serve, run `sqlite3 {0} 'PRAGMA integrity_check'` and restore the file from a "
            "backup (or `.recover` it)")
@@ -73,6 +89,10 @@ CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NO
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start, series_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rollups (res INTEGER NOT NULL, start INTEGER NOT NULL, series_id INTEGER NOT NULL,
+                                    total INTEGER NOT NULL, data BLOB NOT NULL, steps BLOB);
+CREATE INDEX IF NOT EXISTS rollups_by_start ON rollups (res, start, series_id);
+CREATE TABLE IF NOT EXISTS rolled (res INTEGER NOT NULL, start INTEGER NOT NULL, PRIMARY KEY (res, start));
 """
 
 
@@ -120,14 +140,88 @@ def _chunks(seq: Sequence[Any], n: int = _CHUNK) -> Iterable[Sequence[Any]]:
         yield seq[i : i + n]
 
 
+class _Cells:
+    """Sums of (group, stack) cells, fed in batches: a dense array when ``space`` cells fit the
+    bound, else sorted unique cells. At most ``bound`` cells are held: beyond it the lightest are
+    summed, per group, into the cell of stack id ``width - 1`` (:data:`TRUNCATED`).
+
+    Float64 sums are exact below 2^53; once the counts fed could reach that, the sums switch to
+    an exact int64 reduce, and a total past 2^63-1 raises :class:`SumOverflow` (issue 24, causes
+    6 and 15: counts are exact 64-bit integers end to end)."""
+
+    def __init__(self, space: int, bound: int, width: int) -> None:
+        self.width, self.bound = width, bound
+        self.dense = np.zeros(space, dtype=np.float64) if space <= min(bound, _DENSE_CELLS) else None
+        self.cells = np.zeros(0, dtype=np.int64)
+        self.sums = np.zeros(0, dtype=np.int64)
+        self.fed = 0.0  # upper bound of every sum (float: only compared with 2^53)
+        self.exact = False
+        self.total = 0  # exact total once exact
+
+    def _reduce(self, cells: np.ndarray, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.exact:
+            u, inv = np.unique(cells, return_inverse=True)
+            return u, np.rint(np.bincount(inv.reshape(-1), weights=sums, minlength=u.size)).astype(np.int64)
+        order = np.argsort(cells, kind="stable")
+        sc, ss = cells[order], sums[order].astype(np.int64)
+        if sc.size == 0:
+            return sc, ss
+        starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]])
+        return sc[starts], np.add.reduceat(ss, starts)
+
+    def _go_exact(self, counts: np.ndarray) -> None:
+        if not self.exact:
+            if self.dense is not None:
+                nz = np.flatnonzero(self.dense)
+                self.cells, self.sums = nz.astype(np.int64), np.rint(self.dense[nz]).astype(np.int64)
+                self.dense = None
+            self.exact = True
+            self.total = sum(self.sums.tolist())
+        self.total += sum(counts.tolist())
+        if self.total > (1 << 63) - 1:
+            raise SumOverflow(f"the samples in this range sum to {self.total}, past the 64-bit count limit "
+                              "(2^63-1): narrow the time range or the selector")
+
+    def add(self, cells: np.ndarray, counts: np.ndarray) -> None:
+        self.fed += float(counts.sum(dtype=np.float64))
+        if self.fed >= 2.0**53:
+            self._go_exact(counts)
+        if self.dense is not None:
+            self.dense += np.bincount(cells, weights=counts, minlength=self.dense.size)
+            return
+        self.cells, self.sums = self._reduce(np.concatenate([self.cells, cells]),
+                                             np.concatenate([self.sums, counts.astype(np.int64)]))
+        if self.cells.size > self.bound:
+            self._truncate()
+
+    def _truncate(self) -> None:
+        """Keep the heaviest half of the bound; the rest goes to each group's TRUNCATED cell."""
+        keep = np.zeros(self.cells.size, dtype=bool)
+        keep[np.argpartition(-self.sums, self.bound // 2)[: self.bound // 2]] = True
+        cut = self.cells[~keep]
+        extra = cut // self.width * self.width + self.width - 1  # each cut cell's group TRUNCATED cell
+        self.cells, self.sums = self._reduce(np.concatenate([self.cells[keep], extra]),
+                                             np.concatenate([self.sums[keep], self.sums[~keep]]))
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ascending cells, their sums), zero cells left out."""
+        if self.dense is not None:
+            nz = np.flatnonzero(self.dense)
+            return nz, np.rint(self.dense[nz]).astype(np.int64)
+        nz = self.sums != 0
+        return self.cells[nz], self.sums[nz]
+
+
 class SQLiteStore:
     """A :class:`aggregator.store.base.Store` on one SQLite file."""
 
     def __init__(
         self, path: str | Path, *, synchronous: str = "NORMAL", max_pages: int | None = None,
         check_seconds: float = 10.0, stack_cache: int = _MAX_CACHED_STACKS,
+        max_cells: int = 4_000_000,
     ) -> None:
         self.path = Path(path)
+        self.max_cells = max_cells  # (group, stack) cells a merged read holds at most (memory bound)
         self.synchronous = synchronous
         self.max_pages = max_pages  # tests use it to simulate a full disk
         self.check_seconds = check_seconds  # time budget of the start-up quick_check
@@ -139,6 +233,7 @@ class SQLiteStore:
         self._reader_generation = 0
         self._wexec: ThreadPoolExecutor | None = None
         self._rexec: ThreadPoolExecutor | None = None
+        self._jobs_lock = threading.Lock()
         self._w: sqlite3.Connection | None = None
         self._r: sqlite3.Connection | None = None
         # writer-side caches
@@ -150,6 +245,9 @@ class SQLiteStore:
         self._seen: set[tuple[int, int]] = set()  # (series_id, start) written since last compaction
         # Windows starting before this may already have a row: a new write there makes a fragment.
         self._compacted_before = 0
+        self._rolled: set[tuple[int, int]] = set()  # (res, start) of rolled periods (writer side)
+        self._rdirty: set[tuple[int, int, int]] = set()  # (res, start, series_id) with >1 rollup fragment
+        self._roll_from = 0  # hours before this were considered for rolling already
         # reader-side caches
         self._frames: dict[int, Frame] = {}
         self._max_frame = 0
@@ -173,8 +271,29 @@ class SQLiteStore:
         if executor is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         loop = asyncio.get_running_loop()
+        job = {"state": "queued"}
+
+        def call() -> T:
+            with self._jobs_lock:
+                if job["state"] == "cancelled":  # the caller went away before it started
+                    raise sqlite3.OperationalError("interrupted")
+                job["state"] = "running"
+            try:
+                return fn(*args)
+            finally:
+                with self._jobs_lock:
+                    job["state"] = "done"
+
         try:
-            return await loop.run_in_executor(executor, fn, *args)
+            return await loop.run_in_executor(executor, call)
+        except asyncio.CancelledError:
+            # A cancelled read (the client went away) stops its query rather than holding the
+            # reader thread: interrupt() aborts the statement running on the reader connection.
+            with self._jobs_lock:
+                if job["state"] == "running" and executor is self._rexec and self._r is not None:
+                    self._r.interrupt()
+                job["state"] = "cancelled"
+            raise
         except (StoreError, SumOverflow):
             raise
         except sqlite3.DatabaseError as e:
@@ -205,6 +324,9 @@ class SQLiteStore:
             self._w = self._connect()
             self._quick_check(self._w)
             self._w.executescript(SCHEMA)
+            if "steps" not in {r[1] for r in self._w.execute("PRAGMA table_info(rollups)")}:
+                # rollups of a development build without per-window totals: rebuilt by compaction
+                self._w.executescript("DROP TABLE rollups; DROP TABLE rolled;" + SCHEMA)
             migrate(self._w)
             self._write_marker(self._w)
             rows = self._w.execute(
@@ -213,6 +335,11 @@ class SQLiteStore:
             self._dirty.update((int(s), int(t)) for s, t in rows)
             top = self._w.execute("SELECT max(start) FROM windows").fetchone()[0]
             self._compacted_before = int(top) + 1 if top is not None else 0
+            self._rolled = {(int(r), int(t)) for r, t in self._w.execute("SELECT res, start FROM rolled")}
+            self._rdirty.update((int(r), int(t), int(sid)) for r, t, sid in self._w.execute(
+                "SELECT res, start, series_id FROM rollups GROUP BY res, start, series_id HAVING count(*) > 1"))
+            hours = [t for r, t in self._rolled if r == HOUR]
+            self._roll_from = max(hours) + HOUR if hours else 0
 
         await self._run(self._wexec, setup)
 
@@ -404,6 +531,15 @@ class SQLiteStore:
                 rows.append((series, int(sw.start), sw.profile.total, blob))
                 keys.append((series, int(sw.start)))
             w.executemany("INSERT INTO windows (series_id, start, total, data) VALUES (?, ?, ?, ?)", rows)
+            # Late data for a rolled period goes into its rollups too, in this transaction, so a
+            # reader sees it either in both or in neither.
+            late = [(res, start - start % res, series, total, blob,
+                     codec.encode([start % res], [total]) if res == HOUR else None)
+                    for series, start, total, blob in rows
+                    for res in RESOLUTIONS if (res, start - start % res) in self._rolled]
+            if late:
+                w.executemany("INSERT INTO rollups (res, start, series_id, total, data, steps) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", late)
             w.execute("COMMIT")
         except BaseException:
             try:
@@ -412,6 +548,7 @@ class SQLiteStore:
                 pass
             self._forget_writer_caches()
             raise
+        self._rdirty.update((r[0], r[1], r[2]) for r in late)
         for k in keys:
             if k in self._seen or k[1] < self._compacted_before:
                 self._dirty.add(k)
@@ -460,8 +597,109 @@ class SQLiteStore:
         return len(todo)
 
     async def compact(self, before: int, limit: int = 2000) -> int:
-        """Merge the fragments of windows starting before ``before`` into one row each."""
-        return await self._run(self._wexec, self._compact, before, limit)
+        """Merge the fragments of windows starting before ``before`` into one row each, merge
+        rollup fragments, and roll up hours (and days) that end before ``before``. Returns
+        how many windows, rollups and periods it wrote (0: nothing left to do)."""
+        n = await self._run(self._wexec, self._compact, before, limit)
+        n += await self._run(self._wexec, self._merge_rollups, limit)
+        return n + await self._run(self._wexec, self._roll, before, _ROLL_PER_PASS)
+
+    def _merge_rollups(self, limit: int) -> int:
+        w = self._w
+        assert w is not None
+        todo = sorted(self._rdirty)[:limit]
+        if not todo:
+            return 0
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for res, start, series in todo:
+                rows = w.execute("SELECT rowid, data, steps FROM rollups WHERE res = ? AND start = ? "
+                                 "AND series_id = ?", (res, start, series)).fetchall()
+                if len(rows) < 2:
+                    continue
+                ids, counts, _ = codec.decode_many([r[1] for r in rows])
+                p = Profile.from_arrays(StackTable(), ids, counts)
+                steps = None
+                if all(r[2] is not None for r in rows):
+                    offs, tots, _ = codec.decode_many([r[2] for r in rows])
+                    st = Profile.from_arrays(StackTable(), offs, tots)
+                    steps = codec.encode(st.ids, st.counts)
+                w.executemany("DELETE FROM rollups WHERE rowid = ?", [(r[0],) for r in rows])
+                w.execute("INSERT INTO rollups (res, start, series_id, total, data, steps) VALUES (?, ?, ?, ?, ?, ?)",
+                          (res, start, series, p.total, codec.encode(p.ids, p.counts), steps))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._rdirty.difference_update(todo)
+        return len(todo)
+
+    def _roll(self, before: int, limit: int) -> int:
+        """Roll up to ``limit`` hours that end before ``before`` (from their windows), then
+        every day whose hours with data are all rolled (from the hours). One transaction each."""
+        w = self._w
+        assert w is not None
+        done = 0
+        days: set[int] = set()
+        while done < limit:
+            row = w.execute("SELECT min(start) FROM windows WHERE start >= ?", (self._roll_from,)).fetchone()
+            if row[0] is None:
+                break
+            hour = int(row[0]) - int(row[0]) % HOUR
+            if hour + HOUR > before:
+                break
+            self._roll_period(HOUR, hour, "SELECT series_id, data, start, total FROM windows "
+                                          "WHERE start >= ? AND start < ?")
+            self._roll_from = hour + HOUR
+            days.add(hour - hour % DAY)
+            done += 1
+        for day in sorted(days):
+            if day + DAY > before or (DAY, day) in self._rolled:
+                continue
+            if all((HOUR, h) in self._rolled or w.execute(
+                    "SELECT 1 FROM windows WHERE start >= ? AND start < ? LIMIT 1", (h, h + HOUR)).fetchone() is None
+                   for h in range(day, day + DAY, HOUR)):
+                self._roll_period(DAY, day, "SELECT series_id, data FROM rollups WHERE res = 3600 "
+                                            "AND start >= ? AND start < ?")
+                done += 1
+        return done
+
+    def _roll_period(self, res: int, start: int, source: str) -> None:
+        """Write the rollups of one period (per series, the sum of ``source``'s rows in it) and
+        mark it rolled, in one transaction."""
+        w = self._w
+        assert w is not None
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            rows = w.execute(source, (start, start + res)).fetchall()
+            out = []
+            if rows:
+                ids, counts, lengths = codec.decode_many([r[1] for r in rows])
+                series = np.repeat(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), lengths)
+                width = int(ids.max()) + 1 if ids.size else 1
+                merged = Profile.from_arrays(StackTable(), series * width + ids, counts)
+                cells, sums = merged.ids, merged.counts
+                owner = cells // width
+                bounds = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True]).tolist()
+                steps: dict[int, dict[int, int]] = {}  # series -> window offset -> total (hour rows only)
+                if res == HOUR:
+                    for r in rows:
+                        per = steps.setdefault(r[0], {})
+                        per[r[2] - start] = per.get(r[2] - start, 0) + r[3]
+                for a, b in itertools.pairwise(bounds):
+                    c = sums[a:b]
+                    sid = int(owner[a])
+                    per = steps.get(sid)
+                    vec = codec.encode(sorted(per), [per[k] for k in sorted(per)]) if per else None
+                    out.append((res, start, sid, int(c.sum()), codec.encode(cells[a:b] % width, c), vec))
+            w.executemany("INSERT INTO rollups (res, start, series_id, total, data, steps) VALUES (?, ?, ?, ?, ?, ?)",
+                          out)
+            w.execute("INSERT OR IGNORE INTO rolled (res, start) VALUES (?, ?)", (res, start))
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise
+        self._rolled.add((res, start))
 
     def open_windows(self) -> int:
         """(series, window) pairs written since they were last compacted."""
@@ -473,6 +711,10 @@ class SQLiteStore:
         w.execute("BEGIN IMMEDIATE")
         try:
             n = w.execute("DELETE FROM windows WHERE start < ?", (t,)).rowcount
+            # A period that starts before t lost windows (all, or some when t cuts through it):
+            # its rollups would no longer equal its windows, so they go; the rest is read from windows.
+            w.execute("DELETE FROM rollups WHERE start < ?", (t,))
+            w.execute("DELETE FROM rolled WHERE start < ?", (t,))
             # The highest series id is never deleted: SQLite gives a new row max(id) + 1, so an id
             # is never handed to another label set while a reader may still cache it (cause 5).
             gone = w.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series_id FROM windows) "
@@ -486,6 +728,8 @@ class SQLiteStore:
         self._series_ids.clear()
         self._dirty = {k for k in self._dirty if k[1] >= t}
         self._seen = {k for k in self._seen if k[1] >= t}
+        self._rolled = {k for k in self._rolled if k[1] >= t}
+        self._rdirty = {k for k in self._rdirty if k[1] >= t}
         return n
 
     async def delete_before(self, t: int) -> int:
@@ -512,18 +756,48 @@ class SQLiteStore:
             return None
         return [sid for sid, labels in self._series.items() if selector.matches(labels)]
 
-    def _rows(self, cols: str, selector: Selector, start: int, end: int) -> list[tuple[Any, ...]]:
+    def _rows(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
+              tail: str = "") -> list[tuple[Any, ...]]:
+        """Every row of :meth:`_row_batches` in one list."""
+        return [row for batch in self._row_batches(cols, selector, start, end, max_res, tail) for row in batch]
+
+    def _row_batches(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
+                     tail: str = "", batch: int = 1_000_000, rollup_cols: str | None = None
+                     ) -> Iterator[list[tuple[Any, ...]]]:
+        """``SELECT cols`` of the matching series' rows covering [start, end), ``batch`` rows at a
+        time: rollups of the rolled periods up to ``max_res`` seconds (0: none) inside the range,
+        windows for the rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups``
+        share the columns ``series_id, start, total, data``; ``start`` is the period's on a rollup
+        row. One read transaction, so the rolled periods and their rows are one snapshot."""
         r = self._r
         assert r is not None
         ids = self._matching_series(selector)
-        base = f"SELECT {cols} FROM windows WHERE start >= ? AND start < ?"
-        if ids is None:
-            return r.execute(base, (start, end)).fetchall()
-        out: list[tuple[Any, ...]] = []
-        for chunk in _chunks(ids):
-            q = f"{base} AND series_id IN ({','.join('?' * len(chunk))})"
-            out.extend(r.execute(q, (start, end, *chunk)).fetchall())
-        return out
+        r.execute("BEGIN")
+        try:
+            parts: list[tuple[str, str, tuple[int, ...]]] = []
+            if max_res:
+                rolled = r.execute("SELECT res, start FROM rolled WHERE start >= ? AND start < ? AND res <= ?",
+                                   (start, end, max_res)).fetchall()
+                got = plan(start, end, set(rolled), max_res)
+                for res, starts in got.periods.items():
+                    for chunk in _chunks(starts):
+                        parts.append(("rollups", f"res = {int(res)} AND start IN ({','.join('?' * len(chunk))})",
+                                      tuple(chunk)))
+                windows = got.windows
+            else:
+                windows = [(start, end)]
+            parts.extend(("windows", "start >= ? AND start < ?", (a, b)) for a, b in windows)
+            for table, cond, params in parts:
+                base = f"SELECT {rollup_cols if rollup_cols and table == 'rollups' else cols} FROM {table} WHERE {cond}"
+                queries = ([(base + tail, params)] if ids is None else
+                           [(f"{base} AND series_id IN ({','.join('?' * len(c))}){tail}", (*params, *c))
+                            for c in _chunks(ids)])
+                for q, args in queries:
+                    cur = r.execute(q, args)
+                    while rows := cur.fetchmany(batch):
+                        yield rows
+        finally:
+            r.execute("COMMIT")
 
     def _resolve_stacks(self, dbids: np.ndarray) -> list[Stack]:
         r = self._r
@@ -641,50 +915,44 @@ class SQLiteStore:
     def _read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable, group_by: tuple[str, ...] | None
     ) -> dict[Labels, Profile]:
-        rows = self._rows("series_id, data", selector, start, end)
-        if not rows:
-            return {}
         keys: dict[Labels, int] = {}
         group_of: dict[int, int] = {}  # series id -> group index, computed once per series
-        for series in {r[0] for r in rows}:
-            labels = self._series[series]
-            if group_by:
-                labels = Labels.of({k: labels.get(k, "") for k in group_by})
-            group_of[series] = keys.setdefault(labels, len(keys))
-        row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
-        ids, counts, lengths = self._decode_cached([r[1] for r in rows])
-        if ids.size == 0:
+        self._refresh_series()
+        r = self._r
+        assert r is not None
+        top = r.execute("SELECT max(id) FROM stacks").fetchone()[0]
+        # Database stack ids are dense: a (group, id) cell is group * width + id. The last id is
+        # TRUNCATED's, the stack the cells cut by the memory bound are summed into.
+        width = (int(top) if top is not None else 0) + 2
+        n_series = len(self._series) if not selector.matchers else len(self._matching_series(selector) or ())
+        acc = _Cells(max(n_series, 1) * width, self.max_cells, width)
+        for rows in self._row_batches("series_id, data", selector, start, end, DAY, batch=_MERGE_BATCH):
+            for series in {r[0] for r in rows} - group_of.keys():
+                labels = self._series[series]
+                if group_by:
+                    labels = Labels.of({k: labels.get(k, "") for k in group_by})
+                group_of[series] = keys.setdefault(labels, len(keys))
+            row_group = np.fromiter((group_of[r[0]] for r in rows), dtype=np.int64, count=len(rows))
+            ids, counts, lengths = self._decode_cached([r[1] for r in rows])
+            acc.add(np.repeat(row_group * width, lengths) + ids, counts)
+        nz, sums = acc.result()
+        if nz.size == 0:
             return {}
-        # Database stack ids are dense, so one bincount over (group, id) merges everything in
-        # linear time; no sort of the millions of entries an hour of windows holds.
-        width = int(ids.max()) + 1
-        cell = np.repeat(row_group * width, lengths) + ids  # int64: (group, id) cell number
-        # Counts are exact 64-bit integers end to end (issue 24, causes 6 and 15): bincount sums
-        # in float64, exact only while every sum stays below 2^53; past that, int64 sums.
-        bound = float(counts.sum(dtype=np.float64))
-        if bound >= 2.0**62 and sum(counts.tolist()) > (1 << 63) - 1:
-            raise SumOverflow(f"the samples in this range sum to about {bound:.3g}, past the 64-bit count "
-                              "limit (2^63-1): narrow the time range or the selector")
-        if len(keys) * width <= 20_000_000 and bound < 2.0**53:
-            flat = np.bincount(cell, weights=counts, minlength=len(keys) * width)
-            nz = np.flatnonzero(flat)
-            sums = np.rint(flat[nz]).astype(np.int64)
-        else:  # many (group, id) cells, or sums past 2^53: sort-based int64 reduce instead
-            merged = Profile.from_arrays(StackTable(), cell, counts)
-            nz, sums = merged.ids, merged.counts
         sid = nz % width
         # Stack ids are dense: mark the ones present instead of sorting the cells' ids.
         mark = np.zeros(width, dtype=bool)
         mark[sid] = True
+        mark[width - 1] = False
         uniq = np.flatnonzero(mark)
         mapped = self._to_table(uniq, table)
-        lookup = np.zeros(width, dtype=mapped.dtype)
+        lookup = np.zeros(width, dtype=np.int64)
         lookup[uniq] = mapped
+        lookup[width - 1] = table.intern(TRUNCATED)
         tids = lookup[sid]
         # nz is ascending, so each group's cells are one contiguous run: slice, don't mask.
         bounds = np.searchsorted(nz, np.arange(len(keys) + 1, dtype=np.int64) * width).tolist()
         return {labels: Profile.from_arrays(table, tids[bounds[g] : bounds[g + 1]], sums[bounds[g] : bounds[g + 1]])
-                for labels, g in keys.items()}
+                for labels, g in keys.items() if bounds[g] < bounds[g + 1]}
 
     async def read_merged(
         self, selector: Selector, start: int, end: int, table: StackTable,
@@ -697,28 +965,23 @@ class SQLiteStore:
         return await self._run(self._rexec, self._read_merged, selector, int(start), int(end), table, gb)
 
     async def totals(
-        self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = ()
+        self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = (), step: int = 0
     ) -> list[tuple[Labels, int, int]]:
         """(labels, window start, samples) per matching series (or ``group_by`` group, as in
-        ``read_merged``) and window; used by the timeline. Summed from the ``total`` column."""
+        ``read_merged``) and window; used by the timeline. Summed from the ``total`` column.
+        With ``step`` (the caller sums epoch-aligned buckets of ``step`` s) the rows are already
+        summed per bucket (its start), from rollups where a period fits in one bucket."""
         gb = tuple(group_by or ())
 
         def run() -> list[tuple[Labels, int, int]]:
             self._refresh_series()
-            r = self._r
-            assert r is not None
-            ids = self._matching_series(selector)
-            # Rows summed here in Python ints, not by SQL sum(): SQLite's integer sum raises
-            # "integer overflow" past 2^63-1 (issue 24, cause 6); Python ints stay exact.
-            base = "SELECT series_id, start, total FROM windows WHERE start >= ? AND start < ?"
-            tail = ""
-            rows: list[tuple[Any, ...]] = []
-            if ids is None:
-                rows = r.execute(base + tail, (start, end)).fetchall()
+            if 0 < step < HOUR and HOUR % step == 0:
+                rows = self._step_rows(selector, start, end, step)
             else:
-                for chunk in _chunks(ids):
-                    q = f"{base} AND series_id IN ({','.join('?' * len(chunk))}){tail}"
-                    rows.extend(r.execute(q, (start, end, *chunk)).fetchall())
+                # Summed per (series, bucket of step) in SQL: rows per (series, bucket), not per window.
+                bucket = f"start - start % {int(step)}" if step > 0 else "start"
+                rows = self._rows(f"series_id, {bucket} AS b, sum(total)", selector, start, end,
+                                  max_resolution(step), " GROUP BY series_id, b")
             if not gb:
                 per: dict[tuple[int, int], int] = {}
                 for s, t, n in rows:
@@ -789,14 +1052,29 @@ class SQLiteStore:
 
         return await self._run(self._rexec, run)
 
+    def _step_rows(self, selector: Selector, start: int, end: int, step: int) -> list[tuple[int, int, int]]:
+        """(series, bucket start, total) per bucket of ``step`` (< an hour, dividing it): rolled
+        hours from their rows' per-window ``steps``, the rest from the windows."""
+        sums: dict[tuple[int, int], int] = {}
+        for rows in self._row_batches("series_id, start, total, NULL", selector, start, end, HOUR,
+                                      rollup_cols="series_id, start, total, steps"):
+            for sid, t0, total, steps in rows:
+                if steps is None:
+                    key = (sid, t0 - t0 % step)
+                    sums[key] = sums.get(key, 0) + total
+                    continue
+                offs, tots = codec.decode(steps)
+                b = (t0 + offs) - (t0 + offs) % step
+                for bt, n in zip(b.tolist(), tots.tolist(), strict=True):
+                    sums[sid, bt] = sums.get((sid, bt), 0) + n
+        return [(s, t, n) for (s, t), n in sums.items()]
+
     def _series_in_range(self, start: int, end: int) -> list[Labels]:
         r = self._r
         assert r is not None
         self._refresh_series()
-        rows = r.execute(
-            "SELECT DISTINCT series_id FROM windows WHERE start >= ? AND start < ?", (start, end)
-        ).fetchall()
-        return [self._series[s] for (s,) in rows if s in self._series]
+        rows = self._rows("DISTINCT series_id", Selector(), start, end, DAY)
+        return [self._series[s] for s in {row[0] for row in rows} if s in self._series]
 
     async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
         """Sorted label names of (matching) series with windows in [start, end)."""

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from aggregator.store.base import SeriesWindow, StoreError
-from aggregator.store.clickhouse import ClickHouseStore, parse_url, series_hash, stack_hash
+from aggregator.store.clickhouse import ClickHouseStore, parse_url, planner, series_hash, stack_hash, transport
+from aggregator.store.clickhouse import store as chstore
 from stacks.errors import InputError
 from stacks.model import Frame, Labels, Profile, StackTable
 from stacks.selector import Matcher, Selector
@@ -212,8 +213,8 @@ async def _fake_clickhouse(handler) -> tuple[web.AppRunner, int]:
 async def test_error_and_garbage_answers_become_store_errors() -> None:
     async def handler(request: web.Request) -> web.Response:
         sql = (await request.read()).decode(errors="replace") or request.query.get("query", "")
-        if sql.startswith("CREATE"):
-            return web.Response(text="")
+        if sql.startswith("CREATE") or any(k in sql for k in ("system.tables", "rollup_meta", "max(window)")):
+            return web.Response(text="")  # schema setup (rollup views) answers as an empty server would
         if "series_windows" in sql and "SELECT" in sql and "count()" not in sql:
             return web.Response(text="this is not json\n")
         return web.Response(status=500, text="Code: 241, e.displayText() = DB::Exception: Memory limit "
@@ -236,9 +237,8 @@ async def test_error_and_garbage_answers_become_store_errors() -> None:
 async def test_long_in_lists_are_chunked(
     clickhouse: ClickHouseServer, clickhouse_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aggregator.store.clickhouse as chmod
 
-    monkeypatch.setattr(chmod, "_CHUNK", 7)  # force several IN (...) queries for series and stacks
+    monkeypatch.setattr(transport, "_CHUNK", 7)  # force several IN (...) queries for series and stacks
     store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
     await store.open()
     try:
@@ -261,10 +261,9 @@ async def test_grouped_reads_over_several_series_chunks(
     clickhouse: ClickHouseServer, clickhouse_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Groups whose series fall into different chunked queries are summed across the chunks."""
-    import aggregator.store.clickhouse as chmod
     from aggregator.store.base import MERGE_ALL
 
-    monkeypatch.setattr(chmod, "_GROUP_CHUNK", 7)  # 50 series: 8 grouped queries
+    monkeypatch.setattr(chstore, "_GROUP_CHUNK", 7)  # 50 series: 8 grouped queries
     store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
     await store.open()
     try:
@@ -273,7 +272,7 @@ async def test_grouped_reads_over_several_series_chunks(
         await store.write(batch)
         for selector, dense in ((ALL, True), (Selector((Matcher("pod", "!=", "p07"),)), True), (ALL, False)):
             # dense=False: too many (group, stack) cells for a bincount, summed by sorting instead
-            monkeypatch.setattr(chmod, "_DENSE_CELLS", 20_000_000 if dense else 0)
+            monkeypatch.setattr(chstore, "_DENSE_CELLS", 20_000_000 if dense else 0)
             chosen = [w for w in batch if selector.matches(w.labels)]
             for group_by in ((), MERGE_ALL, ("parity",)):
                 want: dict = {}
@@ -299,15 +298,14 @@ async def test_pushdown_over_series_chunks_long_queries_and_late_stacks(
     """read_merged_pruned with groups spread over chunked queries, every query sent with a raised
     max_query_size, and stacks written between its reads (plain read instead): the metadata
     flame JSON always equals the one from the full grouped read."""
-    import aggregator.store.clickhouse as chmod
     from aggregator import query
     from stacks.tree import METADATA_LEVELS
 
-    monkeypatch.setattr(chmod, "_GROUP_CHUNK", 7)  # 40 series: 6 grouped queries per read
-    monkeypatch.setattr(chmod, "_CHUNK", 9)  # the DISTINCT stack reads with a selector: 5 chunks
-    monkeypatch.setattr(chmod, "_DEFAULT_MAX_QUERY", 64)  # every query raises max_query_size
-    monkeypatch.setattr(chmod, "_PUSHDOWN_MIN_KEYS", 0)  # push down however small the data
-    monkeypatch.setattr(chmod, "_PUSHDOWN_MIN_GROUPS", 0)
+    monkeypatch.setattr(chstore, "_GROUP_CHUNK", 7)  # 40 series: 6 grouped queries per read
+    monkeypatch.setattr(transport, "_CHUNK", 9)  # the DISTINCT stack reads with a selector: 5 chunks
+    monkeypatch.setattr(transport, "_DEFAULT_MAX_QUERY", 64)  # every query raises max_query_size
+    monkeypatch.setattr(planner, "_PUSHDOWN_MIN_KEYS", 0)  # push down however small the data
+    monkeypatch.setattr(planner, "_PUSHDOWN_MIN_GROUPS", 0)
     store = ClickHouseStore(clickhouse.storage_spec(clickhouse_db))
     await store.open()
     try:

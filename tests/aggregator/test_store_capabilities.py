@@ -136,10 +136,10 @@ class SpyStore(SQLiteStore):
         self.calls.append("read_merged_pruned")
         return await super().read_merged(selector, start, end, table, levels)
 
-    async def totals(self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = ()
-                     ) -> list[tuple[Labels, int, int]]:
+    async def totals(self, selector: Selector, start: int, end: int, group_by: Sequence[str] | None = (),
+                     step: int = 0) -> list[tuple[Labels, int, int]]:
         self.calls.append("totals")
-        return await super().totals(selector, start, end, group_by)
+        return await super().totals(selector, start, end, group_by, step)
 
     async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int
                          ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:

@@ -440,8 +440,8 @@ def test_metadata_render_pushdown_equals_sqlite_and_the_unpruned_read(
     from aggregator.store.sqlite import SQLiteStore
     from tests.support.clickhouse import query as ch_query
 
-    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_KEYS", 0)  # push down however small
-    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_GROUPS", 0)
+    monkeypatch.setattr("aggregator.store.clickhouse.planner._PUSHDOWN_MIN_KEYS", 0)  # push down however small
+    monkeypatch.setattr("aggregator.store.clickhouse.planner._PUSHDOWN_MIN_GROUPS", 0)
     batch = [SeriesWindow(Labels.of(FLAME_LABELS[si]), T0 + 30 * wi,
                           Profile.from_pairs(((FLAME_STACKS[k], c) for k, c in pairs), StackTable()))
              for si, wi, pairs in writes]
@@ -495,8 +495,8 @@ async def test_metadata_render_pushdown_cuts_and_refetches(store: Store, monkeyp
     both backends."""
     from aggregator import query
 
-    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_KEYS", 0)  # push down however small
-    monkeypatch.setattr("aggregator.store.clickhouse._PUSHDOWN_MIN_GROUPS", 0)
+    monkeypatch.setattr("aggregator.store.clickhouse.planner._PUSHDOWN_MIN_KEYS", 0)  # push down however small
+    monkeypatch.setattr("aggregator.store.clickhouse.planner._PUSHDOWN_MIN_GROUPS", 0)
     batch = [sw(T0, {(U("main"), U("serve"), U(f"h{i}")): 2000 for i in range(5)},
                 node="n1", namespace="prod", pod="big", container="app")]
     batch += [sw(T0 + 30, {(U(f"f{j}"), U(f"g{j}")): 40 for j in range(6)} | {(U(f"r{i}"),): 5},

@@ -247,3 +247,31 @@ def test_zoom_export_and_png(story: Story, watch: PageWatch) -> None:
         page.locator("#exp-png").click()
     assert dl.value.suggested_filename == "flamegraph.png"
     assert watch.errors == [], watch.errors
+
+
+def test_7d_preset_progress_and_a_new_range_aborts_the_request_in_flight(story: Story, watch: PageWatch) -> None:
+    watch.goto_ready(story.url + "/")
+    page = watch.page
+    held: list[Any] = []
+
+    def hold(route: Any) -> None:
+        if "from=now-24h" in route.request.url and not held:
+            held.append(route)  # never answered: the 24h render stays in flight
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/render*", hold)
+    failed: list[str] = []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.locator("#presets .seg[data-preset='24h']").click()
+    page.wait_for_selector("#progress:not([hidden])")
+    assert re.search(r"loading \d+ quer", page.locator("#progress").inner_text())
+    assert page.evaluate("document.body.dataset.busy") is not None
+    seq = watch.seq()
+    page.locator("#presets .seg[data-preset='7d']").click()
+    watch.wait_redraw(seq)
+    page.wait_for_selector("#progress", state="hidden")
+    # the 24h request was aborted by the page (not answered late and drawn over the 7d one)
+    assert held and any("now-24h" in u and "/api/v1/render" in u for u in failed), failed
+    assert "from=now-7d" in page.url
+    assert "on" in (page.locator("#presets .seg[data-preset='7d']").get_attribute("class") or "")

@@ -12,7 +12,8 @@
   // pyroscope_spy: the producer filter; naming one shows its series even where the aggregator would
   // prefer the agent's (docs/aggregator.md, "Producers").
   var LABELS = ["namespace", "pod", "container", "node", "service_name", "pyroscope_spy"];
-  var PRESETS = {"5m": "now-5m", "15m": "now-15m", "1h": "now-1h", "6h": "now-6h", "24h": "now-24h"};
+  var PRESETS = {"5m": "now-5m", "15m": "now-15m", "1h": "now-1h", "6h": "now-6h", "24h": "now-24h",
+    "7d": "now-7d"};
   var TOP_LIMIT = 500;
   // The API's default profile type (docs/architecture.md); replaced by the server's "default".
   var DEFAULT_TYPE = "process_cpu:cpu:nanoseconds:cpu:nanoseconds";
@@ -232,13 +233,36 @@
   }
 
   var pending = {};
-  /** GET an API path; resolves JSON, rejects with the server's {"error"} message. Stale replies are dropped. */
+  var inflight = {}; // key -> AbortController of the request in flight
+  var busySince = 0, busyTimer = null;
+  /** The progress line: how many queries run and for how long; hidden when none does. */
+  function paintProgress() {
+    var n = Object.keys(inflight).length, p = $("progress");
+    if (!p) return;
+    if (!n) { p.hidden = true; clearInterval(busyTimer); busyTimer = null; busySince = 0; delete document.body.dataset.busy; return; }
+    if (!busySince) busySince = performance.now();
+    if (!busyTimer) busyTimer = setInterval(paintProgress, 500);
+    var secs = (performance.now() - busySince) / 1000;
+    p.hidden = false;
+    p.textContent = "loading " + n + (n === 1 ? " query" : " queries") + (secs >= 1 ? ", " + secs.toFixed(0) + " s" : "") + "…";
+    document.body.dataset.busy = String(n);
+  }
+  /** GET an API path; resolves JSON, rejects with the server's {"error"} message. A newer request
+   * with the same key aborts the one in flight (the server stops its work when the client goes),
+   * and stale replies are dropped. */
   function api(key, path, params) {
     var seq = (pending[key] || 0) + 1;
     pending[key] = seq;
+    if (inflight[key]) inflight[key].abort();
+    var ctl = typeof AbortController === "function" ? new AbortController() : null;
+    if (ctl) inflight[key] = ctl;
+    paintProgress();
+    var done = function () { if (inflight[key] === ctl) { delete inflight[key]; paintProgress(); } };
     var url = path + "?" + new URLSearchParams(params).toString();
-    return fetch(url, {headers: authHeaders({Accept: "application/json"})}).then(function (r) {
+    return fetch(url, {headers: authHeaders({Accept: "application/json"}),
+                       signal: ctl ? ctl.signal : undefined}).then(function (r) {
       return r.text().then(function (text) {
+        done();
         var body = null;
         try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
         if (r.status === 401) showSignIn(readToken() ? "The read token was refused; enter it again." : null);
@@ -246,6 +270,10 @@
         if (!r.ok) throw new Error((body && body.error) || ("HTTP " + r.status + " from " + path));
         return body;
       });
+    }, function (e) {
+      done();
+      if (pending[key] !== seq || (e && e.name === "AbortError")) throw {stale: true};
+      throw e;
     });
   }
   function isStale(e) { return e && e.stale; }

@@ -1,0 +1,87 @@
+"""ClickHouse schema: the DDL and the content hashes that are every row's id.
+
+Every id is a 64-bit blake2b hash computed client-side, so no aggregator allocates ids or
+coordinates with another; the hashes are part of the stored data and must never change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from stacks.model import Kind, Labels, Stack
+
+PARTITION_SECONDS = 3600  # retention granularity of DROP PARTITION; finer cuts use a mutation
+ROLLUP_PARTITION_SECONDS = 86400  # rollup tables: one partition per day (a cut one is ignored by reads)
+# Rollup tables by resolution, each filled by a materialized view on every INSERT into samples.
+ROLLUP_TABLES = {3600: "samples_1h", 86400: "samples_1d"}
+TOTALS_TABLE = "window_totals"  # per (series, window) sums of samples: the timeline's source
+KIND_NAMES = {Kind.USER: "user", Kind.KERNEL: "kernel", Kind.METADATA: "metadata"}
+_KIND_CODE = {Kind.USER: b"u", Kind.KERNEL: b"k", Kind.METADATA: b"m"}
+
+
+def ddl(db: str) -> list[str]:
+    kinds = "Enum8('user' = 1, 'kernel' = 2, 'metadata' = 3)"
+    part = f"intDiv(window, {PARTITION_SECONDS})"
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {db}",
+        f"CREATE TABLE IF NOT EXISTS {db}.stacks (hash UInt64, names Array(String), kinds Array({kinds})) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.series (hash UInt64, names Array(String), values Array(String)) "
+        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.series_windows (window UInt32, series UInt64) "
+        f"ENGINE = ReplacingMergeTree() PARTITION BY {part} ORDER BY (window, series)",
+        f"CREATE TABLE IF NOT EXISTS {db}.samples (window UInt32, series UInt64, stack UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY {part} ORDER BY (series, window, stack)",
+        # rollup_meta: ('since_RES', first period the view has seen whole), ('horizon', retention cut)
+        f"CREATE TABLE IF NOT EXISTS {db}.rollup_meta (key String, value UInt32) ENGINE = MergeTree() ORDER BY key",
+    ]
+
+
+def totals_ddl(db: str) -> list[str]:
+    """``window_totals`` and its view: the samples of each (series, window), so a timeline reads
+    one row per series and window (576,000 a day) instead of one per stack (86 M a day)."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{TOTALS_TABLE} (window UInt32, series UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY intDiv(window, {ROLLUP_PARTITION_SECONDS}) "
+        "ORDER BY (series, window)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{TOTALS_TABLE}_mv TO {db}.{TOTALS_TABLE} AS SELECT "
+        f"window, series, sum(count) AS count FROM {db}.samples GROUP BY window, series",
+    ]
+
+
+def rollup_ddl(db: str, res: int) -> list[str]:
+    """The rollup table of resolution ``res`` and the materialized view that fills it: every
+    INSERT into ``samples`` also inserts its counts summed per (series, period, stack), so a
+    rollup always holds exactly the windows written since the view exists, late ones included,
+    whichever replica wrote them."""
+    name = ROLLUP_TABLES[res]
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{name} (window UInt32, series UInt64, stack UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY intDiv(window, {ROLLUP_PARTITION_SECONDS}) "
+        "ORDER BY (series, window, stack)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}_mv TO {db}.{name} AS SELECT "
+        f"toUInt32(intDiv(window, {res}) * {res}) AS window, series, stack, sum(count) AS count "
+        f"FROM {db}.samples GROUP BY series, window, stack",
+    ]
+
+
+def stack_hash(stack: Stack) -> int:
+    """Stable 64-bit hash of a stack (same in every process and host)."""
+    h = hashlib.blake2b(digest_size=8)
+    for f in stack:
+        name = f.name.encode("utf-8", "surrogatepass")
+        h.update(_KIND_CODE[Kind(f.kind)])
+        h.update(len(name).to_bytes(4, "little"))
+        h.update(name)
+    return int.from_bytes(h.digest(), "little")
+
+
+def series_hash(labels: Labels) -> int:
+    """Stable 64-bit hash of a label set."""
+    h = hashlib.blake2b(digest_size=8, person=b"fw-series")
+    for k, v in labels.items_:
+        for s in (k, v):
+            b = s.encode("utf-8", "surrogatepass")
+            h.update(len(b).to_bytes(4, "little"))
+            h.update(b)
+    return int.from_bytes(h.digest(), "little")
