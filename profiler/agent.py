@@ -44,7 +44,9 @@ from profiler.samplers.pyunwind import (
     RuntimeFinder,
     Target,
     alive,
+    bpf_stats_on,
     check_bpftrace,
+    enable_bpf_stats,
 )
 from profiler.shipper import WALL, Shipper, build_push
 from profiler.spool import Spool
@@ -135,6 +137,7 @@ class Agent:
         self.shipper = Shipper(self.spool, settings.server, token=settings.push_token,
                                timeout=settings.push_timeout)
         self.perf: perf_sampler.PerfSampler | None = None
+        self._bpf_stats_fd: int | None = None  # open while the kernel counts BPF run time for us
         self.pyspy: PySpySampler | None = None
         self.unwinder: PyUnwindSampler | None = None
         self._bpftrace_bin = settings.bpftrace_path
@@ -193,7 +196,8 @@ class Agent:
             self.perf = perf_sampler.PerfSampler(
                 self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
                 frequency=self.s.frequency,
-                mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock)
+                mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock,
+                reader=self.s.perf_reader, proc_root=self.s.proc_root)
             self.perf.start()
         if self.s.pyspy:
             self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
@@ -204,6 +208,12 @@ class Agent:
                 self._on_unwound, bpftrace=self._bpftrace_bin, frequency=self.s.frequency,
                 interval=self.s.pyunwind_interval, max_depth=self.s.pyunwind_max_depth, runner=self.runner,
                 proc_root=self.s.proc_root, clock=self.clock)
+            if self._bpf_stats_fd is None:
+                self._bpf_stats_fd = enable_bpf_stats()
+            self.unwinder.stats_counted = self._bpf_stats_fd is not None
+            if self._bpf_stats_fd is None and not bpf_stats_on(self.s.proc_root):
+                log.warning("BPF run time not counted: bpf(BPF_ENABLE_STATS) not permitted here "
+                            "(needs CAP_SYS_ADMIN); sysctl kernel.bpf_stats_enabled=1 counts it")
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
@@ -547,6 +557,8 @@ class Agent:
             "spool_pushes": len(self.spool),
             "perf_restarts": self.perf.restarts if self.perf else 0,
             "perf_gap_seconds": round(self.perf.gap_seconds, 3) if self.perf else 0.0,
+            "perf_fallbacks": self.perf.fallbacks if self.perf else 0,
+            "rss_bytes": psutil.Process().memory_info().rss,
             "pyspy_runs": self.pyspy.runs if self.pyspy else 0,
             "pyspy_failures": self.pyspy.failures if self.pyspy else 0,
             "pyspy_processes": len(self.pyspy.active()) if self.pyspy else 0,
@@ -580,6 +592,7 @@ class _AgentCollector:
         "push_failures": "Failed push attempts",
         "perf_restarts": "Times perf was restarted",
         "perf_gap_seconds": "Seconds without perf sampling",
+        "perf_fallbacks": "Times perf's binary stream could not be read and perf script took over",
         "pyspy_runs": "py-spy runs",
         "pyspy_failures": "Failed py-spy runs",
         "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy, bpftrace) and its BPF "
@@ -596,6 +609,7 @@ class _AgentCollector:
     GAUGES: ClassVar[dict[str, str]] = {
         "spool_bytes": "Bytes of unsent pushes (memory + disk)",
         "spool_pushes": "Unsent pushes",
+        "rss_bytes": "Resident memory of the agent's own process (children excluded)",
         "samples_held": "Samples of Python processes waiting for their first py-spy shape",
         "pyspy_processes": "Python processes with a py-spy run in flight now",
         "pyunwind_processes": "Python processes the in-kernel unwinder names",

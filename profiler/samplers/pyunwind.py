@@ -402,7 +402,7 @@ def proc_mem_reader(proc_root: str = "/proc") -> Reader:
             return b""
         try:
             return os.pread(fd, size, addr)
-        except OSError:
+        except (OSError, OverflowError):  # gone, unmapped, or a torn pointer beyond the address space
             return b""
         finally:
             os.close(fd)
@@ -555,6 +555,7 @@ class PyUnwindSampler:
         self.last_error = ""
         self.started_at: float | None = None
         self._bpf_done = 0.0  # BPF run time of bpftrace processes already stopped
+        self.stats_counted = False  # the agent holds a BPF_ENABLE_STATS fd: run time is counted
         self._proc: Proc | None = None
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards _proc, parser and names against the reader thread
@@ -682,7 +683,7 @@ class PyUnwindSampler:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        self._bpf_done += bpf_run_seconds(proc.pid) or 0.0
+        self._bpf_done += bpf_run_seconds(proc.pid, counted=self.stats_counted) or 0.0
         if proc.poll() is None:
             try:
                 proc.send_signal(2)  # SIGINT: bpftrace runs END, which prints the last report
@@ -705,19 +706,30 @@ class PyUnwindSampler:
     def bpf_seconds(self) -> float | None:
         """CPU seconds the BPF programs ran (``run_time_ns``; needs sysctl kernel.bpf_stats_enabled=1)."""
         p = self._proc
-        now = bpf_run_seconds(p.pid) if p is not None else None
+        now = bpf_run_seconds(p.pid, counted=self.stats_counted) if p is not None else None
         if now is None and not self._bpf_done:
             return None
         return self._bpf_done + (now or 0.0)
 
 
-def bpf_run_seconds(pid: int, proc_root: str = "/proc") -> float | None:
-    """Sum of ``run_time_ns`` over the BPF programs ``pid`` holds; None when the kernel does not count it."""
-    total, seen = 0, False
+def bpf_stats_on(proc_root: str = "/proc") -> bool:
+    """Whether the kernel counts BPF run time now (sysctl, or someone's BPF_ENABLE_STATS fd)."""
     try:
         with open(f"{proc_root}/sys/kernel/bpf_stats_enabled", encoding="ascii") as f:
-            if f.read().strip() != "1":
-                return None
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def bpf_run_seconds(pid: int, proc_root: str = "/proc", counted: bool = False) -> float | None:
+    """Sum of ``run_time_ns`` over the BPF programs ``pid`` holds; None when the kernel does not count it.
+
+    ``counted``: the caller holds a BPF_ENABLE_STATS fd (the sysctl does not show it), else the sysctl says.
+    """
+    total, seen = 0, False
+    if not counted and not bpf_stats_on(proc_root):
+        return None
+    try:
         fds = os.listdir(f"{proc_root}/{pid}/fdinfo")
     except OSError:
         return None
@@ -734,3 +746,33 @@ def bpf_run_seconds(pid: int, proc_root: str = "/proc") -> float | None:
             total += int(m.group(1))
             seen = True
     return total / 1e9 if seen else None
+
+
+# bpf(2) command numbers: BPF_ENABLE_STATS (include/uapi/linux/bpf.h), __NR_bpf per architecture.
+_BPF_ENABLE_STATS = 32
+_BPF_STATS_RUN_TIME = 0
+_NR_BPF = {"x86_64": 321, "aarch64": 280}
+
+
+def enable_bpf_stats() -> int | None:
+    """Turn on the kernel's BPF run-time counting for as long as the returned fd stays open.
+
+    ``bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME)`` (Linux 5.8+, needs CAP_SYS_ADMIN)
+    counts run time like ``sysctl kernel.bpf_stats_enabled=1`` does, and the
+    kernel turns it off again when the agent exits (the fd closes), so the
+    agent never leaves the node's setting changed. None: not permitted or not
+    supported (the reason is logged by the caller).
+    """
+    import ctypes
+    import platform
+
+    nr = _NR_BPF.get(platform.machine())
+    if nr is None:
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = (ctypes.c_uint32 * 2)(_BPF_STATS_RUN_TIME, 0)
+    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(_BPF_ENABLE_STATS), ctypes.byref(attr),
+                      ctypes.c_uint(ctypes.sizeof(attr)))
+    if fd < 0:
+        return None
+    return int(fd)

@@ -1,0 +1,360 @@
+"""Addresses -> function names for the perf.data reader, with caches.
+
+Three sources, each read once and kept:
+
+- kernel: ``/proc/kallsyms`` (modules' symbols included), sorted once;
+- files mapped into processes (executables, shared libraries): their ELF
+  symbol tables (``.symtab``, else ``.dynsym``) read with pyelftools, cached
+  per file identity (device + inode from the mmap event, else the path), so
+  a library used by a thousand processes is read once, and the symbols of a
+  process that has exited are still there when its samples are named;
+- JIT code: ``/tmp/perf-PID.map`` of the process, read through
+  ``/proc/PID/root`` (its own mount namespace) under its own pid in its PID
+  namespace (``NSpid``), as perf does.
+
+Files are opened through ``/proc/PID/root`` while the process lives, so a
+container's own libraries are read; after it exits, the host path is tried
+(the cache usually already holds the file from the process's first sample).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import re
+import struct
+import time
+from array import array
+from collections.abc import Callable
+
+import numpy as np
+
+_MISS = object()
+
+log = logging.getLogger("flamewatch.agent.symbols")
+
+# A mapped file whose functions are CPython's own eval loop: the python3.X
+# binary (any build suffix) or libpython3.X.so (the same rule as the perf script reader).
+_INTERPRETER = re.compile(r"(?:lib)?python[0-9.]*[a-z]?(?:\.so[0-9.]*)?$")
+# Files of more than this many bytes are not read for symbols (named [file] instead).
+ELF_MAX_BYTES = 512 << 20
+# Symbol tables kept (files); past it the least recently added are dropped.
+FILES_MAX = 2000
+
+
+def is_interpreter(path: str) -> bool:
+    return _INTERPRETER.match(path.rpartition("/")[2]) is not None
+
+
+class SymbolTable:
+    """A file's functions: sorted link-time start addresses and ends (numpy), names read on demand.
+
+    Names stay in the file (``names_at(offset)`` reads the string table with
+    ``pread``), so a 300,000-symbol binary costs a few MB here, not its
+    string table; each address is looked up once anyway (the reader caches
+    frames per address).
+    """
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray, name_offs: np.ndarray, path: str, strtab: int,
+                 strtab_size: int, segments: list[tuple[int, int, int]], extra: dict[int, str] | None = None):
+        # array('Q'): bisect runs in C on it (np.searchsorted on one scalar costs ~5 us of call overhead)
+        self.starts, self.ends = array("Q", starts.astype(np.uint64)), array("Q", ends.astype(np.uint64))
+        self.name_offs = name_offs
+        self._names: dict[int, str | None] = {}
+        self.path, self.strtab, self.strtab_size = path, strtab, strtab_size
+        self.segments = segments  # (file offset, size in file, vaddr) of each PT_LOAD segment
+        self.extra = extra or {}  # start -> name of synthesized symbols (PLT entries)
+
+    def vaddr(self, offset: int) -> int | None:
+        for off, size, vaddr in self.segments:
+            if off <= offset < off + size:
+                return offset - off + vaddr
+        return None
+
+    def lookup(self, addr: int) -> str | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i < 0 or addr >= self.ends[i]:
+            return None
+        name = self._names.get(i, _MISS)
+        if name is _MISS:
+            start = self.starts[i]
+            name = self._names[i] = self.extra[start] if start in self.extra else self._name(int(self.name_offs[i]))
+        return name  # type: ignore[return-value]
+
+    def _name(self, off: int) -> str | None:
+        try:
+            with open(self.path, "rb") as f:
+                raw = os.pread(f.fileno(), 512, self.strtab + off)
+        except OSError:
+            return None
+        name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return name.split("@@")[0] or None
+
+
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_PHDR = struct.Struct("<IIQQQQQQ")
+_SYM = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"),
+                 ("size", "<u8")])
+_SHT_SYMTAB, _SHT_DYNSYM, _SHT_NOTE = 2, 11, 7
+_STT_FUNC, _STT_GNU_IFUNC = 2, 10
+
+
+class _Elf:
+    """The parts of a 64-bit little-endian ELF file read for symbols (struct + numpy, no per-symbol objects)."""
+
+    def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+        self.f = f
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ValueError("not a 64-bit little-endian ELF file")
+        (_ident, _t, self.machine, _v, _entry, phoff, shoff, _fl, _eh, _phes, phnum, _shes, shnum,
+         shstrndx) = _EHDR.unpack(head)
+        f.seek(phoff)
+        ph = f.read(56 * phnum)
+        self.segments = []
+        for i in range(phnum):
+            p_type, _flags, p_offset, p_vaddr, _pa, p_filesz, _memsz, _align = _PHDR.unpack_from(ph, 56 * i)
+            if p_type == 1:  # PT_LOAD
+                self.segments.append((p_offset, p_filesz, p_vaddr))
+        f.seek(shoff)
+        sh = f.read(64 * shnum)
+        self.sections = [_SHDR.unpack_from(sh, 64 * i) for i in range(shnum)]
+        names = self.read(self.sections[shstrndx]) if shstrndx < shnum else b""
+        self.by_name = {}
+        for i, sec in enumerate(self.sections):
+            end = names.find(b"\0", sec[0])
+            self.by_name[names[sec[0]:end].decode("ascii", "replace")] = i
+
+    def read(self, sec: tuple) -> bytes:  # type: ignore[type-arg]
+        self.f.seek(sec[4])
+        return self.f.read(sec[5])
+
+    def section(self, name: str) -> tuple | None:  # type: ignore[type-arg]
+        i = self.by_name.get(name)
+        return self.sections[i] if i is not None else None
+
+    def functions(self, name: str) -> tuple[np.ndarray, tuple] | None:  # type: ignore[type-arg]
+        sec = self.section(name)
+        if sec is None or sec[1] not in (_SHT_SYMTAB, _SHT_DYNSYM) or sec[5] > ELF_MAX_BYTES:
+            return None
+        syms = np.frombuffer(self.read(sec), dtype=_SYM)
+        kind = syms["info"] & 0xF
+        funcs = syms[((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (syms["value"] != 0) & (syms["name"] != 0)]
+        if not len(funcs):
+            return None
+        return funcs, self.sections[sec[6]]  # sh_link: its string table
+
+    def build_id(self) -> str | None:
+        for sec in self.sections:
+            if sec[1] != _SHT_NOTE or sec[5] > 4096:
+                continue
+            data, off = self.read(sec), 0
+            while off + 12 <= len(data):
+                namesz, descsz, typ = struct.unpack_from("<III", data, off)
+                name_end = off + 12 + ((namesz + 3) & ~3)
+                if typ == 3 and data[off + 12:off + 12 + namesz].rstrip(b"\0") == b"GNU":  # NT_GNU_BUILD_ID
+                    return data[name_end:name_end + descsz].hex()
+                off = name_end + ((descsz + 3) & ~3)
+        return None
+
+    def plt(self) -> dict[int, str]:
+        """``name@plt`` per PLT entry, as perf names them (x86-64: 16-byte entries; ``.plt.sec`` with IBT)."""
+        rela, plt = self.section(".rela.plt"), self.section(".plt.sec") or self.section(".plt")
+        if rela is None or plt is None or self.machine != 62 or rela[5] > 1 << 20:
+            return {}
+        first = plt[3] + (0 if self.section(".plt.sec") is not None else 16)  # .plt opens with the resolver
+        dyn = self.sections[rela[6]]
+        syms = np.frombuffer(self.read(dyn), dtype=_SYM)
+        strs = self.read(self.sections[dyn[6]])
+        out = {}
+        for i in range(rela[5] // 24):
+            _off, info, _add = struct.unpack_from("<QQq", self.read_cached(rela), 24 * i)
+            k = info >> 32
+            if 0 < k < len(syms):
+                n = int(syms[k]["name"])
+                name = strs[n:strs.find(b"\0", n)].decode("utf-8", "replace")
+                if name:
+                    out[first + 16 * i] = name + "@plt"
+        return out
+
+    def read_cached(self, sec: tuple) -> bytes:  # type: ignore[type-arg]
+        if getattr(self, "_cache_key", None) != sec:
+            self._cache_key, self._cache = sec, self.read(sec)
+        return self._cache
+
+
+def read_elf_symbols(path: str, root: str = "") -> SymbolTable | None:
+    """The function symbols of an ELF file, None when it is not one or cannot be read.
+
+    A file without ``.symtab`` (stripped, as distributions ship them) gets its
+    separate debug file's, as perf does: ``ROOT/usr/lib/debug/.build-id/xx/yyyy.debug``
+    by its build id, where installed (Debian's ``*-dbgsym``, ``libc6-dbg``);
+    else its ``.dynsym``. PLT entries are named ``name@plt``.
+    """
+    try:
+        with open(path, "rb") as f:
+            elf = _Elf(f)
+            got, names_path = elf.functions(".symtab"), path
+            if got is None:
+                bid = elf.build_id()
+                debug = f"{root}/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug" if bid else ""
+                if debug and os.path.exists(debug):
+                    with open(debug, "rb") as g:
+                        got, names_path = _Elf(g).functions(".symtab"), debug
+            if got is None:
+                got, names_path = elf.functions(".dynsym"), path
+            plt = elf.plt()
+            segments = elf.segments
+    except (OSError, ValueError, struct.error, IndexError) as e:
+        log.debug("no symbols from %s: %s", path, e)
+        return None
+    if got is None and not plt:
+        return None
+    if got is not None:
+        funcs, strtab = got
+        # aliases (one address, several names): perf's choice, a global name before a weak one before a local
+        bind = funcs["info"] >> 4
+        rank = np.where(bind == 1, 0, np.where(bind == 2, 1, 2))
+        funcs = funcs[np.lexsort((rank, funcs["value"]))]
+        values, sizes, name_offs = funcs["value"], funcs["size"], funcs["name"]
+    else:
+        strtab = (0,) * 10
+        values = sizes = np.zeros(0, dtype=np.uint64)
+        name_offs = np.zeros(0, dtype=np.uint32)
+    if plt:
+        values = np.concatenate([values, np.array(list(plt), dtype=np.uint64)])
+        sizes = np.concatenate([sizes, np.full(len(plt), 16, dtype=np.uint64)])
+        name_offs = np.concatenate([name_offs, np.zeros(len(plt), dtype=np.uint32)])
+    # one symbol per address (aliases: the first one), sorted
+    starts, first = np.unique(values, return_index=True)
+    sizes, name_offs = sizes[first], name_offs[first]
+    nxt = np.append(starts[1:], starts[-1] + np.maximum(sizes[-1], 1))
+    ends = np.where(sizes > 0, starts + sizes, nxt)  # a size-0 symbol reaches the next one (hand-written asm)
+    return SymbolTable(starts, ends, name_offs, names_path, strtab[4], strtab[5], segments, plt)
+
+
+class KernelSymbols:
+    """``/proc/kallsyms`` sorted, read on first use (root sees addresses; others see zeros)."""
+
+    def __init__(self, path: str = "/proc/kallsyms") -> None:
+        self.path = path
+        self._starts: list[int] | None = None
+        self._names: list[str] = []
+
+    def _load(self) -> None:
+        pairs = []
+        try:
+            with open(self.path, "rb") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) < 3 or parts[1] not in b"tTwW":
+                        continue
+                    addr = int(parts[0], 16)
+                    if addr:
+                        pairs.append((addr, parts[2].decode("utf-8", "replace")))
+        except OSError as e:
+            log.warning("kernel symbols unreadable (%s): kernel frames are [unknown]", e)
+        pairs.sort()
+        self._starts = [a for a, _ in pairs]
+        self._names = [n for _, n in pairs]
+
+    def name(self, addr: int) -> str:
+        if self._starts is None:
+            self._load()
+        assert self._starts is not None
+        i = bisect.bisect_right(self._starts, addr) - 1
+        return self._names[i] if i >= 0 else "[unknown]"
+
+
+class JitMaps:
+    """``/tmp/perf-PID.map`` per process, read through its root, re-read when it grew."""
+
+    # A process without a map (or an address it does not hold) is looked at again only after this long.
+    RECHECK_SECONDS = 5.0
+
+    def __init__(self, proc_root: str = "/proc", clock: Callable[[], float] = time.monotonic) -> None:
+        self.proc_root = proc_root
+        self.clock = clock
+        self._maps: dict[int, tuple[int, list[int], list[int], list[str]]] = {}
+        self._checked: dict[int, float] = {}
+
+    def _path(self, pid: int) -> str:
+        nspid = pid
+        try:
+            with open(f"{self.proc_root}/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("NSpid:"):
+                        nspid = int(line.split()[-1])
+        except (OSError, ValueError):
+            pass
+        return f"{self.proc_root}/{pid}/root/tmp/perf-{nspid}.map"
+
+    def lookup(self, pid: int, addr: int) -> str | None:
+        got = self._maps.get(pid)
+        if got is None or not _hit(got, addr):
+            now = self.clock()
+            if now - self._checked.get(pid, -1e18) < self.RECHECK_SECONDS:
+                return _hit(got, addr) if got is not None else None
+            self._checked[pid] = now
+            path = self._path(pid)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                return None
+            if got is None or got[0] != size:
+                got = self._maps[pid] = _read_perf_map(path, size)
+        return _hit(got, addr)
+
+    def forget(self, pid: int) -> None:
+        self._maps.pop(pid, None)
+        self._checked.pop(pid, None)
+
+
+def _hit(got: tuple[int, list[int], list[int], list[str]], addr: int) -> str | None:
+    _, starts, ends, names = got
+    i = bisect.bisect_right(starts, addr) - 1
+    return names[i] if i >= 0 and addr < ends[i] else None
+
+
+def _read_perf_map(path: str, size: int) -> tuple[int, list[int], list[int], list[str]]:
+    rows = []
+    try:
+        with open(path, "rb") as f:
+            for line in f.read(64 << 20).splitlines():
+                a, _, rest = line.partition(b" ")
+                n, _, name = rest.partition(b" ")
+                try:
+                    rows.append((int(a, 16), int(n, 16), name.decode("utf-8", "replace")))
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    rows.sort()
+    return size, [r[0] for r in rows], [r[0] + r[1] for r in rows], [r[2] for r in rows]
+
+
+class FileSymbols:
+    """ELF symbol tables per file identity, bounded (oldest dropped)."""
+
+    def __init__(self, proc_root: str = "/proc", reader: Callable[[str, str], SymbolTable | None] = read_elf_symbols):
+        self.proc_root = proc_root
+        self.reader = reader
+        self._tables: dict[object, SymbolTable | None] = {}
+        self.files_read = 0
+
+    def table(self, key: object, pid: int, path: str) -> SymbolTable | None:
+        if key in self._tables:
+            return self._tables[key]
+        t = None
+        if path.startswith("/"):
+            root = f"{self.proc_root}/{pid}/root"
+            t = self.reader(root + path, root)
+            if t is None and not os.path.exists(f"{self.proc_root}/{pid}"):
+                t = self.reader(path, "")  # the process is gone: the host's file, if it is the same one
+            self.files_read += 1
+        if len(self._tables) >= FILES_MAX:
+            del self._tables[next(iter(self._tables))]
+        self._tables[key] = t
+        return t
