@@ -31,6 +31,8 @@ from collections.abc import Callable
 import numpy as np
 
 _MISS = object()
+# text (t/T) and weak (w/W) symbols of /proc/kallsyms: "ADDRESS TYPE NAME [module]"
+_KALLSYMS = re.compile(rb"^([0-9a-f]+) [tTwW] (\S+)", re.M)
 
 log = logging.getLogger("flamewatch.agent.symbols")
 
@@ -41,6 +43,73 @@ _INTERPRETER = re.compile(r"(?:lib)?python[0-9.]*[a-z]?(?:\.so[0-9.]*)?$")
 ELF_MAX_BYTES = 512 << 20
 # Symbol tables kept (files); past it the least recently added are dropped.
 FILES_MAX = 2000
+
+
+_ARGS = re.compile(r"\((?!anonymous namespace\)).*")
+_demangler = None
+
+
+def demangle(name: str) -> str:
+    """A C++ (and Rust legacy) ``_Z`` name as perf shows it: demangled, without the parameter list.
+
+    Uses the C++ runtime's own ``__cxa_demangle`` (libstdc++, through ctypes);
+    the name stays as it is where that library is missing.
+    """
+    global _demangler
+    if not name.startswith("_Z"):
+        return name
+    if _demangler is None:
+        _demangler = _load_demangler()
+    if not _demangler:
+        return name
+    cxa, free = _demangler
+    import ctypes
+
+    status = ctypes.c_int(0)
+    out = cxa(name.encode(), None, None, ctypes.byref(status))
+    if not out or status.value != 0:
+        return name
+    try:
+        text = ctypes.string_at(out).decode("utf-8", "replace")
+    finally:
+        free(out)
+    if _RUST_HASH.search(text):  # Rust's legacy mangling rides on C++'s: unescape it as rustc-demangle does
+        text = _rust_legacy(_RUST_HASH.sub("", text))
+    return _ARGS.sub("", text, count=1) or name
+
+
+_RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
+_RUST_ESCAPES = {"$LT$": "<", "$GT$": ">", "$u20$": " ", "$C$": ",", "$RF$": "&", "$BP$": "*", "$SP$": "@",
+                 "$u27$": "'", "$u5b$": "[", "$u5d$": "]", "$u7b$": "{", "$u7d$": "}", "$u3b$": ";",
+                 "$u7e$": "~", "$u21$": "!", "$u22$": '"', "$u2b$": "+"}
+_RUST_ESCAPE = re.compile(r"\$(?:LT|GT|C|RF|BP|SP|u[0-9a-f]{2})\$")
+
+
+def _rust_legacy(text: str) -> str:
+    parts = []
+    for seg in text.split("::"):
+        if seg.startswith("_$"):
+            seg = seg[1:]
+        seg = _RUST_ESCAPE.sub(lambda m: _RUST_ESCAPES.get(m.group(0), m.group(0)), seg)
+        parts.append(seg.replace("..", "::"))
+    return "::".join(parts)
+
+
+def _load_demangler():  # type: ignore[no-untyped-def]
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6")
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return ()
+    cxa = lib.__cxa_demangle
+    cxa.restype = ctypes.c_void_p
+    cxa.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    free = libc.free
+    free.argtypes = [ctypes.c_void_p]
+    return cxa, free
 
 
 def is_interpreter(path: str) -> bool:
@@ -88,8 +157,8 @@ class SymbolTable:
                 raw = os.pread(f.fileno(), 512, self.strtab + off)
         except OSError:
             return None
-        name = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        return name.split("@@")[0] or None
+        name = raw.split(b"\0", 1)[0].decode("utf-8", "replace").split("@@")[0]
+        return demangle(name) or None
 
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -97,6 +166,7 @@ _SHDR = struct.Struct("<IIQQQQIIQQ")
 _PHDR = struct.Struct("<IIQQQQQQ")
 _SYM = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"), ("value", "<u8"),
                  ("size", "<u8")])
+_RELA = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
 _SHT_SYMTAB, _SHT_DYNSYM, _SHT_NOTE = 2, 11, 7
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 
@@ -168,21 +238,16 @@ class _Elf:
         dyn = self.sections[rela[6]]
         syms = np.frombuffer(self.read(dyn), dtype=_SYM)
         strs = self.read(self.sections[dyn[6]])
+        relocs = np.frombuffer(self.read(rela), dtype=_RELA)
+        idx = (relocs["info"] >> np.uint64(32)).astype(np.int64)
         out = {}
-        for i in range(rela[5] // 24):
-            _off, info, _add = struct.unpack_from("<QQq", self.read_cached(rela), 24 * i)
-            k = info >> 32
+        for i, k in enumerate(idx.tolist()):
             if 0 < k < len(syms):
-                n = int(syms[k]["name"])
+                n = int(syms["name"][k])
                 name = strs[n:strs.find(b"\0", n)].decode("utf-8", "replace")
                 if name:
                     out[first + 16 * i] = name + "@plt"
         return out
-
-    def read_cached(self, sec: tuple) -> bytes:  # type: ignore[type-arg]
-        if getattr(self, "_cache_key", None) != sec:
-            self._cache_key, self._cache = sec, self.read(sec)
-        return self._cache
 
 
 def read_elf_symbols(path: str, root: str = "") -> SymbolTable | None:
@@ -214,10 +279,7 @@ def read_elf_symbols(path: str, root: str = "") -> SymbolTable | None:
         return None
     if got is not None:
         funcs, strtab = got
-        # aliases (one address, several names): perf's choice, a global name before a weak one before a local
-        bind = funcs["info"] >> 4
-        rank = np.where(bind == 1, 0, np.where(bind == 2, 1, 2))
-        funcs = funcs[np.lexsort((rank, funcs["value"]))]
+        funcs = funcs[np.argsort(funcs["value"], kind="stable")]  # aliases: the first in the table, as perf
         values, sizes, name_offs = funcs["value"], funcs["size"], funcs["name"]
     else:
         strtab = (0,) * 10
@@ -240,24 +302,18 @@ class KernelSymbols:
 
     def __init__(self, path: str = "/proc/kallsyms") -> None:
         self.path = path
-        self._starts: list[int] | None = None
-        self._names: list[str] = []
+        self._starts: array | None = None
+        self._names: list[bytes] = []  # decoded when named (a frame per address is cached by the reader)
 
     def _load(self) -> None:
-        pairs = []
+        found: list[tuple[bytes, bytes]] = []
         try:
             with open(self.path, "rb") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) < 3 or parts[1] not in b"tTwW":
-                        continue
-                    addr = int(parts[0], 16)
-                    if addr:
-                        pairs.append((addr, parts[2].decode("utf-8", "replace")))
+                found = _KALLSYMS.findall(f.read())
         except OSError as e:
             log.warning("kernel symbols unreadable (%s): kernel frames are [unknown]", e)
-        pairs.sort()
-        self._starts = [a for a, _ in pairs]
+        pairs = sorted((int(a, 16), n) for a, n in found if a.strip(b"0"))
+        self._starts = array("Q", [a for a, _ in pairs])
         self._names = [n for _, n in pairs]
 
     def name(self, addr: int) -> str:
@@ -265,7 +321,7 @@ class KernelSymbols:
             self._load()
         assert self._starts is not None
         i = bisect.bisect_right(self._starts, addr) - 1
-        return self._names[i] if i >= 0 else "[unknown]"
+        return self._names[i].decode("utf-8", "replace") if i >= 0 else "[unknown]"
 
 
 class JitMaps:

@@ -46,6 +46,8 @@ CONTEXT_KERNEL = 2**64 - 128
 CONTEXT_USER = 2**64 - 512
 # Distinct user addresses named per process before its cache starts over.
 ADDR_CACHE_MAX = 50000
+# Call chains without their leaf remembered with their frames (across batches).
+REST_CACHE_MAX = 50000
 # Feeds (batches) an exited process's maps are kept for samples still in flight.
 EXIT_GRACE_FEEDS = 4
 
@@ -119,9 +121,11 @@ class PerfDataReader:
         self._gens: dict[int, list[tuple[int, _Maps, str]]] = {}
         self._exec_pids: dict[bytes, int] = {}
         self._exec_feed: dict[int, int] = {}
+        self._shared: set[int] = set()  # forked processes still sharing their parent's _Maps
         self._maps: dict[int, _Maps] = {}
         self._comms: dict[int, str] = {0: "swapper"}
         self._kernel_names: dict[int, Frame] = {}
+        self._rest: dict[bytes, tuple[_Maps, tuple[Frame, ...], bool]] = {}
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
         self.records = 0
@@ -141,6 +145,7 @@ class PerfDataReader:
             off = _Q.unpack_from(buf, 8)[0]
             self._started = True
         counts: Counter[bytes] = Counter()
+        seen: set[bytes] = set()  # pids (as sample bytes) with samples in this batch
         n = len(buf)
         unpack = _HDR.unpack_from
         tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
@@ -158,6 +163,7 @@ class PerfDataReader:
                 if cc_off < 0:
                     raise UnsupportedStream("a sample before its attributes")
                 key = buf[off + tid_off:off + tid_off + 8] + buf[off + cc_off:end]
+                seen.add(key[:4])
                 if exec_pids and key[:4] in exec_pids and time_off > 0:  # which side of the exec
                     key += _U32x2.pack(self._gen(key[:4], _Q.unpack_from(buf, off + time_off)[0]), 0)
                 counts[key] += 1
@@ -167,7 +173,7 @@ class PerfDataReader:
                 pid, tid = _U32x2.unpack_from(buf, off + 8)
                 comm = _cstr(buf, off + 16, end)
                 if misc & MISC_COMM_EXEC:
-                    self._exec(pid, comm, buf, end, counts)
+                    self._exec(pid, comm, buf, end, counts, seen)
                 self._comms[tid] = comm
             elif typ == REC_FORK:
                 self._fork(*_U32x4.unpack_from(buf, off + 8))
@@ -229,9 +235,12 @@ class PerfDataReader:
         maps = self._maps.get(pid)
         if maps is None:
             maps = self._maps[pid] = _Maps()
+        elif pid in self._shared:
+            self._shared.discard(pid)
+            maps = self._maps[pid] = maps.copy()
         maps.add(addr, addr + length, pgoff, path, key)
 
-    def _exec(self, pid: int, comm: str, buf: bytes, end: int, counts: Counter[bytes]) -> None:
+    def _exec(self, pid: int, comm: str, buf: bytes, end: int, counts: Counter[bytes], seen: set[bytes]) -> None:
         """A new program in ``pid``: new mappings follow; samples from before it keep the old ones.
 
         Samples of ``pid`` already counted in this batch without a generation
@@ -240,6 +249,7 @@ class PerfDataReader:
         new = _Maps()
         old = self._maps.get(pid)
         self._maps[pid] = new
+        self._shared.discard(pid)
         if not self._trailer_time:
             return
         t = _Q.unpack_from(buf, end - self._trailer_time)[0]
@@ -249,8 +259,9 @@ class PerfDataReader:
             gens = self._gens[pid] = [(0, old if old is not None else _Maps(), old_comm)]
         pidb = _U32x2.pack(pid, 0)[:4]
         old_gen = _U32x2.pack(len(gens), 0)
-        for key in [k for k in counts if k[:4] == pidb and len(k) == 16 + 8 * _Q.unpack_from(k, 8)[0]]:
-            counts[key + old_gen] += counts.pop(key)
+        if pidb in seen:
+            for key in [k for k in counts if k[:4] == pidb and len(k) == 16 + 8 * _Q.unpack_from(k, 8)[0]]:
+                counts[key + old_gen] += counts.pop(key)
         gens.append((t, new, comm))
         self._exec_pids[_U32x2.pack(pid, 0)[:4]] = pid
         self._exec_feed[pid] = self._feeds
@@ -266,9 +277,13 @@ class PerfDataReader:
         comm = self._comms.get(ptid)
         if comm is not None:
             self._comms[tid] = comm
-        if pid != ppid and pid == tid:  # a new process starts as a copy of its parent
-            parent = self._maps.get(ppid)
-            self._maps[pid] = parent.copy() if parent is not None else _Maps()
+        if pid != ppid and pid == tid:  # a new process starts as a copy of its parent: shared until it maps
+            parent = self._maps.get(ppid)  # something (most exec at once, which gives them their own)
+            if parent is None:
+                self._maps[pid] = _Maps()
+            else:
+                self._maps[pid] = parent
+                self._shared.add(pid)
 
     def _expire(self) -> None:
         for pid, feed in list(self._exec_feed.items()):
@@ -282,6 +297,7 @@ class PerfDataReader:
                 keep.append((feed, pid, maps))
             elif self._maps.get(pid) is maps:  # not reused by a new process meanwhile
                 del self._maps[pid]
+                self._shared.discard(pid)
                 self._comms.pop(pid, None)
                 self.jit.forget(pid)
         self._exited = keep
@@ -291,6 +307,7 @@ class PerfDataReader:
         """Each distinct chain named once; chains that name the same frames (leaf addresses differ
         inside one function) are merged before the sink sees them."""
         merged: dict[tuple[str, int, int, tuple[Frame, ...]], list] = {}
+        rest = self._rest
         total = 0
         for key, count in counts.items():
             pid, tid = _U32x2.unpack_from(key, 0)
@@ -305,7 +322,23 @@ class PerfDataReader:
                 gen = _U32x2.unpack_from(key, 16 + 8 * nr)[0] - 1
                 if gens is not None and gen < len(gens):
                     _, maps, comm = gens[gen]
-            frames, python = self._frames(pid, ips, maps)
+            if maps is None:
+                maps = self._maps.get(pid)
+                if maps is None:
+                    maps = self._maps[pid] = _Maps()
+            if nr >= 2 and ips[0] >= CONTEXT_MAX and ips[1] < CONTEXT_MAX:
+                # The leaf address varies from sample to sample inside one function; the rest of the
+                # chain repeats: it is named once (per address space) and kept across batches.
+                rk = key[:24] + key[32:]
+                got = rest.get(rk)
+                if got is None or got[0] is not maps:
+                    if len(rest) > REST_CACHE_MAX:
+                        rest.clear()
+                    got = rest[rk] = (maps, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
+                leaf, leaf_py = self._frames(pid, ips[:2], maps)
+                frames, python = got[1] + leaf, got[2] or leaf_py
+            else:
+                frames, python = self._frames(pid, ips, maps)
             k = (comm, pid, tid, frames)
             got = merged.get(k)
             if got is None:
@@ -317,7 +350,12 @@ class PerfDataReader:
         return [(PerfSample(comm, pid, tid, None, None, None, frames), n, py)
                 for (comm, pid, tid, frames), (n, py) in merged.items()]
 
-    def _frames(self, pid: int, ips: tuple[int, ...], maps: _Maps | None = None) -> tuple[tuple[Frame, ...], bool]:
+    def _frames(self, pid: int, ips: tuple[int, ...], maps: _Maps | None = None,
+                leaf_first: bool = True) -> tuple[tuple[Frame, ...], bool]:
+        """Frames of ``ips`` (leaf first, context markers included), root first; whether CPython runs.
+
+        ``leaf_first=False``: the chain's leaf was taken off, so its next address is a return address.
+        """
         frames: list[Frame] = []
         python = False
         user = False
@@ -328,7 +366,8 @@ class PerfDataReader:
         for ip in ips:
             if ip >= CONTEXT_MAX:
                 user = ip == CONTEXT_USER
-                leaf = True  # the first user address is where the task was interrupted, not a return address
+                leaf = leaf_first  # the first user address is where the task was interrupted, not a return address
+                leaf_first = True
                 continue
             if not user:
                 f = knames.get(ip)
@@ -368,6 +407,8 @@ class PerfDataReader:
                     name = table.lookup(v)
         elif path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):
             name = self.jit.lookup(pid, addr)
+        if name is None and path.startswith("/memfd:"):
+            base = "unknown"
         return Frame(_clean(name) if name else f"[{base}]", Kind.USER), is_interpreter(path)
 
 
