@@ -173,6 +173,34 @@ _SHT_SYMTAB, _SHT_DYNSYM, _SHT_NOTE = 2, 11, 7
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 
 
+def _one_per_address(funcs: np.ndarray, same: np.ndarray, strs: bytes) -> np.ndarray:
+    """Aliases (several names of one address) reduced to the one perf shows (``choose_new_symbol`` in
+    perf's util/symbol.c): a sized one, then not weak, then global, then fewer leading underscores, then
+    the longer name."""
+    keep = np.ones(len(funcs), dtype=bool)
+    dup = np.zeros(len(funcs), dtype=bool)
+    dup[1:] |= same
+    dup[:-1] |= same
+    values, sizes, binds, offs = (funcs["value"].tolist(), funcs["size"].tolist(), (funcs["info"] >> 4).tolist(),
+                                  funcs["name"].tolist())
+    group: list[int] = []
+
+    def rank(i: int) -> tuple[bool, bool, bool, int, int]:
+        name = strs[offs[i]:strs.find(b"\0", offs[i])]
+        return (sizes[i] > 0, binds[i] != 2, binds[i] == 1, -(len(name) - len(name.lstrip(b"_"))), len(name))
+
+    for i in np.nonzero(dup)[0].tolist():
+        if group and values[group[0]] != values[i]:
+            best = max(group, key=rank)
+            keep[[j for j in group if j != best]] = False
+            group = []
+        group.append(i)
+    if group:
+        best = max(group, key=rank)
+        keep[[j for j in group if j != best]] = False
+    return funcs[keep]
+
+
 class _Elf:
     """The parts of a 64-bit little-endian ELF file read for symbols (struct + numpy, no per-symbol objects)."""
 
@@ -216,7 +244,12 @@ class _Elf:
         funcs = syms[((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (syms["value"] != 0) & (syms["name"] != 0)]
         if not len(funcs):
             return None
-        return funcs, self.sections[sec[6]]  # sh_link: its string table
+        strtab = self.sections[sec[6]]  # sh_link: its string table
+        funcs = funcs[np.argsort(funcs["value"], kind="stable")]
+        same = funcs["value"][1:] == funcs["value"][:-1]
+        if same.any():
+            funcs = _one_per_address(funcs, same, self.read(strtab))
+        return funcs, strtab
 
     def build_id(self) -> str | None:
         for sec in self.sections:
@@ -283,7 +316,6 @@ def read_elf_symbols(path: str, root: str = "") -> SymbolTable | None:
         return None
     if got is not None:
         funcs, strtab = got
-        funcs = funcs[np.argsort(funcs["value"], kind="stable")]  # aliases: the first in the table, as perf
         values, sizes, name_offs = funcs["value"], funcs["size"], funcs["name"]
     else:
         strtab = (0,) * 10

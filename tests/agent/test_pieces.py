@@ -220,7 +220,7 @@ def test_perf_sampler_restarts_with_backoff_and_counts_gaps(tmp_path: Path) -> N
                       f'printf "{sample}{sample}"; fi\nexit 0\n')
     got: list[PerfSample] = []
     s = perf_mod.PerfSampler(lambda x, n: got.extend([x] * n), perf=str(fake), backoff=Backoff(0.01, 0.02),
-                             batch_seconds=0.01)
+                             batch_seconds=0.01, reader="script")
     s.start()
     deadline = time.monotonic() + 10
     while s.restarts < 3 and time.monotonic() < deadline:
