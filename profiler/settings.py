@@ -21,8 +21,8 @@ SETTINGS: list[Setting] = [
     Setting("perf_mmap_pages", 8,
             "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
     Setting("perf_reader", "data",
-            "how perf's samples are read: data (its binary stream, read by the agent: a few us per sample) or "
-            "script (perf script text; the fallback taken by itself when the stream is not readable)",
+            "how perf's samples are read: data (its binary stream, named by the agent with address caches; no "
+            "perf script) or script (perf script text; the fallback taken by itself when the stream is not readable)",
             str, ("data", "script")),
     Setting("pyspy", True, "add Python function names with py-spy to every Python process perf sees", parse_bool),
     Setting("pyspy_path", "py-spy", "py-spy executable (pip install py-spy)"),
