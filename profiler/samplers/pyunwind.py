@@ -89,6 +89,49 @@ LAYOUTS: dict[tuple[int, int], Layout] = {
 }
 
 
+# _Py_DebugOffsets (CPython 3.13+, Include/internal/pycore_runtime.h), the first field of _PyRuntime: a cookie,
+# then uint64 fields only. Byte offsets of the fields read here, from the struct's field order in 3.13.0:
+# cookie[8], version, free_threaded, runtime_state{size, finalizing, interpreters_head},
+# interpreter_state{size, id, next, threads_head, ...13 fields}, thread_state{size, prev, next, interp,
+# current_frame, thread_id, ...9}, interpreter_frame{size, previous, executable, instr_ptr, localsplus, owner},
+# code_object{size, filename, name, ...10}, pyobject{2}, type_object{4}, tuple{3}, list{3}, dict{3}, float{2},
+# long{3}, bytes{3}, unicode_object{size, state, length, asciiobject_size}, gc{2}.
+DEBUG_COOKIE = b"xdebugpy"
+DEBUG_FIELDS = {
+    "version": 8, "free_threaded": 16,
+    "interpreters_head": 40,  # runtime_state (24..48)
+    "threads_head": 72,  # interpreter_state (48..152)
+    "ts_next": 168, "ts_current_frame": 184, "ts_thread_id": 192,  # thread_state (152..224)
+    "frame_previous": 232, "frame_executable": 240, "frame_owner": 264,  # interpreter_frame (224..272)
+    "code_filename": 280, "code_name": 288,  # code_object (272..352)
+    "asciiobject_size": 560,  # unicode_object (536..568)
+}
+DEBUG_SIZE = 584
+# sizeof(PyCompactUnicodeObject) - sizeof(PyASCIIObject): Py_ssize_t utf8_length + char *utf8 (3.12-3.14).
+COMPACT_EXTRA = 16
+
+
+def layout_from_debug_offsets(raw: bytes) -> tuple[tuple[int, int], Layout]:
+    """(version, layout) from the bytes of a process's ``_Py_DebugOffsets`` (the start of its ``_PyRuntime``).
+
+    CPython 3.13 and later publish their own struct offsets there for out-of-process
+    debuggers, so a new version is unwound without a table here. Raises
+    :class:`NotSupported` for anything else (no cookie, a free-threaded build).
+    """
+    if len(raw) < DEBUG_SIZE or raw[:8] != DEBUG_COOKIE:
+        raise NotSupported("no _Py_DebugOffsets at _PyRuntime (CPython before 3.13, or not readable)")
+    f = {k: struct.unpack_from("<Q", raw, off)[0] for k, off in DEBUG_FIELDS.items()}
+    if f["free_threaded"]:
+        raise NotSupported("a free-threaded CPython build (its objects differ; py-spy names it)")
+    version = ((f["version"] >> 24) & 0xFF, (f["version"] >> 16) & 0xFF)
+    return version, Layout(
+        interp_head=f["interpreters_head"], threads_head=f["threads_head"], ts_next=f["ts_next"],
+        ts_thread_id=f["ts_thread_id"], ts_cframe=-1, frame_ptr=f["ts_current_frame"],
+        frame_code=f["frame_executable"], frame_previous=f["frame_previous"], frame_owner=f["frame_owner"],
+        code_name=f["code_name"], code_filename=f["code_filename"], ascii_size=f["asciiobject_size"],
+        compact_size=f["asciiobject_size"] + COMPACT_EXTRA)
+
+
 @dataclass(frozen=True)
 class Target:
     """One Python process the kernel side unwinds."""
@@ -194,13 +237,36 @@ class RuntimeFinder:
             info = self._info(f"{base}/root{path}")
             if info is None:
                 continue
+            start = int(parts[0].split("-")[0], 16)
+            runtime = start - info.first_vaddr + info.runtime
+            if info.version is not None and info.version >= (3, 13):
+                return Target(pid, self._learn(pid, runtime, info.version), runtime, started)
             if info.version not in LAYOUTS:
                 have = ", ".join(f"{a}.{b}" for a, b in LAYOUTS)
                 got = "unknown" if info.version is None else f"{info.version[0]}.{info.version[1]}"
                 raise NotSupported(f"pid {pid}: CPython {got} in {path} (unwound here: {have})")
-            start = int(parts[0].split("-")[0], 16)
-            return Target(pid, info.version, start - info.first_vaddr + info.runtime, started)
+            return Target(pid, info.version, runtime, started)
         raise NotSupported(f"pid {pid}: no CPython interpreter with a _PyRuntime symbol in its maps")
+
+    def _learn(self, pid: int, runtime: int, version: tuple[int, int]) -> tuple[int, int]:
+        """The layout a 3.13+ process publishes in its ``_Py_DebugOffsets``, added to :data:`LAYOUTS`.
+
+        The program generated for bpftrace reads layouts by version, so a version
+        not in the table (3.14, 3.15, ...) is learnt from its first process; a later
+        process of that version with another layout is left to py-spy.
+        """
+        raw = proc_mem_reader(self.proc_root)(pid, runtime, DEBUG_SIZE)
+        try:
+            got_version, layout = layout_from_debug_offsets(raw)
+        except NotSupported as e:
+            raise NotSupported(f"pid {pid}: {e}") from None
+        if got_version != version:
+            raise NotSupported(f"pid {pid}: _Py_DebugOffsets says {got_version}, Py_Version {version}")
+        known = LAYOUTS.setdefault(version, layout)
+        if known != layout:
+            raise NotSupported(f"pid {pid}: CPython {version[0]}.{version[1]} with another layout than "
+                               f"the first one seen ({layout} vs {known})")
+        return version
 
     def _info(self, path: str) -> _ElfInfo | None:
         try:
