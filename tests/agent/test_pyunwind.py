@@ -4,6 +4,7 @@ and real bpftrace naming real Python processes (3.11 here; 3.12 and 3.13 where p
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -275,6 +276,29 @@ def test_debug_offsets_of_a_live_313_equal_the_table() -> None:
     finally:
         p.kill()
         p.wait()
+
+
+def test_layout_table_equals_what_the_headers_give() -> None:
+    """scripts/cpython_layouts.py compiles offsetof against each installed version's headers: its numbers are
+    the table's."""
+    if shutil.which("gcc") is None:
+        pytest.skip(reason="gcc not installed")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import cpython_layouts
+    finally:
+        sys.path.pop(0)
+    checked = 0
+    for minor in (11, 12, 13):
+        found = sorted(PYENV.glob(f"3.{minor}.*/bin/python3.{minor}"))
+        if not found or not (found[0].parent.parent / "include" / f"python3.{minor}" / "internal").is_dir():
+            continue
+        line = cpython_layouts.layout_line(str(found[0]))
+        values = dict(kv.split("=") for kv in line.split("Layout(")[1].rstrip("),").split(", "))
+        assert {k: int(v) for k, v in values.items()} == LAYOUTS[(3, minor)].__dict__, minor
+        checked += 1
+    if not checked:
+        pytest.skip(reason="no pyenv CPython 3.11-3.13 with headers")
 
 
 def test_debug_offsets_refused_without_cookie_or_for_free_threaded_builds() -> None:
