@@ -41,8 +41,11 @@ log = logging.getLogger("flamewatch.agent.symbols")
 _INTERPRETER = re.compile(r"(?:lib)?python[0-9.]*[a-z]?(?:\.so[0-9.]*)?$")
 # Files of more than this many bytes are not read for symbols (named [file] instead).
 ELF_MAX_BYTES = 512 << 20
-# Symbol tables kept (files); past it the least recently added are dropped.
+# Symbol tables kept (files), and their functions in all; past either the oldest tables are dropped
+# (a function costs ~20 bytes here: start, end, name offset), so the agent's memory stays bounded
+# on a node that runs thousands of different binaries.
 FILES_MAX = 2000
+FUNCTIONS_MAX = 2_000_000
 
 
 _ARGS = re.compile(r"\((?!anonymous namespace\)).*")
@@ -435,6 +438,7 @@ class FileSymbols:
         self.reader = reader
         self._tables: dict[object, SymbolTable | None] = {}
         self.files_read = 0
+        self.functions = 0  # functions held in all tables
 
     def table(self, key: object, pid: int, path: str) -> SymbolTable | None:
         if key in self._tables:
@@ -446,7 +450,10 @@ class FileSymbols:
             if t is None and not os.path.exists(f"{self.proc_root}/{pid}"):
                 t = self.reader(path, "")  # the process is gone: the host's file, if it is the same one
             self.files_read += 1
-        if len(self._tables) >= FILES_MAX:
-            del self._tables[next(iter(self._tables))]
+        size = len(t.starts) if t is not None else 0
+        while self._tables and (len(self._tables) >= FILES_MAX or self.functions + size > FUNCTIONS_MAX):
+            old = self._tables.pop(next(iter(self._tables)))
+            self.functions -= len(old.starts) if old is not None else 0
         self._tables[key] = t
+        self.functions += size
         return t

@@ -45,9 +45,9 @@ CONTEXT_MAX = 2**64 - 4095
 CONTEXT_KERNEL = 2**64 - 128
 CONTEXT_USER = 2**64 - 512
 # Distinct user addresses named per process before its cache starts over.
-ADDR_CACHE_MAX = 50000
+ADDR_CACHE_MAX = 20000
 # Call chains without their leaf remembered with their frames (across batches).
-REST_CACHE_MAX = 50000
+REST_CACHE_MAX = 20000
 # Feeds (batches) an exited process's maps are kept for samples still in flight.
 EXIT_GRACE_FEEDS = 4
 

@@ -245,3 +245,20 @@ def test_sampler_falls_back_to_perf_script_when_the_stream_is_unreadable(tmp_pat
     s.stop()
     assert s.fallbacks == 1 and s.reader == "script"
     assert got and got[0].frames[-1] == Frame("burn_cpu_cycles", Kind.USER)
+
+
+def test_symbol_tables_are_bounded_by_their_functions(program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past FUNCTIONS_MAX the oldest tables go: memory stays bounded on a node of many binaries."""
+    import profiler.symbols as sym
+
+    one = read_elf_symbols(str(program))
+    assert one is not None and len(one.starts) >= 3
+    monkeypatch.setattr(sym, "FUNCTIONS_MAX", 2 * len(one.starts))
+    files = FileSymbols("/nonexistent-proc", reader=lambda path, root: one)
+    for i in range(5):
+        assert files.table(("dev", i), 1, "/bin/x") is one
+    assert files.functions == 2 * len(one.starts) and files.files_read == 5
+    files.table(("dev", 4), 1, "/bin/x")  # kept: not read again
+    assert files.files_read == 5
+    files.table(("dev", 0), 1, "/bin/x")  # dropped: read again
+    assert files.files_read == 6 and files.functions == 2 * len(one.starts)
