@@ -61,12 +61,12 @@ def test_agent_finds_new_python_processes_by_their_proc_entry(tmp_path: Path) ->
     s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "proc_root": str(tmp_path)},
                 environ={})
     agent = Agent(s, environ={})
-    assert sorted(agent._new_python_pids()) == [10, 12]
-    assert agent._new_python_pids() == []
+    assert sorted(agent.discovery.new_python_pids()) == [10, 12]
+    assert agent.discovery.new_python_pids() == []
     proc(13, "python3")
     proc(14, "nginx")
     (tmp_path / "15").mkdir()  # gone before its comm could be read
-    assert agent._new_python_pids() == [13]
+    assert agent.discovery.new_python_pids() == [13]
 
 
 def test_agent_keeps_the_pod_of_a_job_that_exits_before_the_push(tmp_path: Path) -> None:
