@@ -46,6 +46,8 @@ CONTEXT_KERNEL = 2**64 - 128
 CONTEXT_USER = 2**64 - 512
 # Distinct user addresses named per process before its cache starts over.
 ADDR_CACHE_MAX = 20000
+# (file, offset) pairs remembered with their frame, for all processes.
+FILE_NAMES_MAX = 100000
 # Call chains without their leaf remembered with their frames (across batches).
 REST_CACHE_MAX = 20000
 # Feeds (batches) an exited process's maps are kept for samples still in flight.
@@ -126,6 +128,7 @@ class PerfDataReader:
         self._comms: dict[int, str] = {0: "swapper"}
         self._kernel_names: dict[int, Frame] = {}
         self._rest: dict[bytes, tuple[_Maps, tuple[Frame, ...], bool]] = {}
+        self._file_names: dict[tuple[object, int], tuple[Frame, bool]] = {}
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
         self.records = 0
@@ -397,19 +400,30 @@ class PerfDataReader:
             name = self.jit.lookup(pid, addr)
             return Frame(_clean(name) if name else "[unknown]", Kind.USER), False
         start, _end, pgoff, path, key = row
-        base = path.rpartition("/")[2]
-        name = None
         if path.startswith("/") and not path.startswith("/memfd:"):
-            table = self.files.table(key, pid, path)
-            if table is not None:
-                v = table.vaddr(addr - start + pgoff)
-                if v is not None:
-                    name = table.lookup(v)
-        elif path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):
+            # named per file and offset: every process of one binary (a shell loop's gzip, a test
+            # suite's pythons) shares the answer, so a new process costs no symbol lookups
+            fkey = (key, addr - start + pgoff)
+            got = self._file_names.get(fkey)
+            if got is None:
+                if len(self._file_names) > FILE_NAMES_MAX:
+                    self._file_names.clear()
+                got = self._file_names[fkey] = self._file_frame(pid, path, key, addr - start + pgoff)
+            return got
+        name = None
+        if path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):
             name = self.jit.lookup(pid, addr)
-        if name is None and path.startswith("/memfd:"):
-            base = "unknown"
+        base = "unknown" if name is None and path.startswith("/memfd:") else path.rpartition("/")[2]
         return Frame(_clean(name) if name else f"[{base}]", Kind.USER), is_interpreter(path)
+
+    def _file_frame(self, pid: int, path: str, key: object, offset: int) -> tuple[Frame, bool]:
+        name = None
+        table = self.files.table(key, pid, path)
+        if table is not None:
+            v = table.vaddr(offset)
+            if v is not None:
+                name = table.lookup(v)
+        return Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER), is_interpreter(path)
 
 
 def _cstr(buf: bytes, start: int, end: int) -> str:
