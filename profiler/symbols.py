@@ -291,15 +291,16 @@ class _Elf:
 
 
 def read_elf_symbols(path: str, root: str = "") -> SymbolTable | None:
-    """The function symbols of an ELF file, None when it is not one or cannot be read.
+    """The function symbols of an ELF file, None when it is not one (OSError when it cannot be opened).
 
     A file without ``.symtab`` (stripped, as distributions ship them) gets its
     separate debug file's, as perf does: ``ROOT/usr/lib/debug/.build-id/xx/yyyy.debug``
     by its build id, where installed (Debian's ``*-dbgsym``, ``libc6-dbg``);
     else its ``.dynsym``. PLT entries are named ``name@plt``.
     """
+    f = open(path, "rb")  # noqa: SIM115  (OSError goes to the caller: the file could not be reached)
     try:
-        with open(path, "rb") as f:
+        with f:
             elf = _Elf(f)
             got, names_path = elf.functions(".symtab"), path
             if got is None:
@@ -431,25 +432,55 @@ def _read_perf_map(path: str, size: int) -> tuple[int, list[int], list[int], lis
 
 
 class FileSymbols:
-    """ELF symbol tables per file identity, bounded (oldest dropped)."""
+    """ELF symbol tables per file identity, bounded (oldest dropped).
 
-    def __init__(self, proc_root: str = "/proc", reader: Callable[[str, str], SymbolTable | None] = read_elf_symbols):
+    A file that could not be reached (its process exited while being looked at,
+    and the host has no file of that identity) is not remembered as symbol-less:
+    it is tried again after ``RETRY_SECONDS`` (names meanwhile are ``[file]``),
+    while a file that was read and has no symbols is remembered so.
+    """
+
+    RETRY_SECONDS = 5.0
+
+    def __init__(self, proc_root: str = "/proc", reader: Callable[[str, str], SymbolTable | None] = read_elf_symbols,
+                 clock: Callable[[], float] = time.monotonic):
         self.proc_root = proc_root
         self.reader = reader
+        self.clock = clock
         self._tables: dict[object, SymbolTable | None] = {}
+        self._retry: dict[object, float] = {}
         self.files_read = 0
         self.functions = 0  # functions held in all tables
+
+    def settled(self, key: object) -> bool:
+        """Whether the file was read (with or without symbols): its names will not change."""
+        return key in self._tables
 
     def table(self, key: object, pid: int, path: str) -> SymbolTable | None:
         if key in self._tables:
             return self._tables[key]
-        t = None
-        if path.startswith("/"):
-            root = f"{self.proc_root}/{pid}/root"
-            t = self.reader(root + path, root)
-            if t is None and not os.path.exists(f"{self.proc_root}/{pid}"):
-                t = self.reader(path, "")  # the process is gone: the host's file, if it is the same one
-            self.files_read += 1
+        now = self.clock()
+        if self._retry.get(key, -1.0) > now or not path.startswith("/"):
+            return None
+        root = f"{self.proc_root}/{pid}/root"
+        t, reached = None, False
+        for candidate, r in ((root + path, root), (path, "")):
+            if r == "" and isinstance(key, tuple) and not _same_inode(path, key):
+                continue  # the host's file of that name is another file
+            try:
+                t = self.reader(candidate, r)
+            except OSError:
+                continue
+            reached = True
+            if t is not None:
+                break
+        self.files_read += 1
+        if not reached:
+            if len(self._retry) > FILES_MAX:
+                self._retry.clear()
+            self._retry[key] = now + self.RETRY_SECONDS
+            return None
+        self._retry.pop(key, None)
         size = len(t.starts) if t is not None else 0
         while self._tables and (len(self._tables) >= FILES_MAX or self.functions + size > FUNCTIONS_MAX):
             old = self._tables.pop(next(iter(self._tables)))
@@ -457,3 +488,10 @@ class FileSymbols:
         self._tables[key] = t
         self.functions += size
         return t
+
+
+def _same_inode(path: str, key: tuple) -> bool:  # type: ignore[type-arg]
+    try:
+        return os.stat(path).st_ino == key[2]
+    except (OSError, IndexError):
+        return False

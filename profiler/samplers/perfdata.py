@@ -129,6 +129,7 @@ class PerfDataReader:
         self._kernel_names: dict[int, Frame] = {}
         self._rest: dict[bytes, tuple[_Maps, tuple[Frame, ...], bool]] = {}
         self._file_names: dict[tuple[object, int], tuple[Frame, bool]] = {}
+        self._unsettled = 0  # lookups in files that could not be reached (their answers are not cached)
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
         self.records = 0
@@ -337,7 +338,10 @@ class PerfDataReader:
                 if got is None or got[0] is not maps:
                     if len(rest) > REST_CACHE_MAX:
                         rest.clear()
-                    got = rest[rk] = (maps, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
+                    unsettled = self._unsettled
+                    got = (maps, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
+                    if self._unsettled == unsettled:
+                        rest[rk] = got
                 leaf, leaf_py = self._frames(pid, ips[:2], maps)
                 frames, python = got[1] + leaf, got[2] or leaf_py
             else:
@@ -387,7 +391,10 @@ class PerfDataReader:
                 if got is None:
                     if len(maps.names) > ADDR_CACHE_MAX:
                         maps.names.clear()
-                    got = maps.names[a] = self._user(pid, maps, a)
+                    unsettled = self._unsettled
+                    got = self._user(pid, maps, a)
+                    if self._unsettled == unsettled:  # named for good (not a file unreachable just now)
+                        maps.names[a] = got
                 frames.append(got[0])
                 python = python or got[1]
             leaf = False
@@ -406,9 +413,13 @@ class PerfDataReader:
             fkey = (key, addr - start + pgoff)
             got = self._file_names.get(fkey)
             if got is None:
-                if len(self._file_names) > FILE_NAMES_MAX:
-                    self._file_names.clear()
-                got = self._file_names[fkey] = self._file_frame(pid, path, key, addr - start + pgoff)
+                got = self._file_frame(pid, path, key, addr - start + pgoff)
+                if self.files.settled(key):  # not a file that could not be reached just now
+                    if len(self._file_names) > FILE_NAMES_MAX:
+                        self._file_names.clear()
+                    self._file_names[fkey] = got
+                else:
+                    self._unsettled += 1
             return got
         name = None
         if path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):

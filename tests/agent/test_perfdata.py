@@ -125,7 +125,8 @@ def test_reader_names_user_frames_by_file_and_offset_kernel_frames_marked(progra
     leaf = start + a_off + a_size // 2
     ret = start + b_off + b_size  # a return address just past beta's last byte: the call is inside beta
     chain = [CONTEXT_KERNEL, 0xFFFFFFFF81000010, 0xFFFFFFFF81000020, CONTEXT_USER, leaf, ret]
-    data = _stream(_comm(100, "prog", 1), _mmap2(100, start, 0x100000, pgoff, str(program), ino=7, t=2),
+    ino = program.stat().st_ino
+    data = _stream(_comm(100, "prog", 1), _mmap2(100, start, 0x100000, pgoff, str(program), ino=ino, t=2),
                    *[_sample(100, 10 + i, chain) for i in range(3)], _sample(100, 20, [CONTEXT_USER, leaf]))
     r = _reader()
     out = []
@@ -149,7 +150,7 @@ def test_reader_keeps_the_old_program_for_samples_before_an_exec_and_shares_maps
     start = 0x400000
     leaf = start + a_off + 1
     data = _stream(
-        _comm(200, "parent", 1), _mmap2(200, start, 0x100000, 0, str(program), ino=9, t=1),
+        _comm(200, "parent", 1), _mmap2(200, start, 0x100000, 0, str(program), ino=program.stat().st_ino, t=1),
         _fork(201, 200, 2),
         _sample(201, 3, [CONTEXT_USER, leaf]),           # the child, before its exec
         _comm(201, "newprog", 5, exec_=True),
@@ -245,6 +246,22 @@ def test_sampler_falls_back_to_perf_script_when_the_stream_is_unreadable(tmp_pat
     s.stop()
     assert s.fallbacks == 1 and s.reader == "script"
     assert got and got[0].frames[-1] == Frame("burn_cpu_cycles", Kind.USER)
+
+
+def test_a_file_that_cannot_be_reached_is_tried_again_not_remembered_without_symbols(program: Path) -> None:
+    """Seen through a process that is gone and not on the host under that identity: named [file] for now,
+    looked at again after RETRY_SECONDS; a file that was read keeps its answer."""
+    now = [0.0]
+    files = FileSymbols("/nonexistent-proc", clock=lambda: now[0])
+    assert files.table((8, 1, 1), 1, "/no/such/lib.so") is None and not files.settled((8, 1, 1))
+    read = files.files_read
+    assert files.table((8, 1, 1), 1, "/no/such/lib.so") is None and files.files_read == read  # not yet
+    now[0] += FileSymbols.RETRY_SECONDS + 1
+    files.table((8, 1, 1), 1, "/no/such/lib.so")
+    assert files.files_read == read + 1
+    key = (8, 1, program.stat().st_ino)  # the host's file of that identity is read instead
+    t = files.table(key, 1, str(program))
+    assert t is not None and files.settled(key) and files.table(key, 1, str(program)) is t
 
 
 def test_symbol_tables_are_bounded_by_their_functions(program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
