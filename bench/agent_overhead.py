@@ -107,15 +107,17 @@ def free_port() -> int:
         return so.getsockname()[1]
 
 
-def samples_taken(port: int) -> float:
-    """The agent's own count of samples taken (its /metrics), NaN when unreadable."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith("flamewatch_agent_samples_taken_total "):
-                    return float(line.split()[1])
-    except OSError:
-        pass
+def samples_taken(port: int, tries: int = 3) -> float:
+    """The agent's own count of samples taken (its /metrics), NaN when unreadable (a loaded machine may
+    time a scrape out: tried ``tries`` times)."""
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("flamewatch_agent_samples_taken_total "):
+                        return float(line.split()[1])
+        except OSError:
+            time.sleep(1)
     return float("nan")
 
 
