@@ -16,7 +16,17 @@ first on the same workload, then the work tree's agent, and the ratio
 current/baseline is printed: both figures come from one run and one machine
 state.
 
-Usage: python bench/agent_overhead.py [DURATION=60] [--no-pyspy] [--baseline REV] [-- AGENT ARGS...]
+With ``--busy`` (issue 25) every CPU is kept busy: one native ``gzip`` loop
+per CPU plus one Python worker (20 % duty cycle, function ``burn_wVER``) per
+CPython 3.8-3.13 found under ``/root/.pyenv/versions`` (or ``--pythons``),
+each worker in its own pod (POD_* env). After ``--warmup`` seconds (20) the
+agent's own ``/metrics`` gives the samples it took over the window, and the
+report adds the cost per sample (agent, children and BPF apart, and
+together), samples/s, the agent's RSS (max over 1 s polls) and the
+extrapolation to a busy 16- and 64-CPU node at 99 Hz.
+
+Usage: python bench/agent_overhead.py [DURATION=60] [--busy] [--warmup S] [--no-pyspy] [--baseline REV]
+       [--pythons DIR,...] [-- AGENT ARGS...]
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -52,6 +63,23 @@ __attribute__((noinline)) void zero_reader(void) {
 }
 int main(void) { for (;;) { burn_cpu_cycles(); zero_reader(); } }
 """
+# A duty-cycle worker (20 % of a core): runs on CPython 3.8 and later.
+WORKER_PY = """
+import sys, time
+def burn_w{v}(until):
+    x = 0
+    while time.perf_counter() < until:
+        x += 1
+    return x
+def main_w{v}():
+    while True:
+        t = time.perf_counter()
+        burn_w{v}(t + 0.2 * 0.1)
+        time.sleep(max(0.0, t + 0.1 - time.perf_counter()))
+main_w{v}()
+"""
+PYENV = Path("/root/.pyenv/versions")
+BUSY_VERSIONS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")
 HOT_PY = "def python_hot_function(n):\n    return sum(i * i for i in range(n))\nwhile True:\n" \
          "    python_hot_function(300000)\n"
 
@@ -72,33 +100,64 @@ def cpu(p: psutil.Process) -> float:
     return t.user + t.system
 
 
+def free_port() -> int:
+    import socket
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def samples_taken(port: int, tries: int = 3) -> float:
+    """The agent's own count of samples taken (its /metrics), NaN when unreadable (a loaded machine may
+    time a scrape out: tried ``tries`` times)."""
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("flamewatch_agent_samples_taken_total "):
+                        return float(line.split()[1])
+        except OSError:
+            time.sleep(1)
+    return float("nan")
+
+
 def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: bool, extra: list[str],
-            wp: list[psutil.Process]) -> dict[str, float]:
-    """Run one agent from ``repo`` for 15 s start-up + ``duration`` s; CPU seconds per part."""
+            wp: list[psutil.Process], warmup: float = 15.0) -> dict[str, float]:
+    """Run one agent from ``repo`` for ``warmup`` s start-up + ``duration`` s; CPU seconds per part."""
     env = {**os.environ, "PYTHONPATH": str(repo)}
+    mport = free_port()
     agent = subprocess.Popen(
         [sys.executable, "-m", "flamewatch.cli", "agent", "--server", f"http://127.0.0.1:{server_port}",
-         "--kube", "off", "--metrics-port", "-1", "--spool-dir", str(spool), "--frequency", "99",
+         "--kube", "off", "--metrics-port", str(mport), "--spool-dir", str(spool), "--frequency", "99",
          "--pyspy", "true" if pyspy else "false", "--log-level", "warning", *extra],
         env=env, cwd=repo, stderr=subprocess.DEVNULL)
     ap = psutil.Process(agent.pid)
     runs: set[int] = set()
     targets: set[str] = set()
+    rss = [0.0, 0.0]  # max RSS of the agent, of agent + children (bytes)
     stop = threading.Event()
 
-    def watch_pyspy() -> None:  # which processes py-spy profiled, and how many runs (1 s polls)
+    def watch() -> None:  # py-spy runs and targets, RSS (1 s polls)
         while not stop.wait(1.0):
             try:
-                for c in ap.children():
-                    cmd = c.cmdline()
+                own = ap.memory_info().rss
+                kids = 0
+                for c in ap.children(recursive=True):
+                    try:
+                        kids += c.memory_info().rss
+                        cmd = c.cmdline()
+                    except psutil.Error:
+                        continue
                     if cmd and os.path.basename(cmd[0]) == "py-spy" and "--pid" in cmd:
                         runs.add(c.pid)
                         targets.add(cmd[cmd.index("--pid") + 1])
+                rss[0] = max(rss[0], own)
+                rss[1] = max(rss[1], own + kids)
             except psutil.Error:
                 pass
 
-    threading.Thread(target=watch_pyspy, daemon=True).start()
-    time.sleep(15)  # start-up (perf symbol loading, first py-spy) is reported apart from steady state
+    threading.Thread(target=watch, daemon=True).start()
+    time.sleep(warmup)  # start-up (perf symbol loading, first py-spy) is reported apart from steady state
     startup = cpu(ap) + sum(cpu(c) for c in ap.children(recursive=True)) + \
         ap.cpu_times().children_user + ap.cpu_times().children_system
 
@@ -120,11 +179,12 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
         out["py-spy"] += t.children_user + t.children_system  # finished py-spy runs
         return out
 
-    a0, w0, t0 = snapshot(), sum(cpu(p) for p in wp), time.monotonic()
+    a0, w0, t0, n0 = snapshot(), tree_cpu(wp), time.monotonic(), samples_taken(mport)
+    rss[0] = rss[1] = 0.0
     runs.clear()
     targets.clear()
     time.sleep(duration)
-    a1, w1, t1 = snapshot(), sum(cpu(p) for p in wp), time.monotonic()
+    a1, w1, t1, n1 = snapshot(), tree_cpu(wp), time.monotonic(), samples_taken(mport)
     stop.set()
     agent.terminate()
     agent.wait(30)
@@ -133,22 +193,91 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
     parts["wall"] = t1 - t0
     parts["workload"] = w1 - w0
     parts["start-up"] = startup
+    parts["warmup"] = warmup
     parts["pyspy_runs"] = len(runs)
     parts["pyspy_targets"] = len(targets)
+    parts["samples"] = n1 - n0
+    parts["rss_agent"] = rss[0]
+    parts["rss_tree"] = rss[1]
     return parts
+
+
+META = ("wall", "workload", "start-up", "warmup", "pyspy_runs", "pyspy_targets", "samples", "rss_agent", "rss_tree")
+
+
+def per_sample(r: dict[str, float]) -> dict[str, float]:
+    """Microseconds of CPU per sample taken: the agent, its children, BPF, and all of it."""
+    n = r["samples"]
+    if not n or n != n:  # no samples, or /metrics unreadable
+        return {}
+    children = sum(v for k, v in r.items() if k not in META and k not in ("agent", "bpf in kernel", "TOTAL"))
+    return {"agent": 1e6 * r["agent"] / n, "children": 1e6 * children / n,
+            "bpf": 1e6 * r["bpf in kernel"] / n, "total": 1e6 * r["TOTAL"] / n}
 
 
 def report(title: str, r: dict[str, float]) -> None:
     wall = r["wall"]
-    print(f"{title}: agent overhead at 99 Hz over {wall:.0f} s, 2-core machine, load average "
+    print(f"{title}: agent overhead at 99 Hz over {wall:.0f} s, {os.cpu_count()}-core machine, load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"  start-up (first 15 s, all parts): {r['start-up']:.2f} CPU s")
+    print(f"  start-up (first {r['warmup']:.0f} s, all parts): {r['start-up']:.2f} CPU s")
     for k, v in r.items():
-        if k not in ("wall", "workload", "start-up", "pyspy_runs", "pyspy_targets"):
+        if k not in META:
             print(f"  {k:12s} {v:7.3f} CPU s  = {100 * v / wall:6.3f} % of one core")
     print(f"  py-spy runs seen: {r['pyspy_runs']:.0f} on {r['pyspy_targets']:.0f} processes")
     print(f"  workload (the ratio's baseline) used {r['workload']:.2f} CPU s = "
           f"{100 * r['workload'] / wall:.1f} % of one core; ratio agent/workload CPU {r['TOTAL'] / r['workload']:.4f}")
+    print(f"  RSS max: agent {r['rss_agent'] / 2**20:.1f} MB, agent + children {r['rss_tree'] / 2**20:.1f} MB")
+    us = per_sample(r)
+    if us:
+        rate = r["samples"] / wall
+        print(f"  samples taken: {r['samples']:.0f} = {rate:.1f} samples/s")
+        print(f"  per sample: agent {us['agent']:.1f} us, children {us['children']:.1f} us, BPF {us['bpf']:.1f} us, "
+              f"total {us['total']:.1f} us")
+        for cpus in (16, 64):
+            print(f"  busy {cpus}-CPU node at 99 Hz: {100 * us['total'] * 99 * cpus / 1e6:.2f} % of one core")
+
+
+def busy_workload(tmp: Path, pythons: list[Path]) -> list[subprocess.Popen]:
+    """One gzip loop per CPU and one 20 % Python worker per interpreter, each in its own pod."""
+    data = tmp / "data.txt"
+    with data.open("w") as f:  # ~8 MB of compressible text: each gzip runs for about a second
+        for i in range(200000):
+            f.write(f"line {i} of the busy benchmark, {i * 7919 % 10007} {'abc' * (i % 7)}\n")
+    work = []
+    for c in range(os.cpu_count() or 1):
+        env = {**os.environ, "POD_NAMESPACE": "bench", "POD_NAME": f"gzip-{c}", "CONTAINER_NAME": "gzip"}
+        work.append(subprocess.Popen(["sh", "-c", f"while :; do gzip -6 -c {data} > /dev/null; done"], env=env))
+    for py in pythons:
+        v = py.parent.parent.name.rsplit(".", 1)[0].replace(".", "")  # 3.11.7 -> 311
+        script = tmp / f"worker_{v}.py"
+        script.write_text(WORKER_PY.format(v=v))
+        env = {**os.environ, "POD_NAMESPACE": "bench", "POD_NAME": f"py{v}", "CONTAINER_NAME": f"py{v}"}
+        env.pop("PYTHONPATH", None)
+        work.append(subprocess.Popen([str(py), str(script)], env=env))
+    return work
+
+
+def find_pythons(spec: str | None) -> list[Path]:
+    if spec:
+        return [Path(p) for p in spec.split(",")]
+    out = []
+    for v in BUSY_VERSIONS:
+        found = sorted(PYENV.glob(f"{v}.*/bin/python{v}"))
+        if found:
+            out.append(found[-1])
+    return out
+
+
+def tree_cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            total += cpu(p) + sum(cpu(c) for c in p.children(recursive=True))
+            t = p.cpu_times()
+            total += t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
 
 
 def main() -> int:
@@ -157,17 +286,20 @@ def main() -> int:
     if "--" in argv:
         extra = argv[argv.index("--") + 1:]
         argv = argv[:argv.index("--")]
-    baseline = argv[argv.index("--baseline") + 1] if "--baseline" in argv else None
-    duration = float(next((a for a in argv if not a.startswith("-") and a != baseline), 60))
+
+    def opt(name: str) -> str | None:
+        return argv[argv.index(name) + 1] if name in argv else None
+
+    baseline, warmup_s, pythons_s = opt("--baseline"), opt("--warmup"), opt("--pythons")
+    values = {baseline, warmup_s, pythons_s}
+    duration = float(next((a for a in argv if not a.startswith("-") and a not in values), 60))
     pyspy = "--no-pyspy" not in argv
+    busy = "--busy" in argv
+    warmup = float(warmup_s) if warmup_s else (20.0 if busy else 15.0)
     if shutil.which("perf") is None or shutil.which("gcc") is None:
         print("needs perf and gcc")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="fw-bench-"))
-    (tmp / "burn.c").write_text(BURN_C)
-    subprocess.run(["gcc", "-O1", "-fno-omit-frame-pointer", "-o", str(tmp / "burn"), str(tmp / "burn.c")],
-                   check=True)
-    (tmp / "hot.py").write_text(HOT_PY)
     old_repo = None
     if baseline:
         old_repo = tmp / "baseline"
@@ -176,16 +308,25 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(old_repo)], input=tar, check=True)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    work = [subprocess.Popen([str(tmp / "burn")]), subprocess.Popen([sys.executable, str(tmp / "hot.py")])]
+    if busy:
+        pythons = find_pythons(pythons_s)
+        work = busy_workload(tmp, pythons)
+        print(f"busy: {os.cpu_count()} gzip loops + Python workers on {', '.join(str(p) for p in pythons)}")
+    else:
+        (tmp / "burn.c").write_text(BURN_C)
+        subprocess.run(["gcc", "-O1", "-fno-omit-frame-pointer", "-o", str(tmp / "burn"), str(tmp / "burn.c")],
+                       check=True)
+        (tmp / "hot.py").write_text(HOT_PY)
+        work = [subprocess.Popen([str(tmp / "burn")]), subprocess.Popen([sys.executable, str(tmp / "hot.py")])]
     wp = [psutil.Process(p.pid) for p in work]
     bpf_stats = enable_bpf_stats()
     try:
         results = []
         if old_repo is not None:
             results.append((f"baseline ({baseline})", measure(old_repo, srv.server_port, tmp / "spool0",
-                                                               duration, pyspy, [], wp)))
+                                                               duration, pyspy, [], wp, warmup)))
         results.append(("current work tree", measure(REPO, srv.server_port, tmp / "spool1", duration, pyspy,
-                                                     extra, wp)))
+                                                     extra, wp, warmup)))
     finally:
         for p in work:
             p.kill()
@@ -199,6 +340,16 @@ def main() -> int:
         (_, b), (_, c) = results
         print(f"ratio current/baseline total CPU: {c['TOTAL'] / b['TOTAL']:.3f}  "
               f"(per workload CPU: {(c['TOTAL'] / c['workload']) / (b['TOTAL'] / b['workload']):.3f})")
+        ub, uc = per_sample(b), per_sample(c)
+        if ub and uc:
+            print("| us per sample | baseline | current | ratio |\n| --- | --- | --- | --- |")
+            for k in ("agent", "children", "bpf", "total"):
+                print(f"| {k} | {ub[k]:.1f} | {uc[k]:.1f} | {uc[k] / ub[k] if ub[k] else float('nan'):.2f} |")
+            print(f"| samples/s | {b['samples'] / b['wall']:.1f} | {c['samples'] / c['wall']:.1f} | |")
+            print(f"| agent RSS MB | {b['rss_agent'] / 2**20:.1f} | {c['rss_agent'] / 2**20:.1f} | |")
+            for cpus in (16, 64):
+                print(f"| busy {cpus}-CPU node, % of a core | {ub['total'] * 99 * cpus / 1e4:.2f} | "
+                      f"{uc['total'] * 99 * cpus / 1e4:.2f} | |")
     return 0
 
 

@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-import psutil
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
 from profiler.collect import Collector, PidSamples, combine_python
@@ -33,6 +32,7 @@ from profiler.metadata import (
     kubelet_pods_url,
     node_name,
 )
+from profiler.procfs import Discovery, ProcFS
 from profiler.pyschedule import PyScheduler
 from profiler.samplers import perf as perf_sampler
 from profiler.samplers.base import Runner, SamplerUnavailable, default_runner
@@ -43,7 +43,9 @@ from profiler.samplers.pyunwind import (
     RuntimeFinder,
     Target,
     alive,
+    bpf_stats_on,
     check_bpftrace,
+    enable_bpf_stats,
 )
 from profiler.settings import AgentSettings
 from profiler.shipper import WALL, Shipper, build_push
@@ -51,44 +53,6 @@ from profiler.spool import Spool
 from stacks.model import Labels, Stack
 
 log = logging.getLogger(__name__)
-
-
-def tree_cpu_seconds(proc: psutil.Process | None = None) -> dict[str, float]:
-    """CPU seconds of this process, its live children and its reaped children."""
-    proc = proc or psutil.Process()
-    t = proc.cpu_times()
-    own = t.user + t.system
-    reaped = t.children_user + t.children_system
-    live = 0.0
-    for c in proc.children(recursive=True):
-        try:
-            ct = c.cpu_times()
-            live += ct.user + ct.system
-        except psutil.Error:  # exited between listing and reading
-            pass
-    return {"self": own, "children": reaped + live, "total": own + reaped + live}
-
-
-def is_python(pid: int) -> bool:
-    """Whether ``pid`` runs a CPython interpreter (by name or executable)."""
-    try:
-        p = psutil.Process(pid)
-        name = p.name()
-        exe = os.path.basename(p.exe() or "")
-    except psutil.Error:
-        return False
-    return name.startswith("python") or exe.startswith("python")
-
-
-def lifetime_share(pid: int) -> float | None:
-    """The process's CPU time over its age, as a share of one core (None when it cannot be read)."""
-    try:
-        p = psutil.Process(pid)
-        t = p.cpu_times()
-        age = time.time() - p.create_time()
-    except psutil.Error:
-        return None
-    return (t.user + t.system) / age if age > 1.0 else None
 
 
 def kube_index(s: AgentSettings, node: str, environ: Mapping[str, str]) -> PodIndex | None:
@@ -121,39 +85,44 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], int] = time.time_ns,
         environ: Mapping[str, str] | None = None,
+        proc: ProcFS | None = None,
+        discovery: Discovery | None = None,
     ) -> None:
         self.s = settings
+        # the one door to /proc (proc_root) and the discovery of new Python processes through it
+        self.proc = proc or ProcFS(settings.proc_root)
+        self.discovery = discovery or Discovery(self.proc)
         self.runner = runner
         self.clock = clock
         self.wallclock = wallclock
         env = os.environ if environ is None else environ
         self.node = node_name(env, settings.node_name)
-        self.resolver = MetadataResolver(settings.proc_root, pods=kube_index(settings, self.node, env))
+        self.resolver = MetadataResolver(self.proc.root, pods=kube_index(settings, self.node, env))
         self.collector = Collector()
         self.spool = Spool(settings.spool_dir or None, max_bytes=settings.spool_max_bytes,
                            memory_bytes=settings.spool_memory_bytes)
         self.shipper = Shipper(self.spool, settings.server, token=settings.push_token,
                                timeout=settings.push_timeout)
         self.perf: perf_sampler.PerfSampler | None = None
+        self._bpf_stats_fd: int | None = None  # open while the kernel counts BPF run time for us
         self.pyspy: PySpySampler | None = None
         self.unwinder: PyUnwindSampler | None = None
         self._bpftrace_bin = settings.bpftrace_path
-        self._finder = RuntimeFinder(settings.proc_root)
+        self._finder = RuntimeFinder(self.proc.root)
         self._unwind_targets: dict[int, Target] = {}
         self._unwind_no: dict[int, str] = {}  # pid -> why the unwinder cannot name it (py-spy does)
         self._unwind_miss: dict[int, int] = {}  # pid -> Python-thread perf samples since its last unwound one
         self._unwound: dict[int, dict[Stack, int]] = {}  # this interval's unwound stacks per pid
         self._unwind_changed = 0.0  # when bpftrace last (re)started
         self._unwind_pruned = 0.0
-        self._proc_pids: set[int] = set()  # pids in proc_root at the last poll
         self._unwind_failed = 0  # bpftrace starts in a row that died
         self.sched = PyScheduler(
-            is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
+            self.proc.is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
             probe_seconds=settings.pyspy_probe_seconds, max_rate=settings.pyspy_max_rate,
             target_samples=settings.pyspy_target_samples, refresh_samples=settings.pyspy_refresh_samples,
             shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}),
-            interval_hint=settings.push_interval, lifetime_share=lifetime_share)
+            interval_hint=settings.push_interval, lifetime_share=self.proc.lifetime_share)
         self._py_lock = threading.Lock()  # guards sched and hold (py-spy threads report into sched)
         # only with perf: without it py-spy's own samples are the data, named from the start
         self.hold = NameHold(settings.pyspy_hold_seconds if settings.perf and settings.pyspy else 0.0)
@@ -193,7 +162,8 @@ class Agent:
             self.perf = perf_sampler.PerfSampler(
                 self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
                 frequency=self.s.frequency,
-                mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock)
+                mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock,
+                reader=self.s.perf_reader, proc_root=self.proc.root)
             self.perf.start()
         if self.s.pyspy:
             self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
@@ -203,7 +173,13 @@ class Agent:
             self.unwinder = PyUnwindSampler(
                 self._on_unwound, bpftrace=self._bpftrace_bin, frequency=self.s.frequency,
                 interval=self.s.pyunwind_interval, max_depth=self.s.pyunwind_max_depth, runner=self.runner,
-                proc_root=self.s.proc_root, clock=self.clock)
+                proc_root=self.proc.root, clock=self.clock)
+            if self._bpf_stats_fd is None:
+                self._bpf_stats_fd = enable_bpf_stats()
+            self.unwinder.stats_counted = self._bpf_stats_fd is not None
+            if self._bpf_stats_fd is None and not bpf_stats_on(self.proc.root):
+                log.warning("BPF run time not counted: bpf(BPF_ENABLE_STATS) not permitted here "
+                            "(needs CAP_SYS_ADMIN); sysctl kernel.bpf_stats_enabled=1 counts it")
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
@@ -264,14 +240,14 @@ class Agent:
             seen = [p for p in current if p in python]
         # perf's samples reach the agent 1-2 s late: a new python* process is also found by its /proc
         # entry, so a short job is unwound from its first second
-        for pid in sorted(set(seen) | set(self._new_python_pids())):
+        for pid in sorted(set(seen) | set(self.discovery.new_python_pids())):
             if pid in self._unwind_targets or pid in self._unwind_no or pid in self.sched.own:
                 continue
             try:
                 self._unwind_targets[pid] = self._finder.find(pid)
             except NotSupported as e:
                 self._unwind_no[pid] = str(e)
-                if os.path.exists(f"{self.s.proc_root}/{pid}"):  # not merely gone already
+                if self.proc.exists(pid):  # not merely gone already
                     log.info("py-spy names %s", e)
         if self._unwind_targets and not u.running and u.targets and now - self._unwind_changed > 10.0:
             self._unwind_failed += 1  # bpftrace died: its processes go to py-spy after the third time
@@ -284,7 +260,7 @@ class Agent:
         if now - self._unwind_pruned >= 10.0:  # processes gone (or their pid reused) leave the program
             self._unwind_pruned = now
             self._unwind_targets = {p: t for p, t in self._unwind_targets.items()
-                                    if alive(t, self.s.proc_root)}
+                                    if alive(t, self.proc.root)}
             with self._py_lock:
                 known = set(self.sched.states)
             for d in (self._unwind_no, self._unwind_miss):
@@ -301,23 +277,6 @@ class Agent:
             u.set_targets(self._unwind_targets)
             if u.starts != starts:
                 self._unwind_changed = now
-
-    def _new_python_pids(self) -> list[int]:
-        """Processes started since the last call whose name starts with ``python`` (the first call: all)."""
-        try:
-            pids = {int(d) for d in os.listdir(self.s.proc_root) if d.isdigit()}
-        except OSError:
-            return []
-        new, self._proc_pids = pids - self._proc_pids, pids
-        out = []
-        for pid in new:
-            try:
-                with open(f"{self.s.proc_root}/{pid}/comm", "rb") as f:
-                    if f.read().startswith(b"python"):
-                        out.append(pid)
-            except OSError:
-                continue
-        return out
 
     def _give_up_unwind(self, why: str) -> None:
         log.warning("in-kernel Python unwinding off (%s); py-spy names every Python process", why or "bpftrace died")
@@ -493,14 +452,9 @@ class Agent:
         """Without perf: each process's CPU since the previous call, in perf-sample units (first call primes)."""
         full = self.s.frequency * self.s.push_interval
         out: dict[int, int] = {}
-        for p in psutil.process_iter():
-            try:
-                pct = p.cpu_percent(None)
-            except psutil.Error:
-                continue
-            if p.pid in self._psutil_primed and pct > 0:
-                out[p.pid] = round(full * pct / 100)
-            self._psutil_primed.add(p.pid)
+        for pid, pct in self.proc.cpu_percents(self._psutil_primed).items():
+            if pct > 0:
+                out[pid] = round(full * pct / 100)
         return out
 
     def shutdown(self, wall0: int) -> int:
@@ -525,7 +479,7 @@ class Agent:
 
     # ---------------------------------------------------------------- self-observation
     def stats(self) -> dict[str, Any]:
-        cpu = tree_cpu_seconds()
+        cpu = self.proc.own_cpu_seconds()
         bpf = self.unwinder.bpf_seconds() if self.unwinder is not None else None
         up = max(1e-9, self.clock() - self.started)
         with self._py_lock:  # py-spy threads change the scheduler's states
@@ -547,6 +501,8 @@ class Agent:
             "spool_pushes": len(self.spool),
             "perf_restarts": self.perf.restarts if self.perf else 0,
             "perf_gap_seconds": round(self.perf.gap_seconds, 3) if self.perf else 0.0,
+            "perf_fallbacks": self.perf.fallbacks if self.perf else 0,
+            "rss_bytes": self.proc.own_rss(),
             "pyspy_runs": self.pyspy.runs if self.pyspy else 0,
             "pyspy_failures": self.pyspy.failures if self.pyspy else 0,
             "pyspy_processes": len(self.pyspy.active()) if self.pyspy else 0,
@@ -580,6 +536,7 @@ class _AgentCollector:
         "push_failures": "Failed push attempts",
         "perf_restarts": "Times perf was restarted",
         "perf_gap_seconds": "Seconds without perf sampling",
+        "perf_fallbacks": "Times perf's binary stream could not be read and perf script took over",
         "pyspy_runs": "py-spy runs",
         "pyspy_failures": "Failed py-spy runs",
         "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy, bpftrace) and its BPF "
@@ -596,6 +553,7 @@ class _AgentCollector:
     GAUGES: ClassVar[dict[str, str]] = {
         "spool_bytes": "Bytes of unsent pushes (memory + disk)",
         "spool_pushes": "Unsent pushes",
+        "rss_bytes": "Resident memory of the agent's own process (children excluded)",
         "samples_held": "Samples of Python processes waiting for their first py-spy shape",
         "pyspy_processes": "Python processes with a py-spy run in flight now",
         "pyunwind_processes": "Python processes the in-kernel unwinder names",

@@ -23,6 +23,10 @@ SETTINGS: list[Setting] = [
     Setting("perf_path", "perf", "perf executable (Debian package linux-perf)"),
     Setting("perf_mmap_pages", 8,
             "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
+    Setting("perf_reader", "data",
+            "how perf's samples are read: data (its binary stream, named by the agent with address caches; no "
+            "perf script) or script (perf script text; the fallback taken by itself when the stream is not readable)",
+            str, ("data", "script")),
     Setting("pyspy", True, "add Python function names with py-spy to every Python process perf sees", parse_bool),
     Setting("pyspy_path", "py-spy", "py-spy executable (pip install py-spy)"),
     Setting("pyunwind", "auto",
@@ -103,6 +107,7 @@ class AgentSettings(Settings):
     perf: bool
     perf_path: str
     perf_mmap_pages: int
+    perf_reader: str
     pyspy: bool
     pyspy_path: str
     pyunwind: str

@@ -13,6 +13,14 @@ runs Python, so the agent may name its samples with py-spy's Python stacks;
 the other threads of a Python process (an SDK's native sampler, a Rust or C++
 worker pool) keep their native frames.
 
+Two readers (``reader``): ``data`` (default, issue 25) reads perf record's
+binary stream itself (:mod:`profiler.samplers.perfdata`: no ``perf script``,
+each distinct call chain named once through address caches, a few
+microseconds per sample); ``script`` is the text pipeline above, kept as the
+fallback: the sampler switches to it, logs why and counts it
+(``fallbacks``), when the binary stream holds something the reader does not
+understand.
+
 If perf dies, it is restarted with exponential backoff and the time without
 sampling is counted as a gap.
 """
@@ -31,6 +39,8 @@ from collections.abc import Callable, Sequence
 
 from ground.tools import ToolNotFound, find_tool
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
+from profiler.samplers.perfdata import PerfDataReader, UnsupportedStream
+from profiler.symbols import FileSymbols, JitMaps, KernelSymbols
 from stacks.perf import PerfSample, SampleParser
 
 log = logging.getLogger(__name__)
@@ -143,8 +153,19 @@ class PerfSampler:
         stable_after: float = 60.0,
         batch_seconds: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        reader: str = "data",
+        proc_root: str = "/proc",
     ) -> None:
+        if reader not in ("data", "script"):
+            raise ValueError(f"perf reader {reader!r}: use 'data' or 'script'")
         self.sink = sink
+        self.reader = reader
+        self.fallbacks = 0
+        self.proc_root = proc_root
+        # Symbol caches outlive a perf restart (a new stream re-announces every mapping).
+        self._files = FileSymbols(proc_root)
+        self._kernel = KernelSymbols(f"{proc_root}/kallsyms")
+        self._jit = JitMaps(proc_root)
         self.on_interpreter = on_interpreter
         self.perf = perf
         self.frequency = frequency
@@ -218,6 +239,9 @@ class PerfSampler:
         """One perf record | perf script pipeline, read until it ends."""
         rec = self.runner(record_argv(self.perf, self.frequency, self.mmap_pages),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if self.reader == "data":
+            self._run_data(rec)
+            return
         try:
             scr = self.runner(script_argv(self.perf), stdin=rec.stdout, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL)
@@ -246,7 +270,48 @@ class PerfSampler:
         else:
             self.last_error = f"perf record exited with status {rc}"
 
-    def _read(self, scr: Proc) -> None:
+    def _run_data(self, rec: Proc) -> None:
+        """perf record's own stream read here (no perf script); on a stream it cannot read: the fallback."""
+        with self._lock:
+            self._procs = [rec]
+        err_chunks: list[bytes] = []
+        err_thread = threading.Thread(target=_drain, args=(rec.stderr, err_chunks), daemon=True)
+        err_thread.start()
+        reader = PerfDataReader(files=self._files, kernel=self._kernel, jit=self._jit)
+
+        def parse(data: bytes, final: bool = False) -> bytes:
+            self._emit(reader.feed(data))
+            return b""
+
+        try:
+            self._read(rec, parse)
+        except UnsupportedStream as e:
+            self.fallbacks += 1
+            self.reader = "script"
+            log.error("perf's binary stream not readable (%s): falling back to perf script", e)
+            rec.kill()
+        finally:
+            rc = rec.wait()
+            err_thread.join(2)
+            with self._lock:
+                self._procs = []
+        err = b"".join(err_chunks).decode("utf-8", "replace")
+        if rc not in (0, -2, -9, 130) and not self._stop.is_set():
+            self.last_error = str(explain_failure(self.perf, rc, err))
+        else:
+            self.last_error = f"perf record exited with status {rc}"
+
+    def _emit(self, samples: list[tuple[PerfSample, int, bool]]) -> None:
+        sink, on_interp = self.sink, self.on_interpreter
+        n = 0
+        for sample, count, interp in samples:
+            if interp and on_interp is not None and sample.tid is not None:  # before the sample (drains)
+                on_interp(sample.pid if sample.pid is not None else sample.tid, sample.tid)
+            sink(sample, count)
+            n += count
+        self.samples += n
+
+    def _read(self, scr: Proc, parse: Callable[..., bytes] | None = None) -> None:
         """Parse whole sample blocks in batches (blocks end at a blank line).
 
         perf script writes many small chunks; waking up for each one was about
@@ -255,6 +320,7 @@ class PerfSampler:
         takes everything at once: a few reads and one parse per batch.
         """
         assert scr.stdout is not None
+        parse = parse or self._parse
         fd = scr.stdout.fileno()
         _grow_pipe(fd)
         buf = b""
@@ -272,9 +338,9 @@ class PerfSampler:
                     self.sleep(wait)
                 continue
             last = now
-            buf = self._parse(buf + b"".join(pending))
+            buf = parse(buf + b"".join(pending))
             pending = []
-        buf = self._parse(buf + b"".join(pending), final=True)
+        buf = parse(buf + b"".join(pending), final=True)
 
     def _parse(self, data: bytes, final: bool = False) -> bytes:
         """Hand the whole sample blocks in ``data`` to the sink; returns the unfinished tail.

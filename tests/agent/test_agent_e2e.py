@@ -98,9 +98,10 @@ def _render(srv_url: str, query: str, t0: float, fmt: str = "folded") -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("pyunwind", ["on", "off"])
-def test_real_agent_end_to_end(tmp_path: Path, pyunwind: str) -> None:
-    """``on``: Python names from the in-kernel unwinder (bpftrace); ``off``: from py-spy runs alone."""
+@pytest.mark.parametrize(("pyunwind", "reader"), [("on", "data"), ("off", "script")])
+def test_real_agent_end_to_end(tmp_path: Path, pyunwind: str, reader: str) -> None:
+    """``on``: Python names from the in-kernel unwinder (bpftrace), perf's binary stream read by the agent;
+    ``off``: from py-spy runs alone, with the fallback perf reader (``perf script``)."""
     if os.geteuid() != 0:
         pytest.skip(reason="the real agent test needs root for system-wide perf")
     _need("perf")
@@ -132,7 +133,7 @@ def test_real_agent_end_to_end(tmp_path: Path, pyunwind: str) -> None:
                     [sys.executable, "-m", "flamewatch.cli", "agent", "--server", srv.url,
                      "--node-name", "e2e-node", "--kube", "off", "--metrics-port", str(metrics_port),
                      "--metrics-host", "127.0.0.1", "--spool-dir", str(tmp_path / "spool"),
-                     "--stats-interval", "10", "--pyunwind", pyunwind],
+                     "--stats-interval", "10", "--pyunwind", pyunwind, "--perf-reader", reader],
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             procs.append(agent)
 

@@ -4,6 +4,7 @@ and real bpftrace naming real Python processes (3.11 here; 3.12 and 3.13 where p
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from hypothesis import strategies as st
 
 from ground.tools import ToolNotFound, find_tool
 from profiler.samplers.pyunwind import (
+    DEBUG_COOKIE,
+    DEBUG_FIELDS,
+    DEBUG_SIZE,
     END_MARK,
     LAYOUTS,
     CodeNames,
@@ -26,6 +30,7 @@ from profiler.samplers.pyunwind import (
     ReportParser,
     RuntimeFinder,
     Target,
+    layout_from_debug_offsets,
     proc_mem_reader,
     read_str,
     short_filename,
@@ -251,6 +256,64 @@ def test_own_process_layout_finds_this_thread_by_its_pthread_id() -> None:
         ids.append(rd(ts + lay.ts_thread_id))
         ts = rd(ts + lay.ts_next)
     assert threading.get_ident() in ids  # pthread_self(), which the BPF program compares with fsbase
+
+
+def test_debug_offsets_of_a_live_313_equal_the_table() -> None:
+    """CPython 3.13 publishes its own layout in ``_Py_DebugOffsets``: read from a live 3.13 it equals the table
+    (compiled against 3.13.0's headers), so 3.14+ processes can be unwound from what they publish."""
+    found = sorted(PYENV.glob("3.13.*/bin/python3.13"))
+    if not found:
+        pytest.skip(reason="no CPython 3.13 under pyenv")
+    p = subprocess.Popen([str(found[0]), "-c", "import sys, time; print('ready', flush=True); time.sleep(60)"],
+                         stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        t = RuntimeFinder().find(p.pid)
+        raw = proc_mem_reader()(p.pid, t.runtime, DEBUG_SIZE)
+        version, layout = layout_from_debug_offsets(raw)
+        assert version == (3, 13) and t.version == (3, 13)
+        assert layout == LAYOUTS[(3, 13)]
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_layout_table_equals_what_the_headers_give() -> None:
+    """scripts/cpython_layouts.py compiles offsetof against each installed version's headers: its numbers are
+    the table's."""
+    if shutil.which("gcc") is None:
+        pytest.skip(reason="gcc not installed")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import cpython_layouts
+    finally:
+        sys.path.pop(0)
+    checked = 0
+    for minor in (11, 12, 13):
+        found = sorted(PYENV.glob(f"3.{minor}.*/bin/python3.{minor}"))
+        if not found or not (found[0].parent.parent / "include" / f"python3.{minor}" / "internal").is_dir():
+            continue
+        line = cpython_layouts.layout_line(str(found[0]))
+        values = dict(kv.split("=") for kv in line.split("Layout(")[1].rstrip("),").split(", "))
+        assert {k: int(v) for k, v in values.items()} == LAYOUTS[(3, minor)].__dict__, minor
+        checked += 1
+    if not checked:
+        pytest.skip(reason="no pyenv CPython 3.11-3.13 with headers")
+
+
+def test_debug_offsets_refused_without_cookie_or_for_free_threaded_builds() -> None:
+    with pytest.raises(NotSupported, match="no _Py_DebugOffsets"):
+        layout_from_debug_offsets(bytes(DEBUG_SIZE))
+    raw = bytearray(DEBUG_SIZE)
+    raw[:8] = DEBUG_COOKIE
+    struct.pack_into("<Q", raw, DEBUG_FIELDS["version"], 0x030E00F0)
+    struct.pack_into("<Q", raw, DEBUG_FIELDS["free_threaded"], 1)
+    with pytest.raises(NotSupported, match="free-threaded"):
+        layout_from_debug_offsets(bytes(raw))
+    struct.pack_into("<Q", raw, DEBUG_FIELDS["free_threaded"], 0)
+    struct.pack_into("<Q", raw, DEBUG_FIELDS["asciiobject_size"], 40)
+    version, layout = layout_from_debug_offsets(bytes(raw))
+    assert version == (3, 14) and layout.ascii_size == 40 and layout.compact_size == 56 and layout.ts_cframe == -1
 
 
 def test_finder_explains_processes_it_cannot_unwind(tmp_path: Path) -> None:

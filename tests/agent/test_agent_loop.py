@@ -1,0 +1,92 @@
+"""Tests of the agent's main loop: unwound processes, /proc discovery, labels of short jobs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+from stacks.model import Frame
+from stacks.perf import PerfSample
+from stacks.pprof import decode_pprof
+from stacks.push import decode_push_request
+
+U, K = Frame.user, Frame.kernel
+
+
+def test_agent_names_unwound_processes_by_their_own_interval(tmp_path: Path) -> None:
+    """perf's count stays the total; the interval's unwound stacks name it, kernel frames kept on top.
+    Unwound stacks of a process that is not (or no longer) external are ignored."""
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "pyunwind": "off"}, environ={})
+    agent = Agent(s, environ={})
+    pid = os.getpid() + 100000  # a pid that is no process: labels fall back to the comm
+    interp = (U("python3"), U("_PyEval_EvalFrameDefault"))
+    kernel = (*interp, K("entry_SYSCALL_64"), K("__x64_sys_read"))
+    agent.collector.add(PerfSample("python3", pid, pid, None, None, None, interp), 30)
+    agent.collector.add(PerfSample("python3", pid, pid, None, None, None, kernel), 10)
+    agent.sched.external = {pid}
+    a, b = (U("<module> (w.py)"), U("serve (w.py)")), (U("<module> (w.py)"), U("render (w.py)"))
+    agent._on_unwound(pid, {a: 3, b: 1})
+    agent._on_unwound(pid + 1, {a: 5})  # not external: ignored
+    assert agent.tick(0, 10_000_000_000) == 40
+    entry = agent.spool.peek()
+    assert entry is not None
+    (series,) = decode_push_request(gzip.decompress(entry.body()))
+    merged = decode_pprof(series.samples[0].raw_profile).merged().as_dict()
+    folded = {";".join(f.name for f in stack): n for stack, n in merged.items()}
+    assert folded == {"<module> (w.py);serve (w.py)": 23, "<module> (w.py);render (w.py)": 7,
+                      "<module> (w.py);serve (w.py);entry_SYSCALL_64;__x64_sys_read": 8,
+                      "<module> (w.py);render (w.py);entry_SYSCALL_64;__x64_sys_read": 2}, folded
+
+
+def test_agent_finds_new_python_processes_by_their_proc_entry(tmp_path: Path) -> None:
+    """The first scan lists every python* process; later scans only those started since (a short job is
+    found before perf's samples of it arrive)."""
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    def proc(pid: int, comm: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm + "\n")
+
+    proc(10, "python3.11")
+    proc(11, "bash")
+    proc(12, "python")
+    (tmp_path / "self").mkdir()
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "proc_root": str(tmp_path)},
+                environ={})
+    agent = Agent(s, environ={})
+    assert sorted(agent.discovery.new_python_pids()) == [10, 12]
+    assert agent.discovery.new_python_pids() == []
+    proc(13, "python3")
+    proc(14, "nginx")
+    (tmp_path / "15").mkdir()  # gone before its comm could be read
+    assert agent.discovery.new_python_pids() == [13]
+
+
+def test_agent_keeps_the_pod_of_a_job_that_exits_before_the_push(tmp_path: Path) -> None:
+    """Labels are resolved at the 1 s poll while the process runs, so its samples keep their pod when
+    it has exited by the push; a pid already gone is not cached under a made-up name."""
+    import shutil as _shutil
+
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    job = tmp_path / "4321"
+    job.mkdir()
+    (job / "comm").write_text("python3\n")
+    (job / "environ").write_bytes(b"POD_NAMESPACE=batch\0POD_NAME=job-1\0CONTAINER_NAME=job\0")
+    s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "proc_root": str(tmp_path),
+                           "node_name": "n1"}, environ={})
+    agent = Agent(s, environ={})
+    agent._prime_labels({4321: 3, 9999: 1})  # 9999 has no /proc entry
+    _shutil.rmtree(job)
+    labels = dict(agent._labels(4321, "python3"))
+    assert (labels["namespace"], labels["pod"], labels["container"]) == ("batch", "job-1", "job")
+    assert dict(agent._labels(9999, "cron-thing"))["process"] == "cron-thing"

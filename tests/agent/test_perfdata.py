@@ -1,0 +1,285 @@
+"""The agent's own reader of perf's binary stream (``profiler/samplers/perfdata.py``) and its symbol caches."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from profiler.samplers import perf as perf_mod
+from profiler.samplers.base import Backoff
+from profiler.samplers.perfdata import (
+    CONTEXT_KERNEL,
+    CONTEXT_USER,
+    PerfDataReader,
+    UnsupportedStream,
+)
+from profiler.symbols import FileSymbols, KernelSymbols, demangle, read_elf_symbols
+from stacks.model import Frame, Kind
+from stacks.perf import PerfSample, iter_samples
+
+# alpha_fn holds most samples; gamma_fn's system calls give kernel frames in every run (a program
+# that never enters the kernel shows kernel frames only by chance, from exec and page faults).
+C_SRC = r"""
+#include <unistd.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void alpha_fn(void) { for (unsigned long i = 0; i < 400000000UL; i++) sink += i; }
+__attribute__((noinline)) void beta_fn(void) { alpha_fn(); }
+__attribute__((noinline)) void gamma_fn(void) { for (int i = 0; i < 100000; i++) sink += getppid(); }
+int main(void) { beta_fn(); gamma_fn(); return 0; }
+"""
+SAMPLE_TYPE = 0x1 | 0x2 | 0x4 | 0x20 | 0x80 | 0x100  # IP TID TIME CALLCHAIN CPU PERIOD
+ATTR_FLAGS = 1 << 18  # sample_id_all
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip(reason="gcc not installed")
+    d = tmp_path_factory.mktemp("prog")
+    (d / "p.c").write_text(C_SRC)
+    subprocess.run([gcc, "-O1", "-fno-omit-frame-pointer", "-o", str(d / "prog"), str(d / "p.c")], check=True)
+    return d / "prog"
+
+
+def _symbol(path: Path, name: str) -> tuple[int, int]:
+    """(file offset, size) of a function, from pyelftools (independent of the reader under test)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        sym = elf.get_section_by_name(".symtab").get_symbol_by_name(name)[0]
+        for seg in elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= sym["st_value"] < seg["p_vaddr"] + seg["p_filesz"]:
+                return sym["st_value"] - seg["p_vaddr"] + seg["p_offset"], sym["st_size"]
+    raise AssertionError(name)
+
+
+# ---------------------------------------------------------------- a stream built by hand
+
+
+def _rec(typ: int, body: bytes, misc: int = 0) -> bytes:
+    return struct.pack("<IHH", typ, misc, 8 + len(body)) + body
+
+
+def _trailer(pid: int, t: int) -> bytes:  # sample_id_all: tid, time, cpu for this sample_type
+    return struct.pack("<IIQII", pid, pid, t, 0, 0)
+
+
+def _attr() -> bytes:
+    attr = struct.pack("<IIQQQQQ", 0, 128, 0, 99, SAMPLE_TYPE, 0, ATTR_FLAGS).ljust(128, b"\0")
+    return _rec(64, attr + struct.pack("<Q", 1))
+
+
+def _mmap2(pid: int, start: int, length: int, pgoff: int, path: str, ino: int, t: int = 0) -> bytes:
+    body = struct.pack("<IIQQQIIQQII", pid, pid, start, length, pgoff, 8, 1, ino, 0, 5, 2)
+    name = path.encode() + b"\0"
+    name += b"\0" * (-len(name) % 8)
+    return _rec(10, body + name + _trailer(pid, t))
+
+
+def _comm(pid: int, comm: str, t: int, exec_: bool = False) -> bytes:
+    name = comm.encode() + b"\0"
+    name += b"\0" * (-len(name) % 8)
+    return _rec(3, struct.pack("<II", pid, pid) + name + _trailer(pid, t), misc=(1 << 13) if exec_ else 0)
+
+
+def _fork(pid: int, ppid: int, t: int) -> bytes:
+    return _rec(7, struct.pack("<IIIIQ", pid, ppid, pid, ppid, t) + _trailer(pid, t))
+
+
+def _sample(pid: int, t: int, chain: list[int]) -> bytes:
+    body = struct.pack("<QIIQIIQ", chain[-1], pid, pid, t, 0, 0, 1) + struct.pack(f"<Q{len(chain)}Q", len(chain),
+                                                                                  *chain)
+    return _rec(9, body)
+
+
+def _stream(*records: bytes) -> bytes:
+    return b"PERFILE2" + struct.pack("<Q", 16) + _attr() + b"".join(records)
+
+
+class _Kernel(KernelSymbols):
+    def __init__(self) -> None:
+        super().__init__("/nonexistent")
+
+    def name(self, addr: int) -> str:
+        return f"k_{addr:x}"
+
+
+def _reader() -> PerfDataReader:
+    return PerfDataReader(kernel=_Kernel(), files=FileSymbols("/nonexistent-proc"))
+
+
+def _names(sample: PerfSample) -> list[tuple[str, Kind]]:
+    return [(f.name, f.kind) for f in sample.frames]
+
+
+def test_reader_names_user_frames_by_file_and_offset_kernel_frames_marked(program: Path) -> None:
+    """Addresses named through the ELF symbols of the mapped file; the leaf is exact, callers are return
+    addresses; kernel frames kernel; identical samples counted once; bytes fed in any cut."""
+    a_off, a_size = _symbol(program, "alpha_fn")
+    b_off, b_size = _symbol(program, "beta_fn")
+    start, pgoff = 0x555500000000, 0
+    leaf = start + a_off + a_size // 2
+    ret = start + b_off + b_size  # a return address just past beta's last byte: the call is inside beta
+    chain = [CONTEXT_KERNEL, 0xFFFFFFFF81000010, 0xFFFFFFFF81000020, CONTEXT_USER, leaf, ret]
+    ino = program.stat().st_ino
+    data = _stream(_comm(100, "prog", 1), _mmap2(100, start, 0x100000, pgoff, str(program), ino=ino, t=2),
+                   *[_sample(100, 10 + i, chain) for i in range(3)], _sample(100, 20, [CONTEXT_USER, leaf]))
+    r = _reader()
+    out = []
+    for i in range(0, len(data), 37):  # records cut anywhere
+        out += r.feed(data[i:i + 37])
+    got: Counter = Counter()
+    for s, n, _ in out:
+        got[(tuple(_names(s)), s.comm, s.pid, s.tid)] += n
+    full = (("beta_fn", Kind.USER), ("alpha_fn", Kind.USER), ("k_ffffffff81000020", Kind.KERNEL),
+            ("k_ffffffff81000010", Kind.KERNEL))
+    assert got == {(full, "prog", 100, 100): 3, ((("alpha_fn", Kind.USER),), "prog", 100, 100): 1}
+    assert r.samples == 4
+    one = _reader().feed(data)  # in one piece, identical samples come out once with their count
+    assert sorted(n for _, n, _ in one) == [1, 3]
+
+
+def test_reader_keeps_the_old_program_for_samples_before_an_exec_and_shares_maps_after_fork(program: Path) -> None:
+    """A sample written before the exec record (or after it, but older) keeps the old comm and mappings;
+    a forked child names with its parent's mappings; an unmapped address is [unknown]."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    start = 0x400000
+    leaf = start + a_off + 1
+    data = _stream(
+        _comm(200, "parent", 1), _mmap2(200, start, 0x100000, 0, str(program), ino=program.stat().st_ino, t=1),
+        _fork(201, 200, 2),
+        _sample(201, 3, [CONTEXT_USER, leaf]),           # the child, before its exec
+        _comm(201, "newprog", 5, exec_=True),
+        _sample(201, 4, [CONTEXT_USER, leaf]),           # older than the exec, arriving after it
+        _sample(201, 6, [CONTEXT_USER, leaf]),           # after the exec: nothing mapped there yet
+        _sample(200, 7, [CONTEXT_USER, leaf]),           # the parent is unchanged
+    )
+    out = _reader().feed(data)
+    got = Counter()
+    for s, n, _ in out:
+        got[(s.pid, s.comm, s.frames)] += n
+    assert got == {
+        (201, "parent", (Frame("alpha_fn", Kind.USER),)): 2,
+        (201, "newprog", (Frame("[unknown]", Kind.USER),)): 1,
+        (200, "parent", (Frame("alpha_fn", Kind.USER),)): 1,
+    }
+
+
+def test_reader_refuses_streams_it_cannot_read() -> None:
+    with pytest.raises(UnsupportedStream, match=r"not a perf\.data pipe"):
+        PerfDataReader().feed(b"PERFFILE" + b"\0" * 64)
+    no_chain = b"PERFILE2" + struct.pack("<Q", 16) + _rec(64, struct.pack("<IIQQQQQ", 0, 128, 0, 99, 0x7, 0, 0)
+                                                              .ljust(128, b"\0"))
+    with pytest.raises(UnsupportedStream, match="CALLCHAIN"):
+        PerfDataReader().feed(no_chain)
+
+
+def test_symbols_of_a_real_file_and_demangling(program: Path) -> None:
+    t = read_elf_symbols(str(program))
+    assert t is not None
+    a_off, a_size = _symbol(program, "alpha_fn")
+    v = t.vaddr(a_off)
+    assert v is not None and t.lookup(v) == "alpha_fn" and t.lookup(v + a_size - 1) == "alpha_fn"
+    assert demangle("_ZN2DB15MergeTreeReader8readRowsEmbmRNS_5BlockE") in ("DB::MergeTreeReader::readRows",
+                                                                          "_ZN2DB15MergeTreeReader8readRowsEmbmRNS_5BlockE")
+    assert demangle("_ZN3std2fs11OpenOptions5_open17hce73ea135c093f41E") in ("std::fs::OpenOptions::_open",
+                                                                             "_ZN3std2fs11OpenOptions5_open17hce73ea135c093f41E")
+    assert demangle("plain_c") == "plain_c"
+
+
+# ---------------------------------------------------------------- real perf
+
+
+def _perf() -> str:
+    perf = shutil.which("perf")
+    if perf is None:
+        pytest.skip(reason="perf not installed")
+    return perf
+
+
+def test_reader_equals_perf_script_on_a_real_stream(program: Path, tmp_path: Path) -> None:
+    """The same real perf stream through the reader and through ``perf script``: every sample counted,
+    the program's frames named alike, nearly every whole stack identical (aliases of one address may
+    differ: perf and the reader may pick different names of one libc function)."""
+    perf = _perf()
+    data = tmp_path / "p.data"
+    with open(data, "wb") as f:
+        rc = subprocess.run([perf, "record", "-F", "499", "-g", "-q", "-o", "-", "--", str(program)], stdout=f,
+                            stderr=subprocess.PIPE)
+    if rc.returncode != 0:
+        pytest.skip(reason=f"perf record not permitted here: {rc.stderr.decode()[-200:]}")
+    text = subprocess.run([perf, "script", "-i", str(data), "-F", perf_mod.SCRIPT_FIELDS], check=True,
+                          capture_output=True).stdout.decode()
+    theirs = Counter((s.pid, s.tid, s.frames) for s in iter_samples(text))
+    r = PerfDataReader()
+    mine: Counter = Counter()
+    raw = data.read_bytes()
+    for i in range(0, len(raw), 4096):
+        for s, n, _ in r.feed(raw[i:i + 4096]):
+            mine[(s.pid, s.tid, s.frames)] += n
+    assert sum(mine.values()) == sum(theirs.values()) > 50
+    assert sum((mine & theirs).values()) >= 0.9 * sum(theirs.values())
+    in_alpha = sum(n for (_, _, fr), n in mine.items() if Frame("alpha_fn", Kind.USER) in fr)
+    assert in_alpha >= 0.8 * sum(mine.values())
+    assert any(f.kind is Kind.KERNEL for (_, _, fr) in mine for f in fr)
+
+
+def test_sampler_falls_back_to_perf_script_when_the_stream_is_unreadable(tmp_path: Path) -> None:
+    """perf record's output is not a perf.data stream: the sampler says so, counts it and reads perf script."""
+    sample = ("burn 42/42 1.0: 10101010 cpu-clock:ppp: \\n\\t 1165 burn_cpu_cycles+0xc (/tmp/burn)\\n\\n")
+    fake = tmp_path / "perf"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = script ]; then cat >/dev/null; printf "{sample}"; '
+                    f'else printf "garbage that is not perf data, long enough"; fi\nexit 0\n')
+    fake.chmod(0o755)
+    got: list[PerfSample] = []
+    s = perf_mod.PerfSampler(lambda x, n: got.extend([x] * n), perf=str(fake), backoff=Backoff(0.01, 0.02),
+                             batch_seconds=0.01)
+    assert s.reader == "data"
+    s.start()
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    s.stop()
+    assert s.fallbacks == 1 and s.reader == "script"
+    assert got and got[0].frames[-1] == Frame("burn_cpu_cycles", Kind.USER)
+
+
+def test_a_file_that_cannot_be_reached_is_tried_again_not_remembered_without_symbols(program: Path) -> None:
+    """Seen through a process that is gone and not on the host under that identity: named [file] for now,
+    looked at again after RETRY_SECONDS; a file that was read keeps its answer."""
+    now = [0.0]
+    files = FileSymbols("/nonexistent-proc", clock=lambda: now[0])
+    assert files.table((8, 1, 1), 1, "/no/such/lib.so") is None and not files.settled((8, 1, 1))
+    read = files.files_read
+    assert files.table((8, 1, 1), 1, "/no/such/lib.so") is None and files.files_read == read  # not yet
+    now[0] += FileSymbols.RETRY_SECONDS + 1
+    files.table((8, 1, 1), 1, "/no/such/lib.so")
+    assert files.files_read == read + 1
+    key = (8, 1, program.stat().st_ino)  # the host's file of that identity is read instead
+    t = files.table(key, 1, str(program))
+    assert t is not None and files.settled(key) and files.table(key, 1, str(program)) is t
+
+
+def test_symbol_tables_are_bounded_by_their_functions(program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past FUNCTIONS_MAX the oldest tables go: memory stays bounded on a node of many binaries."""
+    import profiler.symbols as sym
+
+    one = read_elf_symbols(str(program))
+    assert one is not None and len(one.starts) >= 3
+    monkeypatch.setattr(sym, "FUNCTIONS_MAX", 2 * len(one.starts))
+    files = FileSymbols("/nonexistent-proc", reader=lambda path, root: one)
+    for i in range(5):
+        assert files.table(("dev", i), 1, "/bin/x") is one
+    assert files.functions == 2 * len(one.starts) and files.files_read == 5
+    files.table(("dev", 4), 1, "/bin/x")  # kept: not read again
+    assert files.files_read == 5
+    files.table(("dev", 0), 1, "/bin/x")  # dropped: read again
+    assert files.files_read == 6 and files.functions == 2 * len(one.starts)
