@@ -22,7 +22,7 @@
     mode: "flame", from: "now-1h", until: "now", sel: "", gb: "namespace",
     meta: true, inv: false, search: "", hl: "", auto: false, every: 30,
     bfrom: "", buntil: "", cfrom: "", cuntil: "", bsel: "", csel: "", dmode: "share",
-    tab: "top", fn: "", sort: "self", zoom: "", max: "", type: ""
+    tab: "top", fn: "", rx: false, focus: "", sort: "self", zoom: "", max: "", type: ""
   };
   var state = {};
   var filters = {}; // label -> [values]
@@ -272,6 +272,8 @@
       path = "/api/v1/render";
       params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
         format: "json", metadata: state.meta ? "1" : "0"});
+      // Focus: the server merges every occurrence of that exact function into one tree.
+      if (state.focus) { params.focus = state.focus; params.match = "exact"; }
     }
     if (state.max) params.max_nodes = state.max;
     document.body.dataset.flame = "loading";
@@ -629,6 +631,7 @@
     state.hl = state.hl === name ? "" : name;
     state.fn = name;
     $("sandwich-fn").value = name;
+    syncFocus();
     fg.highlight(state.hl);
     Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
     if (tr && state.hl) tr.classList.add("sel");
@@ -717,6 +720,7 @@
       ? {query: state.csel || buildSelector(), from: apiTime(state.cfrom), until: apiTime(state.cuntil)}
       : {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until)};
     side.function = fn;
+    side.match = state.rx ? "regex" : "name";
     typed(side);
     setStatus(st, "loading…");
     return api("sandwich", "/api/v1/sandwich", side).then(function (d) {
@@ -735,7 +739,9 @@
       });
       sandwichCallers.setData(d.callers);
       sandwichCallees.setData(d.callees);
-      setStatus(st, "function " + fn + ": " + U.formatLong(d.callers.total || 0, U.unitOf(d.callers)) +
+      var names = d.matched && d.matched.length > 1 ? " (" + d.matched.length + " functions: " +
+        d.matched.slice(0, 5).join(", ") + (d.matched.length > 5 ? ", …" : "") + ")" : "";
+      setStatus(st, "function " + (d.function || fn) + names + ": " + U.formatLong(d.callers.total || 0, U.unitOf(d.callers)) +
         " in stacks containing it");
     }).catch(function (e) {
       if (isStale(e)) return;
@@ -815,9 +821,10 @@
     ["search", "search"], ["auto-every", "every"], ["base-from", "bfrom"], ["base-until", "buntil"],
     ["compare-from", "cfrom"], ["compare-until", "cuntil"], ["base-sel", "bsel"], ["compare-sel", "csel"],
     ["sandwich-fn", "fn"]];
-  var CONTROL_CHECKS = [["metadata", "meta"], ["invert", "inv"], ["auto", "auto"]];
+  var CONTROL_CHECKS = [["metadata", "meta"], ["invert", "inv"], ["auto", "auto"], ["sandwich-rx", "rx"]];
 
   function syncControls() {
+    syncFocus();
     document.body.classList.toggle("diff", state.mode === "diff");
     $("mode-flame").classList.toggle("on", state.mode === "flame");
     $("mode-diff").classList.toggle("on", state.mode === "diff");
@@ -962,6 +969,18 @@
       Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
     });
     $("exp-png").addEventListener("click", exportPNG);
+    function setFocus(name) {
+      state.focus = name; state.zoom = ""; writeURL(); syncFocus(); loadFlame();
+    }
+    $("focus-fn").addEventListener("click", function () { if (state.fn) setFocus(state.fn); });
+    $("clear-focus").addEventListener("click", function () { setFocus(""); });
+  }
+
+  // The focus line: which function the flame graph is focused on, and the button that clears it.
+  function syncFocus() {
+    $("focus-info").hidden = !state.focus;
+    $("focus-name").textContent = state.focus;
+    $("focus-fn").disabled = !state.fn;
   }
 
   // The diff ranges, their selectors and the colour mode.
@@ -1003,7 +1022,11 @@
       th.addEventListener("click", function () { state.sort = th.dataset.sort; writeURL(); renderTop(); });
     });
     $("table-filter").addEventListener("input", debounce(function () { renderTop(); }, 120));
-    function applySandwich() { state.fn = $("sandwich-fn").value.trim(); writeURL(); showTab("sandwich"); }
+    function applySandwich() {
+      state.fn = $("sandwich-fn").value.trim(); state.rx = $("sandwich-rx").checked; writeURL(); syncFocus();
+      showTab("sandwich");
+    }
+    $("sandwich-rx").addEventListener("change", applySandwich);
     $("apply-sandwich").addEventListener("click", applySandwich);
     onEnter(["sandwich-fn"], applySandwich);
   }
@@ -1020,6 +1043,7 @@
       onSelect: function (name) {
         state.fn = name;
         $("sandwich-fn").value = name;
+        syncFocus();
         if (state.tab === "sandwich") loadSandwich();
       }
     });
