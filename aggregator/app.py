@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator import ingest, params, query
+from aggregator import spans as span_profiles
 from aggregator.metrics import Metrics
 from aggregator.settings import ServeSettings
 from aggregator.store import Store, StoreError, open_store
@@ -39,6 +40,7 @@ SETTINGS = web.AppKey("settings", ServeSettings)
 METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
+SPANS = web.AppKey("spans", span_profiles.SpanStore)
 
 PUSH_PREFIXES = ("/push.v1.", "/ingest")
 READ_PREFIXES = ("/api/",)
@@ -122,6 +124,8 @@ async def _store_items(request: web.Request, decoded: ingest.Decoded, route: str
     app = request.app
     m = app[METRICS]
     placed = await app[WRITER].add(decoded.items)
+    if decoded.spans:  # after the samples: a span row never points at samples not stored
+        await app[SPANS].add(decoded.spans)
     m.pushes.labels(route).inc()
     m.samples.inc(placed.samples)
     m.lines.inc(decoded.lines)
@@ -213,8 +217,9 @@ class Route:
 
     path: str
     parse: Callable[[Mapping[str, str], params.Context], Any]
-    run: Callable[[Store, Any], Awaitable[Output | dict[str, Any]]]
+    run: Callable[[Any, Any], Awaitable[Output | dict[str, Any]]]
     op: str | None = None
+    spans: bool = False  # ``run`` reads the span store (aggregator/spans.py), not the main store
 
 
 ROUTES = (
@@ -226,6 +231,9 @@ ROUTES = (
     Route("/api/v1/timeline", params.TimelineRequest.parse, query.timeline, "timeline"),
     Route("/api/v1/top", params.TopRequest.parse, query.top),
     Route("/api/v1/sandwich", params.SandwichRequest.parse, query.sandwich),
+    Route("/api/v1/span_profile", span_profiles.SpanProfileRequest.parse, span_profiles.span_profile,
+          "span_profile", spans=True),
+    Route("/api/v1/requests", span_profiles.RequestsRequest.parse, span_profiles.requests, "requests", spans=True),
 )
 
 
@@ -236,7 +244,7 @@ def handler(route: Route) -> Handler:
         app = request.app
         s = app[SETTINGS]
         ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info)
-        return await route.run(app[STORE], route.parse(request.query, ctx))
+        return await route.run(app[SPANS] if route.spans else app[STORE], route.parse(request.query, ctx))
 
     async def handle(request: web.Request) -> web.Response:
         out = await (_timed(request, route.op, answer(request)) if route.op else answer(request))
@@ -317,6 +325,9 @@ def create_app(
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
     app[CLOCK] = clock
+    app[SPANS] = span_profiles.SpanStore(
+        span_profiles.spans_path(settings.data_dir), max_rows=settings.span_max_rows,
+        retention_seconds=settings.retention_seconds, clock=clock)
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.committed_windows.inc(n)
@@ -350,3 +361,4 @@ async def _lifecycle(app: web.Application) -> Any:
         await task
     await app[WRITER].close()
     await app[STORE].close()
+    await app[SPANS].close()
