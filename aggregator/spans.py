@@ -182,10 +182,11 @@ class SpanStore:
 
     # reads
     async def profile(self, key: str, value: str, ptype: ProfileType | None, rng: Range | None,
-                      sel: Selector) -> tuple[ProfileType | None, Profile, int]:
+                      sel: Selector) -> tuple[ProfileType | None, Profile, int, int | None]:
         """(type, merged samples, spans) of the rows whose ``key`` (span_id, trace_id or
         span_name) is ``value``, of type ``ptype`` (None: wall when there is any, else CPU,
-        else the first type found), in ``rng`` when given, whose series match ``sel``."""
+        else the first type found), in ``rng`` when given, whose series match ``sel``; last, the
+        sampling period in ns when every row agrees on one."""
         rows = await self._run(self._select, key, value, rng)
         rows = [r for r in rows if _matches(sel, r[2])]
         types = {r[0] for r in rows}
@@ -195,7 +196,9 @@ class SpanStore:
         table = StackTable()
         mine = [r for r in rows if ptype is not None and r[0] == ptype.id]
         profile = merge([decode_profile(r[3], table) for r in mine], table) if mine else Profile.empty(table)
-        return ptype, profile, len({r[1] for r in mine})
+        periods = {json.loads(r[2]).get(PERIOD_LABEL, "") for r in mine}
+        period = next(iter(periods)) if len(periods) == 1 else ""
+        return ptype, profile, len({r[1] for r in mine}), int(period) if period.isdigit() else None
 
     @staticmethod
     def _select(db: sqlite3.Connection, key: str, value: str, rng: Range | None) -> list[tuple[Any, ...]]:
@@ -316,14 +319,14 @@ async def span_profile(store: SpanStore, req: SpanProfileRequest) -> dict[str, A
     from stacks.folded import dumps
     from stacks.tree import pruned_tree, to_json
 
-    ptype, profile, n = await store.profile(req.key, req.value, req.ptype, req.rng, req.sel)
+    ptype, profile, n, period = await store.profile(req.key, req.value, req.ptype, req.rng, req.sel)
     if ptype is None or not n:
         raise InputError(f"no samples tagged {req.key}={req.value!r} are kept (older than the retention, "
                          "never profiled, or of another profile_type)")
     if req.format == "folded":
         return Output("text/plain; charset=utf-8", dumps(profile), "folded.txt")
     doc = to_json(pruned_tree(profile, max_nodes=req.max_nodes, min_share=req.min_share))
-    doc.update({req.key: req.value, "spans": n, "profile_type": ptype.id, "unit": ptype.unit})
+    doc.update({req.key: req.value, "spans": n, "profile_type": ptype.id, "unit": ptype.unit, "period_ns": period})
     return doc
 
 

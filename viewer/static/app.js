@@ -22,7 +22,7 @@
     mode: "flame", from: "now-1h", until: "now", sel: "", gb: "namespace",
     meta: true, inv: false, search: "", hl: "", auto: false, every: 30,
     bfrom: "", buntil: "", cfrom: "", cuntil: "", bsel: "", csel: "", dmode: "share",
-    tab: "top", fn: "", rx: false, focus: "", sort: "self", zoom: "", max: "", type: ""
+    tab: "top", fn: "", rx: false, focus: "", span: "", sptype: "", rname: "", sort: "self", zoom: "", max: "", type: ""
   };
   var state = {};
   var filters = {}; // label -> [values]
@@ -37,7 +37,7 @@
       else if (typeof d === "number") state[k] = Number(v) || d;
       else state[k] = v;
     });
-    if (state.mode !== "diff") state.mode = "flame";
+    if (state.mode !== "diff" && state.mode !== "requests") state.mode = "flame";
     if (state.dmode !== "absolute") state.dmode = "share";
     LABELS.forEach(function (l) { filters[l] = q.getAll(l).filter(Boolean); });
   }
@@ -242,6 +242,7 @@
         U.formatLong(d.compare_sum || 0, u) + "; red grew, blue shrank";
     }
     var s = what + U.formatLong(d.total || 0, u) + ", " + fmtInt(d.nodes.name.length) + " frames";
+    if (d.span_id) s = "request " + d.span_id + ": " + s;
     var p = d.pruned || {};
     if (p.nodes_before > p.nodes_after) s += " (pruned from " + fmtInt(p.nodes_before) + ")";
     // pruned.cut: the heaviest frames folded into "other" (a deep path keeps its frames above that depth)
@@ -268,6 +269,11 @@
         mode: state.dmode, format: "json", metadata: state.meta ? "1" : "0"
       };
       typed(params);
+    } else if (state.mode === "requests" && state.span) {
+      // A request picked in the Requests table: the flame graph of that span's samples.
+      path = "/api/v1/span_profile";
+      params = {span_id: state.span, format: "json"};
+      if (state.sptype) params.profile_type = state.sptype;
     } else {
       path = "/api/v1/render";
       params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
@@ -607,7 +613,7 @@
   var topUnit = U.unitOf(null);
 
   function loadTables() {
-    if (state.mode === "flame") loadTop();
+    if (state.mode !== "diff") loadTop();
     if (state.tab === "sandwich" && state.fn) loadSandwich();
   }
 
@@ -751,7 +757,7 @@
 
   function showTab(tab) {
     if (state.mode === "diff" && tab === "top") tab = "difftable";
-    if (state.mode === "flame" && tab === "difftable") tab = "top";
+    if (state.mode !== "diff" && tab === "difftable") tab = "top";
     state.tab = tab;
     ["top", "difftable", "sandwich"].forEach(function (t) { $("tab-" + t).hidden = t !== tab; });
     Array.prototype.forEach.call(document.querySelectorAll(".tabs .tab"), function (b) {
@@ -826,8 +832,11 @@
   function syncControls() {
     syncFocus();
     document.body.classList.toggle("diff", state.mode === "diff");
+    document.body.classList.toggle("requests", state.mode === "requests");
     $("mode-flame").classList.toggle("on", state.mode === "flame");
     $("mode-diff").classList.toggle("on", state.mode === "diff");
+    $("mode-requests").classList.toggle("on", state.mode === "requests");
+    $("req-name").value = state.rname;
     CONTROL_FIELDS.forEach(function (f) { $(f[0]).value = String(state[f[1]]); });
     CONTROL_CHECKS.forEach(function (f) { $(f[0]).checked = state[f[1]]; });
     $("effective").textContent = buildSelector();
@@ -850,7 +859,65 @@
     loadTimeline();
     loadLabelValues();
     loadTables();
+    if (state.mode === "requests") loadRequests();
     scheduleAuto();
+  }
+
+  // ------------------------------------------------------------------ requests
+
+  var requestRows = [];
+
+  /** The slow-requests table: root spans of the range by wall time, from /api/v1/requests. */
+  function loadRequests() {
+    var st = $("requests-status");
+    setStatus(st, "loading…");
+    var params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until), limit: "100"};
+    if (state.rname) params.span_name = state.rname;
+    var t0 = performance.now();
+    return api("requests", "/api/v1/requests", params).then(function (d) {
+      requestRows = (d && d.rows) || [];
+      renderRequests();
+      setStatus(st, fmtInt(d.spans) + " requests" + (d.truncated ? ", slowest " + requestRows.length + " shown" : "") +
+        " · " + Math.round(performance.now() - t0) + " ms");
+      document.body.dataset.requests = "ready";
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      requestRows = [];
+      renderRequests(String(e.message || e));
+      setStatus(st, String(e.message || e), true);
+    });
+  }
+
+  function renderRequests(err) {
+    var tbody = document.querySelector("#requests-table tbody");
+    clear(tbody);
+    if (err) { messageRow(tbody, err, 7); return; }
+    if (!requestRows.length) { messageRow(tbody, "no traced requests in this range (span profiles need pyroscope-otel)", 7); return; }
+    var ns = U.unitOf({unit: "nanoseconds"});
+    requestRows.forEach(function (r) {
+      var tr = el("tr");
+      tr.dataset.span = r.span_id;
+      [r.span_name, r.service_name, r.pod].forEach(function (v) { tr.appendChild(el("td", "name", v)); });
+      tr.appendChild(el("td", "num", U.format(r.wall_ns, ns)));
+      tr.appendChild(el("td", "num", U.format(r.cpu_ns, ns)));
+      tr.appendChild(el("td", "mono", r.trace_id));
+      tr.appendChild(el("td", "mono", r.span_id));
+      if (r.span_id === state.span) tr.classList.add("sel");
+      tr.addEventListener("click", function () { openRequest(r, tr); });
+      tbody.appendChild(tr);
+    });
+  }
+
+  /** Open a request's flame graph (the link the API gives: its wall samples, else CPU). */
+  function openRequest(r, tr) {
+    var link = new URLSearchParams(String(r.flamegraph || "").split("?")[1] || "");
+    state.span = r.span_id;
+    state.sptype = link.get("profile_type") || "";
+    state.zoom = "";
+    Array.prototype.forEach.call(document.querySelectorAll("#requests-table tbody tr.sel"), function (x) { x.classList.remove("sel"); });
+    if (tr) tr.classList.add("sel");
+    writeURL();
+    loadFlame();
   }
 
   var autoTimer = null;
@@ -861,7 +928,8 @@
       autoTimer = setInterval(function () {
         loadFlame();
         loadTimeline();
-        if (state.mode === "flame") loadTop();
+        if (state.mode !== "diff") loadTop();
+        if (state.mode === "requests") loadRequests();
       }, Math.max(5, state.every) * 1000);
     }
   }
@@ -893,6 +961,12 @@
     $("mode-flame").addEventListener("click", function () {
       state.mode = "flame"; state.zoom = ""; showTab(state.tab); refreshAll();
     });
+    $("mode-requests").addEventListener("click", function () {
+      state.mode = "requests"; state.zoom = ""; showTab(state.tab); refreshAll();
+    });
+    function applyReq() { state.rname = $("req-name").value.trim(); state.span = ""; writeURL(); loadRequests(); loadFlame(); }
+    $("apply-req").addEventListener("click", applyReq);
+    onEnter(["req-name"], applyReq);
     $("mode-diff").addEventListener("click", function () {
       state.mode = "diff"; state.zoom = ""; setDragTarget("base"); fillDiffDefaults(); showTab(state.tab); refreshAll();
     });
@@ -1067,6 +1141,7 @@
       });
     };
     loadProfileTypes();
+    if (state.mode === "requests") loadRequests();
     loadFlame().then(after, after);
   }
 
