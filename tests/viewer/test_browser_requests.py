@@ -94,7 +94,8 @@ def test_sandwich_suffix_and_focus_action(traced_server: Any, watch: PageWatch) 
     # Focus on the selected function: the flame graph becomes its subtrees merged.
     page.locator("#sandwich-fn").fill("Admin.handle")
     page.locator("#sandwich-rx").uncheck()  # applies the box's new value
-    page.wait_for_function("() => document.getElementById('sandwich-status').textContent.startsWith('function Admin.handle')")
+    page.wait_for_function(
+        "() => document.getElementById('sandwich-status').textContent.startsWith('function Admin.handle')")
     seq = watch.seq()
     page.locator("#focus-fn").click()
     watch.wait_redraw(seq)
