@@ -36,21 +36,44 @@ MAX_ID_CHARS = 64  # a W3C trace id is 32 hex digits, a span id 16
 MAX_REQUEST_ROWS = 1000
 _KINDS = {k.value: k for k in Kind}
 
+# ``series``: the labels of a span's series without the type and period (a span's wall and CPU
+# rows share one), stored once. ``spans``: one row per (push, span, type) with its samples.
+# ``requests``: one row per span, its wall and CPU time summed at write time, so the slow-requests
+# table reads one row per request and sorts in SQLite (bench/requests.py).
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS spans (
     span_id TEXT NOT NULL,
     trace_id TEXT NOT NULL,
     t REAL NOT NULL,
     ptype TEXT NOT NULL,
     span_name TEXT NOT NULL,
-    labels TEXT NOT NULL,
+    series INTEGER NOT NULL,
+    period INTEGER,
     total INTEGER NOT NULL,
-    ns INTEGER,
     stacks BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS spans_span ON spans(span_id);
 CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace_id);
+CREATE INDEX IF NOT EXISTS spans_name ON spans(span_name, t);
 CREATE INDEX IF NOT EXISTS spans_t ON spans(t);
+CREATE TABLE IF NOT EXISTS requests (
+    span_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_name TEXT NOT NULL,
+    series INTEGER NOT NULL,
+    wall_ns INTEGER NOT NULL,
+    cpu_ns INTEGER NOT NULL,
+    first REAL NOT NULL,
+    last REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_range ON requests(last, first, series, span_name, wall_ns, cpu_ns);
+"""
+_UPSERT = """
+INSERT INTO requests VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(span_id) DO UPDATE SET
+    wall_ns = wall_ns + excluded.wall_ns, cpu_ns = cpu_ns + excluded.cpu_ns,
+    first = min(first, excluded.first), last = max(last, excluded.last),
+    trace_id = CASE WHEN trace_id = '' THEN excluded.trace_id ELSE trace_id END
 """
 
 
@@ -109,6 +132,8 @@ class SpanStore:
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._last_prune = 0.0
+        self._series: dict[str, int] = {}  # labels JSON -> id
+        self._parsed: dict[int, dict[str, str]] = {}  # id -> labels
 
     @property
     def enabled(self) -> bool:
@@ -140,55 +165,89 @@ class SpanStore:
 
     # writes
     async def add(self, items: Sequence[SpanItem]) -> int:
-        """Keep ``items`` (one row each); apply retention and the row bound at most every
-        ``prune_every`` seconds. Returns the rows written."""
+        """Keep ``items`` (one row each) and add their time to their requests; apply retention
+        and the row bound at most every ``prune_every`` seconds. Returns the rows written."""
         if not self.enabled or not items:
             return 0
         now = self.clock()
-        rows = []
-        for it in items:
-            if len(it.span_id) > MAX_ID_CHARS or len(it.trace_id) > MAX_ID_CHARS:
-                continue  # not a span id any tracer makes; never a key we index
-            ptype = ProfileType.parse(it.labels.get(TYPE_LABEL, CPU.id))
-            rows.append((it.span_id, it.trace_id, it.t if it.t is not None else now, ptype.id,
-                         it.labels.get("span_name", ""), json.dumps(dict(it.labels.items_), separators=(",", ":")),
-                         it.profile.total, value_ns(ptype, it.labels, it.profile.total), encode_profile(it.profile)))
         prune = now - self._last_prune >= self.prune_every
         if prune:
             self._last_prune = now
-        await self._run(self._write, rows, now if prune else None)
-        return len(rows)
+        return int(await self._run(self._write, list(items), now, prune))
 
-    def _write(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]], prune_at: float | None) -> None:
+    def _series_id(self, db: sqlite3.Connection, labels: Mapping[str, str]) -> int:
+        key = json.dumps({k: v for k, v in sorted(labels.items()) if k not in RESERVED}, separators=(",", ":"))
+        sid = self._series.get(key)
+        if sid is None:
+            db.execute("INSERT OR IGNORE INTO series(labels) VALUES (?)", (key,))
+            (sid,) = db.execute("SELECT id FROM series WHERE labels = ?", (key,)).fetchone()
+            self._series[key] = sid
+        return int(sid)
+
+    def _write(self, db: sqlite3.Connection, items: list[SpanItem], now: float, prune: bool) -> int:
+        rows, reqs = [], []
         with db:
             db.execute("BEGIN")
+            for it in items:
+                if len(it.span_id) > MAX_ID_CHARS or len(it.trace_id) > MAX_ID_CHARS:
+                    continue  # not a span id any tracer makes; never a key we index
+                ptype = ProfileType.parse(it.labels.get(TYPE_LABEL, CPU.id))
+                period = it.labels.get(PERIOD_LABEL, "")
+                t = it.t if it.t is not None else now
+                sid = self._series_id(db, it.labels)
+                name = it.labels.get("span_name", "")
+                total = it.profile.total
+                rows.append((it.span_id, it.trace_id, t, ptype.id, name, sid,
+                             int(period) if period.isdigit() else None, total, encode_profile(it.profile)))
+                ns = value_ns(ptype, it.labels, total) or 0
+                reqs.append((it.span_id, it.trace_id, name, sid, ns if ptype == WALL else 0,
+                             ns if ptype == CPU else 0, t, t))
             db.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?)", rows)
-        if prune_at is not None:
-            self._prune(db, prune_at)
+            db.executemany(_UPSERT, reqs)
+        if prune:
+            self._prune(db, now)
+        return len(rows)
 
     def _prune(self, db: sqlite3.Connection, now: float) -> None:
         with db:
             db.execute("BEGIN")
             if self.retention:
                 db.execute("DELETE FROM spans WHERE t < ?", (now - self.retention,))
+                db.execute("DELETE FROM requests WHERE last < ?", (now - self.retention,))
             (n,) = db.execute("SELECT count(*) FROM spans").fetchone()
             if n > self.max_rows:  # oldest first: rowids grow with inserts
+                (cut,) = db.execute("SELECT t FROM spans ORDER BY rowid LIMIT 1 OFFSET ?",
+                                    (n - self.max_rows - 1,)).fetchone()
                 db.execute("DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans ORDER BY rowid LIMIT ?)",
                            (n - self.max_rows,))
+                db.execute("DELETE FROM requests WHERE span_id NOT IN (SELECT span_id FROM spans) AND last <= ?",
+                           (cut,))
 
     async def prune(self) -> None:
         """Apply retention and the row bound now."""
         await self._run(self._prune, self.clock())
 
     # reads
+    def _labels(self, db: sqlite3.Connection, sid: int) -> dict[str, str]:
+        got = self._parsed.get(sid)
+        if got is None:
+            row = db.execute("SELECT labels FROM series WHERE id = ?", (sid,)).fetchone()
+            got = self._parsed[sid] = json.loads(row[0]) if row else {}
+        return got
+
+    def _matching(self, db: sqlite3.Connection, sel: Selector) -> list[int] | None:
+        """Ids of the series ``sel`` matches; None when it matches every series (no filter)."""
+        if not sel.matchers:
+            return None
+        return [sid for (sid,) in db.execute("SELECT id FROM series") if sel.matches(self._labels(db, sid))]
+
     async def profile(self, key: str, value: str, ptype: ProfileType | None, rng: Range | None,
                       sel: Selector) -> tuple[ProfileType | None, Profile, int, int | None]:
-        """(type, merged samples, spans) of the rows whose ``key`` (span_id, trace_id or
+        """(type, merged samples, spans, period) of the rows whose ``key`` (span_id, trace_id or
         span_name) is ``value``, of type ``ptype`` (None: wall when there is any, else CPU,
-        else the first type found), in ``rng`` when given, whose series match ``sel``; last, the
+        else the first type found), in ``rng`` when given, whose series match ``sel``; the
         sampling period in ns when every row agrees on one."""
-        rows = await self._run(self._select, key, value, rng)
-        rows = [r for r in rows if _matches(sel, r[2])]
+        rows = await self._run(self._select, key, value, rng, sel)
         types = {r[0] for r in rows}
         if ptype is None:
             pick = next((t for t in (WALL.id, CPU.id) if t in types), min(types) if types else None)
@@ -196,59 +255,56 @@ class SpanStore:
         table = StackTable()
         mine = [r for r in rows if ptype is not None and r[0] == ptype.id]
         profile = merge([decode_profile(r[3], table) for r in mine], table) if mine else Profile.empty(table)
-        periods = {json.loads(r[2]).get(PERIOD_LABEL, "") for r in mine}
-        period = next(iter(periods)) if len(periods) == 1 else ""
-        return ptype, profile, len({r[1] for r in mine}), int(period) if period.isdigit() else None
+        periods = {r[2] for r in mine}
+        period = next(iter(periods)) if len(periods) == 1 else None
+        return ptype, profile, len({r[1] for r in mine}), period
 
-    @staticmethod
-    def _select(db: sqlite3.Connection, key: str, value: str, rng: Range | None) -> list[tuple[Any, ...]]:
+    def _select(self, db: sqlite3.Connection, key: str, value: str, rng: Range | None,
+                sel: Selector) -> list[tuple[Any, ...]]:
         assert key in ("span_id", "trace_id", "span_name")
-        sql = f"SELECT ptype, span_id, labels, stacks FROM spans WHERE {key} = ?"
+        sql = f"SELECT ptype, span_id, period, stacks, series FROM spans WHERE {key} = ?"
         args: list[Any] = [value]
         if rng is not None:
             sql += " AND t >= ? AND t < ?"
             args += [rng.first_window, rng.end]
-        return db.execute(sql, args).fetchall()
+        rows = db.execute(sql, args).fetchall()
+        ok = self._matching(db, sel)
+        if ok is not None:
+            keep = set(ok)
+            rows = [r for r in rows if r[4] in keep]
+        return rows
 
     async def requests(self, sel: Selector, rng: Range, limit: int, span_name: str = "") -> tuple[list[Request], int]:
-        """The root spans of ``rng`` whose series match ``sel`` (and named ``span_name`` when
-        given), slowest wall time first (then CPU time): at most ``limit``, and how many there were."""
-        rows = await self._run(self._requests, rng, span_name)
-        ok: dict[str, bool] = {}
-        spans: dict[str, Request] = {}
-        for span_id, trace_id, name, labels, ptype, ns, first, last in rows:
-            hit = ok.get(labels)
-            if hit is None:
-                hit = ok[labels] = _matches(sel, labels)
-            if not hit:
-                continue
-            r = spans.get(span_id)
-            if r is None:
-                lab = json.loads(labels)
-                r = spans[span_id] = Request(span_id, trace_id, name, lab.get("service_name", ""),
-                                             lab.get("pod", ""), 0, 0, first, last)
-            r.first, r.last = min(r.first, first), max(r.last, last)
-            r.trace_id = r.trace_id or trace_id
-            if ptype == WALL.id:
-                r.wall_ns += ns or 0
-            elif ptype == CPU.id:
-                r.cpu_ns += ns or 0
-        ranked = sorted(spans.values(), key=lambda r: (-r.wall_ns, -r.cpu_ns, r.span_id))
-        return ranked[:limit], len(ranked)
+        """The root spans seen in ``rng`` whose series match ``sel`` (and named ``span_name``
+        when given), slowest wall time first (then CPU time): at most ``limit``, and how many
+        there were."""
+        return await self._run(self._requests, sel, rng, limit, span_name)  # type: ignore[no-any-return]
 
-    @staticmethod
-    def _requests(db: sqlite3.Connection, rng: Range, span_name: str) -> list[tuple[Any, ...]]:
-        sql = ("SELECT span_id, max(trace_id), max(span_name), labels, ptype, sum(ns), min(t), max(t) FROM spans "
-               "WHERE t >= ? AND t < ? AND ptype IN (?, ?)")
-        args: list[Any] = [rng.first_window, rng.end, WALL.id, CPU.id]
+    def _requests(self, db: sqlite3.Connection, sel: Selector, rng: Range, limit: int,
+                  span_name: str) -> tuple[list[Request], int]:
+        where = "last >= ? AND first < ?"
+        args: list[Any] = [rng.first_window, rng.end]
         if span_name:
-            sql += " AND span_name = ?"
+            where += " AND span_name = ?"
             args.append(span_name)
-        return db.execute(sql + " GROUP BY span_id, labels, ptype", args).fetchall()
-
-
-def _matches(sel: Selector, labels_json: str) -> bool:
-    return sel.matches(json.loads(labels_json))
+        ok = self._matching(db, sel)
+        if ok is not None:
+            if not ok:
+                return [], 0
+            where += f" AND series IN ({','.join(str(i) for i in ok)})"  # ids from our own table
+        # Two statements: the top ``limit`` by a bounded sort (no window function over every
+        # row), then the count alone.
+        rows = db.execute(
+            "SELECT span_id, trace_id, span_name, series, wall_ns, cpu_ns, first, last "
+            f"FROM requests WHERE {where} ORDER BY wall_ns DESC, cpu_ns DESC, span_id LIMIT ?", [*args, limit]
+        ).fetchall()
+        (total,) = db.execute(f"SELECT count(*) FROM requests WHERE {where}", args).fetchone()
+        out = []
+        for span_id, trace_id, name, sid, wall, cpu, first, last in rows:
+            lab = self._labels(db, sid)
+            out.append(Request(span_id, trace_id, name, lab.get("service_name", ""), lab.get("pod", ""),
+                               wall, cpu, first, last))
+        return out, int(total)
 
 
 # -- requests in, answers out ---------------------------------------------------------------------
