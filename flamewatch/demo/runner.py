@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 
@@ -59,6 +59,8 @@ class _Plan:
     frontend: str
     admin: str
     manipulation: str
+    before: tuple[int, int] = (0, 0)  # the diff's ranges (windows): before and after the fix
+    after: tuple[int, int] = (0, 0)
 
 class DemoError(RuntimeError):
     """The demo cannot start; the message says what to change."""
@@ -187,13 +189,16 @@ ADMIN_SPANS = ('{service_name="admin-service"}', "GET /admin")
 
 
 def request_lines(doc: dict[str, Any], server: str, limit: int = 3) -> list[str]:
-    """Printable lines of a /api/v1/requests answer: the slowest requests, with their flame graph."""
+    """Printable lines of a /api/v1/requests answer: the slowest requests, each with the viewer
+    link that opens its flame graph (the Requests view with that span picked)."""
     out = []
     for r in doc.get("rows", [])[:limit]:
         took = r["wall_ns"] or r["cpu_ns"]
         what = "wall" if r["wall_ns"] else "CPU"
+        link = dict(parse_qsl(str(r["flamegraph"]).partition("?")[2]))
+        view = urlencode({"mode": "requests", "span": r["span_id"], "sptype": link.get("profile_type", "")})
         out.append(f"  {r['span_name']}  {took / 1e6:8.0f} ms {what}  pod {r['pod']}  span {r['span_id']}\n"
-                   f"    flamegraph: {server}{r['flamegraph']}")
+                   f"    flamegraph: {server}/?{view}")
     return out
 
 
@@ -681,7 +686,7 @@ class Demo:
             t0=t0, fix_at=max(t0 + 1.0, switch - lead), end=end,
             urls=viewer_urls(server, admin_sel, before, after),
             frontend=base + str(svc["frontend"].port), admin=base + str(svc["admin-service"].port),
-            manipulation=base + str(svc["manipulation-service"].port),
+            manipulation=base + str(svc["manipulation-service"].port), before=before, after=after,
         )
         self.save_state(
             state="slow", frontend=plan.frontend, admin=plan.admin, urls=plan.urls, window=self.window,
@@ -714,7 +719,7 @@ class Demo:
             return
         calls1 = await self.manipulate_calls(plan.manipulation)
         self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
-        await self.show_requests(urls, "before the fix", t0, fix_at, "requests_before")
+        await self.show_requests(urls, "before the fix", *plan.before, "requests_before")
         await self.set_mode(plan.admin, "fixed")
         self.phase = "fixed"
         self.save_state(state="fixed", fixed_at=self.clock())
@@ -729,7 +734,7 @@ class Demo:
                                       end, end + self.upload_interval + 3):
             return
         self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
-        await self.show_requests(urls, "after the fix", fix_at, end, "requests_after")
+        await self.show_requests(urls, "after the fix", *plan.after, "requests_after")
         self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
                  f"  API: {urls['diff_api']}")
         if self.agent_running:
