@@ -898,8 +898,9 @@
       var tr = el("tr");
       tr.dataset.span = r.span_id;
       [r.span_name, r.service_name, r.pod].forEach(function (v) { tr.appendChild(el("td", "name", v)); });
-      tr.appendChild(el("td", "num", U.format(r.wall_ns, ns)));
-      tr.appendChild(el("td", "num", U.format(r.cpu_ns, ns)));
+      // A time the span has no samples of (CPU-only or wall-only SDKs) is blank, not "0 s".
+      tr.appendChild(el("td", "num", r.wall_ns ? U.format(r.wall_ns, ns) : "–"));
+      tr.appendChild(el("td", "num", r.cpu_ns ? U.format(r.cpu_ns, ns) : "–"));
       tr.appendChild(el("td", "mono", r.trace_id));
       tr.appendChild(el("td", "mono", r.span_id));
       if (r.span_id === state.span) tr.classList.add("sel");
