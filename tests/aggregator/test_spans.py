@@ -152,3 +152,19 @@ async def test_span_store_is_bounded_by_rows_and_retention(tmp_path) -> None:  #
     assert await off.add([item(1, 1.0)]) == 0
     await store.close()
     await off.close()
+
+
+async def test_a_failing_span_database_never_fails_the_push(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The span copy is a convenience: a broken spans.sqlite is logged and counted, the push and its
+    samples in the series still succeed."""
+    (tmp_path / "spans.sqlite").write_bytes(b"this is not a database" * 100)
+    c = await make_client(tmp_path)
+    try:
+        await push(c, {"__name__": "process_cpu", "service_name": "admin"},
+                   raw("main;f 3\n", span_id="00000000000000e5", span_name="GET /x"))
+        top = await get(c, f"/api/v1/top?{RANGE}")
+        assert top["total"] == 3
+        from aggregator.app import SPANS
+        assert c.server.app[SPANS].failed == 1
+    finally:
+        await c.close()
