@@ -127,3 +127,18 @@ def test_suffix_focus_total_counts_stacks_with_a_match(stacks: list[tuple[list[s
     else:
         with pytest.raises(InputError):
             tree.focus(p, m)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab_.:/ ", min_size=1, max_size=6), st.text(alphabet="ab_.:/ ", max_size=8))
+def test_suffix_equals_an_anchored_re2_regex(text: str, prefix: str) -> None:
+    """The name mode agrees with the RE2 regex ``(^|[^A-Za-z0-9_])TEXT$`` (or ``TEXT$`` when the
+    text starts with a separator), on names ending with the text and on any other name."""
+    import re
+
+    anchored = (r"(^|[^A-Za-z0-9_])" if text[0].isalnum() or text[0] == "_" else "") + re.escape(text) + "$"
+    rx = NameMatcher(anchored, "regex")
+    m = NameMatcher(text)
+    for name in (prefix + text, prefix, text + prefix):
+        if name:
+            assert m(name) == rx(name), (text, name)
