@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator import guards, ingest, jfr, otlp, params, producers, query
+from aggregator import spans as span_profiles
 from aggregator.metrics import Metrics
 from aggregator.settings import ServeSettings
 from aggregator.store import Store, StoreError, open_store
@@ -47,6 +48,7 @@ HEALTH = web.AppKey("health", guards.Health)
 # Push decoding runs on this one thread, off the event loop: one thread because the shared
 # ingest tables are not thread-safe; the loop stays free for /healthz and queries meanwhile.
 DECODER = web.AppKey("decoder", ThreadPoolExecutor)
+SPANS = web.AppKey("spans", span_profiles.SpanStore)
 
 PUSH_PREFIXES = ("/push.v1.", "/ingest", "/pyroscope/ingest", "/v1development/")
 # Pyroscope's read API (aggregator/querier.py) is read-token guarded like /api.
@@ -184,6 +186,8 @@ async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: st
     m = app[METRICS]
     ingest.check_sums(decoded)  # before anything is queued: a refused push stores nothing
     placed = await app[WRITER].add(decoded.items)
+    if decoded.spans:  # after the samples: a span row never points at samples not stored
+        await app[SPANS].add(decoded.spans)
     m.pushes.labels(route).inc()
     m.samples.inc(placed.samples)
     m.lines.inc(decoded.lines)
@@ -344,8 +348,9 @@ class Route:
 
     path: str
     parse: Callable[[Mapping[str, str], params.Context], Any]
-    run: Callable[[Store, Any], Awaitable[Output | dict[str, Any]]]
+    run: Callable[[Any, Any], Awaitable[Output | dict[str, Any]]]
     op: str | None = None
+    spans: bool = False  # ``run`` reads the span store (aggregator/spans.py), not the main store
 
 
 ROUTES = (
@@ -357,6 +362,9 @@ ROUTES = (
     Route("/api/v1/timeline", params.TimelineRequest.parse, query.timeline, "timeline"),
     Route("/api/v1/top", params.TopRequest.parse, query.top),
     Route("/api/v1/sandwich", params.SandwichRequest.parse, query.sandwich),
+    Route("/api/v1/span_profile", span_profiles.SpanProfileRequest.parse, span_profiles.span_profile,
+          "span_profile", spans=True),
+    Route("/api/v1/requests", span_profiles.RequestsRequest.parse, span_profiles.requests, "requests", spans=True),
 )
 
 
@@ -368,7 +376,7 @@ def handler(route: Route) -> Handler:
         s = app[SETTINGS]
         ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info,
                              max_groups=s.max_groups, max_label_values=s.max_label_values)
-        return await route.run(app[READ_STORE], route.parse(request.query, ctx))
+        return await route.run(app[SPANS] if route.spans else app[READ_STORE], route.parse(request.query, ctx))
 
     async def handle(request: web.Request) -> web.Response:
         out = await (_timed(request, route.op, answer(request)) if route.op else answer(request))
@@ -468,6 +476,9 @@ def create_app(
     app[CLOCK] = clock
     app[HEALTH] = guards.Health()
     app[DECODER] = ThreadPoolExecutor(1, thread_name_prefix="decode")
+    app[SPANS] = span_profiles.SpanStore(
+        span_profiles.spans_path(settings.data_dir), max_rows=settings.span_max_rows,
+        retention_seconds=settings.retention_seconds, clock=clock)
 
     def on_commit(n: int, seconds: float) -> None:
         metrics.committed_windows.inc(n)
@@ -513,3 +524,4 @@ async def _lifecycle(app: web.Application) -> Any:
     await app[WRITER].close()
     await app[STORE].close()
     app[DECODER].shutdown(wait=False)
+    await app[SPANS].close()

@@ -28,9 +28,14 @@ from stacks.selector import LABEL_NAME
 
 # Labels that are not dimensions of a series: the profile type marker (``__name__`` picks the
 # type, kept as ``__profile_type__``), our own reserved labels (never taken from a client) and
-# per-request ids that would make every push its own series.
-DROPPED_LABELS = frozenset({"__name__", "__delta__", "span_id", "profile_id", "__session_id__",
+# per-request ids that would make every push its own series. Span and trace ids are kept beside
+# the samples instead (SPAN_ID_LABELS, aggregator/spans.py); ``span_name`` stays a label.
+DROPPED_LABELS = frozenset({"__name__", "__delta__", "span_id", "profile_id", "trace_id", "__session_id__",
                             TYPE_LABEL, PERIOD_LABEL})
+# Sample labels naming the (root) span a sample ran in: pyroscope-otel sets span_id (and trace_id);
+# .NET's span processor sets profile_id. The first present is the span's id.
+SPAN_ID_LABELS = ("span_id", "profile_id")
+TRACE_ID_LABEL = "trace_id"
 # The pyroscope-io SDK's wall mode (oncpu=False) sends exactly what its CPU mode sends
 # (__name__=process_cpu, cpu/nanoseconds); a series tagged oncpu=false is stored as wall.
 WALL_TAG = "oncpu"
@@ -106,6 +111,17 @@ def check_sums(decoded: Decoded) -> None:
                              "counts are exact 64-bit integers: send smaller counts or fewer in one push")
 
 
+@dataclass(frozen=True)
+class SpanItem:
+    """The samples of one span in one push of one profile type, kept beside the series."""
+
+    span_id: str
+    trace_id: str
+    labels: Labels  # the series the samples were stored in (type, period, span_name included)
+    t: float | None
+    profile: Profile
+
+
 @dataclass
 class IngestTables:
     """The interning table shared by all ingests, plus the decoders' caches.
@@ -158,6 +174,7 @@ class Decoded:
 
     items: list[Item]
     lines: int = 0  # stack lines / pprof samples merged
+    spans: list[SpanItem] = field(default_factory=list)  # span-tagged samples, also in ``items``
     skipped: dict[str, int] = field(default_factory=dict)
     # (reason, profile type id) -> amount accepted but not stored (cumulative baselines)
     not_stored: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -165,6 +182,7 @@ class Decoded:
     def add(self, other: Decoded) -> None:
         """Take in another request part's items and counts."""
         self.items.extend(other.items)
+        self.spans.extend(other.spans)
         self.lines += other.lines
         for k, v in other.skipped.items():
             self.skipped[k] = self.skipped.get(k, 0) + v
@@ -334,6 +352,9 @@ def _from_pprof(
                 profile = got
             out.items.append((labels, t, profile))
             out.lines += len(profile)
+            span = next((sample_labels[k] for k in SPAN_ID_LABELS if sample_labels and sample_labels.get(k)), "")
+            if span:
+                out.spans.append(SpanItem(span, sample_labels.get(TRACE_ID_LABEL, ""), labels, t, profile))
     return out
 
 

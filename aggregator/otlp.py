@@ -3,7 +3,7 @@
 :func:`decode_otlp` turns an ``ExportProfilesServiceRequest`` (HTTP body or the message
 gRPC parsed) into :class:`aggregator.ingest.Decoded` items on the shared ingest tables, so
 OTLP series are stored, limited and answered exactly like Pyroscope pushes. Span ids of the
-link table are kept in :attr:`OtlpDecoded.spans` (profile type -> span id -> amount), the hook
+link table are kept in :attr:`OtlpDecoded.otlp_spans` (profile type -> span id -> amount), the hook
 for the spans work; they are never series labels.
 """
 
@@ -29,7 +29,8 @@ from stacks.model import Labels, StackTable
 class OtlpDecoded(Decoded):
     """What one OTLP request carried, plus its per-span amounts (not stored yet)."""
 
-    spans: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Not ``Decoded.spans`` (span-tagged profiles that aggregator/spans.py stores): amounts only.
+    otlp_spans: dict[str, dict[str, int]] = field(default_factory=dict)
     profiles: int = 0
 
 
@@ -117,7 +118,7 @@ def decode_otlp(req: Any, table: StackTable, cache: otlp.OtlpCache | None = None
         out.lines += s.samples
         out.profiles += 1
         if s.spans:
-            per = out.spans.setdefault(s.ptype.id, {})
+            per = out.otlp_spans.setdefault(s.ptype.id, {})
             for span, v in s.spans.items():
                 per[span] = per.get(span, 0) + v
     return out

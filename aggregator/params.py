@@ -13,12 +13,14 @@ from typing import Self, TypeVar
 
 from aggregator.windows import window_start
 from stacks.errors import InputError
+from stacks.namematch import MATCH_MODES, NameMatcher
 from stacks.profiletype import DEFAULT, RESERVED, TYPE_LABEL, ProfileType, parse_query
 from stacks.selector import LABEL_NAME, Matcher, Selector, matcher, parse_selector
 from stacks.timeexpr import parse_time
 
 # The API's output formats, in the order a 400 lists them (renderers: render.RENDERERS).
 FORMATS = ("json", "folded", "pprof", "speedscope", "html")
+TREE_FORMATS = ("json", "html")  # the formats drawn from a flame tree (focus makes a tree, not a profile)
 DIFF_FORMATS = ("json", "folded")
 MODES = ("share", "absolute")
 MAX_NODES_LIMIT = 200_000
@@ -173,6 +175,20 @@ def share_param(params: Mapping[str, str], key: str = "min_share", default: floa
     return v
 
 
+def name_matcher(params: Mapping[str, str], key: str) -> NameMatcher | None:
+    """``key`` as a function matcher, None when absent: ``match=name`` (default; the exact name or
+    a qualified name's suffix, ``createSampleImages`` names ``Admin.createSampleImages``),
+    ``match=exact`` (that name only) or ``match=regex`` (RE2, searched in the name)."""
+    text = params.get(key) or ""
+    if not text:
+        return None
+    mode = choice(params, "match", MATCH_MODES, "name")
+    try:
+        return NameMatcher(text, mode)
+    except InputError as e:
+        raise InputError(f"{key}: {e}") from None
+
+
 @dataclass(frozen=True)
 class RangeRequest:
     """A time range alone (``/api/v1/profile_types``)."""
@@ -226,12 +242,18 @@ class RenderRequest(Scoped):
     max_nodes: int
     metadata: bool
     min_share: float
+    focus: NameMatcher | None = None
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
-        """Parse the scope, ``format``, ``max_nodes``, ``metadata``, ``min_share``."""
-        return cls(*_scope(params, ctx), choice(params, "format", FORMATS, "json"),
-                   int_param(params, "max_nodes", ctx.max_nodes), flag(params, "metadata"), share_param(params))
+        """Parse the scope, ``format``, ``max_nodes``, ``metadata``, ``min_share``, then ``focus``
+        (with ``match``): the flame graph of that function's subtrees, merged (tree formats)."""
+        req = cls(*_scope(params, ctx), choice(params, "format", FORMATS, "json"),
+                  int_param(params, "max_nodes", ctx.max_nodes), flag(params, "metadata"), share_param(params),
+                  name_matcher(params, "focus"))
+        if req.focus is not None and req.format not in TREE_FORMATS:
+            raise InputError(f"focus works with format={' or '.join(TREE_FORMATS)}, not format={req.format}")
+        return req
 
 
 @dataclass(frozen=True)
@@ -281,15 +303,16 @@ class TopRequest(Scoped):
 class SandwichRequest(Scoped):
     """``/api/v1/sandwich``: callers and callees of ``function``."""
 
-    function: str
+    function: NameMatcher
     max_nodes: int
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
-        """Parse the scope, ``function`` (required), then ``max_nodes``."""
+        """Parse the scope, ``function`` (required; with ``match``, see :func:`name_matcher`), then
+        ``max_nodes``."""
         scope = _scope(params, ctx)
-        fn = params.get("function") or ""
-        if not fn:
+        fn = name_matcher(params, "function")
+        if fn is None:
             raise InputError("missing ?function=NAME: the function to centre the sandwich view on")
         return cls(*scope, fn, int_param(params, "max_nodes", ctx.max_nodes))
 

@@ -128,6 +128,8 @@ async def render(store: Store, req: RenderRequest) -> Output:
     r = RENDERERS[req.format]
     table = StackTable()
     title = _title(req.sel, req.rng)
+    if req.focus is not None:
+        return r.output(Subject(title, doc=await focus_json(store, req)))
     if r.tree:
         series = await flame_series(store, req.sel, req.rng, table, req.metadata, req.min_share)
         doc = flame_json_series(series, req.metadata, req.max_nodes, req.min_share)
@@ -147,6 +149,23 @@ async def render(store: Store, req: RenderRequest) -> Output:
         subject = replace(subject, sample_type=(ptype.sample_type, unit), period_ns=fields["period_ns"] or 0,
                           period_type=(ptype.period_type, ptype.period_unit))
     return r.output(subject)
+
+
+async def focus_json(store: Store, req: RenderRequest) -> dict[str, Any]:
+    """Flame JSON of ``req.focus``: every outermost occurrence of the functions it names, merged
+    under one root (``stacks.views.focus``), pruned like a flame graph; ``focus_matched`` lists
+    the names matched (at most 100)."""
+    from stacks.tree import focus, prune, to_json
+    from stacks.views import matched_names
+
+    assert req.focus is not None
+    profile, _ = await profile_for(store, req.sel, req.rng, StackTable(), req.metadata)
+    tree = focus(profile, req.focus)
+    doc = to_json(prune(tree, max_nodes=req.max_nodes, min_share=req.min_share))
+    doc["focus"], doc["focus_matched"] = req.focus.text, matched_names(tree, req.focus)
+    doc["from"], doc["until"], doc["query"] = req.rng.start, req.rng.end, user_query(req.sel)
+    doc.update(await type_fields(store, req.ptype, req.sel, req.rng))
+    return doc
 
 
 def flame_json_series(
@@ -360,10 +379,12 @@ async def sandwich(store: Store, req: SandwichRequest) -> dict[str, Any]:
 
     sel, rng, fn = req.sel, req.rng, req.function
     profile, _ = await profile_for(store, sel, rng, StackTable(), False)
+    from stacks.views import matched_names
+
     callers, callees = sw(profile, fn)
     fields = await type_fields(store, req.ptype, sel, rng)
     sides = [to_json(prune(t, max_nodes=req.max_nodes)) for t in (callers, callees)]
     for doc in sides:
         doc["unit"] = req.ptype.unit
-    return {"function": fn, "query": user_query(sel), "from": rng.start, "until": rng.end,
-            "callers": sides[0], "callees": sides[1], **fields}
+    return {"function": callees.cols.root_name, "matched": matched_names(callees, fn), "query": user_query(sel),
+            "from": rng.start, "until": rng.end, "callers": sides[0], "callees": sides[1], **fields}

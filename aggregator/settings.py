@@ -48,6 +48,10 @@ SETTINGS: list[Setting] = [
             non_negative_int),
     Setting("retention_seconds", 7 * 24 * 3600, "Delete windows older than this (0 keeps everything)",
             non_negative_int),
+    Setting("span_max_rows", 1_000_000,
+            "Span profiles (samples tagged span_id/trace_id, kept beside the series in DATA_DIR/spans.sqlite): "
+            "at most this many (push, span, type) rows, oldest deleted first; 0 keeps none",
+            non_negative_int),
     Setting("push_token", "", "Bearer token required on push routes (empty: no auth)"),
     Setting("read_token", "", "Token required on query routes, as Bearer or as Basic auth's password (empty: no auth)"),
     Setting("max_body_bytes", 16 * 1024 * 1024, "Largest request body accepted (413 beyond)", positive_int),
@@ -127,6 +131,7 @@ class ServeSettings(Settings):
     window_seconds: int
     late_grace_seconds: int
     retention_seconds: int
+    span_max_rows: int
     push_token: str
     read_token: str
     max_body_bytes: int

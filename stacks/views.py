@@ -6,7 +6,6 @@ Each works on the columnar trie (vectorised) and returns new columns. Pure: no I
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from stacks.columns import Columns
 from stacks.errors import InputError
 from stacks.metadata import METADATA_LEVELS, metadata_path
 from stacks.model import Kind, Profile, StackTable, merge
+from stacks.namematch import NameMatcher, compile_regex
 from stacks.node import Tree
 
 
@@ -31,19 +31,41 @@ def _columns(profile_or_tree: Profile | Tree) -> Columns:
 # --------------------------------------------------------------------------- focus / search
 
 
-def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) -> Tree:
+def _matched(cols: Columns, fn: str | NameMatcher) -> tuple[np.ndarray, str]:
+    """(outermost nodes of the functions ``fn`` names, the name of a tree rooted at them): a
+    string is one exact name; a :class:`NameMatcher` may name several functions (a suffix, a
+    regex), and the root takes the matched name when it is only one, else the matcher's text."""
+    if isinstance(fn, str):
+        return cols.outermost(cols.name_mask(lambda n: n == fn)), fn
+    mask = cols.name_mask(fn)
+    tops = cols.outermost(mask)
+    names = {cols.fnames[f] for f in np.unique(cols.fid[np.flatnonzero(tops)]).tolist()}
+    return tops, (next(iter(names)) if len(names) == 1 else fn.text)
+
+
+def matched_names(profile_or_tree: Profile | Tree, fn: NameMatcher, limit: int = 100) -> list[str]:
+    """The distinct function names ``fn`` matches (sorted, at most ``limit``)."""
+    cols = _columns(profile_or_tree)
+    return sorted({n for n in cols.fnames if fn(n)})[:limit]
+
+
+def focus(profile_or_tree: Profile | Tree, name_or_path: str | NameMatcher | Sequence[str]) -> Tree:
     """The subtree(s) rooted at a function, merged, as a tree whose root is that function.
 
     ``name_or_path`` is a function name (every outermost occurrence counts, so
-    recursion is not double counted) or a sequence of names from the first
-    frame below ``all`` (only that path). The root's kind is the kind with the
-    most samples over the matches (ties: user, kernel, metadata, other). Raises
-    InputError if nothing matches.
+    recursion is not double counted), a :class:`NameMatcher` (every function it
+    names: a suffix, a regex; outermost occurrences of any of them), or a sequence
+    of names from the first frame below ``all`` (only that path). The root's kind
+    is the kind with the most samples over the matches (ties: user, kernel,
+    metadata, other). Raises InputError if nothing matches.
     """
     cols = _columns(profile_or_tree)
-    if isinstance(name_or_path, str):
-        target = name_or_path
-        tops = cols.outermost(cols.name_mask(lambda n: n == target))
+    if isinstance(name_or_path, str | NameMatcher):
+        tops, target = _matched(cols, name_or_path)
+        if not tops.any():
+            what = name_or_path.describe() if isinstance(name_or_path, NameMatcher) else repr(target)
+            raise InputError(f"focus: no frame matches {what} in the profile (check the function name)")
+        return Tree(cols.subtrees(tops, target))
     else:
         path = list(name_or_path)
         if not path:
@@ -66,25 +88,19 @@ def focus(profile_or_tree: Profile | Tree, name_or_path: str | Sequence[str]) ->
     return Tree(cols.subtrees(tops, target))
 
 
-def _compile(regex: str) -> re.Pattern[str]:
-    """``re.compile(regex)``; InputError naming the fix on a bad regex."""
-    try:
-        return re.compile(regex)
-    except re.error as e:
-        raise InputError(f"search regex {regex!r} is invalid: {e} (escape special characters)") from None
-
-
-def search(profile_or_tree: Profile | Tree, regex: str) -> dict[str, Any]:
-    """Samples in stacks with at least one frame whose name matches ``regex`` (``re.search``).
+def search(profile_or_tree: Profile | Tree, regex: str | NameMatcher) -> dict[str, Any]:
+    """Samples in stacks with at least one frame whose name matches ``regex`` (an RE2 search,
+    or a :class:`NameMatcher` such as a name suffix).
 
     Returns ``{"matched", "total", "share"}``; a matching subtree counts once
     even if it matches again deeper (recursion). The root ``all`` is not matched.
     Raises InputError on a bad regex.
     """
-    pat = _compile(regex)
+    pat = compile_regex(regex, "search regex") if isinstance(regex, str) else regex
+    pred = pat if isinstance(pat, NameMatcher) else (lambda n: pat.search(n) is not None)
     c = _columns(profile_or_tree)
     total = int(c.total[0])
-    matched = int(c.total[c.outermost(c.name_mask(lambda n: pat.search(n) is not None))].sum())
+    matched = int(c.total[c.outermost(c.name_mask(pred))].sum())
     return {"matched": matched, "total": total, "share": matched / total if total else 0.0}
 
 
@@ -111,8 +127,9 @@ def top_table(profile: Profile, limit: int | None = None) -> list[dict[str, Any]
     return rows if limit is None else rows[:limit]
 
 
-def sandwich(profile: Profile | Tree, name: str) -> tuple[Tree, Tree]:
-    """(callers, callees) of function ``name``, both rooted at ``name``.
+def sandwich(profile: Profile | Tree, name: str | NameMatcher) -> tuple[Tree, Tree]:
+    """(callers, callees) of function ``name``, both rooted at ``name`` (a :class:`NameMatcher`
+    centres it on every function it names, merged, the root named as in :func:`focus`).
 
     For each stack the outermost occurrence of ``name`` is used, so both roots
     total the samples of stacks containing it. Callers is inverted: its
@@ -121,11 +138,12 @@ def sandwich(profile: Profile | Tree, name: str) -> tuple[Tree, Tree]:
     InputError if no frame has that name.
     """
     cols = _columns(profile)
-    tops = cols.outermost(cols.name_mask(lambda n: n == name))
+    tops, root = _matched(cols, name)
     if not tops.any():
-        raise InputError(f"sandwich: no frame named {name!r} in the profile (check the function name)")
-    callees = cols.subtrees(tops, name)
-    return Tree(cols.callers(tops, name, callees.root_kind)), Tree(callees)
+        what = name.describe() if isinstance(name, NameMatcher) else repr(name)
+        raise InputError(f"sandwich: no frame matches {what} in the profile (check the function name)")
+    callees = cols.subtrees(tops, root)
+    return Tree(cols.callers(tops, root, callees.root_kind)), Tree(callees)
 
 
 # --------------------------------------------------------------------------- metadata stats

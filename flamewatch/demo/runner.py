@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 
@@ -59,6 +59,8 @@ class _Plan:
     frontend: str
     admin: str
     manipulation: str
+    before: tuple[int, int] = (0, 0)  # the diff's ranges (windows): before and after the fix
+    after: tuple[int, int] = (0, 0)
 
 class DemoError(RuntimeError):
     """The demo cannot start; the message says what to change."""
@@ -173,7 +175,31 @@ def viewer_urls(
             "cfrom": compare[0], "cuntil": compare[1], "dmode": "absolute"}),
         "wall_diff_api": f"{server}/api/v1/diff?" + urlencode(
             {**diff, "mode": "absolute", "format": "json", "profile_type": WALL}),
+        # The story's first step: the slowest admin page views (root spans, pyroscope-otel).
+        "requests_before": f"{server}/?" + urlencode({"mode": "requests", "sel": ADMIN_SPANS[0],
+                                                      "rname": ADMIN_SPANS[1], "from": base[0], "until": base[1]}),
+        "requests_after": f"{server}/?" + urlencode({"mode": "requests", "sel": ADMIN_SPANS[0],
+                                                     "rname": ADMIN_SPANS[1], "from": compare[0],
+                                                     "until": compare[1]}),
     }
+
+
+# (selector, span name) of the admin page views tinyhats traces (tinyhats.in_span).
+ADMIN_SPANS = ('{service_name="admin-service"}', "GET /admin")
+
+
+def request_lines(doc: dict[str, Any], server: str, limit: int = 3) -> list[str]:
+    """Printable lines of a /api/v1/requests answer: the slowest requests, each with the viewer
+    link that opens its flame graph (the Requests view with that span picked)."""
+    out = []
+    for r in doc.get("rows", [])[:limit]:
+        took = r["wall_ns"] or r["cpu_ns"]
+        what = "wall" if r["wall_ns"] else "CPU"
+        link = dict(parse_qsl(str(r["flamegraph"]).partition("?")[2]))
+        view = urlencode({"mode": "requests", "span": r["span_id"], "sptype": link.get("profile_type", "")})
+        out.append(f"  {r['span_name']}  {took / 1e6:8.0f} ms {what}  pod {r['pod']}  span {r['span_id']}\n"
+                   f"    flamegraph: {server}/?{view}")
+    return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -660,7 +686,7 @@ class Demo:
             t0=t0, fix_at=max(t0 + 1.0, switch - lead), end=end,
             urls=viewer_urls(server, admin_sel, before, after),
             frontend=base + str(svc["frontend"].port), admin=base + str(svc["admin-service"].port),
-            manipulation=base + str(svc["manipulation-service"].port),
+            manipulation=base + str(svc["manipulation-service"].port), before=before, after=after,
         )
         self.save_state(
             state="slow", frontend=plan.frontend, admin=plan.admin, urls=plan.urls, window=self.window,
@@ -693,6 +719,7 @@ class Demo:
             return
         calls1 = await self.manipulate_calls(plan.manipulation)
         self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
+        await self.show_requests(urls, "before the fix", *plan.before, "requests_before")
         await self.set_mode(plan.admin, "fixed")
         self.phase = "fixed"
         self.save_state(state="fixed", fixed_at=self.clock())
@@ -707,6 +734,7 @@ class Demo:
                                       end, end + self.upload_interval + 3):
             return
         self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
+        await self.show_requests(urls, "after the fix", *plan.after, "requests_after")
         self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
                  f"  API: {urls['diff_api']}")
         if self.agent_running:
@@ -715,6 +743,31 @@ class Demo:
                  (f" or {self.s.duration:.0f} s in all." if self.deadline else "."))
         while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):
             pass
+
+    async def show_requests(self, urls: dict[str, str], when: str, start: float, end: float, link: str) -> None:
+        """Print the slowest traced admin page views of ``[start, end)`` (the Requests view's table),
+        each with its flame graph; a note when none are traced (no opentelemetry-sdk/pyroscope-otel)."""
+        server = urls["viewer"].rstrip("/")
+        q = urlencode({"query": ADMIN_SPANS[0], "span_name": ADMIN_SPANS[1], "from": int(start),
+                       "until": int(end) + 1, "limit": 3})
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+                http.get(f"{server}/api/v1/requests?{q}") as r,
+            ):
+                doc = await r.json()
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+            self.say(f"slowest /admin requests {when}: not available ({e})")
+            return
+        lines = request_lines(doc, server)
+        if not lines:
+            self.say(f"slowest /admin requests {when}: none traced yet (tracing needs opentelemetry-sdk "
+                     "and pyroscope-otel in the services' Python)")
+            return
+        self.say(f"slowest /admin requests {when} ({doc.get('spans', 0)} traced):")
+        for line in lines:
+            self.say(line)
+        self.say(f"  Requests view: {urls[link]}")
 
     async def shutdown(self) -> None:
         """Services first (their SDKs flush their last profile), then the agent, the server last."""

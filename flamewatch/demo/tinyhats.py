@@ -96,6 +96,41 @@ def start_sdk(service: str, server: str, upload_interval: int, sample_rate: int)
     return True
 
 
+# The tracer of this service's requests once start_tracing ran (None: requests are not traced).
+TRACER: Any = None
+
+
+def start_tracing(service: str, *extra_processors: Any) -> bool:
+    """Trace requests with the real OpenTelemetry SDK and link them to profiles with the real
+    ``pyroscope-otel`` span processor: the samples of each root span carry its ``span_id``,
+    ``trace_id`` and ``span_name`` (flamewatch keeps them beside the samples: the Requests view).
+    ``extra_processors`` (tests) also see every span. False, with a note, when a package is missing."""
+    global TRACER
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from pyroscope.otel import PyroscopeSpanProcessor
+    except ImportError as e:
+        print(f"{service}: {e}; requests are not traced (pip install opentelemetry-sdk pyroscope-otel)",
+              file=sys.stderr)
+        return False
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    provider.add_span_processor(PyroscopeSpanProcessor())
+    for p in extra_processors:
+        provider.add_span_processor(p)
+    TRACER = provider.get_tracer("tinyhats")
+    return True
+
+
+def in_span(name: str, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` inside a root span ``name`` when tracing is on. Called on the worker thread
+    that does the work: pyroscope-otel tags the samples of the thread the span started on."""
+    if TRACER is None:
+        return fn(*args)
+    with TRACER.start_as_current_span(name):
+        return fn(*args)
+
+
 def stop_sdk() -> None:
     """Flush the last profile and stop the SDK's sampler thread."""
     with contextlib.suppress(Exception):
@@ -205,6 +240,10 @@ class Admin:
         mockup = self.mockups[hat["id"]] = self.fetchMockup(hat)
         return mockup
 
+    def cachedSampleImages(self, hats: list[dict[str, Any]]) -> list[str]:
+        """The fixed admin page: cached mockups (a hat uploaded before the fix gets its one)."""
+        return [self.mockups.get(hat["id"]) or self.saveMockupOnUpload(hat) for hat in hats]
+
     async def _in_worker(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
@@ -217,15 +256,9 @@ class Admin:
         if not self.checkAdminPassword(request.query.get("password", "")):
             return web.json_response({"error": "wrong or missing ?password= for the admin page"}, status=403)
         hats = list(self.hats)  # a snapshot: uploads change the queue on the event loop meanwhile
-        if self.mode == "slow":
-            previews = await self._in_worker(self.createSampleImages, hats)
-        else:
-            previews = []
-            for hat in hats:
-                cached = self.mockups.get(hat["id"])
-                if cached is None:  # a hat uploaded before the fix was deployed
-                    cached = await self._in_worker(self.saveMockupOnUpload, hat)
-                previews.append(cached)
+        # One root span per page view, on the worker thread doing the work (in_span).
+        work = self.createSampleImages if self.mode == "slow" else self.cachedSampleImages
+        previews = await self._in_worker(in_span, "GET /admin", work, hats)
         rows = [dict(hat, preview=p) for hat, p in zip(hats, previews, strict=True)]
         return web.json_response({"mode": self.mode, "hats": rows})
 
@@ -352,6 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     set_process_name(args.service)
     sdk = bool(args.server) and start_sdk(args.service, args.server, args.upload_interval, args.sample_rate)
+    if sdk and args.service == "admin-service":
+        start_tracing(args.service)
     started = time.monotonic()
     try:
         asyncio.run(serve(args))

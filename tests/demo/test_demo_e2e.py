@@ -121,6 +121,31 @@ def _assert_wall_story(server: str, admin: str, state: dict[str, Any]) -> None:
         assert json.load(r)["profile_type"] == WALL  # the printed link works
 
 
+def assert_requests_step(text: str, server: str) -> None:
+    """Issue 28, the story's first step: after phase 1 the demo printed the slowest traced /admin
+    views (real opentelemetry-sdk + pyroscope-otel in admin-service), each span's flame graph holds
+    createSampleImages, and after the fix the slowest traced view is faster than before."""
+    import re
+
+    if importlib.util.find_spec("pyroscope.otel") is None:
+        assert "requests are not traced" in text or "none traced" in text
+        return
+    printed = {}
+    for when in ("before", "after"):
+        block = text.split(f"slowest /admin requests {when} the fix", 1)[1].split("\nphase", 1)[0]
+        printed[when] = [(int(ms), span) for ms, span in
+                         re.findall(r"GET /admin\s+(\d+) ms (?:CPU|wall)\s+pod \S+\s+span ([0-9a-f]{16})", block)]
+    assert len(printed["before"]) == 3, text[-4000:]
+    traced = int(re.search(r"slowest /admin requests before the fix \((\d+) traced\)", text).group(1))
+    assert traced > 20, traced
+    for _, span in printed["before"]:
+        flame = _get(server, "/api/v1/span_profile", span_id=span)
+        names = {fu.bare(flame["names"][i]) for i in flame["nodes"]["name"]}
+        assert "createSampleImages" in names and "fetchMockup" in names, names
+    slowest_after = max((ms for ms, _ in printed["after"]), default=0)
+    assert slowest_after < printed["before"][0][0], printed
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(280)
 def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
@@ -205,6 +230,7 @@ def test_demo_tells_the_story_and_stops_cleanly(tmp_path: Path) -> None:
         assert fixed["p50_ms"] < slow["p50_ms"] / 2, state["latency"]
 
         text = log.read_text()
+        assert_requests_step(text, server)
         if _agent_can_run():  # root with a working perf: a newcomer's demo must have the agent
             assert state["agent"]["running"], state["agent"]
             assert "agent      on (" in text and "exited early" not in text, text[-3000:]

@@ -176,3 +176,18 @@ def test_phases_fit_the_duration() -> None:
     phase, switch, end = fit_phases(1000, 180, 30, 1000 + 390, 13)
     assert (phase, switch, end) == (150, 1170, 1320) and end + 13 <= 1390
     assert fit_phases(1000, 180, 30, 1010, 13)[0] == 30  # never below one window
+
+
+def test_request_lines_print_the_slowest_with_their_flamegraph() -> None:
+    from flamewatch.demo.runner import request_lines
+
+    doc = {"rows": [
+        {"span_name": "GET /admin", "wall_ns": 0, "cpu_ns": 1_234_000_000, "pod": "admin-1", "span_id": "ab" * 8,
+         "flamegraph": "/api/v1/span_profile?span_id=abababababababab&profile_type=cpu"},
+        {"span_name": "GET /admin", "wall_ns": 900_000_000, "cpu_ns": 0, "pod": "admin-2", "span_id": "cd" * 8,
+         "flamegraph": "/api/v1/span_profile?span_id=cdcdcdcdcdcdcdcd"}]}
+    lines = request_lines(doc, "http://h:4040", limit=5)
+    assert lines[0].split("\n")[0].split() == ["GET", "/admin", "1234", "ms", "CPU", "pod", "admin-1", "span",
+                                               "ab" * 8]
+    assert lines[0].endswith("flamegraph: http://h:4040/?mode=requests&span=abababababababab&sptype=cpu")
+    assert "900 ms wall" in lines[1] and request_lines({"rows": []}, "x") == []

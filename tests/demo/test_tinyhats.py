@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import aiohttp
@@ -110,3 +111,33 @@ def test_pod_labels_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONTAINER_NAME", raising=False)
     assert tinyhats.pod_labels("admin-service") == {
         "namespace": "default", "pod": "admin-service-abc-12345", "container": "admin-service"}
+
+
+async def test_admin_page_views_are_root_spans_on_the_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With tracing on (real opentelemetry-sdk + pyroscope-otel), each admin page view is one root
+    span "GET /admin" started on the worker thread that runs createSampleImages, so pyroscope-otel's
+    thread tags land on the samples of that work (issue 28: the demo's Requests view)."""
+    pytest.importorskip("pyroscope.otel", reason="pyroscope-otel is not installed (pip install pyroscope-otel)")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(tinyhats, "TRACER", None)
+    assert tinyhats.start_tracing("admin-service", SimpleSpanProcessor(exporter))
+    threads: list[str] = []
+    monkeypatch.setattr(tinyhats.Admin, "fetchMockup",
+                        lambda self, hat: threads.append(threading.current_thread().name) or "data:")
+    async with aiohttp.ClientSession() as session:
+        args = tinyhats.parse_args(["admin-service", "--manipulation", "http://127.0.0.1:9", "--hats", "2"])
+        runner, url = await _serve(await tinyhats.build_app(args, session))
+        try:
+            for _ in range(3):
+                async with session.get(url + "/admin", params={"password": "ilovecats"}) as r:
+                    assert r.status == 200
+        finally:
+            await runner.cleanup()
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["GET /admin"] * 3
+    assert all(s.parent is None for s in spans)  # root spans: pyroscope-otel tags them
+    assert len({s.context.span_id for s in spans}) == 3
+    assert threads and all(t.startswith("admin-worker") for t in threads)

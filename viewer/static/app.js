@@ -25,7 +25,7 @@
     mode: "flame", from: "now-1h", until: "now", sel: "", gb: "namespace",
     meta: true, inv: false, search: "", hl: "", auto: false, every: 30,
     bfrom: "", buntil: "", cfrom: "", cuntil: "", bsel: "", csel: "", dmode: "share",
-    tab: "top", fn: "", sort: "self", zoom: "", max: "", type: ""
+    tab: "top", fn: "", rx: false, focus: "", span: "", sptype: "", rname: "", sort: "self", zoom: "", max: "", type: ""
   };
   var state = {};
   var filters = {}; // label -> [values]
@@ -40,7 +40,7 @@
       else if (typeof d === "number") state[k] = Number(v) || d;
       else state[k] = v;
     });
-    if (state.mode !== "diff") state.mode = "flame";
+    if (state.mode !== "diff" && state.mode !== "requests") state.mode = "flame";
     if (state.dmode !== "absolute") state.dmode = "share";
     LABELS.forEach(function (l) { filters[l] = q.getAll(l).filter(Boolean); });
   }
@@ -332,6 +332,7 @@
         U.formatLong(d.compare_sum || 0, u) + "; red grew, blue shrank";
     }
     var s = what + U.formatLong(d.total || 0, u) + ", " + fmtInt(d.nodes.name.length) + " frames";
+    if (d.span_id) s = "request " + d.span_id + ": " + s;
     var p = d.pruned || {};
     if (p.nodes_before > p.nodes_after) s += " (pruned from " + fmtInt(p.nodes_before) + ")";
     // pruned.cut: the heaviest frames folded into "other" (a deep path keeps its frames above that depth)
@@ -358,10 +359,17 @@
         mode: state.dmode, format: "json", metadata: state.meta ? "1" : "0"
       };
       typed(params);
+    } else if (state.mode === "requests" && state.span) {
+      // A request picked in the Requests table: the flame graph of that span's samples.
+      path = "/api/v1/span_profile";
+      params = {span_id: state.span, format: "json"};
+      if (state.sptype) params.profile_type = state.sptype;
     } else {
       path = "/api/v1/render";
       params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
         format: "json", metadata: state.meta ? "1" : "0"});
+      // Focus: the server merges every occurrence of that exact function into one tree.
+      if (state.focus) { params.focus = state.focus; params.match = "exact"; }
     }
     if (state.max) params.max_nodes = state.max;
     document.body.dataset.flame = "loading";
@@ -695,7 +703,7 @@
   var topUnit = U.unitOf(null);
 
   function loadTables() {
-    if (state.mode === "flame") loadTop();
+    if (state.mode !== "diff") loadTop();
     if (state.tab === "sandwich" && state.fn) loadSandwich();
   }
 
@@ -719,6 +727,7 @@
     state.hl = state.hl === name ? "" : name;
     state.fn = name;
     $("sandwich-fn").value = name;
+    syncFocus();
     fg.highlight(state.hl);
     Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
     if (tr && state.hl) tr.classList.add("sel");
@@ -807,6 +816,7 @@
       ? {query: state.csel || buildSelector(), from: apiTime(state.cfrom), until: apiTime(state.cuntil)}
       : {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until)};
     side.function = fn;
+    side.match = state.rx ? "regex" : "name";
     typed(side);
     setStatus(st, "loading…");
     return api("sandwich", "/api/v1/sandwich", side).then(function (d) {
@@ -825,7 +835,9 @@
       });
       sandwichCallers.setData(d.callers);
       sandwichCallees.setData(d.callees);
-      setStatus(st, "function " + fn + ": " + U.formatLong(d.callers.total || 0, U.unitOf(d.callers)) +
+      var names = d.matched && d.matched.length > 1 ? " (" + d.matched.length + " functions: " +
+        d.matched.slice(0, 5).join(", ") + (d.matched.length > 5 ? ", …" : "") + ")" : "";
+      setStatus(st, "function " + (d.function || fn) + names + ": " + U.formatLong(d.callers.total || 0, U.unitOf(d.callers)) +
         " in stacks containing it");
     }).catch(function (e) {
       if (isStale(e)) return;
@@ -835,7 +847,7 @@
 
   function showTab(tab) {
     if (state.mode === "diff" && tab === "top") tab = "difftable";
-    if (state.mode === "flame" && tab === "difftable") tab = "top";
+    if (state.mode !== "diff" && tab === "difftable") tab = "top";
     state.tab = tab;
     ["top", "difftable", "sandwich"].forEach(function (t) { $("tab-" + t).hidden = t !== tab; });
     Array.prototype.forEach.call(document.querySelectorAll(".tabs .tab"), function (b) {
@@ -905,12 +917,16 @@
     ["search", "search"], ["auto-every", "every"], ["base-from", "bfrom"], ["base-until", "buntil"],
     ["compare-from", "cfrom"], ["compare-until", "cuntil"], ["base-sel", "bsel"], ["compare-sel", "csel"],
     ["sandwich-fn", "fn"]];
-  var CONTROL_CHECKS = [["metadata", "meta"], ["invert", "inv"], ["auto", "auto"]];
+  var CONTROL_CHECKS = [["metadata", "meta"], ["invert", "inv"], ["auto", "auto"], ["sandwich-rx", "rx"]];
 
   function syncControls() {
+    syncFocus();
     document.body.classList.toggle("diff", state.mode === "diff");
+    document.body.classList.toggle("requests", state.mode === "requests");
     $("mode-flame").classList.toggle("on", state.mode === "flame");
     $("mode-diff").classList.toggle("on", state.mode === "diff");
+    $("mode-requests").classList.toggle("on", state.mode === "requests");
+    $("req-name").value = state.rname;
     CONTROL_FIELDS.forEach(function (f) { $(f[0]).value = String(state[f[1]]); });
     CONTROL_CHECKS.forEach(function (f) { $(f[0]).checked = state[f[1]]; });
     $("effective").textContent = buildSelector();
@@ -933,7 +949,66 @@
     loadTimeline();
     loadLabelValues();
     loadTables();
+    if (state.mode === "requests") loadRequests();
     scheduleAuto();
+  }
+
+  // ------------------------------------------------------------------ requests
+
+  var requestRows = [];
+
+  /** The slow-requests table: root spans of the range by wall time, from /api/v1/requests. */
+  function loadRequests() {
+    var st = $("requests-status");
+    setStatus(st, "loading…");
+    var params = {query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until), limit: "100"};
+    if (state.rname) params.span_name = state.rname;
+    var t0 = performance.now();
+    return api("requests", "/api/v1/requests", params).then(function (d) {
+      requestRows = (d && d.rows) || [];
+      renderRequests();
+      setStatus(st, fmtInt(d.spans) + " requests" + (d.truncated ? ", slowest " + requestRows.length + " shown" : "") +
+        " · " + Math.round(performance.now() - t0) + " ms");
+      document.body.dataset.requests = "ready";
+    }).catch(function (e) {
+      if (isStale(e)) return;
+      requestRows = [];
+      renderRequests(String(e.message || e));
+      setStatus(st, String(e.message || e), true);
+    });
+  }
+
+  function renderRequests(err) {
+    var tbody = document.querySelector("#requests-table tbody");
+    clear(tbody);
+    if (err) { messageRow(tbody, err, 7); return; }
+    if (!requestRows.length) { messageRow(tbody, "no traced requests in this range (span profiles need pyroscope-otel)", 7); return; }
+    var ns = U.unitOf({unit: "nanoseconds"});
+    requestRows.forEach(function (r) {
+      var tr = el("tr");
+      tr.dataset.span = r.span_id;
+      [r.span_name, r.service_name, r.pod].forEach(function (v) { tr.appendChild(el("td", "name", v)); });
+      // A time the span has no samples of (CPU-only or wall-only SDKs) is blank, not "0 s".
+      tr.appendChild(el("td", "num", r.wall_ns ? U.format(r.wall_ns, ns) : "–"));
+      tr.appendChild(el("td", "num", r.cpu_ns ? U.format(r.cpu_ns, ns) : "–"));
+      tr.appendChild(el("td", "mono", r.trace_id));
+      tr.appendChild(el("td", "mono", r.span_id));
+      if (r.span_id === state.span) tr.classList.add("sel");
+      tr.addEventListener("click", function () { openRequest(r, tr); });
+      tbody.appendChild(tr);
+    });
+  }
+
+  /** Open a request's flame graph (the link the API gives: its wall samples, else CPU). */
+  function openRequest(r, tr) {
+    var link = new URLSearchParams(String(r.flamegraph || "").split("?")[1] || "");
+    state.span = r.span_id;
+    state.sptype = link.get("profile_type") || "";
+    state.zoom = "";
+    Array.prototype.forEach.call(document.querySelectorAll("#requests-table tbody tr.sel"), function (x) { x.classList.remove("sel"); });
+    if (tr) tr.classList.add("sel");
+    writeURL();
+    loadFlame();
   }
 
   var autoTimer = null;
@@ -944,7 +1019,8 @@
       autoTimer = setInterval(function () {
         loadFlame();
         loadTimeline();
-        if (state.mode === "flame") loadTop();
+        if (state.mode !== "diff") loadTop();
+        if (state.mode === "requests") loadRequests();
       }, Math.max(5, state.every) * 1000);
     }
   }
@@ -976,6 +1052,12 @@
     $("mode-flame").addEventListener("click", function () {
       state.mode = "flame"; state.zoom = ""; showTab(state.tab); refreshAll();
     });
+    $("mode-requests").addEventListener("click", function () {
+      state.mode = "requests"; state.zoom = ""; showTab(state.tab); refreshAll();
+    });
+    function applyReq() { state.rname = $("req-name").value.trim(); state.span = ""; writeURL(); loadRequests(); loadFlame(); }
+    $("apply-req").addEventListener("click", applyReq);
+    onEnter(["req-name"], applyReq);
     $("mode-diff").addEventListener("click", function () {
       state.mode = "diff"; state.zoom = ""; setDragTarget("base"); fillDiffDefaults(); showTab(state.tab); refreshAll();
     });
@@ -1052,6 +1134,18 @@
       Array.prototype.forEach.call(document.querySelectorAll(".grid tbody tr.sel"), function (r) { r.classList.remove("sel"); });
     });
     $("exp-png").addEventListener("click", exportPNG);
+    function setFocus(name) {
+      state.focus = name; state.zoom = ""; writeURL(); syncFocus(); loadFlame();
+    }
+    $("focus-fn").addEventListener("click", function () { if (state.fn) setFocus(state.fn); });
+    $("clear-focus").addEventListener("click", function () { setFocus(""); });
+  }
+
+  // The focus line: which function the flame graph is focused on, and the button that clears it.
+  function syncFocus() {
+    $("focus-info").hidden = !state.focus;
+    $("focus-name").textContent = state.focus;
+    $("focus-fn").disabled = !state.fn;
   }
 
   // The diff ranges, their selectors and the colour mode.
@@ -1093,7 +1187,11 @@
       th.addEventListener("click", function () { state.sort = th.dataset.sort; writeURL(); renderTop(); });
     });
     $("table-filter").addEventListener("input", debounce(function () { renderTop(); }, 120));
-    function applySandwich() { state.fn = $("sandwich-fn").value.trim(); writeURL(); showTab("sandwich"); }
+    function applySandwich() {
+      state.fn = $("sandwich-fn").value.trim(); state.rx = $("sandwich-rx").checked; writeURL(); syncFocus();
+      showTab("sandwich");
+    }
+    $("sandwich-rx").addEventListener("change", applySandwich);
     $("apply-sandwich").addEventListener("click", applySandwich);
     onEnter(["sandwich-fn"], applySandwich);
   }
@@ -1112,6 +1210,7 @@
       onSelect: function (name) {
         state.fn = name;
         $("sandwich-fn").value = name;
+        syncFocus();
         if (state.tab === "sandwich") loadSandwich();
       }
     });
@@ -1135,6 +1234,7 @@
       });
     };
     loadProfileTypes();
+    if (state.mode === "requests") loadRequests();
     loadFlame().then(after, after);
   }
 

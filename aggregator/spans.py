@@ -1,0 +1,416 @@
+"""Span profiles: samples tagged with a (root) span kept beside the series, by span and trace id.
+
+``span_id``/``trace_id`` never become series labels (a million requests would be a million
+series); the samples themselves are stored in their series as always, and each span's share of
+one push is also kept here, one row per (push, span, profile type), in ``spans.sqlite`` in the
+data directory (whatever the main store is). Bounded: rows older than the retention are deleted,
+and past ``span_max_rows`` the oldest rows go first. Queries: the flame graph of one span, of
+one trace, of all root spans with a name (``/api/v1/span_profile``), and the slowest requests
+of a range (``/api/v1/requests``): root spans ranked by their wall time, CPU beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlencode
+
+from aggregator.ingest import SpanItem
+from aggregator.params import Context, Range, choice, int_param, profile_type_param, share_param, time_range
+from render import Output
+from stacks.errors import InputError
+from stacks.model import Frame, Kind, Profile, StackTable, merge
+from stacks.profiletype import CPU, PERIOD_LABEL, RESERVED, TYPE_LABEL, WALL, ProfileType
+from stacks.selector import Selector, parse_selector
+
+log = logging.getLogger(__name__)
+SPAN_FORMATS = ("json", "folded")
+MAX_ID_CHARS = 64  # a W3C trace id is 32 hex digits, a span id 16
+MAX_REQUEST_ROWS = 1000
+_KINDS = {k.value: k for k in Kind}
+
+# ``series``: the labels of a span's series without the type and period (a span's wall and CPU
+# rows share one), stored once. ``spans``: one row per (push, span, type) with its samples.
+# ``requests``: one row per span, its wall and CPU time summed at write time, so the slow-requests
+# table reads one row per request and sorts in SQLite (bench/requests.py).
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS spans (
+    span_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    t REAL NOT NULL,
+    ptype TEXT NOT NULL,
+    span_name TEXT NOT NULL,
+    series INTEGER NOT NULL,
+    period INTEGER,
+    total INTEGER NOT NULL,
+    stacks BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spans_span ON spans(span_id);
+CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace_id);
+CREATE INDEX IF NOT EXISTS spans_name ON spans(span_name, t);
+CREATE INDEX IF NOT EXISTS spans_t ON spans(t);
+CREATE TABLE IF NOT EXISTS requests (
+    span_id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    span_name TEXT NOT NULL,
+    series INTEGER NOT NULL,
+    wall_ns INTEGER NOT NULL,
+    cpu_ns INTEGER NOT NULL,
+    first REAL NOT NULL,
+    last REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_range ON requests(last, first, series, span_name, wall_ns, cpu_ns);
+"""
+_UPSERT = """
+INSERT INTO requests VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(span_id) DO UPDATE SET
+    wall_ns = wall_ns + excluded.wall_ns, cpu_ns = cpu_ns + excluded.cpu_ns,
+    first = min(first, excluded.first), last = max(last, excluded.last),
+    trace_id = CASE WHEN trace_id = '' THEN excluded.trace_id ELSE trace_id END
+"""
+
+
+# -- the samples of one span as bytes ------------------------------------------------------------
+def encode_profile(profile: Profile) -> bytes:
+    """zlib(JSON ``{"f": [[name, kind], ...], "s": [[[frame index, ...], count], ...]}``):
+    self-contained (no stack ids of any table), any frame name allowed."""
+    frames: dict[Frame, int] = {}
+    stacks = [[[frames.setdefault(f, len(frames)) for f in stack], count] for stack, count in profile.items()]
+    doc = {"f": [[f.name, str(f.kind)] for f in frames], "s": stacks}
+    return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
+
+
+def decode_profile(blob: bytes, table: StackTable) -> Profile:
+    """Inverse of :func:`encode_profile`, interned into ``table``."""
+    doc = json.loads(zlib.decompress(blob))
+    frames = [Frame(n, _KINDS.get(k, Kind.USER)) for n, k in doc["f"]]
+    return Profile.from_pairs(((tuple(frames[i] for i in idx), c) for idx, c in doc["s"]), table)
+
+
+def value_ns(ptype: ProfileType, labels: Mapping[str, str], total: int) -> int | None:
+    """``total`` in nanoseconds: samples times the period for samples-stored types, the value
+    itself for nanosecond types, None when the type is not a time."""
+    if ptype.as_samples:
+        period = labels.get(PERIOD_LABEL, "")
+        return total * int(period) if period.isdigit() else None
+    return total if ptype.sample_unit == "nanoseconds" else None
+
+
+# -- the store ------------------------------------------------------------------------------------
+@dataclass
+class Request:
+    """One root span of the slow-requests table."""
+
+    span_id: str
+    trace_id: str
+    span_name: str
+    service_name: str
+    pod: str
+    wall_ns: int
+    cpu_ns: int
+    first: float
+    last: float
+
+
+class SpanStore:
+    """Span rows in SQLite, used from the event loop through one worker thread at a time."""
+
+    def __init__(self, path: Path | str, *, max_rows: int, retention_seconds: int,
+                 clock: Callable[[], float] = time.time, prune_every: float = 10.0) -> None:
+        self.path = str(path)
+        self.max_rows = max_rows
+        self.retention = retention_seconds
+        self.clock = clock
+        self.prune_every = prune_every
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+        self.failed = 0  # span rows not kept because the span database failed
+        self._series: dict[str, int] = {}  # labels JSON -> id
+        self._parsed: dict[int, dict[str, str]] = {}  # id -> labels
+
+    @property
+    def enabled(self) -> bool:
+        """False when ``span_max_rows`` is 0: nothing is kept, queries answer empty."""
+        return self.max_rows > 0
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # span rows are a convenience copy of stored samples
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                return fn(self._conn(), *args)
+        return await asyncio.to_thread(locked)
+
+    async def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # writes
+    async def add(self, items: Sequence[SpanItem]) -> int:
+        """Keep ``items`` (one row each) and add their time to their requests; apply retention
+        and the row bound at most every ``prune_every`` seconds. Returns the rows written."""
+        if not self.enabled or not items:
+            return 0
+        now = self.clock()
+        prune = now - self._last_prune >= self.prune_every
+        if prune:
+            self._last_prune = now
+        try:
+            return int(await self._run(self._write, list(items), now, prune))
+        except sqlite3.Error as e:
+            # The samples are stored in their series already: a push never fails for its span copy.
+            log.warning("span profiles of %d rows not kept: %s (%s)", len(items), e, self.path)
+            self.failed += len(items)
+            return 0
+
+    def _series_id(self, db: sqlite3.Connection, labels: Mapping[str, str]) -> int:
+        key = json.dumps({k: v for k, v in sorted(labels.items()) if k not in RESERVED}, separators=(",", ":"))
+        sid = self._series.get(key)
+        if sid is None:
+            db.execute("INSERT OR IGNORE INTO series(labels) VALUES (?)", (key,))
+            (sid,) = db.execute("SELECT id FROM series WHERE labels = ?", (key,)).fetchone()
+            self._series[key] = sid
+        return int(sid)
+
+    def _write(self, db: sqlite3.Connection, items: list[SpanItem], now: float, prune: bool) -> int:
+        rows, reqs = [], []
+        with db:
+            db.execute("BEGIN")
+            for it in items:
+                if len(it.span_id) > MAX_ID_CHARS or len(it.trace_id) > MAX_ID_CHARS:
+                    continue  # not a span id any tracer makes; never a key we index
+                ptype = ProfileType.parse(it.labels.get(TYPE_LABEL, CPU.id))
+                period = it.labels.get(PERIOD_LABEL, "")
+                t = it.t if it.t is not None else now
+                sid = self._series_id(db, it.labels)
+                name = it.labels.get("span_name", "")
+                total = it.profile.total
+                rows.append((it.span_id, it.trace_id, t, ptype.id, name, sid,
+                             int(period) if period.isdigit() else None, total, encode_profile(it.profile)))
+                ns = value_ns(ptype, it.labels, total) or 0
+                reqs.append((it.span_id, it.trace_id, name, sid, ns if ptype == WALL else 0,
+                             ns if ptype == CPU else 0, t, t))
+            db.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?)", rows)
+            db.executemany(_UPSERT, reqs)
+        if prune:
+            self._prune(db, now)
+        return len(rows)
+
+    def _prune(self, db: sqlite3.Connection, now: float) -> None:
+        with db:
+            db.execute("BEGIN")
+            if self.retention:
+                db.execute("DELETE FROM spans WHERE t < ?", (now - self.retention,))
+                db.execute("DELETE FROM requests WHERE last < ?", (now - self.retention,))
+            (n,) = db.execute("SELECT count(*) FROM spans").fetchone()
+            if n > self.max_rows:  # oldest first: rowids grow with inserts
+                (cut,) = db.execute("SELECT t FROM spans ORDER BY rowid LIMIT 1 OFFSET ?",
+                                    (n - self.max_rows - 1,)).fetchone()
+                db.execute("DELETE FROM spans WHERE rowid IN (SELECT rowid FROM spans ORDER BY rowid LIMIT ?)",
+                           (n - self.max_rows,))
+                db.execute("DELETE FROM requests WHERE span_id NOT IN (SELECT span_id FROM spans) AND last <= ?",
+                           (cut,))
+
+    async def prune(self) -> None:
+        """Apply retention and the row bound now."""
+        await self._run(self._prune, self.clock())
+
+    # reads
+    def _labels(self, db: sqlite3.Connection, sid: int) -> dict[str, str]:
+        got = self._parsed.get(sid)
+        if got is None:
+            row = db.execute("SELECT labels FROM series WHERE id = ?", (sid,)).fetchone()
+            got = self._parsed[sid] = json.loads(row[0]) if row else {}
+        return got
+
+    def _matching(self, db: sqlite3.Connection, sel: Selector) -> list[int] | None:
+        """Ids of the series ``sel`` matches; None when it matches every series (no filter)."""
+        if not sel.matchers:
+            return None
+        return [sid for (sid,) in db.execute("SELECT id FROM series") if sel.matches(self._labels(db, sid))]
+
+    async def profile(self, key: str, value: str, ptype: ProfileType | None, rng: Range | None,
+                      sel: Selector) -> tuple[ProfileType | None, Profile, int, int | None]:
+        """(type, merged samples, spans, period) of the rows whose ``key`` (span_id, trace_id or
+        span_name) is ``value``, of type ``ptype`` (None: wall when there is any, else CPU,
+        else the first type found), in ``rng`` when given, whose series match ``sel``; the
+        sampling period in ns when every row agrees on one."""
+        rows = await self._run(self._select, key, value, rng, sel)
+        types = {r[0] for r in rows}
+        if ptype is None:
+            pick = next((t for t in (WALL.id, CPU.id) if t in types), min(types) if types else None)
+            ptype = ProfileType.parse(pick) if pick else None
+        table = StackTable()
+        mine = [r for r in rows if ptype is not None and r[0] == ptype.id]
+        profile = merge([decode_profile(r[3], table) for r in mine], table) if mine else Profile.empty(table)
+        periods = {r[2] for r in mine}
+        period = next(iter(periods)) if len(periods) == 1 else None
+        return ptype, profile, len({r[1] for r in mine}), period
+
+    def _select(self, db: sqlite3.Connection, key: str, value: str, rng: Range | None,
+                sel: Selector) -> list[tuple[Any, ...]]:
+        assert key in ("span_id", "trace_id", "span_name")
+        sql = f"SELECT ptype, span_id, period, stacks, series FROM spans WHERE {key} = ?"
+        args: list[Any] = [value]
+        if rng is not None:
+            sql += " AND t >= ? AND t < ?"
+            args += [rng.first_window, rng.end]
+        rows = db.execute(sql, args).fetchall()
+        ok = self._matching(db, sel)
+        if ok is not None:
+            keep = set(ok)
+            rows = [r for r in rows if r[4] in keep]
+        return rows
+
+    async def requests(self, sel: Selector, rng: Range, limit: int, span_name: str = "") -> tuple[list[Request], int]:
+        """The root spans seen in ``rng`` whose series match ``sel`` (and named ``span_name``
+        when given), slowest wall time first (then CPU time): at most ``limit``, and how many
+        there were."""
+        return await self._run(self._requests, sel, rng, limit, span_name)  # type: ignore[no-any-return]
+
+    def _requests(self, db: sqlite3.Connection, sel: Selector, rng: Range, limit: int,
+                  span_name: str) -> tuple[list[Request], int]:
+        where = "last >= ? AND first < ?"
+        args: list[Any] = [rng.first_window, rng.end]
+        if span_name:
+            where += " AND span_name = ?"
+            args.append(span_name)
+        ok = self._matching(db, sel)
+        if ok is not None:
+            if not ok:
+                return [], 0
+            where += f" AND series IN ({','.join(str(i) for i in ok)})"  # ids from our own table
+        # Two statements: the top ``limit`` by a bounded sort (no window function over every
+        # row), then the count alone.
+        rows = db.execute(
+            "SELECT span_id, trace_id, span_name, series, wall_ns, cpu_ns, first, last "
+            f"FROM requests WHERE {where} ORDER BY wall_ns DESC, cpu_ns DESC, span_id LIMIT ?", [*args, limit]
+        ).fetchall()
+        (total,) = db.execute(f"SELECT count(*) FROM requests WHERE {where}", args).fetchone()
+        out = []
+        for span_id, trace_id, name, sid, wall, cpu, first, last in rows:
+            lab = self._labels(db, sid)
+            out.append(Request(span_id, trace_id, name, lab.get("service_name", ""), lab.get("pod", ""),
+                               wall, cpu, first, last))
+        return out, int(total)
+
+
+# -- requests in, answers out ---------------------------------------------------------------------
+def _user_selector(params: Mapping[str, str]) -> Selector:
+    """``query`` without any profile type (both wall and CPU rows are read)."""
+    try:
+        sel = parse_selector(params.get("query", "") or "")
+    except InputError as e:
+        raise InputError(f"query: {e}") from None
+    return Selector(tuple(m for m in sel.matchers if m.name not in RESERVED))
+
+
+def _id(params: Mapping[str, str], key: str) -> str:
+    v = params.get(key) or ""
+    if len(v) > MAX_ID_CHARS:
+        raise InputError(f"{key} is {len(v)} characters: ids are at most {MAX_ID_CHARS}")
+    return v
+
+
+@dataclass(frozen=True)
+class SpanProfileRequest:
+    """``/api/v1/span_profile``: exactly one of ``span_id``, ``trace_id``, ``span_name``."""
+
+    key: str
+    value: str
+    ptype: ProfileType | None
+    sel: Selector
+    rng: Range | None
+    format: str
+    max_nodes: int
+    min_share: float
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
+        """Parse the key, ``profile_type`` (optional), ``query``, the range (only for
+        ``span_name``: ids are unique), ``format``, ``max_nodes``, ``min_share``."""
+        given = [(k, _id(params, k) if k != "span_name" else params.get(k) or "")
+                 for k in ("span_id", "trace_id", "span_name")]
+        given = [(k, v) for k, v in given if v]
+        if len(given) != 1:
+            raise InputError("give exactly one of span_id=, trace_id= or span_name= (the root spans of that name)")
+        key, value = given[0]
+        ptype = profile_type_param(params) if params.get("profile_type") else None
+        rng = time_range(params, ctx.now, ctx.window) if key == "span_name" else None
+        return cls(key, value, ptype, _user_selector(params), rng, choice(params, "format", SPAN_FORMATS, "json"),
+                   int_param(params, "max_nodes", ctx.max_nodes), share_param(params))
+
+
+@dataclass(frozen=True)
+class RequestsRequest:
+    """``/api/v1/requests``: the slowest root spans of a range."""
+
+    sel: Selector
+    rng: Range
+    limit: int
+    span_name: str
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
+        """Parse ``query``, the range, ``limit``, ``span_name``."""
+        return cls(_user_selector(params), time_range(params, ctx.now, ctx.window),
+                   int_param(params, "limit", 100, 1, MAX_REQUEST_ROWS), params.get("span_name") or "")
+
+
+async def span_profile(store: SpanStore, req: SpanProfileRequest) -> dict[str, Any] | Output:
+    """Flame JSON (or folded text) of the samples of one span, one trace, or every root span
+    named ``span_name``; ``spans`` counts the spans merged. 400 when nothing was kept."""
+    from stacks.folded import dumps
+    from stacks.tree import pruned_tree, to_json
+
+    ptype, profile, n, period = await store.profile(req.key, req.value, req.ptype, req.rng, req.sel)
+    if ptype is None or not n:
+        raise InputError(f"no samples tagged {req.key}={req.value!r} are kept (older than the retention, "
+                         "never profiled, or of another profile_type)")
+    if req.format == "folded":
+        return Output("text/plain; charset=utf-8", dumps(profile), "folded.txt")
+    doc = to_json(pruned_tree(profile, max_nodes=req.max_nodes, min_share=req.min_share))
+    doc.update({req.key: req.value, "spans": n, "profile_type": ptype.id, "unit": ptype.unit, "period_ns": period})
+    return doc
+
+
+async def requests(store: SpanStore, req: RequestsRequest) -> dict[str, Any]:
+    """The slow-requests table: root spans by wall time (CPU time beside it), each with a link
+    to its flame graph (``flamegraph``: the ``span_profile`` query of its wall samples)."""
+    rows, total = await store.requests(req.sel, req.rng, req.limit, req.span_name)
+    out = []
+    for r in rows:
+        ptype = WALL if r.wall_ns or not r.cpu_ns else CPU
+        out.append({"span_id": r.span_id, "trace_id": r.trace_id, "span_name": r.span_name,
+                    "service_name": r.service_name, "pod": r.pod, "wall_ns": r.wall_ns, "cpu_ns": r.cpu_ns,
+                    "first_seen": r.first, "last_seen": r.last,
+                    "flamegraph": "/api/v1/span_profile?" + urlencode({"span_id": r.span_id,
+                                                                      "profile_type": ptype.id})})
+    return {"from": req.rng.start, "until": req.rng.end, "query": str(req.sel), "rows": out, "spans": total,
+            "truncated": total > len(out)}
+
+
+def spans_path(data_dir: str) -> Path:
+    """Where the span rows live: ``DATA_DIR/spans.sqlite`` (the directory is made on first write)."""
+    return Path(data_dir) / "spans.sqlite"

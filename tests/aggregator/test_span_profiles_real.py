@@ -1,0 +1,126 @@
+"""Issue 28: span profiles from the real pyroscope-otel + opentelemetry-sdk + pyroscope-io.
+
+tests/support/traced_app.py runs requests of known duration and work as root spans; its pushes
+are captured on loopback and replayed into the aggregator. Each span's flame graph totals exactly
+the samples the pushes tagged with that span (counted by an independent wire-format reader), and
+the slow-requests table ranks the spans as their measured durations do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from aggregator.app import create_app
+from aggregator.settings import SETTINGS
+from ground.settings import resolve
+from stacks.gz import gunzip_capped, maybe_gunzip
+from stacks.push import decode_push_request
+from tests.aggregator.test_real_profiles import _fields, _ints, replay
+from tests.support.capture import Recorded, capture_server
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+WALL_ID = "wall:wall:nanoseconds:wall:nanoseconds"
+pytestmark = pytest.mark.slow
+
+
+def tagged_samples(raw: bytes) -> Counter[str]:
+    """Samples (value / period) per ``span_id`` label of one pprof, read from the wire format."""
+    strings: list[str] = []
+    samples = []
+    period = 0
+    for num, _wt, v in _fields(raw):
+        if num == 6:
+            strings.append(bytes(v).decode())  # type: ignore[arg-type]
+        elif num == 2:
+            samples.append(bytes(v))  # type: ignore[arg-type]
+        elif num == 12:
+            period = int(v)  # type: ignore[arg-type]
+    out: Counter[str] = Counter()
+    for s in samples:
+        value, span = 0, None
+        for num, wt, v in _fields(s):
+            if num == 2:
+                value += sum(_ints(wt, v))
+            elif num == 3:
+                key = val = 0
+                for n2, _w2, v2 in _fields(bytes(v)):  # type: ignore[arg-type]
+                    if n2 == 1:
+                        key = int(v2)  # type: ignore[arg-type]
+                    elif n2 == 2:
+                        val = int(v2)  # type: ignore[arg-type]
+                if strings[key] == "span_id":
+                    span = strings[val]
+        if span is not None:
+            assert not period or value % period == 0, "the SDK sends whole samples (value = n * period)"
+            out[span] += value // period if period else value
+    return out
+
+
+@pytest.fixture(scope="module")
+def traced() -> tuple[list[dict], list[Recorded]]:
+    for mod in ("pyroscope", "pyroscope.otel", "opentelemetry.sdk"):
+        if importlib.util.find_spec(mod.split(".")[0]) is None or (
+                mod == "pyroscope.otel" and importlib.util.find_spec(mod) is None):
+            pytest.skip(reason=f"{mod} is not installed (pip install pyroscope-io pyroscope-otel opentelemetry-sdk)")
+    with capture_server() as cap:
+        proc = subprocess.run([sys.executable, str(SUPPORT / "traced_app.py"), "--server", cap.url,
+                               "--app-name", "traced"], capture_output=True, text=True, timeout=90)
+        assert proc.returncode == 0, proc.stderr
+        spans = json.loads(proc.stdout.strip().splitlines()[-1])
+        cap.wait_for(1, timeout=10)
+        time.sleep(0.5)  # the shutdown flush may still be arriving
+        return spans, list(cap.requests)
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
+    settings = resolve(SETTINGS, {"data_dir": str(tmp_path), "retention_seconds": "0"}, environ={})
+    c = TestClient(TestServer(create_app(settings, clock=time.time)))
+    await c.start_server()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_span_flamegraphs_and_slow_requests(client: TestClient,
+                                                  traced: tuple[list[dict], list[Recorded]]) -> None:
+    spans, reqs = traced
+    want: Counter[str] = Counter()
+    for r in reqs:
+        for s in decode_push_request(gunzip_capped(r.body, 1 << 26)):
+            for smp in s.samples:
+                want.update(tagged_samples(maybe_gunzip(smp.raw_profile, 1 << 26)))
+    by_id = {s["span_id"]: s for s in spans}
+    assert set(want) <= set(by_id), "every tagged sample names a span the tracer made"
+    assert len(want) == len(spans) == 4
+    await replay(client, reqs)
+    for span_id, n in want.items():
+        doc = await (await client.get(f"/api/v1/span_profile?span_id={span_id}")).json()
+        assert (doc["total"], doc["profile_type"]) == (n, WALL_ID), by_id[span_id]["name"]
+        names = {doc["names"][i] for i in doc["nodes"]["name"]}
+        assert "create_sample_images" in names
+        assert ("wait_for_database" in names) == (by_id[span_id]["name"] == "GET /report")
+        # wall samples at 100 Hz measure the span's duration
+        assert abs(n * 10_000_000 - by_id[span_id]["duration_ns"]) <= 0.3 * by_id[span_id]["duration_ns"] + 3e7
+    table = await (await client.get("/api/v1/requests?from=now-10m&until=now%2B1m")).json()
+    ranked = [r["span_id"] for r in table["rows"]]
+    assert ranked == [s["span_id"] for s in sorted(spans, key=lambda s: -s["duration_ns"])]
+    assert [r["wall_ns"] for r in table["rows"]] == [want[i] * 10_000_000 for i in ranked]
+    assert table["rows"][0]["span_name"] == "GET /admin" and table["rows"][0]["pod"] == "traced-1"
+    trace = by_id[ranked[0]]["trace_id"]
+    assert table["rows"][0]["trace_id"] == trace
+    doc = await (await client.get(f"/api/v1/span_profile?trace_id={trace}")).json()
+    assert doc["total"] == want[ranked[0]]
+    named = await (await client.get("/api/v1/span_profile?span_name=GET%20/admin&from=now-10m&until=now%2B1m")).json()
+    assert named["total"] == sum(n for i, n in want.items() if by_id[i]["name"] == "GET /admin")

@@ -1,0 +1,170 @@
+"""Span profiles and slow requests (issue 28 items 2-3) over HTTP: span and trace ids kept beside
+the samples (never series labels), flame graphs of one span / one trace / a span name, the
+requests table, and the span store's bounds (real aiohttp server, real SQLite, injected clock)."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+from urllib.parse import quote
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from aggregator.ingest import SpanItem
+from aggregator.spans import SpanStore, decode_profile, encode_profile
+from stacks.folded import parse
+from stacks.model import Frame, Labels, Profile, StackTable
+from stacks.pprof import encode_pprof
+from stacks.push import PushSeries, RawSample, encode_push_request
+from tests.aggregator.test_api import NOW, RANGE, make_client, q
+
+WALL_ID = "wall:wall:nanoseconds:wall:nanoseconds"
+CPU_ID = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+T1, T2 = "a" * 32, "b" * 32
+ADMIN_NAME = q('{span_name="GET /admin"}')
+POD2 = q('{pod="admin-2"}')
+
+
+def raw(text: str, **span: str) -> RawSample:
+    """A pprof of folded ``text`` whose samples all carry the ``span`` labels."""
+    return RawSample(encode_pprof(parse(text), sample_labels=span or None, time_nanos=int(NOW * 1e9)))
+
+
+async def push(client: TestClient, labels: dict[str, str], *samples: RawSample) -> None:
+    body = gzip.compress(encode_push_request([PushSeries(tuple(labels.items()), samples)]))
+    r = await client.post("/push.v1.PusherService/Push", data=body, headers={"Content-Type": "application/proto"})
+    assert r.status == 200, await r.text()
+
+
+@pytest.fixture
+async def client(tmp_path) -> AsyncIterator[TestClient]:  # type: ignore[no-untyped-def]
+    c = await make_client(tmp_path)
+    wall = {"__name__": "process_cpu", "service_name": "admin", "pod": "admin-1", "oncpu": "false"}
+    cpu = {"__name__": "process_cpu", "service_name": "admin", "pod": "admin-1"}
+    await push(c, wall,
+               raw("main;handle;createSampleImages;resize 25\nmain;handle 5\n",
+                   span_id="00000000000000a1", trace_id=T1, span_name="GET /admin"),
+               raw("main;handle;fetch 10\n", span_id="00000000000000b2", trace_id=T2, span_name="GET /admin"),
+               raw("main;health 5\n", span_id="00000000000000c3", trace_id=T1, span_name="GET /health"),
+               raw("main;idle 7\n"))  # untagged: in the series, in no span
+    await push(c, cpu, raw("main;handle;createSampleImages;resize 20\n", span_id="00000000000000a1", trace_id=T1,
+                           span_name="GET /admin"))
+    await push(c, {**wall, "pod": "admin-2"},
+               raw("main;handle;fetch 12\n", span_id="00000000000000d4", trace_id=T2, span_name="GET /admin"))
+    yield c
+    await c.close()
+
+
+async def get(client: TestClient, path: str, status: int = 200) -> dict:
+    r = await client.get(path)
+    assert r.status == status, await r.text()
+    return await r.json()
+
+
+async def test_ids_are_not_labels_and_samples_stay_in_series(client: TestClient) -> None:
+    names = (await get(client, f"/api/v1/labels?{RANGE}&profile_type={WALL_ID}"))["names"]
+    assert "span_name" in names and "span_id" not in names and "trace_id" not in names
+    top = await get(client, f"/api/v1/top?{RANGE}&profile_type={WALL_ID}")
+    assert top["total"] == 30 + 10 + 5 + 7 + 12
+
+
+async def test_span_trace_and_name_flamegraphs(client: TestClient) -> None:
+    one = await get(client, "/api/v1/span_profile?span_id=00000000000000a1")
+    assert (one["total"], one["profile_type"], one["spans"]) == (30, WALL_ID, 1)  # wall first
+    names = [one["names"][i] for i in one["nodes"]["name"]]
+    assert "createSampleImages" in names and "fetch" not in names
+    cpu = await get(client, f"/api/v1/span_profile?span_id=00000000000000a1&profile_type={CPU_ID}")
+    assert cpu["total"] == 20
+    trace = await get(client, f"/api/v1/span_profile?trace_id={T1}")
+    assert trace["total"] == 35 and trace["spans"] == 2
+    named = await get(client, f"/api/v1/span_profile?span_name={quote('GET /admin')}&{RANGE}")
+    assert named["total"] == 30 + 10 + 12 and named["spans"] == 3
+    # the same as the series label: all root spans of a name are also an ordinary query
+    r = await get(client, f"/api/v1/top?{RANGE}&profile_type={WALL_ID}&query={ADMIN_NAME}")
+    assert r["total"] == named["total"]
+    pod2 = await get(client, f"/api/v1/span_profile?span_name={quote('GET /admin')}&{RANGE}"
+                             f"&query={POD2}")
+    assert pod2["total"] == 12
+    folded = await (await client.get("/api/v1/span_profile?span_id=00000000000000b2&format=folded")).text()
+    assert folded == "main;handle;fetch 10\n"
+
+
+async def test_slow_requests_ranked_by_wall_time(client: TestClient) -> None:
+    doc = await get(client, f"/api/v1/requests?{RANGE}")
+    rows = doc["rows"]
+    assert [(r["span_id"][-2:], r["wall_ns"], r["cpu_ns"]) for r in rows] == [
+        ("a1", 300_000_000, 200_000_000), ("d4", 120_000_000, 0), ("b2", 100_000_000, 0), ("c3", 50_000_000, 0)]
+    assert rows[0]["span_name"] == "GET /admin" and rows[0]["pod"] == "admin-1" and rows[0]["trace_id"] == T1
+    assert rows[1]["pod"] == "admin-2" and doc["spans"] == 4 and not doc["truncated"]
+    # each row links to its span's flame graph, whose total is the span's wall samples
+    linked = await get(client, rows[0]["flamegraph"])
+    assert linked["total"] * 10_000_000 == rows[0]["wall_ns"]
+    top2 = await get(client, f"/api/v1/requests?{RANGE}&limit=2&span_name={quote('GET /admin')}")
+    assert [r["span_id"][-2:] for r in top2["rows"]] == ["a1", "d4"] and top2["truncated"] and top2["spans"] == 3
+    only = await get(client, f"/api/v1/requests?{RANGE}&query={POD2}")
+    assert [r["span_id"][-2:] for r in only["rows"]] == ["d4"]
+    assert (await get(client, "/api/v1/requests?from=now-1s&until=now"))["rows"] == []
+
+
+@pytest.mark.parametrize(("qs", "words"), [
+    ("", ["exactly one of span_id"]),
+    ("span_id=a&trace_id=b", ["exactly one"]),
+    ("span_id=" + "f" * 65, ["at most 64"]),
+    ("span_id=ffff", ["no samples tagged span_id='ffff'"]),
+    ("span_id=00000000000000a1&format=pprof", ["json, folded"]),
+    ("span_id=00000000000000a1&query={x", ["query"]),
+])
+async def test_bad_span_queries_are_400(client: TestClient, qs: str, words: list[str]) -> None:
+    r = await client.get("/api/v1/span_profile?" + qs)
+    text = await r.text()
+    assert r.status == 400, text
+    for w in words:
+        assert w in text
+    r = await client.get("/api/v1/requests?limit=5000")
+    assert r.status == 400 and "1..1000" in await r.text()
+
+
+def test_encoding_keeps_any_frame_name() -> None:
+    p = Profile.from_pairs([((Frame.user("a;b c"), Frame.kernel("k")), 3), ((Frame.metadata("pod"),), 2)])
+    assert decode_profile(encode_profile(p), StackTable()).as_dict() == p.as_dict()
+
+
+async def test_span_store_is_bounded_by_rows_and_retention(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    now = [10_000.0]
+    store = SpanStore(tmp_path / "s.sqlite", max_rows=3, retention_seconds=100, clock=lambda: now[0], prune_every=0)
+    labels = Labels.of({"service_name": "a", "__profile_type__": WALL_ID, "__period__": "10000000"})
+
+    def item(i: int, t: float) -> SpanItem:
+        return SpanItem(f"s{i}", "", labels, t, parse("main 1\n"))
+
+    await store.add([item(i, 9_990.0) for i in range(5)])
+    from aggregator.params import Range
+    rng = Range(0, 20_000, 30)
+    from stacks.selector import Selector
+    rows, n = await store.requests(Selector(()), rng, 10)
+    assert n == 3 and {r.span_id for r in rows} == {"s2", "s3", "s4"}  # the oldest went first
+    now[0] = 10_200.0
+    await store.add([item(9, 10_150.0)])
+    rows, n = await store.requests(Selector(()), rng, 10)
+    assert [r.span_id for r in rows] == ["s9"]  # older than the retention: gone
+    off = SpanStore(tmp_path / "off.sqlite", max_rows=0, retention_seconds=0)
+    assert await off.add([item(1, 1.0)]) == 0
+    await store.close()
+    await off.close()
+
+
+async def test_a_failing_span_database_never_fails_the_push(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The span copy is a convenience: a broken spans.sqlite is logged and counted, the push and its
+    samples in the series still succeed."""
+    (tmp_path / "spans.sqlite").write_bytes(b"this is not a database" * 100)
+    c = await make_client(tmp_path)
+    try:
+        await push(c, {"__name__": "process_cpu", "service_name": "admin"},
+                   raw("main;f 3\n", span_id="00000000000000e5", span_name="GET /x"))
+        top = await get(c, f"/api/v1/top?{RANGE}")
+        assert top["total"] == 3
+        from aggregator.app import SPANS
+        assert c.server.app[SPANS].failed == 1
+    finally:
+        await c.close()
