@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError, Message
 
 from aggregator import _proto, params, query
 from aggregator import app as app_module
+from aggregator.spans import MAX_ID_CHARS, SpanStore, user_selector
 from aggregator.store import StoreError
 from aggregator.store.base import MERGE_ALL, MergedReads, Store
 from stacks import flamebearer
@@ -71,6 +72,7 @@ class Call:
     store: Store
     ctx: params.Context
     retention_seconds: int
+    spans: SpanStore | None = None  # span-tagged samples (aggregator/spans.py)
 
 
 # -- conversions between Pyroscope's requests and the /api/v1 parameters -----------------------
@@ -294,9 +296,41 @@ async def get_profile_stats(call: Call, msg: Message) -> Message:
     return out
 
 
+MAX_SPAN_SELECTOR = 1000  # span ids one SelectMergeSpanProfile may name
+
+
 async def select_merge_span_profile(call: Call, msg: Message) -> Message:
-    raise ConnectError("unimplemented", "span profiles are not stored by flamewatch yet (pushes' span_id labels "
-                                        "are dropped at ingest): query SelectMergeStacktraces without a span selector")
+    """The merged flame graph of the samples tagged with the given span ids (what Grafana shows
+    for a trace's span), from the span store: the same samples /api/v1/span_profile reads."""
+    from stacks.tree import pruned_tree, to_json
+
+    ids = [i.strip() for i in msg.span_selector if i.strip()]  # type: ignore[attr-defined]
+    if not ids:
+        raise ConnectError("invalid_argument", "span_selector is empty: give the span ids (hex) to merge")
+    if len(ids) > MAX_SPAN_SELECTOR or any(len(i) > MAX_ID_CHARS for i in ids):
+        raise ConnectError("invalid_argument", f"span_selector: at most {MAX_SPAN_SELECTOR} ids of at most "
+                                               f"{MAX_ID_CHARS} characters")
+    if msg.format == PPROF_FORMAT:  # type: ignore[attr-defined]
+        raise ConnectError("unimplemented", "SelectMergeSpanProfile answers a flame graph (format 0), not pprof")
+    if call.spans is None:
+        raise ConnectError("unavailable", "the span store is not open")
+    q = _query(msg)
+    ptype = params.profile_type_param(q) if q["profile_type"] else None
+    sel = user_selector(q)
+    rng = _rng(msg.start, msg.end, call)  # type: ignore[attr-defined]
+    got, profile, n, period = await call.spans.profile("span_id", ids, ptype, rng, sel)
+    out = M("querier.v1.SelectMergeSpanProfileResponse")()
+    if got is None or not n:
+        return out  # nothing tagged with these spans: an empty flame graph, as Pyroscope answers
+    max_nodes = int(_max_nodes(msg.max_nodes, call.ctx))  # type: ignore[attr-defined]
+    doc = to_json(pruned_tree(profile, max_nodes=max_nodes))
+    fb = flamebearer.single(doc, _scale(got, period))
+    fg = out.flamegraph
+    fg.names.extend(fb.names)
+    fg.total, fg.max_self = fb.total, fb.max_self
+    for level in fb.levels:
+        fg.levels.add(values=level)
+    return out
 
 
 async def select_heatmap(call: Call, msg: Message) -> Message:
@@ -350,7 +384,8 @@ def _call(app: web.Application) -> Call:
     s = app[app_module.SETTINGS]
     ctx = params.Context(app[app_module.CLOCK](), s.window_seconds, s.max_nodes,
                          max_groups=s.max_groups, max_label_values=s.max_label_values)
-    return Call(app[app_module.READ_STORE], ctx, s.retention_seconds)  # the same view as /api/v1
+    return Call(app[app_module.READ_STORE], ctx, s.retention_seconds,  # the same view as /api/v1
+                app.get(app_module.SPANS))
 
 
 async def _decode(request: web.Request, cls: type, codec: str) -> Message:

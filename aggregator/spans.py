@@ -250,10 +250,10 @@ class SpanStore:
             return None
         return [sid for (sid,) in db.execute("SELECT id FROM series") if sel.matches(self._labels(db, sid))]
 
-    async def profile(self, key: str, value: str, ptype: ProfileType | None, rng: Range | None,
+    async def profile(self, key: str, value: str | Sequence[str], ptype: ProfileType | None, rng: Range | None,
                       sel: Selector) -> tuple[ProfileType | None, Profile, int, int | None]:
         """(type, merged samples, spans, period) of the rows whose ``key`` (span_id, trace_id or
-        span_name) is ``value``, of type ``ptype`` (None: wall when there is any, else CPU,
+        span_name) is ``value`` (or one of the values), of type ``ptype`` (None: wall when there is any, else CPU,
         else the first type found), in ``rng`` when given, whose series match ``sel``; the
         sampling period in ns when every row agrees on one."""
         rows = await self._run(self._select, key, value, rng, sel)
@@ -268,11 +268,13 @@ class SpanStore:
         period = next(iter(periods)) if len(periods) == 1 else None
         return ptype, profile, len({r[1] for r in mine}), period
 
-    def _select(self, db: sqlite3.Connection, key: str, value: str, rng: Range | None,
+    def _select(self, db: sqlite3.Connection, key: str, value: str | Sequence[str], rng: Range | None,
                 sel: Selector) -> list[tuple[Any, ...]]:
         assert key in ("span_id", "trace_id", "span_name")
-        sql = f"SELECT ptype, span_id, period, stacks, series FROM spans WHERE {key} = ?"
-        args: list[Any] = [value]
+        values = [value] if isinstance(value, str) else list(value)
+        sql = (f"SELECT ptype, span_id, period, stacks, series FROM spans "
+               f"WHERE {key} IN ({','.join('?' * len(values))})")
+        args: list[Any] = list(values)
         if rng is not None:
             sql += " AND t >= ? AND t < ?"
             args += [rng.first_window, rng.end]
@@ -317,7 +319,7 @@ class SpanStore:
 
 
 # -- requests in, answers out ---------------------------------------------------------------------
-def _user_selector(params: Mapping[str, str]) -> Selector:
+def user_selector(params: Mapping[str, str]) -> Selector:
     """``query`` without any profile type (both wall and CPU rows are read)."""
     try:
         sel = parse_selector(params.get("query", "") or "")
@@ -358,7 +360,7 @@ class SpanProfileRequest:
         key, value = given[0]
         ptype = profile_type_param(params) if params.get("profile_type") else None
         rng = time_range(params, ctx.now, ctx.window) if key == "span_name" else None
-        return cls(key, value, ptype, _user_selector(params), rng, choice(params, "format", SPAN_FORMATS, "json"),
+        return cls(key, value, ptype, user_selector(params), rng, choice(params, "format", SPAN_FORMATS, "json"),
                    int_param(params, "max_nodes", ctx.max_nodes), share_param(params))
 
 
@@ -374,7 +376,7 @@ class RequestsRequest:
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
         """Parse ``query``, the range, ``limit``, ``span_name``."""
-        return cls(_user_selector(params), time_range(params, ctx.now, ctx.window),
+        return cls(user_selector(params), time_range(params, ctx.now, ctx.window),
                    int_param(params, "limit", 100, 1, MAX_REQUEST_ROWS), params.get("span_name") or "")
 
 

@@ -154,7 +154,7 @@ def test_grafana_go_connect_client(served: tuple[Server, int, int], goclient: tu
 
     assert got["series_labels"] == [{"__profile_type__": CPU, "service_name": s} for s in ("cart", "shop")]
     assert got["settings"] == 0
-    assert got["span_profile_code"] == "unimplemented"
+    assert got["span_profile_code"] == "ok" and got["span_profile_total"] == 0
     assert got["bad_selector_code"] == "invalid_argument" and "selector" in got["bad_selector_message"]
 
 

@@ -168,3 +168,29 @@ async def test_a_failing_span_database_never_fails_the_push(tmp_path) -> None:  
         assert c.server.app[SPANS].failed == 1
     finally:
         await c.close()
+
+
+async def test_grafana_select_merge_span_profile_equals_span_profile(client: TestClient) -> None:
+    """Grafana's SelectMergeSpanProfile (both Connect codecs) merges the named spans' samples:
+    the same totals and frames as /api/v1/span_profile, in nanoseconds as Pyroscope shows them."""
+    from tests.aggregator.test_querier import call, raw_call
+
+    a1 = await get(client, f"/api/v1/span_profile?span_id=00000000000000a1&profile_type={WALL_ID}")
+    b2 = await get(client, f"/api/v1/span_profile?span_id=00000000000000b2&profile_type={WALL_ID}")
+    period = a1["period_ns"]
+    assert period and b2["period_ns"] == period
+    req = {"profileTypeID": WALL_ID, "labelSelector": "{}", "spanSelector": ["00000000000000a1", "00000000000000b2"],
+           "start": int((NOW - 3600) * 1000), "end": int((NOW + 60) * 1000)}
+    for codec in ("proto", "json"):
+        got = await call(client, "SelectMergeSpanProfile", req, "querier.v1.SelectMergeSpanProfileResponse", codec)
+        assert got.flamegraph.total == (a1["total"] + b2["total"]) * period == 40 * period
+        assert {"createSampleImages", "fetch"} <= set(got.flamegraph.names)
+        assert "health" not in got.flamegraph.names  # span c3 was not asked for
+    cpu = await call(client, "SelectMergeSpanProfile", {**req, "profileTypeID": CPU_ID},
+                     "querier.v1.SelectMergeSpanProfileResponse")
+    assert cpu.flamegraph.total == 20 * period  # only a1 has CPU samples
+    none = await call(client, "SelectMergeSpanProfile", {**req, "spanSelector": ["ffff"]},
+                      "querier.v1.SelectMergeSpanProfileResponse")
+    assert none.flamegraph.total == 0
+    status, body, _ = await raw_call(client, "SelectMergeSpanProfile", {**req, "spanSelector": []})
+    assert status == 400 and b"span_selector" in body
