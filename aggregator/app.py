@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from aggregator import guards, ingest, jfr, otlp, params, producers, query
+from aggregator import cumulative, guards, ingest, jfr, otlp, params, producers, query
 from aggregator import spans as span_profiles
 from aggregator.metrics import Metrics
 from aggregator.settings import ServeSettings
@@ -42,6 +42,7 @@ WRITER = web.AppKey("writer", WindowWriter)
 SETTINGS = web.AppKey("settings", ServeSettings)
 METRICS = web.AppKey("metrics", Metrics)
 TABLES = web.AppKey("tables", ingest.IngestTables)
+DELTAS = web.AppKey("deltas", cumulative.Deltas)
 CLOCK = web.AppKey("clock", Callable)  # type: ignore[type-abstract]
 READ_STORE = web.AppKey("read_store", Store)  # the store as queries see it (aggregator/producers.py)
 HEALTH = web.AppKey("health", guards.Health)
@@ -184,10 +185,12 @@ async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: st
     the gRPC listener, aggregator/grpc_server.py). Series without a producer label get ``spy``'s."""
     producers.name_producers(decoded, spy)
     m = app[METRICS]
-    ingest.check_sums(decoded)  # before anything is queued: a refused push stores nothing
-    placed = await app[WRITER].add(decoded.items)
-    if decoded.spans:  # after the samples: a span row never points at samples not stored
-        await app[SPANS].add(decoded.spans)
+    # Running totals become deltas against the shared state, saved once the samples are written.
+    async with app[DELTAS].applied(decoded):
+        ingest.check_sums(decoded)  # before anything is queued: a refused push stores nothing
+        placed = await app[WRITER].add(decoded.items)
+        if decoded.spans:  # after the samples: a span row never points at samples not stored
+            await app[SPANS].add(decoded.spans)
     m.pushes.labels(route).inc()
     m.samples.inc(placed.samples)
     m.lines.inc(decoded.lines)
@@ -473,6 +476,8 @@ def create_app(
     app[READ_STORE] = producers.read_view(store, settings.one_producer_per_process)
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
+    shared = getattr(store, "cumulative_state", None)  # ClickHouse: one state for every replica
+    app[DELTAS] = cumulative.Deltas(shared() if shared is not None else cumulative.MemoryState())
     app[CLOCK] = clock
     app[HEALTH] = guards.Health()
     app[DECODER] = ThreadPoolExecutor(1, thread_name_prefix="decode")
@@ -513,6 +518,9 @@ def create_app(
 async def _lifecycle(app: web.Application) -> Any:
     """Open the store and start the writer and maintenance; on shutdown commit and close."""
     await app[STORE].open()
+    state = app[DELTAS].state
+    if isinstance(state, cumulative.MemoryState):
+        state.restore(cumulative.state_path(app[SETTINGS].data_dir))
     for problem in getattr(app[STORE], "startup_problems", ()):
         app[HEALTH].corrupt(problem)
     app[WRITER].start()
@@ -522,6 +530,11 @@ async def _lifecycle(app: web.Application) -> Any:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await app[WRITER].close()
+    if isinstance(state, cumulative.MemoryState):
+        try:
+            state.dump(cumulative.state_path(app[SETTINGS].data_dir))
+        except OSError as e:
+            log.warning("cumulative state not saved (%s): each series' next push is a new baseline", e)
     await app[STORE].close()
     app[DECODER].shutdown(wait=False)
     await app[SPANS].close()

@@ -11,13 +11,13 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aggregator.params import converted
 from stacks import folded
-from stacks.delta import BASELINE, DELTA_LABEL, RESET, CumulativeDeltas, needs_delta
+from stacks.delta import BASELINE, DELTA_LABEL, RESET, needs_delta
 from stacks.errors import InputError, LimitError
 from stacks.gz import maybe_gunzip
 from stacks.model import Labels, Profile, StackTable
@@ -142,8 +142,6 @@ class IngestTables:
     index: folded.StackIndex | None = None
     compiled: bool = True
     pprof: PprofDecoder = field(init=False, repr=False)
-    # Highest values of each series' cumulative (running-total) profiles, for server-side deltas.
-    deltas: CumulativeDeltas = field(default_factory=CumulativeDeltas, repr=False)
 
     def __post_init__(self) -> None:
         self.pprof = PprofDecoder(compiled=self.compiled)
@@ -168,6 +166,19 @@ class IngestTables:
         return {"pprof": self.pprof.compiled, "folded": self.compiled and folded.BUILT}
 
 
+@dataclass(frozen=True)
+class Cumulative:
+    """A running-total profile of a push, waiting to be differenced against its series' last
+    push (:func:`take_deltas`); kept aside so the state can live in the store (issue 23 item 5)."""
+
+    labels: Labels
+    t: float | None
+    profile: Profile
+    ptype: str  # profile type id
+    span_id: str = ""
+    trace_id: str = ""
+
+
 @dataclass
 class Decoded:
     """What one request carried."""
@@ -178,11 +189,14 @@ class Decoded:
     skipped: dict[str, int] = field(default_factory=dict)
     # (reason, profile type id) -> amount accepted but not stored (cumulative baselines)
     not_stored: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Running-total profiles not yet differenced: aggregator.cumulative turns them into items.
+    cumulative: list[Cumulative] = field(default_factory=list)
 
     def add(self, other: Decoded) -> None:
         """Take in another request part's items and counts."""
         self.items.extend(other.items)
         self.spans.extend(other.spans)
+        self.cumulative.extend(other.cumulative)
         self.lines += other.lines
         for k, v in other.skipped.items():
             self.skipped[k] = self.skipped.get(k, 0) + v
@@ -345,29 +359,34 @@ def _from_pprof(
                 extra = {k: v for k, v in sample_labels.items() if k not in DROPPED_LABELS}
                 check_label_names(extra, "pprof sample label")
                 labels = Labels.of({**extra, **dict(series_base.items_)}) if extra else series_base
-            if cumulative:
-                got = _difference(tables, labels, profile, ptype, out)
-                if got is None:
-                    continue
-                profile = got
+            span = next((sample_labels[k] for k in SPAN_ID_LABELS if sample_labels and sample_labels.get(k)), "")
+            if cumulative:  # differenced against the shared state later (aggregator.cumulative)
+                trace = sample_labels.get(TRACE_ID_LABEL, "") if span else ""
+                out.cumulative.append(Cumulative(labels, t, profile, ptype.id, span, trace))
+                continue
             out.items.append((labels, t, profile))
             out.lines += len(profile)
-            span = next((sample_labels[k] for k in SPAN_ID_LABELS if sample_labels and sample_labels.get(k)), "")
             if span:
                 out.spans.append(SpanItem(span, sample_labels.get(TRACE_ID_LABEL, ""), labels, t, profile))
     return out
 
 
-def _difference(tables: IngestTables, labels: Labels, profile: Profile, ptype: ProfileType,
-                out: Decoded) -> Profile | None:
-    """The growth of a cumulative profile since the series' last push; None (counted in
-    ``out.not_stored``) when this push only sets the baseline, or when nothing grew."""
-    got, why = tables.deltas.delta(labels, profile)
-    if got is None:
-        key = (why, ptype.id)
-        out.not_stored[key] = out.not_stored.get(key, 0) + profile.total
-        return None
-    return got if len(got) else None
+def take_deltas(decoded: Decoded, results: Sequence[tuple[Profile | None, str]]) -> None:
+    """Put the differenced ``decoded.cumulative`` profiles (``results``, in their order, from
+    :mod:`aggregator.cumulative`) among the push's items; a baseline (None) is counted in
+    ``not_stored`` with its reason, a push where nothing grew adds nothing."""
+    for p, (got, why) in zip(decoded.cumulative, results, strict=True):
+        if got is None:
+            key = (why, p.ptype)
+            decoded.not_stored[key] = decoded.not_stored.get(key, 0) + p.profile.total
+            continue
+        if not len(got):
+            continue
+        decoded.items.append((p.labels, p.t, got))
+        decoded.lines += len(got)
+        if p.span_id:
+            decoded.spans.append(SpanItem(p.span_id, p.trace_id, p.labels, p.t, got))
+    decoded.cumulative = []
 
 
 def _series_labels(pairs: tuple[tuple[str, str], ...]) -> tuple[Labels, str, str | None]:

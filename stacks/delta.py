@@ -18,7 +18,8 @@ aggregator's ingest tables); the module holds none. Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
 
 from stacks.model import Labels, Profile, Stack
 from stacks.profiletype import ProfileType
@@ -28,6 +29,23 @@ DELTA_LABEL = "__delta__"
 CUMULATIVE_TYPES = frozenset({("memory", "alloc_space"), ("memory", "alloc_objects")})
 BASELINE = "cumulative_baseline"  # reason: first profile of a series, kept to subtract from the next
 RESET = "cumulative_reset"  # reason: values fell (the process restarted); kept as the new baseline
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def difference(highest: Mapping[K, int] | None, current: Mapping[K, int]) -> tuple[dict[K, int] | None, str]:
+    """Pyroscope's rule on one push, on any stack key (a :class:`Stack`, or a stack hash in a
+    shared store): ``(growth per key, "")``, or ``(None, reason)`` when ``current`` only becomes
+    the baseline (no ``highest``: :data:`BASELINE`; a value fell: :data:`RESET`). Growth keeps
+    only the keys that grew; the new highest values are ``highest`` updated with ``current``
+    (or ``current`` alone when it is a baseline)."""
+    if highest is None:
+        return None, BASELINE
+    if _fell(highest, current):
+        return None, RESET
+    grown = {k: v - highest.get(k, 0) for k, v in current.items()}
+    return {k: d for k, d in grown.items() if d > 0}, ""
 
 
 def needs_delta(ptype: ProfileType, delta_label: str | None) -> bool:
@@ -53,14 +71,30 @@ class CumulativeDeltas:
         """``(delta profile, "")``, or ``(None, reason)`` when the push only sets the baseline."""
         current = profile.as_dict()
         highest = self._highest.get(series)
-        if highest is None or _fell(highest, current):
+        grown, why = difference(highest, current)
+        if grown is None or highest is None:
             self._remember(series, dict(current))
-            return None, BASELINE if highest is None else RESET
+            return None, why
         self._highest.move_to_end(series)
-        pairs = [(stack, value - highest.get(stack, 0)) for stack, value in current.items()]
         highest.update(current)
-        kept = [(s, v) for s, v in pairs if v > 0]
-        return Profile.from_pairs(kept, profile.table), ""
+        return Profile.from_pairs(list(grown.items()), profile.table), ""
+
+    def highest(self, series: Labels) -> dict[Stack, int] | None:
+        """The highest values remembered for ``series`` (None: no baseline)."""
+        return self._highest.get(series)
+
+    def remember(self, series: Labels, values: Mapping[Stack, int], baseline: bool) -> None:
+        """Take in a push's values: as the whole new baseline, or raising the highest values."""
+        highest = self._highest.get(series)
+        if baseline or highest is None:
+            self._remember(series, dict(values))
+        else:
+            highest.update(values)
+            self._highest.move_to_end(series)
+
+    def snapshot(self) -> list[tuple[Labels, dict[Stack, int]]]:
+        """Every remembered series with its highest values, least recently pushed first."""
+        return [(s, dict(h)) for s, h in self._highest.items()]
 
     def _remember(self, series: Labels, values: dict[Stack, int]) -> None:
         self._highest[series] = values

@@ -14,7 +14,10 @@ PARTITION_SECONDS = 3600  # retention granularity of DROP PARTITION; finer cuts 
 ROLLUP_PARTITION_SECONDS = 86400  # rollup tables: one partition per day (a cut one is ignored by reads)
 # Rollup tables by resolution, each filled by a materialized view on every INSERT into samples.
 ROLLUP_TABLES = {3600: "samples_1h", 86400: "samples_1d"}
-TOTALS_TABLE = "window_totals"  # per (series, window) sums of samples: the timeline's source
+TOTALS_TABLE = "window_totals"
+# Highest value per (series, stack) of cumulative profiles, shared by every replica
+# (aggregator/store/clickhouse/cumulative.py); stack 0 is the series' baseline marker.
+CUMULATIVE_TABLE = "cumulative"  # per (series, window) sums of samples: the timeline's source
 KIND_NAMES = {Kind.USER: "user", Kind.KERNEL: "kernel", Kind.METADATA: "metadata"}
 _KIND_CODE = {Kind.USER: b"u", Kind.KERNEL: b"k", Kind.METADATA: b"m"}
 
@@ -34,6 +37,8 @@ def ddl(db: str) -> list[str]:
         f"ENGINE = SummingMergeTree(count) PARTITION BY {part} ORDER BY (series, window, stack)",
         # rollup_meta: ('since_RES', first period the view has seen whole), ('horizon', retention cut)
         f"CREATE TABLE IF NOT EXISTS {db}.rollup_meta (key String, value UInt32) ENGINE = MergeTree() ORDER BY key",
+        f"CREATE TABLE IF NOT EXISTS {db}.{CUMULATIVE_TABLE} (series UInt64, stack UInt64, value UInt64, "
+        "version UInt64) ENGINE = ReplacingMergeTree(version) ORDER BY (series, stack)",
     ]
 
 

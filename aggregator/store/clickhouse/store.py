@@ -138,6 +138,13 @@ class ClickHouseStore(Transport, PrunedReads):
         """Create the database and tables if missing. Raises StoreError if the server is down."""
         await self._create_schema()
 
+    def cumulative_state(self) -> Any:
+        """The state of cumulative profiles in this database, shared by every replica
+        (:class:`aggregator.store.clickhouse.cumulative.ClickHouseState`)."""
+        from aggregator.store.clickhouse.cumulative import ClickHouseState
+
+        return ClickHouseState(self)
+
     async def _post_json(self, sql: str) -> list[dict[str, Any]]:
         """JSONEachRow rows of ``sql`` through ``_post`` (no schema re-creation: used by it)."""
         raw = await self._post(sql + " FORMAT JSONEachRow")
