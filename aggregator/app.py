@@ -28,7 +28,7 @@ from aggregator import spans as span_profiles
 from aggregator.metrics import Metrics
 from aggregator.settings import ServeSettings
 from aggregator.store import Store, StoreError, open_store
-from aggregator.store.base import Compacting, CorruptionError, SumOverflow, redacted
+from aggregator.store.base import Compacting, CorruptionError, SharedCumulative, SumOverflow, redacted
 from aggregator.windows import WindowWriter
 from ground.settings import resolve
 from render import Output
@@ -476,8 +476,9 @@ def create_app(
     app[READ_STORE] = producers.read_view(store, settings.one_producer_per_process)
     app[METRICS] = metrics
     app[TABLES] = ingest.IngestTables(compiled=settings.compiled_readers)
-    shared = getattr(store, "cumulative_state", None)  # ClickHouse: one state for every replica
-    app[DELTAS] = cumulative.Deltas(shared() if shared is not None else cumulative.MemoryState())
+    # ClickHouse: one state in the database for every replica; SQLite: the process keeps it.
+    app[DELTAS] = cumulative.Deltas(
+        store.cumulative_state() if isinstance(store, SharedCumulative) else cumulative.MemoryState())
     app[CLOCK] = clock
     app[HEALTH] = guards.Health()
     app[DECODER] = ThreadPoolExecutor(1, thread_name_prefix="decode")

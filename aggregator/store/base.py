@@ -1,6 +1,6 @@
 """The storage Protocols: :class:`Store`, which every backend (SQLite, ClickHouse) implements,
 and the optional capabilities a backend may add (:class:`MergedReads`,
-:class:`PrunedMergedReads`, :class:`Compacting`).
+:class:`PrunedMergedReads`, :class:`TopTotals`, :class:`SharedCumulative`, :class:`Compacting`).
 
 Writes are *additive*: writing a profile for a (series, window) that already
 has data adds the counts. That lets the aggregator write every acknowledged
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from stacks.model import Labels, Profile, StackTable
 from stacks.selector import Selector
@@ -161,6 +161,17 @@ class TopTotals(Protocol):
     ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
         """(rows of the kept groups as in ``totals``, the others summed per window, number of
         groups, samples of the others)."""
+
+
+@runtime_checkable
+class SharedCumulative(Protocol):
+    """Optional for a backend that several processes share (ClickHouse): the highest values of
+    cumulative (running-total) profiles kept in the store, so every replica differences a push
+    against the series' last push wherever it went (issue 23 item 5). Without it the process
+    keeps them (:class:`aggregator.cumulative.MemoryState`)."""
+
+    def cumulative_state(self) -> Any:
+        """An :class:`aggregator.cumulative.StateBackend` on this store."""
 
 
 @runtime_checkable

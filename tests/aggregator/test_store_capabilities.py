@@ -18,6 +18,7 @@ from aggregator.store.base import (
     MergedReads,
     PrunedMergedReads,
     SeriesWindow,
+    SharedCumulative,
     Store,
     TopTotals,
 )
@@ -29,7 +30,7 @@ from stacks.profiletype import DEFAULT, TYPE_LABEL
 from stacks.selector import Selector
 
 ROOT = Path(__file__).resolve().parents[2]
-CAPABILITIES = (Store, MergedReads, PrunedMergedReads, Compacting, TopTotals)
+CAPABILITIES = (Store, MergedReads, PrunedMergedReads, Compacting, TopTotals, SharedCumulative)
 T0 = 1_700_006_400
 U = Frame.user
 
@@ -45,7 +46,7 @@ def protocol_methods(proto: type) -> set[str]:
         (lambda tmp: SQLiteStore(tmp / "f.db"), {Store, MergedReads, Compacting, TopTotals}),
         # Construction does not connect: no server needed to check the shape of the class.
         (lambda tmp: ClickHouseStore("clickhouse://127.0.0.1:8123/flamewatch"),
-         {Store, MergedReads, PrunedMergedReads}),
+         {Store, MergedReads, PrunedMergedReads, SharedCumulative}),
     ],
     ids=["sqlite", "clickhouse"],
 )
