@@ -438,6 +438,9 @@ async def _maintenance(app: web.Application) -> None:
         await asyncio.sleep(interval)
         try:
             done = await writer.maintain()
+            if app[SETTINGS].retention_seconds:
+                cut = int(app[CLOCK]() - app[SETTINGS].retention_seconds)
+                done["cumulative_forgotten"] = await app[DELTAS].state.forget_before(cut)
             if any(done.values()):
                 log.info("maintenance: %s", done)
         except StoreError as e:

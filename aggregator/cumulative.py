@@ -57,6 +57,9 @@ class StateBackend(Protocol):
         """Keep ``after`` (the series' highest values after the push): ``baselines`` start anew,
         the others changed from ``before`` only where a value grew or a stack is new."""
 
+    async def forget_before(self, t: int) -> int:
+        """Retention: forget series whose state is older than ``t`` (unix seconds)."""
+
 
 class MemoryState:
     """The state of one process, in memory (bounded by :class:`CumulativeDeltas`' series limit)."""
@@ -80,6 +83,9 @@ class MemoryState:
                    baselines: set[Labels]) -> None:
         for s, values in after.items():
             self.deltas.remember(s, values, baseline=s in baselines)
+
+    async def forget_before(self, t: int) -> int:
+        return 0  # bounded by CumulativeDeltas.max_series (least recently pushed forgotten first)
 
     def dump(self, path: Path) -> None:
         """Write the state to ``path`` (atomically: a crash leaves the previous file)."""

@@ -126,5 +126,17 @@ async def test_clickhouse_state_versions_and_baselines(clickhouse: ClickHouseSer
         assert as_text(d) == [{"main;a": 2, "main;old": 7}]
         got = await ClickHouseState(store).load([SERIES, Labels.of({"service_name": "never"})])
         assert sorted(got[SERIES].values()) == [4, 7] and len(got) == 1
+        # Retention: a series whose baseline is older than the cut is forgotten whole (its next
+        # push is a baseline); one with a newer baseline keeps all of its state.
+        young = Labels.of({"service_name": "young", "__profile_type__": ALLOC})
+        async with Deltas(ClickHouseState(store, clock_ns=lambda: 3 * 10**18)).applied(
+                pending(table, "main;a 1\n", series=young)):
+            pass
+        assert await ahead.forget_before(2 * 10**9) == 1  # the cut: 2e18 ns
+        assert await ahead.forget_before(2 * 10**9) == 0
+        got = await ClickHouseState(store).load([SERIES, young])
+        assert list(got) == [young]
+        rows = await store._json_rows(f"SELECT count() AS n FROM {clickhouse_db}.cumulative")
+        assert int(rows[0]["n"]) == 2  # young's marker and stack: the old series' rows are gone
     finally:
         await store.close()

@@ -10,7 +10,8 @@ series' newest marker, so stacks of an older run are forgotten without deleting 
 Versions are nanoseconds of the writer's clock but always above every version the writer read
 for the series (a Lamport clock): a replica whose clock lags still writes after the push it
 read. Reads take ``argMax(value, version)`` grouped per (series, stack), so unmerged parts
-never show. See :mod:`aggregator.cumulative` for the guarantee across replicas.
+never show. See :mod:`aggregator.cumulative` for the guarantee across replicas. Retention
+(:meth:`ClickHouseState.forget_before`) forgets series whose baseline is older than the cut.
 """
 
 from __future__ import annotations
@@ -89,3 +90,20 @@ class ClickHouseState:
         if parts:
             await self.store._run(f"INSERT INTO {self.store.database}.{CUMULATIVE_TABLE} FORMAT RowBinary",
                                   np.concatenate(parts).tobytes())
+
+    async def forget_before(self, t: int) -> int:
+        """Retention: forget the series whose baseline is older than ``t`` (unix seconds); their
+        next push is a new baseline. Two awaited mutations: the markers first, so no read ever
+        sees a marker without its stacks (that would count a deleted stack's whole value as
+        growth), then every row older than ``t`` (live rows are never older than their marker).
+        Returns the series forgotten."""
+        db, cut = self.store.database, int(t) * 10**9
+        rows = await self.store._json_rows(
+            f"SELECT count() AS n FROM (SELECT series FROM {db}.{CUMULATIVE_TABLE} WHERE stack = {MARKER} "
+            f"GROUP BY series HAVING max(version) < {cut})")
+        n = int(rows[0]["n"]) if rows else 0
+        if n:
+            for where in (f"stack = {MARKER} AND version < {cut}", f"version < {cut}"):
+                await self.store._run(f"ALTER TABLE {db}.{CUMULATIVE_TABLE} DELETE WHERE {where}")
+                await self.store._await_mutations([CUMULATIVE_TABLE])
+        return n
