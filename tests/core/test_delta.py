@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stacks.delta import BASELINE, RESET, CumulativeDeltas, needs_delta
+from stacks.delta import BASELINE, RESET, CumulativeDeltas, difference, needs_delta
 from stacks.model import Frame, Kind, Labels, Profile, StackTable
 from stacks.profiletype import ProfileType
 
@@ -75,3 +75,24 @@ def test_deltas_add_up_to_the_growth_since_the_baseline(increments: list[tuple[i
             assert v > 0
             stored[stack] += v
     assert stored == {A: a - 10, B: b - 10}
+
+
+@given(st.lists(st.dictionaries(st.integers(0, 5), st.integers(0, 10**12), max_size=6), min_size=1, max_size=10))
+def test_difference_on_any_key_matches_the_per_series_state(pushes: list[dict[int, int]]) -> None:
+    # The shared stores key stacks by hash: `difference` on int keys, with the highest values
+    # carried as a shared store keeps them, gives what CumulativeDeltas gives on stacks.
+    t, d = StackTable(), CumulativeDeltas()
+    stacks = {k: (Frame("main", Kind.USER), Frame(f"f{k}", Kind.USER)) for k in range(6)}
+    highest: dict[int, int] | None = None
+    for push in pushes:
+        values = {k: v for k, v in push.items() if v}
+        want, why = d.delta(S, Profile.from_pairs([(stacks[k], v) for k, v in values.items()], t))
+        grown, why2 = difference(highest, values)
+        assert why == why2
+        if grown is None:
+            assert want is None
+            highest = dict(values)
+            continue
+        assert want is not None and want.as_dict() == {stacks[k]: v for k, v in grown.items()}
+        assert all(v > 0 for v in grown.values())
+        highest.update(values)
