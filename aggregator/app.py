@@ -183,10 +183,10 @@ async def store_decoded(app: web.Application, decoded: ingest.Decoded, route: st
                         ) -> dict[str, Any]:
     """Write a decoded push through the window writer and count it; the push answer (shared with
     the gRPC listener, aggregator/grpc_server.py). Series without a producer label get ``spy``'s."""
-    producers.name_producers(decoded, spy)
     m = app[METRICS]
     # Running totals become deltas against the shared state, saved once the samples are written.
     async with app[DELTAS].applied(decoded):
+        producers.name_producers(decoded, spy)  # after: the deltas are items too
         ingest.check_sums(decoded)  # before anything is queued: a refused push stores nothing
         placed = await app[WRITER].add(decoded.items)
         if decoded.spans:  # after the samples: a span row never points at samples not stored

@@ -59,7 +59,8 @@ def push(srv: Server, totals: dict[str, tuple[int, int]]) -> None:
 
 
 def stored(srv: Server, ptype: str, t0: float) -> dict[str, int]:
-    q = urlencode({"query": f'{ptype}{{service_name="{SERVICE}"}}', "from": int(t0) - 600,
+    # (pyroscope_spy: the deltas are named by their producer like every other item)
+    q = urlencode({"query": f'{ptype}{{service_name="{SERVICE}",pyroscope_spy=~".+"}}', "from": int(t0) - 600,
                    "until": int(time.time()) + 60, "format": "folded"}, quote_via=quote)
     status, body = srv.get(f"/api/v1/render?{q}")
     assert status == 200, body[:300]
