@@ -103,6 +103,6 @@ class CumulativeDeltas:
             self._highest.popitem(last=False)
 
 
-def _fell(highest: Mapping[Stack, int], current: Mapping[Stack, int]) -> bool:
+def _fell(highest: Mapping[K, int], current: Mapping[K, int]) -> bool:
     """Any stack below its highest value seen: the counters were reset."""
     return any(value < highest.get(stack, 0) for stack, value in current.items())
