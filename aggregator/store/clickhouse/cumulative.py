@@ -56,8 +56,12 @@ class ClickHouseState:
         out: dict[Labels, dict[Any, int]] = {}
         if len(self._versions) > 100_000:  # entries of pushes that failed before their save
             self._versions.clear()
-        for h, s in by_hash.items():
-            mine = got[got["series"] == np.uint64(h)]
+        got = got[np.argsort(got["series"], kind="stable")]  # one slice per series, not a scan each
+        wanted = np.array(list(by_hash), dtype=np.uint64)
+        bounds = np.searchsorted(got["series"], wanted, side="left")
+        ends = np.searchsorted(got["series"], wanted, side="right")
+        for s, lo, hi in zip(by_hash.values(), bounds.tolist(), ends.tolist(), strict=True):
+            mine = got[lo:hi]
             self._versions[s] = int(mine["version"].max()) if len(mine) else 0
             marker = mine[mine["stack"] == np.uint64(MARKER)]
             if not len(marker):
