@@ -89,6 +89,8 @@ class MemoryState:
 
     def dump(self, path: Path) -> None:
         """Write the state to ``path`` (atomically: a crash leaves the previous file)."""
+        if not len(self.deltas) and not path.exists():
+            return  # nothing to keep (no cumulative series ever pushed): leave no file
         rows = [[list(map(list, series.items_)),
                  [[[[f.name, Kind(f.kind).value] for f in stack], v] for stack, v in values.items()]]
                 for series, values in self.deltas.snapshot()]
