@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from aggregator.ingest import Decoded, take_deltas
+from aggregator.ingest import Cumulative, Decoded, take_deltas
 from stacks.delta import CumulativeDeltas, difference
 from stacks.model import Frame, Kind, Labels, Profile
 
@@ -160,24 +160,32 @@ class Deltas:
             before = await self.state.load(series)
             work = {s: dict(v) for s, v in before.items()}
             baselines: set[Labels] = set()
-            results: list[tuple[Profile | None, str]] = []
-            for p in pending:  # in push order: a series twice in one push is differenced in turn
-                keys = self.state.keys(p.profile)
-                current = dict(zip(keys, p.profile.counts.tolist(), strict=True))
-                highest = work.get(p.labels)
-                grown, why = difference(highest, current)
-                if grown is None or highest is None:
-                    work[p.labels] = current
-                    baselines.add(p.labels)
-                    results.append((None, why))
-                    continue
-                highest.update(current)
-                mask = np.fromiter((k in grown for k in keys), dtype=bool, count=len(keys))
-                counts = np.fromiter((grown[k] for k in keys if k in grown), dtype=np.int64)
-                results.append((Profile(p.profile.table, p.profile.ids[mask], counts), ""))
+            # Hashing and differencing are linear in the push's stacks: off the event loop.
+            results = await asyncio.to_thread(self._difference, pending, work, baselines)
             take_deltas(decoded, results)
             yield
             await self.state.save({s: work[s] for s in series if s in work}, before, baselines)
+
+
+    def _difference(self, pending: Sequence[Cumulative], work: dict[Labels, dict[Any, int]],
+                    baselines: set[Labels]) -> list[tuple[Profile | None, str]]:
+        """Each pending profile's growth over ``work`` (updated in place, as are ``baselines``)."""
+        results: list[tuple[Profile | None, str]] = []
+        for p in pending:  # in push order: a series twice in one push is differenced in turn
+            keys = self.state.keys(p.profile)
+            current = dict(zip(keys, p.profile.counts.tolist(), strict=True))
+            highest = work.get(p.labels)
+            grown, why = difference(highest, current)
+            if grown is None or highest is None:
+                work[p.labels] = current
+                baselines.add(p.labels)
+                results.append((None, why))
+                continue
+            highest.update(current)
+            mask = np.fromiter((k in grown for k in keys), dtype=bool, count=len(keys))
+            counts = np.fromiter((grown[k] for k in keys if k in grown), dtype=np.int64)
+            results.append((Profile(p.profile.table, p.profile.ids[mask], counts), ""))
+        return results
 
 
 def state_path(data_dir: str | Path) -> Path:
