@@ -26,6 +26,7 @@ Bounds: at most :data:`MAX_LABELS` labels per series, label values cut at
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,16 @@ from stacks import _otlp_fast as _fast
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, Profile, StackTable
 from stacks.profiletype import CPU, TIME_UNITS_NS, WALL, ProfileType, derive, legacy_name
+
+# ``stacks._otlp_c`` (Cython, built by ``pip install``) reads the stack table in C and finds
+# known stacks by hash; without it (or with ``OtlpCache(compiled=False)``) the numpy reader
+# and a dict of id sequences give the same stacks.
+try:
+    from stacks import _otlp_c
+except ImportError:  # pragma: no cover - no C compiler at install time
+    _otlp_c = None
+
+BUILT = _otlp_c is not None
 
 __all__ = [
     "ExportProfilesServiceRequest",
@@ -170,21 +181,29 @@ class OtlpCache:
 
     LIMIT = 500_000
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = True) -> None:
+        self.compiled = compiled and BUILT
         self.table: StackTable | None = None
         self.gids: dict[tuple[Frame, ...], int] = {}
         self.frames: list[tuple[Frame, ...]] = []
         self.by_name: dict[str, int] = {}  # a one-line user frame's name -> its global id
         self.stacks: dict[bytes, int] = {}  # int32 gids (native order) -> stack id; -1: empty
+        self.index: Any = None  # compiled: hash of a gid sequence -> stack id (stacks/_otlp_c.pyx)
 
     def on(self, table: StackTable) -> OtlpCache:
         """This cache for ``table``: emptied when the table is another one or a part is past
         ``LIMIT`` (stack ids belong to one table, and stack keys are made of location ids)."""
-        if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT:
+        big = len(self.index) > self.LIMIT if self.index is not None else False
+        if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT or big:
             self.table = table
             self.gids, self.frames = {}, []
             self.by_name = {}
             self.stacks = {}
+            self.index = None
+        if self.compiled and self.index is None:
+            assert _otlp_c is not None
+            # A random key per cache: colliding stacks cannot be prepared offline (as for pprof).
+            self.index = _otlp_c.OtlpIndex(secrets.randbits(64), secrets.randbits(64))
         return self
 
     def gid(self, frames: tuple[Frame, ...]) -> int:
@@ -239,9 +258,36 @@ class _Tables:
             self.loc_gid = loc_gid
         # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
         self.sid_of: np.ndarray | None = None
+        if self.cache.index is not None:
+            self.sid_of = self._compiled_sids()
+            if self.sid_of is not None:
+                return
         got = _fast.stack_gids(self.stacks, np.asarray(self.loc_gid, np.int64))
         if got is not None:
             self.sid_of = self._sids(*got)
+
+    def _compiled_sids(self) -> np.ndarray | None:
+        """Every stack's id through ``stacks._otlp_c`` (known stacks found by hash in C; the new
+        ones interned here, once each); None for an unusual table (the other readers decide)."""
+        assert _otlp_c is not None
+        index = self.cache.index
+        entries = list(self.stacks)
+        got = _otlp_c.stack_ids(entries, np.asarray(self.loc_gid, np.int32), index)
+        if got is None:
+            return None
+        ids, h1, h2 = got
+        new = np.flatnonzero(ids == -2)
+        if len(new):
+            loc_gid = self.loc_gid
+            lookup, insert = index.lookup, index.insert
+            for k, a, b in zip(new.tolist(), h1[new].tolist(), h2[new].tolist(), strict=True):
+                sid = lookup(a, b)
+                if sid < 0:
+                    idx = _fast.StackMsg.FromString(entries[k]).location_indices
+                    sid = self._intern([loc_gid[i] for i in idx])
+                    insert(a, b, sid)
+                ids[k] = sid
+        return ids
 
     def _sids(self, gids: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         gb = gids.tobytes()
