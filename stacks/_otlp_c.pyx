@@ -170,3 +170,87 @@ def stack_ids(list entries, const int32_t[::1] loc_gid, OtlpIndex index):
         hs1[k] = h1
         hs2[k] = h2
     return ids_a, h1_a, h2_a
+
+
+def samples(list entries):
+    """(stack index, value total, link index) arrays of raw ``Sample`` entries (fields 1
+    ``stack_index``, 3 ``link_index``, 4 ``values``, 5 ``timestamps_unix_nano``); the total is
+    the values' sum, or the number of timestamps when there are no values. None when a sample
+    has attributes (field 2: they split series) or is unusual (negative index, huge value,
+    malformed), for the message path."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(entries)
+    si_a = np.zeros(n, np.int64)
+    tot_a = np.zeros(n, np.int64)
+    link_a = np.zeros(n, np.int64)
+    cdef int64_t[::1] si = si_a
+    cdef int64_t[::1] tot = tot_a
+    cdef int64_t[::1] link = link_a
+    cdef Py_ssize_t k, i, end, stop
+    cdef uint64_t tag, field, v
+    cdef int64_t total, nvals, nts
+    cdef int wire
+    cdef bint bad = False
+    cdef const uint8_t* b
+    cdef object e
+    for k in range(n):
+        e = <object>PyList_GET_ITEM(entries, k)
+        if type(e) is not bytes:
+            return None
+        b = <const uint8_t*>PyBytes_AS_STRING(e)
+        end = PyBytes_GET_SIZE(e)
+        i = 0
+        total = 0
+        nvals = 0
+        nts = 0
+        while i < end:
+            tag = varint(b, &i, end, &bad)
+            if bad:
+                return None
+            field = tag >> 3
+            wire = tag & 7
+            if (field == 1 or field == 3) and wire == 0:
+                v = varint(b, &i, end, &bad)
+                if bad or v >= (<uint64_t>1 << 31):
+                    return None
+                if field == 1:
+                    si[k] = <int64_t>v
+                else:
+                    link[k] = <int64_t>v
+            elif field == 4 and (wire == 0 or wire == 2):
+                if wire == 2:
+                    stop = <Py_ssize_t>varint(b, &i, end, &bad)
+                    if bad or stop > end - i:
+                        return None
+                    stop += i
+                else:
+                    stop = end
+                while i < stop:
+                    v = varint(b, &i, stop, &bad)
+                    if bad or v >= (<uint64_t>1 << 62):
+                        return None  # negative or huge: Python's integers decide
+                    total += <int64_t>v
+                    if total >= (<int64_t>1 << 62):
+                        return None
+                    nvals += 1
+                    if wire == 0:
+                        break
+            elif field == 5 and (wire == 1 or wire == 2):
+                if wire == 2:
+                    stop = <Py_ssize_t>varint(b, &i, end, &bad)
+                    if bad or stop > end - i or stop % 8:
+                        return None
+                    nts += stop // 8
+                    i += stop
+                else:
+                    if end - i < 8:
+                        return None
+                    nts += 1
+                    i += 8
+            elif field <= 5:
+                return None  # attributes, or a known field with an odd wire type
+            else:
+                i = skip(b, i, wire, end, &bad)
+                if bad:
+                    return None
+        tot[k] = total if nvals else nts
+    return si_a, tot_a, link_a

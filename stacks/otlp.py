@@ -466,7 +466,9 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
                               prof.period)
     groups: dict[tuple[tuple[str, str], ...], tuple[list[int], list[int], dict[str, int]]] = {}
     raw = list(prof.samples)
-    fast = _fast.simple_samples(raw) if t.sid_of is not None else None
+    fast = None
+    if t.sid_of is not None:
+        fast = _otlp_c.samples(raw) if _otlp_c is not None and t.cache.compiled else _fast.simple_samples(raw)
     if fast is not None:
         return _fast_profile(prof, labels, t, fast, ptype, period, divisor)
     try:
