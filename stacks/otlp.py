@@ -21,6 +21,11 @@ profiles to spans (docs/aggregator.md, "OTLP profiles").
 Bounds: at most :data:`MAX_LABELS` labels per series, label values cut at
 :data:`MAX_VALUE` characters, and every index checked against its table
 (:class:`~stacks.errors.InputError` naming the table otherwise).
+
+Readers: the stack table and samples are read by ``stacks._otlp_c`` (compiled, stacks found by a
+keyed hash) where built and chosen (``OtlpCache(compiled=...)``), else in bulk with numpy
+(``stacks._otlp_fast``); both step aside for anything unusual, and the per-message path (the
+``opentelemetry-proto`` classes, the reference) reads it or names the bad field.
 """
 
 from __future__ import annotations
