@@ -265,7 +265,7 @@ def raw_requests(draw: st.DrawFn) -> bytes:
         p = b.req.resource_profiles[-1].scope_profiles[0].profiles[0]
         for _ in range(draw(st.integers(0, 10))):
             smp = p.samples.add(stack_index=draw(st.integers(0, n_stacks - 1 + bad_ok)))
-            smp.values.extend(draw(st.lists(st.integers(0, 1 << 40), max_size=2)))
+            smp.values.extend(draw(st.lists(st.one_of(st.integers(0, 20), st.integers(0, 1 << 40)), max_size=2)))
             smp.timestamps_unix_nano.extend(draw(st.lists(st.integers(1, 1 << 60), max_size=2)))
             smp.link_index = draw(st.sampled_from([0, 1, 0]))
             if draw(st.integers(0, 9)) == 0:
