@@ -518,11 +518,14 @@ def _fast_profile(prof: Any, labels: dict[str, str], t: _Tables, fast: tuple[np.
     """:func:`_profile` for samples read in bulk (no attributes, no timestamps)."""
     si, totals, link = fast
     assert t.sid_of is not None
+    # Samples without a value are skipped before their stack is looked at, as the message path does.
+    counted = totals > 0
+    si, totals, link = si[counted], totals[counted], link[counted]
     if len(si) and int(si.max()) >= len(t.sid_of):
-        bad = int(si.max())
+        bad = int(si[np.flatnonzero(si >= len(t.sid_of))[0]])
         raise InputError(f"OTLP sample names stack {bad}, outside the stack table ({len(t.sid_of)} stacks)")
     ids = t.sid_of[si]
-    keep = (totals > 0) & (ids >= 0)
+    keep = ids >= 0
     ids, totals, link = ids[keep], totals[keep], link[keep]
     spans: dict[str, int] = {}
     if link.any():
