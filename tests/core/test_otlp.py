@@ -133,7 +133,8 @@ def test_random_bytes_never_crash(body: bytes) -> None:
 @given(st.lists(st.tuples(stacks_, st.integers(1, 1 << 40)), min_size=1, max_size=30),
        st.sampled_from([b"", bytes.fromhex("00000000000000ab")]), st.booleans())
 def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]], span: bytes, wall: bool) -> None:
-    """stacks/_otlp_fast.py (raw bytes, numpy) gives exactly what the per-message path gives."""
+    """stacks/_otlp_fast.py (raw bytes, numpy; the reader without the compiled one) gives exactly
+    what the per-message path gives."""
     import stacks._otlp_fast as fast
 
     b = Builder()
@@ -141,13 +142,15 @@ def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]],
     body = b.bytes()
     assert fast.simple_samples(list(fast.SplitRequest.FromString(body).resource_profiles[0]
                                     .scope_profiles[0].profiles[0].samples)) is not None
-    got = decode_export_request(body, StackTable())
+    from stacks.otlp import OtlpCache
+
+    got = decode_export_request(body, StackTable(), cache=OtlpCache(compiled=False))
     saved = fast.simple_samples, fast.stack_gids, fast.simple_locations
     fast.simple_samples = lambda entries: None  # type: ignore[assignment]
     fast.stack_gids = lambda entries, loc: None  # type: ignore[assignment]
     fast.simple_locations = lambda entries: None  # type: ignore[assignment]
     try:
-        want = decode_export_request(body, StackTable())
+        want = decode_export_request(body, StackTable(), cache=OtlpCache(compiled=False))
     finally:
         fast.simple_samples, fast.stack_gids, fast.simple_locations = saved
     assert [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in got] == \
