@@ -34,6 +34,10 @@ from stacks._hashing cimport (
 import numpy as np
 
 
+# The largest tag protobuf allows: field number 2**29 - 1, wire type 7.
+cdef uint64_t MAX_TAG = ((<uint64_t>1 << 29) - 1) << 3 | 7
+
+
 cdef inline uint64_t varint(const uint8_t* b, Py_ssize_t* i, Py_ssize_t end, bint* bad) noexcept nogil:
     """The varint at ``b[i]`` (``i`` moves past it); ``bad`` when it runs past ``end`` or 10 bytes."""
     cdef uint64_t v = 0
@@ -141,6 +145,8 @@ def stack_ids(list entries, const int32_t[::1] loc_gid, OtlpIndex index):
             if bad:
                 return None
             wire = tag & 7
+            if tag >> 3 == 0 or tag > MAX_TAG:
+                return None  # not a field number protobuf allows: the library names the error
             if tag >> 3 == 1 and (wire == 0 or wire == 2):
                 if wire == 2:
                     stop = <Py_ssize_t>varint(b, &i, end, &bad)
@@ -148,9 +154,9 @@ def stack_ids(list entries, const int32_t[::1] loc_gid, OtlpIndex index):
                         return None
                     stop += i
                 else:
-                    stop = end
-                while i < stop:
-                    idx = varint(b, &i, stop, &bad)
+                    stop = -1  # one varint, which must be there
+                while i < stop or stop < 0:
+                    idx = varint(b, &i, end if stop < 0 else stop, &bad)
                     if bad or idx >= <uint64_t>n_loc:
                         return None  # negative or outside the location table: the message path names it
                     sip_absorb(&s, <uint64_t>loc_gid[idx], C_ROUNDS)
@@ -208,6 +214,8 @@ def samples(list entries):
                 return None
             field = tag >> 3
             wire = tag & 7
+            if field == 0 or tag > MAX_TAG:
+                return None
             if (field == 1 or field == 3) and wire == 0:
                 v = varint(b, &i, end, &bad)
                 if bad or v >= (<uint64_t>1 << 31):
@@ -223,9 +231,9 @@ def samples(list entries):
                         return None
                     stop += i
                 else:
-                    stop = end
-                while i < stop:
-                    v = varint(b, &i, stop, &bad)
+                    stop = -1  # one varint, which must be there
+                while i < stop or stop < 0:
+                    v = varint(b, &i, end if stop < 0 else stop, &bad)
                     if bad or v >= (<uint64_t>1 << 62):
                         return None  # negative or huge: Python's integers decide
                     total += <int64_t>v

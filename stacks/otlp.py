@@ -288,7 +288,10 @@ class _Tables:
             for k, a, b in zip(new.tolist(), h1[new].tolist(), h2[new].tolist(), strict=True):
                 sid = lookup(a, b)
                 if sid < 0:
-                    idx = _fast.StackMsg.FromString(entries[k]).location_indices
+                    try:
+                        idx = _fast.StackMsg.FromString(entries[k]).location_indices
+                    except (DecodeError, RecursionError, ValueError) as e:
+                        raise InputError(f"OTLP stack {k} is not a Stack message ({e})") from None
                     sid = self._intern([loc_gid[i] for i in idx])
                     insert(a, b, sid)
                 ids[k] = sid

@@ -297,3 +297,21 @@ def test_compiled_reader_equals_message_reader(body: bytes) -> None:
     again = OtlpCache(compiled=True)
     assert _outcome(body, again, table) == want
     assert _outcome(body, again, table) == want  # every stack found by hash this time
+
+
+@pytest.mark.skipif(not __import__("stacks.otlp").otlp.BUILT, reason="stacks._otlp_c not built (no C compiler)")
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=12), max_size=3), st.lists(st.binary(max_size=12), max_size=3))
+def test_compiled_reader_on_corrupt_entries(stacks: list[bytes], samples: list[bytes]) -> None:
+    """Random bytes as Stack and Sample entries of an otherwise good request: the compiled reader
+    gives what the message path gives (series or error), never an exception of its own."""
+    import stacks._otlp_fast as fast
+    from stacks.otlp import OtlpCache
+
+    b = Builder()
+    b.profile({"service.name": "p"}, [(["main", "a"], 3), (["main", "sys_read_[k]"], 2)])
+    req = fast.SplitRequest.FromString(b.bytes())
+    req.dictionary.stack_table.extend(stacks)
+    req.resource_profiles[0].scope_profiles[0].profiles[0].samples.extend(samples)
+    body = req.SerializeToString()
+    assert _outcome(body, OtlpCache(compiled=True)) == _message_path(body)
