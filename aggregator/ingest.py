@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aggregator.params import converted
-from stacks import folded
+from stacks import folded, otlp
 from stacks.delta import BASELINE, DELTA_LABEL, RESET, needs_delta
 from stacks.errors import InputError, LimitError
 from stacks.gz import maybe_gunzip
@@ -163,7 +163,8 @@ class IngestTables:
 
     def in_use(self) -> dict[str, bool]:
         """Which compiled readers these tables decode with."""
-        return {"pprof": self.pprof.compiled, "folded": self.compiled and folded.BUILT}
+        return {"pprof": self.pprof.compiled, "folded": self.compiled and folded.BUILT,
+                "otlp": self.compiled and otlp.BUILT}
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,12 @@ class Worker:
     :class:`StackTable` and OTLP cache, which only that thread touches. The results are rebased
     onto the shared table on the loop (one dict lookup per distinct stack)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, compiled: bool = True) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="flamewatch-decode")
         self.limit = limit
         self.table = StackTable()
-        self.cache = otlp.OtlpCache()
-        self.inline = otlp.OtlpCache()  # for bodies decoded on the loop, onto the shared table
+        self.cache = otlp.OtlpCache(compiled)
+        self.inline = otlp.OtlpCache(compiled)  # for bodies decoded on the loop, onto the shared table
 
     def current(self) -> StackTable:
         """The thread's table (a fresh one past ``limit`` stacks, as IngestTables does)."""
@@ -86,7 +86,7 @@ def worker_of(tables: IngestTables) -> Worker:
         if len(_WORKERS) >= 16:
             _, old = _WORKERS.pop(next(iter(_WORKERS)))
             old.pool.shutdown(wait=False)
-        got = _WORKERS[id(tables)] = (tables, Worker(tables.limit))
+        got = _WORKERS[id(tables)] = (tables, Worker(tables.limit, tables.compiled))
     return got[1]
 
 

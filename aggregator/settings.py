@@ -72,7 +72,7 @@ SETTINGS: list[Setting] = [
             "survives power loss and disk errors; NORMAL is faster but may drop the last commits then",
             str.upper, ("NORMAL", "FULL", "EXTRA")),
     Setting("compiled_readers", True,
-            "Decode pprof and folded bodies with the compiled (Cython) readers where built; false uses the "
+            "Decode pprof, folded and OTLP bodies with the compiled (Cython) readers where built; false uses the "
             "numpy/Python readers (same results, ~3x more CPU per push), to rule the compiled code out",
             parse_bool),
     Setting("one_producer_per_process", True,

@@ -21,11 +21,17 @@ profiles to spans (docs/aggregator.md, "OTLP profiles").
 Bounds: at most :data:`MAX_LABELS` labels per series, label values cut at
 :data:`MAX_VALUE` characters, and every index checked against its table
 (:class:`~stacks.errors.InputError` naming the table otherwise).
+
+Readers: the stack table and samples are read by ``stacks._otlp_c`` (compiled, stacks found by a
+keyed hash) where built and chosen (``OtlpCache(compiled=...)``), else in bulk with numpy
+(``stacks._otlp_fast``); both step aside for anything unusual, and the per-message path (the
+``opentelemetry-proto`` classes, the reference) reads it or names the bad field.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +47,16 @@ from stacks import _otlp_fast as _fast
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, Profile, StackTable
 from stacks.profiletype import CPU, TIME_UNITS_NS, WALL, ProfileType, derive, legacy_name
+
+# ``stacks._otlp_c`` (Cython, built by ``pip install``) reads the stack table in C and finds
+# known stacks by hash; without it (or with ``OtlpCache(compiled=False)``) the numpy reader
+# and a dict of id sequences give the same stacks.
+try:
+    from stacks import _otlp_c
+except ImportError:  # pragma: no cover - no C compiler at install time
+    _otlp_c = None
+
+BUILT = _otlp_c is not None
 
 __all__ = [
     "ExportProfilesServiceRequest",
@@ -170,21 +186,29 @@ class OtlpCache:
 
     LIMIT = 500_000
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: bool = True) -> None:
+        self.compiled = compiled and BUILT
         self.table: StackTable | None = None
         self.gids: dict[tuple[Frame, ...], int] = {}
         self.frames: list[tuple[Frame, ...]] = []
         self.by_name: dict[str, int] = {}  # a one-line user frame's name -> its global id
         self.stacks: dict[bytes, int] = {}  # int32 gids (native order) -> stack id; -1: empty
+        self.index: Any = None  # compiled: hash of a gid sequence -> stack id (stacks/_otlp_c.pyx)
 
     def on(self, table: StackTable) -> OtlpCache:
         """This cache for ``table``: emptied when the table is another one or a part is past
         ``LIMIT`` (stack ids belong to one table, and stack keys are made of location ids)."""
-        if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT:
+        big = len(self.index) > self.LIMIT if self.index is not None else False
+        if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT or big:
             self.table = table
             self.gids, self.frames = {}, []
             self.by_name = {}
             self.stacks = {}
+            self.index = None
+        if self.compiled and self.index is None:
+            assert _otlp_c is not None
+            # A random key per cache: colliding stacks cannot be prepared offline (as for pprof).
+            self.index = _otlp_c.OtlpIndex(secrets.randbits(64), secrets.randbits(64))
         return self
 
     def gid(self, frames: tuple[Frame, ...]) -> int:
@@ -239,9 +263,39 @@ class _Tables:
             self.loc_gid = loc_gid
         # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
         self.sid_of: np.ndarray | None = None
+        if self.cache.index is not None:
+            self.sid_of = self._compiled_sids()
+            if self.sid_of is not None:
+                return
         got = _fast.stack_gids(self.stacks, np.asarray(self.loc_gid, np.int64))
         if got is not None:
             self.sid_of = self._sids(*got)
+
+    def _compiled_sids(self) -> np.ndarray | None:
+        """Every stack's id through ``stacks._otlp_c`` (known stacks found by hash in C; the new
+        ones interned here, once each); None for an unusual table (the other readers decide)."""
+        assert _otlp_c is not None
+        index = self.cache.index
+        entries = list(self.stacks)
+        got = _otlp_c.stack_ids(entries, np.asarray(self.loc_gid, np.int32), index)
+        if got is None:
+            return None
+        ids, h1, h2 = got
+        new = np.flatnonzero(ids == -2)
+        if len(new):
+            loc_gid = self.loc_gid
+            lookup, insert = index.lookup, index.insert
+            for k, a, b in zip(new.tolist(), h1[new].tolist(), h2[new].tolist(), strict=True):
+                sid = lookup(a, b)
+                if sid < 0:
+                    try:
+                        idx = _fast.StackMsg.FromString(entries[k]).location_indices
+                    except (DecodeError, RecursionError, ValueError) as e:
+                        raise InputError(f"OTLP stack {k} is not a Stack message ({e})") from None
+                    sid = self._intern([loc_gid[i] for i in idx])
+                    insert(a, b, sid)
+                ids[k] = sid
+        return ids
 
     def _sids(self, gids: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
         gb = gids.tobytes()
@@ -420,7 +474,9 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
                               prof.period)
     groups: dict[tuple[tuple[str, str], ...], tuple[list[int], list[int], dict[str, int]]] = {}
     raw = list(prof.samples)
-    fast = _fast.simple_samples(raw) if t.sid_of is not None else None
+    fast = None
+    if t.sid_of is not None:
+        fast = _otlp_c.samples(raw) if _otlp_c is not None and t.cache.compiled else _fast.simple_samples(raw)
     if fast is not None:
         return _fast_profile(prof, labels, t, fast, ptype, period, divisor)
     try:
@@ -465,11 +521,14 @@ def _fast_profile(prof: Any, labels: dict[str, str], t: _Tables, fast: tuple[np.
     """:func:`_profile` for samples read in bulk (no attributes, no timestamps)."""
     si, totals, link = fast
     assert t.sid_of is not None
+    # Samples without a value are skipped before their stack is looked at, as the message path does.
+    counted = totals > 0
+    si, totals, link = si[counted], totals[counted], link[counted]
     if len(si) and int(si.max()) >= len(t.sid_of):
-        bad = int(si.max())
+        bad = int(si[np.flatnonzero(si >= len(t.sid_of))[0]])
         raise InputError(f"OTLP sample names stack {bad}, outside the stack table ({len(t.sid_of)} stacks)")
     ids = t.sid_of[si]
-    keep = (totals > 0) & (ids >= 0)
+    keep = ids >= 0
     ids, totals, link = ids[keep], totals[keep], link[keep]
     spans: dict[str, int] = {}
     if link.any():

@@ -56,7 +56,7 @@ def test_compiled_and_pure_servers_store_the_same(tmp_path: Path) -> None:
         (tmp_path / on).mkdir()
         with running_server(tmp_path / on, env={"FLAMEWATCH_COMPILED_READERS": on}) as srv:
             health = json.loads(srv.get("/healthz")[1])
-            assert health["compiled_readers"] == {"pprof": on == "true", "folded": on == "true"}
+            assert health["compiled_readers"] == {"pprof": on == "true", "folded": on == "true", "otlp": on == "true"}
             for body in pushes + pushes[:2]:  # repeats go through the stack indexes
                 assert srv.post(PUSH_PATH, body, headers=PUSH_HEADERS)[0] == 200
             for text in texts + texts[:2]:

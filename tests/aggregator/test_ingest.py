@@ -81,4 +81,4 @@ def test_ingest_tables_own_their_pprof_decoder() -> None:
 
     on, off = IngestTables(), IngestTables(compiled=False)
     assert on.pprof is not off.pprof and on.pprof is on.pprof
-    assert on.in_use() == compiled.chosen(True) and off.in_use() == {"pprof": False, "folded": False}
+    assert on.in_use() == compiled.chosen(True) and off.in_use() == {"pprof": False, "folded": False, "otlp": False}

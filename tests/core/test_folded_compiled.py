@@ -37,7 +37,7 @@ def need() -> Any:
 
 def test_extension_is_built() -> None:
     need()
-    assert folded.BUILT and compiled.built() == {"pprof": True, "folded": True}
+    assert folded.BUILT and compiled.built() == {"pprof": True, "folded": True, "otlp": True}
 
 
 # -- SipHash ----------------------------------------------------------------------------------------
@@ -397,13 +397,13 @@ def test_pure_fallback_through_the_aggregator() -> None:
 def test_switch_turns_both_compiled_readers_off_and_on() -> None:
     """IngestTables(compiled=...) (flamewatch serve --compiled-readers false) without a rebuild."""
     need()
-    assert compiled.chosen(False) == {"pprof": False, "folded": False}
+    assert compiled.chosen(False) == {"pprof": False, "folded": False, "otlp": False}
     t = IngestTables(compiled=False)
-    assert t.in_use() == {"pprof": False, "folded": False} and not t.pprof.compiled
+    assert t.in_use() == {"pprof": False, "folded": False, "otlp": False} and not t.pprof.compiled
     assert parse_folded(b"a 1\n", t)[1] == 1
     assert folded.new_index(t.table, compiled=False) is None and t.index is None and t.lines == {"a": 0}
-    assert compiled.chosen(True) == {"pprof": True, "folded": True}
+    assert compiled.chosen(True) == {"pprof": True, "folded": True, "otlp": True}
     t = IngestTables()
-    assert t.in_use() == {"pprof": True, "folded": True} and t.pprof.compiled
+    assert t.in_use() == {"pprof": True, "folded": True, "otlp": True} and t.pprof.compiled
     assert parse_folded(b"a 1\n", t)[1] == 1
     assert isinstance(t.index, _folded_c.StackIndex) and not t.lines

@@ -133,7 +133,8 @@ def test_random_bytes_never_crash(body: bytes) -> None:
 @given(st.lists(st.tuples(stacks_, st.integers(1, 1 << 40)), min_size=1, max_size=30),
        st.sampled_from([b"", bytes.fromhex("00000000000000ab")]), st.booleans())
 def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]], span: bytes, wall: bool) -> None:
-    """stacks/_otlp_fast.py (raw bytes, numpy) gives exactly what the per-message path gives."""
+    """stacks/_otlp_fast.py (raw bytes, numpy; the reader without the compiled one) gives exactly
+    what the per-message path gives."""
     import stacks._otlp_fast as fast
 
     b = Builder()
@@ -141,13 +142,15 @@ def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]],
     body = b.bytes()
     assert fast.simple_samples(list(fast.SplitRequest.FromString(body).resource_profiles[0]
                                     .scope_profiles[0].profiles[0].samples)) is not None
-    got = decode_export_request(body, StackTable())
+    from stacks.otlp import OtlpCache
+
+    got = decode_export_request(body, StackTable(), cache=OtlpCache(compiled=False))
     saved = fast.simple_samples, fast.stack_gids, fast.simple_locations
     fast.simple_samples = lambda entries: None  # type: ignore[assignment]
     fast.stack_gids = lambda entries, loc: None  # type: ignore[assignment]
     fast.simple_locations = lambda entries: None  # type: ignore[assignment]
     try:
-        want = decode_export_request(body, StackTable())
+        want = decode_export_request(body, StackTable(), cache=OtlpCache(compiled=False))
     finally:
         fast.simple_samples, fast.stack_gids, fast.simple_locations = saved
     assert [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in got] == \
@@ -216,3 +219,99 @@ def test_cache_follows_its_table() -> None:
     cache.LIMIT = 0  # past the limit: emptied, still right
     [s] = decode_export_request(b.bytes(), new, cache=cache)
     assert {tuple(f.name for f in st): n for st, n in s.profile.items()} == {("main", "a"): 1, ("main", "b"): 2}
+
+
+def _message_path(body: bytes) -> object:
+    """The reference: every entry through the opentelemetry-proto message classes."""
+    import stacks._otlp_fast as fast
+    from stacks.otlp import OtlpCache
+
+    saved = fast.simple_samples, fast.stack_gids, fast.simple_locations
+    fast.simple_samples = lambda entries: None  # type: ignore[assignment]
+    fast.stack_gids = lambda entries, loc: None  # type: ignore[assignment]
+    fast.simple_locations = lambda entries: None  # type: ignore[assignment]
+    try:
+        return _outcome(body, OtlpCache(compiled=False))
+    finally:
+        fast.simple_samples, fast.stack_gids, fast.simple_locations = saved
+
+
+def _outcome(body: bytes, cache: object, table: StackTable | None = None) -> object:
+    try:
+        out = decode_export_request(body, table or StackTable(), cache=cache)  # type: ignore[arg-type]
+    except InputError as e:
+        return ("error", str(e))
+    return [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in out]
+
+
+@st.composite
+def raw_requests(draw: st.DrawFn) -> bytes:
+    """Random requests in the dictionary shape: stacks of random (sometimes out-of-table or
+    negative) location indices, empty stacks, samples with values, timestamps or both, links,
+    sometimes a sample attribute, kernel locations, several profiles sharing the dictionary."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+    b = Builder()
+    d = b.req.dictionary
+    for name in draw(st.lists(st.sampled_from(["main", "a", "b", "c", "sys_read_[k]", "d"]), max_size=6)):
+        b.loc(name)
+    n_loc = len(d.location_table)
+    bad_ok = draw(st.booleans())
+    index = st.integers(-1 if bad_ok else 0, n_loc - 1 + bad_ok)
+    for _ in range(draw(st.integers(0, 8))):
+        d.stack_table.add().location_indices.extend(draw(st.lists(index, max_size=6)))
+    b.link(bytes.fromhex("00000000000000ab"))
+    d.attribute_table.add(key_strindex=b.s("thread.name"), value=AnyValue(string_value="t1"))
+    n_stacks = len(d.stack_table)
+    for _ in range(draw(st.integers(1, 2))):
+        b.profile({"service.name": "p"}, [], period_type=(draw(st.sampled_from(["cpu", "wall"])), "nanoseconds"))
+        p = b.req.resource_profiles[-1].scope_profiles[0].profiles[0]
+        for _ in range(draw(st.integers(0, 10))):
+            smp = p.samples.add(stack_index=draw(st.integers(0, n_stacks - 1 + bad_ok)))
+            smp.values.extend(draw(st.lists(st.one_of(st.integers(0, 20), st.integers(0, 1 << 40)), max_size=2)))
+            smp.timestamps_unix_nano.extend(draw(st.lists(st.integers(1, 1 << 60), max_size=2)))
+            smp.link_index = draw(st.sampled_from([0, 1, 0]))
+            if draw(st.integers(0, 9)) == 0:
+                smp.attribute_indices.append(len(d.attribute_table) - 1)
+    return b.bytes()
+
+
+@pytest.mark.skipif(not __import__("stacks.otlp").otlp.BUILT, reason="stacks._otlp_c not built (no C compiler)")
+@settings(max_examples=150, deadline=None)
+@given(raw_requests())
+def test_compiled_reader_equals_message_reader(body: bytes) -> None:
+    """stacks/_otlp_c.pyx gives what the opentelemetry-proto message path gives on random requests
+    and the numpy reader (the same series, or the same error text), on a fresh cache and on a
+    cache that has seen the request."""
+    from stacks.otlp import OtlpCache
+
+    want = _message_path(body)
+    cache = OtlpCache(compiled=True)
+    assert cache.compiled
+    got = _outcome(body, cache)
+    bulk = _outcome(body, OtlpCache(compiled=False))
+    assert got == want == bulk
+    if isinstance(want, tuple):
+        return
+    table = StackTable()
+    again = OtlpCache(compiled=True)
+    assert _outcome(body, again, table) == want
+    assert _outcome(body, again, table) == want  # every stack found by hash this time
+
+
+@pytest.mark.skipif(not __import__("stacks.otlp").otlp.BUILT, reason="stacks._otlp_c not built (no C compiler)")
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=12), max_size=3), st.lists(st.binary(max_size=12), max_size=3))
+def test_compiled_reader_on_corrupt_entries(stacks: list[bytes], samples: list[bytes]) -> None:
+    """Random bytes as Stack and Sample entries of an otherwise good request: the compiled reader
+    gives what the message path gives (series or error), never an exception of its own."""
+    import stacks._otlp_fast as fast
+    from stacks.otlp import OtlpCache
+
+    b = Builder()
+    b.profile({"service.name": "p"}, [(["main", "a"], 3), (["main", "sys_read_[k]"], 2)])
+    req = fast.SplitRequest.FromString(b.bytes())
+    req.dictionary.stack_table.extend(stacks)
+    req.resource_profiles[0].scope_profiles[0].profiles[0].samples.extend(samples)
+    body = req.SerializeToString()
+    assert _outcome(body, OtlpCache(compiled=True)) == _message_path(body)
