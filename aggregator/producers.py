@@ -122,15 +122,15 @@ class OneProducerPerProcess:
                 sums[(labels, w)] = sums.get((labels, w), 0) + n
         return [(k[0], k[1], n) for k, n in sums.items()]
 
-    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int
+    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
                          ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
         """The store's bounded top-N read where the store has one and the rule leaves one part;
         otherwise (two parts, whose groups must be added before the top N is known, or a store
         without it) the groups are summed here."""
         if isinstance(self.store, TopTotals) and await self.split(selector, start, end) is None:
-            return await self.store.top_totals(selector, start, end, group_by, n)
+            return await self.store.top_totals(selector, start, end, group_by, n, step=step)
         per: dict[str, dict[int, int]] = {}
-        for labels, w, k in await self.totals(selector, start, end, (group_by,)):
+        for labels, w, k in await self.totals(selector, start, end, (group_by,), step=step):
             pts = per.setdefault(labels.get(group_by, ""), {})
             pts[w] = pts.get(w, 0) + k
         order = sorted(per, key=lambda g: (-sum(per[g].values()), g))

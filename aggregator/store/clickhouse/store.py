@@ -422,13 +422,76 @@ class ClickHouseStore(Transport, PrunedReads):
             g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end, max_res=-1)
         if counts.size == 0:
             return []
-        # Several series chunks may hold one group's window: sum them into one cell.
+        # Several series chunks may hold one group's window: sum them into one cell, exactly
+        # (issue 24, cause 15: a float64 bincount rounded 2^62 + 1 to 2^62). The 32-bit halves
+        # are summed apart in uint64 (no carry is lost below 2^32 rows) and joined as ints.
         cell = g * (1 << 32) + window.astype(np.int64)
-        uniq, inverse = np.unique(cell, return_inverse=True)
-        sums = np.bincount(inverse, weights=counts, minlength=uniq.size)
+        order = np.argsort(cell, kind="stable")
+        cell, c = cell[order], counts.astype(np.uint64)[order]
+        starts = np.r_[0, np.flatnonzero(cell[1:] != cell[:-1]) + 1]
+        uniq = cell[starts]
+        lo = np.add.reduceat(c & np.uint64(0xFFFFFFFF), starts)
+        hi = np.add.reduceat(c >> np.uint64(32), starts)
         names = list(keys)
-        return [(names[c >> 32], c & 0xFFFFFFFF, int(n))
-                for c, n in zip(uniq.tolist(), np.rint(sums).astype(np.int64).tolist(), strict=True)]
+        return [(names[k >> 32], k & 0xFFFFFFFF, (h << 32) + low)
+                for k, h, low in zip(uniq.tolist(), hi.tolist(), lo.tolist(), strict=True)]
+
+    async def top_totals(
+        self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
+    ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        """``totals(..., (group_by,), step)`` for the ``n`` heaviest values of ``group_by`` only
+        (:class:`aggregator.store.base.TopTotals`; issue 24, cause 3). Two aggregate queries, so
+        what comes back is bounded by ``n`` x buckets however many groups there are: the groups
+        ranked in ClickHouse (``GROUP BY`` group ``ORDER BY`` sum ``DESC LIMIT n``; the number
+        of groups is the answer's ``rows_before_limit_at_least``, exact under ``GROUP BY``), then
+        the kept groups' sums per bucket of ``step`` and the rest summed into one more row per
+        bucket. Sums are Decimal128 in the queries and Python ints here: exact past 2^64.
+        Returns (rows of the kept groups, the rest per bucket, number of groups, samples of the rest).
+        """
+        series, _ = await self._matching(selector, start, end)
+        # Group ids numbered in name order, so ORDER BY sum DESC, id breaks ties by name (as SQLite).
+        names = sorted({labels.get(group_by, "") for labels in series.values()})
+        if not names:
+            return [], {}, 0, 0
+        ids = {g: i for i, g in enumerate(names)}
+        hashes = sorted(series)
+        none = len(names)
+        # Every matching series is mapped to its group in the query (a literal array is one AST
+        # node, looked up by hash); series written after the lookup map to ``none`` and are left
+        # out, as in ``totals``.
+        group = (f"transform(series, CAST([{in_list(hashes)}] AS Array(UInt64)), "
+                 f"CAST([{','.join(str(ids[series[h].get(group_by, '')]) for h in hashes)}] AS Array(UInt32)), "
+                 f"toUInt32({none}))")
+        del series, hashes
+        union = " UNION ALL ".join(f"SELECT series, window, count FROM {self.database}.{table} WHERE {where}"
+                                   for table, where in await self._sources(start, end, -1))
+        cells = f"SELECT {group} AS gi, window, count FROM ({union})"
+        raw = await self._run(
+            f"SELECT gi, sum(toDecimal128(count, 0)) AS s FROM ({cells}) WHERE gi != {none} "
+            f"GROUP BY gi ORDER BY s DESC, gi LIMIT {max(int(n), 1)} FORMAT JSON")
+        try:
+            ranked = json.loads(raw.decode("utf-8"))
+            kept = [int(r["gi"]) for r in ranked["data"]][: max(int(n), 0)]
+            ngroups = int(ranked.get("rows_before_limit_at_least", len(kept)))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{self._where()} sent a malformed JSON answer: {e}") from e
+        if not ngroups:
+            return [], {}, 0, 0
+        bucket = f"toUInt32(window - window % {int(step)})" if step > 0 else "window"
+        rank = (f"transform(gi, CAST([{','.join(map(str, kept))}] AS Array(UInt32)), "
+                f"CAST([{','.join(map(str, range(len(kept))))}] AS Array(UInt32)), toUInt32({len(kept)}))"
+                if kept else "toUInt32(0)")
+        rows: list[tuple[Labels, int, int]] = []
+        other: dict[int, int] = {}
+        for r in await self._json_rows(
+                f"SELECT {rank} AS r, {bucket} AS b, sum(toDecimal128(count, 0)) AS c FROM ({cells}) "
+                f"WHERE gi != {none} GROUP BY r, b"):
+            k, b, c = int(r["r"]), int(r["b"]), int(r["c"])
+            if k < len(kept):
+                rows.append((Labels.of({group_by: names[kept[k]]}), b, c))
+            else:
+                other[b] = other.get(b, 0) + c
+        return rows, other, ngroups, sum(other.values())
 
     async def _group_sums(self, gid: dict[int, int], n_groups: int, inner: str, everything: bool,
                           start: int, end: int, *, expr: str | None = None, dtype: np.dtype | None = None,
