@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 _GROUP_CHUNK = 2000
 _DENSE_CELLS = 20_000_000  # (group, stack) cells summed with a dense bincount (160 MB of float64 at most)
 _MAX_CACHED = 2_000_000
+_LOW32 = 0xFFFFFFFF
 # A view created over existing data sees whole periods only from this far past the newest
 # window or the clock (late writes of other replicas at creation time land before it).
 _SINCE_MARGIN = 3600
@@ -445,7 +446,7 @@ class ClickHouseStore(Transport, PrunedReads):
         ranked in ClickHouse (``GROUP BY`` group ``ORDER BY`` sum ``DESC LIMIT n``; the number
         of groups is the answer's ``rows_before_limit_at_least``, exact under ``GROUP BY``), then
         the kept groups' sums per bucket of ``step`` and the rest summed into one more row per
-        bucket. Sums are Decimal128 in the queries and Python ints here: exact past 2^64.
+        bucket. Sums are exact past 2^64 (their 32-bit halves summed apart, joined as ints).
         Returns (rows of the kept groups, the rest per bucket, number of groups, samples of the rest).
         """
         series, _ = await self._matching(selector, start, end)
@@ -466,9 +467,14 @@ class ClickHouseStore(Transport, PrunedReads):
         union = " UNION ALL ".join(f"SELECT series, window, count FROM {self.database}.{table} WHERE {where}"
                                    for table, where in await self._sources(start, end, -1))
         cells = f"SELECT {group} AS gi, window, count FROM ({union})"
+        # Exact sums without Decimal128 (18.16 sums it ~50x slower): the 32-bit halves of the
+        # counts summed apart in UInt64 (no carry lost below 2^32 rows), ordered as the pair
+        # (high sum + carry, low 32 bits), which is the order of the whole sum.
+        halves = f"sum(bitShiftRight(count, 32)) AS hi, sum(bitAnd(count, {_LOW32})) AS lo"
         raw = await self._run(
-            f"SELECT gi, sum(toDecimal128(count, 0)) AS s FROM ({cells}) WHERE gi != {none} "
-            f"GROUP BY gi ORDER BY s DESC, gi LIMIT {max(int(n), 1)} FORMAT JSON")
+            f"SELECT gi, {halves}, hi + intDiv(lo, {_LOW32 + 1}) AS h, bitAnd(lo, {_LOW32}) AS l "
+            f"FROM ({cells}) WHERE gi != {none} "
+            f"GROUP BY gi ORDER BY h DESC, l DESC, gi LIMIT {max(int(n), 1)} FORMAT JSON")
         try:
             ranked = json.loads(raw.decode("utf-8"))
             kept = [int(r["gi"]) for r in ranked["data"]][: max(int(n), 0)]
@@ -484,9 +490,9 @@ class ClickHouseStore(Transport, PrunedReads):
         rows: list[tuple[Labels, int, int]] = []
         other: dict[int, int] = {}
         for r in await self._json_rows(
-                f"SELECT {rank} AS r, {bucket} AS b, sum(toDecimal128(count, 0)) AS c FROM ({cells}) "
+                f"SELECT {rank} AS r, {bucket} AS b, {halves} FROM ({cells}) "
                 f"WHERE gi != {none} GROUP BY r, b"):
-            k, b, c = int(r["r"]), int(r["b"]), int(r["c"])
+            k, b, c = int(r["r"]), int(r["b"]), (int(r["hi"]) << 32) + int(r["lo"])
             if k < len(kept):
                 rows.append((Labels.of({group_by: names[kept[k]]}), b, c))
             else:
