@@ -449,9 +449,9 @@ class ClickHouseStore(Transport, PrunedReads):
         bucket. Sums are exact past 2^64 (their 32-bit halves summed apart, joined as ints).
         Returns (rows of the kept groups, the rest per bucket, number of groups, samples of the rest).
         """
-        series, _ = await self._matching(selector, start, end)
+        series = await self._series_groups(selector, start, end, group_by)
         # Group ids numbered in name order, so ORDER BY sum DESC, id breaks ties by name (as SQLite).
-        names = sorted({labels.get(group_by, "") for labels in series.values()})
+        names = sorted(set(series.values()))
         if not names:
             return [], {}, 0, 0
         ids = {g: i for i, g in enumerate(names)}
@@ -461,7 +461,7 @@ class ClickHouseStore(Transport, PrunedReads):
         # node, looked up by hash); series written after the lookup map to ``none`` and are left
         # out, as in ``totals``.
         group = (f"transform(series, CAST([{in_list(hashes)}] AS Array(UInt64)), "
-                 f"CAST([{','.join(str(ids[series[h].get(group_by, '')]) for h in hashes)}] AS Array(UInt32)), "
+                 f"CAST([{','.join(str(ids[series[h]]) for h in hashes)}] AS Array(UInt32)), "
                  f"toUInt32({none}))")
         del series, hashes
         union = " UNION ALL ".join(f"SELECT series, window, count FROM {self.database}.{table} WHERE {where}"
@@ -498,6 +498,28 @@ class ClickHouseStore(Transport, PrunedReads):
             else:
                 other[b] = other.get(b, 0) + c
         return rows, other, ngroups, sum(other.values())
+
+    async def _series_groups(self, selector: Selector, start: int, end: int, label: str) -> dict[int, str]:
+        """Hash -> value of ``label`` ("" when absent) of the matching series in range: the
+        series rows are matched one at a time as they are parsed, so only the matching hashes
+        and their values are kept (not a Labels object per series, as ``_matching`` keeps)."""
+        db = self.database
+        raw = await self._run(
+            f"SELECT hash, names, values FROM {db}.series WHERE hash IN "
+            f"(SELECT series FROM {db}.series_windows WHERE window >= {int(start)} AND window < {int(end)}) "
+            "FORMAT JSONEachRow")
+        out: dict[int, str] = {}
+        try:
+            for line in raw.decode("utf-8").splitlines():
+                if not line:
+                    continue
+                r = json.loads(line)
+                labels = dict(zip(r["names"], r["values"], strict=True))
+                if selector.matches(labels):
+                    out[int(r["hash"])] = labels.get(label, "")
+        except (UnicodeDecodeError, ValueError, KeyError) as e:
+            raise StoreError(f"{self._where()} sent a malformed JSONEachRow answer: {e}") from e
+        return out
 
     async def _group_sums(self, gid: dict[int, int], n_groups: int, inner: str, everything: bool,
                           start: int, end: int, *, expr: str | None = None, dtype: np.dtype | None = None,
