@@ -46,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=100_000)
     ap.add_argument("--storage", choices=("sqlite", "clickhouse"), default="sqlite")
+    ap.add_argument("--serve-arg", action="append", default=[], help="one more flamewatch serve argument")
     args = ap.parse_args()
     raw = gzip.compress(pprof.encode_pprof(Profile.from_pairs([((Frame.user("main"), Frame.user("g")), 1)]),
                                            time_nanos=time.time_ns(), duration_nanos=10**9), 1)
@@ -54,7 +55,7 @@ def main() -> None:
         if args.storage == "clickhouse":
             ch = stack.enter_context(clickhouse_server(private=True))
             extra = ["--storage", ch.storage_spec("flamewatch_bench_groupby")]
-        s = stack.enter_context(running_server(Path(tempfile.mkdtemp()), *extra))
+        s = stack.enter_context(running_server(Path(tempfile.mkdtemp()), *extra, *args.serve_arg))
         t0 = time.time()
         for b in range(0, args.pods, 10_000):
             series = [push.PushSeries((("__name__", "process_cpu"), ("service_name", "gb"), ("pod", f"p{i:06d}")),

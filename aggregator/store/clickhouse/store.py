@@ -449,7 +449,7 @@ class ClickHouseStore(Transport, PrunedReads):
         bucket. Sums are exact past 2^64 (their 32-bit halves summed apart, joined as ints).
         Returns (rows of the kept groups, the rest per bucket, number of groups, samples of the rest).
         """
-        series = await self._series_groups(selector, start, end, group_by)
+        series = {h: v or "" for h, v in (await self._series_groups(selector, start, end, group_by)).items()}
         # Group ids numbered in name order, so ORDER BY sum DESC, id breaks ties by name (as SQLite).
         names = sorted(set(series.values()))
         if not names:
@@ -499,10 +499,11 @@ class ClickHouseStore(Transport, PrunedReads):
                 other[b] = other.get(b, 0) + c
         return rows, other, ngroups, sum(other.values())
 
-    async def _series_groups(self, selector: Selector, start: int, end: int, label: str) -> dict[int, str]:
-        """Hash -> value of ``label`` ("" when absent) of the matching series in range: the
+    async def _series_groups(self, selector: Selector, start: int, end: int, label: str) -> dict[int, str | None]:
+        """Hash -> value of ``label`` (None when absent) of the matching series in range: the
         series rows are matched one at a time as they are parsed, so only the matching hashes
-        and their values are kept (not a Labels object per series, as ``_matching`` keeps)."""
+        and their values are kept, not a Labels object per series as ``_matching`` keeps (with
+        100,000 pods that was the timeline's whole peak: ``type_fields`` asks ``label_values``)."""
         db = self.database
         raw = await self._run(
             f"SELECT hash, names, values FROM {db}.series WHERE hash IN "
@@ -516,7 +517,7 @@ class ClickHouseStore(Transport, PrunedReads):
                 r = json.loads(line)
                 labels = dict(zip(r["names"], r["values"], strict=True))
                 if selector.matches(labels):
-                    out[int(r["hash"])] = labels.get(label, "")
+                    out[int(r["hash"])] = labels.get(label)
         except (UnicodeDecodeError, ValueError, KeyError) as e:
             raise StoreError(f"{self._where()} sent a malformed JSONEachRow answer: {e}") from e
         return out
@@ -582,8 +583,7 @@ class ClickHouseStore(Transport, PrunedReads):
 
     async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
         """Sorted values of ``name`` among matching series with windows in [start, end)."""
-        series, _ = await self._matching(selector, start, end)
-        return sorted({labels[name] for labels in series.values() if name in labels})
+        return sorted({v for v in (await self._series_groups(selector, start, end, name)).values() if v is not None})
 
     # -- retention ------------------------------------------------------------------------
     async def delete_before(self, t: int) -> int:
