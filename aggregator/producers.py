@@ -22,10 +22,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aggregator.ingest import Decoded
-from aggregator.store.base import PrunedMergedReads, SeriesWindow, Store, TopTotals
+from aggregator.store.base import MERGE_ALL, PrunedMergedReads, SeriesWindow, Store, TopTotals
 from stacks.model import Labels, Profile, StackTable, merge
 from stacks.selector import Selector, matcher
 
+DAY = 86400  # the coarsest rollup: weight reads use whole days
 SPY_LABEL = "pyroscope_spy"
 AGENT_SPY = "flamewatch-agent"
 HOST_WIDE = (AGENT_SPY, "ebpfspy")
@@ -122,24 +123,45 @@ class OneProducerPerProcess:
                 sums[(labels, w)] = sums.get((labels, w), 0) + n
         return [(k[0], k[1], n) for k, n in sums.items()]
 
-    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int
+    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
                          ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
-        """The store's bounded top-N read where the store has one and the rule leaves one part;
-        otherwise (two parts, whose groups must be added before the top N is known, or a store
-        without it) the groups are summed here."""
-        if isinstance(self.store, TopTotals) and await self.split(selector, start, end) is None:
-            return await self.store.top_totals(selector, start, end, group_by, n)
-        per: dict[str, dict[int, int]] = {}
-        for labels, w, k in await self.totals(selector, start, end, (group_by,)):
-            pts = per.setdefault(labels.get(group_by, ""), {})
-            pts[w] = pts.get(w, 0) + k
-        order = sorted(per, key=lambda g: (-sum(per[g].values()), g))
-        rows = [(Labels.of({group_by: g}), w, k) for g in order[:n] for w, k in per[g].items()]
-        rest: dict[int, int] = {}
-        for g in order[n:]:
-            for w, k in per[g].items():
-                rest[w] = rest.get(w, 0) + k
-        return rows, rest, len(order), sum(rest.values())
+        """The store's bounded top-N read where the rule leaves one part. Across two parts a
+        group's weight is the sum of both, so it is read in three bounded steps: every group's
+        weight over the whole range (one row per group and part: coarse buckets), then the kept
+        groups per ``step`` bucket, then each part's total per bucket, whose difference is the
+        rest. Memory: groups + (n + 1) x buckets, never groups x buckets (issue 24, cause 3)."""
+        parts = await self.split(selector, start, end)
+        if parts is None:
+            if isinstance(self.store, TopTotals):
+                return await self.store.top_totals(selector, start, end, group_by, n, step=step)
+            parts = [selector]
+        wide = (-(-max(end - start, 1) // DAY) + 1) * DAY  # at most two epoch-aligned buckets
+        weight: dict[str, int] = {}
+        for part in parts:
+            for labels, _, k in await self.store.totals(part, start, end, (group_by,), step=wide):  # type: ignore[attr-defined]
+                g = labels.get(group_by, "")
+                weight[g] = weight.get(g, 0) + k
+        order = sorted(weight, key=lambda g: (-weight[g], g))
+        kept = order[:n]
+        if not kept:
+            return [], {}, 0, 0
+        only = matcher(group_by, "=~", "|".join(re.escape(g) for g in kept))
+        cells: dict[tuple[str, int], int] = {}
+        totals: dict[int, int] = {}
+        for part in parts:
+            if len(order) > n:
+                for _labels, w, k in await self.store.totals(part, start, end, MERGE_ALL, step=step):  # type: ignore[attr-defined]
+                    totals[w] = totals.get(w, 0) + k
+            narrowed = Selector((*part.matchers, only))
+            for labels, w, k in await self.store.totals(narrowed, start, end, (group_by,), step=step):  # type: ignore[attr-defined]
+                key = (labels.get(group_by, ""), w)
+                cells[key] = cells.get(key, 0) + k
+        rows = [(Labels.of({group_by: g}), w, k) for (g, w), k in cells.items()]
+        kept_per: dict[int, int] = {}
+        for (_, w), v in cells.items():
+            kept_per[w] = kept_per.get(w, 0) + v
+        rest = {w: k - kept_per.get(w, 0) for w, k in totals.items() if k != kept_per.get(w, 0)}
+        return rows, rest, len(order), sum(weight[g] for g in order[n:])
 
     async def label_names(self, start: int, end: int, selector: Selector | None = None) -> list[str]:
         return await self.store.label_names(start, end, selector)

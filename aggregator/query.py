@@ -324,10 +324,10 @@ async def timeline(store: Store, req: TimelineRequest) -> dict[str, Any]:
     other: dict[int, int] | None = None
     note: dict[str, Any] | None = None
     if group_by and isinstance(store, TopTotals):
-        # The store keeps only the top groups while it reads (SQLite): memory bounded by
-        # --max-groups x windows however many groups there are.
+        # The store keeps only the top groups while it reads: memory bounded by --max-groups x
+        # buckets of step however many groups there are.
         rows, rest, ngroups, rest_samples = await store.top_totals(sel, rng.first_window, rng.end, group_by,
-                                                                   req.max_groups)
+                                                                   req.max_groups, step=step)
         if ngroups > req.max_groups:
             other, note = {}, truncation_note(ngroups, req.max_groups, rest_samples)
             for t, n in rest.items():

@@ -151,16 +151,18 @@ class PrunedMergedReads(Protocol):
 
 @runtime_checkable
 class TopTotals(Protocol):
-    """Optional for the timeline's ``group_by`` (SQLite offers it): the ``n`` heaviest groups'
-    totals per window, the rest summed per window, read in memory bounded by ``n`` x windows
-    rather than groups x windows (issue 24, cause 3). ``aggregator.query.timeline`` falls back
-    to :meth:`MergedReads.totals` and :func:`aggregator.query.top_groups` without it."""
+    """Optional for the timeline's ``group_by`` (both stores offer it): the ``n`` heaviest
+    groups' totals per window, the rest summed per window, read in memory bounded by ``n`` x
+    windows rather than groups x windows (issue 24, cause 3). ``aggregator.query.timeline``
+    falls back to :meth:`MergedReads.totals` and :func:`aggregator.query.top_groups` without it."""
 
     async def top_totals(
-        self, selector: Selector, start: int, end: int, group_by: str, n: int
+        self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
     ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
         """(rows of the kept groups as in ``totals``, the others summed per window, number of
-        groups, samples of the others)."""
+        groups, samples of the others). Groups rank by samples, ties by value; a label absent
+        reads as "". With ``step`` the windows are summed per epoch-aligned bucket of ``step``
+        seconds (keyed by its start), so the answer is ``n`` x buckets."""
 
 
 @runtime_checkable

@@ -1000,13 +1000,14 @@ class SQLiteStore:
         return await self._run(self._rexec, run)
 
     async def top_totals(
-        self, selector: Selector, start: int, end: int, group_by: str, n: int
+        self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
     ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
         """``totals(..., (group_by,))`` for the ``n`` heaviest groups only, in memory bounded by
         ``n`` x windows (issue 24, cause 3: 100,000 pods over hours held every (series, window)
         row). Returns (rows of the kept groups, the rest summed per window, number of groups,
         samples of the rest). Groups are ranked by a float sum (ranking only); the sums
-        returned are exact Python ints, read by streaming the rows, never all at once."""
+        returned are exact Python ints, read by streaming the rows, never all at once. With
+        ``step`` the windows are summed per bucket of ``step`` s (n x buckets, not x windows)."""
         def run() -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
             self._refresh_series()
             r = self._r
@@ -1039,6 +1040,8 @@ class SQLiteStore:
             other: dict[int, int] = {}
             rest = 0
             for sid, t, v in each("series_id, start, total"):
+                if step > 0:
+                    t -= t % step
                 g = group_of.get(sid)
                 if g is None:
                     continue  # a series written between the two passes: next refresh shows it

@@ -7,6 +7,7 @@ ClickHouse down and up under the running aggregator.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import time
@@ -114,3 +115,64 @@ def test_serve_on_clickhouse_matches_sqlite_and_survives_an_outage(
         assert status == 200, body
         assert folded_map(body) == {**admin_expected, "main;after_restart": 9}
         assert srv.alive()
+
+
+def test_timeline_group_by_many_pods_keeps_the_top_groups_on_clickhouse(
+    tmp_path: Path, clickhouse: ClickHouseServer, clickhouse_db: str
+) -> None:
+    """Issue 24, cause 3 on ClickHouse: ``group_by=pod`` over 5,000 pods answers the 100 heaviest
+    and "(other)" with the note (ranked in ClickHouse by ``top_totals``), the points add up to
+    the ungrouped timeline bucket for bucket, and the answer equals SQLite's for the same pushes."""
+    from stacks import pprof, push
+    from stacks.model import Frame, Profile
+
+    now = time.time_ns()
+
+    def raw(n: int, t_ns: int) -> bytes:
+        return gzip.compress(pprof.encode_pprof(Profile.from_pairs([((Frame.user("main"), Frame.user("g")), n)]),
+                                                time_nanos=t_ns, duration_nanos=10**9), 1)
+
+    pods = 5000
+    light, heavy, earlier = raw(1, now), raw(1000, now), raw(2, now - 600 * 10**9)
+    bodies = []
+    for b in range(0, pods, 2500):
+        series = [push.PushSeries((("__name__", "process_cpu"), ("service_name", "chmany"), ("pod", f"p{i:05d}")),
+                                  (push.RawSample(heavy if i % 1000 == 7 else light),)) for i in range(b, b + 2500)]
+        bodies.append(push.encode_push_request(series))
+    # a second window, ten minutes earlier, for every tenth pod
+    bodies.append(push.encode_push_request(
+        [push.PushSeries((("__name__", "process_cpu"), ("service_name", "chmany"), ("pod", f"p{i:05d}")),
+                         (push.RawSample(earlier),)) for i in range(0, pods, 10)]))
+    t = now // 10**9
+    q = quote('{service_name="chmany"}')
+    rng = f"from={t - 3600}&until={t + 60}"
+    for sub in ("ch", "sq"):
+        (tmp_path / sub).mkdir()
+    with running_server(tmp_path / "ch", "--storage", clickhouse.storage_spec(clickhouse_db),
+                        "--max-groups", "100") as srv, \
+            running_server(tmp_path / "sq", "--max-groups", "100") as ref:
+        for s in (srv, ref):
+            for body in bodies:
+                status, answer = s.post("/push.v1.PusherService/Push", gzip.compress(body, 1),
+                                        headers={"Content-Type": "application/proto"}, timeout=120)
+                assert status == 200, answer
+        status, body = srv.get(f"/api/v1/timeline?query={q}&group_by=pod&{rng}", timeout=120)
+        assert status == 200, body
+        doc = json.loads(body)
+        groups = [s["group"] for s in doc["series"]]
+        assert len(groups) == 101 and groups[-1] == "(other)" and doc["series"][-1]["other"]
+        assert {f"p{i:05d}" for i in range(7, pods, 1000)} <= set(groups)  # the five heaviest are kept
+        note = doc["truncated"]
+        assert (note["groups"], note["shown"], note["other_groups"]) == (pods, 100, pods - 100), note
+        assert "(other)" in note["note"] and "--max-groups" in note["note"]
+        ungrouped = json.loads(srv.get(f"/api/v1/timeline?query={q}&{rng}", timeout=120)[1])
+        assert [s["group"] for s in ungrouped["series"]] == ["all"]
+        per_bucket: dict[int, int] = {}
+        for s in doc["series"]:
+            for b, v in s["points"]:
+                per_bucket[b] = per_bucket.get(b, 0) + v
+        assert per_bucket == dict(map(tuple, ungrouped["series"][0]["points"]))  # type: ignore[arg-type]
+        expected = (pods - 5) + 5 * 1000 + 2 * (pods // 10)
+        assert sum(per_bucket.values()) == expected
+        assert note["other_samples"] == sum(v for _, v in doc["series"][-1]["points"])
+        assert doc == json.loads(ref.get(f"/api/v1/timeline?query={q}&group_by=pod&{rng}", timeout=120)[1])

@@ -86,3 +86,22 @@ async def test_rule_off(tmp_path) -> None:  # type: ignore[no-untyped-def]
         assert await _total(c, '{namespace="default"}') == 30 + 32 + 5
     finally:
         await c.close()
+
+
+async def test_grouped_timeline_under_the_rule_is_top_n_and_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Where the rule splits a query in two (the agent's pods, the others), the timeline's top-N
+    groups are ranked over both parts and the rest summed exactly (issue 24, cause 3)."""
+    c = await make_client(tmp_path, max_groups=2)
+    try:
+        await _fill(c)
+        r = await c.get(f"/api/v1/timeline?query={quote('{}')}&group_by=pod&{RANGE}")
+        assert r.status == 200, await r.text()
+        doc = await r.json()
+        got = {s["group"]: sum(p[1] for p in s["points"]) for s in doc["series"]}
+        # p1 counts once (the agent's 32), "" is the pod-less gospy series (7), p2 (5) is the rest.
+        assert got == {"p1": 32, "": 7, "(other)": 5}, got
+        assert doc["truncated"]["groups"] == 3 and doc["truncated"]["other_samples"] == 5
+        r = await c.get(f"/api/v1/timeline?query={quote('{}')}&{RANGE}")
+        assert sum(p[1] for s in (await r.json())["series"] for p in s["points"]) == 32 + 7 + 5
+    finally:
+        await c.close()

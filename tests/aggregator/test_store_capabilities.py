@@ -46,7 +46,7 @@ def protocol_methods(proto: type) -> set[str]:
         (lambda tmp: SQLiteStore(tmp / "f.db"), {Store, MergedReads, Compacting, TopTotals}),
         # Construction does not connect: no server needed to check the shape of the class.
         (lambda tmp: ClickHouseStore("clickhouse://127.0.0.1:8123/flamewatch"),
-         {Store, MergedReads, PrunedMergedReads, SharedCumulative}),
+         {Store, MergedReads, PrunedMergedReads, SharedCumulative, TopTotals}),
     ],
     ids=["sqlite", "clickhouse"],
 )
@@ -142,10 +142,10 @@ class SpyStore(SQLiteStore):
         self.calls.append("totals")
         return await super().totals(selector, start, end, group_by, step)
 
-    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int
+    async def top_totals(self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
                          ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
         self.calls.append("top_totals")
-        return await super().top_totals(selector, start, end, group_by, n)
+        return await super().top_totals(selector, start, end, group_by, n, step)
 
     async def compact(self, before: int, limit: int = 2000) -> int:
         self.calls.append("compact")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, SeriesWindow, Store
+from aggregator.store.base import MERGE_ALL, MergedReads, PrunedMergedReads, SeriesWindow, Store, TopTotals
 from stacks.model import Frame, Labels, Profile, StackTable
 from stacks.selector import Matcher, Selector
 
@@ -303,6 +303,53 @@ async def test_merged_reads_group_in_the_store(store: Store) -> None:
     assert await totals(sel(("pod", "=~", "admin-.*")), ()) == [
         (Labels.of(SERIES[0]).items_, T0, 1), (Labels.of(SERIES[0]).items_, T0 + 30, 5)]
     assert await totals(sel(("pod", "=", "nosuch")), MERGE_ALL) == []
+
+
+async def test_top_totals_keeps_the_heaviest_groups_and_sums_the_rest(store: Store) -> None:
+    """TopTotals (issue 24, cause 3), same answers on both stores: the ``n`` heaviest values of
+    the label (ties by value, absent = ""), their samples per window or bucket of ``step``, the
+    others summed per window, the number of groups and the others' samples, exact past 2^64."""
+    assert isinstance(store, TopTotals), f"{type(store).__name__} should offer top_totals"
+    big = 2**62 + 1  # five of them pass 2^64: exact only as integers (not float64, not UInt64)
+    pods = {"a": [5, 0, 1], "b": [3, 3, 0], "c": [6, 0, 0], "d": [0, 0, 2], "e": [big, big, 0]}
+    writes = [sw(T0 + 30 * w, {STACK_B: c}, namespace="ns", pod=pod)
+              for pod, counts in pods.items() for w, c in enumerate(counts) if c]
+    writes += [sw(T0 + 30 * (i % 3), {STACK_A: big}, namespace="other", pod=f"q{i}") for i in range(5)]
+    writes += [sw(T0, {STACK_C: 6}, namespace="ns"),  # no pod label: the group ""
+               sw(T0 + 60, {STACK_A: 4}, namespace="ns", pod="c", container="x"),  # a second series of c
+               sw(T0 + 90, {STACK_A: 1000}, namespace="ns", pod="late")]  # outside [T0, T0 + 90)
+    await store.write(writes)
+    ns = sel(("namespace", "=", "ns"))
+
+    async def top(selector: Selector, n: int, step: int = 0) -> tuple:
+        rows, other, groups, rest = await store.top_totals(selector, T0, T0 + 90, "pod", n, step)
+        assert all(isinstance(v, int) for _, _, v in rows) and all(isinstance(v, int) for v in other.values())
+        return sorted((lab.get("pod", ""), t, v) for lab, t, v in rows), other, groups, rest
+
+    # weights in ns: e 2big, c 10, "" 6, a 6, b 6, d 2: ties ("", a, b) by value
+    assert await top(ns, 3) == (
+        [("", T0, 6), ("c", T0, 6), ("c", T0 + 60, 4), ("e", T0, big), ("e", T0 + 30, big)],
+        {T0: 5 + 3, T0 + 30: 3, T0 + 60: 1 + 2}, 6, 14)
+    assert await top(ns, 1, step=60) == (
+        [("e", T0, 2 * big)], {T0: 6 + 5 + 3 + 3 + 6, T0 + 60: 1 + 2 + 4}, 6, 30)
+    # every group kept: nothing in the rest
+    everything = await top(ns, 6)
+    assert everything[1:] == ({}, 6, 0) and len(everything[0]) == 10
+    # a regex selector (read in Python on both stores), ties among the q pods by value
+    rows, other, groups, rest = await top(sel(("pod", "=~", "[a-d]|q.*")), 2)
+    assert rows == [("q0", T0, big), ("q1", T0 + 30, big)] and groups == 9
+    assert other == {T0: 5 + 3 + 6 + big, T0 + 30: 3 + big, T0 + 60: 1 + 2 + 4 + big} and rest == 24 + 3 * big
+    # all series: the rest passes 2^64 (five q pods)
+    rows, other, groups, rest = await top(ALL, 1)
+    assert rows == [("e", T0, big), ("e", T0 + 30, big)] and groups == 11
+    assert rest == 30 + 5 * big > 2**64 and sum(other.values()) == rest
+    # the same as the unbounded totals, group for group
+    want: dict[tuple[str, int], int] = {}
+    for lab, t, v in await store.totals(ALL, T0, T0 + 90, ("pod",)):
+        want[lab.get("pod", ""), t] = want.get((lab.get("pod", ""), t), 0) + v
+    assert (await top(ALL, 100))[0] == sorted((g, t, v) for (g, t), v in want.items())
+    assert await top(sel(("pod", "=", "nosuch")), 3) == ([], {}, 0, 0)
+    assert await store.top_totals(ALL, T0 + 120, T0 + 150, "pod", 3) == ([], {}, 0, 0)
 
 
 def _summed(windows: Sequence[SeriesWindow]) -> dict:

@@ -292,6 +292,36 @@ def test_cause7_healthz_never_shows_the_password(srv: Server) -> None:
     assert doc["status"] == "ok" and doc["storage"] == "sqlite"
 
 
+@pytest.mark.clickhouse
+def test_cause7_clickhouse_password_never_leaves_serve(tmp_path: Path) -> None:
+    """A real ClickHouse user with a password: /healthz, a 5xx answer while ClickHouse is down
+    and the log show ``user:***@``, never the password (the sqlite test above cannot fail)."""
+    from tests.support.clickhouse import PASSWORD_USER, ClickHouseMissing, clickhouse_server
+
+    user, pw = PASSWORD_USER
+    try:
+        cm = clickhouse_server(private=True)
+        ch = cm.__enter__()
+    except ClickHouseMissing as e:
+        pytest.skip(reason=str(e))
+    try:
+        spec = f"clickhouse://{user}:{pw}@{ch.host_port}/flamewatch_i24pw"
+        with running_server(tmp_path, "--storage", spec) as s:
+            assert s.post(PUSH, one_push({"pod": "pw"}, [(("main", "pw"), 2)]), headers=PROTO)[0] == 200
+            health = s.get("/healthz")[1].decode()
+            assert pw not in health and f"{user}:***@" in json.loads(health)["storage"], health
+            ch.kill()
+            status, body = s.get("/api/v1/render?query=" + quote('{service_name="i24"}') + f"&{RANGE}")
+            push_status, push_body_ = s.post(PUSH, one_push({"pod": "pw"}, [(("main", "pw"), 1)]), headers=PROTO)
+            print(f"cause 7 (ClickHouse): healthz storage {json.loads(health)['storage']}; ClickHouse down -> "
+                  f"render {status}, push {push_status}: {error_text(push_body_)[:100]}")
+            assert 500 <= status < 600 and 500 <= push_status < 600, (body, push_body_)
+            for text in (body.decode(), push_body_.decode(), s.get("/healthz")[1].decode(), s.log()):
+                assert pw not in text, text[-2000:]
+    finally:
+        cm.__exit__(None, None, None)
+
+
 # -- cause 4 -------------------------------------------------------------------------------------
 def test_cause4_reads_stay_right_past_the_stack_cache_bound(tmp_path: Path) -> None:
     with running_server(tmp_path, "--sqlite-stack-cache", "500") as s:

@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 ENV_URL = "FLAMEWATCH_TEST_CLICKHOUSE_URL"
 ENV_BINARY = "FLAMEWATCH_CLICKHOUSE_BINARY"
 START_TIMEOUT = 30.0
+# user and password of the servers started here (not of FLAMEWATCH_TEST_CLICKHOUSE_URL's)
+PASSWORD_USER = ("fw_secret", "s3cretPW-ch")
 
 _CONFIG = """<?xml version="1.0"?>
 <yandex>
@@ -84,6 +86,16 @@ _USERS = """<?xml version="1.0"?>
       <profile>default</profile>
       <quota>default</quota>
     </default>
+    <!-- a user with a password (PASSWORD_USER): tests check it never leaves serve (issue 24, cause 7) -->
+    <fw_secret>
+      <password>s3cretPW-ch</password>
+      <networks>
+        <ip>127.0.0.1</ip>
+        <ip>::1</ip>
+      </networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </fw_secret>
   </users>
   <quotas>
     <default>

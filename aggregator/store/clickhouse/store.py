@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 _GROUP_CHUNK = 2000
 _DENSE_CELLS = 20_000_000  # (group, stack) cells summed with a dense bincount (160 MB of float64 at most)
 _MAX_CACHED = 2_000_000
+_LOW32 = 0xFFFFFFFF
 # A view created over existing data sees whole periods only from this far past the newest
 # window or the clock (late writes of other replicas at creation time land before it).
 _SINCE_MARGIN = 3600
@@ -429,13 +430,104 @@ class ClickHouseStore(Transport, PrunedReads):
             g, window, counts = await self._group_sums(gid, len(keys), "window", everything, start, end, max_res=-1)
         if counts.size == 0:
             return []
-        # Several series chunks may hold one group's window: sum them into one cell.
+        # Several series chunks may hold one group's window: sum them into one cell, exactly
+        # (issue 24, cause 15: a float64 bincount rounded 2^62 + 1 to 2^62). The 32-bit halves
+        # are summed apart in uint64 (no carry is lost below 2^32 rows) and joined as ints.
         cell = g * (1 << 32) + window.astype(np.int64)
-        uniq, inverse = np.unique(cell, return_inverse=True)
-        sums = np.bincount(inverse, weights=counts, minlength=uniq.size)
+        order = np.argsort(cell, kind="stable")
+        cell, c = cell[order], counts.astype(np.uint64)[order]
+        starts = np.r_[0, np.flatnonzero(cell[1:] != cell[:-1]) + 1]
+        uniq = cell[starts]
+        lo = np.add.reduceat(c & np.uint64(0xFFFFFFFF), starts)
+        hi = np.add.reduceat(c >> np.uint64(32), starts)
         names = list(keys)
-        return [(names[c >> 32], c & 0xFFFFFFFF, int(n))
-                for c, n in zip(uniq.tolist(), np.rint(sums).astype(np.int64).tolist(), strict=True)]
+        return [(names[k >> 32], k & 0xFFFFFFFF, (h << 32) + low)
+                for k, h, low in zip(uniq.tolist(), hi.tolist(), lo.tolist(), strict=True)]
+
+    async def top_totals(
+        self, selector: Selector, start: int, end: int, group_by: str, n: int, step: int = 0
+    ) -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
+        """``totals(..., (group_by,), step)`` for the ``n`` heaviest values of ``group_by`` only
+        (:class:`aggregator.store.base.TopTotals`; issue 24, cause 3). Two aggregate queries, so
+        what comes back is bounded by ``n`` x buckets however many groups there are: the groups
+        ranked in ClickHouse (``GROUP BY`` group ``ORDER BY`` sum ``DESC LIMIT n``; the number
+        of groups is the answer's ``rows_before_limit_at_least``, exact under ``GROUP BY``), then
+        the kept groups' sums per bucket of ``step`` and the rest summed into one more row per
+        bucket. Sums are exact past 2^64 (their 32-bit halves summed apart, joined as ints).
+        Returns (rows of the kept groups, the rest per bucket, number of groups, samples of the rest).
+        """
+        series = {h: v or "" for h, v in (await self._series_groups(selector, start, end, group_by)).items()}
+        # Group ids numbered in name order, so ORDER BY sum DESC, id breaks ties by name (as SQLite).
+        names = sorted(set(series.values()))
+        if not names:
+            return [], {}, 0, 0
+        ids = {g: i for i, g in enumerate(names)}
+        hashes = sorted(series)
+        none = len(names)
+        # Every matching series is mapped to its group in the query (a literal array is one AST
+        # node, looked up by hash); series written after the lookup map to ``none`` and are left
+        # out, as in ``totals``.
+        group = (f"transform(series, CAST([{in_list(hashes)}] AS Array(UInt64)), "
+                 f"CAST([{','.join(str(ids[series[h]]) for h in hashes)}] AS Array(UInt32)), "
+                 f"toUInt32({none}))")
+        del series, hashes
+        union = " UNION ALL ".join(f"SELECT series, window, count FROM {self.database}.{table} WHERE {where}"
+                                   for table, where in await self._sources(start, end, -1))
+        cells = f"SELECT {group} AS gi, window, count FROM ({union})"
+        # Exact sums without Decimal128 (18.16 sums it ~50x slower): the 32-bit halves of the
+        # counts summed apart in UInt64 (no carry lost below 2^32 rows), ordered as the pair
+        # (high sum + carry, low 32 bits), which is the order of the whole sum.
+        halves = f"sum(bitShiftRight(count, 32)) AS hi, sum(bitAnd(count, {_LOW32})) AS lo"
+        raw = await self._run(
+            f"SELECT gi, {halves}, hi + intDiv(lo, {_LOW32 + 1}) AS h, bitAnd(lo, {_LOW32}) AS l "
+            f"FROM ({cells}) WHERE gi != {none} "
+            f"GROUP BY gi ORDER BY h DESC, l DESC, gi LIMIT {max(int(n), 1)} FORMAT JSON")
+        try:
+            ranked = json.loads(raw.decode("utf-8"))
+            kept = [int(r["gi"]) for r in ranked["data"]][: max(int(n), 0)]
+            ngroups = int(ranked.get("rows_before_limit_at_least", len(kept)))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{self._where()} sent a malformed JSON answer: {e}") from e
+        if not ngroups:
+            return [], {}, 0, 0
+        bucket = f"toUInt32(window - window % {int(step)})" if step > 0 else "window"
+        rank = (f"transform(gi, CAST([{','.join(map(str, kept))}] AS Array(UInt32)), "
+                f"CAST([{','.join(map(str, range(len(kept))))}] AS Array(UInt32)), toUInt32({len(kept)}))"
+                if kept else "toUInt32(0)")
+        rows: list[tuple[Labels, int, int]] = []
+        other: dict[int, int] = {}
+        for r in await self._json_rows(
+                f"SELECT {rank} AS r, {bucket} AS b, {halves} FROM ({cells}) "
+                f"WHERE gi != {none} GROUP BY r, b"):
+            k, b, c = int(r["r"]), int(r["b"]), (int(r["hi"]) << 32) + int(r["lo"])
+            if k < len(kept):
+                rows.append((Labels.of({group_by: names[kept[k]]}), b, c))
+            else:
+                other[b] = other.get(b, 0) + c
+        return rows, other, ngroups, sum(other.values())
+
+    async def _series_groups(self, selector: Selector, start: int, end: int, label: str) -> dict[int, str | None]:
+        """Hash -> value of ``label`` (None when absent) of the matching series in range: the
+        series rows are matched one at a time as they are parsed, so only the matching hashes
+        and their values are kept, not a Labels object per series as ``_matching`` keeps (with
+        100,000 pods that was the timeline's whole peak: ``type_fields`` asks ``label_values``)."""
+        db = self.database
+        raw = await self._run(
+            f"SELECT hash, names, values FROM {db}.series WHERE hash IN "
+            f"(SELECT series FROM {db}.series_windows WHERE window >= {int(start)} AND window < {int(end)}) "
+            "FORMAT JSONEachRow")
+        out: dict[int, str] = {}
+        try:
+            for line in raw.decode("utf-8").splitlines():
+                if not line:
+                    continue
+                r = json.loads(line)
+                labels = dict(zip(r["names"], r["values"], strict=True))
+                if selector.matches(labels):
+                    out[int(r["hash"])] = labels.get(label)
+        except (UnicodeDecodeError, ValueError, KeyError) as e:
+            raise StoreError(f"{self._where()} sent a malformed JSONEachRow answer: {e}") from e
+        return out
 
     async def _group_sums(self, gid: dict[int, int], n_groups: int, inner: str, everything: bool,
                           start: int, end: int, *, expr: str | None = None, dtype: np.dtype | None = None,
@@ -498,8 +590,7 @@ class ClickHouseStore(Transport, PrunedReads):
 
     async def label_values(self, name: str, selector: Selector, start: int, end: int) -> list[str]:
         """Sorted values of ``name`` among matching series with windows in [start, end)."""
-        series, _ = await self._matching(selector, start, end)
-        return sorted({labels[name] for labels in series.values() if name in labels})
+        return sorted({v for v in (await self._series_groups(selector, start, end, name)).values() if v is not None})
 
     # -- retention ------------------------------------------------------------------------
     async def delete_before(self, t: int) -> int:
