@@ -79,9 +79,25 @@ def _i64(xs: list[int]) -> np.ndarray:
 
 def tables_of_message(p: Any) -> PprofTables:
     """The tables of a parsed ``Profile`` or ``ProfileSplit`` message (the library and numpy readers)."""
-    maps, funcs, locs = p.mapping, p.function, p.location
-    nlines = [len(loc.line) for loc in locs]
-    line0 = np.cumsum(nlines, dtype=np.int64) - np.array(nlines, np.int64) if nlines else _i64([])
+    maps, funcs = p.mapping, p.function
+    # One pass over the locations, each field read once: every access builds a Python object.
+    l_id: list[int] = []
+    l_map: list[int] = []
+    l_addr: list[int] = []
+    nlines: list[int] = []
+    line_fn: list[int] = []
+    for loc in p.location:
+        lines = loc.line
+        k = len(lines)
+        l_id.append(loc.id)
+        l_map.append(loc.mapping_id)
+        l_addr.append(loc.address)
+        nlines.append(k)
+        if k == 1:
+            line_fn.append(lines[0].function_id)
+        elif k:
+            line_fn.extend([ln.function_id for ln in lines])
+    n_lines = _i64(nlines)
     has_pt = p.HasField("period_type")
     return PprofTables(
         # Symbol names are not always UTF-8 (C++ demanglers, Latin-1 paths); keep them readable.
@@ -99,12 +115,12 @@ def tables_of_message(p: Any) -> PprofTables:
         function_id=_u64([f.id for f in funcs]),
         function_name=_i64([f.name for f in funcs]),
         function_system_name=_i64([f.system_name for f in funcs]),
-        location_id=_u64([loc.id for loc in locs]),
-        location_mapping=_u64([loc.mapping_id for loc in locs]),
-        location_address=_u64([loc.address for loc in locs]),
-        location_line0=line0,
-        location_nlines=_i64(nlines),
-        line_function=_u64([ln.function_id for loc in locs for ln in loc.line]),
+        location_id=_u64(l_id),
+        location_mapping=_u64(l_map),
+        location_address=_u64(l_addr),
+        location_line0=np.cumsum(n_lines) - n_lines,
+        location_nlines=n_lines,
+        line_function=_u64(line_fn),
     )
 
 

@@ -352,7 +352,7 @@ def _parse_library(raw: bytes) -> Any:
 def _library_groups(p: Any, head: _Head, table: StackTable) -> dict[LabelKey, dict[int, int]]:
     """Values of the chosen column summed per (label key, stack id), stacks interned in sample order."""
     loc_single = head.single.__getitem__ if head.single is not None else None
-    loc_multi = head.locations.__getitem__
+    loc_multi = _location_getter(head)
     intern = table.intern
     stack_ids: dict[tuple[int, ...], int] = {}
     # Values are summed per (label set, stack) in plain dicts: cheaper than
@@ -418,6 +418,14 @@ def _library_series(groups: dict[LabelKey, dict[int, int]], s: Callable[[int, st
     return series
 
 
+def _location_getter(head: _Head) -> Callable[[int], tuple[Frame, ...]]:
+    """Location id -> its frames, root first (KeyError for an undefined location)."""
+    if head.single is None:
+        return head.locations.__getitem__
+    one = head.single.__getitem__
+    return lambda lid: (one(lid),)
+
+
 def _read_odd_samples(
     samples: list[bytes], idx: list[int], head: _Head
 ) -> list[tuple[int, tuple[Frame, ...], int, LabelKey | None]] | None:
@@ -426,7 +434,7 @@ def _read_odd_samples(
     None when one of them is unusual (the library then decides).
     """
     out = []
-    loc_get = head.locations.__getitem__
+    loc_get = _location_getter(head)
     n_types = len(head.types)
     try:
         for k in idx:
@@ -570,11 +578,14 @@ class PprofDecoder:
             self._reset_frames()
 
     # -- the pprof rules on the tables -------------------------------------------------------------
-    def _strict_runs(self, t: PprofTables) -> tuple[PprofTables, Runs]:
+    def _strict_runs(self, t: PprofTables, check_locations: bool = True) -> tuple[PprofTables, Runs]:
         """:meth:`_runs` of ``t`` as the library decoder reads it: the exact InputError for a
-        malformed table, repeated ids resolved (:func:`_last_defined`); the tables used and the runs."""
+        malformed table, repeated ids resolved (:func:`_last_defined`); the tables used and the runs.
+
+        ``check_locations=False`` leaves repeated location ids to the caller (the library
+        decoder finds them on its way, :meth:`_location_frames`)."""
         runs = self._runs(t)
-        if runs is None or _repeats(t.location_id):
+        if runs is None or (check_locations and _repeats(t.location_id)):
             _raise_table_error(t)
             t = _last_defined(t)
             runs = self._runs(t)
@@ -583,13 +594,14 @@ class PprofDecoder:
 
     def _location_frames(self, t: PprofTables, runs: Runs
                          ) -> tuple[dict[int, tuple[Frame, ...]], dict[int, Frame] | None]:
-        """Location id -> frames (root first), and -> frame when no location is inlined (else None)."""
+        """Location id -> frame when no location is inlined (then the first dict is empty), else
+        (location id -> frames, root first; None). Ids must not repeat."""
         run_off, run_len, run_frames = runs
         by_no = self._frame_by_no.__getitem__
         lids = as_ids(t.location_id)
         if not len(run_len) or int(run_len.max()) == 1:
             single = dict(zip(lids, map(by_no, run_frames.tolist()), strict=True))
-            return {lid: (fr,) for lid, fr in single.items()}, single
+            return {}, single  # ``single`` says it all (:func:`_location_getter`)
         frames = list(map(by_no, run_frames.tolist()))
         # Runs are leaf first (line[0] innermost); root first means reversed.
         return {lid: tuple(reversed(frames[o : o + k]))
@@ -684,8 +696,11 @@ class PprofDecoder:
         t = _repaired(tables_of_message(p))
         head = _head_of(t, column)
         self._bound_frames()
-        t, runs = self._strict_runs(t)
+        t, runs = self._strict_runs(t, check_locations=False)
         head.locations, head.single = self._location_frames(t, runs)
+        if len(head.single if head.single is not None else head.locations) != len(t.location_id):
+            t, runs = self._strict_runs(t)  # a location id repeats: resolve as the library always did
+            head.locations, head.single = self._location_frames(t, runs)
         groups = _library_groups(p, head, table)
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
         series = _library_series(groups, head.s, table, divisor)
