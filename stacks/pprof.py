@@ -418,6 +418,15 @@ def _library_series(groups: dict[LabelKey, dict[int, int]], s: Callable[[int, st
     return series
 
 
+def _sample_rows(lids: np.ndarray, locs_all: np.ndarray) -> np.ndarray | None:
+    """The location row of every sample location id (:func:`location_rows`); None when one is undefined."""
+    if len(lids) < 2 or bool((lids[1:] > lids[:-1]).all()):
+        return location_rows(lids, locs_all)  # the usual order (1..N): no gather over every sample's ids
+    order = np.argsort(lids, kind="stable")
+    li = location_rows(lids[order], locs_all)
+    return None if li is None else order[li]
+
+
 def _location_getter(head: _Head) -> Callable[[int], tuple[Frame, ...]]:
     """Location id -> its frames, root first (KeyError for an undefined location)."""
     if head.single is None:
@@ -730,12 +739,10 @@ class PprofDecoder:
             return None
         run_off, run_len, run_frames = runs
         fast_idx = np.flatnonzero(fast)
-        lids = t.location_id.view(np.uint64)
-        order = np.argsort(lids, kind="stable")
-        li = location_rows(lids[order], locs_all)
+        li = _sample_rows(t.location_id.view(np.uint64), locs_all)
         if li is None:
             return None
-        fnos, fbound = sample_frames(run_frames, run_len, run_off, order[li], f_first, len(fast_idx))
+        fnos, fbound = sample_frames(run_frames, run_len, run_off, li, f_first, len(fast_idx))
         keys, code = self._stack_keys(fnos, fbound)
         fsids = list(map(self._stacks.get, keys))
         # Samples of other shapes (labels, unpacked ids), read one by one.
