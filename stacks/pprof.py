@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import chain, pairwise
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -47,6 +46,7 @@ from stacks._pprof_read import (
     scan_samples,
     to_samples,
 )
+from stacks._pprof_tables import PprofTables, as_ids, tables_of_message, tables_of_scan
 from stacks.errors import InputError
 from stacks.gz import maybe_gunzip
 from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
@@ -74,7 +74,7 @@ DEFAULT_MAX_DECOMPRESSED = 256 << 20
 _FRAMES_MAX = 200_000
 _STACKS_MAX = 500_000
 _FAST_MIN_SAMPLES = 64  # measured break-even: ~40 samples (bench/pprof_decode.py, SDK-shaped push)
-_RUN0 = itemgetter(0)
+Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # every location row's frame numbers: (offsets, lengths, frames)
 
 
 @dataclass(frozen=True)
@@ -118,16 +118,6 @@ def decode_pprof(
 def _bad(why: str) -> InputError:
     """The error for a malformed profile, saying ``why``."""
     return InputError(f"pprof profile is malformed: {why}")
-
-
-def _strings(raw: list[bytes]) -> list[str]:
-    """The string table as text; InputError unless it starts with the empty string."""
-    # Symbol names are not always UTF-8 (C++ demanglers, Latin-1 paths); keep
-    # them readable rather than rejecting the whole profile.
-    out = [b.decode("utf-8", "replace") for b in raw]
-    if out and out[0] != "":
-        raise _bad(f"string_table[0] must be the empty string, got {out[0][:80]!r}")
-    return out
 
 
 def _string_getter(strings: list[str]) -> Callable[[int, str], str]:
@@ -204,28 +194,6 @@ def _check_strings(s: Callable[[int, str], str], n_strings: int, idxs: list[int]
         s(idxs[j], what.format(ids[j]))
 
 
-def _symbols(p: Any, strings: list[str], s: Callable[[int, str], str]) -> tuple[dict[int, str], dict[int, str]]:
-    """(mapping id -> file name, function id -> name or else system name) of a parsed profile."""
-    n_strings = len(strings)
-    maps = list(p.mapping)
-    map_ids = [m.id for m in maps]
-    map_files = [m.filename for m in maps]
-    _check_strings(s, n_strings, map_files, "mapping {} filename", map_ids)
-    if not n_strings:
-        strings = [""]
-    mapping_file = {mid: strings[i] for mid, i in zip(map_ids, map_files, strict=True)}
-    funcs = list(p.function)
-    fn_ids = [f.id for f in funcs]
-    fn_names = [f.name for f in funcs]
-    fn_sys = [f.system_name for f in funcs]
-    _check_strings(s, n_strings, fn_names, "function {} name", fn_ids)
-    _check_strings(s, n_strings, fn_sys, "function {} system_name", fn_ids)
-    functions = {
-        fid: strings[n] or strings[sn] for fid, n, sn in zip(fn_ids, fn_names, fn_sys, strict=True)
-    }
-    return mapping_file, functions
-
-
 # --------------------------------------------------------------------------- the pprof rules
 # What a pprof means, once for every reader (library, numpy, compiled): which frames are
 # kernel frames, what an unnamed frame is called, how a location's lines make a run of
@@ -272,36 +240,86 @@ def zero_id_repair(function_ids: Collection[int], location_ids: Collection[int])
     return None
 
 
-class _Ids:
-    """The ``id`` fields of repeated protobuf messages, read lazily: the repair's check stops at the
-    first nonzero function id instead of listing them all."""
+def _head_of(t: PprofTables, column: int | None) -> _Head:
+    """Strings, sample types, period and the chosen column of ``t`` (locations come later).
 
-    __slots__ = ("msgs",)
+    Raises the InputError the library decoder names for a malformed head.
+    """
+    strings = t.strings
+    if strings and strings[0] != "":
+        raise _bad(f"string_table[0] must be the empty string, got {strings[0][:80]!r}")
+    s = _string_getter(strings)
+    types = [(s(a, "sample_type.type"), s(u, "sample_type.unit")) for a, u in t.types]
+    pt = t.period_type
+    period_type = s(pt, "period_type.type") if pt is not None else ""
+    period_unit = s(t.period_unit, "period_type.unit") if pt is not None else ""
+    default_type = s(t.default_sample_type, "default_sample_type")
+    if t.n_samples and not types:
+        raise _bad("it has samples but no sample_type")
+    vi = _pick(types, default_type, column)
+    return _Head(s, types, vi, t.period, period_type, period_unit, {}, None)
 
-    def __init__(self, msgs: Any) -> None:
-        self.msgs = msgs
 
-    def __len__(self) -> int:
-        return len(self.msgs)
-
-    def __iter__(self) -> Iterator[int]:
-        return (m.id for m in self.msgs)
-
-    def __contains__(self, x: object) -> bool:
-        return any(i == x for i in self)
+def _repaired(t: PprofTables) -> PprofTables:
+    """``t`` after the producer repairs (:func:`zero_id_repair`)."""
+    ids = zero_id_repair(t.function_id, t.location_id)
+    return t if ids is None else t.with_function_ids(ids)
 
 
-def _location_names(loc: Any, mapping_file: dict[int, str], functions: dict[int, str]) -> tuple[list[str], bool]:
-    """The function names of one location, leaf first (:func:`run_names`), and whether it is in
-    a kernel mapping; InputError for an undefined mapping or function."""
-    mid = loc.mapping_id
-    if mid and mid not in mapping_file:
-        raise _bad(f"location {loc.id} refers to mapping {mid}, which is not defined")
-    mfile = mapping_file.get(mid, "") if mid else ""
-    names = run_names([ln.function_id for ln in loc.line], functions.get, loc.address, mfile)
-    if isinstance(names, int):
-        raise _bad(f"location {loc.id} refers to function {names}, which is not defined")
-    return names, is_kernel_mapping(mfile)
+def _raise_table_error(t: PprofTables) -> None:
+    """Raise the first error of the tables' symbols, in the order the library decoder meets them:
+    string indexes of mapping files, function names and system names, then each location's
+    undefined mapping or function. Returns when there is none."""
+    s = _string_getter(t.strings)
+    n = len(t.strings)
+    m_ids, f_ids = as_ids(t.mapping_id), as_ids(t.function_id)
+    _check_strings(s, n, t.mapping_file.tolist(), "mapping {} filename", m_ids)
+    _check_strings(s, n, t.function_name.tolist(), "function {} name", f_ids)
+    _check_strings(s, n, t.function_system_name.tolist(), "function {} system_name", f_ids)
+    maps, funcs = set(m_ids), set(f_ids)
+    line_fn = as_ids(t.line_function)
+    for lid, mid, first, count in zip(as_ids(t.location_id), as_ids(t.location_mapping), t.location_line0.tolist(),
+                                      t.location_nlines.tolist(), strict=True):
+        if mid and mid not in maps:
+            raise _bad(f"location {lid} refers to mapping {mid}, which is not defined")
+        for fid in line_fn[first : first + count]:
+            if fid and fid not in funcs:
+                raise _bad(f"location {lid} refers to function {fid}, which is not defined")
+
+
+def _last_rows(ids: np.ndarray) -> np.ndarray:
+    """The rows that keep the last of each id, in row order."""
+    _, first = np.unique(ids[::-1], return_index=True)
+    return np.sort(len(ids) - 1 - first)
+
+
+def _repeats(ids: np.ndarray) -> bool:
+    """Whether an id occurs twice."""
+    return len(ids) > 1 and len(np.unique(ids)) != len(ids)
+
+
+def _last_defined(t: PprofTables) -> PprofTables:
+    """Repeated ids resolved as protobuf readers resolve them (legal protobuf, odd pprof): the
+    last mapping and function of an id; of a location's rows, the last with inlined lines
+    (several), else the last one (the library decoder's rule since its first version)."""
+    l_id = t.location_id
+    order = np.lexsort((np.arange(len(l_id)), t.location_nlines > 1, l_id))
+    srt = l_id[order]
+    last = np.flatnonzero(np.append(srt[1:] != srt[:-1], True)) if len(srt) else np.zeros(0, np.int64)
+    return t.rows(_last_rows(t.mapping_id), _last_rows(t.function_id), np.sort(order[last]))
+
+
+def _odd_run(t: PprofTables, j: int, mfile: str, fi_line: np.ndarray, names: list[str]) -> list[str] | None:
+    """The function names (leaf first) of location row ``j`` (:func:`run_names`); None for an
+    undefined function."""
+    first = int(t.location_line0[j])
+    lines = range(first, first + int(t.location_nlines[j]))
+    line_fn = t.line_function
+    # run_names looks functions up by id; here a line's function row is already known.
+    rows = {int(line_fn[q]): int(fi_line[q]) for q in lines}
+    run = run_names([int(line_fn[q]) for q in lines], lambda fid: names[rows[fid]] if rows[fid] >= 0 else None,
+                    int(t.location_address[j]), mfile)
+    return None if isinstance(run, int) else run
 
 
 def _decoded(head: _Head, series: list[tuple[Labels, Profile]], time_nanos: int,
@@ -331,19 +349,10 @@ def _parse_library(raw: bytes) -> Any:
         ) from None
 
 
-def _repair_zero_function_ids(p: Any) -> None:
-    """:func:`zero_id_repair` on a parsed Profile (or ProfileSplit) message."""
-    funcs = p.function
-    ids = zero_id_repair(_Ids(funcs), _Ids(p.location))
-    if ids is not None:
-        for f, i in zip(funcs, ids, strict=True):
-            f.id = i
-
-
 def _library_groups(p: Any, head: _Head, table: StackTable) -> dict[LabelKey, dict[int, int]]:
     """Values of the chosen column summed per (label key, stack id), stacks interned in sample order."""
     loc_single = head.single.__getitem__ if head.single is not None else None
-    loc_multi = head.locations.__getitem__
+    loc_multi = _location_getter(head)
     intern = table.intern
     stack_ids: dict[tuple[int, ...], int] = {}
     # Values are summed per (label set, stack) in plain dicts: cheaper than
@@ -409,6 +418,23 @@ def _library_series(groups: dict[LabelKey, dict[int, int]], s: Callable[[int, st
     return series
 
 
+def _sample_rows(lids: np.ndarray, locs_all: np.ndarray) -> np.ndarray | None:
+    """The location row of every sample location id (:func:`location_rows`); None when one is undefined."""
+    if len(lids) < 2 or bool((lids[1:] > lids[:-1]).all()):
+        return location_rows(lids, locs_all)  # the usual order (1..N): no gather over every sample's ids
+    order = np.argsort(lids, kind="stable")
+    li = location_rows(lids[order], locs_all)
+    return None if li is None else order[li]
+
+
+def _location_getter(head: _Head) -> Callable[[int], tuple[Frame, ...]]:
+    """Location id -> its frames, root first (KeyError for an undefined location)."""
+    if head.single is None:
+        return head.locations.__getitem__
+    one = head.single.__getitem__
+    return lambda lid: (one(lid),)
+
+
 def _read_odd_samples(
     samples: list[bytes], idx: list[int], head: _Head
 ) -> list[tuple[int, tuple[Frame, ...], int, LabelKey | None]] | None:
@@ -417,7 +443,7 @@ def _read_odd_samples(
     None when one of them is unusual (the library then decides).
     """
     out = []
-    loc_get = head.locations.__getitem__
+    loc_get = _location_getter(head)
     n_types = len(head.types)
     try:
         for k in idx:
@@ -430,29 +456,6 @@ def _read_odd_samples(
     except (Fallback, KeyError):
         return None
     return out
-
-
-def _compiled_head(t: dict[str, Any], column: int | None) -> tuple[_Head, list[str]] | None:
-    """The head (without locations) and the strings of a compiled scan; None to leave it to the others."""
-    strings: list[str] = t["strings"]
-    if not strings or strings[0] != "":
-        return None  # an empty or malformed string table: the library has the rules
-    s = _string_getter(strings)
-    try:
-        types = [(s(a, "sample_type.type"), s(u, "sample_type.unit")) for a, u in t["types"]]
-        period_type = s(t["period_type"], "period_type.type") if t["period_type"] >= 0 else ""
-        if "period_unit" not in t:
-            return None  # a stale build of the extension: the other readers have the unit
-        period_unit = s(t["period_unit"], "period_type.unit") if t["period_type"] >= 0 else ""
-        default_type = s(t["default_sample_type"], "default_sample_type")
-    except InputError:
-        return None
-    if len(t["sample_start"]) and not types:
-        return None
-    if column is not None and not 0 <= column < len(types):
-        return None  # the library names the error
-    vi = _pick(types, default_type, column)
-    return _Head(s, types, vi, t["period"], period_type, period_unit, {}, None), strings
 
 
 def _in_range(col: np.ndarray, n: int) -> bool:
@@ -525,9 +528,9 @@ class PprofDecoder:
             fast = self._decode_compiled(raw, table, column) if self._index is not None else None
             if fast is None:
                 fast = self._decode_fast(raw, table, column)
-        if fast is not None:
-            return fast
-        return self._decode_library(raw, table, column)
+            if fast is not None:
+                return fast
+            return self._decode_library(raw, table, column)  # it numbers frames in the shared registry
 
     # -- caches ----------------------------------------------------------------------------------
     def _frame(self, name: str, kernel: bool) -> Frame:
@@ -578,50 +581,119 @@ class PprofDecoder:
             self._stacks_table = table
 
     # -- head and the library decoder ------------------------------------------------------------
-    def _head(self, p: Any, column: int | None = None) -> _Head:
-        """Strings, sample types and location frames of a parsed Profile or ProfileSplit."""
-        strings = _strings(list(p.string_table))
-        s = _string_getter(strings)
-        types = [(s(vt.type, "sample_type.type"), s(vt.unit, "sample_type.unit")) for vt in p.sample_type]
-        period = int(p.period)
-        period_type = s(p.period_type.type, "period_type.type") if p.HasField("period_type") else ""
-        period_unit = s(p.period_type.unit, "period_type.unit") if p.HasField("period_type") else ""
-        default_type = s(p.default_sample_type, "default_sample_type")
-        if p.sample and not types:
-            raise _bad("it has samples but no sample_type")
-        vi = _pick(types, default_type, column)
-        # Per-profile lookups are built once; the per-sample work is only dict hits.
-        mapping_file, functions = _symbols(p, strings, s)
-        single, multi = self._locations(p, mapping_file, functions)
-        locations = {lid: (fr,) for lid, fr in single.items()}
-        locations.update(multi)
-        # Most profiles have no inlining: then one location is one frame.
-        return _Head(s, types, vi, period, period_type, period_unit, locations, single if not multi else None)
+    def _bound_frames(self) -> None:
+        """Keep the frame registry bounded (the library decoder's only cache)."""
+        if len(self._frame_by_no) > _FRAMES_MAX:
+            self._reset_frames()
 
-    def _locations(self, p: Any, mapping_file: dict[int, str], functions: dict[int, str]
-                   ) -> tuple[dict[int, Frame], dict[int, tuple[Frame, ...]]]:
-        """Location id -> frame for one-frame locations, and -> frames (root first) for inlined runs."""
-        frame = self._frame
-        user_mappings = {mid for mid, f in mapping_file.items() if not is_kernel_mapping(f)}
-        user_mappings.add(0)
-        # The frame of a named function outside the kernel mapping, by function id.
-        user_frames = {fid: frame(name, False) for fid, name in functions.items() if name}
-        single: dict[int, Frame] = {}
-        multi: dict[int, tuple[Frame, ...]] = {}
-        for loc in p.location:
-            lines = loc.line
-            if len(lines) == 1 and loc.mapping_id in user_mappings:
-                fr = user_frames.get(lines[0].function_id)
-                if fr is not None:  # the common case: one named, non-kernel function
-                    single[loc.id] = fr
-                    continue
-            names, kernel = _location_names(loc, mapping_file, functions)
-            if len(names) == 1:
-                single[loc.id] = frame(names[0], kernel)
-            else:
-                # line[0] is the innermost inlined frame; root first means reversed.
-                multi[loc.id] = tuple(frame(n, kernel) for n in reversed(names))
-        return single, multi
+    # -- the pprof rules on the tables -------------------------------------------------------------
+    def _strict_runs(self, t: PprofTables, check_locations: bool = True) -> tuple[PprofTables, Runs]:
+        """:meth:`_runs` of ``t`` as the library decoder reads it: the exact InputError for a
+        malformed table, repeated ids resolved (:func:`_last_defined`); the tables used and the runs.
+
+        ``check_locations=False`` leaves repeated location ids to the caller (the library
+        decoder finds them on its way, :meth:`_location_frames`)."""
+        runs = self._runs(t)
+        if runs is None or (check_locations and _repeats(t.location_id)):
+            _raise_table_error(t)
+            t = _last_defined(t)
+            runs = self._runs(t)
+            assert runs is not None, "tables without errors or repeated ids have runs"
+        return t, runs
+
+    def _location_frames(self, t: PprofTables, runs: Runs
+                         ) -> tuple[dict[int, tuple[Frame, ...]], dict[int, Frame] | None]:
+        """Location id -> frame when no location is inlined (then the first dict is empty), else
+        (location id -> frames, root first; None). Ids must not repeat."""
+        run_off, run_len, run_frames = runs
+        by_no = self._frame_by_no.__getitem__
+        lids = as_ids(t.location_id)
+        if not len(run_len) or int(run_len.max()) == 1:
+            single = dict(zip(lids, map(by_no, run_frames.tolist()), strict=True))
+            return {}, single  # ``single`` says it all (:func:`_location_getter`)
+        frames = list(map(by_no, run_frames.tolist()))
+        # Runs are leaf first (line[0] innermost); root first means reversed.
+        return {lid: tuple(reversed(frames[o : o + k]))
+                for lid, o, k in zip(lids, run_off.tolist(), run_len.tolist(), strict=True)}, None
+
+    def _runs(self, t: PprofTables) -> Runs | None:
+        """Every location row as a run of frame numbers, leaf first: (offsets, lengths, frames) int64
+        arrays. Naming, kinds and inlining are decided here, for every reader.
+
+        None when a string index is out of range, a mapping or function id repeats, or a location
+        refers to an undefined mapping or function.
+        """
+        strings = t.strings or [""]  # an empty table still has an implicit "" at 0
+        n = len(strings)
+        m_file = t.mapping_file
+        if not (_in_range(m_file, n) and _in_range(t.function_name, n) and _in_range(t.function_system_name, n)):
+            return None
+        m_kernel = np.fromiter(map(is_kernel_mapping, (strings[f] for f in m_file.tolist())), bool, len(m_file))
+        names, user_no = self._function_numbers(t, strings)
+        located = self._location_numbers(t, names, user_no, m_kernel)
+        if located is None:
+            return None
+        frame_no, kernel, odd, mi, fi_line = located
+        run_len = np.ones(len(frame_no), np.int64)
+        extra: dict[int, list[int]] = {}
+        if odd:
+            mfile = [strings[f] for f in m_file.tolist()]
+            for j in odd:
+                run = _odd_run(t, j, mfile[mi[j]] if mi[j] >= 0 else "", fi_line, names)
+                if run is None:
+                    return None  # an undefined function
+                extra[j] = [self._name_to_no(nm, bool(kernel[j])) for nm in run]  # leaf first, as lines are
+                run_len[j] = len(run)
+        run_off = np.cumsum(run_len) - run_len
+        if extra:
+            run_frames = np.repeat(frame_no, run_len)
+            for j, nos in extra.items():
+                run_frames[run_off[j] : run_off[j] + len(nos)] = nos
+        else:
+            run_frames = frame_no
+        return run_off, run_len, run_frames
+
+    def _function_numbers(self, t: PprofTables, strings: list[str]) -> tuple[list[str], np.ndarray]:
+        """Each function's name (or system name) and its user frame number (-1: unnamed)."""
+        names = [strings[a] or strings[b]
+                 for a, b in zip(t.function_name.tolist(), t.function_system_name.tolist(), strict=True)]
+        nos = list(map(self._name_no[False].get, names))  # the loop in C: names are known after the first push
+        if None in nos:
+            nos = [n if n is not None else (self._name_to_no(nm, False) if nm else -1)
+                   for n, nm in zip(nos, names, strict=True)]
+        return names, np.array(nos, np.int64)
+
+    def _location_numbers(
+        self, t: PprofTables, names: list[str], user_no: np.ndarray, m_kernel: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray, np.ndarray] | None:
+        """The frame number of every one-frame location with a named function, found with numpy.
+
+        Returns (frame number per location, -1 for the others; kernel mapping per
+        location; the other locations; mapping row per location; function row per
+        line); None for repeated ids or an undefined mapping.
+        """
+        l_map, nlines, line0 = t.location_mapping, t.location_nlines, t.location_line0
+        n_loc = len(l_map)
+        mi = positions(t.mapping_id, l_map)
+        fi_line = positions(t.function_id, t.line_function)
+        if mi is None or fi_line is None:
+            return None
+        if bool(((mi < 0) & (l_map != 0)).any()):
+            return None  # an undefined mapping
+        kernel = np.zeros(n_loc, bool)
+        has_map = mi >= 0
+        kernel[has_map] = m_kernel[mi[has_map]]
+        single = nlines == 1
+        fi = np.full(n_loc, -1, np.int64)
+        fi[single] = fi_line[line0[single]]
+        frame_no = np.full(n_loc, -1, np.int64)
+        ok = single & (fi >= 0)
+        frame_no[ok] = user_no[fi[ok]]
+        ok &= frame_no >= 0  # a named function
+        kern = ok & kernel
+        if kern.any():
+            frame_no[kern] = [self._name_to_no(names[f], True) for f in fi[kern].tolist()]
+        return frame_no, kernel, np.flatnonzero(~ok).tolist(), mi, fi_line
 
     def _decode_library(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile:
         """The reference decoder: every field through the protobuf library.
@@ -630,12 +702,18 @@ class PprofDecoder:
         input) and, in the tests, as the oracle the fast readers must equal.
         """
         p = _parse_library(raw)
-        _repair_zero_function_ids(p)
-        head = self._head(p, column)
+        t = _repaired(tables_of_message(p))
+        head = _head_of(t, column)
+        self._bound_frames()
+        t, runs = self._strict_runs(t, check_locations=False)
+        head.locations, head.single = self._location_frames(t, runs)
+        if len(head.single if head.single is not None else head.locations) != len(t.location_id):
+            t, runs = self._strict_runs(t)  # a location id repeats: resolve as the library always did
+            head.locations, head.single = self._location_frames(t, runs)
         groups = _library_groups(p, head, table)
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
         series = _library_series(groups, head.s, table, divisor)
-        return _decoded(head, series, int(p.time_nanos), int(p.duration_nanos))
+        return _decoded(head, series, t.time_nanos, t.duration_nanos)
 
     # -- the numpy reader ------------------------------------------------------------------------
     def _decode_fast(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
@@ -646,8 +724,8 @@ class PprofDecoder:
             n = len(samples)
             if n < self.fast_min_samples:
                 return None  # below this, numpy's fixed cost per call makes the library faster
-            _repair_zero_function_ids(p)
-            head = self._head(p, column)
+            t = _repaired(tables_of_message(p))
+            head = _head_of(t, column)
         except (DecodeError, RecursionError, ValueError):  # InputError is a ValueError
             return None
         try:
@@ -655,16 +733,23 @@ class PprofDecoder:
         except Fallback:
             return None
         self._bound_caches(table)
-        lids, flat, run_len, run_off = self._location_runs(head)
+        try:
+            t, runs = self._strict_runs(t)
+        except InputError:
+            return None
+        run_off, run_len, run_frames = runs
         fast_idx = np.flatnonzero(fast)
-        li = location_rows(lids, locs_all)
+        li = _sample_rows(t.location_id.view(np.uint64), locs_all)
         if li is None:
             return None
-        fnos, fbound = sample_frames(flat, run_len, run_off, li, f_first, len(fast_idx))
+        fnos, fbound = sample_frames(run_frames, run_len, run_off, li, f_first, len(fast_idx))
         keys, code = self._stack_keys(fnos, fbound)
         fsids = list(map(self._stacks.get, keys))
         # Samples of other shapes (labels, unpacked ids), read one by one.
-        odd = _read_odd_samples(samples, np.flatnonzero(~fast).tolist(), head)
+        odd_idx = np.flatnonzero(~fast).tolist()
+        if odd_idx:
+            head.locations, head.single = self._location_frames(t, runs)
+        odd = _read_odd_samples(samples, odd_idx, head)
         if odd is None:
             return None
         sids, vals = self._intern_fast(table, n, fast_idx, fvals, keys, code, fsids, odd)
@@ -672,27 +757,7 @@ class PprofDecoder:
         gcode, keys_by_code = group_codes(n, ((k, v, key) for k, _, v, key in odd))
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
         series = label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
-        return None if series is None else _decoded(head, series, int(p.time_nanos), int(p.duration_nanos))
-
-    def _location_runs(self, head: _Head) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Location ids -> runs of frame numbers (leaf first), as arrays.
-
-        Returns (sorted location ids, all runs' frame numbers concatenated, each
-        run's length, each run's offset), row r of the arrays being ``lids[r]``.
-        """
-        loc_frames = head.locations
-        lids = np.fromiter(loc_frames, np.uint64, len(loc_frames))
-        order = np.argsort(lids)
-        lids = lids[order]
-        runs = [loc_frames[lid] for lid in lids.tolist()]
-        run_len = np.fromiter(map(len, runs), np.int64, len(runs))
-        frames = list(map(_RUN0, runs)) if head.single is not None else [f for r in runs for f in reversed(r)]
-        nums = list(map(self._frame_nos.get, frames))
-        if None in nums:
-            nums = list(map(self._frame_no, frames))
-        flat = np.array(nums, np.int64)
-        run_off = np.cumsum(run_len) - run_len
-        return lids, flat, run_len, run_off
+        return None if series is None else _decoded(head, series, t.time_nanos, t.duration_nanos)
 
     def _stack_keys(self, fnos: np.ndarray, fbound: np.ndarray) -> tuple[list[bytes], str]:
         """Each sample's frame numbers as bytes (the key of the stack cache), and their struct code."""
@@ -749,25 +814,27 @@ class PprofDecoder:
     def _decode_compiled(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
         """The decode through ``stacks._pprof_c``, or None to leave it to the other readers."""
         assert _pprof_c is not None and self._index is not None
-        t = _pprof_c.scan(raw)
-        if t is None:
+        scanned = _pprof_c.scan(raw)
+        if scanned is None:
             return None
-        repaired = zero_id_repair(t["function_id"], t["location_id"])
-        if repaired is not None:
-            t["function_id"] = np.asarray(repaired, dtype=t["function_id"].dtype)
-        got_head = _compiled_head(t, column)
-        if got_head is None:
-            return None
-        head, strings = got_head
+        t = tables_of_scan(scanned)
+        if t is None or not t.strings or t.strings[0] != "":
+            return None  # a stale build, an empty or malformed string table: the others have the rules
+        t = _repaired(t)
+        try:
+            head = _head_of(t, column)
+        except InputError:
+            return None  # the library names the error
         self._bound_caches(table)
-        runs = self._compiled_runs(t, strings)
-        if runs is None:
+        runs = self._runs(t)
+        if runs is None or len(self._frame_by_no) >= 1 << 31:
             return None
-        lut = _location_lut(t["location_id"])
+        lut = _location_lut(t.location_id)
         if lut is None:
             return None
-        starts, ends = t["sample_start"], t["sample_end"]
-        got = _pprof_c.read_samples(raw, starts, ends, lut, *runs, len(head.types), head.vi, self._index)
+        runs32 = tuple(a.astype(np.int32) for a in runs)
+        starts, ends = scanned["sample_start"], scanned["sample_end"]
+        got = _pprof_c.read_samples(raw, starts, ends, lut, *runs32, len(head.types), head.vi, self._index)
         if got is None:
             return None
         sids, vals, h1, h2, labelled = got
@@ -776,92 +843,12 @@ class PprofDecoder:
         lab_keys = label_keys(raw, starts, ends, lab_idx)
         if lab_keys is None:
             return None
-        self._intern_misses(raw, table, sids, h1, h2, starts, ends, (lut, *runs))
+        self._intern_misses(raw, table, sids, h1, h2, starts, ends, (lut, *runs32))
         gcode, keys_by_code = group_codes(
             len(starts), ((k, vals[k], key) for k, key in zip(lab_idx, lab_keys, strict=True)))
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
         series = label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
-        return None if series is None else _decoded(head, series, t["time_nanos"], t["duration_nanos"])
-
-    def _function_numbers(self, t: dict[str, Any], strings: list[str]) -> tuple[list[str], np.ndarray] | None:
-        """Each function's name (or system name) and its user frame number (-1: unnamed)."""
-        f_name, f_sys = t["function_name"], t["function_system_name"]
-        if not (_in_range(f_name, len(strings)) and _in_range(f_sys, len(strings))):
-            return None
-        names = [strings[a] or strings[b] for a, b in zip(f_name.tolist(), f_sys.tolist(), strict=True)]
-        nos = list(map(self._name_no[False].get, names))  # the loop in C: names are known after the first push
-        if None in nos:
-            nos = [n if n is not None else (self._name_to_no(nm, False) if nm else -1)
-                   for n, nm in zip(nos, names, strict=True)]
-        return names, np.array(nos, np.int64)
-
-    def _compiled_runs(self, t: dict[str, Any], strings: list[str]) -> tuple[np.ndarray, ...] | None:
-        """Every location as a run of frame numbers (leaf first): int32 (offset, length, frames) arrays."""
-        m_file = t["mapping_file"]
-        if not _in_range(m_file, len(strings)):
-            return None
-        m_kernel = np.fromiter(map(is_kernel_mapping, (strings[f] for f in m_file.tolist())), bool, len(m_file))
-        fns = self._function_numbers(t, strings)
-        if fns is None:
-            return None
-        names, user_no = fns
-        located = self._location_numbers(t, names, user_no, m_kernel)
-        if located is None:
-            return None
-        frame_no, kernel, odd, mi, fi_line = located
-        run_len = np.ones(len(frame_no), np.int64)
-        extra: dict[int, list[int]] = {}
-        if odd:
-            mfile = [strings[f] for f in m_file.tolist()]
-            for j in odd:
-                run = _odd_run(t, j, mfile[mi[j]] if mi[j] >= 0 else "", fi_line, names)
-                if run is None:
-                    return None  # an undefined function
-                extra[j] = [self._name_to_no(nm, bool(kernel[j])) for nm in run]  # leaf first, as lines are
-                run_len[j] = len(run)
-        if len(self._frame_by_no) >= 1 << 31:
-            return None
-        run_off = np.cumsum(run_len) - run_len
-        if extra:
-            run_frames = np.repeat(frame_no, run_len)
-            for j, nos in extra.items():
-                run_frames[run_off[j] : run_off[j] + len(nos)] = nos
-        else:
-            run_frames = frame_no
-        i32 = np.int32
-        return run_off.astype(i32), run_len.astype(i32), run_frames.astype(i32)
-
-    def _location_numbers(
-        self, t: dict[str, Any], names: list[str], user_no: np.ndarray, m_kernel: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray, np.ndarray] | None:
-        """The frame number of every one-frame location with a named function, found with numpy.
-
-        Returns (frame number per location, -1 for the others; kernel mapping per
-        location; the other locations; mapping row per location; function row per
-        line); None for repeated ids or an undefined mapping.
-        """
-        l_map, nlines, line0 = t["location_mapping"], t["location_nlines"], t["location_line0"]
-        n_loc = len(l_map)
-        mi = positions(t["mapping_id"], l_map)
-        fi_line = positions(t["function_id"], t["line_function"])
-        if mi is None or fi_line is None:
-            return None
-        if bool(((mi < 0) & (l_map != 0)).any()):
-            return None  # an undefined mapping
-        kernel = np.zeros(n_loc, bool)
-        has_map = mi >= 0
-        kernel[has_map] = m_kernel[mi[has_map]]
-        single = nlines == 1
-        fi = np.full(n_loc, -1, np.int64)
-        fi[single] = fi_line[line0[single]]
-        frame_no = np.full(n_loc, -1, np.int64)
-        ok = single & (fi >= 0)
-        frame_no[ok] = user_no[fi[ok]]
-        ok &= frame_no >= 0  # a named function
-        kern = ok & kernel
-        if kern.any():
-            frame_no[kern] = [self._name_to_no(names[f], True) for f in fi[kern].tolist()]
-        return frame_no, kernel, np.flatnonzero(~ok).tolist(), mi, fi_line
+        return None if series is None else _decoded(head, series, t.time_nanos, t.duration_nanos)
 
     def _intern_misses(self, raw: bytes, table: StackTable, sids: np.ndarray, h1: np.ndarray, h2: np.ndarray,
                        starts: np.ndarray, ends: np.ndarray, runs: tuple[np.ndarray, ...]) -> None:
@@ -886,19 +873,6 @@ class PprofDecoder:
                 sid = intern(tuple(map(by_no, nos)))
                 index.insert(h1l[m], h2l[m], sid)
             sids[j] = sid
-
-
-def _odd_run(t: dict[str, Any], j: int, mfile: str, fi_line: np.ndarray, names: list[str]) -> list[str] | None:
-    """The function names (leaf first) of location row ``j`` of a compiled scan
-    (:func:`run_names`); None for an undefined function."""
-    first = int(t["location_line0"][j])
-    lines = range(first, first + int(t["location_nlines"][j]))
-    line_fn = t["line_function"]
-    # run_names looks functions up by id; here a line's function row is already known.
-    rows = {int(line_fn[q]): int(fi_line[q]) for q in lines}
-    run = run_names([int(line_fn[q]) for q in lines], lambda fid: names[rows[fid]] if rows[fid] >= 0 else None,
-                    int(t["location_address"][j]), mfile)
-    return None if isinstance(run, int) else run
 
 
 def encode_pprof(

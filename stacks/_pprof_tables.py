@@ -1,0 +1,153 @@
+"""The neutral tables every pprof reader produces (pure, no I/O).
+
+A reader's own work is the wire: the protobuf library and the numpy reader parse
+messages, the compiled reader (``stacks._pprof_c.scan``) walks the bytes. Each hands
+:class:`PprofTables` to ``stacks.pprof``, where what a pprof *means* (naming, kinds,
+inlining, producer repairs) is decided once, on these tables.
+
+Ids (``uint64`` on the wire) are held as ``int64`` bit patterns, as the compiled scan
+keeps them; :func:`as_ids` gives them back as Python ints for messages and lookups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PprofTables:
+    """Everything of a pprof but its samples, as flat columns.
+
+    ``location_line0[r]``/``location_nlines[r]`` give location row ``r``'s lines in
+    ``line_function`` (``line[0]`` innermost). ``period_type`` is None when the
+    profile has no ``period_type`` message.
+    """
+
+    strings: list[str]
+    types: list[tuple[int, int]]  # sample types as (type, unit) string indexes
+    n_samples: int
+    period: int
+    period_type: int | None
+    period_unit: int
+    default_sample_type: int
+    time_nanos: int
+    duration_nanos: int
+    mapping_id: np.ndarray
+    mapping_file: np.ndarray
+    function_id: np.ndarray
+    function_name: np.ndarray
+    function_system_name: np.ndarray
+    location_id: np.ndarray
+    location_mapping: np.ndarray
+    location_address: np.ndarray
+    location_line0: np.ndarray
+    location_nlines: np.ndarray
+    line_function: np.ndarray
+
+    def with_function_ids(self, ids: Any) -> PprofTables:
+        """The same tables with ``function_id`` replaced (a producer repair)."""
+        return replace(self, function_id=np.asarray(ids, dtype=np.int64))
+
+    def rows(self, mappings: np.ndarray, functions: np.ndarray, locations: np.ndarray) -> PprofTables:
+        """The same tables keeping only the given mapping, function and location rows."""
+        return replace(
+            self,
+            mapping_id=self.mapping_id[mappings], mapping_file=self.mapping_file[mappings],
+            function_id=self.function_id[functions], function_name=self.function_name[functions],
+            function_system_name=self.function_system_name[functions],
+            location_id=self.location_id[locations], location_mapping=self.location_mapping[locations],
+            location_address=self.location_address[locations], location_line0=self.location_line0[locations],
+            location_nlines=self.location_nlines[locations],
+        )
+
+
+def as_ids(col: np.ndarray) -> list[int]:
+    """An id column as the unsigned Python ints the wire carries."""
+    return col.view(np.uint64).tolist()
+
+
+def _u64(xs: list[int]) -> np.ndarray:
+    return np.array(xs, dtype=np.uint64).view(np.int64)
+
+
+def _i64(xs: list[int]) -> np.ndarray:
+    return np.array(xs, dtype=np.int64)
+
+
+def tables_of_message(p: Any) -> PprofTables:
+    """The tables of a parsed ``Profile`` or ``ProfileSplit`` message (the library and numpy readers)."""
+    maps, funcs = p.mapping, p.function
+    # One pass over the locations, each field read once: every access builds a Python object.
+    l_id: list[int] = []
+    l_map: list[int] = []
+    l_addr: list[int] = []
+    nlines: list[int] = []
+    line_fn: list[int] = []
+    for loc in p.location:
+        lines = loc.line
+        k = len(lines)
+        l_id.append(loc.id)
+        l_map.append(loc.mapping_id)
+        l_addr.append(loc.address)
+        nlines.append(k)
+        if k == 1:
+            line_fn.append(lines[0].function_id)
+        elif k:
+            line_fn.extend([ln.function_id for ln in lines])
+    n_lines = _i64(nlines)
+    has_pt = p.HasField("period_type")
+    return PprofTables(
+        # Symbol names are not always UTF-8 (C++ demanglers, Latin-1 paths); keep them readable.
+        strings=[b.decode("utf-8", "replace") for b in p.string_table],
+        types=[(vt.type, vt.unit) for vt in p.sample_type],
+        n_samples=len(p.sample),
+        period=int(p.period),
+        period_type=p.period_type.type if has_pt else None,
+        period_unit=p.period_type.unit if has_pt else 0,
+        default_sample_type=p.default_sample_type,
+        time_nanos=int(p.time_nanos),
+        duration_nanos=int(p.duration_nanos),
+        mapping_id=_u64([m.id for m in maps]),
+        mapping_file=_i64([m.filename for m in maps]),
+        function_id=_u64([f.id for f in funcs]),
+        function_name=_i64([f.name for f in funcs]),
+        function_system_name=_i64([f.system_name for f in funcs]),
+        location_id=_u64(l_id),
+        location_mapping=_u64(l_map),
+        location_address=_u64(l_addr),
+        location_line0=np.cumsum(n_lines) - n_lines,
+        location_nlines=n_lines,
+        line_function=_u64(line_fn),
+    )
+
+
+def tables_of_scan(t: dict[str, Any]) -> PprofTables | None:
+    """The tables of a compiled scan (``stacks._pprof_c.scan``); None for a stale build without
+    ``period_unit`` (the other readers then read the profile)."""
+    if "period_unit" not in t:
+        return None
+    return PprofTables(
+        strings=t["strings"],
+        types=t["types"],
+        n_samples=len(t["sample_start"]),
+        period=t["period"],
+        period_type=t["period_type"] if t["period_type"] >= 0 else None,
+        period_unit=t["period_unit"],
+        default_sample_type=t["default_sample_type"],
+        time_nanos=t["time_nanos"],
+        duration_nanos=t["duration_nanos"],
+        mapping_id=t["mapping_id"],
+        mapping_file=t["mapping_file"],
+        function_id=t["function_id"],
+        function_name=t["function_name"],
+        function_system_name=t["function_system_name"],
+        location_id=t["location_id"],
+        location_mapping=t["location_mapping"],
+        location_address=t["location_address"],
+        location_line0=t["location_line0"],
+        location_nlines=t["location_nlines"],
+        line_function=t["line_function"],
+    )
