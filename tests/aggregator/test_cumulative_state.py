@@ -91,7 +91,11 @@ async def test_concurrent_pushes_of_one_series_wait_for_each_other() -> None:
             order.append("second read")
 
     task = asyncio.gather(slow_write(), other())
-    await asyncio.sleep(0.01)
+    for _ in range(500):  # the first read runs on a worker thread: slow on a loaded machine
+        if order:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)  # time enough for the second push to read, were it not waiting
     assert order == ["first read"]  # the second push waits for the first one's save
     release.set()
     await task
