@@ -277,7 +277,7 @@ class SpanStore:
         args: list[Any] = list(values)
         if rng is not None:
             sql += " AND t >= ? AND t < ?"
-            args += [rng.first_window, rng.end]
+            args += [rng.first_window, _windows_end(rng)]
         rows = db.execute(sql, args).fetchall()
         ok = self._matching(db, sel)
         if ok is not None:
@@ -294,7 +294,7 @@ class SpanStore:
     def _requests(self, db: sqlite3.Connection, sel: Selector, rng: Range, limit: int,
                   span_name: str) -> tuple[list[Request], int]:
         where = "last >= ? AND first < ?"
-        args: list[Any] = [rng.first_window, rng.end]
+        args: list[Any] = [rng.first_window, _windows_end(rng)]
         if span_name:
             where += " AND span_name = ?"
             args.append(span_name)
@@ -316,6 +316,13 @@ class SpanStore:
             out.append(Request(span_id, trace_id, name, lab.get("service_name", ""), lab.get("pod", ""),
                                wall, cpu, first, last))
         return out, int(total)
+
+
+def _windows_end(rng: Range) -> int:
+    """The end of the last window the range reads: span times are compared as the samples'
+    windows are, so a span of the open window (a profile's time is its midpoint, which may lie
+    a few seconds past ``until=now``) is listed with the samples that show it."""
+    return -(-rng.end // rng.window) * rng.window
 
 
 # -- requests in, answers out ---------------------------------------------------------------------

@@ -270,8 +270,11 @@
         if (!r.ok) throw new Error((body && body.error) || ("HTTP " + r.status + " from " + path));
         return body;
       });
-    }, function (e) {
+    }).catch(function (e) {
+      // An abort may land while the body is being read, not only while fetch waits for the
+      // headers: either way a superseded request is stale and must not paint its error.
       done();
+      if (e && e.stale) throw e;
       if (pending[key] !== seq || (e && e.name === "AbortError")) throw {stale: true};
       throw e;
     });
