@@ -44,7 +44,7 @@ def _cpu_leaves(raw: bytes) -> tuple[Counter[str], int]:
 @pytest.mark.timeout(120)
 def test_pyroscope_go_sdk(tmp_path: Path) -> None:
     if not APP.is_file():
-        pytest.skip(f"Go app not built at {APP}: run scripts/setup.sh (go build of tests/producers/go_app)")
+        pytest.skip(reason=f"Go app not built at {APP}: run scripts/setup.sh (go build of tests/producers/go_app)")
     with capture_server() as cap:
         env = {**os.environ, "FW_SERVER": cap.url, "FW_SECONDS": "5"}
         run = subprocess.run([str(APP)], env=env, capture_output=True, text=True, timeout=60)

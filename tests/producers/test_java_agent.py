@@ -31,9 +31,9 @@ CPU = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
 def _need() -> None:
     for tool in ("java", "javac", "jfr"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not found (a JDK is needed; scripts/setup.sh expects one)")
+            pytest.skip(reason=f"{tool} not found (a JDK is needed; scripts/setup.sh expects one)")
     if not AGENT.is_file():
-        pytest.skip(f"pyroscope-java agent not at {AGENT}: run scripts/setup.sh (mvn dependency:copy)")
+        pytest.skip(reason=f"pyroscope-java agent not at {AGENT}: run scripts/setup.sh (mvn dependency:copy)")
 
 
 def _jfr_events(path: Path) -> list[dict]:

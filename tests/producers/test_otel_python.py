@@ -52,7 +52,7 @@ def _sent(body: bytes) -> tuple[Counter[str], Counter[str], dict[str, str]]:
 def test_otel_python_sdk_profiles(tmp_path: Path) -> None:
     py = VENV / "bin" / "python"
     if not py.is_file():
-        pytest.skip(f"no virtualenv with opentelemetry-sdk-extension-profiling at {VENV}: run scripts/setup.sh")
+        pytest.skip(reason=f"no virtualenv with opentelemetry-sdk-extension-profiling at {VENV}: run scripts/setup.sh")
     with capture_server() as cap:
         env = {**os.environ, "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT": cap.url + "/v1development/profiles",
                "FW_SECONDS": "4"}
