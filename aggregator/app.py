@@ -371,14 +371,20 @@ ROUTES = (
 )
 
 
+def query_context(app: web.Application, match_info: Mapping[str, str] | None = None) -> params.Context:
+    """The parse context of a read request: the clock now and the settings' defaults and bounds
+    (shared by the /api/v1 routes and Pyroscope's read API, aggregator/querier.py)."""
+    s = app[SETTINGS]
+    return params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, match_info or {},
+                          max_groups=s.max_groups, max_label_values=s.max_label_values)
+
+
 def handler(route: Route) -> Handler:
     """The aiohttp handler of ``route``: parse, query, serialize (errors are mapped by :func:`guard`)."""
 
     async def answer(request: web.Request) -> Output | dict[str, Any]:
         app = request.app
-        s = app[SETTINGS]
-        ctx = params.Context(app[CLOCK](), s.window_seconds, s.max_nodes, request.match_info,
-                             max_groups=s.max_groups, max_label_values=s.max_label_values)
+        ctx = query_context(app, request.match_info)
         return await route.run(app[SPANS] if route.spans else app[READ_STORE], route.parse(request.query, ctx))
 
     async def handle(request: web.Request) -> web.Response:

@@ -382,9 +382,7 @@ def _codec(request: web.Request) -> str:
 
 def _call(app: web.Application) -> Call:
     s = app[app_module.SETTINGS]
-    ctx = params.Context(app[app_module.CLOCK](), s.window_seconds, s.max_nodes,
-                         max_groups=s.max_groups, max_label_values=s.max_label_values)
-    return Call(app[app_module.READ_STORE], ctx, s.retention_seconds,  # the same view as /api/v1
+    return Call(app[app_module.READ_STORE], app_module.query_context(app), s.retention_seconds,  # as /api/v1
                 app.get(app_module.SPANS))
 
 
