@@ -25,7 +25,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from aggregator import _proto, params, query
+from aggregator import _proto, heatmap, params, query
 from aggregator import app as app_module
 from aggregator.spans import MAX_ID_CHARS, SpanStore, user_selector
 from aggregator.store import StoreError
@@ -33,7 +33,7 @@ from aggregator.store.base import MERGE_ALL, MergedReads, Store
 from stacks import flamebearer
 from stacks.errors import InputError, LimitError
 from stacks.gz import gunzip_capped
-from stacks.profiletype import PERIOD_LABEL, RESERVED, ProfileType
+from stacks.profiletype import CPU, PERIOD_LABEL, RESERVED, ProfileType
 from stacks.selector import Selector, parse_selector
 
 log = logging.getLogger(__name__)
@@ -333,8 +333,47 @@ async def select_merge_span_profile(call: Call, msg: Message) -> Message:
     return out
 
 
+HEATMAP_CHUNK_ROWS = 500_000  # (series, window) rows one heatmap read holds at a time
+HEATMAP_MAX_SPANS = 200_000  # root spans one span heatmap counts
+SPAN_HEATMAP = _proto.enum_value("querier.v1.HeatmapQueryType", "HEATMAP_QUERY_TYPE_SPAN")
+
+
 async def select_heatmap(call: Call, msg: Message) -> Message:
-    raise ConnectError("unimplemented", "SelectHeatmap is not supported by flamewatch yet: use SelectSeries")
+    """Counts of individual profiles (series windows) or root spans per (time slot, log value
+    bucket), per group (aggregator/heatmap.py)."""
+    group_by = [params.label_name(g) for g in msg.group_by]  # type: ignore[attr-defined]
+    if len(group_by) > MAX_GROUP_BY:
+        raise InputError(f"group_by has {len(group_by)} labels: give at most {MAX_GROUP_BY}")
+    req = params.TimelineRequest.parse({**_query(msg), "group_by": ""}, call.ctx)
+    rng = req.rng
+    try:
+        width = heatmap.slot_width(msg.step, rng.window, rng.end - rng.first_window)  # type: ignore[attr-defined]
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    hm = heatmap.Heatmap(rng.first_window, width)
+    if msg.query_type == SPAN_HEATMAP:  # type: ignore[attr-defined]
+        if call.spans is None:
+            raise ConnectError("unavailable", "the span store is not open")
+        spans, more = await call.spans.root_spans(user_selector(_query(msg)), rng, HEATMAP_MAX_SPANS)
+        if more:
+            raise LimitError(f"more than {HEATMAP_MAX_SPANS} root spans in the range: narrow the range or "
+                             "the label selector", HEATMAP_MAX_SPANS)
+        cpu = req.ptype == CPU  # a span's CPU time for the CPU type, its wall time for any other
+        for labels, first, wall_ns, cpu_ns in spans:
+            hm.add(heatmap.group_key(labels, group_by), first, cpu_ns if cpu else wall_ns)
+    else:
+        async for rows in heatmap.series_windows(call.store, req.sel, rng, HEATMAP_CHUNK_ROWS):
+            for labels, t, total in rows:
+                hm.add(heatmap.group_key(labels, group_by), t, heatmap.profile_value(req.ptype, labels, total))
+    out = M("querier.v1.SelectHeatmapResponse")()
+    limit = msg.limit  # type: ignore[attr-defined]
+    for key, slots in hm.series(limit):
+        s = out.series.add()
+        for k, v in key:
+            s.labels.add(name=k, value=v)
+        for t, ys, counts in slots:
+            s.slots.add(timestamp=t * 1000, y_min=ys, counts=counts)
+    return out
 
 
 async def settings_get(call: Call, msg: Message) -> Message:

@@ -291,6 +291,24 @@ class SpanStore:
         there were."""
         return await self._run(self._requests, sel, rng, limit, span_name)  # type: ignore[no-any-return]
 
+    async def root_spans(self, sel: Selector, rng: Range, limit: int
+                         ) -> tuple[list[tuple[dict[str, str], float, int, int]], bool]:
+        """(series labels, first seen, wall ns, CPU ns) of the root spans seen in ``rng`` whose
+        series match ``sel``, oldest first: at most ``limit``, and whether more were left out."""
+        return await self._run(self._root_spans, sel, rng, limit)  # type: ignore[no-any-return]
+
+    def _root_spans(self, db: sqlite3.Connection, sel: Selector, rng: Range, limit: int
+                    ) -> tuple[list[tuple[dict[str, str], float, int, int]], bool]:
+        where, args = "last >= ? AND first < ?", [rng.first_window, _windows_end(rng)]
+        ok = self._matching(db, sel)
+        if ok is not None:
+            if not ok:
+                return [], False
+            where += f" AND series IN ({','.join(str(i) for i in ok)})"  # ids from our own table
+        rows = db.execute(f"SELECT series, first, wall_ns, cpu_ns FROM requests WHERE {where} "
+                          "ORDER BY first LIMIT ?", [*args, limit + 1]).fetchall()
+        return [(self._labels(db, s), f, w, c) for s, f, w, c in rows[:limit]], len(rows) > limit
+
     def _requests(self, db: sqlite3.Connection, sel: Selector, rng: Range, limit: int,
                   span_name: str) -> tuple[list[Request], int]:
         where = "last >= ? AND first < ?"

@@ -143,6 +143,14 @@ def test_grafana_go_connect_client(served: tuple[Server, int, int], goclient: tu
             pts[b] = pts.get(b, 0) + n * PERIOD
     assert {g: {p["t"]: p["v"] for p in pts} for g, pts in got["series"].items()} == want
     assert sum(want["shop"].values()) == 28 * PERIOD
+    # the heatmap counts one profile per series window with samples, in the same 60 s slots
+    windows: dict[str, dict[str, int]] = {}
+    for s in tl["series"]:
+        for t, n in s["points"]:
+            if n:
+                b = str((first + (t - first) // 60 * 60) * 1000)
+                windows.setdefault(s["group"], {})[b] = windows.setdefault(s["group"], {}).get(b, 0) + 1
+    assert got["heatmap"] == windows and windows
 
     render = api(srv, f"/api/v1/render?query={quote('{}')}&{rng}&max_nodes=16384")
     fg = got["flamegraph"]

@@ -121,6 +121,34 @@ func main() {
 	}
 	out["series"] = seriesOut
 
+	// Heatmap of individual profiles: per group, how many profiles lie in each slot.
+	hm, err := q.SelectHeatmap(ctx, connect.NewRequest(&querierv1.SelectHeatmapRequest{
+		ProfileTypeID: *ptype, LabelSelector: *selector, Start: *start, End: *end,
+		GroupBy: []string{*groupBy}, Step: *step, QueryType: querierv1.HeatmapQueryType_HEATMAP_QUERY_TYPE_INDIVIDUAL}))
+	if err != nil {
+		fail("SelectHeatmap", err)
+	}
+	heatmapOut := map[string]map[string]int32{}
+	for _, sr := range hm.Msg.Series {
+		key := ""
+		for _, l := range sr.Labels {
+			if l.Name == *groupBy {
+				key = l.Value
+			}
+		}
+		slots := map[string]int32{}
+		for _, sl := range sr.Slots {
+			if len(sl.YMin) != len(sl.Counts) {
+				fail("SelectHeatmap", fmt.Errorf("slot %d: %d y_min for %d counts", sl.Timestamp, len(sl.YMin), len(sl.Counts)))
+			}
+			for _, c := range sl.Counts {
+				slots[fmt.Sprint(sl.Timestamp)] += c
+			}
+		}
+		heatmapOut[key] = slots
+	}
+	out["heatmap"] = heatmapOut
+
 	fg, err := q.SelectMergeStacktraces(ctx, connect.NewRequest(&querierv1.SelectMergeStacktracesRequest{
 		ProfileTypeID: *ptype, LabelSelector: *selector, Start: *start, End: *end, MaxNodes: maxNodes}))
 	if err != nil {
