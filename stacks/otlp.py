@@ -2,7 +2,10 @@
 
 The messages are the ``opentelemetry-proto`` package's (the shape with one
 request-wide ``ProfilesDictionary`` and a ``stack_table``, opentelemetry-proto
-1.40 to 1.45). One :class:`OtlpSeries` comes out per (resource, scope, profile,
+1.40 to 1.45, profiles proto v1.9.0). Samples written with proto v1.8.0's field numbers
+(values 2, attribute_indices 3, link_index 4: what the Collector's pdata 1.46 sends, e.g. the
+OpenTelemetry eBPF profiler v0.0.202547) are recognised by their length-delimited field 3 and
+read with those numbers (``stacks._otlp_fast.SampleV1_8``). One :class:`OtlpSeries` comes out per (resource, scope, profile,
 series labels): every OTLP ``Profile`` has exactly one sample type, which
 becomes its Pyroscope five-part profile type (:func:`profile_type`).
 
@@ -479,8 +482,10 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
         fast = _otlp_c.samples(raw) if _otlp_c is not None and t.cache.compiled else _fast.simple_samples(raw)
     if fast is not None:
         return _fast_profile(prof, labels, t, fast, ptype, period, divisor)
+    # The eBPF profiler (Collector pdata 1.46) numbers Sample's fields as proto v1.8.0 did.
+    cls = _fast.SampleV1_8 if _fast.v1_8_samples(raw) else _fast.SampleMsg
     try:
-        samples = [_fast.SampleMsg.FromString(b) for b in raw]
+        samples = [cls.FromString(b) for b in raw]
     except (DecodeError, RecursionError, ValueError) as e:
         raise InputError(f"OTLP sample is not a Sample message ({e})") from None
     stack_id = t.stack_id
