@@ -1,0 +1,319 @@
+"""The real OpenTelemetry eBPF profiler (``go.opentelemetry.io/ebpf-profiler``, built by scripts/setup.sh
+from the Go module proxy) profiling this machine, a busy native process and a busy Python process
+among the rest, and exporting OTLP over gRPC to a real ``flamewatch serve`` through a recording
+relay; what flamewatch stored is checked against the requests the profiler sent (read here with
+the opentelemetry-proto classes and the Sample field numbers the profiler writes)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import (
+    ExportProfilesServiceRequest,
+)
+
+from tests.support.server import REPO, free_port, running_server
+
+VERSION = "v0.0.202547"
+PROFILER = Path(os.environ.get("FLAMEWATCH_EBPF_PROFILER",
+                               Path.home() / f".cache/flamewatch/otel-ebpf-profiler-{VERSION}/ebpf-profiler"))
+SERVICE = "opentelemetry.proto.collector.profiles.v1development.ProfilesService"
+CPU = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+HZ = 100
+# Each busy process runs until it has had this much CPU (the machine may be shared: its wall time
+# varies) or WALL_CAP seconds have passed; it prints the CPU seconds it had.
+CPU_SECONDS = 2.0
+WALL_CAP = 25.0
+
+# Named functions the profiler unwinds without symbols (native frames arrive as file+address).
+NATIVE_SRC = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+__attribute__((noinline)) unsigned long heavy_native(unsigned long x) {
+  for (int i = 0; i < 2000000; i++) x = x * 6364136223846793005UL + 1442695040888963407UL;
+  return x;
+}
+static double secs(clockid_t c) {
+  struct timespec t;
+  clock_gettime(c, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+int main(int argc, char **argv) {
+  double cpu = atof(argv[1]), end = secs(CLOCK_MONOTONIC) + atof(argv[2]);
+  unsigned long x = 1;
+  do x = heavy_native(x); while (secs(CLOCK_PROCESS_CPUTIME_ID) < cpu && secs(CLOCK_MONOTONIC) < end);
+  printf("done %f %lu\n", secs(CLOCK_PROCESS_CPUTIME_ID), x);
+  return 0;
+}
+"""
+# The thread renames itself so that it is told apart from every other python3 of the machine.
+PY_SRC = """
+import ctypes, sys, time
+ctypes.CDLL(None).prctl(15, b"fw_busy_py", 0, 0, 0)  # PR_SET_NAME
+
+def heavy_py(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+def light_py(n):
+    s = 0
+    for i in range(n):
+        s ^= i
+    return s
+
+end = time.monotonic() + float(sys.argv[2])
+while time.process_time() < float(sys.argv[1]) and time.monotonic() < end:
+    heavy_py(200000)
+    light_py(100000)
+print("done", time.process_time())
+"""
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        v |= (b[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if b[i - 1] < 0x80:
+            return v, i
+
+
+def _packed(b: bytes) -> list[int]:
+    out, i = [], 0
+    while i < len(b):
+        v, i = _varint(b, i)
+        out.append(v)
+    return out
+
+
+def _sample_v1_8(raw: bytes) -> tuple[int, int, list[int]]:
+    """(stack index, value, attribute indices) of a Sample in proto v1.8.0's numbers (values 2,
+    attribute_indices 3, link_index 4, timestamps 5), which the profiler's pdata 1.46 writes."""
+    stack, values, attrs, stamps, i = 0, [], [], 0, 0
+    while i < len(raw):
+        tag, i = _varint(raw, i)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v, i = _varint(raw, i)
+            if field == 1:
+                stack = v
+        elif wire == 2:
+            n, i = _varint(raw, i)
+            body, i = raw[i:i + n], i + n
+            if field == 2:
+                values = _packed(body)
+            elif field == 3:
+                attrs = _packed(body)
+            elif field == 5:
+                stamps = n // 8
+        else:
+            raise AssertionError(f"unexpected wire type {wire} in a Sample")
+    return stack, (sum(values) if values else stamps), attrs
+
+
+def _sent(bodies: list[bytes]) -> dict[str, object]:
+    """What the requests carried: types, scope names, resource keys, and per thread name the samples,
+    the self samples per leaf frame name and the inclusive samples per frame name."""
+    types: set[tuple[str, str, str, str]] = set()
+    scopes: set[str] = set()
+    total = 0
+    per_thread: Counter[str] = Counter()
+    leaf: dict[str, Counter[str]] = {}
+    incl: dict[str, Counter[str]] = {}
+    process: dict[str, str] = {}
+    for body in bodies:
+        req = ExportProfilesServiceRequest.FromString(body)
+        d = req.dictionary
+        s = list(d.string_table)
+
+        def frames(li: int, d=d, s=s) -> list[str]:  # type: ignore[no-untyped-def]
+            """Leaf-first names of a location: its lines' functions, else file+address (as pprof tools)."""
+            loc = d.location_table[li]
+            got = [s[d.function_table[ln.function_index].name_strindex] for ln in loc.lines]
+            got = [n for n in got if n]
+            if got:
+                return got
+            fname = s[d.mapping_table[loc.mapping_index].filename_strindex] if loc.mapping_index else ""
+            return [f"{fname.rsplit('/', 1)[-1]}+0x{loc.address:x}" if fname else f"0x{loc.address:x}"]
+
+        for rp in req.resource_profiles:
+            for sp in rp.scope_profiles:
+                scopes.add(sp.scope.name)
+                for p in sp.profiles:
+                    types.add((s[p.sample_type.type_strindex], s[p.sample_type.unit_strindex],
+                               s[p.period_type.type_strindex], s[p.period_type.unit_strindex]))
+                    assert p.period == 1_000_000_000 // HZ, p.period
+                    for smp in p.samples:
+                        si, n, attrs = _sample_v1_8(smp.SerializeToString())
+                        names = [n for li in d.stack_table[si].location_indices for n in frames(li)]
+                        if n <= 0 or not names:
+                            continue
+                        kv = {s[d.attribute_table[a].key_strindex]: d.attribute_table[a].value for a in attrs}
+                        thread = kv["thread.name"].string_value if "thread.name" in kv else ""
+                        total += n
+                        per_thread[thread] += n
+                        if "process.executable.name" in kv:
+                            process[thread] = kv["process.executable.name"].string_value
+                        leaf.setdefault(thread, Counter())[names[0]] += n
+                        for name in set(names):
+                            incl.setdefault(thread, Counter())[name] += n
+    return {"types": types, "scopes": scopes, "total": total, "per_thread": per_thread, "leaf": leaf,
+            "incl": incl, "process": process}
+
+
+@contextmanager
+def _relay(upstream: int) -> Iterator[tuple[int, list[bytes]]]:
+    """A gRPC ProfilesService on a free port that records each request and forwards it to ``upstream``."""
+    got: list[bytes] = []
+    lock = threading.Lock()
+    ch = grpc.insecure_channel(f"127.0.0.1:{upstream}")
+    fwd = ch.unary_unary(f"/{SERVICE}/Export", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+    def export(body: bytes, context: grpc.ServicerContext) -> bytes:
+        with lock:
+            got.append(body)
+        try:
+            return fwd(body, timeout=20)
+        except grpc.RpcError as e:
+            context.abort(e.code(), e.details())
+            raise
+
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length", 16 << 20)])
+    handler = grpc.unary_unary_rpc_method_handler(export, request_deserializer=lambda b: b,
+                                                  response_serializer=lambda b: b)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Export": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port, got
+    finally:
+        server.stop(grace=2).wait(5)
+        ch.close()
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = path.read_text(errors="replace")
+        if text in log:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"ebpf-profiler exited with {proc.returncode}:\n{log[-4000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"ebpf-profiler did not log {text!r} within {timeout}s:\n{path.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_otel_ebpf_profiler(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(reason="the eBPF profiler loads eBPF programs: needs root")
+    if not Path("/sys/kernel/btf/vmlinux").is_file():
+        pytest.skip(reason="no kernel BTF (/sys/kernel/btf/vmlinux): the eBPF profiler cannot load")
+    if not PROFILER.is_file():
+        pytest.skip(reason=f"eBPF profiler not built at {PROFILER}: run scripts/setup.sh (go build of "
+                           "tests/producers/ebpf_profiler's tool go.opentelemetry.io/ebpf-profiler)")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip(reason="no C compiler for the busy native process")
+    native = tmp_path / "fw_busy_native"
+    (tmp_path / "busy.c").write_text(NATIVE_SRC)
+    subprocess.run([cc, "-O1", "-o", str(native), str(tmp_path / "busy.c")], check=True, timeout=60)
+    (tmp_path / "busy.py").write_text(PY_SRC)
+
+    gport = free_port()
+    with running_server(tmp_path, "--grpc", "true", "--grpc-port", str(gport)) as srv, _relay(gport) as (rport, sent):
+        log_path = tmp_path / "ebpf-profiler.log"
+        with open(log_path, "wb") as log:
+            prof = subprocess.Popen(
+                [sys.executable, str(REPO / "tests/producers/ebpf_launch.py"), str(PROFILER),
+                 "-collection-agent", f"127.0.0.1:{rport}", "-disable-tls", "-reporter-interval", "1s",
+                 "-samples-per-second", str(HZ), "-tracers", "python"],
+                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(log_path, "Attached sched monitor", prof, 60)
+            args = [str(CPU_SECONDS), str(WALL_CAP)]
+            busy = {"fw_busy_native": subprocess.Popen([str(native), *args], stdout=subprocess.PIPE, text=True),
+                    "fw_busy_py": subprocess.Popen([sys.executable, str(tmp_path / "busy.py"), *args],
+                                                   stdout=subprocess.PIPE, text=True)}
+            cpu: dict[str, float] = {}
+            for thread, p in busy.items():
+                out, _ = p.communicate(timeout=WALL_CAP + 30)
+                assert p.returncode == 0 and out.startswith("done"), out
+                cpu[thread] = float(out.split()[1])
+            # Two report intervals: the busy processes' last samples are sent.
+            time.sleep(2.5)
+        finally:
+            prof.send_signal(signal.SIGINT)
+            try:
+                prof.wait(20)
+            except subprocess.TimeoutExpired:
+                prof.kill()
+                prof.wait(10)
+        log_text = log_path.read_text(errors="replace")
+        assert "Reporting" not in log_text or sent, log_text[-3000:]
+        bodies = list(sent)
+        assert bodies, f"the profiler sent nothing:\n{log_text[-3000:]}"
+        want = _sent(bodies)
+
+        # What the profiler sent: CPU samples counted at 1/HZ s, named by the binary (its scope).
+        assert want["types"] == {("samples", "count", "cpu", "nanoseconds")}, want["types"]
+        assert want["scopes"] == {str(PROFILER)}, want["scopes"]
+        per_thread: Counter[str] = want["per_thread"]  # type: ignore[assignment]
+        leaf: dict[str, Counter[str]] = want["leaf"]  # type: ignore[assignment]
+        incl: dict[str, Counter[str]] = want["incl"]  # type: ignore[assignment]
+        process: dict[str, str] = want["process"]  # type: ignore[assignment]
+        for thread, seconds in cpu.items():
+            # One sample per 1/HZ s of CPU the kernel accounted to the process (a few may be lost
+            # while the profiler reads a new process's mappings).
+            assert 0.5 * seconds * HZ <= per_thread[thread] <= 1.2 * seconds * HZ + 5, (thread, seconds, per_thread)
+        assert process["fw_busy_native"] == "fw_busy_native"
+        assert process["fw_busy_py"].startswith("python"), process
+        # Native frames arrive unsymbolized, as the executable's file name and address.
+        assert sum(v for k, v in leaf["fw_busy_native"].items() if k.startswith("fw_busy_native+0x")) \
+            >= 0.7 * per_thread["fw_busy_native"], leaf["fw_busy_native"]
+        # Python frames by function: heavy_py does twice light_py's work.
+        py = incl["fw_busy_py"]
+        assert py["heavy_py"] > 1.5 * py["light_py"] > 0, py
+        assert py["<module>"] >= 0.8 * per_thread["fw_busy_py"], py
+
+        # What flamewatch stored: the same type, labels and samples.
+        types = {t["id"] for t in srv.json("/api/v1/profile_types?from=now-1h&until=now%2B1m")["profile_types"]}
+        assert types == {CPU}, types
+        names = set(srv.json(f"/api/v1/labels?from=now-1h&until=now%2B1m&profile_type={CPU}")["names"])
+        assert {"service_name", "pyroscope_spy", "process", "thread_name"} <= names, names
+
+        def top(selector: str) -> dict[str, object]:
+            return srv.json(f"/api/v1/top?query={urllib.parse.quote(selector)}&from=now-1h&until=now%2B1m"
+                            f"&limit=100000&profile_type={urllib.parse.quote(CPU)}")  # type: ignore[return-value]
+
+        everything = top('{pyroscope_spy="ebpfspy"}')
+        assert everything["total"] == want["total"], (everything["total"], want["total"])
+        assert everything["period_ns"] == 1_000_000_000 // HZ
+        for thread, proc_name in (("fw_busy_native", "fw_busy_native"), ("fw_busy_py", process["fw_busy_py"])):
+            doc = top(f'{{service_name="unknown_service",pyroscope_spy="ebpfspy",thread_name="{thread}",'
+                      f'process="{proc_name}"}}')
+            assert doc["total"] == per_thread[thread], (thread, doc["total"], per_thread[thread])
+            rows = doc["rows"]  # type: ignore[assignment]
+            got_self = {r["name"]: r["self"] for r in rows if r["self"]}  # type: ignore[index]
+            assert got_self == dict(leaf[thread]), (thread, got_self, leaf[thread])
+            got_total = {r["name"]: r["total"] for r in rows}  # type: ignore[index]
+            assert got_total == dict(incl[thread]), (thread, got_total, incl[thread])
