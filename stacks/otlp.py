@@ -86,6 +86,9 @@ RENAMED = {
 # everything else on a sample (thread.id, process.pid, exception messages) is per event.
 SAMPLE_LABELS = {
     "process.executable.name": "process",
+    # The eBPF profiler names a sample's service when the process's APM agent told it (it wins
+    # over the resource's, which that profiler never sets).
+    "service.name": "service_name",
     "thread.name": "thread_name",
     "container.id": "container_id",
 }

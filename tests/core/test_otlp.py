@@ -34,6 +34,14 @@ def test_cpu_samples_labels_and_kernel_frames() -> None:
     assert s.samples == 3 and s.time_nanos == 1_700_000_000_000_000_000
 
 
+def test_sample_service_name_wins_over_the_resource() -> None:
+    b = Builder()
+    b.profile({"service.name": "res"}, [(["a"], 2)], sample_attrs={"service.name": "apm-svc", "thread.name": "t"})
+    b.profile({}, [(["a"], 1)], sample_attrs={"thread.name": "t"})
+    got = decode_export_request(b.bytes(), StackTable())
+    assert [(s.labels.get("service_name"), s.profile.total) for s in got] == [("apm-svc", 2), (None, 1)]
+
+
 def test_wall_timestamps_only_and_span_links() -> None:
     b = Builder()
     b.profile({"service.name": "py"}, [(["a", "b"], 5)], period_type=("wall", "nanoseconds"),
