@@ -5,8 +5,8 @@ request-wide ``ProfilesDictionary`` and a ``stack_table``, opentelemetry-proto
 1.40 to 1.45, profiles proto v1.9.0). Samples written with proto v1.8.0's field numbers
 (values 2, attribute_indices 3, link_index 4: what the Collector's pdata 1.46 sends, e.g. the
 OpenTelemetry eBPF profiler v0.0.202547) are recognised by their length-delimited field 3 and
-read with those numbers (``stacks._otlp_fast.SampleV1_8``). One :class:`OtlpSeries` comes out per (resource, scope, profile,
-series labels): every OTLP ``Profile`` has exactly one sample type, which
+read with those numbers (``stacks._otlp_fast.SampleV1_8``). One :class:`OtlpSeries` comes out
+per (resource, scope, profile, series labels): every OTLP ``Profile`` has exactly one sample type, which
 becomes its Pyroscope five-part profile type (:func:`profile_type`).
 
 Labels: resource and scope attributes (string, int, bool values) become labels,
