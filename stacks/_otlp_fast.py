@@ -48,26 +48,31 @@ def _split_classes() -> tuple[Any, Any, Any]:
 
 SplitRequest, StackMsg, SampleMsg, LocationMsg = _split_classes()
 
-# ``Sample``'s field numbers before opentelemetry-proto v1.9.0 (what the Collector's pdata
-# 1.46 / pprofile 0.140 sends, e.g. the OpenTelemetry eBPF profiler v0.0.202547): values 2,
-# attribute_indices 3, link_index 4. v1.9.0 (the Python package's) has attribute_indices 2,
-# link_index 3, values 4; stack_index 1 and timestamps_unix_nano 5 are the same in both.
-_V1_8_NUMBERS = {"values": 2, "attribute_indices": 3, "link_index": 4}
+# ``Sample``'s field numbers differ between profiles proto versions that share the package name
+# ``v1development``: v1.8.0 (opentelemetry-proto 1.40, the Collector's pdata 1.46 / pprofile 0.140,
+# hence the OpenTelemetry eBPF profiler v0.0.202547 and opentelemetry-sdk-extension-profiling 0.63b)
+# has values 2, attribute_indices 3, link_index 4; v1.9.0 (opentelemetry-proto 1.45) has
+# attribute_indices 2, link_index 3, values 4. stack_index 1 and timestamps_unix_nano 5 are the
+# same. Both are built here, whichever the installed package has (the compiled and numpy readers
+# read v1.9.0's numbers).
+_NUMBERS = {"v1_8": {"values": 2, "attribute_indices": 3, "link_index": 4},
+            "v1_9": {"attribute_indices": 2, "link_index": 3, "values": 4}}
 
 
-def _sample_v1_8() -> Any:
-    """The package's ``Sample`` with v1.8.0's field numbers, in a private pool (same field names)."""
-    fdp = descriptor_pb2.FileDescriptorProto(name="flamewatch/otlp_sample_v1_8.proto",
-                                             package="flamewatch.otlp.v1_8", syntax="proto3")
+def _sample_numbered(version: str) -> Any:
+    """The package's ``Sample`` with ``version``'s field numbers, in a private pool (same field names)."""
+    fdp = descriptor_pb2.FileDescriptorProto(name=f"flamewatch/otlp_sample_{version}.proto",
+                                             package=f"flamewatch.otlp.{version}", syntax="proto3")
     profiles_pb2.Sample.DESCRIPTOR.CopyToProto(fdp.message_type.add())
     for f in fdp.message_type[0].field:
-        f.number = _V1_8_NUMBERS.get(f.name, f.number)
+        f.number = _NUMBERS[version].get(f.name, f.number)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("flamewatch.otlp.v1_8.Sample"))
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"flamewatch.otlp.{version}.Sample"))
 
 
-SampleV1_8 = _sample_v1_8()
+SampleV1_8 = _sample_numbered("v1_8")
+SampleV1_9 = _sample_numbered("v1_9")
 
 
 def v1_8_samples(entries: list[bytes]) -> bool:

@@ -2,12 +2,16 @@
 
 The messages are the ``opentelemetry-proto`` package's (the shape with one
 request-wide ``ProfilesDictionary`` and a ``stack_table``, opentelemetry-proto
-1.40 to 1.45, profiles proto v1.9.0). Samples written with proto v1.8.0's field numbers
-(values 2, attribute_indices 3, link_index 4: what the Collector's pdata 1.46 sends, e.g. the
-OpenTelemetry eBPF profiler v0.0.202547) are recognised by their length-delimited field 3 and
-read with those numbers (``stacks._otlp_fast.SampleV1_8``). One :class:`OtlpSeries` comes out
-per (resource, scope, profile, series labels): every OTLP ``Profile`` has exactly one sample type, which
-becomes its Pyroscope five-part profile type (:func:`profile_type`).
+1.40 to 1.45). ``Sample``'s field numbers differ between profiles proto v1.8.0
+(values 2, attribute_indices 3, link_index 4: opentelemetry-proto 1.40 and the
+Collector's pdata 1.46, e.g. the OpenTelemetry eBPF profiler v0.0.202547 and the
+Python SDK extension 0.63b) and v1.9.0 (attribute_indices 2, link_index 3,
+values 4: opentelemetry-proto 1.45); samples holding field 3 length-delimited
+are read with v1.8.0's numbers (``stacks._otlp_fast.SampleV1_8``), others with
+v1.9.0's (``SampleV1_9``), whichever the installed package has. One
+:class:`OtlpSeries` comes out per (resource, scope, profile, series labels):
+every OTLP ``Profile`` has exactly one sample type, which becomes its Pyroscope
+five-part profile type (:func:`profile_type`).
 
 Labels: resource and scope attributes (string, int, bool values) become labels,
 keys made label-safe (``.`` and ``-`` to ``_``), the usual OpenTelemetry ones
@@ -486,7 +490,7 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
     if fast is not None:
         return _fast_profile(prof, labels, t, fast, ptype, period, divisor)
     # The eBPF profiler (Collector pdata 1.46) numbers Sample's fields as proto v1.8.0 did.
-    cls = _fast.SampleV1_8 if _fast.v1_8_samples(raw) else _fast.SampleMsg
+    cls = _fast.SampleV1_8 if _fast.v1_8_samples(raw) else _fast.SampleV1_9
     try:
         samples = [cls.FromString(b) for b in raw]
     except (DecodeError, RecursionError, ValueError) as e:

@@ -369,7 +369,7 @@ def test_v1_8_sample_numbers_read_as_v1_9(samples: list[tuple[list[str], int]], 
     body = b.bytes()
     req = fast.SplitRequest.FromString(body)
     prof = req.resource_profiles[0].scope_profiles[0].profiles[0]
-    old = [_sample_v1_8(fast.SampleMsg.FromString(raw)) for raw in prof.samples]
+    old = [_sample_v1_8(fast.SampleV1_9.FromString(raw)) for raw in prof.samples]
     assert fast.v1_8_samples(old) and not fast.v1_8_samples(list(prof.samples))
     del prof.samples[:]
     prof.samples.extend(old)
