@@ -64,7 +64,7 @@ int main(int argc, char **argv) {
 # The thread renames itself so that it is told apart from every other python3 of the machine.
 PY_SRC = """
 import ctypes, sys, time
-ctypes.CDLL(None).prctl(15, b"fw_busy_py", 0, 0, 0)  # PR_SET_NAME
+ctypes.CDLL(None).prctl(15, sys.argv[3].encode(), 0, 0, 0)  # PR_SET_NAME
 
 def heavy_py(n):
     s = 0
@@ -234,7 +234,11 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip(reason="no C compiler for the busy native process")
-    native = tmp_path / "fw_busy_native"
+    # Names of this run (at most 15 characters, a thread's comm): another run of this test at the
+    # same time is profiled by both profilers, and must not be counted as ours.
+    tag = f"{os.getpid() % 100_000:05d}"
+    nat, pyt = f"fw_native{tag}", f"fw_py{tag}"
+    native = tmp_path / nat
     (tmp_path / "busy.c").write_text(NATIVE_SRC)
     subprocess.run([cc, "-O1", "-o", str(native), str(tmp_path / "busy.c")], check=True, timeout=60)
     (tmp_path / "busy.py").write_text(PY_SRC)
@@ -251,9 +255,9 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
         try:
             _wait_for(log_path, "Attached sched monitor", prof, 60)
             args = [str(CPU_SECONDS), str(WALL_CAP)]
-            busy = {"fw_busy_native": subprocess.Popen([str(native), *args], stdout=subprocess.PIPE, text=True),
-                    "fw_busy_py": subprocess.Popen([sys.executable, str(tmp_path / "busy.py"), *args],
-                                                   stdout=subprocess.PIPE, text=True)}
+            busy = {nat: subprocess.Popen([str(native), *args], stdout=subprocess.PIPE, text=True),
+                    pyt: subprocess.Popen([sys.executable, str(tmp_path / "busy.py"), *args, pyt],
+                                          stdout=subprocess.PIPE, text=True)}
             cpu: dict[str, float] = {}
             for thread, p in busy.items():
                 out, _ = p.communicate(timeout=WALL_CAP + 30)
@@ -285,15 +289,14 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
             # One sample per 1/HZ s of CPU the kernel accounted to the process (a few may be lost
             # while the profiler reads a new process's mappings).
             assert 0.5 * seconds * HZ <= per_thread[thread] <= 1.2 * seconds * HZ + 5, (thread, seconds, per_thread)
-        assert process["fw_busy_native"] == "fw_busy_native"
-        assert process["fw_busy_py"].startswith("python"), process
+        assert process[nat] == nat
+        assert process[pyt].startswith("python"), process
         # Native frames arrive unsymbolized, as the executable's file name and address.
-        assert sum(v for k, v in leaf["fw_busy_native"].items() if k.startswith("fw_busy_native+0x")) \
-            >= 0.7 * per_thread["fw_busy_native"], leaf["fw_busy_native"]
+        assert sum(v for k, v in leaf[nat].items() if k.startswith(f"{nat}+0x")) >= 0.7 * per_thread[nat], leaf[nat]
         # Python frames by function: heavy_py does twice light_py's work.
-        py = incl["fw_busy_py"]
+        py = incl[pyt]
         assert py["heavy_py"] > 1.5 * py["light_py"] > 0, py
-        assert py["<module>"] >= 0.8 * per_thread["fw_busy_py"], py
+        assert py["<module>"] >= 0.8 * per_thread[pyt], py
 
         # What flamewatch stored: the same type, labels and samples.
         types = {t["id"] for t in srv.json("/api/v1/profile_types?from=now-1h&until=now%2B1m")["profile_types"]}
@@ -308,7 +311,7 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
         everything = top('{pyroscope_spy="ebpfspy"}')
         assert everything["total"] == want["total"], (everything["total"], want["total"])
         assert everything["period_ns"] == 1_000_000_000 // HZ
-        for thread, proc_name in (("fw_busy_native", "fw_busy_native"), ("fw_busy_py", process["fw_busy_py"])):
+        for thread, proc_name in ((nat, nat), (pyt, process[pyt])):
             doc = top(f'{{service_name="unknown_service",pyroscope_spy="ebpfspy",thread_name="{thread}",'
                       f'process="{proc_name}"}}')
             assert doc["total"] == per_thread[thread], (thread, doc["total"], per_thread[thread])
