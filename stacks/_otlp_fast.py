@@ -111,6 +111,7 @@ def _varint(b: bytes, i: int) -> tuple[int, int]:
             return v, k + 1
     return v, len(b)
 
+
 def varints(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(start byte, value) of every varint of ``a`` (which must end on a varint's last byte);
     None when a varint runs past 9 bytes (negative or not varints at all)."""
