@@ -6,8 +6,8 @@ request-wide ``ProfilesDictionary`` and a ``stack_table``, opentelemetry-proto
 (values 2, attribute_indices 3, link_index 4: opentelemetry-proto 1.40 and the
 Collector's pdata 1.46, e.g. the OpenTelemetry eBPF profiler v0.0.202547 and the
 Python SDK extension 0.63b) and v1.9.0 (attribute_indices 2, link_index 3,
-values 4: opentelemetry-proto 1.45); samples holding field 3 length-delimited
-are read with v1.8.0's numbers (``stacks._otlp_fast.SampleV1_8``), others with
+values 4: opentelemetry-proto 1.45); a profile whose first samples hold field 3
+length-delimited is read with v1.8.0's numbers (``stacks._otlp_fast.SampleV1_8``), others with
 v1.9.0's (``SampleV1_9``), whichever the installed package has. One
 :class:`OtlpSeries` comes out per (resource, scope, profile, series labels):
 every OTLP ``Profile`` has exactly one sample type, which becomes its Pyroscope
