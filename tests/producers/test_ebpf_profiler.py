@@ -33,19 +33,28 @@ PROFILER = Path(os.environ.get("FLAMEWATCH_EBPF_PROFILER",
                                Path.home() / f".cache/flamewatch/otel-ebpf-profiler-{VERSION}/ebpf-profiler"))
 SERVICE = "opentelemetry.proto.collector.profiles.v1development.ProfilesService"
 CPU = "process_cpu:cpu:nanoseconds:cpu:nanoseconds"
+EVENTS = "events:events:count::"  # what -uprobe-link's hits are stored as
+SENT_CPU = ("samples", "count", "cpu", "nanoseconds")
+SENT_EVENTS = ("events", "count", "", "")
 HZ = 100
-# Each busy process runs until it has had this much CPU (the machine may be shared: its wall time
-# varies) or WALL_CAP seconds have passed; it prints the CPU seconds it had.
+# The busy processes spin in a warm-up function until the profiler has sent samples of both (it
+# learns a process from its first samples, seconds later on a loaded machine), then each runs its
+# measured work until it has had CPU_SECONDS of CPU, and prints that CPU time.
 CPU_SECONDS = 2.0
-WALL_CAP = 25.0
+WALL_CAP = 60.0
 
 # Named functions the profiler unwinds without symbols (native frames arrive as file+address).
 NATIVE_SRC = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 __attribute__((noinline)) unsigned long heavy_native(unsigned long x) {
   for (int i = 0; i < 2000000; i++) x = x * 6364136223846793005UL + 1442695040888963407UL;
+  return x;
+}
+__attribute__((noinline)) unsigned long warm_native(unsigned long x) {
+  for (int i = 0; i < 2000000; i++) x = x * 2862933555777941757UL + 3037000493UL;
   return x;
 }
 static double secs(clockid_t c) {
@@ -53,18 +62,32 @@ static double secs(clockid_t c) {
   clock_gettime(c, &t);
   return t.tv_sec + t.tv_nsec / 1e9;
 }
+/* argv: CPU seconds for heavy_native, wall cap, the file whose existence ends the warm-up.
+   Prints the CPU seconds of the heavy_native phase and its number of calls. */
 int main(int argc, char **argv) {
-  double cpu = atof(argv[1]), end = secs(CLOCK_MONOTONIC) + atof(argv[2]);
-  unsigned long x = 1;
-  do x = heavy_native(x); while (secs(CLOCK_PROCESS_CPUTIME_ID) < cpu && secs(CLOCK_MONOTONIC) < end);
-  printf("done %f %lu\n", secs(CLOCK_PROCESS_CPUTIME_ID), x);
+  double end = secs(CLOCK_MONOTONIC) + atof(argv[2]);
+  unsigned long x = 1, calls = 0;
+  do x = warm_native(x); while (access(argv[3], F_OK) != 0 && secs(CLOCK_MONOTONIC) < end);
+  double c0 = secs(CLOCK_PROCESS_CPUTIME_ID);
+  do {
+    x = heavy_native(x);
+    calls++;
+  } while (secs(CLOCK_PROCESS_CPUTIME_ID) < c0 + atof(argv[1]) && secs(CLOCK_MONOTONIC) < end);
+  printf("done %f %lu %lu\n", secs(CLOCK_PROCESS_CPUTIME_ID) - c0, calls, x);
   return 0;
 }
 """
 # The thread renames itself so that it is told apart from every other python3 of the machine.
 PY_SRC = """
-import ctypes, sys, time
-ctypes.CDLL(None).prctl(15, sys.argv[3].encode(), 0, 0, 0)  # PR_SET_NAME
+import ctypes, os, sys, time
+ctypes.CDLL(None).prctl(15, sys.argv[4].encode(), 0, 0, 0)  # PR_SET_NAME
+end = time.monotonic() + float(sys.argv[2])
+
+def warm_py():
+    s = 0
+    for i in range(100000):
+        s += i
+    return s
 
 def heavy_py(n):
     s = 0
@@ -78,11 +101,16 @@ def light_py(n):
         s ^= i
     return s
 
-end = time.monotonic() + float(sys.argv[2])
-while time.process_time() < float(sys.argv[1]) and time.monotonic() < end:
-    heavy_py(200000)
-    light_py(100000)
-print("done", time.process_time())
+def measured(cpu):
+    c0 = time.process_time()
+    while time.process_time() - c0 < cpu and time.monotonic() < end:
+        heavy_py(200000)
+        light_py(100000)
+    return time.process_time() - c0
+
+while not os.path.exists(sys.argv[3]) and time.monotonic() < end:
+    warm_py()
+print("done", measured(float(sys.argv[1])))
 """
 
 
@@ -130,14 +158,14 @@ def _sample_v1_8(raw: bytes) -> tuple[int, int, list[int]]:
 
 
 def _sent(bodies: list[bytes]) -> dict[str, object]:
-    """What the requests carried: types, scope names, resource keys, and per thread name the samples,
+    """What the requests carried: types, scope names, and per (type, thread name) the samples,
     the self samples per leaf frame name and the inclusive samples per frame name."""
     types: set[tuple[str, str, str, str]] = set()
     scopes: set[str] = set()
-    total = 0
-    per_thread: Counter[str] = Counter()
-    leaf: dict[str, Counter[str]] = {}
-    incl: dict[str, Counter[str]] = {}
+    total: Counter[tuple[str, str, str, str]] = Counter()
+    per_thread: Counter[tuple[tuple[str, str, str, str], str]] = Counter()
+    leaf: dict[tuple[tuple[str, str, str, str], str], Counter[str]] = {}
+    incl: dict[tuple[tuple[str, str, str, str], str], Counter[str]] = {}
     process: dict[str, str] = {}
     for body in bodies:
         req = ExportProfilesServiceRequest.FromString(body)
@@ -148,7 +176,7 @@ def _sent(bodies: list[bytes]) -> dict[str, object]:
             """Leaf-first names of a location: its lines' functions, else file+address (as pprof tools)."""
             loc = d.location_table[li]
             got = [s[d.function_table[ln.function_index].name_strindex] for ln in loc.lines]
-            got = [n for n in got if n]
+            got = [name for name in got if name]
             if got:
                 return got
             fname = s[d.mapping_table[loc.mapping_index].filename_strindex] if loc.mapping_index else ""
@@ -158,25 +186,36 @@ def _sent(bodies: list[bytes]) -> dict[str, object]:
             for sp in rp.scope_profiles:
                 scopes.add(sp.scope.name)
                 for p in sp.profiles:
-                    types.add((s[p.sample_type.type_strindex], s[p.sample_type.unit_strindex],
-                               s[p.period_type.type_strindex], s[p.period_type.unit_strindex]))
-                    assert p.period == 1_000_000_000 // HZ, p.period
+                    ptype = (s[p.sample_type.type_strindex], s[p.sample_type.unit_strindex],
+                             s[p.period_type.type_strindex], s[p.period_type.unit_strindex])
+                    types.add(ptype)
+                    assert p.period == (1_000_000_000 // HZ if ptype == SENT_CPU else 0), (ptype, p.period)
                     for smp in p.samples:
                         si, n, attrs = _sample_v1_8(smp.SerializeToString())
-                        names = [n for li in d.stack_table[si].location_indices for n in frames(li)]
+                        names = [name for li in d.stack_table[si].location_indices for name in frames(li)]
                         if n <= 0 or not names:
                             continue
                         kv = {s[d.attribute_table[a].key_strindex]: d.attribute_table[a].value for a in attrs}
                         thread = kv["thread.name"].string_value if "thread.name" in kv else ""
-                        total += n
-                        per_thread[thread] += n
+                        total[ptype] += n
+                        per_thread[ptype, thread] += n
                         if "process.executable.name" in kv:
                             process[thread] = kv["process.executable.name"].string_value
-                        leaf.setdefault(thread, Counter())[names[0]] += n
+                        leaf.setdefault((ptype, thread), Counter())[names[0]] += n
                         for name in set(names):
-                            incl.setdefault(thread, Counter())[name] += n
+                            incl.setdefault((ptype, thread), Counter())[name] += n
     return {"types": types, "scopes": scopes, "total": total, "per_thread": per_thread, "leaf": leaf,
             "incl": incl, "process": process}
+
+
+def _symbol(binary: Path, name: str) -> tuple[int, int]:
+    """(address, size) of a function symbol of ``binary`` (binutils' nm)."""
+    out = subprocess.run(["nm", "-S", str(binary)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[3] == name:
+            return int(parts[0], 16), int(parts[1], 16)
+    raise AssertionError(f"no symbol {name} in {binary}:\n{out}")
 
 
 @contextmanager
@@ -232,8 +271,8 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
         pytest.skip(reason=f"eBPF profiler not built at {PROFILER}: run scripts/setup.sh (go build of "
                            "tests/producers/ebpf_profiler's tool go.opentelemetry.io/ebpf-profiler)")
     cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip(reason="no C compiler for the busy native process")
+    if cc is None or shutil.which("nm") is None:
+        pytest.skip(reason="no C compiler or nm (gcc, binutils) for the busy native process")
     # Names of this run (at most 15 characters, a thread's comm): another run of this test at the
     # same time is profiled by both profilers, and must not be counted as ours.
     tag = f"{os.getpid() % 100_000:05d}"
@@ -241,31 +280,52 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
     native = tmp_path / nat
     (tmp_path / "busy.c").write_text(NATIVE_SRC)
     subprocess.run([cc, "-O1", "-o", str(native), str(tmp_path / "busy.c")], check=True, timeout=60)
+    heavy_at, heavy_size = _symbol(native, "heavy_native")
+    warm_at, warm_size = _symbol(native, "warm_native")
     (tmp_path / "busy.py").write_text(PY_SRC)
 
     gport = free_port()
     with running_server(tmp_path, "--grpc", "true", "--grpc-port", str(gport)) as srv, _relay(gport) as (rport, sent):
         log_path = tmp_path / "ebpf-profiler.log"
         with open(log_path, "wb") as log:
+            # Host-wide CPU sampling, plus a uprobe on heavy_native: one event per call.
             prof = subprocess.Popen(
                 [sys.executable, str(REPO / "tests/producers/ebpf_launch.py"), str(PROFILER),
                  "-collection-agent", f"127.0.0.1:{rport}", "-disable-tls", "-reporter-interval", "1s",
-                 "-samples-per-second", str(HZ), "-tracers", "python"],
+                 "-samples-per-second", str(HZ), "-tracers", "python", "-uprobe-link", f"{native}:heavy_native"],
                 stdout=log, stderr=subprocess.STDOUT)
+        busy: dict[str, subprocess.Popen[str]] = {}
         try:
             _wait_for(log_path, "Attached sched monitor", prof, 60)
-            args = [str(CPU_SECONDS), str(WALL_CAP)]
-            busy = {nat: subprocess.Popen([str(native), *args], stdout=subprocess.PIPE, text=True),
-                    pyt: subprocess.Popen([sys.executable, str(tmp_path / "busy.py"), *args, pyt],
-                                          stdout=subprocess.PIPE, text=True)}
+            go = tmp_path / "go"
+            args = [str(CPU_SECONDS), str(WALL_CAP), str(go)]
+            busy[nat] = subprocess.Popen([str(native), *args], stdout=subprocess.PIPE, text=True)
+            busy[pyt] = subprocess.Popen([sys.executable, str(tmp_path / "busy.py"), *args, pyt],
+                                         stdout=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 45
+            while True:
+                seen: Counter = _sent(list(sent))["per_thread"]  # type: ignore[assignment]
+                if seen[SENT_CPU, nat] and seen[SENT_CPU, pyt]:
+                    break
+                assert time.monotonic() < deadline, f"no samples of {nat} and {pyt} within 45 s: {seen}"
+                assert prof.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+            go.touch()
             cpu: dict[str, float] = {}
+            outs: dict[str, list[str]] = {}
             for thread, p in busy.items():
                 out, _ = p.communicate(timeout=WALL_CAP + 30)
                 assert p.returncode == 0 and out.startswith("done"), out
-                cpu[thread] = float(out.split()[1])
+                outs[thread] = out.split()
+                cpu[thread] = float(outs[thread][1])
+            calls = int(outs[nat][2])
             # Two report intervals: the busy processes' last samples are sent.
             time.sleep(2.5)
         finally:
+            for p in busy.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
             prof.send_signal(signal.SIGINT)
             try:
                 prof.wait(20)
@@ -273,50 +333,64 @@ def test_otel_ebpf_profiler(tmp_path: Path) -> None:
                 prof.kill()
                 prof.wait(10)
         log_text = log_path.read_text(errors="replace")
-        assert "Reporting" not in log_text or sent, log_text[-3000:]
         bodies = list(sent)
         assert bodies, f"the profiler sent nothing:\n{log_text[-3000:]}"
         want = _sent(bodies)
 
-        # What the profiler sent: CPU samples counted at 1/HZ s, named by the binary (its scope).
-        assert want["types"] == {("samples", "count", "cpu", "nanoseconds")}, want["types"]
+        # What the profiler sent: CPU samples counted at 1/HZ s and uprobe events, its scope named
+        # by the binary.
+        assert want["types"] == {SENT_CPU, SENT_EVENTS}, want["types"]
         assert want["scopes"] == {str(PROFILER)}, want["scopes"]
-        per_thread: Counter[str] = want["per_thread"]  # type: ignore[assignment]
-        leaf: dict[str, Counter[str]] = want["leaf"]  # type: ignore[assignment]
-        incl: dict[str, Counter[str]] = want["incl"]  # type: ignore[assignment]
+        per_thread: Counter[tuple[tuple[str, str, str, str], str]] = want["per_thread"]  # type: ignore[assignment]
+        leaf: dict[tuple[tuple[str, str, str, str], str], Counter[str]] = want["leaf"]  # type: ignore[assignment]
+        incl: dict[tuple[tuple[str, str, str, str], str], Counter[str]] = want["incl"]  # type: ignore[assignment]
         process: dict[str, str] = want["process"]  # type: ignore[assignment]
-        for thread, seconds in cpu.items():
-            # One sample per 1/HZ s of CPU the kernel accounted to the process (a few may be lost
-            # while the profiler reads a new process's mappings).
-            assert 0.5 * seconds * HZ <= per_thread[thread] <= 1.2 * seconds * HZ + 5, (thread, seconds, per_thread)
         assert process[nat] == nat
         assert process[pyt].startswith("python"), process
-        # Native frames arrive unsymbolized, as the executable's file name and address.
-        assert sum(v for k, v in leaf[nat].items() if k.startswith(f"{nat}+0x")) >= 0.7 * per_thread[nat], leaf[nat]
-        # Python frames by function: heavy_py does twice light_py's work.
-        py = incl[pyt]
+        # Native frames arrive unsymbolized, as the executable's file name and address. The
+        # measured phase: CPU samples in heavy_native, one per 1/HZ s of CPU the kernel accounted
+        # to it, and one uprobe event per call, at heavy_native's first instruction.
+        heavy = range(heavy_at, heavy_at + heavy_size)
+        in_heavy = sum(v for k, v in leaf[SENT_CPU, nat].items()
+                       if k.startswith(f"{nat}+0x") and int(k.rsplit("+", 1)[1], 16) in heavy)
+        assert 0.6 * cpu[nat] * HZ <= in_heavy <= 1.2 * cpu[nat] * HZ + 5, (cpu[nat], hex(heavy_at),
+                                                                            leaf[SENT_CPU, nat])
+        warm = range(warm_at, warm_at + warm_size)
+        in_warm = sum(v for k, v in leaf[SENT_CPU, nat].items()
+                      if k.startswith(f"{nat}+0x") and int(k.rsplit("+", 1)[1], 16) in warm)
+        assert in_heavy + in_warm >= 0.8 * per_thread[SENT_CPU, nat], leaf[SENT_CPU, nat]
+        events = per_thread[SENT_EVENTS, nat]
+        assert 0.95 * calls - 2 <= events <= calls, (events, calls)
+        assert leaf[SENT_EVENTS, nat] == {f"{nat}+0x{heavy_at:x}": events}, leaf[SENT_EVENTS, nat]
+        assert {thread for t, thread in per_thread if t == SENT_EVENTS} == {nat}
+        # Python frames by function: the measured phase as its CPU time, heavy_py twice light_py.
+        py = incl[SENT_CPU, pyt]
+        assert 0.6 * cpu[pyt] * HZ <= py["measured"] <= 1.2 * cpu[pyt] * HZ + 5, (cpu[pyt], py)
         assert py["heavy_py"] > 1.5 * py["light_py"] > 0, py
-        assert py["<module>"] >= 0.8 * per_thread[pyt], py
+        assert py["<module>"] >= 0.8 * per_thread[SENT_CPU, pyt], py
 
-        # What flamewatch stored: the same type, labels and samples.
+        # What flamewatch stored: the same types, labels and samples.
         types = {t["id"] for t in srv.json("/api/v1/profile_types?from=now-1h&until=now%2B1m")["profile_types"]}
-        assert types == {CPU}, types
+        assert types == {CPU, EVENTS}, types
         names = set(srv.json(f"/api/v1/labels?from=now-1h&until=now%2B1m&profile_type={CPU}")["names"])
         assert {"service_name", "pyroscope_spy", "process", "thread_name"} <= names, names
 
-        def top(selector: str) -> dict[str, object]:
+        def top(selector: str, ptype: str) -> dict[str, object]:
             return srv.json(f"/api/v1/top?query={urllib.parse.quote(selector)}&from=now-1h&until=now%2B1m"
-                            f"&limit=100000&profile_type={urllib.parse.quote(CPU)}")  # type: ignore[return-value]
+                            f"&limit=100000&profile_type={urllib.parse.quote(ptype)}")  # type: ignore[return-value]
 
-        everything = top('{pyroscope_spy="ebpfspy"}')
-        assert everything["total"] == want["total"], (everything["total"], want["total"])
-        assert everything["period_ns"] == 1_000_000_000 // HZ
-        for thread, proc_name in ((nat, nat), (pyt, process[pyt])):
+        for ptype, sent_type in ((CPU, SENT_CPU), (EVENTS, SENT_EVENTS)):
+            everything = top('{pyroscope_spy="ebpfspy"}', ptype)
+            assert everything["total"] == want["total"][sent_type], (ptype, everything["total"])  # type: ignore[index]
+        assert top('{pyroscope_spy="ebpfspy"}', CPU)["period_ns"] == 1_000_000_000 // HZ
+        for ptype, sent_type, thread, proc_name in ((CPU, SENT_CPU, nat, nat), (CPU, SENT_CPU, pyt, process[pyt]),
+                                                    (EVENTS, SENT_EVENTS, nat, nat)):
+            key = (sent_type, thread)
             doc = top(f'{{service_name="unknown_service",pyroscope_spy="ebpfspy",thread_name="{thread}",'
-                      f'process="{proc_name}"}}')
-            assert doc["total"] == per_thread[thread], (thread, doc["total"], per_thread[thread])
+                      f'process="{proc_name}"}}', ptype)
+            assert doc["total"] == per_thread[key], (key, doc["total"], per_thread[key])
             rows = doc["rows"]  # type: ignore[assignment]
             got_self = {r["name"]: r["self"] for r in rows if r["self"]}  # type: ignore[index]
-            assert got_self == dict(leaf[thread]), (thread, got_self, leaf[thread])
+            assert got_self == dict(leaf[key]), (key, got_self, leaf[key])
             got_total = {r["name"]: r["total"] for r in rows}  # type: ignore[index]
-            assert got_total == dict(incl[thread]), (thread, got_total, incl[thread])
+            assert got_total == dict(incl[key]), (key, got_total, incl[key])
