@@ -1,8 +1,10 @@
 """The real OpenTelemetry eBPF profiler (``go.opentelemetry.io/ebpf-profiler``, built by scripts/setup.sh
-from the Go module proxy) profiling this machine, a busy native process and a busy Python process
-among the rest, and exporting OTLP over gRPC to a real ``flamewatch serve`` through a recording
-relay; what flamewatch stored is checked against the requests the profiler sent (read here with
-the opentelemetry-proto classes and the Sample field numbers the profiler writes)."""
+from the Go module proxy, started by tests/producers/ebpf_launch.py) profiling this machine's CPU,
+a busy native process and a busy Python process among the rest, plus a uprobe on the native
+process's hot function, and exporting OTLP over gRPC to a real ``flamewatch serve`` through a
+recording relay. What flamewatch stored is checked against the requests the profiler sent (read
+here with the opentelemetry-proto classes and the Sample field numbers the profiler writes), and
+what was sent against the processes' own CPU time and call count."""
 
 from __future__ import annotations
 
