@@ -88,6 +88,17 @@ if [ -n "$GO" ] && [ ! -x "$FW_CACHE/pyroscope-go-app" ]; then
   (cd tests/producers/go_app && "$GO" build -o "$FW_CACHE/pyroscope-go-app" .) >/dev/null 2>&1 \
     || log "go build of tests/producers/go_app failed; tests/producers/test_go_sdk.py will skip"
 fi
+# The OpenTelemetry eBPF profiler (go.opentelemetry.io/ebpf-profiler through the Go module proxy, an
+# exact version: the proxy lists none, so tests/producers/ebpf_profiler/go.mod names it as a tool),
+# built once into a folder named after the version (the binary keeps its name: it is the OTLP scope
+# name, which makes its series pyroscope_spy=ebpfspy). ~3 min on 2 cores the first time.
+EBPF_PROFILER_VERSION=v0.0.202547
+if [ -n "$GO" ] && [ ! -x "$FW_CACHE/otel-ebpf-profiler-$EBPF_PROFILER_VERSION/ebpf-profiler" ]; then
+  log "building go.opentelemetry.io/ebpf-profiler@$EBPF_PROFILER_VERSION"
+  (cd tests/producers/ebpf_profiler && CGO_ENABLED=0 "$GO" build \
+      -o "$FW_CACHE/otel-ebpf-profiler-$EBPF_PROFILER_VERSION/ebpf-profiler" go.opentelemetry.io/ebpf-profiler) \
+      >/dev/null 2>&1 || log "go build of go.opentelemetry.io/ebpf-profiler failed; tests/producers/test_ebpf_profiler.py will skip"
+fi
 # opentelemetry-sdk-extension-profiling (PyPI) pins opentelemetry-exporter-otlp==1.40.0 and
 # opentelemetry-instrumentation==0.61b0: its own virtualenv keeps them out of flamewatch's.
 OTEL_VENV="$FW_CACHE/otel-profiling-venv"

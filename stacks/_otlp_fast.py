@@ -48,6 +48,75 @@ def _split_classes() -> tuple[Any, Any, Any]:
 
 SplitRequest, StackMsg, SampleMsg, LocationMsg = _split_classes()
 
+# ``Sample``'s field numbers differ between profiles proto versions that share the package name
+# ``v1development``: v1.8.0 (opentelemetry-proto 1.40, the Collector's pdata 1.46 / pprofile 0.140,
+# hence the OpenTelemetry eBPF profiler v0.0.202547 and opentelemetry-sdk-extension-profiling 0.63b)
+# has values 2, attribute_indices 3, link_index 4; v1.9.0 (opentelemetry-proto 1.45) has
+# attribute_indices 2, link_index 3, values 4. stack_index 1 and timestamps_unix_nano 5 are the
+# same. Both are built here, whichever the installed package has (the compiled and numpy readers
+# read v1.9.0's numbers).
+_NUMBERS = {"v1_8": {"values": 2, "attribute_indices": 3, "link_index": 4},
+            "v1_9": {"attribute_indices": 2, "link_index": 3, "values": 4}}
+
+
+def _sample_numbered(version: str) -> Any:
+    """The package's ``Sample`` with ``version``'s field numbers, in a private pool (same field names)."""
+    fdp = descriptor_pb2.FileDescriptorProto(name=f"flamewatch/otlp_sample_{version}.proto",
+                                             package=f"flamewatch.otlp.{version}", syntax="proto3")
+    profiles_pb2.Sample.DESCRIPTOR.CopyToProto(fdp.message_type.add())
+    for f in fdp.message_type[0].field:
+        f.number = _NUMBERS[version].get(f.name, f.number)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"flamewatch.otlp.{version}.Sample"))
+
+
+SampleV1_8 = _sample_numbered("v1_8")
+SampleV1_9 = _sample_numbered("v1_9")
+
+
+# How many samples of a profile are looked at to tell its field numbers (one producer writes one
+# version; looking at all of them cost ~8 us a sample, half the message path's cost).
+LAYOUT_PROBE = 64
+
+
+def v1_8_samples(entries: list[bytes]) -> bool:
+    """Whether raw ``Sample`` entries use v1.8.0's field numbers: one of the first
+    :data:`LAYOUT_PROBE` entries holds field 3 length-delimited (v1.8.0's packed attribute_indices;
+    v1.9.0's field 3 is the int32 link_index, never length-delimited). Walks the top-level tags
+    only; stops at anything malformed (the parser then names it)."""
+    for b in entries[:LAYOUT_PROBE]:
+        i, n = 0, len(b)
+        while i < n:
+            tag, i = _varint(b, i)
+            wire = tag & 7
+            if tag >> 3 == 3 and wire == 2:
+                return True
+            if wire == 0:
+                _, i = _varint(b, i)
+            elif wire == 2:
+                size, i = _varint(b, i)
+                i += size
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            else:
+                break
+    return False
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    """(value, next offset) of the varint at ``i`` (at most 10 bytes; a cut one ends at len(b))."""
+    v = shift = 0
+    for k in range(i, min(i + 10, len(b))):
+        v |= (b[k] & 0x7F) << shift
+        shift += 7
+        if b[k] < 0x80:
+            return v, k + 1
+    return v, len(b)
+
+
 def varints(a: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(start byte, value) of every varint of ``a`` (which must end on a varint's last byte);
     None when a varint runs past 9 bytes (negative or not varints at all)."""

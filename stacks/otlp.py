@@ -2,9 +2,16 @@
 
 The messages are the ``opentelemetry-proto`` package's (the shape with one
 request-wide ``ProfilesDictionary`` and a ``stack_table``, opentelemetry-proto
-1.40 to 1.45). One :class:`OtlpSeries` comes out per (resource, scope, profile,
-series labels): every OTLP ``Profile`` has exactly one sample type, which
-becomes its Pyroscope five-part profile type (:func:`profile_type`).
+1.40 to 1.45). ``Sample``'s field numbers differ between profiles proto v1.8.0
+(values 2, attribute_indices 3, link_index 4: opentelemetry-proto 1.40 and the
+Collector's pdata 1.46, e.g. the OpenTelemetry eBPF profiler v0.0.202547 and the
+Python SDK extension 0.63b) and v1.9.0 (attribute_indices 2, link_index 3,
+values 4: opentelemetry-proto 1.45); a profile whose first samples hold field 3
+length-delimited is read with v1.8.0's numbers (``stacks._otlp_fast.SampleV1_8``), others with
+v1.9.0's (``SampleV1_9``), whichever the installed package has. One
+:class:`OtlpSeries` comes out per (resource, scope, profile, series labels):
+every OTLP ``Profile`` has exactly one sample type, which becomes its Pyroscope
+five-part profile type (:func:`profile_type`).
 
 Labels: resource and scope attributes (string, int, bool values) become labels,
 keys made label-safe (``.`` and ``-`` to ``_``), the usual OpenTelemetry ones
@@ -83,6 +90,9 @@ RENAMED = {
 # everything else on a sample (thread.id, process.pid, exception messages) is per event.
 SAMPLE_LABELS = {
     "process.executable.name": "process",
+    # The eBPF profiler names a sample's service when the process's APM agent told it (it wins
+    # over the resource's, which that profiler never sets).
+    "service.name": "service_name",
     "thread.name": "thread_name",
     "container.id": "container_id",
 }
@@ -479,8 +489,10 @@ def _profile(prof: Any, labels: dict[str, str], t: _Tables) -> list[OtlpSeries]:
         fast = _otlp_c.samples(raw) if _otlp_c is not None and t.cache.compiled else _fast.simple_samples(raw)
     if fast is not None:
         return _fast_profile(prof, labels, t, fast, ptype, period, divisor)
+    # The eBPF profiler (Collector pdata 1.46) numbers Sample's fields as proto v1.8.0 did.
+    cls = _fast.SampleV1_8 if _fast.v1_8_samples(raw) else _fast.SampleV1_9
     try:
-        samples = [_fast.SampleMsg.FromString(b) for b in raw]
+        samples = [cls.FromString(b) for b in raw]
     except (DecodeError, RecursionError, ValueError) as e:
         raise InputError(f"OTLP sample is not a Sample message ({e})") from None
     stack_id = t.stack_id

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from stacks.errors import InputError
 from stacks.model import Frame, Kind, StackTable
-from stacks.otlp import decode_export_request, profile_type, spy_of
+from stacks.otlp import OtlpCache, decode_export_request, profile_type, spy_of
 from stacks.profiletype import CPU, WALL
 from tests.support.otlp_build import Builder
 
@@ -32,6 +32,14 @@ def test_cpu_samples_labels_and_kernel_frames() -> None:
         (Frame("main"), Frame("read"), Frame("vfs_read", Kind.KERNEL)): 2,
     }
     assert s.samples == 3 and s.time_nanos == 1_700_000_000_000_000_000
+
+
+def test_sample_service_name_wins_over_the_resource() -> None:
+    b = Builder()
+    b.profile({"service.name": "res"}, [(["a"], 2)], sample_attrs={"service.name": "apm-svc", "thread.name": "t"})
+    b.profile({}, [(["a"], 1)], sample_attrs={"thread.name": "t"})
+    got = decode_export_request(b.bytes(), StackTable())
+    assert [(s.labels.get("service_name"), s.profile.total) for s in got] == [("apm-svc", 2), (None, 1)]
 
 
 def test_wall_timestamps_only_and_span_links() -> None:
@@ -315,3 +323,68 @@ def test_compiled_reader_on_corrupt_entries(stacks: list[bytes], samples: list[b
     req.resource_profiles[0].scope_profiles[0].profiles[0].samples.extend(samples)
     body = req.SerializeToString()
     assert _outcome(body, OtlpCache(compiled=True)) == _message_path(body)
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _sample_v1_8(s) -> bytes:  # type: ignore[no-untyped-def]
+    """A Sample written with proto v1.8.0's field numbers (Collector pdata 1.46, the eBPF profiler
+    v0.0.202547): stack_index 1, values 2, attribute_indices 3, link_index 4, timestamps 5."""
+    def packed(field: int, xs: list[int]) -> bytes:
+        body = b"".join(map(_varint, xs))
+        return _varint(field << 3 | 2) + _varint(len(body)) + body if xs else b""
+
+    out = _varint(1 << 3) + _varint(s.stack_index) if s.stack_index else b""
+    out += packed(2, list(s.values)) + packed(3, list(s.attribute_indices))
+    out += _varint(4 << 3) + _varint(s.link_index) if s.link_index else b""
+    ts = b"".join(t.to_bytes(8, "little") for t in s.timestamps_unix_nano)
+    return out + (_varint(5 << 3 | 2) + _varint(len(ts)) + ts if ts else b"")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 1 << 40)), min_size=1, max_size=20),
+       st.sampled_from([b"", bytes.fromhex("00000000000000ab")]), st.booleans(),
+       st.sampled_from(["python3.11", "busy", ""]))
+def test_v1_8_sample_numbers_read_as_v1_9(samples: list[tuple[list[str], int]], span: bytes, stamps: bool,
+                                          process: str) -> None:
+    """A request whose samples carry proto v1.8.0's field numbers (what the OpenTelemetry eBPF
+    profiler v0.0.202547 sends) decodes to what the same request in v1.9.0's numbers does, sample
+    attributes (process, thread) and links included."""
+    import stacks._otlp_fast as fast
+
+    b = Builder()
+    if stamps:
+        samples = [(f, v % 5 + 1) for f, v in samples]
+    b.profile({"service.name": "p"}, samples, span=span, as_timestamps=stamps,
+              sample_attrs={"thread.name": "t1", "process.pid": "7",
+                            **({"process.executable.name": process} if process else {})})
+    body = b.bytes()
+    req = fast.SplitRequest.FromString(body)
+    prof = req.resource_profiles[0].scope_profiles[0].profiles[0]
+    old = [_sample_v1_8(fast.SampleV1_9.FromString(raw)) for raw in prof.samples]
+    assert fast.v1_8_samples(old) and not fast.v1_8_samples(list(prof.samples))
+    del prof.samples[:]
+    prof.samples.extend(old)
+    for compiled in (True, False):
+        want = decode_export_request(body, StackTable(), cache=OtlpCache(compiled=compiled))
+        got = decode_export_request(req.SerializeToString(), StackTable(), cache=OtlpCache(compiled=compiled))
+        assert [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in got] == \
+            [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in want]
+        assert got[0].labels["thread_name"] == "t1"
+        assert got[0].labels.get("process", "") == process
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=20), max_size=5))
+def test_v1_8_detection_never_crashes(entries: list[bytes]) -> None:
+    import stacks._otlp_fast as fast
+
+    assert fast.v1_8_samples(entries) in (True, False)
