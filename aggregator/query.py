@@ -126,7 +126,7 @@ TRUNCATED_PREFIX = "other (truncated"
 async def render(store: Store, req: RenderRequest) -> Output:
     """The /api/v1/render answer in ``req.format``: the pruned flame tree, or the merged profile."""
     r = RENDERERS[req.format]
-    table = StackTable()
+    table = StackTable(lines=req.lines)
     title = _title(req.sel, req.rng)
     if req.focus is not None:
         return r.output(Subject(title, doc=await focus_json(store, req)))
@@ -367,7 +367,7 @@ async def top(store: Store, req: TopRequest) -> dict[str, Any]:
     from stacks.tree import top_table
 
     sel, rng = req.sel, req.rng
-    profile, _ = await profile_for(store, sel, rng, StackTable(), False)
+    profile, _ = await profile_for(store, sel, rng, StackTable(lines=req.lines), False)
     return {"query": user_query(sel), "from": rng.start, "until": rng.end, "total": profile.total,
             "rows": top_table(profile, req.limit), **await type_fields(store, req.ptype, sel, rng)}
 
