@@ -95,3 +95,64 @@ def test_stripping_locations_merges_to_the_function_tree(pairs: list[tuple[list[
     assert by_fn == plain
     assert to_json(build_tree(by_fn)) == to_json(build_tree(plain))
     assert build_tree(located).total == plain.total
+
+
+# --------------------------------------------------------------------------- pprof
+
+def _decoders() -> list[tuple[str, object]]:
+    from stacks.pprof import BUILT, PprofDecoder
+
+    numpy_reader = PprofDecoder(compiled=False)
+    numpy_reader.fast_min_samples = 0
+    library = PprofDecoder(compiled=False)
+    library.fast_min_samples = 1 << 40
+    out: list[tuple[str, object]] = [("numpy", numpy_reader), ("library", library)]
+    if BUILT:
+        out.append(("compiled", PprofDecoder(compiled=True)))
+    return out
+
+
+def test_pprof_lines_and_filenames_from_every_reader() -> None:
+    from tests.core.test_pprof import go_cpu_profile
+
+    main_go, proc_go = "/src/app/main.go", "/usr/local/go/src/runtime/proc.go"
+    rt, mm = at("runtime.main", proc_go, 250), at("main.main", main_go, 20)
+    want = {
+        # location 3 has two lines: main.helper (line[0], innermost) inlined into main.work
+        (rt, mm, at("main.work", main_go, 12), at("main.helper", main_go, 31)): 7,
+        (rt, mm, at("main.spin", main_go, 40)): 3,
+        (rt, mm, U("0x4567ab")): 1,  # a location without lines has no location
+    }
+    readers = _decoders()
+    assert len(readers) == 3, "the compiled reader is not built (run scripts/setup.sh)"
+    for name, dec in readers:
+        got = dec.decode(go_cpu_profile(), StackTable(lines=True))  # type: ignore[attr-defined]
+        assert got.merged().as_dict() == want, name
+        # the same decoder, by function (a table without lines), gives the old frames
+        plain = dec.decode(go_cpu_profile(), StackTable())  # type: ignore[attr-defined]
+        assert plain.merged().as_dict() == {tuple(f.function() for f in s): c for s, c in want.items()}, name
+
+
+def test_pprof_export_keeps_lines_and_files() -> None:
+    from stacks.pprof import decode_pprof, encode_pprof
+
+    p = Profile.from_pairs([((at("main", "m.py", 3), at("f", "m.py", 10)), 2),
+                            ((at("main", "m.py", 3), at("f", "m.py", 11)), 5),
+                            ((at("main", "m.py", 3), at("f", "other.py", 11)), 1),
+                            ((U("main"), Frame.kernel("sys_read")), 4)])
+    back = decode_pprof(encode_pprof(p, period_nanos=1), StackTable(lines=True))
+    assert back.merged().as_dict() == p.as_dict()
+    # unlocated profiles encode to the same bytes as before locations (no filename, no line)
+    from stacks import _proto
+
+    msg = _proto.Profile.FromString(encode_pprof(Profile.from_pairs([((U("main"), U("f")), 1)])))
+    assert all(f.filename == 0 for f in msg.function) and all(ln.line == 0 for loc in msg.location
+                                                               for ln in loc.line)
+
+
+def test_speedscope_export_keeps_files_and_lines() -> None:
+    from stacks.export import to_speedscope
+
+    p = Profile.from_pairs([((at("main", "m.py", 3), U("f")), 2)])
+    doc = to_speedscope(p, "x")
+    assert doc["shared"]["frames"] == [{"name": "main", "file": "m.py", "line": 3}, {"name": "f"}]
