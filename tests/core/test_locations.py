@@ -156,3 +156,26 @@ def test_speedscope_export_keeps_files_and_lines() -> None:
     p = Profile.from_pairs([((at("main", "m.py", 3), U("f")), 2)])
     doc = to_speedscope(p, "x")
     assert doc["shared"]["frames"] == [{"name": "main", "file": "m.py", "line": 3}, {"name": "f"}]
+
+
+# --------------------------------------------------------------------------- OTLP
+
+def test_otlp_lines_and_filenames_by_line_only() -> None:
+    from stacks.otlp import OtlpCache, decode_export_request
+    from tests.support.otlp_build import Builder
+
+    b = Builder()
+    b.profile({"service.name": "api"}, [(["main", "work"], 3), (["main", "read", "vfs_read_[k]"], 2)])
+    d = b.req.dictionary
+    d.location_table[b.loc("work")].lines[0].line = 42  # the Builder writes f.py:1 everywhere
+    body = b.bytes()
+    for compiled in (True, False):
+        [s] = decode_export_request(body, StackTable(lines=True), cache=OtlpCache(compiled))
+        m = at("main", "f.py", 1)
+        assert s.profile.as_dict() == {
+            (m, at("work", "f.py", 42)): 3,
+            (m, at("read", "f.py", 1), Frame("vfs_read", Kind.KERNEL, "f.py", 1)): 2,
+        }, compiled
+        [s] = decode_export_request(body, StackTable(), cache=OtlpCache(compiled))
+        assert s.profile.as_dict() == {(U("main"), U("work")): 3,
+                                       (U("main"), U("read"), Frame("vfs_read", Kind.KERNEL)): 2}
