@@ -179,3 +179,24 @@ def test_otlp_lines_and_filenames_by_line_only() -> None:
         [s] = decode_export_request(body, StackTable(), cache=OtlpCache(compiled))
         assert s.profile.as_dict() == {(U("main"), U("work")): 3,
                                        (U("main"), U("read"), Frame("vfs_read", Kind.KERNEL)): 2}
+
+
+# --------------------------------------------------------------------------- JFR
+
+def test_jfr_frames_keep_line_numbers_and_the_class_source_file() -> None:
+    from stacks.jfr import decode_jfr
+    from stacks.profiletype import CPU
+    from tests.core.test_jfr import RAW
+
+    by_line = {s.ptype: s.profile for s in decode_jfr(RAW, StackTable(lines=True)).series}
+    plain = {s.ptype: s.profile for s in decode_jfr(RAW, StackTable()).series}
+    assert by_line.keys() == plain.keys()
+    for t, p in by_line.items():
+        assert p.map_stacks(function_stack, StackTable()) == plain[t], t
+    # Java frames (native ones, libjvm.so.* / libc.so.6.*, have no line in JFR)
+    frames = [(f, c) for stack, c in by_line[CPU].items() for f in stack if ".so" not in f.name]
+    assert sum(c for f, c in frames if f.line > 0) >= 0.95 * sum(c for _, c in frames)
+    heavy = {f for f, _ in frames if f.name == "Burn.heavyWork"}
+    assert heavy and all(f.file == "Burn.java" and f.line > 0 for f in heavy)
+    thread = {f for p in by_line.values() for stack, _ in p.items() for f in stack if f.name == "java/lang/Thread.run"}
+    assert thread and all(f.file == "java/lang/Thread.java" for f in thread)
