@@ -2,9 +2,10 @@
 
 Schema (compact by design, see docs/aggregator.md):
 
-- ``frames(id, kind, name, file, line)``: every distinct frame once (``file`` "" and ``line`` 0
-  when the source gave no location; databases from before locations get the two columns on
-  open, their frames reading as unlocated);
+- ``frames(id, kind, name, file, line)``: every distinct frame once, ``file`` an id in
+  ``files(id, path)`` (each source path once: a path is long and shared by many lines) and
+  ``line`` its line; 0 and 0 when the source gave no location. Databases from before
+  locations get the two columns on open, their frames reading as unlocated;
 - ``stacks(id, hash, frames)``: every distinct stack once, as packed uint32
   frame ids, found again through a 64-bit hash of those ids;
 - ``series(id, labels)``: every label set once (JSON);
@@ -83,8 +84,9 @@ _MARKER_SUFFIX = ".id"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
-                                   file TEXT NOT NULL DEFAULT '', line INTEGER NOT NULL DEFAULT 0,
+                                   file INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
                                    UNIQUE (name, kind, file, line));
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL UNIQUE,
                                    frames BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
@@ -261,6 +263,7 @@ class SQLiteStore:
         self._r: sqlite3.Connection | None = None
         # writer-side caches
         self._frame_ids: dict[Frame, int] = {}
+        self._file_ids: dict[str, int] = {}
         self._stack_ids: dict[Stack, int] = {}
         self._series_ids: dict[Labels, int] = {}
         self._tmap: tuple[StackTable, np.ndarray] | None = None
@@ -276,6 +279,7 @@ class SQLiteStore:
         # The same frames without their locations (by function), one object per function.
         self._fn_frames: dict[int, Frame] = {}
         self._fn_shared: dict[Frame, Frame] = {}
+        self._paths: dict[int, str] = {0: ""}  # files.id -> path
         self._max_frame = 0
         self._stacks: dict[int, Stack] = {}  # by line (every frame as stored)
         self._fn_stacks: dict[int, Stack] = {}  # by function
@@ -478,7 +482,7 @@ class SQLiteStore:
             w = self._w
             assert w is not None
             code = _KIND_CODE[Kind(frame.kind)]
-            key = (frame.name, code, frame.file, frame.line)
+            key = (frame.name, code, self._file_id(frame.file) if frame.file else 0, frame.line)
             q = "SELECT id FROM frames WHERE name = ? AND kind = ? AND file = ? AND line = ?"
             row = w.execute(q, key).fetchone()
             if row is None:
@@ -486,6 +490,16 @@ class SQLiteStore:
             else:
                 fid = row[0]
             self._frame_ids[frame] = fid
+        return fid
+
+    def _file_id(self, path: str) -> int:
+        fid = self._file_ids.get(path)
+        if fid is None:
+            w = self._w
+            assert w is not None
+            row = w.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+            fid = row[0] if row else w.execute("INSERT INTO files (path) VALUES (?)", (path,)).lastrowid
+            self._file_ids[path] = fid
         return fid
 
     def _stack_id(self, stack: Stack) -> int:
@@ -538,6 +552,7 @@ class SQLiteStore:
     def _forget_writer_caches(self) -> None:
         # A rolled-back transaction may have handed out ids that no longer exist.
         self._frame_ids.clear()
+        self._file_ids.clear()
         self._stack_ids.clear()
         self._series_ids.clear()
         self._tmap = None
@@ -847,10 +862,13 @@ class SQLiteStore:
             top = max((int(f.max()) for f in fids if f.size), default=0)
             if top > self._max_frame:
                 shared = self._fn_shared
-                for fid, kind, name, file, line in r.execute(
-                    "SELECT id, kind, name, file, line FROM frames WHERE id > ?", (self._max_frame,)
-                ):
-                    f = self._frames[fid] = Frame(name, _CODE_KIND[kind], file, line)
+                rows = r.execute("SELECT id, kind, name, file, line FROM frames WHERE id > ?",
+                                 (self._max_frame,)).fetchall()
+                paths = self._paths
+                if any(row[3] not in paths for row in rows):
+                    paths.update(r.execute("SELECT id, path FROM files").fetchall())
+                for fid, kind, name, file, line in rows:
+                    f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
                     fn = f.function()
                     self._fn_frames[fid] = shared.setdefault(fn, fn)
                     self._max_frame = max(self._max_frame, fid)
