@@ -2,10 +2,12 @@
 
 Schema (compact by design, see docs/aggregator.md):
 
-- ``frames(id, kind, name, file, line)``: every distinct frame once, ``file`` an id in
-  ``files(id, path)`` (each source path once: a path is long and shared by many lines) and
-  ``line`` its line; 0 and 0 when the source gave no location. Databases from before
-  locations get the two columns on open, their frames reading as unlocated;
+- ``frames(id, kind, name, file, line, func)``: every distinct frame once. A located frame
+  (a source location) is a row with ``file`` an id in ``files(id, path)`` (each path once:
+  it is long and shared by many lines), its ``line``, and ``func`` the id of its function's
+  unlocated row, whose name it takes (its own ``name`` is "": a name is stored once, not
+  once per line). Databases from before locations get the three columns on open, their
+  frames reading as unlocated;
 - ``stacks(id, hash, frames)``: every distinct stack once, as packed uint32
   frame ids, found again through a 64-bit hash of those ids;
 - ``series(id, labels)``: every label set once (JSON);
@@ -85,7 +87,7 @@ _MARKER_SUFFIX = ".id"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
                                    file INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
-                                   UNIQUE (name, kind, file, line));
+                                   func INTEGER NOT NULL DEFAULT 0, UNIQUE (name, kind, func, file, line));
 CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL UNIQUE,
                                    frames BLOB NOT NULL);
@@ -137,8 +139,8 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def migrate_frames(conn: sqlite3.Connection) -> bool:
-    """Give a ``frames`` table from before source locations its ``file`` and ``line`` columns
-    (one transaction; True if it did). The table is rebuilt because its UNIQUE (name, kind)
+    """Give a ``frames`` table from before source locations its ``file``, ``line`` and ``func``
+    columns (one transaction; True if it did). The table is rebuilt because its UNIQUE (name, kind)
     cannot be widened in place; frame ids stay, so no stack row changes."""
     if "file" in {r[1] for r in conn.execute("PRAGMA table_info(frames)")}:
         return False
@@ -482,11 +484,16 @@ class SQLiteStore:
             w = self._w
             assert w is not None
             code = _KIND_CODE[Kind(frame.kind)]
-            key = (frame.name, code, self._file_id(frame.file) if frame.file else 0, frame.line)
-            q = "SELECT id FROM frames WHERE name = ? AND kind = ? AND file = ? AND line = ?"
+            if frame.file or frame.line:  # located: its function's row, and the place
+                key = ("", code, self._frame_id(frame.function()),
+                       self._file_id(frame.file) if frame.file else 0, int(frame.line))
+            else:
+                key = (frame.name, code, 0, 0, 0)
+            q = "SELECT id FROM frames WHERE name = ? AND kind = ? AND func = ? AND file = ? AND line = ?"
             row = w.execute(q, key).fetchone()
             if row is None:
-                fid = w.execute("INSERT INTO frames (name, kind, file, line) VALUES (?, ?, ?, ?)", key).lastrowid
+                fid = w.execute("INSERT INTO frames (name, kind, func, file, line) VALUES (?, ?, ?, ?, ?)",
+                                key).lastrowid
             else:
                 fid = row[0]
             self._frame_ids[frame] = fid
@@ -862,12 +869,16 @@ class SQLiteStore:
             top = max((int(f.max()) for f in fids if f.size), default=0)
             if top > self._max_frame:
                 shared = self._fn_shared
-                rows = r.execute("SELECT id, kind, name, file, line FROM frames WHERE id > ?",
+                rows = r.execute("SELECT id, kind, name, func, file, line FROM frames WHERE id > ?",
                                  (self._max_frame,)).fetchall()
                 paths = self._paths
-                if any(row[3] not in paths for row in rows):
+                if any(row[4] not in paths for row in rows):
                     paths.update(r.execute("SELECT id, path FROM files").fetchall())
-                for fid, kind, name, file, line in rows:
+                # Functions first: a located row takes its name from its function's row.
+                rows.sort(key=lambda row: row[3] != 0)
+                for fid, kind, name, func, file, line in rows:
+                    if func:
+                        name = self._frames[func].name
                     f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
                     fn = f.function()
                     self._fn_frames[fid] = shared.setdefault(fn, fn)
