@@ -524,8 +524,8 @@
     file = file.replace(/^\/+/, "");
     if (!file) return "";
     var repo = String(src.repository).replace(/\/+$/, "").replace(/\.git$/, "");
-    var path = file.split("/").map(encodeURIComponent).join("/");
-    return repo + "/blob/" + encodeURIComponent(String(src.ref)) + "/" + path + (line ? "#L" + line : "");
+    var seg = function (p) { return p.split("/").map(encodeURIComponent).join("/"); }; // a ref may hold "/"
+    return repo + "/blob/" + seg(String(src.ref)) + "/" + seg(file) + (line ? "#L" + line : "");
   };
 
   /** Tooltip lines for node i (plain strings; the caller puts them in textContent). Values in the data's unit. */
