@@ -137,7 +137,7 @@ class IngestTables:
     """
 
     limit: int = 500_000
-    table: StackTable = field(default_factory=StackTable)
+    table: StackTable = field(default_factory=lambda: StackTable(lines=True))  # pushes keep file:line
     lines: dict[str, int] = field(default_factory=dict)
     index: folded.StackIndex | None = None
     compiled: bool = True
@@ -149,7 +149,7 @@ class IngestTables:
     def current(self) -> StackTable:
         """The table to intern into (a fresh one once the current one passed ``limit`` stacks)."""
         if len(self.table) > self.limit:
-            self.table = StackTable()
+            self.table = StackTable(lines=True)
             self.lines = {}
             self.index = None
         return self.table

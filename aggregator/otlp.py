@@ -55,14 +55,14 @@ class Worker:
     def __init__(self, limit: int, compiled: bool = True) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="flamewatch-decode")
         self.limit = limit
-        self.table = StackTable()
+        self.table = StackTable(lines=True)  # frames keep file:line
         self.cache = otlp.OtlpCache(compiled)
         self.inline = otlp.OtlpCache(compiled)  # for bodies decoded on the loop, onto the shared table
 
     def current(self) -> StackTable:
         """The thread's table (a fresh one past ``limit`` stacks, as IngestTables does)."""
         if len(self.table) > self.limit:
-            self.table = StackTable()
+            self.table = StackTable(lines=True)
         return self.table
 
     async def run(self, fn: Callable[[], D], tables: IngestTables) -> D:

@@ -189,6 +189,15 @@ def name_matcher(params: Mapping[str, str], key: str) -> NameMatcher | None:
         raise InputError(f"{key}: {e}") from None
 
 
+AGGREGATES = ("function", "line")
+
+
+def aggregate_lines(params: Mapping[str, str]) -> bool:
+    """``aggregate``: ``function`` (default: a function's lines merge) or ``line`` (True: frames
+    keep their source file and line, one node per line)."""
+    return choice(params, "aggregate", AGGREGATES, "function") == "line"
+
+
 @dataclass(frozen=True)
 class RangeRequest:
     """A time range alone (``/api/v1/profile_types``)."""
@@ -243,16 +252,20 @@ class RenderRequest(Scoped):
     metadata: bool
     min_share: float
     focus: NameMatcher | None = None
+    lines: bool = False  # aggregate=line: frames keep their file and line
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
-        """Parse the scope, ``format``, ``max_nodes``, ``metadata``, ``min_share``, then ``focus``
-        (with ``match``): the flame graph of that function's subtrees, merged (tree formats)."""
+        """Parse the scope, ``format``, ``max_nodes``, ``metadata``, ``min_share``, ``focus``
+        (with ``match``): the flame graph of that function's subtrees, merged (tree formats),
+        then ``aggregate`` (``function``, the default, or ``line``)."""
         req = cls(*_scope(params, ctx), choice(params, "format", FORMATS, "json"),
                   int_param(params, "max_nodes", ctx.max_nodes), flag(params, "metadata"), share_param(params),
-                  name_matcher(params, "focus"))
+                  name_matcher(params, "focus"), aggregate_lines(params))
         if req.focus is not None and req.format not in TREE_FORMATS:
             raise InputError(f"focus works with format={' or '.join(TREE_FORMATS)}, not format={req.format}")
+        if req.focus is not None and req.lines:
+            raise InputError("focus merges a function's occurrences: use it with aggregate=function (the default)")
         return req
 
 
@@ -292,11 +305,12 @@ class TopRequest(Scoped):
     """``/api/v1/top``: the ``limit`` heaviest functions."""
 
     limit: int
+    lines: bool = False  # aggregate=line: one row per function and line
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
-        """Parse the scope, then ``limit``."""
-        return cls(*_scope(params, ctx), int_param(params, "limit", 100, 1, 100_000))
+        """Parse the scope, ``limit``, then ``aggregate``."""
+        return cls(*_scope(params, ctx), int_param(params, "limit", 100, 1, 100_000), aggregate_lines(params))
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ TRUNCATED_PREFIX = "other (truncated"
 async def render(store: Store, req: RenderRequest) -> Output:
     """The /api/v1/render answer in ``req.format``: the pruned flame tree, or the merged profile."""
     r = RENDERERS[req.format]
-    table = StackTable()
+    table = StackTable(lines=req.lines)
     title = _title(req.sel, req.rng)
     if req.focus is not None:
         return r.output(Subject(title, doc=await focus_json(store, req)))
@@ -139,6 +139,8 @@ async def render(store: Store, req: RenderRequest) -> Output:
                                 "stacks of some groups are summed into their 'other (truncated ...)' frame; "
                                 "narrow the selector or the range for the full detail")
         doc.update(await type_fields(store, req.ptype, req.sel, req.rng))
+        if req.lines:
+            doc.update(await source_fields(store, req.sel, req.rng))
         return r.output(Subject(title, doc=doc))
     profile, _ = merged(await query_series(store, req.sel, req.rng, table, req.metadata), table, req.metadata)
     subject = Subject(title, profile=profile)
@@ -149,6 +151,23 @@ async def render(store: Store, req: RenderRequest) -> Output:
         subject = replace(subject, sample_type=(ptype.sample_type, unit), period_ns=fields["period_ns"] or 0,
                           period_type=(ptype.period_type, ptype.period_unit))
     return r.output(subject)
+
+
+# Pyroscope's labels naming where a service's source lives (its SDKs and the OTel resource attributes).
+SOURCE_LABELS = {"repository": "service_repository", "ref": "service_git_ref", "root_path": "service_root_path"}
+
+
+async def source_fields(store: Store, sel: Selector, rng: Range) -> dict[str, Any]:
+    """``{"source": {repository, ref, root_path}}`` when every matching series names one
+    repository and one git ref (labels ``service_repository``, ``service_git_ref`` and the optional
+    ``service_root_path``), so the viewer can link a frame's ``file:line`` to its source; else {}."""
+    got: dict[str, str] = {}
+    for key, label in SOURCE_LABELS.items():
+        values = await store.label_values(label, sel, rng.first_window, rng.end)
+        if len(values) > 1 or (not values and key != "root_path"):
+            return {}
+        got[key] = values[0] if values else ""
+    return {"source": got}
 
 
 async def focus_json(store: Store, req: RenderRequest) -> dict[str, Any]:
@@ -367,7 +386,7 @@ async def top(store: Store, req: TopRequest) -> dict[str, Any]:
     from stacks.tree import top_table
 
     sel, rng = req.sel, req.rng
-    profile, _ = await profile_for(store, sel, rng, StackTable(), False)
+    profile, _ = await profile_for(store, sel, rng, StackTable(lines=req.lines), False)
     return {"query": user_query(sel), "from": rng.start, "until": rng.end, "total": profile.total,
             "rows": top_table(profile, req.limit), **await type_fields(store, req.ptype, sel, rng)}
 

@@ -84,7 +84,9 @@ def encode_profile(profile: Profile) -> bytes:
     """zlib(JSON ``{"f": [[name, kind], ...], "s": [[[frame index, ...], count], ...]}``):
     self-contained (no stack ids of any table), any frame name allowed."""
     frames: dict[Frame, int] = {}
-    stacks = [[[frames.setdefault(f, len(frames)) for f in stack], count] for stack, count in profile.items()]
+    # By function: span profiles keep no source locations (a located frame is its function here).
+    stacks = [[[frames.setdefault(f.function(), len(frames)) for f in stack], count]
+              for stack, count in profile.items()]
     doc = {"f": [[f.name, str(f.kind)] for f in frames], "s": stacks}
     return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 6)
 

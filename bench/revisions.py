@@ -17,6 +17,7 @@ tree and new/base. Whether higher is better depends on the figure (a time or a r
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -97,9 +98,12 @@ def _build_readers(tree: Path, cython: str | None) -> subprocess.CompletedProces
 
 def run(tree: Path, script: str, args: list[str]) -> str:
     """One run of ``script`` (a path relative to the repo) from ``tree``; its stdout."""
+    # Both trees read the corpora beside this checkout: the baseline's tree is a temporary folder,
+    # where a script's default (../shared/corpora) finds nothing and falls back to synthetic data.
+    corpora = os.environ.get("FLAMEWATCH_CORPORA") or str(ROOT.parent / "shared" / "corpora")
     proc = subprocess.run([sys.executable, str(tree / script), *args], cwd=tree, capture_output=True,
                           text=True, env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
-                                          "HOME": str(Path.home())})
+                                          "HOME": str(Path.home()), "FLAMEWATCH_CORPORA": corpora})
     if proc.returncode != 0:
         raise SystemExit(f"{script} failed in {tree} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return proc.stdout

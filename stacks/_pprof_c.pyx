@@ -146,14 +146,15 @@ cdef struct Tables:
     Vec s_start, s_end                     # samples
     Vec vt_type, vt_unit                   # sample types
     Vec m_id, m_file                       # mappings
-    Vec f_id, f_name, f_sys                # functions
-    Vec l_id, l_map, l_addr, l_line0, l_nlines, line_fid   # locations and their lines
+    Vec f_id, f_name, f_sys, f_file        # functions
+    Vec l_id, l_map, l_addr, l_line0, l_nlines, line_fid, line_no   # locations and their lines
     Vec str_start, str_len                 # string table
 
 
 cdef void tables_free(Tables* t) noexcept:
     vec_free(&t.s_start); vec_free(&t.s_end); vec_free(&t.vt_type); vec_free(&t.vt_unit)
     vec_free(&t.m_id); vec_free(&t.m_file); vec_free(&t.f_id); vec_free(&t.f_name); vec_free(&t.f_sys)
+    vec_free(&t.f_file); vec_free(&t.line_no)
     vec_free(&t.l_id); vec_free(&t.l_map); vec_free(&t.l_addr); vec_free(&t.l_line0); vec_free(&t.l_nlines)
     vec_free(&t.line_fid); vec_free(&t.str_start); vec_free(&t.str_len)
 
@@ -220,7 +221,7 @@ cdef int read_location(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t
     # Line {function_id = 1, line = 2, column = 3}.
     cdef bint bad = False
     cdef uint64_t tag, lid = 0, mid = 0, addr = 0
-    cdef uint64_t fid[1]
+    cdef uint64_t fid[2]
     cdef Py_ssize_t lend
     cdef Py_ssize_t line0 = t.line_fid.n
     while i < end:
@@ -235,9 +236,10 @@ cdef int read_location(const uint8_t* b, Py_ssize_t i, Py_ssize_t end, Tables* t
             addr = varint(b, &i, end, &bad)
         elif tag == 34:
             lend = sub_end(b, &i, end, &bad)
-            if bad or not read_varints(b, i, lend, fid, 1):
+            if bad or not read_varints(b, i, lend, fid, 2):
                 return 0
             vec_push(&t.line_fid, <int64_t>fid[0])
+            vec_push(&t.line_no, <int64_t>fid[1])
             i = lend
         elif (tag >> 3) <= 4:
             return 0
@@ -260,9 +262,9 @@ def scan(bytes raw):
     ranges of the Sample messages), ``types`` (list of (type, unit) string
     indexes), ``mapping_id``/``mapping_file``, ``function_id``/``function_name``/
     ``function_system_name``, ``location_id``/``location_mapping``/
-    ``location_address``/``location_line0``/``location_nlines`` and
-    ``line_function`` (numpy int64 arrays; unsigned ids are stored as int64
-    bit patterns), ``period``, ``period_type`` (string index or -1),
+    ``location_address``/``location_line0``/``location_nlines``, ``line_function``,
+    ``function_filename`` and ``line_line`` (numpy int64 arrays; unsigned ids are stored as
+    int64 bit patterns), ``period``, ``period_type`` (string index or -1),
     ``default_sample_type``, ``time_nanos``, ``duration_nanos``.
     """
     cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
@@ -275,6 +277,7 @@ def scan(bytes raw):
     cdef int64_t pt_type = -1, pt_unit = 0, a, u
     cdef int period_types = 0
     cdef Tables t
+    cdef uint64_t frow[4]
     memset(&t, 0, sizeof(Tables))
     try:
         while i < end:
@@ -295,8 +298,12 @@ def scan(bytes raw):
                         return None
                 elif field == 5:
                     # Function {id = 1, name = 2, system_name = 3, filename = 4, start_line = 5}
-                    if not read_row(b, i, sub, 3, &t.f_id, 0, &t.f_name, 1, &t.f_sys, 2):
+                    if not read_varints(b, i, sub, frow, 4):
                         return None
+                    vec_push(&t.f_id, <int64_t>frow[0])
+                    vec_push(&t.f_name, <int64_t>frow[1])
+                    vec_push(&t.f_sys, <int64_t>frow[2])
+                    vec_push(&t.f_file, <int64_t>frow[3])
                 elif field == 6:
                     vec_push(&t.str_start, i)
                     vec_push(&t.str_len, sub - i)
@@ -355,6 +362,8 @@ def scan(bytes raw):
             "location_line0": vec_array(&t.l_line0),
             "location_nlines": vec_array(&t.l_nlines),
             "line_function": vec_array(&t.line_fid),
+            "function_filename": vec_array(&t.f_file),
+            "line_line": vec_array(&t.line_no),
             "period": period,
             "period_type": pt_type,
             "period_unit": pt_unit,

@@ -23,7 +23,9 @@ class PprofTables:
 
     ``location_line0[r]``/``location_nlines[r]`` give location row ``r``'s lines in
     ``line_function`` (``line[0]`` innermost). ``period_type`` is None when the
-    profile has no ``period_type`` message.
+    profile has no ``period_type`` message. ``function_filename`` (string index per function)
+    and ``line_line`` (source line per line row, 0 unknown) are the source locations; None from
+    a reader that does not read them.
     """
 
     strings: list[str]
@@ -46,6 +48,8 @@ class PprofTables:
     location_line0: np.ndarray
     location_nlines: np.ndarray
     line_function: np.ndarray
+    function_filename: np.ndarray | None = None
+    line_line: np.ndarray | None = None
 
     def with_function_ids(self, ids: Any) -> PprofTables:
         """The same tables with ``function_id`` replaced (a producer repair)."""
@@ -58,6 +62,7 @@ class PprofTables:
             mapping_id=self.mapping_id[mappings], mapping_file=self.mapping_file[mappings],
             function_id=self.function_id[functions], function_name=self.function_name[functions],
             function_system_name=self.function_system_name[functions],
+            function_filename=None if self.function_filename is None else self.function_filename[functions],
             location_id=self.location_id[locations], location_mapping=self.location_mapping[locations],
             location_address=self.location_address[locations], location_line0=self.location_line0[locations],
             location_nlines=self.location_nlines[locations],
@@ -86,6 +91,7 @@ def tables_of_message(p: Any) -> PprofTables:
     l_addr: list[int] = []
     nlines: list[int] = []
     line_fn: list[int] = []
+    line_no: list[int] = []
     for loc in p.location:
         lines = loc.line
         k = len(lines)
@@ -94,9 +100,12 @@ def tables_of_message(p: Any) -> PprofTables:
         l_addr.append(loc.address)
         nlines.append(k)
         if k == 1:
-            line_fn.append(lines[0].function_id)
+            ln = lines[0]
+            line_fn.append(ln.function_id)
+            line_no.append(ln.line)
         elif k:
             line_fn.extend([ln.function_id for ln in lines])
+            line_no.extend([ln.line for ln in lines])
     n_lines = _i64(nlines)
     has_pt = p.HasField("period_type")
     return PprofTables(
@@ -121,13 +130,15 @@ def tables_of_message(p: Any) -> PprofTables:
         location_line0=np.cumsum(n_lines) - n_lines,
         location_nlines=n_lines,
         line_function=_u64(line_fn),
+        function_filename=_i64([f.filename for f in funcs]),
+        line_line=_i64(line_no),
     )
 
 
 def tables_of_scan(t: dict[str, Any]) -> PprofTables | None:
     """The tables of a compiled scan (``stacks._pprof_c.scan``); None for a stale build without
     ``period_unit`` (the other readers then read the profile)."""
-    if "period_unit" not in t:
+    if "period_unit" not in t or "line_line" not in t:
         return None
     return PprofTables(
         strings=t["strings"],
@@ -150,4 +161,6 @@ def tables_of_scan(t: dict[str, Any]) -> PprofTables | None:
         location_line0=t["location_line0"],
         location_nlines=t["location_nlines"],
         line_function=t["line_function"],
+        function_filename=t["function_filename"],
+        line_line=t["line_line"],
     )

@@ -294,9 +294,21 @@ def _paths_trie(flat_fid: np.ndarray, lens: np.ndarray, nfuncs: int
     return np.concatenate(fids), np.concatenate(parents), np.concatenate(depths), node_of
 
 
+LOC_SEP = "\x00"
+"""Joins a located frame's name and ``file:line`` in ``Columns.fnames``: a frame read by line is
+its own "function" in the trie; :func:`split_location` parts them again for the Flame JSON."""
+
+
+def split_location(key: str) -> tuple[str, str]:
+    """(name, location) of an ``fnames`` entry; location "" for an unlocated frame."""
+    name, sep, loc = key.rpartition(LOC_SEP)
+    return (name, loc) if sep else (key, "")
+
+
 def function_ids(flat: list[Frame]) -> tuple[list[str], list[int], np.ndarray]:
     """(names, kind codes, per-frame function id) for a flat frame list; frames are grouped by
-    object identity first (C speed), then equal frames held by different objects merge."""
+    object identity first (C speed), then equal frames held by different objects merge. A
+    located frame (read by line) is named ``name + LOC_SEP + file:line``."""
     objs = np.fromiter(map(id, flat), dtype=np.int64, count=len(flat))
     uobj, inv = np.unique(objs, return_inverse=True)
     inv = inv.reshape(-1)
@@ -308,7 +320,10 @@ def function_ids(flat: list[Frame]) -> tuple[list[str], list[int], np.ndarray]:
     obj_fid = np.empty(len(uobj), dtype=np.int64)
     user, kernel, meta = Kind.USER, Kind.KERNEL, Kind.METADATA
     for j, i in enumerate(first.tolist()):
-        name, kind = flat[i]
+        f = flat[i]
+        name, kind = f[0], f[1]
+        if len(f) > 2 and (f[2] or f[3]):
+            name = f"{name}{LOC_SEP}{f[2]}:{f[3]}" if f[3] else f"{name}{LOC_SEP}{f[2]}"
         code = 0 if kind is user else 1 if kind is kernel else 2 if kind is meta else _kind_code(kind)
         key = (name, code)
         fi = funcs.get(key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stacks.columns import LOC_SEP, split_location
 from stacks.node import KIND_CODE, KINDS, Node, Tree, child_order
 
 
@@ -16,9 +17,11 @@ def to_json(tree: Tree, *, pruned_info: Mapping[str, Any] | None = None) -> dict
 
     ``pruned`` is ``pruned_info`` if given, else what :func:`prune` recorded,
     else the unpruned node count. Metadata nodes with a known label add a
-    ``nodes.label`` array (null elsewhere).
+    ``nodes.label`` array (null elsewhere). A tree read by line adds ``locations``, parallel to
+    ``names`` (``file:line``, "" where unknown); one function at two lines is two names.
     """
     cols, names, max_depth, has_label = layout(tree, lambda n: n.total)
+    names, locations = split_names(names)
     out: dict[str, Any] = {
         "version": 1,
         "type": "flame",
@@ -32,7 +35,17 @@ def to_json(tree: Tree, *, pruned_info: Mapping[str, Any] | None = None) -> dict
     }
     if has_label:
         out["nodes"]["label"] = cols["label"]
+    if locations is not None:
+        out["locations"] = locations
     return out
+
+
+def split_names(keys: list[str]) -> tuple[list[str], list[str] | None]:
+    """(names, locations) of a layout's name keys; locations None when no frame has one."""
+    if not any(LOC_SEP in k for k in keys):
+        return keys, None
+    pairs = [split_location(k) for k in keys]
+    return [n for n, _ in pairs], [loc for _, loc in pairs]
 
 
 def pruned_member(tree: Tree, given: Mapping[str, Any] | None, count: int) -> dict[str, Any]:

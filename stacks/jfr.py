@@ -33,7 +33,9 @@ event                                types (values)
 CPU and wall are stored as samples of ``1e9 / sampleRate`` ns. Durations are converted from
 ticks to nanoseconds with the chunk's ticks per second. Frames are named as Pyroscope shows
 them: ``class.method`` with the class in JVM form (``java/lang/Thread.run``); a frame of type
-``Kernel`` is a kernel frame.
+``Kernel`` is a kernel frame. Decoded into a table with ``lines``, a frame keeps its
+``lineNumber`` and, as its file, the source path the class implies (JFR names no source file:
+``com/x/Foo$Bar`` -> ``com/x/Foo.java``).
 """
 
 from __future__ import annotations
@@ -345,7 +347,8 @@ class _Names:
         mref = f.get("method")
         ftype = self.get(f.get("type"))
         kind_text = ftype.get("description", "") if isinstance(ftype, dict) else ftype or ""
-        key = (mref.key if isinstance(mref, Ref) else -1, hash(kind_text))
+        line = _int(f.get("lineNumber")) if self.table.lines else 0
+        key = (mref.key if isinstance(mref, Ref) else -1, hash(kind_text), max(line, 0))
         got = self.frames.get(key)
         if got is not None:
             return got
@@ -354,7 +357,10 @@ class _Names:
         mname = self.text(method.get("name")) if isinstance(method, dict) else ""
         cname = self.text(cls.get("name")) if isinstance(cls, dict) else ""
         name = f"{cname}.{mname}" if cname else (mname or "[unknown]")
-        got = Frame(name, Kind.KERNEL if kind_text == "Kernel" else Kind.USER)
+        kind = Kind.KERNEL if kind_text == "Kernel" else Kind.USER
+        # JFR names no source file: the outer class's path is the one javac compiled it from.
+        file = cname.split("$", 1)[0] + ".java" if line > 0 and cname else ""
+        got = Frame(name, kind, file, line if file else 0)
         self.frames[key] = got
         return got
 

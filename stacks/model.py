@@ -24,10 +24,34 @@ class Kind(StrEnum):
 
 
 class Frame(NamedTuple):
-    """One frame of a stack: a function name and its kind."""
+    """One frame of a stack: a function name, its kind and, when the source knows it, its
+    location (``file`` and 1-based ``line``; "" and 0 when unknown).
+
+    Two frames of one function at different lines are different frames: a stack keeps the
+    line each call was made from. Reads aggregate by function unless asked for lines
+    (:class:`StackTable` ``lines``), so data without locations reads as it always has.
+    """
 
     name: str
     kind: Kind = Kind.USER
+    file: str = ""
+    line: int = 0
+
+    @property
+    def location(self) -> str:
+        """``file:line``, ``file``, ``:line`` (no file known) or "" when nothing is known."""
+        if self.line:
+            return f"{self.file}:{self.line}"
+        return self.file
+
+    @property
+    def located(self) -> bool:
+        """Whether the frame carries a file or a line."""
+        return bool(self.file or self.line)
+
+    def function(self) -> Frame:
+        """The frame without its location (the function it is in)."""
+        return Frame(self.name, self.kind) if (self.file or self.line) else self
 
     @staticmethod
     def user(name: str) -> Frame:
@@ -46,18 +70,30 @@ Stack = tuple[Frame, ...]
 """Frames root first."""
 
 
+def function_stack(stack: Stack) -> Stack:
+    """``stack`` with every frame's location dropped (itself when it has none)."""
+    if not any(f.file or f.line for f in stack):
+        return stack
+    return tuple(f.function() for f in stack)
+
+
 class StackTable:
     """Append-only interner: stack tuple <-> dense integer id.
 
     Ids never change once given, so profiles built on one table stay valid as
     the table grows. Sharing one table between profiles makes merges cheap.
+
+    ``lines`` is what a store read into this table keeps: False (the default) aggregates by
+    function (stored frames lose their locations, so one function's lines merge), True
+    keeps every frame's file and line. :meth:`intern` itself never changes a stack.
     """
 
-    __slots__ = ("_ids", "_stacks")
+    __slots__ = ("_ids", "_stacks", "lines")
 
-    def __init__(self) -> None:
+    def __init__(self, lines: bool = False) -> None:
         self._ids: dict[Stack, int] = {}
         self._stacks: list[Stack] = []
+        self.lines = lines
 
     def intern(self, stack: Iterable[Frame]) -> int:
         """Return the id of ``stack``, adding it if new."""

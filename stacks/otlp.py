@@ -241,6 +241,7 @@ class _Tables:
         self.links = d.link_table
         self.attrs = d.attribute_table
         self.table = table
+        self.lines = table.lines  # frames keep Function.filename_strindex and Line.line
         self.cache = cache.on(table)
         self.sids: dict[int, int] = {}
         self.frame_type_key = -1
@@ -261,9 +262,12 @@ class _Tables:
             n_f = len(fnames)
             by_name = self.cache.by_name
             loc_gid = []
+            locs, lines = self.locations, self.lines
             for li, fi in enumerate(simple.tolist()):
                 name = fnames[fi] if 0 <= fi < n_f else None
-                if not name:
+                # By line, a location whose line holds more than its function index (a line, a
+                # column) takes the message path, which reads them.
+                if not name or (lines and len(locs[li]) > 3 + (fi.bit_length() + 6) // 7):
                     loc_gid.append(gid(self.location_frames(li)))
                     continue
                 g = by_name.get(name)
@@ -344,7 +348,7 @@ class _Tables:
             fi = lines[0].function_index
             name = self.fnames[fi] if 0 <= fi < len(self.fnames) else None
             if name:
-                return (Frame(name, Kind.USER),)
+                return (self._frame(name, Kind.USER, fi, lines[0].line),)
         kind = Kind.USER
         if self.frame_type_key >= 0:
             for ai in loc.attribute_indices:
@@ -360,10 +364,18 @@ class _Tables:
                                  f"({len(self.functions)} functions)")
             name = self.string(self.functions[fi].name_strindex, "function name")
             if name:
-                frames.append(Frame(name, kind))
+                frames.append(self._frame(name, kind, fi, line.line))
         if not frames:
             frames.append(Frame(self._unsymbolized(loc), kind))
         return tuple(frames)
+
+    def _frame(self, name: str, kind: Kind, fi: int, line: int) -> Frame:
+        """The frame of function ``fi`` at ``line``; located (its file, the line) when reading by line."""
+        if not self.lines:
+            return Frame(name, kind)
+        fsi = self.functions[fi].filename_strindex
+        file = self.strings[fsi] if 0 < fsi < len(self.strings) else ""
+        return Frame(name, kind, file, max(int(line), 0))
 
     def _unsymbolized(self, loc: Any) -> str:
         """A frame without a function name: its mapping's file name and address, as pprof tools show."""

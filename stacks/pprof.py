@@ -500,6 +500,8 @@ class PprofDecoder:
         self._frame_nos: dict[Frame, int] = {}
         self._frame_by_no: list[Frame] = []
         self._name_no: dict[bool, dict[str, int]] = {False: {}, True: {}}  # by kernel mapping
+        self._located: dict[tuple[int, str, int], int] = {}  # (frame number, file, line) -> number
+        self._lines = False  # the decode in progress keeps source locations (its table's ``lines``)
         self._stacks: dict[bytes, int] = {}  # frame numbers (uint16 or int32 bytes) -> stack id
         self._stacks_table: StackTable | None = None
         self._key_narrow = True  # frame numbers fit 16 bits (until the registry passes 65,536)
@@ -517,7 +519,8 @@ class PprofDecoder:
 
         ``column`` picks the sample type (value index) to read; None chooses as
         :func:`_choose_value` does. Raises :class:`InputError` for bad gzip, bad
-        protobuf, dangling ids or a column the profile does not have.
+        protobuf, dangling ids or a column the profile does not have. Frames keep their source
+        file and line (``Function.filename``, ``Line.line``) when ``table.lines`` is set.
         """
         raw = maybe_gunzip(bytes(data), max_decompressed)
         table = table if table is not None else StackTable()
@@ -525,6 +528,7 @@ class PprofDecoder:
         # touch ``table``; the library decoder then gives the result or the
         # exact error, so all paths agree by construction.
         with self._lock:
+            self._lines = table.lines
             fast = self._decode_compiled(raw, table, column) if self._index is not None else None
             if fast is None:
                 fast = self._decode_fast(raw, table, column)
@@ -563,7 +567,7 @@ class PprofDecoder:
 
     def _reset_frames(self) -> None:
         """Forget every frame number, and so every cache keyed by them."""
-        for cache in (self._frame_nos, self._frame_by_no, self._stacks, *self._name_no.values()):
+        for cache in (self._frame_nos, self._frame_by_no, self._stacks, self._located, *self._name_no.values()):
             cache.clear()
         self._key_narrow = True
         if self._index is not None:
@@ -651,7 +655,42 @@ class PprofDecoder:
                 run_frames[run_off[j] : run_off[j] + len(nos)] = nos
         else:
             run_frames = frame_no
-        return run_off, run_len, run_frames
+        return run_off, run_len, self._located_runs(t, strings, run_off, run_len, run_frames, fi_line)
+
+    def _located_runs(self, t: PprofTables, strings: list[str], run_off: np.ndarray, run_len: np.ndarray,
+                      run_frames: np.ndarray, fi_line: np.ndarray) -> np.ndarray:
+        """``run_frames`` with each frame that has a source location (its line's ``line`` and
+        its function's ``filename``) numbered as that located frame. A run of ``k`` frames of a
+        location with ``k`` lines is those lines, leaf first; a location without lines has none."""
+        lines, ffile = t.line_line, t.function_filename
+        if not self._lines or lines is None or ffile is None or not (lines.any() or ffile.any()):
+            return run_frames
+        n = len(strings)
+        ffile = np.where((ffile > 0) & (ffile < n), ffile, 0)  # an index out of range: no file, not an error
+        loc = np.repeat(np.arange(len(run_len)), run_len)  # location row of each run element
+        k = np.arange(len(run_frames)) - run_off[loc]
+        has = k < t.location_nlines[loc]
+        q = np.where(has, t.location_line0[loc] + k, 0)
+        line = np.where(has, np.maximum(lines[q], 0) if len(lines) else 0, 0)
+        fi = np.where(has, fi_line[q] if len(fi_line) else -1, -1)
+        file = np.where(fi >= 0, ffile[np.maximum(fi, 0)] if len(ffile) else 0, 0)
+        where = np.flatnonzero((line > 0) | (file > 0))
+        if not where.size:
+            return run_frames
+        out = run_frames.copy()
+        triples = np.stack([run_frames[where], file[where], line[where]], axis=1)
+        uniq, inv = np.unique(triples, axis=0, return_inverse=True)
+        nos = [self._located_no(int(no), strings[int(f)], int(ln)) for no, f, ln in uniq.tolist()]
+        out[where] = np.asarray(nos, np.int64)[inv.reshape(-1)]
+        return out
+
+    def _located_no(self, no: int, file: str, line: int) -> int:
+        """The number of frame ``no`` at ``file:line``, assigned on first sight."""
+        key = (no, file, line)
+        got = self._located.get(key)
+        if got is None:
+            got = self._located[key] = self._frame_no(self._frame_by_no[no]._replace(file=file, line=line))
+        return got
 
     def _function_numbers(self, t: PprofTables, strings: list[str]) -> tuple[list[str], np.ndarray]:
         """Each function's name (or system name) and its user frame number (-1: unnamed)."""
@@ -889,7 +928,8 @@ def encode_pprof(
 
     Counts are written as ``count * period_nanos`` when the sample unit is
     nanoseconds, else as they are. ``sample_labels`` go on every sample;
-    ``period_type`` is the (type, unit) the period is counted in.
+    ``period_type`` is the (type, unit) the period is counted in. A located frame keeps its
+    file (``Function.filename``; one function per name and file) and line (``Line.line``).
     """
     strings: dict[str, int] = {"": 0}
 
@@ -909,7 +949,7 @@ def encode_pprof(
     scale = period_nanos if sample_type[1] == "nanoseconds" and period_nanos > 0 else 1
 
     label_pairs = [(sx(k), sx(v)) for k, v in sorted((sample_labels or {}).items()) if v != ""]
-    functions: dict[str, int] = {}
+    functions: dict[tuple[str, str], int] = {}
     locations: dict[Frame, int] = {}
     kernel_mapping = 0
 
@@ -918,13 +958,13 @@ def encode_pprof(
         lid = locations.get(fr)
         if lid is not None:
             return lid
-        fid = functions.get(fr.name)
+        fid = functions.get((fr.name, fr.file))
         if fid is None:
-            fid = functions[fr.name] = len(functions) + 1
-            p.function.add(id=fid, name=sx(fr.name), system_name=sx(fr.name))
+            fid = functions[(fr.name, fr.file)] = len(functions) + 1
+            p.function.add(id=fid, name=sx(fr.name), system_name=sx(fr.name), filename=sx(fr.file))
         lid = locations[fr] = len(locations) + 1
         loc = p.location.add(id=lid)
-        loc.line.add(function_id=fid)
+        loc.line.add(function_id=fid, line=fr.line)
         if fr.kind is Kind.KERNEL:
             if not kernel_mapping:
                 kernel_mapping = 1

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from stacks.columns import Columns
+from stacks.columns import LOC_SEP, Columns, split_location
 from stacks.errors import InputError
 from stacks.metadata import METADATA_LEVELS, metadata_path
 from stacks.model import Kind, Profile, StackTable, merge
@@ -115,16 +115,24 @@ def function_stats(profile: Profile) -> dict[tuple[str, str], list[int]]:
 def top_table(profile: Profile, limit: int | None = None) -> list[dict[str, Any]]:
     """Functions by self samples (then total, then name): ``[{"name", "kind", "self", "total"}]``.
 
-    ``total`` counts each function once per stack, even when it recurses.
+    ``total`` counts each function once per stack, even when it recurses. A profile read by
+    line has one row per function and line, with its ``location`` (``file:line``).
     """
     if limit is not None and limit < 0:
         raise InputError(f"limit={limit}: must be 0 or more")
     rows = [
-        {"name": name, "kind": kind, "self": s, "total": t}
+        _located({"name": name, "kind": kind, "self": s, "total": t})
         for (name, kind), (s, t) in function_stats(profile).items()
     ]
-    rows.sort(key=lambda r: (-r["self"], -r["total"], r["name"], r["kind"]))
+    rows.sort(key=lambda r: (-r["self"], -r["total"], r["name"], r["kind"], r.get("location", "")))
     return rows if limit is None else rows[:limit]
+
+
+def _located(row: dict[str, Any]) -> dict[str, Any]:
+    """A top-table row with a located name key parted into ``name`` and ``location``."""
+    if LOC_SEP in row["name"]:
+        row["name"], row["location"] = split_location(row["name"])
+    return row
 
 
 def sandwich(profile: Profile | Tree, name: str | NameMatcher) -> tuple[Tree, Tree]:

@@ -2,7 +2,12 @@
 
 Schema (compact by design, see docs/aggregator.md):
 
-- ``frames(id, kind, name)``: every distinct frame once;
+- ``frames(id, kind, name, file, line, func)``: every distinct frame once. A located frame
+  (a source location) is a row with ``file`` an id in ``files(id, path)`` (each path once:
+  it is long and shared by many lines), its ``line``, and ``func`` the id of its function's
+  unlocated row, whose name it takes (its own ``name`` is "": a name is stored once, not
+  once per line). Databases from before locations get the three columns on open, their
+  frames reading as unlocated;
 - ``stacks(id, hash, frames)``: every distinct stack once, as packed uint32
   frame ids, found again through a 64-bit hash of those ids;
 - ``series(id, labels)``: every label set once (JSON);
@@ -81,7 +86,9 @@ _MARKER_SUFFIX = ".id"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
-                                   UNIQUE (name, kind));
+                                   file INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
+                                   func INTEGER NOT NULL DEFAULT 0, UNIQUE (name, kind, func, file, line));
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL UNIQUE,
                                    frames BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
@@ -129,6 +136,26 @@ def migrate(conn: sqlite3.Connection) -> int:
     if n:
         log.info("SQLite schema migrated to version %d: %d series marked as CPU", SCHEMA_VERSION, n)
     return n
+
+
+def migrate_frames(conn: sqlite3.Connection) -> bool:
+    """Give a ``frames`` table from before source locations its ``file``, ``line`` and ``func``
+    columns (one transaction; True if it did). The table is rebuilt because its UNIQUE (name, kind)
+    cannot be widened in place; frame ids stay, so no stack row changes."""
+    if "file" in {r[1] for r in conn.execute("PRAGMA table_info(frames)")}:
+        return False
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE frames RENAME TO frames_v1")
+        conn.execute(SCHEMA.split(";")[0])  # the CREATE TABLE frames statement
+        conn.execute("INSERT INTO frames (id, kind, name) SELECT id, kind, name FROM frames_v1")
+        conn.execute("DROP TABLE frames_v1")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    log.info("SQLite frames table given file and line columns (source locations)")
+    return True
 
 
 def _labels_json(labels: Labels) -> str:
@@ -238,6 +265,7 @@ class SQLiteStore:
         self._r: sqlite3.Connection | None = None
         # writer-side caches
         self._frame_ids: dict[Frame, int] = {}
+        self._file_ids: dict[str, int] = {}
         self._stack_ids: dict[Stack, int] = {}
         self._series_ids: dict[Labels, int] = {}
         self._tmap: tuple[StackTable, np.ndarray] | None = None
@@ -250,8 +278,13 @@ class SQLiteStore:
         self._roll_from = 0  # hours before this were considered for rolling already
         # reader-side caches
         self._frames: dict[int, Frame] = {}
+        # The same frames without their locations (by function), one object per function.
+        self._fn_frames: dict[int, Frame] = {}
+        self._fn_shared: dict[Frame, Frame] = {}
+        self._paths: dict[int, str] = {0: ""}  # files.id -> path
         self._max_frame = 0
-        self._stacks: dict[int, Stack] = {}
+        self._stacks: dict[int, Stack] = {}  # by line (every frame as stored)
+        self._fn_stacks: dict[int, Stack] = {}  # by function
         self._series: dict[int, Labels] = {}
         self._max_series = 0
         # blob bytes -> (ids, counts) narrowed; keyed by content, so it can never go stale
@@ -328,6 +361,7 @@ class SQLiteStore:
                 # rollups of a development build without per-window totals: rebuilt by compaction
                 self._w.executescript("DROP TABLE rollups; DROP TABLE rolled;" + SCHEMA)
             migrate(self._w)
+            migrate_frames(self._w)
             self._write_marker(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
@@ -450,13 +484,29 @@ class SQLiteStore:
             w = self._w
             assert w is not None
             code = _KIND_CODE[Kind(frame.kind)]
-            q = "SELECT id FROM frames WHERE name = ? AND kind = ?"
-            row = w.execute(q, (frame.name, code)).fetchone()
+            if frame.file or frame.line:  # located: its function's row, and the place
+                key = ("", code, self._frame_id(frame.function()),
+                       self._file_id(frame.file) if frame.file else 0, int(frame.line))
+            else:
+                key = (frame.name, code, 0, 0, 0)
+            q = "SELECT id FROM frames WHERE name = ? AND kind = ? AND func = ? AND file = ? AND line = ?"
+            row = w.execute(q, key).fetchone()
             if row is None:
-                fid = w.execute("INSERT INTO frames (kind, name) VALUES (?, ?)", (code, frame.name)).lastrowid
+                fid = w.execute("INSERT INTO frames (name, kind, func, file, line) VALUES (?, ?, ?, ?, ?)",
+                                key).lastrowid
             else:
                 fid = row[0]
             self._frame_ids[frame] = fid
+        return fid
+
+    def _file_id(self, path: str) -> int:
+        fid = self._file_ids.get(path)
+        if fid is None:
+            w = self._w
+            assert w is not None
+            row = w.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
+            fid = row[0] if row else w.execute("INSERT INTO files (path) VALUES (?)", (path,)).lastrowid
+            self._file_ids[path] = fid
         return fid
 
     def _stack_id(self, stack: Stack) -> int:
@@ -509,6 +559,7 @@ class SQLiteStore:
     def _forget_writer_caches(self) -> None:
         # A rolled-back transaction may have handed out ids that no longer exist.
         self._frame_ids.clear()
+        self._file_ids.clear()
         self._stack_ids.clear()
         self._series_ids.clear()
         self._tmap = None
@@ -799,10 +850,11 @@ class SQLiteStore:
         finally:
             r.execute("COMMIT")
 
-    def _resolve_stacks(self, dbids: np.ndarray) -> list[Stack]:
+    def _resolve_stacks(self, dbids: np.ndarray, lines: bool = True) -> list[Stack]:
+        """The stacks of database ids, frames with their locations (``lines``) or without."""
         r = self._r
         assert r is not None
-        cache = self._stacks
+        cache = self._stacks if lines else self._fn_stacks
         ids = dbids.tolist()
         want = [i for i in ids if i not in cache]
         fresh: dict[int, Stack] = {}
@@ -816,12 +868,22 @@ class SQLiteStore:
             fids = [np.frombuffer(b, dtype="<u4") for _, b in blobs]
             top = max((int(f.max()) for f in fids if f.size), default=0)
             if top > self._max_frame:
-                for fid, kind, name in r.execute(
-                    "SELECT id, kind, name FROM frames WHERE id > ?", (self._max_frame,)
-                ):
-                    self._frames[fid] = Frame(name, _CODE_KIND[kind])
+                shared = self._fn_shared
+                rows = r.execute("SELECT id, kind, name, func, file, line FROM frames WHERE id > ?",
+                                 (self._max_frame,)).fetchall()
+                paths = self._paths
+                if any(row[4] not in paths for row in rows):
+                    paths.update(r.execute("SELECT id, path FROM files").fetchall())
+                # Functions first: a located row takes its name from its function's row.
+                rows.sort(key=lambda row: row[3] != 0)
+                for fid, kind, name, func, file, line in rows:
+                    if func:
+                        name = self._frames[func].name
+                    f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
+                    fn = f.function()
+                    self._fn_frames[fid] = shared.setdefault(fn, fn)
                     self._max_frame = max(self._max_frame, fid)
-            frames = self._frames
+            frames = self._frames if lines else self._fn_frames
             for (sid, _), f in zip(blobs, fids, strict=True):
                 try:
                     fresh[sid] = tuple(frames[i] for i in f.tolist())
@@ -844,7 +906,7 @@ class SQLiteStore:
 
     def _to_table(self, uniq: np.ndarray, table: StackTable) -> np.ndarray:
         """Ids on ``table`` for sorted unique database stack ids ``uniq``."""
-        stacks = self._resolve_stacks(uniq)
+        stacks = self._resolve_stacks(uniq, table.lines)
         intern = table.intern
         return np.fromiter((intern(s) for s in stacks), dtype=np.int64, count=len(stacks))
 

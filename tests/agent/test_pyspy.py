@@ -148,3 +148,92 @@ def test_real_pyspy_gil_run_keeps_only_the_gil_holder(tmp_path: Path) -> None:
         p.wait()
     # without --gil py-spy counts the hashing thread as busy (it is on a CPU); with it, almost never
     assert share[False] > 0.25 and share[True] < 0.1, share
+
+
+def test_parse_raw_keeps_lines_as_locations() -> None:
+    from stacks.model import Kind
+
+    text = ("<module> (hot.py:13);j (hot.py:7);JSONEncoder.encode (json/encoder.py:200) 43\n"
+            "<module> (hot.py:13);j (hot.py:6) 1\n<module> (hot.py:13);j (hot.py:7) 2\nf (no line.py) 1\n")
+    mod, j7 = Frame("<module> (hot.py)", Kind.USER, "hot.py", 13), Frame("j (hot.py)", Kind.USER, "hot.py", 7)
+    assert parse_raw(text) == {
+        (mod, j7, Frame("JSONEncoder.encode (json/encoder.py)", Kind.USER, "json/encoder.py", 200)): 43,
+        (mod, Frame("j (hot.py)", Kind.USER, "hot.py", 6)): 1,
+        (mod, j7): 2,
+        (U("f (no line.py)"),): 1,
+    }
+    # by function, the names of a --nolineno run
+    assert {f.function().name for s in parse_raw(text) for f in s} == {
+        "<module> (hot.py)", "j (hot.py)", "JSONEncoder.encode (json/encoder.py)", "f (no line.py)"}
+
+
+LINES_APP = '''
+import json, time
+
+
+def parse_rows(n):
+    rows = []
+    for i in range(n):
+        rows.append(json.loads('{"a": %d, "b": [1, 2, 3]}' % i))
+    return rows
+
+
+def checksum(rows):
+    acc = 0
+    for r in rows:
+        acc = (acc * 31 + r["a"] + sum(r["b"])) % 1000003
+    return acc
+
+
+class Shop:
+    def checkout(self):
+        return checksum(parse_rows(2000))
+
+
+def main():
+    shop = Shop()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        shop.checkout()
+
+
+main()
+'''
+
+
+def test_real_pyspy_frames_carry_file_and_line_checked_against_the_source(tmp_path: Path) -> None:
+    """py-spy's lines become frame locations: >= 95 % of the Python frames of a test app have one,
+    and each of the app's is a line inside the function the frame names (read from its source)."""
+    import ast
+
+    try:
+        pyspy = check_pyspy("py-spy")
+    except SamplerUnavailable as e:
+        pytest.skip(reason=f"py-spy is not installed: {e}")
+    if os.geteuid() != 0:
+        pytest.skip(reason="py-spy needs root (ptrace) to read another process")
+    script = tmp_path / "lines_app.py"
+    script.write_text(LINES_APP)
+    spans: dict[str, list[tuple[int, int]]] = {"<module>": [(1, len(LINES_APP.splitlines()) + 1)]}
+    for node in ast.walk(ast.parse(LINES_APP)):
+        if isinstance(node, ast.FunctionDef):
+            spans.setdefault(node.name, []).append((node.lineno, node.end_lineno or node.lineno))
+    p = subprocess.Popen([sys.executable, str(script)])
+    try:
+        time.sleep(0.5)
+        s = PySpySampler(lambda r: None, pyspy=pyspy, workdir=str(tmp_path))
+        got = s.run_once(p.pid, 2, rate=100)
+    finally:
+        p.kill()
+        p.wait()
+    assert got is not None and got.total >= 50
+    frames = [(f, c) for stack, c in got.stacks.items() for f in stack]
+    located = sum(c for f, c in frames if f.file and f.line > 0)
+    assert located >= 0.95 * sum(c for _, c in frames)
+    app = [(f, c) for f, c in frames if f.file.endswith("lines_app.py")]
+    assert sum(c for _, c in app) >= 0.5 * sum(c for _, c in frames)
+    for f, _ in app:
+        fn = f.name.rsplit(" (", 1)[0].rsplit(".", 1)[-1]  # "Shop.checkout (lines_app.py)" -> checkout
+        assert any(a <= f.line <= b for a, b in spans[fn]), f"{f.name} is not at line {f.line}"
+    names = {f.name.rsplit(" (", 1)[0] for f, _ in app}
+    assert {"main", "Shop.checkout", "<module>"} <= names and names & {"parse_rows", "checksum"}

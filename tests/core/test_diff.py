@@ -155,7 +155,7 @@ def test_diff_folded():
 # ---------------------------------------------------------------- properties
 
 names = st.sampled_from(["a", "b", "c", "main"])
-frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL]))
+frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL]), file=st.just(""), line=st.just(0))
 stacks_st = st.lists(frames, min_size=1, max_size=5).map(tuple)
 pairs = st.lists(st.tuples(stacks_st, st.integers(1, 500)), max_size=25)
 
@@ -250,7 +250,8 @@ def test_diff_json_metadata_labels():
 # ---------------------------------------------------------------- metadata diff fast path
 
 _names = st.sampled_from(["a", "b", "main", "p1", "app"])
-_frames = st.builds(Frame, _names, st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]))
+_frames = st.builds(Frame, _names, st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]),
+                    file=st.just(""), line=st.just(0))
 _pairs = st.lists(st.tuples(st.lists(_frames, max_size=5).map(tuple), st.integers(1, 500)), max_size=10)
 _labels = st.fixed_dictionaries({}, optional={
     "node": st.sampled_from(["n1", "n2"]), "namespace": st.sampled_from(["ns", ""]),

@@ -43,7 +43,8 @@ def test_speedscope_empty():
     assert doc["profiles"][0]["endValue"] == 0
 
 
-frames = st.builds(Frame, st.sampled_from(["a", "b", "c"]), st.sampled_from([Kind.USER, Kind.KERNEL]))
+frames = st.builds(Frame, st.sampled_from(["a", "b", "c"]), st.sampled_from([Kind.USER, Kind.KERNEL]),
+                   file=st.just(""), line=st.just(0))
 stacks_st = st.lists(frames, min_size=1, max_size=5).map(tuple)
 pairs = st.lists(st.tuples(stacks_st, st.integers(1, 99)), max_size=20)
 

@@ -87,7 +87,7 @@ name = st.text(
     min_size=1,
     max_size=8,
 ).filter(lambda s: s.strip() and not s.endswith("_[k]") and not s.startswith("[k] "))
-frame = st.builds(Frame, name, st.sampled_from([Kind.USER, Kind.KERNEL]))
+frame = st.builds(Frame, name, st.sampled_from([Kind.USER, Kind.KERNEL]), file=st.just(""), line=st.just(0))
 stack = st.lists(frame, min_size=1, max_size=5).map(tuple)
 
 

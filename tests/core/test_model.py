@@ -101,7 +101,8 @@ def test_labels() -> None:
     assert repr(Labels.of(a="1", b="2")) == '{a="1",b="2"}'
 
 
-frames = st.builds(Frame, st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(list(Kind)))
+frames = st.builds(Frame, st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(list(Kind)),
+                   file=st.just(""), line=st.just(0))
 stacks_ = st.lists(frames, min_size=1, max_size=4).map(tuple)
 pairs = st.lists(st.tuples(stacks_, st.integers(0, 10**12)), max_size=12)
 

@@ -331,7 +331,7 @@ def test_decompression_limit() -> None:
 # --- properties ---
 
 _names = st.text(min_size=1, max_size=12).filter(lambda s: not s.endswith("_[k]"))
-_frames = st.builds(Frame, _names, st.sampled_from([Kind.USER, Kind.KERNEL]))
+_frames = st.builds(Frame, _names, st.sampled_from([Kind.USER, Kind.KERNEL]), file=st.just(""), line=st.just(0))
 _profiles = st.lists(
     st.tuples(st.lists(_frames, max_size=6).map(tuple), st.integers(1, 10**6)), max_size=20
 ).map(Profile.from_pairs)

@@ -360,7 +360,7 @@ def test_sandwich_root_keeps_function_kind():
 # ---------------------------------------------------------------- properties
 
 names = st.sampled_from(["a", "b", "c", "d", "main", "other"])
-frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL]))
+frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL]), file=st.just(""), line=st.just(0))
 stacks_st = st.lists(frames, min_size=0, max_size=6).map(tuple)
 profiles = st.lists(st.tuples(stacks_st, st.integers(1, 1000)), max_size=30).map(Profile.from_pairs)
 

@@ -115,7 +115,8 @@ def test_profiles_on_different_tables_merge_by_frame():
 # ---------------------------------------------------------------- properties
 
 names = st.sampled_from(["a", "b", "main", "p1", "app"])
-frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]))
+frames = st.builds(Frame, names, st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]),
+                   file=st.just(""), line=st.just(0))
 stacks_st = st.lists(frames, min_size=0, max_size=5).map(tuple)
 pairs_st = st.lists(st.tuples(stacks_st, st.integers(1, 500)), max_size=12)
 label_st = st.fixed_dictionaries({}, optional={

@@ -23,7 +23,7 @@
 
   var DEFAULTS = {
     mode: "flame", from: "now-1h", until: "now", sel: "", gb: "namespace",
-    meta: true, inv: false, search: "", hl: "", auto: false, every: 30,
+    meta: true, line: false, inv: false, search: "", hl: "", auto: false, every: 30,
     bfrom: "", buntil: "", cfrom: "", cuntil: "", bsel: "", csel: "", dmode: "share",
     tab: "top", fn: "", rx: false, focus: "", span: "", sptype: "", rname: "", sort: "self", zoom: "", max: "", type: ""
   };
@@ -373,6 +373,7 @@
         format: "json", metadata: state.meta ? "1" : "0"});
       // Focus: the server merges every occurrence of that exact function into one tree.
       if (state.focus) { params.focus = state.focus; params.match = "exact"; }
+      else if (state.line) params.aggregate = "line"; // one frame per file:line
     }
     if (state.max) params.max_nodes = state.max;
     document.body.dataset.flame = "loading";
@@ -711,8 +712,10 @@
   }
 
   function loadTop() {
-    return api("top", "/api/v1/top", typed({query: buildSelector(), from: apiTime(state.from),
-      until: apiTime(state.until), limit: String(TOP_LIMIT)})).then(function (d) {
+    var params = typed({query: buildSelector(), from: apiTime(state.from),
+      until: apiTime(state.until), limit: String(TOP_LIMIT)});
+    if (state.line) params.aggregate = "line";
+    return api("top", "/api/v1/top", params).then(function (d) {
       topRows = (d && d.rows) || [];
       topTotal = (d && d.total) || 0;
       topUnit = U.unitOf(d);
@@ -755,6 +758,10 @@
     });
     rows.slice(0, 300).forEach(function (r) {
       var name = String(r.name), tr = functionRow(name, r.kind);
+      if (r.location) { // by line: the function's file:line beside its name
+        tr.firstChild.appendChild(el("span", "loc", " " + r.location));
+        tr.firstChild.title = name + " at " + r.location;
+      }
       tr.appendChild(el("td", "num", U.format(r.self, topUnit)));
       tr.appendChild(el("td", "num", pct(r.self, topTotal)));
       tr.appendChild(el("td", "num", U.format(r.total, topUnit)));
@@ -873,6 +880,7 @@
       base = "/api/v1/render";
       params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
         metadata: state.meta ? "1" : "0"});
+      if (state.line) params.aggregate = "line"; // exports keep lines too
     }
     function href(fmt) {
       var p = Object.assign({}, params, {format: fmt});
@@ -920,7 +928,7 @@
     ["search", "search"], ["auto-every", "every"], ["base-from", "bfrom"], ["base-until", "buntil"],
     ["compare-from", "cfrom"], ["compare-until", "cuntil"], ["base-sel", "bsel"], ["compare-sel", "csel"],
     ["sandwich-fn", "fn"]];
-  var CONTROL_CHECKS = [["metadata", "meta"], ["invert", "inv"], ["auto", "auto"], ["sandwich-rx", "rx"]];
+  var CONTROL_CHECKS = [["metadata", "meta"], ["by-line", "line"], ["invert", "inv"], ["auto", "auto"], ["sandwich-rx", "rx"]];
 
   function syncControls() {
     syncFocus();
@@ -1125,6 +1133,10 @@
   // Flame options: metadata, invert, search, reset zoom, PNG export.
   function bindView() {
     $("metadata").addEventListener("change", function () { state.meta = $("metadata").checked; state.zoom = ""; writeURL(); updateExports(); loadFlame(); });
+    $("by-line").addEventListener("change", function () {
+      state.line = $("by-line").checked; state.zoom = ""; showSource(""); writeURL(); updateExports(); loadFlame();
+      if (state.mode !== "diff") loadTop();
+    });
     $("invert").addEventListener("change", function () { state.inv = $("invert").checked; writeURL(); fg.setOptions({invert: state.inv}); });
     $("search").addEventListener("input", debounce(function () {
       state.search = $("search").value;
@@ -1199,6 +1211,14 @@
     onEnter(["sandwich-fn"], applySandwich);
   }
 
+  // The link to the selected frame's source line (by line, with a repository and git ref known).
+  function showSource(url, name, loc) {
+    var a = $("frame-source");
+    a.hidden = !url;
+    if (url) { a.href = url; a.textContent = "source of " + name + " (" + loc + ")"; }
+    else a.removeAttribute("href");
+  }
+
   // ------------------------------------------------------------------ start
 
   function start() {
@@ -1210,7 +1230,8 @@
         state.zoom = i > 0 ? JSON.stringify(zoomPath(i)) : "";
         writeURL();
       },
-      onSelect: function (name) {
+      onSelect: function (name, i) {
+        showSource(fg.sourceURL(i), name, fg.location(i));
         state.fn = name;
         $("sandwich-fn").value = name;
         syncFocus();

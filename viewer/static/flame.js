@@ -502,6 +502,32 @@
     return U.unitOf(this.data);
   };
 
+  /** The file:line of node i when the data is by line and it is known, else "". */
+  FlameGraph.prototype.location = function (i) {
+    var locs = this.data && this.data.locations;
+    if (!locs || i < 0 || i >= this.n) return "";
+    return String(locs[this.nName[i]] || "");
+  };
+
+  /**
+   * The URL of node i's source line when the data names a repository and a git ref (labels
+   * service_repository and service_git_ref: {repo}/blob/{ref}/{file}#L{line}, the file made
+   * relative to service_root_path when under it), else "". Only http(s) repositories.
+   */
+  FlameGraph.prototype.sourceURL = function (i) {
+    var src = this.data && this.data.source, loc = this.location(i);
+    if (!src || !loc || !/^https?:\/\//.test(String(src.repository))) return "";
+    var cut = loc.lastIndexOf(":"), file = cut > 0 ? loc.slice(0, cut) : loc, line = cut > 0 ? loc.slice(cut + 1) : "";
+    if (!/^\d+$/.test(line)) { file = loc; line = ""; }
+    var root = String(src.root_path || "");
+    if (root && file.indexOf(root) === 0) file = file.slice(root.length);
+    file = file.replace(/^\/+/, "");
+    if (!file) return "";
+    var repo = String(src.repository).replace(/\/+$/, "").replace(/\.git$/, "");
+    var seg = function (p) { return p.split("/").map(encodeURIComponent).join("/"); }; // a ref may hold "/"
+    return repo + "/blob/" + seg(String(src.ref)) + "/" + seg(file) + (line ? "#L" + line : "");
+  };
+
   /** Tooltip lines for node i (plain strings; the caller puts them in textContent). Values in the data's unit. */
   FlameGraph.prototype.describe = function (i) {
     if (!this.n || i < 0 || i >= this.n) return [];
@@ -509,6 +535,9 @@
     var name = String(d.names[this.nName[i]]), kind = KIND_ORDER[this.nKind[i]];
     var label = nd.label && nd.label[i] ? String(nd.label[i]) : "";
     var lines = [label ? label + ": " + name : name];
+    var loc = this.location(i), src = this.sourceURL(i);
+    if (loc) lines.push("at: " + loc);
+    if (src) lines.push("source: " + src);
     lines.push("kind: " + kind);
     if (this.isDiff) {
       var bsum = d.base_sum || 0, csum = d.compare_sum || d.total || 0;

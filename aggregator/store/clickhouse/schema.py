@@ -22,13 +22,19 @@ KIND_NAMES = {Kind.USER: "user", Kind.KERNEL: "kernel", Kind.METADATA: "metadata
 _KIND_CODE = {Kind.USER: b"u", Kind.KERNEL: b"k", Kind.METADATA: b"m"}
 
 
+# Source locations of a stack's frames, parallel to ``names``: empty arrays when no frame has one
+# (so rows written before locations, and unlocated stacks, read as unlocated); "" and 0 where
+# one frame has none. Added to an older ``stacks`` table on schema creation.
+STACK_LOCATION_COLUMNS = ("files Array(String)", "lines Array(UInt32)")
+
+
 def ddl(db: str) -> list[str]:
     kinds = "Enum8('user' = 1, 'kernel' = 2, 'metadata' = 3)"
     part = f"intDiv(window, {PARTITION_SECONDS})"
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"CREATE TABLE IF NOT EXISTS {db}.stacks (hash UInt64, names Array(String), kinds Array({kinds})) "
-        "ENGINE = ReplacingMergeTree() ORDER BY hash",
+        f"CREATE TABLE IF NOT EXISTS {db}.stacks (hash UInt64, names Array(String), kinds Array({kinds}), "
+        f"{STACK_LOCATION_COLUMNS[0]}, {STACK_LOCATION_COLUMNS[1]}) ENGINE = ReplacingMergeTree() ORDER BY hash",
         f"CREATE TABLE IF NOT EXISTS {db}.series (hash UInt64, names Array(String), values Array(String)) "
         "ENGINE = ReplacingMergeTree() ORDER BY hash",
         f"CREATE TABLE IF NOT EXISTS {db}.series_windows (window UInt32, series UInt64) "
@@ -71,13 +77,22 @@ def rollup_ddl(db: str, res: int) -> list[str]:
 
 
 def stack_hash(stack: Stack) -> int:
-    """Stable 64-bit hash of a stack (same in every process and host)."""
+    """Stable 64-bit hash of a stack (same in every process and host).
+
+    A located frame adds ``L``, its file and its line after its name; ``L`` is no kind code,
+    so the bytes stay unambiguous, and a stack without locations hashes as it always has."""
     h = hashlib.blake2b(digest_size=8)
     for f in stack:
         name = f.name.encode("utf-8", "surrogatepass")
         h.update(_KIND_CODE[Kind(f.kind)])
         h.update(len(name).to_bytes(4, "little"))
         h.update(name)
+        if f.file or f.line:
+            file = f.file.encode("utf-8", "surrogatepass")
+            h.update(b"L")
+            h.update(len(file).to_bytes(4, "little"))
+            h.update(file)
+            h.update(int(f.line).to_bytes(4, "little"))
     return int.from_bytes(h.digest(), "little")
 
 

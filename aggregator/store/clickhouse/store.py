@@ -4,8 +4,9 @@ Several stateless aggregators can share one database: every id is a content
 hash computed client-side (no id allocation, no coordination), and a write is
 a plain additive INSERT. Schema (see docs/clickhouse.md):
 
-- ``stacks(hash, names, kinds)``: ReplacingMergeTree keyed by the 64-bit
-  stack hash; frames root first, kinds as ``Array(Enum8)``.
+- ``stacks(hash, names, kinds, files, lines)``: ReplacingMergeTree keyed by the 64-bit
+  stack hash; frames root first, kinds as ``Array(Enum8)``; ``files``/``lines`` the frames'
+  source locations, empty when none has one (every row written before locations).
 - ``series(hash, names, values)``: ReplacingMergeTree keyed by the 64-bit
   label-set hash; label names/values as parallel ``Array(String)``.
 - ``series_windows(window, series)``: which series have data in which window
@@ -41,6 +42,7 @@ from aggregator.store.clickhouse.schema import (
     PARTITION_SECONDS,
     ROLLUP_PARTITION_SECONDS,
     ROLLUP_TABLES,
+    STACK_LOCATION_COLUMNS,
     TOTALS_TABLE,
     ddl,
     rollup_ddl,
@@ -64,7 +66,7 @@ from aggregator.store.clickhouse.transport import (
     in_list,
 )
 from aggregator.store.rollup import DAY, RESOLUTIONS, plan
-from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
+from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable, function_stack
 from stacks.selector import Selector
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,8 @@ class ClickHouseStore(Transport, PrunedReads):
         # Pure memos of content hashes (valid forever) plus "already inserted" sets, which only
         # save re-sending rows: a ReplacingMergeTree would collapse duplicates anyway.
         self._stack_hashes: dict[Stack, int] = {}
-        self._stacks: dict[int, Stack] = {}
+        self._stacks: dict[int, Stack] = {}  # as stored (by line)
+        self._fn_stacks: dict[int, Stack] = {}  # without locations (by function)
         self._sent_stacks: set[int] = set()
         self._sent_series: set[int] = set()
         # Cells of the last read_merged_pruned: all, ruled out, fetched in full (tests, bench).
@@ -114,6 +117,11 @@ class ClickHouseStore(Transport, PrunedReads):
         db = self.database
         for stmt in ddl(db):
             await self._post(stmt)
+        columns = {r["name"] for r in await self._post_json(
+            f"SELECT name FROM system.columns WHERE database = '{db}' AND table = 'stacks'")}
+        for col in STACK_LOCATION_COLUMNS:
+            if col.split()[0] not in columns:  # a stacks table from before source locations
+                await self._post(f"ALTER TABLE {db}.stacks ADD COLUMN {col}")
         have = {r["name"] for r in await self._post_json(
             f"SELECT name FROM system.tables WHERE database = '{db}'")}
         for res, name in [*ROLLUP_TABLES.items(), (3600, TOTALS_TABLE)]:
@@ -247,11 +255,7 @@ class ClickHouseStore(Transport, PrunedReads):
         # come last), so they run concurrently: one round trip of latency instead of three.
         first = [self._post(f"INSERT INTO {db}.series_windows FORMAT RowBinary", windows_rows)]
         if new_stacks:
-            lines = (
-                json.dumps({"hash": str(h), "names": [f.name for f in s],
-                            "kinds": [KIND_NAMES[Kind(f.kind)] for f in s]}, ensure_ascii=False)
-                for h, s in new_stacks.items()
-            )
+            lines = (json.dumps(_stack_row(h, s), ensure_ascii=False) for h, s in new_stacks.items())
             first.append(self._post(f"INSERT INTO {db}.stacks FORMAT JSONEachRow",
                                     "\n".join(lines).encode("utf-8", "surrogatepass")))
         if new_series:
@@ -278,6 +282,7 @@ class ClickHouseStore(Transport, PrunedReads):
     def _remember_stack(self, h: int, stack: Stack) -> None:
         if len(self._stacks) >= _MAX_CACHED:
             self._stacks.clear()
+            self._fn_stacks.clear()
         self._stacks[h] = stack
 
     # -- reading --------------------------------------------------------------------------
@@ -318,12 +323,11 @@ class ClickHouseStore(Transport, PrunedReads):
         want = [h for h in hashes.tolist() if h not in self._stacks]
         for chunk in chunks(want):
             rows = await self._json_rows(
-                f"SELECT hash, any(names) AS names, any(kinds) AS kinds FROM {self.database}.stacks "
-                f"WHERE hash IN ({in_list(chunk)}) GROUP BY hash"
+                f"SELECT hash, any(names) AS names, any(kinds) AS kinds, any(files) AS files, "
+                f"any(lines) AS lines FROM {self.database}.stacks WHERE hash IN ({in_list(chunk)}) GROUP BY hash"
             )
             for r in rows:
-                stack = tuple(Frame(n, Kind(k)) for n, k in zip(r["names"], r["kinds"], strict=True))
-                self._remember_stack(int(r["hash"]), stack)
+                self._remember_stack(int(r["hash"]), _row_stack(r))
         missing = [h for h in hashes.tolist() if h not in self._stacks]
         if missing:
             raise StoreError(f"{self._where()}: {len(missing)} stacks referenced by samples are missing "
@@ -331,6 +335,12 @@ class ClickHouseStore(Transport, PrunedReads):
                              "was the table truncated?")
         intern = table.intern
         stacks = self._stacks
+        if not table.lines:  # by function: the stacks without their frames' locations
+            fn, by_fn = self._fn_stacks, {}
+            for h in hashes.tolist():
+                s = fn.get(h)
+                by_fn[h] = s if s is not None else fn.setdefault(h, function_stack(stacks[h]))
+            stacks = by_fn
         return np.fromiter((intern(stacks[h]) for h in hashes.tolist()), dtype=np.int64, count=len(hashes))
 
     async def read(self, selector: Selector, start: int, end: int, table: StackTable) -> list[SeriesWindow]:
@@ -648,3 +658,23 @@ class ClickHouseStore(Transport, PrunedReads):
                 raise StoreError(f"{self._where()}: retention DELETE on {tables} still running after "
                                  f"{self.timeout:g}s")
             await asyncio.sleep(0.05)
+
+
+def _stack_row(h: int, stack: Stack) -> dict[str, Any]:
+    """The JSONEachRow row of a stack; ``files``/``lines`` only when a frame is located."""
+    row: dict[str, Any] = {"hash": str(h), "names": [f.name for f in stack],
+                           "kinds": [KIND_NAMES[Kind(f.kind)] for f in stack]}
+    if any(f.file or f.line for f in stack):
+        row["files"] = [f.file for f in stack]
+        row["lines"] = [int(f.line) for f in stack]
+    return row
+
+
+def _row_stack(r: dict[str, Any]) -> Stack:
+    """The stack of a ``stacks`` row (``files``/``lines`` empty: unlocated)."""
+    names, kinds = r["names"], r["kinds"]
+    files, lines = r.get("files") or (), r.get("lines") or ()
+    if len(files) == len(names) and len(lines) == len(names):
+        return tuple(Frame(n, Kind(k), f, int(ln))
+                     for n, k, f, ln in zip(names, kinds, files, lines, strict=True))
+    return tuple(Frame(n, Kind(k)) for n, k in zip(names, kinds, strict=True))
