@@ -271,6 +271,8 @@ class SpanStore:
         return int(sid)
 
     def _frame_id(self, db: sqlite3.Connection, frame: Frame) -> int:
+        """The interned id of ``frame``'s name and kind: a span row keeps functions, whatever else a
+        frame may carry."""
         fid = self._frame_ids.get(frame)
         if fid is None:
             key = (frame.name, str(frame.kind))
