@@ -748,10 +748,8 @@ class Demo:
         """Print the slowest traced admin page views of ``[start, end)`` (the Requests view's table),
         each with its flame graph; a note when none are traced (no opentelemetry-sdk/pyroscope-otel)."""
         server = urls["viewer"].rstrip("/")
-        # The range of the printed Requests view link, so the count printed is the one it shows
-        # (``until + 1`` read the window after the phase too: 4 traced printed, 3 in the view).
         q = urlencode({"query": ADMIN_SPANS[0], "span_name": ADMIN_SPANS[1], "from": int(start),
-                       "until": math.ceil(end), "limit": 3})
+                       "until": int(end) + 1, "limit": 3})
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
