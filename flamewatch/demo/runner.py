@@ -285,6 +285,7 @@ class Demo:
         self.window = settings.window_seconds
         self.children: list[Child] = []
         self.agent_running = False
+        self.traced_any = False  # a list of traced requests was printed: tracing works
         self.failure = ""  # why a part's early exit stopped the demo (exit code 1)
         self._agent_spec: tuple[list[str], dict[str, str], int] = ([], {}, 0)
         self.stop_event = asyncio.Event()
@@ -766,10 +767,16 @@ class Demo:
             self.say(f"slowest /admin requests {when}: not available ({e})")
             return
         lines = request_lines(doc, server)
+        if not lines and self.traced_any:
+            # Tracing works (an earlier list was printed): these views were too short to be sampled.
+            self.say(f"slowest /admin requests {when}: none with samples (the views take a few ms now: "
+                     f"at {self.s.sample_rate:g} Hz most get no sample)")
+            return
         if not lines:
             self.say(f"slowest /admin requests {when}: none traced yet (tracing needs opentelemetry-sdk "
                      "and pyroscope-otel in the services' Python)")
             return
+        self.traced_any = True
         self.say(f"slowest /admin requests {when} ({doc.get('spans', 0)} traced):")
         for line in lines:
             self.say(line)
