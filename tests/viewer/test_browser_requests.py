@@ -101,6 +101,11 @@ def test_requests_chart_draws_while_the_flame_graph_still_loads(traced_server: A
     page.locator("#requests-table tbody tr").nth(0).click()
     watch.wait_redraw(seq)
     assert page.evaluate("window.__flame.data.total") == 40
+    # A range without traced requests says why a table can be empty.
+    page.goto(traced_server.url + f"/?mode=requests&type={WALL_ID}&from=now-3h&until=now-2h")
+    page.wait_for_selector("body[data-requests=ready]", timeout=20000)
+    assert "0 requests" in page.locator("#requests-status").inner_text()
+    assert "shorter than the sampling interval" in page.locator("#requests-table tbody").inner_text()
     assert watch.errors == [], watch.errors
 
 

@@ -987,7 +987,12 @@
     var tbody = document.querySelector("#requests-table tbody");
     clear(tbody);
     if (err) { messageRow(tbody, err, 7); return; }
-    if (!requestRows.length) { messageRow(tbody, "no traced requests in this range (span profiles need pyroscope-otel)", 7); return; }
+    if (!requestRows.length) {
+      // A traced request shorter than the sampling interval often has no sample, so no row.
+      messageRow(tbody, "no traced requests with samples in this range (span profiles need pyroscope-otel; " +
+        "a request shorter than the sampling interval may have no sample)", 7);
+      return;
+    }
     var ns = U.unitOf({unit: "nanoseconds"});
     requestRows.forEach(function (r) {
       var tr = el("tr");
