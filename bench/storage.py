@@ -10,7 +10,14 @@ drawn from that process's real stack distribution, pushed as an agent would
 - bytes of the folded text pushed (the baseline) vs bytes the SQLite file
   holds after compaction (live pages; the file size is printed too);
 - memory per open window: tracemalloc of the profiles a window holds in the
-  aggregator vs the naive {folded line: count} dict of the same window.
+  aggregator vs the naive {folded line: count} dict of the same window;
+- span profiles (issue 28): the same kind of pushes with every sample tagged
+  with a root span (``--span-samples`` samples per request on average, as a
+  traced service's requests are), stored as ingest stores them: the samples in
+  their series, each span's share beside them in ``spans.sqlite``
+  (aggregator/spans.py). Bytes per sample without the span rows (the series
+  alone, what an untraced push costs) vs with them, over ``--span-windows``
+  windows of every series.
 
 With ``--lines 1`` (the default) every user frame carries a source location, as
 frames from SDKs and py-spy do: a file (a site-packages path; 100 files for the
@@ -23,7 +30,7 @@ commonest leaf lines (1.21x as many distinct stacks by line as by function).
 before locations (``bench/revisions.py --baseline 32de0ec bench/storage.py``, with
 the corpus found from both trees) the bytes per sample compare lines kept vs not.
 
-    python bench/storage.py [--series 50] [--windows 120] [--lines 1]
+    python bench/storage.py [--series 50] [--windows 120] [--lines 1] [--span-windows 6] [--span-samples 30]
 """
 
 from __future__ import annotations
@@ -44,10 +51,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aggregator.ingest import IngestTables, parse_folded
+from aggregator.ingest import IngestTables, SpanItem, parse_folded
+from aggregator.spans import SpanStore
 from aggregator.store.sqlite import SQLiteStore
 from aggregator.windows import WindowWriter
 from stacks.model import Frame, Kind, Labels, Profile, StackTable
+from stacks.profiletype import CPU, PERIOD_LABEL, TYPE_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("FLAMEWATCH_CORPORA", REPO.parent / "shared" / "corpora")) / "local"
@@ -136,8 +145,8 @@ class Locator:
         return Profile.from_pairs(pairs, self.table)
 
 
-async def run(series: int, windows: int, samples: int, lines: bool = True) -> None:
-    pools = stack_pools()
+async def run(pools: list[tuple[list[str], np.ndarray]], series: int, windows: int, samples: int,
+              lines: bool = True) -> None:
     rng = np.random.default_rng(5)
     with tempfile.TemporaryDirectory() as d:
         store = SQLiteStore(Path(d) / "flamewatch.db")
@@ -170,18 +179,14 @@ async def run(series: int, windows: int, samples: int, lines: bool = True) -> No
         await writer.maintain()
         await store.close()
         db = Path(d) / "flamewatch.db"
+        live = live_bytes(db)
         conn = sqlite3.connect(db)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         located = "file" in {r[1] for r in conn.execute("PRAGMA table_info(frames)")}
         tables_bytes = {name: conn.execute(f"SELECT sum({col}) FROM {name}").fetchone()[0]
                         for name, col in (("windows", "length(data)"), ("stacks", "length(frames)"),
                                           ("frames", "length(name) + length(file)" if located else "length(name)"))}
         distinct = conn.execute("SELECT count(*) FROM stacks").fetchone()[0]
         conn.close()
-        live = (pages - free) * page
         file_size = db.stat().st_size
     print(f"series {series}, windows {windows}, {samples} samples per series window, "
           f"{'user frames located' if lines else 'no locations'}; distinct stacks stored: {distinct:,}")
@@ -223,6 +228,61 @@ def memory_per_window(pools: list[tuple[list[str], np.ndarray]], samples: int) -
     del held, naive
 
 
+def live_bytes(db: Path) -> int:
+    """Bytes of the live pages of a SQLite file (after a WAL checkpoint; free pages not counted)."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    conn.close()
+    return int((pages - free) * page)
+
+
+async def span_storage(pools: list[tuple[list[str], np.ndarray]], series: int, windows: int, samples: int,
+                       per_span: float) -> None:
+    """Bytes per sample of span-tagged pushes: the series alone vs the series plus span rows."""
+    rng = np.random.default_rng(11)
+    with tempfile.TemporaryDirectory() as d:
+        store = SQLiteStore(Path(d) / "flamewatch.db")
+        await store.open()
+        writer = WindowWriter(store, clock=lambda: T0 + 30 * windows + 3600)
+        spans = SpanStore(Path(d) / "spans.sqlite", max_rows=10**9, retention_seconds=0,
+                          clock=lambda: T0 + 30 * windows + 3600, prune_every=1e12)
+        tables = IngestTables()
+        total_samples = rows = 0
+        for w in range(windows):
+            items, span_items = [], []
+            for s in range(series):
+                labels = Labels.of(namespace=f"ns-{s % 5}", pod=f"pod-{s}", container="app", node=f"node-{s % 3}",
+                                   process=f"proc-{s % len(pools)}", span_name="GET /admin",
+                                   **{TYPE_LABEL: CPU.id, PERIOD_LABEL: "10101010"})
+                left, bodies = samples, []
+                while left > 0:  # one request after another until the window's samples are spent
+                    n = min(left, 1 + int(rng.poisson(per_span - 1)))
+                    body = window_body(pools[s % len(pools)], rng, n)
+                    bodies.append(body)
+                    prof, _ = parse_folded(body, tables)
+                    sid = f"{w:04x}{s:04x}{len(bodies):08x}"
+                    span_items.append(SpanItem(sid, sid * 2, labels, T0 + 30 * w + 15, prof))
+                    left -= n
+                profile, _ = parse_folded(b"".join(bodies), tables)
+                total_samples += profile.total
+                items.append((labels, T0 + 30 * w + 15, profile))
+            await writer.add(items)
+            rows += await spans.add(span_items)
+        await writer.maintain()
+        await store.close()
+        await spans.close()
+        main, beside = live_bytes(Path(d) / "flamewatch.db"), live_bytes(Path(d) / "spans.sqlite")
+    print(f"span profiles: {series} series x {windows} windows, every sample in a root span "
+          f"(~{per_span:g} samples per span, {rows:,} span rows, {total_samples:,} samples)")
+    print(f"  bytes/sample without span rows (series only)  {main / total_samples:.3f}")
+    print(f"  bytes/sample with span rows (series + spans.sqlite)  {(main + beside) / total_samples:.3f} "
+          f"(spans.sqlite {beside / 1e6:.2f} MB = {beside / rows:.0f} bytes per span row)")
+    print(f"  span rows cost  {(main + beside) / main:.1f}x the series alone")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, default=50)
@@ -230,8 +290,14 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=99 * 30, help="samples per series window")
     ap.add_argument("--lines", type=int, choices=(0, 1), default=1,
                     help="1: user frames carry file:line (default); 0: frames as folded text has them")
+    ap.add_argument("--span-windows", type=int, default=6, help="windows of span-tagged pushes (0: skip)")
+    ap.add_argument("--span-samples", type=float, default=30.0,
+                    help="samples per root span on average (a 300 ms request at 100 Hz)")
     args = ap.parse_args()
-    asyncio.run(run(args.series, args.windows, args.samples, bool(args.lines)))
+    pools = stack_pools()
+    asyncio.run(run(pools, args.series, args.windows, args.samples, bool(args.lines)))
+    if args.span_windows:
+        asyncio.run(span_storage(pools, args.series, args.span_windows, args.samples, args.span_samples))
     return 0
 
 

@@ -285,6 +285,7 @@ class Demo:
         self.window = settings.window_seconds
         self.children: list[Child] = []
         self.agent_running = False
+        self.traced_any = False  # a list of traced requests was printed: tracing works
         self.failure = ""  # why a part's early exit stopped the demo (exit code 1)
         self._agent_spec: tuple[list[str], dict[str, str], int] = ([], {}, 0)
         self.stop_event = asyncio.Event()
@@ -719,11 +720,17 @@ class Demo:
             return
         calls1 = await self.manipulate_calls(plan.manipulation)
         self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
-        await self.show_requests(urls, "before the fix", *plan.before, "requests_before")
         await self.set_mode(plan.admin, "fixed")
         self.phase = "fixed"
         self.save_state(state="fixed", fixed_at=self.clock())
         self.say("phase 2/2: fix deployed: mockups are made once at upload and cached")
+        # The slow phase's last profiles arrive up to one upload interval after it ends: list its
+        # slowest requests once they are in, so the list printed is the one its Requests view
+        # shows (printed at the fix, a --fast run listed 49 of 60 views and missed the slowest).
+        settled = min(plan.before[1] + self.upload_interval + 3, end)
+        if not await self.sleep_until(settled, "phase 2/2 fixed", fix_at, end):
+            return
+        await self.show_requests(urls, "before the fix", *plan.before, "requests_before")
         if not await self.sleep_until(end, "phase 2/2 fixed", fix_at, end):
             return
         calls2 = await self.manipulate_calls(plan.manipulation)
@@ -760,10 +767,16 @@ class Demo:
             self.say(f"slowest /admin requests {when}: not available ({e})")
             return
         lines = request_lines(doc, server)
+        if not lines and self.traced_any:
+            # Tracing works (an earlier list was printed): these views were too short to be sampled.
+            self.say(f"slowest /admin requests {when}: none with samples (the views take a few ms now: "
+                     f"at {self.s.sample_rate:g} Hz most get no sample)")
+            return
         if not lines:
             self.say(f"slowest /admin requests {when}: none traced yet (tracing needs opentelemetry-sdk "
                      "and pyroscope-otel in the services' Python)")
             return
+        self.traced_any = True
         self.say(f"slowest /admin requests {when} ({doc.get('spans', 0)} traced):")
         for line in lines:
             self.say(line)

@@ -4,19 +4,24 @@ requests table, and the span store's bounds (real aiohttp server, real SQLite, i
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import sqlite3
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator.ingest import SpanItem
 from aggregator.spans import SpanStore, decode_profile, encode_profile
 from stacks.folded import parse
-from stacks.model import Frame, Labels, Profile, StackTable
+from stacks.model import Frame, Kind, Labels, Profile, StackTable
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
+from stacks.selector import Selector
 from tests.aggregator.test_api import NOW, RANGE, make_client, q
 
 WALL_ID = "wall:wall:nanoseconds:wall:nanoseconds"
@@ -194,3 +199,52 @@ async def test_grafana_select_merge_span_profile_equals_span_profile(client: Tes
     assert none.flamegraph.total == 0
     status, body, _ = await raw_call(client, "SelectMergeSpanProfile", {**req, "spanSelector": []})
     assert status == 400 and b"span_selector" in body
+
+
+_frames = st.builds(lambda n, k: Frame(n, k), st.text(min_size=0, max_size=12),
+                    st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]))
+_profiles = st.lists(st.tuples(st.lists(_frames, min_size=1, max_size=6).map(tuple), st.integers(1, 2**40)),
+                     min_size=1, max_size=8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_profiles, min_size=1, max_size=5))
+def test_interned_span_rows_read_back_exactly(tmp_path_factory, spans) -> None:  # type: ignore[no-untyped-def]
+    """Span rows keep their samples as ids of interned stacks and frames: every span reads back
+    exactly what was added (repeated stacks summed), from the writing store and from a fresh one."""
+    path = tmp_path_factory.mktemp("interned") / "s.sqlite"
+    labels = Labels.of({"service_name": "a", "__profile_type__": WALL_ID, "__period__": "10000000"})
+    want = {f"s{i}": Profile.from_pairs(pairs).as_dict() for i, pairs in enumerate(spans)}
+
+    async def go() -> None:
+        store = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
+        assert await store.add([SpanItem(f"s{i}", "", labels, 50.0, Profile.from_pairs(p))
+                                for i, p in enumerate(spans)]) == len(spans)
+        fresh = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
+        for reader in (store, fresh):
+            for span_id, expect in want.items():
+                _, got, n, _ = await reader.profile("span_id", span_id, None, None, Selector(()))
+                assert n == 1 and got.as_dict() == expect
+        await store.close()
+        await fresh.close()
+
+    asyncio.run(go())
+
+
+async def test_rows_of_the_earlier_encoding_still_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A spans.sqlite written before stacks were interned (frame names inside each row's zlib blob)
+    reads as before, and merges with interned rows of the same span."""
+    path = tmp_path / "s.sqlite"
+    labels = Labels.of({"service_name": "a", "__profile_type__": WALL_ID, "__period__": "10000000"})
+    store = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
+    await store.add([SpanItem("s1", "t1", labels, 50.0, parse("main;new 3\nmain 1\n"))])
+    old = parse("main;old 5\nmain 2\n")
+    with sqlite3.connect(path) as db:
+        (series,) = db.execute("SELECT series FROM spans").fetchone()
+        db.execute("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?)",
+                   ("s1", "t1", 60.0, WALL_ID, "", series, 10_000_000, old.total, encode_profile(old)))
+        blobs = [b for (b,) in db.execute("SELECT stacks FROM spans ORDER BY t")]
+    assert blobs[0][:1] == b"\x01" and blobs[1][:1] == b"\x78"  # interned, then the earlier zlib JSON
+    _, got, n, _ = await store.profile("span_id", "s1", None, None, Selector(()))
+    assert got.as_dict() == parse("main;new 3\nmain 3\nmain;old 5\n").as_dict() and n == 1
+    await store.close()

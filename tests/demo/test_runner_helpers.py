@@ -191,3 +191,43 @@ def test_request_lines_print_the_slowest_with_their_flamegraph() -> None:
                                                "ab" * 8]
     assert lines[0].endswith("flamegraph: http://h:4040/?mode=requests&span=abababababababab&sptype=cpu")
     assert "900 ms wall" in lines[1] and request_lines({"rows": []}, "x") == []
+
+
+async def test_printed_requests_say_why_a_list_is_empty(tmp_path: Path) -> None:
+    """Against a real aggregator: a traced slow view is listed; then an empty range says the views
+    were too short to be sampled (tracing works), not that tracing is missing."""
+    import gzip
+    import time
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from aggregator.app import create_app
+    from aggregator.settings import SETTINGS as SERVE
+    from stacks.folded import parse
+    from stacks.pprof import encode_pprof
+    from stacks.push import PushSeries, RawSample, encode_push_request
+
+    now = time.time()
+    app = create_app(resolve(SERVE, {"data_dir": str(tmp_path / "srv")}, environ={}))
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        raw = encode_pprof(parse("main;Admin.createSampleImages 30\n"), time_nanos=int(now * 1e9),
+                           sample_labels={"span_id": "ab" * 8, "trace_id": "cd" * 16, "span_name": "GET /admin"})
+        body = gzip.compress(encode_push_request([PushSeries(
+            (("__name__", "process_cpu"), ("service_name", "admin-service")), (RawSample(raw),))]))
+        r = await client.post("/push.v1.PusherService/Push", data=body, headers={"Content-Type": "application/proto"})
+        assert r.status == 200, await r.text()
+        out = io.StringIO()
+        demo = Demo(resolve(SETTINGS, _parse(["--data-dir", str(tmp_path)]), environ={}), out=out)
+        urls = {"viewer": str(client.make_url("/")), "before": "B", "after": "A"}
+        await demo.show_requests(urls, "after the fix", now - 3600, now - 1800, "after")
+        assert "none traced yet (tracing needs opentelemetry-sdk" in out.getvalue()  # nothing printed before
+        await demo.show_requests(urls, "before the fix", now - 60, now + 60, "before")
+        assert "slowest /admin requests before the fix (1 traced):" in out.getvalue()
+        assert "300 ms CPU" in out.getvalue() and "Requests view: B" in out.getvalue()
+        await demo.show_requests(urls, "after the fix", now - 3600, now - 1800, "after")
+        assert out.getvalue().rstrip().endswith("none with samples (the views take a few ms now: at 100 Hz most "
+                                                "get no sample)")
+    finally:
+        await client.close()

@@ -8,6 +8,7 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ def traced_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     with running_server(tmp_path_factory.mktemp("requests-server")) as srv:
         now = time.time()
+        srv.pushed_at = now  # the profiles' time: the span rows are filed at it
         for span_id, name, pod, text in SPANS:
             raw = encode_pprof(parse(text), time_nanos=int(now * 1e9),
                                sample_labels={"span_id": span_id, "trace_id": span_id * 2, "span_name": name})
@@ -62,6 +64,7 @@ def test_requests_view_opens_a_span_flamegraph(traced_server: Any, watch: PageWa
     first = rows.nth(0).inner_text()
     assert "GET /admin" in first and "admin-1" in first and "400 ms" in first.replace("\u202f", " ")
     assert "3 requests" in page.locator("#requests-status").inner_text()
+    wait_chart(page)
     seq = watch.seq()
     rows.nth(1).click()
     watch.wait_redraw(seq)
@@ -70,10 +73,39 @@ def test_requests_view_opens_a_span_flamegraph(traced_server: Any, watch: PageWa
     assert page.evaluate("window.__flame.data.total") == 25
     assert "request 00000000000000c3" in page.locator("#status").inner_text()
     assert "span=00000000000000c3" in page.url
-    watch.shot("requests.png")
+    # The chart marks the picked request where its samples are (its profile's time, this push's).
+    page.wait_for_function("() => (document.getElementById('timeline').layout.shapes || []).length === 1")
+    shape = page.evaluate("document.getElementById('timeline').layout.shapes[0]")
+    pushed = traced_server.pushed_at
+    assert _iso(shape["x0"]) <= pushed <= _iso(shape["x1"]), (shape, pushed)
+    watch.shot("requests.png")  # after the chart drew: the screenshot shows the whole view
     # The link reproduces the view: a reload opens the same span's flame graph.
     watch.goto_ready(page.url)
     assert page.evaluate("window.__flame.data.total") == 25
+    assert watch.errors == [], watch.errors
+
+
+def test_requests_chart_draws_while_the_flame_graph_still_loads(traced_server: Any, watch: PageWatch) -> None:
+    """The Requests view's chart comes after its table: a range's flame graph that never answers
+    (held here) must not leave the chart at "loading chart…", as it once did."""
+    page = watch.page
+    held: list[Any] = []
+    page.route("**/api/v1/render?*", lambda route: held.append(route))  # never answered
+    page.goto(traced_server.url + f"/?mode=requests&type={WALL_ID}")
+    page.wait_for_selector("body[data-requests=ready]", timeout=20000)
+    wait_chart(page)
+    assert held and page.evaluate("document.body.dataset.flame") == "loading"
+    assert page.locator("#requests-table tbody tr").count() == 3
+    # A row still opens its flame graph (span_profile, not the held render).
+    seq = watch.seq()
+    page.locator("#requests-table tbody tr").nth(0).click()
+    watch.wait_redraw(seq)
+    assert page.evaluate("window.__flame.data.total") == 40
+    # A range without traced requests says why a table can be empty.
+    page.goto(traced_server.url + f"/?mode=requests&type={WALL_ID}&from=now-3h&until=now-2h")
+    page.wait_for_selector("body[data-requests=ready]", timeout=20000)
+    assert "0 requests" in page.locator("#requests-status").inner_text()
+    assert "shorter than the sampling interval" in page.locator("#requests-table tbody").inner_text()
     assert watch.errors == [], watch.errors
 
 
@@ -109,6 +141,19 @@ def test_sandwich_suffix_and_focus_action(traced_server: Any, watch: PageWatch) 
     watch.wait_redraw(seq)
     assert page.evaluate("window.__flame.data.total") == 40 + 8 + 25
     assert watch.errors == [], watch.errors
+
+
+def wait_chart(page: Any) -> None:
+    """Wait until the timeline drew its bars (plotly.js loaded, the placeholder gone)."""
+    page.wait_for_selector("body[data-timeline=ready]", timeout=30000)
+    assert page.locator("#timeline .placeholder").count() == 0
+    assert page.locator("#timeline .barlayer .trace.bars .point path").count() > 0
+
+
+def _iso(text: str) -> float:
+    """Unix seconds of a plotly date (``2026-12-07 04:20:00`` or ISO with a Z), read as UTC."""
+    return datetime.fromisoformat(str(text).replace(" ", "T").replace("Z", "")).replace(
+        tzinfo=UTC).timestamp()
 
 
 def test_artifacts_dir_is_ignored() -> None:

@@ -601,6 +601,7 @@
     "#7f7f7f", "#bcbd22", "#17becf", "#4796c1", "#d62728"];
 
   function timelineShapes() {
+    if (state.mode === "requests") return requestShapes();
     var shapes = [];
     if (state.mode !== "diff" || !timelineData) return shapes;
     var now = Date.now() / 1000;
@@ -978,6 +979,7 @@
     return api("requests", "/api/v1/requests", params).then(function (d) {
       requestRows = (d && d.rows) || [];
       renderRequests();
+      paintRequestShapes();
       setStatus(st, fmtInt(d.spans) + " requests" + (d.truncated ? ", slowest " + requestRows.length + " shown" : "") +
         " · " + Math.round(performance.now() - t0) + " ms");
       document.body.dataset.requests = "ready";
@@ -993,7 +995,12 @@
     var tbody = document.querySelector("#requests-table tbody");
     clear(tbody);
     if (err) { messageRow(tbody, err, 7); return; }
-    if (!requestRows.length) { messageRow(tbody, "no traced requests in this range (span profiles need pyroscope-otel)", 7); return; }
+    if (!requestRows.length) {
+      // A traced request shorter than the sampling interval often has no sample, so no row.
+      messageRow(tbody, "no traced requests with samples in this range (span profiles need pyroscope-otel; " +
+        "a request shorter than the sampling interval may have no sample)", 7);
+      return;
+    }
     var ns = U.unitOf({unit: "nanoseconds"});
     requestRows.forEach(function (r) {
       var tr = el("tr");
@@ -1010,6 +1017,22 @@
     });
   }
 
+  /** The picked request on the chart: a band from the first to the last profile that holds its
+   * samples (profiles are filed by their midpoint, so this is where its samples are, to a few s). */
+  function requestShapes() {
+    var r = null;
+    requestRows.forEach(function (x) { if (x.span_id === state.span) r = x; });
+    if (!r || !isFinite(r.first_seen) || !isFinite(r.last_seen)) return [];
+    var a = Number(r.first_seen), b = Math.max(Number(r.last_seen), a + 1);
+    return [{type: "rect", xref: "x", yref: "paper", x0: isoUTC(a - 1), x1: isoUTC(b + 1), y0: 0, y1: 1,
+      fillcolor: "rgba(0,177,216,0.25)", line: {color: "#00b1d8", width: 2}, layer: "above", name: "request"}];
+  }
+  function paintRequestShapes() {
+    if (window.Plotly && timelineData && document.body.dataset.timeline === "ready") {
+      window.Plotly.relayout($("timeline"), {shapes: timelineShapes()});
+    }
+  }
+
   /** Open a request's flame graph (the link the API gives: its wall samples, else CPU). */
   function openRequest(r, tr) {
     var link = new URLSearchParams(String(r.flamegraph || "").split("?")[1] || "");
@@ -1019,6 +1042,7 @@
     Array.prototype.forEach.call(document.querySelectorAll("#requests-table tbody tr.sel"), function (x) { x.classList.remove("sel"); });
     if (tr) tr.classList.add("sel");
     writeURL();
+    paintRequestShapes();
     loadFlame();
   }
 
@@ -1245,8 +1269,13 @@
     showTab(state.tab);
     updateExports();
     bind();
-    // The flamegraph first; plotly.js and the rest after its first paint.
+    // The flamegraph first; plotly.js and the rest after its first paint. In the Requests view the
+    // table is the first paint: the chart starts after the table or the flame graph, whichever
+    // settles first, so a slow flame graph of the whole range does not hold it ("loading chart…").
+    var started = false;
     var after = function () {
+      if (started) return;
+      started = true;
       requestAnimationFrame(function () {
         setTimeout(function () {
           loadPlotly();
@@ -1258,7 +1287,7 @@
       });
     };
     loadProfileTypes();
-    if (state.mode === "requests") loadRequests();
+    if (state.mode === "requests") loadRequests().then(after, after);
     loadFlame().then(after, after);
   }
 
