@@ -69,9 +69,9 @@ MISSING_HELP = ("install it (Debian: apt-get install bpftrace), set --bpftrace-p
 
 def native_script(*, frequency: int = 99, interval: int = 2, max_depth: int = 64, seen_reset: int = 15) -> str:
     """The bpftrace program (see the module doc)."""
-    rd = "*(uint64 *)uptr"
     regs = f"(struct pt_regs *)((uint64)curtask->stack + {THREAD_SIZE - PT_REGS_SIZE})"
-    return f"""BEGIN {{
+    return f"""struct fw_frame {{ unsigned long next; unsigned long ret; }};
+BEGIN {{
   printf("{READY_MARK}\\n");
 }}
 profile:hz:{frequency} /pid != 0/ {{
@@ -84,10 +84,10 @@ profile:hz:{frequency} /pid != 0/ {{
     $d = 0;
     while ($d < {max_depth}) {{
       if ($bp == 0) {{ break; }}
-      $ret = {rd}($bp + 8);
-      if ($ret < 4096) {{ break; }}
-      $h = ($h ^ $ret) * {FNV_PRIME};
-      $bp = {rd}($bp);
+      $f = *(struct fw_frame *)uptr($bp);  // one 16-byte read: saved frame pointer, return address
+      if ($f.ret < 4096) {{ break; }}
+      $h = ($h ^ $f.ret) * {FNV_PRIME};
+      $bp = $f.next;
       $d++;
     }}
   }}
@@ -100,10 +100,10 @@ profile:hz:{frequency} /pid != 0/ {{
     $j = 1;
     while ($j <= {max_depth}) {{
       if ($bp == 0) {{ break; }}
-      $ret = {rd}($bp + 8);
-      if ($ret < 4096) {{ break; }}
-      @u[pid, $h, $j] = $ret;
-      $bp = {rd}($bp);
+      $g = *(struct fw_frame *)uptr($bp);
+      if ($g.ret < 4096) {{ break; }}
+      @u[pid, $h, $j] = $g.ret;
+      $bp = $g.next;
       $j++;
     }}
   }}
@@ -199,26 +199,30 @@ def chain_key(pid: int, tid: int, kips: tuple[int, ...], user: tuple[int, ...]) 
     return struct.pack(f"<IIQ{len(ips)}Q", pid, tid, len(ips), *ips)
 
 
+# an executable mapping of /proc/PID/maps: start-end perms offset major:minor inode path
+_EXEC_MAP = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) ..x. ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+) *(.*)$", re.M)
+
+
 def read_proc_maps(proc_root: str, pid: int) -> _Maps | None:
-    """A process's executable mappings from ``/proc/PID/maps`` (keys as perf's MMAP2: device, inode)."""
+    """A process's executable mappings from ``/proc/PID/maps`` (keys as perf's MMAP2: device, inode).
+
+    A regex over the whole file: a browser's or a database's maps have thousands of lines, few executable.
+    """
     try:
-        with open(f"{proc_root}/{pid}/maps", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        with open(f"{proc_root}/{pid}/maps", "rb") as f:
+            text = f.read().decode("utf-8", "replace")
     except OSError:
         return None
     maps = _Maps()
-    for line in lines:
-        parts = line.split(None, 5)
-        if len(parts) < 5 or "x" not in parts[1]:
-            continue
-        lo, _, hi = parts[0].partition("-")
-        path = parts[5].strip() if len(parts) == 6 else "//anon"
+    for lo, hi, off, maj, mnr, ino_s, path in _EXEC_MAP.findall(text):
+        path = path or "//anon"
         if path.endswith(" (deleted)"):
             path = path[:-10]
-        maj, _, mnr = parts[3].partition(":")
-        ino = int(parts[4])
+        ino = int(ino_s)
         key: object = (int(maj, 16), int(mnr, 16), ino) if ino else path
-        maps.add(int(lo, 16), int(hi, 16), int(parts[2], 16), path, key)
+        start = int(lo, 16)
+        maps.starts.append(start)  # the kernel lists mappings in address order
+        maps.rows.append((start, int(hi, 16), int(off, 16), path, key))
     return maps
 
 
