@@ -239,6 +239,7 @@ class ProcMapsNamer(PerfDataReader):
         self._last_seen: dict[int, int] = {}
         self._reports = 0
         self.maps_reads = 0
+        self.python_pids: set[int] = set()  # processes with a thread running CPython's own code
 
     def name_rows(self, rows: list[Row]) -> list[tuple[PerfSample, int, bool]]:
         counts: Counter[bytes] = Counter()
@@ -259,9 +260,19 @@ class ProcMapsNamer(PerfDataReader):
                         self._maps[pid] = got
                     elif maps is None:
                         self._maps[pid] = _Maps()  # gone before its first report: its addresses stay unnamed
+            if self._last_seen.get(pid, self._reports) < self._reports and pid not in self.python_pids:
+                # a process that ran no CPython code in its earlier reports: its threads are counted as one
+                # (the agent reads threads apart only in Python processes), so a server's hundred threads
+                # running the same code are named once, not once per thread
+                if pid not in self._comms:
+                    self._comms[pid] = comm
+                tid = pid
             self._last_seen[pid] = self._reports
             counts[chain_key(pid, tid, kips, user)] += count
         out = self._name_all(counts)
+        for sample, _count, interp in out:
+            if interp and sample.pid is not None:
+                self.python_pids.add(sample.pid)
         self._reports += 1
         return out
 
@@ -272,6 +283,7 @@ class ProcMapsNamer(PerfDataReader):
             del self._last_seen[pid]
             self._maps.pop(pid, None)
             self._read_at.pop(pid, None)
+            self.python_pids.discard(pid)
             self.jit.forget(pid)
         if gone:
             for tid in [t for t in self._comms if t in gone]:

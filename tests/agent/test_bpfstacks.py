@@ -225,3 +225,30 @@ def test_real_agent_falls_back_to_perf_when_the_bpf_program_cannot_load(
     finally:
         agent.perf.stop() if agent.perf is not None else None
         agent.shipper.stop()
+
+
+def test_threads_of_a_process_without_python_are_counted_as_one_after_its_first_report() -> None:
+    """Threads matter only in Python processes (which thread runs the interpreter): elsewhere a later
+    report's threads are merged into the process, so each stack is named once per process."""
+    libc = ctypes.CDLL(None)
+    getpid = ctypes.cast(libc.getpid, ctypes.c_void_p).value
+    py = ctypes.cast(ctypes.pythonapi.PyEval_SaveThread, ctypes.c_void_p).value
+    assert getpid and py
+    pid = os.getpid()
+    namer = ProcMapsNamer()
+
+    def report(rows):  # type: ignore[no-untyped-def]
+        return sorted((s.tid, c, py_) for s, c, py_ in namer.name_rows(rows))
+
+    assert report([(pid, 11, "w", (), (getpid + 1,), 2), (pid, 12, "w", (), (getpid + 1,), 3)]) == [
+        (11, 2, False), (12, 3, False)]  # first report: threads kept
+    assert report([(pid, 11, "w", (), (getpid + 1,), 2), (pid, 12, "w", (), (getpid + 1,), 3)]) == [
+        (pid, 5, False)]  # no interpreter seen: one row for the process
+    assert pid not in namer.python_pids
+    # a thread running CPython's own code makes it a Python process: threads kept from then on
+    namer2 = ProcMapsNamer()
+    got = sorted((s.tid, c, p) for s, c, p in namer2.name_rows([(pid, 11, "w", (), (py + 1,), 1)]))
+    assert got == [(11, 1, True)] and pid in namer2.python_pids
+    got = sorted((s.tid, c, p) for s, c, p in namer2.name_rows([(pid, 11, "w", (), (getpid + 1,), 1),
+                                                                 (pid, 12, "w", (), (getpid + 1,), 1)]))
+    assert got == [(11, 1, False), (12, 1, False)]
