@@ -243,6 +243,7 @@ class ProcMapsNamer(PerfDataReader):
 
     def name_rows(self, rows: list[Row]) -> list[tuple[PerfSample, int, bool]]:
         counts: Counter[bytes] = Counter()
+        seen: set[int] = set()
         now = self.clock()
         for pid, tid, comm, kips, user, count in rows:
             if self._comms.get(tid) != comm:
@@ -260,15 +261,17 @@ class ProcMapsNamer(PerfDataReader):
                         self._maps[pid] = got
                     elif maps is None:
                         self._maps[pid] = _Maps()  # gone before its first report: its addresses stay unnamed
-            if self._last_seen.get(pid, self._reports) < self._reports and pid not in self.python_pids:
+            if pid in self._last_seen and pid not in self.python_pids:
                 # a process that ran no CPython code in its earlier reports: its threads are counted as one
                 # (the agent reads threads apart only in Python processes), so a server's hundred threads
                 # running the same code are named once, not once per thread
                 if pid not in self._comms:
                     self._comms[pid] = comm
                 tid = pid
-            self._last_seen[pid] = self._reports
+            seen.add(pid)
             counts[chain_key(pid, tid, kips, user)] += count
+        for pid in seen:
+            self._last_seen[pid] = self._reports
         out = self._name_all(counts)
         for sample, _count, interp in out:
             if interp and sample.pid is not None:
