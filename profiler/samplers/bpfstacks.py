@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 END_MARK = "--flamewatch-native-end--"
 READY_MARK = "--flamewatch-native-ready--"
+NEW_MARK = "@@new"  # a line "@@new PID": a process (or a new program in it) had its first sample
+_NEW = re.compile(r"^@@new (\d+)$", re.M)
 FNV_OFFSET, FNV_PRIME = 1469598103934665603, 1099511628211
 MASK = 0xFFFFFFFFFFFFFFFF  # bpftrace prints u64 map keys and values as signed
 # x86-64: THREAD_SIZE (16 KiB without KASAN) and sizeof(struct pt_regs): the user registers sit at the top of
@@ -67,7 +69,8 @@ MISSING_HELP = ("install it (Debian: apt-get install bpftrace), set --bpftrace-p
                 "or set --sampler perf")
 
 
-def native_script(*, frequency: int = 99, interval: int = 2, max_depth: int = 64, seen_reset: int = 15) -> str:
+def native_script(*, frequency: int = 99, interval: int = 2, max_depth: int = 64, seen_reset: int = 15,
+                  procs_reset: int = 300) -> str:
     """The bpftrace program (see the module doc)."""
     regs = f"(struct pt_regs *)((uint64)curtask->stack + {THREAD_SIZE - PT_REGS_SIZE})"
     return f"""struct fw_frame {{ unsigned long next; unsigned long ret; }};
@@ -92,6 +95,10 @@ profile:hz:{frequency} /pid != 0/ {{
     }}
   }}
   @c[pid, tid, comm, $h, kstack(perf)] = count();
+  if ($user && @procs[pid, comm] == 0) {{
+    @procs[pid, comm] = 1;
+    printf("{NEW_MARK} %d\\n", pid);  // now, not at the report: the agent reads its maps while it lives
+  }}
   if ($user && @seen[pid, $h] == 0) {{
     @seen[pid, $h] = 1;
     $r2 = {regs};
@@ -111,12 +118,13 @@ profile:hz:{frequency} /pid != 0/ {{
 interval:s:{interval} {{
   @reports = @reports + 1;
   if (@reports % {seen_reset} == 0) {{ clear(@seen); }}
+  if (@reports % {procs_reset} == 0) {{ clear(@procs); }}
   print(@c); clear(@c);
   print(@u); clear(@u);
   printf("{END_MARK}\\n");
 }}
 END {{
-  clear(@seen); clear(@reports);
+  clear(@seen); clear(@reports); clear(@procs);
   print(@c); clear(@c);
   print(@u); clear(@u);
   printf("{END_MARK}\\n");
@@ -247,8 +255,6 @@ class ProcMapsNamer(PerfDataReader):
         now = self.clock()
         for pid, tid, comm, kips, user, count in rows:
             if self._comms.get(tid) != comm:
-                if pid == tid and tid in self._comms:  # the main thread's new name: an exec, new mappings
-                    self._maps.pop(pid, None)
                 self._comms[tid] = comm
             if user:
                 maps = self._maps.get(pid)
@@ -278,6 +284,15 @@ class ProcMapsNamer(PerfDataReader):
                 self.python_pids.add(sample.pid)
         self._reports += 1
         return out
+
+    def new_process(self, pid: int) -> None:
+        """``pid`` had its first sample, or its first under a new name (an exec): read its mappings now,
+        before it exits (a one-second job would be gone by its report)."""
+        got = read_proc_maps(self.proc_root, pid)
+        self.maps_reads += 1
+        self._read_at[pid] = self.clock()
+        if got is not None:
+            self._maps[pid] = got
 
     def expire(self) -> set[int]:
         """Forget processes without samples for :data:`PID_IDLE_REPORTS` reports; the pids forgotten."""
@@ -461,6 +476,10 @@ class BpfSampler:
                 buf = buf.split(READY_MARK + "\n", 1)[-1]
                 self._ready.set()
                 log.info("bpf sampler running: kernel + native stacks counted in the kernel at %d Hz", self.frequency)
+            scan = buf.rfind("\n", 0, len(buf) - len(data)) + 1 if len(buf) > len(data) else 0
+            if NEW_MARK in buf[scan:]:  # new processes: their mappings are read at once
+                for pid in _NEW.findall(buf, scan, buf.rfind("\n") + 1):
+                    self.namer.new_process(int(pid))
             while end in buf:
                 report, buf = buf.split(end, 1)
                 self._report(report)

@@ -34,6 +34,19 @@ int main(void) { for (;;) bpf_burn_caller(); }
 """
 
 
+SHORT_C = r"""
+#include <time.h>
+volatile unsigned long sink;
+__attribute__((noinline)) void short_job_spin(void) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do { for (int i = 0; i < 100000; i++) sink += i; clock_gettime(CLOCK_MONOTONIC, &t); }
+    while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 300000000L);
+}
+int main(void) { short_job_spin(); return 0; }
+"""
+
+
 def _signed(h: int) -> int:
     return h - (1 << 64) if h >= 1 << 63 else h
 
@@ -179,6 +192,40 @@ def test_real_bpf_sampler_names_a_native_burner(tmp_path: Path) -> None:
     named = sum(n for k, n in got.items() if k[-1] == "bpf_burn_leaf" and "main" in k)
     assert named >= 0.9 * total, got
     assert sampler.reports >= 2 and sampler.samples >= total  # one report a second (the first names many files)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_real_bpf_sampler_keeps_the_symbols_of_processes_that_exit_before_the_report(tmp_path: Path) -> None:
+    """Jobs of ~0.3 s, each a new process of a frame-pointer binary, all gone when the 2 s report comes:
+    their first sample makes the program print their pid at once, the agent reads their maps then."""
+    bpftrace, gcc = shutil.which("bpftrace"), shutil.which("gcc")
+    if os.geteuid() != 0 or bpftrace is None or gcc is None:
+        pytest.skip(reason="needs root, bpftrace and gcc")
+    (tmp_path / "short.c").write_text(SHORT_C)
+    subprocess.run([gcc, "-O1", "-fno-omit-frame-pointer", "-o", str(tmp_path / "shortjob"),
+                    str(tmp_path / "short.c")], check=True)
+    got: dict[str, int] = {}
+    pids: set[int] = set()
+
+    def sink(sample, count: int) -> None:  # type: ignore[no-untyped-def]
+        if sample.comm == "shortjob":
+            pids.add(sample.pid)
+            leaf = sample.frames[-1].name if sample.frames else ""
+            got[leaf] = got.get(leaf, 0) + count
+
+    sampler = BpfSampler(sink, bpftrace=bpftrace, interval=2)
+    try:
+        sampler.start()
+        assert sampler.ready(), sampler.last_error
+        for _ in range(8):
+            subprocess.run([str(tmp_path / "shortjob")], check=True)
+        time.sleep(0.5)
+    finally:
+        sampler.stop()
+    total = sum(got.values())
+    assert len(pids) >= 4 and total >= 20, (pids, got)
+    assert got.get("short_job_spin", 0) >= 0.9 * total, got
 
 
 @pytest.mark.slow
