@@ -585,7 +585,7 @@ class _AgentCollector:
         "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy, bpftrace) and its BPF "
                        "programs",
         "cpu_seconds_self": "CPU seconds of the agent's own process (children excluded)",
-        "cpu_seconds_children": "CPU seconds of perf record, perf script and py-spy (live and reaped)",
+        "cpu_seconds_children": "CPU seconds of perf record, perf script, bpftrace and py-spy (live and reaped)",
         "pyspy_samples": "Busy Python samples py-spy took",
         "pyunwind_samples": "Python samples unwound in the kernel (bpftrace)",
         "pyunwind_starts": "Times bpftrace was (re)started for the in-kernel Python unwinder",
@@ -602,7 +602,8 @@ class _AgentCollector:
         "pyunwind_processes": "Python processes the in-kernel unwinder names",
         "python_processes": "Python processes the agent knows (seen by perf in the last 5 min)",
         "python_processes_named": "Python processes with a py-spy shape (their Python time has names)",
-        "cpu_seconds_bpf": "CPU seconds of the unwinder's BPF programs (-1: kernel.bpf_stats_enabled is 0)",
+        "cpu_seconds_bpf": "CPU seconds of the agent's BPF programs: the unwinder's and the bpf sampler's "
+                           "(-1: not counted, kernel.bpf_stats_enabled is 0)",
         "cpu_share_of_core": "CPU of the agent's process tree since start, as a share of one core",
     }
 
