@@ -20,11 +20,12 @@ SETTINGS: list[Setting] = [
     Setting("spool_max_bytes", 64 << 20, "bound on unsent data (memory + disk); the oldest is dropped", int),
     Setting("spool_memory_bytes", 4 << 20, "unsent data kept in memory before it spills to spool_dir", int),
     Setting("perf", True, "sample every CPU (kernel + native frames) with the sampler below", parse_bool),
-    Setting("sampler", "auto",
-            "how every CPU is sampled: bpf (stacks counted in the kernel by bpftrace, read once per report; "
-            "a few us per sample), perf (perf record -a -g, every sample read by the agent), auto (bpf, and "
-            "perf when bpftrace is missing or its program does not load; the log says which)",
-            str, ("auto", "bpf", "perf")),
+    Setting("sampler", "perf",
+            "how every CPU is sampled: perf (perf record -a -g, every sample read by the agent; measured the "
+            "cheaper here, docs/agent.md), bpf (stacks counted in the kernel by bpftrace, each distinct stack "
+            "read once per report), auto (bpf, and perf when bpftrace is missing or its program does not "
+            "load; the log says which)",
+            str, ("perf", "bpf", "auto")),
     Setting("bpf_interval", 2, "seconds between the bpf sampler's reports (each distinct stack read once per "
             "report)", int),
     Setting("perf_path", "perf", "perf executable (Debian package linux-perf)"),

@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
+from profiler.samplers.perf import _grow_pipe
 from profiler.samplers.perfdata import CONTEXT_KERNEL, CONTEXT_USER, PerfDataReader, _Maps
 from profiler.samplers.pyunwind import bpf_run_seconds, check_bpftrace
 from profiler.symbols import FileSymbols, JitMaps, KernelSymbols
@@ -441,7 +442,9 @@ class BpfSampler:
         with open(path, "w", encoding="utf-8") as f:
             f.write(native_script(frequency=self.frequency, interval=self.interval, max_depth=self.max_depth))
         # map keys: distinct stacks per report; the stack map holds every distinct kernel stack
-        env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="262144", BPFTRACE_STRLEN="16")
+        # perf ring buffer pages per CPU for bpftrace's print/clear actions and printf events: a report is
+        # hundreds of KB, and an action lost while bpftrace waits on the pipe loses that report's counts
+        env = dict(os.environ, BPFTRACE_MAP_KEYS_MAX="262144", BPFTRACE_STRLEN="16", BPFTRACE_PERF_RB_PAGES="256")
         proc = self.runner([self.bpftrace, path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, env=env, start_new_session=True)
         with self._lock:
@@ -465,6 +468,7 @@ class BpfSampler:
         """Read bpftrace's output a report at a time; name and hand each report over."""
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
+        _grow_pipe(fd)  # bpftrace writes a report while the agent still names the previous one
         buf = ""
         end = END_MARK + "\n"
         while True:
@@ -507,6 +511,9 @@ def _read_err(proc: Proc, out: list[str]) -> None:
     for raw in iter(proc.stderr.readline, b""):
         line = raw.decode("utf-8", "replace").strip()
         if not line or "RLIMIT_MEMLOCK" in line or line.startswith("Attaching"):
+            continue
+        if "Lost" in line and "events" in line:  # bpftrace could not keep up: counts of a report are lost
+            log.warning("bpftrace (sampler): %s", line)
             continue
         if len(out) < 100:
             out.append(line)
