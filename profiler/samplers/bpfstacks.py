@@ -475,12 +475,13 @@ class BpfSampler:
             data = os.read(fd, 1 << 20)
             if not data:
                 break
+            scan = buf.rfind("\n") + 1  # the first line not scanned for new processes yet
             buf += data.decode("utf-8", "replace")
             if not self._ready.is_set() and READY_MARK in buf:
                 buf = buf.split(READY_MARK + "\n", 1)[-1]
+                scan = 0
                 self._ready.set()
                 log.info("bpf sampler running: kernel + native stacks counted in the kernel at %d Hz", self.frequency)
-            scan = buf.rfind("\n", 0, len(buf) - len(data)) + 1 if len(buf) > len(data) else 0
             if NEW_MARK in buf[scan:]:  # new processes: their mappings are read at once
                 for pid in _NEW.findall(buf, scan, buf.rfind("\n") + 1):
                     self.namer.new_process(int(pid))
