@@ -64,7 +64,9 @@ PT_REGS_SIZE = 168
 MAX_KNOWN = 200_000  # user stacks remembered (pid, hash) -> addresses, all processes
 MAPS_STALE_SECONDS = 2.0  # an address outside a process's maps re-reads them at most this often
 PID_IDLE_REPORTS = 30  # a process without samples for this many reports is forgotten
+COMMS_MAX = 200_000  # thread names remembered (each row carries its own, so forgetting is safe)
 READY_TIMEOUT = 60.0  # seconds bpftrace may take to compile and attach (LLVM; slow on a loaded node)
+REPORT_MAX = 64 << 20  # characters of one report (~250,000 map entries of ~60; the maps hold 262,144 keys)
 
 MISSING_HELP = ("install it (Debian: apt-get install bpftrace), set --bpftrace-path, "
                 "or set --sampler perf")
@@ -254,6 +256,8 @@ class ProcMapsNamer(PerfDataReader):
         counts: Counter[bytes] = Counter()
         seen: set[int] = set()
         now = self.clock()
+        if len(self._comms) > COMMS_MAX:  # threads of exited processes; every row brings its comm again
+            self._comms.clear()
         for pid, tid, comm, kips, user, count in rows:
             if self._comms.get(tid) != comm:
                 self._comms[tid] = comm
@@ -488,8 +492,8 @@ class BpfSampler:
             while end in buf:
                 report, buf = buf.split(end, 1)
                 self._report(report)
-            if len(buf) > 256 << 20:  # bound: a report that never ends is dropped, not kept growing
-                log.warning("bpf sampler: a report over 256 MB without its end marker was dropped")
+            if len(buf) > REPORT_MAX:  # bound: a report that never ends is dropped, not kept growing
+                log.warning("bpf sampler: a report over %d MB without its end marker was dropped", REPORT_MAX >> 20)
                 buf = ""
 
     def _report(self, text: str) -> None:

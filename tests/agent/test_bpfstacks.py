@@ -299,3 +299,19 @@ def test_threads_of_a_process_without_python_are_counted_as_one_after_its_first_
     got = sorted((s.tid, c, p) for s, c, p in namer2.name_rows([(pid, 11, "w", (), (getpid + 1,), 1),
                                                                  (pid, 12, "w", (), (getpid + 1,), 1)]))
     assert got == [(11, 1, False), (12, 1, False)]
+
+
+def test_thread_names_are_bounded() -> None:
+    """Thread names of exited processes are forgotten past the bound; rows bring theirs again."""
+    import profiler.samplers.bpfstacks as mod
+
+    namer = ProcMapsNamer()
+    old = mod.COMMS_MAX
+    mod.COMMS_MAX = 10
+    try:
+        namer.name_rows([(7, 100 + i, f"t{i}", (), (), 1) for i in range(20)])
+        assert len(namer._comms) >= 20
+        (sample, count, _), = namer.name_rows([(7, 7, "main", (), (), 2)])
+        assert len(namer._comms) <= 2 and sample.comm == "main" and count == 2
+    finally:
+        mod.COMMS_MAX = old
