@@ -25,8 +25,11 @@ report adds the cost per sample (agent, children and BPF apart, and
 together), samples/s, the agent's RSS (max over 1 s polls) and the
 extrapolation to a busy 16- and 64-CPU node at 99 Hz.
 
+With ``--samplers perf,bpf`` the work tree's agent is measured once per
+sampler (``--sampler``), one after the other on the same workload.
+
 Usage: python bench/agent_overhead.py [DURATION=60] [--busy] [--warmup S] [--no-pyspy] [--baseline REV]
-       [--pythons DIR,...] [-- AGENT ARGS...]
+       [--samplers perf,bpf] [--pythons DIR,...] [-- AGENT ARGS...]
 """
 
 from __future__ import annotations
@@ -291,7 +294,8 @@ def main() -> int:
         return argv[argv.index(name) + 1] if name in argv else None
 
     baseline, warmup_s, pythons_s = opt("--baseline"), opt("--warmup"), opt("--pythons")
-    values = {baseline, warmup_s, pythons_s}
+    samplers_s = opt("--samplers")
+    values = {baseline, warmup_s, pythons_s, samplers_s}
     duration = float(next((a for a in argv if not a.startswith("-") and a not in values), 60))
     pyspy = "--no-pyspy" not in argv
     busy = "--busy" in argv
@@ -325,8 +329,11 @@ def main() -> int:
         if old_repo is not None:
             results.append((f"baseline ({baseline})", measure(old_repo, srv.server_port, tmp / "spool0",
                                                                duration, pyspy, [], wp, warmup)))
-        results.append(("current work tree", measure(REPO, srv.server_port, tmp / "spool1", duration, pyspy,
-                                                     extra, wp, warmup)))
+        for i, sampler in enumerate(samplers_s.split(",") if samplers_s else [""]):
+            args = [*extra, "--sampler", sampler] if sampler else extra
+            title = f"current work tree, --sampler {sampler}" if sampler else "current work tree"
+            results.append((title, measure(REPO, srv.server_port, tmp / f"spool{i + 1}", duration, pyspy, args,
+                                           wp, warmup)))
     finally:
         for p in work:
             p.kill()
@@ -336,20 +343,26 @@ def main() -> int:
     print(f"py-spy {'on' if pyspy else 'off'}; agent args {extra or 'defaults'}")
     for title, r in results:
         report(title, r)
-    if len(results) == 2:
-        (_, b), (_, c) = results
-        print(f"ratio current/baseline total CPU: {c['TOTAL'] / b['TOTAL']:.3f}  "
-              f"(per workload CPU: {(c['TOTAL'] / c['workload']) / (b['TOTAL'] / b['workload']):.3f})")
-        ub, uc = per_sample(b), per_sample(c)
-        if ub and uc:
-            print("| us per sample | baseline | current | ratio |\n| --- | --- | --- | --- |")
+    if len(results) >= 2:
+        (_, b), rest = results[0], results[1:]
+        for title, c in rest:
+            print(f"ratio {title} / {results[0][0]} total CPU: {c['TOTAL'] / b['TOTAL']:.3f}  "
+                  f"(per workload CPU: {(c['TOTAL'] / c['workload']) / (b['TOTAL'] / b['workload']):.3f})")
+        ub = per_sample(b)
+        ucs = [per_sample(c) for _, c in rest]
+        if ub and all(ucs):
+            names = " | ".join(t for t, _ in results)
+            print(f"| us per sample | {names} | ratio to the first |\n|{' --- |' * (len(results) + 2)}")
             for k in ("agent", "children", "bpf", "total"):
-                print(f"| {k} | {ub[k]:.1f} | {uc[k]:.1f} | {uc[k] / ub[k] if ub[k] else float('nan'):.2f} |")
-            print(f"| samples/s | {b['samples'] / b['wall']:.1f} | {c['samples'] / c['wall']:.1f} | |")
-            print(f"| agent RSS MB | {b['rss_agent'] / 2**20:.1f} | {c['rss_agent'] / 2**20:.1f} | |")
+                ratios = ", ".join(f"{uc[k] / ub[k] if ub[k] else float('nan'):.2f}" for uc in ucs)
+                print(f"| {k} | {ub[k]:.1f} | {' | '.join(f'{uc[k]:.1f}' for uc in ucs)} | {ratios} |")
+            rates = " | ".join(f"{r['samples'] / r['wall']:.1f}" for _, r in results)
+            rss = " | ".join(f"{r['rss_agent'] / 2**20:.1f}" for _, r in results)
+            print(f"| samples/s | {rates} | |")
+            print(f"| agent RSS MB | {rss} | |")
             for cpus in (16, 64):
-                print(f"| busy {cpus}-CPU node, % of a core | {ub['total'] * 99 * cpus / 1e4:.2f} | "
-                      f"{uc['total'] * 99 * cpus / 1e4:.2f} | |")
+                cells = " | ".join(f"{u['total'] * 99 * cpus / 1e4:.2f}" for u in [ub, *ucs])
+                print(f"| busy {cpus}-CPU node, % of a core | {cells} | |")
     return 0
 
 

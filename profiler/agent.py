@@ -34,6 +34,7 @@ from profiler.metadata import (
 )
 from profiler.procfs import Discovery, ProcFS
 from profiler.pyschedule import PyScheduler
+from profiler.samplers import bpfstacks
 from profiler.samplers import perf as perf_sampler
 from profiler.samplers.base import Runner, SamplerUnavailable, default_runner
 from profiler.samplers.pyspy import PySpySampler, PyStacks, check_pyspy
@@ -53,6 +54,9 @@ from profiler.spool import Spool
 from stacks.model import Labels, Stack
 
 log = logging.getLogger(__name__)
+
+Sampler = perf_sampler.PerfSampler | bpfstacks.BpfSampler
+"""The every-CPU sampler: both feed ``Collector.add`` and have start/stop/child_pids and the same counters."""
 
 
 def kube_index(s: AgentSettings, node: str, environ: Mapping[str, str]) -> PodIndex | None:
@@ -103,7 +107,8 @@ class Agent:
                            memory_bytes=settings.spool_memory_bytes)
         self.shipper = Shipper(self.spool, settings.server, token=settings.push_token,
                                timeout=settings.push_timeout)
-        self.perf: perf_sampler.PerfSampler | None = None
+        self.perf: Sampler | None = None  # the every-CPU sampler (perf or bpf, setting `sampler`)
+        self._sampler = settings.sampler
         self._bpf_stats_fd: int | None = None  # open while the kernel counts BPF run time for us
         self.pyspy: PySpySampler | None = None
         self.unwinder: PyUnwindSampler | None = None
@@ -144,7 +149,16 @@ class Agent:
         """Fail fast, with the fix, when an enabled sampler cannot run."""
         if not (self.s.perf or self.s.pyspy):
             raise SamplerUnavailable("no sampler enabled: set --perf true and/or --pyspy true")
-        if self.s.perf:
+        self._sampler = self.s.sampler if self.s.perf else "perf"
+        if self.s.perf and self._sampler != "perf":
+            try:
+                self._bpftrace_bin = bpfstacks.check(self.s.bpftrace_path)
+            except SamplerUnavailable as e:
+                if self._sampler == "bpf":
+                    raise
+                log.warning("%s; sampling with perf", e)
+                self._sampler = "perf"
+        if self.s.perf and self._sampler == "perf":
             self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
         if self.s.pyspy:
             self._pyspy_bin = check_pyspy(self.s.pyspy_path)
@@ -159,12 +173,7 @@ class Agent:
 
     def start(self) -> None:
         if self.s.perf:
-            self.perf = perf_sampler.PerfSampler(
-                self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
-                frequency=self.s.frequency,
-                mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock,
-                reader=self.s.perf_reader, proc_root=self.proc.root)
-            self.perf.start()
+            self.perf = self._start_sampler()
         if self.s.pyspy:
             self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
                                       duration=self.s.pyspy_duration, runner=self.runner, clock=self.clock,
@@ -174,16 +183,48 @@ class Agent:
                 self._on_unwound, bpftrace=self._bpftrace_bin, frequency=self.s.frequency,
                 interval=self.s.pyunwind_interval, max_depth=self.s.pyunwind_max_depth, runner=self.runner,
                 proc_root=self.proc.root, clock=self.clock)
-            if self._bpf_stats_fd is None:
-                self._bpf_stats_fd = enable_bpf_stats()
-            self.unwinder.stats_counted = self._bpf_stats_fd is not None
-            if self._bpf_stats_fd is None and not bpf_stats_on(self.proc.root):
-                log.warning("BPF run time not counted: bpf(BPF_ENABLE_STATS) not permitted here "
-                            "(needs CAP_SYS_ADMIN); sysctl kernel.bpf_stats_enabled=1 counts it")
+            self.unwinder.stats_counted = self._count_bpf()
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.s.metrics_host, self.metrics_port)
+
+    def _start_sampler(self) -> Sampler:
+        """The every-CPU sampler ``sampler`` names: bpf when its program loads (auto: else perf), started."""
+        if self._sampler in ("bpf", "auto"):
+            bpf = bpfstacks.BpfSampler(
+                self.collector.add, on_interpreter=self.collector.mark_python, bpftrace=self._bpftrace_bin,
+                frequency=self.s.frequency, interval=self.s.bpf_interval, runner=self.runner, clock=self.clock,
+                proc_root=self.proc.root)
+            bpf.stats_counted = self._count_bpf()
+            bpf.start()
+            if bpf.ready():
+                log.info("sampler: bpf (stacks counted in the kernel by bpftrace, reports every %d s)",
+                         self.s.bpf_interval)
+                return bpf
+            bpf.stop()
+            if self._sampler == "bpf":
+                raise SamplerUnavailable(f"the bpf sampler's program did not load ({bpf.last_error}): "
+                                         "run as root with BTF (/sys/kernel/btf/vmlinux), or set --sampler perf")
+            log.warning("sampler: perf, because the bpf sampler's program did not load (%s)", bpf.last_error)
+            self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
+        perf = perf_sampler.PerfSampler(
+            self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
+            frequency=self.s.frequency,
+            mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock,
+            reader=self.s.perf_reader, proc_root=self.proc.root)
+        perf.start()
+        log.info("sampler: perf (perf record -a -g, reader %s)", self.s.perf_reader)
+        return perf
+
+    def _count_bpf(self) -> bool:
+        """Have the kernel count BPF run time while the agent runs; whether it is counted for us."""
+        if self._bpf_stats_fd is None:
+            self._bpf_stats_fd = enable_bpf_stats()
+            if self._bpf_stats_fd is None and not bpf_stats_on(self.proc.root):
+                log.warning("BPF run time not counted: bpf(BPF_ENABLE_STATS) not permitted here "
+                            "(needs CAP_SYS_ADMIN); sysctl kernel.bpf_stats_enabled=1 counts it")
+        return self._bpf_stats_fd is not None
 
     def _on_python(self, res: PyStacks) -> None:
         """A py-spy run ended (py-spy threads call this)."""
@@ -480,7 +521,8 @@ class Agent:
     # ---------------------------------------------------------------- self-observation
     def stats(self) -> dict[str, Any]:
         cpu = self.proc.own_cpu_seconds()
-        bpf = self.unwinder.bpf_seconds() if self.unwinder is not None else None
+        parts = [p.bpf_seconds() for p in (self.unwinder, self.perf) if p is not None and hasattr(p, "bpf_seconds")]
+        bpf = sum(x for x in parts if x is not None) if any(x is not None for x in parts) else None
         up = max(1e-9, self.clock() - self.started)
         with self._py_lock:  # py-spy threads change the scheduler's states
             n_python = len(self.sched.states)
@@ -499,6 +541,7 @@ class Agent:
             "push_failures": self.shipper.failures,
             "spool_bytes": self.spool.bytes,
             "spool_pushes": len(self.spool),
+            "sampler": self.perf.name if self.perf else "",
             "perf_restarts": self.perf.restarts if self.perf else 0,
             "perf_gap_seconds": round(self.perf.gap_seconds, 3) if self.perf else 0.0,
             "perf_fallbacks": self.perf.fallbacks if self.perf else 0,
@@ -542,7 +585,7 @@ class _AgentCollector:
         "cpu_seconds": "CPU seconds of the agent's process tree (agent, perf, py-spy, bpftrace) and its BPF "
                        "programs",
         "cpu_seconds_self": "CPU seconds of the agent's own process (children excluded)",
-        "cpu_seconds_children": "CPU seconds of perf record, perf script and py-spy (live and reaped)",
+        "cpu_seconds_children": "CPU seconds of perf record, perf script, bpftrace and py-spy (live and reaped)",
         "pyspy_samples": "Busy Python samples py-spy took",
         "pyunwind_samples": "Python samples unwound in the kernel (bpftrace)",
         "pyunwind_starts": "Times bpftrace was (re)started for the in-kernel Python unwinder",
@@ -559,7 +602,8 @@ class _AgentCollector:
         "pyunwind_processes": "Python processes the in-kernel unwinder names",
         "python_processes": "Python processes the agent knows (seen by perf in the last 5 min)",
         "python_processes_named": "Python processes with a py-spy shape (their Python time has names)",
-        "cpu_seconds_bpf": "CPU seconds of the unwinder's BPF programs (-1: kernel.bpf_stats_enabled is 0)",
+        "cpu_seconds_bpf": "CPU seconds of the agent's BPF programs: the unwinder's and the bpf sampler's "
+                           "(-1: not counted, kernel.bpf_stats_enabled is 0)",
         "cpu_share_of_core": "CPU of the agent's process tree since start, as a share of one core",
     }
 

@@ -19,7 +19,15 @@ SETTINGS: list[Setting] = [
             "directory for unsent pushes (survives aggregator downtime and agent restarts)"),
     Setting("spool_max_bytes", 64 << 20, "bound on unsent data (memory + disk); the oldest is dropped", int),
     Setting("spool_memory_bytes", 4 << 20, "unsent data kept in memory before it spills to spool_dir", int),
-    Setting("perf", True, "sample every CPU with perf record -a -g (kernel + native frames)", parse_bool),
+    Setting("perf", True, "sample every CPU (kernel + native frames) with the sampler below", parse_bool),
+    Setting("sampler", "perf",
+            "how every CPU is sampled: perf (perf record -a -g, every sample read by the agent; measured the "
+            "cheaper here, docs/agent.md), bpf (stacks counted in the kernel by bpftrace, each distinct stack "
+            "read once per report), auto (bpf, and perf when bpftrace is missing or its program does not "
+            "load; the log says which)",
+            str, ("perf", "bpf", "auto")),
+    Setting("bpf_interval", 2, "seconds between the bpf sampler's reports (each distinct stack read once per "
+            "report)", int),
     Setting("perf_path", "perf", "perf executable (Debian package linux-perf)"),
     Setting("perf_mmap_pages", 8,
             "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
@@ -105,6 +113,8 @@ class AgentSettings(Settings):
     spool_max_bytes: int
     spool_memory_bytes: int
     perf: bool
+    sampler: str
+    bpf_interval: int
     perf_path: str
     perf_mmap_pages: int
     perf_reader: str

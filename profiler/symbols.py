@@ -20,6 +20,7 @@ container's own libraries are read; after it exits, the host path is tried
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import os
 import re
@@ -115,6 +116,7 @@ def _load_demangler():  # type: ignore[no-untyped-def]
     return cxa, free
 
 
+@functools.lru_cache(maxsize=8192)  # asked once per new (file, offset): the answer is per path
 def is_interpreter(path: str) -> bool:
     return _INTERPRETER.match(path.rpartition("/")[2]) is not None
 

@@ -98,15 +98,17 @@ def _render(srv_url: str, query: str, t0: float, fmt: str = "folded") -> bytes:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize(("pyunwind", "reader"), [("on", "data"), ("off", "script")])
-def test_real_agent_end_to_end(tmp_path: Path, pyunwind: str, reader: str) -> None:
-    """``on``: Python names from the in-kernel unwinder (bpftrace), perf's binary stream read by the agent;
+@pytest.mark.parametrize(("sampler", "pyunwind", "reader"),
+                         [("bpf", "on", "data"), ("perf", "on", "data"), ("perf", "off", "script")])
+def test_real_agent_end_to_end(tmp_path: Path, sampler: str, pyunwind: str, reader: str) -> None:
+    """``bpf``: stacks counted in the kernel by bpftrace (the default sampler); ``perf``: the fallback sampler.
+    ``on``: Python names from the in-kernel unwinder (bpftrace), perf's binary stream read by the agent;
     ``off``: from py-spy runs alone, with the fallback perf reader (``perf script``)."""
     if os.geteuid() != 0:
         pytest.skip(reason="the real agent test needs root for system-wide perf")
     _need("perf")
     _need("py-spy")
-    if pyunwind == "on":
+    if pyunwind == "on" or sampler == "bpf":
         _need("bpftrace")
     gcc = _need("gcc")
     (tmp_path / "burn.c").write_text(BURN_C)
@@ -133,7 +135,8 @@ def test_real_agent_end_to_end(tmp_path: Path, pyunwind: str, reader: str) -> No
                     [sys.executable, "-m", "flamewatch.cli", "agent", "--server", srv.url,
                      "--node-name", "e2e-node", "--kube", "off", "--metrics-port", str(metrics_port),
                      "--metrics-host", "127.0.0.1", "--spool-dir", str(tmp_path / "spool"),
-                     "--stats-interval", "10", "--pyunwind", pyunwind, "--perf-reader", reader],
+                     "--stats-interval", "10", "--pyunwind", pyunwind, "--perf-reader", reader,
+                     "--sampler", sampler],
                     cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
             procs.append(agent)
 
@@ -192,6 +195,8 @@ def test_real_agent_end_to_end(tmp_path: Path, pyunwind: str, reader: str) -> No
                 assert final["pyunwind_processes"] >= 3 and final["pyunwind_samples"] > 0, final
             else:
                 assert final["pyspy_runs"] > 0 and final["pyunwind_samples"] == 0, final
+            assert final["sampler"] == sampler, final
+            assert f"sampler: {sampler}" in log_text
             assert final["cpu_seconds"] > final["cpu_seconds_self"] > 0  # children (perf, py-spy) included
             assert final["cpu_seconds_children"] > 0
             for duty in (3, 1):
