@@ -37,6 +37,7 @@ from aggregator.params import (
     share_param,
     time_range,
 )
+from aggregator.query import SOURCE_LABELS
 from aggregator.store import codec
 from render import Output
 from stacks.errors import InputError
@@ -448,6 +449,23 @@ class SpanStore:
         return [(t, span, period, self._decode(db, blob, lines) if t == ptype else [], sid)
                 for t, span, period, blob, sid in rows]
 
+    async def series_labels(self, key: str, value: str | Sequence[str], ptype: ProfileType, rng: Range | None,
+                            sel: Selector) -> list[dict[str, str]]:
+        """The labels of the series of the rows :meth:`profile` read (of type ``ptype``)."""
+        return await self._run(self._series_of, key, value, ptype.id, rng, sel)  # type: ignore[no-any-return]
+
+    def _series_of(self, db: sqlite3.Connection, key: str, value: str | Sequence[str], ptype: str,
+                   rng: Range | None, sel: Selector) -> list[dict[str, str]]:
+        assert key in ("span_id", "trace_id", "span_name")
+        values = [value] if isinstance(value, str) else list(value)
+        sql = f"SELECT DISTINCT series FROM spans WHERE {key} IN ({','.join('?' * len(values))}) AND ptype = ?"
+        args: list[Any] = [*values, ptype]
+        if rng is not None:
+            sql += " AND t >= ? AND t < ?"
+            args += [rng.first_window, _windows_end(rng)]
+        ok = self._matching(db, sel)
+        return [self._labels(db, sid) for (sid,) in db.execute(sql, args) if ok is None or sid in ok]
+
     async def requests(self, sel: Selector, rng: Range, limit: int, span_name: str = "") -> tuple[list[Request], int]:
         """The root spans seen in ``rng`` whose series match ``sel`` (and named ``span_name``
         when given), slowest wall time first (then CPU time): at most ``limit``, and how many
@@ -590,7 +608,22 @@ async def span_profile(store: SpanStore, req: SpanProfileRequest) -> dict[str, A
         return Output("text/plain; charset=utf-8", dumps(profile), "folded.txt")
     doc = to_json(pruned_tree(profile, max_nodes=req.max_nodes, min_share=req.min_share))
     doc.update({req.key: req.value, "spans": n, "profile_type": ptype.id, "unit": ptype.unit, "period_ns": period})
+    if req.lines:
+        doc.update(source_of(await store.series_labels(req.key, req.value, ptype, req.rng, req.sel)))
     return doc
+
+
+def source_of(series: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """``{"source": {repository, ref, root_path}}`` when every series names one repository and one
+    git ref (as :func:`aggregator.query.source_fields` for render), so the viewer links a frame's
+    ``file:line`` to its source; else {}."""
+    got: dict[str, str] = {}
+    for key, label in SOURCE_LABELS.items():
+        values = {s.get(label, "") for s in series}
+        if len(values) != 1 or (key != "root_path" and "" in values):
+            return {}
+        got[key] = values.pop()
+    return {"source": got}
 
 
 async def requests(store: SpanStore, req: RequestsRequest) -> dict[str, Any]:

@@ -297,6 +297,20 @@ async def test_span_profile_by_line_keeps_file_and_line(tmp_path) -> None:  # ty
         assert fn == {"main": 12, "createSampleImages": 10, "fetchMockup": 7, "thumbnail": 3, "idle": 2}
         r = await c.get(base + "&aggregate=file")
         assert r.status == 400 and "aggregate" in await r.text()
+        assert "source" not in by_line  # the series names no repository
+        # A series naming its repository and git ref: the answer by line says where the source is.
+        src = {"service_repository": "https://github.com/acme/tinyhats", "service_git_ref": "v2",
+               "service_root_path": "/srv"}
+        await push(c, {**labels, **src}, RawSample(encode_pprof(LOCATED, sample_labels={
+            "span_id": "00000000000000f6", "trace_id": T2, "span_name": "GET /admin"}, time_nanos=int(NOW * 1e9))))
+        one = f"/api/v1/span_profile?span_id=00000000000000f6&profile_type={CPU_ID}"
+        assert (await get(c, one + "&aggregate=line"))["source"] == {
+            "repository": "https://github.com/acme/tinyhats", "ref": "v2", "root_path": "/srv"}
+        assert "source" not in await get(c, one)
+        # Two spans of series that disagree (one names no repository): no source.
+        both = await get(c, f"/api/v1/span_profile?span_name=GET%20/admin&profile_type={CPU_ID}&aggregate=line&"
+                            f"{RANGE}")
+        assert both["spans"] == 2 and both["total"] == 24 and "source" not in both
     finally:
         await c.close()
 
