@@ -143,7 +143,7 @@ def migrate_span_frames(db: sqlite3.Connection) -> bool:
         db.execute(create)
         db.execute("INSERT INTO span_frames (id, name, kind) SELECT id, name, kind FROM span_frames_v1")
         db.execute("DROP TABLE span_frames_v1")
-    log.info("span_frames of %s given file and line columns (source locations)", db)
+    log.info("span_frames given file and line columns (source locations)")
     return True
 
 
