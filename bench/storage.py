@@ -17,7 +17,8 @@ drawn from that process's real stack distribution, pushed as an agent would
   their series, each span's share beside them in ``spans.sqlite``
   (aggregator/spans.py). Bytes per sample without the span rows (the series
   alone, what an untraced push costs) vs with them, over ``--span-windows``
-  windows of every series.
+  windows of every series; with ``--lines 1`` their user frames are located as
+  below (span rows keep file and line), the series holding the same samples.
 
 With ``--lines 1`` (the default) every user frame carries a source location, as
 frames from SDKs and py-spy do: a file (a site-packages path; 100 files for the
