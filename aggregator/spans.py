@@ -27,11 +27,21 @@ from urllib.parse import urlencode
 import numpy as np
 
 from aggregator.ingest import SpanItem
-from aggregator.params import Context, Range, choice, int_param, profile_type_param, share_param, time_range
+from aggregator.params import (
+    Context,
+    Range,
+    aggregate_lines,
+    choice,
+    int_param,
+    profile_type_param,
+    share_param,
+    time_range,
+)
+from aggregator.query import SOURCE_LABELS
 from aggregator.store import codec
 from render import Output
 from stacks.errors import InputError
-from stacks.model import Frame, Kind, Profile, Stack, StackTable, merge
+from stacks.model import Frame, Kind, Profile, Stack, StackTable, function_stack, merge
 from stacks.profiletype import CPU, PERIOD_LABEL, RESERVED, TYPE_LABEL, WALL, ProfileType
 from stacks.selector import Selector, parse_selector
 
@@ -74,16 +84,22 @@ CREATE TABLE IF NOT EXISTS requests (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_range ON requests(last, first, series, span_name, wall_ns, cpu_ns);
 CREATE TABLE IF NOT EXISTS span_frames (id INTEGER PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,
-                                        UNIQUE(name, kind));
+                                        file INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
+                                        UNIQUE(name, kind, file, line));
+CREATE TABLE IF NOT EXISTS span_files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS span_stacks (id INTEGER PRIMARY KEY, frames BLOB NOT NULL UNIQUE);
 """
+# ``span_frames.file`` is an id of ``span_files`` (0: no file), each path stored once: a path is
+# long and shared by every line of its functions. Tables written before locations
+# (``span_frames(id, name, kind)``, UNIQUE (name, kind)) are rebuilt on open with the same ids,
+# their frames reading as unlocated (:func:`migrate_span_frames`).
 # ``spans.stacks`` holds one of two encodings, told apart by the first byte: a zlib stream (0x78,
 # :func:`encode_profile`: frame names inside, as rows written before the interned tables were)
 # or :mod:`aggregator.store.codec` (version byte 1) of ids of ``span_stacks``, whose ``frames``
-# are ``<u4`` ids of ``span_frames``. Interned, a 30-sample span of real perf stacks takes tens of
-# bytes instead of ~640 (bench/storage.py, "span profiles"). Like the main store's stacks and
-# frames, interned rows are not deleted with the span rows that used them (their number is that
-# of distinct stacks, not of requests).
+# are ``<u4`` ids of ``span_frames`` (a frame with its file and line). Interned, a 30-sample span
+# of real perf stacks takes tens of bytes instead of ~640 (bench/storage.py, "span profiles").
+# Like the main store's stacks and frames, interned rows are not deleted with the span rows that
+# used them (their number is that of distinct stacks, not of requests).
 _INTERNED = codec.VERSION
 MAX_CACHED = 200_000
 _INT64_MAX = 2**63 - 1  # interned ids kept in memory per direction; cleared when full
@@ -100,7 +116,7 @@ def encode_profile(profile: Profile) -> bytes:
     """zlib(JSON ``{"f": [[name, kind], ...], "s": [[[frame index, ...], count], ...]}``):
     self-contained (no stack ids of any table), any frame name allowed."""
     frames: dict[Frame, int] = {}
-    # By function: span profiles keep no source locations (a located frame is its function here).
+    # By function: the earlier encoding (rows are no longer written in it) kept no locations.
     stacks = [[[frames.setdefault(f.function(), len(frames)) for f in stack], count]
               for stack, count in profile.items()]
     doc = {"f": [[f.name, str(f.kind)] for f in frames], "s": stacks}
@@ -110,8 +126,25 @@ def encode_profile(profile: Profile) -> bytes:
 def decode_profile(blob: bytes, table: StackTable) -> Profile:
     """Inverse of :func:`encode_profile`, interned into ``table``."""
     doc = json.loads(zlib.decompress(blob))
-    frames = [Frame(n, _KINDS.get(k, Kind.USER)) for n, k in doc["f"]]
+    frames = [Frame(f[0], _KINDS.get(f[1], Kind.USER)) for f in doc["f"]]
     return Profile.from_pairs(((tuple(frames[i] for i in idx), c) for idx, c in doc["s"]), table)
+
+
+def migrate_span_frames(db: sqlite3.Connection) -> bool:
+    """Give a ``span_frames`` table from before locations its ``file`` and ``line`` columns (one
+    transaction; True if it did). Rebuilt, as its UNIQUE (name, kind) cannot be widened in place;
+    frame ids stay, so no ``span_stacks`` row changes."""
+    if "file" in {r[1] for r in db.execute("PRAGMA table_info(span_frames)")}:
+        return False
+    create = next(s for s in _SCHEMA.split(";") if "TABLE IF NOT EXISTS span_frames" in s)
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE span_frames RENAME TO span_frames_v1")
+        db.execute(create)
+        db.execute("INSERT INTO span_frames (id, name, kind) SELECT id, name, kind FROM span_frames_v1")
+        db.execute("DROP TABLE span_frames_v1")
+    log.info("span_frames given file and line columns (source locations)")
+    return True
 
 
 def value_ns(ptype: ProfileType, labels: Mapping[str, str], total: int) -> int | None:
@@ -155,7 +188,8 @@ class SpanStore:
         self.failed = 0  # span rows not kept because the span database failed
         self._series: dict[str, int] = {}  # labels JSON -> id
         self._parsed: dict[int, dict[str, str]] = {}  # id -> labels
-        self._frame_ids: dict[Frame, int] = {}  # interned frames and stacks, both ways (bounded)
+        self._frame_ids: dict[Frame, int] = {}  # interned frames, files and stacks, both ways (bounded)
+        self._file_ids: dict[str, int] = {}
         self._stack_ids: dict[Stack, int] = {}
         self._frames: dict[int, Frame] = {}
         self._stacks: dict[int, Stack] = {}
@@ -172,6 +206,7 @@ class SpanStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # span rows are a convenience copy of stored samples
             db.executescript(_SCHEMA)
+            migrate_span_frames(db)
             self._db = db
         return self._db
 
@@ -223,6 +258,7 @@ class SpanStore:
             # from it would name rows that do not exist.
             self._series.clear()
             self._frame_ids.clear()
+            self._file_ids.clear()
             self._stack_ids.clear()
             raise
 
@@ -272,21 +308,38 @@ class SpanStore:
             self._stack_ids[stack] = sid
         return int(sid)
 
+    def _file_id(self, db: sqlite3.Connection, path: str) -> int:
+        """The interned id of a source file path (0 for none)."""
+        if not path:
+            return 0
+        fid = self._file_ids.get(path)
+        if fid is None:
+            db.execute("INSERT OR IGNORE INTO span_files(path) VALUES (?)", (path,))
+            (fid,) = db.execute("SELECT id FROM span_files WHERE path = ?", (path,)).fetchone()
+            if len(self._file_ids) >= MAX_CACHED:
+                self._file_ids.clear()
+            self._file_ids[path] = fid
+        return int(fid)
+
     def _frame_id(self, db: sqlite3.Connection, frame: Frame) -> int:
-        """The interned id of ``frame``'s name and kind: a span row keeps functions, whatever else a
-        frame may carry."""
+        """The interned id of ``frame``: its name, kind and location (file and line; a read by
+        function drops them)."""
         fid = self._frame_ids.get(frame)
         if fid is None:
-            key = (frame.name, str(frame.kind))
-            db.execute("INSERT OR IGNORE INTO span_frames(name, kind) VALUES (?, ?)", key)
-            (fid,) = db.execute("SELECT id FROM span_frames WHERE name = ? AND kind = ?", key).fetchone()
+            # A line past SQLite's 64-bit integers is no line any source has: kept as unknown.
+            key = (frame.name, str(frame.kind), self._file_id(db, frame.file),
+                   frame.line if 0 < frame.line <= _INT64_MAX else 0)
+            db.execute("INSERT OR IGNORE INTO span_frames(name, kind, file, line) VALUES (?, ?, ?, ?)", key)
+            (fid,) = db.execute("SELECT id FROM span_frames WHERE name = ? AND kind = ? AND file = ? AND line = ?",
+                                key).fetchone()
             if len(self._frame_ids) >= MAX_CACHED:
                 self._frame_ids.clear()
             self._frame_ids[frame] = fid
         return int(fid)
 
-    def _decode(self, db: sqlite3.Connection, blob: bytes) -> list[tuple[Stack, int]]:
-        """(stack, count) pairs of a ``spans.stacks`` blob of either encoding."""
+    def _decode(self, db: sqlite3.Connection, blob: bytes, lines: bool = False) -> list[tuple[Stack, int]]:
+        """(stack, count) pairs of a ``spans.stacks`` blob of either encoding; by function unless
+        ``lines`` (pairs may then repeat a stack: profiles sum them)."""
         if blob[:1] != bytes([_INTERNED]):
             return list(decode_profile(blob, StackTable()).items())
         ids, counts = codec.decode(blob)
@@ -301,12 +354,15 @@ class SpanStore:
             if len(self._frames) + len(missing) > MAX_CACHED:
                 self._frames.clear()
                 missing = list(fids)
-            for fid, name, kind in self._chunked(db, "SELECT id, name, kind FROM span_frames WHERE id IN ({})",
-                                                 missing):
-                self._frames[fid] = Frame(name, _KINDS.get(kind, Kind.USER))
+            for fid, name, kind, path, line in self._chunked(
+                    db, "SELECT f.id, f.name, f.kind, coalesce(p.path, ''), f.line FROM span_frames AS f "
+                        "LEFT JOIN span_files AS p ON p.id = f.file WHERE f.id IN ({})", missing):
+                self._frames[fid] = Frame(name, _KINDS.get(kind, Kind.USER), path, line)
             for sid, b in got.items():
                 self._stacks[sid] = tuple(self._frames[f] for f in np.frombuffer(b, dtype="<u4").tolist())
-        return [(self._stacks[i], c) for i, c in zip(ids.tolist(), counts.tolist(), strict=True)]
+        if lines:
+            return [(self._stacks[i], c) for i, c in zip(ids.tolist(), counts.tolist(), strict=True)]
+        return [(function_stack(self._stacks[i]), c) for i, c in zip(ids.tolist(), counts.tolist(), strict=True)]
 
     @staticmethod
     def _chunked(db: sqlite3.Connection, sql: str, ids: list[int], n: int = 500) -> list[tuple[Any, ...]]:
@@ -350,18 +406,19 @@ class SpanStore:
         return [sid for (sid,) in db.execute("SELECT id FROM series") if sel.matches(self._labels(db, sid))]
 
     async def profile(self, key: str, value: str | Sequence[str], ptype: ProfileType | None, rng: Range | None,
-                      sel: Selector) -> tuple[ProfileType | None, Profile, int, int | None]:
+                      sel: Selector, lines: bool = False) -> tuple[ProfileType | None, Profile, int, int | None]:
         """(type, merged samples, spans, period) of the rows whose ``key`` (span_id, trace_id or
         span_name) is ``value`` (or one of the values), of type ``ptype`` (None: wall when there is any, else CPU,
         else the first type found), in ``rng`` when given, whose series match ``sel``; the
-        sampling period in ns when every row agrees on one."""
+        sampling period in ns when every row agrees on one. By function (a function's lines
+        merge) unless ``lines``: then frames keep their file and line."""
         want = ptype.id if ptype is not None else None
-        rows = await self._run(self._select, key, value, rng, sel, want)
+        rows = await self._run(self._select, key, value, rng, sel, want, lines)
         types = {r[0] for r in rows}
         if ptype is None:
             pick = next((t for t in (WALL.id, CPU.id) if t in types), min(types) if types else None)
             ptype = ProfileType.parse(pick) if pick else None
-        table = StackTable()
+        table = StackTable(lines=lines)
         mine = [r for r in rows if ptype is not None and r[0] == ptype.id]
         profile = (merge([Profile.from_pairs(r[3], table) for r in mine], table) if mine
                    else Profile.empty(table))
@@ -370,7 +427,7 @@ class SpanStore:
         return ptype, profile, len({r[1] for r in mine}), period
 
     def _select(self, db: sqlite3.Connection, key: str, value: str | Sequence[str], rng: Range | None,
-                sel: Selector, ptype: str | None) -> list[tuple[Any, ...]]:
+                sel: Selector, ptype: str | None, lines: bool = False) -> list[tuple[Any, ...]]:
         """Rows (type, span id, period, [(stack, count)], series) of the key's spans; the samples
         decoded only for rows of ``ptype`` (None: of the type :meth:`profile` will pick)."""
         assert key in ("span_id", "trace_id", "span_name")
@@ -389,8 +446,25 @@ class SpanStore:
         if ptype is None:
             types = {r[0] for r in rows}
             ptype = next((t for t in (WALL.id, CPU.id) if t in types), min(types) if types else None)
-        return [(t, span, period, self._decode(db, blob) if t == ptype else [], sid)
+        return [(t, span, period, self._decode(db, blob, lines) if t == ptype else [], sid)
                 for t, span, period, blob, sid in rows]
+
+    async def series_labels(self, key: str, value: str | Sequence[str], ptype: ProfileType, rng: Range | None,
+                            sel: Selector) -> list[dict[str, str]]:
+        """The labels of the series of the rows :meth:`profile` read (of type ``ptype``)."""
+        return await self._run(self._series_of, key, value, ptype.id, rng, sel)  # type: ignore[no-any-return]
+
+    def _series_of(self, db: sqlite3.Connection, key: str, value: str | Sequence[str], ptype: str,
+                   rng: Range | None, sel: Selector) -> list[dict[str, str]]:
+        assert key in ("span_id", "trace_id", "span_name")
+        values = [value] if isinstance(value, str) else list(value)
+        sql = f"SELECT DISTINCT series FROM spans WHERE {key} IN ({','.join('?' * len(values))}) AND ptype = ?"
+        args: list[Any] = [*values, ptype]
+        if rng is not None:
+            sql += " AND t >= ? AND t < ?"
+            args += [rng.first_window, _windows_end(rng)]
+        ok = self._matching(db, sel)
+        return [self._labels(db, sid) for (sid,) in db.execute(sql, args) if ok is None or sid in ok]
 
     async def requests(self, sel: Selector, rng: Range, limit: int, span_name: str = "") -> tuple[list[Request], int]:
         """The root spans seen in ``rng`` whose series match ``sel`` (and named ``span_name``
@@ -485,11 +559,13 @@ class SpanProfileRequest:
     format: str
     max_nodes: int
     min_share: float
+    lines: bool = False  # aggregate=line: frames keep their file and line
 
     @classmethod
     def parse(cls, params: Mapping[str, str], ctx: Context) -> Self:
         """Parse the key, ``profile_type`` (optional), ``query``, the range (only for
-        ``span_name``: ids are unique), ``format``, ``max_nodes``, ``min_share``."""
+        ``span_name``: ids are unique), ``format``, ``max_nodes``, ``min_share``, ``aggregate``
+        (``function``, the default, or ``line``)."""
         given = [(k, _id(params, k) if k != "span_name" else params.get(k) or "")
                  for k in ("span_id", "trace_id", "span_name")]
         given = [(k, v) for k, v in given if v]
@@ -499,7 +575,7 @@ class SpanProfileRequest:
         ptype = profile_type_param(params) if params.get("profile_type") else None
         rng = time_range(params, ctx.now, ctx.window) if key == "span_name" else None
         return cls(key, value, ptype, user_selector(params), rng, choice(params, "format", SPAN_FORMATS, "json"),
-                   int_param(params, "max_nodes", ctx.max_nodes), share_param(params))
+                   int_param(params, "max_nodes", ctx.max_nodes), share_param(params), aggregate_lines(params))
 
 
 @dataclass(frozen=True)
@@ -524,7 +600,7 @@ async def span_profile(store: SpanStore, req: SpanProfileRequest) -> dict[str, A
     from stacks.folded import dumps
     from stacks.tree import pruned_tree, to_json
 
-    ptype, profile, n, period = await store.profile(req.key, req.value, req.ptype, req.rng, req.sel)
+    ptype, profile, n, period = await store.profile(req.key, req.value, req.ptype, req.rng, req.sel, req.lines)
     if ptype is None or not n:
         raise InputError(f"no samples tagged {req.key}={req.value!r} are kept (older than the retention, "
                          "never profiled, or of another profile_type)")
@@ -532,7 +608,22 @@ async def span_profile(store: SpanStore, req: SpanProfileRequest) -> dict[str, A
         return Output("text/plain; charset=utf-8", dumps(profile), "folded.txt")
     doc = to_json(pruned_tree(profile, max_nodes=req.max_nodes, min_share=req.min_share))
     doc.update({req.key: req.value, "spans": n, "profile_type": ptype.id, "unit": ptype.unit, "period_ns": period})
+    if req.lines:
+        doc.update(source_of(await store.series_labels(req.key, req.value, ptype, req.rng, req.sel)))
     return doc
+
+
+def source_of(series: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """``{"source": {repository, ref, root_path}}`` when every series names one repository and one
+    git ref (as :func:`aggregator.query.source_fields` for render), so the viewer links a frame's
+    ``file:line`` to its source; else {}."""
+    got: dict[str, str] = {}
+    for key, label in SOURCE_LABELS.items():
+        values = {s.get(label, "") for s in series}
+        if len(values) != 1 or (key != "root_path" and "" in values):
+            return {}
+        got[key] = values.pop()
+    return {"source": got}
 
 
 async def requests(store: SpanStore, req: RequestsRequest) -> dict[str, Any]:

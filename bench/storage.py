@@ -17,7 +17,8 @@ drawn from that process's real stack distribution, pushed as an agent would
   their series, each span's share beside them in ``spans.sqlite``
   (aggregator/spans.py). Bytes per sample without the span rows (the series
   alone, what an untraced push costs) vs with them, over ``--span-windows``
-  windows of every series.
+  windows of every series; with ``--lines 1`` their user frames are located as
+  below (span rows keep file and line), the series holding the same samples.
 
 With ``--lines 1`` (the default) every user frame carries a source location, as
 frames from SDKs and py-spy do: a file (a site-packages path; 100 files for the
@@ -55,7 +56,7 @@ from aggregator.ingest import IngestTables, SpanItem, parse_folded
 from aggregator.spans import SpanStore
 from aggregator.store.sqlite import SQLiteStore
 from aggregator.windows import WindowWriter
-from stacks.model import Frame, Kind, Labels, Profile, StackTable
+from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
 from stacks.profiletype import CPU, PERIOD_LABEL, TYPE_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -240,8 +241,9 @@ def live_bytes(db: Path) -> int:
 
 
 async def span_storage(pools: list[tuple[list[str], np.ndarray]], series: int, windows: int, samples: int,
-                       per_span: float) -> None:
-    """Bytes per sample of span-tagged pushes: the series alone vs the series plus span rows."""
+                       per_span: float, lines: bool = True) -> None:
+    """Bytes per sample of span-tagged pushes: the series alone vs the series plus span rows
+    (user frames located as in :func:`run` when ``lines``)."""
     rng = np.random.default_rng(11)
     with tempfile.TemporaryDirectory() as d:
         store = SQLiteStore(Path(d) / "flamewatch.db")
@@ -250,6 +252,7 @@ async def span_storage(pools: list[tuple[list[str], np.ndarray]], series: int, w
         spans = SpanStore(Path(d) / "spans.sqlite", max_rows=10**9, retention_seconds=0,
                           clock=lambda: T0 + 30 * windows + 3600, prune_every=1e12)
         tables = IngestTables()
+        locator = Locator() if lines else None
         total_samples = rows = 0
         for w in range(windows):
             items, span_items = [], []
@@ -257,16 +260,21 @@ async def span_storage(pools: list[tuple[list[str], np.ndarray]], series: int, w
                 labels = Labels.of(namespace=f"ns-{s % 5}", pod=f"pod-{s}", container="app", node=f"node-{s % 3}",
                                    process=f"proc-{s % len(pools)}", span_name="GET /admin",
                                    **{TYPE_LABEL: CPU.id, PERIOD_LABEL: "10101010"})
-                left, bodies = samples, []
+                left, bodies, located = samples, [], []
                 while left > 0:  # one request after another until the window's samples are spent
                     n = min(left, 1 + int(rng.poisson(per_span - 1)))
                     body = window_body(pools[s % len(pools)], rng, n)
                     bodies.append(body)
                     prof, _ = parse_folded(body, tables)
+                    if locator is not None:
+                        prof = locator.locate(prof)
+                        located.append(prof)
                     sid = f"{w:04x}{s:04x}{len(bodies):08x}"
                     span_items.append(SpanItem(sid, sid * 2, labels, T0 + 30 * w + 15, prof))
                     left -= n
                 profile, _ = parse_folded(b"".join(bodies), tables)
+                if locator is not None:  # the series holds the very samples of its spans
+                    profile = merge(located, locator.table)
                 total_samples += profile.total
                 items.append((labels, T0 + 30 * w + 15, profile))
             await writer.add(items)
@@ -276,7 +284,8 @@ async def span_storage(pools: list[tuple[list[str], np.ndarray]], series: int, w
         await spans.close()
         main, beside = live_bytes(Path(d) / "flamewatch.db"), live_bytes(Path(d) / "spans.sqlite")
     print(f"span profiles: {series} series x {windows} windows, every sample in a root span "
-          f"(~{per_span:g} samples per span, {rows:,} span rows, {total_samples:,} samples)")
+          f"(~{per_span:g} samples per span, {rows:,} span rows, {total_samples:,} samples, "
+          f"{'user frames located' if lines else 'no locations'})")
     print(f"  bytes/sample without span rows (series only)  {main / total_samples:.3f}")
     print(f"  bytes/sample with span rows (series + spans.sqlite)  {(main + beside) / total_samples:.3f} "
           f"(spans.sqlite {beside / 1e6:.2f} MB = {beside / rows:.0f} bytes per span row)")
@@ -297,7 +306,8 @@ def main() -> int:
     pools = stack_pools()
     asyncio.run(run(pools, args.series, args.windows, args.samples, bool(args.lines)))
     if args.span_windows:
-        asyncio.run(span_storage(pools, args.series, args.span_windows, args.samples, args.span_samples))
+        asyncio.run(span_storage(pools, args.series, args.span_windows, args.samples, args.span_samples,
+                                 bool(args.lines)))
     return 0
 
 

@@ -175,12 +175,15 @@ def viewer_urls(
             "cfrom": compare[0], "cuntil": compare[1], "dmode": "absolute"}),
         "wall_diff_api": f"{server}/api/v1/diff?" + urlencode(
             {**diff, "mode": "absolute", "format": "json", "profile_type": WALL}),
-        # The story's first step: the slowest admin page views (root spans, pyroscope-otel).
+        # The story's first step: the slowest admin page views (root spans, pyroscope-otel), by
+        # line (line=1): a row's flame graph shows createSampleImages and the line of fetchMockup
+        # that calls manipulation-service, as file:line.
         "requests_before": f"{server}/?" + urlencode({"mode": "requests", "sel": ADMIN_SPANS[0],
-                                                      "rname": ADMIN_SPANS[1], "from": base[0], "until": base[1]}),
+                                                      "rname": ADMIN_SPANS[1], "from": base[0], "until": base[1],
+                                                      "line": 1}),
         "requests_after": f"{server}/?" + urlencode({"mode": "requests", "sel": ADMIN_SPANS[0],
                                                      "rname": ADMIN_SPANS[1], "from": compare[0],
-                                                     "until": compare[1]}),
+                                                     "until": compare[1], "line": 1}),
     }
 
 
@@ -190,13 +193,14 @@ ADMIN_SPANS = ('{service_name="admin-service"}', "GET /admin")
 
 def request_lines(doc: dict[str, Any], server: str, limit: int = 3) -> list[str]:
     """Printable lines of a /api/v1/requests answer: the slowest requests, each with the viewer
-    link that opens its flame graph (the Requests view with that span picked)."""
+    link that opens its flame graph by line (the Requests view with that span picked, ``line=1``)."""
     out = []
     for r in doc.get("rows", [])[:limit]:
         took = r["wall_ns"] or r["cpu_ns"]
         what = "wall" if r["wall_ns"] else "CPU"
         link = dict(parse_qsl(str(r["flamegraph"]).partition("?")[2]))
-        view = urlencode({"mode": "requests", "span": r["span_id"], "sptype": link.get("profile_type", "")})
+        view = urlencode({"mode": "requests", "span": r["span_id"], "sptype": link.get("profile_type", ""),
+                          "line": 1})
         out.append(f"  {r['span_name']}  {took / 1e6:8.0f} ms {what}  pod {r['pod']}  span {r['span_id']}\n"
                    f"    flamegraph: {server}/?{view}")
     return out

@@ -118,9 +118,36 @@ async def test_span_flamegraphs_and_slow_requests(client: TestClient,
     assert ranked == [s["span_id"] for s in sorted(spans, key=lambda s: -s["duration_ns"])]
     assert [r["wall_ns"] for r in table["rows"]] == [want[i] * 10_000_000 for i in ranked]
     assert table["rows"][0]["span_name"] == "GET /admin" and table["rows"][0]["pod"] == "traced-1"
+    await check_by_line(client, ranked[0], want[ranked[0]])
     trace = by_id[ranked[0]]["trace_id"]
     assert table["rows"][0]["trace_id"] == trace
     doc = await (await client.get(f"/api/v1/span_profile?trace_id={trace}")).json()
     assert doc["total"] == want[ranked[0]]
     named = await (await client.get("/api/v1/span_profile?span_name=GET%20/admin&from=now-10m&until=now%2B1m")).json()
     assert named["total"] == sum(n for i, n in want.items() if by_id[i]["name"] == "GET /admin")
+
+
+async def check_by_line(client: TestClient, span_id: str, n: int) -> None:
+    """The span's flame graph by line: the same total, at least 95 % of its frames located, each
+    location inside that function's def in its source file, and ``create_sample_images`` at a
+    line of traced_app.py's own def."""
+    from tests.aggregator.test_lines_http import function_spans
+
+    doc = await (await client.get(f"/api/v1/span_profile?span_id={span_id}&aggregate=line")).json()
+    assert doc["total"] == n and len(doc["locations"]) == len(doc["names"])
+    defs: dict[str, dict[str, list[tuple[int, int]]]] = {}
+    frames = located = 0
+    seen: set[str] = set()
+    for i in doc["nodes"]["name"][1:]:  # [0] is the root
+        name, loc = doc["names"][i], doc["locations"][i]
+        frames += 1
+        if not loc:
+            continue
+        located += 1
+        file, _, line = loc.rpartition(":")
+        spans = defs.setdefault(file, function_spans(Path(file)))
+        assert any(a <= int(line) <= b for a, b in spans.get(name, ())), f"{name} is not at {loc}"
+        if Path(file) == SUPPORT / "traced_app.py":
+            seen.add(name)
+    assert frames and located / frames >= 0.95, (located, frames)
+    assert "create_sample_images" in seen

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from aggregator.ingest import SpanItem
 from aggregator.spans import SpanStore, decode_profile, encode_profile
 from stacks.folded import parse
-from stacks.model import Frame, Kind, Labels, Profile, StackTable
+from stacks.model import Frame, Kind, Labels, Profile, StackTable, function_stack
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
 from stacks.selector import Selector
@@ -201,8 +201,9 @@ async def test_grafana_select_merge_span_profile_equals_span_profile(client: Tes
     assert status == 400 and b"span_selector" in body
 
 
-_frames = st.builds(lambda n, k: Frame(n, k), st.text(min_size=0, max_size=12),
-                    st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]))
+_frames = st.builds(lambda n, k, f, ln: Frame(n, k, f, ln), st.text(min_size=0, max_size=12),
+                    st.sampled_from([Kind.USER, Kind.KERNEL, Kind.METADATA]),
+                    st.sampled_from(["", "app.py", "/srv/lib/ü.py"]), st.sampled_from([0, 1, 7, 2**31]))
 _profiles = st.lists(st.tuples(st.lists(_frames, min_size=1, max_size=6).map(tuple), st.integers(1, 2**40)),
                      min_size=1, max_size=8)
 
@@ -210,11 +211,14 @@ _profiles = st.lists(st.tuples(st.lists(_frames, min_size=1, max_size=6).map(tup
 @settings(max_examples=25, deadline=None)
 @given(st.lists(_profiles, min_size=1, max_size=5))
 def test_interned_span_rows_read_back_exactly(tmp_path_factory, spans) -> None:  # type: ignore[no-untyped-def]
-    """Span rows keep their samples as ids of interned stacks and frames: every span reads back
-    exactly what was added (repeated stacks summed), from the writing store and from a fresh one."""
+    """Span rows keep their samples as ids of interned stacks and frames (with file and line):
+    every span reads back exactly what was added by line (repeated stacks summed), and by function
+    with each function's lines merged, from the writing store and from a fresh one."""
     path = tmp_path_factory.mktemp("interned") / "s.sqlite"
     labels = Labels.of({"service_name": "a", "__profile_type__": WALL_ID, "__period__": "10000000"})
     want = {f"s{i}": Profile.from_pairs(pairs).as_dict() for i, pairs in enumerate(spans)}
+    by_fn = {f"s{i}": Profile.from_pairs((function_stack(st), c) for st, c in pairs).as_dict()
+             for i, pairs in enumerate(spans)}
 
     async def go() -> None:
         store = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
@@ -223,8 +227,10 @@ def test_interned_span_rows_read_back_exactly(tmp_path_factory, spans) -> None: 
         fresh = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
         for reader in (store, fresh):
             for span_id, expect in want.items():
-                _, got, n, _ = await reader.profile("span_id", span_id, None, None, Selector(()))
+                _, got, n, _ = await reader.profile("span_id", span_id, None, None, Selector(()), lines=True)
                 assert n == 1 and got.as_dict() == expect
+                _, got, n, _ = await reader.profile("span_id", span_id, None, None, Selector(()))
+                assert n == 1 and got.as_dict() == by_fn[span_id]
         await store.close()
         await fresh.close()
 
@@ -248,3 +254,93 @@ async def test_rows_of_the_earlier_encoding_still_read(tmp_path) -> None:  # typ
     _, got, n, _ = await store.profile("span_id", "s1", None, None, Selector(()))
     assert got.as_dict() == parse("main;new 3\nmain 3\nmain;old 5\n").as_dict() and n == 1
     await store.close()
+
+
+ADMIN_PY = "/srv/tinyhats/admin.py"
+LOCATED = Profile.from_pairs([
+    ((Frame("main", Kind.USER, ADMIN_PY, 200), Frame("createSampleImages", Kind.USER, ADMIN_PY, 120),
+      Frame("fetchMockup", Kind.USER, ADMIN_PY, 98)), 6),
+    ((Frame("main", Kind.USER, ADMIN_PY, 200), Frame("createSampleImages", Kind.USER, ADMIN_PY, 121),
+      Frame("thumbnail", Kind.USER, "/srv/tinyhats/images.py", 40)), 3),
+    ((Frame("main", Kind.USER, ADMIN_PY, 200), Frame("createSampleImages", Kind.USER, ADMIN_PY, 120),
+      Frame("fetchMockup", Kind.USER, ADMIN_PY, 98)), 1),
+    ((Frame("main", Kind.USER, ADMIN_PY, 201), Frame("idle", Kind.USER)), 2),
+], StackTable(lines=True))
+
+
+async def test_span_profile_by_line_keeps_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A span pushed with located frames (pprof Line/Function.filename) reads back by line with
+    each frame's file:line, exactly; the default (aggregate=function) answer has no locations and
+    merges a function's lines."""
+    c = await make_client(tmp_path)
+    try:
+        labels = {"__name__": "process_cpu", "service_name": "admin", "pod": "admin-1"}
+        await push(c, labels, RawSample(encode_pprof(LOCATED, sample_labels={
+            "span_id": "00000000000000e5", "trace_id": T1, "span_name": "GET /admin"}, time_nanos=int(NOW * 1e9))))
+        base = f"/api/v1/span_profile?span_id=00000000000000e5&profile_type={CPU_ID}&min_share=0"
+        by_fn = await get(c, base)
+        by_line = await get(c, base + "&aggregate=line")
+        assert "locations" not in by_fn and by_fn == await get(c, base + "&aggregate=function")
+        assert by_fn["total"] == by_line["total"] == 12 and by_line["spans"] == 1
+        names, locs = by_line["names"], by_line["locations"]
+        nodes = by_line["nodes"]
+        got: dict[tuple[str, str], int] = {}
+        for ni, v in zip(nodes["name"][1:], nodes["total"][1:], strict=True):
+            got[names[ni], locs[ni]] = got.get((names[ni], locs[ni]), 0) + v
+        assert got == {("main", f"{ADMIN_PY}:200"): 10, ("main", f"{ADMIN_PY}:201"): 2,
+                       ("createSampleImages", f"{ADMIN_PY}:120"): 7, ("createSampleImages", f"{ADMIN_PY}:121"): 3,
+                       ("fetchMockup", f"{ADMIN_PY}:98"): 7, ("thumbnail", "/srv/tinyhats/images.py:40"): 3,
+                       ("idle", ""): 2}
+        fn: dict[str, int] = {}
+        for ni, v in zip(by_fn["nodes"]["name"][1:], by_fn["nodes"]["total"][1:], strict=True):
+            fn[by_fn["names"][ni]] = fn.get(by_fn["names"][ni], 0) + v
+        assert fn == {"main": 12, "createSampleImages": 10, "fetchMockup": 7, "thumbnail": 3, "idle": 2}
+        r = await c.get(base + "&aggregate=file")
+        assert r.status == 400 and "aggregate" in await r.text()
+        assert "source" not in by_line  # the series names no repository
+        # A series naming its repository and git ref: the answer by line says where the source is.
+        src = {"service_repository": "https://github.com/acme/tinyhats", "service_git_ref": "v2",
+               "service_root_path": "/srv"}
+        await push(c, {**labels, **src}, RawSample(encode_pprof(LOCATED, sample_labels={
+            "span_id": "00000000000000f6", "trace_id": T2, "span_name": "GET /admin"}, time_nanos=int(NOW * 1e9))))
+        one = f"/api/v1/span_profile?span_id=00000000000000f6&profile_type={CPU_ID}"
+        assert (await get(c, one + "&aggregate=line"))["source"] == {
+            "repository": "https://github.com/acme/tinyhats", "ref": "v2", "root_path": "/srv"}
+        assert "source" not in await get(c, one)
+        # Two spans of series that disagree (one names no repository): no source.
+        both = await get(c, f"/api/v1/span_profile?span_name=GET%20/admin&profile_type={CPU_ID}&aggregate=line&"
+                            f"{RANGE}")
+        assert both["spans"] == 2 and both["total"] == 24 and "source" not in both
+    finally:
+        await c.close()
+
+
+async def test_span_frames_of_before_locations_still_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A spans.sqlite whose span_frames has no file/line columns (UNIQUE (name, kind)) is rebuilt
+    on open with the same ids: its rows read as before, and located frames of the same functions
+    are then kept beside them."""
+    path = tmp_path / "s.sqlite"
+    labels = Labels.of({"service_name": "a", "__profile_type__": WALL_ID, "__period__": "10000000"})
+    store = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
+    await store.add([SpanItem("s1", "t1", labels, 50.0, parse("main;old 5\nmain 2\n"))])
+    await store.close()
+    with sqlite3.connect(path) as db:  # the table as written before locations
+        db.execute("CREATE TABLE v0 (id INTEGER PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, "
+                   "UNIQUE(name, kind))")
+        db.execute("INSERT INTO v0 SELECT id, name, kind FROM span_frames")
+        db.execute("DROP TABLE span_frames")
+        db.execute("DROP TABLE span_files")
+        db.execute("ALTER TABLE v0 RENAME TO span_frames")
+    fresh = SpanStore(path, max_rows=1000, retention_seconds=0, clock=lambda: 100.0)
+    _, got, n, _ = await fresh.profile("span_id", "s1", None, None, Selector(()), lines=True)
+    assert n == 1 and got.as_dict() == parse("main;old 5\nmain 2\n").as_dict()
+    located = Profile.from_pairs([((Frame("main", Kind.USER, "m.py", 3), Frame("old", Kind.USER, "m.py", 9)), 4)])
+    await fresh.add([SpanItem("s2", "t2", labels, 60.0, located)])
+    _, got, _, _ = await fresh.profile("span_id", "s2", None, None, Selector(()), lines=True)
+    assert got.as_dict() == located.as_dict()
+    _, got, _, _ = await fresh.profile("span_id", "s2", None, None, Selector(()))
+    assert got.as_dict() == parse("main;old 4\n").as_dict()
+    await fresh.close()
+    with sqlite3.connect(path) as db:
+        cols = [r[1] for r in db.execute("PRAGMA table_info(span_frames)")]
+    assert cols == ["id", "name", "kind", "file", "line"]

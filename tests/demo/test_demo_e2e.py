@@ -142,8 +142,40 @@ def assert_requests_step(text: str, server: str) -> None:
         flame = _get(server, "/api/v1/span_profile", span_id=span)
         names = {fu.bare(flame["names"][i]) for i in flame["nodes"]["name"]}
         assert "createSampleImages" in names and "fetchMockup" in names, names
+    assert_by_line(server, [span for _, span in printed["before"]])
     slowest_after = max((ms for ms, _ in printed["after"]), default=0)
     assert slowest_after < printed["before"][0][0], printed
+
+
+def assert_by_line(server: str, spans: list[str]) -> None:
+    """The slowest request's flame graph by line (the SDK's pprof lines) has createSampleImages
+    at its line of tinyhats.py; the printed requests' show fetchMockup at a line that calls
+    manipulation-service (the request, the response, its read), as found in the source."""
+    import ast
+
+    src = REPO / "flamewatch" / "demo" / "tinyhats.py"
+    text = src.read_text()
+    defs = {n.name: (n.lineno, n.end_lineno or n.lineno) for n in ast.walk(ast.parse(text))
+            if isinstance(n, ast.FunctionDef)}
+    calls = {i for i, ln in enumerate(text.splitlines(), 1)
+             if defs["fetchMockup"][0] <= i <= defs["fetchMockup"][1]
+             and any(c in ln for c in ("conn.request(", "conn.getresponse()", "resp.read()"))}
+    assert len(calls) == 3, calls
+    seen: dict[str, set[int]] = {}
+    for k, span in enumerate(spans):
+        flame = _get(server, "/api/v1/span_profile", span_id=span, aggregate="line", min_share=0)
+        located = 0
+        for i in flame["nodes"]["name"][1:]:
+            loc = flame["locations"][i]
+            located += bool(loc)
+            file, _, line = loc.rpartition(":")
+            if file and Path(file).resolve() == src.resolve():
+                seen.setdefault(fu.bare(flame["names"][i]), set()).add(int(line))
+        assert located >= 0.95 * (len(flame["nodes"]["name"]) - 1), flame["locations"]
+        if k == 0:
+            a, b = defs["createSampleImages"]
+            assert any(a <= ln <= b for ln in seen.get("createSampleImages", ())), seen
+    assert seen.get("fetchMockup", set()) & calls, (seen, calls)
 
 
 @pytest.mark.slow

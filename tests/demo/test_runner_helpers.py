@@ -189,7 +189,7 @@ def test_request_lines_print_the_slowest_with_their_flamegraph() -> None:
     lines = request_lines(doc, "http://h:4040", limit=5)
     assert lines[0].split("\n")[0].split() == ["GET", "/admin", "1234", "ms", "CPU", "pod", "admin-1", "span",
                                                "ab" * 8]
-    assert lines[0].endswith("flamegraph: http://h:4040/?mode=requests&span=abababababababab&sptype=cpu")
+    assert lines[0].endswith("flamegraph: http://h:4040/?mode=requests&span=abababababababab&sptype=cpu&line=1")
     assert "900 ms wall" in lines[1] and request_lines({"rows": []}, "x") == []
 
 

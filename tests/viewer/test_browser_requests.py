@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from stacks.folded import parse
+from stacks.model import Frame, Profile
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
 from tests.viewer.conftest import PageWatch
@@ -28,6 +29,17 @@ SPANS = (
     ("00000000000000b2", "GET /health", "admin-1", "main;health 8\n"),
     ("00000000000000c3", "GET /admin", "admin-2", "main;Admin.handle;Admin.fetchImages 25\n"),
 )
+# Where span a1's frames are (as an SDK's pprof says): its flame graph by line shows them.
+ADMIN_PY = "/srv/tinyhats/admin.py"
+LOCS = {"main": ("/srv/tinyhats/main.py", 12), "Admin.handle": (ADMIN_PY, 260),
+        "Admin.createSampleImages": (ADMIN_PY, 236), "manipulation.resize": ("/srv/tinyhats/images.py", 88)}
+
+
+def located(text: str) -> Profile:
+    """The samples of folded ``text`` with each frame of :data:`LOCS` at its file and line."""
+    def at(f: Frame) -> Frame:
+        return Frame(f.name, f.kind, *LOCS[f.name]) if f.name in LOCS else f
+    return Profile.from_pairs((tuple(at(f) for f in stack), c) for stack, c in parse(text).items())
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +50,7 @@ def traced_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         now = time.time()
         srv.pushed_at = now  # the profiles' time: the span rows are filed at it
         for span_id, name, pod, text in SPANS:
-            raw = encode_pprof(parse(text), time_nanos=int(now * 1e9),
+            raw = encode_pprof(located(text), time_nanos=int(now * 1e9),
                                sample_labels={"span_id": span_id, "trace_id": span_id * 2, "span_name": name})
             labels = (("__name__", "process_cpu"), ("service_name", "admin"), ("pod", pod), ("oncpu", "false"))
             body = gzip.compress(encode_push_request([PushSeries(labels, (RawSample(raw),))]))
@@ -82,6 +94,36 @@ def test_requests_view_opens_a_span_flamegraph(traced_server: Any, watch: PageWa
     # The link reproduces the view: a reload opens the same span's flame graph.
     watch.goto_ready(page.url)
     assert page.evaluate("window.__flame.data.total") == 25
+    assert watch.errors == [], watch.errors
+
+
+def test_span_flamegraph_by_line_shows_file_and_line(traced_server: Any, watch: PageWatch) -> None:
+    """The "by line" toggle holds in the Requests view: a request's flame graph by line has the
+    frames' file:line (in the answer and the tooltip); by function it has none."""
+    from tests.viewer.test_browser_lines import hover
+
+    page = watch.page
+    watch.goto_ready(traced_server.url + f"/?mode=requests&type={WALL_ID}&meta=0")
+    page.wait_for_selector("body[data-requests=ready]", timeout=20000)
+    seq = watch.seq()
+    page.locator("#requests-table tbody tr").nth(0).click()
+    watch.wait_redraw(seq)
+    assert page.evaluate("window.__flame.data.total") == 40
+    assert page.evaluate("window.__flame.data.locations") is None  # by function (the default)
+    seq = watch.seq()
+    page.locator("#by-line").check()
+    watch.wait_redraw(seq)
+    assert "line=1" in page.url and "span=00000000000000a1" in page.url
+    assert page.evaluate("window.__flame.data.total") == 40
+    locs = page.evaluate("window.__flame.data.locations")
+    assert f"{ADMIN_PY}:236" in locs and f"{ADMIN_PY}:260" in locs
+    frame = next(f for f in watch.frames() if f["name"] == "Admin.createSampleImages")
+    assert f"at: {ADMIN_PY}:236" in hover(page, frame)
+    watch.shot("requests-by-line.png")
+    # The link reproduces it: a reload opens the same span by line.
+    watch.goto_ready(page.url)
+    assert page.locator("#by-line").is_checked()
+    assert f"{ADMIN_PY}:236" in page.evaluate("window.__flame.data.locations")
     assert watch.errors == [], watch.errors
 
 

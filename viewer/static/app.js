@@ -367,6 +367,7 @@
       path = "/api/v1/span_profile";
       params = {span_id: state.span, format: "json"};
       if (state.sptype) params.profile_type = state.sptype;
+      if (state.line) params.aggregate = "line"; // the "by line" toggle holds here too
     } else {
       path = "/api/v1/render";
       params = typed({query: buildSelector(), from: apiTime(state.from), until: apiTime(state.until),
