@@ -15,13 +15,16 @@ So every Python sample is named by the code the CPU was running at that
 instant, like perf's own samples, and quiet processes cost what busy ones
 cost: nothing per process, ~microseconds per sample.
 
-The kernel side keeps only code-object addresses: ``@n[pid, h]`` counts
-samples per stack hash ``h``, and the first sample of each stack in a report
-period stores its frames in ``@fr[pid, h, i]`` (leaf first). Every
-``interval`` seconds bpftrace prints both maps and a marker; this module
-turns code addresses into names by reading ``co_name`` and ``co_filename``
-through ``/proc/PID/mem`` (cached per process), so frames read like
-py-spy's: ``name (file.py)``.
+The kernel side keeps only addresses, two per frame: the code object and the
+frame's instruction (``prev_instr`` / ``instr_ptr``). ``@n[pid, h]`` counts
+samples per hash ``h`` of the stack's (code, instruction) pairs, and the first
+sample of each stack in a report period stores its frames in
+``@fr[pid, h, i] = (code, instruction)`` (leaf first). Every ``interval``
+seconds bpftrace prints both maps and a marker; this module reads each code
+object's ``co_name``, ``co_filename``, ``co_linetable`` and ``co_firstlineno``
+once through ``/proc/PID/mem`` (cached per process), so frames read like
+py-spy's: ``name (file.py)``, with the file and the instruction's line
+(:mod:`profiler.samplers.pylinetable` decodes the table).
 
 Where ``_PyRuntime`` is comes from the interpreter's ELF symbols
 (pyelftools) plus its load address in ``/proc/PID/maps``, read through
