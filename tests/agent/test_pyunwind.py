@@ -597,3 +597,35 @@ def test_bpftrace_shares_follow_the_cpu_split(tmp_path: Path) -> None:
     bound = 4 * (0.25 * 0.75 / n) ** 0.5 + 0.03  # 4 sigma, and the loop's own bytecode around the calls
     assert abs(share - 0.25) <= bound, (counts, share, bound)
     assert counts["other"] <= 0.1 * sum(counts.values()), counts
+
+
+def test_code_names_of_live_code_objects_and_their_cost() -> None:
+    """This process's own code objects read through /proc/self/mem (``id`` is the address in CPython): every
+    instruction's line equals ``co_positions()``. Prints the cost docs/agent.md quotes: a code object's
+    first frame (reads and decoding) and each further instruction of it."""
+    import json.decoder
+    import types
+
+    t = RuntimeFinder().find(os.getpid())
+    lay, pid = t.layout, os.getpid()
+    codes = [f.__code__ for m in (json.decoder, threading, subprocess) for f in vars(m).values()
+             if isinstance(f, types.FunctionType)]
+    codes += [f.__code__ for m in (threading, subprocess) for c in vars(m).values() if isinstance(c, type)
+              for f in vars(c).values() if isinstance(f, types.FunctionType)]
+    names = CodeNames(proc_mem_reader())
+    t0 = time.perf_counter()
+    for c in codes:
+        names.frame(pid, id(c), lay, id(c) + lay.code_adaptive)
+    first = (time.perf_counter() - t0) / len(codes)
+    wants = [(c, [p[0] or 0 for p in c.co_positions()]) for c in codes]
+    n, t0 = 0, time.perf_counter()
+    got = [[names.frame(pid, id(c), lay, id(c) + lay.code_adaptive + 2 * i).line for i in range(len(want))]
+           for c, want in wants]
+    further = (time.perf_counter() - t0) / sum(len(w) for _, w in wants)
+    for (c, want), lines in zip(wants, got, strict=True):
+        assert lines == want, c
+        n += len(want)
+    assert names.frame(pid, id(codes[0]), lay, 0).name == f"{codes[0].co_name} (json/decoder.py)"
+    print(f"\nCodeNames: {first * 1e6:.0f} us per code object's first frame ({len(codes)}), "
+          f"{further * 1e6:.2f} us per further instruction ({n})")
+    assert len(codes) > 100 and n > 5000
