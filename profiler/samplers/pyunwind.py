@@ -15,13 +15,16 @@ So every Python sample is named by the code the CPU was running at that
 instant, like perf's own samples, and quiet processes cost what busy ones
 cost: nothing per process, ~microseconds per sample.
 
-The kernel side keeps only code-object addresses: ``@n[pid, h]`` counts
-samples per stack hash ``h``, and the first sample of each stack in a report
-period stores its frames in ``@fr[pid, h, i]`` (leaf first). Every
-``interval`` seconds bpftrace prints both maps and a marker; this module
-turns code addresses into names by reading ``co_name`` and ``co_filename``
-through ``/proc/PID/mem`` (cached per process), so frames read like
-py-spy's: ``name (file.py)``.
+The kernel side keeps only addresses, two per frame: the code object and the
+frame's instruction (``prev_instr`` / ``instr_ptr``). ``@n[pid, h]`` counts
+samples per hash ``h`` of the stack's (code, instruction) pairs, and the first
+sample of each stack in a report period stores its frames in
+``@fr[pid, h, i] = (code, instruction)`` (leaf first). Every ``interval``
+seconds bpftrace prints both maps and a marker; this module reads each code
+object's ``co_name``, ``co_filename``, ``co_linetable`` and ``co_firstlineno``
+once through ``/proc/PID/mem`` (cached per process), so frames read like
+py-spy's: ``name (file.py)``, with the file and the instruction's line
+(:mod:`profiler.samplers.pylinetable` decodes the table).
 
 Where ``_PyRuntime`` is comes from the interpreter's ELF symbols
 (pyelftools) plus its load address in ``/proc/PID/maps``, read through
@@ -49,6 +52,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from profiler.samplers.base import Proc, Runner, default_runner, require_tool
+from profiler.samplers.pylinetable import MAX_TABLE, LineRanges, LineTableError, decode
 from stacks.model import Frame, Kind, Stack
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ MAX_THREADS = 64  # thread states walked per sample to find the running thread's
 FNV_OFFSET, FNV_PRIME = 1469598103934665603, 1099511628211
 SHIM_OWNER = 3  # FRAME_OWNED_BY_CSTACK (3.12+): an entry shim, not Python code
 MAX_KNOWN = 50_000  # stacks remembered per process (only for a stack whose frames straddle two reports)
+MAX_LOCATIONS = 200_000  # named (code, instruction) frames cached per process before the cache starts again
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,13 @@ class Layout:
     frame_code: int  # _PyInterpreterFrame.f_code (3.13: f_executable)
     frame_previous: int  # _PyInterpreterFrame.previous
     frame_owner: int  # _PyInterpreterFrame.owner (char)
+    frame_instr: int  # _PyInterpreterFrame.prev_instr (3.11, 3.12) / instr_ptr (3.13): the frame's instruction
     code_name: int  # PyCodeObject.co_name
     code_filename: int  # PyCodeObject.co_filename
+    code_linetable: int  # PyCodeObject.co_linetable (bytes, the PEP 657 location table)
+    code_firstlineno: int  # PyCodeObject.co_firstlineno (int)
+    code_adaptive: int  # PyCodeObject.co_code_adaptive: where the instructions start
+    bytes_data: int  # PyBytesObject.ob_sval
     ascii_size: int  # sizeof(PyASCIIObject): where an ASCII str's characters start
     compact_size: int  # sizeof(PyCompactUnicodeObject): where other compact strs' characters start
 
@@ -88,13 +98,16 @@ class Layout:
 # test_debug_offsets_of_a_live_313_equal_the_table checks that 3.13's line here equals what a live 3.13 publishes.
 LAYOUTS: dict[tuple[int, int], Layout] = {
     (3, 11): Layout(interp_head=40, threads_head=16, ts_next=8, ts_thread_id=152, ts_cframe=56, frame_ptr=8,
-                    frame_code=32, frame_previous=48, frame_owner=69, code_name=120, code_filename=112,
+                    frame_code=32, frame_previous=48, frame_owner=69, frame_instr=56, code_name=120,
+                    code_filename=112, code_linetable=136, code_firstlineno=72, code_adaptive=184, bytes_data=32,
                     ascii_size=48, compact_size=72),
     (3, 12): Layout(interp_head=40, threads_head=72, ts_next=8, ts_thread_id=136, ts_cframe=56, frame_ptr=0,
-                    frame_code=0, frame_previous=8, frame_owner=70, code_name=120, code_filename=112,
+                    frame_code=0, frame_previous=8, frame_owner=70, frame_instr=56, code_name=120,
+                    code_filename=112, code_linetable=136, code_firstlineno=68, code_adaptive=192, bytes_data=32,
                     ascii_size=40, compact_size=56),
     (3, 13): Layout(interp_head=632, threads_head=7344, ts_next=8, ts_thread_id=152, ts_cframe=-1, frame_ptr=72,
-                    frame_code=0, frame_previous=8, frame_owner=70, code_name=120, code_filename=112,
+                    frame_code=0, frame_previous=8, frame_owner=70, frame_instr=56, code_name=120,
+                    code_filename=112, code_linetable=136, code_firstlineno=68, code_adaptive=200, bytes_data=32,
                     ascii_size=40, compact_size=56),
 }
 
@@ -104,16 +117,19 @@ LAYOUTS: dict[tuple[int, int], Layout] = {
 # cookie[8], version, free_threaded, runtime_state{size, finalizing, interpreters_head},
 # interpreter_state{size, id, next, threads_head, ...13 fields}, thread_state{size, prev, next, interp,
 # current_frame, thread_id, ...9}, interpreter_frame{size, previous, executable, instr_ptr, localsplus, owner},
-# code_object{size, filename, name, ...10}, pyobject{2}, type_object{4}, tuple{3}, list{3}, dict{3}, float{2},
-# long{3}, bytes{3}, unicode_object{size, state, length, asciiobject_size}, gc{2}.
+# code_object{size, filename, name, qualname, linetable, firstlineno, argcount, localsplusnames,
+# localspluskinds, co_code_adaptive}, pyobject{2}, type_object{4}, tuple{3}, list{3}, dict{3}, float{2},
+# long{3}, bytes{size, ob_size, ob_sval}, unicode_object{size, state, length, asciiobject_size}, gc{2}.
 DEBUG_COOKIE = b"xdebugpy"
 DEBUG_FIELDS = {
     "version": 8, "free_threaded": 16,
     "interpreters_head": 40,  # runtime_state (24..48)
     "threads_head": 72,  # interpreter_state (48..152)
     "ts_next": 168, "ts_current_frame": 184, "ts_thread_id": 192,  # thread_state (152..224)
-    "frame_previous": 232, "frame_executable": 240, "frame_owner": 264,  # interpreter_frame (224..272)
-    "code_filename": 280, "code_name": 288,  # code_object (272..352)
+    "frame_previous": 232, "frame_executable": 240, "frame_instr_ptr": 248, "frame_owner": 264,  # (224..272)
+    "code_filename": 280, "code_name": 288, "code_linetable": 304, "code_firstlineno": 312,  # code_object
+    "code_adaptive": 344,  # code_object.co_code_adaptive (272..352)
+    "bytes_sval": 528,  # bytes_object (512..536)
     "asciiobject_size": 560,  # unicode_object (536..568)
 }
 DEBUG_SIZE = 584
@@ -138,7 +154,9 @@ def layout_from_debug_offsets(raw: bytes) -> tuple[tuple[int, int], Layout]:
         interp_head=f["interpreters_head"], threads_head=f["threads_head"], ts_next=f["ts_next"],
         ts_thread_id=f["ts_thread_id"], ts_cframe=-1, frame_ptr=f["ts_current_frame"],
         frame_code=f["frame_executable"], frame_previous=f["frame_previous"], frame_owner=f["frame_owner"],
-        code_name=f["code_name"], code_filename=f["code_filename"], ascii_size=f["asciiobject_size"],
+        frame_instr=f["frame_instr_ptr"], code_name=f["code_name"], code_filename=f["code_filename"],
+        code_linetable=f["code_linetable"], code_firstlineno=f["code_firstlineno"],
+        code_adaptive=f["code_adaptive"], bytes_data=f["bytes_sval"], ascii_size=f["asciiobject_size"],
         compact_size=f["asciiobject_size"] + COMPACT_EXTRA)
 
 
@@ -364,6 +382,7 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
     if ($f == 0) {{ break; }}
     if (*(uint8 *)uptr($f + {o['frame_owner']}) != {SHIM_OWNER}) {{
       $h = ($h ^ {rd}($f + {o['frame_code']})) * {FNV_PRIME};
+      $h = ($h ^ {rd}($f + {o['frame_instr']})) * {FNV_PRIME};
     }}
     $f = {rd}($f + {o['frame_previous']});
     $d++;
@@ -378,13 +397,13 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
     while ($d < {max_depth}) {{
       if ($f == 0) {{ break; }}
       if (*(uint8 *)uptr($f + {o['frame_owner']}) != {SHIM_OWNER}) {{
-        @fr[pid, $h, $j] = {rd}($f + {o['frame_code']});
+        @fr[pid, $h, $j] = ({rd}($f + {o['frame_code']}), {rd}($f + {o['frame_instr']}));
         $j++;
       }}
       $f = {rd}($f + {o['frame_previous']});
       $d++;
     }}
-    if ($f != 0) {{ @fr[pid, $h, $j] = 0; }}
+    if ($f != 0) {{ @fr[pid, $h, $j] = ((uint64)0, (uint64)0); }}
   }}
 }}
 interval:s:{interval} {{
@@ -402,10 +421,11 @@ END {{
 """
 
 
-_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (\d+))?\]: (-?\d+)$")
+_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (\d+))?\]: (?:(-?\d+)|\((\d+), (\d+)\))$")
 
-Report = dict[int, dict[tuple[int, ...], int]]
-"""pid -> stack of code addresses (root first; 0 stands for frames beyond max_depth) -> samples."""
+Report = dict[int, dict[tuple[tuple[int, int], ...], int]]
+"""pid -> stack of (code address, instruction address) per frame (root first; (0, 0) stands for frames
+beyond max_depth) -> samples."""
 
 
 class ReportParser:
@@ -418,8 +438,8 @@ class ReportParser:
 
     def __init__(self) -> None:
         self._counts: dict[tuple[int, int], int] = {}
-        self._frames: dict[tuple[int, int], dict[int, int]] = {}
-        self.known: dict[int, dict[int, tuple[int, ...]]] = {}  # pid -> hash -> stack
+        self._frames: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
+        self.known: dict[int, dict[int, tuple[tuple[int, int], ...]]] = {}  # pid -> hash -> stack
         self.unresolved = 0
 
     def feed(self, line: str) -> Report | None:
@@ -430,12 +450,12 @@ class ReportParser:
         m = _LINE.match(line)
         if m is None:
             return None
-        kind, pid, h, idx, val = m.groups()
+        kind, pid, h, idx, val, code, instr = m.groups()
         key = (int(pid), int(h))
-        if kind == "n":
+        if kind == "n" and val is not None:
             self._counts[key] = self._counts.get(key, 0) + int(val)
-        elif idx is not None:
-            self._frames.setdefault(key, {})[int(idx)] = int(val)
+        elif kind == "fr" and idx is not None and code is not None:
+            self._frames.setdefault(key, {})[int(idx)] = (int(code), int(instr))
         return None
 
     def _finish(self) -> Report:
@@ -503,46 +523,99 @@ def read_str(read: Reader, pid: int, addr: int, layout: Layout, limit: int = 512
     return data.decode(codec, "replace")
 
 
+def read_bytes(read: Reader, pid: int, addr: int, layout: Layout, limit: int = MAX_TABLE) -> bytes | None:
+    """A ``bytes`` object's contents at ``addr`` (None when unreadable or longer than ``limit``)."""
+    head = read(pid, addr, layout.bytes_data + 256)  # most line tables fit: one read
+    if len(head) < layout.bytes_data:
+        return None
+    length = struct.unpack_from("<q", head, 16)[0]  # ob_size
+    if not 0 <= length <= limit:
+        return None
+    data = head[layout.bytes_data:layout.bytes_data + length]
+    if len(data) < length:
+        data += read(pid, addr + layout.bytes_data + len(data), length - len(data))
+    return data if len(data) == length else None
+
+
 def short_filename(path: str) -> str:
     """A code file as py-spy shows it: relative to site-packages or the stdlib, else its base name."""
     m = re.search(r"/(?:site|dist)-packages/(.+)$", path) or re.search(r"/lib/python3\.\d+/(.+)$", path)
     return m.group(1) if m else os.path.basename(path)
 
 
-class CodeNames:
-    """Code object address -> :class:`Frame` (``name (file.py)``), cached per process for ``ttl`` seconds.
+@dataclass(frozen=True)
+class CodeInfo:
+    """What the agent reads once per code object: its name, its file as py-spy shows it, its line table."""
 
-    A cached name can outlive its code object only when the process frees code and reuses the address
-    within ``ttl`` (reloaded modules), which is why entries expire.
+    name: str
+    file: str  # short_filename(co_filename); "" when unreadable
+    lines: LineRanges | None  # None: the table could not be read or did not match the code's length
+
+
+class CodeNames:
+    """(code object, instruction) addresses -> :class:`Frame` (``name (file.py)``, file, line), cached per
+    process for ``ttl`` seconds.
+
+    A code object is read once (``co_name``, ``co_filename``, ``co_linetable``, ``co_firstlineno``); each
+    distinct instruction of it costs one lookup in its decoded table. A cached name can outlive its code
+    object only when the process frees code and reuses the address within ``ttl`` (reloaded modules),
+    which is why entries expire. At most :data:`MAX_LOCATIONS` frames are kept per process.
     """
 
     def __init__(self, read: Reader, clock: Callable[[], float] = time.monotonic, ttl: float = 300.0) -> None:
         self.read, self.clock, self.ttl = read, clock, ttl
-        self._cache: dict[int, tuple[float, dict[int, Frame]]] = {}
+        self._cache: dict[int, tuple[float, dict[int, CodeInfo], dict[tuple[int, int], Frame]]] = {}
+        self.located = 0  # frames named with a line (distinct (code, instruction) pairs read)
+        self.unlocated = 0  # frames named without one
 
-    def frame(self, pid: int, addr: int, layout: Layout) -> Frame:
+    def frame(self, pid: int, addr: int, layout: Layout, instr: int = 0) -> Frame:
+        """The frame of code object ``addr`` at instruction address ``instr`` (0: unknown, no line)."""
         now = self.clock()
-        born, cache = self._cache.get(pid, (now, {}))
-        if now - born > self.ttl:
-            born, cache = now, {}
-        self._cache[pid] = (born, cache)
-        f = cache.get(addr)
+        born, codes, frames = self._cache.get(pid, (now, {}, {}))
+        if now - born > self.ttl or len(frames) >= MAX_LOCATIONS:
+            born, codes, frames = now, {}, {}
+        self._cache[pid] = (born, codes, frames)
+        f = frames.get((addr, instr))
         if f is None:
-            f = cache[addr] = Frame(self._name(pid, addr, layout), Kind.USER)
+            info = codes.get(addr)
+            if info is None:
+                info = codes[addr] = self._info(pid, addr, layout)
+            line = 0
+            if instr and info.lines is not None:
+                # 3.11/3.12's prev_instr and 3.13's instr_ptr point into co_code_adaptive, in 2-byte code units
+                line = info.lines.line((instr - addr - layout.code_adaptive) // 2) or 0
+            if line:
+                self.located += 1
+            else:
+                self.unlocated += 1
+            f = frames[(addr, instr)] = Frame(info.name, Kind.USER, info.file, line)
         return f
 
-    def _name(self, pid: int, addr: int, layout: Layout) -> str:
+    def _info(self, pid: int, addr: int, layout: Layout) -> CodeInfo:
         if addr == 0:
-            return "[deeper frames]"
-        raw = self.read(pid, addr + layout.code_filename, 16)
-        if len(raw) < 16:
-            return "[unknown]"
-        file_ptr, name_ptr = struct.unpack_from("<QQ", raw, 0)
-        if layout.code_name != layout.code_filename + 8:  # the two are adjacent in every layout so far
-            name_ptr = struct.unpack("<Q", self.read(pid, addr + layout.code_name, 8) or b"\0" * 8)[0]
+            return CodeInfo("[deeper frames]", "", None)
+        end = max(layout.code_filename, layout.code_name, layout.code_linetable, layout.code_firstlineno) + 8
+        raw = self.read(pid, addr, end)
+        if len(raw) < end:
+            return CodeInfo("[unknown]", "", None)
+        (name_ptr,) = struct.unpack_from("<Q", raw, layout.code_name)
+        (file_ptr,) = struct.unpack_from("<Q", raw, layout.code_filename)
         name = read_str(self.read, pid, name_ptr, layout) or "[unknown]"
         path = read_str(self.read, pid, file_ptr, layout)
-        return f"{name} ({short_filename(path)})" if path else name
+        file = short_filename(path) if path else ""
+        units = struct.unpack_from("<q", raw, 16)[0]  # Py_SIZE(code): its length in code units
+        (first,) = struct.unpack_from("<i", raw, layout.code_firstlineno)
+        (table_ptr,) = struct.unpack_from("<Q", raw, layout.code_linetable)
+        table = read_bytes(self.read, pid, table_ptr, layout)
+        lines = None
+        if table is not None:
+            try:
+                lines = decode(table, first)
+            except LineTableError as e:
+                log.debug("pid %d: line table of code at %#x: %s", pid, addr, e)
+            if lines is not None and lines.units != units:  # not this code's table (a torn read)
+                lines = None
+        return CodeInfo(f"{name} ({file})" if file else name, file, lines)
 
     def forget(self, keep: Iterable[int]) -> None:
         keep = set(keep)
@@ -726,7 +799,7 @@ class PyUnwindSampler:
                 continue
             dest = out.setdefault(pid, {})
             for addrs, c in stacks.items():
-                key = tuple(self.names.frame(pid, a, t.layout) for a in addrs)
+                key = tuple(self.names.frame(pid, a, t.layout, ip) for a, ip in addrs)
                 dest[key] = dest.get(key, 0) + c
                 self.samples += c
         return out

@@ -193,6 +193,17 @@ def test_real_agent_end_to_end(tmp_path: Path, sampler: str, pyunwind: str, read
             assert "python_hot_function (hot_workload.py)" in py, py[:2000]
             if pyunwind == "on":  # hot, low-3 and low-1 (and the aggregator) named in the kernel
                 assert final["pyunwind_processes"] >= 3 and final["pyunwind_samples"] > 0, final
+                # issue 28: the unwinder's frames reach the store with their lines (HOT_PY: def at line 2,
+                # body 3-6, the call at 9)
+                q = urllib.parse.urlencode({"query": '{process=~"python.* hot_workload.py"}', "format": "json",
+                                            "from": int(t_start) - 120, "until": int(time.time()) + 120,
+                                            "aggregate": "line"})
+                by_line = json.loads(_get(f"{srv.url}/api/v1/render?{q}"))
+                at = {(n, loc) for n, loc in zip(by_line["names"], by_line["locations"], strict=True)}
+                hot = {loc for n, loc in at if n == "python_hot_function (hot_workload.py)"}
+                assert hot and all(loc.startswith("hot_workload.py:") and 2 <= int(loc.split(":")[1]) <= 6
+                                   for loc in hot), at
+                assert ("<module> (hot_workload.py)", "hot_workload.py:9") in at, at
             else:
                 assert final["pyspy_runs"] > 0 and final["pyunwind_samples"] == 0, final
             assert final["sampler"] == sampler, final

@@ -32,10 +32,12 @@ from profiler.samplers.pyunwind import (
     Target,
     layout_from_debug_offsets,
     proc_mem_reader,
+    read_bytes,
     read_str,
     short_filename,
     unwinder_script,
 )
+from stacks.model import Frame, Kind
 
 L11 = LAYOUTS[(3, 11)]
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
@@ -60,6 +62,9 @@ def test_script_for_one_version_has_its_offsets_and_no_version_switch() -> None:
     assert "uptr(@rt[pid] + 40) + 16)" in s  # interpreters.head, threads.head of 3.11
     assert "uptr(*(uint64 *)uptr($ts + 56) + 8)" in s  # tstate->cframe->current_frame
     assert "$v ==" not in s and "$v >= 13" not in s
+    # each frame's instruction (3.11's prev_instr) is in the stack's hash and recorded beside its code
+    assert "$h = ($h ^ *(uint64 *)uptr($f + 56)) * 1099511628211;" in s
+    assert "@fr[pid, $h, $j] = (*(uint64 *)uptr($f + 32), *(uint64 *)uptr($f + 56));" in s
 
 
 def test_script_for_mixed_versions_switches_on_the_minor_version() -> None:
@@ -75,14 +80,14 @@ def test_parser_names_stacks_root_first_and_remembers_their_frames() -> None:
     assert p.feed("@n[10, 5]: 3") is None
     p.feed("@n[10, -6]: 1")
     for i, addr in enumerate((300, 200, 100)):  # leaf first, as the kernel writes them
-        p.feed(f"@fr[10, 5, {i}]: {addr}")
-    p.feed("@fr[10, -6, 0]: 400")
+        p.feed(f"@fr[10, 5, {i}]: ({addr}, {addr + 7})")  # (code object, instruction)
+    p.feed("@fr[10, -6, 0]: (400, 18446744073709551615)")
     p.feed("Attaching 3 probes...")
-    assert p.feed(END_MARK) == {10: {(100, 200, 300): 3, (400,): 1}}
+    assert p.feed(END_MARK) == {10: {((100, 107), (200, 207), (300, 307)): 3, ((400, 2**64 - 1),): 1}}
     # later reports name only the hash; an unknown hash is counted, not guessed
     p.feed("@n[10, 5]: 2")
     p.feed("@n[11, 5]: 4")
-    assert p.feed(END_MARK) == {10: {(100, 200, 300): 2}}
+    assert p.feed(END_MARK) == {10: {((100, 107), (200, 207), (300, 307)): 2}}
     assert p.unresolved == 4
     p.forget([11])
     p.feed("@n[10, 5]: 1")
@@ -92,22 +97,24 @@ def test_parser_names_stacks_root_first_and_remembers_their_frames() -> None:
 def test_parser_skips_a_stack_with_missing_frame_indexes() -> None:
     p = ReportParser()
     p.feed("@n[1, 9]: 2")
-    p.feed("@fr[1, 9, 0]: 5")
-    p.feed("@fr[1, 9, 2]: 7")  # index 1 lost: not a stack to trust
+    p.feed("@fr[1, 9, 0]: (5, 6)")
+    p.feed("@fr[1, 9, 1]: 5")  # not a (code, instruction) pair: not read
+    p.feed("@fr[1, 9, 2]: (7, 8)")  # index 1 lost: not a stack to trust
     assert p.feed(END_MARK) == {}
     assert p.unresolved == 2
 
 
 @given(st.dictionaries(st.tuples(st.integers(1, 5), st.integers(-2**63, 2**63 - 1)),
-                       st.tuples(st.lists(st.integers(0, 2**47), min_size=1, max_size=12), st.integers(1, 99)),
+                       st.tuples(st.lists(st.tuples(st.integers(0, 2**47), st.integers(0, 2**64 - 1)), min_size=1,
+                                          max_size=12), st.integers(1, 99)),
                        max_size=20))
 def test_parser_round_trips_printed_maps(stacks: dict) -> None:
     p = ReportParser()
     want: dict[int, dict[tuple[int, ...], int]] = {}
     for (pid, h), (frames, n) in stacks.items():
         p.feed(f"@n[{pid}, {h}]: {n}")
-        for i, a in enumerate(frames):
-            p.feed(f"@fr[{pid}, {h}, {i}]: {a}")
+        for i, (a, ip) in enumerate(frames):
+            p.feed(f"@fr[{pid}, {h}, {i}]: ({a}, {ip})")
         key = tuple(reversed(frames))
         want.setdefault(pid, {})[key] = want.get(pid, {}).get(key, 0) + n
     assert p.feed(END_MARK) == want
@@ -148,6 +155,62 @@ def test_read_str_decodes_each_compact_kind(layout) -> None:
     not_compact = bytearray(_ascii("x", layout))
     not_compact[32] &= ~(1 << 5) & 0xFF
     assert read_str(_reader({0x5000: bytes(not_compact)}), 1, 0x5000, layout) is None
+
+
+def _bytes_obj(data: bytes, layout=L11) -> bytes:
+    return struct.pack("<qqqq", 1, 0, len(data), -1).ljust(layout.bytes_data, b"\0") + data + b"\0"
+
+
+def _code_obj(filename: int, name: int, table: int, units: int, first: int, layout=L11) -> bytes:
+    code = bytearray(layout.code_adaptive + 2 * units)
+    struct.pack_into("<q", code, 16, units)  # Py_SIZE: code units
+    struct.pack_into("<Q", code, layout.code_filename, filename)
+    struct.pack_into("<Q", code, layout.code_name, name)
+    struct.pack_into("<Q", code, layout.code_linetable, table)
+    struct.pack_into("<i", code, layout.code_firstlineno, first)
+    return bytes(code)
+
+
+def sample_function(rows):
+    total = 0
+    for r in rows:
+        total += (r *
+                  2)
+    return total
+
+
+@pytest.mark.parametrize("layout", [LAYOUTS[(3, 11)], LAYOUTS[(3, 12)], LAYOUTS[(3, 13)]])
+def test_code_names_give_each_instruction_its_line(layout) -> None:
+    """A code object laid out as the version lays it out, with this interpreter's real line table of
+    ``sample_function``: every instruction address gets the line ``co_positions()`` gives."""
+    c = sample_function.__code__
+    units = len(c.co_code) // 2
+    mem = {0x1000: _ascii("sample_function", layout), 0x2000: _ascii("/srv/app/rows.py", layout),
+           0x3000: _bytes_obj(c.co_linetable, layout),
+           0x10000: _code_obj(0x2000, 0x1000, 0x3000, units, c.co_firstlineno, layout)}
+    names = CodeNames(_reader(mem))
+    start = 0x10000 + layout.code_adaptive
+    want = [p[0] or 0 for p in c.co_positions()]
+    got = [names.frame(1, 0x10000, layout, start + 2 * i) for i in range(units)]
+    assert [f.line for f in got] == want
+    assert {(f.name, f.kind, f.file) for f in got} == {("sample_function (rows.py)", Kind.USER, "rows.py")}
+    assert set(want) >= set(range(c.co_firstlineno + 1, c.co_firstlineno + 5)) - {c.co_firstlineno + 4}
+    # not run yet (3.11/3.12's prev_instr is one before the code): the def's line; outside the code: none
+    assert names.frame(1, 0x10000, layout, start - 2).line == c.co_firstlineno
+    assert names.frame(1, 0x10000, layout, start + 2 * units).line == 0
+    assert names.frame(1, 0x10000, layout, 0) == Frame("sample_function (rows.py)", Kind.USER, "rows.py", 0)
+    # a table that does not cover the code (a torn read) gives no lines, the name stays
+    mem[0x20000] = _code_obj(0x2000, 0x1000, 0x3000, units + 1, c.co_firstlineno, layout)
+    assert names.frame(1, 0x20000, layout, 0x20000 + layout.code_adaptive).line == 0
+    mem[0x30000] = _code_obj(0x2000, 0x1000, 0x9000, units, c.co_firstlineno, layout)  # unreadable table
+    f = names.frame(1, 0x30000, layout, 0x30000 + layout.code_adaptive)
+    assert (f.name, f.line) == ("sample_function (rows.py)", 0)
+    long_table = bytes([0x80 | 13 << 3 | 7, 2]) * 400  # 800 bytes: more than the first read of a bytes object
+    mem[0x40000] = _bytes_obj(long_table, layout)
+    assert read_bytes(_reader(mem), 1, 0x40000, layout) == long_table
+    assert read_bytes(_reader(mem), 1, 0x40000, layout, limit=799) is None
+    mem[0x50000] = _code_obj(0x2000, 0x1000, 0x40000, 3200, 10, layout)
+    assert names.frame(1, 0x50000, layout, 0x50000 + layout.code_adaptive + 2 * 3199).line == 10 + 400
 
 
 def test_code_names_read_name_and_short_file_and_cache_per_process() -> None:
@@ -349,6 +412,39 @@ def _need_bpftrace() -> str:
     except ToolNotFound as e:
         pytest.skip(reason=f"bpftrace is not installed: {e}")
 
+def _spans(source: str) -> dict[str, list[tuple[int, int]]]:
+    """Function name -> the (first, last) lines of each definition of it; <module> is the whole file."""
+    import ast
+
+    spans: dict[str, list[tuple[int, int]]] = {"<module>": [(1, len(source.splitlines()))]}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            spans.setdefault(node.name, []).append((node.lineno, node.end_lineno or node.lineno))
+    return spans
+
+
+def _check_lines(stacks: dict[tuple[Frame, ...], int], sources: dict[str, str], app: str) -> None:
+    """>= 95 % of the Python frames (weighted by samples) carry a line; every frame of a file in ``sources``
+    is at a line inside the function it names; a frame of ``app`` calling another of ``app`` is at the call."""
+    total = sum(c * len(k) for k, c in stacks.items())
+    with_line = sum(c for k, c in stacks.items() for f in k if f.file and f.line > 0)
+    assert with_line >= 0.95 * total, (with_line, total, stacks)
+    spans = {file: _spans(src) for file, src in sources.items()}
+    text = {file: src.splitlines() for file, src in sources.items()}
+    checked = 0
+    for k in stacks:
+        for i, f in enumerate(k):
+            if f.file not in spans or not f.line:
+                continue
+            fn = f.name.rsplit(" (", 1)[0].rsplit(".", 1)[-1]
+            assert any(a <= f.line <= b for a, b in spans[f.file].get(fn, [])), f"{f.name} at line {f.line}: {k}"
+            checked += 1
+            if f.file == app and i + 1 < len(k) and k[i + 1].file == app:
+                callee = k[i + 1].name.rsplit(" (", 1)[0]
+                assert f"{callee}(" in text[app][f.line - 1], f"{f.name} at line {f.line} does not call {callee}"
+    assert checked, stacks
+
+
 BURNER = """
 import sys, threading, time
 def spin_in_thread_{tag}():
@@ -382,14 +478,16 @@ def test_bpftrace_names_quiet_and_busy_threads_of_every_version(tmp_path: Path, 
             tags[p.pid] = tag
         time.sleep(1.0)
         got: dict[int, dict[tuple[str, ...], int]] = {}
+        located: dict[int, dict[tuple[Frame, ...], int]] = {}
         lock = threading.Lock()
 
         def sink(pid: int, stacks: dict) -> None:
             with lock:
-                dest = got.setdefault(pid, {})
+                dest, full = got.setdefault(pid, {}), located.setdefault(pid, {})
                 for k, c in stacks.items():
                     names = tuple(f.name for f in k)
                     dest[names] = dest.get(names, 0) + c
+                    full[k] = full.get(k, 0) + c
 
         finder = RuntimeFinder()
         targets = {p.pid: finder.find(p.pid) for p in procs}
@@ -428,6 +526,11 @@ def test_bpftrace_names_quiet_and_busy_threads_of_every_version(tmp_path: Path, 
             assert spin > 3 * quiet >= 15, (tag, stacks, u.last_error)
             assert other <= 0.02 * sum(stacks.values()), (tag, stacks)
             assert any(k[0] == "_bootstrap (threading.py)" for k in stacks), stacks
+            threading_py = subprocess.run([p.args[0], "-c", "import threading; print(threading.__file__)"],
+                                          check=True, capture_output=True, text=True).stdout.strip()
+            _check_lines(located[p.pid], {f"{tag}.py": (tmp_path / f"{tag}.py").read_text(),
+                                          "threading.py": Path(threading_py).read_text()}, app=f"{tag}.py")
+        assert u.names.located > 0
         assert u.samples == sum(sum(s.values()) for s in got.values())
         assert u.starts == 1
     finally:
@@ -494,3 +597,35 @@ def test_bpftrace_shares_follow_the_cpu_split(tmp_path: Path) -> None:
     bound = 4 * (0.25 * 0.75 / n) ** 0.5 + 0.03  # 4 sigma, and the loop's own bytecode around the calls
     assert abs(share - 0.25) <= bound, (counts, share, bound)
     assert counts["other"] <= 0.1 * sum(counts.values()), counts
+
+
+def test_code_names_of_live_code_objects_and_their_cost() -> None:
+    """This process's own code objects read through /proc/self/mem (``id`` is the address in CPython): every
+    instruction's line equals ``co_positions()``. Prints the cost docs/agent.md quotes: a code object's
+    first frame (reads and decoding) and each further instruction of it."""
+    import json.decoder
+    import types
+
+    t = RuntimeFinder().find(os.getpid())
+    lay, pid = t.layout, os.getpid()
+    codes = [f.__code__ for m in (json.decoder, threading, subprocess) for f in vars(m).values()
+             if isinstance(f, types.FunctionType)]
+    codes += [f.__code__ for m in (threading, subprocess) for c in vars(m).values() if isinstance(c, type)
+              for f in vars(c).values() if isinstance(f, types.FunctionType)]
+    names = CodeNames(proc_mem_reader())
+    t0 = time.perf_counter()
+    for c in codes:
+        names.frame(pid, id(c), lay, id(c) + lay.code_adaptive)
+    first = (time.perf_counter() - t0) / len(codes)
+    wants = [(c, [p[0] or 0 for p in c.co_positions()]) for c in codes]
+    n, t0 = 0, time.perf_counter()
+    got = [[names.frame(pid, id(c), lay, id(c) + lay.code_adaptive + 2 * i).line for i in range(len(want))]
+           for c, want in wants]
+    further = (time.perf_counter() - t0) / sum(len(w) for _, w in wants)
+    for (c, want), lines in zip(wants, got, strict=True):
+        assert lines == want, c
+        n += len(want)
+    assert names.frame(pid, id(codes[0]), lay, 0).name == f"{codes[0].co_name} (json/decoder.py)"
+    print(f"\nCodeNames: {first * 1e6:.0f} us per code object's first frame ({len(codes)}), "
+          f"{further * 1e6:.2f} us per further instruction ({n})")
+    assert len(codes) > 100 and n > 5000
