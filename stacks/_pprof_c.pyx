@@ -8,12 +8,14 @@ pprof ``Profile`` message:
    the samples, the string table (as ``str``), and the mapping, function and
    location tables as flat integer arrays. Python turns locations into runs
    of global frame numbers (a dict hit per function, numpy per location).
-2. :func:`read_samples` reads every sample: location ids -> frame numbers ->
-   a keyed 128-bit hash of the stack (SipHash-1-3, ``stacks/_hashing.pxd``),
-   looked up in a :class:`StackIndex` (hash -> stack id on one
-   ``StackTable``); it also picks the chosen value.
+2. :func:`sample_columns` reads every sample into the neutral sample columns
+   (location ids, value counts, the chosen value, which samples carry labels).
+3. :func:`stack_ids`, on those columns once the shared rules made runs of frame
+   numbers: location ids -> frame numbers -> a keyed 128-bit hash of the stack
+   (SipHash-1-3, ``stacks/_hashing.pxd``), looked up in a :class:`StackIndex`
+   (hash -> stack id on one ``StackTable``).
 
-Either pass returns ``None`` for anything it does not fully understand (odd
+Either wire pass returns ``None`` for anything it does not fully understand (odd
 wire types, undefined ids, malformed varints...); the caller then uses the
 protobuf-library decoder, which gives the same result or the exact error.
 
@@ -416,33 +418,26 @@ cdef class StackIndex:
         return h1, h2
 
 
-# -- pass 2: the samples -----------------------------------------------------------------------
+# -- pass 2: the samples, as neutral columns ------------------------------------------------------
 
-cdef int samples_loop(
-    const uint8_t* b, Py_ssize_t size, const int64_t[::1] starts, const int64_t[::1] ends,
-    const int32_t[::1] lut, const int32_t[::1] run_off, const int32_t[::1] run_len,
-    const int32_t[::1] run_frames, Py_ssize_t n_types, Py_ssize_t vi, StackIndex index,
-    int64_t[::1] ids, int64_t[::1] vals, uint64_t[::1] hs1, uint64_t[::1] hs2, uint8_t[::1] lab,
+cdef int columns_loop(
+    const uint8_t* b, Py_ssize_t size, const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t vi,
+    int64_t[::1] bound, int64_t[::1] locs, int64_t[::1] nvals_o, int64_t[::1] vals, uint8_t[::1] lab,
 ) noexcept nogil:
-    """The per-sample loop of :func:`read_samples`: 1 when every sample was read, 0 when one is unusual."""
+    """The per-sample loop of :func:`sample_columns`: 1 when every sample was read, 0 when one is unusual."""
     cdef Py_ssize_t n = starts.shape[0]
-    cdef Py_ssize_t n_lut = lut.shape[0]
-    cdef Py_ssize_t k, i, end, stop, r, q, nvals
-    cdef uint64_t tag, lid, v, h1, h2, nframes, field
+    cdef Py_ssize_t cap = locs.shape[0]
+    cdef Py_ssize_t k, i, end, stop, nvals, nl = 0
+    cdef uint64_t tag, v, field
     cdef int64_t val
-    cdef int32_t run
     cdef int wire
     cdef bint bad = False
-    cdef uint64_t k0 = index.key0, k1 = index.key1
-    cdef Sip s
-    cdef const Index* ix = &index.ix
+    bound[0] = 0
     for k in range(n):
         i = starts[k]
         end = ends[k]
         if i < 0 or end > size or i > end:
             return 0
-        sip_init(&s, k0, k1)
-        nframes = 0
         nvals = 0
         val = 0
         while i < end:
@@ -456,16 +451,11 @@ cdef int samples_loop(
                 if bad:
                     return 0
                 while i < stop:
-                    lid = varint(b, &i, stop, &bad)
-                    if bad or lid >= <uint64_t>n_lut:
+                    v = varint(b, &i, stop, &bad)
+                    if bad or nl >= cap:  # every id takes a byte: ``cap`` (the samples' bytes) is never reached
                         return 0
-                    run = lut[lid]
-                    if run < 0:
-                        return 0  # an undefined location: the library names it
-                    q = run_off[run]
-                    for r in range(q, q + run_len[run]):
-                        sip_absorb(&s, <uint64_t>run_frames[r], C_ROUNDS)
-                    nframes += run_len[run]
+                    locs[nl] = <int64_t>v
+                    nl += 1
                     if wire == 0:
                         break
             elif field == 2 and (wire == 0 or wire == 2):
@@ -490,97 +480,137 @@ cdef int samples_loop(
                 i = skip(b, i, wire, end, &bad)
             if bad:
                 return 0
-        if nvals != n_types:
-            return 0
-        sip_finish(&s, (8 * nframes) << 56, C_ROUNDS, D_ROUNDS, &h1, &h2)
-        hs1[k] = h1
-        hs2[k] = h2
+        bound[k + 1] = nl
+        nvals_o[k] = nvals
         vals[k] = val
-    if n:
-        index_find_many(ix, &hs1[0], &hs2[0], &ids[0], n)
     return 1
 
 
-def read_samples(
-    bytes raw,
-    const int64_t[::1] starts,
-    const int64_t[::1] ends,
-    const int32_t[::1] lut,
-    const int32_t[::1] run_off,
-    const int32_t[::1] run_len,
-    const int32_t[::1] run_frames,
-    Py_ssize_t n_types,
-    Py_ssize_t vi,
-    StackIndex index,
-):
-    """Pass 2: every sample's stack id (-1 when new), chosen value and hash.
+def sample_columns(bytes raw, const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t vi):
+    """Pass 2: the samples ``raw[starts[k]:ends[k]]`` as the neutral sample columns.
 
-    ``lut[location id]`` is the location's run (-1: undefined); run ``r`` is
-    ``run_frames[run_off[r]:run_off[r] + run_len[r]]``, leaf first. Returns
-    (ids, values, h1, h2, labelled) arrays, ``labelled`` marking samples that
-    carry labels; or None when a sample is unusual (undefined location, a
-    value count other than ``n_types``, odd wire types), for the library to
-    decide.
+    Returns (bound, locations, value counts, values, labelled): sample ``k``'s location
+    ids (int64 bit patterns, leaf first) are ``locations[bound[k]:bound[k + 1]]``, its
+    value ``vi`` is ``values[k]`` (0 when it has fewer), ``labelled[k]`` marks a sample
+    with labels (read by the Python reader); or None when a sample is encoded unusually
+    (odd wire types, cut varints), for the library to decide.
     """
     n = starts.shape[0]
-    if ends.shape[0] != n or run_off.shape[0] != run_len.shape[0]:
-        raise ValueError("read_samples: mismatched array lengths")
-    ids_a = np.empty(n, np.int64)
+    if ends.shape[0] != n:
+        raise ValueError("sample_columns: mismatched array lengths")
+    total = int(np.subtract(ends, starts).sum()) if n else 0
+    # An id takes at least a byte; pages past the ids written are never touched.
+    locs_a = np.empty(max(total, 0), np.int64)
+    bound_a = np.empty(n + 1, np.int64)
+    nvals_a = np.empty(n, np.int64)
     vals_a = np.empty(n, np.int64)
-    h1_a = np.empty(n, np.uint64)
-    h2_a = np.empty(n, np.uint64)
     lab_a = np.zeros(n, np.uint8)
-    cdef int64_t[::1] ids = ids_a
+    cdef int64_t[::1] locs = locs_a
+    cdef int64_t[::1] bound = bound_a
+    cdef int64_t[::1] nvals = nvals_a
     cdef int64_t[::1] vals = vals_a
-    cdef uint64_t[::1] hs1 = h1_a
-    cdef uint64_t[::1] hs2 = h2_a
     cdef uint8_t[::1] lab = lab_a
     cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(raw)
     cdef int ok
     with nogil:
-        ok = samples_loop(b, size, starts, ends, lut, run_off, run_len, run_frames, n_types, vi, index,
-                          ids, vals, hs1, hs2, lab)
+        ok = columns_loop(b, size, starts, ends, vi, bound, locs, nvals, vals, lab)
     if not ok:
         return None
-    return ids_a, vals_a, h1_a, h2_a, lab_a
+    return bound_a, locs_a[: bound_a[n]], nvals_a, vals_a, lab_a
 
 
-def sample_frames(
-    bytes raw,
-    Py_ssize_t start,
-    Py_ssize_t end,
+# -- pass 3: stack identity, on the columns ---------------------------------------------------------
+
+cdef int hash_loop(
+    const int64_t[::1] bound, const int64_t[::1] locs, const int32_t[::1] lut, const int32_t[::1] run_off,
+    const int32_t[::1] run_len, const int32_t[::1] run_frames, StackIndex index,
+    int64_t[::1] ids, uint64_t[::1] hs1, uint64_t[::1] hs2,
+) noexcept nogil:
+    """The per-sample loop of :func:`stack_ids`: 1 when every location is defined, else 0."""
+    cdef Py_ssize_t n = ids.shape[0]
+    cdef Py_ssize_t n_lut = lut.shape[0]
+    cdef Py_ssize_t k, p, r, q
+    cdef uint64_t lid, h1, h2, nframes
+    cdef int32_t run
+    cdef uint64_t k0 = index.key0, k1 = index.key1
+    cdef Sip s
+    cdef const Index* ix = &index.ix
+    for k in range(n):
+        sip_init(&s, k0, k1)
+        nframes = 0
+        for p in range(bound[k], bound[k + 1]):
+            lid = <uint64_t>locs[p]
+            if lid >= <uint64_t>n_lut:
+                return 0
+            run = lut[lid]
+            if run < 0:
+                return 0  # an undefined location: the shared check names it
+            q = run_off[run]
+            for r in range(q, q + run_len[run]):
+                sip_absorb(&s, <uint64_t>run_frames[r], C_ROUNDS)
+            nframes += run_len[run]
+        sip_finish(&s, (8 * nframes) << 56, C_ROUNDS, D_ROUNDS, &h1, &h2)
+        hs1[k] = h1
+        hs2[k] = h2
+    if n:
+        index_find_many(ix, &hs1[0], &hs2[0], &ids[0], n)
+    return 1
+
+
+def stack_ids(
+    const int64_t[::1] bound,
+    const int64_t[::1] locs,
     const int32_t[::1] lut,
     const int32_t[::1] run_off,
     const int32_t[::1] run_len,
     const int32_t[::1] run_frames,
+    StackIndex index,
 ):
-    """The frame numbers of one sample that :func:`read_samples` accepted, root first."""
-    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t i = start, stop, r, q
-    cdef uint64_t tag, lid
-    cdef int wire
-    cdef bint bad = False
+    """Every sample's stack id (-1 when new) and hash, from the sample columns.
+
+    ``lut[location id]`` is the location's run (-1: undefined); run ``r`` is
+    ``run_frames[run_off[r]:run_off[r] + run_len[r]]``, leaf first. Returns (ids, h1, h2),
+    or None when a location is undefined.
+    """
+    n = bound.shape[0] - 1
+    if n < 0 or run_off.shape[0] != run_len.shape[0]:
+        raise ValueError("stack_ids: mismatched array lengths")
+    ids_a = np.empty(n, np.int64)
+    h1_a = np.empty(n, np.uint64)
+    h2_a = np.empty(n, np.uint64)
+    cdef int64_t[::1] ids = ids_a
+    cdef uint64_t[::1] hs1 = h1_a
+    cdef uint64_t[::1] hs2 = h2_a
+    cdef int ok
+    with nogil:
+        ok = hash_loop(bound, locs, lut, run_off, run_len, run_frames, index, ids, hs1, hs2)
+    if not ok:
+        return None
+    return ids_a, h1_a, h2_a
+
+
+def stack_frames(
+    const int64_t[::1] bound,
+    const int64_t[::1] locs,
+    const int32_t[::1] lut,
+    const int32_t[::1] run_off,
+    const int32_t[::1] run_len,
+    const int32_t[::1] run_frames,
+    Py_ssize_t k,
+):
+    """The frame numbers of sample ``k`` that :func:`stack_ids` accepted, root first."""
+    cdef Py_ssize_t p, r, q
     cdef int32_t run
+    cdef uint64_t lid
     out = []
-    while i < end:
-        tag = varint(b, &i, end, &bad)
-        wire = tag & 7
-        if tag >> 3 == 1 and (wire == 0 or wire == 2):
-            stop = sub_end(b, &i, end, &bad) if wire == 2 else end
-            while i < stop and not bad:
-                lid = varint(b, &i, stop, &bad)
-                if bad or lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
-                    raise ValueError("sample_frames: a sample read_samples did not accept")
-                run = lut[lid]
-                q = run_off[run]
-                for r in range(q, q + run_len[run]):
-                    out.append(run_frames[r])
-                if wire == 0:
-                    break
-        else:
-            i = skip(b, i, wire, end, &bad)
-        if bad:
-            raise ValueError("sample_frames: a sample read_samples did not accept")
+    for p in range(bound[k], bound[k + 1]):
+        lid = <uint64_t>locs[p]
+        if lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
+            raise ValueError("stack_frames: a sample stack_ids did not accept")
+        run = lut[lid]
+        q = run_off[run]
+        for r in range(q, q + run_len[run]):
+            out.append(run_frames[r])
     out.reverse()
     return out
