@@ -44,6 +44,7 @@ from stacks._pprof_tables import (
     tables_of_scan,
 )
 from stacks.errors import InputError
+from stacks.folded import KERNEL_SUFFIX  # the kernel mark of folded text, which pprof names carry too
 from stacks.gz import maybe_gunzip
 from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
 from stacks.profiletype import TIME_UNITS_NS
@@ -63,7 +64,6 @@ BUILT = _pprof_c is not None
 """True when the compiled reader was built (a :class:`PprofDecoder` may then use it)."""
 
 KERNEL_MAPPING = "[kernel.kallsyms]"
-KERNEL_SUFFIX = "_[k]"
 DEFAULT_MAX_DECOMPRESSED = 256 << 20
 
 # Bounds of a decoder's caches, so odd inputs cannot grow them forever.
