@@ -71,6 +71,8 @@ _FRAMES_MAX = 200_000
 _STACKS_MAX = 500_000
 _FAST_MIN_SAMPLES = 64  # measured break-even: ~40 samples (bench/pprof_decode.py, SDK-shaped push)
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # every location row's frame numbers: (offsets, lengths, frames)
+# The compiled reader's stacks: (stack id or -1, h1, h2) per sample, the location lut and int32 runs.
+Hashed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]
 
 
 @dataclass(frozen=True)
@@ -561,13 +563,15 @@ class PprofDecoder:
         return frame_no, kernel, np.flatnonzero(~ok).tolist(), mi, fi_line
 
     # -- the samples, once for every reader -----------------------------------------------------------
-    def _series(self, t: PprofTables, head: _Head, sm: PprofSamples, table: StackTable, runs: Runs
-                ) -> list[tuple[Labels, Profile]]:
+    def _series(self, t: PprofTables, head: _Head, sm: PprofSamples, table: StackTable, runs: Runs,
+                hashed: Hashed | None = None) -> list[tuple[Labels, Profile]]:
         """What the sample columns mean, whichever reader read them: the first malformed sample's
         error, stack ids interned in sample order, one profile per label set (InputError as the
-        library reader always raised them). ``t`` has no repeated location ids."""
+        library reader always raised them). ``t`` has no repeated location ids.
+
+        ``hashed``: the compiled reader's stack hashes, taken while it read the samples (else
+        the frame-number cache finds the stacks)."""
         n_types = len(head.types)
-        hashed = self._hashed(t, sm, runs)
         rows = _sample_rows(t.location_id.view(np.uint64), sm.locations.view(np.uint64)) if hashed is None else None
         if (hashed is None and rows is None) or bool((sm.n_values != n_types).any()):
             check_samples(sm, t.location_id, n_types)
@@ -581,23 +585,10 @@ class PprofDecoder:
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
         return label_series(table, sids, sm, groups, divisor)
 
-    def _hashed(self, t: PprofTables, sm: PprofSamples, runs: Runs) -> tuple[np.ndarray, ...] | None:
-        """With the compiled reader: every sample's (stack id or -1, h1, h2) and what they were
-        hashed with (location lut and int32 runs); None without it, for sparse or repeated
-        location ids, or an undefined location (then :meth:`_series` names it)."""
-        if self._index is None or len(self._frame_by_no) >= 1 << 31:
-            return None
-        lut = _location_lut(t.location_id)
-        if lut is None:
-            return None
-        runs32 = tuple(a.astype(np.int32) for a in runs)
-        got = _pprof_c.stack_ids(sm.bound, sm.locations, lut, *runs32, self._index)  # type: ignore[union-attr]
-        return None if got is None else (*got, lut, *runs32)
-
-    def _intern_hashed(self, table: StackTable, sm: PprofSamples, hashed: tuple[np.ndarray, ...]) -> np.ndarray:
+    def _intern_hashed(self, table: StackTable, sm: PprofSamples, hashed: Hashed) -> np.ndarray:
         """Every sample's stack id, the ones the compiled index did not know interned in sample order."""
         assert _pprof_c is not None and self._index is not None
-        sids, h1, h2, lut, *runs32 = hashed
+        sids, h1, h2, lut, runs32 = hashed
         misses = np.flatnonzero(sids < 0).tolist()
         if not misses:
             return sids
@@ -693,20 +684,24 @@ class PprofDecoder:
             head = _head_of(t, column)
         except InputError:
             return None  # the library names the error
+        self._bound_caches(table)
+        runs = self._runs(t)
+        lut = _location_lut(t.location_id)
+        if runs is None or lut is None or len(self._frame_by_no) >= 1 << 31:
+            return None  # sparse ids: the numpy reader; repeated ones: the library, as it always did
+        runs32 = tuple(a.astype(np.int32) for a in runs)
         starts, ends = scanned["sample_start"], scanned["sample_end"]
-        cols = _pprof_c.sample_columns(raw, starts, ends, head.vi)
+        cols = _pprof_c.sample_columns(raw, starts, ends, head.vi, lut, *runs32, self._index)
         if cols is None:
             return None
-        bound, locations, n_values, value, labelled = cols
+        bound, locations, n_values, value, labelled, got = cols
         labels = label_keys(raw, starts, ends, np.flatnonzero(labelled).tolist())
         if labels is None:
             return None
-        self._bound_caches(table)
-        runs = self._runs(t)
-        if runs is None or _location_lut(t.location_id) is None:
-            return None  # sparse ids: the numpy reader; repeated ones: the library, as it always did
+        hashed = None if got is None else (*got, lut, runs32)
         try:
-            series = self._series(t, head, PprofSamples(bound, locations, n_values, value, labels), table, runs)
+            series = self._series(t, head, PprofSamples(bound, locations, n_values, value, labels), table, runs,
+                                  hashed)
         except InputError:
             return None  # the library names the error
         return _decoded(head, series, t.time_nanos, t.duration_nanos)

@@ -58,7 +58,8 @@ def compiled_read(raw: bytes, vi: int) -> tuple[PprofTables, PprofSamples] | Non
     cols = _pprof_c.sample_columns(raw, starts, ends, vi)
     if cols is None:
         return None
-    bound, locations, n_values, value, labelled = cols
+    bound, locations, n_values, value, labelled, hashed = cols
+    assert hashed is None  # no index given: nothing hashed
     labels = label_keys(raw, starts, ends, np.flatnonzero(labelled).tolist())
     assert labels is not None
     return t, PprofSamples(bound, locations, n_values, value, labels)
@@ -207,3 +208,36 @@ def test_every_reader_gives_the_shared_errors() -> None:
         with pytest.raises(InputError, match="sample 1 refers to location 8, which is not defined"):
             dec.decode(raw)
     assert PprofDecoder()._decode_compiled(raw, StackTable()) is None
+
+
+def test_compiled_columns_hash_each_stack_on_the_way() -> None:
+    """Given the runs, the compiled read hashes every stack (its frame numbers, leaf first) as
+    ``StackIndex.hash_frames`` does; an undefined location leaves the hashes out, not the columns."""
+    from stacks.pprof import _location_lut
+
+    dec = PprofDecoder()
+    for raw, want_hashed in ((_profile([([2, 1], [30], []), ([1], [5], [(5, 6)]), ([], [1], [])]), True),
+                             (_profile([([2, 1], [30], []), ([1, 9], [5], [])]), False)):
+        scanned = _pprof_c.scan(raw)
+        t = tables_of_scan(scanned)
+        assert t is not None
+        runs = dec._runs(t)
+        lut = _location_lut(t.location_id)
+        assert runs is not None and lut is not None
+        run_off, run_len, run_frames = (a.astype(np.int32) for a in runs)
+        starts, ends = scanned["sample_start"], scanned["sample_end"]
+        got = _pprof_c.sample_columns(raw, starts, ends, 0, lut, run_off, run_len, run_frames, dec._index)
+        plain = _pprof_c.sample_columns(raw, starts, ends, 0)
+        assert got is not None and plain is not None
+        for a, b in zip(got[:5], plain[:5], strict=True):
+            assert np.array_equal(a, b)
+        if not want_hashed:
+            assert got[5] is None
+            continue
+        ids, h1, h2 = got[5]
+        assert ids.tolist() == [-1, -1, -1]  # a fresh index knows no stack
+        bound, locs = got[0], got[1]
+        for k in range(3):
+            rows = [int(lut[lid]) for lid in locs[bound[k] : bound[k + 1]]]
+            frames = [int(f) for r in rows for f in run_frames[run_off[r] : run_off[r] + run_len[r]]]
+            assert (int(h1[k]), int(h2[k])) == dec._index.hash_frames(np.array(frames, np.int32))
