@@ -70,7 +70,10 @@ def label_groups(samples: PprofSamples, s: Callable[[int, str], str]) -> LabelGr
                 c = code_of[key] = len(keys_by_code)
                 keys_by_code.append(key)
             gcode[k] = c
-    present = np.bincount(gcode[value > 0], minlength=len(keys_by_code)) > 0
+    if len(keys_by_code) == 1:  # no labelled sample with a positive value: skip the count
+        present = [bool((value > 0).any())]
+    else:
+        present = (np.bincount(gcode[value > 0], minlength=len(keys_by_code)) > 0).tolist()
     by_labels: dict[Labels, list[int]] = {}
     for c, key in enumerate(keys_by_code):
         if present[c]:
@@ -95,10 +98,14 @@ def label_series(table: StackTable, sids: np.ndarray, samples: PprofSamples, gro
     return series
 
 
+_NUMPY_MIN = 64  # fewer samples than this are summed in Python (bench/pprof_decode.py, SDK-shaped push)
+
+
 def summed(table: StackTable, sids: np.ndarray, vals: np.ndarray, divisor: int) -> Profile:
     """Values summed per stack and turned into sample counts (:func:`to_samples`), in int64 where
-    no sum can overflow, else in exact Python ints (InputError past 2**63 - 1)."""
-    if len(vals) and int(vals.max()) > ((1 << 63) - 1 - max(divisor, 0)) // len(vals):
+    no sum can overflow, else in exact Python ints (InputError past 2**63 - 1). A few samples
+    (an SDK's push) are summed in Python too: cheaper than numpy's fixed cost per call."""
+    if len(vals) < _NUMPY_MIN or int(vals.max()) > ((1 << 63) - 1 - max(divisor, 0)) // len(vals):
         return _summed_exactly(table, sids.tolist(), vals.tolist(), divisor)
     order = np.argsort(sids)  # a sum per id: any order of equal ids will do
     ss = sids[order]

