@@ -592,20 +592,25 @@ def stack_frames(
     const int32_t[::1] run_off,
     const int32_t[::1] run_len,
     const int32_t[::1] run_frames,
-    Py_ssize_t k,
+    const int64_t[::1] which,
 ):
-    """The frame numbers of sample ``k``, whose stack :func:`sample_columns` hashed, root first."""
-    cdef Py_ssize_t p, r, q
+    """The frame numbers of each sample in ``which`` (their stacks :func:`sample_columns` hashed),
+    root first: a list of tuples. One call for all new stacks of a decode, not one each."""
+    cdef Py_ssize_t m, k, p, r, q
     cdef int32_t run
     cdef uint64_t lid
-    out = []
-    for p in range(bound[k], bound[k + 1]):
-        lid = <uint64_t>locs[p]
-        if lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
-            raise ValueError("stack_frames: a sample sample_columns did not hash")
-        run = lut[lid]
-        q = run_off[run]
-        for r in range(q, q + run_len[run]):
-            out.append(run_frames[r])
-    out.reverse()
-    return out
+    stacks = []
+    for m in range(which.shape[0]):
+        k = which[m]
+        out = []
+        for p in range(bound[k], bound[k + 1]):
+            lid = <uint64_t>locs[p]
+            if lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
+                raise ValueError("stack_frames: a sample sample_columns did not hash")
+            run = lut[lid]
+            q = run_off[run]
+            for r in range(q, q + run_len[run]):
+                out.append(run_frames[r])
+        out.reverse()
+        stacks.append(tuple(out))
+    return stacks

@@ -589,19 +589,19 @@ class PprofDecoder:
         """Every sample's stack id, the ones the compiled index did not know interned in sample order."""
         assert _pprof_c is not None and self._index is not None
         sids, h1, h2, lut, runs32 = hashed
-        misses = np.flatnonzero(sids < 0).tolist()
-        if not misses:
+        miss_idx = np.flatnonzero(sids < 0)
+        if not len(miss_idx):
             return sids
+        misses = miss_idx.tolist()
         intern = table.intern
         by_no = self._frame_by_no.__getitem__
         index = self._index
-        frames_of = _pprof_c.stack_frames
+        stacks = _pprof_c.stack_frames(sm.bound, sm.locations, lut, *runs32, miss_idx)
         h1l, h2l = h1[misses].tolist(), h2[misses].tolist()
         for m, j in enumerate(misses):
             sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
             if sid < 0:
-                nos = frames_of(sm.bound, sm.locations, lut, *runs32, j)
-                sid = intern(tuple(map(by_no, nos)))
+                sid = intern(tuple(map(by_no, stacks[m])))
                 index.insert(h1l[m], h2l[m], sid)
             sids[j] = sid
         return sids
