@@ -8,12 +8,14 @@ pprof ``Profile`` message:
    the samples, the string table (as ``str``), and the mapping, function and
    location tables as flat integer arrays. Python turns locations into runs
    of global frame numbers (a dict hit per function, numpy per location).
-2. :func:`read_samples` reads every sample: location ids -> frame numbers ->
-   a keyed 128-bit hash of the stack (SipHash-1-3, ``stacks/_hashing.pxd``),
-   looked up in a :class:`StackIndex` (hash -> stack id on one
-   ``StackTable``); it also picks the chosen value.
+2. :func:`sample_columns` reads every sample into the neutral sample columns
+   (location ids, value counts, the chosen value, which samples carry labels)
+   and, given the runs of frame numbers the shared rules made of the locations,
+   hashes each stack on the way: location ids -> frame numbers -> a keyed
+   128-bit hash (SipHash-1-3, ``stacks/_hashing.pxd``), looked up in a
+   :class:`StackIndex` (hash -> stack id on one ``StackTable``).
 
-Either pass returns ``None`` for anything it does not fully understand (odd
+Either wire pass returns ``None`` for anything it does not fully understand (odd
 wire types, undefined ids, malformed varints...); the caller then uses the
 protobuf-library decoder, which gives the same result or the exact error.
 
@@ -425,35 +427,46 @@ cdef class StackIndex:
         return h1, h2
 
 
-# -- pass 2: the samples -----------------------------------------------------------------------
+# -- pass 2: the samples, as neutral columns (and, with runs, hashed on the way) ------------------
 
-cdef int samples_loop(
-    const uint8_t* b, Py_ssize_t size, const int64_t[::1] starts, const int64_t[::1] ends,
-    const int32_t[::1] lut, const int32_t[::1] run_off, const int32_t[::1] run_len,
-    const int32_t[::1] run_frames, Py_ssize_t n_types, Py_ssize_t vi, StackIndex index,
-    int64_t[::1] ids, int64_t[::1] vals, uint64_t[::1] hs1, uint64_t[::1] hs2, uint8_t[::1] lab,
+cdef int columns_loop(
+    const uint8_t* b, Py_ssize_t size, const int64_t[::1] starts, const int64_t[::1] ends, Py_ssize_t vi,
+    int64_t[::1] bound, int64_t[::1] locs, int64_t[::1] nvals_o, int64_t[::1] vals, uint8_t[::1] lab,
+    bint do_hash, const int32_t[::1] lut, const int32_t[::1] run_off, const int32_t[::1] run_len,
+    const int32_t[::1] run_frames, StackIndex index, int64_t[::1] ids, uint64_t[::1] hs1, uint64_t[::1] hs2,
 ) noexcept nogil:
-    """The per-sample loop of :func:`read_samples`: 1 when every sample was read, 0 when one is unusual."""
+    """The per-sample loop of :func:`sample_columns`: 0 when a sample is unusual, 2 when ``do_hash``
+    met an undefined location (the caller reads again without hashing), else 1.
+
+    Hashing here, while the bytes are read, costs little (the SipHash rounds overlap the varint
+    reads); a second pass over the columns cost ~1.8 ms per 450,000 locations. ``do_hash`` never
+    changes in the loop, so the compiler can make two loops of it.
+    """
     cdef Py_ssize_t n = starts.shape[0]
-    cdef Py_ssize_t n_lut = lut.shape[0]
-    cdef Py_ssize_t k, i, end, stop, r, q, nvals
-    cdef uint64_t tag, lid, v, h1, h2, nframes, field
+    cdef Py_ssize_t cap = locs.shape[0]
+    cdef Py_ssize_t n_lut = lut.shape[0] if do_hash else 0
+    cdef Py_ssize_t k, i, end, stop, nvals, r, q, nl = 0
+    cdef uint64_t tag, v, field, h1, h2, nframes
     cdef int64_t val
     cdef int32_t run
     cdef int wire
     cdef bint bad = False
-    cdef uint64_t k0 = index.key0, k1 = index.key1
+    cdef uint64_t k0 = index.key0 if do_hash else 0
+    cdef uint64_t k1 = index.key1 if do_hash else 0
     cdef Sip s
-    cdef const Index* ix = &index.ix
+    memset(&s, 0, sizeof(Sip))  # set per sample when hashing; zeroed so no path reads it unset
+    nframes = 0
+    bound[0] = 0
     for k in range(n):
         i = starts[k]
         end = ends[k]
         if i < 0 or end > size or i > end:
             return 0
-        sip_init(&s, k0, k1)
-        nframes = 0
         nvals = 0
         val = 0
+        if do_hash:
+            sip_init(&s, k0, k1)
+            nframes = 0
         while i < end:
             tag = varint(b, &i, end, &bad)
             if bad:
@@ -465,16 +478,19 @@ cdef int samples_loop(
                 if bad:
                     return 0
                 while i < stop:
-                    lid = varint(b, &i, stop, &bad)
-                    if bad or lid >= <uint64_t>n_lut:
+                    v = varint(b, &i, stop, &bad)
+                    if bad or nl >= cap:  # every id takes a byte: ``cap`` (the samples' bytes) is never reached
                         return 0
-                    run = lut[lid]
-                    if run < 0:
-                        return 0  # an undefined location: the library names it
-                    q = run_off[run]
-                    for r in range(q, q + run_len[run]):
-                        sip_absorb(&s, <uint64_t>run_frames[r], C_ROUNDS)
-                    nframes += run_len[run]
+                    locs[nl] = <int64_t>v
+                    nl += 1
+                    if do_hash:
+                        if v >= <uint64_t>n_lut or lut[v] < 0:
+                            return 2  # an undefined location: the shared check names it
+                        run = lut[v]
+                        q = run_off[run]
+                        for r in range(q, q + run_len[run]):
+                            sip_absorb(&s, <uint64_t>run_frames[r], C_ROUNDS)
+                        nframes += run_len[run]
                     if wire == 0:
                         break
             elif field == 2 and (wire == 0 or wire == 2):
@@ -499,97 +515,111 @@ cdef int samples_loop(
                 i = skip(b, i, wire, end, &bad)
             if bad:
                 return 0
-        if nvals != n_types:
-            return 0
-        sip_finish(&s, (8 * nframes) << 56, C_ROUNDS, D_ROUNDS, &h1, &h2)
-        hs1[k] = h1
-        hs2[k] = h2
+        bound[k + 1] = nl
+        nvals_o[k] = nvals
         vals[k] = val
-    if n:
-        index_find_many(ix, &hs1[0], &hs2[0], &ids[0], n)
+        if do_hash:
+            sip_finish(&s, (8 * nframes) << 56, C_ROUNDS, D_ROUNDS, &h1, &h2)
+            hs1[k] = h1
+            hs2[k] = h2
+    if do_hash and n:
+        index_find_many(&index.ix, &hs1[0], &hs2[0], &ids[0], n)
     return 1
 
 
-def read_samples(
+def sample_columns(
     bytes raw,
     const int64_t[::1] starts,
     const int64_t[::1] ends,
-    const int32_t[::1] lut,
-    const int32_t[::1] run_off,
-    const int32_t[::1] run_len,
-    const int32_t[::1] run_frames,
-    Py_ssize_t n_types,
     Py_ssize_t vi,
-    StackIndex index,
+    const int32_t[::1] lut=None,
+    const int32_t[::1] run_off=None,
+    const int32_t[::1] run_len=None,
+    const int32_t[::1] run_frames=None,
+    StackIndex index=None,
 ):
-    """Pass 2: every sample's stack id (-1 when new), chosen value and hash.
+    """Pass 2: the samples ``raw[starts[k]:ends[k]]`` as the neutral sample columns.
 
-    ``lut[location id]`` is the location's run (-1: undefined); run ``r`` is
-    ``run_frames[run_off[r]:run_off[r] + run_len[r]]``, leaf first. Returns
-    (ids, values, h1, h2, labelled) arrays, ``labelled`` marking samples that
-    carry labels; or None when a sample is unusual (undefined location, a
-    value count other than ``n_types``, odd wire types), for the library to
-    decide.
+    Returns (bound, locations, value counts, values, labelled, hashed): sample ``k``'s
+    location ids (int64 bit patterns, leaf first) are ``locations[bound[k]:bound[k + 1]]``,
+    its value ``vi`` is ``values[k]`` (0 when it has fewer), ``labelled[k]`` marks a sample
+    with labels (read by the Python reader); or None when a sample is encoded unusually (odd
+    wire types, cut varints), for the library to decide.
+
+    With ``index`` (and ``lut[location id]`` -> run, -1: undefined; run ``r`` is
+    ``run_frames[run_off[r]:run_off[r] + run_len[r]]``, leaf first), ``hashed`` is every
+    sample's (stack id or -1 when new, h1, h2): its frame numbers' keyed 128-bit hash looked
+    up in the index; None without an index or when a location is undefined.
     """
     n = starts.shape[0]
-    if ends.shape[0] != n or run_off.shape[0] != run_len.shape[0]:
-        raise ValueError("read_samples: mismatched array lengths")
-    ids_a = np.empty(n, np.int64)
+    if ends.shape[0] != n:
+        raise ValueError("sample_columns: mismatched array lengths")
+    cdef bint do_hash = index is not None
+    if do_hash and (lut is None or run_off is None or run_len is None or run_frames is None
+                    or run_off.shape[0] != run_len.shape[0]):
+        raise ValueError("sample_columns: an index needs the lut and the runs")
+    total = int(np.subtract(ends, starts).sum()) if n else 0
+    # An id takes at least a byte; pages past the ids written are never touched.
+    locs_a = np.empty(max(total, 0), np.int64)
+    bound_a = np.empty(n + 1, np.int64)
+    nvals_a = np.empty(n, np.int64)
     vals_a = np.empty(n, np.int64)
-    h1_a = np.empty(n, np.uint64)
-    h2_a = np.empty(n, np.uint64)
     lab_a = np.zeros(n, np.uint8)
-    cdef int64_t[::1] ids = ids_a
+    m = n if do_hash else 0
+    ids_a = np.empty(m, np.int64)
+    h1_a = np.empty(m, np.uint64)
+    h2_a = np.empty(m, np.uint64)
+    cdef int64_t[::1] locs = locs_a
+    cdef int64_t[::1] bound = bound_a
+    cdef int64_t[::1] nvals = nvals_a
     cdef int64_t[::1] vals = vals_a
+    cdef uint8_t[::1] lab = lab_a
+    cdef int64_t[::1] ids = ids_a
     cdef uint64_t[::1] hs1 = h1_a
     cdef uint64_t[::1] hs2 = h2_a
-    cdef uint8_t[::1] lab = lab_a
     cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(raw)
     cdef int ok
     with nogil:
-        ok = samples_loop(b, size, starts, ends, lut, run_off, run_len, run_frames, n_types, vi, index,
-                          ids, vals, hs1, hs2, lab)
+        ok = columns_loop(b, size, starts, ends, vi, bound, locs, nvals, vals, lab,
+                          do_hash, lut, run_off, run_len, run_frames, index, ids, hs1, hs2)
+        if ok == 2:  # an undefined location: the columns without the hashes
+            do_hash = False
+            lab[:] = 0
+            ok = columns_loop(b, size, starts, ends, vi, bound, locs, nvals, vals, lab,
+                              do_hash, lut, run_off, run_len, run_frames, index, ids, hs1, hs2)
     if not ok:
         return None
-    return ids_a, vals_a, h1_a, h2_a, lab_a
+    hashed = (ids_a, h1_a, h2_a) if do_hash else None
+    return bound_a, locs_a[: bound_a[n]], nvals_a, vals_a, lab_a, hashed
 
 
-def sample_frames(
-    bytes raw,
-    Py_ssize_t start,
-    Py_ssize_t end,
+def stack_frames(
+    const int64_t[::1] bound,
+    const int64_t[::1] locs,
     const int32_t[::1] lut,
     const int32_t[::1] run_off,
     const int32_t[::1] run_len,
     const int32_t[::1] run_frames,
+    const int64_t[::1] which,
 ):
-    """The frame numbers of one sample that :func:`read_samples` accepted, root first."""
-    cdef const uint8_t* b = <const uint8_t*>PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t i = start, stop, r, q
-    cdef uint64_t tag, lid
-    cdef int wire
-    cdef bint bad = False
+    """The frame numbers of each sample in ``which`` (their stacks :func:`sample_columns` hashed),
+    root first: a list of tuples. One call for all new stacks of a decode, not one each."""
+    cdef Py_ssize_t m, k, p, r, q
     cdef int32_t run
-    out = []
-    while i < end:
-        tag = varint(b, &i, end, &bad)
-        wire = tag & 7
-        if tag >> 3 == 1 and (wire == 0 or wire == 2):
-            stop = sub_end(b, &i, end, &bad) if wire == 2 else end
-            while i < stop and not bad:
-                lid = varint(b, &i, stop, &bad)
-                if bad or lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
-                    raise ValueError("sample_frames: a sample read_samples did not accept")
-                run = lut[lid]
-                q = run_off[run]
-                for r in range(q, q + run_len[run]):
-                    out.append(run_frames[r])
-                if wire == 0:
-                    break
-        else:
-            i = skip(b, i, wire, end, &bad)
-        if bad:
-            raise ValueError("sample_frames: a sample read_samples did not accept")
-    out.reverse()
-    return out
+    cdef uint64_t lid
+    stacks = []
+    for m in range(which.shape[0]):
+        k = which[m]
+        out = []
+        for p in range(bound[k], bound[k + 1]):
+            lid = <uint64_t>locs[p]
+            if lid >= <uint64_t>lut.shape[0] or lut[lid] < 0:
+                raise ValueError("stack_frames: a sample sample_columns did not hash")
+            run = lut[lid]
+            q = run_off[run]
+            for r in range(q, q + run_len[run]):
+                out.append(run_frames[r])
+        out.reverse()
+        stacks.append(tuple(out))
+    return stacks

@@ -7,23 +7,19 @@ sample). Instead the library parses ``ProfileSplit`` (samples left as raw
 bytes, everything else as before) and the samples are read here: the usual
 shapes (packed location ids, packed or unpacked values, no labels) with
 numpy over all samples at once (:func:`scan_samples`), any other shape with
-a small Python reader (:func:`read_sample`). Anything these readers do not
-fully understand raises :class:`Fallback` or gives None: the decode then
-falls back to the protobuf library, which gives the same result or the same
-error. The grouping by label set and the sums serve the compiled reader too.
+a small Python reader (:func:`read_sample`), both into the neutral sample
+columns (:func:`sample_columns`). Anything these readers do not fully
+understand raises :class:`Fallback` or gives None: the decode then falls back
+to the protobuf library, which gives the same result or the same error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 import numpy as np
 
-from stacks.errors import InputError
-from stacks.model import Labels, Profile, StackTable
+from stacks._pprof_tables import LabelKey, PprofSamples, label_key
 
 U64 = (1 << 64) - 1
-LabelKey = tuple[tuple[int, int], ...]  # a sample's labels: sorted (key, value) string indexes
 
 
 class Fallback(Exception):
@@ -229,6 +225,48 @@ def scan_samples(
     return fast, off, values[lidx], chosen
 
 
+def sample_columns(samples: list[bytes], n_types: int, vi: int) -> PprofSamples:
+    """The neutral sample columns of raw ``Sample`` messages, value column ``vi`` of ``n_types``.
+
+    The usual shapes are read with numpy (:func:`scan_samples`), the others one by one
+    (:func:`read_sample`). Raises :class:`Fallback` for what only the library reads.
+    """
+    n = len(samples)
+    fast, f_first, locs_all, fvals = scan_samples(samples, n_types, vi)
+    fast_idx = np.flatnonzero(fast)
+    f_count = np.diff(np.append(f_first, len(locs_all))) if len(fast_idx) else np.zeros(0, np.int64)
+    odd_idx = np.flatnonzero(~fast).tolist()
+    if not odd_idx:  # the usual case: the numpy reader's columns as they are
+        bound = np.zeros(n + 1, np.int64)
+        bound[1:] = len(locs_all)
+        bound[:n] = f_first
+        return PprofSamples(bound, locs_all.view(np.int64), np.full(n, n_types, np.int64), fvals, {})
+    counts = np.zeros(n, np.int64)
+    counts[fast_idx] = f_count
+    n_values = np.full(n, n_types, np.int64)
+    value = np.zeros(n, np.int64)
+    value[fast_idx] = fvals
+    labels: dict[int, LabelKey] = {}
+    odd: list[list[int]] = []
+    for k in odd_idx:
+        locs, values, pairs = read_sample(samples[k])
+        odd.append(locs)
+        counts[k] = len(locs)
+        n_values[k] = len(values)
+        value[k] = values[vi] if 0 <= vi < len(values) else 0
+        key = label_key(pairs)
+        if key:
+            labels[k] = key
+    bound = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=bound[1:])
+    out = np.empty(int(bound[-1]), np.uint64)
+    if len(locs_all):  # the numpy-read ids, each sample's run moved to its place
+        out[np.repeat(bound[fast_idx] - f_first, f_count) + np.arange(len(locs_all))] = locs_all
+    for k, locs in zip(odd_idx, odd, strict=True):
+        out[bound[k] : bound[k + 1]] = locs
+    return PprofSamples(bound, out.view(np.int64), n_values, value, labels)
+
+
 def location_rows(lids: np.ndarray, locs_all: np.ndarray) -> np.ndarray | None:
     """The row in the sorted ``lids`` of every location id in ``locs_all``; None when one is undefined."""
     if not len(locs_all):
@@ -271,32 +309,15 @@ def sample_frames(
     return fnos, fbound
 
 
-def group_codes(n: int, entries: Iterable[tuple[int, int, LabelKey | None]]) -> tuple[np.ndarray, list[LabelKey]]:
-    """Label-group codes of ``n`` samples from (sample index, value, label key) of the labelled ones.
-
-    Code 0 is "no labels"; the others go to label keys in order of their first positive
-    sample. Returns (code per sample, label key per code).
-    """
-    gcode = np.zeros(n, np.int64)
-    keys_by_code: list[LabelKey] = [()]
-    code_of: dict[LabelKey, int] = {(): 0}
-    for k, v, key in entries:
-        if key and v > 0:
-            c = code_of.get(key)
-            if c is None:
-                c = code_of[key] = len(keys_by_code)
-                keys_by_code.append(key)
-            gcode[k] = c
-    return gcode, keys_by_code
-
-
-def label_keys(raw: bytes, starts: np.ndarray, ends: np.ndarray, idx: list[int]) -> list[LabelKey | None] | None:
-    """The label key of each sample ``raw[starts[k]:ends[k]]`` for k in ``idx``; None if one is unusual."""
-    out: list[LabelKey | None] = []
+def label_keys(raw: bytes, starts: np.ndarray, ends: np.ndarray, idx: list[int]) -> dict[int, LabelKey] | None:
+    """The non-empty label key of each sample ``raw[starts[k]:ends[k]]`` for k in ``idx`` (the
+    labels of :class:`PprofSamples`); None if one is unusual."""
+    out: dict[int, LabelKey] = {}
     try:
         for k in idx:
-            _, _, labels = read_sample(raw[starts[k] : ends[k]])
-            out.append(tuple(sorted((kk, vv) for kk, vv in labels if vv)) if labels else None)
+            key = label_key(read_sample(raw[starts[k] : ends[k]])[2])
+            if key:
+                out[k] = key
     except Fallback:
         return None
     return out
@@ -316,70 +337,3 @@ def positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
         return None
     pos = np.minimum(np.searchsorted(srt, wanted), len(srt) - 1)
     return np.where(srt[pos] == wanted, order[pos], -1)
-
-
-def label_series(
-    table: StackTable,
-    s: Callable[[int, str], str],
-    sids: np.ndarray,
-    vals: np.ndarray,
-    gcode: np.ndarray,
-    keys_by_code: list[LabelKey],
-    divisor: int,
-) -> list[tuple[Labels, Profile]] | None:
-    """One profile per label set, from per-sample stack ids, values and label-group codes.
-
-    ``keys_by_code[c]`` is group c's sorted (key, value) string indexes; None
-    when a string index is out of range or a sum could overflow int64 (the
-    library decoder then gives the error or the exact sum).
-    """
-    positive = vals > 0
-    by_labels: dict[Labels, list[int]] = {}
-    present = np.bincount(gcode[positive], minlength=len(keys_by_code)) > 0
-    try:
-        for c, key in enumerate(keys_by_code):
-            if not present[c]:
-                continue
-            labels = Labels.of((s(ki, "sample label key"), s(vv, "sample label value")) for ki, vv in key)
-            by_labels.setdefault(labels, []).append(c)
-    except InputError:
-        return None
-    series: list[tuple[Labels, Profile]] = []
-    for labels, codes in by_labels.items():
-        if len(by_labels) == 1 and len(codes) == len(keys_by_code):
-            sel = positive  # one label set: every positive sample
-        else:
-            sel = positive & (np.isin(gcode, codes) if len(codes) > 1 else gcode == codes[0])
-        prof = summed(table, sids[sel], vals[sel], divisor)
-        if prof is None:
-            return None  # sums near 2**63: exact Python ints in the library path
-        series.append((labels, prof))
-    return series
-
-
-
-def summed(table: StackTable, sids: np.ndarray, vals: np.ndarray, divisor: int) -> Profile | None:
-    """Values summed per stack and turned into sample counts; None when int64 could overflow."""
-    if not len(vals):
-        return None
-    if int(vals.max()) > ((1 << 63) - 1 - max(divisor, 0)) // len(vals):
-        return None
-    order = np.argsort(sids)  # a sum per id: any order of equal ids will do
-    ss = sids[order]
-    bounds = np.flatnonzero(np.concatenate(([True], ss[1:] != ss[:-1])))
-    sums = np.add.reduceat(vals[order], bounds)
-    if divisor > 0:
-        sums = np.maximum((sums + divisor // 2) // divisor, 1)
-    return Profile(table, ss[bounds], sums)
-
-
-def to_samples(values: list[int], period: int) -> list[int]:
-    """Summed positive values to sample counts: round(value / period), at least 1.
-
-    Exact integer arithmetic (Python ints), rounding halves up; ``period <= 0``
-    keeps the raw values.
-    """
-    if period <= 0:
-        return values
-    half = period // 2
-    return [(v + half) // period or 1 for v in values]

@@ -3,7 +3,9 @@
 A reader's own work is the wire: the protobuf library and the numpy reader parse
 messages, the compiled reader (``stacks._pprof_c.scan``) walks the bytes. Each hands
 :class:`PprofTables` to ``stacks.pprof``, where what a pprof *means* (naming, kinds,
-inlining, producer repairs) is decided once, on these tables.
+inlining, producer repairs) is decided once, on these tables. The samples too become
+neutral columns (:class:`PprofSamples`): every reader reads the wire, and what follows
+(undefined locations, value counts, stacks, label sets, sums) is done once.
 
 Ids (``uint64`` on the wire) are held as ``int64`` bit patterns, as the compiled scan
 keeps them; :func:`as_ids` gives them back as Python ints for messages and lookups.
@@ -11,6 +13,7 @@ keeps them; :func:`as_ids` gives them back as Python ints for messages and looku
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -69,13 +72,67 @@ class PprofTables:
         )
 
 
+LabelKey = tuple[tuple[int, int], ...]  # a sample's string labels: sorted (key, value) string indexes
+
+
+@dataclass(frozen=True)
+class PprofSamples:
+    """Every sample of a pprof as flat columns, read for one chosen value column.
+
+    Sample ``k``'s location ids (``int64`` bit patterns, leaf first as on the wire) are
+    ``locations[bound[k]:bound[k + 1]]``; ``n_values[k]`` is how many values it has and
+    ``value[k]`` its value in the chosen column (0 when it has fewer). ``labels`` maps the
+    index of each sample with a string label to its :data:`LabelKey`; labels whose value
+    is the empty string are left out, so are samples left with none.
+    """
+
+    bound: np.ndarray
+    locations: np.ndarray
+    n_values: np.ndarray
+    value: np.ndarray
+    labels: dict[int, LabelKey]
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+def label_key(pairs: Any) -> LabelKey:
+    """A sample's (key, value) string indexes as its :data:`LabelKey` (empty values dropped)."""
+    return tuple(sorted((k, v) for k, v in pairs if v))
+
+
+def samples_of_message(samples: Any, vi: int) -> PprofSamples:
+    """The sample columns of parsed ``Sample`` messages (the library reader), value column ``vi``."""
+    counts: list[int] = []
+    locs: list[int] = []
+    n_values: list[int] = []
+    value: list[int] = []
+    labels: dict[int, LabelKey] = {}
+    for k, smp in enumerate(samples):
+        ids = smp.location_id
+        counts.append(len(ids))
+        locs.extend(ids)
+        values = smp.value
+        nv = len(values)
+        n_values.append(nv)
+        value.append(values[vi] if 0 <= vi < nv else 0)
+        if smp.label:
+            key = label_key((lb.key, lb.str) for lb in smp.label)
+            if key:
+                labels[k] = key
+    bound = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=bound[1:])
+    return PprofSamples(bound, _u64(locs), _i64(n_values), _i64(value), labels)
+
+
 def as_ids(col: np.ndarray) -> list[int]:
     """An id column as the unsigned Python ints the wire carries."""
     return col.view(np.uint64).tolist()
 
 
 def _u64(xs: list[int]) -> np.ndarray:
-    return np.array(xs, dtype=np.uint64).view(np.int64)
+    # array("Q") converts a list of ints ~4x faster than np.array(dtype=uint64) does.
+    return np.frombuffer(array("Q", xs), np.uint64).view(np.int64)
 
 
 def _i64(xs: list[int]) -> np.ndarray:

@@ -25,29 +25,26 @@ import secrets
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from itertools import chain, pairwise
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from stacks import _proto
-from stacks._pprof_read import (
-    U64,
-    Fallback,
-    LabelKey,
-    group_codes,
-    label_keys,
-    label_series,
-    location_rows,
-    positions,
-    read_sample,
-    sample_frames,
-    scan_samples,
-    to_samples,
+from stacks._pprof_read import U64, Fallback, label_keys, location_rows, positions, sample_columns, sample_frames
+from stacks._pprof_series import bad as _bad
+from stacks._pprof_series import check_samples, label_groups, label_series
+from stacks._pprof_tables import (
+    PprofSamples,
+    PprofTables,
+    as_ids,
+    samples_of_message,
+    tables_of_message,
+    tables_of_scan,
 )
-from stacks._pprof_tables import PprofTables, as_ids, tables_of_message, tables_of_scan
 from stacks.errors import InputError
+from stacks.folded import KERNEL_SUFFIX  # the kernel mark of folded text, which pprof names carry too
 from stacks.gz import maybe_gunzip
 from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
 from stacks.profiletype import TIME_UNITS_NS
@@ -67,7 +64,6 @@ BUILT = _pprof_c is not None
 """True when the compiled reader was built (a :class:`PprofDecoder` may then use it)."""
 
 KERNEL_MAPPING = "[kernel.kallsyms]"
-KERNEL_SUFFIX = "_[k]"
 DEFAULT_MAX_DECOMPRESSED = 256 << 20
 
 # Bounds of a decoder's caches, so odd inputs cannot grow them forever.
@@ -75,6 +71,8 @@ _FRAMES_MAX = 200_000
 _STACKS_MAX = 500_000
 _FAST_MIN_SAMPLES = 64  # measured break-even: ~40 samples (bench/pprof_decode.py, SDK-shaped push)
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # every location row's frame numbers: (offsets, lengths, frames)
+# The compiled reader's stacks: (stack id or -1, h1, h2) per sample, the location lut and int32 runs.
+Hashed = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]]
 
 
 @dataclass(frozen=True)
@@ -115,11 +113,6 @@ def decode_pprof(
     return dec.decode(data, table, max_decompressed=max_decompressed, column=column)
 
 
-def _bad(why: str) -> InputError:
-    """The error for a malformed profile, saying ``why``."""
-    return InputError(f"pprof profile is malformed: {why}")
-
-
 def _string_getter(strings: list[str]) -> Callable[[int, str], str]:
     """``s(i, what)``: string ``i``, or an InputError saying ``what`` refers to a missing string."""
     n_strings = len(strings)
@@ -156,8 +149,6 @@ class _Head:
     period: int
     period_type: str
     period_unit: str
-    locations: dict[int, tuple[Frame, ...]]  # location id -> frames, root first (the compiled reader: empty)
-    single: dict[int, Frame] | None  # location id -> frame when no location is inlined
 
 
 def _pick(types: list[tuple[str, str]], default_type: str, column: int | None) -> int:
@@ -257,7 +248,7 @@ def _head_of(t: PprofTables, column: int | None) -> _Head:
     if t.n_samples and not types:
         raise _bad("it has samples but no sample_type")
     vi = _pick(types, default_type, column)
-    return _Head(s, types, vi, t.period, period_type, period_unit, {}, None)
+    return _Head(s, types, vi, t.period, period_type, period_unit)
 
 
 def _repaired(t: PprofTables) -> PprofTables:
@@ -349,75 +340,6 @@ def _parse_library(raw: bytes) -> Any:
         ) from None
 
 
-def _library_groups(p: Any, head: _Head, table: StackTable) -> dict[LabelKey, dict[int, int]]:
-    """Values of the chosen column summed per (label key, stack id), stacks interned in sample order."""
-    loc_single = head.single.__getitem__ if head.single is not None else None
-    loc_multi = _location_getter(head)
-    intern = table.intern
-    stack_ids: dict[tuple[int, ...], int] = {}
-    # Values are summed per (label set, stack) in plain dicts: cheaper than
-    # numpy for the small profiles SDKs push, and it leaves ids unique.
-    groups: dict[LabelKey, dict[int, int]] = {}
-    nolabel = groups.setdefault((), {})
-    n_types = len(head.types)
-    vi = head.vi
-    for k, smp in enumerate(p.sample):
-        locs = tuple(smp.location_id)
-        sid = stack_ids.get(locs)
-        if sid is None:
-            try:
-                # map() over a dict's __getitem__ keeps the per-frame loop in C.
-                if loc_single is not None:
-                    frames = tuple(map(loc_single, locs[::-1]))
-                else:
-                    frames = tuple(chain.from_iterable(map(loc_multi, locs[::-1])))
-            except KeyError as e:
-                raise _bad(f"sample {k} refers to location {e.args[0]}, which is not defined") from None
-            sid = stack_ids[locs] = intern(frames)
-        values = smp.value
-        if len(values) != n_types:
-            raise _bad(f"sample {k} has {len(values)} values but there are {n_types} sample types")
-        v = values[vi]
-        if v <= 0:
-            continue  # CPU profiles never carry these; delta profiles might
-        if smp.label:
-            # String indices now, names later: checked once per label set.
-            key = tuple(sorted((lb.key, lb.str) for lb in smp.label if lb.str))
-            acc = groups.get(key)
-            if acc is None:
-                acc = groups[key] = {}
-        else:
-            acc = nolabel
-        acc[sid] = acc.get(sid, 0) + v
-    return groups
-
-
-def _library_series(groups: dict[LabelKey, dict[int, int]], s: Callable[[int, str], str], table: StackTable,
-                    divisor: int) -> list[tuple[Labels, Profile]]:
-    """One profile per label set from :func:`_library_groups`, in exact integer arithmetic."""
-    by_labels: dict[Labels, dict[int, int]] = {}
-    for key, acc in groups.items():
-        if not acc:
-            continue
-        labels = Labels.of((s(ki, "sample label key"), s(vv, "sample label value")) for ki, vv in key)
-        into = by_labels.get(labels)
-        if into is None:
-            by_labels[labels] = acc
-        else:  # label sets that differ only by empty keys or values
-            for sid, v in acc.items():
-                into[sid] = into.get(sid, 0) + v
-    series: list[tuple[Labels, Profile]] = []
-    for labels, acc in by_labels.items():
-        ids = sorted(acc)
-        counts = to_samples([acc[i] for i in ids], divisor)
-        try:
-            prof = Profile(table, np.array(ids, dtype=np.int64), np.array(counts, dtype=np.int64))
-        except OverflowError:
-            raise _bad("sample values for one stack add up past 2**63") from None
-        series.append((labels, prof))
-    return series
-
-
 def _sample_rows(lids: np.ndarray, locs_all: np.ndarray) -> np.ndarray | None:
     """The location row of every sample location id (:func:`location_rows`); None when one is undefined."""
     if len(lids) < 2 or bool((lids[1:] > lids[:-1]).all()):
@@ -425,37 +347,6 @@ def _sample_rows(lids: np.ndarray, locs_all: np.ndarray) -> np.ndarray | None:
     order = np.argsort(lids, kind="stable")
     li = location_rows(lids[order], locs_all)
     return None if li is None else order[li]
-
-
-def _location_getter(head: _Head) -> Callable[[int], tuple[Frame, ...]]:
-    """Location id -> its frames, root first (KeyError for an undefined location)."""
-    if head.single is None:
-        return head.locations.__getitem__
-    one = head.single.__getitem__
-    return lambda lid: (one(lid),)
-
-
-def _read_odd_samples(
-    samples: list[bytes], idx: list[int], head: _Head
-) -> list[tuple[int, tuple[Frame, ...], int, LabelKey | None]] | None:
-    """(index, frames, chosen value, label key) of the samples ``idx`` the numpy reader left.
-
-    None when one of them is unusual (the library then decides).
-    """
-    out = []
-    loc_get = _location_getter(head)
-    n_types = len(head.types)
-    try:
-        for k in idx:
-            locs, values, labels = read_sample(samples[k])
-            if len(values) != n_types:
-                return None
-            frames = tuple(chain.from_iterable(map(loc_get, reversed(locs))))
-            key = tuple(sorted((kk, vv) for kk, vv in labels if vv)) if labels else None
-            out.append((k, frames, values[head.vi], key))
-    except (Fallback, KeyError):
-        return None
-    return out
 
 
 def _in_range(col: np.ndarray, n: int) -> bool:
@@ -584,41 +475,17 @@ class PprofDecoder:
                 self._index.clear()
             self._stacks_table = table
 
-    # -- head and the library decoder ------------------------------------------------------------
-    def _bound_frames(self) -> None:
-        """Keep the frame registry bounded (the library decoder's only cache)."""
-        if len(self._frame_by_no) > _FRAMES_MAX:
-            self._reset_frames()
-
     # -- the pprof rules on the tables -------------------------------------------------------------
-    def _strict_runs(self, t: PprofTables, check_locations: bool = True) -> tuple[PprofTables, Runs]:
+    def _strict_runs(self, t: PprofTables) -> tuple[PprofTables, Runs]:
         """:meth:`_runs` of ``t`` as the library decoder reads it: the exact InputError for a
-        malformed table, repeated ids resolved (:func:`_last_defined`); the tables used and the runs.
-
-        ``check_locations=False`` leaves repeated location ids to the caller (the library
-        decoder finds them on its way, :meth:`_location_frames`)."""
+        malformed table, repeated ids resolved (:func:`_last_defined`); the tables used and the runs."""
         runs = self._runs(t)
-        if runs is None or (check_locations and _repeats(t.location_id)):
+        if runs is None or _repeats(t.location_id):
             _raise_table_error(t)
             t = _last_defined(t)
             runs = self._runs(t)
             assert runs is not None, "tables without errors or repeated ids have runs"
         return t, runs
-
-    def _location_frames(self, t: PprofTables, runs: Runs
-                         ) -> tuple[dict[int, tuple[Frame, ...]], dict[int, Frame] | None]:
-        """Location id -> frame when no location is inlined (then the first dict is empty), else
-        (location id -> frames, root first; None). Ids must not repeat."""
-        run_off, run_len, run_frames = runs
-        by_no = self._frame_by_no.__getitem__
-        lids = as_ids(t.location_id)
-        if not len(run_len) or int(run_len.max()) == 1:
-            single = dict(zip(lids, map(by_no, run_frames.tolist()), strict=True))
-            return {}, single  # ``single`` says it all (:func:`_location_getter`)
-        frames = list(map(by_no, run_frames.tolist()))
-        # Runs are leaf first (line[0] innermost); root first means reversed.
-        return {lid: tuple(reversed(frames[o : o + k]))
-                for lid, o, k in zip(lids, run_off.tolist(), run_len.tolist(), strict=True)}, None
 
     def _runs(self, t: PprofTables) -> Runs | None:
         """Every location row as a run of frame numbers, leaf first: (offsets, lengths, frames) int64
@@ -734,69 +601,67 @@ class PprofDecoder:
             frame_no[kern] = [self._name_to_no(names[f], True) for f in fi[kern].tolist()]
         return frame_no, kernel, np.flatnonzero(~ok).tolist(), mi, fi_line
 
-    def _decode_library(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile:
-        """The reference decoder: every field through the protobuf library.
+    # -- the samples, once for every reader -----------------------------------------------------------
+    def _series(self, t: PprofTables, head: _Head, sm: PprofSamples, table: StackTable, runs: Runs,
+                hashed: Hashed | None = None) -> list[tuple[Labels, Profile]]:
+        """What the sample columns mean, whichever reader read them: the first malformed sample's
+        error, stack ids interned in sample order, one profile per label set (InputError as the
+        library reader always raised them). ``t`` has no repeated location ids.
 
-        Used for profiles the fast readers decline (odd encodings, malformed
-        input) and, in the tests, as the oracle the fast readers must equal.
-        """
-        p = _parse_library(raw)
-        t = _repaired(tables_of_message(p))
-        head = _head_of(t, column)
-        self._bound_frames()
-        t, runs = self._strict_runs(t, check_locations=False)
-        head.locations, head.single = self._location_frames(t, runs)
-        if len(head.single if head.single is not None else head.locations) != len(t.location_id):
-            t, runs = self._strict_runs(t)  # a location id repeats: resolve as the library always did
-            head.locations, head.single = self._location_frames(t, runs)
-        groups = _library_groups(p, head, table)
+        ``hashed``: the compiled reader's stack hashes, taken while it read the samples (else
+        the frame-number cache finds the stacks)."""
+        n_types = len(head.types)
+        rows = _sample_rows(t.location_id.view(np.uint64), sm.locations.view(np.uint64)) if hashed is None else None
+        if (hashed is None and rows is None) or bool((sm.n_values != n_types).any()):
+            check_samples(sm, t.location_id, n_types)
+            raise AssertionError("check_samples found no error where the readers did")
+        groups = label_groups(sm, head.s)  # label strings checked before anything is interned
+        if hashed is not None:
+            sids = self._intern_hashed(table, sm, hashed)
+        else:
+            assert rows is not None
+            sids = self._intern_rows(table, sm, rows, runs)
         divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
-        series = _library_series(groups, head.s, table, divisor)
-        return _decoded(head, series, t.time_nanos, t.duration_nanos)
+        return label_series(table, sids, sm, groups, divisor)
 
-    # -- the numpy reader ------------------------------------------------------------------------
-    def _decode_fast(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
-        """The decode with samples read by hand (stacks._pprof_read), or None to leave it to the library."""
-        try:
-            p = _proto.ProfileSplit.FromString(raw)
-            samples = list(p.sample)
-            n = len(samples)
-            if n < self.fast_min_samples:
-                return None  # below this, numpy's fixed cost per call makes the library faster
-            t = _repaired(tables_of_message(p))
-            head = _head_of(t, column)
-        except (DecodeError, RecursionError, ValueError):  # InputError is a ValueError
-            return None
-        try:
-            fast, f_first, locs_all, fvals = scan_samples(samples, len(head.types), head.vi)
-        except Fallback:
-            return None
-        self._bound_caches(table)
-        try:
-            t, runs = self._strict_runs(t)
-        except InputError:
-            return None
+    def _intern_hashed(self, table: StackTable, sm: PprofSamples, hashed: Hashed) -> np.ndarray:
+        """Every sample's stack id, the ones the compiled index did not know interned in sample order."""
+        assert _pprof_c is not None and self._index is not None
+        sids, h1, h2, lut, runs32 = hashed
+        miss_idx = np.flatnonzero(sids < 0)
+        if not len(miss_idx):
+            return sids
+        misses = miss_idx.tolist()
+        intern = table.intern
+        by_no = self._frame_by_no.__getitem__
+        index = self._index
+        stacks = _pprof_c.stack_frames(sm.bound, sm.locations, lut, *runs32, miss_idx)
+        h1l, h2l = h1[misses].tolist(), h2[misses].tolist()
+        for m, j in enumerate(misses):
+            sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
+            if sid < 0:
+                sid = intern(tuple(map(by_no, stacks[m])))
+                index.insert(h1l[m], h2l[m], sid)
+            sids[j] = sid
+        return sids
+
+    def _intern_rows(self, table: StackTable, sm: PprofSamples, rows: np.ndarray, runs: Runs) -> np.ndarray:
+        """Every sample's stack id through the frame-number cache, new stacks interned in sample order."""
         run_off, run_len, run_frames = runs
-        fast_idx = np.flatnonzero(fast)
-        li = _sample_rows(t.location_id.view(np.uint64), locs_all)
-        if li is None:
-            return None
-        fnos, fbound = sample_frames(run_frames, run_len, run_off, li, f_first, len(fast_idx))
+        fnos, fbound = sample_frames(run_frames, run_len, run_off, rows, sm.bound[:-1], len(sm))
         keys, code = self._stack_keys(fnos, fbound)
-        fsids = list(map(self._stacks.get, keys))
-        # Samples of other shapes (labels, unpacked ids), read one by one.
-        odd_idx = np.flatnonzero(~fast).tolist()
-        if odd_idx:
-            head.locations, head.single = self._location_frames(t, runs)
-        odd = _read_odd_samples(samples, odd_idx, head)
-        if odd is None:
-            return None
-        sids, vals = self._intern_fast(table, n, fast_idx, fvals, keys, code, fsids, odd)
-        # Label groups: 0 is "no labels"; others in order of their first positive sample.
-        gcode, keys_by_code = group_codes(n, ((k, v, key) for k, _, v, key in odd))
-        divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
-        series = label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
-        return None if series is None else _decoded(head, series, t.time_nanos, t.duration_nanos)
+        cache = self._stacks
+        fsids = list(map(cache.get, keys))
+        intern = table.intern
+        by_no = self._frame_by_no.__getitem__
+        for j, sid in enumerate(fsids):
+            if sid is None:
+                key = keys[j]
+                sid = cache.get(key)  # an earlier sample of this push may have added it
+                if sid is None:
+                    sid = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
+                fsids[j] = sid
+        return np.array(fsids, np.int64)
 
     def _stack_keys(self, fnos: np.ndarray, fbound: np.ndarray) -> tuple[list[bytes], str]:
         """Each sample's frame numbers as bytes (the key of the stack cache), and their struct code."""
@@ -809,47 +674,41 @@ class PprofDecoder:
         b4 = (fbound * width).tolist()
         return [fb[x:y] for x, y in pairwise(b4)], code
 
-    def _intern_fast(
-        self, table: StackTable, n: int, fast_idx: np.ndarray, fvals: np.ndarray, keys: list[bytes], code: str,
-        fsids: list[int | None], odd: list[tuple[int, tuple[Frame, ...], int, LabelKey | None]],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Every sample's stack id and value, new stacks interned in sample order.
+    # -- the readers: wire to tables ----------------------------------------------------------------
+    def _decode_library(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile:
+        """The reference reader: every field through the protobuf library.
 
-        ``fsids`` are the cached ids of the numpy-read samples (None: new), ``odd``
-        the other samples. Everything is read and checked by now; interning in
-        sample order, as the library decoder does, leaves the same table behind.
+        Used for profiles the fast readers decline (odd encodings, malformed
+        input) and, in the tests, as the oracle the fast readers must equal.
         """
-        intern = table.intern
-        by_no = self._frame_by_no.__getitem__
-        cache = self._stacks
-        sids = np.empty(n, np.int64)
-        vals = np.empty(n, np.int64)
-        nf = len(fast_idx)
-        if nf:
-            vals[fast_idx] = fvals
-        misses = [j for j, sid in enumerate(fsids) if sid is None]
-        odd_sids = [0] * len(odd)
-        if not odd:
-            for j in misses:
-                key = keys[j]
-                fsids[j] = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
-        else:
-            todo = [(int(fast_idx[j]), j) for j in misses] + [(k, -1 - m) for m, (k, _, _, _) in enumerate(odd)]
-            todo.sort()
-            for _, j in todo:
-                if j >= 0:
-                    key = keys[j]
-                    fsids[j] = cache[key] = intern(map(by_no, reversed(memoryview(key).cast(code))))
-                else:
-                    odd_sids[-1 - j] = intern(odd[-1 - j][1])
-        if nf:
-            sids[fast_idx] = np.array(fsids, np.int64)
-        for m, (k, _, v, _) in enumerate(odd):
-            sids[k] = odd_sids[m]
-            vals[k] = v
-        return sids, vals
+        p = _parse_library(raw)
+        t = _repaired(tables_of_message(p))
+        head = _head_of(t, column)
+        self._bound_caches(table)
+        t, runs = self._strict_runs(t)
+        series = self._series(t, head, samples_of_message(p.sample, head.vi), table, runs)
+        return _decoded(head, series, t.time_nanos, t.duration_nanos)
 
-    # -- the compiled reader ---------------------------------------------------------------------
+    def _decode_fast(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
+        """The decode with samples read by hand (stacks._pprof_read), or None to leave it to the library."""
+        try:
+            p = _proto.ProfileSplit.FromString(raw)
+            samples = list(p.sample)
+            if len(samples) < self.fast_min_samples:
+                return None  # below this, numpy's fixed cost per call makes the library faster
+            t = _repaired(tables_of_message(p))
+            head = _head_of(t, column)
+            sm = sample_columns(samples, len(head.types), head.vi)
+        except (DecodeError, RecursionError, ValueError, Fallback):  # InputError is a ValueError
+            return None
+        self._bound_caches(table)
+        try:
+            t, runs = self._strict_runs(t)
+            series = self._series(t, head, sm, table, runs)
+        except InputError:
+            return None  # the library names the error
+        return _decoded(head, series, t.time_nanos, t.duration_nanos)
+
     def _decode_compiled(self, raw: bytes, table: StackTable, column: int | None = None) -> DecodedProfile | None:
         """The decode through ``stacks._pprof_c``, or None to leave it to the other readers."""
         assert _pprof_c is not None and self._index is not None
@@ -866,52 +725,25 @@ class PprofDecoder:
             return None  # the library names the error
         self._bound_caches(table)
         runs = self._runs(t)
-        if runs is None or len(self._frame_by_no) >= 1 << 31:
-            return None
         lut = _location_lut(t.location_id)
-        if lut is None:
-            return None
+        if runs is None or lut is None or len(self._frame_by_no) >= 1 << 31:
+            return None  # sparse ids: the numpy reader; repeated ones: the library, as it always did
         runs32 = tuple(a.astype(np.int32) for a in runs)
         starts, ends = scanned["sample_start"], scanned["sample_end"]
-        got = _pprof_c.read_samples(raw, starts, ends, lut, *runs32, len(head.types), head.vi, self._index)
-        if got is None:
+        cols = _pprof_c.sample_columns(raw, starts, ends, head.vi, lut, *runs32, self._index)
+        if cols is None:
             return None
-        sids, vals, h1, h2, labelled = got
-        # Labelled samples: their label sets, read by the small Python reader.
-        lab_idx = np.flatnonzero(labelled).tolist()
-        lab_keys = label_keys(raw, starts, ends, lab_idx)
-        if lab_keys is None:
+        bound, locations, n_values, value, labelled, got = cols
+        labels = label_keys(raw, starts, ends, np.flatnonzero(labelled).tolist())
+        if labels is None:
             return None
-        self._intern_misses(raw, table, sids, h1, h2, starts, ends, (lut, *runs32))
-        gcode, keys_by_code = group_codes(
-            len(starts), ((k, vals[k], key) for k, key in zip(lab_idx, lab_keys, strict=True)))
-        divisor = divisor_of(head.types, head.vi, head.period, head.period_unit)
-        series = label_series(table, head.s, sids, vals, gcode, keys_by_code, divisor)
-        return None if series is None else _decoded(head, series, t.time_nanos, t.duration_nanos)
-
-    def _intern_misses(self, raw: bytes, table: StackTable, sids: np.ndarray, h1: np.ndarray, h2: np.ndarray,
-                       starts: np.ndarray, ends: np.ndarray, runs: tuple[np.ndarray, ...]) -> None:
-        """Fill in the ids of the stacks the index did not know, interned in sample order.
-
-        ``runs`` is (location lut, run offsets, run lengths, run frames), as read_samples had them.
-        """
-        assert _pprof_c is not None and self._index is not None
-        misses = np.flatnonzero(sids < 0).tolist()
-        if not misses:
-            return
-        intern = table.intern
-        by_no = self._frame_by_no.__getitem__
-        index = self._index
-        frames_of = _pprof_c.sample_frames
-        h1l, h2l = h1[misses].tolist(), h2[misses].tolist()
-        sl, el = starts[misses].tolist(), ends[misses].tolist()
-        for m, j in enumerate(misses):
-            sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
-            if sid < 0:
-                nos = frames_of(raw, sl[m], el[m], *runs)
-                sid = intern(tuple(map(by_no, nos)))
-                index.insert(h1l[m], h2l[m], sid)
-            sids[j] = sid
+        hashed = None if got is None else (*got, lut, runs32)
+        try:
+            series = self._series(t, head, PprofSamples(bound, locations, n_values, value, labels), table, runs,
+                                  hashed)
+        except InputError:
+            return None  # the library names the error
+        return _decoded(head, series, t.time_nanos, t.duration_nanos)
 
 
 def encode_pprof(
