@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import re
@@ -151,33 +152,64 @@ def _bulk_sqlite(store, table, pool, series, windows, per_window, nprng) -> int:
 
 
 async def _bulk_clickhouse(store, table, pool, series, windows, per_window, nprng) -> int:  # type: ignore[no-untyped-def]
+    """The sample rows generated inside ClickHouse: ``INSERT INTO samples SELECT ... FROM
+    numbers(N)`` per chunk of windows, series by series (so each inserted block holds a few
+    series' hours, as a series' rollup rows group them), the rows of window ``w`` of series ``s``
+    being the ``per_window`` draws ``k = (w * 200 + s) * per_window + slot``: a deterministic
+    hash of ``k`` draws its pool stack (uniform, with replacement, as :func:`draw`), another its
+    count (1..29), and ``transform`` maps pool and series indices to their hashes. The rows go
+    through a real INSERT, so the rollup and totals views fire on every inserted block as for a
+    push. ``nprng`` is unused (the draws are ClickHouse's hashes)."""
     from aggregator.store.clickhouse import series_hash, stack_hash
-    from aggregator.store.clickhouse.transport import SAMPLE_IN, SERIES_WINDOW
 
-    pool_h = np.array([stack_hash(table.stack(int(t))) for t in pool], dtype=np.uint64)
-    sh = np.array([series_hash(lab) for lab in series], dtype=np.uint64)
-    db = store.database
-    samples = 0
-    batch = 20  # windows per INSERT: 200 x 150 x 20 rows, ~17 MB of RowBinary
-    for w0 in range(1, windows, batch):
-        ws = range(w0, min(windows, w0 + batch))
-        parts = []
-        for w in ws:
-            idx, counts = draw(nprng, len(series), per_window, len(pool))
-            rows = np.empty(idx.size, dtype=SAMPLE_IN)
-            rows["window"] = T0 + W * w
-            rows["series"] = np.repeat(sh, per_window)
-            rows["stack"] = pool_h[idx.reshape(-1)]
-            rows["count"] = counts.reshape(-1)
-            samples += int(counts.sum())
-            parts.append(rows)
-        sw = np.empty(len(ws) * len(series), dtype=SERIES_WINDOW)
-        sw["window"] = np.repeat([T0 + W * w for w in ws], len(series))
-        sw["series"] = np.tile(sh, len(ws))
-        await store._post(f"INSERT INTO {db}.series_windows FORMAT RowBinary", sw.tobytes())
-        await store._post(f"INSERT INTO {db}.samples FORMAT RowBinary", np.concatenate(parts).tobytes())
-    await store._post(f"OPTIMIZE TABLE {db}.series_windows FINAL")
-    return samples
+    pool_h = [stack_hash(table.stack(int(t))) for t in pool]
+    sh = [series_hash(lab) for lab in series]
+    db, ns, npool = store.database, len(series), len(pool)
+    chunk = 360  # windows per INSERT (3 h: 10.8 M rows), aligned to hours
+
+    def series_of(index: str) -> str:
+        return (f"transform(toUInt32({index}), range(toUInt32({ns})), [{','.join(map(str, sh))}], "
+                "toUInt64(0))")
+
+    stack_of = (f"transform(toUInt32(intHash64(bitXor(k, {_SALT_STACK})) % {npool}), "
+                f"range(toUInt32({npool})), [{','.join(map(str, pool_h))}], toUInt64(0))")
+    t = time.perf_counter()
+
+    async def insert(w0: int, w1: int) -> None:
+        nw = w1 - w0
+        await store._post(
+            f"INSERT INTO {db}.series_windows SELECT toUInt32({T0} + {W} * ({w0} + intDiv(n, {ns}))) AS window, "
+            f"{series_of(f'n % {ns}')} AS series FROM (SELECT number AS n FROM numbers({nw * ns}))")
+        # n = (s * nw + (w - w0)) * per_window + slot: series-major within the chunk
+        await store._post(
+            f"INSERT INTO {db}.samples SELECT toUInt32({T0} + {W} * w) AS window, {series_of('s')} AS series, "
+            f"{stack_of} AS stack, toUInt64(1 + intHash64(bitXor(k, {_SALT_COUNT})) % 29) AS count "
+            f"FROM (SELECT s, w, ((w * {ns} + s) * {per_window} + n % {per_window}) AS k FROM "
+            f"(SELECT number AS n, intDiv(n, {nw * per_window}) AS s, {w0} + intDiv(n, {per_window}) % {nw} AS w "
+            f"FROM numbers({nw * ns * per_window})))")
+
+    bounds = sorted({1, windows, *range(chunk, windows, chunk)})
+    chunks = list(itertools.pairwise(bounds))
+    for i in range(0, len(chunks), _FILL_STREAMS):  # a few INSERTs at once: each runs its views on one core
+        await asyncio.gather(*(insert(a, b) for a, b in chunks[i:i + _FILL_STREAMS]))
+        print(f"  clickhouse fill: {chunks[min(len(chunks), i + _FILL_STREAMS) - 1][1] - 1} of {windows - 1} "
+              f"windows in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+    # The merges ClickHouse would have done in the background over the range's lifetime: the
+    # rollups and totals merged to one part per partition (their FINAL state; the raw samples are
+    # left to the background merges, as a live store has them).
+    t = time.perf_counter()
+    for tbl in ("series_windows", "window_totals", "samples_1h", "samples_1d"):
+        parts = await store._post_json(f"SELECT DISTINCT partition FROM system.parts WHERE database = '{db}' "
+                                       f"AND table = '{tbl}' AND active")
+        for p in parts:
+            await store._post(f"OPTIMIZE TABLE {db}.{tbl} PARTITION {p['partition']} FINAL")
+    print(f"  clickhouse merges of the rollups: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    rows = await store._post_json(f"SELECT sum(count) AS n FROM {db}.samples WHERE window > {T0}")
+    return int(rows[0]["n"])
+
+
+_SALT_STACK, _SALT_COUNT = 0x5EED_57AC, 0xC0C0_0001  # the two hashes of a row number must differ
+_FILL_STREAMS = 2  # concurrent INSERTs of the ClickHouse fill (this machine has 2 cores)
 
 
 async def recompact(data_dir: str, hours: float) -> int:
@@ -191,6 +223,21 @@ async def recompact(data_dir: str, hours: float) -> int:
     n = await store._run(store._rexec, lambda: store._r.execute("SELECT sum(total) FROM windows").fetchone()[0])  # type: ignore[attr-defined]
     await store.close()
     return int(n or 0)
+
+
+async def clickhouse_filled(spec: str, data_dir: str, hours: float) -> int:
+    """The samples of a ClickHouse database already filled for ``hours`` (0 when it is not)."""
+    store = open_store(spec, data_dir)
+    await store.open()
+    try:
+        db = store.database  # type: ignore[attr-defined]
+        last = await store._post_json(f"SELECT max(window) AS w FROM {db}.series_windows")  # type: ignore[attr-defined]
+        if int(last[0]["w"]) != T0 + (int(hours * 3600 / W) - 1) * W:
+            return 0
+        n = await store._post_json(f"SELECT sum(count) AS n FROM {db}.samples")  # type: ignore[attr-defined]
+        return int(n[0]["n"])
+    finally:
+        await store.close()
 
 
 class Server:
@@ -304,6 +351,8 @@ def run(spec: str, args: argparse.Namespace, data_dir: str) -> None:
     t = time.perf_counter()
     if spec == "sqlite" and args.keep and (Path(data_dir) / "flamewatch.db").exists():
         samples = asyncio.run(recompact(data_dir, args.hours))  # filled by an earlier run: reuse it
+    elif spec != "sqlite" and args.keep and (kept := asyncio.run(clickhouse_filled(spec, data_dir, args.hours))):
+        samples = kept  # a database of this URL filled by an earlier run for the same range
     else:
         samples = asyncio.run(fill(spec, data_dir, args.hours, args.per_window, args.pool))
     label = "sqlite" if spec == "sqlite" else "clickhouse"
@@ -330,7 +379,8 @@ def main() -> int:
     ap.add_argument("--per-window", type=int, default=150, help="stacks drawn per series window")
     ap.add_argument("--pool", type=int, default=3000, help="distinct stacks overall")
     ap.add_argument("--timeout", type=float, default=300, help="seconds a query may take (inf beyond)")
-    ap.add_argument("--keep", help="fill into this folder and keep it (SQLite); a folder already filled is reused")
+    ap.add_argument("--keep", help="fill into this folder and keep it (SQLite; with a clickhouse:// URL the "
+                                   "database is kept); a folder or database already filled is reused")
     args = ap.parse_args()
     if args.storage == "clickhouse":
         from tests.support.clickhouse import clickhouse_server
