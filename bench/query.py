@@ -201,14 +201,21 @@ async def _bulk_clickhouse(store, table, pool, series, windows, per_window, nprn
         print(f"  clickhouse fill: {chunks[min(len(chunks), i + _FILL_STREAMS) - 1][1] - 1} of {windows - 1} "
               f"windows in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
     # The merges ClickHouse would have done in the background over the range's lifetime: the
-    # rollups and totals merged to one part per partition (their FINAL state; the raw samples are
-    # left to the background merges, as a live store has them).
+    # rollups and totals merged to one part per partition, as a live store has them for any
+    # period older than a few minutes (the raw samples are left to the background merges).
+    # OPTIMIZE ... FINAL does nothing while a background merge holds the partition, so it is
+    # repeated until every partition is one part.
     t = time.perf_counter()
-    for tbl in ("series_windows", "window_totals", "samples_1h", "samples_1d"):
-        parts = await store._post_json(f"SELECT DISTINCT partition FROM system.parts WHERE database = '{db}' "
-                                       f"AND table = '{tbl}' AND active")
-        for p in parts:
-            await store._post(f"OPTIMIZE TABLE {db}.{tbl} PARTITION {p['partition']} FINAL")
+    tables = ("series_windows", "window_totals", "samples_1h", "samples_1d")
+    while time.perf_counter() - t < 900:
+        split = await store._post_json(
+            f"SELECT table, partition, count() AS n FROM system.parts WHERE database = '{db}' AND active "
+            f"AND table IN ({','.join(repr(x) for x in tables)}) GROUP BY table, partition HAVING n > 1")
+        if not split:
+            break
+        for r in split:
+            await store._post(f"OPTIMIZE TABLE {db}.{r['table']} PARTITION {r['partition']} FINAL")
+        await asyncio.sleep(1)
     print(f"  clickhouse merges of the rollups: {time.perf_counter() - t:.1f} s", file=sys.stderr)
     rows = await store._post_json(f"SELECT sum(count) AS n FROM {db}.samples WHERE window > {T0}")
     return int(rows[0]["n"])

@@ -57,6 +57,11 @@ async def test_clickhouse_fill_has_the_shape_and_the_views_roll_it_up(clickhouse
         for table in ("samples_1h", "samples_1d", "window_totals"):
             rolled = await one(f"SELECT sum(count) AS n FROM {db}.{table}")
             assert int(rolled["n"]) == samples, table
+        # merged as a live store's older periods are: one part per rollup partition
+        split = await store._post_json(
+            f"SELECT table, partition, count() AS n FROM system.parts WHERE database = '{db}' AND active "
+            "AND table IN ('samples_1h', 'samples_1d', 'window_totals') GROUP BY table, partition HAVING n > 1")
+        assert split == []
         # the store reads the same total back through its rollup-aware path
         from stacks.model import StackTable
         from stacks.selector import Selector
