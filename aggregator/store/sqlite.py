@@ -763,7 +763,8 @@ class SQLiteStore:
 
     def _row_batches(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
                      tail: str = "", batch: int = 1_000_000, rollup_cols: str | None = None,
-                     scan_once: bool = False) -> Iterator[list[tuple[Any, ...]]]:
+                     scan_once: bool = False, matched: tuple[list[int] | None] | None = None
+                     ) -> Iterator[list[tuple[Any, ...]]]:
         """``SELECT cols`` of the matching series' rows covering [start, end), ``batch`` rows at a
         time: rollups of the rolled periods up to ``max_res`` seconds (0: none) inside the range,
         windows for the rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups``
@@ -771,10 +772,11 @@ class SQLiteStore:
         row. One read transaction, so the rolled periods and their rows are one snapshot.
         ``scan_once`` (rows whose first column is ``series_id``): with more than
         4 x ``_CHUNK`` matching series, each part is read once and filtered here rather than once
-        per ``IN (...)`` chunk (100,000 pods: 200 scans -> 1)."""
+        per ``IN (...)`` chunk (100,000 pods: 200 scans -> 1). ``matched``: the caller's
+        ``(_matching_series(selector),)``, so several reads match the series once."""
         r = self._r
         assert r is not None
-        ids = self._matching_series(selector)
+        ids = self._matching_series(selector) if matched is None else matched[0]
         wanted: set[int] | None = None
         if scan_once and ids is not None and len(ids) > 4 * _CHUNK:
             wanted, ids = set(ids), None
@@ -1019,10 +1021,11 @@ class SQLiteStore:
             # Both passes read the rollups of whole periods (the ranking the coarsest, the sums
             # those that fit a bucket, an hour's per-window ``steps`` below an hour) and windows
             # for the rest, streaming: a week is ~1,400 day rows per series, not 20,160 windows.
+            matched = (self._matching_series(selector),)  # once for both passes (100,000 pods: 0.5 s)
             group_of: dict[int, str] = {}
             weight: dict[str, float] = {}
             for rows in self._row_batches("series_id, total(total)", selector, start, end, DAY,
-                                          " GROUP BY series_id", scan_once=True):
+                                          " GROUP BY series_id", scan_once=True, matched=matched):
                 for sid, w in rows:
                     g = group_of[sid] = self._series[sid].get(group_by, "")
                     weight[g] = weight.get(g, 0.0) + w
@@ -1044,7 +1047,8 @@ class SQLiteStore:
 
             if 0 < step < HOUR and HOUR % step == 0:
                 for rows in self._row_batches("series_id, start, total, NULL", selector, start, end, HOUR,
-                                              rollup_cols="series_id, start, total, steps", scan_once=True):
+                                              rollup_cols="series_id, start, total, steps", scan_once=True,
+                                              matched=matched):
                     for sid, t0, total, steps in rows:
                         if steps is None:
                             add(sid, t0 - t0 % step, total)
@@ -1056,7 +1060,7 @@ class SQLiteStore:
             else:
                 bucket = f"start - start % {int(step)}" if step > 0 else "start"
                 for rows in self._row_batches(f"series_id, {bucket} AS b, total", selector, start, end,
-                                              max_resolution(step), scan_once=True):
+                                              max_resolution(step), scan_once=True, matched=matched):
                     for sid, t, v in rows:
                         add(sid, t, v)
             rows = [(Labels.of({group_by: g}), int(t), v) for (g, t), v in cells.items()]
