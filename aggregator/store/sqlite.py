@@ -813,16 +813,24 @@ class SQLiteStore:
         return [row for batch in self._row_batches(cols, selector, start, end, max_res, tail) for row in batch]
 
     def _row_batches(self, cols: str, selector: Selector, start: int, end: int, max_res: int = 0,
-                     tail: str = "", batch: int = 1_000_000, rollup_cols: str | None = None
+                     tail: str = "", batch: int = 1_000_000, rollup_cols: str | None = None,
+                     scan_once: bool = False, matched: tuple[list[int] | None] | None = None
                      ) -> Iterator[list[tuple[Any, ...]]]:
         """``SELECT cols`` of the matching series' rows covering [start, end), ``batch`` rows at a
         time: rollups of the rolled periods up to ``max_res`` seconds (0: none) inside the range,
         windows for the rest (:func:`aggregator.store.rollup.plan`). ``windows`` and ``rollups``
         share the columns ``series_id, start, total, data``; ``start`` is the period's on a rollup
-        row. One read transaction, so the rolled periods and their rows are one snapshot."""
+        row. One read transaction, so the rolled periods and their rows are one snapshot.
+        ``scan_once`` (rows whose first column is ``series_id``): with more than
+        4 x ``_CHUNK`` matching series, each part is read once and filtered here rather than once
+        per ``IN (...)`` chunk (100,000 pods: 200 scans -> 1). ``matched``: the caller's
+        ``(_matching_series(selector),)``, so several reads match the series once."""
         r = self._r
         assert r is not None
-        ids = self._matching_series(selector)
+        ids = self._matching_series(selector) if matched is None else matched[0]
+        wanted: set[int] | None = None
+        if scan_once and ids is not None and len(ids) > 4 * _CHUNK:
+            wanted, ids = set(ids), None
         r.execute("BEGIN")
         try:
             parts: list[tuple[str, str, tuple[int, ...]]] = []
@@ -846,7 +854,7 @@ class SQLiteStore:
                 for q, args in queries:
                     cur = r.execute(q, args)
                     while rows := cur.fetchmany(batch):
-                        yield rows
+                        yield rows if wanted is None else [row for row in rows if row[0] in wanted]
         finally:
             r.execute("COMMIT")
 
@@ -1072,46 +1080,51 @@ class SQLiteStore:
         ``step`` the windows are summed per bucket of ``step`` s (n x buckets, not x windows)."""
         def run() -> tuple[list[tuple[Labels, int, int]], dict[int, int], int, int]:
             self._refresh_series()
-            r = self._r
-            assert r is not None
-            ids = self._matching_series(selector)
-            where = "FROM windows WHERE start >= ? AND start < ?"
-
-            def each(cols: str, tail: str = "") -> Iterable[tuple[Any, ...]]:
-                if ids is None:
-                    yield from r.execute(f"SELECT {cols} {where}{tail}", (start, end))
-                    return
-                if len(ids) > 4 * _CHUNK:
-                    # Each IN (...) chunk rescans the whole time range: with many matching series
-                    # one scan filtered here is far cheaper (100,000 pods: 200 scans -> 1).
-                    wanted = set(ids)
-                    yield from (row for row in r.execute(f"SELECT {cols} {where}{tail}", (start, end))
-                                if row[0] in wanted)
-                    return
-                for chunk in _chunks(ids):
-                    yield from r.execute(f"SELECT {cols} {where} AND series_id IN ({','.join('?' * len(chunk))}){tail}",
-                                         (start, end, *chunk))
-
+            # Both passes read the rollups of whole periods (the ranking the coarsest, the sums
+            # those that fit a bucket, an hour's per-window ``steps`` below an hour) and windows
+            # for the rest, streaming: a week is ~1,400 day rows per series, not 20,160 windows.
+            matched = (self._matching_series(selector),)  # once for both passes (100,000 pods: 0.5 s)
             group_of: dict[int, str] = {}
             weight: dict[str, float] = {}
-            for sid, w in each("series_id, total(total)", " GROUP BY series_id"):
-                g = group_of[sid] = self._series[sid].get(group_by, "")
-                weight[g] = weight.get(g, 0.0) + w
+            for rows in self._row_batches("series_id, total(total)", selector, start, end, DAY,
+                                          " GROUP BY series_id", scan_once=True, matched=matched):
+                for sid, w in rows:
+                    g = group_of[sid] = self._series[sid].get(group_by, "")
+                    weight[g] = weight.get(g, 0.0) + w
             keep = set(sorted(weight, key=lambda g: (-weight[g], g))[:n])
             cells: dict[tuple[str, int], int] = {}
             other: dict[int, int] = {}
             rest = 0
-            for sid, t, v in each("series_id, start, total"):
-                if step > 0:
-                    t -= t % step
+
+            def add(sid: int, t: int, v: int) -> None:
+                nonlocal rest
                 g = group_of.get(sid)
                 if g is None:
-                    continue  # a series written between the two passes: next refresh shows it
+                    return  # a series written between the two passes: next refresh shows it
                 if g in keep:
                     cells[g, t] = cells.get((g, t), 0) + v
                 else:
                     other[t] = other.get(t, 0) + v
                     rest += v
+
+            if 0 < step < HOUR and HOUR % step == 0:
+                for rows in self._row_batches("series_id, start, total, NULL", selector, start, end, HOUR,
+                                              rollup_cols="series_id, start, total, steps", scan_once=True,
+                                              matched=matched):
+                    for sid, t0, total, steps in rows:
+                        if steps is None:
+                            add(sid, t0 - t0 % step, total)
+                            continue
+                        offs, tots = codec.decode(steps)
+                        b = (t0 + offs) - (t0 + offs) % step
+                        for bt, v in zip(b.tolist(), tots.tolist(), strict=True):
+                            add(sid, bt, v)
+            else:
+                bucket = f"start - start % {int(step)}" if step > 0 else "start"
+                for rows in self._row_batches(f"series_id, {bucket} AS b, total", selector, start, end,
+                                              max_resolution(step), scan_once=True, matched=matched):
+                    for sid, t, v in rows:
+                        add(sid, t, v)
             rows = [(Labels.of({group_by: g}), int(t), v) for (g, t), v in cells.items()]
             return rows, other, len(weight), rest
 

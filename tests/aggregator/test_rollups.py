@@ -93,6 +93,19 @@ async def _check(store, writes, ranges, steps) -> None:  # type: ignore[no-untyp
             key = (labels, t - t % step)
             got_t[key] = got_t.get(key, 0) + n
         assert {k: v for k, v in got_t.items() if v} == want_t, (a, b, step)
+        # the timeline's top-N path (one pod kept, the rest in "other"): the same sums per bucket
+        kept, other, _, rest = await store.top_totals(Selector(), a, b, "pod", 1, step=step)
+        want_pod: dict[tuple[str, int], int] = {}
+        for (labels, t), n in want_t.items():
+            want_pod[labels["pod"], t] = want_pod.get((labels["pod"], t), 0) + n
+        got_kept = {(labels["pod"], t - t % step): n for labels, t, n in kept if n}
+        assert got_kept == {k: v for k, v in want_pod.items() if k[0] in {p for p, _ in got_kept}}, (a, b, step)
+        want_other: dict[int, int] = {}
+        for (pod, t), n in want_pod.items():
+            if (pod, t) not in got_kept:
+                want_other[t] = want_other.get(t, 0) + n
+        assert {t - t % step: n for t, n in other.items() if n} == want_other, (a, b, step)
+        assert rest == sum(want_other.values())
 
 
 async def _sqlite(tmp_path):  # type: ignore[no-untyped-def]
