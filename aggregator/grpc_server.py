@@ -38,7 +38,7 @@ Method = Callable[[bytes, Any], Awaitable[bytes]]
 
 
 def _handlers(app: web.Application) -> list[grpc.GenericRpcHandler]:
-    from aggregator.app import METRICS, SETTINGS, TABLES, store_decoded
+    from aggregator.handlers import METRICS, SETTINGS, TABLES, store_decoded
 
     s = app[SETTINGS]
 
@@ -85,7 +85,7 @@ def _handlers(app: web.Application) -> list[grpc.GenericRpcHandler]:
 
 async def grpc_listener(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: start the gRPC server with the app (when ``--grpc true``), stop it after."""
-    from aggregator.app import SETTINGS
+    from aggregator.handlers import SETTINGS
 
     s = app[SETTINGS]
     limit = s.max_body_bytes

@@ -25,8 +25,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from aggregator import _proto, heatmap, params, query
-from aggregator import app as app_module
+from aggregator import _proto, handlers, heatmap, params, query
 from aggregator.spans import MAX_ID_CHARS, SpanStore, user_selector
 from aggregator.store import StoreError
 from aggregator.store.base import MERGE_ALL, MergedReads, Store
@@ -420,17 +419,17 @@ def _codec(request: web.Request) -> str:
 
 
 def _call(app: web.Application) -> Call:
-    s = app[app_module.SETTINGS]
-    return Call(app[app_module.READ_STORE], app_module.query_context(app), s.retention_seconds,  # as /api/v1
-                app.get(app_module.SPANS))
+    s = app[handlers.SETTINGS]
+    return Call(app[handlers.READ_STORE], handlers.query_context(app), s.retention_seconds,  # as /api/v1
+                app.get(handlers.SPANS))
 
 
 async def _decode(request: web.Request, cls: type, codec: str) -> Message:
-    body = await app_module.read_body(request)
+    body = await handlers.read_body(request)
     enc = (request.headers.get("Content-Encoding") or request.headers.get("Connect-Content-Encoding")
            or "identity").lower()
     if enc == "gzip":
-        body = gunzip_capped(body, request.app[app_module.SETTINGS].max_decompressed_bytes)
+        body = gunzip_capped(body, request.app[handlers.SETTINGS].max_decompressed_bytes)
     elif enc != "identity":
         raise ConnectError("unimplemented", f"Content-Encoding {enc!r} is not supported: send gzip or identity")
     msg = cls()
@@ -466,12 +465,12 @@ def _accepts_gzip(request: web.Request) -> bool:
     return any(e.split(";")[0].strip().lower() == "gzip" for e in request.headers.get("Accept-Encoding", "").split(","))
 
 
-def connect_handler(method: Method) -> app_module.Handler:
+def connect_handler(method: Method) -> handlers.Handler:
     """The aiohttp handler of ``method``: decode, run, encode; every failure a Connect error."""
     cls = M(method.request)
 
     async def handle(request: web.Request) -> web.Response:
-        m = request.app[app_module.METRICS]
+        m = request.app[handlers.METRICS]
         try:
             codec = _codec(request)
             msg = await _decode(request, cls, codec)
@@ -484,7 +483,7 @@ def connect_handler(method: Method) -> app_module.Handler:
             code, text = "invalid_argument", str(e)
         except web.HTTPRequestEntityTooLarge:
             code = "resource_exhausted"
-            text = f"request body is larger than --max-body-bytes={request.app[app_module.SETTINGS].max_body_bytes}"
+            text = f"request body is larger than --max-body-bytes={request.app[handlers.SETTINGS].max_body_bytes}"
         except StoreError as e:
             log.error("storage failure on %s: %s", request.path, e)
             code, text = "unavailable", f"storage unavailable: {e}"
@@ -614,4 +613,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/pyroscope/render-diff", handle_render_diff)
     app.router.add_get("/pyroscope/label-values", handle_label_values)
     app.router.add_get("/pyroscope/labels", handle_labels)
-    app.router.add_post("/pyroscope/ingest", app_module.handle_ingest)
+    app.router.add_post("/pyroscope/ingest", handlers.handle_ingest)

@@ -131,12 +131,6 @@ def test_checker_allows_arrows_that_point_down(module: str, source: str) -> None
 # -- import circles ---------------------------------------------------------------------------
 # Circles closed only by imports inside functions (late) or under ``if TYPE_CHECKING:``: known
 # debts, each named with why it is still there. Any other circle fails the test below.
-LATE_CIRCLES: dict[frozenset[str], str] = {
-    frozenset({"aggregator.app", "aggregator.querier", "aggregator.grpc_server"}):
-        "the read API and the gRPC listener read the app's keys (SETTINGS, METRICS, ...) and the app mounts them",
-    frozenset({"aggregator.store.clickhouse.store", "aggregator.store.clickhouse.cumulative"}):
-        "the cumulative state names the store in a type hint; the store opens the state on demand",
-}
 
 
 def module_arrows(source: str, module: str, is_package: bool, late: bool) -> set[str]:
@@ -217,13 +211,10 @@ def import_graph(late: bool) -> dict[str, set[str]]:
 
 
 def test_no_import_circle() -> None:
-    """No circle among the imports that run when modules are imported (issue 29: there is none left);
-    with late and type-checking imports too, only the named debts."""
+    """No circle among the production modules' imports (issue 29), counting those that run on
+    import, those inside functions and those under ``if TYPE_CHECKING:``."""
     assert circles(import_graph(late=False)) == []
-    late = set(circles(import_graph(late=True)))
-    assert late <= set(LATE_CIRCLES), f"new import circles: {[sorted(c) for c in late - set(LATE_CIRCLES)]}"
-    gone = [sorted(c) for c in set(LATE_CIRCLES) - late]
-    assert not gone, f"circles gone: drop them from LATE_CIRCLES: {gone}"
+    assert [sorted(c) for c in circles(import_graph(late=True))] == []
 
 
 def test_circle_finder_finds_circles() -> None:

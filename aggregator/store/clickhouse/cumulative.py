@@ -18,16 +18,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from aggregator.store.clickhouse.schema import CUMULATIVE_TABLE, series_hash
 from aggregator.store.clickhouse.transport import chunks, in_list
-from stacks.model import Labels, Profile
+from stacks.model import Labels, Profile, Stack
 
-if TYPE_CHECKING:
-    from aggregator.store.clickhouse.store import ClickHouseStore
+
+class StoreAccess(Protocol):
+    """What the state uses of :class:`aggregator.store.clickhouse.store.ClickHouseStore`: its
+    database, stack hashes and transport (a Protocol, so this module never imports the store,
+    which opens the state on demand)."""
+
+    database: str
+
+    def _hash_of(self, stack: Stack) -> int: ...
+
+    async def _run(self, sql: str, body: bytes | None = None) -> bytes: ...
+
+    async def _json_rows(self, sql: str) -> list[dict[str, Any]]: ...
+
+    async def _binary_rows(self, sql: str, dtype: np.dtype) -> np.ndarray: ...
+
+    async def _await_mutations(self, tables: list[str]) -> None: ...
 
 ROW = np.dtype([("series", "<u8"), ("stack", "<u8"), ("value", "<u8"), ("version", "<u8")])
 MARKER = 0  # the stack hash of a series' baseline marker row
@@ -36,7 +51,7 @@ MARKER = 0  # the stack hash of a series' baseline marker row
 class ClickHouseState:
     """:class:`aggregator.cumulative.StateBackend` on the store's database."""
 
-    def __init__(self, store: ClickHouseStore, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, store: StoreAccess, clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.store = store
         self.clock_ns = clock_ns
         self._versions: dict[Labels, int] = {}  # newest version read per series, for the next save
