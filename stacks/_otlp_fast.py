@@ -188,18 +188,20 @@ def stack_gids(entries: list[bytes], loc_gid: np.ndarray) -> tuple[np.ndarray, n
     return gids, starts, counts
 
 
-def simple_locations(entries: list[bytes]) -> np.ndarray | None:
-    """The function index of every raw ``Location`` holding exactly one ``lines`` entry and
-    nothing else (no mapping, address or attributes), -1 for the others; None when the entries
-    are not all varints (then every location takes the message path)."""
+def simple_locations(entries: list[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(function index, line) of every raw ``Location`` holding exactly one ``lines`` entry and
+    nothing else (no mapping, address or attributes): function index -1 for the others; line
+    -1 where that ``Line`` holds more than its function index and line (a column), 0 where it
+    has no line. None when the entries are not all varints (then every location takes the
+    message path)."""
     n = len(entries)
     if not n:
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     lens = np.fromiter(map(len, entries), np.int64, n)
     buf = np.frombuffer(b"".join(entries), np.uint8)
     out = np.full(n, -1, np.int64)
     if not len(buf):
-        return out
+        return out, out.copy()
     ends = np.cumsum(lens)
     term = buf < 0x80
     nz = lens > 0
@@ -218,7 +220,8 @@ def simple_locations(entries: list[bytes]) -> np.ndarray | None:
     def at(i: np.ndarray) -> np.ndarray:
         return np.where(i < last, vals[np.minimum(i, m - 1)], np.uint64(1 << 63))
 
-    # 0x1a LEN (one lines message to the end of the entry), then optionally 0x08 function_index.
+    # 0x1a LEN (one lines message to the end of the entry), then optionally 0x08 function_index
+    # and 0x10 line, in field order as protobuf writes them.
     ok = nz & (at(first) == 26)
     body = np.where(first + 2 < last, vstarts[np.minimum(first + 2, m - 1)], ends)
     ok &= (ends - body).astype(np.uint64) == at(first + 1)
@@ -226,7 +229,13 @@ def simple_locations(entries: list[bytes]) -> np.ndarray | None:
     fi = np.where(has_fi, at(first + 3), 0)
     ok &= fi < np.uint64(1 << 31)
     out[ok] = fi[ok].astype(np.int64)
-    return out
+    at_line = np.where(has_fi, first + 4, first + 2)
+    has_line = at(at_line) == 16
+    line = np.where(has_line, at(at_line + 1), 0)
+    exact = ok & (at_line + np.where(has_line, 2, 0) == last) & (line < np.uint64(1 << 31))
+    lines = np.full(n, -1, np.int64)
+    lines[exact] = line[exact].astype(np.int64)
+    return out, lines
 
 
 def simple_samples(entries: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

@@ -202,6 +202,7 @@ class OtlpCache:
         self.gids: dict[tuple[Frame, ...], int] = {}
         self.frames: list[tuple[Frame, ...]] = []
         self.by_name: dict[str, int] = {}  # a one-line user frame's name -> its global id
+        self.by_line: dict[tuple[str, str, int], int] = {}  # the same by (name, file, line)
         self.stacks: dict[bytes, int] = {}  # int32 gids (native order) -> stack id; -1: empty
         self.index: Any = None  # compiled: hash of a gid sequence -> stack id (stacks/_otlp_c.pyx)
 
@@ -212,7 +213,7 @@ class OtlpCache:
         if table is not self.table or len(self.gids) > self.LIMIT or len(self.stacks) > self.LIMIT or big:
             self.table = table
             self.gids, self.frames = {}, []
-            self.by_name = {}
+            self.by_name, self.by_line = {}, {}
             self.stacks = {}
             self.index = None
         if self.compiled and self.index is None:
@@ -262,18 +263,32 @@ class _Tables:
             n_f = len(fnames)
             by_name = self.cache.by_name
             loc_gid = []
-            locs, lines = self.locations, self.lines
-            for li, fi in enumerate(simple.tolist()):
-                name = fnames[fi] if 0 <= fi < n_f else None
-                # By line, a location whose line holds more than its function index (a line, a
-                # column) takes the message path, which reads them.
-                if not name or (lines and len(locs[li]) > 3 + (fi.bit_length() + 6) // 7):
-                    loc_gid.append(gid(self.location_frames(li)))
-                    continue
-                g = by_name.get(name)
-                if g is None:
-                    g = by_name[name] = gid((Frame(name),))
-                loc_gid.append(g)
+            fis, line_of = simple
+            if not self.lines:
+                for li, fi in enumerate(fis.tolist()):
+                    name = fnames[fi] if 0 <= fi < n_f else None
+                    if not name:
+                        loc_gid.append(gid(self.location_frames(li)))
+                        continue
+                    g = by_name.get(name)
+                    if g is None:
+                        g = by_name[name] = gid((Frame(name),))
+                    loc_gid.append(g)
+            else:
+                # By line, the frame is (name, file, line): the scan read the line too; a
+                # location whose Line holds more (a column) takes the message path.
+                by_line = self.cache.by_line
+                files = self._files()
+                for li, (fi, line) in enumerate(zip(fis.tolist(), line_of.tolist(), strict=True)):
+                    name = fnames[fi] if 0 <= fi < n_f else None
+                    if not name or line < 0:
+                        loc_gid.append(gid(self.location_frames(li)))
+                        continue
+                    key = (name, files[fi], line)
+                    g = by_line.get(key)
+                    if g is None:
+                        g = by_line[key] = gid((Frame(name, Kind.USER, files[fi], line),))
+                    loc_gid.append(g)
             self.loc_gid = loc_gid
         # Every stack's id at once from the raw entries (stacks/_otlp_fast.py); None: per stack below.
         self.sid_of: np.ndarray | None = None
@@ -368,6 +383,11 @@ class _Tables:
         if not frames:
             frames.append(Frame(self._unsymbolized(loc), kind))
         return tuple(frames)
+
+    def _files(self) -> list[str]:
+        """The source file of every function ("" when it names none), as :meth:`_frame` reads it."""
+        strings, n = self.strings, len(self.strings)
+        return [strings[f.filename_strindex] if 0 < f.filename_strindex < n else "" for f in self.functions]
 
     def _frame(self, name: str, kind: Kind, fi: int, line: int) -> Frame:
         """The frame of function ``fi`` at ``line``; located (its file, the line) when reading by line."""

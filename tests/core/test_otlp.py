@@ -165,6 +165,37 @@ def test_bulk_reader_equals_message_reader(samples: list[tuple[list[str], int]],
         [(s.ptype, s.labels, s.profile.as_dict(), s.spans, s.samples) for s in want]
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(stacks_, st.integers(1, 1 << 40)), min_size=1, max_size=30),
+       st.lists(st.tuples(st.integers(0, 1 << 33), st.booleans()), min_size=1, max_size=8))
+def test_bulk_reader_by_line_equals_message_reader(samples: list[tuple[list[str], int]],
+                                                   lines: list[tuple[int, bool]]) -> None:
+    """By line (a table that keeps locations), the bulk scan reads each one-line location's line
+    (and leaves one with a column to the message path): the same frames as the message path."""
+    import stacks._otlp_fast as fast
+    from stacks.otlp import OtlpCache
+
+    b = Builder()
+    b.profile({"service.name": "p"}, samples)
+    for i, loc in enumerate(b.req.dictionary.location_table):
+        if loc.lines:
+            line, column = lines[i % len(lines)]
+            loc.lines[0].line = line
+            if column:
+                loc.lines[0].column = 7
+    body = b.bytes()
+    got = decode_export_request(body, StackTable(lines=True), cache=OtlpCache(compiled=False))
+    saved = fast.simple_locations
+    fast.simple_locations = lambda entries: None  # type: ignore[assignment]
+    try:
+        want = decode_export_request(body, StackTable(lines=True), cache=OtlpCache(compiled=False))
+    finally:
+        fast.simple_locations = saved
+    assert [s.profile.as_dict() for s in got] == [s.profile.as_dict() for s in want]
+    located = {f.line for s in got for stack in s.profile.as_dict() for f in stack}
+    assert located <= {line for line, _ in lines} | {0}
+
+
 def test_unsymbolized_and_inlined_frames() -> None:
     """The eBPF profiler's shapes: a native frame known only by mapping and address, and a location
     with two lines (an inlined call: lines[0] innermost)."""
