@@ -43,6 +43,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -314,13 +315,16 @@ def _start_service(argv: list[str]) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.split()[1])
 
 
-def record_real(out: Path, seconds: int, pyspy: str = "py-spy") -> None:
+def record_real(out: Path, seconds: int, pyspy: str = "") -> None:
     """Record real located Python stacks into ``out``: the demo's three tinyhats services under
     load on their slow /admin page, plus this repository's own stacks tests (pytest in a loop),
     each sampled by consecutive ``REAL_RUN`` s ``py-spy record --format raw --gil`` runs (lines
     kept); ``manifest.json`` lists (series, start offset, file) per run."""
     from profiler.samplers.pyspy import record_argv
 
+    # setup.sh installs py-spy into the venv, beside this interpreter
+    pyspy = pyspy or shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}") \
+        or "py-spy"
     out.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[str]] = []
     stop = threading.Event()
