@@ -320,12 +320,14 @@ def record_real(out: Path, seconds: int, pyspy: str = "") -> None:
     load on their slow /admin page, plus this repository's own stacks tests (pytest in a loop),
     each sampled by consecutive ``REAL_RUN`` s ``py-spy record --format raw --gil`` runs (lines
     kept); ``manifest.json`` lists (series, start offset, file) per run."""
+    from flamewatch.demo.tinyhats import ADMIN_PASSWORD
     from profiler.samplers.pyspy import record_argv
 
     # setup.sh installs py-spy into the venv, beside this interpreter
     pyspy = pyspy or shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}") \
         or "py-spy"
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its services
     procs: list[subprocess.Popen[str]] = []
     stop = threading.Event()
     try:
@@ -344,7 +346,7 @@ def record_real(out: Path, seconds: int, pyspy: str = "") -> None:
             while not stop.is_set():
                 try:
                     c = http.client.HTTPConnection("127.0.0.1", fport, timeout=30)
-                    c.request("GET", "/admin")
+                    c.request("GET", f"/admin?password={ADMIN_PASSWORD}")  # the demo's page views
                     c.getresponse().read()
                     c.close()
                 except OSError:
