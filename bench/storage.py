@@ -31,7 +31,21 @@ commonest leaf lines (1.21x as many distinct stacks by line as by function).
 before locations (``bench/revisions.py --baseline 32de0ec bench/storage.py``, with
 the corpus found from both trees) the bytes per sample compare lines kept vs not.
 
+With ``--real DIR`` only a measurement on real located data runs: real py-spy
+recordings (``--format raw --gil``, lines kept, 10 s runs at 100 Hz as the
+agent's bounded runs) of the demo's three tinyhats services under load on their
+slow /admin page and of this repository's stacks tests running in a loop, made
+into DIR first when it has no ``manifest.json`` (``--record-seconds``, 60 by
+default). The runs go through the real path twice in this run, once as recorded
+(by line) and once with every location stripped (by function, as
+``--nolineno``): the agent's push (``profiler.shipper.build_push``), the
+aggregator's decoder (``aggregator.ingest.decode_push``) and a SQLite store,
+compacted; printed are bytes per sample of both (live pages and the blobs by
+table), distinct stacks, and the ratios. Unlike the synthetic model above, no
+shape is assumed.
+
     python bench/storage.py [--series 50] [--windows 120] [--lines 1] [--span-windows 6] [--span-samples 30]
+    python bench/storage.py --real DIR [--record-seconds 60]
 """
 
 from __future__ import annotations
@@ -39,11 +53,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import http.client
+import json
 import os
 import random
+import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 import tracemalloc
 import zlib
 from pathlib import Path
@@ -56,7 +77,7 @@ from aggregator.ingest import IngestTables, SpanItem, parse_folded
 from aggregator.spans import SpanStore
 from aggregator.store.sqlite import SQLiteStore
 from aggregator.windows import WindowWriter
-from stacks.model import Frame, Kind, Labels, Profile, StackTable, merge
+from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable, merge
 from stacks.profiletype import CPU, PERIOD_LABEL, TYPE_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
@@ -292,6 +313,171 @@ async def span_storage(pools: list[tuple[list[str], np.ndarray]], series: int, w
     print(f"  span rows cost  {(main + beside) / main:.1f}x the series alone")
 
 
+# -- real located data (--real) ------------------------------------------------------------------
+REAL_RATE = 100  # py-spy Hz (its default; the synthetic section's 99 Hz)
+REAL_RUN = 10  # seconds per py-spy run, as the agent's bounded runs (profiler.samplers.pyspy)
+
+
+def _start_service(argv: list[str]) -> tuple[subprocess.Popen[str], int]:
+    """One tinyhats service; its port from the ``READY <port>`` line."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"{argv[3]} did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def record_real(out: Path, seconds: int, pyspy: str = "") -> None:
+    """Record real located Python stacks into ``out``: the demo's three tinyhats services under
+    load on their slow /admin page, plus this repository's own stacks tests (pytest in a loop),
+    each sampled by consecutive ``REAL_RUN`` s ``py-spy record --format raw --gil`` runs (lines
+    kept); ``manifest.json`` lists (series, start offset, file) per run."""
+    from flamewatch.demo.tinyhats import ADMIN_PASSWORD
+    from profiler.samplers.pyspy import record_argv
+
+    # setup.sh installs py-spy into the venv, beside this interpreter
+    pyspy = pyspy or shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}") \
+        or "py-spy"
+    out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its services
+    procs: list[subprocess.Popen[str]] = []
+    stop = threading.Event()
+    try:
+        py = [sys.executable, "-m", "flamewatch.demo.tinyhats"]
+        manip, mport = _start_service([*py, "manipulation-service", "--port", "0"])
+        admin, aport = _start_service([*py, "admin-service", "--port", "0",
+                                       "--manipulation", f"http://127.0.0.1:{mport}"])
+        front, fport = _start_service([*py, "frontend", "--port", "0", "--admin", f"http://127.0.0.1:{aport}"])
+        procs += [manip, admin, front]
+        tests = subprocess.Popen(
+            ["bash", "-c", f"while :; do {sys.executable} -m pytest -q -x -p no:cacheprovider tests/stacks "
+                           ">/dev/null 2>&1; done"], cwd=REPO, start_new_session=True)
+        procs.append(tests)  # type: ignore[arg-type]
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", fport, timeout=30)
+                    c.request("GET", f"/admin?password={ADMIN_PASSWORD}")  # the demo's page views
+                    c.getresponse().read()
+                    c.close()
+                except OSError:
+                    time.sleep(0.1)
+
+        loaders = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+        for t in loaders:
+            t.start()
+        time.sleep(3)  # the test loop's first pytest is up
+        pytest_pid = int(subprocess.run(["pgrep", "-P", str(tests.pid)], capture_output=True, text=True)
+                         .stdout.split()[0])
+        targets = {"manipulation-service": manip.pid, "admin-service": admin.pid, "frontend": front.pid}
+        manifest = []
+        t0 = time.monotonic()
+        for k in range(max(1, seconds // REAL_RUN)):
+            runs = []
+            if k:  # the pytest process of this round (each loop iteration is a new one)
+                got = subprocess.run(["pgrep", "-P", str(tests.pid)], capture_output=True, text=True).stdout.split()
+                pytest_pid = int(got[0]) if got else pytest_pid
+            for name, pid in [*targets.items(), ("stacks-tests", pytest_pid)]:
+                f = out / f"{name}-{k:03d}.txt"
+                runs.append((name, f, subprocess.Popen(record_argv(pyspy, pid, REAL_RATE, REAL_RUN, str(f), gil=True),
+                                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+            start = time.monotonic() - t0
+            for name, f, p in runs:
+                p.wait(timeout=REAL_RUN + 30)
+                if f.exists() and f.stat().st_size:
+                    manifest.append({"series": name, "start": round(start, 1), "file": f.name})
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    finally:
+        stop.set()
+        for p in reversed(procs):  # the test loop and the frontend first: no page view meets a stopped service
+            if p.args[0] == "bash":
+                os.killpg(p.pid, signal.SIGTERM)
+            else:
+                p.terminate()
+            p.wait(timeout=10)
+
+
+def _by_function(stacks: dict[Stack, int]) -> dict[Stack, int]:
+    """The same samples with every location stripped (py-spy ``--nolineno``: names keep the file)."""
+    out: dict[Stack, int] = {}
+    for stack, n in stacks.items():
+        key = tuple(Frame(f.name, f.kind) for f in stack)
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+async def store_real(runs: list[tuple[str, float, dict[Stack, int]]],
+                     lines: bool) -> tuple[int, int, int, dict[str, int]]:
+    """Push each run as the agent does (:func:`profiler.shipper.build_push`) through the
+    aggregator's decoder (:func:`aggregator.ingest.decode_push`) into a SQLite store; after
+    compaction: (samples, live bytes, distinct stacks, blob bytes by table)."""
+    from aggregator.ingest import decode_push
+    from profiler.shipper import build_push
+
+    with tempfile.TemporaryDirectory() as d:
+        db = Path(d) / "flamewatch.db"
+        end = max(t for _, t, _ in runs) + REAL_RUN
+        store = SQLiteStore(db)
+        await store.open()
+        writer = WindowWriter(store, clock=lambda: T0 + end + 3600)
+        tables = IngestTables()
+        samples = 0
+        for name, t, stacks in runs:
+            labels = Labels.of(namespace="tinyhats", pod=f"{name}-0", container=name, node="node-0",
+                               process="python", service_name=name)
+            body, n = build_push({labels: stacks if lines else _by_function(stacks)}, frequency=REAL_RATE,
+                                 start_ns=int((T0 + t) * 1e9), duration_ns=REAL_RUN * 10**9)
+            decoded = decode_push(body, tables, 1 << 30)
+            samples += n
+            await writer.add(decoded.items)
+        await writer.maintain()
+        await store.close()
+        live = live_bytes(db)
+        conn = sqlite3.connect(db)
+        blobs = {name: conn.execute(f"SELECT coalesce(sum({col}), 0) FROM {name}").fetchone()[0]
+                 for name, col in (("windows", "length(data)"), ("stacks", "length(frames)"),
+                                   ("frames", "length(name) + coalesce(length(file), 0)"))}
+        distinct = conn.execute("SELECT count(*) FROM stacks").fetchone()[0]
+        conn.close()
+    return samples, live, distinct, blobs
+
+
+def real(directory: Path, seconds: int) -> None:
+    """Bytes per sample of real py-spy recordings stored by line vs by function, in this run."""
+    from profiler.samplers.pyspy import parse_raw
+
+    manifest = directory / "manifest.json"
+    if not manifest.exists():
+        print(f"recording {seconds} s of real Python stacks with py-spy into {directory} ...")
+        record_real(directory, seconds)
+    runs = [(r["series"], float(r["start"]), parse_raw((directory / r["file"]).read_text()))
+            for r in json.loads(manifest.read_text())]
+    runs = [r for r in runs if r[2]]
+    if not runs:
+        raise SystemExit(f"{directory}: no py-spy samples recorded")
+    located = sum(n for _, _, s in runs for st, n in s.items() for f in st if f.line)
+    frames = sum(n * len(st) for _, _, s in runs for st, n in s.items())
+    print(f"real: {len(runs)} py-spy runs of {REAL_RUN} s at {REAL_RATE} Hz from {directory} "
+          f"({', '.join(sorted({r[0] for r in runs}))}); {located / frames:.1%} of sampled frames have file:line")
+    got = {}
+    for lines in (True, False):
+        got[lines] = asyncio.run(store_real(runs, lines))
+        samples, live, distinct, blobs = got[lines]
+        print(f"  {'by line (as recorded)' if lines else 'by function (locations stripped)':34s} "
+              f"{samples:,} samples, {distinct:,} distinct stacks, live pages {live / samples:.3f} bytes/sample, "
+              f"blobs {sum(blobs.values()) / samples:.3f} bytes/sample "
+              f"(windows {blobs['windows'] / samples:.3f}, stacks {blobs['stacks'] / samples:.3f}, "
+              f"frames {blobs['frames'] / samples:.3f})")
+    (_, l1, d1, b1), (_, l0, d0, b0) = got[True], got[False]
+    print(f"  lines kept / by function: {l1 / l0:.2f}x bytes per sample (live pages), "
+          f"{sum(b1.values()) / sum(b0.values()):.2f}x (blobs; window blobs alone "
+          f"{b1['windows'] / b0['windows']:.2f}x), "
+          f"{d1 / d0:.2f}x distinct stacks (goal <= 1.20x)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--series", type=int, default=50)
@@ -302,7 +488,14 @@ def main() -> int:
     ap.add_argument("--span-windows", type=int, default=6, help="windows of span-tagged pushes (0: skip)")
     ap.add_argument("--span-samples", type=float, default=30.0,
                     help="samples per root span on average (a 300 ms request at 100 Hz)")
+    ap.add_argument("--real", type=Path, metavar="DIR",
+                    help="only the real section: py-spy recordings in DIR (recorded there first when DIR has "
+                         "no manifest.json) stored by line and by function")
+    ap.add_argument("--record-seconds", type=int, default=60, help="length of a --real recording")
     args = ap.parse_args()
+    if args.real:
+        real(args.real, args.record_seconds)
+        return 0
     pools = stack_pools()
     asyncio.run(run(pools, args.series, args.windows, args.samples, bool(args.lines)))
     if args.span_windows:
