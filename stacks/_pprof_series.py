@@ -62,8 +62,10 @@ def label_groups(samples: PprofSamples, s: Callable[[int, str], str]) -> LabelGr
     keys_by_code: list[LabelKey] = [()]
     code_of: dict[LabelKey, int] = {(): 0}
     value = samples.value
-    for k in sorted(samples.labels):
-        if value[k] > 0:
+    labelled = sorted(samples.labels)
+    # One conversion, not a numpy scalar per labelled sample.
+    for k, v in zip(labelled, value[labelled].tolist(), strict=True):
+        if v > 0:
             key = samples.labels[k]
             c = code_of.get(key)
             if c is None:
