@@ -72,10 +72,11 @@ def label_groups(samples: PprofSamples, s: Callable[[int, str], str]) -> LabelGr
                 c = code_of[key] = len(keys_by_code)
                 keys_by_code.append(key)
             gcode[k] = c
-    if len(keys_by_code) == 1:  # no labelled sample with a positive value: skip the count
-        present = [bool((value > 0).any())]
-    else:
-        present = (np.bincount(gcode[value > 0], minlength=len(keys_by_code)) > 0).tolist()
+    # A code other than 0 is only given to a positive sample, so its set is present; "no labels"
+    # is present when a positive sample has code 0.
+    positive = value > 0
+    present = [bool((positive & (gcode == 0)).any() if len(keys_by_code) > 1 else positive.any())]
+    present += [True] * (len(keys_by_code) - 1)
     by_labels: dict[Labels, list[int]] = {}
     for c, key in enumerate(keys_by_code):
         if present[c]:
