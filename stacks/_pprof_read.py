@@ -331,6 +331,10 @@ def positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
     """
     if not len(ids):
         return np.full(len(wanted), -1, np.int64)
+    if len(ids) > 1 and bool((ids[1:] > ids[:-1]).all()):
+        # The usual order (1..N): already sorted and without repeats, no sort needed.
+        pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
+        return np.where(ids[pos] == wanted, pos, -1)
     order = np.argsort(ids)
     srt = ids[order]
     if len(srt) > 1 and bool((srt[1:] == srt[:-1]).any()):

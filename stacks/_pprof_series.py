@@ -62,18 +62,21 @@ def label_groups(samples: PprofSamples, s: Callable[[int, str], str]) -> LabelGr
     keys_by_code: list[LabelKey] = [()]
     code_of: dict[LabelKey, int] = {(): 0}
     value = samples.value
-    for k in sorted(samples.labels):
-        if value[k] > 0:
+    labelled = sorted(samples.labels)
+    # One conversion, not a numpy scalar per labelled sample.
+    for k, v in zip(labelled, value[labelled].tolist(), strict=True):
+        if v > 0:
             key = samples.labels[k]
             c = code_of.get(key)
             if c is None:
                 c = code_of[key] = len(keys_by_code)
                 keys_by_code.append(key)
             gcode[k] = c
-    if len(keys_by_code) == 1:  # no labelled sample with a positive value: skip the count
-        present = [bool((value > 0).any())]
-    else:
-        present = (np.bincount(gcode[value > 0], minlength=len(keys_by_code)) > 0).tolist()
+    # A code other than 0 is only given to a positive sample, so its set is present; "no labels"
+    # is present when a positive sample has code 0.
+    positive = value > 0
+    present = [bool((positive & (gcode == 0)).any() if len(keys_by_code) > 1 else positive.any())]
+    present += [True] * (len(keys_by_code) - 1)
     by_labels: dict[Labels, list[int]] = {}
     for c, key in enumerate(keys_by_code):
         if present[c]:

@@ -139,9 +139,15 @@ def _i64(xs: list[int]) -> np.ndarray:
     return np.array(xs, dtype=np.int64)
 
 
-def tables_of_message(p: Any) -> PprofTables:
-    """The tables of a parsed ``Profile`` or ``ProfileSplit`` message (the library and numpy readers)."""
-    maps, funcs = p.mapping, p.function
+def tables_of_message(p: Any, *, lines: bool = True) -> PprofTables:
+    """The tables of a parsed ``Profile`` or ``ProfileSplit`` message (the library and numpy readers).
+
+    ``lines=False`` leaves the source locations unread (``function_filename`` and ``line_line``
+    None), for a decode that does not keep them: one field fewer per function and per line.
+    """
+    # Iterating a repeated field builds a wrapper per element each time; a list keeps them, so
+    # the column passes below only read attributes (~3.5x cheaper on an SDK's 300 functions).
+    maps, funcs = list(p.mapping), list(p.function)
     # One pass over the locations, each field read once: every access builds a Python object.
     l_id: list[int] = []
     l_map: list[int] = []
@@ -150,19 +156,21 @@ def tables_of_message(p: Any) -> PprofTables:
     line_fn: list[int] = []
     line_no: list[int] = []
     for loc in p.location:
-        lines = loc.line
-        k = len(lines)
+        loc_lines = loc.line
+        k = len(loc_lines)
         l_id.append(loc.id)
         l_map.append(loc.mapping_id)
         l_addr.append(loc.address)
         nlines.append(k)
         if k == 1:
-            ln = lines[0]
+            ln = loc_lines[0]
             line_fn.append(ln.function_id)
-            line_no.append(ln.line)
+            if lines:
+                line_no.append(ln.line)
         elif k:
-            line_fn.extend([ln.function_id for ln in lines])
-            line_no.extend([ln.line for ln in lines])
+            line_fn.extend([ln.function_id for ln in loc_lines])
+            if lines:
+                line_no.extend([ln.line for ln in loc_lines])
     n_lines = _i64(nlines)
     has_pt = p.HasField("period_type")
     return PprofTables(
@@ -187,8 +195,8 @@ def tables_of_message(p: Any) -> PprofTables:
         location_line0=np.cumsum(n_lines) - n_lines,
         location_nlines=n_lines,
         line_function=_u64(line_fn),
-        function_filename=_i64([f.filename for f in funcs]),
-        line_line=_i64(line_no),
+        function_filename=_i64([f.filename for f in funcs]) if lines else None,
+        line_line=_i64(line_no) if lines else None,
     )
 
 

@@ -286,7 +286,9 @@ def _last_rows(ids: np.ndarray) -> np.ndarray:
 
 def _repeats(ids: np.ndarray) -> bool:
     """Whether an id occurs twice."""
-    return len(ids) > 1 and len(np.unique(ids)) != len(ids)
+    if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+        return False  # the usual order (1..N, as int64 bit patterns): no sort needed
+    return len(np.unique(ids)) != len(ids)
 
 
 def _last_defined(t: PprofTables) -> PprofTables:
@@ -682,7 +684,7 @@ class PprofDecoder:
         input) and, in the tests, as the oracle the fast readers must equal.
         """
         p = _parse_library(raw)
-        t = _repaired(tables_of_message(p))
+        t = _repaired(tables_of_message(p, lines=self._lines))
         head = _head_of(t, column)
         self._bound_caches(table)
         t, runs = self._strict_runs(t)
@@ -696,7 +698,7 @@ class PprofDecoder:
             samples = list(p.sample)
             if len(samples) < self.fast_min_samples:
                 return None  # below this, numpy's fixed cost per call makes the library faster
-            t = _repaired(tables_of_message(p))
+            t = _repaired(tables_of_message(p, lines=self._lines))
             head = _head_of(t, column)
             sm = sample_columns(samples, len(head.types), head.vi)
         except (DecodeError, RecursionError, ValueError, Fallback):  # InputError is a ValueError
