@@ -146,7 +146,8 @@ async def check_by_line(client: TestClient, span_id: str, n: int) -> None:
         located += 1
         file, _, line = loc.rpartition(":")
         spans = defs.setdefault(file, function_spans(Path(file)))
-        assert any(a <= int(line) <= b for a, b in spans.get(name, ())), f"{name} is not at {loc}"
+        where = spans.get(name) or spans.get(name.rsplit(".", 1)[-1], [])  # qualified names: the def's is the last part
+        assert any(a <= int(line) <= b for a, b in where), f"{name} is not at {loc}"
         if Path(file) == SUPPORT / "traced_app.py":
             seen.add(name)
     assert frames and located / frames >= 0.95, (located, frames)
