@@ -240,6 +240,12 @@ class Admin:
         mockup = self.mockups[hat["id"]] = self.fetchMockup(hat)
         return mockup
 
+    def backfillMockups(self, hats: list[dict[str, Any]]) -> None:
+        """At the fix's deployment: the mockup of every hat uploaded before it."""
+        for hat in hats:
+            if hat["id"] not in self.mockups:
+                self.saveMockupOnUpload(hat)
+
     def cachedSampleImages(self, hats: list[dict[str, Any]]) -> list[str]:
         """The fixed admin page: cached mockups (a hat uploaded before the fix gets its one)."""
         return [self.mockups.get(hat["id"]) or self.saveMockupOnUpload(hat) for hat in hats]
@@ -280,6 +286,11 @@ class Admin:
             return web.json_response(
                 {"error": f"mode must be \"slow\" or \"fixed\", got {mode!r}"}, status=400
             )
+        if mode == "fixed" and self.mode != "fixed":
+            # Deploying the fix renders the mockups of the hats already queued, once, outside any
+            # page view (as a migration would): no view after the fix waits for them, so the
+            # slow views a Requests table lists are all from before the fix.
+            await self._in_worker(self.backfillMockups, list(self.hats))
         self.mode = mode
         if mode == "slow":
             self.mockups.clear()
