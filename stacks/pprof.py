@@ -69,6 +69,7 @@ DEFAULT_MAX_DECOMPRESSED = 256 << 20
 # Bounds of a decoder's caches, so odd inputs cannot grow them forever.
 _FRAMES_MAX = 200_000
 _STACKS_MAX = 500_000
+STACK_FRAMES_CHUNK = 2048  # new stacks named per call into the compiled reader (bounds its GIL hold)
 _FAST_MIN_SAMPLES = 64  # measured break-even: ~40 samples (bench/pprof_decode.py, SDK-shaped push)
 Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # every location row's frame numbers: (offsets, lengths, frames)
 # The compiled reader's stacks: (stack id or -1, h1, h2) per sample, the location lut and int32 runs.
@@ -637,14 +638,19 @@ class PprofDecoder:
         intern = table.intern
         by_no = self._frame_by_no.__getitem__
         index = self._index
-        stacks = _pprof_c.stack_frames(sm.bound, sm.locations, lut, *runs32, miss_idx)
         h1l, h2l = h1[misses].tolist(), h2[misses].tolist()
-        for m, j in enumerate(misses):
-            sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
-            if sid < 0:
-                sid = intern(tuple(map(by_no, stacks[m])))
-                index.insert(h1l[m], h2l[m], sid)
-            sids[j] = sid
+        # The new stacks' frames come from C a chunk at a time: one call per stack is slow, and one
+        # call for all of a 60,000-stack push holds the GIL long enough to stall the event loop
+        # beside the decode thread (/healthz p99 past 100 ms, tests/reliability/test_issue24.py).
+        for c in range(0, len(misses), STACK_FRAMES_CHUNK):
+            stacks = _pprof_c.stack_frames(sm.bound, sm.locations, lut, *runs32,
+                                           miss_idx[c:c + STACK_FRAMES_CHUNK])
+            for m, st in enumerate(stacks, c):
+                sid = index.lookup(h1l[m], h2l[m])  # an earlier sample of this push may have added it
+                if sid < 0:
+                    sid = intern(tuple(map(by_no, st)))
+                    index.insert(h1l[m], h2l[m], sid)
+                sids[misses[m]] = sid
         return sids
 
     def _intern_rows(self, table: StackTable, sm: PprofSamples, rows: np.ndarray, runs: Runs) -> np.ndarray:
