@@ -111,8 +111,10 @@ async def test_span_flamegraphs_and_slow_requests(client: TestClient,
         names = {doc["names"][i] for i in doc["nodes"]["name"]}
         assert "create_sample_images" in names
         assert ("wait_for_database" in names) == (by_id[span_id]["name"] == "GET /report")
-        # wall samples at 100 Hz measure the span's duration
-        assert abs(n * 10_000_000 - by_id[span_id]["duration_ns"]) <= 0.3 * by_id[span_id]["duration_ns"] + 3e7
+        # wall samples at 100 Hz measure the span's duration: the SDK's own sampling, which on a
+        # loaded 2-core machine was seen 43 % over a 300 ms span (one CI run in about seven); the
+        # stored totals above are exact, this bound only says the samples are of this span
+        assert abs(n * 10_000_000 - by_id[span_id]["duration_ns"]) <= 0.5 * by_id[span_id]["duration_ns"] + 5e7
     table = await (await client.get("/api/v1/requests?from=now-10m&until=now%2B1m")).json()
     ranked = [r["span_id"] for r in table["rows"]]
     assert ranked == [s["span_id"] for s in sorted(spans, key=lambda s: -s["duration_ns"])]
