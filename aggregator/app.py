@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aggregator import cumulative, guards, ingest, params, producers, querier, query
 from aggregator import spans as span_profiles
-from aggregator.handlers import (  # noqa: F401  (re-exported: the keys tests and the CLI name)
+from aggregator.handlers import (
     CLOCK,
     DECODER,
     DELTAS,
@@ -37,7 +37,6 @@ from aggregator.handlers import (  # noqa: F401  (re-exported: the keys tests an
     WRITER,
     Handler,
     _timed,
-    error,
     guard,
     handle_ingest,
     handle_otlp,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from aggregator.store.base import MERGE_ALL, MergedReads, Store
 from stacks import flamebearer
 from stacks.errors import InputError, LimitError
 from stacks.gz import gunzip_capped
+from stacks.model import Labels
 from stacks.profiletype import CPU, PERIOD_LABEL, RESERVED, ProfileType
 from stacks.selector import Selector, parse_selector
 
@@ -162,25 +163,36 @@ async def series(call: Call, msg: Message) -> Message:
     keep = [params.label_name(n) for n in msg.label_names]  # type: ignore[attr-defined]
     found: set[tuple[tuple[str, str], ...]] = set()
     for sel in _selectors(msg.matchers):  # type: ignore[attr-defined]
-        if isinstance(call.store, MergedReads):
-            rows = await call.store.totals(sel, rng.first_window, rng.end, tuple(keep))
-            labels = [lab for lab, _, _ in rows]
-        else:
-            from stacks.model import StackTable
-
-            labels = [w.labels for w in await call.store.read(sel, rng.first_window, rng.end, StackTable())]
-        for lab in labels:
-            items = tuple((k, v) for k, v in lab.items() if k != PERIOD_LABEL and (not keep or k in keep))
-            found.add(items)
-        if len(found) > MAX_SERIES:
-            raise LimitError(f"more than {MAX_SERIES} series match: narrow the matchers or give label_names",
-                             MAX_SERIES)
+        async for rows in _series_rows(call.store, sel, rng):
+            for lab, _, _ in rows:
+                found.add(tuple((k, v) for k, v in lab.items()
+                                if k != PERIOD_LABEL and (not keep or k in keep)))
+            if len(found) > MAX_SERIES:
+                raise LimitError(f"more than {MAX_SERIES} series match: narrow the matchers or give "
+                                 "label_names", MAX_SERIES)
     out = M("querier.v1.SeriesResponse")()
     for items in sorted(found):
         ls = out.labels_set.add()
         for k, v in items:
             ls.labels.add(name=k, value=v)
     return out
+
+
+async def _series_rows(store: Store, sel: Selector, rng: params.Range
+                       ) -> AsyncIterator[list[tuple[Labels, int, int]]]:
+    """The matching series' rows, a bounded chunk at a time: with merged reads, totals summed
+    per week (the timeline's largest step, so the store reads its day rollups) four weeks per
+    call, a few rows per series whatever the range; else the series windows in time chunks."""
+    if not isinstance(store, MergedReads):
+        async for rows in heatmap.series_windows(store, sel, rng, HEATMAP_CHUNK_ROWS):
+            yield rows
+        return
+    week = query.TIMELINE_STEPS[-1]
+    t = rng.first_window
+    while t < rng.end:
+        end = min(rng.end, t - t % week + 4 * week)
+        yield await store.totals(sel, t, end, (), step=week)
+        t = end
 
 
 async def _grouped(call: Call, req: params.TimelineRequest, group_by: list[str]

@@ -26,7 +26,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aggregator.app import SPANS, create_app
+from aggregator.app import create_app
+from aggregator.handlers import SPANS
 from aggregator.ingest import SpanItem
 from aggregator.settings import SETTINGS
 from ground.settings import resolve

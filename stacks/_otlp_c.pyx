@@ -17,6 +17,7 @@ which gives the same result or the exact error.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from stacks._wire cimport skip, varint
 from stacks._hashing cimport (
     C_ROUNDS,
     D_ROUNDS,
@@ -36,49 +37,6 @@ import numpy as np
 
 # The largest tag protobuf allows: field number 2**29 - 1, wire type 7.
 cdef uint64_t MAX_TAG = ((<uint64_t>1 << 29) - 1) << 3 | 7
-
-
-cdef inline uint64_t varint(const uint8_t* b, Py_ssize_t* i, Py_ssize_t end, bint* bad) noexcept nogil:
-    """The varint at ``b[i]`` (``i`` moves past it); ``bad`` when it runs past ``end`` or 10 bytes."""
-    cdef uint64_t v = 0
-    cdef int shift = 0
-    cdef uint8_t c
-    while i[0] < end:
-        c = b[i[0]]
-        i[0] += 1
-        v |= (<uint64_t>(c & 0x7F)) << shift
-        if c < 0x80:
-            return v
-        shift += 7
-        if shift >= 64:
-            break
-    bad[0] = True
-    return 0
-
-
-cdef inline Py_ssize_t skip(const uint8_t* b, Py_ssize_t i, int wire, Py_ssize_t end, bint* bad) noexcept nogil:
-    """The position after a field of wire type ``wire`` starting at ``i`` (its tag read)."""
-    cdef uint64_t n
-    if wire == 0:
-        varint(b, &i, end, bad)
-        return i
-    if wire == 1:
-        i += 8
-    elif wire == 5:
-        i += 4
-    elif wire == 2:
-        n = varint(b, &i, end, bad)
-        if bad[0] or n > <uint64_t>(end - i):
-            bad[0] = True
-            return end
-        i += <Py_ssize_t>n
-    else:
-        bad[0] = True
-        return end
-    if i > end:
-        bad[0] = True
-        return end
-    return i
 
 
 cdef class OtlpIndex:

@@ -37,6 +37,7 @@ keyed hash) where built and chosen (``OtlpCache(compiled=...)``), else in bulk w
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Callable
@@ -278,7 +279,7 @@ class _Tables:
                 # By line, the frame is (name, file, line): the scan read the line too; a
                 # location whose Line holds more (a column) takes the message path.
                 by_line = self.cache.by_line
-                files = self._files()
+                files = self.files
                 for li, (fi, line) in enumerate(zip(fis.tolist(), line_of.tolist(), strict=True)):
                     name = fnames[fi] if 0 <= fi < n_f else None
                     if not name or line < 0:
@@ -384,8 +385,10 @@ class _Tables:
             frames.append(Frame(self._unsymbolized(loc), kind))
         return tuple(frames)
 
-    def _files(self) -> list[str]:
-        """The source file of every function ("" when it names none), as :meth:`_frame` reads it."""
+    @functools.cached_property
+    def files(self) -> list[str]:
+        """The source file of every function ("" when it names none): the one file rule of both
+        paths (the bulk scan and :meth:`_frame`), read once per request."""
         strings, n = self.strings, len(self.strings)
         return [strings[f.filename_strindex] if 0 < f.filename_strindex < n else "" for f in self.functions]
 
@@ -393,9 +396,7 @@ class _Tables:
         """The frame of function ``fi`` at ``line``; located (its file, the line) when reading by line."""
         if not self.lines:
             return Frame(name, kind)
-        fsi = self.functions[fi].filename_strindex
-        file = self.strings[fsi] if 0 < fsi < len(self.strings) else ""
-        return Frame(name, kind, file, max(int(line), 0))
+        return Frame(name, kind, self.files[fi], max(int(line), 0))
 
     def _unsymbolized(self, loc: Any) -> str:
         """A frame without a function name: its mapping's file name and address, as pprof tools show."""

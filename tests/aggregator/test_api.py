@@ -229,7 +229,7 @@ async def test_metadata_diff_equals_prefixing_every_stack(client: TestClient) ->
     labels and table included, through the real store."""
     from aggregator import params as aparams
     from aggregator import query
-    from aggregator.app import STORE
+    from aggregator.handlers import STORE
     from stacks.diff import diff_json, diff_table
     from stacks.model import StackTable
 

@@ -338,3 +338,36 @@ async def test_bytes_type_is_not_scaled(client: TestClient) -> None:
     assert [p.value for s in got.series for p in s.points] == [5120.0]
     doc = await (await client.get(f"/pyroscope/render?query={q(mem_id + '{}')}&{RANGE}")).json()
     assert doc["flamebearer"]["numTicks"] == 5120 and doc["metadata"]["units"] == "bytes"
+
+
+@pytest.mark.parametrize("store", [
+    "sqlite", pytest.param("clickhouse", marks=[pytest.mark.clickhouse, pytest.mark.slow])])
+async def test_series_over_weeks_reads_in_chunks_and_lists_each_series_once(
+        request: pytest.FixtureRequest, tmp_path, store: str) -> None:  # type: ignore[no-untyped-def]
+    """``Series`` over 65 days reads bounded chunks of four weeks, summed per week: each series of
+    the range appears once, none from outside it, on both stores."""
+    overrides: dict = {"retention_seconds": 0}
+    if store == "clickhouse":
+        ch, db = request.getfixturevalue("clickhouse"), request.getfixturevalue("clickhouse_db")
+        overrides["storage"] = ch.storage_spec(db)
+    client = await make_client(tmp_path, **overrides)
+    try:
+        day = 86_400
+        for k in range(14):  # one pod every 5 days, back 65 days; pods 0 and 1 twice
+            t = W - k * 5 * day
+            await ingest_folded(client, f"shop.cpu{{pod=p{k}}}", FOLDED_B,
+                                **{"from": str(t + 1), "until": str(t + 11), "sampleRate": "100"})
+            if k < 2:
+                await ingest_folded(client, f"shop.cpu{{pod=p{k}}}", FOLDED_A,
+                                    **{"from": str(t - 3 * day), "until": str(t - 3 * day + 10)})
+
+        async def pods(start: int) -> list[str]:
+            got = await call(client, "Series", {"matchers": ["{}"], "labelNames": ["pod"], "start": start * 1000,
+                                                "end": END_MS}, "querier.v1.SeriesResponse")
+            return [ls.labels[0].value for ls in got.labels_set]
+
+        assert await pods(W - 70 * day) == sorted(f"p{k}" for k in range(14))
+        assert await pods(W - 20 * day - 60) == ["p0", "p1", "p2", "p3", "p4"]
+        assert await pods(W - 60) == ["p0"]
+    finally:
+        await client.close()

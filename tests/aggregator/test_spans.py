@@ -169,7 +169,7 @@ async def test_a_failing_span_database_never_fails_the_push(tmp_path) -> None:  
                    raw("main;f 3\n", span_id="00000000000000e5", span_name="GET /x"))
         top = await get(c, f"/api/v1/top?{RANGE}")
         assert top["total"] == 3
-        from aggregator.app import SPANS
+        from aggregator.handlers import SPANS
         assert c.server.app[SPANS].failed == 1
     finally:
         await c.close()
