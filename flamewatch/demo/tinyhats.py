@@ -33,6 +33,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -196,6 +197,10 @@ class Admin:
         self.next_id = 0
         self.hats: list[dict[str, Any]] = []
         self.mockups: dict[int, str] = {}  # hat id -> data URL, the fix's cache
+        # One render per hat: a view that finds a hat's upload render still running waits for
+        # it instead of calling manipulation-service again (under load, views raced uploads).
+        self._rendering: dict[int, threading.Lock] = {}
+        self._rendering_lock = threading.Lock()
         self.password_hash = hashlib.pbkdf2_hmac(
             "sha256", ADMIN_PASSWORD.encode(), PASSWORD_SALT, PASSWORD_ITERATIONS)
         for _ in range(hats):
@@ -237,7 +242,14 @@ class Admin:
 
     def saveMockupOnUpload(self, hat: dict[str, Any]) -> str:
         """The fix: render a hat's mockup once, when it arrives, and keep it."""
-        mockup = self.mockups[hat["id"]] = self.fetchMockup(hat)
+        with self._rendering_lock:
+            lock = self._rendering.setdefault(hat["id"], threading.Lock())
+        with lock:
+            mockup = self.mockups.get(hat["id"])
+            if mockup is None:
+                mockup = self.mockups[hat["id"]] = self.fetchMockup(hat)
+        with self._rendering_lock:
+            self._rendering.pop(hat["id"], None)
         return mockup
 
     def backfillMockups(self, hats: list[dict[str, Any]]) -> None:

@@ -280,7 +280,7 @@ class PerfSampler:
         reader = PerfDataReader(files=self._files, kernel=self._kernel, jit=self._jit)
 
         def parse(data: bytes, final: bool = False) -> bytes:
-            self._emit(reader.feed(data))
+            self._emit(reader.feed(data, final))
             return b""
 
         try:

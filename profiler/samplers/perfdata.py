@@ -29,7 +29,7 @@ from stacks.perf import PerfSample
 MAGIC = b"PERFILE2"
 # perf_event_header.type values read here (perf_event.h / perf's event.h)
 REC_MMAP, REC_COMM, REC_EXIT, REC_FORK, REC_SAMPLE, REC_MMAP2 = 1, 3, 4, 7, 9, 10
-REC_HEADER_ATTR, REC_TRACING_DATA, REC_COMPRESSED = 64, 66, 81
+REC_HEADER_ATTR, REC_TRACING_DATA, REC_FINISHED_ROUND, REC_COMPRESSED = 64, 66, 68, 81
 MISC_COMM_EXEC = 1 << 13
 ATTR_SAMPLE_ID_ALL = 1 << 18  # perf_event_attr flag bit: side-band records carry the sample id fields
 MISC_MMAP_BUILD_ID = 1 << 14
@@ -52,6 +52,11 @@ FILE_NAMES_MAX = 100000
 REST_CACHE_MAX = 20000
 # Feeds (batches) an exited process's maps are kept for samples still in flight.
 EXIT_GRACE_FEEDS = 4
+# perf record drains every CPU's buffer once per round and then writes FINISHED_ROUND, so an
+# mmap that came before a sample in time reaches the stream at most one round after it. A sample
+# with an address in no mapping is held this many rounds before it is named "[unknown]" for good.
+HOLD_ROUNDS = 2
+HELD_MAX = 1 << 16  # distinct held chains (beyond it they are named at once)
 
 _HDR = struct.Struct("<IHH")
 _U32x2 = struct.Struct("<II")
@@ -63,6 +68,9 @@ _Q = struct.Struct("<Q")
 
 class UnsupportedStream(ValueError):
     """The stream is not a perf.data pipe this reader understands (the agent falls back to perf script)."""
+
+
+_UNMAPPED = (Frame("[unknown]", Kind.USER), False)  # an address in no mapping (and no JIT map)
 
 
 class _Maps:
@@ -132,12 +140,19 @@ class PerfDataReader:
         self._unsettled = 0  # lookups in files that could not be reached (their answers are not cached)
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
+        self._rounds = 0  # FINISHED_ROUND records read (0: a stream without rounds holds nothing)
+        self._unmapped = 0  # user addresses named "[unknown]" because no mapping held them
+        self._held: dict[bytes, list[int]] = {}  # chain -> [round when held, count]
         self.records = 0
         self.samples = 0
+        self.held = 0  # samples held for a late mmap (stats)
 
     # -- stream
     def feed(self, data: bytes, final: bool = False) -> list[tuple[PerfSample, int, bool]]:
-        """Parse every whole record in the buffered bytes; the distinct samples with their counts."""
+        """Parse every whole record in the buffered bytes; the distinct samples with their counts.
+
+        A sample with an address in no mapping is held until :data:`HOLD_ROUNDS` rounds later
+        (its process's mmap may still be in another CPU's buffer); ``final`` names every held one."""
         buf = self._buf + data if self._buf else data
         off = 0
         if not self._started:
@@ -154,7 +169,7 @@ class PerfDataReader:
         unpack = _HDR.unpack_from
         tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
         exec_pids = self._exec_pids
-        records = 0
+        records = rounds = 0
         while off + 8 <= n:
             typ, misc, size = unpack(buf, off)
             if size < 8:
@@ -185,6 +200,8 @@ class PerfDataReader:
                 pid, _ppid, tid, _ptid = _U32x4.unpack_from(buf, off + 8)
                 if pid == tid and pid in self._maps:
                     self._exited.append((self._feeds, pid, self._maps[pid]))
+            elif typ == REC_FINISHED_ROUND:
+                rounds += 1
             elif typ == REC_HEADER_ATTR:
                 tid_off, cc_off = self._attr(buf, off)
                 time_off = self._time_off
@@ -193,7 +210,13 @@ class PerfDataReader:
             off = end
         self._buf = buf[off:]
         self.records += records
-        out = self._name_all(counts)
+        self._rounds += rounds
+        retried: set[bytes] = set()
+        if self._held:
+            for key in [k for k, (r, _) in self._held.items() if final or self._rounds - r >= HOLD_ROUNDS]:
+                counts[key] += self._held.pop(key)[1]
+                retried.add(key)
+        out = self._name_all(counts, retried, hold=self._rounds > 0 and not final)
         self._feeds += 1
         self._expire()
         return out
@@ -307,13 +330,17 @@ class PerfDataReader:
         self._exited = keep
 
     # -- names
-    def _name_all(self, counts: Counter[bytes]) -> list[tuple[PerfSample, int, bool]]:
+    def _name_all(self, counts: Counter[bytes], retried: set[bytes] = frozenset(),  # type: ignore[assignment]
+                  hold: bool = False) -> list[tuple[PerfSample, int, bool]]:
         """Each distinct chain named once; chains that name the same frames (leaf addresses differ
-        inside one function) are merged before the sink sees them."""
+        inside one function) are merged before the sink sees them. With ``hold``, a chain with an
+        address in no mapping waits in ``_held`` (once: ``retried`` chains are named as they are)."""
         merged: dict[tuple[str, int, int, tuple[Frame, ...]], list] = {}
         rest = self._rest
+        held = self._held
         total = 0
         for key, count in counts.items():
+            unmapped = self._unmapped
             pid, tid = _U32x2.unpack_from(key, 0)
             nr = _Q.unpack_from(key, 8)[0]
             if 16 + 8 * nr > len(key):
@@ -340,12 +367,21 @@ class PerfDataReader:
                         rest.clear()
                     unsettled = self._unsettled
                     got = (maps, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
-                    if self._unsettled == unsettled:
+                    # not kept while a name is missing: a late mmap must be able to name it
+                    if self._unsettled == unsettled and self._unmapped == unmapped:
                         rest[rk] = got
                 leaf, leaf_py = self._frames(pid, ips[:2], maps)
                 frames, python = got[1] + leaf, got[2] or leaf_py
             else:
                 frames, python = self._frames(pid, ips, maps)
+            if hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX:
+                got_held = held.get(key)
+                if got_held is None:
+                    held[key] = [self._rounds, count]
+                else:
+                    got_held[1] += count
+                self.held += count
+                continue
             k = (comm, pid, tid, frames)
             got = merged.get(k)
             if got is None:
@@ -395,6 +431,8 @@ class PerfDataReader:
                     got = self._user(pid, maps, a)
                     if self._unsettled == unsettled:  # named for good (not a file unreachable just now)
                         maps.names[a] = got
+                if got is _UNMAPPED:
+                    self._unmapped += 1
                 frames.append(got[0])
                 python = python or got[1]
             leaf = False
@@ -405,7 +443,7 @@ class PerfDataReader:
         row = maps.find(addr)
         if row is None:
             name = self.jit.lookup(pid, addr)
-            return Frame(_clean(name) if name else "[unknown]", Kind.USER), False
+            return (Frame(_clean(name), Kind.USER), False) if name else _UNMAPPED
         start, _end, pgoff, path, key = row
         if path.startswith("/") and not path.startswith("/memfd:"):
             # named per file and offset: every process of one binary (a shell loop's gzip, a test
@@ -458,3 +496,4 @@ def read_stream(read: Callable[[int], bytes], reader: PerfDataReader, chunk: int
         if not data:
             break
         yield from reader.feed(data)
+    yield from reader.feed(b"", final=True)

