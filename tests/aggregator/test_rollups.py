@@ -202,6 +202,51 @@ async def test_clickhouse_reads_use_the_new_rollups(clickhouse) -> None:  # type
         await store.close()
 
 
+async def test_clickhouse_new_views_on_an_older_database_read_the_old_tables(clickhouse) -> None:  # type: ignore[no-untyped-def]
+    """A database written before the hourly totals, the every-series rollups and series_days
+    existed: the views created on open see only periods after its data (and the clock), so
+    the reads of the old periods stay exact (from the tables that have them), not empty."""
+    from aggregator.store.clickhouse import ClickHouseStore
+    from aggregator.store.clickhouse.schema import views
+
+    spec = clickhouse.storage_spec(f"fw_rollup_{uuid.uuid4().hex[:12]}")
+    store = ClickHouseStore(spec)
+    await store.open()
+    db = store.database
+    try:
+        prof = Profile.from_pairs([(STACKS[0], 2), (STACKS[1], 1)], StackTable())
+        await store.write([SeriesWindow(SERIES[h % 2], T0 + h * HOUR + 60, prof) for h in range(48)])
+
+        async def reads(s: ClickHouseStore) -> tuple:  # type: ignore[type-arg]
+            got = await s.read_merged(Selector(), T0, T0 + 2 * DAY, StackTable(), MERGE_ALL)
+            rows = await s.totals(Selector(), T0, T0 + 2 * DAY, MERGE_ALL, step=HOUR)
+            return ({k: p.as_dict() for k, p in got.items()}, sorted((t, n) for _, t, n in rows if n),
+                    await s.label_values("pod", Selector(), T0 + DAY, T0 + 2 * DAY))
+
+        want = await reads(store)
+        assert want[0] == {Labels.of({}): {STACKS[0]: 96, STACKS[1]: 48}} and len(want[1]) == 48
+        # as a database from before this round: without the new views, their tables, their marks
+        new = [(key, name) for key, name, _, _ in views(db)
+               if key in ("since_totals_1h", "since_all_3600", "since_all_86400", "since_series_days")]
+        assert len(new) == 4
+        for _, name in new:
+            await store._run(f"DROP TABLE {db}.{name}_mv")
+            await store._run(f"DROP TABLE {db}.{name}")
+        await store._run(f"ALTER TABLE {db}.rollup_meta DELETE WHERE key IN ({','.join(repr(k) for k, _ in new)})")
+        await store._await_mutations(["rollup_meta"])
+        reopened = ClickHouseStore(spec)
+        await reopened.open()
+        try:
+            meta = await reopened._meta()
+            assert all(meta[k] > T0 + 2 * DAY for k, _ in new)
+            assert await reads(reopened) == want
+        finally:
+            await reopened.close()
+    finally:
+        await store._run(f"DROP DATABASE IF EXISTS {db}")
+        await store.close()
+
+
 async def test_sqlite_reads_use_the_rollups(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two days of windows, compacted: a range of whole days reads day rollups only, and a late
     write into a rolled hour shows at once (it went into the rollups too)."""
