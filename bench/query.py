@@ -167,6 +167,7 @@ async def _bulk_clickhouse(store, table, pool, series, windows, per_window, nprn
     through a real INSERT, so the rollup and totals views fire on every inserted block as for a
     push. ``nprng`` is unused (the draws are ClickHouse's hashes)."""
     from aggregator.store.clickhouse import series_hash, stack_hash
+    from aggregator.store.clickhouse.schema import views
 
     pool_h = [stack_hash(table.stack(int(t))) for t in pool]
     sh = [series_hash(lab) for lab in series]
@@ -206,7 +207,7 @@ async def _bulk_clickhouse(store, table, pool, series, windows, per_window, nprn
     # OPTIMIZE ... FINAL does nothing while a background merge holds the partition, so it is
     # repeated until every partition is one part.
     t = time.perf_counter()
-    tables = ("series_windows", "window_totals", "samples_1h", "samples_1d")
+    tables = ("series_windows", *(name for _, name, _, _ in views(db)))
     while time.perf_counter() - t < 900:
         split = await store._post_json(
             f"SELECT table, partition, count() AS n FROM system.parts WHERE database = '{db}' AND active "

@@ -54,13 +54,16 @@ async def test_clickhouse_fill_has_the_shape_and_the_views_roll_it_up(clickhouse
         sw = await one(f"SELECT count() AS n FROM {db}.series_windows")
         assert int(sw["n"]) == windows * series
         # the materialized views saw every inserted row
-        for table in ("samples_1h", "samples_1d", "window_totals"):
+        for table in ("samples_1h", "samples_1d", "window_totals", "window_totals_1h", "stacks_1h", "stacks_1d"):
             rolled = await one(f"SELECT sum(count) AS n FROM {db}.{table}")
             assert int(rolled["n"]) == samples, table
+        days = await one(f"SELECT count() AS n FROM (SELECT DISTINCT window, series FROM {db}.series_days)")
+        assert int(days["n"]) == series  # half an hour: one day
         # merged as a live store's older periods are: one part per rollup partition
         split = await store._post_json(
             f"SELECT table, partition, count() AS n FROM system.parts WHERE database = '{db}' AND active "
-            "AND table IN ('samples_1h', 'samples_1d', 'window_totals') GROUP BY table, partition HAVING n > 1")
+            "AND table IN ('samples_1h', 'samples_1d', 'window_totals', 'window_totals_1h', 'stacks_1h', 'stacks_1d', "
+            "'series_days') GROUP BY table, partition HAVING n > 1")
         assert split == []
         # the store reads the same total back through its rollup-aware path
         from stacks.model import StackTable

@@ -318,7 +318,8 @@ async def test_pushdown_over_series_chunks_long_queries_and_late_stacks(
                     namespace=f"ns{i % 2}", pod=f"p{i % 10:02d}", route=f"/r{i % 3}") for i in range(40)]
         await store.write(batch)
         rng = query.Range(T0, T0 + 60, 30)
-        for selector in (ALL, Selector((Matcher("pod", "!=", "p07"),))):
+        # every series by a matcher too: the stack list then comes from the every-series rollups
+        for selector in (ALL, Selector((Matcher("pod", "!=", "p07"),)), Selector((Matcher("pod", "=~", "p.*"),))):
             for share in (0.0, 0.001, 0.02, 0.2):
                 series = await query.query_series(store, selector, rng, StackTable(), True)
                 got = await query.flame_series(store, selector, rng, StackTable(), True, share)

@@ -84,6 +84,11 @@ async def _check(store, writes, ranges, steps) -> None:  # type: ignore[no-untyp
         assert {k: p.as_dict() for k, p in got.items() if p.total} == want, (a, b)
         merged = await store.read_merged(Selector(), a, b, StackTable(), MERGE_ALL)
         assert {k: p.as_dict() for k, p in merged.items() if p.total} == ({Labels.of({}): want_all} if want_all else {})
+        # a selector that matches every series (as the type matcher does): the every-series reads
+        every = Selector((Matcher("pod", "=~", "p.*"),))
+        merged = await store.read_merged(every, a, b, StackTable(), MERGE_ALL)
+        assert {k: p.as_dict() for k, p in merged.items() if p.total} == ({Labels.of({}): want_all} if want_all else {})
+        assert await store.label_values("pod", Selector(), a, b) == sorted({k["pod"] for k in want})
         one = Selector((Matcher("pod", "=", "p1"),))
         got1 = await store.read_merged(one, a, b, StackTable(), ())
         want1 = {k: v for k, v in want.items() if k["pod"] == "p1"}
@@ -142,6 +147,103 @@ async def test_clickhouse_rollups_equal_windows(request, ops, ranges, steps) -> 
         await _check(store, writes, ranges, steps)
     finally:
         await store._run(f"DROP DATABASE IF EXISTS {store.database}")
+        await store.close()
+
+
+async def test_clickhouse_reads_use_the_new_rollups(clickhouse) -> None:  # type: ignore[no-untyped-def]
+    """Two days of windows on ClickHouse: with the per-series rows deleted behind the store's back,
+    reads of whole periods still answer, from the rollups without the series key (the merged
+    profile of every series), the hourly totals (a timeline of step >= an hour) and the series
+    per day (label values); a late write into a rolled hour shows at once in all three; retention
+    cutting into the first hour reads that hour from what is left."""
+    from aggregator.store.clickhouse import ClickHouseStore
+
+    store = ClickHouseStore(clickhouse.storage_spec(f"fw_rollup_{uuid.uuid4().hex[:12]}"))
+    await store.open()
+    db = store.database
+    try:
+        prof = Profile.from_pairs([(STACKS[0], 2)], StackTable())
+        await store.write([SeriesWindow(SERIES[0], T0 + h * HOUR + 60, prof) for h in range(48)])
+        await store.write([SeriesWindow(SERIES[1], T0 + DAY + 120, prof)])
+        tables = ("samples", "samples_1h", "samples_1d", "window_totals", "series_windows")
+        for t in tables:
+            await store._run(f"ALTER TABLE {db}.{t} DELETE WHERE 1")
+        await store._await_mutations(list(tables))
+
+        async def check(a: int, b: int, stacks: int, hours: dict[int, int], pods: list[str]) -> None:
+            got = await store.read_merged(Selector(), a, b, StackTable(), MERGE_ALL)
+            assert {k: p.as_dict() for k, p in got.items()} == {Labels.of({}): {STACKS[0]: stacks}}
+            rows = await store.totals(Selector(), a, b, MERGE_ALL, step=HOUR)
+            assert {t: n for _, t, n in rows if n} == hours
+            kept, other, _, _ = await store.top_totals(Selector(), a, b, "pod", 5, step=6 * HOUR)
+            six: dict[int, int] = {}
+            for t, n in hours.items():
+                six[t - t % (6 * HOUR)] = six.get(t - t % (6 * HOUR), 0) + n
+            got_six: dict[int, int] = {}
+            for _, t, n in kept:
+                got_six[t] = got_six.get(t, 0) + n
+            assert {t: n for t, n in got_six.items() if n} == six and not other
+            assert await store.label_values("pod", Selector(), a, b) == pods
+
+        two_days = {T0 + h * HOUR: 2 for h in range(48)}
+        two_days[T0 + DAY] += 2
+        await check(T0, T0 + 2 * DAY, 98, two_days, ["p0", "p1"])
+        await store.write([SeriesWindow(SERIES[0], T0 + 90, prof)])  # late, into a rolled hour and day
+        two_days[T0] += 2
+        await check(T0, T0 + 2 * DAY, 100, two_days, ["p0", "p1"])
+        # retention cutting through the first hour: the rest of that day is its hours, the first
+        # hour is what samples still has (the late write at T0+90; the rest was deleted above)
+        await store.delete_before(T0 + 75)
+        day0 = {T0 + h * HOUR: 2 for h in range(24)}
+        await check(T0, T0 + DAY, 48, day0, ["p0"])
+        await check(T0, T0 + 2 * DAY, 100 - 2, {**two_days, T0: 2}, ["p0", "p1"])
+    finally:
+        await store._run(f"DROP DATABASE IF EXISTS {db}")
+        await store.close()
+
+
+async def test_clickhouse_new_views_on_an_older_database_read_the_old_tables(clickhouse) -> None:  # type: ignore[no-untyped-def]
+    """A database written before the hourly totals, the every-series rollups and series_days
+    existed: the views created on open see only periods after its data (and the clock), so
+    the reads of the old periods stay exact (from the tables that have them), not empty."""
+    from aggregator.store.clickhouse import ClickHouseStore
+    from aggregator.store.clickhouse.schema import views
+
+    spec = clickhouse.storage_spec(f"fw_rollup_{uuid.uuid4().hex[:12]}")
+    store = ClickHouseStore(spec)
+    await store.open()
+    db = store.database
+    try:
+        prof = Profile.from_pairs([(STACKS[0], 2), (STACKS[1], 1)], StackTable())
+        await store.write([SeriesWindow(SERIES[h % 2], T0 + h * HOUR + 60, prof) for h in range(48)])
+
+        async def reads(s: ClickHouseStore) -> tuple:  # type: ignore[type-arg]
+            got = await s.read_merged(Selector(), T0, T0 + 2 * DAY, StackTable(), MERGE_ALL)
+            rows = await s.totals(Selector(), T0, T0 + 2 * DAY, MERGE_ALL, step=HOUR)
+            return ({k: p.as_dict() for k, p in got.items()}, sorted((t, n) for _, t, n in rows if n),
+                    await s.label_values("pod", Selector(), T0 + DAY, T0 + 2 * DAY))
+
+        want = await reads(store)
+        assert want[0] == {Labels.of({}): {STACKS[0]: 96, STACKS[1]: 48}} and len(want[1]) == 48
+        # as a database from before this round: without the new views, their tables, their marks
+        new = [(key, name) for key, name, _, _ in views(db)
+               if key in ("since_totals_1h", "since_all_3600", "since_all_86400", "since_series_days")]
+        assert len(new) == 4
+        for _, name in new:
+            await store._run(f"DROP TABLE {db}.{name}_mv")
+            await store._run(f"DROP TABLE {db}.{name}")
+        await store._run(f"ALTER TABLE {db}.rollup_meta DELETE WHERE key IN ({','.join(repr(k) for k, _ in new)})")
+        await store._await_mutations(["rollup_meta"])
+        reopened = ClickHouseStore(spec)
+        await reopened.open()
+        try:
+            meta = await reopened._meta()
+            assert all(meta[k] > T0 + 2 * DAY for k, _ in new)
+            assert await reads(reopened) == want
+        finally:
+            await reopened.close()
+    finally:
+        await store._run(f"DROP DATABASE IF EXISTS {db}")
         await store.close()
 
 

@@ -132,26 +132,33 @@ class PrunedReads:
                                  ) -> tuple[tuple[dict[Labels, int], dict[int, int], bool], np.ndarray | None]:
         """(:meth:`_groups`, sorted distinct stack hashes of the matching series in range); the
         hashes are None for a selection too narrow for the pushdown to pay."""
-        sources = await self._sources(start, end, DAY)
-
-        def distinct(extra: str = "") -> str:
+        def distinct(sources: list[tuple[str, str]], extra: str = "") -> str:
             union = " UNION ALL ".join(f"SELECT DISTINCT stack FROM {self.database}.{table} WHERE {where}{extra}"
                                        for table, where in sources)
             return union if len(sources) == 1 else f"SELECT DISTINCT stack FROM ({union})"
         if not selector.matchers:
-            # Every series in range is read: list the stacks while the series are looked up.
-            # (Stacks of series written after that lookup only lengthen the transform below.)
+            # Every series in range is read: list the stacks while the series are looked up,
+            # from the rollups without the series key. (Stacks of series written after that
+            # lookup only lengthen the transform below.)
             groups, every = await asyncio.gather(
-                self._groups(selector, start, end, group_by), self._binary_rows(distinct(), STACK))
+                self._groups(selector, start, end, group_by),
+                self._binary_rows(distinct(await self._sources(start, end, DAY, every=True)), STACK))
             found = [every]
         else:
             groups = await self._groups(selector, start, end, group_by)
-            if len(groups[0]) < _PUSHDOWN_MIN_GROUPS:
+            if groups[2]:
+                # The selector matches every series in range (the type matcher of a one-type
+                # store): the same stack list, from the rollups without the series key.
+                found = [await self._binary_rows(distinct(await self._sources(start, end, DAY, every=True)),
+                                                 STACK)]
+            elif len(groups[0]) < _PUSHDOWN_MIN_GROUPS:
                 # A narrow selection (one namespace: 20 pods): its grouped read is small, and
                 # one more round trip for the stack list costs more than the pushdown saves.
                 return groups, None
-            found = [await self._binary_rows(distinct(f" AND series IN ({in_list(c)})"), STACK)
-                     for c in chunks(sorted(groups[1]))]
+            else:
+                sources = await self._sources(start, end, DAY)
+                found = [await self._binary_rows(distinct(sources, f" AND series IN ({in_list(c)})"), STACK)
+                         for c in chunks(sorted(groups[1]))]
         return groups, np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.uint64)
 
     async def _first_frame_cells(self, gid: dict[int, int], n_groups: int, everything: bool, start: int,

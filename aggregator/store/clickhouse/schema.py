@@ -15,6 +15,15 @@ ROLLUP_PARTITION_SECONDS = 86400  # rollup tables: one partition per day (a cut 
 # Rollup tables by resolution, each filled by a materialized view on every INSERT into samples.
 ROLLUP_TABLES = {3600: "samples_1h", 86400: "samples_1d"}
 TOTALS_TABLE = "window_totals"
+# Per (series, hour) sums of samples: the timeline of a step that is a multiple of an hour
+# (a week: 168 rows per series instead of 20,160 of window_totals).
+TOTALS_HOURLY = "window_totals_1h"
+# Per (period, stack) sums over every series, by resolution: what a read of *every* series in
+# range needs (``top``, the stack list of the metadata render), 3,000 rows a day instead of
+# 600,000 per-series rows of samples_1d.
+ALL_ROLLUP_TABLES = {3600: "stacks_1h", 86400: "stacks_1d"}
+# Which series have data in which day (from series_windows): the series lookup of a long range.
+SERIES_DAYS = "series_days"
 # Highest value per (series, stack) of cumulative profiles, shared by every replica
 # (aggregator/store/clickhouse/cumulative.py); stack 0 is the series' baseline marker.
 CUMULATIVE_TABLE = "cumulative"  # per (series, window) sums of samples: the timeline's source
@@ -58,6 +67,54 @@ def totals_ddl(db: str) -> list[str]:
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{TOTALS_TABLE}_mv TO {db}.{TOTALS_TABLE} AS SELECT "
         f"window, series, sum(count) AS count FROM {db}.samples GROUP BY window, series",
     ]
+
+
+def totals_hourly_ddl(db: str) -> list[str]:
+    """``window_totals_1h`` and its view: the samples of each (series, hour)."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{TOTALS_HOURLY} (window UInt32, series UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY intDiv(window, {ROLLUP_PARTITION_SECONDS}) "
+        "ORDER BY (series, window)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{TOTALS_HOURLY}_mv TO {db}.{TOTALS_HOURLY} AS SELECT "
+        "toUInt32(intDiv(window, 3600) * 3600) AS window, series, sum(count) AS count "
+        f"FROM {db}.samples GROUP BY window, series",
+    ]
+
+
+def all_rollup_ddl(db: str, res: int) -> list[str]:
+    """The every-series rollup of resolution ``res`` (no series key) and its view."""
+    name = ALL_ROLLUP_TABLES[res]
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{name} (window UInt32, stack UInt64, count UInt64) "
+        f"ENGINE = SummingMergeTree(count) PARTITION BY intDiv(window, {ROLLUP_PARTITION_SECONDS}) "
+        "ORDER BY (window, stack)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name}_mv TO {db}.{name} AS SELECT "
+        f"toUInt32(intDiv(window, {res}) * {res}) AS window, stack, sum(count) AS count "
+        f"FROM {db}.samples GROUP BY window, stack",
+    ]
+
+
+def series_days_ddl(db: str) -> list[str]:
+    """``series_days`` and its view on ``series_windows``: (day, series) pairs."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{SERIES_DAYS} (window UInt32, series UInt64) "
+        f"ENGINE = ReplacingMergeTree() PARTITION BY intDiv(window, {ROLLUP_PARTITION_SECONDS}) "
+        "ORDER BY (window, series)",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{SERIES_DAYS}_mv TO {db}.{SERIES_DAYS} AS SELECT "
+        f"toUInt32(intDiv(window, {ROLLUP_PARTITION_SECONDS}) * {ROLLUP_PARTITION_SECONDS}) AS window, series "
+        f"FROM {db}.series_windows GROUP BY window, series",
+    ]
+
+
+def views(db: str) -> list[tuple[str, str, int, list[str]]]:
+    """Every rollup filled by a materialized view: (rollup_meta key of the first period its view
+    saw whole, table, period seconds, DDL). The key names stay as stored."""
+    out = [(f"since_{res}", name, res, rollup_ddl(db, res)) for res, name in ROLLUP_TABLES.items()]
+    out.append(("since_totals", TOTALS_TABLE, 3600, totals_ddl(db)))
+    out.append(("since_totals_1h", TOTALS_HOURLY, 3600, totals_hourly_ddl(db)))
+    out += [(f"since_all_{res}", name, res, all_rollup_ddl(db, res)) for res, name in ALL_ROLLUP_TABLES.items()]
+    out.append(("since_series_days", SERIES_DAYS, ROLLUP_PARTITION_SECONDS, series_days_ddl(db)))
+    return out
 
 
 def rollup_ddl(db: str, res: int) -> list[str]:
