@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from aggregator.store import codec
+from aggregator.store import codec, stackcodec
 from aggregator.store.base import CorruptionError, SeriesWindow, StoreError, SumOverflow
 from aggregator.store.rollup import DAY, HOUR, RESOLUTIONS, max_resolution, plan
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
@@ -77,6 +77,11 @@ _DENSE_CELLS = 4_000_000  # (group, stack) cells summed in a dense array (32 MB 
 TRUNCATED = (Frame("other (truncated: the query crossed the server's memory bound, --max-query-cells)", Kind.USER),)
 _MERGE_BATCH = 20_000  # window/rollup rows decoded at a time by a merged read (~3 M entries)
 _ROLL_PER_PASS = 6  # hours rolled up per compaction pass (~0.3 s of writer time each at 200 series)
+# Encoding-2 stacks (stackcodec): a reader resolves at most this many bases behind a stack, and
+# the writer's trie of stored stacks holds at most this many frames (~140 bytes each).
+_MAX_CHAIN = 8
+_MAX_TRIE_NODES = 500_000
+_LOCATED_FRAMES = 1_000_000  # located Frame objects the reader shares between stacks
 
 _REPAIR = ("stop serve, run `sqlite3 {0} 'PRAGMA integrity_check'` and restore the file from a "
            "backup (or `.recover` it)")
@@ -156,6 +161,21 @@ def migrate_frames(conn: sqlite3.Connection) -> bool:
         raise
     log.info("SQLite frames table given file and line columns (source locations)")
     return True
+
+
+def stacks_v2_from(conn: sqlite3.Connection) -> int:
+    """The first stack id in encoding 2 (:mod:`aggregator.store.stackcodec`): recorded in
+    ``meta`` the first time a release with it opens the database, as the id after the last
+    stack then stored. Earlier rows stay in encoding 1 and read as before: nothing is rewritten."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'stacks_v2_from'").fetchone()
+    if row is not None:
+        return int(row[0])
+    first = (conn.execute("SELECT max(id) FROM stacks").fetchone()[0] or 0) + 1
+    conn.execute("INSERT INTO meta (key, value) VALUES ('stacks_v2_from', ?)", (str(first),))
+    if first > 1:
+        log.info("SQLite stacks from id %d on are stored in encoding 2 (prefix-shared, located frames inline)",
+                 first)
+    return first
 
 
 def _labels_json(labels: Labels) -> str:
@@ -266,6 +286,13 @@ class SQLiteStore:
         # writer-side caches
         self._frame_ids: dict[Frame, int] = {}
         self._file_ids: dict[str, int] = {}
+        self._loc_ids: dict[Frame, stackcodec.Located] = {}
+        # Stacks this writer stored, as a trie of their frames: a new stack is stored as the
+        # longest prefix it shares with one of them plus its other frames (stackcodec). Each
+        # node is the index of the stack id that brought it; ``_chain``: bases behind a stack.
+        self._trie: dict[tuple[int, stackcodec.Located], int] = {}
+        self._node_stack: list[int] = [0]
+        self._chain: dict[int, int] = {}
         self._stack_ids: dict[Stack, int] = {}
         self._series_ids: dict[Labels, int] = {}
         self._tmap: tuple[StackTable, np.ndarray] | None = None
@@ -282,6 +309,9 @@ class SQLiteStore:
         self._fn_frames: dict[int, Frame] = {}
         self._fn_shared: dict[Frame, Frame] = {}
         self._paths: dict[int, str] = {0: ""}  # files.id -> path
+        # (function id, file id, line) -> the located Frame, one object per place
+        self._loc_frames: dict[stackcodec.Located, Frame] = {}
+        self._v2_from = 1  # stacks with ids from this on are in encoding 2 (meta 'stacks_v2_from')
         self._max_frame = 0
         self._stacks: dict[int, Stack] = {}  # by line (every frame as stored)
         self._fn_stacks: dict[int, Stack] = {}  # by function
@@ -362,6 +392,7 @@ class SQLiteStore:
                 self._w.executescript("DROP TABLE rollups; DROP TABLE rolled;" + SCHEMA)
             migrate(self._w)
             migrate_frames(self._w)
+            self._v2_from = stacks_v2_from(self._w)
             self._write_marker(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
@@ -479,16 +510,13 @@ class SQLiteStore:
 
     # -- writing --------------------------------------------------------------------------
     def _frame_id(self, frame: Frame) -> int:
+        """The id of a function's (unlocated) ``frames`` row. Encoding-2 stacks keep locations
+        in their own bytes, so no located row is written any more (encoding 1's are read)."""
         fid = self._frame_ids.get(frame)
         if fid is None:
             w = self._w
             assert w is not None
-            code = _KIND_CODE[Kind(frame.kind)]
-            if frame.file or frame.line:  # located: its function's row, and the place
-                key = ("", code, self._frame_id(frame.function()),
-                       self._file_id(frame.file) if frame.file else 0, int(frame.line))
-            else:
-                key = (frame.name, code, 0, 0, 0)
+            key = (frame.name, _KIND_CODE[Kind(frame.kind)], 0, 0, 0)
             q = "SELECT id FROM frames WHERE name = ? AND kind = ? AND func = ? AND file = ? AND line = ?"
             row = w.execute(q, key).fetchone()
             if row is None:
@@ -509,22 +537,70 @@ class SQLiteStore:
             self._file_ids[path] = fid
         return fid
 
+    def _located(self, frame: Frame) -> stackcodec.Located:
+        loc = self._loc_ids.get(frame)
+        if loc is None:
+            fn = frame.function()
+            loc = (self._frame_id(fn), self._file_id(frame.file) if frame.file else 0, int(frame.line))
+            self._loc_ids[frame] = loc
+        return loc
+
     def _stack_id(self, stack: Stack) -> int:
         sid = self._stack_ids.get(stack)
         if sid is None:
             w = self._w
             assert w is not None
-            blob = np.fromiter((self._frame_id(f) for f in stack), dtype="<u4", count=len(stack)).tobytes()
-            h = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little", signed=True)
+            frames = [self._located(f) for f in stack]
+            h = int.from_bytes(hashlib.blake2b(stackcodec.canonical(frames), digest_size=8).digest(),
+                               "little", signed=True)
             row = w.execute("SELECT id FROM stacks WHERE hash = ?", (h,)).fetchone()
             if row is None:
-                sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)", (h, blob)).lastrowid
+                prefix, base, node = self._prefix_of(frames)
+                sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)",
+                                (h, stackcodec.encode(prefix, base, frames[prefix:]))).lastrowid
+                self._chain[sid] = self._chain[base] + 1 if prefix else 0
+                self._add_to_trie(node, frames[prefix:], sid)
             else:
                 sid = row[0]
             if len(self._stack_ids) >= _MAX_CACHED_STACKS:
                 self._stack_ids.clear()
             self._stack_ids[stack] = sid
         return sid
+
+    def _prefix_of(self, frames: list[stackcodec.Located]) -> tuple[int, int, int]:
+        """(length, stack id, trie node) of the longest prefix of ``frames`` that a stack this
+        writer stored has too, among stacks whose chain of bases is short enough (a reader
+        resolves at most ``_MAX_CHAIN`` bases per stack); (0, 0, 0) for none."""
+        trie, owners, chain = self._trie, self._node_stack, self._chain
+        node = 0
+        best = (0, 0, 0)
+        for k, f in enumerate(frames, 1):
+            nxt = trie.get((node, f))
+            if nxt is None:
+                break
+            node = nxt
+            if chain[owners[node]] < _MAX_CHAIN:
+                best = (k, owners[node], node)
+        return best
+
+    def _add_to_trie(self, node: int, rest: Sequence[stackcodec.Located], sid: int) -> None:
+        """Index the frames of a new stack past ``node`` (where its shared prefix ends); each new
+        node remembers the stack that brought it, a base for the stacks that share it later."""
+        trie, owners = self._trie, self._node_stack
+        if len(owners) + len(rest) > _MAX_TRIE_NODES:  # memory bound: start again from nothing
+            self._reset_trie()
+            return
+        for f in rest:
+            nxt = trie.get((node, f))
+            if nxt is None:
+                nxt = trie[node, f] = len(owners)
+                owners.append(sid)
+            node = nxt
+
+    def _reset_trie(self) -> None:
+        self._trie = {}
+        self._node_stack = [0]
+        self._chain = {}
 
     def _db_ids(self, profile: Profile) -> np.ndarray:
         """Database stack ids for a profile's ids, vectorised through a per-table map."""
@@ -560,6 +636,8 @@ class SQLiteStore:
         # A rolled-back transaction may have handed out ids that no longer exist.
         self._frame_ids.clear()
         self._file_ids.clear()
+        self._loc_ids.clear()
+        self._reset_trie()
         self._stack_ids.clear()
         self._series_ids.clear()
         self._tmap = None
@@ -858,46 +936,113 @@ class SQLiteStore:
         finally:
             r.execute("COMMIT")
 
-    def _resolve_stacks(self, dbids: np.ndarray, lines: bool = True) -> list[Stack]:
-        """The stacks of database ids, frames with their locations (``lines``) or without."""
+    def _load_frames(self, top: int) -> None:
+        """Read the ``frames`` rows up to id ``top`` that this reader has not read yet."""
+        if top <= self._max_frame:
+            return
         r = self._r
         assert r is not None
+        shared = self._fn_shared
+        rows = r.execute("SELECT id, kind, name, func, file, line FROM frames WHERE id > ?",
+                         (self._max_frame,)).fetchall()
+        self._load_paths({row[4] for row in rows})
+        paths = self._paths
+        # Functions first: a located row (encoding 1) takes its name from its function's row.
+        rows.sort(key=lambda row: row[3] != 0)
+        for fid, kind, name, func, file, line in rows:
+            if func:
+                name = self._frames[func].name
+            f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
+            fn = f.function()
+            self._fn_frames[fid] = shared.setdefault(fn, fn)
+            self._max_frame = max(self._max_frame, fid)
+
+    def _load_paths(self, ids: Iterable[int]) -> None:
+        if any(i not in self._paths for i in ids):
+            r = self._r
+            assert r is not None
+            self._paths.update(r.execute("SELECT id, path FROM files").fetchall())
+
+    def _located_stacks(self, want: list[int]) -> dict[int, Stack]:
+        """The stacks of database ids ``want`` (not cached), every frame with its location:
+        encoding-1 rows (ids below ``_v2_from``) from their frame rows, encoding-2 rows from
+        their bases (read too, at most ``_MAX_CHAIN`` deep) and their own frames."""
+        r = self._r
+        assert r is not None
+        cache = self._stacks
+        blobs: dict[int, bytes] = {}
+        todo = want
+        for _ in range(_MAX_CHAIN + 2):
+            for chunk in _chunks(todo):
+                blobs.update(r.execute(f"SELECT id, frames FROM stacks WHERE id IN ({','.join('?' * len(chunk))})",
+                                       chunk).fetchall())
+            bases: set[int] = set()
+            for sid in todo:
+                blob = blobs.get(sid)
+                if blob is None:
+                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} is referenced but missing; "
+                                          f"{_REPAIR.format(self.path)}")
+                if sid >= self._v2_from and blob[0]:  # a prefix: its base is needed
+                    base = stackcodec.decode(blob)[1]
+                    if not 0 < base < sid:
+                        raise CorruptionError(f"SQLite store {self.path}: stack {sid} has base {base}; "
+                                              f"{_REPAIR.format(self.path)}")
+                    if base not in blobs and base not in cache:
+                        bases.add(base)
+            todo = sorted(bases)
+            if not todo:
+                break
+        else:
+            raise CorruptionError(f"SQLite store {self.path}: a stack's chain of bases is longer than "
+                                  f"{_MAX_CHAIN}; {_REPAIR.format(self.path)}")
+        old = [b for sid, b in blobs.items() if sid < self._v2_from]
+        new = {sid: stackcodec.decode(b) for sid, b in blobs.items() if sid >= self._v2_from}
+        top = max((int(np.frombuffer(b, dtype="<u4").max()) for b in old if b), default=0)
+        top = max(top, max((f[0] for _, _, fr in new.values() for f in fr), default=0))
+        self._load_frames(top)
+        self._load_paths({f[1] for _, _, fr in new.values() for f in fr})
+        frames, loc = self._frames, self._loc_frames
+        if len(loc) > _LOCATED_FRAMES:
+            loc.clear()
+        paths = self._paths
+        out: dict[int, Stack] = {}
+        for sid in sorted(blobs):  # a base's id is below its stack's: resolved before it
+            try:
+                if sid < self._v2_from:
+                    out[sid] = tuple(frames[i] for i in np.frombuffer(blobs[sid], dtype="<u4").tolist())
+                    continue
+                prefix, base, rest = new[sid]
+                head = (out[base] if base in out else cache[base])[:prefix] if prefix else ()
+                if len(head) != prefix:
+                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} shares {prefix} frames of "
+                                          f"stack {base}, which has {len(head)}; {_REPAIR.format(self.path)}")
+                tail = []
+                for key in rest:
+                    f = loc.get(key)
+                    if f is None:
+                        fn = frames[key[0]]
+                        f = loc[key] = Frame(fn.name, fn.kind, paths[key[1]], key[2]) if key[1] or key[2] else fn
+                    tail.append(f)
+                out[sid] = head + tuple(tail)
+            except KeyError as e:
+                raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame or file {e} "
+                                      f"which is missing; {_REPAIR.format(self.path)}") from None
+        return out
+
+    def _resolve_stacks(self, dbids: np.ndarray, lines: bool = True) -> list[Stack]:
+        """The stacks of database ids, frames with their locations (``lines``) or without."""
         cache = self._stacks if lines else self._fn_stacks
         ids = dbids.tolist()
         want = [i for i in ids if i not in cache]
         fresh: dict[int, Stack] = {}
         if want:
-            blobs = []
-            for chunk in _chunks(want):
-                blobs.extend(
-                    r.execute(f"SELECT id, frames FROM stacks WHERE id IN ({','.join('?' * len(chunk))})",
-                              chunk).fetchall()
-                )
-            fids = [np.frombuffer(b, dtype="<u4") for _, b in blobs]
-            top = max((int(f.max()) for f in fids if f.size), default=0)
-            if top > self._max_frame:
+            located = self._located_stacks(want)  # with the bases it read
+            if lines:
+                fresh = located
+            else:
                 shared = self._fn_shared
-                rows = r.execute("SELECT id, kind, name, func, file, line FROM frames WHERE id > ?",
-                                 (self._max_frame,)).fetchall()
-                paths = self._paths
-                if any(row[4] not in paths for row in rows):
-                    paths.update(r.execute("SELECT id, path FROM files").fetchall())
-                # Functions first: a located row takes its name from its function's row.
-                rows.sort(key=lambda row: row[3] != 0)
-                for fid, kind, name, func, file, line in rows:
-                    if func:
-                        name = self._frames[func].name
-                    f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
-                    fn = f.function()
-                    self._fn_frames[fid] = shared.setdefault(fn, fn)
-                    self._max_frame = max(self._max_frame, fid)
-            frames = self._frames if lines else self._fn_frames
-            for (sid, _), f in zip(blobs, fids, strict=True):
-                try:
-                    fresh[sid] = tuple(frames[i] for i in f.tolist())
-                except KeyError as e:
-                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame {e} "
-                                          f"which is missing; {_REPAIR.format(self.path)}") from None
+                fresh = {i: tuple(shared.setdefault(fn, fn) for fn in (f.function() for f in located[i]))
+                         for i in want}
         try:
             # The answer is built before the cache is trimmed, so nothing asked for is evicted
             # before it is read (cause 4: past the bound, every read answered KeyError).
