@@ -93,9 +93,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
                                    file INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
                                    func INTEGER NOT NULL DEFAULT 0, UNIQUE (name, kind, func, file, line));
-CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL UNIQUE,
-                                   frames BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, frames BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS stack_ids (hash INTEGER PRIMARY KEY, id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NOT NULL,
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
@@ -287,6 +287,10 @@ class SQLiteStore:
         self._frame_ids: dict[Frame, int] = {}
         self._file_ids: dict[str, int] = {}
         self._loc_ids: dict[Frame, stackcodec.Located] = {}
+        # Where a stack's hash is: ``stack_ids`` (hash -> id), or a ``stacks.hash`` column in a
+        # database created before it (kept: its rows are not rewritten).
+        self._hash_column = False
+        self._find_stack = "SELECT id FROM stack_ids WHERE hash = ?"
         # Stacks this writer stored, as a trie of their frames: a new stack is stored as the
         # longest prefix it shares with one of them plus its other frames (stackcodec). Each
         # node is the index of the stack id that brought it; ``_chain``: bases behind a stack.
@@ -393,6 +397,9 @@ class SQLiteStore:
             migrate(self._w)
             migrate_frames(self._w)
             self._v2_from = stacks_v2_from(self._w)
+            self._hash_column = "hash" in {r[1] for r in self._w.execute("PRAGMA table_info(stacks)")}
+            self._find_stack = ("SELECT id FROM stacks WHERE hash = ?" if self._hash_column else
+                                "SELECT id FROM stack_ids WHERE hash = ?")
             self._write_marker(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
@@ -528,13 +535,16 @@ class SQLiteStore:
         return fid
 
     def _file_id(self, path: str) -> int:
+        """The ``files`` id of a path. The writer holds every path (one row per source file):
+        ``files`` needs no index of its paths, which cost more than the paths in a small store."""
+        w = self._w
+        assert w is not None
+        if not self._file_ids:
+            self._file_ids = {p: i for i, p in w.execute("SELECT id, path FROM files")}
+            self._file_ids.setdefault("", 0)
         fid = self._file_ids.get(path)
         if fid is None:
-            w = self._w
-            assert w is not None
-            row = w.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
-            fid = row[0] if row else w.execute("INSERT INTO files (path) VALUES (?)", (path,)).lastrowid
-            self._file_ids[path] = fid
+            fid = self._file_ids[path] = w.execute("INSERT INTO files (path) VALUES (?)", (path,)).lastrowid
         return fid
 
     def _located(self, frame: Frame) -> stackcodec.Located:
@@ -553,11 +563,15 @@ class SQLiteStore:
             frames = [self._located(f) for f in stack]
             h = int.from_bytes(hashlib.blake2b(stackcodec.canonical(frames), digest_size=8).digest(),
                                "little", signed=True)
-            row = w.execute("SELECT id FROM stacks WHERE hash = ?", (h,)).fetchone()
+            row = w.execute(self._find_stack, (h,)).fetchone()
             if row is None:
                 prefix, base, node = self._prefix_of(frames)
-                sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)",
-                                (h, stackcodec.encode(prefix, base, frames[prefix:]))).lastrowid
+                blob = stackcodec.encode(prefix, base, frames[prefix:])
+                if self._hash_column:  # a database from before stack_ids: its stacks rows keep the hash
+                    sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)", (h, blob)).lastrowid
+                else:
+                    sid = w.execute("INSERT INTO stacks (frames) VALUES (?)", (blob,)).lastrowid
+                    w.execute("INSERT INTO stack_ids (hash, id) VALUES (?, ?)", (h, sid))
                 self._chain[sid] = self._chain[base] + 1 if prefix else 0
                 self._add_to_trie(node, frames[prefix:], sid)
             else:
