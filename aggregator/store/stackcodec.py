@@ -9,9 +9,11 @@ so encoding 1 cost ~1.5x the bytes per sample. Encoding 2 (docs/aggregator.md):
 
 - ``varint(prefix)``: how many leading frames equal those of stack ``base``;
 - ``varint(base)`` (only when ``prefix`` > 0): the id of that earlier stack;
-- then each remaining frame: ``varint(function << 1 | located)``, ``function`` the id of the
-  function's (unlocated) ``frames`` row, and when ``located``, ``varint(file)`` (a
-  ``files`` id, 0 for none) and ``varint(zigzag(line))``.
+- then each remaining frame: ``varint(function << 2 | mode)``, ``function`` the id of the
+  function's (unlocated) ``frames`` row, and by ``mode``: 0 no location; 1 ``varint(file)``
+  (a ``files`` id, 0 for none) and ``varint(line)``; 2 ``varint(line)``, the file that of
+  the last located frame before it in this blob (a function calls on in its own module);
+  3 ``varint(file)`` and ``varint(zigzag(line))`` (a negative line, from bad input kept exactly).
 
 A line variant of a stored stack then costs its id, its hash and a few bytes: the frames
 from the first one that differs. Pure: no I/O.
@@ -53,12 +55,23 @@ def encode(prefix: int, base: int, frames: Sequence[Located]) -> bytes:
     _varint(out, prefix)
     if prefix:
         _varint(out, base)
+    last = -1  # the file of the last located frame written
     for func, file, line in frames:
-        located = bool(file or line)
-        _varint(out, func << 1 | located)
-        if located:
+        if not (file or line):
+            _varint(out, func << 2)
+        elif line < 0:
+            _varint(out, func << 2 | 3)
             _varint(out, file)
             _varint(out, _zigzag(line))
+            last = file
+        elif file == last:
+            _varint(out, func << 2 | 2)
+            _varint(out, line)
+        else:
+            _varint(out, func << 2 | 1)
+            _varint(out, file)
+            _varint(out, line)
+            last = file
     return bytes(out)
 
 
@@ -80,21 +93,31 @@ def decode(blob: bytes) -> tuple[int, int, list[Located]]:
     if not values:
         raise StackCodecError("empty blob")
     prefix = values[0]
-    i, base = (2, values[1]) if prefix else (1, 0)
     if prefix and len(values) < 2:
         raise StackCodecError("blob ends before its base")
+    i, base = (2, values[1]) if prefix else (1, 0)
     frames: list[Located] = []
     n = len(values)
-    while i < n:
-        head = values[i]
-        if head & 1:
-            if i + 2 >= n:
-                raise StackCodecError("blob ends inside a located frame")
-            frames.append((head >> 1, values[i + 1], _unzigzag(values[i + 2])))
-            i += 3
-        else:
-            frames.append((head >> 1, 0, 0))
-            i += 1
+    last = -1
+    try:
+        while i < n:
+            head = values[i]
+            mode = head & 3
+            if mode == 0:
+                frames.append((head >> 2, 0, 0))
+                i += 1
+            elif mode == 2:
+                if last < 0:
+                    raise StackCodecError("a frame takes the file of a located frame before it, and there is none")
+                frames.append((head >> 2, last, values[i + 1]))
+                i += 2
+            else:
+                last = values[i + 1]
+                line = values[i + 2]
+                frames.append((head >> 2, last, _unzigzag(line) if mode == 3 else line))
+                i += 3
+    except IndexError:
+        raise StackCodecError("blob ends inside a located frame") from None
     return prefix, base, frames
 
 
