@@ -2,14 +2,16 @@
 
 Schema (compact by design, see docs/aggregator.md):
 
-- ``frames(id, kind, name, file, line, func)``: every distinct frame once. A located frame
-  (a source location) is a row with ``file`` an id in ``files(id, path)`` (each path once:
-  it is long and shared by many lines), its ``line``, and ``func`` the id of its function's
-  unlocated row, whose name it takes (its own ``name`` is "": a name is stored once, not
-  once per line). Databases from before locations get the three columns on open, their
-  frames reading as unlocated;
-- ``stacks(id, hash, frames)``: every distinct stack once, as packed uint32
-  frame ids, found again through a 64-bit hash of those ids;
+- ``frames(id, kind, name, file, line, func)``: every function once (name, kind). Rows with
+  ``func`` set are the located frames of encoding-1 databases (``file`` an id in
+  ``files(id, path)``, the name taken from the ``func`` row). Databases from before
+  locations get the three columns on open, their frames reading as unlocated;
+- ``files(id, path)``: every source path once (the writer holds them all: no path index);
+- ``stacks(id, frames)``: every distinct stack once, in :mod:`aggregator.store.stackcodec`'s
+  encoding 2 (the prefix it shares with an earlier stack, then its frames as varints with
+  their locations inline), found again through ``stack_ids(hash, id)`` (64-bit blake2b of the
+  whole stack). Rows below ``meta.stacks_v2_from`` are encoding 1 (packed uint32 frame ids);
+  a database with a ``stacks.hash`` column (from before ``stack_ids``) keeps hashing there;
 - ``series(id, labels)``: every label set once (JSON);
 - ``windows(series_id, start, total, data)``: one row per write fragment of a
   (series, window); ``data`` is :mod:`aggregator.store.codec` (zlib'd
