@@ -979,13 +979,10 @@ class SQLiteStore:
             assert r is not None
             self._paths.update(r.execute("SELECT id, path FROM files").fetchall())
 
-    def _located_stacks(self, want: list[int]) -> dict[int, Stack]:
-        """The stacks of database ids ``want`` (not cached), every frame with its location:
-        encoding-1 rows (ids below ``_v2_from``) from their frame rows, encoding-2 rows from
-        their bases (read too, at most ``_MAX_CHAIN`` deep) and their own frames."""
+    def _stack_blobs(self, want: list[int], cache: dict[int, Stack]) -> dict[int, bytes]:
+        """The ``stacks`` rows of ``want`` and of the bases they need that ``cache`` lacks."""
         r = self._r
         assert r is not None
-        cache = self._stacks
         blobs: dict[int, bytes] = {}
         todo = want
         for _ in range(_MAX_CHAIN + 2):
@@ -998,8 +995,8 @@ class SQLiteStore:
                 if blob is None:
                     raise CorruptionError(f"SQLite store {self.path}: stack {sid} is referenced but missing; "
                                           f"{_REPAIR.format(self.path)}")
-                if sid >= self._v2_from and blob[0]:  # a prefix: its base is needed
-                    base = stackcodec.decode(blob)[1]
+                if sid >= self._v2_from and blob[:1] != b"\0":  # a prefix: its base is needed
+                    base = stackcodec.head(blob)[1]
                     if not 0 < base < sid:
                         raise CorruptionError(f"SQLite store {self.path}: stack {sid} has base {base}; "
                                               f"{_REPAIR.format(self.path)}")
@@ -1007,31 +1004,46 @@ class SQLiteStore:
                         bases.add(base)
             todo = sorted(bases)
             if not todo:
-                break
-        else:
-            raise CorruptionError(f"SQLite store {self.path}: a stack's chain of bases is longer than "
-                                  f"{_MAX_CHAIN}; {_REPAIR.format(self.path)}")
-        old = [b for sid, b in blobs.items() if sid < self._v2_from]
-        new = {sid: stackcodec.decode(b) for sid, b in blobs.items() if sid >= self._v2_from}
-        top = max((int(np.frombuffer(b, dtype="<u4").max()) for b in old if b), default=0)
-        top = max(top, max((f[0] for _, _, fr in new.values() for f in fr), default=0))
+                return blobs
+        raise CorruptionError(f"SQLite store {self.path}: a stack's chain of bases is longer than "
+                              f"{_MAX_CHAIN}; {_REPAIR.format(self.path)}")
+
+    def _read_stacks(self, want: list[int], lines: bool) -> dict[int, Stack]:
+        """The stacks of database ids ``want`` (not in the cache), by line or by function, and of
+        the bases read for them: encoding-1 rows (ids below ``_v2_from``) from their frame rows,
+        encoding-2 rows as the prefix of their base (read too, at most ``_MAX_CHAIN`` deep) and
+        their own frames."""
+        cache = self._stacks if lines else self._fn_stacks
+        blobs = self._stack_blobs(want, cache)
+        old = {sid: b for sid, b in blobs.items() if sid < self._v2_from}
+        new_ids = sorted(sid for sid in blobs if sid >= self._v2_from)  # a base's id is below its stack's
+        try:
+            decoded = stackcodec.decode_many([blobs[sid] for sid in new_ids])
+        except stackcodec.StackCodecError as e:
+            raise CorruptionError(f"SQLite store {self.path}: a stack row does not decode ({e}); "
+                                  f"{_REPAIR.format(self.path)}") from None
+        top = max((int(np.frombuffer(b, dtype="<u4").max()) for b in old.values() if b), default=0)
+        top = max(top, max((f[0] for _, _, fr in decoded for f in fr), default=0))
         self._load_frames(top)
-        self._load_paths({f[1] for _, _, fr in new.values() for f in fr})
-        frames, loc = self._frames, self._loc_frames
+        if lines:
+            self._load_paths({f[1] for _, _, fr in decoded for f in fr})
+        frames = self._frames if lines else self._fn_frames
+        loc, paths = self._loc_frames, self._paths
         if len(loc) > _LOCATED_FRAMES:
             loc.clear()
-        paths = self._paths
         out: dict[int, Stack] = {}
-        for sid in sorted(blobs):  # a base's id is below its stack's: resolved before it
-            try:
-                if sid < self._v2_from:
-                    out[sid] = tuple(frames[i] for i in np.frombuffer(blobs[sid], dtype="<u4").tolist())
-                    continue
-                prefix, base, rest = new[sid]
+        sid = 0
+        try:
+            for sid, b in old.items():
+                out[sid] = tuple(frames[i] for i in np.frombuffer(b, dtype="<u4").tolist())
+            for sid, (prefix, base, rest) in zip(new_ids, decoded, strict=True):
                 head = (out[base] if base in out else cache[base])[:prefix] if prefix else ()
                 if len(head) != prefix:
                     raise CorruptionError(f"SQLite store {self.path}: stack {sid} shares {prefix} frames of "
                                           f"stack {base}, which has {len(head)}; {_REPAIR.format(self.path)}")
+                if not lines:
+                    out[sid] = head + tuple(frames[k[0]] for k in rest)
+                    continue
                 tail = []
                 for key in rest:
                     f = loc.get(key)
@@ -1040,9 +1052,9 @@ class SQLiteStore:
                         f = loc[key] = Frame(fn.name, fn.kind, paths[key[1]], key[2]) if key[1] or key[2] else fn
                     tail.append(f)
                 out[sid] = head + tuple(tail)
-            except KeyError as e:
-                raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame or file {e} "
-                                      f"which is missing; {_REPAIR.format(self.path)}") from None
+        except KeyError as e:
+            raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame, file or stack {e} "
+                                  f"which is missing; {_REPAIR.format(self.path)}") from None
         return out
 
     def _resolve_stacks(self, dbids: np.ndarray, lines: bool = True) -> list[Stack]:
@@ -1050,15 +1062,7 @@ class SQLiteStore:
         cache = self._stacks if lines else self._fn_stacks
         ids = dbids.tolist()
         want = [i for i in ids if i not in cache]
-        fresh: dict[int, Stack] = {}
-        if want:
-            located = self._located_stacks(want)  # with the bases it read
-            if lines:
-                fresh = located
-            else:
-                shared = self._fn_shared
-                fresh = {i: tuple(shared.setdefault(fn, fn) for fn in (f.function() for f in located[i]))
-                         for i in want}
+        fresh = self._read_stacks(want, lines) if want else {}
         try:
             # The answer is built before the cache is trimmed, so nothing asked for is evicted
             # before it is read (cause 4: past the bound, every read answered KeyError).

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 # (function frame id, file id, line): file 0 and line 0 is an unlocated frame.
 Located = tuple[int, int, int]
 
@@ -75,8 +77,7 @@ def encode(prefix: int, base: int, frames: Sequence[Located]) -> bytes:
     return bytes(out)
 
 
-def decode(blob: bytes) -> tuple[int, int, list[Located]]:
-    """Inverse of :func:`encode`: (prefix, base (0 when prefix is 0), frames)."""
+def _varints(blob: bytes) -> list[int]:
     values: list[int] = []
     v = shift = 0
     for b in blob:
@@ -90,35 +91,94 @@ def decode(blob: bytes) -> tuple[int, int, list[Located]]:
         v = shift = 0
     if shift:
         raise StackCodecError("blob ends inside a varint")
-    if not values:
+    return values
+
+
+def _parse(values: list[int], i: int, n: int) -> tuple[int, int, list[Located]]:
+    """One stack from ``values[i:n]``, the varints of its blob."""
+    if i >= n:
         raise StackCodecError("empty blob")
-    prefix = values[0]
-    if prefix and len(values) < 2:
+    prefix = values[i]
+    if prefix and n - i < 2:
         raise StackCodecError("blob ends before its base")
-    i, base = (2, values[1]) if prefix else (1, 0)
+    base = values[i + 1] if prefix else 0
+    it = iter(values[i + 2 if prefix else i + 1 : n])
     frames: list[Located] = []
-    n = len(values)
+    append = frames.append
     last = -1
     try:
-        while i < n:
-            head = values[i]
+        for head in it:
             mode = head & 3
-            if mode == 0:
-                frames.append((head >> 2, 0, 0))
-                i += 1
+            if not mode:
+                append((head >> 2, 0, 0))
             elif mode == 2:
                 if last < 0:
                     raise StackCodecError("a frame takes the file of a located frame before it, and there is none")
-                frames.append((head >> 2, last, values[i + 1]))
-                i += 2
+                append((head >> 2, last, next(it)))
             else:
-                last = values[i + 1]
-                line = values[i + 2]
-                frames.append((head >> 2, last, _unzigzag(line) if mode == 3 else line))
-                i += 3
-    except IndexError:
+                last = next(it)
+                line = next(it)
+                append((head >> 2, last, _unzigzag(line) if mode == 3 else line))
+    except StopIteration:
         raise StackCodecError("blob ends inside a located frame") from None
     return prefix, base, frames
+
+
+def decode(blob: bytes) -> tuple[int, int, list[Located]]:
+    """Inverse of :func:`encode`: (prefix, base (0 when prefix is 0), frames)."""
+    values = _varints(blob)
+    return _parse(values, 0, len(values))
+
+
+def head(blob: bytes) -> tuple[int, int]:
+    """(prefix, base) of a blob, without decoding its frames."""
+    got: list[int] = []
+    v = shift = 0
+    for b in blob:
+        v |= (b & 0x7F) << shift
+        if b & 0x80:
+            shift += 7
+            if shift > 63:
+                break
+            continue
+        got.append(v)
+        if not got[0]:
+            return 0, 0
+        if len(got) == 2:
+            return got[0], got[1]
+        v = shift = 0
+    raise StackCodecError("blob ends before its prefix and base")
+
+
+def decode_many(blobs: Sequence[bytes]) -> list[tuple[int, int, list[Located]]]:
+    """:func:`decode` of many blobs, the varints of all of them read at once (numpy): a cold
+    read resolves tens of thousands of stacks."""
+    if not blobs:
+        return []
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    if not lengths.all():
+        raise StackCodecError("empty blob")
+    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    ends = raw < 0x80
+    bounds = np.cumsum(lengths)
+    if not ends[bounds - 1].all():
+        raise StackCodecError("blob ends inside a varint")
+    last = np.flatnonzero(ends)
+    first = np.empty_like(last)
+    first[0] = 0
+    first[1:] = last[:-1] + 1
+    pos = np.arange(raw.size, dtype=np.int64) - np.repeat(first, last - first + 1)
+    if int(pos.max()) > 9:
+        raise StackCodecError("varint longer than 64 bits")
+    parts = (raw & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
+    values = np.add.reduceat(parts, first).tolist()
+    per_blob = np.add.reduceat(ends.astype(np.int64), bounds - lengths).tolist()
+    out = []
+    i = 0
+    for n in per_blob:
+        out.append(_parse(values, i, i + n))
+        i += n
+    return out
 
 
 def canonical(frames: Sequence[Located]) -> bytes:

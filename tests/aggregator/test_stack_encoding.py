@@ -63,6 +63,22 @@ def test_any_located_stack_round_trips(prefix: int, base: int, frames: list[tupl
     assert got == (prefix, base if prefix else 0, frames)
 
 
+@given(st.lists(st.tuples(st.integers(0, 500), st.integers(1, 2**40), st.lists(located, max_size=20)), max_size=8))
+def test_decode_many_and_head_agree_with_decode(stacks: list) -> None:
+    blobs = [stackcodec.encode(p, b, f) for p, b, f in stacks]
+    assert stackcodec.decode_many(blobs) == [stackcodec.decode(b) for b in blobs]
+    assert [stackcodec.head(b) for b in blobs] == [stackcodec.decode(b)[:2] for b in blobs]
+
+
+def test_decode_many_names_a_blob_cut_inside_a_frame_beside_whole_ones() -> None:
+    whole = stackcodec.encode(0, 0, [(3, 1, 7)])
+    cut = stackcodec.encode(0, 0, [(3, 1, 7)])[:-1]  # ends after the file: the line is in no blob
+    with pytest.raises(stackcodec.StackCodecError):
+        stackcodec.decode_many([cut, whole])
+    with pytest.raises(stackcodec.StackCodecError):
+        stackcodec.decode_many([whole, b""])
+
+
 # -- the store ------------------------------------------------------------------------------
 NAMES = [f"fn{i} (mod{i % 4}.py)" for i in range(12)]
 frame = st.builds(lambda n, f, line, k: Frame(n, k, f, line),
