@@ -298,6 +298,9 @@ class SQLiteStore:
         # node is the index of the stack id that brought it; ``_chain``: bases behind a stack.
         self._trie: dict[tuple[int, stackcodec.Located], int] = {}
         self._node_stack: list[int] = [0]
+        # per node, the frame its stack has next (None where it ends): a line variant of that
+        # frame is written as the difference of the lines
+        self._nexts: list[stackcodec.Located | None] = [None]
         self._chain: dict[int, int] = {}
         self._stack_ids: dict[Stack, int] = {}
         self._series_ids: dict[Labels, int] = {}
@@ -568,7 +571,7 @@ class SQLiteStore:
             row = w.execute(self._find_stack, (h,)).fetchone()
             if row is None:
                 prefix, base, node = self._prefix_of(frames)
-                blob = stackcodec.encode(prefix, base, frames[prefix:])
+                blob = stackcodec.encode(prefix, base, frames[prefix:], self._nexts[node] if prefix else None)
                 if self._hash_column:  # a database from before stack_ids: its stacks rows keep the hash
                     sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)", (h, blob)).lastrowid
                 else:
@@ -602,20 +605,22 @@ class SQLiteStore:
     def _add_to_trie(self, node: int, rest: Sequence[stackcodec.Located], sid: int) -> None:
         """Index the frames of a new stack past ``node`` (where its shared prefix ends); each new
         node remembers the stack that brought it, a base for the stacks that share it later."""
-        trie, owners = self._trie, self._node_stack
+        trie, owners, nexts = self._trie, self._node_stack, self._nexts
         if len(owners) + len(rest) > _MAX_TRIE_NODES:  # memory bound: start again from nothing
             self._reset_trie()
             return
-        for f in rest:
+        for j, f in enumerate(rest, 1):
             nxt = trie.get((node, f))
             if nxt is None:
                 nxt = trie[node, f] = len(owners)
                 owners.append(sid)
+                nexts.append(rest[j] if j < len(rest) else None)
             node = nxt
 
     def _reset_trie(self) -> None:
         self._trie = {}
         self._node_stack = [0]
+        self._nexts = [None]
         self._chain = {}
 
     def _db_ids(self, profile: Profile) -> np.ndarray:
@@ -1037,10 +1042,15 @@ class SQLiteStore:
             for sid, b in old.items():
                 out[sid] = tuple(frames[i] for i in np.frombuffer(b, dtype="<u4").tolist())
             for sid, (prefix, base, rest) in zip(new_ids, decoded, strict=True):
-                head = (out[base] if base in out else cache[base])[:prefix] if prefix else ()
-                if len(head) != prefix:
+                of = (out[base] if base in out else cache[base]) if prefix else ()
+                head = of[:prefix]
+                if len(head) != prefix or (rest and rest[0][0] == stackcodec.SAME and len(of) <= prefix):
                     raise CorruptionError(f"SQLite store {self.path}: stack {sid} shares {prefix} frames of "
-                                          f"stack {base}, which has {len(head)}; {_REPAIR.format(self.path)}")
+                                          f"stack {base}, which has {len(of)}; {_REPAIR.format(self.path)}")
+                if rest and rest[0][0] == stackcodec.SAME:  # the base's next frame at another line
+                    bf = of[prefix]
+                    head += (Frame(bf.name, bf.kind, bf.file, bf.line + rest[0][2]) if lines else bf,)
+                    rest = rest[1:]
                 if not lines:
                     out[sid] = head + tuple(frames[k[0]] for k in rest)
                     continue

@@ -9,6 +9,8 @@ so encoding 1 cost ~1.5x the bytes per sample. Encoding 2 (docs/aggregator.md):
 
 - ``varint(prefix)``: how many leading frames equal those of stack ``base``;
 - ``varint(base)`` (only when ``prefix`` > 0): the id of that earlier stack;
+- when the first remaining frame is the base's next frame at another line (same function and
+  file: a line variant), ``varint(0)`` and ``varint(zigzag(the difference of the lines))``;
 - then each remaining frame: ``varint(function << 2 | mode)``, ``function`` the id of the
   function's (unlocated) ``frames`` row, and by ``mode``: 0 no location; 1 ``varint(file)``
   (a ``files`` id, 0 for none) and ``varint(line)``; 2 ``varint(line)``, the file that of
@@ -27,6 +29,9 @@ import numpy as np
 
 # (function frame id, file id, line): file 0 and line 0 is an unlocated frame.
 Located = tuple[int, int, int]
+# The function id of a decoded first frame (SAME, 0, d): the base's frame after the prefix,
+# its line + d (function ids are rowids, from 1).
+SAME = 0
 
 
 class StackCodecError(ValueError):
@@ -50,15 +55,25 @@ def _unzigzag(z: int) -> int:
     return z >> 1 if not z & 1 else -((z + 1) >> 1)
 
 
-def encode(prefix: int, base: int, frames: Sequence[Located]) -> bytes:
+def encode(prefix: int, base: int, frames: Sequence[Located], after: Located | None = None) -> bytes:
     """A stack: its first ``prefix`` frames are those of stack ``base`` (ignored when
-    ``prefix`` is 0), then ``frames``."""
+    ``prefix`` is 0), then ``frames`` (function ids from 1). ``after`` is the base's frame right
+    after the prefix: when the first of ``frames`` is that function in that file at another line
+    (a line variant), it is written as ``varint(0)`` and ``varint(zigzag(its line - after's))``."""
     out = bytearray()
     _varint(out, prefix)
     if prefix:
         _varint(out, base)
+    if prefix and after is not None and frames and (after[1] or after[2]):
+        func, file, line = frames[0]
+        if func == after[0] and file == after[1] and (file or line):
+            _varint(out, 0)
+            _varint(out, _zigzag(line - after[2]))
+            frames = frames[1:]
     last = -1  # the file of the last located frame written
     for func, file, line in frames:
+        if func < 1:
+            raise ValueError(f"function id {func}: ids start at 1")
         if not (file or line):
             _varint(out, func << 2)
         elif line < 0:
@@ -75,6 +90,16 @@ def encode(prefix: int, base: int, frames: Sequence[Located]) -> bytes:
             _varint(out, line)
             last = file
     return bytes(out)
+
+
+def resolve(base: Sequence[Located], prefix: int, frames: Sequence[Located]) -> list[Located]:
+    """The whole stack of a decoded blob whose base's frames are ``base``."""
+    out = list(base[:prefix])
+    if frames and frames[0][0] == SAME:
+        func, file, line = base[prefix]
+        out.append((func, file, line + frames[0][2]))
+        frames = frames[1:]
+    return out + list(frames)
 
 
 def _varints(blob: bytes) -> list[int]:
@@ -109,7 +134,11 @@ def _parse(values: list[int], i: int, n: int) -> tuple[int, int, list[Located]]:
     try:
         for head in it:
             mode = head & 3
-            if not mode:
+            if not head:
+                if frames or not prefix:
+                    raise StackCodecError("a line variant of its base's frame that is not the first after a prefix")
+                append((SAME, 0, _unzigzag(next(it))))
+            elif not mode:
                 append((head >> 2, 0, 0))
             elif mode == 2:
                 if last < 0:

@@ -26,6 +26,9 @@ T0 = 1_700_006_400
 ALL = Selector()
 
 
+located = st.tuples(st.integers(1, 2**32 - 1), st.integers(0, 2**31), st.integers(-(2**63), 2**63 - 1))
+
+
 # -- the codec ------------------------------------------------------------------------------
 def test_exact_bytes() -> None:
     # no prefix; function 5 unlocated; function 7 at file 2 line 300; function 9 in the same file
@@ -47,13 +50,42 @@ def test_canonical_bytes_of_a_stack_without_locations_are_encoding_1s() -> None:
     assert stackcodec.canonical([(1, 0, 0), (300, 4, 9)]) != stackcodec.canonical([(1, 0, 0), (300, 4, 8)])
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x80", b"\x01", b"\x00\x05\x02", b"\x00\x06", b"\x00\x05" + b"\xff" * 10])
+def test_a_line_variant_of_the_bases_next_frame_is_its_line_difference() -> None:
+    base = [(5, 0, 0), (7, 2, 300), (9, 2, 40)]
+    # the base's first two frames, then function 9 of file 2 at line 52 instead of 40
+    blob = stackcodec.encode(2, 17, [(9, 2, 52), (4, 2, 8)], after=base[2])
+    assert blob == bytes([2, 17, 0, 24, 4 << 2 | 1, 2, 8])
+    prefix, b, rest = stackcodec.decode(blob)
+    assert (prefix, b, rest) == (2, 17, [(stackcodec.SAME, 0, 12), (4, 2, 8)])
+    assert stackcodec.resolve(base, prefix, rest) == [(5, 0, 0), (7, 2, 300), (9, 2, 52), (4, 2, 8)]
+    # another file, or an unlocated frame, is written whole
+    assert stackcodec.decode(stackcodec.encode(2, 17, [(9, 3, 52)], after=base[2]))[2] == [(9, 3, 52)]
+    assert stackcodec.decode(stackcodec.encode(2, 17, [(9, 0, 0)], after=base[2]))[2] == [(9, 0, 0)]
+    with pytest.raises(ValueError):
+        stackcodec.encode(0, 0, [(0, 1, 1)])  # function ids start at 1
+
+
+@given(st.lists(located, min_size=1, max_size=30), st.data())
+def test_any_stack_based_on_any_other_resolves_to_itself(base: list, data: st.DataObject) -> None:
+    prefix = data.draw(st.integers(0, len(base)))
+    frames = base[:prefix] + data.draw(st.lists(st.one_of(located, st.sampled_from(base)), max_size=10))
+    after = base[prefix] if prefix < len(base) else None
+    got = stackcodec.decode(stackcodec.encode(prefix, 9, frames[prefix:], after))
+    assert stackcodec.resolve(base, got[0], got[2]) == frames
+    # a line variant of the base's next frame
+    if prefix and after is not None and (after[1] or after[2]):
+        variant = [*base[:prefix], (after[0], after[1], after[2] + 1)]
+        got = stackcodec.decode(stackcodec.encode(prefix, 9, variant[prefix:], after))
+        assert got[2][0][0] == stackcodec.SAME and stackcodec.resolve(base, got[0], got[2]) == variant
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x80", b"\x01", b"\x00\x05\x02", b"\x00\x06", b"\x00\x05" + b"\xff" * 10,
+                                  b"\x00\x00\x02", b"\x01\x03\x04\x00\x02"])
 def test_damaged_blobs_are_named_errors(blob: bytes) -> None:
     with pytest.raises(stackcodec.StackCodecError):
         stackcodec.decode(blob)
 
 
-located = st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**31), st.integers(-(2**63), 2**63 - 1))
 
 
 @given(st.integers(0, 500), st.integers(1, 2**40), st.lists(located, max_size=60))
@@ -143,7 +175,7 @@ async def test_line_variants_share_their_prefix_and_chains_stay_bounded(tmp_path
     root = tuple(Frame(f"f{i}", Kind.USER, "m.py", 10 + i) for i in range(30))
     # each stack one frame deeper than the last: every one could be based on the one before
     deep = [root + tuple(Frame(f"g{j}", Kind.USER, "n.py", j + 1) for j in range(k)) for k in range(1, 40)]
-    leaf = [(*root[:-1], Frame("f29", Kind.USER, "m.py", line)) for line in range(100, 110)]
+    leaf = [(*root[:-1], Frame("f29", Kind.USER, "m.py", line)) for line in range(40, 50)]
     data = {s: 1 for s in deep + leaf}
     s = SQLiteStore(tmp_path / "f.db")
     await s.open()
@@ -153,8 +185,8 @@ async def test_line_variants_share_their_prefix_and_chains_stay_bounded(tmp_path
         ids = [r[0] for r in conn.execute("SELECT id FROM stacks")]
         assert max(_chain(conn, i) for i in ids) == sq._MAX_CHAIN
         sizes = dict(conn.execute("SELECT id, length(frames) FROM stacks"))
-    # a leaf-line variant of a 30-frame stack: prefix, base, one frame (head, line): 5 bytes
-    assert sorted(sizes.values())[:10] == [5] * 10
+    # a leaf-line variant of a 30-frame stack: prefix, base, 0 and the difference of the lines
+    assert sorted(sizes.values())[:10] == [4] * 10
     s = SQLiteStore(tmp_path / "f.db")  # a cold reader resolves the chains
     await s.open()
     try:
