@@ -1001,7 +1001,11 @@ class SQLiteStore:
                     raise CorruptionError(f"SQLite store {self.path}: stack {sid} is referenced but missing; "
                                           f"{_REPAIR.format(self.path)}")
                 if sid >= self._v2_from and blob[:1] != b"\0":  # a prefix: its base is needed
-                    base = stackcodec.head(blob)[1]
+                    try:
+                        base = stackcodec.head(blob)[1]
+                    except stackcodec.StackCodecError as e:
+                        raise CorruptionError(f"SQLite store {self.path}: stack {sid} does not decode ({e}); "
+                                              f"{_REPAIR.format(self.path)}") from None
                     if not 0 < base < sid:
                         raise CorruptionError(f"SQLite store {self.path}: stack {sid} has base {base}; "
                                               f"{_REPAIR.format(self.path)}")

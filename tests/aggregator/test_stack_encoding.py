@@ -202,18 +202,21 @@ async def test_trie_past_its_bound_starts_again(tmp_path: Path, monkeypatch: pyt
     await _round_trip(tmp_path / "f.db", [stacks])
 
 
-async def test_a_base_that_is_not_earlier_is_named_corruption(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("blob", "match"), [(stackcodec.encode(1, 5, []), "base 5"), (b"", "does not decode"),
+                                            (b"\x01", "does not decode"), (b"\x00\x09", "does not decode"),
+                                            (stackcodec.encode(0, 0, [(1000, 0, 0)]), "frame, file or stack")])
+async def test_a_damaged_stack_row_is_named_corruption(tmp_path: Path, blob: bytes, match: str) -> None:
     s = SQLiteStore(tmp_path / "f.db")
     await s.open()
     data = {(Frame("a", Kind.USER, "x.py", 1),): 1}
     await s.write([SeriesWindow(Labels.of(a="b"), T0, Profile.from_pairs(data.items()))])
     await s.close()
     with sqlite3.connect(tmp_path / "f.db") as conn:
-        conn.execute("UPDATE stacks SET frames = ? WHERE id = 1", (stackcodec.encode(1, 5, []),))
+        conn.execute("UPDATE stacks SET frames = ? WHERE id = 1", (blob,))
     s = SQLiteStore(tmp_path / "f.db")
     await s.open()
     try:
-        with pytest.raises(CorruptionError, match="base 5"):
+        with pytest.raises(CorruptionError, match=match):
             await s.read(ALL, T0, T0 + 60, StackTable(lines=True))
     finally:
         await s.close()
