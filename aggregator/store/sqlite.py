@@ -1040,6 +1040,13 @@ class SQLiteStore:
         loc, paths = self._loc_frames, self._paths
         if len(loc) > _LOCATED_FRAMES:
             loc.clear()
+        get = loc.get
+
+        def located(key: stackcodec.Located) -> Frame:
+            fn = frames[key[0]]
+            f = loc[key] = Frame(fn.name, fn.kind, paths[key[1]], key[2]) if key[1] or key[2] else fn
+            return f
+
         out: dict[int, Stack] = {}
         sid = 0
         try:
@@ -1056,16 +1063,9 @@ class SQLiteStore:
                     head += (Frame(bf.name, bf.kind, bf.file, bf.line + rest[0][2]) if lines else bf,)
                     rest = rest[1:]
                 if not lines:
-                    out[sid] = head + tuple(frames[k[0]] for k in rest)
-                    continue
-                tail = []
-                for key in rest:
-                    f = loc.get(key)
-                    if f is None:
-                        fn = frames[key[0]]
-                        f = loc[key] = Frame(fn.name, fn.kind, paths[key[1]], key[2]) if key[1] or key[2] else fn
-                    tail.append(f)
-                out[sid] = head + tuple(tail)
+                    out[sid] = head + tuple([frames[k[0]] for k in rest])
+                else:  # a Frame (a non-empty tuple) is never falsy
+                    out[sid] = head + tuple([get(k) or located(k) for k in rest])
         except KeyError as e:
             raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame, file or stack {e} "
                                   f"which is missing; {_REPAIR.format(self.path)}") from None
