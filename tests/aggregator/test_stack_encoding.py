@@ -304,3 +304,23 @@ async def test_encoding_1_database_reads_unchanged_and_takes_new_stacks(tmp_path
         assert conn.execute("SELECT count(*) FROM stacks").fetchone()[0] == 8
         assert conn.execute("SELECT count(*) FROM stack_ids").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM stacks WHERE id >= 5 AND hash IS NOT NULL").fetchone()[0] >= 2
+
+
+async def test_new_stacks_are_found_again_within_a_write_past_the_cache_bound(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # stack_ids rows are written in hash order at the end of a write: until then, a stack the
+    # (bounded) writer cache forgot is found among the write's new hashes, not stored twice
+    monkeypatch.setattr(sq, "_MAX_CACHED_STACKS", 2)
+    stacks = [tuple(Frame(f"f{i}", Kind.USER, "m.py", k + i) for i in range(4)) for k in range(6)]
+    windows = [SeriesWindow(Labels.of(pod=str(p)), T0, Profile.from_pairs([(s, 1) for s in stacks], StackTable()))
+               for p in range(3)]  # each window its own table: the ids map is rebuilt per window
+    for _ in range(2):  # the second time, from stack_ids
+        s = SQLiteStore(tmp_path / "f.db")
+        await s.open()
+        try:
+            await s.write(windows)
+        finally:
+            await s.close()
+    with sqlite3.connect(tmp_path / "f.db") as conn:
+        assert conn.execute("SELECT count(*) FROM stacks").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM stack_ids").fetchone()[0] == 6
