@@ -66,7 +66,7 @@ def encode(prefix: int, base: int, frames: Sequence[Located], after: Located | N
         _varint(out, base)
     if prefix and after is not None and frames and (after[1] or after[2]):
         func, file, line = frames[0]
-        if func == after[0] and file == after[1] and (file or line):
+        if func == after[0] and file == after[1] and (file or line) and abs(line - after[2]) < 1 << 62:
             _varint(out, 0)
             _varint(out, _zigzag(line - after[2]))
             frames = frames[1:]
