@@ -2,14 +2,16 @@
 
 Schema (compact by design, see docs/aggregator.md):
 
-- ``frames(id, kind, name, file, line, func)``: every distinct frame once. A located frame
-  (a source location) is a row with ``file`` an id in ``files(id, path)`` (each path once:
-  it is long and shared by many lines), its ``line``, and ``func`` the id of its function's
-  unlocated row, whose name it takes (its own ``name`` is "": a name is stored once, not
-  once per line). Databases from before locations get the three columns on open, their
-  frames reading as unlocated;
-- ``stacks(id, hash, frames)``: every distinct stack once, as packed uint32
-  frame ids, found again through a 64-bit hash of those ids;
+- ``frames(id, kind, name, file, line, func)``: every function once (name, kind). Rows with
+  ``func`` set are the located frames of encoding-1 databases (``file`` an id in
+  ``files(id, path)``, the name taken from the ``func`` row). Databases from before
+  locations get the three columns on open, their frames reading as unlocated;
+- ``files(id, path)``: every source path once (the writer holds them all: no path index);
+- ``stacks(id, frames)``: every distinct stack once, in :mod:`aggregator.store.stackcodec`'s
+  encoding 2 (the prefix it shares with an earlier stack, then its frames as varints with
+  their locations inline), found again through ``stack_ids(hash, id)`` (64-bit blake2b of the
+  whole stack). Rows below ``meta.stacks_v2_from`` are encoding 1 (packed uint32 frame ids);
+  a database with a ``stacks.hash`` column (from before ``stack_ids``) keeps hashing there;
 - ``series(id, labels)``: every label set once (JSON);
 - ``windows(series_id, start, total, data)``: one row per write fragment of a
   (series, window); ``data`` is :mod:`aggregator.store.codec` (zlib'd
@@ -54,7 +56,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from aggregator.store import codec
+from aggregator.store import codec, stackcodec
 from aggregator.store.base import CorruptionError, SeriesWindow, StoreError, SumOverflow
 from aggregator.store.rollup import DAY, HOUR, RESOLUTIONS, max_resolution, plan
 from stacks.model import Frame, Kind, Labels, Profile, Stack, StackTable
@@ -77,6 +79,11 @@ _DENSE_CELLS = 4_000_000  # (group, stack) cells summed in a dense array (32 MB 
 TRUNCATED = (Frame("other (truncated: the query crossed the server's memory bound, --max-query-cells)", Kind.USER),)
 _MERGE_BATCH = 20_000  # window/rollup rows decoded at a time by a merged read (~3 M entries)
 _ROLL_PER_PASS = 6  # hours rolled up per compaction pass (~0.3 s of writer time each at 200 series)
+# Encoding-2 stacks (stackcodec): a reader resolves at most this many bases behind a stack, and
+# the writer's trie of stored stacks holds at most this many frames (~150 bytes each).
+_MAX_CHAIN = 8
+_MAX_TRIE_NODES = 500_000
+_LOCATED_FRAMES = 1_000_000  # located Frame objects the reader shares between stacks
 
 _REPAIR = ("stop serve, run `sqlite3 {0} 'PRAGMA integrity_check'` and restore the file from a "
            "backup (or `.recover` it)")
@@ -88,9 +95,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, name TEXT NOT NULL,
                                    file INTEGER NOT NULL DEFAULT 0, line INTEGER NOT NULL DEFAULT 0,
                                    func INTEGER NOT NULL DEFAULT 0, UNIQUE (name, kind, func, file, line));
-CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL UNIQUE,
-                                   frames BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS stacks (id INTEGER PRIMARY KEY, frames BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS stack_ids (hash INTEGER PRIMARY KEY, id INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS series (id INTEGER PRIMARY KEY, labels TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS windows (series_id INTEGER NOT NULL, start INTEGER NOT NULL,
                                     total INTEGER NOT NULL, data BLOB NOT NULL);
@@ -156,6 +163,21 @@ def migrate_frames(conn: sqlite3.Connection) -> bool:
         raise
     log.info("SQLite frames table given file and line columns (source locations)")
     return True
+
+
+def stacks_v2_from(conn: sqlite3.Connection) -> int:
+    """The first stack id in encoding 2 (:mod:`aggregator.store.stackcodec`): recorded in
+    ``meta`` the first time a release with it opens the database, as the id after the last
+    stack then stored. Earlier rows stay in encoding 1 and read as before: nothing is rewritten."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'stacks_v2_from'").fetchone()
+    if row is not None:
+        return int(row[0])
+    first = (conn.execute("SELECT max(id) FROM stacks").fetchone()[0] or 0) + 1
+    conn.execute("INSERT INTO meta (key, value) VALUES ('stacks_v2_from', ?)", (str(first),))
+    if first > 1:
+        log.info("SQLite stacks from id %d on are stored in encoding 2 (prefix-shared, located frames inline)",
+                 first)
+    return first
 
 
 def _labels_json(labels: Labels) -> str:
@@ -266,6 +288,21 @@ class SQLiteStore:
         # writer-side caches
         self._frame_ids: dict[Frame, int] = {}
         self._file_ids: dict[str, int] = {}
+        self._loc_ids: dict[Frame, stackcodec.Located] = {}
+        # Where a stack's hash is: ``stack_ids`` (hash -> id), or a ``stacks.hash`` column in a
+        # database created before it (kept: its rows are not rewritten).
+        self._hash_column = False
+        self._new_hashes: dict[int, int] = {}  # stack_ids rows of the write in progress
+        self._find_stack = "SELECT id FROM stack_ids WHERE hash = ?"
+        # Stacks this writer stored, as a trie of their frames: a new stack is stored as the
+        # longest prefix it shares with one of them plus its other frames (stackcodec). Each
+        # node is the index of the stack id that brought it; ``_chain``: bases behind a stack.
+        self._trie: dict[tuple[int, stackcodec.Located], int] = {}
+        self._node_stack: list[int] = [0]
+        # per node, the frame its stack has next (None where it ends): a line variant of that
+        # frame is written as the difference of the lines
+        self._nexts: list[stackcodec.Located | None] = [None]
+        self._chain: dict[int, int] = {}
         self._stack_ids: dict[Stack, int] = {}
         self._series_ids: dict[Labels, int] = {}
         self._tmap: tuple[StackTable, np.ndarray] | None = None
@@ -282,6 +319,9 @@ class SQLiteStore:
         self._fn_frames: dict[int, Frame] = {}
         self._fn_shared: dict[Frame, Frame] = {}
         self._paths: dict[int, str] = {0: ""}  # files.id -> path
+        # (function id, file id, line) -> the located Frame, one object per place
+        self._loc_frames: dict[stackcodec.Located, Frame] = {}
+        self._v2_from = 1  # stacks with ids from this on are in encoding 2 (meta 'stacks_v2_from')
         self._max_frame = 0
         self._stacks: dict[int, Stack] = {}  # by line (every frame as stored)
         self._fn_stacks: dict[int, Stack] = {}  # by function
@@ -362,6 +402,10 @@ class SQLiteStore:
                 self._w.executescript("DROP TABLE rollups; DROP TABLE rolled;" + SCHEMA)
             migrate(self._w)
             migrate_frames(self._w)
+            self._v2_from = stacks_v2_from(self._w)
+            self._hash_column = "hash" in {r[1] for r in self._w.execute("PRAGMA table_info(stacks)")}
+            self._find_stack = ("SELECT id FROM stacks WHERE hash = ?" if self._hash_column else
+                                "SELECT id FROM stack_ids WHERE hash = ?")
             self._write_marker(self._w)
             rows = self._w.execute(
                 "SELECT series_id, start FROM windows GROUP BY series_id, start HAVING count(*) > 1"
@@ -479,16 +523,13 @@ class SQLiteStore:
 
     # -- writing --------------------------------------------------------------------------
     def _frame_id(self, frame: Frame) -> int:
+        """The id of a function's (unlocated) ``frames`` row. Encoding-2 stacks keep locations
+        in their own bytes, so no located row is written any more (encoding 1's are read)."""
         fid = self._frame_ids.get(frame)
         if fid is None:
             w = self._w
             assert w is not None
-            code = _KIND_CODE[Kind(frame.kind)]
-            if frame.file or frame.line:  # located: its function's row, and the place
-                key = ("", code, self._frame_id(frame.function()),
-                       self._file_id(frame.file) if frame.file else 0, int(frame.line))
-            else:
-                key = (frame.name, code, 0, 0, 0)
+            key = (frame.name, _KIND_CODE[Kind(frame.kind)], 0, 0, 0)
             q = "SELECT id FROM frames WHERE name = ? AND kind = ? AND func = ? AND file = ? AND line = ?"
             row = w.execute(q, key).fetchone()
             if row is None:
@@ -500,31 +541,89 @@ class SQLiteStore:
         return fid
 
     def _file_id(self, path: str) -> int:
+        """The ``files`` id of a path. The writer holds every path (one row per source file):
+        ``files`` needs no index of its paths, which cost more than the paths in a small store."""
+        w = self._w
+        assert w is not None
+        if not self._file_ids:
+            self._file_ids = {p: i for i, p in w.execute("SELECT id, path FROM files")}
+            self._file_ids.setdefault("", 0)
         fid = self._file_ids.get(path)
         if fid is None:
-            w = self._w
-            assert w is not None
-            row = w.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()
-            fid = row[0] if row else w.execute("INSERT INTO files (path) VALUES (?)", (path,)).lastrowid
-            self._file_ids[path] = fid
+            fid = self._file_ids[path] = w.execute("INSERT INTO files (path) VALUES (?)", (path,)).lastrowid
         return fid
+
+    def _located(self, frame: Frame) -> stackcodec.Located:
+        loc = self._loc_ids.get(frame)
+        if loc is None:
+            fn = frame.function()
+            loc = (self._frame_id(fn), self._file_id(frame.file) if frame.file else 0, int(frame.line))
+            self._loc_ids[frame] = loc
+        return loc
 
     def _stack_id(self, stack: Stack) -> int:
         sid = self._stack_ids.get(stack)
         if sid is None:
             w = self._w
             assert w is not None
-            blob = np.fromiter((self._frame_id(f) for f in stack), dtype="<u4", count=len(stack)).tobytes()
-            h = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little", signed=True)
-            row = w.execute("SELECT id FROM stacks WHERE hash = ?", (h,)).fetchone()
+            frames = [self._located(f) for f in stack]
+            h = int.from_bytes(hashlib.blake2b(stackcodec.canonical(frames), digest_size=8).digest(),
+                               "little", signed=True)
+            pending = self._new_hashes.get(h)
+            row = (pending,) if pending is not None else w.execute(self._find_stack, (h,)).fetchone()
             if row is None:
-                sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)", (h, blob)).lastrowid
+                prefix, base, node = self._prefix_of(frames)
+                blob = stackcodec.encode(prefix, base, frames[prefix:], self._nexts[node] if prefix else None)
+                if self._hash_column:  # a database from before stack_ids: its stacks rows keep the hash
+                    sid = w.execute("INSERT INTO stacks (hash, frames) VALUES (?, ?)", (h, blob)).lastrowid
+                else:
+                    sid = w.execute("INSERT INTO stacks (frames) VALUES (?)", (blob,)).lastrowid
+                    self._new_hashes[h] = sid  # written in hash order at the end of the write
+                self._chain[sid] = self._chain[base] + 1 if prefix else 0
+                self._add_to_trie(node, frames[prefix:], sid)
             else:
                 sid = row[0]
             if len(self._stack_ids) >= _MAX_CACHED_STACKS:
                 self._stack_ids.clear()
             self._stack_ids[stack] = sid
         return sid
+
+    def _prefix_of(self, frames: list[stackcodec.Located]) -> tuple[int, int, int]:
+        """(length, stack id, trie node) of the longest prefix of ``frames`` that a stack this
+        writer stored has too, among stacks whose chain of bases is short enough (a reader
+        resolves at most ``_MAX_CHAIN`` bases per stack); (0, 0, 0) for none."""
+        trie, owners, chain = self._trie, self._node_stack, self._chain
+        node = 0
+        best = (0, 0, 0)
+        for k, f in enumerate(frames, 1):
+            nxt = trie.get((node, f))
+            if nxt is None:
+                break
+            node = nxt
+            if chain[owners[node]] < _MAX_CHAIN:
+                best = (k, owners[node], node)
+        return best
+
+    def _add_to_trie(self, node: int, rest: Sequence[stackcodec.Located], sid: int) -> None:
+        """Index the frames of a new stack past ``node`` (where its shared prefix ends); each new
+        node remembers the stack that brought it, a base for the stacks that share it later."""
+        trie, owners, nexts = self._trie, self._node_stack, self._nexts
+        if len(owners) + len(rest) > _MAX_TRIE_NODES:  # memory bound: start again from nothing
+            self._reset_trie()
+            return
+        for j, f in enumerate(rest, 1):
+            nxt = trie.get((node, f))
+            if nxt is None:
+                nxt = trie[node, f] = len(owners)
+                owners.append(sid)
+                nexts.append(rest[j] if j < len(rest) else None)
+            node = nxt
+
+    def _reset_trie(self) -> None:
+        self._trie = {}
+        self._node_stack = [0]
+        self._nexts = [None]
+        self._chain = {}
 
     def _db_ids(self, profile: Profile) -> np.ndarray:
         """Database stack ids for a profile's ids, vectorised through a per-table map."""
@@ -560,6 +659,9 @@ class SQLiteStore:
         # A rolled-back transaction may have handed out ids that no longer exist.
         self._frame_ids.clear()
         self._file_ids.clear()
+        self._loc_ids.clear()
+        self._new_hashes.clear()
+        self._reset_trie()
         self._stack_ids.clear()
         self._series_ids.clear()
         self._tmap = None
@@ -581,6 +683,10 @@ class SQLiteStore:
                 blob = codec.encode(dbids[order], sw.profile.counts[order], level=1)
                 rows.append((series, int(sw.start), sw.profile.total, blob))
                 keys.append((series, int(sw.start)))
+            if self._new_hashes:
+                # In hash order: neighbours in one batch share pages (random order left them ~70 % full).
+                w.executemany("INSERT INTO stack_ids (hash, id) VALUES (?, ?)", sorted(self._new_hashes.items()))
+                self._new_hashes.clear()
             w.executemany("INSERT INTO windows (series_id, start, total, data) VALUES (?, ?, ?, ?)", rows)
             # Late data for a rolled period goes into its rollups too, in this transaction, so a
             # reader sees it either in both or in neither.
@@ -858,46 +964,126 @@ class SQLiteStore:
         finally:
             r.execute("COMMIT")
 
-    def _resolve_stacks(self, dbids: np.ndarray, lines: bool = True) -> list[Stack]:
-        """The stacks of database ids, frames with their locations (``lines``) or without."""
+    def _load_frames(self, top: int) -> None:
+        """Read the ``frames`` rows up to id ``top`` that this reader has not read yet."""
+        if top <= self._max_frame:
+            return
         r = self._r
         assert r is not None
+        shared = self._fn_shared
+        rows = r.execute("SELECT id, kind, name, func, file, line FROM frames WHERE id > ?",
+                         (self._max_frame,)).fetchall()
+        self._load_paths({row[4] for row in rows})
+        paths = self._paths
+        # Functions first: a located row (encoding 1) takes its name from its function's row.
+        rows.sort(key=lambda row: row[3] != 0)
+        for fid, kind, name, func, file, line in rows:
+            if func:
+                name = self._frames[func].name
+            f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
+            fn = f.function()
+            self._fn_frames[fid] = shared.setdefault(fn, fn)
+            self._max_frame = max(self._max_frame, fid)
+
+    def _load_paths(self, ids: Iterable[int]) -> None:
+        if any(i not in self._paths for i in ids):
+            r = self._r
+            assert r is not None
+            self._paths.update(r.execute("SELECT id, path FROM files").fetchall())
+
+    def _stack_blobs(self, want: list[int], cache: dict[int, Stack]) -> dict[int, bytes]:
+        """The ``stacks`` rows of ``want`` and of the bases they need that ``cache`` lacks."""
+        r = self._r
+        assert r is not None
+        blobs: dict[int, bytes] = {}
+        todo = want
+        for _ in range(_MAX_CHAIN + 2):
+            for chunk in _chunks(todo):
+                blobs.update(r.execute(f"SELECT id, frames FROM stacks WHERE id IN ({','.join('?' * len(chunk))})",
+                                       chunk).fetchall())
+            bases: set[int] = set()
+            for sid in todo:
+                blob = blobs.get(sid)
+                if blob is None:
+                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} is referenced but missing; "
+                                          f"{_REPAIR.format(self.path)}")
+                if sid >= self._v2_from and blob[:1] != b"\0":  # a prefix: its base is needed
+                    try:
+                        base = stackcodec.head(blob)[1]
+                    except stackcodec.StackCodecError as e:
+                        raise CorruptionError(f"SQLite store {self.path}: stack {sid} does not decode ({e}); "
+                                              f"{_REPAIR.format(self.path)}") from None
+                    if not 0 < base < sid:
+                        raise CorruptionError(f"SQLite store {self.path}: stack {sid} has base {base}; "
+                                              f"{_REPAIR.format(self.path)}")
+                    if base not in blobs and base not in cache:
+                        bases.add(base)
+            todo = sorted(bases)
+            if not todo:
+                return blobs
+        raise CorruptionError(f"SQLite store {self.path}: a stack's chain of bases is longer than "
+                              f"{_MAX_CHAIN}; {_REPAIR.format(self.path)}")
+
+    def _read_stacks(self, want: list[int], lines: bool) -> dict[int, Stack]:
+        """The stacks of database ids ``want`` (not in the cache), by line or by function, and of
+        the bases read for them: encoding-1 rows (ids below ``_v2_from``) from their frame rows,
+        encoding-2 rows as the prefix of their base (read too, at most ``_MAX_CHAIN`` deep) and
+        their own frames."""
+        cache = self._stacks if lines else self._fn_stacks
+        blobs = self._stack_blobs(want, cache)
+        old = {sid: b for sid, b in blobs.items() if sid < self._v2_from}
+        new_ids = sorted(sid for sid in blobs if sid >= self._v2_from)  # a base's id is below its stack's
+        try:
+            decoded = stackcodec.decode_many([blobs[sid] for sid in new_ids])
+        except stackcodec.StackCodecError as e:
+            raise CorruptionError(f"SQLite store {self.path}: a stack row does not decode ({e}); "
+                                  f"{_REPAIR.format(self.path)}") from None
+        top = max((int(np.frombuffer(b, dtype="<u4").max()) for b in old.values() if b), default=0)
+        top = max(top, max((f[0] for _, _, fr in decoded for f in fr), default=0))
+        self._load_frames(top)
+        if lines:
+            self._load_paths({f[1] for _, _, fr in decoded for f in fr})
+        frames = self._frames if lines else self._fn_frames
+        loc, paths = self._loc_frames, self._paths
+        if len(loc) > _LOCATED_FRAMES:
+            loc.clear()
+        get = loc.get
+
+        def located(key: stackcodec.Located) -> Frame:
+            fn = frames[key[0]]
+            f = loc[key] = Frame(fn.name, fn.kind, paths[key[1]], key[2]) if key[1] or key[2] else fn
+            return f
+
+        out: dict[int, Stack] = {}
+        sid = 0
+        try:
+            for sid, b in old.items():
+                out[sid] = tuple(frames[i] for i in np.frombuffer(b, dtype="<u4").tolist())
+            for sid, (prefix, base, rest) in zip(new_ids, decoded, strict=True):
+                of = (out[base] if base in out else cache[base]) if prefix else ()
+                head = of[:prefix]
+                if len(head) != prefix or (rest and rest[0][0] == stackcodec.SAME and len(of) <= prefix):
+                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} shares {prefix} frames of "
+                                          f"stack {base}, which has {len(of)}; {_REPAIR.format(self.path)}")
+                if rest and rest[0][0] == stackcodec.SAME:  # the base's next frame at another line
+                    bf = of[prefix]
+                    head += (Frame(bf.name, bf.kind, bf.file, bf.line + rest[0][2]) if lines else bf,)
+                    rest = rest[1:]
+                if not lines:
+                    out[sid] = head + tuple([frames[k[0]] for k in rest])
+                else:  # a Frame (a non-empty tuple) is never falsy
+                    out[sid] = head + tuple([get(k) or located(k) for k in rest])
+        except KeyError as e:
+            raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame, file or stack {e} "
+                                  f"which is missing; {_REPAIR.format(self.path)}") from None
+        return out
+
+    def _resolve_stacks(self, dbids: np.ndarray, lines: bool = True) -> list[Stack]:
+        """The stacks of database ids, frames with their locations (``lines``) or without."""
         cache = self._stacks if lines else self._fn_stacks
         ids = dbids.tolist()
         want = [i for i in ids if i not in cache]
-        fresh: dict[int, Stack] = {}
-        if want:
-            blobs = []
-            for chunk in _chunks(want):
-                blobs.extend(
-                    r.execute(f"SELECT id, frames FROM stacks WHERE id IN ({','.join('?' * len(chunk))})",
-                              chunk).fetchall()
-                )
-            fids = [np.frombuffer(b, dtype="<u4") for _, b in blobs]
-            top = max((int(f.max()) for f in fids if f.size), default=0)
-            if top > self._max_frame:
-                shared = self._fn_shared
-                rows = r.execute("SELECT id, kind, name, func, file, line FROM frames WHERE id > ?",
-                                 (self._max_frame,)).fetchall()
-                paths = self._paths
-                if any(row[4] not in paths for row in rows):
-                    paths.update(r.execute("SELECT id, path FROM files").fetchall())
-                # Functions first: a located row takes its name from its function's row.
-                rows.sort(key=lambda row: row[3] != 0)
-                for fid, kind, name, func, file, line in rows:
-                    if func:
-                        name = self._frames[func].name
-                    f = self._frames[fid] = Frame(name, _CODE_KIND[kind], paths[file], line)
-                    fn = f.function()
-                    self._fn_frames[fid] = shared.setdefault(fn, fn)
-                    self._max_frame = max(self._max_frame, fid)
-            frames = self._frames if lines else self._fn_frames
-            for (sid, _), f in zip(blobs, fids, strict=True):
-                try:
-                    fresh[sid] = tuple(frames[i] for i in f.tolist())
-                except KeyError as e:
-                    raise CorruptionError(f"SQLite store {self.path}: stack {sid} refers to frame {e} "
-                                          f"which is missing; {_REPAIR.format(self.path)}") from None
+        fresh = self._read_stacks(want, lines) if want else {}
         try:
             # The answer is built before the cache is trimmed, so nothing asked for is evicted
             # before it is read (cause 4: past the bound, every read answered KeyError).
