@@ -177,13 +177,14 @@ def viewer_urls(
             {**diff, "mode": "absolute", "format": "json", "profile_type": WALL}),
         # The story's first step: the slowest admin page views (root spans, pyroscope-otel), by
         # line (line=1): a row's flame graph shows createSampleImages and the line of fetchMockup
-        # that calls manipulation-service, as file:line.
+        # that calls manipulation-service, as file:line. Until the phase's end + 1 s, the range the
+        # printed list reads (Runner.show_requests), so the view lists the same requests.
         "requests_before": f"{server}/?" + urlencode({"mode": "requests", "sel": ADMIN_SPANS[0],
-                                                      "rname": ADMIN_SPANS[1], "from": base[0], "until": base[1],
-                                                      "line": 1}),
+                                                      "rname": ADMIN_SPANS[1], "from": base[0],
+                                                      "until": base[1] + 1, "line": 1}),
         "requests_after": f"{server}/?" + urlencode({"mode": "requests", "sel": ADMIN_SPANS[0],
                                                      "rname": ADMIN_SPANS[1], "from": compare[0],
-                                                     "until": compare[1], "line": 1}),
+                                                     "until": compare[1] + 1, "line": 1}),
     }
 
 
@@ -612,18 +613,21 @@ class Demo:
 
     # ---- the story
 
-    async def sleep_until(self, t: float, label: str, start: float, end: float) -> bool:
-        """Show progress until wall time ``t``; False when asked to stop first."""
+    async def sleep_until(self, t: float, label: str, start: float, end: float | None) -> bool:
+        """Show progress until wall time ``t``; False when asked to stop first. ``end`` None: an
+        open-ended wait (serving until Ctrl-C), shown as the time since ``start``, with no bar."""
         last_plain = 0.0
         while (now := self.clock()) < t:
             if self.deadline and now >= self.deadline:
                 self.stop_event.set()
             if self.stop_event.is_set():
                 return False
-            done = (now - start) / max(end - start, 1)
-            bar = "#" * int(done * 20)
             stats = self.stats.get(self.phase)
-            line = f"{label} [{bar:<20}] {_mmss(now - start)}/{_mmss(end - start)}"
+            if end is None:
+                line = f"{label} for {_mmss(now - start)} (Ctrl-C stops)"
+            else:
+                bar = "#" * int((now - start) / max(end - start, 1) * 20)
+                line = f"{label} [{bar:<20}] {_mmss(now - start)}/{_mmss(end - start)}"
             if stats is not None:
                 line += "  " + stats.line()
             if self.tty or now - last_plain >= 10:
@@ -723,6 +727,8 @@ class Demo:
         if not await self.sleep_until(fix_at, "phase 1/2 slow ", t0, fix_at):
             return
         calls1 = await self.manipulate_calls(plan.manipulation)
+        # demo.json keeps the figures printed here (views still in flight finish after the line)
+        printed = {"slow": self.stats["slow"].summary()}
         self.say(f"phase 1/2 done: {self.stats['slow'].line()}, {calls1 - calls0} /manipulate calls")
         await self.set_mode(plan.admin, "fixed")
         self.phase = "fixed"
@@ -738,13 +744,14 @@ class Demo:
         if not await self.sleep_until(end, "phase 2/2 fixed", fix_at, end):
             return
         calls2 = await self.manipulate_calls(plan.manipulation)
+        printed["fixed"] = self.stats["fixed"].summary()
         self.say(f"phase 2/2 done: {self.stats['fixed'].line()}, {calls2 - calls1} /manipulate calls")
         self.save_state(manipulate_calls={"slow": calls1 - calls0, "fixed": calls2 - calls1})
         # The SDK pushes every upload_interval; wait for the pushes covering the last window.
         if not await self.sleep_until(end + self.upload_interval + 3, "collecting last profiles",
                                       end, end + self.upload_interval + 3):
             return
-        self.save_state(state="done", latency={k: v.summary() for k, v in self.stats.items()})
+        self.save_state(state="done", latency={k: printed.get(k) or v.summary() for k, v in self.stats.items()})
         await self.show_requests(urls, "after the fix", *plan.after, "requests_after")
         self.say(f"\nDiff ready (before vs after the fix, admin-service):\n  {urls['diff_viewer']}\n"
                  f"  API: {urls['diff_api']}")
@@ -752,7 +759,7 @@ class Demo:
             self.say(f"Wall-clock diff: {urls['wall_diff_viewer']}")
         self.say("The demo keeps serving (fixed behaviour) until Ctrl-C" +
                  (f" or {self.s.duration:.0f} s in all." if self.deadline else "."))
-        while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, end + 3600):
+        while await self.sleep_until(self.clock() + 3600, "running (fixed)", end, None):
             pass
 
     async def show_requests(self, urls: dict[str, str], when: str, start: float, end: float, link: str) -> None:

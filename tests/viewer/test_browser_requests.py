@@ -76,6 +76,8 @@ def test_requests_view_opens_a_span_flamegraph(traced_server: Any, watch: PageWa
     first = rows.nth(0).inner_text()
     assert "GET /admin" in first and "admin-1" in first and "400 ms" in first.replace("\u202f", " ")
     assert "3 requests" in page.locator("#requests-status").inner_text()
+    assert page.locator("#requests-title").inner_text() == "Slowest requests (root spans by wall time)"
+    assert page.locator('.tab[data-tab="top"]').inner_text() == "Top functions"
     wait_chart(page)
     seq = watch.seq()
     rows.nth(1).click()
@@ -85,6 +87,8 @@ def test_requests_view_opens_a_span_flamegraph(traced_server: Any, watch: PageWa
     assert page.evaluate("window.__flame.data.total") == 25
     assert "request 00000000000000c3" in page.locator("#status").inner_text()
     assert "span=00000000000000c3" in page.url
+    # the table under it is still the range's, and says so
+    assert page.locator('.tab[data-tab="top"]').inner_text() == "Top functions (whole range)"
     # The chart marks the picked request where its samples are (its profile's time, this push's).
     page.wait_for_function("() => (document.getElementById('timeline').layout.shapes || []).length === 1")
     shape = page.evaluate("document.getElementById('timeline').layout.shapes[0]")

@@ -639,7 +639,9 @@
     });
     var what = typesSupported ? typeLabel(d.profile_type || ptype()) : "";
     $("timeline-title").textContent = (what ? what + ", " : "") +
-      (u.kind === "samples" ? "samples" : u.kind === "time" ? "seconds" : u.kind === "bytes" ? "bytes" : "count") +
+      // the axis's own unit (a quiet range of CPU time reads in ms, not seconds)
+      (u.kind === "samples" ? "samples" : u.kind === "time" ? (ax.suffix || "seconds") :
+        u.kind === "bytes" ? "bytes" : "count") +
       " per " + (d.window || 30) + " s";
     var layout = {
       barmode: "stack", bargap: 0.05, height: 150, margin: {l: 50, r: 10, t: 6, b: 26},
@@ -713,7 +715,14 @@
     if (state.tab === "sandwich" && state.fn) loadSandwich();
   }
 
+  /** With a request open, the flame graph is that span's and the table still the range's: say so. */
+  function labelTop() {
+    var tab = document.querySelector('.tab[data-tab="top"]');
+    if (tab) tab.textContent = state.mode === "requests" && state.span ? "Top functions (whole range)" : "Top functions";
+  }
+
   function loadTop() {
+    labelTop();
     var params = typed({query: buildSelector(), from: apiTime(state.from),
       until: apiTime(state.until), limit: String(TOP_LIMIT)});
     if (state.line) params.aggregate = "line";
@@ -979,9 +988,14 @@
     var t0 = performance.now();
     return api("requests", "/api/v1/requests", params).then(function (d) {
       requestRows = (d && d.rows) || [];
+      // The ranking the server used: wall time where the spans have wall samples, else CPU time.
+      var byWall = requestRows.some(function (r) { return Number(r.wall_ns) > 0; });
+      $("requests-title").textContent = "Slowest requests (root spans by " +
+        (byWall || !requestRows.length ? "wall time" : "CPU time: no wall samples") + ")";
       renderRequests();
       paintRequestShapes();
-      setStatus(st, fmtInt(d.spans) + " requests" + (d.truncated ? ", slowest " + requestRows.length + " shown" : "") +
+      setStatus(st, fmtInt(d.spans) + (Number(d.spans) === 1 ? " request" : " requests") +
+        (d.truncated ? ", slowest " + requestRows.length + " shown" : "") +
         " · " + Math.round(performance.now() - t0) + " ms");
       document.body.dataset.requests = "ready";
     }).catch(function (e) {
@@ -1045,6 +1059,7 @@
     writeURL();
     paintRequestShapes();
     loadFlame();
+    labelTop();
   }
 
   var autoTimer = null;
