@@ -189,36 +189,29 @@ class _ElfInfo:
 
 def _elf_info(path: str) -> _ElfInfo | None:
     """``_PyRuntime`` and ``Py_Version`` from an interpreter's ELF symbols; None when it has none."""
-    from elftools.elf.elffile import ELFFile  # imported here: only the agent needs it
+    from profiler.symbols import _Elf
 
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        if not loads:
+        try:
+            elf = _Elf(f)
+        except ValueError:  # not a 64-bit little-endian ELF file
             return None
-        for name in (".dynsym", ".symtab"):
-            sec = elf.get_section_by_name(name)
-            if sec is None or not hasattr(sec, "get_symbol_by_name"):
-                continue
-            rt = sec.get_symbol_by_name("_PyRuntime")
-            if not rt:
-                continue
-            version = None
-            ver = sec.get_symbol_by_name("Py_Version")  # PY_VERSION_HEX, exported since 3.11
-            if ver:
-                addr = ver[0]["st_value"]
-                for seg in loads:
-                    if seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-                        f.seek(seg["p_offset"] + addr - seg["p_vaddr"])
-                        hexv = struct.unpack("<I", f.read(4))[0]
-                        version = (hexv >> 24, (hexv >> 16) & 0xFF)
-                        break
-            if version is None:  # before 3.11 (no Py_Version): the file name tells, for the error message
-                m = re.search(r"python(\d)\.(\d+)", os.path.basename(path))
-                version = (int(m.group(1)), int(m.group(2))) if m else None
-            first = min(s["p_vaddr"] for s in loads) & ~0xFFF
-            return _ElfInfo(rt[0]["st_value"], version, first)
-    return None
+        if not elf.segments:
+            return None
+        runtime = elf.symbol_value("_PyRuntime")
+        if runtime is None:
+            return None
+        version = None
+        ver = elf.symbol_value("Py_Version")  # PY_VERSION_HEX, exported since 3.11
+        raw = elf.read_at(ver, 4) if ver is not None else None
+        if raw is not None and len(raw) == 4:
+            hexv = struct.unpack("<I", raw)[0]
+            version = (hexv >> 24, (hexv >> 16) & 0xFF)
+        if version is None:  # before 3.11 (no Py_Version): the file name tells, for the error message
+            m = re.search(r"python(\d)\.(\d+)", os.path.basename(path))
+            version = (int(m.group(1)), int(m.group(2))) if m else None
+        first = min(vaddr for _off, _size, vaddr in elf.segments) & ~0xFFF
+        return _ElfInfo(runtime, version, first)
 
 
 def start_time(pid: int, proc_root: str = "/proc") -> int:
