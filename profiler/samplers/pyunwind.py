@@ -326,9 +326,11 @@ class Trigger:
 
 
 def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None, frequency: int = 99,
-                    interval: int = 2, max_depth: int = 96) -> str:
+                    interval: int = 2, max_depth: int = 96, seen_reset: int = 15) -> str:
     """The bpftrace program unwinding ``targets`` (see the module doc); with ``trigger``, also any
-    process registered later, of any version in :data:`LAYOUTS`."""
+    process registered later, of any version in :data:`LAYOUTS`. A stack's frames are printed at its first
+    sample after every ``seen_reset``-th report (15: every 30 s), its count every report: printing every
+    stack's frames in every report cost bpftrace and the agent's parser per frame per report."""
     targets = sorted(targets, key=lambda t: t.pid)
     if not targets and trigger is None:
         raise ValueError("no targets")
@@ -400,13 +402,14 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
   }}
 }}
 interval:s:{interval} {{
-  clear(@seen);
+  @reports = @reports + 1;
+  if (@reports % {seen_reset} == 0) {{ clear(@seen); }}
   print(@n); clear(@n);
   print(@fr); clear(@fr);
   printf("{END_MARK}\\n");
 }}
 END {{
-  clear(@rt); clear(@v); clear(@seen);
+  clear(@rt); clear(@v); clear(@seen); clear(@reports);
   print(@n); clear(@n);
   print(@fr); clear(@fr);
   printf("{END_MARK}\\n");
@@ -424,9 +427,9 @@ beyond max_depth) -> samples."""
 class ReportParser:
     """bpftrace's printed maps, one report at a time (pure: feed lines, get reports at each marker).
 
-    A stack's frames are printed in each report where it appears, except when its first sample of the
-    period raced the report boundary; frames are remembered per process (:meth:`forget` drops a
-    process's, :data:`MAX_KNOWN` bounds them), so such a count still resolves.
+    A stack's frames are printed once per ``seen_reset`` reports (at its first sample after the reset),
+    its count in every report; frames are remembered per process (:meth:`forget` drops a process's,
+    :data:`MAX_KNOWN` bounds them, the program prints them again within ``seen_reset`` reports).
     """
 
     def __init__(self) -> None:
@@ -456,7 +459,7 @@ class ReportParser:
             n = len(frames)
             if n and sorted(frames) == list(range(n)):  # leaf first in the kernel; root first here
                 known = self.known.setdefault(pid, {})
-                if len(known) >= MAX_KNOWN:  # every report repeats its stacks' frames: forgetting is safe
+                if len(known) >= MAX_KNOWN:  # the program prints every stack again within seen_reset reports
                     known.clear()
                 known[h] = tuple(frames[i] for i in reversed(range(n)))
         report: Report = {}

@@ -68,6 +68,14 @@ def test_script_for_one_version_has_its_offsets_and_no_version_switch() -> None:
     assert "@fr[pid, $h, $j] = (*(uint64 *)uptr($f + 32), *(uint64 *)uptr($f + 56));" in s
 
 
+def test_script_prints_a_stacks_frames_once_per_seen_reset_reports() -> None:
+    """Counts every report, frames only after every seen_reset-th (the parser remembers them between)."""
+    s = unwinder_script([Target(1, (3, 11), 1)], seen_reset=15)
+    interval = s[s.index("interval:s:"):s.index("END {")]
+    assert "if (@reports % 15 == 0) { clear(@seen); }" in interval
+    assert interval.count("clear(@seen)") == 1 and "print(@n); clear(@n);" in interval
+
+
 def test_script_for_mixed_versions_switches_on_the_minor_version() -> None:
     s = unwinder_script([Target(1, (3, 11), 1), Target(2, (3, 12), 2), Target(3, (3, 13), 3)])
     assert "(uint64)($v == 11 ? 40 : ($v == 12 ? 40 : 632))" in s  # interpreters.head
