@@ -561,6 +561,8 @@ class CodeNames:
     def __init__(self, read: Reader, clock: Callable[[], float] = time.monotonic, ttl: float = 300.0) -> None:
         self.read, self.clock, self.ttl = read, clock, ttl
         self._cache: dict[int, tuple[float, dict[int, CodeInfo], dict[tuple[int, int], Frame]]] = {}
+        # pid -> (the frame cache's birth, (code, instruction) pairs of a stack -> its named stack)
+        self._stacks: dict[int, tuple[float, dict[tuple[tuple[int, int], ...], Stack]]] = {}
         self.located = 0  # frames named with a line (distinct (code, instruction) pairs read)
         self.unlocated = 0  # frames named without one
 
@@ -586,6 +588,24 @@ class CodeNames:
                 self.unlocated += 1
             f = frames[(addr, instr)] = Frame(info.name, Kind.USER, info.file, line)
         return f
+
+    def stack(self, pid: int, addrs: tuple[tuple[int, int], ...], layout: Layout) -> Stack:
+        """The named stack of (code, instruction) pairs, cached per process as long as its frames are (a
+        report names the same stacks as the last one: one dict lookup each, not one per frame)."""
+        if not addrs:
+            return ()
+        entry = self._cache.get(pid)
+        cached = self._stacks.get(pid)
+        if entry is not None and cached is not None and cached[0] == entry[0] and self.clock() - entry[0] <= self.ttl:
+            got = cached[1].get(addrs)
+            if got is not None:
+                return got
+        named = tuple(self.frame(pid, a, layout, ip) for a, ip in addrs)
+        born = self._cache[pid][0]
+        if cached is None or cached[0] != born or len(cached[1]) >= MAX_KNOWN:
+            cached = self._stacks[pid] = (born, {})
+        cached[1][addrs] = named
+        return named
 
     def _info(self, pid: int, addr: int, layout: Layout) -> CodeInfo:
         if addr == 0:
@@ -617,6 +637,8 @@ class CodeNames:
         keep = set(keep)
         for pid in [p for p in self._cache if p not in keep]:
             del self._cache[pid]
+        for pid in [p for p in self._stacks if p not in keep]:
+            del self._stacks[pid]
 
 
 # ------------------------------------------------------------------ the sampler
@@ -795,7 +817,7 @@ class PyUnwindSampler:
                 continue
             dest = out.setdefault(pid, {})
             for addrs, c in stacks.items():
-                key = tuple(self.names.frame(pid, a, t.layout, ip) for a, ip in addrs)
+                key = self.names.stack(pid, addrs, t.layout)
                 dest[key] = dest.get(key, 0) + c
                 self.samples += c
         return out

@@ -243,6 +243,17 @@ def test_code_names_read_name_and_short_file_and_cache_per_process() -> None:
     names.frame(4, 0x5000, L11)
     assert len(reads) > n  # expired: read again (the address may hold other code by now)
     assert names.frame(4, 0, L11).name == "[deeper frames]"
+    # whole stacks: the frames' names, cached per process while its frames are; re-read when they expire
+    stack = names.stack(4, ((0x5000, 0), (0, 0)), L11)
+    assert stack == (names.frame(4, 0x5000, L11), names.frame(4, 0, L11))
+    n = len(reads)
+    assert names.stack(4, ((0x5000, 0), (0, 0)), L11) is stack and len(reads) == n
+    assert names.stack(5, ((0x5000, 0),), L11) == (f,) and len(reads) > n  # another process: its own cache
+    now[0] = 200.0
+    n = len(reads)
+    assert names.stack(4, ((0x5000, 0), (0, 0)), L11) == stack and len(reads) > n
+    names.forget([5])
+    assert names.stack(4, (), L11) == ()
     assert names.frame(4, 0x9000, L11).name == "[unknown]"
 
 
