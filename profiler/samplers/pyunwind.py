@@ -371,19 +371,25 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
   if ($ts == 0 || $i == {MAX_THREADS}) {{ return; }}
   $top = {frame};
   $h = (uint64){FNV_OFFSET};
+  $li = (uint64)0;  // 0: the top frame is a shim, every instruction is in the hash and the frames
+  if ($top != 0 && *(uint8 *)uptr($top + {o['frame_owner']}) != {SHIM_OWNER}) {{
+    $li = {rd}($top + {o['frame_instr']});
+  }}
   $f = $top;
   $d = 0;
   while ($d < {max_depth}) {{
     if ($f == 0) {{ break; }}
     if (*(uint8 *)uptr($f + {o['frame_owner']}) != {SHIM_OWNER}) {{
       $h = ($h ^ {rd}($f + {o['frame_code']})) * {FNV_PRIME};
-      $h = ($h ^ {rd}($f + {o['frame_instr']})) * {FNV_PRIME};
+      $h = ($h ^ ({rd}($f + {o['frame_instr']}) * (uint64)($f != $top || $li == 0))) * {FNV_PRIME};
     }}
     $f = {rd}($f + {o['frame_previous']});
     $d++;
   }}
   if ($d == 0) {{ return; }}
-  @n[pid, $h] = count();
+  // the leaf's instruction is in the count's key, not the hash: a busy loop's samples land on many
+  // instructions, and each new hash costs its frames printed (one bpftrace map entry and bpf() calls each)
+  @n[pid, $h, $li] = count();
   if (@seen[pid, $h] == 0) {{
     @seen[pid, $h] = 1;
     $f = $top;
@@ -417,7 +423,8 @@ END {{
 """
 
 
-_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (\d+))?\]: (?:(-?\d+)|\((\d+), (\d+)\))$")
+_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (-?\d+))?\]: (?:(-?\d+)|\((\d+), (\d+)\))$")
+MASK64 = (1 << 64) - 1
 
 Report = dict[int, dict[tuple[tuple[int, int], ...], int]]
 """pid -> stack of (code address, instruction address) per frame (root first; (0, 0) stands for frames
@@ -433,7 +440,7 @@ class ReportParser:
     """
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[int, int], int] = {}
+        self._counts: dict[tuple[int, int, int | None], int] = {}  # (pid, hash, leaf instruction) -> samples
         self._frames: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
         self.known: dict[int, dict[int, tuple[tuple[int, int], ...]]] = {}  # pid -> hash -> stack
         self.unresolved = 0
@@ -448,8 +455,9 @@ class ReportParser:
             return None
         kind, pid, h, idx, val, code, instr = m.groups()
         key = (int(pid), int(h))
-        if kind == "n" and val is not None:
-            self._counts[key] = self._counts.get(key, 0) + int(val)
+        if kind == "n" and val is not None:  # @n[pid, hash, leaf instruction] (or, older, @n[pid, hash])
+            ckey = (*key, int(idx) & MASK64 if idx is not None else None)
+            self._counts[ckey] = self._counts.get(ckey, 0) + int(val)
         elif kind == "fr" and idx is not None and code is not None:
             self._frames.setdefault(key, {})[int(idx)] = (int(code), int(instr))
         return None
@@ -463,11 +471,13 @@ class ReportParser:
                     known.clear()
                 known[h] = tuple(frames[i] for i in reversed(range(n)))
         report: Report = {}
-        for (pid, h), c in self._counts.items():
+        for (pid, h, leaf_instr), c in self._counts.items():
             stack = self.known.get(pid, {}).get(h)
             if stack is None:  # its frames were lost in a report boundary: rare, dropped
                 self.unresolved += c
                 continue
+            if leaf_instr:  # the leaf's instruction of these samples (the frames hold the first's); 0: in them
+                stack = (*stack[:-1], (stack[-1][0], leaf_instr))
             dest = report.setdefault(pid, {})
             dest[stack] = dest.get(stack, 0) + c
         self._counts, self._frames = {}, {}

@@ -63,8 +63,10 @@ def test_script_for_one_version_has_its_offsets_and_no_version_switch() -> None:
     assert "uptr(@rt[pid] + 40) + 16)" in s  # interpreters.head, threads.head of 3.11
     assert "uptr(*(uint64 *)uptr($ts + 56) + 8)" in s  # tstate->cframe->current_frame
     assert "$v ==" not in s and "$v >= 13" not in s
-    # each frame's instruction (3.11's prev_instr) is in the stack's hash and recorded beside its code
-    assert "$h = ($h ^ *(uint64 *)uptr($f + 56)) * 1099511628211;" in s
+    # each caller's instruction (3.11's prev_instr) is in the stack's hash, the leaf's in the count's key;
+    # every frame's is recorded beside its code
+    assert "$h = ($h ^ (*(uint64 *)uptr($f + 56) * (uint64)($f != $top || $li == 0))) * 1099511628211;" in s
+    assert "$li = *(uint64 *)uptr($top + 56);" in s
     assert "@fr[pid, $h, $j] = (*(uint64 *)uptr($f + 32), *(uint64 *)uptr($f + 56));" in s
 
 
@@ -101,6 +103,29 @@ def test_parser_names_stacks_root_first_and_remembers_their_frames() -> None:
     p.forget([11])
     p.feed("@n[10, 5]: 1")
     assert p.feed(END_MARK) == {}
+
+
+def test_parser_gives_each_count_its_own_leaf_instruction() -> None:
+    """The program keys counts by the leaf's instruction (not in the hash): one stack's frames, printed once,
+    name samples at several instructions of the leaf; callers keep their printed call sites."""
+    p = ReportParser()
+    p.feed("@n[10, 5, 107]: 3")
+    p.feed("@n[10, 5, 111]: 2")
+    p.feed("@n[10, 5, 18446744073709551615]: 1")  # printed unsigned
+    p.feed("@n[10, 5, -1]: 1")  # or signed: the same instruction
+    for i, addr in enumerate((100, 200, 300)):  # leaf first, as the kernel writes them
+        p.feed(f"@fr[10, 5, {i}]: ({addr}, {addr + 7})")
+    assert p.feed(END_MARK) == {10: {((300, 307), (200, 207), (100, 107)): 3,
+                                     ((300, 307), (200, 207), (100, 111)): 2,
+                                     ((300, 307), (200, 207), (100, 2**64 - 1)): 2}}
+    p.feed("@n[10, 5, 115]: 4")  # a later report: frames remembered, the new leaf instruction used
+    assert p.feed(END_MARK) == {10: {((300, 307), (200, 207), (100, 115)): 4}}
+
+
+def test_script_keys_counts_by_the_leaf_instruction() -> None:
+    s = unwinder_script([Target(1, (3, 11), 1)])
+    assert "@n[pid, $h, $li] = count();" in s
+    assert "* (uint64)($f != $top || $li == 0)" in s  # the leaf's instruction is not hashed; its callers' are
 
 
 def test_parser_skips_a_stack_with_missing_frame_indexes() -> None:
