@@ -87,9 +87,38 @@ HOT_PY = "def python_hot_function(n):\n    return sum(i * i for i in range(n))\n
          "    python_hot_function(300000)\n"
 
 
+NAMED: dict[str, list[int]] = {}
+"""Per Python worker pod (py38 ... py313): [samples, samples with a Python frame], of the pushes the sink got
+while ``COUNTING`` (the measured window)."""
+COUNTING = threading.Event()
+
+
+def count_named(body: bytes) -> None:
+    """Add one push's samples of the Python worker pods to ``NAMED`` (a frame ``f (file.py)`` is a name)."""
+    import gzip
+
+    from stacks.pprof import decode_pprof
+    from stacks.push import decode_push_request
+
+    for series in decode_push_request(gzip.decompress(body)):
+        pod = dict(series.labels).get("pod", "")
+        if not pod.startswith("py"):
+            continue
+        got = NAMED.setdefault(pod, [0, 0])
+        for raw in series.samples:
+            for stack, n in decode_pprof(raw.raw_profile).merged().as_dict().items():
+                got[0] += n
+                got[1] += n if any(f.name.endswith(".py)") for f in stack) else 0
+
+
 class _Sink(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if COUNTING.is_set():
+            try:
+                count_named(body)
+            except Exception as e:  # a bench figure, not the measurement: say so and go on
+                print(f"push not decoded: {e}", file=sys.stderr)
         self.send_response(200)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -183,6 +212,8 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
         return out
 
     a0, w0, t0, n0 = snapshot(), tree_cpu(wp), time.monotonic(), samples_taken(mport)
+    NAMED.clear()
+    COUNTING.set()
     rss[0] = rss[1] = 0.0
     runs.clear()
     targets.clear()
@@ -191,6 +222,7 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
     stop.set()
     agent.terminate()
     agent.wait(30)
+    COUNTING.clear()
     parts = {k: a1.get(k, 0.0) - a0.get(k, 0.0) for k in a1}
     parts["TOTAL"] = sum(parts.values())
     parts["wall"] = t1 - t0
@@ -202,10 +234,12 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
     parts["samples"] = n1 - n0
     parts["rss_agent"] = rss[0]
     parts["rss_tree"] = rss[1]
+    parts["named"] = {pod: (n, named) for pod, (n, named) in NAMED.items()}  # type: ignore[assignment]
     return parts
 
 
-META = ("wall", "workload", "start-up", "warmup", "pyspy_runs", "pyspy_targets", "samples", "rss_agent", "rss_tree")
+META = ("wall", "workload", "start-up", "warmup", "pyspy_runs", "pyspy_targets", "samples", "rss_agent", "rss_tree",
+        "named")
 
 
 def per_sample(r: dict[str, float]) -> dict[str, float]:
@@ -230,6 +264,11 @@ def report(title: str, r: dict[str, float]) -> None:
     print(f"  workload (the ratio's baseline) used {r['workload']:.2f} CPU s = "
           f"{100 * r['workload'] / wall:.1f} % of one core; ratio agent/workload CPU {r['TOTAL'] / r['workload']:.4f}")
     print(f"  RSS max: agent {r['rss_agent'] / 2**20:.1f} MB, agent + children {r['rss_tree'] / 2**20:.1f} MB")
+    named = r.get("named") or {}
+    if named:
+        print("  Python workers named (samples with a Python frame / samples pushed in the window): " + ", ".join(
+            f"{pod} {100 * k / n:.1f} % of {n}" for pod, (n, k) in sorted(
+                named.items(), key=lambda kv: int(kv[0][2:]) if kv[0][2:].isdigit() else 0) if n))
     us = per_sample(r)
     if us:
         rate = r["samples"] / wall
@@ -358,6 +397,11 @@ def main() -> int:
                 print(f"| {k} | {ub[k]:.1f} | {' | '.join(f'{uc[k]:.1f}' for uc in ucs)} | {ratios} |")
             rates = " | ".join(f"{r['samples'] / r['wall']:.1f}" for _, r in results)
             rss = " | ".join(f"{r['rss_agent'] / 2**20:.1f}" for _, r in results)
+            for pod in sorted({p for _, r in results for p in r.get("named", {})},
+                              key=lambda p: int(p[2:]) if p[2:].isdigit() else 0):
+                cells = " | ".join(f"{100 * r['named'][pod][1] / max(1, r['named'][pod][0]):.1f}"
+                                   if pod in r.get("named", {}) else "-" for _, r in results)
+                print(f"| {pod} named % | {cells} | |")
             print(f"| samples/s | {rates} | |")
             print(f"| agent RSS MB | {rss} | |")
             for cpus in (16, 64):

@@ -38,19 +38,11 @@ from profiler.samplers import bpfstacks
 from profiler.samplers import perf as perf_sampler
 from profiler.samplers.base import Runner, SamplerUnavailable, default_runner
 from profiler.samplers.pyspy import PySpySampler, PyStacks, check_pyspy
-from profiler.samplers.pyunwind import (
-    NotSupported,
-    PyUnwindSampler,
-    RuntimeFinder,
-    Target,
-    alive,
-    bpf_stats_on,
-    check_bpftrace,
-    enable_bpf_stats,
-)
+from profiler.samplers.pyunwind import PyUnwindSampler, bpf_stats_on, check_bpftrace, enable_bpf_stats
 from profiler.settings import AgentSettings
 from profiler.shipper import WALL, Shipper, build_push
 from profiler.spool import Spool
+from profiler.unwind import UnwindSupervisor
 from stacks.model import Labels, Stack
 
 log = logging.getLogger(__name__)
@@ -91,6 +83,7 @@ class Agent:
         environ: Mapping[str, str] | None = None,
         proc: ProcFS | None = None,
         discovery: Discovery | None = None,
+        unwind: UnwindSupervisor | None = None,
     ) -> None:
         self.s = settings
         # the one door to /proc (proc_root) and the discovery of new Python processes through it
@@ -111,16 +104,7 @@ class Agent:
         self._sampler = settings.sampler
         self._bpf_stats_fd: int | None = None  # open while the kernel counts BPF run time for us
         self.pyspy: PySpySampler | None = None
-        self.unwinder: PyUnwindSampler | None = None
-        self._bpftrace_bin = settings.bpftrace_path
-        self._finder = RuntimeFinder(self.proc.root)
-        self._unwind_targets: dict[int, Target] = {}
-        self._unwind_no: dict[int, str] = {}  # pid -> why the unwinder cannot name it (py-spy does)
-        self._unwind_miss: dict[int, int] = {}  # pid -> Python-thread perf samples since its last unwound one
-        self._unwound: dict[int, dict[Stack, int]] = {}  # this interval's unwound stacks per pid
-        self._unwind_changed = 0.0  # when bpftrace last (re)started
-        self._unwind_pruned = 0.0
-        self._unwind_failed = 0  # bpftrace starts in a row that died
+        self._bpftrace_bin = settings.bpftrace_path  # the bpf sampler's (resolved by check())
         self.sched = PyScheduler(
             self.proc.is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
@@ -129,6 +113,12 @@ class Agent:
             shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}),
             interval_hint=settings.push_interval, lifetime_share=self.proc.lifetime_share)
         self._py_lock = threading.Lock()  # guards sched and hold (py-spy threads report into sched)
+        # the in-kernel unwinder's supervisor: which processes bpftrace names, its restarts and give-up
+        self.unwind = unwind or UnwindSupervisor(
+            self.proc, self.discovery, frequency=settings.frequency, interval=settings.pyunwind_interval,
+            max_depth=settings.pyunwind_max_depth, restart_seconds=settings.pyunwind_restart_seconds,
+            bpftrace=settings.bpftrace_path, runner=runner, clock=clock)
+        self.unwind.bind(self.sched, self._py_lock)
         # only with perf: without it py-spy's own samples are the data, named from the start
         self.hold = NameHold(settings.pyspy_hold_seconds if settings.perf and settings.pyspy else 0.0)
         self._wall: list[PyStacks] = []
@@ -164,26 +154,22 @@ class Agent:
             self._pyspy_bin = check_pyspy(self.s.pyspy_path)
         if self.s.pyunwind != "off" and self.s.perf:
             try:
-                self._bpftrace_bin = check_bpftrace(self.s.bpftrace_path)
+                self.unwind.bpftrace = check_bpftrace(self.s.bpftrace_path)
             except SamplerUnavailable as e:
                 if self.s.pyunwind == "on":
                     raise
                 log.warning("%s; Python names come from py-spy alone", e)
-                self._bpftrace_bin = ""
+                self.unwind.bpftrace = ""
 
     def start(self) -> None:
         if self.s.perf:
             self.perf = self._start_sampler()
         if self.s.pyspy:
-            self.pyspy = PySpySampler(self._on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
+            self.pyspy = PySpySampler(self.on_python, pyspy=self._pyspy_bin, rate=self.s.wall_rate,
                                       duration=self.s.pyspy_duration, runner=self.runner, clock=self.clock,
                                       gil=self.s.pyspy_gil)
-        if self.s.pyunwind != "off" and self.perf is not None and self._bpftrace_bin:
-            self.unwinder = PyUnwindSampler(
-                self._on_unwound, bpftrace=self._bpftrace_bin, frequency=self.s.frequency,
-                interval=self.s.pyunwind_interval, max_depth=self.s.pyunwind_max_depth, runner=self.runner,
-                proc_root=self.proc.root, clock=self.clock)
-            self.unwinder.stats_counted = self._count_bpf()
+        if self.s.pyunwind != "off" and self.perf is not None and self.unwind.bpftrace:
+            self.unwind.start(self._count_bpf())
         self.shipper.start()
         if self.s.metrics_port >= 0:
             self.metrics_port = start_metrics(self, self.s.metrics_host, self.s.metrics_port)
@@ -226,7 +212,7 @@ class Agent:
                             "(needs CAP_SYS_ADMIN); sysctl kernel.bpf_stats_enabled=1 counts it")
         return self._bpf_stats_fd is not None
 
-    def _on_python(self, res: PyStacks) -> None:
+    def on_python(self, res: PyStacks) -> None:
         """A py-spy run ended (py-spy threads call this)."""
         if res.idle:
             with self._py_lock:
@@ -249,18 +235,7 @@ class Agent:
         if self.perf is None and res.stacks:  # py-spy only: its samples are the data
             self.collector.add_stacks(res.pid, self._name(res.pid), res.stacks)
 
-    def _on_unwound(self, pid: int, stacks: dict[Stack, int]) -> None:
-        """One report of the in-kernel unwinder for one process (its reader thread calls this)."""
-        with self._py_lock:
-            if pid not in self.sched.external:
-                return
-            dest = self._unwound.setdefault(pid, {})
-            for k, c in stacks.items():
-                dest[k] = dest.get(k, 0) + c
-            self._unwind_miss[pid] = 0
-            self.sched.on_external(pid, stacks, self.clock())
-
-    def _prime_labels(self, current: Mapping[int, int]) -> None:
+    def prime_labels(self, current: Mapping[int, int]) -> None:
         """Resolve each sampled process's labels while it still runs (cached 60 s by the resolver): a
         short job that exits before the push would otherwise lose its pod (measured: most of the samples
         of 3 s jobs went out with the process name only)."""
@@ -270,75 +245,15 @@ class Agent:
             except Exception as e:  # labels are best effort
                 log.debug("labelling pid %d early failed: %s", pid, e)
 
+    @property
+    def unwinder(self) -> PyUnwindSampler | None:
+        """The in-kernel unwinder's sampler while it runs (None: off, not started, or given up)."""
+        return self.unwind.sampler
+
     def poll_unwind(self, current: Mapping[int, int]) -> None:
         """Give new Python processes to the in-kernel unwinder; hand those it cannot name to py-spy."""
-        u = self.unwinder
-        if u is None or u.stopped:
-            return
-        now = self.clock()
-        with self._py_lock:
-            python = self.collector.python_pids() | {p for p in current if self.sched._python_pid(p)}
-            seen = [p for p in current if p in python]
-        # perf's samples reach the agent 1-2 s late: a new python* process is also found by its /proc
-        # entry, so a short job is unwound from its first second
-        for pid in sorted(set(seen) | set(self.discovery.new_python_pids())):
-            if pid in self._unwind_targets or pid in self._unwind_no or pid in self.sched.own:
-                continue
-            try:
-                self._unwind_targets[pid] = self._finder.find(pid)
-            except NotSupported as e:
-                self._unwind_no[pid] = str(e)
-                if self.proc.exists(pid):  # not merely gone already
-                    log.info("py-spy names %s", e)
-        if self._unwind_targets and not u.running and u.targets and now - self._unwind_changed > 10.0:
-            self._unwind_failed += 1  # bpftrace died: its processes go to py-spy after the third time
-            log.warning("bpftrace stopped (%s); restart %d of 3", u.last_error or "no message", self._unwind_failed)
-            if self._unwind_failed >= 3:
-                self._give_up_unwind(u.last_error)
-                return
-        elif u.running and now - self._unwind_changed > 10.0:
-            self._unwind_failed = 0
-        if now - self._unwind_pruned >= 10.0:  # processes gone (or their pid reused) leave the program
-            self._unwind_pruned = now
-            self._unwind_targets = {p: t for p, t in self._unwind_targets.items()
-                                    if alive(t, self.proc.root)}
-            with self._py_lock:
-                known = set(self.sched.states)
-            for d in (self._unwind_no, self._unwind_miss):
-                for pid in [p for p in d if p not in known]:
-                    del d[pid]
-        changed = self._unwind_targets != u.targets or (self._unwind_targets and not u.running)
-        # with the trigger a change is one libc call; without it a restart (~0.25 CPU s), so batched
-        live_update = u.trigger is not None and u.running
-        due = live_update or now - self._unwind_changed >= self.s.pyunwind_restart_seconds or not u.running
-        if changed and due:
-            with self._py_lock:
-                self.sched.external = set(self._unwind_targets)
-            starts = u.starts
-            u.set_targets(self._unwind_targets)
-            if u.starts != starts:
-                self._unwind_changed = now
-
-    def _give_up_unwind(self, why: str) -> None:
-        log.warning("in-kernel Python unwinding off (%s); py-spy names every Python process", why or "bpftrace died")
-        if self.unwinder is not None:
-            self.unwinder.stop()
-        self.unwinder = None
-        with self._py_lock:
-            self.sched.external = set()
-
-    def _check_unwound(self, pids: Mapping[int, PidSamples]) -> None:
-        """A process the unwinder never names while perf sees its Python threads goes to py-spy."""
-        for pid, ps in pids.items():
-            if pid not in self.sched.external:
-                continue
-            miss = self._unwind_miss.get(pid, 0) + ps.count - sum(ps.native.values())
-            self._unwind_miss[pid] = miss
-            if miss > 20 * self.s.frequency:  # ~20 s of one core's samples and not one unwound
-                log.info("pid %d: the in-kernel unwinder finds no Python frames; py-spy names it", pid)
-                self._unwind_no[pid] = "no frames unwound"
-                self._unwind_targets.pop(pid, None)
-                self.sched.external.discard(pid)
+        if self.unwind.active:
+            self.unwind.poll(current, self.collector.python_pids())
 
     def _name(self, pid: int) -> str:
         return self.resolver.process_name(pid)
@@ -380,8 +295,8 @@ class Agent:
         if self.pyspy is not None:  # every sample counts for the scheduler in its own interval, held or not
             counts = {pid: ps.count for pid, ps in pids.items()} if self.perf is not None else self._psutil_counts()
         with self._py_lock:
-            unwound, self._unwound = self._unwound, {}
-            self._check_unwound(pids)
+            unwound = self.unwind.take()
+            self.unwind.check(pids)
             # an unwound process is named by this interval's own samples; else by its latest shape
             shapes = {pid: sh for pid in pids if (sh := unwound.get(pid) or self.sched.shape(pid)) is not None}
             wall, self._wall = self._wall, []
@@ -431,13 +346,13 @@ class Agent:
         self.samples_spooled += n
         return n
 
-    def _labels(self, pid: int, comm: str) -> Labels:
+    def labels_of(self, pid: int, comm: str) -> Labels:
         return self.resolver.resolve(pid, comm).labels(self.node)
 
     def _try_labels(self, pid: int, comm: str) -> Labels | None:
         """The process's labels, or None (counted in ``label_errors``) when they cannot be had."""
         try:
-            return self._labels(pid, comm)
+            return self.labels_of(pid, comm)
         except Exception as e:  # labels are best effort
             self.label_errors += 1
             log.debug("labelling pid %d failed: %s", pid, e)
@@ -447,7 +362,7 @@ class Agent:
         """Every second: labels of new processes, the unwinder's processes, and the py-spy runs the
         scheduler wants now (probes for new busy Python processes, refreshes)."""
         current = self.collector.counts() if self.perf is not None else {}
-        self._prime_labels(current)
+        self.prime_labels(current)
         self.poll_unwind(current)
         if self.pyspy is None:
             return
@@ -476,7 +391,7 @@ class Agent:
         first = min(r.started for r in runs)
         for r in runs:
             try:
-                labels = self._labels(r.pid, self._name(r.pid))
+                labels = self.labels_of(r.pid, self._name(r.pid))
             except Exception:  # labels are best effort
                 labels = Labels.of(node=self.node, process=str(r.pid))
             dest = series.setdefault(labels, {})
@@ -503,8 +418,7 @@ class Agent:
         log.info("stopping: flushing samples")
         if self.pyspy is not None:
             self.pyspy.stop()
-        if self.unwinder is not None:
-            self.unwinder.stop()  # its last report comes in before the final tick
+        self.unwind.stop()  # its last report comes in before the final tick
         if self.perf is not None:
             self.perf.stop()
         self.tick(wall0, self.wallclock(), final=True)
@@ -521,7 +435,8 @@ class Agent:
     # ---------------------------------------------------------------- self-observation
     def stats(self) -> dict[str, Any]:
         cpu = self.proc.own_cpu_seconds()
-        parts = [p.bpf_seconds() for p in (self.unwinder, self.perf) if p is not None and hasattr(p, "bpf_seconds")]
+        parts = [self.unwind.bpf_seconds()] + ([self.perf.bpf_seconds()] if isinstance(self.perf, bpfstacks.BpfSampler)
+                                               else [])
         bpf = sum(x for x in parts if x is not None) if any(x is not None for x in parts) else None
         up = max(1e-9, self.clock() - self.started)
         with self._py_lock:  # py-spy threads change the scheduler's states
@@ -552,9 +467,9 @@ class Agent:
             "pyspy_samples": self.pyspy.samples if self.pyspy else 0,
             "python_processes": n_python,
             "python_processes_named": n_named,
-            "pyunwind_processes": len(self.unwinder.targets) if self.unwinder else 0,
-            "pyunwind_samples": self.unwinder.samples if self.unwinder else 0,
-            "pyunwind_starts": self.unwinder.starts if self.unwinder else 0,
+            "pyunwind_processes": self.unwind.processes,
+            "pyunwind_samples": self.unwind.samples,
+            "pyunwind_starts": self.unwind.starts,
             "samples_held": held,
             "held_released_named": self.hold.released_named,
             "held_released_unnamed": self.hold.released_unnamed,

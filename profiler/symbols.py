@@ -256,6 +256,37 @@ class _Elf:
             funcs = _one_per_address(funcs, same, self.read(strtab))
         return funcs, strtab
 
+    def symbol_value(self, name: str) -> int | None:
+        """``st_value`` of the symbol ``name`` (any kind) in ``.dynsym``, else ``.symtab``; None without one.
+
+        One search of the string table and one numpy compare, where pyelftools builds an object per symbol
+        (0.08-0.09 s per libpython, measured; this reads it in a few ms)."""
+        want = name.encode() + b"\0"
+        for secname in (".dynsym", ".symtab"):
+            sec = self.section(secname)
+            if sec is None or sec[1] not in (_SHT_SYMTAB, _SHT_DYNSYM) or sec[5] > ELF_MAX_BYTES:
+                continue
+            strs = self.read(self.sections[sec[6]])
+            offs, at = [], strs.find(want)
+            while at >= 0:  # linkers merge string tails: the name may also be the tail of a longer one
+                offs.append(at)
+                at = strs.find(want, at + 1)
+            if not offs:
+                continue
+            syms = np.frombuffer(self.read(sec), dtype=_SYM)
+            hit = syms[np.isin(syms["name"], np.array(offs, dtype=np.uint32)) & (syms["shndx"] != 0)]
+            if len(hit):
+                return int(hit["value"][0])
+        return None
+
+    def read_at(self, vaddr: int, size: int) -> bytes | None:
+        """``size`` bytes of the file at virtual address ``vaddr`` (a PT_LOAD segment's file part), or None."""
+        for off, filesz, start in self.segments:
+            if start <= vaddr < start + filesz:
+                self.f.seek(off + vaddr - start)
+                return self.f.read(size)
+        return None
+
     def build_id(self) -> str | None:
         for sec in self.sections:
             if sec[1] != _SHT_NOTE or sec[5] > 4096:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
 import struct
 import subprocess
@@ -66,6 +67,7 @@ MAPS_STALE_SECONDS = 2.0  # an address outside a process's maps re-reads them at
 PID_IDLE_REPORTS = 30  # a process without samples for this many reports is forgotten
 COMMS_MAX = 200_000  # thread names remembered (each row carries its own, so forgetting is safe)
 READY_TIMEOUT = 60.0  # seconds bpftrace may take to compile and attach (LLVM; slow on a loaded node)
+REPORTS_QUEUED = 3  # reports read but not named yet; past it the reader waits (and bpftrace on the pipe)
 REPORT_MAX = 64 << 20  # characters of one report (~250,000 map entries of ~60; the maps hold 262,144 keys)
 
 MISSING_HELP = ("install it (Debian: apt-get install bpftrace), set --bpftrace-path, "
@@ -469,7 +471,28 @@ class BpfSampler:
             log.error("bpf sampler could not start: %s", self.last_error)
 
     def _read(self, proc: Proc) -> None:
-        """Read bpftrace's output a report at a time; name and hand each report over."""
+        """Read bpftrace's output: new processes' maps at once, reports handed to a naming thread.
+
+        Naming a report takes a while on a loaded node; a new process's notice read only after it would
+        often find the process gone (measured: 9 of 66 samples of 0.3 s jobs unnamed at load 10)."""
+        reports: queue.Queue[str | None] = queue.Queue(maxsize=REPORTS_QUEUED)
+        namer = threading.Thread(target=self._name_reports, args=(reports,), name="bpf-sampler-names", daemon=True)
+        namer.start()
+        try:
+            self._read_into(proc, reports)
+        finally:
+            reports.put(None)
+            namer.join()
+
+    def _name_reports(self, reports: queue.Queue[str | None]) -> None:
+        while (text := reports.get()) is not None:
+            try:
+                self._report(text)
+            except Exception as e:  # one bad report must not stop the next ones
+                self.last_error = f"naming a report: {e}"
+                log.error("bpf sampler: naming a report failed: %s", e)
+
+    def _read_into(self, proc: Proc, reports: queue.Queue[str | None]) -> None:
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         _grow_pipe(fd)  # bpftrace writes a report while the agent still names the previous one
@@ -491,7 +514,7 @@ class BpfSampler:
                     self.namer.new_process(int(pid))
             while end in buf:
                 report, buf = buf.split(end, 1)
-                self._report(report)
+                reports.put(report)
             if len(buf) > REPORT_MAX:  # bound: a report that never ends is dropped, not kept growing
                 log.warning("bpf sampler: a report over %d MB without its end marker was dropped", REPORT_MAX >> 20)
                 buf = ""

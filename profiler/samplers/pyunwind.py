@@ -189,36 +189,29 @@ class _ElfInfo:
 
 def _elf_info(path: str) -> _ElfInfo | None:
     """``_PyRuntime`` and ``Py_Version`` from an interpreter's ELF symbols; None when it has none."""
-    from elftools.elf.elffile import ELFFile  # imported here: only the agent needs it
+    from profiler.symbols import _Elf
 
     with open(path, "rb") as f:
-        elf = ELFFile(f)
-        loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-        if not loads:
+        try:
+            elf = _Elf(f)
+        except ValueError:  # not a 64-bit little-endian ELF file
             return None
-        for name in (".dynsym", ".symtab"):
-            sec = elf.get_section_by_name(name)
-            if sec is None or not hasattr(sec, "get_symbol_by_name"):
-                continue
-            rt = sec.get_symbol_by_name("_PyRuntime")
-            if not rt:
-                continue
-            version = None
-            ver = sec.get_symbol_by_name("Py_Version")  # PY_VERSION_HEX, exported since 3.11
-            if ver:
-                addr = ver[0]["st_value"]
-                for seg in loads:
-                    if seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-                        f.seek(seg["p_offset"] + addr - seg["p_vaddr"])
-                        hexv = struct.unpack("<I", f.read(4))[0]
-                        version = (hexv >> 24, (hexv >> 16) & 0xFF)
-                        break
-            if version is None:  # before 3.11 (no Py_Version): the file name tells, for the error message
-                m = re.search(r"python(\d)\.(\d+)", os.path.basename(path))
-                version = (int(m.group(1)), int(m.group(2))) if m else None
-            first = min(s["p_vaddr"] for s in loads) & ~0xFFF
-            return _ElfInfo(rt[0]["st_value"], version, first)
-    return None
+        if not elf.segments:
+            return None
+        runtime = elf.symbol_value("_PyRuntime")
+        if runtime is None:
+            return None
+        version = None
+        ver = elf.symbol_value("Py_Version")  # PY_VERSION_HEX, exported since 3.11
+        raw = elf.read_at(ver, 4) if ver is not None else None
+        if raw is not None and len(raw) == 4:
+            hexv = struct.unpack("<I", raw)[0]
+            version = (hexv >> 24, (hexv >> 16) & 0xFF)
+        if version is None:  # before 3.11 (no Py_Version): the file name tells, for the error message
+            m = re.search(r"python(\d)\.(\d+)", os.path.basename(path))
+            version = (int(m.group(1)), int(m.group(2))) if m else None
+        first = min(vaddr for _off, _size, vaddr in elf.segments) & ~0xFFF
+        return _ElfInfo(runtime, version, first)
 
 
 def start_time(pid: int, proc_root: str = "/proc") -> int:
@@ -333,9 +326,11 @@ class Trigger:
 
 
 def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None, frequency: int = 99,
-                    interval: int = 2, max_depth: int = 96) -> str:
+                    interval: int = 2, max_depth: int = 96, seen_reset: int = 15) -> str:
     """The bpftrace program unwinding ``targets`` (see the module doc); with ``trigger``, also any
-    process registered later, of any version in :data:`LAYOUTS`."""
+    process registered later, of any version in :data:`LAYOUTS`. A stack's frames are printed at its first
+    sample after every ``seen_reset``-th report (15: every 30 s), its count every report: printing every
+    stack's frames in every report cost bpftrace and the agent's parser per frame per report."""
     targets = sorted(targets, key=lambda t: t.pid)
     if not targets and trigger is None:
         raise ValueError("no targets")
@@ -376,19 +371,25 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
   if ($ts == 0 || $i == {MAX_THREADS}) {{ return; }}
   $top = {frame};
   $h = (uint64){FNV_OFFSET};
+  $li = (uint64)0;  // 0: the top frame is a shim, every instruction is in the hash and the frames
+  if ($top != 0 && *(uint8 *)uptr($top + {o['frame_owner']}) != {SHIM_OWNER}) {{
+    $li = {rd}($top + {o['frame_instr']});
+  }}
   $f = $top;
   $d = 0;
   while ($d < {max_depth}) {{
     if ($f == 0) {{ break; }}
     if (*(uint8 *)uptr($f + {o['frame_owner']}) != {SHIM_OWNER}) {{
       $h = ($h ^ {rd}($f + {o['frame_code']})) * {FNV_PRIME};
-      $h = ($h ^ {rd}($f + {o['frame_instr']})) * {FNV_PRIME};
+      $h = ($h ^ ({rd}($f + {o['frame_instr']}) * (uint64)($f != $top || $li == 0))) * {FNV_PRIME};
     }}
     $f = {rd}($f + {o['frame_previous']});
     $d++;
   }}
   if ($d == 0) {{ return; }}
-  @n[pid, $h] = count();
+  // the leaf's instruction is in the count's key, not the hash: a busy loop's samples land on many
+  // instructions, and each new hash costs its frames printed (one bpftrace map entry and bpf() calls each)
+  @n[pid, $h, $li] = count();
   if (@seen[pid, $h] == 0) {{
     @seen[pid, $h] = 1;
     $f = $top;
@@ -407,13 +408,14 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
   }}
 }}
 interval:s:{interval} {{
-  clear(@seen);
+  @reports = @reports + 1;
+  if (@reports % {seen_reset} == 0) {{ clear(@seen); }}
   print(@n); clear(@n);
   print(@fr); clear(@fr);
   printf("{END_MARK}\\n");
 }}
 END {{
-  clear(@rt); clear(@v); clear(@seen);
+  clear(@rt); clear(@v); clear(@seen); clear(@reports);
   print(@n); clear(@n);
   print(@fr); clear(@fr);
   printf("{END_MARK}\\n");
@@ -421,7 +423,8 @@ END {{
 """
 
 
-_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (\d+))?\]: (?:(-?\d+)|\((\d+), (\d+)\))$")
+_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (-?\d+))?\]: (?:(-?\d+)|\((\d+), (\d+)\))$")
+MASK64 = (1 << 64) - 1
 
 Report = dict[int, dict[tuple[tuple[int, int], ...], int]]
 """pid -> stack of (code address, instruction address) per frame (root first; (0, 0) stands for frames
@@ -431,13 +434,13 @@ beyond max_depth) -> samples."""
 class ReportParser:
     """bpftrace's printed maps, one report at a time (pure: feed lines, get reports at each marker).
 
-    A stack's frames are printed in each report where it appears, except when its first sample of the
-    period raced the report boundary; frames are remembered per process (:meth:`forget` drops a
-    process's, :data:`MAX_KNOWN` bounds them), so such a count still resolves.
+    A stack's frames are printed once per ``seen_reset`` reports (at its first sample after the reset),
+    its count in every report; frames are remembered per process (:meth:`forget` drops a process's,
+    :data:`MAX_KNOWN` bounds them, the program prints them again within ``seen_reset`` reports).
     """
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[int, int], int] = {}
+        self._counts: dict[tuple[int, int, int | None], int] = {}  # (pid, hash, leaf instruction) -> samples
         self._frames: dict[tuple[int, int], dict[int, tuple[int, int]]] = {}
         self.known: dict[int, dict[int, tuple[tuple[int, int], ...]]] = {}  # pid -> hash -> stack
         self.unresolved = 0
@@ -452,8 +455,9 @@ class ReportParser:
             return None
         kind, pid, h, idx, val, code, instr = m.groups()
         key = (int(pid), int(h))
-        if kind == "n" and val is not None:
-            self._counts[key] = self._counts.get(key, 0) + int(val)
+        if kind == "n" and val is not None:  # @n[pid, hash, leaf instruction] (or, older, @n[pid, hash])
+            ckey = (*key, int(idx) & MASK64 if idx is not None else None)
+            self._counts[ckey] = self._counts.get(ckey, 0) + int(val)
         elif kind == "fr" and idx is not None and code is not None:
             self._frames.setdefault(key, {})[int(idx)] = (int(code), int(instr))
         return None
@@ -463,15 +467,17 @@ class ReportParser:
             n = len(frames)
             if n and sorted(frames) == list(range(n)):  # leaf first in the kernel; root first here
                 known = self.known.setdefault(pid, {})
-                if len(known) >= MAX_KNOWN:  # every report repeats its stacks' frames: forgetting is safe
+                if len(known) >= MAX_KNOWN:  # the program prints every stack again within seen_reset reports
                     known.clear()
                 known[h] = tuple(frames[i] for i in reversed(range(n)))
         report: Report = {}
-        for (pid, h), c in self._counts.items():
+        for (pid, h, leaf_instr), c in self._counts.items():
             stack = self.known.get(pid, {}).get(h)
             if stack is None:  # its frames were lost in a report boundary: rare, dropped
                 self.unresolved += c
                 continue
+            if leaf_instr:  # the leaf's instruction of these samples (the frames hold the first's); 0: in them
+                stack = (*stack[:-1], (stack[-1][0], leaf_instr))
             dest = report.setdefault(pid, {})
             dest[stack] = dest.get(stack, 0) + c
         self._counts, self._frames = {}, {}
@@ -565,6 +571,8 @@ class CodeNames:
     def __init__(self, read: Reader, clock: Callable[[], float] = time.monotonic, ttl: float = 300.0) -> None:
         self.read, self.clock, self.ttl = read, clock, ttl
         self._cache: dict[int, tuple[float, dict[int, CodeInfo], dict[tuple[int, int], Frame]]] = {}
+        # pid -> (the frame cache's birth, (code, instruction) pairs of a stack -> its named stack)
+        self._stacks: dict[int, tuple[float, dict[tuple[tuple[int, int], ...], Stack]]] = {}
         self.located = 0  # frames named with a line (distinct (code, instruction) pairs read)
         self.unlocated = 0  # frames named without one
 
@@ -590,6 +598,24 @@ class CodeNames:
                 self.unlocated += 1
             f = frames[(addr, instr)] = Frame(info.name, Kind.USER, info.file, line)
         return f
+
+    def stack(self, pid: int, addrs: tuple[tuple[int, int], ...], layout: Layout) -> Stack:
+        """The named stack of (code, instruction) pairs, cached per process as long as its frames are (a
+        report names the same stacks as the last one: one dict lookup each, not one per frame)."""
+        if not addrs:
+            return ()
+        entry = self._cache.get(pid)
+        cached = self._stacks.get(pid)
+        if entry is not None and cached is not None and cached[0] == entry[0] and self.clock() - entry[0] <= self.ttl:
+            got = cached[1].get(addrs)
+            if got is not None:
+                return got
+        named = tuple(self.frame(pid, a, layout, ip) for a, ip in addrs)
+        born = self._cache[pid][0]
+        if cached is None or cached[0] != born or len(cached[1]) >= MAX_KNOWN:
+            cached = self._stacks[pid] = (born, {})
+        cached[1][addrs] = named
+        return named
 
     def _info(self, pid: int, addr: int, layout: Layout) -> CodeInfo:
         if addr == 0:
@@ -621,6 +647,8 @@ class CodeNames:
         keep = set(keep)
         for pid in [p for p in self._cache if p not in keep]:
             del self._cache[pid]
+        for pid in [p for p in self._stacks if p not in keep]:
+            del self._stacks[pid]
 
 
 # ------------------------------------------------------------------ the sampler
@@ -799,7 +827,7 @@ class PyUnwindSampler:
                 continue
             dest = out.setdefault(pid, {})
             for addrs, c in stacks.items():
-                key = tuple(self.names.frame(pid, a, t.layout, ip) for a, ip in addrs)
+                key = self.names.stack(pid, addrs, t.layout)
                 dest[key] = dest.get(key, 0) + c
                 self.samples += c
         return out

@@ -30,8 +30,8 @@ def test_agent_names_unwound_processes_by_their_own_interval(tmp_path: Path) -> 
     agent.collector.add(PerfSample("python3", pid, pid, None, None, None, kernel), 10)
     agent.sched.external = {pid}
     a, b = (U("<module> (w.py)"), U("serve (w.py)")), (U("<module> (w.py)"), U("render (w.py)"))
-    agent._on_unwound(pid, {a: 3, b: 1})
-    agent._on_unwound(pid + 1, {a: 5})  # not external: ignored
+    agent.unwind.on_report(pid, {a: 3, b: 1})
+    agent.unwind.on_report(pid + 1, {a: 5})  # not external: ignored
     assert agent.tick(0, 10_000_000_000) == 40
     entry = agent.spool.peek()
     assert entry is not None
@@ -85,8 +85,8 @@ def test_agent_keeps_the_pod_of_a_job_that_exits_before_the_push(tmp_path: Path)
     s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "proc_root": str(tmp_path),
                            "node_name": "n1"}, environ={})
     agent = Agent(s, environ={})
-    agent._prime_labels({4321: 3, 9999: 1})  # 9999 has no /proc entry
+    agent.prime_labels({4321: 3, 9999: 1})  # 9999 has no /proc entry
     _shutil.rmtree(job)
-    labels = dict(agent._labels(4321, "python3"))
+    labels = dict(agent.labels_of(4321, "python3"))
     assert (labels["namespace"], labels["pod"], labels["container"]) == ("batch", "job-1", "job")
-    assert dict(agent._labels(9999, "cron-thing"))["process"] == "cron-thing"
+    assert dict(agent.labels_of(9999, "cron-thing"))["process"] == "cron-thing"

@@ -28,6 +28,41 @@ def test_spread_keeps_the_total_exactly(n: int, weights: dict) -> None:
         assert abs(v - n * weights[k] / total) < 1
 
 
+def _reference_spread(n: int, weights: dict) -> dict:
+    """The first implementation (pure Python, one sort per call): the numpy one must equal it exactly."""
+    import math
+
+    total = sum(weights.values())
+    if n <= 0 or total <= 0:
+        return {}
+    keys = sorted(weights, key=lambda k: (-weights[k], k))
+    if all(isinstance(w, int) for w in weights.values()):
+        base = {k: n * int(weights[k]) // int(total) for k in keys}
+        rem = {k: n * int(weights[k]) % int(total) for k in keys}
+    else:
+        exact = {k: n * weights[k] / total for k in keys}
+        base = {k: math.floor(exact[k]) for k in keys}
+        rem = {k: exact[k] - base[k] for k in keys}
+    left = n - sum(base.values())
+    order = {k: i for i, k in enumerate(keys)}
+    for k in sorted(keys, key=lambda k: (-rem[k], order[k]))[:left]:
+        base[k] += 1
+    return {k: v for k, v in base.items() if v > 0}
+
+
+@given(st.integers(0, 10_000), WEIGHTS, st.booleans())
+def test_spread_equals_the_reference_for_int_and_float_weights(n: int, weights: dict, floats: bool) -> None:
+    weights = {tuple(U(x) for x in k): (v / 7 if floats else v) for k, v in weights.items()}
+    assert spread(n, weights) == _reference_spread(n, weights)
+
+
+def test_spread_is_exact_with_huge_integer_weights() -> None:
+    a, b, c = (U("a"),), (U("b"),), (U("c"),)
+    weights = {a: 3 * 10**15, b: 10**15, c: 1}  # past int64-safe products: exact Python ints
+    assert spread(5_000_000, weights) == _reference_spread(5_000_000, weights)
+    assert spread(7, weights) == _reference_spread(7, weights) == {a: 5, b: 2}
+
+
 def test_combine_replaces_user_samples_and_keeps_kernel_frames_under_python() -> None:
     interp = (U("_start"), U("Py_RunMain"), U("_PyEval_EvalFrameDefault"))
     kern = (K("entry_SYSCALL_64"), K("ksys_write"))

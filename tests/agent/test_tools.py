@@ -91,7 +91,7 @@ def test_agent_with_pyunwind_on_refuses_to_start_without_bpftrace(tmp_path: Path
         agent("on").check()
     a = agent("auto")
     a.check()
-    assert a._bpftrace_bin == ""  # no unwinder: py-spy names every Python process
+    assert a.unwind.bpftrace == ""  # no unwinder: py-spy names every Python process
 
 
 HOT_PY = """

@@ -47,7 +47,7 @@ def test_agent_pushes_finished_wall_runs_as_a_wall_series(tmp_path: Path) -> Non
                 environ={})
     agent = Agent(s, environ={})
     wait = (U("<module> (app.py)"), U("waiting_for_io (app.py)"))
-    agent._on_python(PyStacks(os.getpid(), {wait: 12}, 0.0, 10.0, 5, idle=True))
+    agent.on_python(PyStacks(os.getpid(), {wait: 12}, 0.0, 10.0, 5, idle=True))
     assert agent.tick(10**18, 10**18 + 10**10) == 0  # no CPU samples this interval
     entry = agent.spool.peek()
     assert entry is not None and len(agent.spool) == 1 and agent.stats()["wall_samples"] == 12
