@@ -83,7 +83,11 @@ def test_real_bpftrace_is_restarted_after_it_dies_and_given_up_after_the_third_t
     sup = UnwindSupervisor(ProcFS(), Discovery(ProcFS(str(empty))), bpftrace=bpftrace, interval=1,
                            clock=lambda: now[0])
     sched = _bound(sup)
-    worker = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(0.01)"])
+    worker = subprocess.Popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\n"
+                               "while True: time.sleep(0.01)"], stdout=subprocess.PIPE)
+    # polled only once its interpreter runs: a process still starting has no CPython to unwind yet
+    # (a full run without ../shared, load ~5, polled too early and the worker was not taken)
+    assert worker.stdout is not None and worker.stdout.readline() == b"ready\n"
     try:
         assert sup.start()
         u = sup.sampler
