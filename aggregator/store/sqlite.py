@@ -557,6 +557,8 @@ class SQLiteStore:
     def _located(self, frame: Frame) -> stackcodec.Located:
         loc = self._loc_ids.get(frame)
         if loc is None:
+            if len(self._loc_ids) > _LOCATED_FRAMES:  # bounded as the reader's: ids are looked up again
+                self._loc_ids.clear()
             fn = frame.function()
             loc = (self._frame_id(fn), self._file_id(frame.file) if frame.file else 0, int(frame.line))
             self._loc_ids[frame] = loc
