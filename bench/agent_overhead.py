@@ -25,11 +25,15 @@ report adds the cost per sample (agent, children and BPF apart, and
 together), samples/s, the agent's RSS (max over 1 s polls) and the
 extrapolation to a busy 16- and 64-CPU node at 99 Hz.
 
+With ``--node-cpus N`` both agents sample at ``99 * N / CPUs`` Hz (792 Hz for N=16 on 2 CPUs): the
+samples per second a busy N-CPU node takes at 99 Hz, so the agent's whole cost at that load is measured
+(its fixed costs spread over N times more samples) instead of extrapolated from the 99 Hz figure.
+
 With ``--samplers perf,bpf`` the work tree's agent is measured once per
 sampler (``--sampler``), one after the other on the same workload.
 
 Usage: python bench/agent_overhead.py [DURATION=60] [--busy] [--warmup S] [--no-pyspy] [--baseline REV]
-       [--samplers perf,bpf] [--pythons DIR,...] [-- AGENT ARGS...]
+       [--samplers perf,bpf] [--pythons DIR,...] [--node-cpus N] [-- AGENT ARGS...]
 """
 
 from __future__ import annotations
@@ -252,9 +256,9 @@ def per_sample(r: dict[str, float]) -> dict[str, float]:
             "bpf": 1e6 * r["bpf in kernel"] / n, "total": 1e6 * r["TOTAL"] / n}
 
 
-def report(title: str, r: dict[str, float]) -> None:
+def report(title: str, r: dict[str, float], frequency: int = 99) -> None:
     wall = r["wall"]
-    print(f"{title}: agent overhead at 99 Hz over {wall:.0f} s, {os.cpu_count()}-core machine, load average "
+    print(f"{title}: agent overhead at {frequency} Hz over {wall:.0f} s, {os.cpu_count()}-core machine, load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"  start-up (first {r['warmup']:.0f} s, all parts): {r['start-up']:.2f} CPU s")
     for k, v in r.items():
@@ -276,7 +280,12 @@ def report(title: str, r: dict[str, float]) -> None:
         print(f"  per sample: agent {us['agent']:.1f} us, children {us['children']:.1f} us, BPF {us['bpf']:.1f} us, "
               f"total {us['total']:.1f} us")
         for cpus in (16, 64):
-            print(f"  busy {cpus}-CPU node at 99 Hz: {100 * us['total'] * 99 * cpus / 1e6:.2f} % of one core")
+            print(f"  busy {cpus}-CPU node at 99 Hz: {100 * us['total'] * 99 * cpus / 1e6:.2f} % of one core"
+                  " (this run's cost per sample times its samples)")
+        if frequency != 99:
+            cpus = round(rate / 99)
+            print(f"  measured at a busy {cpus}-CPU node's sample rate ({rate:.0f} samples/s): "
+                  f"{100 * r['TOTAL'] / wall:.2f} % of one core")
 
 
 def busy_workload(tmp: Path, pythons: list[Path]) -> list[subprocess.Popen]:
@@ -333,8 +342,10 @@ def main() -> int:
         return argv[argv.index(name) + 1] if name in argv else None
 
     baseline, warmup_s, pythons_s = opt("--baseline"), opt("--warmup"), opt("--pythons")
-    samplers_s = opt("--samplers")
-    values = {baseline, warmup_s, pythons_s, samplers_s}
+    samplers_s, node_cpus_s = opt("--samplers"), opt("--node-cpus")
+    values = {baseline, warmup_s, pythons_s, samplers_s, node_cpus_s}
+    frequency = round(99 * int(node_cpus_s) / (os.cpu_count() or 1)) if node_cpus_s else 99
+    both = ["--frequency", str(frequency)] if node_cpus_s else []
     duration = float(next((a for a in argv if not a.startswith("-") and a not in values), 60))
     pyspy = "--no-pyspy" not in argv
     busy = "--busy" in argv
@@ -367,9 +378,9 @@ def main() -> int:
         results = []
         if old_repo is not None:
             results.append((f"baseline ({baseline})", measure(old_repo, srv.server_port, tmp / "spool0",
-                                                               duration, pyspy, [], wp, warmup)))
+                                                               duration, pyspy, both, wp, warmup)))
         for i, sampler in enumerate(samplers_s.split(",") if samplers_s else [""]):
-            args = [*extra, "--sampler", sampler] if sampler else extra
+            args = [*both, *extra, "--sampler", sampler] if sampler else [*both, *extra]
             title = f"current work tree, --sampler {sampler}" if sampler else "current work tree"
             results.append((title, measure(REPO, srv.server_port, tmp / f"spool{i + 1}", duration, pyspy, args,
                                            wp, warmup)))
@@ -381,7 +392,7 @@ def main() -> int:
         restore_bpf_stats(bpf_stats)
     print(f"py-spy {'on' if pyspy else 'off'}; agent args {extra or 'defaults'}")
     for title, r in results:
-        report(title, r)
+        report(title, r, frequency)
     if len(results) >= 2:
         (_, b), rest = results[0], results[1:]
         for title, c in rest:
@@ -406,7 +417,10 @@ def main() -> int:
             print(f"| agent RSS MB | {rss} | |")
             for cpus in (16, 64):
                 cells = " | ".join(f"{u['total'] * 99 * cpus / 1e4:.2f}" for u in [ub, *ucs])
-                print(f"| busy {cpus}-CPU node, % of a core | {cells} | |")
+                print(f"| busy {cpus}-CPU node, % of a core (per sample x its samples) | {cells} | |")
+            if node_cpus_s:
+                cells = " | ".join(f"{100 * r['TOTAL'] / r['wall']:.2f}" for _, r in results)
+                print(f"| measured at {frequency} Hz ({node_cpus_s} busy CPUs' samples), % of a core | {cells} | |")
     return 0
 
 

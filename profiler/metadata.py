@@ -300,11 +300,22 @@ def _script(argv: list[bytes]) -> str:
     return ""
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: str) -> bytes | None:
+    """The whole file, or None. Plain ``os`` calls: a new pid costs four of these, and pathlib's
+    objects doubled that (the agent resolves every short-lived process of a busy node)."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (OSError, ValueError):  # gone, permission, not a process
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 _ENV_KEYS = ("POD_NAMESPACE", "POD_NAME", "CONTAINER_NAME")
@@ -338,10 +349,14 @@ class MetadataResolver:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.proc = Path(proc_root)
+        self._root = os.fspath(proc_root)
         self.pods = pods
         self.ttl = ttl
         self.clock = clock
         self._cache: dict[int, tuple[float, ProcessMeta]] = {}
+        # pids found gone before they were resolved: (time, comm given, meta). Asked again every poll
+        # and push while their samples wait, they cost one stat each instead of four failed reads.
+        self._gone: dict[int, tuple[float, str, ProcessMeta]] = {}
 
     def resolve(self, pid: int, comm: str = "") -> ProcessMeta:
         """Metadata of ``pid``; ``comm`` (e.g. from perf) names it if /proc is gone."""
@@ -349,9 +364,17 @@ class MetadataResolver:
         hit = self._cache.get(pid)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
+        gone = self._gone.get(pid)
+        base = f"{self._root}/{pid}"
+        if gone is not None and now - gone[0] < self.ttl and gone[1] == comm and not os.path.exists(base):
+            return gone[2]
         meta = self._resolve(pid, comm)
-        if not (self.proc / str(pid)).exists():  # gone: what was read may be partial, and the pid is free
+        if not os.path.exists(base):  # gone: what was read may be partial, and the pid is free
+            self._gone[pid] = (now, comm, meta)
+            if len(self._gone) > 8192:
+                self._gone = {p: e for p, e in self._gone.items() if now - e[0] < self.ttl}
             return meta
+        self._gone.pop(pid, None)
         self._cache[pid] = (now, meta)
         if len(self._cache) > 8192:  # pids churn; drop expired entries
             self._cache = {p: e for p, e in self._cache.items() if now - e[0] < self.ttl}
@@ -359,27 +382,28 @@ class MetadataResolver:
 
     def process_name(self, pid: int, comm: str = "") -> str:
         """``comm``; for interpreters also the script or module (``python3 app.py``)."""
-        raw = _read(self.proc / str(pid) / "comm")
+        base = f"{self._root}/{pid}"
+        raw = _read(f"{base}/comm")
         name = raw.decode("utf-8", "replace").strip() if raw else ""
         name = name or comm or f"pid-{pid}"
         if _INTERPRETER.match(name):
-            cmd = _read(self.proc / str(pid) / "cmdline")
+            cmd = _read(f"{base}/cmdline")
             script = _script(cmd.split(b"\0")) if cmd else ""
             if script:
                 return f"{name} {script}"
         return name
 
     def _resolve(self, pid: int, comm: str) -> ProcessMeta:
-        base = self.proc / str(pid)
+        base = f"{self._root}/{pid}"
         process = self.process_name(pid, comm)
-        raw = _read(base / "cgroup")
+        raw = _read(f"{base}/cgroup")
         ref = parse_cgroup(raw.decode("utf-8", "replace")) if raw else ContainerRef()
         if ref and self.pods is not None:
             info = self.pods.lookup(ref)
             if info is not None:
                 return ProcessMeta(process, info.namespace, info.pod, info.container, ref.container_id,
                                    ref.runtime)
-        env_raw = _read(base / "environ")
+        env_raw = _read(f"{base}/environ")
         env = parse_environ(env_raw) if env_raw else {}
         if env.get("POD_NAMESPACE") or env.get("POD_NAME"):
             return ProcessMeta(process, env.get("POD_NAMESPACE", ""), env.get("POD_NAME", ""),

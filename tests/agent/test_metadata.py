@@ -200,6 +200,29 @@ def test_vanished_and_unreadable_processes(proc_tree: Path) -> None:
     assert r.resolve(99998).process == "pid-99998"
 
 
+def test_a_gone_pid_is_read_once_and_a_reused_pid_is_read_again(proc_tree: Path, monkeypatch) -> None:
+    """A short job gone before its first resolve is asked again every poll and push: one stat then,
+    not four failed reads; the same pid started again (a new process) is resolved afresh."""
+    import profiler.metadata as md
+
+    clock = FakeClock()
+    r = MetadataResolver(proc_tree, pods=None, clock=clock)
+    reads: list[str] = []
+    real = md._read
+    monkeypatch.setattr(md, "_read", lambda path: reads.append(path) or real(path))
+    assert r.resolve(4242, comm="gzip").process == "gzip"
+    first = len(reads)
+    assert first >= 3
+    assert r.resolve(4242, comm="gzip").process == "gzip" and len(reads) == first
+    assert r.resolve(4242, comm="sh").process == "sh"  # another comm from perf: not the cached answer
+    make_proc(proc_tree, 4242, comm="java", cgroup=CGROUPS["v1-docker"][0],
+              environ={"POD_NAMESPACE": "shop", "POD_NAME": "cart-1", "CONTAINER_NAME": "cart"})
+    m = r.resolve(4242, comm="gzip")
+    assert (m.process, m.pod) == ("java", "cart-1")
+    clock.t += 61  # the gone entry expires like the cache
+    assert r.resolve(4242).pod == "cart-1"
+
+
 def test_pod_index_refreshes_on_miss_rate_limited(proc_tree: Path) -> None:
     clock = FakeClock()
     calls = []
