@@ -450,6 +450,17 @@ class ReportParser:
         line = line.strip()
         if line == END_MARK:
             return self._finish()
+        if line.startswith("@n["):  # the common line, once per count: split, not the regular expression
+            inner, sep, val = line[3:].partition("]: ")
+            parts = inner.split(", ")
+            if sep and 2 <= len(parts) <= 3:
+                try:
+                    ckey = (int(parts[0]), int(parts[1]), int(parts[2]) & MASK64 if len(parts) == 3 else None)
+                    n = int(val)
+                except ValueError:
+                    return None
+                self._counts[ckey] = self._counts.get(ckey, 0) + n
+            return None
         m = _LINE.match(line)
         if m is None:
             return None
@@ -576,42 +587,51 @@ class CodeNames:
         self.located = 0  # frames named with a line (distinct (code, instruction) pairs read)
         self.unlocated = 0  # frames named without one
 
+    def _entry(self, pid: int) -> tuple[float, dict[int, CodeInfo], dict[tuple[int, int], Frame]]:
+        """The process's caches (birth, code objects, frames); started again past ``ttl`` or the bound."""
+        now = self.clock()
+        entry = self._cache.get(pid)
+        if entry is None or now - entry[0] > self.ttl or len(entry[2]) >= MAX_LOCATIONS:
+            entry = self._cache[pid] = (now, {}, {})
+        return entry
+
     def frame(self, pid: int, addr: int, layout: Layout, instr: int = 0) -> Frame:
         """The frame of code object ``addr`` at instruction address ``instr`` (0: unknown, no line)."""
-        now = self.clock()
-        born, codes, frames = self._cache.get(pid, (now, {}, {}))
-        if now - born > self.ttl or len(frames) >= MAX_LOCATIONS:
-            born, codes, frames = now, {}, {}
-        self._cache[pid] = (born, codes, frames)
+        _, codes, frames = self._entry(pid)
         f = frames.get((addr, instr))
-        if f is None:
-            info = codes.get(addr)
-            if info is None:
-                info = codes[addr] = self._info(pid, addr, layout)
-            line = 0
-            if instr and info.lines is not None:
-                # 3.11/3.12's prev_instr and 3.13's instr_ptr point into co_code_adaptive, in 2-byte code units
-                line = info.lines.line((instr - addr - layout.code_adaptive) // 2) or 0
-            if line:
-                self.located += 1
-            else:
-                self.unlocated += 1
-            f = frames[(addr, instr)] = Frame(info.name, Kind.USER, info.file, line)
+        return f if f is not None else self._new_frame(pid, addr, instr, layout, codes, frames)
+
+    def _new_frame(self, pid: int, addr: int, instr: int, layout: Layout, codes: dict[int, CodeInfo],
+                   frames: dict[tuple[int, int], Frame]) -> Frame:
+        info = codes.get(addr)
+        if info is None:
+            info = codes[addr] = self._info(pid, addr, layout)
+        line = 0
+        if instr and info.lines is not None:
+            # 3.11/3.12's prev_instr and 3.13's instr_ptr point into co_code_adaptive, in 2-byte code units
+            line = info.lines.line((instr - addr - layout.code_adaptive) // 2) or 0
+        if line:
+            self.located += 1
+        else:
+            self.unlocated += 1
+        f = frames[(addr, instr)] = Frame(info.name, Kind.USER, info.file, line)
         return f
 
     def stack(self, pid: int, addrs: tuple[tuple[int, int], ...], layout: Layout) -> Stack:
         """The named stack of (code, instruction) pairs, cached per process as long as its frames are (a
-        report names the same stacks as the last one: one dict lookup each, not one per frame)."""
+        report names the same stacks as the last one: one dict lookup each, not one per frame). A new
+        stack (its leaf at another instruction, most often) costs one frame lookup per pair, with the
+        clock read and the caches found once per stack, not per frame."""
         if not addrs:
             return ()
-        entry = self._cache.get(pid)
+        born, codes, frames = self._entry(pid)
         cached = self._stacks.get(pid)
-        if entry is not None and cached is not None and cached[0] == entry[0] and self.clock() - entry[0] <= self.ttl:
+        if cached is not None and cached[0] == born:
             got = cached[1].get(addrs)
             if got is not None:
                 return got
-        named = tuple(self.frame(pid, a, layout, ip) for a, ip in addrs)
-        born = self._cache[pid][0]
+        get, new = frames.get, self._new_frame
+        named = tuple([get(k) or new(pid, k[0], k[1], layout, codes, frames) for k in addrs])
         if cached is None or cached[0] != born or len(cached[1]) >= MAX_KNOWN:
             cached = self._stacks[pid] = (born, {})
         cached[1][addrs] = named
