@@ -72,7 +72,9 @@ def build_push(
             raw = _set_period_type(raw, sample_type)
         names = (("__name__", profile), *labels.items_)
         out.append(PushSeries(names, (RawSample(raw, str(uuid.uuid4())),)))
-    body = gzip.compress(encode_push_request(out), compresslevel=6)
+    # level 1: about a third of level 6's CPU for ~8 % more bytes; at a busy 16-CPU node's sample rate level 6 alone
+    # was a third of a percent of a core (issue 25), and bytes inside a cluster are cheaper than the agent's CPU
+    body = gzip.compress(encode_push_request(out), compresslevel=1)
     return body, total
 
 

@@ -812,8 +812,10 @@ def encode_pprof(
             loc.mapping_id = kernel_mapping
         return lid
 
+    known = locations.get  # most frames repeat: a dictionary hit, not a call per frame
     for stack, count in profile.items():
-        smp = p.sample.add(location_id=[location(fr) for fr in reversed(stack)], value=[count * scale])
+        smp = p.sample.add(location_id=[known(fr) or location(fr) for fr in reversed(stack)],
+                           value=[count * scale])
         for k, v in label_pairs:
             smp.label.add(key=k, str=v)
     p.string_table.extend(t.encode("utf-8") for t in strings)
