@@ -95,6 +95,7 @@ NAMED: dict[str, list[int]] = {}
 """Per Python worker pod (py38 ... py313): [samples, samples with a Python frame], of the pushes the sink got
 while ``COUNTING`` (the measured window)."""
 COUNTING = threading.Event()
+PUSHED = [0, 0]  # bytes of push bodies, samples in them, while COUNTING
 
 
 def count_named(body: bytes) -> None:
@@ -104,15 +105,16 @@ def count_named(body: bytes) -> None:
     from stacks.pprof import decode_pprof
     from stacks.push import decode_push_request
 
+    PUSHED[0] += len(body)
     for series in decode_push_request(gzip.decompress(body)):
         pod = dict(series.labels).get("pod", "")
-        if not pod.startswith("py"):
-            continue
-        got = NAMED.setdefault(pod, [0, 0])
         for raw in series.samples:
+            got = NAMED.setdefault(pod, [0, 0]) if pod.startswith("py") else None
             for stack, n in decode_pprof(raw.raw_profile).merged().as_dict().items():
-                got[0] += n
-                got[1] += n if any(f.name.endswith(".py)") for f in stack) else 0
+                PUSHED[1] += n
+                if got is not None:
+                    got[0] += n
+                    got[1] += n if any(f.name.endswith(".py)") for f in stack) else 0
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -217,6 +219,7 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
 
     a0, w0, t0, n0 = snapshot(), tree_cpu(wp), time.monotonic(), samples_taken(mport)
     NAMED.clear()
+    PUSHED[:] = [0, 0]
     COUNTING.set()
     rss[0] = rss[1] = 0.0
     runs.clear()
@@ -239,11 +242,12 @@ def measure(repo: Path, server_port: int, spool: Path, duration: float, pyspy: b
     parts["rss_agent"] = rss[0]
     parts["rss_tree"] = rss[1]
     parts["named"] = {pod: (n, named) for pod, (n, named) in NAMED.items()}  # type: ignore[assignment]
+    parts["push_bytes"], parts["push_samples"] = PUSHED
     return parts
 
 
 META = ("wall", "workload", "start-up", "warmup", "pyspy_runs", "pyspy_targets", "samples", "rss_agent", "rss_tree",
-        "named")
+        "named", "push_bytes", "push_samples")
 
 
 def per_sample(r: dict[str, float]) -> dict[str, float]:
@@ -268,6 +272,9 @@ def report(title: str, r: dict[str, float], frequency: int = 99) -> None:
     print(f"  workload (the ratio's baseline) used {r['workload']:.2f} CPU s = "
           f"{100 * r['workload'] / wall:.1f} % of one core; ratio agent/workload CPU {r['TOTAL'] / r['workload']:.4f}")
     print(f"  RSS max: agent {r['rss_agent'] / 2**20:.1f} MB, agent + children {r['rss_tree'] / 2**20:.1f} MB")
+    if r.get("push_samples"):
+        print(f"  pushed: {r['push_bytes'] / 1e3:.0f} kB gzip for {r['push_samples']:.0f} samples = "
+              f"{r['push_bytes'] / r['push_samples']:.1f} bytes per sample")
     named = r.get("named") or {}
     if named:
         print("  Python workers named (samples with a Python frame / samples pushed in the window): " + ", ".join(
@@ -415,6 +422,8 @@ def main() -> int:
                 print(f"| {pod} named % | {cells} | |")
             print(f"| samples/s | {rates} | |")
             print(f"| agent RSS MB | {rss} | |")
+            sizes = " | ".join(f"{r['push_bytes'] / max(1, r['push_samples']):.1f}" for _, r in results)
+            print(f"| pushed bytes per sample (gzip) | {sizes} | |")
             for cpus in (16, 64):
                 cells = " | ".join(f"{u['total'] * 99 * cpus / 1e4:.2f}" for u in [ub, *ucs])
                 print(f"| busy {cpus}-CPU node, % of a core (per sample x its samples) | {cells} | |")
