@@ -19,12 +19,27 @@ from __future__ import annotations
 
 import bisect
 import struct
+import sys
 from collections import Counter
 from collections.abc import Callable
 
 from profiler.symbols import FileSymbols, JitMaps, KernelSymbols, is_interpreter
 from stacks.model import Frame, Kind
 from stacks.perf import PerfSample
+
+# ``profiler.samplers._perfdata_c`` (Cython, built by ``pip install``) runs the record loop of
+# :meth:`PerfDataReader.feed` in C: a sample costs a key built and a dict count, not a Python loop
+# turn. Without a C compiler (or on a big-endian host, where its reads would be wrong) the
+# pure loop does the same work.
+try:
+    from profiler.samplers import _perfdata_c
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _perfdata_c = None
+if sys.byteorder != "little":  # pragma: no cover
+    _perfdata_c = None
+
+BUILT = _perfdata_c is not None
+"""True when the compiled record loop was built (a :class:`PerfDataReader` then uses it by default)."""
 
 MAGIC = b"PERFILE2"
 # perf_event_header.type values read here (perf_event.h / perf's event.h)
@@ -50,6 +65,8 @@ ADDR_CACHE_MAX = 20000
 FILE_NAMES_MAX = 100000
 # Call chains without their leaf remembered with their frames (across batches).
 REST_CACHE_MAX = 20000
+# Whole sample keys (pid, tid, chain, generation) remembered with their frames (across batches).
+KEY_CACHE_MAX = 20000
 # Feeds (batches) an exited process's maps are kept for samples still in flight.
 EXIT_GRACE_FEEDS = 4
 # perf record drains every CPU's buffer once per round and then writes FINISHED_ROUND, so an
@@ -76,12 +93,14 @@ _UNMAPPED = (Frame("[unknown]", Kind.USER), False)  # an address in no mapping (
 class _Maps:
     """One address space: executable mappings sorted by start, and names already looked up."""
 
-    __slots__ = ("names", "rows", "starts")
+    __slots__ = ("names", "rows", "starts", "version")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.rows: list[tuple[int, int, int, str, object]] = []  # (start, end, pgoff, path, file key)
         self.names: dict[int, tuple[Frame, bool]] = {}
+        # bumped by every change of the rows: names cached outside (whole chains) are stale then
+        self.version = 0
 
     def copy(self) -> _Maps:
         m = _Maps()
@@ -98,6 +117,7 @@ class _Maps:
         self.starts[i:j] = [start]
         self.rows[i:j] = [(start, end, pgoff, path, key)]
         self.names.clear()
+        self.version += 1
 
     def find(self, addr: int) -> tuple[int, int, int, str, object] | None:
         i = bisect.bisect_right(self.starts, addr) - 1
@@ -110,11 +130,16 @@ class PerfDataReader:
     """Feed it bytes of a pipe-mode perf.data stream; get ``(sample, count, runs_python)`` per distinct sample.
 
     ``files``, ``kernel`` and ``jit`` look up names (injected for tests); all
-    state (maps, comms) comes from the stream itself.
+    state (maps, comms) comes from the stream itself. ``compiled`` picks the record loop: the
+    compiled one where built (default), or the pure one (same output).
     """
 
     def __init__(self, *, proc_root: str = "/proc", files: FileSymbols | None = None,
-                 kernel: KernelSymbols | None = None, jit: JitMaps | None = None) -> None:
+                 kernel: KernelSymbols | None = None, jit: JitMaps | None = None,
+                 compiled: bool | None = None) -> None:
+        if compiled and not BUILT:
+            raise ValueError("the compiled perf.data reader is not built (pip install -e . with a C compiler)")
+        self.compiled = BUILT if compiled is None else compiled
         self.files = files or FileSymbols(proc_root)
         self.kernel = kernel or KernelSymbols(f"{proc_root}/kallsyms")
         self.jit = jit or JitMaps(proc_root)
@@ -135,7 +160,9 @@ class PerfDataReader:
         self._maps: dict[int, _Maps] = {}
         self._comms: dict[int, str] = {0: "swapper"}
         self._kernel_names: dict[int, Frame] = {}
-        self._rest: dict[bytes, tuple[_Maps, tuple[Frame, ...], bool]] = {}
+        self._rest: dict[bytes, tuple[_Maps, int, tuple[Frame, ...], bool]] = {}
+        # whole key -> (maps, its version, frames, runs_python, generation or -1): a chain named for good
+        self._named: dict[bytes, tuple[_Maps, int, tuple[Frame, ...], bool, int]] = {}
         self._file_names: dict[tuple[object, int], tuple[Frame, bool]] = {}
         self._unsettled = 0  # lookups in files that could not be reached (their answers are not cached)
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
@@ -165,7 +192,29 @@ class PerfDataReader:
             self._started = True
         counts: Counter[bytes] = Counter()
         seen: set[bytes] = set()  # pids (as sample bytes) with samples in this batch
-        n = len(buf)
+        if self.compiled and isinstance(buf, bytes):
+            off, records, rounds = self._scan_compiled(buf, off, counts, seen)
+        else:
+            off, records, rounds = self._scan(buf, off, counts, seen)
+        self._buf = buf[off:]
+        self.records += records
+        self._rounds += rounds
+        retried: set[bytes] = set()
+        if self._held:
+            for key in [k for k, (r, _) in self._held.items() if final or self._rounds - r >= HOLD_ROUNDS]:
+                counts[key] += self._held.pop(key)[1]
+                retried.add(key)
+        out = self._name_all(counts, retried, hold=self._rounds > 0 and not final)
+        self._feeds += 1
+        self._expire()
+        return out
+
+    def _scan(self, buf: bytes, off: int, counts: Counter[bytes], seen: set[bytes],
+              n: int = -1) -> tuple[int, int, int]:
+        """The pure record loop: every whole record from ``off`` up to ``n`` (default: the end);
+        (offset after them, records, rounds)."""
+        if n < 0:
+            n = len(buf)
         unpack = _HDR.unpack_from
         tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
         exec_pids = self._exec_pids
@@ -186,40 +235,59 @@ class PerfDataReader:
                 if exec_pids and key[:4] in exec_pids and time_off > 0:  # which side of the exec
                     key += _U32x2.pack(self._gen(key[:4], _Q.unpack_from(buf, off + time_off)[0]), 0)
                 counts[key] += 1
-            elif typ in (REC_MMAP2, REC_MMAP):
-                self._mmap(buf, off, end, typ, misc)
-            elif typ == REC_COMM:
-                pid, tid = _U32x2.unpack_from(buf, off + 8)
-                comm = _cstr(buf, off + 16, end)
-                if misc & MISC_COMM_EXEC:
-                    self._exec(pid, comm, buf, end, counts, seen)
-                self._comms[tid] = comm
-            elif typ == REC_FORK:
-                self._fork(*_U32x4.unpack_from(buf, off + 8))
-            elif typ == REC_EXIT:
-                pid, _ppid, tid, _ptid = _U32x4.unpack_from(buf, off + 8)
-                if pid == tid and pid in self._maps:
-                    self._exited.append((self._feeds, pid, self._maps[pid]))
             elif typ == REC_FINISHED_ROUND:
                 rounds += 1
-            elif typ == REC_HEADER_ATTR:
-                tid_off, cc_off = self._attr(buf, off)
-                time_off = self._time_off
-            elif typ in (REC_TRACING_DATA, REC_COMPRESSED):
-                raise UnsupportedStream(f"record type {typ} (tracing data or compression) is not read")
+            else:
+                self._record(buf, off, end, typ, misc, counts, seen)
+                if typ == REC_HEADER_ATTR:
+                    tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
             off = end
-        self._buf = buf[off:]
-        self.records += records
-        self._rounds += rounds
-        retried: set[bytes] = set()
-        if self._held:
-            for key in [k for k, (r, _) in self._held.items() if final or self._rounds - r >= HOLD_ROUNDS]:
-                counts[key] += self._held.pop(key)[1]
-                retried.add(key)
-        out = self._name_all(counts, retried, hold=self._rounds > 0 and not final)
-        self._feeds += 1
-        self._expire()
-        return out
+        return off, records, rounds
+
+    def _scan_compiled(self, buf: bytes, off: int, counts: Counter[bytes],
+                       seen: set[bytes]) -> tuple[int, int, int]:
+        """The compiled record loop (samples and rounds in C); every other record read here, in stream order."""
+        assert _perfdata_c is not None
+        records = rounds = 0
+        exec_packed = self._exec_packed()
+        while True:
+            off, recs, rnds, stop = _perfdata_c.scan(buf, off, self._tid_off, self._cc_off, self._time_off,
+                                                     counts, seen, exec_packed, self._gen)
+            records += recs
+            rounds += rnds
+            if not stop:
+                return off, records, rounds
+            # one record for Python: side-band, or a sample the C loop does not take (the pure loop's errors)
+            off, recs, rnds = self._scan(buf, off, counts, seen, off + max(8, _HDR.unpack_from(buf, off)[2]))
+            records += recs
+            rounds += rnds
+            exec_packed = self._exec_packed()
+
+    def _exec_packed(self) -> bytes:
+        """The pids of :attr:`_exec_pids` as sorted u32s (what the compiled loop searches)."""
+        return struct.pack(f"<{len(self._exec_pids)}I", *sorted(self._exec_pids.values()))
+
+    def _record(self, buf: bytes, off: int, end: int, typ: int, misc: int, counts: Counter[bytes],
+                seen: set[bytes]) -> None:
+        """A side-band record (anything but a sample or a round): maps, names, processes, attributes."""
+        if typ in (REC_MMAP2, REC_MMAP):
+            self._mmap(buf, off, end, typ, misc)
+        elif typ == REC_COMM:
+            pid, tid = _U32x2.unpack_from(buf, off + 8)
+            comm = _cstr(buf, off + 16, end)
+            if misc & MISC_COMM_EXEC:
+                self._exec(pid, comm, buf, end, counts, seen)
+            self._comms[tid] = comm
+        elif typ == REC_FORK:
+            self._fork(*_U32x4.unpack_from(buf, off + 8))
+        elif typ == REC_EXIT:
+            pid, _ppid, tid, _ptid = _U32x4.unpack_from(buf, off + 8)
+            if pid == tid and pid in self._maps:
+                self._exited.append((self._feeds, pid, self._maps[pid]))
+        elif typ == REC_HEADER_ATTR:
+            self._attr(buf, off)
+        elif typ in (REC_TRACING_DATA, REC_COMPRESSED):
+            raise UnsupportedStream(f"record type {typ} (tracing data or compression) is not read")
 
     def _attr(self, buf: bytes, off: int) -> tuple[int, int]:
         # perf_event_attr: u32 type, u32 size, u64 config, u64 sample_period, u64 sample_type
@@ -337,44 +405,76 @@ class PerfDataReader:
         address in no mapping waits in ``_held`` (once: ``retried`` chains are named as they are)."""
         merged: dict[tuple[str, int, int, tuple[Frame, ...]], list] = {}
         rest = self._rest
+        named = self._named
         held = self._held
+        comms = self._comms
+        all_maps = self._maps
+        unpack_ids = _U32x2.unpack_from
         total = 0
         for key, count in counts.items():
+            pid, tid = unpack_ids(key, 0)
+            comm = comms.get(tid) or comms.get(pid) or f":{tid}"
+            hit = named.get(key)
+            if hit is not None:
+                # a chain named before: the same frames while its address space is the same object
+                # at the same version (a new mmap bumps it; an exec or a fork's own map is a new object)
+                maps = None
+                if hit[4] >= 0:
+                    gens = self._gens.get(pid)
+                    if gens is not None and hit[4] < len(gens):
+                        _, maps, comm = gens[hit[4]]
+                if maps is None:
+                    maps = all_maps.get(pid)
+                if maps is hit[0] and maps.version == hit[1]:
+                    frames, python = hit[2], hit[3]
+                    k = (comm, pid, tid, frames)
+                    got = merged.get(k)
+                    if got is None:
+                        merged[k] = [count, python]
+                    else:
+                        got[0] += count
+                    total += count
+                    continue
             unmapped = self._unmapped
-            pid, tid = _U32x2.unpack_from(key, 0)
+            unsettled = self._unsettled
             nr = _Q.unpack_from(key, 8)[0]
             if 16 + 8 * nr > len(key):
                 continue  # a malformed chain: dropped
             ips = struct.unpack_from(f"<{nr}Q", key, 16)
             maps = None
-            comm = self._comms.get(tid) or self._comms.get(pid) or f":{tid}"
+            gen = -1
             if len(key) > 16 + 8 * nr:  # a sample of a process that exec'd lately: its generation
                 gens = self._gens.get(pid)
                 gen = _U32x2.unpack_from(key, 16 + 8 * nr)[0] - 1
                 if gens is not None and gen < len(gens):
                     _, maps, comm = gens[gen]
             if maps is None:
-                maps = self._maps.get(pid)
+                maps = all_maps.get(pid)
                 if maps is None:
-                    maps = self._maps[pid] = _Maps()
+                    maps = all_maps[pid] = _Maps()
             if nr >= 2 and ips[0] >= CONTEXT_MAX and ips[1] < CONTEXT_MAX:
                 # The leaf address varies from sample to sample inside one function; the rest of the
                 # chain repeats: it is named once (per address space) and kept across batches.
                 rk = key[:24] + key[32:]
                 got = rest.get(rk)
-                if got is None or got[0] is not maps:
+                if got is None or got[0] is not maps or got[1] != maps.version:
                     if len(rest) > REST_CACHE_MAX:
                         rest.clear()
-                    unsettled = self._unsettled
-                    got = (maps, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
+                    rest_unsettled, rest_unmapped = self._unsettled, self._unmapped
+                    got = (maps, maps.version, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
                     # not kept while a name is missing: a late mmap must be able to name it
-                    if self._unsettled == unsettled and self._unmapped == unmapped:
+                    if self._unsettled == rest_unsettled and self._unmapped == rest_unmapped:
                         rest[rk] = got
                 leaf, leaf_py = self._frames(pid, ips[:2], maps)
-                frames, python = got[1] + leaf, got[2] or leaf_py
+                frames, python = got[2] + leaf, got[3] or leaf_py
             else:
                 frames, python = self._frames(pid, ips, maps)
-            if hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX:
+            if self._unmapped == unmapped and self._unsettled == unsettled:
+                # every name settled: the whole key is named for good against these maps
+                if len(named) > KEY_CACHE_MAX:
+                    named.clear()
+                named[key] = (maps, maps.version, frames, python, gen)
+            elif hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX:
                 got_held = held.get(key)
                 if got_held is None:
                     held[key] = [self._rounds, count]
