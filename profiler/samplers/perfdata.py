@@ -155,6 +155,7 @@ class PerfDataReader:
         # another CPU): [(since, maps, comm)], and the pids as the 4 bytes a sample carries.
         self._gens: dict[int, list[tuple[int, _Maps, str]]] = {}
         self._exec_pids: dict[bytes, int] = {}
+        self._exec_packed: bytes | None = None  # their pids as sorted u32s, for the compiled loop (None: stale)
         self._exec_feed: dict[int, int] = {}
         self._shared: set[int] = set()  # forked processes still sharing their parent's _Maps
         self._maps: dict[int, _Maps] = {}
@@ -249,23 +250,24 @@ class PerfDataReader:
         """The compiled record loop (samples and rounds in C); every other record read here, in stream order."""
         assert _perfdata_c is not None
         records = rounds = 0
-        exec_packed = self._exec_packed()
+        scan, record, unpack = _perfdata_c.scan, self._record, _HDR.unpack_from
         while True:
-            off, recs, rnds, stop = _perfdata_c.scan(buf, off, self._tid_off, self._cc_off, self._time_off,
-                                                     counts, seen, exec_packed, self._gen)
+            if self._exec_packed is None:  # the pids whose samples carry a generation changed
+                self._exec_packed = struct.pack(f"<{len(self._exec_pids)}I", *sorted(self._exec_pids.values()))
+            off, recs, rnds, stop = scan(buf, off, self._tid_off, self._cc_off, self._time_off, counts, seen,
+                                         self._exec_packed, self._gen)
             records += recs
             rounds += rnds
             if not stop:
                 return off, records, rounds
-            # one record for Python: side-band, or a sample the C loop does not take (the pure loop's errors)
-            off, recs, rnds = self._scan(buf, off, counts, seen, off + max(8, _HDR.unpack_from(buf, off)[2]))
+            typ, misc, size = unpack(buf, off)
+            if typ == REC_SAMPLE or size < 8:  # a sample the C loop does not take: the pure loop's errors
+                off, recs, rnds = self._scan(buf, off, counts, seen, off + max(8, size))
+            else:  # a side-band record, in stream order
+                record(buf, off, off + size, typ, misc, counts, seen)
+                off, recs, rnds = off + size, 1, 0
             records += recs
             rounds += rnds
-            exec_packed = self._exec_packed()
-
-    def _exec_packed(self) -> bytes:
-        """The pids of :attr:`_exec_pids` as sorted u32s (what the compiled loop searches)."""
-        return struct.pack(f"<{len(self._exec_pids)}I", *sorted(self._exec_pids.values()))
 
     def _record(self, buf: bytes, off: int, end: int, typ: int, misc: int, counts: Counter[bytes],
                 seen: set[bytes]) -> None:
@@ -359,6 +361,7 @@ class PerfDataReader:
                 counts[key + old_gen] += counts.pop(key)
         gens.append((t, new, comm))
         self._exec_pids[_U32x2.pack(pid, 0)[:4]] = pid
+        self._exec_packed = None
         self._exec_feed[pid] = self._feeds
 
     def _gen(self, pidb: bytes, t: int) -> int:
@@ -386,6 +389,7 @@ class PerfDataReader:
                 del self._exec_feed[pid]
                 self._gens.pop(pid, None)
                 self._exec_pids.pop(_U32x2.pack(pid, 0)[:4], None)
+                self._exec_packed = None
         keep = []
         for feed, pid, maps in self._exited:
             if self._feeds - feed < EXIT_GRACE_FEEDS:
