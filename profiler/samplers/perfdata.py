@@ -174,6 +174,7 @@ class PerfDataReader:
         self.records = 0
         self.samples = 0
         self.held = 0  # samples held for a late mmap (stats)
+        self.key_hits = 0  # distinct keys of a batch answered by the whole-key cache (stats)
 
     # -- stream
     def feed(self, data: bytes, final: bool = False) -> list[tuple[PerfSample, int, bool]]:
@@ -431,6 +432,7 @@ class PerfDataReader:
                     maps = all_maps.get(pid)
                 if maps is hit[0] and maps.version == hit[1]:
                     frames, python = hit[2], hit[3]
+                    self.key_hits += 1
                     k = (comm, pid, tid, frames)
                     got = merged.get(k)
                     if got is None:
