@@ -105,3 +105,123 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
         records += 1
         off = end
     return off, records, rounds, False
+
+
+DEF CONTEXT_MAX = 18446744073709547521ULL  # 2**64 - 4095: call chain context markers are >= this
+DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
+
+
+def name_cached(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, object unmapped):
+    """Name, from the reader's caches alone, every key of ``counts`` whose names are all cached.
+
+    A key is answered by the whole-key cache (``named``: key -> (maps, version, frames, python, gen)),
+    else by the chain without its leaf (``rest``: the key without the leaf address -> (maps, version,
+    frames, python)) plus its leaf from the address caches (``maps.names`` or ``knames``), when the
+    entry was named against the process's current ``_Maps`` at its current version. Returns
+    ``(out, slow, hits)``: ``out`` maps (pid, tid, generation or -1, id(prefix), id(leaf)) to
+    [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts) Python must
+    name; ``hits`` the keys the whole-key cache answered.
+    """
+    cdef dict out = {}
+    cdef dict slow = {}
+    cdef Py_ssize_t hits = 0, klen, nr, g
+    cdef const char* k
+    cdef uint32_t pid_u, tid_u
+    cdef uint64_t ip0, ip1
+    cdef object key, count, pid, tid, maps, glist, entry, hit, got, lg, leaf, prefix, py, okey, rk, names
+    cdef list acc
+    cdef PyObject* p
+    cdef bytes kb
+    for key, count in counts.items():
+        kb = <bytes>key
+        k = PyBytes_AS_STRING(kb)
+        klen = PyBytes_GET_SIZE(kb)
+        if klen < 32:
+            slow[key] = count
+            continue
+        nr = <Py_ssize_t>_u64(k + 8)
+        if nr < 2 or nr > (klen - 16) // 8:
+            slow[key] = count
+            continue
+        pid_u = _u32(k)
+        tid_u = _u32(k + 4)
+        pid = pid_u
+        maps = None
+        g = -1
+        if klen > 16 + 8 * nr:  # a generation: which program of a process that exec'd lately
+            if klen != 24 + 8 * nr:
+                slow[key] = count
+                continue
+            g = <Py_ssize_t>_u32(k + 16 + 8 * nr) - 1
+            p = PyDict_GetItem(gens, pid)
+            if p is not NULL:
+                glist = <object>p
+                if g < 0:
+                    slow[key] = count
+                    continue
+                if g < len(glist):
+                    entry = glist[g]
+                    maps = entry[1]
+                else:
+                    g = -1
+            else:
+                g = -1
+        if maps is None:
+            p = PyDict_GetItem(all_maps, pid)
+            if p is NULL:
+                slow[key] = count
+                continue
+            maps = <object>p
+        p = PyDict_GetItem(named, key)
+        leaf = None
+        if p is not NULL:
+            hit = <object>p
+            if hit[0] is maps and hit[1] == maps.version:
+                hits += 1
+                prefix, py = hit[2], hit[3]
+            else:
+                p = NULL
+        if p is NULL:
+            ip0 = _u64(k + 16)
+            ip1 = _u64(k + 24)
+            if ip0 < CONTEXT_MAX or ip1 >= CONTEXT_MAX:
+                slow[key] = count
+                continue
+            rk = kb[:24] + kb[32:]
+            p = PyDict_GetItem(rest, rk)
+            if p is NULL:
+                slow[key] = count
+                continue
+            got = <object>p
+            if got[0] is not maps or got[1] != maps.version:
+                slow[key] = count
+                continue
+            if ip0 == CONTEXT_USER:
+                names = maps.names
+                p = PyDict_GetItem(names, ip1)
+                if p is NULL:
+                    slow[key] = count
+                    continue
+                lg = <object>p
+                if lg is unmapped:
+                    slow[key] = count
+                    continue
+                leaf = lg[0]
+                py = got[3] or lg[1]
+            else:
+                p = PyDict_GetItem(knames, ip1)
+                if p is NULL:
+                    slow[key] = count
+                    continue
+                leaf = <object>p
+                py = got[3]
+            prefix = got[2]
+        tid = tid_u
+        okey = (pid, tid, g, id(prefix), id(leaf))
+        p = PyDict_GetItem(out, okey)
+        if p is NULL:
+            out[okey] = [count, prefix, leaf, py]
+        else:
+            acc = <list>p
+            acc[0] = acc[0] + count
+    return out, slow, hits

@@ -165,6 +165,9 @@ class PerfDataReader:
         # whole key -> (maps, its version, frames, runs_python, generation or -1): a chain named for good
         self._named: dict[bytes, tuple[_Maps, int, tuple[Frame, ...], bool, int]] = {}
         self._file_names: dict[tuple[object, int], tuple[Frame, bool]] = {}
+        # one Frame object per distinct frame: leaves at different addresses of one function are the
+        # same object, so the compiled naming merges them by identity before hashing frames here
+        self._frame_objs: dict[Frame, Frame] = {}
         self._unsettled = 0  # lookups in files that could not be reached (their answers are not cached)
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
@@ -416,6 +419,23 @@ class PerfDataReader:
         all_maps = self._maps
         unpack_ids = _U32x2.unpack_from
         total = 0
+        if self.compiled:
+            # keys whose names are all cached, in C; what they name is merged here once per distinct
+            # (process, thread, chain without leaf, leaf function), not once per leaf address
+            fast, counts, hits = _perfdata_c.name_cached(counts, all_maps, self._gens, named, rest,
+                                                         self._kernel_names, _UNMAPPED)
+            self.key_hits += hits
+            for (pid, tid, gen, _, _), (count, prefix, leaf, python) in fast.items():
+                comm = self._gens[pid][gen][2] if gen >= 0 else comms.get(tid) or comms.get(pid) or f":{tid}"
+                frames = prefix if leaf is None else (*prefix, leaf)
+                k = (comm, pid, tid, frames)
+                got = merged.get(k)
+                if got is None:
+                    merged[k] = [count, python]
+                else:
+                    got[0] += count
+                    got[1] = got[1] or python
+                total += count
         for key, count in counts.items():
             pid, tid = unpack_ids(key, 0)
             comm = comms.get(tid) or comms.get(pid) or f":{tid}"
@@ -439,6 +459,7 @@ class PerfDataReader:
                         merged[k] = [count, python]
                     else:
                         got[0] += count
+                        got[1] = got[1] or python
                     total += count
                     continue
             unmapped = self._unmapped
@@ -494,6 +515,7 @@ class PerfDataReader:
                 merged[k] = [count, python]
             else:
                 got[0] += count
+                got[1] = got[1] or python
             total += count
         self.samples += total
         return [(PerfSample(comm, pid, tid, None, None, None, frames), n, py)
@@ -523,7 +545,7 @@ class PerfDataReader:
                 if f is None:
                     if len(knames) > ADDR_CACHE_MAX:
                         knames.clear()
-                    f = knames[ip] = Frame(_clean(self.kernel.name(ip)), Kind.KERNEL)
+                    f = knames[ip] = self._intern(Frame(_clean(self.kernel.name(ip)), Kind.KERNEL))
                 frames.append(f)
             else:
                 a = ip if leaf else ip - 1  # a return address: the call is the byte before it
@@ -549,7 +571,7 @@ class PerfDataReader:
         row = maps.find(addr)
         if row is None:
             name = self.jit.lookup(pid, addr)
-            return (Frame(_clean(name), Kind.USER), False) if name else _UNMAPPED
+            return (self._intern(Frame(_clean(name), Kind.USER)), False) if name else _UNMAPPED
         start, _end, pgoff, path, key = row
         if path.startswith("/") and not path.startswith("/memfd:"):
             # named per file and offset: every process of one binary (a shell loop's gzip, a test
@@ -569,7 +591,7 @@ class PerfDataReader:
         if path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):
             name = self.jit.lookup(pid, addr)
         base = "unknown" if name is None and path.startswith("/memfd:") else path.rpartition("/")[2]
-        return Frame(_clean(name) if name else f"[{base}]", Kind.USER), is_interpreter(path)
+        return self._intern(Frame(_clean(name) if name else f"[{base}]", Kind.USER)), is_interpreter(path)
 
     def _file_frame(self, pid: int, path: str, key: object, offset: int) -> tuple[Frame, bool]:
         name = None
@@ -578,7 +600,16 @@ class PerfDataReader:
             v = table.vaddr(offset)
             if v is not None:
                 name = table.lookup(v)
-        return Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER), is_interpreter(path)
+        return (self._intern(Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER)),
+                is_interpreter(path))
+
+    def _intern(self, frame: Frame) -> Frame:
+        got = self._frame_objs.get(frame)
+        if got is None:
+            if len(self._frame_objs) > FILE_NAMES_MAX:
+                self._frame_objs.clear()
+            got = self._frame_objs[frame] = frame
+        return got
 
 
 def _cstr(buf: bytes, start: int, end: int) -> str:
