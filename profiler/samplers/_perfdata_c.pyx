@@ -12,7 +12,10 @@ Little-endian hosts only (perf writes the host's byte order; the caller checks).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.long cimport PyLong_AsUnsignedLongLong
 from cpython.set cimport PySet_Add
+from cpython.unicode cimport PyUnicode_Tailmatch
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -111,24 +114,122 @@ DEF CONTEXT_MAX = 18446744073709547521ULL  # 2**64 - 4095: call chain context ma
 DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
 
 
-def name_cached(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, object unmapped):
-    """Name, from the reader's caches alone, every key of ``counts`` whose names are all cached.
+cdef class _Namer:
+    """One call's state: the reader's caches and its ways back into Python for names not cached."""
+    cdef dict knames, file_names
+    cdef object unmapped, user_miss, kernel_miss
+    cdef Py_ssize_t addr_max
+    cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
+    cdef bint saw_unmapped, saw_unsettled  # of the chain being named
 
-    A key is answered by the whole-key cache (``named``: key -> (maps, version, frames, python, gen)),
-    else by the chain without its leaf (``rest``: the key without the leaf address -> (maps, version,
-    frames, python)) plus its leaf from the address caches (``maps.names`` or ``knames``), when the
-    entry was named against the process's current ``_Maps`` at its current version. Returns
-    ``(out, slow, hits)``: ``out`` maps (pid, tid, generation or -1, id(prefix), id(leaf)) to
-    [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts) Python must
-    name; ``hits`` the keys the whole-key cache answered.
+    cdef object user(self, object pid, object maps, dict names, uint64_t a):
+        """``(Frame, runs_python)`` of user address ``a``: the process's names, else its mapping's
+        file and offset, else Python (``user_miss``: JIT maps, files read, "[unknown]")."""
+        cdef object addr = a
+        cdef PyObject* p = PyDict_GetItem(names, addr)
+        if p is not NULL:
+            got = <object>p
+        else:
+            got = self.from_file(maps, names, a, addr)
+            if got is None:
+                got, settled = self.user_miss(pid, maps, addr)
+                if not settled:
+                    self.saw_unsettled = True
+        if got is self.unmapped:
+            self.saw_unmapped = True
+            self.unmapped_n += 1
+        return got
+
+    cdef object from_file(self, object maps, dict names, uint64_t a, object addr):
+        cdef list starts = maps.starts
+        cdef Py_ssize_t lo = 0, hi = len(starts), mid
+        while lo < hi:  # bisect_right
+            mid = (lo + hi) >> 1
+            if a < <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo == 0:
+            return None
+        cdef tuple row = maps.rows[lo - 1]
+        cdef uint64_t start = PyLong_AsUnsignedLongLong(row[0])
+        if a >= <uint64_t>PyLong_AsUnsignedLongLong(row[1]):
+            return None
+        path = row[3]
+        if PyUnicode_Tailmatch(path, "/", 0, PY_SSIZE_T_MAX, -1) != 1 or \
+                PyUnicode_Tailmatch(path, "/memfd:", 0, PY_SSIZE_T_MAX, -1) == 1:
+            return None  # named by the JIT maps or by its path: Python
+        cdef PyObject* p = PyDict_GetItem(self.file_names,
+                                          (row[4], a - start + <uint64_t>PyLong_AsUnsignedLongLong(row[2])))
+        if p is NULL:
+            return None
+        got = <object>p
+        if len(names) <= self.addr_max:
+            names[addr] = got
+        return got
+
+    cdef object kernel(self, uint64_t ip):
+        cdef object addr = ip
+        cdef PyObject* p = PyDict_GetItem(self.knames, addr)
+        if p is not NULL:
+            return <object>p
+        return self.kernel_miss(addr)
+
+    cdef tuple chain(self, object pid, const char* ips, Py_ssize_t n, bint user, bint leaf, object maps):
+        """``(frames root first, runs_python)`` of ``n`` addresses (context markers included, leaf first)
+        as ``PerfDataReader._frames`` names them: ``user``/``leaf`` are the state its first marker
+        left (a chain's start: False/True; without its first marker and leaf: that marker's/False)."""
+        cdef list frames = []
+        cdef dict names = maps.names
+        cdef bint python = False
+        cdef Py_ssize_t i
+        cdef uint64_t ip
+        for i in range(n):
+            ip = _u64(ips + 8 * i)
+            if ip >= CONTEXT_MAX:
+                user = ip == CONTEXT_USER
+                leaf = True  # the first user address after a marker is where the task was interrupted
+                continue
+            if not user:
+                frames.append(self.kernel(ip))
+            else:
+                got = self.user(pid, maps, names, ip if leaf else ip - 1)
+                frames.append(got[0])
+                if got[1]:
+                    python = True
+            leaf = False
+        frames.reverse()
+        return tuple(frames), python
+
+
+def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
+             object unmapped, object user_miss, object kernel_miss, dict held, object retried, bint hold,
+             Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
+             Py_ssize_t held_max):
+    """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
+
+    Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
+    (``rest``) plus the leaf, else named address by address (``maps.names``, the file and offset in
+    ``file_names``, ``knames``, and Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
+    ``kernel_miss(addr)`` for the rest), caching as Python does (``rest`` and ``named`` only when every
+    name is settled and mapped). A key with an address in no mapping is held (``held``) as Python
+    holds it. Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
+    id(leaf)) to [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts)
+    Python names itself (no maps yet, odd generations); ``stats`` (whole-key hits, samples held,
+    user addresses named "[unknown]").
     """
+    cdef _Namer nm = _Namer.__new__(_Namer)
+    nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
+    nm.user_miss, nm.kernel_miss, nm.addr_max = user_miss, kernel_miss, addr_max
+    nm.unmapped_n = 0
     cdef dict out = {}
     cdef dict slow = {}
-    cdef Py_ssize_t hits = 0, klen, nr, g
+    cdef Py_ssize_t hits = 0, held_n = 0, klen, nr, g, graw
     cdef const char* k
     cdef uint32_t pid_u, tid_u
     cdef uint64_t ip0, ip1
-    cdef object key, count, pid, tid, maps, glist, entry, hit, got, lg, leaf, prefix, py, okey, rk, names
+    cdef object key, count, pid, maps, glist, hit, got, lg, leaf, prefix, py, okey, rk, frames
+    cdef bint rest_ok
     cdef list acc
     cdef PyObject* p
     cdef bytes kb
@@ -136,23 +237,22 @@ def name_cached(object counts, dict all_maps, dict gens, dict named, dict rest, 
         kb = <bytes>key
         k = PyBytes_AS_STRING(kb)
         klen = PyBytes_GET_SIZE(kb)
-        if klen < 32:
+        if klen < 16:
             slow[key] = count
             continue
         nr = <Py_ssize_t>_u64(k + 8)
-        if nr < 2 or nr > (klen - 16) // 8:
-            slow[key] = count
-            continue
+        if nr > (klen - 16) // 8:
+            continue  # a malformed chain: dropped (as Python drops it)
         pid_u = _u32(k)
         tid_u = _u32(k + 4)
         pid = pid_u
         maps = None
-        g = -1
+        g = graw = -1
         if klen > 16 + 8 * nr:  # a generation: which program of a process that exec'd lately
             if klen != 24 + 8 * nr:
                 slow[key] = count
                 continue
-            g = <Py_ssize_t>_u32(k + 16 + 8 * nr) - 1
+            g = graw = <Py_ssize_t>_u32(k + 16 + 8 * nr) - 1
             p = PyDict_GetItem(gens, pid)
             if p is not NULL:
                 glist = <object>p
@@ -160,8 +260,7 @@ def name_cached(object counts, dict all_maps, dict gens, dict named, dict rest, 
                     slow[key] = count
                     continue
                 if g < len(glist):
-                    entry = glist[g]
-                    maps = entry[1]
+                    maps = glist[g][1]
                 else:
                     g = -1
             else:
@@ -182,46 +281,51 @@ def name_cached(object counts, dict all_maps, dict gens, dict named, dict rest, 
             else:
                 p = NULL
         if p is NULL:
-            ip0 = _u64(k + 16)
-            ip1 = _u64(k + 24)
-            if ip0 < CONTEXT_MAX or ip1 >= CONTEXT_MAX:
-                slow[key] = count
-                continue
-            rk = kb[:24] + kb[32:]
-            p = PyDict_GetItem(rest, rk)
-            if p is NULL:
-                slow[key] = count
-                continue
-            got = <object>p
-            if got[0] is not maps or got[1] != maps.version:
-                slow[key] = count
-                continue
-            if ip0 == CONTEXT_USER:
-                names = maps.names
-                p = PyDict_GetItem(names, ip1)
-                if p is NULL:
-                    slow[key] = count
-                    continue
-                lg = <object>p
-                if lg is unmapped:
-                    slow[key] = count
-                    continue
-                leaf = lg[0]
-                py = got[3] or lg[1]
+            nm.saw_unmapped = nm.saw_unsettled = False
+            ip0 = _u64(k + 16) if nr >= 1 else 0
+            ip1 = _u64(k + 24) if nr >= 2 else 0
+            if nr >= 2 and ip0 >= CONTEXT_MAX and ip1 < CONTEXT_MAX:
+                # the leaf varies inside one function; the rest of the chain repeats (kept across batches)
+                rk = kb[:24] + kb[32:]
+                p = PyDict_GetItem(rest, rk)
+                got = None if p is NULL else <object>p
+                if got is None or got[0] is not maps or got[1] != maps.version:
+                    frames, py = nm.chain(pid, k + 32, nr - 2, ip0 == CONTEXT_USER, False, maps)
+                    got = (maps, maps.version, frames, py)
+                    if not nm.saw_unmapped and not nm.saw_unsettled:  # a late mmap must be able to name it
+                        if len(rest) > rest_max:
+                            rest.clear()
+                        rest[rk] = got
+                if ip0 == CONTEXT_USER:
+                    lg = nm.user(pid, maps, maps.names, ip1)
+                    leaf = lg[0]
+                    py = got[3] or lg[1]
+                else:
+                    leaf = nm.kernel(ip1)
+                    py = got[3]
+                prefix = got[2]
             else:
-                p = PyDict_GetItem(knames, ip1)
+                prefix, py = nm.chain(pid, k + 16, nr, False, True, maps)
+            if not nm.saw_unmapped and not nm.saw_unsettled:
+                if len(named) > key_max:
+                    named.clear()
+                named[key] = (maps, maps.version, prefix if leaf is None else (*prefix, leaf), py, graw)
+            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max:
+                p = PyDict_GetItem(held, key)
                 if p is NULL:
-                    slow[key] = count
-                    continue
-                leaf = <object>p
-                py = got[3]
-            prefix = got[2]
-        tid = tid_u
-        okey = (pid, tid, g, id(prefix), id(leaf))
+                    held[key] = [rounds, count]
+                else:
+                    acc = <list>p
+                    acc[1] = acc[1] + count
+                held_n += count
+                continue
+        okey = (pid, tid_u, g, id(prefix), id(leaf))
         p = PyDict_GetItem(out, okey)
         if p is NULL:
             out[okey] = [count, prefix, leaf, py]
         else:
             acc = <list>p
             acc[0] = acc[0] + count
-    return out, slow, hits
+            if py:
+                acc[3] = True
+    return out, slow, (hits, held_n, nm.unmapped_n)

@@ -420,11 +420,15 @@ class PerfDataReader:
         unpack_ids = _U32x2.unpack_from
         total = 0
         if self.compiled:
-            # keys whose names are all cached, in C; what they name is merged here once per distinct
-            # (process, thread, chain without leaf, leaf function), not once per leaf address
-            fast, counts, hits = _perfdata_c.name_cached(counts, all_maps, self._gens, named, rest,
-                                                         self._kernel_names, _UNMAPPED)
+            # the per-key work in C (same caches, same results); what it names is merged here once per
+            # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
+            fast, counts, (hits, held_n, unmapped_n) = _perfdata_c.name_all(
+                counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
+                self._user_miss, self._kernel_miss, held, retried, hold, self._rounds, ADDR_CACHE_MAX,
+                REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX)
             self.key_hits += hits
+            self.held += held_n
+            self._unmapped += unmapped_n
             for (pid, tid, gen, _, _), (count, prefix, leaf, python) in fast.items():
                 comm = self._gens[pid][gen][2] if gen >= 0 else comms.get(tid) or comms.get(pid) or f":{tid}"
                 frames = prefix if leaf is None else (*prefix, leaf)
@@ -520,6 +524,26 @@ class PerfDataReader:
         self.samples += total
         return [(PerfSample(comm, pid, tid, None, None, None, frames), n, py)
                 for (comm, pid, tid, frames), (n, py) in merged.items()]
+
+    def _user_miss(self, pid: int, maps: _Maps, addr: int) -> tuple[tuple[Frame, bool], bool]:
+        """A user address the compiled naming found in no cache, named as :meth:`_frames` names it;
+        whether the answer is settled (then kept in ``maps.names``)."""
+        if len(maps.names) > ADDR_CACHE_MAX:
+            maps.names.clear()
+        unsettled = self._unsettled
+        got = self._user(pid, maps, addr)
+        if self._unsettled != unsettled:
+            return got, False
+        maps.names[addr] = got
+        return got, True
+
+    def _kernel_miss(self, addr: int) -> Frame:
+        """A kernel address the compiled naming found in no cache, named as :meth:`_frames` names it."""
+        knames = self._kernel_names
+        if len(knames) > ADDR_CACHE_MAX:
+            knames.clear()
+        f = knames[addr] = self._intern(Frame(_clean(self.kernel.name(addr)), Kind.KERNEL))
+        return f
 
     def _frames(self, pid: int, ips: tuple[int, ...], maps: _Maps | None = None,
                 leaf_first: bool = True) -> tuple[tuple[Frame, ...], bool]:
