@@ -117,10 +117,11 @@ DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
 cdef class _Namer:
     """One call's state: the reader's caches and its ways back into Python for names not cached."""
     cdef dict knames, file_names
-    cdef object unmapped, user_miss, kernel_miss
+    cdef object unmapped, user_miss, kernel_miss, jit_lookup
     cdef Py_ssize_t addr_max
     cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
     cdef bint saw_unmapped, saw_unsettled  # of the chain being named
+    cdef bint no_row  # the last address from_file looked up is in no mapping
 
     cdef object user(self, object pid, object maps, dict names, uint64_t a):
         """``(Frame, runs_python)`` of user address ``a``: the process's names, else its mapping's
@@ -131,6 +132,12 @@ cdef class _Namer:
             got = <object>p
         else:
             got = self.from_file(maps, names, a, addr)
+            if got is None and self.no_row and not self.jit_lookup(pid, addr):
+                # in no mapping and no JIT map (often a frame-pointer walk through a binary built
+                # without them): "[unknown]" for good, as Python names it, without calling it
+                got = self.unmapped
+                if len(names) <= self.addr_max:
+                    names[addr] = got
             if got is None:
                 got, settled = self.user_miss(pid, maps, addr)
                 if not settled:
@@ -143,6 +150,7 @@ cdef class _Namer:
     cdef object from_file(self, object maps, dict names, uint64_t a, object addr):
         cdef list starts = maps.starts
         cdef Py_ssize_t lo = 0, hi = len(starts), mid
+        self.no_row = True
         while lo < hi:  # bisect_right
             mid = (lo + hi) >> 1
             if a < <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]):
@@ -155,6 +163,7 @@ cdef class _Namer:
         cdef uint64_t start = PyLong_AsUnsignedLongLong(row[0])
         if a >= <uint64_t>PyLong_AsUnsignedLongLong(row[1]):
             return None
+        self.no_row = False
         path = row[3]
         if PyUnicode_Tailmatch(path, "/", 0, PY_SSIZE_T_MAX, -1) != 1 or \
                 PyUnicode_Tailmatch(path, "/memfd:", 0, PY_SSIZE_T_MAX, -1) == 1:
@@ -203,14 +212,16 @@ cdef class _Namer:
 
 
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
-             object unmapped, object user_miss, object kernel_miss, dict held, object retried, bint hold,
+             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict held, object retried,
+             bint hold,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
              Py_ssize_t held_max):
     """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
 
     Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
     (``rest``) plus the leaf, else named address by address (``maps.names``, the file and offset in
-    ``file_names``, ``knames``, and Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
+    ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` and is
+    "[unknown]" without a JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
     ``kernel_miss(addr)`` for the rest), caching as Python does (``rest`` and ``named`` only when every
     name is settled and mapped). A key with an address in no mapping is held (``held``) as Python
     holds it. Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
@@ -220,7 +231,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     """
     cdef _Namer nm = _Namer.__new__(_Namer)
     nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
-    nm.user_miss, nm.kernel_miss, nm.addr_max = user_miss, kernel_miss, addr_max
+    nm.user_miss, nm.kernel_miss, nm.jit_lookup, nm.addr_max = user_miss, kernel_miss, jit_lookup, addr_max
     nm.unmapped_n = 0
     cdef dict out = {}
     cdef dict slow = {}

@@ -424,7 +424,7 @@ class PerfDataReader:
             # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
             fast, counts, (hits, held_n, unmapped_n) = _perfdata_c.name_all(
                 counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
-                self._user_miss, self._kernel_miss, held, retried, hold, self._rounds, ADDR_CACHE_MAX,
+                self._user_miss, self._kernel_miss, self.jit.lookup, held, retried, hold, self._rounds, ADDR_CACHE_MAX,
                 REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX)
             self.key_hits += hits
             self.held += held_n
