@@ -14,8 +14,11 @@ folder; its compiled loop copied from here when its ``.pyx`` is the same, else b
 there with ``pip wheel``) is measured in the same run, and every figure is also given as a
 ratio to it.
 
+``--idle`` captures without the workload: the node's own processes and the idle task (perf
+samples swapper at 99 Hz on an idle CPU of a VM), chains that repeat.
+
 Usage: python bench/perf_reader.py [--seconds 20] [--stream FILE] [--save FILE] [--rounds 3]
-       [--baseline REV]
+       [--idle] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -45,15 +48,17 @@ while True:
 """
 
 
-def capture(seconds: float, tmp: Path) -> Path:
-    """A real perf.data pipe stream of ``seconds`` of a busy workload."""
+def capture(seconds: float, tmp: Path, busy: bool = True) -> Path:
+    """A real perf.data pipe stream of ``seconds`` of a busy workload (or of whatever runs, ``busy=False``)."""
     data = tmp / "data.txt"
     with data.open("w") as f:  # ~8 MB of compressible text: each gzip runs about a second
         for i in range(200000):
             f.write(f"line {i} of the reader benchmark, {i * 7919 % 10007} {'abc' * (i % 7)}\n")
     (tmp / "w.py").write_text(WORKER_PY)
-    work = [subprocess.Popen(["sh", "-c", f"while :; do gzip -6 -c {data} > /dev/null; done"]) for _ in range(2)]
-    work += [subprocess.Popen([sys.executable, str(tmp / "w.py")]) for _ in range(3)]
+    work = []
+    if busy:
+        work = [subprocess.Popen(["sh", "-c", f"while :; do gzip -6 -c {data} > /dev/null; done"]) for _ in range(2)]
+        work += [subprocess.Popen([sys.executable, str(tmp / "w.py")]) for _ in range(3)]
     out = tmp / "stream.data"
     try:
         time.sleep(1)
@@ -150,6 +155,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="capture length (or the given stream's)")
     ap.add_argument("--stream", type=Path, help="a perf.data pipe stream to read instead of capturing")
+    ap.add_argument("--idle", action="store_true", help="capture without the workload (what else runs here)")
     ap.add_argument("--save", type=Path, help="keep the captured stream here")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--baseline", help="git revision whose reader is measured in the same run")
@@ -166,7 +172,7 @@ def main() -> int:
             if shutil.which("perf") is None:
                 print("needs perf (or --stream FILE)")
                 return 2
-            stream = capture(a.seconds, tmp)
+            stream = capture(a.seconds, tmp, busy=not a.idle)
             if a.save:
                 shutil.copy2(stream, a.save)
         runs: list[tuple[str, Path, str]] = [("compiled", REPO, "compiled"), ("pure", REPO, "pure")]
