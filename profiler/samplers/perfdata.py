@@ -441,6 +441,8 @@ class PerfDataReader:
                     got[1] = got[1] or python
                 total += count
         for key, count in counts.items():
+            if len(key) < 16:
+                continue  # a sample too short for its call chain: dropped, like a malformed chain
             pid, tid = unpack_ids(key, 0)
             comm = comms.get(tid) or comms.get(pid) or f":{tid}"
             hit = named.get(key)

@@ -347,6 +347,13 @@ def test_reader_refuses_streams_it_cannot_read(compiled: bool) -> None:
         PerfDataReader(compiled=compiled).feed(early)
     with pytest.raises(UnsupportedStream, match="record of 4 bytes"):
         PerfDataReader(compiled=compiled).feed(_stream(struct.pack("<IHH", 9, 0, 4)))
+    # a sample cut short (no room for its call chain) and one whose chain claims more addresses than it
+    # holds are dropped; the samples around them are read
+    short = _rec(9, struct.pack("<QII", 1, 7, 7))
+    lying = _rec(9, struct.pack("<QIIQIIQ", 1, 7, 7, 1, 0, 0, 1) + struct.pack("<QQ", 5, CONTEXT_USER))
+    r = _reader(compiled)
+    got = r.feed(_stream(_sample(8, 1, [CONTEXT_USER, 0x10]), short, lying, _sample(8, 2, [CONTEXT_USER, 0x10])))
+    assert [(s.pid, n) for s, n, _ in got] == [(8, 2)] and r.records == 5
 
 
 def test_symbols_of_a_real_file_and_demangling(program: Path) -> None:
