@@ -51,14 +51,27 @@ cdef inline bint _has(const char* pids, Py_ssize_t n, uint32_t pid) noexcept nog
     return False
 
 
+cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const char* pidb) except? 0:
+    """``PerfDataReader._gen``: 1 + the last program of ``pid`` started at or before ``t``."""
+    cdef PyObject* p = PyDict_GetItem(gens, pid)
+    if p is NULL:
+        return gen(PyBytes_FromStringAndSize(pidb, 4), t)  # Python says what is wrong
+    cdef list programs = <list>p
+    cdef Py_ssize_t i = len(programs) - 1
+    while i > 0 and <uint64_t>PyLong_AsUnsignedLongLong(programs[i][0]) > t:
+        i -= 1
+    return <uint32_t>(i + 1)
+
+
 def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
-         object counts, set seen, bytes exec_pids, object gen):
+         object counts, set seen, bytes exec_pids, dict gens, object gen):
     """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
 
     Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
     ``off``, True when the record at ``off`` is one for Python (not counted in ``records``).
     ``seen`` gets the 4 pid bytes of every key new to ``counts``; ``exec_pids`` is the sorted
-    u32 pids whose samples carry a generation, ``gen(pid_bytes, time)`` gives it.
+    u32 pids whose samples carry a generation, read from ``gens`` (pid -> [(since, maps, comm)]) as
+    ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it.
     """
     cdef const char* b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -84,7 +97,7 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
             chain = size - cc_off
             tagged = nexec > 0 and time_off > 0 and _has(ep, nexec, _u32(b + off + tid_off))
             if tagged:
-                g = gen(PyBytes_FromStringAndSize(b + off + tid_off, 4), _u64(b + off + time_off))
+                g = _generation(gens, _u32(b + off + tid_off), _u64(b + off + time_off), gen, b + off + tid_off)
             klen = 8 + chain + (8 if tagged else 0)
             key = PyBytes_FromStringAndSize(NULL, klen)
             k = PyBytes_AS_STRING(key)
