@@ -21,6 +21,10 @@ from libc.string cimport memcpy
 
 DEF REC_SAMPLE = 9
 DEF REC_FINISHED_ROUND = 68
+DEF REC_MMAP = 1
+DEF REC_EXIT = 4
+DEF REC_FORK = 7
+DEF REC_MMAP2 = 10
 
 
 cdef inline uint32_t _u32(const char* p) noexcept nogil:
@@ -64,14 +68,16 @@ cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const
 
 
 def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
-         object counts, set seen, bytes exec_pids, dict gens, object gen):
+         object counts, set seen, bytes exec_pids, dict gens, object gen, object side):
     """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
 
     Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
     ``off``, True when the record at ``off`` is one for Python (not counted in ``records``).
     ``seen`` gets the 4 pid bytes of every key new to ``counts``; ``exec_pids`` is the sorted
     u32 pids whose samples carry a generation, read from ``gens`` (pid -> [(since, maps, comm)]) as
-    ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it.
+    ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it. MMAP, MMAP2, FORK and EXIT records, which change
+    nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen)`` (Python's
+    ``_record``) on the way, in stream order; at any other record the loop stops.
     """
     cdef const char* b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -116,6 +122,8 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
                 PyDict_SetItem(counts, key, v + 1)
         elif typ == REC_FINISHED_ROUND:
             rounds += 1
+        elif typ == REC_MMAP2 or typ == REC_MMAP or typ == REC_FORK or typ == REC_EXIT:
+            side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen)
         else:
             return off, records, rounds, True
         records += 1
