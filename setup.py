@@ -12,6 +12,7 @@ EXTENSIONS = [
     Extension("stacks._pprof_c", ["stacks/_pprof_c.pyx"], optional=True),
     Extension("stacks._folded_c", ["stacks/_folded_c.pyx"], optional=True),
     Extension("stacks._otlp_c", ["stacks/_otlp_c.pyx"], optional=True),
+    Extension("profiler.samplers._perfdata_c", ["profiler/samplers/_perfdata_c.pyx"], optional=True),
 ]
 
 setup(ext_modules=cythonize(EXTENSIONS, language_level=3, quiet=True))

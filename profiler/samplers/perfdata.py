@@ -19,12 +19,27 @@ from __future__ import annotations
 
 import bisect
 import struct
+import sys
 from collections import Counter
 from collections.abc import Callable
 
 from profiler.symbols import FileSymbols, JitMaps, KernelSymbols, is_interpreter
 from stacks.model import Frame, Kind
 from stacks.perf import PerfSample
+
+# ``profiler.samplers._perfdata_c`` (Cython, built by ``pip install``) runs the record loop of
+# :meth:`PerfDataReader.feed` in C: a sample costs a key built and a dict count, not a Python loop
+# turn. Without a C compiler (or on a big-endian host, where its reads would be wrong) the
+# pure loop does the same work.
+try:
+    from profiler.samplers import _perfdata_c
+except ImportError:  # pragma: no cover - exercised where no compiler was available
+    _perfdata_c = None
+if sys.byteorder != "little":  # pragma: no cover
+    _perfdata_c = None
+
+BUILT = _perfdata_c is not None
+"""True when the compiled record loop was built (a :class:`PerfDataReader` then uses it by default)."""
 
 MAGIC = b"PERFILE2"
 # perf_event_header.type values read here (perf_event.h / perf's event.h)
@@ -50,6 +65,8 @@ ADDR_CACHE_MAX = 20000
 FILE_NAMES_MAX = 100000
 # Call chains without their leaf remembered with their frames (across batches).
 REST_CACHE_MAX = 20000
+# Whole sample keys (pid, tid, chain, generation) remembered with their frames (across batches).
+KEY_CACHE_MAX = 20000
 # Feeds (batches) an exited process's maps are kept for samples still in flight.
 EXIT_GRACE_FEEDS = 4
 # perf record drains every CPU's buffer once per round and then writes FINISHED_ROUND, so an
@@ -76,12 +93,14 @@ _UNMAPPED = (Frame("[unknown]", Kind.USER), False)  # an address in no mapping (
 class _Maps:
     """One address space: executable mappings sorted by start, and names already looked up."""
 
-    __slots__ = ("names", "rows", "starts")
+    __slots__ = ("names", "rows", "starts", "version")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.rows: list[tuple[int, int, int, str, object]] = []  # (start, end, pgoff, path, file key)
         self.names: dict[int, tuple[Frame, bool]] = {}
+        # bumped by every change of the rows: names cached outside (whole chains) are stale then
+        self.version = 0
 
     def copy(self) -> _Maps:
         m = _Maps()
@@ -98,6 +117,7 @@ class _Maps:
         self.starts[i:j] = [start]
         self.rows[i:j] = [(start, end, pgoff, path, key)]
         self.names.clear()
+        self.version += 1
 
     def find(self, addr: int) -> tuple[int, int, int, str, object] | None:
         i = bisect.bisect_right(self.starts, addr) - 1
@@ -110,11 +130,16 @@ class PerfDataReader:
     """Feed it bytes of a pipe-mode perf.data stream; get ``(sample, count, runs_python)`` per distinct sample.
 
     ``files``, ``kernel`` and ``jit`` look up names (injected for tests); all
-    state (maps, comms) comes from the stream itself.
+    state (maps, comms) comes from the stream itself. ``compiled`` picks the record loop: the
+    compiled one where built (default), or the pure one (same output).
     """
 
     def __init__(self, *, proc_root: str = "/proc", files: FileSymbols | None = None,
-                 kernel: KernelSymbols | None = None, jit: JitMaps | None = None) -> None:
+                 kernel: KernelSymbols | None = None, jit: JitMaps | None = None,
+                 compiled: bool | None = None) -> None:
+        if compiled and not BUILT:
+            raise ValueError("the compiled perf.data reader is not built (pip install -e . with a C compiler)")
+        self.compiled = BUILT if compiled is None else compiled
         self.files = files or FileSymbols(proc_root)
         self.kernel = kernel or KernelSymbols(f"{proc_root}/kallsyms")
         self.jit = jit or JitMaps(proc_root)
@@ -130,13 +155,19 @@ class PerfDataReader:
         # another CPU): [(since, maps, comm)], and the pids as the 4 bytes a sample carries.
         self._gens: dict[int, list[tuple[int, _Maps, str]]] = {}
         self._exec_pids: dict[bytes, int] = {}
+        self._exec_packed: bytes | None = None  # their pids as sorted u32s, for the compiled loop (None: stale)
         self._exec_feed: dict[int, int] = {}
         self._shared: set[int] = set()  # forked processes still sharing their parent's _Maps
         self._maps: dict[int, _Maps] = {}
         self._comms: dict[int, str] = {0: "swapper"}
         self._kernel_names: dict[int, Frame] = {}
-        self._rest: dict[bytes, tuple[_Maps, tuple[Frame, ...], bool]] = {}
+        self._rest: dict[bytes, tuple[_Maps, int, tuple[Frame, ...], bool]] = {}
+        # whole key -> (maps, its version, frames, runs_python, generation or -1): a chain named for good
+        self._named: dict[bytes, tuple[_Maps, int, tuple[Frame, ...], bool, int]] = {}
         self._file_names: dict[tuple[object, int], tuple[Frame, bool]] = {}
+        # one Frame object per distinct frame: leaves at different addresses of one function are the
+        # same object, so the compiled naming merges them by identity before hashing frames here
+        self._frame_objs: dict[Frame, Frame] = {}
         self._unsettled = 0  # lookups in files that could not be reached (their answers are not cached)
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
@@ -146,6 +177,7 @@ class PerfDataReader:
         self.records = 0
         self.samples = 0
         self.held = 0  # samples held for a late mmap (stats)
+        self.key_hits = 0  # distinct keys of a batch answered by the whole-key cache (stats)
 
     # -- stream
     def feed(self, data: bytes, final: bool = False) -> list[tuple[PerfSample, int, bool]]:
@@ -165,7 +197,29 @@ class PerfDataReader:
             self._started = True
         counts: Counter[bytes] = Counter()
         seen: set[bytes] = set()  # pids (as sample bytes) with samples in this batch
-        n = len(buf)
+        if self.compiled and isinstance(buf, bytes):
+            off, records, rounds = self._scan_compiled(buf, off, counts, seen)
+        else:
+            off, records, rounds = self._scan(buf, off, counts, seen)
+        self._buf = buf[off:]
+        self.records += records
+        self._rounds += rounds
+        retried: set[bytes] = set()
+        if self._held:
+            for key in [k for k, (r, _) in self._held.items() if final or self._rounds - r >= HOLD_ROUNDS]:
+                counts[key] += self._held.pop(key)[1]
+                retried.add(key)
+        out = self._name_all(counts, retried, hold=self._rounds > 0 and not final)
+        self._feeds += 1
+        self._expire()
+        return out
+
+    def _scan(self, buf: bytes, off: int, counts: Counter[bytes], seen: set[bytes],
+              n: int = -1) -> tuple[int, int, int]:
+        """The pure record loop: every whole record from ``off`` up to ``n`` (default: the end);
+        (offset after them, records, rounds)."""
+        if n < 0:
+            n = len(buf)
         unpack = _HDR.unpack_from
         tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
         exec_pids = self._exec_pids
@@ -186,40 +240,60 @@ class PerfDataReader:
                 if exec_pids and key[:4] in exec_pids and time_off > 0:  # which side of the exec
                     key += _U32x2.pack(self._gen(key[:4], _Q.unpack_from(buf, off + time_off)[0]), 0)
                 counts[key] += 1
-            elif typ in (REC_MMAP2, REC_MMAP):
-                self._mmap(buf, off, end, typ, misc)
-            elif typ == REC_COMM:
-                pid, tid = _U32x2.unpack_from(buf, off + 8)
-                comm = _cstr(buf, off + 16, end)
-                if misc & MISC_COMM_EXEC:
-                    self._exec(pid, comm, buf, end, counts, seen)
-                self._comms[tid] = comm
-            elif typ == REC_FORK:
-                self._fork(*_U32x4.unpack_from(buf, off + 8))
-            elif typ == REC_EXIT:
-                pid, _ppid, tid, _ptid = _U32x4.unpack_from(buf, off + 8)
-                if pid == tid and pid in self._maps:
-                    self._exited.append((self._feeds, pid, self._maps[pid]))
             elif typ == REC_FINISHED_ROUND:
                 rounds += 1
-            elif typ == REC_HEADER_ATTR:
-                tid_off, cc_off = self._attr(buf, off)
-                time_off = self._time_off
-            elif typ in (REC_TRACING_DATA, REC_COMPRESSED):
-                raise UnsupportedStream(f"record type {typ} (tracing data or compression) is not read")
+            else:
+                self._record(buf, off, end, typ, misc, counts, seen)
+                if typ == REC_HEADER_ATTR:
+                    tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
             off = end
-        self._buf = buf[off:]
-        self.records += records
-        self._rounds += rounds
-        retried: set[bytes] = set()
-        if self._held:
-            for key in [k for k, (r, _) in self._held.items() if final or self._rounds - r >= HOLD_ROUNDS]:
-                counts[key] += self._held.pop(key)[1]
-                retried.add(key)
-        out = self._name_all(counts, retried, hold=self._rounds > 0 and not final)
-        self._feeds += 1
-        self._expire()
-        return out
+        return off, records, rounds
+
+    def _scan_compiled(self, buf: bytes, off: int, counts: Counter[bytes],
+                       seen: set[bytes]) -> tuple[int, int, int]:
+        """The compiled record loop (samples and rounds in C); every other record read here, in stream order."""
+        assert _perfdata_c is not None
+        records = rounds = 0
+        scan, record, unpack = _perfdata_c.scan, self._record, _HDR.unpack_from
+        while True:
+            if self._exec_packed is None:  # the pids whose samples carry a generation changed
+                self._exec_packed = struct.pack(f"<{len(self._exec_pids)}I", *sorted(self._exec_pids.values()))
+            off, recs, rnds, stop = scan(buf, off, self._tid_off, self._cc_off, self._time_off, counts, seen,
+                                         self._exec_packed, self._gens, self._gen, record)
+            records += recs
+            rounds += rnds
+            if not stop:
+                return off, records, rounds
+            typ, misc, size = unpack(buf, off)
+            if typ == REC_SAMPLE or size < 8:  # a sample the C loop does not take: the pure loop's errors
+                off, recs, rnds = self._scan(buf, off, counts, seen, off + max(8, size))
+            else:  # a side-band record, in stream order
+                record(buf, off, off + size, typ, misc, counts, seen)
+                off, recs, rnds = off + size, 1, 0
+            records += recs
+            rounds += rnds
+
+    def _record(self, buf: bytes, off: int, end: int, typ: int, misc: int, counts: Counter[bytes],
+                seen: set[bytes]) -> None:
+        """A side-band record (anything but a sample or a round): maps, names, processes, attributes."""
+        if typ in (REC_MMAP2, REC_MMAP):
+            self._mmap(buf, off, end, typ, misc)
+        elif typ == REC_COMM:
+            pid, tid = _U32x2.unpack_from(buf, off + 8)
+            comm = _cstr(buf, off + 16, end)
+            if misc & MISC_COMM_EXEC:
+                self._exec(pid, comm, buf, end, counts, seen)
+            self._comms[tid] = comm
+        elif typ == REC_FORK:
+            self._fork(*_U32x4.unpack_from(buf, off + 8))
+        elif typ == REC_EXIT:
+            pid, _ppid, tid, _ptid = _U32x4.unpack_from(buf, off + 8)
+            if pid == tid and pid in self._maps:
+                self._exited.append((self._feeds, pid, self._maps[pid]))
+        elif typ == REC_HEADER_ATTR:
+            self._attr(buf, off)
+        elif typ in (REC_TRACING_DATA, REC_COMPRESSED):
+            raise UnsupportedStream(f"record type {typ} (tracing data or compression) is not read")
 
     def _attr(self, buf: bytes, off: int) -> tuple[int, int]:
         # perf_event_attr: u32 type, u32 size, u64 config, u64 sample_period, u64 sample_type
@@ -291,6 +365,7 @@ class PerfDataReader:
                 counts[key + old_gen] += counts.pop(key)
         gens.append((t, new, comm))
         self._exec_pids[_U32x2.pack(pid, 0)[:4]] = pid
+        self._exec_packed = None
         self._exec_feed[pid] = self._feeds
 
     def _gen(self, pidb: bytes, t: int) -> int:
@@ -318,6 +393,7 @@ class PerfDataReader:
                 del self._exec_feed[pid]
                 self._gens.pop(pid, None)
                 self._exec_pids.pop(_U32x2.pack(pid, 0)[:4], None)
+                self._exec_packed = None
         keep = []
         for feed, pid, maps in self._exited:
             if self._feeds - feed < EXIT_GRACE_FEEDS:
@@ -337,44 +413,101 @@ class PerfDataReader:
         address in no mapping waits in ``_held`` (once: ``retried`` chains are named as they are)."""
         merged: dict[tuple[str, int, int, tuple[Frame, ...]], list] = {}
         rest = self._rest
+        named = self._named
         held = self._held
+        comms = self._comms
+        all_maps = self._maps
+        unpack_ids = _U32x2.unpack_from
         total = 0
+        if self.compiled:
+            # the per-key work in C (same caches, same results); what it names is merged here once per
+            # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
+            fast, counts, (hits, held_n, unmapped_n) = _perfdata_c.name_all(
+                counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
+                self._user_miss, self._kernel_miss, self.jit.lookup, held, retried, hold, self._rounds, ADDR_CACHE_MAX,
+                REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX)
+            self.key_hits += hits
+            self.held += held_n
+            self._unmapped += unmapped_n
+            for (pid, tid, gen, _, _), (count, prefix, leaf, python) in fast.items():
+                comm = self._gens[pid][gen][2] if gen >= 0 else comms.get(tid) or comms.get(pid) or f":{tid}"
+                frames = prefix if leaf is None else (*prefix, leaf)
+                k = (comm, pid, tid, frames)
+                got = merged.get(k)
+                if got is None:
+                    merged[k] = [count, python]
+                else:
+                    got[0] += count
+                    got[1] = got[1] or python
+                total += count
         for key, count in counts.items():
+            if len(key) < 16:
+                continue  # a sample too short for its call chain: dropped, like a malformed chain
+            pid, tid = unpack_ids(key, 0)
+            comm = comms.get(tid) or comms.get(pid) or f":{tid}"
+            hit = named.get(key)
+            if hit is not None:
+                # a chain named before: the same frames while its address space is the same object
+                # at the same version (a new mmap bumps it; an exec or a fork's own map is a new object)
+                maps = None
+                if hit[4] >= 0:
+                    gens = self._gens.get(pid)
+                    if gens is not None and hit[4] < len(gens):
+                        _, maps, comm = gens[hit[4]]
+                if maps is None:
+                    maps = all_maps.get(pid)
+                if maps is hit[0] and maps.version == hit[1]:
+                    frames, python = hit[2], hit[3]
+                    self.key_hits += 1
+                    k = (comm, pid, tid, frames)
+                    got = merged.get(k)
+                    if got is None:
+                        merged[k] = [count, python]
+                    else:
+                        got[0] += count
+                        got[1] = got[1] or python
+                    total += count
+                    continue
             unmapped = self._unmapped
-            pid, tid = _U32x2.unpack_from(key, 0)
+            unsettled = self._unsettled
             nr = _Q.unpack_from(key, 8)[0]
             if 16 + 8 * nr > len(key):
                 continue  # a malformed chain: dropped
             ips = struct.unpack_from(f"<{nr}Q", key, 16)
             maps = None
-            comm = self._comms.get(tid) or self._comms.get(pid) or f":{tid}"
+            gen = -1
             if len(key) > 16 + 8 * nr:  # a sample of a process that exec'd lately: its generation
                 gens = self._gens.get(pid)
                 gen = _U32x2.unpack_from(key, 16 + 8 * nr)[0] - 1
                 if gens is not None and gen < len(gens):
                     _, maps, comm = gens[gen]
             if maps is None:
-                maps = self._maps.get(pid)
+                maps = all_maps.get(pid)
                 if maps is None:
-                    maps = self._maps[pid] = _Maps()
+                    maps = all_maps[pid] = _Maps()
             if nr >= 2 and ips[0] >= CONTEXT_MAX and ips[1] < CONTEXT_MAX:
                 # The leaf address varies from sample to sample inside one function; the rest of the
                 # chain repeats: it is named once (per address space) and kept across batches.
                 rk = key[:24] + key[32:]
                 got = rest.get(rk)
-                if got is None or got[0] is not maps:
+                if got is None or got[0] is not maps or got[1] != maps.version:
                     if len(rest) > REST_CACHE_MAX:
                         rest.clear()
-                    unsettled = self._unsettled
-                    got = (maps, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
+                    rest_unsettled, rest_unmapped = self._unsettled, self._unmapped
+                    got = (maps, maps.version, *self._frames(pid, ips[:1] + ips[2:], maps, leaf_first=False))
                     # not kept while a name is missing: a late mmap must be able to name it
-                    if self._unsettled == unsettled and self._unmapped == unmapped:
+                    if self._unsettled == rest_unsettled and self._unmapped == rest_unmapped:
                         rest[rk] = got
                 leaf, leaf_py = self._frames(pid, ips[:2], maps)
-                frames, python = got[1] + leaf, got[2] or leaf_py
+                frames, python = got[2] + leaf, got[3] or leaf_py
             else:
                 frames, python = self._frames(pid, ips, maps)
-            if hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX:
+            if self._unmapped == unmapped and self._unsettled == unsettled:
+                # every name settled: the whole key is named for good against these maps
+                if len(named) > KEY_CACHE_MAX:
+                    named.clear()
+                named[key] = (maps, maps.version, frames, python, gen)
+            elif hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX:
                 got_held = held.get(key)
                 if got_held is None:
                     held[key] = [self._rounds, count]
@@ -388,10 +521,31 @@ class PerfDataReader:
                 merged[k] = [count, python]
             else:
                 got[0] += count
+                got[1] = got[1] or python
             total += count
         self.samples += total
         return [(PerfSample(comm, pid, tid, None, None, None, frames), n, py)
                 for (comm, pid, tid, frames), (n, py) in merged.items()]
+
+    def _user_miss(self, pid: int, maps: _Maps, addr: int) -> tuple[tuple[Frame, bool], bool]:
+        """A user address the compiled naming found in no cache, named as :meth:`_frames` names it;
+        whether the answer is settled (then kept in ``maps.names``)."""
+        if len(maps.names) > ADDR_CACHE_MAX:
+            maps.names.clear()
+        unsettled = self._unsettled
+        got = self._user(pid, maps, addr)
+        if self._unsettled != unsettled:
+            return got, False
+        maps.names[addr] = got
+        return got, True
+
+    def _kernel_miss(self, addr: int) -> Frame:
+        """A kernel address the compiled naming found in no cache, named as :meth:`_frames` names it."""
+        knames = self._kernel_names
+        if len(knames) > ADDR_CACHE_MAX:
+            knames.clear()
+        f = knames[addr] = self._intern(Frame(_clean(self.kernel.name(addr)), Kind.KERNEL))
+        return f
 
     def _frames(self, pid: int, ips: tuple[int, ...], maps: _Maps | None = None,
                 leaf_first: bool = True) -> tuple[tuple[Frame, ...], bool]:
@@ -417,7 +571,7 @@ class PerfDataReader:
                 if f is None:
                     if len(knames) > ADDR_CACHE_MAX:
                         knames.clear()
-                    f = knames[ip] = Frame(_clean(self.kernel.name(ip)), Kind.KERNEL)
+                    f = knames[ip] = self._intern(Frame(_clean(self.kernel.name(ip)), Kind.KERNEL))
                 frames.append(f)
             else:
                 a = ip if leaf else ip - 1  # a return address: the call is the byte before it
@@ -443,7 +597,7 @@ class PerfDataReader:
         row = maps.find(addr)
         if row is None:
             name = self.jit.lookup(pid, addr)
-            return (Frame(_clean(name), Kind.USER), False) if name else _UNMAPPED
+            return (self._intern(Frame(_clean(name), Kind.USER)), False) if name else _UNMAPPED
         start, _end, pgoff, path, key = row
         if path.startswith("/") and not path.startswith("/memfd:"):
             # named per file and offset: every process of one binary (a shell loop's gzip, a test
@@ -463,7 +617,7 @@ class PerfDataReader:
         if path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):
             name = self.jit.lookup(pid, addr)
         base = "unknown" if name is None and path.startswith("/memfd:") else path.rpartition("/")[2]
-        return Frame(_clean(name) if name else f"[{base}]", Kind.USER), is_interpreter(path)
+        return self._intern(Frame(_clean(name) if name else f"[{base}]", Kind.USER)), is_interpreter(path)
 
     def _file_frame(self, pid: int, path: str, key: object, offset: int) -> tuple[Frame, bool]:
         name = None
@@ -472,7 +626,16 @@ class PerfDataReader:
             v = table.vaddr(offset)
             if v is not None:
                 name = table.lookup(v)
-        return Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER), is_interpreter(path)
+        return (self._intern(Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER)),
+                is_interpreter(path))
+
+    def _intern(self, frame: Frame) -> Frame:
+        got = self._frame_objs.get(frame)
+        if got is None:
+            if len(self._frame_objs) > FILE_NAMES_MAX:
+                self._frame_objs.clear()
+            got = self._frame_objs[frame] = frame
+        return got
 
 
 def _cstr(buf: bytes, start: int, end: int) -> str:

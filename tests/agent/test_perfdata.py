@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import struct
 import subprocess
@@ -10,8 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from profiler.samplers import perf as perf_mod
+from profiler.samplers import perfdata
 from profiler.samplers.base import Backoff
 from profiler.samplers.perfdata import (
     CONTEXT_KERNEL,
@@ -23,14 +27,15 @@ from profiler.symbols import FileSymbols, KernelSymbols, demangle, read_elf_symb
 from stacks.model import Frame, Kind
 from stacks.perf import PerfSample, iter_samples
 
-# alpha_fn holds most samples; gamma_fn's system calls give kernel frames in every run (a program
+# alpha_fn holds most samples; gamma_fn's system calls (~0.1 s of them: tens of samples at 499 Hz)
+# give kernel frames in every run (a program
 # that never enters the kernel shows kernel frames only by chance, from exec and page faults).
 C_SRC = r"""
 #include <unistd.h>
 volatile unsigned long sink;
 __attribute__((noinline)) void alpha_fn(void) { for (unsigned long i = 0; i < 400000000UL; i++) sink += i; }
 __attribute__((noinline)) void beta_fn(void) { alpha_fn(); }
-__attribute__((noinline)) void gamma_fn(void) { for (int i = 0; i < 100000; i++) sink += getppid(); }
+__attribute__((noinline)) void gamma_fn(void) { for (int i = 0; i < 1000000; i++) sink += getppid(); }
 int main(void) { beta_fn(); gamma_fn(); return 0; }
 """
 SAMPLE_TYPE = 0x1 | 0x2 | 0x4 | 0x20 | 0x80 | 0x100  # IP TID TIME CALLCHAIN CPU PERIOD
@@ -112,15 +117,23 @@ class _Kernel(KernelSymbols):
         return f"k_{addr:x}"
 
 
-def _reader() -> PerfDataReader:
-    return PerfDataReader(kernel=_Kernel(), files=FileSymbols("/nonexistent-proc"))
+@pytest.fixture(params=["pure", "compiled"])
+def compiled(request: pytest.FixtureRequest) -> bool:
+    """Every reader test runs against the pure record loop and the compiled one (built by scripts/setup.sh)."""
+    if request.param == "compiled" and not perfdata.BUILT:
+        pytest.skip(reason="profiler.samplers._perfdata_c is not built (pip install -e . with a C compiler)")
+    return request.param == "compiled"
+
+
+def _reader(compiled: bool = False) -> PerfDataReader:
+    return PerfDataReader(kernel=_Kernel(), files=FileSymbols("/nonexistent-proc"), compiled=compiled)
 
 
 def _names(sample: PerfSample) -> list[tuple[str, Kind]]:
     return [(f.name, f.kind) for f in sample.frames]
 
 
-def test_reader_names_user_frames_by_file_and_offset_kernel_frames_marked(program: Path) -> None:
+def test_reader_names_user_frames_by_file_and_offset_kernel_frames_marked(program: Path, compiled: bool) -> None:
     """Addresses named through the ELF symbols of the mapped file; the leaf is exact, callers are return
     addresses; kernel frames kernel; identical samples counted once; bytes fed in any cut."""
     a_off, a_size = _symbol(program, "alpha_fn")
@@ -132,7 +145,7 @@ def test_reader_names_user_frames_by_file_and_offset_kernel_frames_marked(progra
     ino = program.stat().st_ino
     data = _stream(_comm(100, "prog", 1), _mmap2(100, start, 0x100000, pgoff, str(program), ino=ino, t=2),
                    *[_sample(100, 10 + i, chain) for i in range(3)], _sample(100, 20, [CONTEXT_USER, leaf]))
-    r = _reader()
+    r = _reader(compiled)
     out = []
     for i in range(0, len(data), 37):  # records cut anywhere
         out += r.feed(data[i:i + 37])
@@ -143,11 +156,12 @@ def test_reader_names_user_frames_by_file_and_offset_kernel_frames_marked(progra
             ("k_ffffffff81000010", Kind.KERNEL))
     assert got == {(full, "prog", 100, 100): 3, ((("alpha_fn", Kind.USER),), "prog", 100, 100): 1}
     assert r.samples == 4
-    one = _reader().feed(data)  # in one piece, identical samples come out once with their count
+    one = _reader(compiled).feed(data)  # in one piece, identical samples come out once with their count
     assert sorted(n for _, n, _ in one) == [1, 3]
 
 
-def test_reader_keeps_the_old_program_for_samples_before_an_exec_and_shares_maps_after_fork(program: Path) -> None:
+def test_reader_keeps_the_old_program_for_samples_before_an_exec_and_shares_maps_after_fork(program: Path,
+                                                                                          compiled: bool) -> None:
     """A sample written before the exec record (or after it, but older) keeps the old comm and mappings;
     a forked child names with its parent's mappings; an unmapped address is [unknown]."""
     a_off, _ = _symbol(program, "alpha_fn")
@@ -162,7 +176,7 @@ def test_reader_keeps_the_old_program_for_samples_before_an_exec_and_shares_maps
         _sample(201, 6, [CONTEXT_USER, leaf]),           # after the exec: nothing mapped there yet
         _sample(200, 7, [CONTEXT_USER, leaf]),           # the parent is unchanged
     )
-    out = _reader().feed(data)
+    out = _reader(compiled).feed(data)
     got = Counter()
     for s, n, _ in out:
         got[(s.pid, s.comm, s.frames)] += n
@@ -177,7 +191,7 @@ def _round() -> bytes:
     return _rec(68, b"")
 
 
-def test_reader_holds_a_sample_whose_mmap_comes_a_round_later(program: Path) -> None:
+def test_reader_holds_a_sample_whose_mmap_comes_a_round_later(program: Path, compiled: bool) -> None:
     """perf's per-CPU buffers are not sorted: a new process's samples can reach the stream before its
     mmap. Where the stream has rounds, such a sample waits up to two rounds and is named by the late
     mmap (before: "[unknown]"); an address no mmap ever covers is named "[unknown]" after two rounds,
@@ -186,7 +200,7 @@ def test_reader_holds_a_sample_whose_mmap_comes_a_round_later(program: Path) -> 
     start = 0x555500000000
     leaf = start + a_off + 1
     ino = program.stat().st_ino
-    r = _reader()
+    r = _reader(compiled)
     first = r.feed(_stream(_comm(300, "late", 1), _sample(300, 5, [CONTEXT_USER, leaf]),
                            _sample(300, 6, [CONTEXT_USER, 0x10]), _round()))
     assert first == [] and r.held == 2
@@ -195,21 +209,151 @@ def test_reader_holds_a_sample_whose_mmap_comes_a_round_later(program: Path) -> 
     got = {tuple(f.name for f in s.frames): n for s, n, _ in r.feed(_round())}
     assert got == {("alpha_fn",): 1, ("[unknown]",): 1}
     # without rounds (or at the end of the stream) nothing waits
-    r2 = _reader()
+    r2 = _reader(compiled)
     assert [tuple(f.name for f in s.frames) for s, _, _ in r2.feed(
         _stream(_comm(301, "x", 1), _sample(301, 5, [CONTEXT_USER, 0x10])))] == [("[unknown]",)]
-    r3 = _reader()
+    r3 = _reader(compiled)
     assert r3.feed(_stream(_comm(302, "y", 1), _sample(302, 5, [CONTEXT_USER, 0x10]), _round())) == []
     assert [n for _, n, _ in r3.feed(b"", final=True)] == [1]
 
 
-def test_reader_refuses_streams_it_cannot_read() -> None:
+def _exit(pid: int, t: int) -> bytes:
+    return _rec(4, struct.pack("<IIIIQ", pid, 1, pid, 1, t) + _trailer(pid, t))
+
+
+def _sorted(out: list[tuple[PerfSample, int, bool]]) -> list[tuple[PerfSample, int, bool]]:
+    return sorted(out, key=repr)
+
+
+def test_the_exact_key_cache_names_again_after_a_new_mmap_of_the_same_process(program: Path, compiled: bool) -> None:
+    """A chain named once is answered from the whole-key cache while its process's mappings stay; a new
+    mmap over the same addresses (same pid, same _Maps object) must name it again, whole chain and rest."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    b_off, b_size = _symbol(program, "beta_fn")
+    start = 0x555500000000
+    ino = program.stat().st_ino
+    user = [CONTEXT_USER, start + a_off + 1]
+    deep = [CONTEXT_KERNEL, 0xFFFFFFFF81000010, CONTEXT_USER, start + a_off + 1, start + b_off + b_size]
+    r = _reader(compiled)
+    first = r.feed(_stream(_comm(500, "prog", 1), _mmap2(500, start, 0x100000, 0, str(program), ino=ino, t=2),
+                           _sample(500, 3, user), _sample(500, 4, deep)))
+    assert sorted(tuple(f.name for f in s.frames) for s, _, _ in first) == [
+        ("alpha_fn",), ("beta_fn", "alpha_fn", "k_ffffffff81000010")]
+    hits = r.key_hits
+    again = r.feed(_sample(500, 5, user) + _sample(500, 6, deep))
+    assert _sorted(again) == _sorted(first) and r.key_hits == hits + 2  # both from the cache
+    # the same range now maps something else (an anonymous mapping: no file, no JIT map)
+    after = r.feed(_mmap2(500, start, 0x100000, 0, "//anon", ino=0, t=7) + _sample(500, 8, user)
+                   + _sample(500, 9, deep))
+    assert sorted(tuple(f.name for f in s.frames) for s, _, _ in after) == [
+        ("[anon]",), ("[anon]", "[anon]", "k_ffffffff81000010")]
+
+
+def test_a_comm_record_renames_samples_named_from_the_cache(program: Path, compiled: bool) -> None:
+    """comm is part of a sample: after a COMM record (a thread renamed, no exec) the same chain, answered
+    from the whole-key cache, carries the new name."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    start = 0x555500000000
+    chain = [CONTEXT_KERNEL, 0xFFFFFFFF81000010, CONTEXT_USER, start + a_off + 1]
+    r = _reader(compiled)
+    first = r.feed(_stream(_comm(510, "before", 1),
+                           _mmap2(510, start, 0x100000, 0, str(program), ino=program.stat().st_ino, t=2),
+                           _sample(510, 3, chain)))
+    assert [s.comm for s, _, _ in first] == ["before"]
+    hits = r.key_hits
+    after = r.feed(_comm(510, "after", 4) + _sample(510, 5, chain))
+    assert [(s.comm, s.frames) for s, _, _ in after] == [("after", first[0][0].frames)]
+    assert r.key_hits == hits + 1
+
+
+_PIDS = (600, 601, 602)
+
+
+@st.composite
+def _events(draw: st.DrawFn, program_leaf: int, program_ret: int, ino: int, path: str) -> list[bytes]:
+    """A stream of side-band records and samples over three processes: maps, renames, execs, forks,
+    exits, rounds, samples of mapped, unmapped and kernel addresses, some out of time order."""
+    t = 10
+    records = []
+    start = 0x555500000000
+    addrs = [start + program_leaf, start + program_ret, 0x10, start + program_leaf + 2]
+    for _ in range(draw(st.integers(1, 40))):
+        t += 2
+        kind = draw(st.sampled_from(["sample"] * 5 + ["mmap", "anon", "comm", "exec", "fork", "exit", "round"]))
+        pid = draw(st.sampled_from(_PIDS))
+        if kind == "sample":
+            chain = []
+            if draw(st.booleans()):
+                chain += [CONTEXT_KERNEL, draw(st.sampled_from([0xFFFFFFFF81000010, 0xFFFFFFFF81000020]))]
+            if draw(st.booleans()) or not chain:
+                chain += [CONTEXT_USER, *draw(st.lists(st.sampled_from(addrs), min_size=1, max_size=3))]
+            records.append(_sample(pid, t - draw(st.sampled_from([0, 0, 3])), chain))
+        elif kind == "mmap":
+            records.append(_mmap2(pid, start, 0x100000, 0, path, ino=ino, t=t))
+        elif kind == "anon":
+            records.append(_mmap2(pid, start, 0x1000, 0, "//anon", ino=0, t=t))
+        elif kind in ("comm", "exec"):
+            records.append(_comm(pid, draw(st.sampled_from(["a", "b", "c"])), t, exec_=kind == "exec"))
+        elif kind == "fork":
+            records.append(_fork(pid, draw(st.sampled_from(_PIDS)), t))
+        elif kind == "exit":
+            records.append(_exit(pid, t))
+        else:
+            records.append(_round())
+    return records
+
+
+def _feed_alike(data: bytes, cuts: list[int], a: PerfDataReader, b: PerfDataReader) -> Counter[str]:
+    """Feed both readers the same pieces; every batch must come out the same. The samples named per comm."""
+    comms: Counter[str] = Counter()
+    pieces = [data[i:j] for i, j in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    for piece in [*pieces, None]:
+        got_a = a.feed(piece or b"", final=piece is None)
+        got_b = b.feed(piece or b"", final=piece is None)
+        assert _sorted(got_a) == _sorted(got_b)
+        for s, n, _ in got_a:
+            comms[s.comm] += n
+    return comms
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_compiled_and_pure_readers_agree_on_any_stream(program: Path, data: st.DataObject) -> None:
+    """Property: on streams of maps, execs, forks, renames, exits, rounds and samples, cut anywhere, the
+    compiled record loop gives every batch exactly as the pure one; no sample is lost."""
+    if not perfdata.BUILT:
+        pytest.skip(reason="profiler.samplers._perfdata_c is not built (pip install -e . with a C compiler)")
+    a_off, _ = _symbol(program, "alpha_fn")
+    b_off, b_size = _symbol(program, "beta_fn")
+    records = data.draw(_events(a_off + 1, b_off + b_size, program.stat().st_ino, str(program)))
+    stream = _stream(*records)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=8))))
+    files = FileSymbols("/nonexistent-proc")
+    pure = PerfDataReader(kernel=_Kernel(), files=files, compiled=False)
+    comp = PerfDataReader(kernel=_Kernel(), files=files, compiled=True)
+    assert sum(_feed_alike(stream, cuts, pure, comp).values()) == sum(1 for r in records if r[0] == 9)
+    assert pure.records == comp.records and pure.samples == comp.samples
+
+
+def test_reader_refuses_streams_it_cannot_read(compiled: bool) -> None:
     with pytest.raises(UnsupportedStream, match=r"not a perf\.data pipe"):
-        PerfDataReader().feed(b"PERFFILE" + b"\0" * 64)
+        PerfDataReader(compiled=compiled).feed(b"PERFFILE" + b"\0" * 64)
     no_chain = b"PERFILE2" + struct.pack("<Q", 16) + _rec(64, struct.pack("<IIQQQQQ", 0, 128, 0, 99, 0x7, 0, 0)
                                                               .ljust(128, b"\0"))
     with pytest.raises(UnsupportedStream, match="CALLCHAIN"):
-        PerfDataReader().feed(no_chain)
+        PerfDataReader(compiled=compiled).feed(no_chain)
+    early = b"PERFILE2" + struct.pack("<Q", 16) + _sample(1, 1, [CONTEXT_USER, 0x10])
+    with pytest.raises(UnsupportedStream, match="a sample before its attributes"):
+        PerfDataReader(compiled=compiled).feed(early)
+    with pytest.raises(UnsupportedStream, match="record of 4 bytes"):
+        PerfDataReader(compiled=compiled).feed(_stream(struct.pack("<IHH", 9, 0, 4)))
+    # a sample cut short (no room for its call chain) and one whose chain claims more addresses than it
+    # holds are dropped; the samples around them are read
+    short = _rec(9, struct.pack("<QII", 1, 7, 7))
+    lying = _rec(9, struct.pack("<QIIQIIQ", 1, 7, 7, 1, 0, 0, 1) + struct.pack("<QQ", 5, CONTEXT_USER))
+    r = _reader(compiled)
+    got = r.feed(_stream(_sample(8, 1, [CONTEXT_USER, 0x10]), short, lying, _sample(8, 2, [CONTEXT_USER, 0x10])))
+    assert [(s.pid, n) for s, n, _ in got] == [(8, 2)] and r.records == 5
 
 
 def test_symbols_of_a_real_file_and_demangling(program: Path) -> None:
@@ -235,7 +379,7 @@ def _perf() -> str:
     return perf
 
 
-def test_reader_equals_perf_script_on_a_real_stream(program: Path, tmp_path: Path) -> None:
+def test_reader_equals_perf_script_on_a_real_stream(program: Path, tmp_path: Path, compiled: bool) -> None:
     """The same real perf stream through the reader and through ``perf script``: every sample counted,
     the program's frames named alike, nearly every whole stack identical (aliases of one address may
     differ: perf and the reader may pick different names of one libc function)."""
@@ -249,7 +393,7 @@ def test_reader_equals_perf_script_on_a_real_stream(program: Path, tmp_path: Pat
     text = subprocess.run([perf, "script", "-i", str(data), "-F", perf_mod.SCRIPT_FIELDS], check=True,
                           capture_output=True).stdout.decode()
     theirs = Counter((s.pid, s.tid, s.frames) for s in iter_samples(text))
-    r = PerfDataReader()
+    r = PerfDataReader(compiled=compiled)
     mine: Counter = Counter()
     raw = data.read_bytes()
     for i in range(0, len(raw), 4096):
@@ -262,6 +406,45 @@ def test_reader_equals_perf_script_on_a_real_stream(program: Path, tmp_path: Pat
     in_alpha = sum(n for (_, _, fr), n in mine.items() if Frame("alpha_fn", Kind.USER) in fr)
     assert in_alpha >= 0.8 * sum(mine.values())
     assert any(f.kind is Kind.KERNEL for (_, _, fr) in mine for f in fr)
+
+
+def test_compiled_and_pure_readers_agree_on_a_real_system_wide_stream(program: Path, tmp_path: Path) -> None:
+    """The agent's own perf command (``-a``, every process) over a workload that forks, execs and ends
+    processes all the time: the compiled and the pure record loops, fed the same random pieces, give
+    every batch alike (same samples, counts and Python flags); the workload's execs are in it."""
+    perf = _perf()
+    if not perfdata.BUILT:
+        pytest.skip(reason="profiler.samplers._perfdata_c is not built (pip install -e . with a C compiler)")
+    loop = ("for i in $(seq 400); do gzip -c /etc/services > /dev/null; ls / > /dev/null; "
+            "sh -c 'exit 0'; done")
+    work = [subprocess.Popen(["sh", "-c", loop]), subprocess.Popen([str(program)])]
+    data = tmp_path / "a.data"
+    try:
+        with open(data, "wb") as f:
+            rc = subprocess.run([perf, "record", "-F", "99", "-a", "-g", "-q", "-m", "8", "-o", "-", "--",
+                                 "sleep", "3"], stdout=f, stderr=subprocess.PIPE)
+    finally:
+        for w in work:
+            w.kill()
+            w.wait()
+    if rc.returncode != 0:
+        pytest.skip(reason=f"perf record -a not permitted here: {rc.stderr.decode()[-200:]}")
+    raw = data.read_bytes()
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
+    cuts, at = [], 0
+    while True:
+        at += rnd.choice([rnd.randrange(1, 64), rnd.randrange(1, 8192), rnd.randrange(1, 65536)])
+        if at >= len(raw):
+            break
+        cuts.append(at)
+    files, kernel = FileSymbols(), KernelSymbols()
+    pure = PerfDataReader(files=files, kernel=kernel, compiled=False)
+    comp = PerfDataReader(files=files, kernel=kernel, compiled=True)
+    comms = _feed_alike(raw, cuts, pure, comp)
+    assert sum(comms.values()) == comp.samples == pure.samples > 100, seed
+    assert pure.records == comp.records, seed
+    assert comms["gzip"] + comms["ls"] + comms["sh"] > 0, (seed, comms)  # the short processes are in it
 
 
 def test_sampler_falls_back_to_perf_script_when_the_stream_is_unreadable(tmp_path: Path) -> None:

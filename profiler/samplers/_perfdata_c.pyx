@@ -1,0 +1,363 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled record loop of :meth:`profiler.samplers.perfdata.PerfDataReader.feed` (issue 25).
+
+Counts samples (and FINISHED_ROUND records) in C and stops at every other record,
+so the Python reader handles mmaps, comms, forks, exits and attributes in stream
+order exactly as its pure loop does. A sample's key is the same bytes the pure
+loop builds: tid/pid (8 bytes) + the call chain (nr and addresses), plus the
+generation (u32 gen, u32 0) for a process that exec'd lately, asked of Python.
+Little-endian hosts only (perf writes the host's byte order; the caller checks).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.long cimport PyLong_AsUnsignedLongLong
+from cpython.set cimport PySet_Add
+from cpython.unicode cimport PyUnicode_Tailmatch
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+DEF REC_SAMPLE = 9
+DEF REC_FINISHED_ROUND = 68
+DEF REC_MMAP = 1
+DEF REC_EXIT = 4
+DEF REC_FORK = 7
+DEF REC_MMAP2 = 10
+
+
+cdef inline uint32_t _u32(const char* p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
+cdef inline uint64_t _u64(const char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef inline bint _has(const char* pids, Py_ssize_t n, uint32_t pid) noexcept nogil:
+    """Whether ``pid`` is in the sorted u32 array ``pids`` of ``n`` entries."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    cdef uint32_t v
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        v = _u32(pids + 4 * mid)
+        if v == pid:
+            return True
+        if v < pid:
+            lo = mid + 1
+        else:
+            hi = mid
+    return False
+
+
+cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const char* pidb) except? 0:
+    """``PerfDataReader._gen``: 1 + the last program of ``pid`` started at or before ``t``."""
+    cdef PyObject* p = PyDict_GetItem(gens, pid)
+    if p is NULL:
+        return gen(PyBytes_FromStringAndSize(pidb, 4), t)  # Python says what is wrong
+    cdef list programs = <list>p
+    cdef Py_ssize_t i = len(programs) - 1
+    while i > 0 and <uint64_t>PyLong_AsUnsignedLongLong(programs[i][0]) > t:
+        i -= 1
+    return <uint32_t>(i + 1)
+
+
+def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
+         object counts, set seen, bytes exec_pids, dict gens, object gen, object side):
+    """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
+
+    Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
+    ``off``, True when the record at ``off`` is one for Python (not counted in ``records``).
+    ``seen`` gets the 4 pid bytes of every key new to ``counts``; ``exec_pids`` is the sorted
+    u32 pids whose samples carry a generation, read from ``gens`` (pid -> [(since, maps, comm)]) as
+    ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it. MMAP, MMAP2, FORK and EXIT records, which change
+    nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen)`` (Python's
+    ``_record``) on the way, in stream order; at any other record the loop stops.
+    """
+    cdef const char* b = PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef const char* ep = PyBytes_AS_STRING(exec_pids)
+    cdef Py_ssize_t nexec = PyBytes_GET_SIZE(exec_pids) // 4
+    cdef Py_ssize_t records = 0, rounds = 0, end, klen, chain
+    cdef uint32_t typ, size, g
+    cdef bint tagged
+    cdef char* k
+    cdef object key, v
+    cdef PyObject* got
+    while off + 8 <= n:
+        typ = _u32(b + off)
+        size = <uint16_t>(_u64(b + off) >> 48)
+        if size < 8:
+            return off, records, rounds, True  # Python raises for it
+        end = off + size
+        if end > n:
+            break
+        if typ == REC_SAMPLE:
+            if cc_off < 0 or tid_off + 8 > size or cc_off > size:
+                return off, records, rounds, True
+            chain = size - cc_off
+            tagged = nexec > 0 and time_off > 0 and _has(ep, nexec, _u32(b + off + tid_off))
+            if tagged:
+                g = _generation(gens, _u32(b + off + tid_off), _u64(b + off + time_off), gen, b + off + tid_off)
+            klen = 8 + chain + (8 if tagged else 0)
+            key = PyBytes_FromStringAndSize(NULL, klen)
+            k = PyBytes_AS_STRING(key)
+            memcpy(k, b + off + tid_off, 8)
+            memcpy(k + 8, b + off + cc_off, chain)
+            if tagged:
+                memcpy(k + 8 + chain, &g, 4)
+                g = 0
+                memcpy(k + 12 + chain, &g, 4)
+            got = PyDict_GetItem(counts, key)
+            if got is NULL:
+                PyDict_SetItem(counts, key, 1)
+                PySet_Add(seen, key[:4])
+            else:
+                v = <object>got
+                PyDict_SetItem(counts, key, v + 1)
+        elif typ == REC_FINISHED_ROUND:
+            rounds += 1
+        elif typ == REC_MMAP2 or typ == REC_MMAP or typ == REC_FORK or typ == REC_EXIT:
+            side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen)
+        else:
+            return off, records, rounds, True
+        records += 1
+        off = end
+    return off, records, rounds, False
+
+
+DEF CONTEXT_MAX = 18446744073709547521ULL  # 2**64 - 4095: call chain context markers are >= this
+DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
+
+
+cdef class _Namer:
+    """One call's state: the reader's caches and its ways back into Python for names not cached."""
+    cdef dict knames, file_names
+    cdef object unmapped, user_miss, kernel_miss, jit_lookup
+    cdef Py_ssize_t addr_max
+    cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
+    cdef bint saw_unmapped, saw_unsettled  # of the chain being named
+    cdef bint no_row  # the last address from_file looked up is in no mapping
+
+    cdef object user(self, object pid, object maps, dict names, uint64_t a):
+        """``(Frame, runs_python)`` of user address ``a``: the process's names, else its mapping's
+        file and offset, else Python (``user_miss``: JIT maps, files read, "[unknown]")."""
+        cdef object addr = a
+        cdef PyObject* p = PyDict_GetItem(names, addr)
+        if p is not NULL:
+            got = <object>p
+        else:
+            got = self.from_file(maps, names, a, addr)
+            if got is None and self.no_row and not self.jit_lookup(pid, addr):
+                # in no mapping and no JIT map (often a frame-pointer walk through a binary built
+                # without them): "[unknown]" for good, as Python names it, without calling it
+                got = self.unmapped
+                if len(names) <= self.addr_max:
+                    names[addr] = got
+            if got is None:
+                got, settled = self.user_miss(pid, maps, addr)
+                if not settled:
+                    self.saw_unsettled = True
+        if got is self.unmapped:
+            self.saw_unmapped = True
+            self.unmapped_n += 1
+        return got
+
+    cdef object from_file(self, object maps, dict names, uint64_t a, object addr):
+        cdef list starts = maps.starts
+        cdef Py_ssize_t lo = 0, hi = len(starts), mid
+        self.no_row = True
+        while lo < hi:  # bisect_right
+            mid = (lo + hi) >> 1
+            if a < <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo == 0:
+            return None
+        cdef tuple row = maps.rows[lo - 1]
+        cdef uint64_t start = PyLong_AsUnsignedLongLong(row[0])
+        if a >= <uint64_t>PyLong_AsUnsignedLongLong(row[1]):
+            return None
+        self.no_row = False
+        path = row[3]
+        if PyUnicode_Tailmatch(path, "/", 0, PY_SSIZE_T_MAX, -1) != 1 or \
+                PyUnicode_Tailmatch(path, "/memfd:", 0, PY_SSIZE_T_MAX, -1) == 1:
+            return None  # named by the JIT maps or by its path: Python
+        cdef PyObject* p = PyDict_GetItem(self.file_names,
+                                          (row[4], a - start + <uint64_t>PyLong_AsUnsignedLongLong(row[2])))
+        if p is NULL:
+            return None
+        got = <object>p
+        if len(names) <= self.addr_max:
+            names[addr] = got
+        return got
+
+    cdef object kernel(self, uint64_t ip):
+        cdef object addr = ip
+        cdef PyObject* p = PyDict_GetItem(self.knames, addr)
+        if p is not NULL:
+            return <object>p
+        return self.kernel_miss(addr)
+
+    cdef tuple chain(self, object pid, const char* ips, Py_ssize_t n, bint user, bint leaf, object maps):
+        """``(frames root first, runs_python)`` of ``n`` addresses (context markers included, leaf first)
+        as ``PerfDataReader._frames`` names them: ``user``/``leaf`` are the state its first marker
+        left (a chain's start: False/True; without its first marker and leaf: that marker's/False)."""
+        cdef list frames = []
+        cdef dict names = maps.names
+        cdef bint python = False
+        cdef Py_ssize_t i
+        cdef uint64_t ip
+        for i in range(n):
+            ip = _u64(ips + 8 * i)
+            if ip >= CONTEXT_MAX:
+                user = ip == CONTEXT_USER
+                leaf = True  # the first user address after a marker is where the task was interrupted
+                continue
+            if not user:
+                frames.append(self.kernel(ip))
+            else:
+                got = self.user(pid, maps, names, ip if leaf else ip - 1)
+                frames.append(got[0])
+                if got[1]:
+                    python = True
+            leaf = False
+        frames.reverse()
+        return tuple(frames), python
+
+
+def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
+             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict held, object retried,
+             bint hold,
+             Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
+             Py_ssize_t held_max):
+    """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
+
+    Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
+    (``rest``) plus the leaf, else named address by address (``maps.names``, the file and offset in
+    ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` and is
+    "[unknown]" without a JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
+    ``kernel_miss(addr)`` for the rest), caching as Python does (``rest`` and ``named`` only when every
+    name is settled and mapped). A key with an address in no mapping is held (``held``) as Python
+    holds it. Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
+    id(leaf)) to [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts)
+    Python names itself (no maps yet, odd generations); ``stats`` (whole-key hits, samples held,
+    user addresses named "[unknown]").
+    """
+    cdef _Namer nm = _Namer.__new__(_Namer)
+    nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
+    nm.user_miss, nm.kernel_miss, nm.jit_lookup, nm.addr_max = user_miss, kernel_miss, jit_lookup, addr_max
+    nm.unmapped_n = 0
+    cdef dict out = {}
+    cdef dict slow = {}
+    cdef Py_ssize_t hits = 0, held_n = 0, klen, nr, g, graw
+    cdef const char* k
+    cdef uint32_t pid_u, tid_u
+    cdef uint64_t ip0, ip1
+    cdef object key, count, pid, maps, glist, hit, got, lg, leaf, prefix, py, okey, rk, frames
+    cdef bint rest_ok
+    cdef list acc
+    cdef PyObject* p
+    cdef bytes kb
+    for key, count in counts.items():
+        kb = <bytes>key
+        k = PyBytes_AS_STRING(kb)
+        klen = PyBytes_GET_SIZE(kb)
+        if klen < 16:
+            slow[key] = count
+            continue
+        nr = <Py_ssize_t>_u64(k + 8)
+        if nr > (klen - 16) // 8:
+            continue  # a malformed chain: dropped (as Python drops it)
+        pid_u = _u32(k)
+        tid_u = _u32(k + 4)
+        pid = pid_u
+        maps = None
+        g = graw = -1
+        if klen > 16 + 8 * nr:  # a generation: which program of a process that exec'd lately
+            if klen != 24 + 8 * nr:
+                slow[key] = count
+                continue
+            g = graw = <Py_ssize_t>_u32(k + 16 + 8 * nr) - 1
+            p = PyDict_GetItem(gens, pid)
+            if p is not NULL:
+                glist = <object>p
+                if g < 0:
+                    slow[key] = count
+                    continue
+                if g < len(glist):
+                    maps = glist[g][1]
+                else:
+                    g = -1
+            else:
+                g = -1
+        if maps is None:
+            p = PyDict_GetItem(all_maps, pid)
+            if p is NULL:
+                slow[key] = count
+                continue
+            maps = <object>p
+        p = PyDict_GetItem(named, key)
+        leaf = None
+        if p is not NULL:
+            hit = <object>p
+            if hit[0] is maps and hit[1] == maps.version:
+                hits += 1
+                prefix, py = hit[2], hit[3]
+            else:
+                p = NULL
+        if p is NULL:
+            nm.saw_unmapped = nm.saw_unsettled = False
+            ip0 = _u64(k + 16) if nr >= 1 else 0
+            ip1 = _u64(k + 24) if nr >= 2 else 0
+            if nr >= 2 and ip0 >= CONTEXT_MAX and ip1 < CONTEXT_MAX:
+                # the leaf varies inside one function; the rest of the chain repeats (kept across batches)
+                rk = kb[:24] + kb[32:]
+                p = PyDict_GetItem(rest, rk)
+                got = None if p is NULL else <object>p
+                if got is None or got[0] is not maps or got[1] != maps.version:
+                    frames, py = nm.chain(pid, k + 32, nr - 2, ip0 == CONTEXT_USER, False, maps)
+                    got = (maps, maps.version, frames, py)
+                    if not nm.saw_unmapped and not nm.saw_unsettled:  # a late mmap must be able to name it
+                        if len(rest) > rest_max:
+                            rest.clear()
+                        rest[rk] = got
+                if ip0 == CONTEXT_USER:
+                    lg = nm.user(pid, maps, maps.names, ip1)
+                    leaf = lg[0]
+                    py = got[3] or lg[1]
+                else:
+                    leaf = nm.kernel(ip1)
+                    py = got[3]
+                prefix = got[2]
+            else:
+                prefix, py = nm.chain(pid, k + 16, nr, False, True, maps)
+            if not nm.saw_unmapped and not nm.saw_unsettled:
+                if len(named) > key_max:
+                    named.clear()
+                named[key] = (maps, maps.version, prefix if leaf is None else (*prefix, leaf), py, graw)
+            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max:
+                p = PyDict_GetItem(held, key)
+                if p is NULL:
+                    held[key] = [rounds, count]
+                else:
+                    acc = <list>p
+                    acc[1] = acc[1] + count
+                held_n += count
+                continue
+        okey = (pid, tid_u, g, id(prefix), id(leaf))
+        p = PyDict_GetItem(out, okey)
+        if p is NULL:
+            out[okey] = [count, prefix, leaf, py]
+        else:
+            acc = <list>p
+            acc[0] = acc[0] + count
+            if py:
+                acc[3] = True
+    return out, slow, (hits, held_n, nm.unmapped_n)
