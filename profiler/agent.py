@@ -10,6 +10,7 @@ each process and spools one push (plus one wall-clock push with ``--wall``).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -96,6 +97,7 @@ class Agent:
         self.node = node_name(env, settings.node_name)
         self.resolver = MetadataResolver(self.proc.root, pods=kube_index(settings, self.node, env))
         self.collector = Collector()
+        self.gc = GcClock()
         self.spool = Spool(settings.spool_dir or None, max_bytes=settings.spool_max_bytes,
                            memory_bytes=settings.spool_memory_bytes)
         self.shipper = Shipper(self.spool, settings.server, token=settings.push_token,
@@ -162,6 +164,7 @@ class Agent:
                 self.unwind.bpftrace = ""
 
     def start(self) -> None:
+        self.gc.install()
         if self.s.perf:
             self.perf = self._start_sampler()
         if self.s.pyspy:
@@ -426,6 +429,7 @@ class Agent:
         done = self.shipper.flush(time.monotonic() + self.s.push_timeout)
         self.spool.close()
         stats = self.stats()
+        self.gc.remove()
         log.info("final stats %s", json.dumps(stats))
         if not done:
             log.warning("aggregator unreachable at exit: %d pushes (%d samples) left in %s",
@@ -480,7 +484,36 @@ class Agent:
             "cpu_seconds_children": round(cpu["children"], 3),
             "cpu_seconds_bpf": round(bpf, 3) if bpf is not None else -1.0,
             "cpu_share_of_core": round((cpu["total"] + (bpf or 0.0)) / up, 5),
+            "gc_seconds": round(self.gc.seconds, 3),
+            "gc_collections": self.gc.collections,
         }
+
+
+class GcClock:
+    """Seconds the agent's process spends in Python's cyclic garbage collector (a ``gc.callbacks`` entry):
+    the collector runs because of the naming caches' allocations and is part of ``cpu_seconds_self``."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds = 0.0
+        self.collections = 0
+        self._t0: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = self.clock()
+        elif self._t0 is not None:
+            self.seconds += self.clock() - self._t0
+            self.collections += 1
+            self._t0 = None
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 class _AgentCollector:
@@ -507,6 +540,8 @@ class _AgentCollector:
         "wall_samples": "Wall-clock samples taken (py-spy --idle)",
         "held_released_named": "Samples held for a first py-spy shape, then pushed with Python names",
         "held_released_unnamed": "Samples held for a first py-spy shape that did not come in time, pushed unnamed",
+        "gc_seconds": "Seconds the agent's process spent in Python's cyclic garbage collector (part of "
+                      "cpu_seconds_self)",
     }
     GAUGES: ClassVar[dict[str, str]] = {
         "spool_bytes": "Bytes of unsent pushes (memory + disk)",
