@@ -37,4 +37,21 @@ def handle(args: argparse.Namespace) -> int:
         print(f"flamewatch agent: {e}", file=sys.stderr)
         return 2
     install_signal_handlers(agent)
+    quiet_gc()
     return agent.run()
+
+
+GC_YOUNG = 50_000
+"""Allocations between young collections in the agent's process (Python's default: 700)."""
+
+
+def quiet_gc() -> None:
+    """The agent's process only: what was built before sampling starts (modules, settings) is left out of
+    every later collection, and young collections come every :data:`GC_YOUNG` allocations. The naming caches
+    and symbol tables allocate many long-lived objects and few cycles; with the defaults the collector took
+    0.78 of the first 1.73 CPU s and 8 % after (issue 25, measured with ``gc_seconds``)."""
+    import gc
+
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, older, oldest)
