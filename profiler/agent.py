@@ -199,6 +199,7 @@ class Agent:
             self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
         perf = perf_sampler.PerfSampler(
             self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
+            batch_sink=self.collector.add_batch,
             frequency=self.s.frequency,
             mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock,
             reader=self.s.perf_reader, proc_root=self.proc.root)

@@ -155,10 +155,14 @@ class PerfSampler:
         sleep: Callable[[float], None] = time.sleep,
         reader: str = "data",
         proc_root: str = "/proc",
+        batch_sink: Callable[[list[tuple[PerfSample, int, bool]]], object] | None = None,
     ) -> None:
         if reader not in ("data", "script"):
             raise ValueError(f"perf reader {reader!r}: use 'data' or 'script'")
         self.sink = sink
+        # the binary reader's whole batch of (sample, count, runs CPython) in one call (the agent's collector);
+        # sink and on_interpreter are then not called for it
+        self.batch_sink = batch_sink
         self.reader = reader
         self.fallbacks = 0
         self.proc_root = proc_root
@@ -302,6 +306,10 @@ class PerfSampler:
             self.last_error = f"perf record exited with status {rc}"
 
     def _emit(self, samples: list[tuple[PerfSample, int, bool]]) -> None:
+        if self.batch_sink is not None:
+            self.batch_sink(samples)
+            self.samples += sum(count for _, count, _ in samples)
+            return
         sink, on_interp = self.sink, self.on_interpreter
         n = 0
         for sample, count, interp in samples:

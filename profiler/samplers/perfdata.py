@@ -524,7 +524,8 @@ class PerfDataReader:
                 got[1] = got[1] or python
             total += count
         self.samples += total
-        return [(PerfSample(comm, pid, tid, None, None, None, frames), n, py)
+        new = tuple.__new__  # PerfSample's own __new__ is a Python function: one call per distinct sample
+        return [(new(PerfSample, (comm, pid, tid, None, None, None, frames)), n, py)
                 for (comm, pid, tid, frames), (n, py) in merged.items()]
 
     def _user_miss(self, pid: int, maps: _Maps, addr: int) -> tuple[tuple[Frame, bool], bool]:

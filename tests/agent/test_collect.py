@@ -134,3 +134,32 @@ def test_collector_tells_python_threads_from_native_ones() -> None:
         c.drain()
     c.add(PerfSample("app", 100, main_t, None, None, None, libc), 1)
     assert c.drain()[100].native == {}
+
+
+_SAMPLE = st.tuples(
+    st.sampled_from([1, 2, 3]),  # pid
+    st.sampled_from([None, 1, 2, 10, 11]),  # tid (None: perf gave none)
+    st.sampled_from(["a", "b", "c"]),  # leaf function
+    st.integers(1, 5),  # count
+    st.booleans(),  # runs CPython
+)
+
+
+@given(st.lists(st.lists(_SAMPLE, max_size=12), max_size=4))
+def test_add_batch_equals_mark_python_then_add_per_sample(batches: list) -> None:
+    """The perf sampler's batch path counts and marks Python threads exactly as the per-sample path."""
+    one, many = Collector(), Collector()
+    for batch in batches:
+        samples = [(PerfSample("p", pid, tid, None, None, None, (Frame("main"), Frame(leaf))), n, py)
+                   for pid, tid, leaf, n, py in batch]
+        for s, n, py in samples:
+            if py and s.tid is not None:
+                one.mark_python(s.pid, s.tid)
+            one.add(s, n)
+        assert many.add_batch(samples) == sum(n for _, n, _ in samples)
+        assert one.taken == many.taken
+        assert one.python_pids() == many.python_pids()
+        assert one.counts() == many.counts()
+        a, b = one.drain(), many.drain()
+        assert {p: (x.comm, x.stacks, x.native, x.count) for p, x in a.items()} == \
+            {p: (x.comm, x.stacks, x.native, x.count) for p, x in b.items()}
