@@ -461,6 +461,17 @@ class ReportParser:
                     return None
                 self._counts[ckey] = self._counts.get(ckey, 0) + n
             return None
+        if line.startswith("@fr["):  # a stack's frame, printed once per seen_reset reports
+            inner, sep, val = line[4:].partition("]: (")
+            parts = inner.split(", ")
+            pair = val.rstrip(")").split(", ")
+            if sep and len(parts) == 3 and len(pair) == 2:
+                try:
+                    self._frames.setdefault((int(parts[0]), int(parts[1])), {})[int(parts[2])] = (
+                        int(pair[0]), int(pair[1]))
+                except ValueError:
+                    pass
+            return None
         m = _LINE.match(line)
         if m is None:
             return None
@@ -823,17 +834,35 @@ class PyUnwindSampler:
         log.info("bpftrace unwinding %d Python process(es)", len(self.targets))
 
     def _read_out(self, proc: Proc) -> None:
+        """bpftrace's output in whole chunks (a report is thousands of lines: one read, one decode and one
+        lock per chunk, not per line)."""
         assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            with self._lock:
+        out = proc.stdout
+        read = getattr(out, "read1", None) or out.readline
+        tail = b""
+        while chunk := read(1 << 20):
+            data = tail + chunk
+            cut = data.rfind(b"\n") + 1
+            tail = data[cut:]
+            if cut:
+                self._lines(data[:cut].decode("utf-8", "replace").splitlines())
+        if tail:
+            self._lines([tail.decode("utf-8", "replace")])
+
+    def _lines(self, lines: list[str]) -> None:
+        named: list[dict[int, dict[Stack, int]]] = []
+        with self._lock:
+            feed = self.parser.feed
+            for line in lines:
                 if line.strip() == READY_MARK:  # probes attached: catch up on changes since the start
                     self._ready = True
                     self._sync()
                     continue
-                report = self.parser.feed(line)
-                named = self._name(report) if report else {}
-            for pid, stacks in named.items():
+                report = feed(line)
+                if report:
+                    named.append(self._name(report))
+        for got in named:
+            for pid, stacks in got.items():
                 try:
                     self.sink(pid, stacks)
                 except Exception as e:  # the agent's problem must not stop the reader
