@@ -339,7 +339,10 @@ class Agent:
             labels = (known or {}).get(pid) or self._try_labels(pid, ps.comm)
             if labels is None:  # samples are never dropped for their labels
                 labels = Labels.of(node=self.node, process=ps.comm, service_name=ps.comm)
-            dest = series.setdefault(labels, {})
+            dest = series.get(labels)
+            if dest is None:  # most series hold one process: a copy, not a loop
+                series[labels] = dict(stacks)
+                continue
             for k, c in stacks.items():
                 dest[k] = dest.get(k, 0) + c
         if not series:
