@@ -90,3 +90,44 @@ def test_agent_keeps_the_pod_of_a_job_that_exits_before_the_push(tmp_path: Path)
     labels = dict(agent.labels_of(4321, "python3"))
     assert (labels["namespace"], labels["pod"], labels["container"]) == ("batch", "job-1", "job")
     assert dict(agent.labels_of(9999, "cron-thing"))["process"] == "cron-thing"
+
+
+def test_gc_clock_counts_collections_with_the_injected_clock() -> None:
+    """gc_seconds adds each collection's start-to-stop time of the given clock, and only while installed."""
+    import gc
+
+    from profiler.agent import GcClock
+
+    ticks = iter(range(0, 1000, 2))  # each clock read moves 2 s on
+    clock = GcClock(lambda: float(next(ticks)))
+    was_on = gc.isenabled()
+    gc.disable()  # only the two collections below
+    clock.install()
+    clock.install()  # once only
+    try:
+        gc.collect()
+        gc.collect()
+    finally:
+        clock.remove()
+        if was_on:
+            gc.enable()
+    assert clock.collections == 2 and clock.seconds == 4.0
+    gc.collect()
+    assert clock.collections == 2
+    assert clock not in gc.callbacks
+
+
+def test_quiet_gc_freezes_and_raises_the_young_threshold() -> None:
+    """The agent's entry point (not Agent, which tests build in-process) changes the collector."""
+    import gc
+
+    from profiler.cli import GC_YOUNG, quiet_gc
+
+    before = gc.get_threshold()
+    try:
+        quiet_gc()
+        assert gc.get_threshold() == (GC_YOUNG, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
