@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from profiler.procfs import read_file
 from stacks.model import Labels
 
 log = logging.getLogger(__name__)
@@ -300,24 +301,6 @@ def _script(argv: list[bytes]) -> str:
     return ""
 
 
-def _read(path: str) -> bytes | None:
-    """The whole file, or None. Plain ``os`` calls: a new pid costs four of these, and pathlib's
-    objects doubled that (the agent resolves every short-lived process of a busy node)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (OSError, ValueError):  # gone, permission, not a process
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 _ENV_KEYS = ("POD_NAMESPACE", "POD_NAME", "CONTAINER_NAME")
 
 
@@ -348,7 +331,6 @@ class MetadataResolver:
         ttl: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.proc = Path(proc_root)
         self._root = os.fspath(proc_root)
         self.pods = pods
         self.ttl = ttl
@@ -383,11 +365,11 @@ class MetadataResolver:
     def process_name(self, pid: int, comm: str = "") -> str:
         """``comm``; for interpreters also the script or module (``python3 app.py``)."""
         base = f"{self._root}/{pid}"
-        raw = _read(f"{base}/comm")
+        raw = read_file(f"{base}/comm")
         name = raw.decode("utf-8", "replace").strip() if raw else ""
         name = name or comm or f"pid-{pid}"
         if _INTERPRETER.match(name):
-            cmd = _read(f"{base}/cmdline")
+            cmd = read_file(f"{base}/cmdline")
             script = _script(cmd.split(b"\0")) if cmd else ""
             if script:
                 return f"{name} {script}"
@@ -396,14 +378,14 @@ class MetadataResolver:
     def _resolve(self, pid: int, comm: str) -> ProcessMeta:
         base = f"{self._root}/{pid}"
         process = self.process_name(pid, comm)
-        raw = _read(f"{base}/cgroup")
+        raw = read_file(f"{base}/cgroup")
         ref = parse_cgroup(raw.decode("utf-8", "replace")) if raw else ContainerRef()
         if ref and self.pods is not None:
             info = self.pods.lookup(ref)
             if info is not None:
                 return ProcessMeta(process, info.namespace, info.pod, info.container, ref.container_id,
                                    ref.runtime)
-        env_raw = _read(f"{base}/environ")
+        env_raw = read_file(f"{base}/environ")
         env = parse_environ(env_raw) if env_raw else {}
         if env.get("POD_NAMESPACE") or env.get("POD_NAME"):
             return ProcessMeta(process, env.get("POD_NAMESPACE", ""), env.get("POD_NAME", ""),

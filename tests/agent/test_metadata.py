@@ -208,8 +208,8 @@ def test_a_gone_pid_is_read_once_and_a_reused_pid_is_read_again(proc_tree: Path,
     clock = FakeClock()
     r = MetadataResolver(proc_tree, pods=None, clock=clock)
     reads: list[str] = []
-    real = md._read
-    monkeypatch.setattr(md, "_read", lambda path: reads.append(path) or real(path))
+    real = md.read_file
+    monkeypatch.setattr(md, "read_file", lambda path: reads.append(path) or real(path))
     assert r.resolve(4242, comm="gzip").process == "gzip"
     first = len(reads)
     assert first >= 3
