@@ -423,7 +423,6 @@ END {{
 """
 
 
-_LINE = re.compile(r"^@(n|fr)\[(-?\d+), (-?\d+)(?:, (-?\d+))?\]: (?:(-?\d+)|\((\d+), (\d+)\))$")
 MASK64 = (1 << 64) - 1
 
 Report = dict[int, dict[tuple[tuple[int, int], ...], int]]
@@ -450,7 +449,8 @@ class ReportParser:
         line = line.strip()
         if line == END_MARK:
             return self._finish()
-        if line.startswith("@n["):  # the common line, once per count: split, not the regular expression
+        # split, not a regular expression: a report is thousands of these lines
+        if line.startswith("@n["):  # @n[pid, hash, leaf instruction]: samples (older programs: @n[pid, hash])
             inner, sep, val = line[3:].partition("]: ")
             parts = inner.split(", ")
             if sep and 2 <= len(parts) <= 3:
@@ -461,7 +461,7 @@ class ReportParser:
                     return None
                 self._counts[ckey] = self._counts.get(ckey, 0) + n
             return None
-        if line.startswith("@fr["):  # a stack's frame, printed once per seen_reset reports
+        if line.startswith("@fr["):  # @fr[pid, hash, index]: (code, instruction), once per seen_reset reports
             inner, sep, val = line[4:].partition("]: (")
             parts = inner.split(", ")
             pair = val.rstrip(")").split(", ")
@@ -472,16 +472,6 @@ class ReportParser:
                 except ValueError:
                     pass
             return None
-        m = _LINE.match(line)
-        if m is None:
-            return None
-        kind, pid, h, idx, val, code, instr = m.groups()
-        key = (int(pid), int(h))
-        if kind == "n" and val is not None:  # @n[pid, hash, leaf instruction] (or, older, @n[pid, hash])
-            ckey = (*key, int(idx) & MASK64 if idx is not None else None)
-            self._counts[ckey] = self._counts.get(ckey, 0) + int(val)
-        elif kind == "fr" and idx is not None and code is not None:
-            self._frames.setdefault(key, {})[int(idx)] = (int(code), int(instr))
         return None
 
     def _finish(self) -> Report:
