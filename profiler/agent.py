@@ -164,7 +164,6 @@ class Agent:
                 self.unwind.bpftrace = ""
 
     def start(self) -> None:
-        self.gc.install()
         if self.s.perf:
             self.perf = self._start_sampler()
         if self.s.pyspy:
@@ -265,6 +264,7 @@ class Agent:
     # ---------------------------------------------------------------- loop
     def run(self) -> int:
         """Sample and ship until :meth:`stop` (or SIGTERM via :func:`main`); flush; return 0."""
+        self.gc.install()  # here, not in start(): tests start agents without running them
         self.start()
         interval = self.s.push_interval
         t0 = self.clock()
