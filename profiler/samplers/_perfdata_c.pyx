@@ -68,7 +68,7 @@ cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const
 
 
 def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
-         object counts, set seen, bytes exec_pids, dict gens, object gen, object side):
+         object counts, set seen, bytes exec_pids, dict gens, object gen, object side, Py_ssize_t round_base):
     """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
 
     Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
@@ -76,8 +76,9 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
     ``seen`` gets the 4 pid bytes of every key new to ``counts``; ``exec_pids`` is the sorted
     u32 pids whose samples carry a generation, read from ``gens`` (pid -> [(since, maps, comm)]) as
     ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it. MMAP, MMAP2, FORK and EXIT records, which change
-    nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen)`` (Python's
-    ``_record``) on the way, in stream order; at any other record the loop stops.
+    nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen, now)`` (Python's
+    ``_record``; ``now``: ``round_base`` + the rounds counted before it) on the way, in stream order; at any
+    other record the loop stops.
     """
     cdef const char* b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -123,7 +124,7 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
         elif typ == REC_FINISHED_ROUND:
             rounds += 1
         elif typ == REC_MMAP2 or typ == REC_MMAP or typ == REC_FORK or typ == REC_EXIT:
-            side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen)
+            side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen, round_base + rounds)
         else:
             return off, records, rounds, True
         records += 1
@@ -236,7 +237,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
              object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict held, object retried,
              bint hold,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
-             Py_ssize_t held_max):
+             Py_ssize_t held_max, Py_ssize_t hold_rounds):
     """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
 
     Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
@@ -245,7 +246,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     "[unknown]" without a JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
     ``kernel_miss(addr)`` for the rest), caching as Python does (``rest`` and ``named`` only when every
     name is settled and mapped). A key with an address in no mapping is held (``held``) as Python
-    holds it. Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
+    holds it (only while ``maps.changed`` is within ``hold_rounds`` of ``rounds``). Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
     id(leaf)) to [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts)
     Python names itself (no maps yet, odd generations); ``stats`` (whole-key hits, samples held,
     user addresses named "[unknown]").
@@ -342,7 +343,8 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
                 if len(named) > key_max:
                     named.clear()
                 named[key] = (maps, maps.version, prefix if leaf is None else (*prefix, leaf), py, graw)
-            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max:
+            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max and \
+                    rounds - <Py_ssize_t>maps.changed <= hold_rounds:  # a late mmap is possible
                 p = PyDict_GetItem(held, key)
                 if p is NULL:
                     held[key] = [rounds, count]

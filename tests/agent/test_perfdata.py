@@ -217,6 +217,42 @@ def test_reader_holds_a_sample_whose_mmap_comes_a_round_later(program: Path, com
     assert [n for _, n, _ in r3.feed(b"", final=True)] == [1]
 
 
+def test_a_stable_process_names_a_junk_address_at_once(program: Path, compiled: bool) -> None:
+    """A process whose mappings have not changed for more than HOLD_ROUNDS rounds has no mmap still on its
+    way: an address in none of them (a frame-pointer walk through code built without them) is named
+    "[unknown]" in the batch it came in, not held (before: held two rounds and named twice)."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    start = 0x555500000000
+    ino = program.stat().st_ino
+    r = _reader(compiled)
+    r.feed(_stream(_comm(310, "old", 1), _mmap2(310, start, 0x100000, 0, str(program), ino=ino, t=2),
+                   _round(), _round(), _round()))
+    got = r.feed(_sample(310, 5, [CONTEXT_USER, start + a_off + 1, 0x10]) + _round())
+    assert [(tuple(f.name for f in s.frames), n) for s, n, _ in got] == [(("[unknown]", "alpha_fn"), 1)]
+    assert r.held == 0 and not r._held
+    # a process that mapped something within HOLD_ROUNDS rounds still holds (the next test: a late mmap)
+    r.feed(_mmap2(310, start + 0x200000, 0x1000, 0, "//anon", ino=0, t=6))
+    assert r.feed(_sample(310, 7, [CONTEXT_USER, 0x10]) + _round()) == [] and r.held == 1
+
+
+def test_a_late_dlopen_mmap_in_an_old_process_is_held_and_named(program: Path, compiled: bool) -> None:
+    """dlopen maps a library and its dependencies in a burst: a sample in the second one can reach the
+    stream before its MMAP2 (another CPU's buffer). The process is old, but its mappings changed in this
+    round (the first library), so the sample is held and named by the late mmap."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    start, lib = 0x555500000000, 0x7F0000000000
+    ino = program.stat().st_ino
+    r = _reader(compiled)
+    r.feed(_stream(_comm(320, "app", 1), _mmap2(320, start, 0x100000, 0, str(program), ino=ino, t=2),
+                   *[_round()] * 5))
+    first = r.feed(_mmap2(320, lib - 0x200000, 0x1000, 0, "//anon", ino=0, t=10)
+                   + _sample(320, 12, [CONTEXT_USER, lib + a_off + 1]) + _round())
+    assert first == [] and r.held == 1
+    assert r.feed(_mmap2(320, lib, 0x100000, 0, str(program), ino=ino, t=11) + _round()) == []
+    got = r.feed(_round())
+    assert [(tuple(f.name for f in s.frames), n) for s, n, _ in got] == [(("alpha_fn",), 1)]
+
+
 def _exit(pid: int, t: int) -> bytes:
     return _rec(4, struct.pack("<IIIIQ", pid, 1, pid, 1, t) + _trailer(pid, t))
 
