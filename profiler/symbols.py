@@ -407,6 +407,9 @@ class JitMaps:
         self.proc_root = proc_root
         self.clock = clock
         self._maps: dict[int, tuple[int, list[int], list[int], list[str]]] = {}
+        # pid -> clock time until which it is known to have no map (lookup answers None for any
+        # address then): the compiled perf.data naming reads it to answer without calling lookup
+        self.absent: dict[int, float] = {}
         self._checked: dict[int, float] = {}
 
     def _path(self, pid: int) -> str:
@@ -431,7 +434,10 @@ class JitMaps:
             try:
                 size = os.stat(path).st_size
             except OSError:
+                if got is None:
+                    self.absent[pid] = now + self.RECHECK_SECONDS
                 return None
+            self.absent.pop(pid, None)
             if got is None or got[0] != size:
                 got = self._maps[pid] = _read_perf_map(path, size)
         return _hit(got, addr)
@@ -439,6 +445,7 @@ class JitMaps:
     def forget(self, pid: int) -> None:
         self._maps.pop(pid, None)
         self._checked.pop(pid, None)
+        self.absent.pop(pid, None)
 
 
 def _hit(got: tuple[int, list[int], list[int], list[str]], addr: int) -> str | None:

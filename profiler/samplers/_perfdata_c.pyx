@@ -139,7 +139,8 @@ DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
 cdef class _Namer:
     """One call's state: the reader's caches and its ways back into Python for names not cached."""
     cdef dict knames, file_names
-    cdef object unmapped, user_miss, kernel_miss, jit_lookup
+    cdef object unmapped, user_miss, kernel_miss, jit_lookup, jit_clock
+    cdef dict jit_absent  # JitMaps.absent: pid -> clock time until which it has no perf map
     cdef Py_ssize_t addr_max
     cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
     cdef bint saw_unmapped, saw_unsettled  # of the chain being named
@@ -154,7 +155,7 @@ cdef class _Namer:
             got = <object>p
         else:
             got = self.from_file(maps, names, a, addr)
-            if got is None and self.no_row and not self.jit_lookup(pid, addr):
+            if got is None and self.no_row and (self.no_jit_map(pid) or not self.jit_lookup(pid, addr)):
                 # in no mapping and no JIT map (often a frame-pointer walk through a binary built
                 # without them): "[unknown]" for good, as Python names it, without calling it
                 got = self.unmapped
@@ -168,6 +169,14 @@ cdef class _Namer:
             self.saw_unmapped = True
             self.unmapped_n += 1
         return got
+
+    cdef bint no_jit_map(self, object pid) except -1:
+        """Whether ``pid`` is known to have no perf map now: ``jit_lookup`` would answer None without
+        looking (it re-checks a missing map only every few seconds), so it is not called."""
+        cdef PyObject* p = PyDict_GetItem(self.jit_absent, pid)
+        if p is NULL:
+            return False
+        return self.jit_clock() < <object>p
 
     cdef object from_file(self, object maps, dict names, uint64_t a, object addr):
         cdef list starts = maps.starts
@@ -234,7 +243,8 @@ cdef class _Namer:
 
 
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
-             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict held, object retried,
+             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict jit_absent,
+             object jit_clock, dict held, object retried,
              bint hold,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
              Py_ssize_t held_max, Py_ssize_t hold_rounds):
@@ -242,8 +252,9 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
 
     Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
     (``rest``) plus the leaf, else named address by address (``maps.names``, the file and offset in
-    ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` and is
-    "[unknown]" without a JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
+    ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` (not called
+    while ``jit_absent[pid]`` is later than ``jit_clock()``: no perf map) and is "[unknown]" without a
+    JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
     ``kernel_miss(addr)`` for the rest), caching as Python does (``rest`` and ``named`` only when every
     name is settled and mapped). A key with an address in no mapping is held (``held``) as Python
     holds it (only while ``maps.changed`` is within ``hold_rounds`` of ``rounds``). Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
@@ -254,6 +265,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     cdef _Namer nm = _Namer.__new__(_Namer)
     nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
     nm.user_miss, nm.kernel_miss, nm.jit_lookup, nm.addr_max = user_miss, kernel_miss, jit_lookup, addr_max
+    nm.jit_absent, nm.jit_clock = jit_absent, jit_clock
     nm.unmapped_n = 0
     cdef dict out = {}
     cdef dict slow = {}

@@ -436,8 +436,8 @@ class PerfDataReader:
             # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
             fast, counts, (hits, held_n, unmapped_n) = _perfdata_c.name_all(
                 counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
-                self._user_miss, self._kernel_miss, self.jit.lookup, held, retried, hold, self._rounds, ADDR_CACHE_MAX,
-                REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX, HOLD_ROUNDS)
+                self._user_miss, self._kernel_miss, self.jit.lookup, self.jit.absent, self.jit.clock, held, retried,
+                hold, self._rounds, ADDR_CACHE_MAX, REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX, HOLD_ROUNDS)
             self.key_hits += hits
             self.held += held_n
             self._unmapped += unmapped_n

@@ -23,7 +23,7 @@ from profiler.samplers.perfdata import (
     PerfDataReader,
     UnsupportedStream,
 )
-from profiler.symbols import FileSymbols, KernelSymbols, demangle, read_elf_symbols
+from profiler.symbols import FileSymbols, JitMaps, KernelSymbols, demangle, read_elf_symbols
 from stacks.model import Frame, Kind
 from stacks.perf import PerfSample, iter_samples
 
@@ -251,6 +251,33 @@ def test_a_late_dlopen_mmap_in_an_old_process_is_held_and_named(program: Path, c
     assert r.feed(_mmap2(320, lib, 0x100000, 0, str(program), ino=ino, t=11) + _round()) == []
     got = r.feed(_round())
     assert [(tuple(f.name for f in s.frames), n) for s, n, _ in got] == [(("alpha_fn",), 1)]
+
+
+def test_a_process_without_a_perf_map_is_answered_without_a_jit_lookup_and_a_later_map_is_read(
+        tmp_path: Path, compiled: bool) -> None:
+    """JitMaps re-checks a missing /tmp/perf-PID.map only every RECHECK_SECONDS and says so in ``absent``;
+    the compiled naming answers "[unknown]" for such a process without calling ``lookup``. A map written
+    later is read at the next re-check, and its names used (both paths alike)."""
+    now = [1000.0]
+    jit = JitMaps(str(tmp_path), clock=lambda: now[0])
+    calls: list[int] = []
+    lookup = jit.lookup
+    jit.lookup = lambda pid, addr: calls.append(pid) or lookup(pid, addr)  # type: ignore[method-assign]
+    r = PerfDataReader(kernel=_Kernel(), files=FileSymbols("/nonexistent-proc"), jit=jit, compiled=compiled)
+    jitted = 0x7F1200001000
+    first = r.feed(_stream(_comm(330, "java", 1), _sample(330, 2, [CONTEXT_USER, jitted])))
+    assert [tuple(f.name for f in s.frames) for s, _, _ in first] == [("[unknown]",)]
+    assert calls == [330] and jit.absent == {330: 1000.0 + JitMaps.RECHECK_SECONDS}
+    now[0] += 1.0  # within the re-check interval: the same answer; compiled, without a call
+    second = r.feed(_sample(330, 3, [CONTEXT_USER, jitted + 8]))
+    assert [tuple(f.name for f in s.frames) for s, _, _ in second] == [("[unknown]",)]
+    assert calls == ([330] if compiled else [330, 330])
+    (tmp_path / "330" / "root" / "tmp").mkdir(parents=True)
+    (tmp_path / "330" / "root" / "tmp" / "perf-330.map").write_text(f"{jitted:x} 100 LFoo;::bar\n")
+    now[0] += JitMaps.RECHECK_SECONDS  # the re-check is due: the map is read
+    third = r.feed(_sample(330, 4, [CONTEXT_USER, jitted + 16]))
+    assert [tuple(f.name for f in s.frames) for s, _, _ in third] == [("LFoo:::bar",)]
+    assert 330 not in jit.absent
 
 
 def _exit(pid: int, t: int) -> bytes:
