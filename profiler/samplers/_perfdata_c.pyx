@@ -15,9 +15,9 @@ from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.long cimport PyLong_AsUnsignedLongLong
 from cpython.set cimport PySet_Add
-from cpython.unicode cimport PyUnicode_Tailmatch
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_Tailmatch
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcpy
 
 DEF REC_SAMPLE = 9
 DEF REC_FINISHED_ROUND = 68
@@ -25,6 +25,8 @@ DEF REC_MMAP = 1
 DEF REC_EXIT = 4
 DEF REC_FORK = 7
 DEF REC_MMAP2 = 10
+DEF MISC_MMAP_BUILD_ID = 16384  # 1 << 14
+DEF PROT_EXEC = 4
 
 
 cdef inline uint32_t _u32(const char* p) noexcept nogil:
@@ -67,8 +69,82 @@ cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const
     return <uint32_t>(i + 1)
 
 
+cdef object _cstr(const char* b, Py_ssize_t start, Py_ssize_t end):
+    """perfdata._cstr: the text up to the first NUL in [start, end), decoded as perf's paths are."""
+    if start >= end:
+        return ""
+    cdef const char* z = <const char*>memchr(b + start, 0, end - start)
+    return PyUnicode_DecodeUTF8(b + start, (z - (b + start)) if z is not NULL else end - start, "replace")
+
+
+cdef int _mmap(const char* b, Py_ssize_t n, Py_ssize_t off, Py_ssize_t end, uint32_t typ, uint32_t misc,
+               dict all_maps, set shared, object maps_cls, Py_ssize_t now) except -1:
+    """``PerfDataReader._mmap`` + ``_Maps.add`` in C: an executable mapping into its process's rows.
+
+    The caller checked the record holds its fixed fields (MMAP2: 72 bytes, MMAP: 40)."""
+    cdef uint32_t pid_u = _u32(b + off + 8)
+    if pid_u == 0xFFFFFFFF:  # the kernel's own maps: kallsyms names them
+        return 0
+    cdef object key, path
+    cdef Py_ssize_t size
+    cdef uint64_t ino = 1
+    if typ == REC_MMAP2:
+        if not _u32(b + off + 64) & PROT_EXEC:
+            return 0
+        if misc & MISC_MMAP_BUILD_ID:
+            size = <uint8_t>b[off + 40]
+            if off + 44 + size > n:  # as Python's slice: never past the buffer
+                size = n - off - 44
+            key = PyBytes_FromStringAndSize(b + off + 44, size)
+        else:
+            ino = _u64(b + off + 48)
+            key = (_u32(b + off + 40), _u32(b + off + 44), ino)
+        path = _cstr(b, off + 72, end)
+    else:
+        path = _cstr(b, off + 40, end)
+        key = path
+    if ino == 0:
+        key = path
+    cdef object pid = pid_u
+    cdef PyObject* p = PyDict_GetItem(all_maps, pid)
+    if p is NULL:
+        maps = maps_cls(now)
+        all_maps[pid] = maps
+    elif pid in shared:
+        shared.discard(pid)
+        maps = (<object>p).copy(now)
+        all_maps[pid] = maps
+    else:
+        maps = <object>p
+    # _Maps.add: an mmap over old ones replaces them
+    cdef object start = _u64(b + off + 16)
+    cdef object stop = start + _u64(b + off + 24)
+    cdef uint64_t a = _u64(b + off + 16)
+    cdef list starts = maps.starts
+    cdef list rows = maps.rows
+    cdef Py_ssize_t lo = 0, hi = len(starts), mid, j
+    while lo < hi:  # bisect_left
+        mid = (lo + hi) >> 1
+        if <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]) < a:
+            lo = mid + 1
+        else:
+            hi = mid
+    j = lo
+    while j < len(rows) and (<tuple>rows[j])[0] < stop:
+        j += 1
+    if lo > 0 and (<tuple>rows[lo - 1])[1] > start:
+        lo -= 1
+    starts[lo:j] = [start]
+    rows[lo:j] = [(start, stop, _u64(b + off + 32), path, key)]
+    (<dict>maps.names).clear()
+    maps.version = maps.version + 1
+    maps.changed = now
+    return 0
+
+
 def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
-         object counts, set seen, bytes exec_pids, dict gens, object gen, object side, Py_ssize_t round_base):
+         object counts, set seen, bytes exec_pids, dict gens, object gen, object side, Py_ssize_t round_base,
+         dict all_maps, set shared, object maps_cls):
     """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
 
     Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
@@ -78,7 +154,8 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
     ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it. MMAP, MMAP2, FORK and EXIT records, which change
     nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen, now)`` (Python's
     ``_record``; ``now``: ``round_base`` + the rounds counted before it) on the way, in stream order; at any
-    other record the loop stops.
+    other record the loop stops. MMAP and MMAP2 records are read here (``_mmap``: into ``all_maps``, pid
+    -> ``maps_cls`` rows, a pid in ``shared`` copied first), as Python's ``_mmap`` reads them.
     """
     cdef const char* b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -123,6 +200,9 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
                 PyDict_SetItem(counts, key, v + 1)
         elif typ == REC_FINISHED_ROUND:
             rounds += 1
+        elif (typ == REC_MMAP2 and size >= 72) or (typ == REC_MMAP and size >= 40):
+            _mmap(b, n, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), all_maps, shared, maps_cls,
+                  round_base + rounds)
         elif typ == REC_MMAP2 or typ == REC_MMAP or typ == REC_FORK or typ == REC_EXIT:
             side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen, round_base + rounds)
         else:

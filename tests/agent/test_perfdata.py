@@ -342,7 +342,8 @@ def _events(draw: st.DrawFn, program_leaf: int, program_ret: int, ino: int, path
     addrs = [start + program_leaf, start + program_ret, 0x10, start + program_leaf + 2]
     for _ in range(draw(st.integers(1, 40))):
         t += 2
-        kind = draw(st.sampled_from(["sample"] * 5 + ["mmap", "anon", "comm", "exec", "fork", "exit", "round"]))
+        kind = draw(st.sampled_from(["sample"] * 5 + ["mmap", "anon", "comm", "exec", "fork", "exit", "round",
+                                                      "mmap1", "buildid", "data"]))
         pid = draw(st.sampled_from(_PIDS))
         if kind == "sample":
             chain = []
@@ -355,6 +356,18 @@ def _events(draw: st.DrawFn, program_leaf: int, program_ret: int, ino: int, path
             records.append(_mmap2(pid, start, 0x100000, 0, path, ino=ino, t=t))
         elif kind == "anon":
             records.append(_mmap2(pid, start, 0x1000, 0, "//anon", ino=0, t=t))
+        elif kind == "mmap1":  # the old MMAP record (no device and inode: named by path)
+            name = path.encode() + b"\0"
+            records.append(_rec(1, struct.pack("<IIQQQ", pid, pid, start + 0x1000, 0x2000, 0x1000)
+                                + name + b"\0" * (-len(name) % 8) + _trailer(pid, t)))
+        elif kind in ("buildid", "data"):  # a build id instead of device and inode; a mapping without PROT_EXEC
+            rec = bytearray(_mmap2(pid, start + 0x800, 0x100, 0, path, ino=ino, t=t))
+            if kind == "buildid":
+                rec[4:6] = struct.pack("<H", 1 << 14)  # misc: PERF_RECORD_MISC_MMAP_BUILD_ID
+                rec[40:64] = bytes([20, 0, 0, 0]) + bytes(range(1, 21))
+            else:
+                rec[64:68] = struct.pack("<I", 1)  # PROT_READ only
+            records.append(bytes(rec))
         elif kind in ("comm", "exec"):
             records.append(_comm(pid, draw(st.sampled_from(["a", "b", "c"])), t, exec_=kind == "exec"))
         elif kind == "fork":
