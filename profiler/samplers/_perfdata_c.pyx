@@ -142,9 +142,26 @@ cdef int _mmap(const char* b, Py_ssize_t n, Py_ssize_t off, Py_ssize_t end, uint
     return 0
 
 
+cdef int _fork(const char* b, Py_ssize_t off, dict comms, dict all_maps, set shared, object maps_cls,
+               Py_ssize_t now) except -1:
+    """``PerfDataReader._fork`` in C: the thread's comm from its parent; a new process shares its parent's maps."""
+    cdef object pid = _u32(b + off + 8), ppid = _u32(b + off + 12), tid = _u32(b + off + 16)
+    cdef PyObject* p = PyDict_GetItem(comms, <object>_u32(b + off + 20))
+    if p is not NULL:
+        comms[tid] = <object>p
+    if pid != ppid and pid == tid:  # a copy of its parent: shared until it maps something
+        p = PyDict_GetItem(all_maps, ppid)
+        if p is NULL:
+            all_maps[pid] = maps_cls(now)
+        else:
+            all_maps[pid] = <object>p
+            shared.add(pid)
+    return 0
+
+
 def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
          object counts, set seen, bytes exec_pids, dict gens, object gen, object side, Py_ssize_t round_base,
-         dict all_maps, set shared, object maps_cls):
+         dict all_maps, set shared, object maps_cls, dict comms, list exited, object feeds):
     """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
 
     Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
@@ -152,10 +169,12 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
     ``seen`` gets the 4 pid bytes of every key new to ``counts``; ``exec_pids`` is the sorted
     u32 pids whose samples carry a generation, read from ``gens`` (pid -> [(since, maps, comm)]) as
     ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it. MMAP, MMAP2, FORK and EXIT records, which change
-    nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen, now)`` (Python's
-    ``_record``; ``now``: ``round_base`` + the rounds counted before it) on the way, in stream order; at any
-    other record the loop stops. MMAP and MMAP2 records are read here (``_mmap``: into ``all_maps``, pid
-    -> ``maps_cls`` rows, a pid in ``shared`` copied first), as Python's ``_mmap`` reads them.
+    nothing this loop reads, are read here as Python's ``_mmap``, ``_fork`` and ``_record`` read them, in
+    stream order: mappings into ``all_maps`` (pid -> ``maps_cls`` rows; a pid in ``shared`` copied first),
+    comms of forked threads into ``comms``, an exiting process's maps appended to ``exited`` as ``(feeds,
+    pid, maps)``; ``round_base`` + the rounds counted before a record is its round (``_Maps.changed``).
+    One too short for its fields is handed to ``side(buf, off, end, type, misc, counts, seen, now)``
+    (Python's ``_record``, ``now`` its round); at any other record the loop stops.
     """
     cdef const char* b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -165,7 +184,7 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
     cdef uint32_t typ, size, g
     cdef bint tagged
     cdef char* k
-    cdef object key, v
+    cdef object key, v, pid
     cdef PyObject* got
     while off + 8 <= n:
         typ = _u32(b + off)
@@ -203,6 +222,14 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
         elif (typ == REC_MMAP2 and size >= 72) or (typ == REC_MMAP and size >= 40):
             _mmap(b, n, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), all_maps, shared, maps_cls,
                   round_base + rounds)
+        elif typ == REC_FORK and size >= 24:
+            _fork(b, off, comms, all_maps, shared, maps_cls, round_base + rounds)
+        elif typ == REC_EXIT and size >= 24:
+            if _u32(b + off + 8) == _u32(b + off + 16):  # the process, not one of its threads
+                pid = _u32(b + off + 8)
+                got = PyDict_GetItem(all_maps, pid)
+                if got is not NULL:
+                    exited.append((feeds, pid, <object>got))
         elif typ == REC_MMAP2 or typ == REC_MMAP or typ == REC_FORK or typ == REC_EXIT:
             side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen, round_base + rounds)
         else:

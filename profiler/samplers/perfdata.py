@@ -270,7 +270,7 @@ class PerfDataReader:
                 self._exec_packed = struct.pack(f"<{len(self._exec_pids)}I", *sorted(self._exec_pids.values()))
             off, recs, rnds, stop = scan(buf, off, self._tid_off, self._cc_off, self._time_off, counts, seen,
                                          self._exec_packed, self._gens, self._gen, record, self._rounds + rounds,
-                                         self._maps, self._shared, _Maps)
+                                         self._maps, self._shared, _Maps, self._comms, self._exited, self._feeds)
             records += recs
             rounds += rnds
             if not stop:
