@@ -280,6 +280,18 @@ def test_a_process_without_a_perf_map_is_answered_without_a_jit_lookup_and_a_lat
     assert 330 not in jit.absent
 
 
+def test_a_jit_map_is_read_under_the_pid_the_process_has_in_its_own_namespace(tmp_path: Path) -> None:
+    """A container's process writes /tmp/perf-NSPID.map with its pid in its own namespace (the last NSpid
+    field of /proc/PID/status): that file, through /proc/PID/root, is read; the host pid's name is not."""
+    (tmp_path / "4321" / "root" / "tmp").mkdir(parents=True)
+    (tmp_path / "4321" / "status").write_text("Name:\tnode\nPid:\t4321\nNSpid:\t4321\t7\nThreads:\t3\n")
+    (tmp_path / "4321" / "root" / "tmp" / "perf-4321.map").write_text("1000 100 wrong\n")
+    (tmp_path / "4321" / "root" / "tmp" / "perf-7.map").write_text("1000 100 LazyCompile:*main\n")
+    jit = JitMaps(str(tmp_path))
+    assert jit.lookup(4321, 0x1010) == "LazyCompile:*main" and 4321 not in jit.absent
+    assert jit.lookup(4321, 0x2000) is None
+
+
 def _exit(pid: int, t: int) -> bytes:
     return _rec(4, struct.pack("<IIIIQ", pid, 1, pid, 1, t) + _trailer(pid, t))
 
