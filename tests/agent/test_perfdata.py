@@ -292,6 +292,25 @@ def test_a_jit_map_is_read_under_the_pid_the_process_has_in_its_own_namespace(tm
     assert jit.lookup(4321, 0x2000) is None
 
 
+def test_a_process_in_the_agents_pid_namespace_is_found_without_its_status(tmp_path: Path) -> None:
+    """Where the agent's own process is in the namespace /proc numbers in (one NSpid field), a process whose
+    pid namespace link is the same has no other pid: its map is found without reading its status; a process
+    of another namespace is still looked up under its NSpid."""
+    for d in ("self/ns", "50/ns", "60/ns", "50/root/tmp", "60/root/tmp"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "self" / "status").write_text("Name:\tagent\nNSpid:\t40\n")
+    (tmp_path / "self" / "ns" / "pid").symlink_to("pid:[4026531836]")
+    (tmp_path / "50" / "ns" / "pid").symlink_to("pid:[4026531836]")
+    # a status that would point elsewhere: it must not be read for a process of the agent's namespace
+    (tmp_path / "50" / "status").write_text("Name:\tsh\nNSpid:\t50\t99\n")
+    (tmp_path / "50" / "root" / "tmp" / "perf-50.map").write_text("1000 100 host_jit\n")
+    (tmp_path / "60" / "ns" / "pid").symlink_to("pid:[4026532999]")
+    (tmp_path / "60" / "status").write_text("Name:\tnode\nNSpid:\t60\t3\n")
+    (tmp_path / "60" / "root" / "tmp" / "perf-3.map").write_text("1000 100 pod_jit\n")
+    jit = JitMaps(str(tmp_path))
+    assert jit.lookup(50, 0x1000) == "host_jit" and jit.lookup(60, 0x1000) == "pod_jit"
+
+
 def _exit(pid: int, t: int) -> bytes:
     return _rec(4, struct.pack("<IIIIQ", pid, 1, pid, 1, t) + _trailer(pid, t))
 
