@@ -482,3 +482,42 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
             if py:
                 acc[3] = True
     return out, slow, (hits, held_n, nm.unmapped_n)
+
+
+def merge(dict fast, dict gens, dict comms, dict merged):
+    """``_name_all``'s merge of ``name_all``'s answers by value, in C: each (pid, tid, generation, prefix,
+    leaf) entry of ``fast`` added to ``merged`` under (comm, pid, tid, frames) as [count, runs_python]; comm
+    from the generation (``gens[pid][gen][2]``) or ``comms`` (thread, else process, else ":tid"). Returns the
+    samples added."""
+    cdef Py_ssize_t total = 0
+    cdef object okey, val, pid, tid, comm, frames, leaf, k
+    cdef Py_ssize_t gen
+    cdef PyObject* p
+    cdef list acc, v
+    for okey, val in fast.items():
+        pid = (<tuple>okey)[0]
+        tid = (<tuple>okey)[1]
+        gen = (<tuple>okey)[2]
+        v = <list>val
+        if gen >= 0:
+            comm = gens[pid][gen][2]
+        else:
+            p = PyDict_GetItem(comms, tid)
+            comm = <object>p if p is not NULL else None
+            if not comm:
+                p = PyDict_GetItem(comms, pid)
+                comm = <object>p if p is not NULL else None
+                if not comm:
+                    comm = f":{tid}"
+        leaf = v[2]
+        frames = v[1] if leaf is None else (*v[1], leaf)
+        k = (comm, pid, tid, frames)
+        p = PyDict_GetItem(merged, k)
+        if p is NULL:
+            merged[k] = [v[0], v[3]]
+        else:
+            acc = <list>p
+            acc[0] = acc[0] + v[0]
+            acc[1] = acc[1] or v[3]
+        total += v[0]
+    return total

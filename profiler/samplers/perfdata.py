@@ -442,17 +442,7 @@ class PerfDataReader:
             self.key_hits += hits
             self.held += held_n
             self._unmapped += unmapped_n
-            for (pid, tid, gen, _, _), (count, prefix, leaf, python) in fast.items():
-                comm = self._gens[pid][gen][2] if gen >= 0 else comms.get(tid) or comms.get(pid) or f":{tid}"
-                frames = prefix if leaf is None else (*prefix, leaf)
-                k = (comm, pid, tid, frames)
-                got = merged.get(k)
-                if got is None:
-                    merged[k] = [count, python]
-                else:
-                    got[0] += count
-                    got[1] = got[1] or python
-                total += count
+            total += _perfdata_c.merge(fast, self._gens, comms, merged)
         for key, count in counts.items():
             if len(key) < 16:
                 continue  # a sample too short for its call chain: dropped, like a malformed chain
