@@ -15,9 +15,9 @@ from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.long cimport PyLong_AsUnsignedLongLong
 from cpython.set cimport PySet_Add
-from cpython.unicode cimport PyUnicode_Tailmatch
-from libc.stdint cimport uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_Tailmatch
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcpy
 
 DEF REC_SAMPLE = 9
 DEF REC_FINISHED_ROUND = 68
@@ -25,6 +25,8 @@ DEF REC_MMAP = 1
 DEF REC_EXIT = 4
 DEF REC_FORK = 7
 DEF REC_MMAP2 = 10
+DEF MISC_MMAP_BUILD_ID = 16384  # 1 << 14
+DEF PROT_EXEC = 4
 
 
 cdef inline uint32_t _u32(const char* p) noexcept nogil:
@@ -67,8 +69,99 @@ cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const
     return <uint32_t>(i + 1)
 
 
+cdef object _cstr(const char* b, Py_ssize_t start, Py_ssize_t end):
+    """perfdata._cstr: the text up to the first NUL in [start, end), decoded as perf's paths are."""
+    if start >= end:
+        return ""
+    cdef const char* z = <const char*>memchr(b + start, 0, end - start)
+    return PyUnicode_DecodeUTF8(b + start, (z - (b + start)) if z is not NULL else end - start, "replace")
+
+
+cdef int _mmap(const char* b, Py_ssize_t n, Py_ssize_t off, Py_ssize_t end, uint32_t typ, uint32_t misc,
+               dict all_maps, set shared, object maps_cls, Py_ssize_t now) except -1:
+    """``PerfDataReader._mmap`` + ``_Maps.add`` in C: an executable mapping into its process's rows.
+
+    The caller checked the record holds its fixed fields (MMAP2: 72 bytes, MMAP: 40)."""
+    cdef uint32_t pid_u = _u32(b + off + 8)
+    if pid_u == 0xFFFFFFFF:  # the kernel's own maps: kallsyms names them
+        return 0
+    cdef object key, path
+    cdef Py_ssize_t size
+    cdef uint64_t ino = 1
+    if typ == REC_MMAP2:
+        if not _u32(b + off + 64) & PROT_EXEC:
+            return 0
+        if misc & MISC_MMAP_BUILD_ID:
+            size = <uint8_t>b[off + 40]
+            if off + 44 + size > n:  # as Python's slice: never past the buffer
+                size = n - off - 44
+            key = PyBytes_FromStringAndSize(b + off + 44, size)
+        else:
+            ino = _u64(b + off + 48)
+            key = (_u32(b + off + 40), _u32(b + off + 44), ino)
+        path = _cstr(b, off + 72, end)
+    else:
+        path = _cstr(b, off + 40, end)
+        key = path
+    if ino == 0:
+        key = path
+    cdef object pid = pid_u
+    cdef PyObject* p = PyDict_GetItem(all_maps, pid)
+    if p is NULL:
+        maps = maps_cls(now)
+        all_maps[pid] = maps
+    elif pid in shared:
+        shared.discard(pid)
+        maps = (<object>p).copy(now)
+        all_maps[pid] = maps
+    else:
+        maps = <object>p
+    # _Maps.add: an mmap over old ones replaces them
+    cdef object start = _u64(b + off + 16)
+    cdef object stop = start + _u64(b + off + 24)
+    cdef uint64_t a = _u64(b + off + 16)
+    cdef list starts = maps.starts
+    cdef list rows = maps.rows
+    cdef Py_ssize_t lo = 0, hi = len(starts), mid, j
+    while lo < hi:  # bisect_left
+        mid = (lo + hi) >> 1
+        if <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]) < a:
+            lo = mid + 1
+        else:
+            hi = mid
+    j = lo
+    while j < len(rows) and (<tuple>rows[j])[0] < stop:
+        j += 1
+    if lo > 0 and (<tuple>rows[lo - 1])[1] > start:
+        lo -= 1
+    starts[lo:j] = [start]
+    rows[lo:j] = [(start, stop, _u64(b + off + 32), path, key)]
+    (<dict>maps.names).clear()
+    maps.version = maps.version + 1
+    maps.changed = now
+    return 0
+
+
+cdef int _fork(const char* b, Py_ssize_t off, dict comms, dict all_maps, set shared, object maps_cls,
+               Py_ssize_t now) except -1:
+    """``PerfDataReader._fork`` in C: the thread's comm from its parent; a new process shares its parent's maps."""
+    cdef object pid = _u32(b + off + 8), ppid = _u32(b + off + 12), tid = _u32(b + off + 16)
+    cdef PyObject* p = PyDict_GetItem(comms, <object>_u32(b + off + 20))
+    if p is not NULL:
+        comms[tid] = <object>p
+    if pid != ppid and pid == tid:  # a copy of its parent: shared until it maps something
+        p = PyDict_GetItem(all_maps, ppid)
+        if p is NULL:
+            all_maps[pid] = maps_cls(now)
+        else:
+            all_maps[pid] = <object>p
+            shared.add(pid)
+    return 0
+
+
 def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ssize_t time_off,
-         object counts, set seen, bytes exec_pids, dict gens, object gen, object side):
+         object counts, set seen, bytes exec_pids, dict gens, object gen, object side, Py_ssize_t round_base,
+         dict all_maps, set shared, object maps_cls, dict comms, list exited, object feeds):
     """Count the samples of ``buf`` from ``off`` into ``counts`` (key -> int) until a record Python must read.
 
     Returns ``(off, records, rounds, stop)``: ``stop`` is False when no whole record is left at
@@ -76,8 +169,12 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
     ``seen`` gets the 4 pid bytes of every key new to ``counts``; ``exec_pids`` is the sorted
     u32 pids whose samples carry a generation, read from ``gens`` (pid -> [(since, maps, comm)]) as
     ``gen(pid_bytes, time)`` (Python's ``_gen``) gives it. MMAP, MMAP2, FORK and EXIT records, which change
-    nothing this loop reads, are handed to ``side(buf, off, end, type, misc, counts, seen)`` (Python's
-    ``_record``) on the way, in stream order; at any other record the loop stops.
+    nothing this loop reads, are read here as Python's ``_mmap``, ``_fork`` and ``_record`` read them, in
+    stream order: mappings into ``all_maps`` (pid -> ``maps_cls`` rows; a pid in ``shared`` copied first),
+    comms of forked threads into ``comms``, an exiting process's maps appended to ``exited`` as ``(feeds,
+    pid, maps)``; ``round_base`` + the rounds counted before a record is its round (``_Maps.changed``).
+    One too short for its fields is handed to ``side(buf, off, end, type, misc, counts, seen, now)``
+    (Python's ``_record``, ``now`` its round); at any other record the loop stops.
     """
     cdef const char* b = PyBytes_AS_STRING(buf)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
@@ -87,7 +184,7 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
     cdef uint32_t typ, size, g
     cdef bint tagged
     cdef char* k
-    cdef object key, v
+    cdef object key, v, pid
     cdef PyObject* got
     while off + 8 <= n:
         typ = _u32(b + off)
@@ -122,8 +219,19 @@ def scan(bytes buf, Py_ssize_t off, Py_ssize_t tid_off, Py_ssize_t cc_off, Py_ss
                 PyDict_SetItem(counts, key, v + 1)
         elif typ == REC_FINISHED_ROUND:
             rounds += 1
+        elif (typ == REC_MMAP2 and size >= 72) or (typ == REC_MMAP and size >= 40):
+            _mmap(b, n, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), all_maps, shared, maps_cls,
+                  round_base + rounds)
+        elif typ == REC_FORK and size >= 24:
+            _fork(b, off, comms, all_maps, shared, maps_cls, round_base + rounds)
+        elif typ == REC_EXIT and size >= 24:
+            if _u32(b + off + 8) == _u32(b + off + 16):  # the process, not one of its threads
+                pid = _u32(b + off + 8)
+                got = PyDict_GetItem(all_maps, pid)
+                if got is not NULL:
+                    exited.append((feeds, pid, <object>got))
         elif typ == REC_MMAP2 or typ == REC_MMAP or typ == REC_FORK or typ == REC_EXIT:
-            side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen)
+            side(buf, off, end, typ, <uint16_t>(_u32(b + off + 4) & 0xFFFF), counts, seen, round_base + rounds)
         else:
             return off, records, rounds, True
         records += 1
@@ -138,7 +246,8 @@ DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
 cdef class _Namer:
     """One call's state: the reader's caches and its ways back into Python for names not cached."""
     cdef dict knames, file_names
-    cdef object unmapped, user_miss, kernel_miss, jit_lookup
+    cdef object unmapped, user_miss, kernel_miss, jit_lookup, jit_clock
+    cdef dict jit_absent  # JitMaps.absent: pid -> clock time until which it has no perf map
     cdef Py_ssize_t addr_max
     cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
     cdef bint saw_unmapped, saw_unsettled  # of the chain being named
@@ -153,7 +262,7 @@ cdef class _Namer:
             got = <object>p
         else:
             got = self.from_file(maps, names, a, addr)
-            if got is None and self.no_row and not self.jit_lookup(pid, addr):
+            if got is None and self.no_row and (self.no_jit_map(pid) or not self.jit_lookup(pid, addr)):
                 # in no mapping and no JIT map (often a frame-pointer walk through a binary built
                 # without them): "[unknown]" for good, as Python names it, without calling it
                 got = self.unmapped
@@ -167,6 +276,14 @@ cdef class _Namer:
             self.saw_unmapped = True
             self.unmapped_n += 1
         return got
+
+    cdef bint no_jit_map(self, object pid) except -1:
+        """Whether ``pid`` is known to have no perf map now: ``jit_lookup`` would answer None without
+        looking (it re-checks a missing map only every few seconds), so it is not called."""
+        cdef PyObject* p = PyDict_GetItem(self.jit_absent, pid)
+        if p is NULL:
+            return False
+        return self.jit_clock() < <object>p
 
     cdef object from_file(self, object maps, dict names, uint64_t a, object addr):
         cdef list starts = maps.starts
@@ -233,19 +350,21 @@ cdef class _Namer:
 
 
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
-             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict held, object retried,
+             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict jit_absent,
+             object jit_clock, dict held, object retried,
              bint hold,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
-             Py_ssize_t held_max):
+             Py_ssize_t held_max, Py_ssize_t hold_rounds):
     """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
 
     Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
     (``rest``) plus the leaf, else named address by address (``maps.names``, the file and offset in
-    ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` and is
-    "[unknown]" without a JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
+    ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` (not called
+    while ``jit_absent[pid]`` is later than ``jit_clock()``: no perf map) and is "[unknown]" without a
+    JIT name; Python's ``user_miss(pid, maps, addr) -> (got, settled)`` /
     ``kernel_miss(addr)`` for the rest), caching as Python does (``rest`` and ``named`` only when every
     name is settled and mapped). A key with an address in no mapping is held (``held``) as Python
-    holds it. Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
+    holds it (only while ``maps.changed`` is within ``hold_rounds`` of ``rounds``). Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
     id(leaf)) to [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts)
     Python names itself (no maps yet, odd generations); ``stats`` (whole-key hits, samples held,
     user addresses named "[unknown]").
@@ -253,6 +372,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     cdef _Namer nm = _Namer.__new__(_Namer)
     nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
     nm.user_miss, nm.kernel_miss, nm.jit_lookup, nm.addr_max = user_miss, kernel_miss, jit_lookup, addr_max
+    nm.jit_absent, nm.jit_clock = jit_absent, jit_clock
     nm.unmapped_n = 0
     cdef dict out = {}
     cdef dict slow = {}
@@ -342,7 +462,8 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
                 if len(named) > key_max:
                     named.clear()
                 named[key] = (maps, maps.version, prefix if leaf is None else (*prefix, leaf), py, graw)
-            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max:
+            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max and \
+                    rounds - <Py_ssize_t>maps.changed <= hold_rounds:  # a late mmap is possible
                 p = PyDict_GetItem(held, key)
                 if p is NULL:
                     held[key] = [rounds, count]
@@ -361,3 +482,42 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
             if py:
                 acc[3] = True
     return out, slow, (hits, held_n, nm.unmapped_n)
+
+
+def merge(dict fast, dict gens, dict comms, dict merged):
+    """``_name_all``'s merge of ``name_all``'s answers by value, in C: each (pid, tid, generation, prefix,
+    leaf) entry of ``fast`` added to ``merged`` under (comm, pid, tid, frames) as [count, runs_python]; comm
+    from the generation (``gens[pid][gen][2]``) or ``comms`` (thread, else process, else ":tid"). Returns the
+    samples added."""
+    cdef Py_ssize_t total = 0
+    cdef object okey, val, pid, tid, comm, frames, leaf, k
+    cdef Py_ssize_t gen
+    cdef PyObject* p
+    cdef list acc, v
+    for okey, val in fast.items():
+        pid = (<tuple>okey)[0]
+        tid = (<tuple>okey)[1]
+        gen = (<tuple>okey)[2]
+        v = <list>val
+        if gen >= 0:
+            comm = gens[pid][gen][2]
+        else:
+            p = PyDict_GetItem(comms, tid)
+            comm = <object>p if p is not NULL else None
+            if not comm:
+                p = PyDict_GetItem(comms, pid)
+                comm = <object>p if p is not NULL else None
+                if not comm:
+                    comm = f":{tid}"
+        leaf = v[2]
+        frames = v[1] if leaf is None else (*v[1], leaf)
+        k = (comm, pid, tid, frames)
+        p = PyDict_GetItem(merged, k)
+        if p is NULL:
+            merged[k] = [v[0], v[3]]
+        else:
+            acc = <list>p
+            acc[0] = acc[0] + v[0]
+            acc[1] = acc[1] or v[3]
+        total += v[0]
+    return total

@@ -71,7 +71,9 @@ KEY_CACHE_MAX = 20000
 EXIT_GRACE_FEEDS = 4
 # perf record drains every CPU's buffer once per round and then writes FINISHED_ROUND, so an
 # mmap that came before a sample in time reaches the stream at most one round after it. A sample
-# with an address in no mapping is held this many rounds before it is named "[unknown]" for good.
+# with an address in no mapping is held this many rounds before it is named "[unknown]" for good,
+# and only while its process's mappings changed within this many rounds (_Maps.changed): an
+# address space that is older holds no mapping still on its way, so such an address is junk.
 HOLD_ROUNDS = 2
 HELD_MAX = 1 << 16  # distinct held chains (beyond it they are named at once)
 
@@ -91,23 +93,29 @@ _UNMAPPED = (Frame("[unknown]", Kind.USER), False)  # an address in no mapping (
 
 
 class _Maps:
-    """One address space: executable mappings sorted by start, and names already looked up."""
+    """One address space: executable mappings sorted by start, and names already looked up.
 
-    __slots__ = ("names", "rows", "starts", "version")
+    ``changed`` is the round (FINISHED_ROUND records read before it) of its last change: made (a
+    new process, exec, a fork's own copy) or an mmap added. Only while it is recent can a sample's
+    address be in a mapping whose mmap has not reached the stream yet (see :data:`HOLD_ROUNDS`).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("changed", "names", "rows", "starts", "version")
+
+    def __init__(self, changed: int = 0) -> None:
         self.starts: list[int] = []
         self.rows: list[tuple[int, int, int, str, object]] = []  # (start, end, pgoff, path, file key)
         self.names: dict[int, tuple[Frame, bool]] = {}
         # bumped by every change of the rows: names cached outside (whole chains) are stale then
         self.version = 0
+        self.changed = changed
 
-    def copy(self) -> _Maps:
-        m = _Maps()
+    def copy(self, changed: int) -> _Maps:
+        m = _Maps(changed)
         m.starts, m.rows = list(self.starts), list(self.rows)
         return m
 
-    def add(self, start: int, end: int, pgoff: int, path: str, key: object) -> None:
+    def add(self, start: int, end: int, pgoff: int, path: str, key: object, changed: int) -> None:
         i = bisect.bisect_left(self.starts, start)
         j = i
         while j < len(self.rows) and self.rows[j][0] < end:  # an mmap over old ones replaces them
@@ -118,6 +126,7 @@ class _Maps:
         self.rows[i:j] = [(start, end, pgoff, path, key)]
         self.names.clear()
         self.version += 1
+        self.changed = changed
 
     def find(self, addr: int) -> tuple[int, int, int, str, object] | None:
         i = bisect.bisect_right(self.starts, addr) - 1
@@ -172,6 +181,7 @@ class PerfDataReader:
         self._exited: list[tuple[int, int, _Maps]] = []  # (feed number, pid, its maps at exit)
         self._feeds = 0
         self._rounds = 0  # FINISHED_ROUND records read (0: a stream without rounds holds nothing)
+        self._now = 0  # FINISHED_ROUND records read before the side-band record being read (_Maps.changed)
         self._unmapped = 0  # user addresses named "[unknown]" because no mapping held them
         self._held: dict[bytes, list[int]] = {}  # chain -> [round when held, count]
         self.records = 0
@@ -200,7 +210,7 @@ class PerfDataReader:
         if self.compiled and isinstance(buf, bytes):
             off, records, rounds = self._scan_compiled(buf, off, counts, seen)
         else:
-            off, records, rounds = self._scan(buf, off, counts, seen)
+            off, records, rounds = self._scan(buf, off, counts, seen, self._rounds)
         self._buf = buf[off:]
         self.records += records
         self._rounds += rounds
@@ -214,10 +224,10 @@ class PerfDataReader:
         self._expire()
         return out
 
-    def _scan(self, buf: bytes, off: int, counts: Counter[bytes], seen: set[bytes],
+    def _scan(self, buf: bytes, off: int, counts: Counter[bytes], seen: set[bytes], base: int,
               n: int = -1) -> tuple[int, int, int]:
-        """The pure record loop: every whole record from ``off`` up to ``n`` (default: the end);
-        (offset after them, records, rounds)."""
+        """The pure record loop: every whole record from ``off`` up to ``n`` (default: the end), ``base``
+        rounds read before it; (offset after them, records, rounds)."""
         if n < 0:
             n = len(buf)
         unpack = _HDR.unpack_from
@@ -243,7 +253,7 @@ class PerfDataReader:
             elif typ == REC_FINISHED_ROUND:
                 rounds += 1
             else:
-                self._record(buf, off, end, typ, misc, counts, seen)
+                self._record(buf, off, end, typ, misc, counts, seen, base + rounds)
                 if typ == REC_HEADER_ATTR:
                     tid_off, cc_off, time_off = self._tid_off, self._cc_off, self._time_off
             off = end
@@ -259,23 +269,26 @@ class PerfDataReader:
             if self._exec_packed is None:  # the pids whose samples carry a generation changed
                 self._exec_packed = struct.pack(f"<{len(self._exec_pids)}I", *sorted(self._exec_pids.values()))
             off, recs, rnds, stop = scan(buf, off, self._tid_off, self._cc_off, self._time_off, counts, seen,
-                                         self._exec_packed, self._gens, self._gen, record)
+                                         self._exec_packed, self._gens, self._gen, record, self._rounds + rounds,
+                                         self._maps, self._shared, _Maps, self._comms, self._exited, self._feeds)
             records += recs
             rounds += rnds
             if not stop:
                 return off, records, rounds
             typ, misc, size = unpack(buf, off)
             if typ == REC_SAMPLE or size < 8:  # a sample the C loop does not take: the pure loop's errors
-                off, recs, rnds = self._scan(buf, off, counts, seen, off + max(8, size))
+                off, recs, rnds = self._scan(buf, off, counts, seen, self._rounds + rounds, off + max(8, size))
             else:  # a side-band record, in stream order
-                record(buf, off, off + size, typ, misc, counts, seen)
+                record(buf, off, off + size, typ, misc, counts, seen, self._rounds + rounds)
                 off, recs, rnds = off + size, 1, 0
             records += recs
             rounds += rnds
 
     def _record(self, buf: bytes, off: int, end: int, typ: int, misc: int, counts: Counter[bytes],
-                seen: set[bytes]) -> None:
-        """A side-band record (anything but a sample or a round): maps, names, processes, attributes."""
+                seen: set[bytes], now: int) -> None:
+        """A side-band record (anything but a sample or a round), ``now`` rounds read before it: maps,
+        names, processes, attributes."""
+        self._now = now
         if typ in (REC_MMAP2, REC_MMAP):
             self._mmap(buf, off, end, typ, misc)
         elif typ == REC_COMM:
@@ -335,11 +348,11 @@ class PerfDataReader:
             key = path
         maps = self._maps.get(pid)
         if maps is None:
-            maps = self._maps[pid] = _Maps()
+            maps = self._maps[pid] = _Maps(self._now)
         elif pid in self._shared:
             self._shared.discard(pid)
-            maps = self._maps[pid] = maps.copy()
-        maps.add(addr, addr + length, pgoff, path, key)
+            maps = self._maps[pid] = maps.copy(self._now)
+        maps.add(addr, addr + length, pgoff, path, key, self._now)
 
     def _exec(self, pid: int, comm: str, buf: bytes, end: int, counts: Counter[bytes], seen: set[bytes]) -> None:
         """A new program in ``pid``: new mappings follow; samples from before it keep the old ones.
@@ -347,7 +360,7 @@ class PerfDataReader:
         Samples of ``pid`` already counted in this batch without a generation
         came before the exec in the stream: they are tagged with the old one.
         """
-        new = _Maps()
+        new = _Maps(self._now)
         old = self._maps.get(pid)
         self._maps[pid] = new
         self._shared.discard(pid)
@@ -357,7 +370,7 @@ class PerfDataReader:
         gens = self._gens.get(pid)
         if gens is None:
             old_comm = self._comms.get(pid) or f":{pid}"
-            gens = self._gens[pid] = [(0, old if old is not None else _Maps(), old_comm)]
+            gens = self._gens[pid] = [(0, old if old is not None else _Maps(self._now), old_comm)]
         pidb = _U32x2.pack(pid, 0)[:4]
         old_gen = _U32x2.pack(len(gens), 0)
         if pidb in seen:
@@ -382,7 +395,7 @@ class PerfDataReader:
         if pid != ppid and pid == tid:  # a new process starts as a copy of its parent: shared until it maps
             parent = self._maps.get(ppid)  # something (most exec at once, which gives them their own)
             if parent is None:
-                self._maps[pid] = _Maps()
+                self._maps[pid] = _Maps(self._now)
             else:
                 self._maps[pid] = parent
                 self._shared.add(pid)
@@ -424,22 +437,12 @@ class PerfDataReader:
             # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
             fast, counts, (hits, held_n, unmapped_n) = _perfdata_c.name_all(
                 counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
-                self._user_miss, self._kernel_miss, self.jit.lookup, held, retried, hold, self._rounds, ADDR_CACHE_MAX,
-                REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX)
+                self._user_miss, self._kernel_miss, self.jit.lookup, self.jit.absent, self.jit.clock, held, retried,
+                hold, self._rounds, ADDR_CACHE_MAX, REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX, HOLD_ROUNDS)
             self.key_hits += hits
             self.held += held_n
             self._unmapped += unmapped_n
-            for (pid, tid, gen, _, _), (count, prefix, leaf, python) in fast.items():
-                comm = self._gens[pid][gen][2] if gen >= 0 else comms.get(tid) or comms.get(pid) or f":{tid}"
-                frames = prefix if leaf is None else (*prefix, leaf)
-                k = (comm, pid, tid, frames)
-                got = merged.get(k)
-                if got is None:
-                    merged[k] = [count, python]
-                else:
-                    got[0] += count
-                    got[1] = got[1] or python
-                total += count
+            total += _perfdata_c.merge(fast, self._gens, comms, merged)
         for key, count in counts.items():
             if len(key) < 16:
                 continue  # a sample too short for its call chain: dropped, like a malformed chain
@@ -484,7 +487,7 @@ class PerfDataReader:
             if maps is None:
                 maps = all_maps.get(pid)
                 if maps is None:
-                    maps = all_maps[pid] = _Maps()
+                    maps = all_maps[pid] = _Maps(self._rounds)
             if nr >= 2 and ips[0] >= CONTEXT_MAX and ips[1] < CONTEXT_MAX:
                 # The leaf address varies from sample to sample inside one function; the rest of the
                 # chain repeats: it is named once (per address space) and kept across batches.
@@ -507,7 +510,11 @@ class PerfDataReader:
                 if len(named) > KEY_CACHE_MAX:
                     named.clear()
                 named[key] = (maps, maps.version, frames, python, gen)
-            elif hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX:
+            elif (hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX
+                  and self._rounds - maps.changed <= HOLD_ROUNDS):
+                # held only while a late mmap is possible: its address space changed lately (a new
+                # process, an exec, a fresh mmap); a stable one's junk address (a frame-pointer walk
+                # through code built without them) is "[unknown]" at once
                 got_held = held.get(key)
                 if got_held is None:
                     held[key] = [self._rounds, count]
@@ -577,7 +584,7 @@ class PerfDataReader:
             else:
                 a = ip if leaf else ip - 1  # a return address: the call is the byte before it
                 if maps is None:
-                    maps = self._maps[pid] = _Maps()
+                    maps = self._maps[pid] = _Maps(self._rounds)
                 got = maps.names.get(a)
                 if got is None:
                     if len(maps.names) > ADDR_CACHE_MAX:

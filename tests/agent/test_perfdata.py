@@ -23,7 +23,7 @@ from profiler.samplers.perfdata import (
     PerfDataReader,
     UnsupportedStream,
 )
-from profiler.symbols import FileSymbols, KernelSymbols, demangle, read_elf_symbols
+from profiler.symbols import FileSymbols, JitMaps, KernelSymbols, demangle, read_elf_symbols
 from stacks.model import Frame, Kind
 from stacks.perf import PerfSample, iter_samples
 
@@ -217,6 +217,100 @@ def test_reader_holds_a_sample_whose_mmap_comes_a_round_later(program: Path, com
     assert [n for _, n, _ in r3.feed(b"", final=True)] == [1]
 
 
+def test_a_stable_process_names_a_junk_address_at_once(program: Path, compiled: bool) -> None:
+    """A process whose mappings have not changed for more than HOLD_ROUNDS rounds has no mmap still on its
+    way: an address in none of them (a frame-pointer walk through code built without them) is named
+    "[unknown]" in the batch it came in, not held (before: held two rounds and named twice)."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    start = 0x555500000000
+    ino = program.stat().st_ino
+    r = _reader(compiled)
+    r.feed(_stream(_comm(310, "old", 1), _mmap2(310, start, 0x100000, 0, str(program), ino=ino, t=2),
+                   _round(), _round(), _round()))
+    got = r.feed(_sample(310, 5, [CONTEXT_USER, start + a_off + 1, 0x10]) + _round())
+    assert [(tuple(f.name for f in s.frames), n) for s, n, _ in got] == [(("[unknown]", "alpha_fn"), 1)]
+    assert r.held == 0 and not r._held
+    # a process that mapped something within HOLD_ROUNDS rounds still holds (the next test: a late mmap)
+    r.feed(_mmap2(310, start + 0x200000, 0x1000, 0, "//anon", ino=0, t=6))
+    assert r.feed(_sample(310, 7, [CONTEXT_USER, 0x10]) + _round()) == [] and r.held == 1
+
+
+def test_a_late_dlopen_mmap_in_an_old_process_is_held_and_named(program: Path, compiled: bool) -> None:
+    """dlopen maps a library and its dependencies in a burst: a sample in the second one can reach the
+    stream before its MMAP2 (another CPU's buffer). The process is old, but its mappings changed in this
+    round (the first library), so the sample is held and named by the late mmap."""
+    a_off, _ = _symbol(program, "alpha_fn")
+    start, lib = 0x555500000000, 0x7F0000000000
+    ino = program.stat().st_ino
+    r = _reader(compiled)
+    r.feed(_stream(_comm(320, "app", 1), _mmap2(320, start, 0x100000, 0, str(program), ino=ino, t=2),
+                   *[_round()] * 5))
+    first = r.feed(_mmap2(320, lib - 0x200000, 0x1000, 0, "//anon", ino=0, t=10)
+                   + _sample(320, 12, [CONTEXT_USER, lib + a_off + 1]) + _round())
+    assert first == [] and r.held == 1
+    assert r.feed(_mmap2(320, lib, 0x100000, 0, str(program), ino=ino, t=11) + _round()) == []
+    got = r.feed(_round())
+    assert [(tuple(f.name for f in s.frames), n) for s, n, _ in got] == [(("alpha_fn",), 1)]
+
+
+def test_a_process_without_a_perf_map_is_answered_without_a_jit_lookup_and_a_later_map_is_read(
+        tmp_path: Path, compiled: bool) -> None:
+    """JitMaps re-checks a missing /tmp/perf-PID.map only every RECHECK_SECONDS and says so in ``absent``;
+    the compiled naming answers "[unknown]" for such a process without calling ``lookup``. A map written
+    later is read at the next re-check, and its names used (both paths alike)."""
+    now = [1000.0]
+    jit = JitMaps(str(tmp_path), clock=lambda: now[0])
+    calls: list[int] = []
+    lookup = jit.lookup
+    jit.lookup = lambda pid, addr: calls.append(pid) or lookup(pid, addr)  # type: ignore[method-assign]
+    r = PerfDataReader(kernel=_Kernel(), files=FileSymbols("/nonexistent-proc"), jit=jit, compiled=compiled)
+    jitted = 0x7F1200001000
+    first = r.feed(_stream(_comm(330, "java", 1), _sample(330, 2, [CONTEXT_USER, jitted])))
+    assert [tuple(f.name for f in s.frames) for s, _, _ in first] == [("[unknown]",)]
+    assert calls == [330] and jit.absent == {330: 1000.0 + JitMaps.RECHECK_SECONDS}
+    now[0] += 1.0  # within the re-check interval: the same answer; compiled, without a call
+    second = r.feed(_sample(330, 3, [CONTEXT_USER, jitted + 8]))
+    assert [tuple(f.name for f in s.frames) for s, _, _ in second] == [("[unknown]",)]
+    assert calls == ([330] if compiled else [330, 330])
+    (tmp_path / "330" / "root" / "tmp").mkdir(parents=True)
+    (tmp_path / "330" / "root" / "tmp" / "perf-330.map").write_text(f"{jitted:x} 100 LFoo;::bar\n")
+    now[0] += JitMaps.RECHECK_SECONDS  # the re-check is due: the map is read
+    third = r.feed(_sample(330, 4, [CONTEXT_USER, jitted + 16]))
+    assert [tuple(f.name for f in s.frames) for s, _, _ in third] == [("LFoo:::bar",)]
+    assert 330 not in jit.absent
+
+
+def test_a_jit_map_is_read_under_the_pid_the_process_has_in_its_own_namespace(tmp_path: Path) -> None:
+    """A container's process writes /tmp/perf-NSPID.map with its pid in its own namespace (the last NSpid
+    field of /proc/PID/status): that file, through /proc/PID/root, is read; the host pid's name is not."""
+    (tmp_path / "4321" / "root" / "tmp").mkdir(parents=True)
+    (tmp_path / "4321" / "status").write_text("Name:\tnode\nPid:\t4321\nNSpid:\t4321\t7\nThreads:\t3\n")
+    (tmp_path / "4321" / "root" / "tmp" / "perf-4321.map").write_text("1000 100 wrong\n")
+    (tmp_path / "4321" / "root" / "tmp" / "perf-7.map").write_text("1000 100 LazyCompile:*main\n")
+    jit = JitMaps(str(tmp_path))
+    assert jit.lookup(4321, 0x1010) == "LazyCompile:*main" and 4321 not in jit.absent
+    assert jit.lookup(4321, 0x2000) is None
+
+
+def test_a_process_in_the_agents_pid_namespace_is_found_without_its_status(tmp_path: Path) -> None:
+    """Where the agent's own process is in the namespace /proc numbers in (one NSpid field), a process whose
+    pid namespace link is the same has no other pid: its map is found without reading its status; a process
+    of another namespace is still looked up under its NSpid."""
+    for d in ("self/ns", "50/ns", "60/ns", "50/root/tmp", "60/root/tmp"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "self" / "status").write_text("Name:\tagent\nNSpid:\t40\n")
+    (tmp_path / "self" / "ns" / "pid").symlink_to("pid:[4026531836]")
+    (tmp_path / "50" / "ns" / "pid").symlink_to("pid:[4026531836]")
+    # a status that would point elsewhere: it must not be read for a process of the agent's namespace
+    (tmp_path / "50" / "status").write_text("Name:\tsh\nNSpid:\t50\t99\n")
+    (tmp_path / "50" / "root" / "tmp" / "perf-50.map").write_text("1000 100 host_jit\n")
+    (tmp_path / "60" / "ns" / "pid").symlink_to("pid:[4026532999]")
+    (tmp_path / "60" / "status").write_text("Name:\tnode\nNSpid:\t60\t3\n")
+    (tmp_path / "60" / "root" / "tmp" / "perf-3.map").write_text("1000 100 pod_jit\n")
+    jit = JitMaps(str(tmp_path))
+    assert jit.lookup(50, 0x1000) == "host_jit" and jit.lookup(60, 0x1000) == "pod_jit"
+
+
 def _exit(pid: int, t: int) -> bytes:
     return _rec(4, struct.pack("<IIIIQ", pid, 1, pid, 1, t) + _trailer(pid, t))
 
@@ -279,7 +373,8 @@ def _events(draw: st.DrawFn, program_leaf: int, program_ret: int, ino: int, path
     addrs = [start + program_leaf, start + program_ret, 0x10, start + program_leaf + 2]
     for _ in range(draw(st.integers(1, 40))):
         t += 2
-        kind = draw(st.sampled_from(["sample"] * 5 + ["mmap", "anon", "comm", "exec", "fork", "exit", "round"]))
+        kind = draw(st.sampled_from(["sample"] * 5 + ["mmap", "anon", "comm", "exec", "fork", "exit", "round",
+                                                      "mmap1", "buildid", "data"]))
         pid = draw(st.sampled_from(_PIDS))
         if kind == "sample":
             chain = []
@@ -292,6 +387,18 @@ def _events(draw: st.DrawFn, program_leaf: int, program_ret: int, ino: int, path
             records.append(_mmap2(pid, start, 0x100000, 0, path, ino=ino, t=t))
         elif kind == "anon":
             records.append(_mmap2(pid, start, 0x1000, 0, "//anon", ino=0, t=t))
+        elif kind == "mmap1":  # the old MMAP record (no device and inode: named by path)
+            name = path.encode() + b"\0"
+            records.append(_rec(1, struct.pack("<IIQQQ", pid, pid, start + 0x1000, 0x2000, 0x1000)
+                                + name + b"\0" * (-len(name) % 8) + _trailer(pid, t)))
+        elif kind in ("buildid", "data"):  # a build id instead of device and inode; a mapping without PROT_EXEC
+            rec = bytearray(_mmap2(pid, start + 0x800, 0x100, 0, path, ino=ino, t=t))
+            if kind == "buildid":
+                rec[4:6] = struct.pack("<H", 1 << 14)  # misc: PERF_RECORD_MISC_MMAP_BUILD_ID
+                rec[40:64] = bytes([20, 0, 0, 0]) + bytes(range(1, 21))
+            else:
+                rec[64:68] = struct.pack("<I", 1)  # PROT_READ only
+            records.append(bytes(rec))
         elif kind in ("comm", "exec"):
             records.append(_comm(pid, draw(st.sampled_from(["a", "b", "c"])), t, exec_=kind == "exec"))
         elif kind == "fork":
