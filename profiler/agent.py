@@ -465,6 +465,7 @@ class Agent:
             "spool_bytes": self.spool.bytes,
             "spool_pushes": len(self.spool),
             "sampler": self.perf.name if self.perf else "",
+            "perf_reader": self.perf.reader_kind if isinstance(self.perf, perf_sampler.PerfSampler) else "",
             "perf_restarts": self.perf.restarts if self.perf else 0,
             "perf_gap_seconds": round(self.perf.gap_seconds, 3) if self.perf else 0.0,
             "perf_fallbacks": self.perf.fallbacks if self.perf else 0,

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 
 from ground.tools import ToolNotFound, find_tool
 from profiler.samplers.base import Backoff, Proc, Runner, SamplerUnavailable, default_runner
-from profiler.samplers.perfdata import PerfDataReader, UnsupportedStream
+from profiler.samplers.perfdata import BUILT, PerfDataReader, UnsupportedStream
 from profiler.symbols import FileSymbols, JitMaps, KernelSymbols
 from stacks.perf import PerfSample, SampleParser
 
@@ -163,6 +163,7 @@ class PerfSampler:
         # the binary reader's whole batch of (sample, count, runs CPython) in one call (the agent's collector);
         # sink and on_interpreter are then not called for it
         self.batch_sink = batch_sink
+        self._said_pure = False
         self.reader = reader
         self.fallbacks = 0
         self.proc_root = proc_root
@@ -274,6 +275,14 @@ class PerfSampler:
         else:
             self.last_error = f"perf record exited with status {rc}"
 
+    @property
+    def reader_kind(self) -> str:
+        """What reads perf's samples now: ``data, compiled``, ``data, pure`` (the compiled loop was not built:
+        about twice the CPU per sample) or ``script`` (perf script, the fallback)."""
+        if self.reader == "script":
+            return "script"
+        return "data, compiled" if BUILT else "data, pure"
+
     def _run_data(self, rec: Proc) -> None:
         """perf record's own stream read here (no perf script); on a stream it cannot read: the fallback."""
         with self._lock:
@@ -282,6 +291,10 @@ class PerfSampler:
         err_thread = threading.Thread(target=_drain, args=(rec.stderr, err_chunks), daemon=True)
         err_thread.start()
         reader = PerfDataReader(files=self._files, kernel=self._kernel, jit=self._jit)
+        if not BUILT and not self._said_pure:
+            self._said_pure = True
+            log.warning("perf.data reader: the compiled loop is not built (reinstall with a C compiler: pip install "
+                        "-e .); the pure loop costs about twice the CPU per sample")
 
         def parse(data: bytes, final: bool = False) -> bytes:
             self._emit(reader.feed(data, final))

@@ -167,3 +167,13 @@ def test_perf_unknown_kernel_frames_stay_kernel_after_address_folding() -> None:
     s._parse(text.encode())
     ((smp, n),) = got
     assert n == 1 and [f.kind.value for f in smp.frames] == ["user", "user", "kernel"]
+
+
+def test_reader_kind_says_which_reader_reads_perfs_samples() -> None:
+    """The stats line's perf_reader: the compiled loop where built (setup.sh builds it), else the pure one."""
+    from profiler.samplers import perfdata
+    from profiler.samplers.perf import PerfSampler
+
+    data = PerfSampler(lambda s, n: None)
+    assert data.reader_kind == ("data, compiled" if perfdata.BUILT else "data, pure")
+    assert PerfSampler(lambda s, n: None, reader="script").reader_kind == "script"
