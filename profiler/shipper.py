@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from profiler.samplers.base import Backoff
 from profiler.spool import Entry, Spool
 from stacks import _proto
-from stacks.model import Labels, Profile, Stack, StackTable
+from stacks.model import Labels, Stack
 from stacks.pprof import encode_pprof
 from stacks.push import PushSeries, RawSample, encode_push_request
 
@@ -62,11 +62,13 @@ def build_push(
     for labels, stacks in sorted(series.items(), key=lambda kv: kv[0].items_):
         if not stacks:
             continue
-        prof = Profile.from_pairs(stacks.items(), StackTable())
-        if prof.total <= 0:
+        # the stacks are distinct already (dict keys): encoded as they are, not interned into a table first
+        counts = {k: int(c) for k, c in stacks.items() if c > 0}
+        n = sum(counts.values())
+        if n <= 0:
             continue
-        total += prof.total
-        raw = encode_pprof(prof, period_nanos=period, time_nanos=start_ns, duration_nanos=duration_ns,
+        total += n
+        raw = encode_pprof(counts, period_nanos=period, time_nanos=start_ns, duration_nanos=duration_ns,
                            sample_type=sample_type)
         if sample_type[0] != "cpu":
             raw = _set_period_type(raw, sample_type)

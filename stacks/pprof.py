@@ -755,7 +755,7 @@ class PprofDecoder:
 
 
 def encode_pprof(
-    profile: Profile,
+    profile: Profile | Mapping[tuple[Frame, ...], int],
     *,
     period_nanos: int = 10_000_000,
     time_nanos: int = 0,
@@ -764,7 +764,8 @@ def encode_pprof(
     sample_labels: Mapping[str, str] | None = None,
     period_type: tuple[str, str] = ("cpu", "nanoseconds"),
 ) -> bytes:
-    """Encode a profile as plain (not gzipped) pprof bytes.
+    """Encode a profile (or a mapping of distinct stacks to counts, in its order) as plain (not gzipped)
+    pprof bytes.
 
     Counts are written as ``count * period_nanos`` when the sample unit is
     nanoseconds, else as they are. ``sample_labels`` go on every sample;

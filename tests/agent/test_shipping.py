@@ -88,3 +88,20 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
         assert cap / 2 <= d <= cap
     b.reset()
     assert b.next() <= 1
+
+
+def test_build_push_encodes_each_series_as_its_profile_would() -> None:
+    """build_push encodes a series' distinct stacks directly: the same pprof bytes as the profile built from
+    them (zero counts dropped, a series with nothing left not sent), and the samples counted."""
+    from stacks.model import Kind, Profile, StackTable
+    from stacks.pprof import encode_pprof
+
+    a, b, k = Frame("a", Kind.USER, "a.py", 3), Frame("b"), Frame("k", Kind.KERNEL)
+    stacks = {(a,): 2, (a, b): 5, (a, b, k): 1, (b,): 0}
+    series = {Labels.of(node="n", pod="p"): stacks, Labels.of(node="n", pod="zero"): {(a,): 0}}
+    body, n = build_push(series, frequency=99, start_ns=7, duration_ns=10)
+    got = decode_push_request(gzip.decompress(body))
+    assert n == 8 and [dict(s.labels)["pod"] for s in got] == ["p"]
+    want = encode_pprof(Profile.from_pairs([(s, c) for s, c in stacks.items() if c], StackTable()),
+                        period_nanos=round(1e9 / 99), time_nanos=7, duration_nanos=10)
+    assert got[0].samples[0].raw_profile == want
