@@ -794,11 +794,8 @@ def encode_pprof(
     locations: dict[Frame, int] = {}
     kernel_mapping = 0
 
-    def location(fr: Frame) -> int:
+    def new_location(fr: Frame) -> int:  # a frame not in ``locations`` yet
         nonlocal kernel_mapping
-        lid = locations.get(fr)
-        if lid is not None:
-            return lid
         fid = functions.get((fr.name, fr.file))
         if fid is None:
             fid = functions[(fr.name, fr.file)] = len(functions) + 1
@@ -815,7 +812,7 @@ def encode_pprof(
 
     known = locations.get  # most frames repeat: a dictionary hit, not a call per frame
     for stack, count in profile.items():
-        smp = p.sample.add(location_id=[known(fr) or location(fr) for fr in reversed(stack)],
+        smp = p.sample.add(location_id=[known(fr) or new_location(fr) for fr in reversed(stack)],
                            value=[count * scale])
         for k, v in label_pairs:
             smp.label.add(key=k, str=v)

@@ -386,19 +386,14 @@ class PerfSampler:
         if len(cache) > BLOCK_CACHE_MAX:  # pids and stacks churn; start over rather than grow
             cache.clear()
             self._parser = SampleParser()
-        sink, on_interp = self.sink, self.on_interpreter
-        n = 0
+        out: list[tuple[PerfSample, int, bool]] = []
         for block, count in Counter(blocks).items():
             got = cache.get(block)
             if got is None:
                 got = cache[block] = (self._parser.block(block), _INTERPRETER.search(block) is not None)
             samples, interp = got
-            for sample in samples:
-                if interp and on_interp is not None and sample.tid is not None:  # before the sample (drains)
-                    on_interp(sample.pid if sample.pid is not None else sample.tid, sample.tid)
-                sink(sample, count)
-                n += count
-        self.samples += n
+            out.extend((sample, count, interp) for sample in samples)
+        self._emit(out)  # the same hand-over as the binary reader's
         return data[cut:]
 
 

@@ -827,8 +827,7 @@ class PyUnwindSampler:
         """bpftrace's output in whole chunks (a report is thousands of lines: one read, one decode and one
         lock per chunk, not per line)."""
         assert proc.stdout is not None
-        out = proc.stdout
-        read = getattr(out, "read1", None) or out.readline
+        read = proc.stdout.read1  # what is in the pipe now, up to 1 MiB
         tail = b""
         while chunk := read(1 << 20):
             data = tail + chunk
