@@ -9,6 +9,7 @@ the slow-requests table ranks the spans as their measured durations do.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
@@ -117,7 +118,12 @@ async def test_span_flamegraphs_and_slow_requests(client: TestClient,
         assert abs(n * 10_000_000 - by_id[span_id]["duration_ns"]) <= 0.5 * by_id[span_id]["duration_ns"] + 5e7
     table = await (await client.get("/api/v1/requests?from=now-10m&until=now%2B1m")).json()
     ranked = [r["span_id"] for r in table["rows"]]
-    assert ranked == [s["span_id"] for s in sorted(spans, key=lambda s: -s["duration_ns"])]
+    # The table ranks by stored wall samples, exactly; those measure the durations only up to the
+    # SDK's sampling noise (a 300 ms span was once sampled as 430 ms, over a 550 ms one), so the
+    # order against the tracer's durations is asserted where they differ by half or more.
+    assert sorted(ranked) == sorted(by_id) and [want[i] for i in ranked] == sorted(want.values(), reverse=True)
+    for hi, lo in itertools.combinations(ranked, 2):
+        assert by_id[lo]["duration_ns"] < 1.5 * by_id[hi]["duration_ns"], (by_id[hi], by_id[lo])
     assert [r["wall_ns"] for r in table["rows"]] == [want[i] * 10_000_000 for i in ranked]
     assert table["rows"][0]["span_name"] == "GET /admin" and table["rows"][0]["pod"] == "traced-1"
     await check_by_line(client, ranked[0], want[ranked[0]])
