@@ -71,6 +71,13 @@ def kube_index(s: AgentSettings, node: str, environ: Mapping[str, str]) -> PodIn
     return PodIndex(fetch, min_interval=s.kube_refresh_interval)
 
 
+def refresh_samples(s: AgentSettings) -> int:
+    """``pyspy_refresh_samples`` at the agent's ``frequency``: the setting counts perf samples at 99 Hz,
+    so a shape is refreshed after the same CPU time of its process at any rate (at 792 Hz, 2,000
+    samples would be 2.5 CPU s, and py-spy ran 8x as often for the same work)."""
+    return max(1, round(s.pyspy_refresh_samples * s.frequency / 99))
+
+
 class Agent:
     """One node's profiler. Build it from settings, then :meth:`run` until :meth:`stop`."""
 
@@ -111,7 +118,7 @@ class Agent:
             self.proc.is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
             probe_seconds=settings.pyspy_probe_seconds, max_rate=settings.pyspy_max_rate,
-            target_samples=settings.pyspy_target_samples, refresh_samples=settings.pyspy_refresh_samples,
+            target_samples=settings.pyspy_target_samples, refresh_samples=refresh_samples(settings),
             shape_max_age=settings.pyspy_shape_max_age, own_pids=frozenset({os.getpid()}),
             interval_hint=settings.push_interval, lifetime_share=self.proc.lifetime_share)
         self._py_lock = threading.Lock()  # guards sched and hold (py-spy threads report into sched)

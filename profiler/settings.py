@@ -59,7 +59,8 @@ SETTINGS: list[Setting] = [
             "busy py-spy samples wanted per run; quiet processes get higher rates (up to pyspy_max_rate)", int),
     Setting("pyspy_max_rate", 50, "highest py-spy rate (Hz) of one run", int),
     Setting("pyspy_refresh_samples", 2000,
-            "perf samples a Python process must have since its last py-spy run before its shape is refreshed",
+            "perf samples at 99 Hz (scaled with frequency: the same CPU time) a Python process must have since its "
+            "last py-spy run before its shape is refreshed",
             int),
     Setting("pyspy_shape_max_age", 300.0,
             "seconds a Python process's py-spy shape names its perf samples before a new first run must "

@@ -131,3 +131,20 @@ def test_quiet_gc_freezes_and_raises_the_young_threshold() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_py_spy_refreshes_follow_cpu_time_at_any_frequency() -> None:
+    """``pyspy_refresh_samples`` counts perf samples at 99 Hz: at 792 Hz the scheduler waits for 8x the
+    samples (the same CPU seconds of the process), not 8x the py-spy runs."""
+    from ground.settings import resolve
+    from profiler.agent import Agent
+    from profiler.settings import SETTINGS
+
+    def sched_refresh(**given: str) -> int:
+        s = resolve(SETTINGS, {"kube": "off", "metrics_port": -1, "spool_dir": "", "pyunwind": "off", **given},
+                    environ={})
+        return Agent(s, environ={}).sched.refresh_samples
+
+    assert sched_refresh() == 2000
+    assert sched_refresh(frequency="792") == 16000
+    assert sched_refresh(frequency="19", pyspy_refresh_samples="990") == 190
