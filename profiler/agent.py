@@ -114,6 +114,7 @@ class Agent:
         self._bpf_stats_fd: int | None = None  # open while the kernel counts BPF run time for us
         self.pyspy: PySpySampler | None = None
         self._bpftrace_bin = settings.bpftrace_path  # the bpf sampler's (resolved by check())
+        self._perf_control = False  # perf takes --control: the idle task left out (check() finds out)
         self.sched = PyScheduler(
             self.proc.is_python, frequency=settings.frequency, budget=settings.pyspy_budget,
             max_running=settings.pyspy_max_processes, duration=max(1, round(settings.pyspy_duration)),
@@ -158,7 +159,7 @@ class Agent:
                 log.warning("%s; sampling with perf", e)
                 self._sampler = "perf"
         if self.s.perf and self._sampler == "perf":
-            self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
+            self._perf_preflight()
         if self.s.pyspy:
             self._pyspy_bin = check_pyspy(self.s.pyspy_path)
         if self.s.pyunwind != "off" and self.s.perf:
@@ -202,16 +203,28 @@ class Agent:
                 raise SamplerUnavailable(f"the bpf sampler's program did not load ({bpf.last_error}): "
                                          "run as root with BTF (/sys/kernel/btf/vmlinux), or set --sampler perf")
             log.warning("sampler: perf, because the bpf sampler's program did not load (%s)", bpf.last_error)
-            self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
+            self._perf_preflight()
         perf = perf_sampler.PerfSampler(
             self.collector.add, on_interpreter=self.collector.mark_python, perf=self._perf_bin,
             batch_sink=self.collector.add_batch,
             frequency=self.s.frequency,
             mmap_pages=self.s.perf_mmap_pages, runner=self.runner, clock=self.clock,
-            reader=self.s.perf_reader, proc_root=self.proc.root)
+            reader=self.s.perf_reader, proc_root=self.proc.root, control=self._perf_control)
         perf.start()
-        log.info("sampler: perf (perf record -a -g, reader %s)", self.s.perf_reader)
+        log.info("sampler: perf (perf record -a -g, reader %s, %s)", self.s.perf_reader, self._idle_kind())
         return perf
+
+    def _perf_preflight(self) -> None:
+        """perf's path once it may sample every CPU, and whether it can leave the idle task out."""
+        self._perf_bin = perf_sampler.preflight(self.s.perf_path, self.s.frequency, self.runner)
+        self._perf_control = perf_sampler.supports_control(self._perf_bin, self.runner)
+        if not self._perf_control:
+            log.warning("perf record has no --control (perf before 5.10): the idle task is sampled too, "
+                        "at the full rate on idle CPUs; a newer perf costs less on a quiet node")
+
+    def _idle_kind(self) -> str:
+        """Whether perf samples the idle task (the stats line's ``perf_idle``)."""
+        return "idle task excluded" if self._perf_control else "idle task sampled"
 
     def _count_bpf(self) -> bool:
         """Have the kernel count BPF run time while the agent runs; whether it is counted for us."""
@@ -473,6 +486,7 @@ class Agent:
             "spool_pushes": len(self.spool),
             "sampler": self.perf.name if self.perf else "",
             "perf_reader": self.perf.reader_kind if isinstance(self.perf, perf_sampler.PerfSampler) else "",
+            "perf_idle": self._idle_kind() if isinstance(self.perf, perf_sampler.PerfSampler) else "",
             "perf_restarts": self.perf.restarts if self.perf else 0,
             "perf_gap_seconds": round(self.perf.gap_seconds, 3) if self.perf else 0.0,
             "perf_fallbacks": self.perf.fallbacks if self.perf else 0,

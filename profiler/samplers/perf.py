@@ -81,8 +81,44 @@ _PERMISSION_MARKERS = (
 )
 
 
-def record_argv(perf: str, frequency: int, mmap_pages: int) -> list[str]:
-    return [perf, "record", "-F", str(frequency), "-a", "-g", "-q", "-m", str(mmap_pages), "-o", "-"]
+# With ``--control`` (perf 5.10+): the CPU clock without the idle task (``:I`` sets ``exclude_idle``).
+# perf's default event is the ``cycles`` counter where the CPU has one and ``cpu-clock`` in most VMs,
+# which samples an idle CPU's idle task at the full rate: 190 samples a second on an idle 2-CPU VM
+# here, and on a half-busy 16-CPU node as many as its busy samples, each written by perf, read, named
+# and pushed. Time, not cycles, is what a sample stands for (10 ms at 99 Hz), and the bpf sampler does
+# not sample the idle task either. Those samples also kept perf's buffers flowing: perf writes a CPU's
+# ring buffer out when it is half full, which on a quiet node takes minutes without them, so the
+# sampler writes ``ping`` to perf's control pipe every ``batch_seconds`` and perf writes out what it
+# has. A perf without ``--control`` (:func:`supports_control`) keeps its default event.
+EVENT = "cpu-clock:I"
+
+
+def record_argv(perf: str, frequency: int, mmap_pages: int, control_fd: int | None = None) -> list[str]:
+    """perf record's command line; with ``control_fd``, the idle task is not sampled and perf reads
+    commands (``ping``: write the buffers out) from that descriptor."""
+    event = [] if control_fd is None else ["-e", EVENT, "--control", f"fd:{control_fd}"]
+    return [perf, "record", *event, "-F", str(frequency), "-a", "-g", "-q", "-m", str(mmap_pages), "-o", "-"]
+
+
+def supports_control(perf: str, runner: Runner = default_runner, timeout: float = 30.0) -> bool:
+    """Whether this perf samples without the idle task and takes ``--control`` commands (a 0 s trial)."""
+    r, w = os.pipe()
+    try:
+        argv = [perf, "record", "-e", EVENT, "--control", f"fd:{r}", "-F", "99", "-a", "-q", "-o", os.devnull,
+                "--", "true"]
+        proc = runner(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                      pass_fds=(r,))
+        try:
+            return proc.wait(timeout=timeout) == 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return False
+    except OSError:
+        return False
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def script_argv(perf: str) -> list[str]:
@@ -156,6 +192,7 @@ class PerfSampler:
         reader: str = "data",
         proc_root: str = "/proc",
         batch_sink: Callable[[list[tuple[PerfSample, int, bool]]], object] | None = None,
+        control: bool = False,
     ) -> None:
         if reader not in ("data", "script"):
             raise ValueError(f"perf reader {reader!r}: use 'data' or 'script'")
@@ -163,6 +200,9 @@ class PerfSampler:
         # the binary reader's whole batch of (sample, count, runs CPython) in one call (the agent's collector);
         # sink and on_interpreter are then not called for it
         self.batch_sink = batch_sink
+        # perf takes --control (supports_control): no idle-task samples, buffers written out on a ping
+        self.control = control
+        self.pings = 0
         self._said_pure = False
         self.reader = reader
         self.fallbacks = 0
@@ -242,8 +282,43 @@ class PerfSampler:
 
     def run_once(self) -> None:
         """One perf record | perf script pipeline, read until it ends."""
-        rec = self.runner(record_argv(self.perf, self.frequency, self.mmap_pages),
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if not self.control:
+            self._run_record(self.runner(record_argv(self.perf, self.frequency, self.mmap_pages),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            return
+        r, w = os.pipe()
+        try:
+            rec = self.runner(record_argv(self.perf, self.frequency, self.mmap_pages, control_fd=r),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(r,))
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        os.set_blocking(w, False)
+        done = threading.Event()
+        pinger = threading.Thread(target=self._ping, args=(w, done), name="perf-ping", daemon=True)
+        pinger.start()
+        try:
+            self._run_record(rec)
+        finally:
+            done.set()
+            pinger.join(5)
+            os.close(w)
+
+    def _ping(self, w: int, done: threading.Event) -> None:
+        """Every ``batch_seconds``, ask perf to write out its buffers (a quiet CPU's would wait half full)."""
+        while not done.wait(self.batch_seconds) and not self._stop.is_set():
+            try:
+                os.write(w, b"ping\n")
+                self.pings += 1
+            except BlockingIOError:  # perf is behind on its commands: it will write out anyway
+                pass
+            except OSError:  # perf is gone
+                return
+
+    def _run_record(self, rec: Proc) -> None:
+        """Read one running perf record until it ends: its stream here, or through perf script."""
         if self.reader == "data":
             self._run_data(rec)
             return

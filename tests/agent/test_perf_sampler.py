@@ -177,3 +177,32 @@ def test_reader_kind_says_which_reader_reads_perfs_samples() -> None:
     data = PerfSampler(lambda s, n: None)
     assert data.reader_kind == ("data, compiled" if perfdata.BUILT else "data, pure")
     assert PerfSampler(lambda s, n: None, reader="script").reader_kind == "script"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("reader", ["data", "script"])
+def test_real_perf_leaves_the_idle_task_out_and_a_quiet_nodes_samples_still_arrive(reader: str) -> None:
+    """perf with ``--control``: no idle-task (pid 0) samples, and a short burst on an otherwise quiet
+    node arrives within seconds: the sampler's pings make perf write out buffers that would wait half
+    full for minutes without the idle task's samples (this test's burst alone does not fill them)."""
+    perf = shutil.which("perf")
+    if perf is None or os.geteuid() != 0:
+        pytest.skip(reason="needs perf and root")
+    assert perf_mod.supports_control(perf), "perf 6.1 here takes --control"
+    assert not perf_mod.supports_control("/bin/false")
+    got: list[tuple[PerfSample, int]] = []
+    s = perf_mod.PerfSampler(lambda x, n: got.append((x, n)), perf=perf, reader=reader, control=True)
+    s.start()
+    try:
+        time.sleep(1.5)  # perf is up
+        burst = subprocess.Popen(["sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"])
+        burst.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while not any(x.pid == burst.pid for x, _ in got) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        s.stop()
+    assert any(x.pid == burst.pid for x, _ in got), f"the burst's samples did not arrive ({s.last_error})"
+    assert s.pings >= 3
+    assert not [x for x, _ in got if x.pid == 0 or x.comm == "swapper"], "the idle task is not sampled"
