@@ -29,10 +29,13 @@ With ``--node-cpus N`` both agents sample at ``99 * N / CPUs`` Hz (792 Hz for N=
 samples per second a busy N-CPU node takes at 99 Hz, so the agent's whole cost at that load is measured
 (its fixed costs spread over N times more samples) instead of extrapolated from the 99 Hz figure.
 
+With ``--idle`` there is no workload: the cost of an agent on a quiet node (its fixed costs, and
+whatever the node's own processes and idle CPUs make it sample), as % of a core.
+
 With ``--samplers perf,bpf`` the work tree's agent is measured once per
 sampler (``--sampler``), one after the other on the same workload.
 
-Usage: python bench/agent_overhead.py [DURATION=60] [--busy] [--warmup S] [--no-pyspy] [--baseline REV]
+Usage: python bench/agent_overhead.py [DURATION=60] [--busy | --idle] [--warmup S] [--no-pyspy] [--baseline REV]
        [--samplers perf,bpf] [--pythons DIR,...] [--node-cpus N] [-- AGENT ARGS...]
 """
 
@@ -260,7 +263,7 @@ def per_sample(r: dict[str, float]) -> dict[str, float]:
             "bpf": 1e6 * r["bpf in kernel"] / n, "total": 1e6 * r["TOTAL"] / n}
 
 
-def report(title: str, r: dict[str, float], frequency: int = 99) -> None:
+def report(title: str, r: dict[str, float], frequency: int = 99, per_sample_figures: bool = True) -> None:
     wall = r["wall"]
     print(f"{title}: agent overhead at {frequency} Hz over {wall:.0f} s, {os.cpu_count()}-core machine, load average "
           f"{os.getloadavg()[0]:.1f}")
@@ -269,8 +272,9 @@ def report(title: str, r: dict[str, float], frequency: int = 99) -> None:
         if k not in META:
             print(f"  {k:12s} {v:7.3f} CPU s  = {100 * v / wall:6.3f} % of one core")
     print(f"  py-spy runs seen: {r['pyspy_runs']:.0f} on {r['pyspy_targets']:.0f} processes")
-    print(f"  workload (the ratio's baseline) used {r['workload']:.2f} CPU s = "
-          f"{100 * r['workload'] / wall:.1f} % of one core; ratio agent/workload CPU {r['TOTAL'] / r['workload']:.4f}")
+    if r["workload"]:
+        print(f"  workload (the ratio's baseline) used {r['workload']:.2f} CPU s = {100 * r['workload'] / wall:.1f} "
+              f"% of one core; ratio agent/workload CPU {r['TOTAL'] / r['workload']:.4f}")
     print(f"  RSS max: agent {r['rss_agent'] / 2**20:.1f} MB, agent + children {r['rss_tree'] / 2**20:.1f} MB")
     if r.get("push_samples"):
         print(f"  pushed: {r['push_bytes'] / 1e3:.0f} kB gzip for {r['push_samples']:.0f} samples = "
@@ -280,7 +284,9 @@ def report(title: str, r: dict[str, float], frequency: int = 99) -> None:
         print("  Python workers named (samples with a Python frame / samples pushed in the window): " + ", ".join(
             f"{pod} {100 * k / n:.1f} % of {n}" for pod, (n, k) in sorted(
                 named.items(), key=lambda kv: int(kv[0][2:]) if kv[0][2:].isdigit() else 0) if n))
-    us = per_sample(r)
+    us = per_sample(r) if per_sample_figures else {}
+    if not per_sample_figures:
+        print(f"  samples taken: {r['samples']:.0f} = {r['samples'] / wall:.1f} samples/s")
     if us:
         rate = r["samples"] / wall
         print(f"  samples taken: {r['samples']:.0f} = {rate:.1f} samples/s")
@@ -369,7 +375,11 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(old_repo)], input=tar, check=True)
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    if busy:
+    idle = "--idle" in argv
+    if idle:
+        work = []
+        print("idle: no workload")
+    elif busy:
         pythons = find_pythons(pythons_s)
         work = busy_workload(tmp, pythons)
         print(f"busy: {os.cpu_count()} gzip loops + Python workers on {', '.join(str(p) for p in pythons)}")
@@ -399,12 +409,17 @@ def main() -> int:
         restore_bpf_stats(bpf_stats)
     print(f"py-spy {'on' if pyspy else 'off'}; agent args {extra or 'defaults'}")
     for title, r in results:
-        report(title, r, frequency)
+        report(title, r, frequency, per_sample_figures=not idle)
     if len(results) >= 2:
         (_, b), rest = results[0], results[1:]
         for title, c in rest:
-            print(f"ratio {title} / {results[0][0]} total CPU: {c['TOTAL'] / b['TOTAL']:.3f}  "
-                  f"(per workload CPU: {(c['TOTAL'] / c['workload']) / (b['TOTAL'] / b['workload']):.3f})")
+            per_work = (f"  (per workload CPU: {(c['TOTAL'] / c['workload']) / (b['TOTAL'] / b['workload']):.3f})"
+                        if c["workload"] and b["workload"] else "")
+            print(f"ratio {title} / {results[0][0]} total CPU: {c['TOTAL'] / b['TOTAL']:.3f}{per_work}")
+        if idle:  # a quiet node's few samples: its cost is the fixed cost, not a cost per sample
+            cells = " | ".join(f"{100 * r['TOTAL'] / r['wall']:.3f}" for _, r in results)
+            print(f"| % of a core, idle node | {cells} |")
+            return 0
         ub = per_sample(b)
         ucs = [per_sample(c) for _, c in rest]
         if ub and all(ucs):
