@@ -33,6 +33,14 @@ class ProcFS:
         except OSError:
             return set()
 
+    def last_pid(self) -> int | None:
+        """The pid the kernel handed out last (``loadavg``'s last field: processes and threads), or None."""
+        raw = read_file(f"{self.root}/loadavg", 256)
+        try:
+            return int(raw.split()[-1]) if raw else None
+        except ValueError:
+            return None
+
     def exists(self, pid: int) -> bool:
         return os.path.exists(self.path(pid))
 
@@ -134,9 +142,19 @@ class Discovery:
     def __init__(self, proc: ProcFS) -> None:
         self.proc = proc
         self._pids: set[int] = set()  # pids at the last scan
+        self._last: int | None = None  # the kernel's last pid at the last scan
+        self.scans = 0
 
     def new_python_pids(self) -> list[int]:
-        """Processes started since the last call whose name starts with ``python`` (the first call: all)."""
+        """Processes started since the last call whose name starts with ``python`` (the first call: all).
+
+        ``/proc`` is listed only when the kernel handed out a pid since the last scan: listing it cost
+        ~250 us a second on an idle 70-process node here, a sixth of the idle agent's CPU."""
+        last = self.proc.last_pid()
+        if last is not None and last == self._last:
+            return []
+        self._last = last
+        self.scans += 1
         pids = self.proc.pids()
         if not pids:
             return []

@@ -148,3 +148,28 @@ def test_py_spy_refreshes_follow_cpu_time_at_any_frequency() -> None:
     assert sched_refresh() == 2000
     assert sched_refresh(frequency="792") == 16000
     assert sched_refresh(frequency="19", pyspy_refresh_samples="990") == 190
+
+
+def test_discovery_lists_proc_only_after_the_kernel_handed_out_a_pid(tmp_path: Path) -> None:
+    """``loadavg``'s last pid unchanged: no new process can exist, and /proc is not listed."""
+    from profiler.procfs import Discovery, ProcFS
+
+    def proc(pid: int, comm: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "comm").write_text(comm + "\n")
+
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.00 0.01 0.05 1/70 20\n")
+    proc(20, "python3")
+    d = Discovery(ProcFS(str(tmp_path)))
+    assert d.new_python_pids() == [20] and d.scans == 1
+    proc(21, "python3")  # (a fixture only: a real pid 21 would have moved loadavg)
+    assert d.new_python_pids() == [] and d.scans == 1
+    loadavg.write_text("0.00 0.01 0.05 2/71 21\n")
+    assert d.new_python_pids() == [21] and d.scans == 2
+    assert d.new_python_pids() == [] and d.scans == 2
+    loadavg.write_text("garbled\n")  # unreadable: every call lists /proc, as without the file
+    proc(22, "python3.12")
+    assert d.new_python_pids() == [22] and d.new_python_pids() == [] and d.scans == 4
+    real = ProcFS()
+    assert real.last_pid() is not None and real.last_pid() > 0
