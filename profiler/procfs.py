@@ -22,6 +22,7 @@ class ProcFS:
 
     def __init__(self, root: str = "/proc") -> None:
         self.root = root
+        self._same_ns: bool | None = None  # the root shows our pid namespace (last_pid)
 
     def path(self, pid: int, name: str = "") -> str:
         return f"{self.root}/{pid}/{name}" if name else f"{self.root}/{pid}"
@@ -34,7 +35,18 @@ class ProcFS:
             return set()
 
     def last_pid(self) -> int | None:
-        """The pid the kernel handed out last (``loadavg``'s last field: processes and threads), or None."""
+        """The pid the kernel handed out last (``loadavg``'s last field: processes and threads), or None.
+
+        The kernel counts it in the *reader's* pid namespace, so it is None unless that is the namespace
+        the root shows (``ROOT/self`` is our own pid there): a host ``/proc`` mounted into an agent without
+        ``hostPID`` would otherwise report the agent's own namespace."""
+        if self._same_ns is None:
+            try:
+                self._same_ns = os.readlink(f"{self.root}/self") == str(os.getpid())
+            except OSError:
+                self._same_ns = False
+        if not self._same_ns:
+            return None
         raw = read_file(f"{self.root}/loadavg", 256)
         try:
             return int(raw.split()[-1]) if raw else None
