@@ -38,13 +38,10 @@ class ProcFS:
         """The pid the kernel handed out last (``loadavg``'s last field: processes and threads), or None.
 
         The kernel counts it in the *reader's* pid namespace, so it is None unless that is the namespace
-        the root shows (``ROOT/self`` is our own pid there): a host ``/proc`` mounted into an agent without
-        ``hostPID`` would otherwise report the agent's own namespace."""
+        the root numbers processes in (:func:`numbering_namespace`): a host ``/proc`` mounted into an agent
+        without ``hostPID`` would otherwise report the agent's own namespace."""
         if self._same_ns is None:
-            try:
-                self._same_ns = os.readlink(f"{self.root}/self") == str(os.getpid())
-            except OSError:
-                self._same_ns = False
+            self._same_ns = bool(numbering_namespace(self.root))
         if not self._same_ns:
             return None
         raw = read_file(f"{self.root}/loadavg", 256)
@@ -124,6 +121,20 @@ class ProcFS:
                 out[p.pid] = pct
             primed.add(p.pid)
         return out
+
+
+def numbering_namespace(root: str) -> str:
+    """The link of the pid namespace the procfs at ``root`` numbers processes in, when the agent's own
+    process is in it (one NSpid field), else "": only then do the agent's own pid-namespace views
+    (``loadavg``'s last pid, a process's ``ns/pid`` link) speak of the pids under ``root``."""
+    try:
+        with open(f"{root}/self/status", "rb") as f:
+            fields = [line.split() for line in f.read(1 << 16).split(b"\n") if line.startswith(b"NSpid:")]
+        if len(fields) == 1 and len(fields[0]) == 2:
+            return os.readlink(f"{root}/self/ns/pid")
+    except OSError:
+        pass
+    return ""
 
 
 def read_file(path: str, limit: int = 1 << 20) -> bytes | None:

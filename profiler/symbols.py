@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from profiler.procfs import numbering_namespace
+
 _MISS = object()
 # text (t/T) and weak (w/W) symbols of /proc/kallsyms: "ADDRESS TYPE NAME [module]"
 _KALLSYMS = re.compile(rb"^([0-9a-f]+) [tTwW] (\S+)", re.M)
@@ -411,12 +413,12 @@ class JitMaps:
         # address then): the compiled perf.data naming reads it to answer without calling lookup
         self.absent: dict[int, float] = {}
         self._checked: dict[int, float] = {}
-        self._root_ns: str | None = None  # see _numbering_ns (read once)
+        self._root_ns: str | None = None  # procfs.numbering_namespace (read once)
 
     def _path(self, pid: int) -> str:
         nspid = pid
         if self._root_ns is None:
-            self._root_ns = self._numbering_ns()
+            self._root_ns = numbering_namespace(self.proc_root)  # "": every pid's status is read
         try:
             # a process of that namespace has no other pid: its NSpid is its pid, and reading the link
             # costs about 4 us where /proc/PID/status (which the kernel formats whole) costs 26
@@ -433,18 +435,6 @@ class JitMaps:
         except (OSError, ValueError):
             pass
         return f"{self.proc_root}/{pid}/root/tmp/perf-{nspid}.map"
-
-    def _numbering_ns(self) -> str:
-        """The link of the pid namespace this /proc numbers processes in, read from the agent's own
-        process when it is in that namespace (one NSpid field), else "" (every pid's status is read)."""
-        try:
-            with open(f"{self.proc_root}/self/status", "rb") as f:
-                fields = [line.split() for line in f.read(1 << 16).split(b"\n") if line.startswith(b"NSpid:")]
-            if len(fields) == 1 and len(fields[0]) == 2:
-                return os.readlink(f"{self.proc_root}/self/ns/pid")
-        except OSError:
-            pass
-        return ""
 
     def lookup(self, pid: int, addr: int) -> str | None:
         got = self._maps.get(pid)

@@ -163,10 +163,11 @@ def test_discovery_lists_proc_only_after_the_kernel_handed_out_a_pid(tmp_path: P
     proc(20, "python3")
     other_ns = Discovery(ProcFS(str(tmp_path)))  # no ROOT/self: loadavg's namespace unknown, not trusted
     assert other_ns.new_python_pids() == [20] and other_ns.new_python_pids() == [] and other_ns.scans == 2
-    (tmp_path / "self").symlink_to(str(os.getpid() + 1))  # we have another pid there: another namespace
+    (tmp_path / "self" / "ns").mkdir(parents=True)
+    (tmp_path / "self" / "ns" / "pid").symlink_to("pid:[4026531836]")
+    (tmp_path / "self" / "status").write_text("Name:\tagent\nNSpid:\t40\t7\n")  # we are in a child namespace
     assert ProcFS(str(tmp_path)).last_pid() is None
-    (tmp_path / "self").unlink()
-    (tmp_path / "self").symlink_to(str(os.getpid()))  # our namespace
+    (tmp_path / "self" / "status").write_text("Name:\tagent\nNSpid:\t40\n")  # the namespace the root numbers in
     d = Discovery(ProcFS(str(tmp_path)))
     assert d.new_python_pids() == [20] and d.scans == 1
     proc(21, "python3")  # (a fixture only: a real pid 21 would have moved loadavg)
