@@ -13,11 +13,18 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from cpython.long cimport PyLong_AsUnsignedLongLong
+from cpython.long cimport PyLong_AsUnsignedLong
 from cpython.set cimport PySet_Add
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_Tailmatch
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memchr, memcpy
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM, PyTuple_GET_ITEM
+
+
+cdef extern from "Python.h":
+    void _incref "Py_INCREF"(PyObject*)
+    void _decref "Py_DECREF"(PyObject*)
 
 DEF REC_SAMPLE = 9
 DEF REC_FINISHED_ROUND = 68
@@ -64,7 +71,7 @@ cdef uint32_t _generation(dict gens, uint32_t pid, uint64_t t, object gen, const
         return gen(PyBytes_FromStringAndSize(pidb, 4), t)  # Python says what is wrong
     cdef list programs = <list>p
     cdef Py_ssize_t i = len(programs) - 1
-    while i > 0 and <uint64_t>PyLong_AsUnsignedLongLong(programs[i][0]) > t:
+    while i > 0 and <uint64_t>PyLong_AsUnsignedLong(programs[i][0]) > t:
         i -= 1
     return <uint32_t>(i + 1)
 
@@ -125,7 +132,7 @@ cdef int _mmap(const char* b, Py_ssize_t n, Py_ssize_t off, Py_ssize_t end, uint
     cdef Py_ssize_t lo = 0, hi = len(starts), mid, j
     while lo < hi:  # bisect_left
         mid = (lo + hi) >> 1
-        if <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]) < a:
+        if <uint64_t>PyLong_AsUnsignedLong(starts[mid]) < a:
             lo = mid + 1
         else:
             hi = mid
@@ -243,15 +250,163 @@ DEF CONTEXT_MAX = 18446744073709547521ULL  # 2**64 - 4095: call chain context ma
 DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
 
 
+cdef struct _Slot:
+    # an address of a process: (its address space's serial << 32 | version, address, 0);
+    # a kernel address: (0, address, 0); an offset in a file: (FILE_TAG | major << 32 | minor, inode, offset)
+    uint64_t k1
+    uint64_t k2
+    uint64_t k3
+    PyObject* v  # a strong reference: the (Frame, runs_python) tuple, or the kernel's Frame
+
+
+DEF FILE_TAG = 0x8000000000000000ULL
+
+
+cdef inline uint64_t _mix(uint64_t a, uint64_t b, uint64_t c) noexcept nogil:
+    cdef uint64_t h = (a * 0x9E3779B97F4A7C15ULL) ^ (b * 0xC2B2AE3D27D4EB4FULL) ^ (c * 0x165667B19E3779F9ULL)
+    h ^= h >> 31
+    h *= 0xD6E8FEB86659FD93ULL
+    h ^= h >> 29
+    return h
+
+
+cdef class AddrCache:
+    """The reader's names in one C table (issue 25): a process's address (its address space's serial and
+    version), a kernel address, or an offset in a file (device and inode) -> the name its caches
+    (``maps.names``, ``knames``, ``file_names``) gave it. A chain whose every address is here, or in a
+    mapped file seen before by any process, is named without a Python object per address (``name_all``).
+    Entries are never stale: a new mmap bumps the version, a new address space has a new serial, a file's
+    names are settled. Full at half its slots, it takes nothing more until ``trim`` (between batches)
+    empties it."""
+    cdef _Slot* slots
+    cdef Py_ssize_t cap, limit
+    cdef public Py_ssize_t n, clears
+
+    def __cinit__(self, int bits=16):
+        self.cap = (<Py_ssize_t>1) << bits
+        self.limit = self.cap // 2
+        self.slots = <_Slot*>calloc(self.cap, sizeof(_Slot))
+        if self.slots is NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.slots is not NULL:
+            self._empty()
+            free(self.slots)
+
+    cdef void _empty(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.cap):
+            if self.slots[i].v is not NULL:
+                _decref(self.slots[i].v)
+                self.slots[i].v = NULL
+        self.n = 0
+
+    def trim(self):
+        """Empty the table if it is full (called between batches, when no borrowed entry is in use)."""
+        if self.n >= self.limit:
+            self._empty()
+            self.clears += 1
+
+    def __len__(self):
+        return self.n
+
+    cdef inline PyObject* get(self, uint64_t k1, uint64_t k2, uint64_t k3) noexcept:
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t i = <Py_ssize_t>(_mix(k1, k2, k3) & <uint64_t>mask)
+        cdef _Slot* s
+        while True:
+            s = &self.slots[i]
+            if s.v is NULL:
+                return NULL
+            if s.k1 == k1 and s.k2 == k2 and s.k3 == k3:
+                return s.v
+            i = (i + 1) & mask
+
+    cdef inline void put(self, uint64_t k1, uint64_t k2, uint64_t k3, PyObject* v) noexcept:
+        if self.n >= self.limit:
+            return
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t i = <Py_ssize_t>(_mix(k1, k2, k3) & <uint64_t>mask)
+        while self.slots[i].v is not NULL:
+            if self.slots[i].k1 == k1 and self.slots[i].k2 == k2 and self.slots[i].k3 == k3:
+                return
+            i = (i + 1) & mask
+        _incref(v)
+        self.slots[i].k1 = k1
+        self.slots[i].k2 = k2
+        self.slots[i].k3 = k3
+        self.slots[i].v = v
+        self.n += 1
+
+
+DEF FAST_MAX = 512  # a longer chain is named the slow way
+
+
 cdef class _Namer:
     """One call's state: the reader's caches and its ways back into Python for names not cached."""
     cdef dict knames, file_names
-    cdef object unmapped, user_miss, kernel_miss, jit_lookup, jit_clock
+    cdef object unmapped, user_miss, kernel_miss, jit_lookup, jit_clock, now
     cdef dict jit_absent  # JitMaps.absent: pid -> clock time until which it has no perf map
     cdef Py_ssize_t addr_max
     cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
     cdef bint saw_unmapped, saw_unsettled  # of the chain being named
     cdef bint no_row  # the last address from_file looked up is in no mapping
+    cdef bint fast_py  # of the chain ``fast`` named last: whether CPython runs in it
+    cdef Py_ssize_t fast_unmapped  # and how many of its user addresses are "[unknown]"
+
+    cdef Py_ssize_t fast(self, AddrCache ac, object pid, object maps, dict names, const char* ips, Py_ssize_t n,
+                         PyObject** fr, bint may_hold) except -4:
+        """The frames of ``n`` addresses (leaf first, markers included) from the caches alone, as
+        ``chain`` names them, into ``fr`` (borrowed, leaf first): how many; -1 when one needs the
+        slow path (no cached name and none from the file's), -3 when one is "[unknown]" and the key is
+        to be held (``may_hold``: as the slow path holds it)."""
+        cdef uint64_t k1 = ((<uint64_t>PyLong_AsUnsignedLong(maps.serial)) << 32) | \
+            (<uint64_t>PyLong_AsUnsignedLong(maps.version) & 0xFFFFFFFFULL)
+        cdef bint user = False, leaf = True
+        cdef Py_ssize_t i, m = 0
+        cdef uint64_t ip, a
+        cdef PyObject* v
+        cdef object addr, got
+        self.fast_py = False
+        self.fast_unmapped = 0
+        for i in range(n):
+            ip = _u64(ips + 8 * i)
+            if ip >= CONTEXT_MAX:
+                user = ip == CONTEXT_USER
+                leaf = True
+                continue
+            if not user:
+                v = ac.get(0, ip, 0)
+                if v is NULL:
+                    v = PyDict_GetItem(self.knames, ip)
+                    if v is NULL:
+                        return -1
+                    ac.put(0, ip, 0, v)
+                fr[m] = v
+            else:
+                a = ip if leaf else ip - 1
+                v = ac.get(k1, a, 0)
+                if v is NULL:
+                    # not through ``names``: what it holds for an address is what the file's names, or
+                    # no mapping without a JIT map, give it (as ``user`` names it); others go the slow way
+                    got = self.from_file(maps, None, a, None, ac)
+                    if got is None:
+                        if not self.no_row or not self.no_jit_map(pid):
+                            return -1  # a JIT name, a mapping named by its path, or a name Python looks up
+                        got = self.unmapped
+                    v = <PyObject*>got
+                    ac.put(k1, a, 0, v)
+                if v == <PyObject*>self.unmapped:
+                    if may_hold:
+                        return -3  # held by the caller, as the slow path would hold it
+                    self.fast_unmapped += 1
+                elif <object>PyTuple_GET_ITEM(<object>v, 1):
+                    self.fast_py = True
+                fr[m] = PyTuple_GET_ITEM(<object>v, 0)
+            m += 1
+            leaf = False
+        return m
 
     cdef object user(self, object pid, object maps, dict names, uint64_t a):
         """``(Frame, runs_python)`` of user address ``a``: the process's names, else its mapping's
@@ -283,35 +438,54 @@ cdef class _Namer:
         cdef PyObject* p = PyDict_GetItem(self.jit_absent, pid)
         if p is NULL:
             return False
-        return self.jit_clock() < <object>p
+        if self.now is None:  # read once per call of name_all: a batch is named at one moment
+            self.now = self.jit_clock()
+        return self.now < <object>p
 
-    cdef object from_file(self, object maps, dict names, uint64_t a, object addr):
+    cdef object from_file(self, object maps, dict names, uint64_t a, object addr, AddrCache ac=None):
+        """The name of ``a`` in its mapping's file from ``file_names`` (None: in no mapping (``no_row``),
+        not a plain file, or not named yet), kept in ``names`` (if given) and under the file's device,
+        inode and offset in ``ac`` (if given)."""
         cdef list starts = maps.starts
         cdef Py_ssize_t lo = 0, hi = len(starts), mid
         self.no_row = True
         while lo < hi:  # bisect_right
             mid = (lo + hi) >> 1
-            if a < <uint64_t>PyLong_AsUnsignedLongLong(starts[mid]):
+            if a < <uint64_t>PyLong_AsUnsignedLong(starts[mid]):
                 hi = mid
             else:
                 lo = mid + 1
         if lo == 0:
             return None
         cdef tuple row = maps.rows[lo - 1]
-        cdef uint64_t start = PyLong_AsUnsignedLongLong(row[0])
-        if a >= <uint64_t>PyLong_AsUnsignedLongLong(row[1]):
+        cdef uint64_t start = PyLong_AsUnsignedLong(row[0])
+        if a >= <uint64_t>PyLong_AsUnsignedLong(row[1]):
             return None
         self.no_row = False
         path = row[3]
         if PyUnicode_Tailmatch(path, "/", 0, PY_SSIZE_T_MAX, -1) != 1 or \
                 PyUnicode_Tailmatch(path, "/memfd:", 0, PY_SSIZE_T_MAX, -1) == 1:
             return None  # named by the JIT maps or by its path: Python
-        cdef PyObject* p = PyDict_GetItem(self.file_names,
-                                          (row[4], a - start + <uint64_t>PyLong_AsUnsignedLongLong(row[2])))
+        cdef uint64_t off = a - start + <uint64_t>PyLong_AsUnsignedLong(row[2])
+        cdef object fk = row[4]
+        cdef uint64_t f1 = 0, f2 = 0
+        cdef PyObject* p = NULL
+        if ac is not None and type(fk) is tuple and len(<tuple>fk) == 3:  # (major, minor, inode)
+            f1 = <uint64_t>PyLong_AsUnsignedLong((<tuple>fk)[0])
+            if f1 < 0x80000000ULL:
+                f1 = FILE_TAG | (f1 << 32) | (<uint64_t>PyLong_AsUnsignedLong((<tuple>fk)[1]) & 0xFFFFFFFFULL)
+                f2 = <uint64_t>PyLong_AsUnsignedLong((<tuple>fk)[2])
+                p = ac.get(f1, f2, off)
+            else:
+                f1 = 0
         if p is NULL:
-            return None
+            p = PyDict_GetItem(self.file_names, (fk, off))
+            if p is NULL:
+                return None
+            if f1:
+                ac.put(f1, f2, off, p)
         got = <object>p
-        if len(names) <= self.addr_max:
+        if names is not None and len(names) <= self.addr_max:
             names[addr] = got
         return got
 
@@ -352,7 +526,7 @@ cdef class _Namer:
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
              object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict jit_absent,
              object jit_clock, dict held, object retried,
-             bint hold,
+             bint hold, AddrCache ac,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
              Py_ssize_t held_max, Py_ssize_t hold_rounds):
     """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
@@ -384,7 +558,13 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     cdef bint rest_ok
     cdef list acc
     cdef PyObject* p
-    cdef bytes kb
+    cdef bytes kb, sk
+    cdef PyObject* fr[FAST_MAX]
+    cdef Py_ssize_t m, j, fast_n = 0
+    cdef dict fastd = {}
+    cdef tuple ft
+    if ac is not None:
+        ac.trim()
     for key, count in counts.items():
         kb = <bytes>key
         k = PyBytes_AS_STRING(kb)
@@ -423,6 +603,40 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
                 slow[key] = count
                 continue
             maps = <object>p
+        if ac is not None and nr <= FAST_MAX:
+            # every address named from the caches: no Python object per key but its bytes
+            m = nm.fast(ac, pid, maps, <dict>maps.names, k + 16, nr, fr,
+                        hold and rounds - <Py_ssize_t>maps.changed <= hold_rounds and len(held) < held_max
+                        and key not in retried)
+            if m == -3:  # an address in no mapping while a late mmap is possible: held as below
+                p = PyDict_GetItem(held, key)
+                if p is NULL:
+                    held[key] = [rounds, count]
+                else:
+                    acc = <list>p
+                    acc[1] = acc[1] + count
+                held_n += count
+                continue
+            if m >= 0:
+                sk = PyBytes_FromStringAndSize(NULL, 16 + 8 * m)  # pid, tid, generation, frames
+                memcpy(PyBytes_AS_STRING(sk), k, 8)
+                memcpy(PyBytes_AS_STRING(sk) + 8, &g, 8)
+                memcpy(PyBytes_AS_STRING(sk) + 16, fr, 8 * m)
+                p = PyDict_GetItem(fastd, sk)
+                if p is NULL:
+                    ft = PyTuple_New(m)
+                    for j in range(m):  # root first
+                        _incref(fr[m - 1 - j])
+                        PyTuple_SET_ITEM(ft, j, <object>fr[m - 1 - j])
+                    fastd[sk] = [count, ft, nm.fast_py, pid, tid_u, g]
+                else:
+                    acc = <list>p
+                    acc[0] = acc[0] + count
+                    if nm.fast_py:
+                        acc[2] = True
+                nm.unmapped_n += nm.fast_unmapped
+                fast_n += 1
+                continue
         p = PyDict_GetItem(named, key)
         leaf = None
         if p is not NULL:
@@ -481,7 +695,9 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
             acc[0] = acc[0] + count
             if py:
                 acc[3] = True
-    return out, slow, (hits, held_n, nm.unmapped_n)
+    for acc in fastd.values():
+        out[(acc[3], acc[4], acc[5], id(acc[1]), 0)] = [acc[0], acc[1], None, acc[2]]
+    return out, slow, (hits, held_n, nm.unmapped_n, fast_n)
 
 
 def merge(dict fast, dict gens, dict comms, dict merged):

@@ -18,6 +18,7 @@ Format: tools/perf/Documentation/perf.data-file-format.txt (pipe mode) and
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
 import sys
 from collections import Counter
@@ -100,7 +101,8 @@ class _Maps:
     address be in a mapping whose mmap has not reached the stream yet (see :data:`HOLD_ROUNDS`).
     """
 
-    __slots__ = ("changed", "names", "rows", "starts", "version")
+    __slots__ = ("changed", "names", "rows", "serial", "starts", "version")
+    _serials = itertools.count(1)
 
     def __init__(self, changed: int = 0) -> None:
         self.starts: list[int] = []
@@ -109,6 +111,9 @@ class _Maps:
         # bumped by every change of the rows: names cached outside (whole chains) are stale then
         self.version = 0
         self.changed = changed
+        # (serial, version) names this address space as it is now, for good: the compiled naming's
+        # address cache is keyed by it, so a new object or a new mmap never reads an old entry
+        self.serial = next(_Maps._serials)
 
     def copy(self, changed: int) -> _Maps:
         m = _Maps(changed)
@@ -188,6 +193,10 @@ class PerfDataReader:
         self.samples = 0
         self.held = 0  # samples held for a late mmap (stats)
         self.key_hits = 0  # distinct keys of a batch answered by the whole-key cache (stats)
+        self.fast_keys = 0  # distinct keys of a batch named from the compiled address cache alone (stats)
+        # the compiled naming's per-address cache (C): a key whose every address is in it costs no Python
+        # object per address, no chain cache and no whole-key cache
+        self._addrs = _perfdata_c.AddrCache() if self.compiled else None
 
     # -- stream
     def feed(self, data: bytes, final: bool = False) -> list[tuple[PerfSample, int, bool]]:
@@ -435,11 +444,13 @@ class PerfDataReader:
         if self.compiled:
             # the per-key work in C (same caches, same results); what it names is merged here once per
             # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
-            fast, counts, (hits, held_n, unmapped_n) = _perfdata_c.name_all(
+            fast, counts, (hits, held_n, unmapped_n, fast_n) = _perfdata_c.name_all(
                 counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
                 self._user_miss, self._kernel_miss, self.jit.lookup, self.jit.absent, self.jit.clock, held, retried,
-                hold, self._rounds, ADDR_CACHE_MAX, REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX, HOLD_ROUNDS)
+                hold, self._addrs, self._rounds, ADDR_CACHE_MAX, REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX,
+                HOLD_ROUNDS)
             self.key_hits += hits
+            self.fast_keys += fast_n
             self.held += held_n
             self._unmapped += unmapped_n
             total += _perfdata_c.merge(fast, self._gens, comms, merged)
