@@ -180,3 +180,36 @@ def test_discovery_lists_proc_only_after_the_kernel_handed_out_a_pid(tmp_path: P
     assert d.new_python_pids() == [22] and d.new_python_pids() == [] and d.scans == 4
     real = ProcFS()
     assert real.last_pid() is not None and real.last_pid() > 0
+
+
+def test_own_cpu_counts_live_descendants_from_the_kernels_children_lists() -> None:
+    """The agent's CPU with its children (the stats line, ``/metrics``): live descendants found through
+    ``/proc/self/task/*/children`` (not by reading every process's stat, as psutil does), grandchildren
+    included, their CPU as psutil reads it."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from profiler.procfs import ProcFS, _descendants
+
+    burn = "x=0; while [ $x -lt 200000 ]; do x=$((x+1)); done; sleep 30"
+    kids = [subprocess.Popen(["sh", "-c", f"sh -c '{burn}' & {burn}"], start_new_session=True) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 20
+        while len(psutil.Process().children(recursive=True)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        mine = psutil.Process().children(recursive=True)
+        assert len(mine) >= 4  # two shells, each with a child shell
+        assert sorted(_descendants(os.getpid()) or []) == sorted(c.pid for c in mine)
+        before = ProcFS.own_cpu_seconds()
+        want = sum(c.cpu_times().user + c.cpu_times().system for c in mine)
+        t = psutil.Process().cpu_times()
+        assert before["children"] >= want + t.children_user + t.children_system - 0.05
+        assert before["children"] > 0.1  # the shells' loops
+        assert abs(before["total"] - before["self"] - before["children"]) < 1e-9
+    finally:
+        for k in kids:
+            os.killpg(k.pid, 9)  # the grandchildren too
+            k.wait()
