@@ -143,6 +143,9 @@ class SymbolTable:
         self.path, self.strtab, self.strtab_size = path, strtab, strtab_size
         self.segments = segments  # (file offset, size in file, vaddr) of each PT_LOAD segment
         self.extra = extra or {}  # start -> name of synthesized symbols (PLT entries)
+        # the perf reader's answer per function (index; -1: no function), so a new offset in a function
+        # named before costs no name, frame or Python call (the compiled reader reads it: issue 25)
+        self.frames: dict[int, object] = {}
 
     def vaddr(self, offset: int) -> int | None:
         for off, size, vaddr in self.segments:
@@ -150,10 +153,22 @@ class SymbolTable:
                 return offset - off + vaddr
         return None
 
-    def lookup(self, addr: int) -> str | None:
+    def index_of(self, offset: int) -> int:
+        """The function holding file ``offset`` (its index), or -1."""
+        v = self.vaddr(offset)
+        return -1 if v is None else self.index(v)
+
+    def index(self, addr: int) -> int:
+        """The function holding link-time address ``addr`` (its index), or -1."""
         i = bisect.bisect_right(self.starts, addr) - 1
-        if i < 0 or addr >= self.ends[i]:
-            return None
+        return -1 if i < 0 or addr >= self.ends[i] else i
+
+    def lookup(self, addr: int) -> str | None:
+        i = self.index(addr)
+        return None if i < 0 else self.name(i)
+
+    def name(self, i: int) -> str | None:
+        """The name of function ``i``."""
         name = self._names.get(i, _MISS)
         if name is _MISS:
             start = self.starts[i]
@@ -504,6 +519,11 @@ class FileSymbols:
         self._retry: dict[object, float] = {}
         self.files_read = 0
         self.functions = 0  # functions held in all tables
+
+    @property
+    def tables(self) -> dict[object, SymbolTable | None]:
+        """The tables read, by file identity (the compiled perf reader looks a function up in them)."""
+        return self._tables
 
     def settled(self, key: object) -> bool:
         """Whether the file was read (with or without symbols): its names will not change."""

@@ -20,6 +20,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memchr, memcpy
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM, PyTuple_GET_ITEM
+from cpython cimport array
 
 
 cdef extern from "Python.h":
@@ -345,7 +346,8 @@ DEF FAST_MAX = 512  # a longer chain is named the slow way
 
 cdef class _Namer:
     """One call's state: the reader's caches and its ways back into Python for names not cached."""
-    cdef dict knames, file_names
+    cdef dict knames, file_names, tables
+    cdef Py_ssize_t file_names_max
     cdef object unmapped, user_miss, kernel_miss, jit_lookup, jit_clock, now
     cdef dict jit_absent  # JitMaps.absent: pid -> clock time until which it has no perf map
     cdef Py_ssize_t addr_max
@@ -481,13 +483,50 @@ cdef class _Namer:
         if p is NULL:
             p = PyDict_GetItem(self.file_names, (fk, off))
             if p is NULL:
-                return None
+                p = self.by_function(fk, off)
+                if p is NULL:
+                    return None
             if f1:
                 ac.put(f1, f2, off, p)
         got = <object>p
         if names is not None and len(names) <= self.addr_max:
             names[addr] = got
         return got
+
+    cdef PyObject* by_function(self, object fk, uint64_t off) except? NULL:
+        """A new offset of a file whose table is read: the name of its function if one of its offsets was
+        named before (``SymbolTable.frames``, as ``_file_frame`` finds it), kept in ``file_names``; else NULL."""
+        cdef PyObject* p = PyDict_GetItem(self.tables, fk)
+        if p is NULL or <object>p is None:
+            return NULL
+        table = <object>p
+        cdef array.array starts = table.starts, ends = table.ends
+        cdef Py_ssize_t i = -1, lo = 0, hi = len(starts), mid
+        cdef uint64_t v = 0, so, size
+        cdef bint found = False
+        for seg in table.segments:  # SymbolTable.vaddr
+            so = PyLong_AsUnsignedLong((<tuple>seg)[0])
+            size = PyLong_AsUnsignedLong((<tuple>seg)[1])
+            if so <= off < so + size:
+                v = off - so + PyLong_AsUnsignedLong((<tuple>seg)[2])
+                found = True
+                break
+        if found:  # SymbolTable.index: bisect_right
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if v < starts.data.as_ulonglongs[mid]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            i = lo - 1
+            if i >= 0 and v >= ends.data.as_ulonglongs[i]:
+                i = -1
+        p = PyDict_GetItem(<dict>table.frames, i)
+        if p is NULL:
+            return NULL
+        if len(self.file_names) < self.file_names_max:
+            self.file_names[(fk, off)] = <object>p
+        return p
 
     cdef object kernel(self, uint64_t ip):
         cdef object addr = ip
@@ -524,7 +563,7 @@ cdef class _Namer:
 
 
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
-             object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict jit_absent,
+             dict tables, Py_ssize_t file_names_max, object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict jit_absent,
              object jit_clock, dict held, object retried,
              bint hold, AddrCache ac,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
@@ -545,6 +584,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     """
     cdef _Namer nm = _Namer.__new__(_Namer)
     nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
+    nm.tables, nm.file_names_max = tables, file_names_max
     nm.user_miss, nm.kernel_miss, nm.jit_lookup, nm.addr_max = user_miss, kernel_miss, jit_lookup, addr_max
     nm.jit_absent, nm.jit_clock = jit_absent, jit_clock
     nm.unmapped_n = 0

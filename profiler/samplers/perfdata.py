@@ -445,7 +445,8 @@ class PerfDataReader:
             # the per-key work in C (same caches, same results); what it names is merged here once per
             # distinct (process, thread, chain without leaf, leaf function), not once per leaf address
             fast, counts, (hits, held_n, unmapped_n, fast_n) = _perfdata_c.name_all(
-                counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, _UNMAPPED,
+                counts, all_maps, self._gens, named, rest, self._kernel_names, self._file_names, self.files.tables,
+                FILE_NAMES_MAX, _UNMAPPED,
                 self._user_miss, self._kernel_miss, self.jit.lookup, self.jit.absent, self.jit.clock, held, retried,
                 hold, self._addrs, self._rounds, ADDR_CACHE_MAX, REST_CACHE_MAX, KEY_CACHE_MAX, HELD_MAX,
                 HOLD_ROUNDS)
@@ -639,14 +640,19 @@ class PerfDataReader:
         return self._intern(Frame(_clean(name) if name else f"[{base}]", Kind.USER)), is_interpreter(path)
 
     def _file_frame(self, pid: int, path: str, key: object, offset: int) -> tuple[Frame, bool]:
-        name = None
         table = self.files.table(key, pid, path)
+        name = None
         if table is not None:
-            v = table.vaddr(offset)
-            if v is not None:
-                name = table.lookup(v)
-        return (self._intern(Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER)),
-                is_interpreter(path))
+            i = table.index_of(offset)
+            got = table.frames.get(i)
+            if got is not None:  # another offset of a function named before
+                return got  # type: ignore[return-value]
+            name = table.name(i) if i >= 0 else None
+        got = (self._intern(Frame(_clean(name) if name else f"[{path.rpartition('/')[2]}]", Kind.USER)),
+               is_interpreter(path))
+        if table is not None:  # read for good (settled): the table keeps it per function
+            table.frames[i] = got
+        return got
 
     def _intern(self, frame: Frame) -> Frame:
         got = self._frame_objs.get(frame)

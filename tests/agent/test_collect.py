@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from profiler import collect as collect_mod
-from profiler.collect import Collector, combine_python, spread
+from profiler.collect import Collector, combine_python, spread, spreader_of
 from stacks.model import Frame
 from stacks.perf import PerfSample
 
@@ -80,6 +80,13 @@ def test_combine_replaces_user_samples_and_keeps_kernel_frames_under_python() ->
     assert combine_python(perf, {hot: 1.5, cold: 0.5}) == out  # decayed (float) shapes spread the same
     assert combine_python(perf, None) == perf
     assert combine_python(perf, {}) == perf
+    # a shape is sorted once and reused push after push (the same object); a refreshed shape is a new one
+    shape = {hot: 3, cold: 1}
+    assert spreader_of(shape) is spreader_of(shape)
+    assert combine_python(perf, shape) == combine_python(perf, shape) == out
+    refreshed = {hot: 1, cold: 3}
+    assert spreader_of(refreshed) is not spreader_of(shape)
+    assert combine_python(perf, refreshed) == {hot: 17, cold: 53, hot + kern: 7, cold + kern: 23}
 
 
 def test_collector_counts_per_pid_and_drains() -> None:
