@@ -25,9 +25,11 @@ two given different stacks share a hash with probability ~2**-128. A
 collision would count one stack's samples under the other.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_AsUTF8String, PyUnicode_DecodeUTF8
 from stacks._wire cimport skip, sub_end, varint
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -568,3 +570,219 @@ def stack_frames(
         out.reverse()
         stacks.append(tuple(out))
     return stacks
+
+
+# -- the writer: a whole Profile ------------------------------------------------------------
+
+cdef struct Buf:
+    uint8_t* d
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef uint8_t* nd
+    cdef Py_ssize_t cap
+    if b.n + extra > b.cap:
+        cap = max(2 * b.cap, b.n + extra, 4096)
+        nd = <uint8_t*>PyMem_Realloc(b.d, cap)
+        if nd == NULL:
+            raise MemoryError()
+        b.d = nd
+        b.cap = cap
+    return 0
+
+
+cdef inline Py_ssize_t _vsize(uint64_t x) noexcept nogil:
+    cdef Py_ssize_t n = 1
+    while x >= 0x80:
+        x >>= 7
+        n += 1
+    return n
+
+
+cdef inline void _vput(Buf* b, uint64_t x) noexcept nogil:
+    """A varint into reserved room."""
+    while x >= 0x80:
+        b.d[b.n] = <uint8_t>(x & 0x7F) | 0x80
+        x >>= 7
+        b.n += 1
+    b.d[b.n] = <uint8_t>x
+    b.n += 1
+
+
+cdef inline Py_ssize_t _fsize(uint64_t v) noexcept nogil:
+    """Bytes of a non-repeated varint field (tag < 128): none for zero, as proto3 writes it."""
+    return 1 + _vsize(v) if v else 0
+
+
+cdef inline void _fput(Buf* b, uint8_t tag, uint64_t v) noexcept nogil:
+    if v:
+        b.d[b.n] = tag
+        b.n += 1
+        _vput(b, v)
+
+
+cdef int _bytes_field(Buf* b, uint8_t tag, const char* p, Py_ssize_t n) except -1:
+    buf_reserve(b, 1 + 10 + n)
+    b.d[b.n] = tag
+    b.n += 1
+    _vput(b, <uint64_t>n)
+    if n:
+        memcpy(b.d + b.n, p, n)
+        b.n += n
+    return 0
+
+
+cdef int _pair_field(Buf* b, uint8_t tag, uint64_t x, uint64_t y) except -1:
+    """A message of two varint fields (1 and 2: ValueType, Label, Line) as field ``tag``."""
+    cdef Py_ssize_t body = _fsize(x) + _fsize(y)
+    buf_reserve(b, 2 + body + 10)
+    b.d[b.n] = tag
+    b.n += 1
+    _vput(b, <uint64_t>body)
+    _fput(b, 0x08, x)
+    _fput(b, 0x10, y)
+    return 0
+
+
+cdef Py_ssize_t _sx(dict strings, list order, object text) except -1:
+    cdef PyObject* p = PyDict_GetItem(strings, text)
+    if p is not NULL:
+        return <Py_ssize_t><object>p
+    cdef Py_ssize_t i = len(order)
+    strings[text] = i
+    order.append(text)
+    return i
+
+
+def encode_profile(object items, int64_t scale, tuple sample_type, tuple period_type, int64_t period,
+                   int64_t time_nanos, int64_t duration_nanos, list label_pairs, object kernel,
+                   str kernel_mapping):
+    """The pprof ``Profile`` of (stack root first, count) ``items``, as ``stacks.pprof.encode_pprof`` builds
+    it through the protobuf library (issue 25: that was the agent's push, a library message per frame and
+    per sample): the same message, string table order, ids and all, in other bytes (field order). Frames
+    are ``Frame`` tuples (name, kind, file, line); ``kernel`` is the kind whose locations get the
+    ``kernel_mapping`` mapping; values are ``count * scale`` (a ValueError past int64, as the library's);
+    ``label_pairs`` (key, value) go on every sample. Pure."""
+    cdef dict strings = {"": 0}
+    cdef list order = [""]
+    cdef dict functions = {}, locations = {}
+    cdef Buf head, maps, locs, funcs, samples, ids, labels
+    cdef Buf* bufs[7]
+    bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6] = &head, &maps, &locs, &funcs, &samples, &ids, &labels
+    cdef Py_ssize_t k, j, n, body, ni, fi, mi, fid, lid, val_len, kmap = 0
+    cdef uint64_t val
+    cdef PyObject* p
+    cdef tuple stack, fr
+    cdef bytes raw
+    for k in range(7):
+        bufs[k].d = NULL
+        bufs[k].n = bufs[k].cap = 0
+    try:
+        st0 = _sx(strings, order, sample_type[0])
+        st1 = _sx(strings, order, sample_type[1])
+        _pair_field(&head, 0x0A, st0, st1)  # sample_type
+        pt0 = _sx(strings, order, period_type[0])
+        pt1 = _sx(strings, order, period_type[1])
+        _pair_field(&head, 0x5A, pt0, pt1)  # period_type
+        buf_reserve(&head, 33)
+        _fput(&head, 0x60, <uint64_t>period)
+        _fput(&head, 0x48, <uint64_t>time_nanos)
+        _fput(&head, 0x50, <uint64_t>duration_nanos)
+        for key, value in label_pairs:
+            _pair_field(&labels, 0x1A, _sx(strings, order, key), _sx(strings, order, value))
+        for stack, count in items:
+            n = len(stack)
+            ids.n = 0
+            for j in range(n - 1, -1, -1):  # leaf first
+                fr = <tuple>stack[j]
+                p = PyDict_GetItem(locations, fr)
+                if p is not NULL:
+                    lid = <Py_ssize_t><object>p
+                else:
+                    fkey = (fr[0], fr[2])
+                    p = PyDict_GetItem(functions, fkey)
+                    if p is not NULL:
+                        fid = <Py_ssize_t><object>p
+                    else:
+                        fid = len(functions) + 1
+                        functions[fkey] = fid
+                        ni = _sx(strings, order, fr[0])
+                        fi = _sx(strings, order, fr[2])
+                        body = _fsize(fid) + 2 * _fsize(ni) + _fsize(fi)
+                        buf_reserve(&funcs, 2 + 10 + body)
+                        funcs.d[funcs.n] = 0x2A  # Profile.function
+                        funcs.n += 1
+                        _vput(&funcs, <uint64_t>body)
+                        _fput(&funcs, 0x08, fid)  # id
+                        _fput(&funcs, 0x10, ni)  # name
+                        _fput(&funcs, 0x18, ni)  # system_name
+                        _fput(&funcs, 0x20, fi)  # filename
+                    lid = len(locations) + 1
+                    locations[fr] = lid
+                    if fr[1] is kernel and not kmap:
+                        kmap = 1
+                        mi = _sx(strings, order, kernel_mapping)
+                        body = 2 + _fsize(mi) + 2
+                        buf_reserve(&maps, 2 + 10 + body)
+                        maps.d[maps.n] = 0x1A  # Profile.mapping
+                        maps.n += 1
+                        _vput(&maps, <uint64_t>body)
+                        _fput(&maps, 0x08, 1)  # id
+                        _fput(&maps, 0x28, mi)  # filename
+                        _fput(&maps, 0x38, 1)  # has_functions
+                    val = <uint64_t><int64_t>fr[3]
+                    body = _fsize(fid) + _fsize(val)  # the Line
+                    body = _fsize(lid) + (2 if fr[1] is kernel else 0) + 1 + _vsize(body) + body
+                    buf_reserve(&locs, 2 + 10 + body)
+                    locs.d[locs.n] = 0x22  # Profile.location
+                    locs.n += 1
+                    _vput(&locs, <uint64_t>body)
+                    _fput(&locs, 0x08, lid)  # id
+                    if fr[1] is kernel:
+                        _fput(&locs, 0x10, 1)  # mapping_id
+                    locs.d[locs.n] = 0x22  # Location.line
+                    locs.n += 1
+                    _vput(&locs, <uint64_t>(_fsize(fid) + _fsize(val)))
+                    _fput(&locs, 0x08, fid)
+                    _fput(&locs, 0x10, val)
+                buf_reserve(&ids, 10)
+                _vput(&ids, <uint64_t>lid)
+            v = count * scale
+            if not -(1 << 63) <= v < (1 << 63):
+                raise ValueError(f"Value out of range: {v}")  # as the library refuses it
+            val = <uint64_t><int64_t>v
+            val_len = _vsize(val)
+            body = (1 + _vsize(ids.n) + ids.n if ids.n else 0) + 1 + _vsize(val_len) + val_len + labels.n
+            buf_reserve(&samples, 1 + 10 + body)
+            samples.d[samples.n] = 0x12  # Profile.sample
+            samples.n += 1
+            _vput(&samples, <uint64_t>body)
+            if ids.n:
+                samples.d[samples.n] = 0x0A  # Sample.location_id, packed
+                samples.n += 1
+                _vput(&samples, <uint64_t>ids.n)
+                memcpy(samples.d + samples.n, ids.d, ids.n)
+                samples.n += ids.n
+            samples.d[samples.n] = 0x12  # Sample.value, packed
+            samples.n += 1
+            _vput(&samples, <uint64_t>val_len)
+            _vput(&samples, val)
+            if labels.n:
+                memcpy(samples.d + samples.n, labels.d, labels.n)
+                samples.n += labels.n
+        for text in order:  # the string table, in order of first use
+            raw = PyUnicode_AsUTF8String(text)
+            _bytes_field(&head, 0x32, PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+        out = PyBytes_FromStringAndSize(NULL, head.n + maps.n + locs.n + funcs.n + samples.n)
+        o = PyBytes_AS_STRING(out)
+        n = 0
+        for k in range(5):
+            if bufs[k].n:
+                memcpy(o + n, bufs[k].d, bufs[k].n)
+                n += bufs[k].n
+        return out
+    finally:
+        for k in range(7):
+            PyMem_Free(bufs[k].d)

@@ -763,6 +763,7 @@ def encode_pprof(
     sample_type: tuple[str, str] = ("cpu", "nanoseconds"),
     sample_labels: Mapping[str, str] | None = None,
     period_type: tuple[str, str] = ("cpu", "nanoseconds"),
+    encode_compiled: bool = True,
 ) -> bytes:
     """Encode a profile (or a mapping of distinct stacks to counts, in its order) as plain (not gzipped)
     pprof bytes.
@@ -771,7 +772,14 @@ def encode_pprof(
     nanoseconds, else as they are. ``sample_labels`` go on every sample;
     ``period_type`` is the (type, unit) the period is counted in. A located frame keeps its
     file (``Function.filename``; one function per name and file) and line (``Line.line``).
+    ``stacks._pprof_c`` writes it where it is built (``encode_compiled``): the same message, other bytes.
     """
+    scale = period_nanos if sample_type[1] == "nanoseconds" and period_nanos > 0 else 1
+    label_pairs = [(k, v) for k, v in sorted((sample_labels or {}).items()) if v != ""]
+    if _pprof_c is not None and encode_compiled:
+        # written in C: a library message per frame and per sample was most of the agent's push (issue 25)
+        return _pprof_c.encode_profile(profile.items(), scale, sample_type, period_type, period_nanos, time_nanos,
+                                       duration_nanos, label_pairs, Kind.KERNEL, KERNEL_MAPPING)
     strings: dict[str, int] = {"": 0}
 
     def sx(text: str) -> int:
@@ -787,9 +795,7 @@ def encode_pprof(
     p.period = period_nanos
     p.time_nanos = time_nanos
     p.duration_nanos = duration_nanos
-    scale = period_nanos if sample_type[1] == "nanoseconds" and period_nanos > 0 else 1
-
-    label_pairs = [(sx(k), sx(v)) for k, v in sorted((sample_labels or {}).items()) if v != ""]
+    label_ids = [(sx(k), sx(v)) for k, v in label_pairs]
     functions: dict[tuple[str, str], int] = {}
     locations: dict[Frame, int] = {}
     kernel_mapping = 0
@@ -814,7 +820,7 @@ def encode_pprof(
     for stack, count in profile.items():
         smp = p.sample.add(location_id=[known(fr) or new_location(fr) for fr in reversed(stack)],
                            value=[count * scale])
-        for k, v in label_pairs:
+        for k, v in label_ids:
             smp.label.add(key=k, str=v)
     p.string_table.extend(t.encode("utf-8") for t in strings)
     return p.SerializeToString()

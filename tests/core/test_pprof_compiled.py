@@ -223,3 +223,34 @@ def test_every_reader_repairs_zero_function_ids_and_names_alike() -> None:
     _same(numpy_read, lib)
     frames = {f for s, _ in lib.merged().items() for f in s}
     assert Frame.kernel("do_sys") in frames and len(frames) == 82
+
+
+_FRAMES = st.builds(Frame, st.sampled_from(["main", "run", "f", "g;h", "ünï", ""]),
+                    st.sampled_from([Kind.USER, Kind.KERNEL]), st.sampled_from(["", "a.py"]),
+                    st.integers(0, 1 << 20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.lists(_FRAMES, max_size=12).map(tuple), st.integers(1, 1 << 40), max_size=30),
+       st.integers(0, 1 << 24), st.dictionaries(st.sampled_from(["thread", "span", "x"]),
+                                                st.sampled_from(["", "t1", "1234"]), max_size=3),
+       st.sampled_from([("cpu", "nanoseconds"), ("samples", "count")]))
+def test_compiled_writer_writes_the_librarys_message(stacks: dict[tuple[Frame, ...], int], period: int,
+                                                      labels: dict[str, str], sample_type: tuple[str, str]) -> None:
+    """The samples written in C (``encode_samples``, the agent's push: issue 25) and the rest by the library
+    parse to exactly the message the library writes alone, in the same sample order, and decode alike."""
+    from stacks import _proto
+
+    kw = dict(period_nanos=period, time_nanos=5, duration_nanos=7, sample_labels=labels, sample_type=sample_type)
+    try:
+        slow = encode_pprof(stacks, encode_compiled=False, **kw)  # type: ignore[arg-type]
+    except ValueError as e:  # a value past int64: refused alike
+        with pytest.raises(ValueError, match="out of range"):
+            encode_pprof(stacks, **kw)  # type: ignore[arg-type]
+        assert "out of range" in str(e)
+        return
+    fast = encode_pprof(stacks, **kw)  # type: ignore[arg-type]
+    assert _proto.Profile.FromString(fast) == _proto.Profile.FromString(slow)
+    assert len(fast) == len(slow)
+    if stacks:
+        _same(decode_pprof(fast, StackTable()), decode_pprof(slow, StackTable()))
