@@ -390,13 +390,17 @@ cdef class _Namer:
                 a = ip if leaf else ip - 1
                 v = ac.get(k1, a, 0)
                 if v is NULL:
-                    # not through ``names``: what it holds for an address is what the file's names, or
-                    # no mapping without a JIT map, give it (as ``user`` names it); others go the slow way
+                    # ``names`` only where the file's names (or no mapping and no JIT map) do not answer:
+                    # for those it holds what they give (as ``user`` names it)
                     got = self.from_file(maps, None, a, None, ac)
                     if got is None:
-                        if not self.no_row or not self.no_jit_map(pid):
-                            return -1  # a JIT name, a mapping named by its path, or a name Python looks up
-                        got = self.unmapped
+                        if self.no_row and self.no_jit_map(pid):
+                            got = self.unmapped
+                        else:  # a JIT name, a mapping named by its path ([vdso]): as Python named it before
+                            v = PyDict_GetItem(names, a)
+                            if v is NULL:
+                                return -1  # not yet: the slow path asks Python
+                            got = <object>v
                     v = <PyObject*>got
                     ac.put(k1, a, 0, v)
                 if v == <PyObject*>self.unmapped:

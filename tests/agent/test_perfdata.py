@@ -283,7 +283,14 @@ def test_the_address_cache_names_a_new_process_by_file_and_holds_as_the_slow_pat
     fast = comp.fast_keys
     assert both(_sample(701, 11, [CONTEXT_USER, new + a_off + 3])) == [(("alpha_fn",), 1)]
     assert calls == [] and comp.fast_keys == fast + 1
-    assert comp.samples == pure.samples == 7
+    # a mapping named by its path ([vdso]): Python names it once, the cache after
+    vdso = 0x7FFF0000
+    first = both(_mmap2(701, vdso, 0x2000, 0, "[vdso]", ino=0, t=12) + _sample(701, 13, [CONTEXT_USER, vdso + 8]))
+    assert len(first) == 1 and "vdso" in first[0][0][0]
+    fast = comp.fast_keys
+    assert both(_sample(701, 14, [CONTEXT_USER, vdso + 8])) == first
+    assert comp.fast_keys == fast + 1
+    assert comp.samples == pure.samples == 9
 
 
 def test_a_late_dlopen_mmap_in_an_old_process_is_held_and_named(program: Path, compiled: bool) -> None:
