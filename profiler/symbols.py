@@ -430,7 +430,8 @@ class JitMaps:
         self._checked: dict[int, float] = {}
         self._root_ns: str | None = None  # procfs.numbering_namespace (read once)
 
-    def _path(self, pid: int) -> str:
+    def _path(self, pid: int) -> str | None:
+        """Where the process's perf map is, read through its root; None when the process is gone."""
         nspid = pid
         if self._root_ns is None:
             self._root_ns = numbering_namespace(self.proc_root)  # "": every pid's status is read
@@ -439,6 +440,9 @@ class JitMaps:
             # costs about 4 us where /proc/PID/status (which the kernel formats whole) costs 26
             if self._root_ns and os.readlink(f"{self.proc_root}/{pid}/ns/pid") == self._root_ns:
                 return f"{self.proc_root}/{pid}/root/tmp/perf-{pid}.map"
+        except FileNotFoundError:
+            if self._root_ns:  # the process exited (most short jobs have, when their samples are named)
+                return None
         except OSError:
             pass
         try:  # read as bytes in one call, not line by line in text mode
@@ -460,6 +464,8 @@ class JitMaps:
             self._checked[pid] = now
             path = self._path(pid)
             try:
+                if path is None:
+                    raise FileNotFoundError(pid)
                 size = os.stat(path).st_size
             except OSError:
                 if got is None:
