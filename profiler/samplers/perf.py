@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import re
+import select
 import subprocess
 import threading
 import time
@@ -296,31 +297,28 @@ class PerfSampler:
         finally:
             os.close(r)
         os.set_blocking(w, False)
-        done = threading.Event()
-        pinger = threading.Thread(target=self._ping, args=(w, done), name="perf-ping", daemon=True)
-        pinger.start()
         try:
-            self._run_record(rec)
+            self._run_record(rec, lambda: self._ping(w))
         finally:
-            done.set()
-            pinger.join(5)
             os.close(w)
 
-    def _ping(self, w: int, done: threading.Event) -> None:
-        """Every ``batch_seconds``, ask perf to write out its buffers (a quiet CPU's would wait half full)."""
-        while not done.wait(self.batch_seconds) and not self._stop.is_set():
-            try:
-                os.write(w, b"ping\n")
-                self.pings += 1
-            except BlockingIOError:  # perf is behind on its commands: it will write out anyway
-                pass
-            except OSError:  # perf is gone
-                return
+    def _ping(self, w: int) -> None:
+        """Ask perf to write out its buffers (a quiet CPU's would wait half full); the reader does this every
+        ``batch_seconds``, waking for it if perf is silent (a thread of its own cost ~0.25 ms of CPU a
+        second on the busy bench: a wake-up and the GIL twice a second)."""
+        try:
+            os.write(w, b"ping\n")
+            self.pings += 1
+        except BlockingIOError:  # perf is behind on its commands: it will write out anyway
+            pass
+        except OSError:  # perf is gone: the reader sees the end of its stream
+            pass
 
-    def _run_record(self, rec: Proc) -> None:
-        """Read one running perf record until it ends: its stream here, or through perf script."""
+    def _run_record(self, rec: Proc, ping: Callable[[], None] | None = None) -> None:
+        """Read one running perf record until it ends: its stream here, or through perf script; ``ping``
+        asks it to write out its buffers (every ``batch_seconds``, from the reader's loop)."""
         if self.reader == "data":
-            self._run_data(rec)
+            self._run_data(rec, ping)
             return
         try:
             scr = self.runner(script_argv(self.perf), stdin=rec.stdout, stdout=subprocess.PIPE,
@@ -337,7 +335,7 @@ class PerfSampler:
         err_thread = threading.Thread(target=_drain, args=(rec.stderr, err_chunks), daemon=True)
         err_thread.start()
         try:
-            self._read(scr)
+            self._read(scr, ping=ping)
         finally:
             rc = rec.wait()
             scr.wait()
@@ -358,7 +356,7 @@ class PerfSampler:
             return "script"
         return "data, compiled" if BUILT else "data, pure"
 
-    def _run_data(self, rec: Proc) -> None:
+    def _run_data(self, rec: Proc, ping: Callable[[], None] | None = None) -> None:
         """perf record's own stream read here (no perf script); on a stream it cannot read: the fallback."""
         with self._lock:
             self._procs = [rec]
@@ -376,7 +374,7 @@ class PerfSampler:
             return b""
 
         try:
-            self._read(rec, parse)
+            self._read(rec, parse, ping)
         except UnsupportedStream as e:
             self.fallbacks += 1
             self.reader = "script"
@@ -407,13 +405,16 @@ class PerfSampler:
             n += count
         self.samples += n
 
-    def _read(self, scr: Proc, parse: Callable[..., bytes] | None = None) -> None:
+    def _read(self, scr: Proc, parse: Callable[..., bytes] | None = None,
+              ping: Callable[[], None] | None = None) -> None:
         """Parse whole sample blocks in batches (blocks end at a blank line).
 
         perf script writes many small chunks; waking up for each one was about
         a sixth of the agent's CPU in a profile. So the reader sleeps ``batch_seconds``
         between reads while the pipe (enlarged to ``PIPE_BYTES``) fills, then
-        takes everything at once: a few reads and one parse per batch.
+        takes everything at once: a few reads and one parse per batch. With ``ping``
+        it asks perf to write out its buffers every ``batch_seconds``, and waits for
+        data at most that long (a quiet node's perf writes nothing until asked).
         """
         assert scr.stdout is not None
         parse = parse or self._parse
@@ -421,8 +422,14 @@ class PerfSampler:
         _grow_pipe(fd)
         buf = b""
         pending: list[bytes] = []
-        last = self.clock()
+        last = pinged = self.clock()
         while True:
+            if ping is not None:
+                if self.clock() - pinged >= self.batch_seconds:
+                    pinged = self.clock()
+                    ping()
+                if not select.select([fd], [], [], self.batch_seconds)[0]:
+                    continue  # nothing yet: ping again
             data = os.read(fd, PIPE_BYTES)
             if not data:
                 break
