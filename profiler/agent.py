@@ -264,7 +264,7 @@ class Agent:
         of 3 s jobs went out with the process name only)."""
         for pid in current:
             try:
-                self.resolver.resolve(pid)
+                self.resolver.prime(pid)
             except Exception as e:  # labels are best effort
                 log.debug("labelling pid %d early failed: %s", pid, e)
 

@@ -362,6 +362,19 @@ class MetadataResolver:
             self._cache = {p: e for p, e in self._cache.items() if now - e[0] < self.ttl}
         return meta
 
+    def prime(self, pid: int) -> None:
+        """Resolve ``pid`` now unless it is known: a running short job's labels are read while it runs. A
+        pid already found gone is left alone (nothing can be read for it; its answer is kept): checking each
+        such pid every second was a third of the agent's main thread under a shell loop of short jobs."""
+        now = self.clock()
+        hit = self._cache.get(pid)
+        if hit is not None and now - hit[0] < self.ttl:
+            return
+        gone = self._gone.get(pid)
+        if gone is not None and now - gone[0] < self.ttl:
+            return
+        self.resolve(pid)
+
     def process_name(self, pid: int, comm: str = "") -> str:
         """``comm``; for interpreters also the script or module (``python3 app.py``)."""
         base = f"{self._root}/{pid}"

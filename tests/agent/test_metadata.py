@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,19 @@ def test_a_gone_pid_is_read_once_and_a_reused_pid_is_read_again(proc_tree: Path,
     assert (m.process, m.pod) == ("java", "cart-1")
     clock.t += 61  # the gone entry expires like the cache
     assert r.resolve(4242).pod == "cart-1"
+    # priming (the agent's 1 s poll) reads a new pid once, and leaves a known or gone one without a stat
+    stats: list[str] = []
+    monkeypatch.setattr(md.os.path, "exists", lambda path: stats.append(path) or os.path.lexists(path))
+    reads.clear()
+    r.prime(4343)  # gone before it was ever read
+    assert reads and len(stats) == 1
+    reads.clear()
+    stats.clear()
+    for _ in range(3):
+        r.prime(4343)
+        r.prime(4242)
+    assert reads == [] and stats == []
+    assert r.resolve(4343, comm="").process == "pid-4343"  # the push still asks (a reused pid is read again)
 
 
 def test_pod_index_refreshes_on_miss_rate_limited(proc_tree: Path) -> None:
