@@ -190,7 +190,9 @@ class Shipper:
         while not self._stop.is_set():
             e = self.spool.peek()
             if e is None:
-                self._wake.wait(1.0)
+                # every put wakes this thread (``wake``), and so does stop: the timeout is only a safety
+                # net (waking every second was most of this thread's CPU on a quiet node: issue 25)
+                self._wake.wait(30.0)
                 self._wake.clear()
                 continue
             if self.send_one(e):
