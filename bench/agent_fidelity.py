@@ -49,6 +49,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from _bpf import enable_bpf_stats, restore_bpf_stats  # noqa: E402
+from _build import build_compiled  # noqa: E402
 
 from profiler.samplers.pyunwind import bpf_run_seconds  # noqa: E402
 from tests.support.server import running_server  # noqa: E402
@@ -269,6 +270,7 @@ def checkout(rev: str, into: Path) -> Path:
     """The agent of revision ``rev`` in a temporary git worktree (the work tree is not touched)."""
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), rev], check=True,
                    capture_output=True)
+    print(f"baseline {rev}: built {', '.join(build_compiled(into))}")  # as pip install builds them
     return into
 
 

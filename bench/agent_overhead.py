@@ -11,7 +11,8 @@ against a local capture server for DURATION seconds, and measures with psutil:
 - the workload's own CPU over the same period, as the baseline of the ratio.
 
 With ``--baseline REV`` (e.g. ``HEAD``) the agent of git revision REV
-(exported with ``git archive``, the work tree is not touched) is measured
+(exported with ``git archive``, the work tree is not touched; its compiled
+modules built there, as ``pip install`` builds them) is measured
 first on the same workload, then the work tree's agent, and the ratio
 current/baseline is printed: both figures come from one run and one machine
 state.
@@ -54,6 +55,7 @@ from pathlib import Path
 
 import psutil
 from _bpf import enable_bpf_stats, restore_bpf_stats
+from _build import build_compiled
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -373,6 +375,7 @@ def main() -> int:
         old_repo.mkdir()
         tar = subprocess.run(["git", "-C", str(REPO), "archive", baseline], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old_repo)], input=tar, check=True)
+        print(f"baseline {baseline}: built {', '.join(build_compiled(old_repo))}")
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     idle = "--idle" in argv

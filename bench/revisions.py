@@ -27,6 +27,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _build import PACKAGES, build_compiled  # noqa: E402
+
 NUM = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
@@ -63,37 +66,22 @@ def checkout(rev: str, where: Path, cython: str | None) -> Path:
     holding it, or the environment)."""
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where), rev], check=True)
     stale = []
-    for so in (ROOT / "stacks").glob("*.so"):
-        pyx = so.name.split(".")[0] + ".pyx"
-        theirs, ours = where / "stacks" / pyx, ROOT / "stacks" / pyx
-        if theirs.exists() and theirs.read_bytes() == ours.read_bytes():
-            shutil.copy2(so, where / "stacks" / so.name)
-        else:
-            stale.append(pyx)
+    for pkg in PACKAGES:
+        for so in (ROOT / pkg).glob("*.so"):
+            pyx = so.name.split(".")[0] + ".pyx"
+            theirs, ours = where / pkg / pyx, ROOT / pkg / pyx
+            if theirs.exists() and theirs.read_bytes() == ours.read_bytes():
+                shutil.copy2(so, where / pkg / so.name)
+            else:
+                stale.append(f"{pkg}/{pyx}")
     if stale:
-        r = _build_readers(where, cython)
-        built = sorted(x.name for x in (where / "stacks").glob("*.so"))
-        print(f"note: {', '.join(stale)} differ at {rev}: built the baseline's readers "
-              f"({'ok: ' + ', '.join(built) if r.returncode == 0 else 'FAILED: ' + r.stderr[-300:]})",
+        try:
+            outcome = "ok: " + ", ".join(build_compiled(where, cython))
+        except RuntimeError as e:
+            outcome = f"FAILED: {e}"
+        print(f"note: {', '.join(stale)} differ at {rev}: built the baseline's compiled modules ({outcome})",
               file=sys.stderr)
     return where
-
-
-def _build_readers(tree: Path, cython: str | None) -> subprocess.CompletedProcess[str]:
-    """``cythonize -i`` the tree's readers in a scratch folder (away from its pyproject.toml,
-    which the build would otherwise validate), then put the built modules in ``tree/stacks``."""
-    with tempfile.TemporaryDirectory(prefix="fw-build-") as tmp:
-        src = Path(tmp) / "stacks"
-        src.mkdir()
-        for f in [*(tree / "stacks").glob("*.pyx"), *(tree / "stacks").glob("*.pxd")]:
-            shutil.copy2(f, src / f.name)
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "PYTHONPATH": cython or ""}
-        r = subprocess.run([sys.executable, "-m", "Cython.Build.Cythonize", "-i", "-3", "-q",
-                            *sorted(str(x.relative_to(tmp)) for x in src.glob("*.pyx"))],
-                           cwd=tmp, env=env, capture_output=True, text=True)
-        for so in src.glob("*.so"):
-            shutil.copy2(so, tree / "stacks" / so.name)
-    return r
 
 
 def run(tree: Path, script: str, args: list[str]) -> str:
