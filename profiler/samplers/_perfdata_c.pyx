@@ -252,7 +252,7 @@ DEF CONTEXT_USER = 18446744073709551104ULL  # 2**64 - 512
 
 
 cdef struct _Slot:
-    # an address of a process: (its address space's serial << 32 | version, address, 0);
+    # an address of a process: (its address space's serial, address, its version);
     # a kernel address: (0, address, 0); an offset in a file: (FILE_TAG | major << 32 | minor, inode, offset)
     uint64_t k1
     uint64_t k2
@@ -363,8 +363,8 @@ cdef class _Namer:
         ``chain`` names them, into ``fr`` (borrowed, leaf first): how many; -1 when one needs the
         slow path (no cached name and none from the file's), -3 when one is "[unknown]" and the key is
         to be held (``may_hold``: as the slow path holds it)."""
-        cdef uint64_t k1 = ((<uint64_t>PyLong_AsUnsignedLong(maps.serial)) << 32) | \
-            (<uint64_t>PyLong_AsUnsignedLong(maps.version) & 0xFFFFFFFFULL)
+        cdef uint64_t k1 = PyLong_AsUnsignedLong(maps.serial)  # from 1: never a kernel's or a file's key
+        cdef uint64_t k3 = PyLong_AsUnsignedLong(maps.version)
         cdef bint user = False, leaf = True
         cdef Py_ssize_t i, m = 0
         cdef uint64_t ip, a
@@ -388,7 +388,7 @@ cdef class _Namer:
                 fr[m] = v
             else:
                 a = ip if leaf else ip - 1
-                v = ac.get(k1, a, 0)
+                v = ac.get(k1, a, k3)
                 if v is NULL:
                     # ``names`` only where the file's names (or no mapping and no JIT map) do not answer:
                     # for those it holds what they give (as ``user`` names it)
@@ -402,7 +402,7 @@ cdef class _Namer:
                                 return -1  # not yet: the slow path asks Python
                             got = <object>v
                     v = <PyObject*>got
-                    ac.put(k1, a, 0, v)
+                    ac.put(k1, a, k3, v)
                 if v == <PyObject*>self.unmapped:
                     if may_hold:
                         return -3  # held by the caller, as the slow path would hold it
@@ -567,14 +567,19 @@ cdef class _Namer:
 
 
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
-             dict tables, Py_ssize_t file_names_max, object unmapped, object user_miss, object kernel_miss, object jit_lookup, dict jit_absent,
+             dict tables, Py_ssize_t file_names_max, object unmapped, object user_miss, object kernel_miss,
+             object jit_lookup, dict jit_absent,
              object jit_clock, dict held, object retried,
              bint hold, AddrCache ac,
              Py_ssize_t rounds, Py_ssize_t addr_max, Py_ssize_t rest_max, Py_ssize_t key_max,
              Py_ssize_t held_max, Py_ssize_t hold_rounds):
     """``PerfDataReader._name_all``'s per-key work in C, with the same caches and results.
 
-    Each key is answered by the whole-key cache (``named``), else by the chain without its leaf
+    First, with ``ac``, every address of a key from the address cache (``AddrCache``: the process's
+    names, ``knames``, ``file_names``, and for a new offset of a file in ``tables`` the name of its function
+    if one was named before, kept in ``file_names`` up to ``file_names_max``): no Python object but one per
+    distinct stack; a key with an address in no mapping that may still be mapped is held there. Else the
+    key is answered by the whole-key cache (``named``), else by the chain without its leaf
     (``rest``) plus the leaf, else named address by address (``maps.names``, the file and offset in
     ``file_names``, ``knames``; an address in no mapping asks ``jit_lookup(pid, addr)`` (not called
     while ``jit_absent[pid]`` is later than ``jit_clock()``: no perf map) and is "[unknown]" without a
@@ -584,7 +589,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     holds it (only while ``maps.changed`` is within ``hold_rounds`` of ``rounds``). Returns ``(out, slow, stats)``: ``out`` maps (pid, tid, generation or -1, id(prefix),
     id(leaf)) to [count, prefix frames, leaf frame or None, python]; ``slow`` the keys (with counts)
     Python names itself (no maps yet, odd generations); ``stats`` (whole-key hits, samples held,
-    user addresses named "[unknown]").
+    user addresses named "[unknown]", keys named from the address cache).
     """
     cdef _Namer nm = _Namer.__new__(_Namer)
     nm.knames, nm.file_names, nm.unmapped = knames, file_names, unmapped
