@@ -79,11 +79,12 @@ class ProcFS:
         stat, uptime = self.read(pid, "stat", 4096), read_file(f"{self.root}/uptime", 4096)
         if stat is None or uptime is None:
             return None
+        cpu = _cpu_seconds(stat)
         try:
-            fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 onwards
-            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
-            age = float(uptime.split()[0]) - int(fields[19]) / CLK_TCK  # starttime (field 22)
+            age = float(uptime.split()[0]) - int(_stat_fields(stat)[19]) / CLK_TCK  # starttime (field 22)
         except (ValueError, IndexError):
+            return None
+        if cpu is None:
             return None
         return cpu / age if age > 1.0 else None
 
@@ -105,8 +106,8 @@ class ProcFS:
                 except psutil.Error:  # exited between listing and reading
                     pass
         else:
-            for pid in kids:
-                live += _cpu_seconds(read_file(f"/proc/{pid}/stat", 4096))
+            for pid in kids:  # one that exited meanwhile counts nothing
+                live += _cpu_seconds(read_file(f"/proc/{pid}/stat", 4096)) or 0.0
         return {"self": own, "children": reaped + live, "total": own + reaped + live}
 
     @staticmethod
@@ -167,15 +168,20 @@ def _descendants(pid: int) -> list[int] | None:
     return out
 
 
-def _cpu_seconds(stat: bytes | None) -> float:
-    """utime + stime of a ``stat`` file, in seconds (0 when it cannot be read: the process exited)."""
+def _stat_fields(stat: bytes) -> list[bytes]:
+    """A ``stat`` file's fields after "pid (comm) " (field 3 onwards; ValueError when it has no comm)."""
+    return stat[stat.rindex(b")") + 2:].split()
+
+
+def _cpu_seconds(stat: bytes | None) -> float | None:
+    """utime + stime (fields 14, 15) of a ``stat`` file, in seconds; None when it cannot be read."""
     if not stat:
-        return 0.0
+        return None
     try:
-        fields = stat[stat.rindex(b")") + 2:].split()
+        fields = _stat_fields(stat)
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (ValueError, IndexError):
-        return 0.0
+        return None
 
 
 def read_file(path: str, limit: int = 1 << 20) -> bytes | None:

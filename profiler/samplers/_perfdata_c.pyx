@@ -281,7 +281,7 @@ cdef class AddrCache:
     empties it."""
     cdef _Slot* slots
     cdef Py_ssize_t cap, limit
-    cdef public Py_ssize_t n, clears
+    cdef public Py_ssize_t n
 
     def __cinit__(self, int bits=16):
         self.cap = (<Py_ssize_t>1) << bits
@@ -307,7 +307,6 @@ cdef class AddrCache:
         """Empty the table if it is full (called between batches, when no borrowed entry is in use)."""
         if self.n >= self.limit:
             self._empty()
-            self.clears += 1
 
     def __len__(self):
         return self.n
