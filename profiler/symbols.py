@@ -20,6 +20,7 @@ container's own libraries are read; after it exits, the host path is tried
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import logging
 import os
@@ -49,6 +50,9 @@ ELF_MAX_BYTES = 512 << 20
 # on a node that runs thousands of different binaries.
 FILES_MAX = 2000
 FUNCTIONS_MAX = 2_000_000
+# Tables that hold their names' file open (SymbolTable.fd). Beyond it the oldest lets go and reads its
+# later names by path again: the agent stays well inside a default 1024-descriptor limit.
+OPEN_FILES_MAX = 256
 
 
 _ARGS = re.compile(r"\((?!anonymous namespace\)).*")
@@ -133,7 +137,8 @@ class SymbolTable:
     """
 
     def __init__(self, starts: np.ndarray, ends: np.ndarray, name_offs: np.ndarray, path: str, strtab: int,
-                 strtab_size: int, segments: list[tuple[int, int, int]], extra: dict[int, str] | None = None):
+                 strtab_size: int, segments: list[tuple[int, int, int]], extra: dict[int, str] | None = None,
+                 fd: int | None = None):
         # array('Q'): bisect runs in C on it (np.searchsorted on one scalar costs ~5 us of call overhead)
         self.starts, self.ends = array("Q"), array("Q")
         self.starts.frombytes(starts.astype("<u8").tobytes())  # a copy at C speed (no int objects)
@@ -141,6 +146,10 @@ class SymbolTable:
         self.name_offs = name_offs
         self._names: dict[int, str | None] = {}
         self.path, self.strtab, self.strtab_size = path, strtab, strtab_size
+        # the names' file held open (owned here): ``path`` is often ``/proc/PID/root/...`` of the process
+        # that mapped the file first, gone a second later when it was a short job; its later names would
+        # all be lost (``[libc.so.6]``), and opening that path costs a walk through it (~80 us) per name
+        self.fd = fd
         self.segments = segments  # (file offset, size in file, vaddr) of each PT_LOAD segment
         self.extra = extra or {}  # start -> name of synthesized symbols (PLT entries)
         # the perf reader's answer per function (index; -1: no function), so a new offset in a function
@@ -177,12 +186,25 @@ class SymbolTable:
 
     def _name(self, off: int) -> str | None:
         try:
-            with open(self.path, "rb") as f:
-                raw = os.pread(f.fileno(), 512, self.strtab + off)
+            if self.fd is not None:
+                raw = os.pread(self.fd, 512, self.strtab + off)
+            else:
+                with open(self.path, "rb") as f:
+                    raw = os.pread(f.fileno(), 512, self.strtab + off)
         except OSError:
             return None
         name = raw.split(b"\0", 1)[0].decode("utf-8", "replace").split("@@")[0]
         return demangle(name) or None
+
+    def close(self) -> None:
+        """Let go of the names' file (later names are read by ``path``, while it can be opened)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -384,7 +406,11 @@ def read_elf_symbols(path: str, root: str = "") -> SymbolTable | None:
     sizes, name_offs = sizes[first], name_offs[first]
     nxt = np.append(starts[1:], starts[-1] + np.maximum(sizes[-1], 1))
     ends = np.where(sizes > 0, starts + sizes, nxt)  # a size-0 symbol reaches the next one (hand-written asm)
-    return SymbolTable(starts, ends, name_offs, names_path, strtab[4], strtab[5], segments, plt)
+    fd = None
+    if got is not None:  # its names are read later, one by one, from this file (held open: SymbolTable.fd)
+        with contextlib.suppress(OSError):
+            fd = os.open(names_path, os.O_RDONLY | os.O_CLOEXEC)
+    return SymbolTable(starts, ends, name_offs, names_path, strtab[4], strtab[5], segments, plt, fd)
 
 
 class KernelSymbols:
@@ -523,6 +549,7 @@ class FileSymbols:
         self.clock = clock
         self._tables: dict[object, SymbolTable | None] = {}
         self._retry: dict[object, float] = {}
+        self._open: dict[object, SymbolTable] = {}  # tables holding a file open, oldest first
         self.files_read = 0
         self.functions = 0  # functions held in all tables
 
@@ -562,10 +589,18 @@ class FileSymbols:
         self._retry.pop(key, None)
         size = len(t.starts) if t is not None else 0
         while self._tables and (len(self._tables) >= FILES_MAX or self.functions + size > FUNCTIONS_MAX):
-            old = self._tables.pop(next(iter(self._tables)))
-            self.functions -= len(old.starts) if old is not None else 0
+            old_key = next(iter(self._tables))
+            old = self._tables.pop(old_key)
+            self._open.pop(old_key, None)
+            if old is not None:
+                self.functions -= len(old.starts)
+                old.close()
         self._tables[key] = t
         self.functions += size
+        if t is not None and t.fd is not None:
+            self._open[key] = t
+            while len(self._open) > OPEN_FILES_MAX:
+                self._open.pop(next(iter(self._open))).close()
         return t
 
 

@@ -655,6 +655,36 @@ def test_a_file_that_cannot_be_reached_is_tried_again_not_remembered_without_sym
     assert t is not None and files.settled(key) and files.table(key, 1, str(program)) is t
 
 
+def test_a_file_first_seen_in_a_short_job_keeps_naming_after_the_job_exits(
+        program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table read through ``/proc/PID/root`` of a process that then exits still names new functions: it
+    holds its file open (before, every later function of that file was ``[prog]``); past OPEN_FILES_MAX the
+    oldest table lets go of its file and reads by path, as before."""
+    import profiler.symbols as sym
+
+    job = subprocess.Popen([str(program)])
+    try:
+        key = (8, 1, program.stat().st_ino)
+        files = FileSymbols()
+        t = files.table(key, job.pid, str(program))
+        assert t is not None and t.path.startswith(f"/proc/{job.pid}/root/") and t.fd is not None
+    finally:
+        job.kill()
+        job.wait()
+    assert not Path(f"/proc/{job.pid}").exists()
+    for name in ("alpha_fn", "gamma_fn"):  # not named while the job ran
+        v = t.vaddr(_symbol(program, name)[0])
+        assert v is not None and t.lookup(v) == name
+    monkeypatch.setattr(sym, "OPEN_FILES_MAX", 2)
+    many = FileSymbols("/nonexistent-proc", reader=lambda path, root: read_elf_symbols(path, root))
+    tables = [many.table(f"key {i}", 1, str(program)) for i in range(3)]  # the host's file (no inode to check)
+    assert [x.fd is not None for x in tables] == [False, True, True]  # the oldest let go
+    v = tables[0].vaddr(_symbol(program, "beta_fn")[0])
+    assert v is not None and tables[0].lookup(v) == "beta_fn"  # by path: the file is still there
+    t.close()
+    assert t.fd is None
+
+
 def test_symbol_tables_are_bounded_by_their_functions(program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past FUNCTIONS_MAX the oldest tables go: memory stays bounded on a node of many binaries."""
     import profiler.symbols as sym
