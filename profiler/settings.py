@@ -29,8 +29,10 @@ SETTINGS: list[Setting] = [
     Setting("bpf_interval", 2, "seconds between the bpf sampler's reports (each distinct stack read once per "
             "report)", int),
     Setting("perf_path", "perf", "perf executable (Debian package linux-perf)"),
-    Setting("perf_mmap_pages", 8,
-            "perf ring buffer pages per CPU; small means samples reach the agent within ~2 s", int),
+    Setting("perf_mmap_pages", 0,
+            "perf ring buffer pages per CPU (a power of 2); 0: 64 where perf takes the agent's pings "
+            "(--control, perf 5.10+: a ping writes the buffers out, so a large one costs fewer wake-ups), "
+            "else 8 (a small one reaches the agent within seconds on its own)", int),
     Setting("perf_reader", "data",
             "how perf's samples are read: data (its binary stream, named by the agent with address caches; no "
             "perf script) or script (perf script text; the fallback taken by itself when the stream is not readable)",
