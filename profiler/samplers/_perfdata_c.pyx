@@ -13,12 +13,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from cpython.long cimport PyLong_AsUnsignedLong
+from cpython.long cimport PyLong_AsSsize_t, PyLong_AsUnsignedLong
 from cpython.set cimport PySet_Add
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_Tailmatch
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
-from libc.string cimport memchr, memcpy
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memchr, memcmp, memcpy
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM, PyTuple_GET_ITEM
 from cpython cimport array
 
@@ -565,6 +565,130 @@ cdef class _Namer:
         return tuple(frames), python
 
 
+
+cdef struct _Group:
+    uint64_t h
+    uint32_t pid, tid
+    Py_ssize_t g, m, off, count
+    bint py
+
+
+cdef class _Groups:
+    """The samples ``name_all`` named from the address cache, summed per (pid, tid, generation, frames) in C:
+    a key's frames are compared as the pointers of their Frame objects (one object per distinct frame), so a
+    key costs no bytes, dict entry or list of its own, only a hash of its pointers. Groups keep their first
+    key's order; each holds a reference to its frames until it is emitted."""
+    cdef _Group* groups
+    cdef Py_ssize_t n, cap_groups
+    cdef Py_ssize_t* slots  # index into groups, -1: empty
+    cdef Py_ssize_t mask
+    cdef PyObject** pool  # the groups' frames, leaf first, one strong reference each
+    cdef Py_ssize_t used, cap_pool
+
+    def __cinit__(self, Py_ssize_t expect):
+        cdef Py_ssize_t cap = 64, i
+        while cap < 2 * expect + 16:
+            cap <<= 1
+        self.slots = <Py_ssize_t*>malloc(cap * sizeof(Py_ssize_t))
+        self.cap_groups = cap // 2
+        self.groups = <_Group*>malloc(self.cap_groups * sizeof(_Group))
+        self.cap_pool = 4 * self.cap_groups
+        self.pool = <PyObject**>malloc(self.cap_pool * sizeof(PyObject*))
+        if self.slots is NULL or self.groups is NULL or self.pool is NULL:
+            raise MemoryError()
+        for i in range(cap):
+            self.slots[i] = -1
+        self.mask = cap - 1
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.pool is not NULL:
+            for i in range(self.used):
+                _decref(self.pool[i])
+        free(self.pool)
+        free(self.groups)
+        free(self.slots)
+
+    cdef int add(self, uint32_t pid, uint32_t tid, Py_ssize_t g, PyObject** fr, Py_ssize_t m, Py_ssize_t count,
+                 bint py) except -1:
+        cdef uint64_t h = _mix(pid | (<uint64_t>tid << 32), <uint64_t>g, <uint64_t>m)
+        cdef Py_ssize_t i, j, gi
+        cdef _Group* gr
+        for j in range(m):
+            h = (h ^ <uint64_t>fr[j]) * 0x100000001B3ULL
+        h ^= h >> 29
+        i = <Py_ssize_t>(h & <uint64_t>self.mask)
+        while True:
+            gi = self.slots[i]
+            if gi < 0:
+                break
+            gr = &self.groups[gi]
+            if gr.h == h and gr.pid == pid and gr.tid == tid and gr.g == g and gr.m == m and \
+                    memcmp(self.pool + gr.off, fr, m * sizeof(PyObject*)) == 0:
+                gr.count += count
+                if py:
+                    gr.py = True
+                return 0
+            i = (i + 1) & self.mask
+        if self.n == self.cap_groups:
+            self._grow()
+            return self.add(pid, tid, g, fr, m, count, py)  # the table was rebuilt: probe again
+        if self.used + m > self.cap_pool:
+            while self.used + m > self.cap_pool:
+                self.cap_pool *= 2
+            self.pool = <PyObject**>realloc(self.pool, self.cap_pool * sizeof(PyObject*))
+            if self.pool is NULL:
+                raise MemoryError()
+        gi = self.n
+        self.n += 1
+        gr = &self.groups[gi]
+        gr.h, gr.pid, gr.tid, gr.g, gr.m, gr.off, gr.count, gr.py = h, pid, tid, g, m, self.used, count, py
+        for j in range(m):
+            _incref(fr[j])
+            self.pool[self.used + j] = fr[j]
+        self.used += m
+        self.slots[i] = gi
+        return 0
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = 2 * (self.mask + 1), i, gi
+        cdef Py_ssize_t* slots = <Py_ssize_t*>malloc(cap * sizeof(Py_ssize_t))
+        cdef _Group* groups = <_Group*>realloc(self.groups, (cap // 2) * sizeof(_Group))
+        if slots is NULL or groups is NULL:
+            free(slots)
+            if groups is not NULL:
+                self.groups = groups
+            raise MemoryError()
+        self.groups = groups
+        self.cap_groups = cap // 2
+        for i in range(cap):
+            slots[i] = -1
+        for gi in range(self.n):
+            i = <Py_ssize_t>(groups[gi].h & <uint64_t>(cap - 1))
+            while slots[i] >= 0:
+                i = (i + 1) & (cap - 1)
+            slots[i] = gi
+        free(self.slots)
+        self.slots = slots
+        self.mask = cap - 1
+        return 0
+
+    cdef int emit(self, dict out) except -1:
+        """Each group into ``out`` as ``name_all`` returns it: (pid, tid, generation, id(frames), 0) ->
+        [count, frames root first, None, python]."""
+        cdef Py_ssize_t gi, j
+        cdef _Group* gr
+        cdef tuple ft
+        for gi in range(self.n):
+            gr = &self.groups[gi]
+            ft = PyTuple_New(gr.m)
+            for j in range(gr.m):  # root first
+                _incref(self.pool[gr.off + gr.m - 1 - j])
+                PyTuple_SET_ITEM(ft, j, <object>self.pool[gr.off + gr.m - 1 - j])
+            out[(gr.pid, gr.tid, gr.g, id(ft), 0)] = [gr.count, ft, None, gr.py]
+        return 0
+
+
 def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dict knames, dict file_names,
              dict tables, Py_ssize_t file_names_max, object unmapped, object user_miss, object kernel_miss,
              object jit_lookup, dict jit_absent,
@@ -606,11 +730,10 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
     cdef bint rest_ok
     cdef list acc
     cdef PyObject* p
-    cdef bytes kb, sk
+    cdef bytes kb
     cdef PyObject* fr[FAST_MAX]
-    cdef Py_ssize_t m, j, fast_n = 0
-    cdef dict fastd = {}
-    cdef tuple ft
+    cdef Py_ssize_t m, fast_n = 0
+    cdef _Groups fastg = _Groups(len(counts))
     if ac is not None:
         ac.trim()
     for key, count in counts.items():
@@ -666,22 +789,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
                 held_n += count
                 continue
             if m >= 0:
-                sk = PyBytes_FromStringAndSize(NULL, 16 + 8 * m)  # pid, tid, generation, frames
-                memcpy(PyBytes_AS_STRING(sk), k, 8)
-                memcpy(PyBytes_AS_STRING(sk) + 8, &g, 8)
-                memcpy(PyBytes_AS_STRING(sk) + 16, fr, 8 * m)
-                p = PyDict_GetItem(fastd, sk)
-                if p is NULL:
-                    ft = PyTuple_New(m)
-                    for j in range(m):  # root first
-                        _incref(fr[m - 1 - j])
-                        PyTuple_SET_ITEM(ft, j, <object>fr[m - 1 - j])
-                    fastd[sk] = [count, ft, nm.fast_py, pid, tid_u, g]
-                else:
-                    acc = <list>p
-                    acc[0] = acc[0] + count
-                    if nm.fast_py:
-                        acc[2] = True
+                fastg.add(pid_u, tid_u, g, fr, m, PyLong_AsSsize_t(count), nm.fast_py)
                 nm.unmapped_n += nm.fast_unmapped
                 fast_n += 1
                 continue
@@ -743,8 +851,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
             acc[0] = acc[0] + count
             if py:
                 acc[3] = True
-    for acc in fastd.values():
-        out[(acc[3], acc[4], acc[5], id(acc[1]), 0)] = [acc[0], acc[1], None, acc[2]]
+    fastg.emit(out)
     return out, slow, (hits, held_n, nm.unmapped_n, fast_n)
 
 
