@@ -50,8 +50,8 @@ ELF_MAX_BYTES = 512 << 20
 # on a node that runs thousands of different binaries.
 FILES_MAX = 2000
 FUNCTIONS_MAX = 2_000_000
-# Tables that hold their names' file open (SymbolTable.fd). Beyond it the oldest lets go and reads its
-# later names by path again: the agent stays well inside a default 1024-descriptor limit.
+# Tables that hold their names' file open (SymbolTable.fd). Beyond it the one used least lately lets go
+# and reads its later names by path again: the agent stays well inside a default 1024-descriptor limit.
 OPEN_FILES_MAX = 256
 
 
@@ -564,6 +564,8 @@ class FileSymbols:
 
     def table(self, key: object, pid: int, path: str) -> SymbolTable | None:
         if key in self._tables:
+            if key in self._open:  # in use: the last to let go of its file (libc outlives a burst of new files)
+                self._open[key] = self._open.pop(key)
             return self._tables[key]
         now = self.clock()
         if self._retry.get(key, -1.0) > now or not path.startswith("/"):

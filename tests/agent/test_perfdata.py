@@ -659,7 +659,7 @@ def test_a_file_first_seen_in_a_short_job_keeps_naming_after_the_job_exits(
         program: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A table read through ``/proc/PID/root`` of a process that then exits still names new functions: it
     holds its file open (before, every later function of that file was ``[prog]``); past OPEN_FILES_MAX the
-    oldest table lets go of its file and reads by path, as before."""
+    table used least lately lets go of its file and reads by path, as before."""
     import profiler.symbols as sym
 
     job = subprocess.Popen([str(program)])
@@ -677,10 +677,12 @@ def test_a_file_first_seen_in_a_short_job_keeps_naming_after_the_job_exits(
         assert v is not None and t.lookup(v) == name
     monkeypatch.setattr(sym, "OPEN_FILES_MAX", 2)
     many = FileSymbols("/nonexistent-proc", reader=lambda path, root: read_elf_symbols(path, root))
-    tables = [many.table(f"key {i}", 1, str(program)) for i in range(3)]  # the host's file (no inode to check)
-    assert [x.fd is not None for x in tables] == [False, True, True]  # the oldest let go
-    v = tables[0].vaddr(_symbol(program, "beta_fn")[0])
-    assert v is not None and tables[0].lookup(v) == "beta_fn"  # by path: the file is still there
+    tables = [many.table(f"key {i}", 1, str(program)) for i in range(2)]  # the host's file (no inode to check)
+    many.table("key 0", 1, str(program))  # used again: "key 1" is now the one used least lately
+    tables.append(many.table("key 2", 1, str(program)))
+    assert [x.fd is not None for x in tables] == [True, False, True]
+    v = tables[1].vaddr(_symbol(program, "beta_fn")[0])
+    assert v is not None and tables[1].lookup(v) == "beta_fn"  # by path: the file is still there
     t.close()
     assert t.fd is None
 
