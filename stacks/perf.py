@@ -129,6 +129,8 @@ def _clean_match(m: re.Match, java: bool, addrs: bool) -> list[tuple[str, str, s
     for func in parts:
         if func == "[unknown]":
             name = mod.rpartition("/")[2] if mod != "[unknown]" else "unknown"
+            if name.startswith("[") and name.endswith("]"):  # a mapping named by the kernel: [vdso], not [[vdso]]
+                name = name[1:-1]
             func = f"[{name} <{pc}>]" if addrs else f"[{name}]"
         if ";" in func:
             func = func.replace(";", ":")

@@ -637,6 +637,8 @@ class PerfDataReader:
         if path.startswith("//anon") or path.startswith("[anon") or path.startswith("/memfd:"):
             name = self.jit.lookup(pid, addr)
         base = "unknown" if name is None and path.startswith("/memfd:") else path.rpartition("/")[2]
+        if base.startswith("[") and base.endswith("]"):  # a mapping named by the kernel: [vdso], not [[vdso]]
+            base = base[1:-1]
         return self._intern(Frame(_clean(name) if name else f"[{base}]", Kind.USER)), is_interpreter(path)
 
     def _file_frame(self, pid: int, path: str, key: object, offset: int) -> tuple[Frame, bool]:

@@ -153,6 +153,12 @@ def test_sample_fields_and_order() -> None:
     )
 
 
+def test_a_frame_in_a_mapping_the_kernel_names_is_bracketed_once() -> None:
+    text = "app 7/7 [000] 1.000000: 1 cpu-clock:\n\t7fff12345678 [unknown] ([vdso])\n\t400000 main+0x1 (/bin/app)\n\n"
+    (s,) = list(iter_samples(text))
+    assert [f.name for f in s.frames] == ["main", "[vdso]"]
+
+
 def test_collapse_modes_on_one_sample() -> None:
     plain = "java;main;[libjvm.so];java/io/PrintStream:::print;native_safe_halt"
     assert collapse(SAMPLE) == {plain: 10101010}
