@@ -151,8 +151,9 @@ def test_py_spy_refreshes_follow_cpu_time_at_any_frequency() -> None:
 
 
 def test_discovery_lists_proc_only_after_the_kernel_handed_out_a_pid(tmp_path: Path) -> None:
-    """``loadavg``'s last pid unchanged: no new process can exist, and /proc is not listed."""
-    from profiler.procfs import Discovery, ProcFS
+    """``loadavg``'s last pid unchanged: no new process can exist, and /proc is not listed; a few new pids
+    are looked at one by one (processes, not threads), many list /proc."""
+    from profiler.procfs import PROBE_MAX, Discovery, ProcFS
 
     def proc(pid: int, comm: str) -> None:
         (tmp_path / str(pid)).mkdir()
@@ -171,15 +172,44 @@ def test_discovery_lists_proc_only_after_the_kernel_handed_out_a_pid(tmp_path: P
     d = Discovery(ProcFS(str(tmp_path)))
     assert d.new_python_pids() == [20] and d.scans == 1
     proc(21, "python3")  # (a fixture only: a real pid 21 would have moved loadavg)
+    (tmp_path / "21" / "status").write_text("Name:\tpython3\nUmask:\t0022\nState:\tR\nTgid:\t21\nPid:\t21\n")
     assert d.new_python_pids() == [] and d.scans == 1
     loadavg.write_text("0.00 0.01 0.05 2/71 21\n")
-    assert d.new_python_pids() == [21] and d.scans == 2
+    assert d.new_python_pids() == [21] and d.scans == 2 and d.probes == 1  # one new pid: looked at, not listed
     assert d.new_python_pids() == [] and d.scans == 2
+    # the kernel counts threads too: 22 is a thread of 21 (named python3 as its process), 23 a process gone
+    # already, 24 a shell; none is a new python process
+    proc(22, "python3")
+    (tmp_path / "22" / "status").write_text("Name:\tpython3\nTgid:\t21\nPid:\t22\n")
+    proc(24, "sh")
+    loadavg.write_text("0.00 0.01 0.05 2/73 24\n")
+    assert d.new_python_pids() == [] and d.probes == 2
+    (tmp_path / "22").rename(tmp_path / ".22")  # a real /proc does not list threads
+    proc(25 + PROBE_MAX, "python3.13")  # more pids handed out than are worth looking at one by one: listed
+    loadavg.write_text(f"0.00 0.01 0.05 2/73 {25 + PROBE_MAX}\n")
+    assert d.new_python_pids() == [25 + PROBE_MAX] and d.probes == 2 and d.scans == 4  # 21 not again
     loadavg.write_text("garbled\n")  # unreadable: every call lists /proc, as without the file
-    proc(22, "python3.12")
-    assert d.new_python_pids() == [22] and d.new_python_pids() == [] and d.scans == 4
+    proc(26 + PROBE_MAX, "python3.12")
+    assert d.new_python_pids() == [26 + PROBE_MAX] and d.new_python_pids() == [] and d.scans == 6
     real = ProcFS()
     assert real.last_pid() is not None and real.last_pid() > 0
+    live = Discovery(real)
+    live.new_python_pids()
+    import subprocess
+    import sys
+    import time
+    job = subprocess.Popen([sys.executable, "-c", "import threading, time; threading.Thread(target=time.sleep, "
+                            "args=(5,)).start(); time.sleep(5)"])
+    try:
+        deadline = time.monotonic() + 5
+        found: list[int] = []
+        while job.pid not in found and time.monotonic() < deadline:  # its comm: python until it is exec'd
+            found += live.new_python_pids()
+            time.sleep(0.05)
+        assert job.pid in found and len(found) == len(set(found))  # its thread is not a process
+    finally:
+        job.kill()
+        job.wait()
 
 
 def test_own_cpu_counts_live_descendants_from_the_kernels_children_lists() -> None:
