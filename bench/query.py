@@ -412,4 +412,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # a week's fill runs for minutes: each line goes out as it is printed, so a run cut short (or read
+    # through a pipe) shows how far it got
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     sys.exit(main())
