@@ -330,7 +330,9 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
     """The bpftrace program unwinding ``targets`` (see the module doc); with ``trigger``, also any
     process registered later, of any version in :data:`LAYOUTS`. A stack's frames are printed at its first
     sample after every ``seen_reset``-th report (15: every 30 s), its count every report: printing every
-    stack's frames in every report cost bpftrace and the agent's parser per frame per report."""
+    stack's frames in every report cost bpftrace and the agent's parser per frame per report. A period
+    without a sample prints nothing: each print and clear walks a map's 65,536 buckets (~70 us of bpftrace's
+    CPU each), a fixed cost of every node with idle Python processes."""
     targets = sorted(targets, key=lambda t: t.pid)
     if not targets and trigger is None:
         raise ValueError("no targets")
@@ -390,6 +392,7 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
   // the leaf's instruction is in the count's key, not the hash: a busy loop's samples land on many
   // instructions, and each new hash costs its frames printed (one bpftrace map entry and bpf() calls each)
   @n[pid, $h, $li] = count();
+  @any = 1;
   if (@seen[pid, $h] == 0) {{
     @seen[pid, $h] = 1;
     $f = $top;
@@ -410,12 +413,15 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
 interval:s:{interval} {{
   @reports = @reports + 1;
   if (@reports % {seen_reset} == 0) {{ clear(@seen); }}
-  print(@n); clear(@n);
-  print(@fr); clear(@fr);
-  printf("{END_MARK}\\n");
+  if (@any) {{
+    print(@n); clear(@n);
+    print(@fr); clear(@fr);
+    @any = 0;
+    printf("{END_MARK}\\n");
+  }}
 }}
 END {{
-  clear(@rt); clear(@v); clear(@seen); clear(@reports);
+  clear(@rt); clear(@v); clear(@seen); clear(@reports); clear(@any);
   print(@n); clear(@n);
   print(@fr); clear(@fr);
   printf("{END_MARK}\\n");

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from profiler.samplers.pyunwind import (
     DEBUG_SIZE,
     END_MARK,
     LAYOUTS,
+    READY_MARK,
     CodeNames,
     NotSupported,
     PyUnwindSampler,
@@ -76,6 +78,9 @@ def test_script_prints_a_stacks_frames_once_per_seen_reset_reports() -> None:
     interval = s[s.index("interval:s:"):s.index("END {")]
     assert "if (@reports % 15 == 0) { clear(@seen); }" in interval
     assert interval.count("clear(@seen)") == 1 and "print(@n); clear(@n);" in interval
+    # a period without a sample prints nothing (each print or clear walks a whole map); every sample says so
+    assert interval.index("if (@any) {") < interval.index("print(@n)") < interval.index(END_MARK)
+    assert "@any = 1;" in s[s.index("profile:hz:"):s.index("interval:s:")]
 
 
 def test_script_for_mixed_versions_switches_on_the_minor_version() -> None:
@@ -551,6 +556,44 @@ def quiet_main_{tag}(duty):
 threading.Thread(target=spin_in_thread_{tag}, daemon=True).start()
 quiet_main_{tag}(float(sys.argv[1]) / 100)
 """
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_bpftrace_prints_no_report_for_a_period_without_samples(tmp_path: Path) -> None:
+    """A sleeping target is never on a CPU: the program prints no report (no map walks) until its END;
+    a busy one gets one report per interval."""
+    bpftrace = _need_bpftrace()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        finder = RuntimeFinder()
+        marks = {}
+        for p in (sleeper, busy):
+            script = tmp_path / f"u{p.pid}.bt"
+            script.write_text(unwinder_script([finder.find(p.pid)], interval=1))
+            run = subprocess.Popen([bpftrace, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, env=dict(os.environ, BPFTRACE_MAP_KEYS_MAX="65536"))
+            out: list[str] = []
+            reader = threading.Thread(target=lambda r=run, o=out: o.extend(r.stdout), daemon=True)
+            reader.start()
+            deadline = time.monotonic() + 20
+            while READY_MARK not in "".join(out) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3.5)
+            run.send_signal(signal.SIGINT)
+            run.wait(timeout=20)
+            reader.join(5)
+            text = "".join(out)
+            assert READY_MARK in text, text[-500:]
+            marks[p] = text.count(END_MARK)
+        assert marks[sleeper] == 1  # END's only
+        assert marks[busy] >= 3, marks[busy]
+    finally:
+        for p in (sleeper, busy):
+            p.kill()
+            p.wait()
 
 
 @pytest.mark.slow
