@@ -565,7 +565,6 @@ cdef class _Namer:
         return tuple(frames), python
 
 
-
 cdef struct _Group:
     uint64_t h
     uint32_t pid, tid
@@ -633,12 +632,15 @@ cdef class _Groups:
         if self.n == self.cap_groups:
             self._grow()
             return self.add(pid, tid, g, fr, m, count, py)  # the table was rebuilt: probe again
-        if self.used + m > self.cap_pool:
-            while self.used + m > self.cap_pool:
-                self.cap_pool *= 2
-            self.pool = <PyObject**>realloc(self.pool, self.cap_pool * sizeof(PyObject*))
-            if self.pool is NULL:
+        cdef Py_ssize_t cap_pool = self.cap_pool
+        cdef PyObject** pool
+        if self.used + m > cap_pool:
+            while self.used + m > cap_pool:
+                cap_pool *= 2
+            pool = <PyObject**>realloc(self.pool, cap_pool * sizeof(PyObject*))
+            if pool is NULL:  # the old pool (and its references) stays for __dealloc__
                 raise MemoryError()
+            self.pool, self.cap_pool = pool, cap_pool
         gi = self.n
         self.n += 1
         gr = &self.groups[gi]

@@ -392,7 +392,7 @@ def unwinder_script(targets: Iterable[Target], *, trigger: Trigger | None = None
   // the leaf's instruction is in the count's key, not the hash: a busy loop's samples land on many
   // instructions, and each new hash costs its frames printed (one bpftrace map entry and bpf() calls each)
   @n[pid, $h, $li] = count();
-  @any = 1;
+  if (@any == 0) {{ @any = 1; }}  // a lookup per sample; the update (a bucket lock) once per report
   if (@seen[pid, $h] == 0) {{
     @seen[pid, $h] = 1;
     $f = $top;
