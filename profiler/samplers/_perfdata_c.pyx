@@ -352,6 +352,7 @@ cdef class _Namer:
     cdef Py_ssize_t addr_max
     cdef public Py_ssize_t unmapped_n  # user addresses named "[unknown]"
     cdef bint saw_unmapped, saw_unsettled  # of the chain being named
+    cdef bint saw_unmapped_leaf  # its user leaf (where the task was interrupted) is in no mapping
     cdef bint no_row  # the last address from_file looked up is in no mapping
     cdef bint fast_py  # of the chain ``fast`` named last: whether CPython runs in it
     cdef Py_ssize_t fast_unmapped  # and how many of its user addresses are "[unknown]"
@@ -360,8 +361,8 @@ cdef class _Namer:
                          PyObject** fr, bint may_hold) except -4:
         """The frames of ``n`` addresses (leaf first, markers included) from the caches alone, as
         ``chain`` names them, into ``fr`` (borrowed, leaf first): how many; -1 when one needs the
-        slow path (no cached name and none from the file's), -3 when one is "[unknown]" and the key is
-        to be held (``may_hold``: as the slow path holds it)."""
+        slow path (no cached name and none from the file's), -3 when the user leaf is "[unknown]" and the
+        key is to be held (``may_hold``: as the slow path holds it)."""
         cdef uint64_t k1 = PyLong_AsUnsignedLong(maps.serial)  # from 1: never a kernel's or a file's key
         cdef uint64_t k3 = PyLong_AsUnsignedLong(maps.version)
         cdef bint user = False, leaf = True
@@ -403,7 +404,7 @@ cdef class _Namer:
                     v = <PyObject*>got
                     ac.put(k1, a, k3, v)
                 if v == <PyObject*>self.unmapped:
-                    if may_hold:
+                    if may_hold and leaf:
                         return -3  # held by the caller, as the slow path would hold it
                     self.fast_unmapped += 1
                 elif <object>PyTuple_GET_ITEM(<object>v, 1):
@@ -557,6 +558,8 @@ cdef class _Namer:
                 frames.append(self.kernel(ip))
             else:
                 got = self.user(pid, maps, names, ip if leaf else ip - 1)
+                if leaf and got is self.unmapped:
+                    self.saw_unmapped_leaf = True
                 frames.append(got[0])
                 if got[1]:
                     python = True
@@ -805,7 +808,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
             else:
                 p = NULL
         if p is NULL:
-            nm.saw_unmapped = nm.saw_unsettled = False
+            nm.saw_unmapped = nm.saw_unsettled = nm.saw_unmapped_leaf = False
             ip0 = _u64(k + 16) if nr >= 1 else 0
             ip1 = _u64(k + 24) if nr >= 2 else 0
             if nr >= 2 and ip0 >= CONTEXT_MAX and ip1 < CONTEXT_MAX:
@@ -822,6 +825,8 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
                         rest[rk] = got
                 if ip0 == CONTEXT_USER:
                     lg = nm.user(pid, maps, maps.names, ip1)
+                    if lg is nm.unmapped:
+                        nm.saw_unmapped_leaf = True
                     leaf = lg[0]
                     py = got[3] or lg[1]
                 else:
@@ -834,7 +839,7 @@ def name_all(object counts, dict all_maps, dict gens, dict named, dict rest, dic
                 if len(named) > key_max:
                     named.clear()
                 named[key] = (maps, maps.version, prefix if leaf is None else (*prefix, leaf), py, graw)
-            elif hold and nm.saw_unmapped and key not in retried and len(held) < held_max and \
+            elif hold and nm.saw_unmapped_leaf and key not in retried and len(held) < held_max and \
                     rounds - <Py_ssize_t>maps.changed <= hold_rounds:  # a late mmap is possible
                 p = PyDict_GetItem(held, key)
                 if p is NULL:

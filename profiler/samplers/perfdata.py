@@ -72,7 +72,7 @@ KEY_CACHE_MAX = 20000
 EXIT_GRACE_FEEDS = 4
 # perf record drains every CPU's buffer once per round and then writes FINISHED_ROUND, so an
 # mmap that came before a sample in time reaches the stream at most one round after it. A sample
-# with an address in no mapping is held this many rounds before it is named "[unknown]" for good,
+# whose user leaf is in no mapping is held this many rounds before it is named "[unknown]" for good,
 # and only while its process's mappings changed within this many rounds (_Maps.changed): an
 # address space that is older holds no mapping still on its way, so such an address is junk.
 HOLD_ROUNDS = 2
@@ -188,6 +188,7 @@ class PerfDataReader:
         self._rounds = 0  # FINISHED_ROUND records read (0: a stream without rounds holds nothing)
         self._now = 0  # FINISHED_ROUND records read before the side-band record being read (_Maps.changed)
         self._unmapped = 0  # user addresses named "[unknown]" because no mapping held them
+        self._unmapped_leaves = 0  # of them, user leaves (where a task was interrupted): only these are held
         self._held: dict[bytes, list[int]] = {}  # chain -> [round when held, count]
         self.records = 0
         self.samples = 0
@@ -483,7 +484,7 @@ class PerfDataReader:
                         got[1] = got[1] or python
                     total += count
                     continue
-            unmapped = self._unmapped
+            unmapped, unmapped_leaves = self._unmapped, self._unmapped_leaves
             unsettled = self._unsettled
             nr = _Q.unpack_from(key, 8)[0]
             if 16 + 8 * nr > len(key):
@@ -522,11 +523,14 @@ class PerfDataReader:
                 if len(named) > KEY_CACHE_MAX:
                     named.clear()
                 named[key] = (maps, maps.version, frames, python, gen)
-            elif (hold and self._unmapped != unmapped and key not in retried and len(held) < HELD_MAX
+            elif (hold and self._unmapped_leaves != unmapped_leaves and key not in retried and len(held) < HELD_MAX
                   and self._rounds - maps.changed <= HOLD_ROUNDS):
                 # held only while a late mmap is possible: its address space changed lately (a new
                 # process, an exec, a fresh mmap); a stable one's junk address (a frame-pointer walk
-                # through code built without them) is "[unknown]" at once
+                # through code built without them) is "[unknown]" at once. And only for its user leaf:
+                # the code the task ran is mapped unless its mmap is late; a return address in no mapping
+                # below a mapped leaf is the walk's junk (holding those held a new gzip's every sample with
+                # junk for two rounds, a second with perf's 64-page ring, and named each twice)
                 got_held = held.get(key)
                 if got_held is None:
                     held[key] = [self._rounds, count]
@@ -607,6 +611,8 @@ class PerfDataReader:
                         maps.names[a] = got
                 if got is _UNMAPPED:
                     self._unmapped += 1
+                    if leaf:
+                        self._unmapped_leaves += 1
                 frames.append(got[0])
                 python = python or got[1]
             leaf = False
