@@ -297,6 +297,9 @@ def report(title: str, r: dict[str, float], frequency: int = 99, per_sample_figu
         for cpus in (16, 64):
             print(f"  busy {cpus}-CPU node at 99 Hz: {100 * us['total'] * 99 * cpus / 1e6:.2f} % of one core"
                   " (this run's cost per sample times its samples)")
+        if rate * 4 < 99 * 16:  # the agent's fixed costs (its idle share) are spread over a few samples here
+            print(f"  (at {rate:.0f} samples/s the agent's fixed costs count in every sample's share, so the lines "
+                  "above overstate a larger node; --node-cpus N measures at a busy N-CPU node's own rate)")
         if frequency != 99:
             cpus = round(rate / 99)
             print(f"  measured at a busy {cpus}-CPU node's sample rate ({rate:.0f} samples/s): "
