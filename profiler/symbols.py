@@ -196,12 +196,14 @@ class SymbolTable:
         name = raw.split(b"\0", 1)[0].decode("utf-8", "replace").split("@@")[0]
         return demangle(name) or None
 
-    def close(self) -> None:
+    def close(self, _close: Callable[[int], None] = os.close) -> None:
         """Let go of the names' file (later names are read by ``path``, while it can be opened)."""
         fd, self.fd = self.fd, None
         if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            try:  # no module globals: this also runs from __del__ while the interpreter shuts down
+                _close(fd)
+            except OSError:
+                pass
 
     def __del__(self) -> None:
         self.close()
