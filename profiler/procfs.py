@@ -129,14 +129,22 @@ class ProcFS:
         return out
 
 
+def status_field(status: bytes, name: bytes) -> list[bytes] | None:
+    """The values of field ``name`` (``b"NSpid"``, ``b"Tgid"``) of a ``/proc/PID/status`` file, None without it."""
+    for line in status.split(b"\n"):
+        if line.startswith(name + b":"):
+            return line.split()[1:]
+    return None
+
+
 def numbering_namespace(root: str) -> str:
     """The link of the pid namespace the procfs at ``root`` numbers processes in, when the agent's own
     process is in it (one NSpid field), else "": only then do the agent's own pid-namespace views
     (``loadavg``'s last pid, a process's ``ns/pid`` link) speak of the pids under ``root``."""
     try:
         with open(f"{root}/self/status", "rb") as f:
-            fields = [line.split() for line in f.read(1 << 16).split(b"\n") if line.startswith(b"NSpid:")]
-        if len(fields) == 1 and len(fields[0]) == 2:
+            nspid = status_field(f.read(1 << 16), b"NSpid")
+        if nspid is not None and len(nspid) == 1:
             return os.readlink(f"{root}/self/ns/pid")
     except OSError:
         pass
@@ -237,7 +245,7 @@ class Discovery:
         self.scans += 1
         if prev is not None and last is not None and 0 < last - prev <= PROBE_MAX:
             self.probes += 1
-            found = [pid for pid in range(prev + 1, last + 1) if self._python_process(pid)]
+            found = [pid for pid in range(prev + 1, last + 1) if self._python_comm(pid) and self._process(pid)]
             if len(self._found) > 4096:  # never listed since: the listing may repeat some (the caller skips them)
                 self._found.clear()
             self._found.update(found)
@@ -246,23 +254,17 @@ class Discovery:
         if not pids:
             return []
         new, self._pids = pids - self._pids, pids
-        out = []
-        for pid in new:
-            if pid in self._found:  # found by a probe since the last listing
-                continue
-            comm = self.proc.read(pid, "comm", 64)
-            if comm is not None and comm.startswith(b"python"):
-                out.append(pid)
+        # (a pid found by a probe since the last listing is not new to the caller)
+        out = [pid for pid in new if pid not in self._found and self._python_comm(pid)]
         self._found.clear()
         return out
 
-    def _python_process(self, pid: int) -> bool:
-        """Whether ``pid`` is a process (not a thread: the kernel counts both) named ``python*``."""
+    def _python_comm(self, pid: int) -> bool:
         comm = self.proc.read(pid, "comm", 64)
-        if comm is None or not comm.startswith(b"python"):
-            return False
-        status = self.proc.read(pid, "status", 4096)
-        if not status:
-            return False
-        i = status.find(b"\nTgid:")
-        return i >= 0 and status[i + 6:status.find(b"\n", i + 1)].strip() == str(pid).encode()
+        return comm is not None and comm.startswith(b"python")
+
+    def _process(self, pid: int) -> bool:
+        """Whether ``pid`` is a process, not a thread (the kernel hands out pids to both; a listing shows
+        only processes, a probe sees both)."""
+        tgid = status_field(self.proc.read(pid, "status", 4096) or b"", b"Tgid")
+        return tgid == [str(pid).encode()]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from profiler.procfs import numbering_namespace
+from profiler.procfs import numbering_namespace, status_field
 
 _MISS = object()
 # text (t/T) and weak (w/W) symbols of /proc/kallsyms: "ADDRESS TYPE NAME [module]"
@@ -475,10 +475,9 @@ class JitMaps:
             pass
         try:  # read as bytes in one call, not line by line in text mode
             with open(f"{self.proc_root}/{pid}/status", "rb") as f:
-                status = f.read(1 << 16)
-            for line in status.split(b"\n"):
-                if line.startswith(b"NSpid:"):
-                    nspid = int(line.split()[-1])
+                got = status_field(f.read(1 << 16), b"NSpid")
+            if got:
+                nspid = int(got[-1])
         except (OSError, ValueError):
             pass
         return f"{self.proc_root}/{pid}/root/tmp/perf-{nspid}.map"

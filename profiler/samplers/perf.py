@@ -316,10 +316,8 @@ class PerfSampler:
         try:
             os.write(w, b"ping\n")
             self.pings += 1
-        except BlockingIOError:  # perf is behind on its commands: it will write out anyway
-            pass
-        except OSError:  # perf is gone: the reader sees the end of its stream
-            pass
+        except OSError:  # perf is behind on its commands (it will write out anyway), or gone (the reader
+            pass  # sees the end of its stream)
 
     def _run_record(self, rec: Proc, ping: Callable[[], None] | None = None) -> None:
         """Read one running perf record until it ends: its stream here, or through perf script; ``ping``
